@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Set up this host for kvmops: Debian packages, a venv with kvmops, and running
+# virtlogd/libvirtd. Idempotent; a second run only checks and returns quickly.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-dev pkg-config
+          qemu-guest-agent busybox-static cpio xz-utils e2fsprogs)
+VENV=${KVMOPS_VENV:-.venv}
+say() { printf '[setup] %s\n' "$*"; }
+
+if [ "$(id -u)" != 0 ]; then
+  echo "setup-host.sh: must run as root (it installs packages and starts libvirtd)" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q -o Dpkg::Options::=--force-confnew -o Dpkg::Options::=--force-confdef \
+    "${missing[@]}"
+fi
+
+# Python environment.
+stamp="$VENV/.kvmops-installed"
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating venv $VENV"
+  python3 -m venv "$VENV"
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  say "installing kvmops into $VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q -e '.[test]'
+  touch "$stamp"
+fi
+
+# Daemons. Use systemd only where it is PID 1.
+if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; then
+  systemctl start virtlogd libvirtd
+else
+  pgrep -x virtlogd >/dev/null || { say "starting virtlogd"; virtlogd -d; }
+  if ! pgrep -x libvirtd >/dev/null; then
+    say "starting libvirtd"
+    libvirtd -d
+  fi
+fi
+for _ in $(seq 1 50); do
+  virsh -c qemu:///system version >/dev/null 2>&1 && break
+  sleep 0.2
+done
+virsh -c qemu:///system version >/dev/null 2>&1 || { echo "setup-host.sh: libvirtd did not come up" >&2; exit 1; }
+
+# Where kvmops keeps images: QEMU runs as libvirt-qemu and must reach them.
+install -d -m 0755 /var/lib/kvmops /var/lib/kvmops/images /var/cache/kvmops
+say "host ready"

@@ -1,0 +1,169 @@
+"""The one error hierarchy of kvmops.
+
+Every error a user can cause or meet carries a one-line, user-facing message
+(what failed, which object, what to do) and an exit code. The CLI prints
+``str(error)`` and exits with ``error.exit_code``; the API maps the class to an
+HTTP status. Lower-layer errors (libvirt, qemu-img, sockets) are translated into
+these at one boundary each and kept as ``__cause__``.
+
+    KvmopsError
+    ├── ValidationError          bad input (size, name, option combination)
+    ├── NotFoundError            VM, file, snapshot ... does not exist
+    ├── AlreadyExistsError       name or file taken
+    ├── StateError               object is in the wrong state for the action
+    ├── UnsupportedError         the host / libvirt / image cannot do it
+    ├── HostUnavailableError     libvirtd not running or not reachable
+    ├── HypervisorError          libvirt or QEMU refused an operation
+    ├── StorageError             qemu-img or file system failure
+    ├── OperationTimeoutError    waited, and it did not happen
+    └── ChannelError             QMP or guest agent channel
+        ├── QmpError
+        └── GuestAgentError
+            ├── AgentNotConfiguredError
+            ├── AgentUnavailableError
+            ├── AgentTimeoutError
+            ├── AgentCommandDisabledError
+            └── GuestCommandError
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class KvmopsError(Exception):
+    """Base of every error kvmops raises on purpose."""
+
+    exit_code: ClassVar[int] = 1
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}; {self.hint}"
+        return self.message
+
+
+class ValidationError(KvmopsError):
+    exit_code = 2
+    http_status = 422
+
+
+class NotFoundError(KvmopsError):
+    exit_code = 3
+    http_status = 404
+
+
+class AlreadyExistsError(KvmopsError):
+    exit_code = 4
+    http_status = 409
+
+
+class StateError(KvmopsError):
+    """The object exists but is in a state that forbids the action."""
+
+    exit_code = 5
+    http_status = 409
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        actual: str | None = None,
+        required: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.actual = actual
+        self.required = required
+        super().__init__(message, hint=hint)
+
+
+class UnsupportedError(KvmopsError):
+    exit_code = 6
+    http_status = 501
+
+
+class HostUnavailableError(KvmopsError):
+    exit_code = 7
+    http_status = 503
+
+
+class HypervisorError(KvmopsError):
+    """libvirt or QEMU refused or failed an operation."""
+
+    exit_code = 8
+    http_status = 502
+
+    def __init__(self, message: str, *, code: int | None = None, hint: str | None = None) -> None:
+        self.code = code
+        super().__init__(message, hint=hint)
+
+
+class StorageError(KvmopsError):
+    exit_code = 9
+    http_status = 500
+
+
+class OperationTimeoutError(KvmopsError):
+    exit_code = 10
+    http_status = 504
+
+
+class ChannelError(KvmopsError):
+    """A QMP or guest-agent channel failed."""
+
+    exit_code = 11
+    http_status = 502
+
+
+class QmpError(ChannelError):
+    """QEMU answered a QMP command with an error."""
+
+    exit_code = 12
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error_class: str | None = None,
+        command: dict[str, Any] | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.error_class = error_class
+        self.command = command
+        super().__init__(message, hint=hint)
+
+
+class GuestAgentError(ChannelError):
+    exit_code = 13
+
+
+class AgentNotConfiguredError(GuestAgentError):
+    exit_code = 14
+    http_status = 409
+
+
+class AgentUnavailableError(GuestAgentError):
+    exit_code = 15
+    http_status = 503
+
+
+class AgentTimeoutError(GuestAgentError):
+    exit_code = 16
+    http_status = 504
+
+
+class AgentCommandDisabledError(GuestAgentError):
+    exit_code = 17
+    http_status = 403
+
+
+class GuestCommandError(GuestAgentError):
+    """The agent ran the request but the guest side failed (file missing, permission...)."""
+
+    exit_code = 18
+    http_status = 409

@@ -1,0 +1,162 @@
+"""The libvirt connection and the one place libvirt errors become kvmops errors.
+
+Only this package imports ``libvirt``; the rest of kvmops talks to
+:class:`Host` and the domain handles it returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import libvirt
+
+from kvmops.config import settings
+from kvmops.errors import (
+    AlreadyExistsError,
+    HostUnavailableError,
+    HypervisorError,
+    KvmopsError,
+    NotFoundError,
+    StateError,
+    UnsupportedError,
+    ValidationError,
+)
+
+T = TypeVar("T")
+
+# libvirt prints every error to stderr by default; we report them ourselves.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+_NOT_FOUND_CODES = {
+    libvirt.VIR_ERR_NO_DOMAIN,
+    libvirt.VIR_ERR_NO_NETWORK,
+    libvirt.VIR_ERR_NO_STORAGE_POOL,
+    libvirt.VIR_ERR_NO_STORAGE_VOL,
+    libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT,
+    getattr(libvirt, "VIR_ERR_NO_DOMAIN_CHECKPOINT", -1001),
+    getattr(libvirt, "VIR_ERR_NO_DOMAIN_BACKUP", -1002),
+}
+_STATE_CODES = {libvirt.VIR_ERR_OPERATION_INVALID}
+_UNSUPPORTED_CODES = {libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED,
+                      libvirt.VIR_ERR_CONFIG_UNSUPPORTED}
+_INVALID_CODES = {libvirt.VIR_ERR_XML_ERROR, libvirt.VIR_ERR_INVALID_ARG,
+                  libvirt.VIR_ERR_XML_DETAIL}
+_CONNECTION_CODES = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_SYSTEM_ERROR,
+                     libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_AUTH_FAILED}
+
+
+def translate(err: libvirt.libvirtError, what: str) -> KvmopsError:
+    """Map a libvirtError to our hierarchy; ``what`` names the action and object."""
+    code = err.get_error_code()
+    text = (err.get_error_message() or str(err)).strip()
+    message = f"{what}: {text}"
+    if code in _NOT_FOUND_CODES:
+        return NotFoundError(message)
+    if code == libvirt.VIR_ERR_OPERATION_INVALID:
+        return StateError(message)
+    if code in _UNSUPPORTED_CODES:
+        return UnsupportedError(message)
+    if code in _INVALID_CODES:
+        return ValidationError(message)
+    if code == libvirt.VIR_ERR_DOM_EXIST or "already exists" in text:
+        return AlreadyExistsError(message)
+    return HypervisorError(message, code=code)
+
+
+def call(what: str, fn: Callable[..., T], *args: Any) -> T:
+    """Run one libvirt call, translating its error (``what`` describes the action)."""
+    try:
+        return fn(*args)
+    except libvirt.libvirtError as err:
+        raise translate(err, what) from err
+
+
+class Host:
+    """A libvirt connection to one host."""
+
+    def __init__(self, uri: str | None = None) -> None:
+        self.uri = uri or settings().uri
+        try:
+            self.conn: libvirt.virConnect = libvirt.open(self.uri)
+        except libvirt.libvirtError as err:
+            raise HostUnavailableError(
+                f"cannot connect to libvirt at {self.uri}: "
+                f"{(err.get_error_message() or str(err)).strip()}",
+                hint="is libvirtd running? start it with 'libvirtd -d' or run 'make setup'",
+            ) from err
+
+    def close(self) -> None:
+        with contextlib.suppress(libvirt.libvirtError):
+            self.conn.close()
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # Domains -----------------------------------------------------------
+    def domain(self, name: str) -> libvirt.virDomain:
+        try:
+            return self.conn.lookupByName(name)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise NotFoundError(
+                    f"VM '{name}' not found on {self.uri}",
+                    hint="see 'kvmops vm list' for the defined VMs",
+                ) from err
+            raise translate(err, f"looking up VM '{name}'") from err
+
+    def has_domain(self, name: str) -> bool:
+        try:
+            self.conn.lookupByName(name)
+        except libvirt.libvirtError:
+            return False
+        return True
+
+    def domains(self) -> list[libvirt.virDomain]:
+        return call("listing VMs", self.conn.listAllDomains, 0)
+
+    def define(self, xml: str) -> libvirt.virDomain:
+        return call("defining VM", self.conn.defineXML, xml)
+
+    def libvirt_version(self) -> int:
+        return int(call("reading libvirt version", self.conn.getLibVersion))
+
+    def qemu_version(self) -> int:
+        return int(call("reading hypervisor version", self.conn.getVersion))
+
+    def hostname(self) -> str:
+        return str(call("reading host name", self.conn.getHostname))
+
+    def capabilities(self) -> str:
+        return str(call("reading capabilities", self.conn.getCapabilities))
+
+    def network_names(self) -> list[str]:
+        return [n.name() for n in call("listing networks", self.conn.listAllNetworks, 0)]
+
+    def network(self, name: str) -> libvirt.virNetwork:
+        try:
+            return self.conn.networkLookupByName(name)
+        except libvirt.libvirtError as err:
+            raise NotFoundError(
+                f"network '{name}' not found on {self.uri}",
+                hint="see 'virsh net-list --all'",
+            ) from err
+
+
+@contextlib.contextmanager
+def open_host(uri: str | None = None) -> Iterator[Host]:
+    """Open a connection for the duration of a block."""
+    host = Host(uri)
+    try:
+        yield host
+    finally:
+        host.close()
+
+
+def version_text(packed: int) -> str:
+    """libvirt packs versions as major*1e6 + minor*1e3 + micro."""
+    return f"{packed // 1_000_000}.{packed // 1000 % 1000}.{packed % 1000}"
