@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sys
 
-import click
 import typer
 
 from kvmops.errors import KvmopsError
@@ -59,27 +58,18 @@ def _fail(message: str, code: int) -> None:
 
 
 def run() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (Typer handles usage errors and exits itself)."""
     debug = os.environ.get("KVMOPS_DEBUG") == "1"
     try:
-        code = app(standalone_mode=False)
+        app()
     except KvmopsError as err:
         if debug:
             raise
         _fail(str(err), err.exit_code)
-    except click.exceptions.Abort:
-        _fail("aborted", 130)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
-    except click.exceptions.Exit as err:
-        raise SystemExit(err.exit_code) from None
-    except click.ClickException as err:
-        err.show()
-        raise SystemExit(err.exit_code) from None
     except BrokenPipeError:
         raise SystemExit(0) from None
-    if isinstance(code, int) and code:
-        raise SystemExit(code)
 
 
 if __name__ == "__main__":
