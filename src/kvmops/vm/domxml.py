@@ -1,0 +1,302 @@
+"""libvirt domain XML as typed Python objects.
+
+``DomainSpec.to_xml()`` builds a new definition; ``DomainSpec.from_xml()``
+reads one back (including from ``virsh dumpxml``), keeping only what kvmops
+models. Edits to an existing domain go through :func:`edit_xml` helpers that
+change one element in the full document, so elements kvmops does not model
+are kept.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from lxml import etree
+
+from kvmops.errors import ValidationError
+
+AGENT_CHANNEL = "org.qemu.guest_agent.0"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+_MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$", re.IGNORECASE)
+
+DiskDevice = Literal["disk", "cdrom"]
+
+
+def validate_name(name: str) -> str:
+    """VM names: letters, digits and ``_.+-``, not starting with punctuation, <= 64 chars."""
+    if not NAME_RE.match(name):
+        raise ValidationError(
+            f"invalid VM name '{name}'",
+            hint="use 1-64 letters, digits, '_', '.', '+' or '-', starting with a letter or digit",
+        )
+    return name
+
+
+@dataclass
+class DiskSpec:
+    target: str  # vda, vdb, sda, hdc ...
+    source: str | None  # file path; None for an empty CD-ROM drive
+    fmt: str = "qcow2"
+    bus: str = "virtio"
+    device: DiskDevice = "disk"
+    cache: str | None = "none"
+    readonly: bool = False
+    node_name: str | None = None  # QEMU block node, from live XML (libvirt >= 5.10)
+    alias: str | None = None  # device alias (QEMU id), from live XML
+
+
+@dataclass
+class NicSpec:
+    kind: Literal["network", "bridge"]
+    source: str
+    model: str = "virtio"
+    mac: str | None = None
+    target_dev: str | None = None  # host tap, from live XML
+
+    def __post_init__(self) -> None:
+        if self.mac is not None and not _MAC_RE.match(self.mac):
+            raise ValidationError(f"invalid MAC address '{self.mac}'",
+                                  hint="use six hex pairs like 52:54:00:12:34:56")
+
+
+@dataclass
+class Topology:
+    sockets: int
+    cores: int
+    threads: int
+
+    @property
+    def vcpus(self) -> int:
+        return self.sockets * self.cores * self.threads
+
+
+@dataclass
+class DomainSpec:
+    name: str
+    memory_bytes: int
+    vcpus: int = 1
+    domain_type: str = "qemu"  # libvirt's: "kvm" or "qemu" (TCG)
+    topology: Topology | None = None
+    machine: str = "pc"
+    arch: str = "x86_64"
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
+    boot: list[str] = field(default_factory=lambda: ["hd"])
+    acpi: bool = True
+    apic: bool = True
+    disks: list[DiskSpec] = field(default_factory=list)
+    nics: list[NicSpec] = field(default_factory=list)
+    agent_channel: bool = True
+    vnc: bool = True
+    vnc_listen: str = "127.0.0.1"
+    vnc_port: int | None = None  # from live XML
+    serial_console: bool = True
+    uuid: str | None = None
+    description: str | None = None
+
+    # ---------------------------------------------------------------- build
+    def to_xml(self) -> str:
+        validate_name(self.name)
+        if self.topology and self.topology.vcpus != self.vcpus:
+            raise ValidationError(
+                f"CPU topology {self.topology.sockets}x{self.topology.cores}x"
+                f"{self.topology.threads} gives {self.topology.vcpus} vCPUs, not {self.vcpus}",
+                hint="make sockets*cores*threads equal --vcpus",
+            )
+        dom = etree.Element("domain", type=self.domain_type)
+        _sub(dom, "name", self.name)
+        if self.uuid:
+            _sub(dom, "uuid", self.uuid)
+        if self.description:
+            _sub(dom, "description", self.description)
+        _sub(dom, "memory", str(self.memory_bytes // 1024), unit="KiB")
+        _sub(dom, "currentMemory", str(self.memory_bytes // 1024), unit="KiB")
+        _sub(dom, "vcpu", str(self.vcpus), placement="static")
+        os_el = _sub(dom, "os")
+        _sub(os_el, "type", "hvm", arch=self.arch, machine=self.machine)
+        if self.kernel:
+            _sub(os_el, "kernel", self.kernel)
+            if self.initrd:
+                _sub(os_el, "initrd", self.initrd)
+            if self.cmdline:
+                _sub(os_el, "cmdline", self.cmdline)
+        else:
+            for dev in self.boot:
+                _sub(os_el, "boot", dev=dev)
+        features = _sub(dom, "features")
+        if self.acpi:
+            _sub(features, "acpi")
+        if self.apic:
+            _sub(features, "apic")
+        if self.topology:
+            cpu = _sub(dom, "cpu")
+            _sub(cpu, "topology", sockets=str(self.topology.sockets), dies="1",
+                 cores=str(self.topology.cores), threads=str(self.topology.threads))
+        _sub(dom, "on_poweroff", "destroy")
+        _sub(dom, "on_reboot", "restart")
+        _sub(dom, "on_crash", "destroy")
+        devices = _sub(dom, "devices")
+        for disk in self.disks:
+            devices.append(disk_element(disk))
+        for nic in self.nics:
+            devices.append(nic_element(nic))
+        if self.serial_console:
+            serial = _sub(devices, "serial", type="pty")
+            _sub(serial, "target", port="0")
+            console = _sub(devices, "console", type="pty")
+            _sub(console, "target", type="serial", port="0")
+        if self.agent_channel:
+            channel = _sub(devices, "channel", type="unix")
+            _sub(channel, "target", type="virtio", name=AGENT_CHANNEL)
+        if self.vnc:
+            graphics = _sub(devices, "graphics", type="vnc", port="-1", autoport="yes",
+                            listen=self.vnc_listen)
+            _sub(graphics, "listen", type="address", address=self.vnc_listen)
+            video = _sub(devices, "video")
+            _sub(video, "model", type="vga")
+        _sub(devices, "memballoon", model="virtio")
+        return etree.tostring(dom, pretty_print=True, encoding="unicode")
+
+    # ---------------------------------------------------------------- parse
+    @classmethod
+    def from_xml(cls, xml: str) -> DomainSpec:
+        root = etree.fromstring(xml.encode())
+        memory = root.find("memory")
+        mem_bytes = _to_bytes(int(memory.text or 0), memory.get("unit", "KiB")) if (
+            memory is not None) else 0
+        topo_el = root.find("cpu/topology")
+        topology = None
+        if topo_el is not None:
+            topology = Topology(int(topo_el.get("sockets", 1)), int(topo_el.get("cores", 1)),
+                                int(topo_el.get("threads", 1)))
+        os_type = root.find("os/type")
+        spec = cls(
+            name=root.findtext("name") or "",
+            uuid=root.findtext("uuid"),
+            description=root.findtext("description"),
+            memory_bytes=mem_bytes,
+            vcpus=int(root.findtext("vcpu") or 1),
+            domain_type=root.get("type", "qemu"),
+            topology=topology,
+            machine=os_type.get("machine", "pc") if os_type is not None else "pc",
+            arch=os_type.get("arch", "x86_64") if os_type is not None else "x86_64",
+            kernel=root.findtext("os/kernel"),
+            initrd=root.findtext("os/initrd"),
+            cmdline=root.findtext("os/cmdline"),
+            boot=[b.get("dev", "hd") for b in root.findall("os/boot")],
+            acpi=root.find("features/acpi") is not None,
+            apic=root.find("features/apic") is not None,
+            disks=[parse_disk(d) for d in root.findall("devices/disk")],
+            nics=[n for n in (parse_nic(i) for i in root.findall("devices/interface")) if n],
+            agent_channel=any(
+                c.get("name") == AGENT_CHANNEL for c in root.findall("devices/channel/target")
+            ),
+            vnc=root.find("devices/graphics[@type='vnc']") is not None,
+            serial_console=root.find("devices/serial") is not None,
+        )
+        graphics = root.find("devices/graphics[@type='vnc']")
+        if graphics is not None:
+            spec.vnc_listen = graphics.get("listen", "127.0.0.1")
+            port = int(graphics.get("port", "-1"))
+            spec.vnc_port = port if port > 0 else None
+        return spec
+
+
+def disk_element(disk: DiskSpec) -> etree._Element:
+    el = etree.Element("disk", type="file", device=disk.device)
+    driver = _sub(el, "driver", name="qemu", type=disk.fmt)
+    if disk.cache:
+        driver.set("cache", disk.cache)
+    if disk.source:
+        _sub(el, "source", file=disk.source)
+    _sub(el, "target", dev=disk.target, bus=disk.bus)
+    if disk.readonly or disk.device == "cdrom":
+        _sub(el, "readonly")
+    return el
+
+
+def disk_xml(disk: DiskSpec) -> str:
+    return etree.tostring(disk_element(disk), encoding="unicode")
+
+
+def parse_disk(el: etree._Element) -> DiskSpec:
+    driver = el.find("driver")
+    source = el.find("source")
+    target = el.find("target")
+    alias = el.find("alias")
+    src = None
+    node = None
+    if source is not None:
+        src = source.get("file") or source.get("dev") or source.get("name")
+        node = source.get("index")
+        node = f"libvirt-{node}-format" if node else None
+    device = el.get("device", "disk")
+    return DiskSpec(
+        target=target.get("dev", "") if target is not None else "",
+        source=src,
+        fmt=driver.get("type", "raw") if driver is not None else "raw",
+        bus=target.get("bus", "virtio") if target is not None else "virtio",
+        device="cdrom" if device == "cdrom" else "disk",
+        cache=driver.get("cache") if driver is not None else None,
+        readonly=el.find("readonly") is not None,
+        node_name=node,
+        alias=alias.get("name") if alias is not None else None,
+    )
+
+
+def nic_element(nic: NicSpec) -> etree._Element:
+    el = etree.Element("interface", type=nic.kind)
+    if nic.mac:
+        _sub(el, "mac", address=nic.mac)
+    _sub(el, "source", **{nic.kind: nic.source})
+    _sub(el, "model", type=nic.model)
+    return el
+
+
+def parse_nic(el: etree._Element) -> NicSpec | None:
+    kind = el.get("type")
+    if kind not in ("network", "bridge"):
+        return None
+    source = el.find("source")
+    mac = el.find("mac")
+    model = el.find("model")
+    target = el.find("target")
+    return NicSpec(
+        kind="network" if kind == "network" else "bridge",
+        source=source.get(kind, "") if source is not None else "",
+        model=model.get("type", "virtio") if model is not None else "virtio",
+        mac=mac.get("address") if mac is not None else None,
+        target_dev=target.get("dev") if target is not None else None,
+    )
+
+
+def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrs: str
+         ) -> etree._Element:
+    el = etree.SubElement(parent, tag, **attrs)
+    if text is not None:
+        el.text = text
+    return el
+
+
+_UNIT_FACTORS = {"b": 1, "bytes": 1, "k": 1024, "kib": 1024, "kb": 1000, "m": 1024**2,
+                 "mib": 1024**2, "mb": 1000**2, "g": 1024**3, "gib": 1024**3, "gb": 1000**3}
+
+
+def _to_bytes(value: int, unit: str) -> int:
+    return value * _UNIT_FACTORS.get(unit.lower(), 1024)
+
+
+def set_name_and_uuid(xml: str, name: str) -> etree._Element:
+    """Parse ``xml`` and give it a new name and no UUID/MACs (for clones)."""
+    root = etree.fromstring(xml.encode())
+    root.find("name").text = name  # type: ignore[union-attr]
+    for tag in ("uuid",):
+        el = root.find(tag)
+        if el is not None:
+            root.remove(el)
+    for mac in root.findall("devices/interface/mac"):
+        mac.getparent().remove(mac)  # type: ignore[union-attr]
+    return root
