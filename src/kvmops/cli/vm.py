@@ -1,5 +1,224 @@
-"""`kvmops vm` commands."""
+"""``kvmops vm``: VM life cycle."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="vm commands", no_args_is_help=True)
+from kvmops.cli.common import JsonOption, UriOption, connect
+from kvmops.cli.output import info, percent_progress, print_fields, print_json, print_table
+from kvmops.host.accel import Accelerator
+from kvmops.sizes import format_size, parse_size
+from kvmops.vm import lifecycle
+from kvmops.vm.lifecycle import CreateRequest, DiskRequest, VmInfo
+
+app = typer.Typer(help="Create, start, stop and inspect VMs.", no_args_is_help=True)
+
+NameArg = typer.Argument(..., help="VM name.")
+
+
+@app.command("create")
+def create_cmd(
+    name: str = NameArg,
+    memory: str = typer.Option("512M", "--memory", "-m", help="Memory, e.g. 256M or 2G."),
+    vcpus: int = typer.Option(1, "--vcpus", help="Number of vCPUs."),
+    sockets: int | None = typer.Option(None, help="CPU sockets (topology)."),
+    cores: int | None = typer.Option(None, help="Cores per socket (topology)."),
+    threads: int | None = typer.Option(None, help="Threads per core (topology)."),
+    disk: list[str] = typer.Option(
+        [], "--disk", help="size=64M (new qcow2) or path=FILE[,format=raw]; repeatable."),
+    kernel: Path | None = typer.Option(None, help="Kernel for direct kernel boot."),
+    initrd: Path | None = typer.Option(None, help="Initrd for direct kernel boot."),
+    cmdline: str | None = typer.Option(None, help="Kernel command line."),
+    cdrom: Path | None = typer.Option(None, help="ISO image to attach as CD-ROM."),
+    network: str | None = typer.Option(None, help="libvirt network for a virtio NIC."),
+    bridge: str | None = typer.Option(None, help="Host bridge for a virtio NIC."),
+    mac: str | None = typer.Option(None, help="MAC address of the NIC."),
+    no_agent: bool = typer.Option(False, "--no-agent", help="Do not add a guest agent channel."),
+    images_dir: Path | None = typer.Option(None, help="Where new disk images go."),
+    accel: Accelerator | None = typer.Option(None, "--accel", help="Force kvm or tcg."),
+    start: bool = typer.Option(False, "--start", help="Start the VM once defined."),
+    json_out: bool = JsonOption,
+    uri: str | None = UriOption,
+) -> None:
+    """Define a new VM (new disks are qcow2 with metadata preallocation)."""
+    request = CreateRequest(
+        name=name, memory=parse_size(memory, what="memory size"), vcpus=vcpus,
+        sockets=sockets, cores=cores, threads=threads,
+        disks=[DiskRequest.parse(d) for d in disk], kernel=kernel, initrd=initrd,
+        cmdline=cmdline, cdrom=cdrom, network=network, bridge=bridge, mac=mac,
+        agent=not no_agent, images_dir=images_dir, accelerator=accel, start=start,
+    )
+    with connect(uri) as host:
+        result = lifecycle.create(host, request, progress=info)
+    if json_out:
+        print_json(result)
+    else:
+        info(f"VM '{name}' defined ({result.accelerator}, {result.state}); "
+             f"disks: {', '.join(d.source or '-' for d in result.disks) or 'none'}")
+
+
+@app.command("list")
+def list_cmd(json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
+    """All defined VMs with state, vCPUs, memory and accelerator."""
+    with connect(uri) as host:
+        vms = lifecycle.list_vms(host)
+    if json_out:
+        print_json(vms)
+        return
+    print_table(["Name", "State", "vCPUs", "Memory", "Accel", "Autostart"],
+                [(vm.name, vm.state, vm.vcpus, format_size(vm.memory), vm.accelerator,
+                  "yes" if vm.autostart else "no") for vm in vms])
+
+
+def _print_info(vm: VmInfo) -> None:
+    print_fields([
+        ("Name", vm.name), ("UUID", vm.uuid), ("State", vm.state),
+        ("vCPUs", vm.vcpus if not vm.topology else
+         f"{vm.vcpus} ({vm.topology['sockets']} sockets x {vm.topology['cores']} cores x "
+         f"{vm.topology['threads']} threads)"),
+        ("Memory", format_size(vm.memory)), ("Accelerator", vm.accelerator),
+        ("Guest agent", "answering" if vm.agent else
+         ("configured, not answering" if vm.agent_configured else "not configured")),
+        ("Autostart", "yes" if vm.autostart else "no"),
+        ("Managed save", "yes" if vm.managed_save else "no"),
+        ("Kernel", vm.kernel), ("VNC", vm.vnc),
+        ("Tainted", ", ".join(vm.tainted) + " (expected after guest exec/agent commands)"
+         if vm.tainted else None),
+    ])
+    if vm.disks:
+        print_table(["Target", "Device", "Format", "Bus", "Source"],
+                    [(d.target, d.device, d.format, d.bus, d.source) for d in vm.disks])
+    if vm.nics:
+        print_table(["Type", "Source", "Model", "MAC"],
+                    [(n.type, n.source, n.model, n.mac) for n in vm.nics])
+
+
+@app.command("info")
+def info_cmd(name: str = NameArg, json_out: bool = JsonOption,
+             uri: str | None = UriOption) -> None:
+    """State, accelerator, guest agent, disks and NICs of one VM."""
+    with connect(uri) as host:
+        vm = lifecycle.info(host, name)
+    if json_out:
+        print_json(vm)
+    else:
+        _print_info(vm)
+
+
+@app.command("start")
+def start_cmd(
+    name: str = NameArg,
+    paused: bool = typer.Option(False, "--paused", help="Start with vCPUs paused."),
+    discard_managed_save: bool = typer.Option(
+        False, "--discard-managed-save", help="Drop a stale managed-save image and boot afresh."),
+    wait_agent: float | None = typer.Option(
+        None, "--wait-agent", help="Wait up to this many seconds for the guest agent."),
+    uri: str | None = UriOption,
+) -> None:
+    """Start a VM."""
+    with connect(uri) as host:
+        lifecycle.start(host, name, paused=paused, discard_managed_save=discard_managed_save)
+        if wait_agent:
+            lifecycle.wait_for_agent(host, name, wait_agent)
+    info(f"VM '{name}' started{' paused' if paused else ''}")
+
+
+@app.command("shutdown")
+def shutdown_cmd(
+    name: str = NameArg,
+    agent: bool = typer.Option(False, "--agent", help="Ask the guest agent instead of ACPI."),
+    timeout: float = typer.Option(60.0, help="Seconds to wait for the VM to stop."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Send the request and return."),
+    uri: str | None = UriOption,
+) -> None:
+    """Shut a VM down gracefully and wait until it is off."""
+    with connect(uri) as host:
+        lifecycle.shutdown(host, name, mode="agent" if agent else "acpi", timeout=timeout,
+                           wait=not no_wait)
+    info(f"VM '{name}' {'shutdown requested' if no_wait else 'shut off'}")
+
+
+def _simple(action: str, fn_name: str, done: str, help_text: str) -> None:
+    def command(name: str = NameArg, uri: str | None = UriOption) -> None:
+        with connect(uri) as host:
+            getattr(lifecycle, fn_name)(host, name)
+        info(f"VM '{name}' {done}")
+
+    command.__doc__ = help_text
+    app.command(action)(command)
+
+
+_simple("destroy", "destroy", "destroyed (forced off)",
+        "Force a VM off at once (like pulling the plug).")
+_simple("suspend", "suspend", "suspended", "Pause a running VM's vCPUs.")
+_simple("resume", "resume", "resumed", "Resume a paused VM.")
+
+
+@app.command("reboot")
+def reboot_cmd(name: str = NameArg,
+               agent: bool = typer.Option(False, "--agent", help="Reboot through the guest agent."),
+               uri: str | None = UriOption) -> None:
+    """Reboot a VM (ACPI by default)."""
+    with connect(uri) as host:
+        lifecycle.reboot(host, name, mode="agent" if agent else "acpi")
+    info(f"VM '{name}' reboot requested")
+
+
+@app.command("undefine")
+def undefine_cmd(
+    name: str = NameArg,
+    remove_storage: bool = typer.Option(False, "--remove-storage",
+                                        help="Also delete the VM's disk images."),
+    uri: str | None = UriOption,
+) -> None:
+    """Remove a shut-off VM's definition (and with --remove-storage its disks)."""
+    with connect(uri) as host:
+        removed = lifecycle.undefine(host, name, remove_storage=remove_storage)
+    info(f"VM '{name}' undefined" + (f"; removed {', '.join(removed)}" if removed else ""))
+
+
+@app.command("autostart")
+def autostart_cmd(name: str = NameArg,
+                  state: str = typer.Argument(..., help="on or off"),
+                  uri: str | None = UriOption) -> None:
+    """Start the VM when libvirtd starts (on) or not (off)."""
+    if state not in ("on", "off"):
+        raise typer.BadParameter("use 'on' or 'off'", param_hint="STATE")
+    with connect(uri) as host:
+        lifecycle.set_autostart(host, name, state == "on")
+    info(f"VM '{name}' autostart {state}")
+
+
+@app.command("dumpxml")
+def dumpxml_cmd(name: str = NameArg,
+                inactive: bool = typer.Option(False, "--inactive",
+                                              help="The persistent definition, not the live one."),
+                uri: str | None = UriOption) -> None:
+    """Print the VM's libvirt domain XML."""
+    with connect(uri) as host:
+        xml = lifecycle.dumpxml(host, name, inactive=inactive)
+    typer.echo(xml.rstrip("\n"))
+
+
+@app.command("clone")
+def clone_cmd(source: str = NameArg,
+              new_name: str = typer.Argument(..., help="Name of the copy."),
+              images_dir: Path | None = typer.Option(None, help="Where the copied disks go."),
+              json_out: bool = JsonOption,
+              uri: str | None = UriOption) -> None:
+    """Copy a shut-off VM with its disks (new UUID and MACs)."""
+    with connect(uri) as host, percent_progress() as progress:
+        tasks: dict[str, object] = {}
+
+        def report(label: str, pct: float) -> None:
+            if label not in tasks:
+                tasks[label] = progress.add_task(f"copying {label}", total=100)
+            progress.update(tasks[label], completed=pct)  # type: ignore[arg-type]
+
+        result = lifecycle.clone(host, source, new_name, images_dir=images_dir, progress=report)
+    if json_out:
+        print_json(result)
+    else:
+        info(f"VM '{new_name}' cloned from '{source}'")

@@ -29,7 +29,7 @@ PROBE_TIMEOUT_S = 20.0
 _PANIC_MARK = "Kernel panic"
 
 
-class Accelerator(str, enum.Enum):
+class Accelerator(enum.StrEnum):
     KVM = "kvm"
     TCG = "tcg"
 

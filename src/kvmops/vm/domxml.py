@@ -275,7 +275,7 @@ def parse_nic(el: etree._Element) -> NicSpec | None:
 
 def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrs: str
          ) -> etree._Element:
-    el = etree.SubElement(parent, tag, **attrs)
+    el = etree.SubElement(parent, tag, attrib=attrs)
     if text is not None:
         el.text = text
     return el

@@ -1,0 +1,540 @@
+"""VM life cycle: the service functions the CLI and the API call."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import libvirt
+from lxml import etree
+from pydantic import BaseModel, Field
+
+from kvmops.agent.libvirt_transport import agent_command, agent_configured
+from kvmops.config import settings
+from kvmops.errors import (
+    AlreadyExistsError,
+    GuestAgentError,
+    HypervisorError,
+    KvmopsError,
+    NotFoundError,
+    OperationTimeoutError,
+    StateError,
+    StorageError,
+    ValidationError,
+)
+from kvmops.host.accel import Accelerator, probe
+from kvmops.host.connection import Host, call
+from kvmops.images import qemuimg
+from kvmops.sizes import parse_size
+from kvmops.vm.domxml import DiskSpec, DomainSpec, NicSpec, Topology, validate_name
+
+STATE_NAMES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "no state",
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "idle",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "in shutdown",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
+}
+DISK_TARGETS = [f"vd{chr(c)}" for c in range(ord("a"), ord("z") + 1)]
+
+
+# ------------------------------------------------------------------ models
+class DiskRequest(BaseModel):
+    """One disk of ``vm create``: a new image of ``size``, or an existing ``path``."""
+
+    size: int | None = None
+    path: Path | None = None
+    fmt: str | None = None
+    bus: str = "virtio"
+
+    @classmethod
+    def parse(cls, text: str) -> DiskRequest:
+        """``size=64M``, ``path=/img.qcow2``, ``path=/a.raw,format=raw``, ``bus=sata``."""
+        values: dict[str, str] = {}
+        for part in text.split(","):
+            key, sep, value = part.partition("=")
+            if not sep or not value:
+                raise ValidationError(
+                    f"invalid --disk '{text}'",
+                    hint="use size=64M or path=/file.qcow2, optionally ,format=qcow2,bus=virtio",
+                )
+            values[key.strip()] = value.strip()
+        unknown = set(values) - {"size", "path", "format", "bus"}
+        if unknown:
+            raise ValidationError(f"invalid --disk '{text}': unknown key(s) "
+                                  f"{', '.join(sorted(unknown))}",
+                                  hint="known keys: size, path, format, bus")
+        if ("size" in values) == ("path" in values):
+            raise ValidationError(f"invalid --disk '{text}': give exactly one of size= or path=")
+        return cls(
+            size=parse_size(values["size"], what="disk size") if "size" in values else None,
+            path=Path(values["path"]) if "path" in values else None,
+            fmt=values.get("format"),
+            bus=values.get("bus", "virtio"),
+        )
+
+
+class CreateRequest(BaseModel):
+    name: str
+    memory: int = Field(description="bytes")
+    vcpus: int = 1
+    sockets: int | None = None
+    cores: int | None = None
+    threads: int | None = None
+    disks: list[DiskRequest] = Field(default_factory=list)
+    kernel: Path | None = None
+    initrd: Path | None = None
+    cmdline: str | None = None
+    cdrom: Path | None = None
+    network: str | None = None
+    bridge: str | None = None
+    mac: str | None = None
+    agent: bool = True
+    images_dir: Path | None = None
+    accelerator: Accelerator | None = None
+    start: bool = False
+
+
+class DiskInfo(BaseModel):
+    target: str
+    source: str | None
+    format: str
+    bus: str
+    device: str
+    node_name: str | None = None
+    alias: str | None = None
+
+
+class NicInfo(BaseModel):
+    type: str
+    source: str
+    model: str
+    mac: str | None
+    host_device: str | None = None
+
+
+class VmSummary(BaseModel):
+    name: str
+    state: str
+    vcpus: int
+    memory: int  # bytes
+    accelerator: str
+    autostart: bool
+    persistent: bool
+
+
+class VmInfo(VmSummary):
+    uuid: str
+    id: int | None
+    agent: bool
+    agent_configured: bool
+    managed_save: bool
+    cpu_time_ns: int
+    topology: dict[str, int] | None
+    kernel: str | None
+    cmdline: str | None
+    vnc: str | None
+    disks: list[DiskInfo]
+    nics: list[NicInfo]
+    tainted: list[str]
+
+
+# ------------------------------------------------------------------ helpers
+def state_name(domain: libvirt.virDomain) -> str:
+    state, _reason = call(f"reading state of VM '{domain.name()}'", domain.state)
+    return STATE_NAMES.get(state, "unknown")
+
+
+def _summary(domain: libvirt.virDomain) -> VmSummary:
+    spec = DomainSpec.from_xml(call("reading XML", domain.XMLDesc, 0))
+    return VmSummary(
+        name=domain.name(),
+        state=state_name(domain),
+        vcpus=spec.vcpus,
+        memory=spec.memory_bytes,
+        accelerator=Accelerator.from_domain_type(spec.domain_type).value,
+        autostart=bool(call("reading autostart", domain.autostart)),
+        persistent=bool(domain.isPersistent()),
+    )
+
+
+def _require_state(domain: libvirt.virDomain, allowed: set[str], action: str, hint: str = ""
+                   ) -> str:
+    state = state_name(domain)
+    if state not in allowed:
+        raise StateError(
+            f"cannot {action} VM '{domain.name()}': it is {state}",
+            actual=state, required=" or ".join(sorted(allowed)), hint=hint or None,
+        )
+    return state
+
+
+def ensure_qemu_can_reach(directory: Path) -> None:
+    """QEMU runs as libvirt-qemu: every ancestor of an image needs search permission for it."""
+    for parent in [directory, *directory.parents]:
+        try:
+            mode = parent.stat().st_mode
+        except FileNotFoundError:
+            continue
+        if not mode & 0o001:
+            raise StorageError(
+                f"QEMU (user libvirt-qemu) cannot reach images under {directory}: "
+                f"{parent} has no search permission for others",
+                hint=f"run 'chmod o+x {parent}' or choose another --images-dir",
+            )
+
+
+def ping_agent(domain: libvirt.virDomain, timeout: int = 2) -> bool:
+    if not domain.isActive() or not agent_configured(domain):
+        return False
+    try:
+        agent_command(domain, "guest-ping", timeout=timeout)
+    except GuestAgentError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------ services
+def list_vms(host: Host) -> list[VmSummary]:
+    return sorted((_summary(d) for d in host.domains()), key=lambda vm: vm.name)
+
+
+def info(host: Host, name: str) -> VmInfo:
+    domain = host.domain(name)
+    xml = call(f"reading XML of VM '{name}'", domain.XMLDesc, 0)
+    spec = DomainSpec.from_xml(xml)
+    summary = _summary(domain)
+    dom_info = call("reading VM info", domain.info)
+    vnc = f"{spec.vnc_listen}:{spec.vnc_port}" if spec.vnc_port else None
+    return VmInfo(
+        **summary.model_dump(),
+        uuid=domain.UUIDString(),
+        id=domain.ID() if domain.isActive() else None,
+        agent=ping_agent(domain),
+        agent_configured=spec.agent_channel,
+        managed_save=bool(domain.hasManagedSaveImage(0)) if domain.isPersistent() else False,
+        cpu_time_ns=int(dom_info[4]),
+        topology=(vars(spec.topology) if spec.topology else None),
+        kernel=spec.kernel,
+        cmdline=spec.cmdline,
+        vnc=vnc,
+        disks=[DiskInfo(target=d.target, source=d.source, format=d.fmt, bus=d.bus,
+                        device=d.device, node_name=d.node_name, alias=d.alias)
+               for d in spec.disks],
+        nics=[NicInfo(type=n.kind, source=n.source, model=n.model, mac=n.mac,
+                      host_device=n.target_dev) for n in spec.nics],
+        tainted=_taints(name) if domain.isActive() else [],
+    )
+
+
+def _taints(name: str) -> list[str]:
+    """libvirt logs taint flags (e.g. custom-ga-command after guest-exec) in the VM's log."""
+    log = Path("/var/log/libvirt/qemu") / f"{name}.log"
+    found: list[str] = []
+    with contextlib.suppress(OSError):
+        for line in log.read_text(errors="replace").splitlines()[-400:]:
+            if "Domain id=" in line and "is tainted:" in line:
+                flag = line.rsplit("is tainted:", 1)[1].strip()
+                if flag not in found:
+                    found.append(flag)
+    return found
+
+
+def create(host: Host, req: CreateRequest,
+           progress: Callable[[str], None] | None = None) -> VmInfo:
+    """Define a new VM; create its new disks; optionally start it."""
+    validate_name(req.name)
+    if host.has_domain(req.name):
+        raise AlreadyExistsError(f"VM '{req.name}' already exists",
+                                 hint="choose another name or undefine the existing VM")
+    if req.memory < 16 * 1024**2:
+        raise ValidationError(f"memory {req.memory} bytes is too small for VM '{req.name}'",
+                              hint="give at least 16M")
+    if req.vcpus < 1:
+        raise ValidationError("--vcpus must be at least 1")
+    for label, path in (("kernel", req.kernel), ("initrd", req.initrd), ("CD-ROM ISO", req.cdrom)):
+        if path is not None and not path.is_file():
+            raise NotFoundError(f"{label} file {path} not found (VM '{req.name}')",
+                                hint="check the path")
+    if req.initrd and not req.kernel:
+        raise ValidationError("--initrd needs --kernel")
+    if req.network and req.bridge:
+        raise ValidationError("give either --network or --bridge, not both")
+    if req.network:
+        host.network(req.network)
+    topology = None
+    if req.sockets or req.cores or req.threads:
+        topology = Topology(req.sockets or 1, req.cores or 1, req.threads or 1)
+    images_dir = (req.images_dir or settings().images_dir).absolute()
+    accel = req.accelerator or probe().accelerator
+
+    disks: list[DiskSpec] = []
+    created: list[Path] = []
+    try:
+        for index, disk in enumerate(req.disks):
+            target = DISK_TARGETS[index]
+            if disk.path is not None:
+                path = disk.path.absolute()
+                if not path.is_file():
+                    raise NotFoundError(f"disk image {path} not found (VM '{req.name}')",
+                                        hint="check the path, or use --disk size=... "
+                                             "for a new disk")
+                fmt = disk.fmt or qemuimg.info(path).format
+                ensure_qemu_can_reach(path.parent)
+            else:
+                assert disk.size is not None
+                fmt = disk.fmt or "qcow2"
+                images_dir.mkdir(parents=True, exist_ok=True)
+                ensure_qemu_can_reach(images_dir)
+                path = images_dir / f"{req.name}-{target}.{fmt}"
+                if path.exists():
+                    raise AlreadyExistsError(
+                        f"disk image {path} already exists (VM '{req.name}')",
+                        hint="import it with --disk path=... or remove it",
+                    )
+                if progress:
+                    progress(f"creating {path} ({disk.size} bytes)")
+                qemuimg.create(path, disk.size, fmt=fmt)
+                created.append(path)
+            disks.append(DiskSpec(target=target, source=str(path), fmt=fmt, bus=disk.bus))
+        if req.cdrom:
+            disks.append(DiskSpec(target="hdc", source=str(req.cdrom.absolute()), fmt="raw",
+                                  bus="ide", device="cdrom", cache=None))
+        nics = []
+        if req.network or req.bridge:
+            nics.append(NicSpec(kind="network" if req.network else "bridge",
+                                source=req.network or req.bridge or "", mac=req.mac))
+        spec = DomainSpec(
+            name=req.name, memory_bytes=req.memory, vcpus=req.vcpus,
+            domain_type=accel.domain_type, topology=topology,
+            kernel=str(req.kernel.absolute()) if req.kernel else None,
+            initrd=str(req.initrd.absolute()) if req.initrd else None,
+            cmdline=req.cmdline, boot=["cdrom", "hd"] if req.cdrom else ["hd"],
+            disks=disks, nics=nics, agent_channel=req.agent,
+        )
+        host.define(spec.to_xml())
+    except BaseException:
+        for path in created:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
+    if req.start:
+        start(host, req.name)
+    return info(host, req.name)
+
+
+def start(host: Host, name: str, *, paused: bool = False, discard_managed_save: bool = False
+          ) -> None:
+    domain = host.domain(name)
+    _require_state(domain, {"shut off", "crashed"}, "start",
+                   hint=f"it is already active; see 'kvmops vm info {name}'")
+    has_save = domain.isPersistent() and bool(domain.hasManagedSaveImage(0))
+    if discard_managed_save and has_save:
+        call(f"removing managed-save image of VM '{name}'", domain.managedSaveRemove, 0)
+        has_save = False
+    flags = libvirt.VIR_DOMAIN_START_PAUSED if paused else 0
+    try:
+        domain.createWithFlags(flags)
+    except libvirt.libvirtError as err:
+        text = (err.get_error_message() or str(err)).strip()
+        if has_save:
+            raise StateError(
+                f"VM '{name}' failed to start from its managed-save image ({text}); "
+                "the saved state is probably stale",
+                hint=f"run 'kvmops vm start {name} --discard-managed-save' to boot afresh "
+                     "(the saved memory state is lost)",
+            ) from err
+        raise HypervisorError(f"starting VM '{name}' failed: {text}",
+                              code=err.get_error_code()) from err
+
+
+def wait_for_state(domain: libvirt.virDomain, wanted: set[str], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if state_name(domain) in wanted:
+                return True
+        except NotFoundError:  # a transient domain vanishes when it stops
+            return True
+        time.sleep(0.2)
+    return state_name(domain) in wanted
+
+
+def wait_for_agent(host: Host, name: str, timeout: float = 60.0) -> None:
+    """Block until the guest agent answers a ping."""
+    domain = host.domain(name)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ping_agent(domain, timeout=2):
+            return
+        if not domain.isActive():
+            raise StateError(f"VM '{name}' stopped while waiting for its guest agent")
+        time.sleep(0.5)
+    raise OperationTimeoutError(
+        f"guest agent of VM '{name}' did not answer within {timeout:.0f}s",
+        hint="the guest may be slow to boot, or qemu-ga is not running in it",
+    )
+
+
+ShutdownMode = Literal["acpi", "agent"]
+
+
+def shutdown(host: Host, name: str, *, mode: ShutdownMode = "acpi", timeout: float = 60.0,
+             wait: bool = True) -> None:
+    domain = host.domain(name)
+    _require_state(domain, {"running", "idle", "paused", "in shutdown"}, "shut down",
+                   hint="it is not running")
+    if mode == "agent":
+        if not agent_configured(domain):
+            agent_command(domain, "guest-ping")  # raises AgentNotConfiguredError
+        flags = libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT
+        how = "the guest agent's shutdown request"
+    else:
+        flags = libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN
+        how = "the ACPI power-button request"
+    try:
+        domain.shutdownFlags(flags)
+    except libvirt.libvirtError as err:
+        text = (err.get_error_message() or str(err)).strip()
+        if mode == "agent":
+            from kvmops.agent.libvirt_transport import translate_agent_error
+
+            raise translate_agent_error(err, name, "guest-shutdown") from err
+        raise HypervisorError(f"shutting down VM '{name}' failed: {text}") from err
+    if not wait:
+        return
+    if not wait_for_state(domain, {"shut off"}, timeout):
+        hint = (f"the guest ignored it (no ACPI daemon?); try 'kvmops vm shutdown {name} --agent' "
+                f"or force it off with 'kvmops vm destroy {name}'") if mode == "acpi" else (
+                f"force it off with 'kvmops vm destroy {name}'")
+        raise OperationTimeoutError(
+            f"VM '{name}' is still {state_name(domain)} {timeout:.0f}s after {how}", hint=hint)
+
+
+def destroy(host: Host, name: str) -> None:
+    domain = host.domain(name)
+    _require_state(domain, {"running", "idle", "paused", "in shutdown", "crashed",
+                            "pmsuspended"}, "destroy", hint="it is not running")
+    call(f"destroying VM '{name}'", domain.destroy)
+
+
+def reboot(host: Host, name: str, *, mode: ShutdownMode = "acpi") -> None:
+    domain = host.domain(name)
+    _require_state(domain, {"running", "idle"}, "reboot")
+    flags = (libvirt.VIR_DOMAIN_REBOOT_GUEST_AGENT if mode == "agent"
+             else libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
+    call(f"rebooting VM '{name}'", domain.reboot, flags)
+
+
+def suspend(host: Host, name: str) -> None:
+    domain = host.domain(name)
+    _require_state(domain, {"running", "idle"}, "suspend")
+    call(f"suspending VM '{name}'", domain.suspend)
+
+
+def resume(host: Host, name: str) -> None:
+    domain = host.domain(name)
+    _require_state(domain, {"paused"}, "resume")
+    call(f"resuming VM '{name}'", domain.resume)
+
+
+def set_autostart(host: Host, name: str, enabled: bool) -> None:
+    domain = host.domain(name)
+    call(f"setting autostart of VM '{name}'", domain.setAutostart, 1 if enabled else 0)
+
+
+def dumpxml(host: Host, name: str, *, inactive: bool = False) -> str:
+    domain = host.domain(name)
+    flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+    return str(call(f"reading XML of VM '{name}'", domain.XMLDesc, flags))
+
+
+def undefine(host: Host, name: str, *, remove_storage: bool = False) -> list[str]:
+    """Undefine a shut-off VM; with ``remove_storage`` delete its disk images (not CD-ROMs)."""
+    domain = host.domain(name)
+    _require_state(domain, {"shut off", "crashed"}, "undefine",
+                   hint=f"stop it first with 'kvmops vm shutdown {name}' or 'kvmops vm destroy'")
+    spec = DomainSpec.from_xml(call("reading XML", domain.XMLDesc,
+                                    libvirt.VIR_DOMAIN_XML_INACTIVE))
+    flags = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+             | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+             | getattr(libvirt, "VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA", 0)
+             | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+    call(f"undefining VM '{name}'", domain.undefineFlags, flags)
+    removed: list[str] = []
+    if remove_storage:
+        for disk in spec.disks:
+            if disk.device != "disk" or not disk.source:
+                continue
+            try:
+                os.unlink(disk.source)
+                removed.append(disk.source)
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                raise StorageError(f"VM '{name}' undefined, but removing {disk.source} "
+                                   f"failed: {err.strerror}") from err
+    return removed
+
+
+def _labelled(progress: Callable[[str, float], None] | None, label: str
+              ) -> Callable[[float], None] | None:
+    if progress is None:
+        return None
+    return lambda pct: progress(label, pct)
+
+
+def clone(host: Host, source: str, new_name: str, *, images_dir: Path | None = None,
+          progress: Callable[[str, float], None] | None = None) -> VmInfo:
+    """Copy a shut-off VM: new name, UUID and MACs, each disk copied with qemu-img convert."""
+    validate_name(new_name)
+    domain = host.domain(source)
+    _require_state(domain, {"shut off"}, "clone",
+                   hint=f"shut it down first ('kvmops vm shutdown {source}')")
+    if host.has_domain(new_name):
+        raise AlreadyExistsError(f"VM '{new_name}' already exists")
+    from kvmops.vm.domxml import set_name_and_uuid
+
+    root = set_name_and_uuid(
+        call("reading XML", domain.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE), new_name)
+    target_dir = (images_dir or settings().images_dir).absolute()
+    target_dir.mkdir(parents=True, exist_ok=True)
+    ensure_qemu_can_reach(target_dir)
+    copied: list[Path] = []
+    try:
+        for disk in root.findall("devices/disk[@device='disk']"):
+            source_el = disk.find("source")
+            target_el = disk.find("target")
+            driver = disk.find("driver")
+            if source_el is None or source_el.get("file") is None or target_el is None:
+                continue
+            src = Path(source_el.get("file", ""))
+            fmt = driver.get("type", "qcow2") if driver is not None else "qcow2"
+            dst = target_dir / f"{new_name}-{target_el.get('dev')}.{fmt}"
+            if dst.exists():
+                raise AlreadyExistsError(f"disk image {dst} already exists (clone '{new_name}')")
+            label = str(target_el.get("dev"))
+            qemuimg.convert(src, dst, fmt, progress=_labelled(progress, label))
+            copied.append(dst)
+            source_el.set("file", str(dst))
+        host.define(etree.tostring(root, encoding="unicode"))
+    except BaseException:
+        for path in copied:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
+    return info(host, new_name)
+
+
+__all__ = [
+    "CreateRequest", "DiskRequest", "KvmopsError", "VmInfo", "VmSummary", "clone", "create",
+    "destroy", "dumpxml", "info", "list_vms", "reboot", "resume", "set_autostart", "shutdown",
+    "start", "suspend", "undefine", "wait_for_agent",
+]
