@@ -1,0 +1,55 @@
+"""Helpers shared by unit and integration tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_PREFIX = "kvmops-test-"
+# One prefix per test session, so a session only ever touches what it created.
+SESSION_PREFIX = f"{TEST_PREFIX}{os.getpid():x}-"
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def error_line(self) -> str:
+        lines = [ln for ln in self.stderr.splitlines() if ln.strip()]
+        return lines[-1] if lines else ""
+
+
+def run_cli(*args: str, input: str | None = None, timeout: float = 300,
+            env: dict[str, str] | None = None) -> CliResult:
+    """Run the real ``kvmops`` command in a subprocess."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvmops.cli.main", *args],
+        input=input, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def assert_one_line_error(result: CliResult, code: int, *fragments: str) -> None:
+    """An expected failure: given exit code, no traceback, one error line naming things."""
+    assert result.code == code, (result.code, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("kvmops: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture
+def cli() -> type[CliResult]:
+    return CliResult

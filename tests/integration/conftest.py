@@ -1,0 +1,108 @@
+"""Fixtures for tests that run real VMs on the real libvirtd.
+
+Everything created carries SESSION_PREFIX and is removed at the end, even when
+tests fail. One booted tiny guest is shared by the tests that leave its state
+as they found it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from kvmops.config import settings
+from kvmops.devguest.build import GuestImage, build_guest
+from kvmops.host.connection import Host
+from kvmops.vm import lifecycle
+from tests.conftest import SESSION_PREFIX, run_cli
+
+_counter = itertools.count(1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def tiny_guest() -> GuestImage:
+    """The tiny guest, built once and cached across sessions."""
+    return build_guest(settings().cache_dir / "guest")
+
+
+@pytest.fixture(scope="session")
+def images_dir() -> Iterator[Path]:
+    """A directory for this session's disk images, reachable by libvirt-qemu."""
+    base = Path("/var/lib/kvmops/test-images")
+    base.mkdir(parents=True, exist_ok=True)
+    base.chmod(0o755)
+    path = Path(tempfile.mkdtemp(prefix=SESSION_PREFIX, dir=base))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def host() -> Iterator[Host]:
+    with Host() as conn:
+        yield conn
+
+
+def remove_vm(host: Host, name: str) -> None:
+    """Force a test VM off and remove it with its storage; never fails."""
+    with contextlib.suppress(Exception):
+        domain = host.conn.lookupByName(name)
+        with contextlib.suppress(Exception):
+            domain.destroy()
+        with contextlib.suppress(Exception):
+            lifecycle.undefine(host, name, remove_storage=True)
+
+
+@pytest.fixture(scope="session")
+def vm_factory(host: Host, tiny_guest: GuestImage, images_dir: Path
+               ) -> Iterator[Callable[..., str]]:
+    """Create tiny-guest VMs with the CLI; all of them are removed at session end."""
+    created: list[str] = []
+
+    def create(*extra: str, start: bool = False, disk: str = "size=64M") -> str:
+        name = f"{SESSION_PREFIX}{next(_counter)}"
+        created.append(name)
+        result = run_cli(
+            "vm", "create", name, "--memory", "256M", "--vcpus", "1",
+            "--kernel", str(tiny_guest.kernel), "--initrd", str(tiny_guest.initrd),
+            "--cmdline", "console=ttyS0", "--disk", disk, "--images-dir", str(images_dir),
+            *extra,
+        )
+        assert result.code == 0, result.stderr
+        if start:
+            result = run_cli("vm", "start", name, "--wait-agent", "90")
+            assert result.code == 0, result.stderr
+        return name
+
+    yield create
+    for name in created:
+        remove_vm(host, name)
+
+
+@pytest.fixture
+def fresh_vm(vm_factory: Callable[..., str], host: Host) -> Iterator[str]:
+    """A new shut-off VM for one test, removed after it."""
+    name = vm_factory()
+    yield name
+    remove_vm(host, name)
+
+
+@pytest.fixture(scope="session")
+def running_vm(vm_factory: Callable[..., str]) -> str:
+    """One booted tiny guest with an answering agent, shared by the session.
+
+    Tests using it must leave it running.
+    """
+    return vm_factory(start=True)
