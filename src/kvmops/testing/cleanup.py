@@ -1,0 +1,38 @@
+"""Remove what test runs left behind: VMs named ``kvmops-test-*`` and their disks.
+
+``make clean-test`` runs this after an interrupted test session; it never
+touches a VM without the test prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+
+from kvmops.host.connection import Host
+from kvmops.vm import lifecycle
+
+TEST_PREFIX = "kvmops-test-"
+TEST_IMAGES = Path("/var/lib/kvmops/test-images")
+
+
+def main() -> None:
+    with Host() as host:
+        for domain in host.domains():
+            name = domain.name()
+            if not name.startswith(TEST_PREFIX):
+                continue
+            with contextlib.suppress(Exception):
+                domain.destroy()
+            with contextlib.suppress(Exception):
+                lifecycle.undefine(host, name, remove_storage=True)
+            print(f"removed VM {name}")
+    if TEST_IMAGES.is_dir():
+        for child in TEST_IMAGES.glob(f"{TEST_PREFIX}*"):
+            shutil.rmtree(child, ignore_errors=True)
+            print(f"removed {child}")
+
+
+if __name__ == "__main__":
+    main()
