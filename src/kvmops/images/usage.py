@@ -1,0 +1,53 @@
+"""Which running VMs hold a disk image open.
+
+Used to turn qemu-img's "Failed to get write lock" into a message naming the
+VM. Best effort: when libvirt cannot be reached the answer is simply ``[]``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lxml import etree
+
+from kvmops.errors import KvmopsError
+from kvmops.host.connection import call, open_host
+
+
+def _resolve(path: str | os.PathLike[str]) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def disk_files(domain_xml: str | bytes) -> list[str]:
+    """Every file a domain's disks refer to, backing chain included (libvirt
+    lists the backing files of a running domain as nested ``<backingStore>``)."""
+    data = domain_xml.encode() if isinstance(domain_xml, str) else domain_xml
+    root = etree.fromstring(data)
+    files: list[str] = []
+    for source in root.iterfind("devices/disk//source"):
+        name = source.get("file")
+        if name:
+            files.append(name)
+    return files
+
+
+def vms_using(path: str | os.PathLike[str]) -> list[str]:
+    """Names of the *running* libvirt domains whose disks include ``path``."""
+    target = _resolve(path)
+    users: list[str] = []
+    try:
+        with open_host() as host:
+            for dom in host.domains():
+                try:
+                    if not call("reading VM state", dom.isActive):
+                        continue
+                    xml = call("reading VM XML", dom.XMLDesc, 0)
+                    name = str(call("reading VM name", dom.name))
+                except KvmopsError:
+                    continue  # the domain went away while we looked
+                if any(_resolve(f) == target for f in disk_files(xml)):
+                    users.append(name)
+    except KvmopsError:
+        return []
+    return sorted(users)
