@@ -16,6 +16,7 @@ these at one boundary each and kept as ``__cause__``.
     ├── HypervisorError          libvirt or QEMU refused an operation
     ├── StorageError             qemu-img or file system failure
     ├── OperationTimeoutError    waited, and it did not happen
+    ├── BackupError              backup not completed (BackupInconsistentError: repo broken)
     └── ChannelError             QMP or guest agent channel
         ├── QmpError
         └── GuestAgentError
@@ -166,4 +167,18 @@ class GuestCommandError(GuestAgentError):
     """The agent ran the request but the guest side failed (file missing, permission...)."""
 
     exit_code = 18
+    http_status = 409
+
+
+class BackupError(KvmopsError):
+    """A backup did not complete; nothing of it was published."""
+
+    exit_code = 19
+    http_status = 500
+
+
+class BackupInconsistentError(BackupError):
+    """A repository check found a broken file, checksum or chain link."""
+
+    exit_code = 20
     http_status = 409

@@ -1,0 +1,98 @@
+"""Running backups on this host, and the event log the CLI and the API read.
+
+Each running backup registers ``STATE/jobs/VM.json`` (pid, repository, start);
+every state change appends one JSON line to ``STATE/events.jsonl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from kvmops.config import settings
+
+
+class JobRecord(BaseModel):
+    vm: str
+    pid: int
+    repo: str
+    started: datetime
+    progress_bytes: int = 0
+    total_bytes: int = 0
+
+
+def _jobs_dir() -> Path:
+    return settings().state_dir / "jobs"
+
+
+def events_path() -> Path:
+    return settings().state_dir / "events.jsonl"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def registered(vm: str, repo: str) -> Iterator[JobRecord]:
+    directory = _jobs_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    record = JobRecord(vm=vm, pid=os.getpid(), repo=repo, started=datetime.now(UTC))
+    path = directory / f"{vm}.json"
+    path.write_text(record.model_dump_json())
+    try:
+        yield record
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def running_job(vm: str) -> JobRecord | None:
+    path = _jobs_dir() / f"{vm}.json"
+    try:
+        record = JobRecord.model_validate_json(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if _alive(record.pid) else None
+
+
+def running_jobs() -> list[JobRecord]:
+    directory = _jobs_dir()
+    if not directory.is_dir():
+        return []
+    found = [running_job(p.stem) for p in sorted(directory.glob("*.json"))]
+    return [j for j in found if j is not None]
+
+
+def record_event(vm: str, kind: str, **data: Any) -> None:
+    """Append one event (started, progress, completed, failed, cancelled) to the log."""
+    event = {"time": datetime.now(UTC).isoformat(), "vm": vm, "event": kind, **data}
+    path = events_path()
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as fh:
+            fh.write(json.dumps(event, default=str) + "\n")
+
+
+def read_events(vm: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    try:
+        lines = events_path().read_text().splitlines()
+    except OSError:
+        return []
+    events = [json.loads(line) for line in lines if line.strip()]
+    if vm:
+        events = [e for e in events if e.get("vm") == vm]
+    return events[-limit:]

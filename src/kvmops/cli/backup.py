@@ -1,0 +1,188 @@
+"""``kvmops backup``: online backups, restore, verify, retention, jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from kvmops.backup import jobs
+from kvmops.backup.engine import BackupRequest, cancel, run_backup
+from kvmops.backup.model import BackupType
+from kvmops.backup.restore import (
+    list_backups,
+    require_sound,
+    restore_in_place,
+    restore_new_vm,
+    restore_to_dir,
+    verify,
+)
+from kvmops.cli.common import JsonOption, UriOption, connect
+from kvmops.cli.output import (
+    byte_progress,
+    info,
+    percent_progress,
+    print_json,
+    print_table,
+    warn,
+)
+from kvmops.errors import ValidationError
+from kvmops.sizes import format_size
+
+app = typer.Typer(help="Online backups, restore, verify and retention.", no_args_is_help=True)
+RepoOption = typer.Option(..., "--repo", help="Backup repository directory.")
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="backup")
+
+
+@app.command("create")
+def create_cmd(
+    vm: str = typer.Argument(..., help="VM name."),
+    repo: Path = RepoOption,
+    full: bool = typer.Option(False, "--full", help="A new full backup (starts a chain)."),
+    incremental: bool = typer.Option(False, "--incremental",
+                                     help="Changes since the last backup."),
+    differential: bool = typer.Option(False, "--differential",
+                                      help="Changes since the last full backup."),
+    disk: list[str] = typer.Option([], "--disk", help="Only this disk target; repeatable."),
+    exclude: list[str] = typer.Option([], "--exclude", help="Skip this disk; repeatable."),
+    no_freeze: bool = typer.Option(False, "--no-freeze",
+                                   help="Do not freeze guest file systems (crash-consistent)."),
+    json_out: bool = JsonOption,
+    uri: str | None = UriOption,
+) -> None:
+    """Back up a VM; without a type: incremental when a valid chain exists, else full."""
+    chosen = [t for t, on in ((BackupType.FULL, full), (BackupType.INCREMENTAL, incremental),
+                              (BackupType.DIFFERENTIAL, differential)) if on]
+    if len(chosen) > 1:
+        raise ValidationError("give at most one of --full, --incremental, --differential")
+    request = BackupRequest(vm=vm, repo=repo, mode=chosen[0] if chosen else None, disks=disk,
+                            exclude=exclude, freeze=not no_freeze)
+    with connect(uri) as host, byte_progress() as progress:
+        task = progress.add_task(f"backup {vm}", total=None)
+
+        def report(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total or None)
+
+        manifest = run_backup(host, request, progress=report, note=warn)
+    if json_out:
+        print_json(manifest.model_dump(mode="json", exclude={"domain_xml"}))
+        return
+    written = sum(d.bytes_written for d in manifest.disks)
+    info(f"{manifest.type.value} backup of VM '{vm}' complete: {len(manifest.disks)} disk(s), "
+         f"{format_size(written)} written, {manifest.consistency.value}-consistent, "
+         f"{manifest.duration_s:.1f}s")
+    info(manifest.id)
+
+
+@app.command("list")
+def list_cmd(vm: str = typer.Argument(..., help="VM name."), repo: Path = RepoOption,
+             json_out: bool = JsonOption) -> None:
+    """Backups of a VM in a repository, oldest first."""
+    manifests = list_backups(repo, vm)
+    if json_out:
+        print_json([m.model_dump(mode="json", exclude={"domain_xml"}) for m in manifests])
+        return
+    print_table(
+        ["ID", "Type", "Parent", "Time", "Disks", "Written", "Consistency", "Notes"],
+        [(m.id, m.type.value, m.parent or "-", m.time.strftime("%Y-%m-%d %H:%M:%S"),
+          ",".join(d.target for d in m.disks),
+          format_size(sum(d.bytes_written for d in m.disks)), m.consistency.value,
+          "; ".join(m.notes)) for m in manifests])
+
+
+@app.command("restore")
+def restore_cmd(
+    vm: str = typer.Argument(..., help="VM whose backup to restore."),
+    repo: Path = RepoOption,
+    at: str | None = typer.Option(None, "--at", help="Backup id (or prefix) or ISO time."),
+    to: Path | None = typer.Option(None, "--to", help="Write flattened images into DIR."),
+    new_vm: str | None = typer.Option(None, "--new-vm", help="Define a new VM from the backup."),
+    in_place: bool = typer.Option(False, "--in-place",
+                                  help="Overwrite the (shut-off) VM's own disks."),
+    images_dir: Path | None = typer.Option(None, help="Where --new-vm disks go."),
+    json_out: bool = JsonOption,
+    uri: str | None = UriOption,
+) -> None:
+    """Restore one point of a VM's backups (each disk flattened into one qcow2)."""
+    if sum(x is not None and x is not False for x in (to, new_vm, in_place)) != 1:
+        raise ValidationError("give exactly one of --to DIR, --new-vm NAME, --in-place")
+    with percent_progress() as progress:
+        tasks: dict[str, object] = {}
+
+        def report(target: str, pct: float) -> None:
+            if target not in tasks:
+                tasks[target] = progress.add_task(f"restoring {target}", total=100)
+            progress.update(tasks[target], completed=pct)  # type: ignore[arg-type]
+
+        if to is not None:
+            result = restore_to_dir(repo, vm, at, to, progress=report)
+        else:
+            with connect(uri) as host:
+                if new_vm is not None:
+                    result = restore_new_vm(host, repo, vm, at, new_vm, images_dir,
+                                            progress=report)
+                else:
+                    result = restore_in_place(host, repo, vm, at, progress=report)
+    if json_out:
+        print_json(result)
+        return
+    for disk in result.disks:
+        info(f"{disk.target}: {disk.path} (chain {' <- '.join(disk.chain)})")
+    for note in result.notes:
+        warn(note)
+    info(f"restored backup {result.backup_id} of VM '{vm}'"
+         + (f" as new VM '{result.new_vm}'" if result.new_vm else ""))
+
+
+@app.command("verify")
+def verify_cmd(
+    vm: str | None = typer.Argument(None, help="Only this VM."),
+    repo: Path = RepoOption,
+    at: str | None = typer.Option(None, "--at", help="Only the chain of this point."),
+    quick: bool = typer.Option(False, "--quick", help="Skip the checksums."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Check every file of every chain; exit 0 only when all are sound."""
+    report = verify(repo, vm, at, checksums=not quick)
+    if json_out:
+        print_json({**report.model_dump(mode="json"), "sound": report.sound})
+    elif report.sound:
+        info(f"{report.checked_backups} backup(s), {report.checked_files} file(s): all sound")
+    require_sound(report)
+
+
+@app.command("jobs")
+def jobs_cmd(json_out: bool = JsonOption) -> None:
+    """Backups running on this host."""
+    running = jobs.running_jobs()
+    if json_out:
+        print_json(running)
+        return
+    print_table(["VM", "PID", "Repository", "Started"],
+                [(j.vm, j.pid, j.repo, j.started.isoformat(timespec="seconds"))
+                 for j in running])
+
+
+@app.command("cancel")
+def cancel_cmd(vm: str = typer.Argument(..., help="VM name."),
+               uri: str | None = UriOption) -> None:
+    """Cancel the running backup of a VM (nothing of it is published)."""
+    with connect(uri) as host:
+        info(cancel(host, vm))
+
+
+@app.command("events")
+def events_cmd(vm: str | None = typer.Argument(None, help="Only this VM."),
+               limit: int = typer.Option(50, help="How many of the newest events."),
+               json_out: bool = JsonOption) -> None:
+    """The backup event log (started, completed, failed, cancelled)."""
+    events = jobs.read_events(vm, limit)
+    if json_out:
+        print_json(events)
+        return
+    print_table(["Time", "VM", "Event", "Backup", "Detail"],
+                [(e.get("time"), e.get("vm"), e.get("event"), e.get("backup_id"),
+                  e.get("error") or e.get("type") or "") for e in events])
