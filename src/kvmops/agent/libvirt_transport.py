@@ -9,12 +9,10 @@ import libvirt
 import libvirt_qemu
 
 from kvmops.errors import (
-    AgentCommandDisabledError,
     AgentNotConfiguredError,
     AgentTimeoutError,
     AgentUnavailableError,
     GuestAgentError,
-    GuestCommandError,
     StateError,
 )
 
@@ -52,18 +50,19 @@ def agent_command(domain: libvirt.virDomain, command: str,
 
 
 def translate_agent_error(err: libvirt.libvirtError, vm: str, command: str) -> GuestAgentError:
+    """libvirt's agent errors: channel state by error code, guest errors by the agent's desc."""
+    from kvmops.agent.channel import classify_error, libvirt_desc
+
     code = err.get_error_code()
     text = (err.get_error_message() or str(err)).strip()
-    if code in _UNRESPONSIVE or "not connected" in text or "not responding" in text:
+    desc = libvirt_desc(text)
+    from_guest = desc != text  # libvirt wrapped the agent's own error reply
+    if code in _UNRESPONSIVE or (not from_guest and (
+            "not connected" in text or "not responding" in text or "disappeared" in text)):
         return AgentUnavailableError(
             f"guest agent of VM '{vm}' is not answering ({text})",
             hint="the guest may still be booting, or qemu-ga is not installed/running in it",
         )
-    if code in _TIMEOUT or "timed out" in text.lower() or "timeout" in text.lower():
+    if code in _TIMEOUT or (not from_guest and "timed out" in text.lower()):
         return AgentTimeoutError(f"guest agent of VM '{vm}' did not answer '{command}' in time")
-    if "has been disabled" in text or "CommandDisabled" in text or "disabled" in text.lower():
-        return AgentCommandDisabledError(
-            f"command '{command}' is disabled in the guest agent of VM '{vm}'",
-            hint="remove it from qemu-ga's --block-rpcs (BLACKLIST_RPC) setting in the guest",
-        )
-    return GuestCommandError(f"guest agent of VM '{vm}' failed '{command}': {text}")
+    return classify_error(f"VM '{vm}'", command, None, desc)
