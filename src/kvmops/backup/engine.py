@@ -535,8 +535,7 @@ def _finish_files(repo: Repository, vm: str, partial: Path, plan: Plan) -> list[
             parent_file = repo.backups_dir(vm) / item.parent / f"{item.disk.target}.qcow2"
             if not parent_file.is_file():
                 raise BackupError(f"parent backup file {parent_file} is missing")
-            qemuimg.rebase(path, f"../{item.parent}/{item.disk.target}.qcow2", unsafe=True,
-                           backing_fmt="qcow2")
+            link_to_parent(path, item.parent, item.disk.target)
         info = qemuimg.info(path)
         records.append(DiskRecord(
             target=item.disk.target, file=path.name, source=item.disk.source or "",
@@ -545,6 +544,13 @@ def _finish_files(repo: Repository, vm: str, partial: Path, plan: Plan) -> list[
             sha256=sha256_file(path),
         ))
     return records
+
+
+def link_to_parent(path: Path, parent_id: str, target: str) -> None:
+    """Point an incremental at its parent with a *relative* backing link (movable repo)."""
+    relative = f"../{parent_id}/{target}.qcow2"
+    qemuimg.run_qemu_img(["rebase", "-u", "-f", "qcow2", "-b", relative, "-F", "qcow2",
+                          str(path)], what=f"linking {path.name} to {relative}", path=path)
 
 
 def recover(domain: libvirt.virDomain, repo: Repository, vm: str, say: NoteFn) -> None:

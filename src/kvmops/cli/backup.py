@@ -67,10 +67,11 @@ def create_cmd(
             progress.update(task, completed=done, total=total or None)
 
         manifest = run_backup(host, request, progress=report, note=warn)
+        written = sum(d.bytes_written for d in manifest.disks)
+        progress.update(task, total=max(written, 1), completed=max(written, 1))
     if json_out:
         print_json(manifest.model_dump(mode="json", exclude={"domain_xml"}))
         return
-    written = sum(d.bytes_written for d in manifest.disks)
     info(f"{manifest.type.value} backup of VM '{vm}' complete: {len(manifest.disks)} disk(s), "
          f"{format_size(written)} written, {manifest.consistency.value}-consistent, "
          f"{manifest.duration_s:.1f}s")
