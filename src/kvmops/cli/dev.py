@@ -1,5 +1,40 @@
-"""`kvmops dev` commands (placeholder until implemented)."""
+"""`kvmops dev`: developer tools (the tiny test guest)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="dev commands", no_args_is_help=True)
+from kvmops.cli import output
+
+app = typer.Typer(help="Developer tools: build the tiny test guest.", no_args_is_help=True)
+
+
+@app.command("build-guest")
+def build_guest_cmd(
+    directory: Path = typer.Argument(
+        ..., metavar="DIR", help="Where to write vmlinuz, initrd.img and data.ext4."
+    ),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if the inputs are unchanged."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Build the tiny test guest (Debian kernel + busybox + qemu-ga) into DIR.
+
+    A second run with unchanged inputs returns at once unless --force.
+    """
+    from kvmops.devguest.build import build_guest
+
+    started = time.monotonic()
+    image = build_guest(directory, force=force, progress=None if json_out else output.info)
+    result = {
+        "kernel": str(image.kernel),
+        "initrd": str(image.initrd),
+        "data_disk": str(image.data_disk),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    if json_out:
+        output.print_json(result)
+    else:
+        output.print_fields(result.items())

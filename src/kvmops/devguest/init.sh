@@ -1,0 +1,85 @@
+#!/bin/sh
+# /init of the kvmops tiny test guest (PID 1). Rendered by kvmops.devguest.build;
+# the double-at placeholders are filled in at build time.
+#
+# Rules: never write to, format or mount /dev/vda (tests own that disk raw);
+# print progress markers on the console; end by exec'ing qemu-ga.
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+export HOME=/root
+umask 022
+
+say() { echo "kvmops-guest: $*" > /dev/console 2>/dev/null || echo "kvmops-guest: $*"; }
+
+mkdir -p /proc /sys /dev /run /tmp /data
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm /dev/virtio-ports
+mount -t devpts devpts /dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+mount -t tmpfs -o mode=0755 tmpfs /run
+chmod 1777 /tmp
+hostname -F /etc/hostname
+say "init started (kernel $(uname -r))"
+
+MODDIR=@@MODDIR@@
+for m in @@MODULES@@; do
+    insmod "$MODDIR/$m.ko" || say "insmod $m failed"
+done
+say "modules loaded"
+
+AGENT_PORT=/dev/virtio-ports/@@AGENT_PORT@@
+
+# udev would make /dev/virtio-ports/<name>; do it by hand from sysfs.
+link_ports() {
+    for p in /sys/class/virtio-ports/*; do
+        [ -r "$p/name" ] || continue
+        n=$(cat "$p/name")
+        [ -n "$n" ] || continue
+        [ -e "/dev/${p##*/}" ] || continue
+        ln -sfn "../${p##*/}" "/dev/virtio-ports/$n"
+    done
+}
+
+# The ext4 label of a whole disk, read from the superblock (magic 0xEF53 at
+# byte 1080, 16-byte volume name at 1144); empty if it is not ext2/3/4.
+ext_label() {
+    magic=$(dd if="$1" bs=1 skip=1080 count=2 2>/dev/null | od -An -tx1 | tr -d ' \n')
+    [ "$magic" = "53ef" ] || return 0
+    dd if="$1" bs=1 skip=1144 count=16 2>/dev/null | tr -d '\000'
+}
+
+mount_data() {
+    for s in /sys/block/vd?; do
+        [ -e "$s" ] || continue
+        d=${s##*/}
+        [ "$d" = vda ] && continue   # never touch vda
+        [ -b "/dev/$d" ] || continue
+        [ "$(ext_label "/dev/$d")" = "@@DATA_LABEL@@" ] || continue
+        opts=rw
+        [ "$(cat "$s/ro" 2>/dev/null)" = 1 ] && opts=ro
+        if mount -t ext4 -o "$opts" "/dev/$d" /data; then
+            say "mounted /dev/$d ($opts) on /data"
+        else
+            say "mounting /dev/$d on /data failed"
+        fi
+        return 0
+    done
+    say "no data disk labelled @@DATA_LABEL@@"
+}
+mount_data
+
+i=0
+while :; do
+    link_ports
+    [ -e "$AGENT_PORT" ] && break
+    i=$((i + 1))
+    # ~10 s, then keep polling slowly: the channel may be hot-plugged later.
+    if [ "$i" -eq 100 ]; then
+        say "waiting for $AGENT_PORT (no virtio-serial port of that name yet)"
+    fi
+    if [ "$i" -lt 100 ]; then sleep 0.1; else sleep 1; fi
+done
+
+say "starting qemu-ga"
+exec qemu-ga -m virtio-serial -p "$AGENT_PORT" -t /run -f /run/qemu-ga.pid
