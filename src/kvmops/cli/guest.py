@@ -198,7 +198,7 @@ def vcpus_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
                  for v in result])
 
 
-@app.command("exec", context_settings={"allow_interspersed_args": False})
+@app.command("exec")
 def exec_cmd(args: list[str] = typer.Argument(..., metavar="[VM] -- CMD [ARGS]...",
                                               show_default=False),
              timeout: float = typer.Option(60.0, "--timeout",
