@@ -32,6 +32,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 
+def _one_line(text: str) -> str:
+    return " / ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 class KvmopsError(Exception):
     """Base of every error kvmops raises on purpose."""
 
@@ -39,8 +43,9 @@ class KvmopsError(Exception):
     http_status: ClassVar[int] = 500
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
-        self.message = message
-        self.hint = hint
+        # Lower layers (libvirt, QEMU, qemu-img) give multi-line texts; a user gets one line.
+        self.message = _one_line(message)
+        self.hint = _one_line(hint) if hint else hint
         super().__init__(self.__str__())
 
     def __str__(self) -> str:

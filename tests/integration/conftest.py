@@ -106,3 +106,12 @@ def running_vm(vm_factory: Callable[..., str]) -> str:
     Tests using it must leave it running.
     """
     return vm_factory(start=True)
+
+
+@pytest.fixture
+def repo_dir(images_dir: Path) -> Iterator[Path]:
+    """A fresh backup repository that QEMU (libvirt-qemu) can write into."""
+    path = images_dir / f"repo-{next(_counter)}"
+    path.mkdir(mode=0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

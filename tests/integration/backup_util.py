@@ -1,0 +1,68 @@
+"""Helpers for backup tests: guest I/O through the real CLI, hashing restored images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+from tests.conftest import run_cli
+
+DISK_MIB = 64
+
+
+def guest_sh(vm: str, script: str) -> str:
+    """Run a shell snippet in the tiny guest through ``kvmops guest exec``."""
+    result = run_cli("guest", "exec", vm, "--timeout", "120", "--", "/bin/sh", "-c", script)
+    assert result.code == 0, (script, result.code, result.stdout, result.stderr)
+    return result.stdout
+
+
+def write_random(vm: str, seek_mib: int, count_mib: int, target: str = "vda") -> str:
+    """Write random MiBs at an offset of /dev/TARGET; return the whole disk's sha256."""
+    out = guest_sh(
+        vm,
+        f"dd if=/dev/urandom of=/dev/{target} bs=1M count={count_mib} seek={seek_mib} "
+        f"conv=fsync 2>/dev/null && sync && sha256sum /dev/{target}",
+    )
+    return out.split()[0]
+
+
+def disk_hash(vm: str, target: str = "vda") -> str:
+    return guest_sh(vm, f"sha256sum /dev/{target}").split()[0]
+
+
+def image_hash(path: Path) -> str:
+    """sha256 of an image's guest-visible content (qemu-img convert to raw)."""
+    raw = path.with_suffix(".raw")
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(path), str(raw)], check=True)
+    digest = hashlib.sha256()
+    with open(raw, "rb") as fh:
+        while block := fh.read(4 << 20):
+            digest.update(block)
+    raw.unlink()
+    return digest.hexdigest()
+
+
+def backup(vm: str, repo: Path, *flags: str) -> dict[str, object]:
+    result = run_cli("backup", "create", vm, "--repo", str(repo), "--json", *flags)
+    assert result.code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert isinstance(data, dict)
+    return data
+
+
+def list_backups(vm: str, repo: Path) -> list[dict[str, object]]:
+    result = run_cli("backup", "list", vm, "--repo", str(repo), "--json")
+    assert result.code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert isinstance(data, list)
+    return data
+
+
+def restore_hash(vm: str, repo: Path, backup_id: str, out: Path, target: str = "vda") -> str:
+    result = run_cli("backup", "restore", vm, "--repo", str(repo), "--at", backup_id,
+                     "--to", str(out))
+    assert result.code == 0, result.stderr
+    return image_hash(out / f"{target}.qcow2")

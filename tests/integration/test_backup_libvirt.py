@@ -1,0 +1,353 @@
+"""Online backups of libvirt VMs: the round trip, failure safety and edge cases."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import libvirt
+
+from kvmops.errors import BackupError, BackupInconsistentError, StateError
+from kvmops.host.connection import Host
+from tests.conftest import assert_one_line_error, run_cli
+from tests.integration.backup_util import (
+    backup,
+    disk_hash,
+    list_backups,
+    restore_hash,
+    write_random,
+)
+
+
+def test_round_trip_every_point_restores(vm_factory: Callable[..., str], repo_dir: Path,
+                                         tmp_path: Path) -> None:
+    vm = vm_factory(start=True)
+    expected: dict[str, str] = {}
+    full = backup(vm, repo_dir, "--full")
+    assert full["type"] == "full" and full["consistency"] == "application"
+    expected[str(full["id"])] = disk_hash(vm)
+
+    expected_hash = write_random(vm, 2, 4)
+    inc1 = backup(vm, repo_dir, "--incremental")
+    assert inc1["type"] == "incremental" and inc1["parent"] == full["id"]
+    expected[str(inc1["id"])] = expected_hash
+
+    expected_hash = write_random(vm, 20, 3)
+    diff = backup(vm, repo_dir, "--differential")
+    assert diff["type"] == "differential" and diff["parent"] == full["id"]
+    expected[str(diff["id"])] = expected_hash
+
+    expected_hash = write_random(vm, 40, 1)
+    inc2 = backup(vm, repo_dir, "--incremental")
+    assert inc2["type"] == "incremental" and inc2["parent"] == diff["id"]
+    expected[str(inc2["id"])] = expected_hash
+
+    # Incrementals hold about what changed, not the disk.
+    inc_bytes = sum(d["bytes_written"] for d in inc1["disks"])  # type: ignore[attr-defined]
+    assert 4 << 20 <= inc_bytes <= 2 * (4 << 20) + (2 << 20)
+
+    listed = list_backups(vm, repo_dir)
+    assert [b["id"] for b in listed] == list(expected)  # oldest first
+    assert [b["type"] for b in listed] == ["full", "incremental", "differential", "incremental"]
+    assert all(b["complete"] is True and b["time"] for b in listed)
+
+    for index, (backup_id, digest) in enumerate(expected.items()):
+        assert restore_hash(vm, repo_dir, backup_id, tmp_path / f"r{index}") == digest
+
+    result = run_cli("backup", "verify", "--repo", str(repo_dir), vm)
+    assert result.code == 0, result.stderr
+
+    # Default mode continues the chain; the last line of the output is the new id.
+    result = run_cli("backup", "create", vm, "--repo", str(repo_dir))
+    assert result.code == 0, result.stderr
+    new_id = result.stdout.strip().splitlines()[-1]
+    assert list_backups(vm, repo_dir)[-1]["id"] == new_id
+    assert list_backups(vm, repo_dir)[-1]["type"] == "incremental"
+
+
+def test_verify_reports_first_broken_link(vm_factory: Callable[..., str],
+                                          repo_dir: Path) -> None:
+    vm = vm_factory(start=True)
+    full = backup(vm, repo_dir, "--full")
+    write_random(vm, 5, 2)
+    backup(vm, repo_dir, "--incremental")
+    full_file = repo_dir / vm / "backups" / str(full["id"]) / "vda.qcow2"
+    with open(full_file, "r+b") as fh:  # flip bytes in the data area
+        fh.seek(os.path.getsize(full_file) - 4096)
+        fh.write(b"\xff" * 16)
+    result = run_cli("backup", "verify", "--repo", str(repo_dir), vm)
+    assert_one_line_error(result, BackupInconsistentError.exit_code, str(full["id"]),
+                          "checksum")
+
+
+def test_restarted_vm_chain_continues(vm_factory: Callable[..., str], repo_dir: Path,
+                                      tmp_path: Path) -> None:
+    vm = vm_factory(start=True)
+    backup(vm, repo_dir, "--full")
+    write_random(vm, 1, 2)
+    backup(vm, repo_dir, "--incremental")
+    assert run_cli("vm", "shutdown", vm, "--agent").code == 0
+    assert run_cli("vm", "start", vm, "--wait-agent", "90").code == 0
+    digest = write_random(vm, 9, 2)
+    after = backup(vm, repo_dir)
+    assert after["type"] == "incremental", after["notes"]
+    assert restore_hash(vm, repo_dir, str(after["id"]), tmp_path / "r") == digest
+
+
+def test_killed_qemu_forces_full_with_note(vm_factory: Callable[..., str], repo_dir: Path,
+                                           host: Host, tmp_path: Path) -> None:
+    vm = vm_factory(start=True)
+    backup(vm, repo_dir, "--full")
+    write_random(vm, 1, 2)
+    pid = int(Path(f"/run/libvirt/qemu/{vm}.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while host.domain(vm).isActive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert run_cli("vm", "start", vm, "--wait-agent", "90").code == 0
+    digest = write_random(vm, 12, 1)
+    after = backup(vm, repo_dir)
+    assert after["type"] == "full"
+    assert any("cannot be trusted" in n or "inconsistent" in n
+               for n in after["notes"]), after["notes"]  # type: ignore[union-attr]
+    assert restore_hash(vm, repo_dir, str(after["id"]), tmp_path / "r") == digest
+    # And the chain goes on from the new full.
+    digest = write_random(vm, 30, 1)
+    nxt = backup(vm, repo_dir)
+    assert nxt["type"] == "incremental" and nxt["parent"] == after["id"]
+    assert restore_hash(vm, repo_dir, str(nxt["id"]), tmp_path / "r2") == digest
+
+
+def test_lost_checkpoint_metadata_is_redefined(vm_factory: Callable[..., str], repo_dir: Path,
+                                               host: Host, tmp_path: Path) -> None:
+    vm = vm_factory(start=True)
+    full = backup(vm, repo_dir, "--full")
+    domain = host.domain(vm)
+    for checkpoint in domain.listAllCheckpoints(0):
+        checkpoint.delete(libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+    assert domain.listAllCheckpoints(0) == []
+    digest = write_random(vm, 3, 2)
+    after = backup(vm, repo_dir)
+    assert after["type"] == "incremental" and after["parent"] == full["id"], after["notes"]
+    assert any("redefined" in n for n in after["notes"])  # type: ignore[union-attr]
+    assert restore_hash(vm, repo_dir, str(after["id"]), tmp_path / "r") == digest
+
+
+def test_foreign_checkpoint_left_alone(vm_factory: Callable[..., str], repo_dir: Path,
+                                       host: Host) -> None:
+    vm = vm_factory(start=True)
+    domain = host.domain(vm)
+    domain.checkpointCreateXML(
+        "<domaincheckpoint><name>someone-else</name></domaincheckpoint>", 0)
+    backup(vm, repo_dir, "--full")
+    after = backup(vm, repo_dir)
+    assert any("someone-else" in n for n in after["notes"])  # type: ignore[union-attr]
+    names = [c.getName() for c in domain.listAllCheckpoints(0)]
+    assert "someone-else" in names
+
+
+def test_added_disk_gets_its_own_full(vm_factory: Callable[..., str], repo_dir: Path,
+                                      images_dir: Path, tmp_path: Path, host: Host) -> None:
+    vm = vm_factory(start=True)
+    backup(vm, repo_dir, "--full")
+    extra = images_dir / f"{vm}-extra.qcow2"
+    subprocess.run(["qemu-img", "create", "-f", "qcow2", str(extra), "32M"], check=True,
+                   capture_output=True)
+    domain = host.domain(vm)
+    domain.attachDeviceFlags(
+        f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+        f"<source file='{extra}'/><target dev='vdb' bus='virtio'/></disk>",
+        libvirt.VIR_DOMAIN_AFFECT_LIVE | libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if run_cli("guest", "exec", vm, "--", "test", "-b", "/dev/vdb").code == 0:
+            break
+        time.sleep(1)
+    vdb_digest = write_random(vm, 0, 4, target="vdb")
+    vda_digest = write_random(vm, 6, 1)
+    after = backup(vm, repo_dir)
+    assert after["type"] == "incremental"
+    by_target = {d["target"]: d for d in after["disks"]}  # type: ignore[attr-defined]
+    assert by_target["vda"]["type"] == "incremental"
+    assert by_target["vdb"]["type"] == "full" and by_target["vdb"]["parent"] is None
+    assert any("vdb" in n and "own full" in n for n in after["notes"])  # type: ignore[union-attr]
+    out = tmp_path / "r"
+    assert restore_hash(vm, repo_dir, str(after["id"]), out) == vda_digest
+    from tests.integration.backup_util import image_hash
+
+    assert image_hash(out / "vdb.qcow2") == vdb_digest
+
+
+def test_resized_disk_between_backups(vm_factory: Callable[..., str], repo_dir: Path,
+                                      host: Host, tmp_path: Path) -> None:
+    vm = vm_factory(start=True)
+    backup(vm, repo_dir, "--full")
+    domain = host.domain(vm)
+    domain.blockResize("vda", 96 * 1024 * 1024, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        out = run_cli("guest", "exec", vm, "--", "cat", "/sys/block/vda/size").stdout.strip()
+        if out == str(96 * 2048):
+            break
+        time.sleep(0.5)
+    digest = write_random(vm, 70, 4)  # beyond the old end
+    after = backup(vm, repo_dir)
+    assert after["type"] == "incremental"
+    assert after["disks"][0]["virtual_size"] == 96 * 1024 * 1024  # type: ignore[index]
+    assert restore_hash(vm, repo_dir, str(after["id"]), tmp_path / "r") == digest
+
+
+def test_raw_disk_is_copied_in_full_and_said(vm_factory: Callable[..., str], repo_dir: Path,
+                                            images_dir: Path, tmp_path: Path) -> None:
+    raw = images_dir / "rawdisk.raw"
+    subprocess.run(["qemu-img", "create", "-f", "raw", str(raw), "32M"], check=True,
+                   capture_output=True)
+    vm = vm_factory("--disk", f"path={raw},format=raw", start=True)
+    backup(vm, repo_dir, "--full")
+    raw_digest = write_random(vm, 1, 2, target="vdb")
+    after = backup(vm, repo_dir, "--incremental")
+    by_target = {d["target"]: d for d in after["disks"]}  # type: ignore[attr-defined]
+    assert by_target["vdb"]["type"] == "full"
+    assert by_target["vda"]["type"] == "incremental"
+    assert any("raw" in n and "vdb" in n for n in after["notes"])  # type: ignore[union-attr]
+    out = tmp_path / "r"
+    restore_hash(vm, repo_dir, str(after["id"]), out)
+    from tests.integration.backup_util import image_hash
+
+    assert image_hash(out / "vdb.qcow2") == raw_digest
+
+
+def test_shut_off_vm_backup_then_chain_continues(vm_factory: Callable[..., str],
+                                                 repo_dir: Path, tmp_path: Path) -> None:
+    vm = vm_factory(start=True)
+    backup(vm, repo_dir, "--full")
+    digest = write_random(vm, 4, 2)
+    assert run_cli("vm", "shutdown", vm, "--agent").code == 0
+    offline = backup(vm, repo_dir)
+    assert offline["consistency"] == "offline" and offline["type"] == "full"
+    assert restore_hash(vm, repo_dir, str(offline["id"]), tmp_path / "r1") == digest
+    assert run_cli("vm", "start", vm, "--wait-agent", "90").code == 0
+    digest = write_random(vm, 33, 2)
+    online = backup(vm, repo_dir)
+    assert online["type"] == "incremental" and online["parent"] == offline["id"]
+    assert restore_hash(vm, repo_dir, str(online["id"]), tmp_path / "r2") == digest
+
+
+def _slow_backup(vm: str, repo: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "kvmops.cli.main", "backup", "create", vm, "--repo", str(repo),
+         "--full", "--speed", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_partial(repo: Path, vm: str, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    backups = repo / vm / "backups"
+    while time.monotonic() < deadline:
+        partials = list(backups.glob(".partial-*")) if backups.is_dir() else []
+        if partials and any(p.stat().st_size > 1 << 20 for p in partials[0].glob("*.qcow2")):
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    raise AssertionError("backup never started writing")
+
+
+def test_killed_kvmops_mid_backup_leaves_nothing_false(
+        vm_factory: Callable[..., str], repo_dir: Path, host: Host, tmp_path: Path) -> None:
+    vm = vm_factory(start=True)
+    write_random(vm, 0, 48)
+    first = backup(vm, repo_dir, "--full")
+    digest = write_random(vm, 0, 40)
+    proc = _slow_backup(vm, repo_dir)
+    try:
+        _wait_partial(repo_dir, vm, proc)
+        proc.kill()  # SIGKILL: no clean-up code runs
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    listed = list_backups(vm, repo_dir)
+    assert [b["id"] for b in listed] == [first["id"]]
+    assert run_cli("backup", "verify", "--repo", str(repo_dir), vm).code == 0
+    # The next backup cleans up and still holds every block written since the first.
+    after = backup(vm, repo_dir, "--incremental")
+    assert after["type"] == "incremental" and after["parent"] == first["id"]
+    assert any("unfinished" in n for n in after["notes"])  # type: ignore[union-attr]
+    assert not list((repo_dir / vm / "backups").glob(".partial-*"))
+    assert restore_hash(vm, repo_dir, str(after["id"]), tmp_path / "r") == digest
+    assert run_cli("backup", "verify", "--repo", str(repo_dir), vm).code == 0
+
+
+def test_second_backup_refused_and_cancel(vm_factory: Callable[..., str], repo_dir: Path,
+                                          tmp_path: Path) -> None:
+    vm = vm_factory(start=True)
+    write_random(vm, 0, 48)
+    first = backup(vm, repo_dir, "--full")
+    digest = write_random(vm, 0, 40)
+    proc = _slow_backup(vm, repo_dir)
+    try:
+        _wait_partial(repo_dir, vm, proc)
+        jobs = json.loads(run_cli("backup", "jobs", "--json").stdout)
+        assert any(j["vm"] == vm and j["pid"] == proc.pid for j in jobs)
+        second = run_cli("backup", "create", vm, "--repo", str(repo_dir))
+        assert_one_line_error(second, StateError.exit_code, vm, "lock")
+        assert run_cli("backup", "cancel", vm).code == 0
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "Traceback" not in err
+    assert [b["id"] for b in list_backups(vm, repo_dir)] == [first["id"]]
+    events = json.loads(run_cli("backup", "events", vm, "--json").stdout)
+    assert events[-1]["event"] == "cancelled"
+    after = backup(vm, repo_dir)
+    assert after["type"] == "incremental"
+    assert restore_hash(vm, repo_dir, str(after["id"]), tmp_path / "r") == digest
+
+
+def test_vm_shut_down_during_backup(vm_factory: Callable[..., str], repo_dir: Path,
+                                    host: Host) -> None:
+    vm = vm_factory(start=True)
+    write_random(vm, 0, 48)
+    proc = _slow_backup(vm, repo_dir)
+    try:
+        _wait_partial(repo_dir, vm, proc)
+        host.domain(vm).destroy()
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == BackupError.exit_code, err
+    assert "stopped" in err and "Traceback" not in err
+    assert list_backups(vm, repo_dir) == []
+    assert not list((repo_dir / vm / "backups").glob(".partial-*"))
+
+
+def test_full_target_fails_cleanly(vm_factory: Callable[..., str], images_dir: Path,
+                                   host: Host) -> None:
+    vm = vm_factory(start=True)
+    write_random(vm, 0, 48)
+    image = images_dir / "small-fs.img"
+    mount = images_dir / "small-repo"
+    subprocess.run(["truncate", "-s", "16M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    mount.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    try:
+        mount.chmod(0o755)
+        result = run_cli("backup", "create", vm, "--repo", str(mount), "--full")
+        assert result.code != 0
+        assert "Traceback" not in result.stderr
+        assert list_backups(vm, mount) == []
+        assert not list((mount / vm / "backups").glob(".partial-*"))
+        assert host.domain(vm).isActive()
+        assert host.domain(vm).state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
