@@ -351,3 +351,37 @@ def test_full_target_fails_cleanly(vm_factory: Callable[..., str], images_dir: P
         assert host.domain(vm).state()[0] == libvirt.VIR_DOMAIN_RUNNING
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_prune_merges_and_kept_points_restore(vm_factory: Callable[..., str], repo_dir: Path,
+                                              tmp_path: Path) -> None:
+    vm = vm_factory(start=True)
+    digests: dict[str, str] = {}
+    first = backup(vm, repo_dir, "--full")
+    digests[str(first["id"])] = disk_hash(vm)
+    for step in range(4):
+        digest = write_random(vm, 3 + 7 * step, 2)
+        made = backup(vm, repo_dir, "--incremental")
+        digests[str(made["id"])] = digest
+    ids = list(digests)
+    dry = run_cli("backup", "prune", vm, "--repo", str(repo_dir), "--keep-last", "2",
+                  "--dry-run", "--json")
+    assert dry.code == 0, dry.stderr
+    plan = json.loads(dry.stdout)["plan"]
+    assert plan["remove"] == ids[:3] and plan["keep"] == ids[3:]
+    assert [b["id"] for b in list_backups(vm, repo_dir)] == ids  # dry run changed nothing
+
+    result = run_cli("backup", "prune", vm, "--repo", str(repo_dir), "--keep-last", "2")
+    assert result.code == 0, result.stderr
+    listed = list_backups(vm, repo_dir)
+    assert [b["id"] for b in listed] == ids[3:]
+    assert listed[0]["type"] == "full" and listed[0]["parent"] is None
+    assert listed[1]["parent"] == ids[3]
+    for index, backup_id in enumerate(ids[3:]):
+        assert restore_hash(vm, repo_dir, backup_id, tmp_path / f"r{index}") == digests[backup_id]
+    assert run_cli("backup", "verify", "--repo", str(repo_dir), vm).code == 0
+    # The chain goes on after a prune.
+    digest = write_random(vm, 50, 1)
+    nxt = backup(vm, repo_dir)
+    assert nxt["type"] == "incremental" and nxt["parent"] == ids[4]
+    assert restore_hash(vm, repo_dir, str(nxt["id"]), tmp_path / "rn") == digest

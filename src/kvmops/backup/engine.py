@@ -70,6 +70,7 @@ class BackupRequest:
     disks: list[str] = field(default_factory=list)  # only these targets
     exclude: list[str] = field(default_factory=list)
     freeze: bool = True  # freeze file systems through the agent when it answers
+    speed: int | None = None  # bytes per second for the copy, None for unlimited
 
 
 @dataclass
@@ -358,6 +359,17 @@ def wait_for_job(domain: libvirt.virDomain, progress: ProgressFn | None,
     raise BackupError(f"backup job of VM '{name}' failed: {detail}")
 
 
+def limit_speed(domain: libvirt.virDomain, speed: int) -> None:
+    """Throttle the backup's block jobs (libvirt's backup API has no bandwidth knob).
+
+    ``block-job-set-speed`` only changes the rate of the job libvirt started; it does not
+    touch the job's state, which libvirt keeps tracking.
+    """
+    for job in _qmp(domain, "query-block-jobs") or []:
+        if job.get("type") == "backup":
+            _qmp(domain, "block-job-set-speed", {"device": job["device"], "speed": speed})
+
+
 @contextlib.contextmanager
 def frozen(domain: libvirt.virDomain, wanted: bool, note: NoteFn) -> Iterator[bool]:
     """Freeze the guest's file systems for the instant of the checkpoint; always thaw."""
@@ -468,6 +480,8 @@ def _run_online(host: Host, domain: libvirt.virDomain, repo: Repository, req: Ba
                     ) from err
                 raise _begin_error(err, vm, partial) from err
             checkpoint_created = True
+        if req.speed:
+            limit_speed(domain, req.speed)
         wait_for_job(domain, progress)
 
         records = _finish_files(repo, vm, partial, plan)

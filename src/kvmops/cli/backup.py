@@ -17,6 +17,7 @@ from kvmops.backup.restore import (
     restore_to_dir,
     verify,
 )
+from kvmops.backup.retention import RetentionPolicy, prune
 from kvmops.cli.common import JsonOption, UriOption, connect
 from kvmops.cli.output import (
     byte_progress,
@@ -27,7 +28,7 @@ from kvmops.cli.output import (
     warn,
 )
 from kvmops.errors import ValidationError
-from kvmops.sizes import format_size
+from kvmops.sizes import format_size, parse_size
 
 app = typer.Typer(help="Online backups, restore, verify and retention.", no_args_is_help=True)
 RepoOption = typer.Option(..., "--repo", help="Backup repository directory.")
@@ -50,6 +51,8 @@ def create_cmd(
     exclude: list[str] = typer.Option([], "--exclude", help="Skip this disk; repeatable."),
     no_freeze: bool = typer.Option(False, "--no-freeze",
                                    help="Do not freeze guest file systems (crash-consistent)."),
+    speed: str | None = typer.Option(None, "--speed",
+                                     help="Copy rate limit in MiB/s (e.g. 50) or with a unit."),
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
 ) -> None:
@@ -59,7 +62,8 @@ def create_cmd(
     if len(chosen) > 1:
         raise ValidationError("give at most one of --full, --incremental, --differential")
     request = BackupRequest(vm=vm, repo=repo, mode=chosen[0] if chosen else None, disks=disk,
-                            exclude=exclude, freeze=not no_freeze)
+                            exclude=exclude, freeze=not no_freeze,
+                            speed=_speed(speed) if speed else None)
     with connect(uri) as host, byte_progress() as progress:
         task = progress.add_task(f"backup {vm}", total=None)
 
@@ -76,6 +80,15 @@ def create_cmd(
          f"{format_size(written)} written, {manifest.consistency.value}-consistent, "
          f"{manifest.duration_s:.1f}s")
     info(manifest.id)
+
+
+def _speed(text: str) -> int:
+    """``50`` means 50 MiB/s; ``512K``/``2G`` are taken as given per second."""
+    value = parse_size(text + ("M" if text.strip().replace(".", "", 1).isdigit() else ""),
+                       what="--speed")
+    if value <= 0:
+        raise ValidationError(f"invalid --speed '{text}': must be positive")
+    return value
 
 
 @app.command("list")
@@ -153,6 +166,33 @@ def verify_cmd(
     elif report.sound:
         info(f"{report.checked_backups} backup(s), {report.checked_files} file(s): all sound")
     require_sound(report)
+
+
+@app.command("prune")
+def prune_cmd(
+    vm: str = typer.Argument(..., help="VM name."),
+    repo: Path = RepoOption,
+    keep_last: int = typer.Option(0, "--keep-last", help="Keep the newest N backups."),
+    keep_daily: int = typer.Option(0, "--keep-daily", help="Keep the newest of N days."),
+    keep_weekly: int = typer.Option(0, "--keep-weekly", help="Keep the newest of N weeks."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; change nothing."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Apply a retention policy; expired incrementals are merged so kept points stay whole."""
+    policy = RetentionPolicy(keep_last=keep_last, keep_daily=keep_daily,
+                             keep_weekly=keep_weekly)
+    result = prune(repo, vm, policy, dry_run=dry_run, note=warn)
+    if json_out:
+        print_json(result)
+        return
+    plan = result.plan
+    verb = "would remove" if dry_run else "removed"
+    for backup_id in plan.remove:
+        info(f"{verb} {backup_id}")
+    for backup_id, parent in plan.rewrite.items():
+        info(f"{'would merge' if dry_run else 'merged'} into {backup_id} "
+             f"(now based on {parent or 'nothing: a full'})")
+    info(f"kept {len(plan.keep)}, {verb} {len(plan.remove)} backup(s) of VM '{vm}'")
 
 
 @app.command("jobs")

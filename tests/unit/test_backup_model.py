@@ -1,0 +1,160 @@
+"""Pure backup logic: planning, chains, retention."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from kvmops.backup.engine import plan_backup
+from kvmops.backup.model import (
+    BackupType,
+    Consistency,
+    DiskRecord,
+    Manifest,
+    disk_chain,
+    new_backup_id,
+    resolve_point,
+)
+from kvmops.backup.retention import RetentionPolicy, plan_prune
+from kvmops.errors import NotFoundError, ValidationError
+from kvmops.vm.domxml import DiskSpec
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+def manifest(n: int, kind: BackupType, parent: int | None, *, days: float = 0,
+             targets: tuple[str, ...] = ("vda",)) -> Manifest:
+    time = T0 + timedelta(days=days, minutes=n)
+    backup_id = new_backup_id(time)
+    parent_id = new_backup_id(T0 + timedelta(days=0, minutes=parent)) if parent is not None \
+        else None
+    return Manifest(
+        id=backup_id, vm="vm", time=time, type=kind, parent=parent_id,
+        checkpoint=f"kvmops-{backup_id}", consistency=Consistency.CRASH,
+        disks=[DiskRecord(target=t, file=f"{t}.qcow2", source=f"/i/{t}", type=kind,
+                          parent=parent_id, virtual_size=1, bytes_written=1, sha256="x")
+               for t in targets])
+
+
+def chain_of(kinds: list[tuple[BackupType, int | None]]) -> list[Manifest]:
+    return [manifest(i, k, p) for i, (k, p) in enumerate(kinds)]
+
+
+FULL, INC, DIFF = BackupType.FULL, BackupType.INCREMENTAL, BackupType.DIFFERENTIAL
+
+
+def test_ids_sort_by_time() -> None:
+    a = new_backup_id(T0)
+    b = new_backup_id(T0 + timedelta(microseconds=1))
+    assert a < b and a.endswith("Z")
+
+
+def test_disk_chain_follows_parents() -> None:
+    ms = chain_of([(FULL, None), (INC, 0), (DIFF, 0), (INC, 2)])
+    by_id = {m.id: m for m in ms}
+    assert [m.id for m in disk_chain(by_id, ms[3].id, "vda")] == [ms[0].id, ms[2].id, ms[3].id]
+    assert [m.id for m in disk_chain(by_id, ms[1].id, "vda")] == [ms[0].id, ms[1].id]
+    del by_id[ms[2].id]
+    with pytest.raises(NotFoundError, match="missing"):
+        disk_chain(by_id, ms[3].id, "vda")
+
+
+def test_resolve_point_by_id_prefix_and_time() -> None:
+    ms = chain_of([(FULL, None), (INC, 0), (INC, 1)])
+    assert resolve_point(ms, None).id == ms[2].id
+    assert resolve_point(ms, ms[1].id).id == ms[1].id
+    assert resolve_point(ms, (T0 + timedelta(minutes=1, seconds=30)).isoformat()).id == ms[1].id
+    with pytest.raises(ValidationError, match="ambiguous"):
+        resolve_point(ms, "2026")
+    with pytest.raises(NotFoundError):
+        resolve_point(ms, "nonsense")
+
+
+DISKS = [DiskSpec(target="vda", source="/i/vda"), DiskSpec(target="vdb", source="/i/vdb")]
+
+
+def trusted(_cp: str, _target: str) -> str | None:
+    return None
+
+
+def test_plan_first_backup_is_full() -> None:
+    plan = plan_backup("vm", DISKS, [], None, trusted)
+    assert plan.type is FULL and plan.parent is None
+    plan = plan_backup("vm", DISKS, [], INC, trusted)
+    assert plan.type is FULL and "no earlier full" in plan.notes[0]
+
+
+def test_plan_incremental_and_differential_parents() -> None:
+    ms = chain_of([(FULL, None), (INC, 0)])
+    ms = [manifest(i, m.type, 0 if i else None, targets=("vda", "vdb"))
+          for i, m in enumerate(ms)]
+    plan = plan_backup("vm", DISKS, ms, None, trusted)
+    assert plan.type is INC and plan.parent is not None and plan.parent.id == ms[1].id
+    assert all(d.parent == ms[1].id for d in plan.disks)
+    plan = plan_backup("vm", DISKS, ms, DIFF, trusted)
+    assert plan.type is DIFF and plan.parent is not None and plan.parent.id == ms[0].id
+
+
+def test_plan_untrusted_bitmap_becomes_full_with_note() -> None:
+    ms = [manifest(0, FULL, None, targets=("vda", "vdb"))]
+    plan = plan_backup("vm", DISKS, ms, INC, lambda cp, t: "inconsistent")
+    assert plan.type is FULL
+    assert any("cannot be trusted" in n for n in plan.notes)
+
+
+def test_plan_new_disk_gets_full_inside_incremental() -> None:
+    ms = [manifest(0, FULL, None, targets=("vda",))]
+    plan = plan_backup("vm", DISKS, ms, None, trusted)
+    assert plan.type is INC
+    modes = {d.disk.target: d.mode for d in plan.disks}
+    assert modes == {"vda": INC, "vdb": FULL}
+    assert any("vdb" in n and "own full" in n for n in plan.notes)
+
+
+def test_plan_raw_disk_always_full() -> None:
+    disks = [DiskSpec(target="vda", source="/i/vda"),
+             DiskSpec(target="vdb", source="/i/vdb.raw", fmt="raw")]
+    ms = [manifest(0, FULL, None, targets=("vda", "vdb"))]
+    plan = plan_backup("vm", disks, ms, None, trusted)
+    modes = {d.disk.target: (d.mode, d.checkpoint) for d in plan.disks}
+    assert modes == {"vda": (INC, True), "vdb": (FULL, False)}
+    assert any("raw" in n for n in plan.notes)
+
+
+def test_prune_keep_last_rewrites_orphans() -> None:
+    ms = chain_of([(FULL, None), (INC, 0), (INC, 1), (INC, 2), (INC, 3)])
+    plan = plan_prune(ms, RetentionPolicy(keep_last=2))
+    assert plan.keep == [ms[3].id, ms[4].id]
+    assert plan.remove == [ms[0].id, ms[1].id, ms[2].id]
+    assert plan.rewrite == {ms[3].id: None}  # becomes a full; ms[4] builds on it
+
+
+def test_prune_keeps_full_when_kept() -> None:
+    ms = chain_of([(FULL, None), (INC, 0), (INC, 1), (INC, 2)])
+    plan = plan_prune(ms, RetentionPolicy(keep_last=1, keep_daily=1))
+    assert plan.keep == [ms[3].id]
+    plan = plan_prune([ms[0], *ms[1:]], RetentionPolicy(keep_last=4))
+    assert plan.remove == [] and plan.rewrite == {}
+
+
+def test_prune_daily_and_weekly_buckets() -> None:
+    ms = [manifest(0, FULL, None, days=0)]
+    for day in range(1, 15):
+        ms.append(manifest(day, INC, day - 1, days=day))
+    # Parents were built with T0 offsets in minutes only; rebuild parents by order.
+    for prev, cur in itertools.pairwise(ms):
+        cur.parent = prev.id
+        cur.disks[0].parent = prev.id
+    plan = plan_prune(ms, RetentionPolicy(keep_daily=3, keep_weekly=2))
+    kept_days = sorted((m.time - T0).days for m in ms if m.id in plan.keep)
+    assert kept_days[-3:] == [12, 13, 14]
+    assert len(plan.keep) <= 5
+    for _backup_id, parent in plan.rewrite.items():
+        assert parent is None or parent in plan.keep
+
+
+def test_prune_refuses_empty_policy() -> None:
+    with pytest.raises(ValidationError, match="keeps nothing"):
+        plan_prune([], RetentionPolicy())
