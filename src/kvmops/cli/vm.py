@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from kvmops.cli import vmdisk
 from kvmops.cli.common import JsonOption, UriOption, connect
 from kvmops.cli.output import info, percent_progress, print_fields, print_json, print_table
 from kvmops.host.accel import Accelerator
@@ -222,3 +223,6 @@ def clone_cmd(source: str = NameArg,
         print_json(result)
     else:
         info(f"VM '{new_name}' cloned from '{source}'")
+
+
+app.add_typer(vmdisk.app, name="disk")

@@ -1,0 +1,107 @@
+"""``kvmops vm disk``: list, hot-plug and hot-unplug a VM's disks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from kvmops.cli.common import JsonOption, UriOption, connect
+from kvmops.cli.output import info, print_json, print_table
+from kvmops.errors import ValidationError
+from kvmops.sizes import format_size, parse_size
+from kvmops.vm import disks
+
+app = typer.Typer(help="List, attach (hot-plug) and detach a VM's disks.", no_args_is_help=True)
+
+NameArg = typer.Argument(..., help="VM name.")
+LiveOnly = typer.Option(False, "--live-only",
+                        help="Only the running VM, not its persistent definition.")
+ConfigOnly = typer.Option(False, "--config-only",
+                          help="Only the persistent definition (takes effect at next start).")
+
+
+def _scope(live_only: bool, config_only: bool) -> tuple[bool, bool]:
+    if live_only and config_only:
+        raise ValidationError("give either --live-only or --config-only, not both")
+    return not config_only, not live_only
+
+
+def _where(live: bool, config: bool) -> str:
+    if live and config:
+        return "running VM and definition"
+    return "running VM only" if live else "definition only"
+
+
+@app.command("list")
+def list_cmd(name: str = NameArg,
+             inactive: bool = typer.Option(False, "--inactive",
+                                           help="The persistent definition, not the live VM."),
+             json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
+    """Disks with image, format, size and QEMU node/device names."""
+    with connect(uri) as host:
+        found = disks.list_disks(host, name, inactive=inactive)
+    if json_out:
+        print_json(found)
+        return
+    print_table(
+        ["Target", "Bus", "Format", "Size", "Image", "Node", "Device"],
+        [(d.target, d.bus, d.format, format_size(d.virtual_size) if d.virtual_size else "-",
+          d.image or "-", d.node_name or "-", d.qdev or "-") for d in found])
+
+
+@app.command("attach")
+def attach_cmd(
+    name: str = NameArg,
+    image: Path | None = typer.Option(None, "--image", help="Existing image to attach."),
+    size: str | None = typer.Option(None, "--size", help="Create a new qcow2 of this size."),
+    bus: str = typer.Option("virtio", "--bus", help="virtio, scsi, sata, usb or ide."),
+    target: str | None = typer.Option(None, "--target", help="Guest name, e.g. vdb "
+                                                             "(default: next free)."),
+    fmt: str | None = typer.Option(None, "--format", help="Image format (default: detected, "
+                                                          "qcow2 for new images)."),
+    images_dir: Path | None = typer.Option(None, "--images-dir",
+                                           help="Where a new image goes."),
+    live_only: bool = LiveOnly,
+    config_only: bool = ConfigOnly,
+    json_out: bool = JsonOption,
+    uri: str | None = UriOption,
+) -> None:
+    """Attach a disk: hot-plugged into a running VM and kept in its definition."""
+    live, persistent = _scope(live_only, config_only)
+    size_bytes = parse_size(size, what="disk size") if size is not None else None
+    with connect(uri) as host:
+        disk = disks.attach(host, name, image=image, size=size_bytes, bus=bus, fmt=fmt,
+                            images_dir=images_dir, target=target, live=live,
+                            persistent=persistent)
+    if json_out:
+        print_json(disk)
+        return
+    size_text = format_size(disk.virtual_size) if disk.virtual_size else "?"
+    info(f"disk {disk.target} ({disk.image}, {size_text} {disk.format}) attached to VM "
+         f"'{name}'")
+
+
+@app.command("detach")
+def detach_cmd(
+    name: str = NameArg,
+    target: str = typer.Argument(..., help="Disk target, e.g. vdb."),
+    remove_storage: bool = typer.Option(False, "--remove-storage",
+                                        help="Also delete the image file."),
+    timeout: float = typer.Option(30.0, "--timeout",
+                                  help="Seconds to wait for the guest to release the disk."),
+    live_only: bool = LiveOnly,
+    config_only: bool = ConfigOnly,
+    json_out: bool = JsonOption,
+    uri: str | None = UriOption,
+) -> None:
+    """Detach a disk (the guest must release it) and optionally delete its image."""
+    live, persistent = _scope(live_only, config_only)
+    with connect(uri) as host:
+        result = disks.detach(host, name, target, remove_storage=remove_storage,
+                              timeout=timeout, live=live, persistent=persistent)
+    if json_out:
+        print_json(result)
+        return
+    info(f"disk {target} detached from VM '{name}' ({_where(result.live, result.config)})"
+         + (f"; removed {result.image}" if result.removed_storage else ""))

@@ -1,0 +1,396 @@
+"""Disks of a VM: list them with their QEMU names, hot-plug and hot-unplug.
+
+Changes go through libvirt (``attachDeviceFlags``/``detachDeviceFlags`` with
+LIVE and/or CONFIG) so libvirt's view of the VM stays right; QMP is only used
+to read (``query-block``/``query-named-block-nodes``) and cross-check the
+node names libvirt reports in the live XML.
+
+Names in the live XML (libvirt >= 5.10 uses ``-blockdev``):
+
+* ``<source index='N'>`` -> format node ``libvirt-N-format`` on top of the
+  protocol node ``libvirt-N-storage``;
+* ``<alias name='virtio-disk0'>`` -> the QEMU device id (qdev id).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import libvirt
+from lxml import etree
+from pydantic import BaseModel
+
+from kvmops.config import settings
+from kvmops.errors import (
+    AlreadyExistsError,
+    KvmopsError,
+    NotFoundError,
+    OperationTimeoutError,
+    StateError,
+    StorageError,
+    ValidationError,
+)
+from kvmops.host.connection import Host, call
+from kvmops.images import qemuimg
+from kvmops.images.usage import vms_using
+from kvmops.vm.domxml import DiskSpec, disk_xml, parse_disk
+from kvmops.vm.lifecycle import ensure_qemu_can_reach, state_name
+
+BUS_PREFIX = {"virtio": "vd", "scsi": "sd", "sata": "sd", "usb": "sd", "ide": "hd"}
+_PERIPHERAL = "/machine/peripheral/"
+
+
+class DiskInfo(BaseModel):
+    target: str  # vda, vdb, sda ...
+    image: str | None  # file (or device) path; None for an empty CD-ROM drive
+    format: str
+    virtual_size: int | None  # bytes; None when unknown (missing file, empty drive)
+    bus: str
+    device: str  # disk or cdrom
+    readonly: bool = False
+    node_name: str | None = None  # QEMU format node, e.g. libvirt-1-format (running VM)
+    storage_node_name: str | None = None  # QEMU protocol node, e.g. libvirt-1-storage
+    qdev: str | None = None  # QEMU device id = libvirt alias, e.g. virtio-disk0
+    qmp_checked: bool = False  # names confirmed by query-block / query-named-block-nodes
+
+
+class DetachResult(BaseModel):
+    target: str
+    image: str | None
+    live: bool  # removed from the running VM
+    config: bool  # removed from the persistent definition
+    removed_storage: bool = False
+
+
+# ------------------------------------------------------------------ targets
+def suffix_index(suffix: str) -> int:
+    """``a`` -> 0, ``z`` -> 25, ``aa`` -> 26 (libvirt's disk-name numbering)."""
+    if not suffix or not suffix.isascii() or not suffix.isalpha() or not suffix.islower():
+        raise ValueError(f"invalid disk name suffix {suffix!r}")
+    index = 0
+    for char in suffix:
+        index = index * 26 + (ord(char) - ord("a") + 1)
+    return index - 1
+
+
+def index_suffix(index: int) -> str:
+    """Inverse of :func:`suffix_index`."""
+    if index < 0:
+        raise ValueError("disk index must not be negative")
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = chr(ord("a") + rest) + letters
+    return letters
+
+
+def bus_prefix(bus: str) -> str:
+    try:
+        return BUS_PREFIX[bus]
+    except KeyError:
+        raise ValidationError(f"unknown disk bus '{bus}'",
+                              hint=f"use one of {', '.join(BUS_PREFIX)}") from None
+
+
+def validate_target(target: str, bus: str) -> str:
+    prefix = bus_prefix(bus)
+    if not re.fullmatch(rf"{prefix}[a-z]{{1,3}}", target):
+        raise ValidationError(f"invalid target '{target}' for bus {bus}",
+                              hint=f"{bus} disks are named {prefix}a, {prefix}b, ...")
+    return target
+
+
+def next_free_target(used: Iterable[str], prefix: str = "vd") -> str:
+    """The first ``<prefix><letters>`` name not in ``used`` (vda, vdb, ..., vdz, vdaa ...)."""
+    taken = set()
+    for name in used:
+        if name.startswith(prefix):
+            with contextlib.suppress(ValueError):
+                taken.add(suffix_index(name[len(prefix):]))
+    index = 0
+    while index in taken:
+        index += 1
+    return prefix + index_suffix(index)
+
+
+# ------------------------------------------------------------------ XML
+def _disk_elements(xml: str) -> list[etree._Element]:
+    return list(etree.fromstring(xml.encode()).findall("devices/disk"))
+
+
+def _find_disk(xml: str, target: str) -> etree._Element | None:
+    for el in _disk_elements(xml):
+        t = el.find("target")
+        if t is not None and t.get("dev") == target:
+            return el
+    return None
+
+
+def _targets(xml: str) -> list[str]:
+    return [parse_disk(el).target for el in _disk_elements(xml)]
+
+
+def _xmls(domain: libvirt.virDomain, name: str) -> tuple[str | None, str | None]:
+    """(live XML if running, persistent XML if the domain has one)."""
+    live = (call(f"reading XML of VM '{name}'", domain.XMLDesc, 0)
+            if domain.isActive() else None)
+    config = (call(f"reading XML of VM '{name}'", domain.XMLDesc,
+                   libvirt.VIR_DOMAIN_XML_INACTIVE) if domain.isPersistent() else None)
+    return live, config
+
+
+# ------------------------------------------------------------------ list
+def _qdev_id(qdev: str) -> str:
+    """``/machine/peripheral/virtio-disk0/virtio-backend`` -> ``virtio-disk0``."""
+    if qdev.startswith(_PERIPHERAL):
+        return qdev[len(_PERIPHERAL):].split("/", 1)[0]
+    return qdev
+
+
+def _qmp_block_view(domain: libvirt.virDomain) -> tuple[dict[str, dict[str, Any]],
+                                                        list[dict[str, Any]]] | None:
+    """query-block entries by qdev id, and the flat named nodes; None if unavailable."""
+    from kvmops.monitor.libvirt_channel import LibvirtMonitorChannel
+
+    try:
+        with LibvirtMonitorChannel(domain) as channel:
+            blocks = channel.execute("query-block")
+            nodes = channel.execute("query-named-block-nodes", {"flat": True})
+    except KvmopsError:
+        return None
+    by_qdev = {_qdev_id(str(b.get("qdev", ""))): b for b in blocks if isinstance(b, dict)}
+    return by_qdev, [n for n in nodes if isinstance(n, dict)]
+
+
+def _disk_info(el: etree._Element, view: tuple[dict[str, dict[str, Any]],
+                                               list[dict[str, Any]]] | None,
+               live: bool) -> DiskInfo:
+    spec = parse_disk(el)
+    source = el.find("source")
+    index = source.get("index") if source is not None else None
+    info = DiskInfo(
+        target=spec.target, image=spec.source, format=spec.fmt, virtual_size=None,
+        bus=spec.bus, device=spec.device, readonly=spec.readonly,
+        node_name=spec.node_name if live else None,
+        storage_node_name=f"libvirt-{index}-storage" if live and index else None,
+        qdev=spec.alias if live else None,
+    )
+    if view is not None and info.qdev:
+        by_qdev, nodes = view
+        inserted = (by_qdev.get(info.qdev) or {}).get("inserted")
+        if isinstance(inserted, dict):
+            node = inserted.get("node-name")
+            info.node_name = str(node) if node else info.node_name
+            image = inserted.get("image") or {}
+            if "virtual-size" in image:
+                info.virtual_size = int(image["virtual-size"])
+            names = {str(n.get("node-name")): n for n in nodes}
+            if info.storage_node_name not in names:
+                # not libvirt's naming: the protocol node holding the same file
+                info.storage_node_name = next(
+                    (name for name, n in names.items()
+                     if name != info.node_name and n.get("drv") in ("file", "host_device")
+                     and n.get("file") == inserted.get("file")), None)
+            info.qmp_checked = True
+    if info.virtual_size is None and info.image and Path(info.image).exists():
+        with contextlib.suppress(KvmopsError):
+            info.virtual_size = qemuimg.info(info.image).virtual_size
+    return info
+
+
+def list_disks(host: Host, vm: str, *, inactive: bool = False, use_qmp: bool = True
+               ) -> list[DiskInfo]:
+    """The VM's disks: from the live XML when it runs (cross-checked with QMP unless
+    ``use_qmp`` is false), else (or with ``inactive``) from its persistent XML."""
+    domain = host.domain(vm)
+    live = bool(domain.isActive()) and not inactive
+    flags = 0 if live else libvirt.VIR_DOMAIN_XML_INACTIVE
+    xml = call(f"reading XML of VM '{vm}'", domain.XMLDesc, flags)
+    view = _qmp_block_view(domain) if live and use_qmp else None
+    return [_disk_info(el, view, live) for el in _disk_elements(xml)]
+
+
+# ------------------------------------------------------------------ attach
+def attach(host: Host, vm: str, *, image: Path | None = None, size: int | None = None,
+           bus: str = "virtio", fmt: str | None = None, images_dir: Path | None = None,
+           target: str | None = None, live: bool = True, persistent: bool = True
+           ) -> DiskInfo:
+    """Add a disk: an existing ``image`` or a new qcow2 of ``size`` bytes.
+
+    Into the running VM (``live``) and its definition (``persistent``); a
+    shut-off VM only gets the definition change. Returns the new disk.
+    """
+    if (image is None) == (size is None):
+        raise ValidationError("give exactly one of an image (--image) or a size (--size)")
+    if not live and not persistent:
+        raise ValidationError("nothing to do: neither the running VM nor its definition")
+    prefix = bus_prefix(bus)
+    domain = host.domain(vm)
+    running = bool(domain.isActive())
+    flags = 0
+    if live and running:
+        flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+    if persistent and domain.isPersistent():
+        flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
+    if live and not persistent and not running:
+        state = state_name(domain)
+        raise StateError(f"cannot hot-plug a disk into VM '{vm}': it is {state}",
+                         actual=state, required="running",
+                         hint="start it first, or attach without --live-only to change "
+                              "its definition")
+    if flags == 0:
+        raise StateError(f"cannot change the definition of VM '{vm}': it is transient",
+                         hint="attach it live only (--live-only)")
+
+    live_xml, config_xml = _xmls(domain, vm)
+    used = set(_targets(live_xml or "<domain/>")) | set(_targets(config_xml or "<domain/>"))
+    if target is not None:
+        validate_target(target, bus)
+        if target in used:
+            raise AlreadyExistsError(
+                f"target {target} is already in use on VM '{vm}'",
+                hint=f"the next free one is {next_free_target(used, prefix)}; "
+                     "or leave out --target")
+    else:
+        target = next_free_target(used, prefix)
+
+    created: Path | None = None
+    if image is not None:
+        path = image.absolute()
+        if not path.is_file():
+            raise NotFoundError(f"disk image {path} not found (attach to VM '{vm}')",
+                                hint="check the path, or use --size for a new disk")
+        resolved = path.resolve()
+        for xml in (live_xml, config_xml):
+            for el in _disk_elements(xml or "<domain/>"):
+                disk = parse_disk(el)
+                if disk.source and Path(disk.source).resolve() == resolved:
+                    raise AlreadyExistsError(
+                        f"image {path} is already attached to VM '{vm}' as {disk.target}")
+        others = [name for name in vms_using(path) if name != vm]
+        if others:
+            raise StateError(f"image {path} is in use by running VM(s) {', '.join(others)}",
+                             hint="detach it there first; two VMs writing one image "
+                                  "corrupt it")
+        fmt = fmt or qemuimg.info(path).format
+        ensure_qemu_can_reach(path.parent)
+    else:
+        assert size is not None
+        directory = (images_dir or settings().images_dir).absolute()
+        directory.mkdir(parents=True, exist_ok=True)
+        ensure_qemu_can_reach(directory)
+        fmt = fmt or "qcow2"
+        path = directory / f"{vm}-{target}.{fmt}"
+        qemuimg.create(path, size, fmt=fmt)
+        created = path
+
+    xml = disk_xml(DiskSpec(target=target, source=str(path), fmt=fmt, bus=bus))
+    try:
+        call(f"attaching {path} to VM '{vm}' as {target}", domain.attachDeviceFlags, xml, flags)
+    except BaseException:
+        if created is not None:
+            with contextlib.suppress(OSError):
+                created.unlink()
+        raise
+    in_live = bool(flags & libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    for attached in list_disks(host, vm, inactive=not in_live):
+        if attached.target == target:
+            return attached
+    raise StorageError(f"disk {target} was attached to VM '{vm}' but is not in its XML")
+
+
+# ------------------------------------------------------------------ detach
+def detach(host: Host, vm: str, target: str, *, remove_storage: bool = False,
+           timeout: float = 30.0, live: bool = True, persistent: bool = True
+           ) -> DetachResult:
+    """Remove disk ``target`` from the running VM and/or its definition.
+
+    A live removal needs the guest to release the device: this waits up to
+    ``timeout`` seconds for it to leave the live XML (libvirt's device-removed),
+    else raises OperationTimeoutError. ``remove_storage`` then deletes the image
+    file, unless another VM still uses it.
+    """
+    domain = host.domain(vm)
+    live_xml, config_xml = _xmls(domain, vm)
+    live_el = _find_disk(live_xml, target) if live_xml else None
+    config_el = _find_disk(config_xml, target) if config_xml else None
+    if live_el is None and config_el is None:
+        known = sorted(set(_targets(live_xml or "<domain/>"))
+                       | set(_targets(config_xml or "<domain/>")))
+        raise NotFoundError(f"VM '{vm}' has no disk {target}",
+                            hint=f"its disks: {', '.join(known)}" if known else
+                            "it has no disks")
+    flags = 0
+    if live and live_el is not None:
+        flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+    if persistent and config_el is not None:
+        flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
+    if flags == 0:
+        where = "running VM" if live else "definition"
+        raise NotFoundError(f"disk {target} is not in the {where} of VM '{vm}'")
+    element = live_el if live_el is not None and flags & libvirt.VIR_DOMAIN_AFFECT_LIVE \
+        else config_el
+    assert element is not None
+    disk = parse_disk(element)
+    deadline = time.monotonic() + timeout  # libvirt itself waits a few seconds in the call
+    call(f"detaching disk {target} from VM '{vm}'", domain.detachDeviceFlags,
+         etree.tostring(element, encoding="unicode"), flags)
+    if flags & libvirt.VIR_DOMAIN_AFFECT_LIVE:
+        _wait_removed(domain, vm, target, deadline, timeout)
+
+    result = DetachResult(target=target, image=disk.source,
+                          live=bool(flags & libvirt.VIR_DOMAIN_AFFECT_LIVE),
+                          config=bool(flags & libvirt.VIR_DOMAIN_AFFECT_CONFIG))
+    if remove_storage and disk.source and disk.device == "disk":
+        result.removed_storage = _remove_image(domain, vm, Path(disk.source))
+    return result
+
+
+def _wait_removed(domain: libvirt.virDomain, vm: str, target: str, deadline: float,
+                  timeout: float) -> None:
+    while True:
+        try:
+            if not domain.isActive():
+                return
+            xml = domain.XMLDesc(0)
+        except libvirt.libvirtError:
+            return  # a transient VM that went away has no disks left
+        if _find_disk(xml, target) is None:
+            return
+        if time.monotonic() >= deadline:
+            raise OperationTimeoutError(
+                f"disk {target} of VM '{vm}' was not released by the guest within "
+                f"{timeout:g}s",
+                hint="libvirt finishes the removal when the guest releases it (is it "
+                     f"mounted?); check with 'kvmops vm disk list {vm}'")
+        time.sleep(0.25)
+
+
+def _remove_image(domain: libvirt.virDomain, vm: str, path: Path) -> bool:
+    live_xml, config_xml = _xmls(domain, vm)
+    resolved = path.resolve()
+    for xml in (live_xml, config_xml):
+        for el in _disk_elements(xml or "<domain/>"):
+            source = parse_disk(el).source
+            if source and Path(source).resolve() == resolved:
+                raise StateError(f"not removing {path}: VM '{vm}' still uses it",
+                                 hint="detach it from both the running VM and the definition")
+    users = vms_using(path)
+    if users:
+        raise StateError(f"not removing {path}: it is in use by VM(s) {', '.join(users)}")
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    except OSError as err:
+        raise StorageError(f"disk detached, but removing {path} failed: {err.strerror}") from err
+    return True
+
+
+__all__ = ["DetachResult", "DiskInfo", "attach", "detach", "list_disks", "next_free_target"]
