@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-dev pkg-config
-          qemu-guest-agent busybox-static cpio xz-utils e2fsprogs)
+          qemu-guest-agent busybox-static cpio xz-utils e2fsprogs postgresql)
 VENV=${KVMOPS_VENV:-.venv}
 say() { printf '[setup] %s\n' "$*"; }
 

@@ -31,7 +31,7 @@ def _register() -> None:
     app.add_typer(vm.app, name="vm")
     app.add_typer(image.app, name="image")
     app.add_typer(dev.app, name="dev")
-    for extra in ("guest", "qmp", "events", "backup", "snapshot"):
+    for extra in ("guest", "qmp", "events", "backup", "snapshot", "serve", "user"):
         _try_register(extra)
 
 

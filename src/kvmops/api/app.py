@@ -1,0 +1,95 @@
+"""The app factory: ``create_app(settings) -> FastAPI``.
+
+Start-up (lifespan): migrate the database, mark jobs a previous server left
+queued/running as ``interrupted``, subscribe to libvirt life cycle events.
+Shutdown: end event streams, cancel running jobs, close connections.
+
+A web UI plugs in as the package ``kvmops.web``: when importable, its
+``register(app)`` is called (or its ``router`` is included) after the API
+routers; it can use :func:`kvmops.api.context.get_context`, the dependencies
+in :mod:`kvmops.api.deps` and the session helpers in :mod:`kvmops.store.users`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from types import ModuleType
+
+import anyio
+from fastapi import APIRouter, FastAPI
+
+import kvmops
+from kvmops.api import errors
+from kvmops.api.audit import AuditMiddleware
+from kvmops.api.context import ApiContext
+from kvmops.api.settings import ApiSettings
+from kvmops.api.validators import set_allowed_dirs
+from kvmops.store import jobs as job_store
+
+log = logging.getLogger("kvmops.api")
+API_PREFIX = "/api/v1"
+
+
+def optional_module(name: str) -> ModuleType | None:
+    """Import ``name`` when it exists (other parts of kvmops land independently)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name and (name == err.name or name.startswith(err.name + ".")):
+            return None
+        raise
+
+
+def _startup(ctx: ApiContext) -> None:
+    ctx.store.migrate()
+    count = job_store.mark_interrupted(ctx.store)
+    if count:
+        log.warning("%d job(s) of an earlier server run marked interrupted", count)
+    ctx.start_events()
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or ApiSettings()
+    set_allowed_dirs(settings.allowed_dirs)
+    ctx = ApiContext(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(_startup, ctx)
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(ctx.close)
+
+    app = FastAPI(title="kvmops", version=kvmops.__version__, lifespan=lifespan,
+                  docs_url="/docs", openapi_url="/openapi.json",
+                  description="Operate KVM/QEMU VMs: life cycle, guest agent, monitor, "
+                              "backups. Authenticate with `Authorization: Bearer TOKEN` "
+                              "(`kvmops user token NAME`) or POST /api/v1/login.")
+    app.state.kvmops = ctx
+    errors.install(app)
+    app.add_middleware(AuditMiddleware, store=lambda: ctx.store)
+
+    from kvmops.api.routes import backups, guest, images, jobs, monitor, system, vms
+
+    api = APIRouter(prefix=API_PREFIX)
+    for module in (system, vms, guest, monitor, backups, jobs, images):
+        api.include_router(module.router)
+    for extra, router_module in (("kvmops.vm.disks", "kvmops.api.routes.disks"),
+                                 ("kvmops.snapshot", "kvmops.api.routes.snapshots")):
+        if optional_module(extra) is not None:
+            routes = optional_module(router_module)
+            if routes is not None:
+                api.include_router(routes.router)
+    app.include_router(api)
+
+    web = optional_module("kvmops.web")
+    if web is not None:
+        if hasattr(web, "register"):
+            web.register(app)
+        elif hasattr(web, "router"):
+            app.include_router(web.router)
+    return app

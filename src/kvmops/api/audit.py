@@ -1,0 +1,64 @@
+"""ASGI middleware writing one audit row per state-changing API request.
+
+Who (the authenticated user, or the name given to log-in), what (the route's
+function name, method and path), target (the ``name``/``user``/``job_id`` path
+parameter), when, the status code and the job id of a 202. Bodies are never
+recorded, so passwords and tokens never reach the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from kvmops.errors import KvmopsError
+from kvmops.store import audit
+from kvmops.store.db import Store
+
+log = logging.getLogger("kvmops.api")
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class AuditMiddleware:
+    def __init__(self, app: ASGIApp, store: Callable[[], Store]) -> None:
+        self.app = app
+        self.store = store
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] != "http" or scope["method"] in SAFE_METHODS
+                or not scope["path"].startswith("/api/")):
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        job_id: str | None = None
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, job_id
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                for key, value in message.get("headers", []):
+                    if key.lower() == b"x-job-id":
+                        job_id = value.decode()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            await anyio.to_thread.run_sync(self._record, scope, status, job_id)
+
+    def _record(self, scope: Scope, status: int, job_id: str | None) -> None:
+        state: dict[str, Any] = scope.get("state") or {}
+        endpoint = scope.get("endpoint")
+        params: dict[str, Any] = scope.get("path_params") or {}
+        target = params.get("name") or params.get("user") or params.get("job_id")
+        try:
+            audit.record(self.store(), user=state.get("user"), method=scope["method"],
+                         path=scope["path"], action=getattr(endpoint, "__name__", "unknown"),
+                         target=str(target) if target else None, status_code=status,
+                         job_id=job_id)
+        except KvmopsError as err:
+            log.error("cannot write the audit log: %s", err)

@@ -1,0 +1,99 @@
+"""Authentication and authorisation dependencies.
+
+A request is authenticated by ``Authorization: Bearer TOKEN`` (an API token)
+or by the session cookie set by ``POST /api/v1/login``. Cookie-authenticated
+requests that change state must echo the session's CSRF token in the
+``X-CSRF-Token`` header (the log-in response and the readable ``kvmops_csrf``
+cookie carry it); bearer requests need no CSRF token. Roles: viewer (read),
+operator (life cycle, guest ops, backups), admin (everything).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+
+from kvmops.api.context import ApiContext, get_context
+from kvmops.errors import KvmopsError
+from kvmops.host.connection import Host
+from kvmops.store import users
+from kvmops.store.users import Principal, Role
+from kvmops.vm.domxml import validate_name
+
+SESSION_COOKIE = "kvmops_session"
+CSRF_COOKIE = "kvmops_csrf"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+Ctx = Annotated[ApiContext, Depends(get_context)]
+
+
+def _unauthorized(message: str) -> HTTPException:
+    return HTTPException(401, message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def authenticate(request: Request, ctx: Ctx) -> Principal:
+    """The caller, or 401."""
+    header = request.headers.get("authorization")
+    principal: Principal | None
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _unauthorized("malformed Authorization header; use 'Bearer TOKEN'")
+        principal = users.authenticate_token(ctx.store, token.strip())
+        if principal is None:
+            raise _unauthorized("invalid API token")
+    else:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if not cookie:
+            raise _unauthorized("authentication required: log in or send a Bearer token")
+        principal = users.authenticate_session(ctx.store, cookie)
+        if principal is None:
+            raise _unauthorized("session expired or invalid; log in again")
+        if request.method not in SAFE_METHODS:
+            sent = request.headers.get(CSRF_HEADER, "")
+            if not principal.csrf_token or not hmac.compare_digest(sent,
+                                                                   principal.csrf_token):
+                request.state.user = principal.name
+                raise HTTPException(403, f"missing or wrong {CSRF_HEADER} header")
+    request.state.user = principal.name
+    return principal
+
+
+def require(role: Role) -> Callable[..., Principal]:
+    def check(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
+        if not users.role_allows(principal.role, role):
+            raise HTTPException(403, f"user '{principal.name}' ({principal.role}) may not do "
+                                     f"this: it needs the {role} role")
+        return principal
+
+    check.__name__ = f"require_{role}"
+    return check
+
+
+Viewer = Annotated[Principal, Depends(require("viewer"))]
+Operator = Annotated[Principal, Depends(require("operator"))]
+Admin = Annotated[Principal, Depends(require("admin"))]
+
+
+def host_dep(ctx: Ctx) -> Host:
+    return ctx.host()
+
+
+HostDep = Annotated[Host, Depends(host_dep)]
+
+
+def vm_name(name: str) -> str:
+    """The ``{name}`` path parameter, checked like every VM name (422 naming 'name')."""
+    try:
+        return validate_name(name)
+    except KvmopsError as err:
+        raise RequestValidationError([{"loc": ("path", "name"), "msg": str(err),
+                                       "type": "value_error"}]) from None
+
+
+VmNameDep = Annotated[str, Depends(vm_name)]

@@ -1,0 +1,202 @@
+"""Backups: create (job, in a child process), list, restore, verify, prune, cancel."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Literal
+
+from fastapi import APIRouter, Query, Response
+from pydantic import Field, model_validator
+
+from kvmops.api.deps import Ctx, Operator, Viewer, VmNameDep
+from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
+from kvmops.api.runner import JobCancelled, JobContext
+from kvmops.api.validators import AllowedPath, Size, VmName, check_path
+from kvmops.backup import restore as restore_ops
+from kvmops.backup.model import Manifest
+from kvmops.backup.retention import PruneResult, RetentionPolicy, prune
+from kvmops.errors import KvmopsError, ValidationError
+from kvmops.host.connection import Host
+
+router = APIRouter(tags=["backups"])
+
+
+class BackupBody(Body):
+    repo: AllowedPath
+    mode: Literal["full", "incremental", "differential"] | None = None
+    disks: list[str] = Field(default_factory=list, max_length=26)
+    exclude: list[str] = Field(default_factory=list, max_length=26)
+    freeze: bool = True
+    speed: Size | None = Field(default=None, description="bytes per second, e.g. 50M")
+
+
+class RestoreBody(Body):
+    repo: AllowedPath
+    at: str | None = Field(default=None, max_length=64, description="backup id; default the newest")
+    to: AllowedPath | None = Field(default=None, description="directory for flattened images")
+    new_vm: VmName | None = None
+    in_place: bool = False
+    images_dir: AllowedPath | None = None
+
+    @model_validator(mode="after")
+    def one_target(self) -> RestoreBody:
+        chosen = [x for x in (self.to is not None, self.new_vm is not None, self.in_place) if x]
+        if len(chosen) != 1:
+            raise ValueError("give exactly one of to, new_vm and in_place")
+        return self
+
+
+class VerifyBody(Body):
+    repo: AllowedPath
+    vm: VmName | None = None
+    at: str | None = Field(default=None, max_length=64)
+    checksums: bool = True
+
+
+class PruneBody(Body):
+    repo: AllowedPath
+    keep_last: int = Field(default=0, ge=0, le=10000)
+    keep_daily: int = Field(default=0, ge=0, le=10000)
+    keep_weekly: int = Field(default=0, ge=0, le=10000)
+    dry_run: bool = False
+
+    @model_validator(mode="after")
+    def keeps_something(self) -> PruneBody:
+        if not (self.keep_last or self.keep_daily or self.keep_weekly):
+            raise ValueError("a policy that keeps nothing is refused: "
+                             "set keep_last, keep_daily or keep_weekly")
+        return self
+
+
+def _error_class(kind: str) -> type[KvmopsError]:
+    import kvmops.errors as errors
+
+    found = getattr(errors, kind, None)
+    if isinstance(found, type) and issubclass(found, KvmopsError):
+        return found
+    return errors.BackupError
+
+
+def run_backup_process(job: JobContext, request: dict[str, Any]) -> dict[str, Any]:
+    """Run the backup engine in a child process, relaying its progress."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kvmops.api.backup_worker"], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env={**os.environ, "KVMOPS_DEBUG": "0"})
+    job.process = proc
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(request) + "\n")
+    proc.stdin.close()
+    outcome: dict[str, Any] = {}
+    for line in proc.stdout:
+        try:
+            msg = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        try:
+            if "progress" in msg:
+                job.bytes(*msg["progress"])
+            elif "note" in msg:
+                job.note(str(msg["note"]))
+            else:
+                outcome = msg
+        except JobCancelled:
+            job.cancel()  # SIGTERM: the engine aborts and cleans up; keep reading
+    code = proc.wait()
+    if "result" in outcome:
+        result: dict[str, Any] = outcome["result"]
+        return result
+    if job.cancelled.is_set():
+        raise JobCancelled(f"backup of VM '{request['vm']}' was cancelled"
+                           + (f": {outcome['error']}" if outcome.get("error") else ""))
+    if "error" in outcome:
+        raise _error_class(str(outcome.get("kind")))(str(outcome["error"]))
+    raise KvmopsError(f"backup process of VM '{request['vm']}' ended with code {code}")
+
+
+@router.post("/vms/{name}/backups", status_code=202, response_model=JobAccepted)
+def create_backup(user: Operator, name: VmNameDep, body: BackupBody, ctx: Ctx,
+                  response: Response) -> JobAccepted:
+    request = {"vm": name, "repo": str(body.repo), "mode": body.mode, "disks": body.disks,
+               "exclude": body.exclude, "freeze": body.freeze, "speed": body.speed,
+               "uri": ctx.settings.uri}
+    return accepted(ctx.runner.submit("backup.create", name, user.name,
+                                      lambda job: run_backup_process(job, request)), response)
+
+
+@router.get("/vms/{name}/backups", response_model=list[Manifest])
+def list_backups(_: Viewer, name: VmNameDep,
+                 repo: str = Query(description="repository directory")) -> list[Manifest]:
+    try:
+        path = check_path(repo)
+    except ValueError as err:
+        raise ValidationError(f"repo: {err}") from None
+    if not path.is_dir():
+        return []
+    return [m.model_copy(update={"domain_xml": ""}) for m in
+            restore_ops.list_backups(path, name)]
+
+
+@router.post("/vms/{name}/backups/restore", status_code=202, response_model=JobAccepted)
+def restore(user: Operator, name: VmNameDep, body: RestoreBody, ctx: Ctx, response: Response
+            ) -> JobAccepted:
+    def run(job: JobContext) -> restore_ops.RestoreResult:
+        def progress(label: str, pct: float) -> None:
+            job.percent(pct, f"restoring {label}")
+
+        if body.to is not None:
+            return restore_ops.restore_to_dir(body.repo, name, body.at, body.to, progress)
+        with Host(ctx.settings.uri) as host:
+            if body.new_vm is not None:
+                return restore_ops.restore_new_vm(host, body.repo, name, body.at, body.new_vm,
+                                                  body.images_dir, progress)
+            return restore_ops.restore_in_place(host, body.repo, name, body.at, progress)
+
+    return accepted(ctx.runner.submit("backup.restore", name, user.name, run), response)
+
+
+@router.post("/backups/verify", status_code=202, response_model=JobAccepted)
+def verify(user: Operator, body: VerifyBody, ctx: Ctx, response: Response) -> JobAccepted:
+    def run(job: JobContext) -> dict[str, Any]:
+        job.note(f"verifying {body.repo}")
+        report = restore_ops.verify(body.repo, body.vm, body.at, checksums=body.checksums)
+        restore_ops.require_sound(report)
+        return {**report.model_dump(mode="json"), "sound": report.sound}
+
+    return accepted(ctx.runner.submit("backup.verify", body.vm or str(body.repo), user.name,
+                                      run), response)
+
+
+@router.post("/vms/{name}/backups/prune", status_code=202, response_model=JobAccepted)
+def prune_backups(user: Operator, name: VmNameDep, body: PruneBody, ctx: Ctx,
+                  response: Response) -> JobAccepted:
+    policy = RetentionPolicy(keep_last=body.keep_last, keep_daily=body.keep_daily,
+                             keep_weekly=body.keep_weekly)
+
+    def run(job: JobContext) -> PruneResult:
+        return prune(body.repo, name, policy, dry_run=body.dry_run, note=job.note)
+
+    return accepted(ctx.runner.submit("backup.prune", name, user.name, run), response)
+
+
+@router.post("/vms/{name}/backups/cancel", response_model=Message)
+def cancel(_: Operator, name: VmNameDep, ctx: Ctx) -> Message:
+    mine = ctx.runner.active(kind="backup.create", target=name)
+    if mine:
+        for job in mine:
+            ctx.runner.cancel(job.id)
+        return Message(message=f"cancelling the backup of VM '{name}'",
+                       details={"jobs": [j.id for j in mine]})
+    from kvmops.backup import engine, jobs
+
+    running = jobs.running_job(name)
+    if running is not None and running.pid == os.getpid():  # never signal ourselves
+        raise ValidationError(f"the backup of VM '{name}' runs inside this server")
+    with Host(ctx.settings.uri) as host:
+        return Message(message=engine.cancel(host, name))
+
+
+

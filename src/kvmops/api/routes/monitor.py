@@ -1,0 +1,40 @@
+"""QMP and HMP passthrough (admin only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import Field
+
+from kvmops.api.deps import Admin, Ctx, VmNameDep
+from kvmops.api.routes.common import Body
+
+router = APIRouter(prefix="/vms/{name}", tags=["monitor"])
+
+
+class QmpBody(Body):
+    execute: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$", max_length=128)
+    arguments: dict[str, Any] | None = None
+
+
+class HmpBody(Body):
+    command: str = Field(min_length=1, max_length=4096)
+
+
+def _open(ctx: Any, name: str) -> Any:
+    from kvmops.monitor import open_monitor
+
+    return open_monitor(name, uri=ctx.settings.uri)
+
+
+@router.post("/qmp")
+def qmp(_: Admin, name: VmNameDep, body: QmpBody, ctx: Ctx) -> dict[str, Any]:
+    with _open(ctx, name) as mon:
+        return {"return": mon.execute(body.execute, body.arguments)}
+
+
+@router.post("/hmp")
+def hmp(_: Admin, name: VmNameDep, body: HmpBody, ctx: Ctx) -> dict[str, Any]:
+    with _open(ctx, name) as mon:
+        return {"output": mon.hmp(body.command)}

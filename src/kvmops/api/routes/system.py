@@ -1,0 +1,155 @@
+"""Health, host, log-in/out, the current user, users and tokens, audit log."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from pydantic import BaseModel, Field
+
+import kvmops
+from kvmops.api.deps import (
+    CSRF_COOKIE,
+    SESSION_COOKIE,
+    Admin,
+    Ctx,
+    HostDep,
+    Viewer,
+)
+from kvmops.api.routes.common import Body, Message
+from kvmops.host.info import HostInfo, host_info
+from kvmops.store import audit, users
+from kvmops.store.audit import AuditView
+
+router = APIRouter(tags=["system"])
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+
+
+class LoginBody(Body):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class Me(BaseModel):
+    name: str
+    role: str
+    via: str
+    csrf_token: str | None = None
+
+
+class UserOut(BaseModel):
+    name: str
+    role: str
+    created_at: Any
+    tokens: int
+
+
+class NewUserBody(Body):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+    role: Literal["admin", "operator", "viewer"]
+    password: str | None = Field(default=None, min_length=users.MIN_PASSWORD, max_length=1024)
+
+
+class PasswordBody(Body):
+    old_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=users.MIN_PASSWORD, max_length=1024)
+
+
+class TokenOut(BaseModel):
+    name: str
+    token: str
+
+
+@router.get("/health", response_model=Health)
+def health() -> Health:
+    return Health(status="ok", version=kvmops.__version__)
+
+
+@router.get("/host", response_model=HostInfo)
+def host(_: Viewer, host: HostDep) -> HostInfo:
+    return host_info(host)
+
+
+def _secure(request: Request, ctx: Ctx) -> bool:
+    if ctx.settings.secure_cookies is not None:
+        return ctx.settings.secure_cookies
+    forwarded = request.headers.get("x-forwarded-proto", "")
+    return request.url.scheme == "https" or forwarded.lower() == "https"
+
+
+@router.post("/login", response_model=Me)
+def login(body: LoginBody, request: Request, response: Response, ctx: Ctx) -> Me:
+    request.state.user = body.username
+    principal = users.verify_password(ctx.store, body.username, body.password)
+    if principal is None:
+        raise HTTPException(401, "invalid user name or password")
+    token, csrf = users.create_session(ctx.store, principal, ctx.settings.session_ttl)
+    secure = _secure(request, ctx)
+    max_age = int(ctx.settings.session_ttl.total_seconds())
+    response.set_cookie(SESSION_COOKIE, token, max_age=max_age, httponly=True,
+                        samesite="strict", secure=secure, path="/")
+    response.set_cookie(CSRF_COOKIE, csrf, max_age=max_age, httponly=False,
+                        samesite="strict", secure=secure, path="/")
+    return Me(name=principal.name, role=principal.role, via="session", csrf_token=csrf)
+
+
+@router.post("/logout", response_model=Message)
+def logout(request: Request, response: Response, ctx: Ctx, _: Viewer) -> Message:
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        users.end_session(ctx.store, cookie)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    response.delete_cookie(CSRF_COOKIE, path="/")
+    return Message(message="logged out")
+
+
+@router.get("/me", response_model=Me)
+def me(principal: Viewer) -> Me:
+    return Me(name=principal.name, role=principal.role, via=principal.via,
+              csrf_token=principal.csrf_token)
+
+
+@router.post("/me/password", response_model=Message)
+def change_password(principal: Viewer, body: PasswordBody, ctx: Ctx) -> Message:
+    if users.verify_password(ctx.store, principal.name, body.old_password) is None:
+        raise HTTPException(403, "the old password is wrong")
+    users.set_password(ctx.store, principal.name, body.new_password)
+    return Message(message="password changed; log in again")
+
+
+@router.get("/users", response_model=list[UserOut])
+def list_users(_: Admin, ctx: Ctx) -> list[UserOut]:
+    return [UserOut(name=u.name, role=u.role, created_at=u.created_at, tokens=u.tokens)
+            for u in users.list_users(ctx.store)]
+
+
+@router.post("/users", status_code=201, response_model=UserOut)
+def add_user(_: Admin, body: NewUserBody, ctx: Ctx) -> UserOut:
+    password = body.password or secrets.token_urlsafe(12)
+    u = users.add_user(ctx.store, body.name, body.role, password)
+    return UserOut(name=u.name, role=u.role, created_at=u.created_at, tokens=u.tokens)
+
+
+@router.delete("/users/{user}", response_model=Message)
+def delete_user(principal: Admin, user: str, ctx: Ctx) -> Message:
+    if user == principal.name:
+        raise HTTPException(409, "you cannot delete yourself")
+    users.delete_user(ctx.store, user)
+    return Message(message=f"user '{user}' deleted")
+
+
+@router.post("/users/{user}/tokens", status_code=201, response_model=TokenOut)
+def new_token(_: Admin, user: str, ctx: Ctx) -> TokenOut:
+    """A new API token (shown once; only its hash is stored)."""
+    return TokenOut(name=user, token=users.new_token(ctx.store, user))
+
+
+@router.get("/audit", response_model=list[AuditView])
+def audit_log(_: Admin, ctx: Ctx, user: str | None = Query(None, max_length=64),
+              limit: int = Query(100, ge=1, le=1000)) -> list[AuditView]:
+    return audit.entries(ctx.store, user=user, limit=limit)

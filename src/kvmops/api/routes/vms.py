@@ -1,0 +1,217 @@
+"""VMs: list, info, create, power actions, undefine, clone, XML, autostart."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import PlainTextResponse
+from pydantic import Field, model_validator
+
+from kvmops.api.context import ApiContext
+from kvmops.api.deps import Ctx, HostDep, Operator, Viewer, VmNameDep
+from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
+from kvmops.api.runner import JobContext
+from kvmops.api.validators import AllowedPath, MacAddress, Size, VmName
+from kvmops.api.vmlist import VmListItem, list_vms
+from kvmops.host.accel import Accelerator
+from kvmops.host.connection import Host
+from kvmops.vm import lifecycle
+from kvmops.vm.lifecycle import CreateRequest, DiskRequest, VmInfo
+
+router = APIRouter(prefix="/vms", tags=["vms"])
+_NET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+
+
+class DiskBody(Body):
+    size: Size | None = Field(default=None, description="new image of this size, e.g. 10G")
+    path: AllowedPath | None = Field(default=None, description="existing image")
+    format: Literal["qcow2", "raw"] | None = None
+    bus: Literal["virtio", "sata", "scsi", "ide"] = "virtio"
+
+    @model_validator(mode="after")
+    def one_source(self) -> DiskBody:
+        if (self.size is None) == (self.path is None):
+            raise ValueError("give exactly one of size and path")
+        if self.size is not None and self.size < 1024 * 1024:
+            raise ValueError("a new disk needs at least 1M")
+        return self
+
+
+class CreateVmBody(Body):
+    name: VmName
+    memory: Size = Field(description="e.g. 256M")
+    vcpus: int = Field(default=1, ge=1, le=256)
+    sockets: int | None = Field(default=None, ge=1, le=64)
+    cores: int | None = Field(default=None, ge=1, le=256)
+    threads: int | None = Field(default=None, ge=1, le=8)
+    disks: list[DiskBody] = Field(default_factory=list, max_length=26)
+    kernel: AllowedPath | None = None
+    initrd: AllowedPath | None = None
+    cmdline: str | None = Field(default=None, max_length=4096)
+    cdrom: AllowedPath | None = None
+    network: str | None = Field(default=None, pattern=_NET_RE.pattern)
+    bridge: str | None = Field(default=None, pattern=_NET_RE.pattern)
+    mac: MacAddress | None = None
+    agent: bool = True
+    images_dir: AllowedPath | None = None
+    accelerator: Literal["kvm", "tcg"] | None = None
+    start: bool = False
+
+    @model_validator(mode="after")
+    def combos(self) -> CreateVmBody:
+        if self.memory < 16 * 1024**2:
+            raise ValueError("memory: at least 16M")
+        if self.initrd and not self.kernel:
+            raise ValueError("initrd needs kernel")
+        if self.network and self.bridge:
+            raise ValueError("give either network or bridge, not both")
+        return self
+
+    def request(self) -> CreateRequest:
+        return CreateRequest(
+            name=self.name, memory=self.memory, vcpus=self.vcpus, sockets=self.sockets,
+            cores=self.cores, threads=self.threads,
+            disks=[DiskRequest(size=d.size, path=d.path, fmt=d.format, bus=d.bus)
+                   for d in self.disks],
+            kernel=self.kernel, initrd=self.initrd, cmdline=self.cmdline, cdrom=self.cdrom,
+            network=self.network, bridge=self.bridge, mac=self.mac, agent=self.agent,
+            images_dir=self.images_dir,
+            accelerator=Accelerator(self.accelerator) if self.accelerator else None,
+            start=self.start)
+
+
+class StartBody(Body):
+    paused: bool = False
+    discard_managed_save: bool = False
+
+
+class ShutdownBody(Body):
+    mode: Literal["acpi", "agent"] = "acpi"
+    timeout: float = Field(default=60.0, gt=0, le=3600)
+    wait: bool = True
+
+
+class RebootBody(Body):
+    mode: Literal["acpi", "agent"] = "acpi"
+
+
+class CloneBody(Body):
+    new_name: VmName
+    images_dir: AllowedPath | None = None
+
+
+class AutostartBody(Body):
+    enabled: bool
+
+
+def _own_host(ctx: ApiContext) -> Host:
+    """Jobs get their own connection: they may outlive a reconnect of the shared one."""
+    return Host(ctx.settings.uri)
+
+
+@router.get("", response_model=list[VmListItem])
+def list_all(_: Viewer, ctx: Ctx, host: HostDep) -> list[VmListItem]:
+    return list_vms(host, ctx.domain_types)
+
+
+@router.get("/{name}", response_model=VmInfo)
+def get_vm(_: Viewer, name: VmNameDep, host: HostDep) -> VmInfo:
+    return lifecycle.info(host, name)
+
+
+@router.post("", status_code=201, response_model=VmInfo | JobAccepted,
+             responses={202: {"model": JobAccepted, "description": "a disk is created: job"}})
+def create_vm(user: Operator, body: CreateVmBody, ctx: Ctx, host: HostDep,
+              response: Response) -> VmInfo | JobAccepted:
+    req = body.request()
+    if not any(d.size is not None for d in req.disks):
+        info = lifecycle.create(host, req)
+        ctx.domain_types.invalidate()
+        return info
+
+    def run(job: JobContext) -> VmInfo:
+        with _own_host(ctx) as own:
+            return lifecycle.create(own, req, progress=job.note)
+
+    return accepted(ctx.runner.submit("vm.create", req.name, user.name, run), response)
+
+
+@router.post("/{name}/start", response_model=Message)
+def start(_: Operator, name: VmNameDep, host: HostDep, body: StartBody | None = None
+          ) -> Message:
+    body = body or StartBody()
+    lifecycle.start(host, name, paused=body.paused,
+                    discard_managed_save=body.discard_managed_save)
+    return Message(message=f"VM '{name}' started" + (" (paused)" if body.paused else ""))
+
+
+@router.post("/{name}/shutdown", response_model=Message)
+def shutdown(_: Operator, name: VmNameDep, host: HostDep, body: ShutdownBody | None = None
+             ) -> Message:
+    body = body or ShutdownBody()
+    lifecycle.shutdown(host, name, mode=body.mode, timeout=body.timeout, wait=body.wait)
+    return Message(message=f"VM '{name}' " + ("shut off" if body.wait else "shutting down"))
+
+
+@router.post("/{name}/destroy", response_model=Message)
+def destroy(_: Operator, name: VmNameDep, host: HostDep) -> Message:
+    lifecycle.destroy(host, name)
+    return Message(message=f"VM '{name}' forced off")
+
+
+@router.post("/{name}/reboot", response_model=Message)
+def reboot(_: Operator, name: VmNameDep, host: HostDep, body: RebootBody | None = None
+           ) -> Message:
+    lifecycle.reboot(host, name, mode=(body or RebootBody()).mode)
+    return Message(message=f"VM '{name}' rebooting")
+
+
+@router.post("/{name}/suspend", response_model=Message)
+def suspend(_: Operator, name: VmNameDep, host: HostDep) -> Message:
+    lifecycle.suspend(host, name)
+    return Message(message=f"VM '{name}' paused")
+
+
+@router.post("/{name}/resume", response_model=Message)
+def resume(_: Operator, name: VmNameDep, host: HostDep) -> Message:
+    lifecycle.resume(host, name)
+    return Message(message=f"VM '{name}' resumed")
+
+
+@router.delete("/{name}", response_model=Message)
+def undefine(_: Operator, name: VmNameDep, ctx: Ctx, host: HostDep,
+             remove_storage: bool = Query(False)) -> Message:
+    removed = lifecycle.undefine(host, name, remove_storage=remove_storage)
+    ctx.domain_types.invalidate()
+    return Message(message=f"VM '{name}' undefined", details={"removed": removed})
+
+
+@router.post("/{name}/clone", status_code=202, response_model=JobAccepted)
+def clone(user: Operator, name: VmNameDep, body: CloneBody, ctx: Ctx, response: Response
+          ) -> JobAccepted:
+    def run(job: JobContext) -> VmInfo:
+        with _own_host(ctx) as own:
+            return lifecycle.clone(own, name, body.new_name, images_dir=body.images_dir,
+                                   progress=lambda label, pct: job.percent(pct, label))
+
+    return accepted(ctx.runner.submit("vm.clone", name, user.name, run), response)
+
+
+@router.get("/{name}/xml", response_class=PlainTextResponse,
+            responses={200: {"content": {"application/xml": {}}}})
+def xml(_: Viewer, name: VmNameDep, host: HostDep, inactive: bool = Query(False)
+        ) -> PlainTextResponse:
+    return PlainTextResponse(lifecycle.dumpxml(host, name, inactive=inactive),
+                             media_type="application/xml")
+
+
+@router.put("/{name}/autostart", response_model=Message)
+def autostart(_: Operator, name: VmNameDep, body: AutostartBody, host: HostDep) -> Message:
+    lifecycle.set_autostart(host, name, body.enabled)
+    return Message(message=f"autostart of VM '{name}' "
+                           f"{'enabled' if body.enabled else 'disabled'}")
+
+
+

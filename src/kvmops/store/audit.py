@@ -1,0 +1,44 @@
+"""The audit log: one row per state-changing request (never secrets)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from kvmops.store.db import Store
+from kvmops.store.models import AuditEntry
+
+
+class AuditView(BaseModel):
+    id: int
+    time: datetime
+    user: str | None
+    method: str
+    path: str
+    action: str
+    target: str | None
+    status_code: int
+    result: str
+    job_id: str | None
+
+
+def record(store: Store, *, user: str | None, method: str, path: str, action: str,
+           target: str | None, status_code: int, job_id: str | None = None) -> None:
+    result = "ok" if status_code < 400 else "denied" if status_code in (401, 403) else "failed"
+    with store.session() as db:
+        db.add(AuditEntry(user=user, method=method, path=path[:512], action=action[:64],
+                          target=target[:255] if target else None, status_code=status_code,
+                          result=result, job_id=job_id))
+
+
+def entries(store: Store, *, user: str | None = None, limit: int = 100) -> list[AuditView]:
+    query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+    if user:
+        query = query.where(AuditEntry.user == user)
+    with store.session() as db:
+        return [AuditView(id=e.id, time=e.time, user=e.user, method=e.method, path=e.path,
+                          action=e.action, target=e.target, status_code=e.status_code,
+                          result=e.result, job_id=e.job_id)
+                for e in db.scalars(query)]

@@ -1,0 +1,1 @@
+"""Alembic migrations of the kvmops database (run by ``Store.migrate``)."""
