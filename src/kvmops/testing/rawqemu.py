@@ -29,6 +29,9 @@ class RawQemu:
     accel: str = "tcg"
     workdir: Path | None = None
     process: subprocess.Popen[bytes] | None = None
+    # A second QMP monitor socket (``events_socket``): a QEMU monitor socket serves one
+    # client at a time, so a test that listens to events while sending commands needs two.
+    extra_qmp: bool = False
 
     def __post_init__(self) -> None:
         self._own_workdir = self.workdir is None
@@ -38,6 +41,16 @@ class RawQemu:
     def qmp_socket(self) -> Path:
         assert self.workdir is not None
         return self.workdir / "qmp.sock"
+
+    @property
+    def events_socket(self) -> Path:
+        """The second QMP socket (only with ``extra_qmp=True``)."""
+        assert self.workdir is not None
+        return self.workdir / "qmp-events.sock"
+
+    def _sockets(self) -> list[Path]:
+        sockets = [self.qmp_socket, self.agent_socket]
+        return [*sockets, self.events_socket] if self.extra_qmp else sockets
 
     @property
     def agent_socket(self) -> Path:
@@ -63,6 +76,9 @@ class RawQemu:
             "-chardev", f"socket,path={self.agent_socket},server=on,wait=off,id=qga0",
             "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
         ]
+        if self.extra_qmp:
+            cmd += ["-chardev", f"socket,path={self.events_socket},server=on,wait=off,id=qmp1",
+                    "-mon", "chardev=qmp1,mode=control"]
         for index, disk in enumerate(self.disks):
             fmt = "raw" if disk.suffix in (".raw", ".ext4", ".img") else "qcow2"
             cmd += ["-blockdev",
@@ -75,7 +91,7 @@ class RawQemu:
         self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
-        while not (self.qmp_socket.exists() and self.agent_socket.exists()):
+        while not all(sock.exists() for sock in self._sockets()):
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode() if self.process.stderr else ""
                 raise StorageError(f"QEMU exited at start: {err.strip()}")
