@@ -1,0 +1,77 @@
+"""Snapshots (mounted when kvmops.snapshot is present): list, create (job), revert,
+delete (job)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Response
+from fastapi import Path as PathParam
+from pydantic import Field
+
+from kvmops.api.deps import Ctx, HostDep, Operator, Viewer, VmNameDep
+from kvmops.api.routes.common import Body, JobAccepted, accepted
+from kvmops.api.runner import JobContext
+from kvmops.host.connection import Host
+from kvmops.snapshot import service
+from kvmops.snapshot.service import RevertResult, SnapshotInfo
+
+router = APIRouter(prefix="/vms/{name}/snapshots", tags=["snapshots"])
+_SNAP = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
+
+
+class SnapshotBody(Body):
+    name: str = Field(pattern=_SNAP)
+    memory: bool = False
+    disk_only: bool = False
+    quiesce: bool = False
+    description: str | None = Field(default=None, max_length=1024)
+
+
+class RevertBody(Body):
+    running: bool = False
+    paused: bool = False
+    force: bool = False
+
+
+@router.get("", response_model=list[SnapshotInfo])
+def list_snapshots(_: Viewer, name: VmNameDep, host: HostDep) -> list[SnapshotInfo]:
+    return service.list_snapshots(host, name)
+
+
+@router.get("/{snapshot}", response_model=SnapshotInfo)
+def snapshot_info(_: Viewer, name: VmNameDep, host: HostDep,
+                  snapshot: str = PathParam(pattern=_SNAP)) -> SnapshotInfo:
+    return service.info(host, name, snapshot)
+
+
+@router.post("", status_code=202, response_model=JobAccepted)
+def create_snapshot(user: Operator, name: VmNameDep, body: SnapshotBody, ctx: Ctx,
+                    response: Response) -> JobAccepted:
+    req = service.CreateRequest(vm=name, name=body.name, memory=body.memory,
+                                disk_only=body.disk_only, quiesce=body.quiesce,
+                                description=body.description)
+
+    def run(job: JobContext) -> SnapshotInfo:
+        with Host(ctx.settings.uri) as host:
+            return service.create(host, req, note=job.note)
+
+    return accepted(ctx.runner.submit("snapshot.create", name, user.name, run), response)
+
+
+@router.post("/{snapshot}/revert", response_model=RevertResult)
+def revert(_: Operator, name: VmNameDep, host: HostDep,
+           snapshot: str = PathParam(pattern=_SNAP), body: RevertBody | None = None
+           ) -> RevertResult:
+    body = body or RevertBody()
+    return service.revert(host, name, snapshot, running=body.running, paused=body.paused,
+                          force=body.force)
+
+
+@router.delete("/{snapshot}", status_code=202, response_model=JobAccepted)
+def delete_snapshot(user: Operator, name: VmNameDep, ctx: Ctx, response: Response,
+                    snapshot: str = PathParam(pattern=_SNAP),
+                    children: bool = Query(False)) -> JobAccepted:
+    def run(job: JobContext) -> service.DeleteResult:
+        with Host(ctx.settings.uri) as host:
+            return service.delete(host, name, snapshot, children=children, note=job.note)
+
+    return accepted(ctx.runner.submit("snapshot.delete", name, user.name, run), response)
