@@ -55,12 +55,26 @@ def create_cmd(
                                      help="Copy rate limit in MiB/s (e.g. 50) or with a unit."),
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
+    socket: Path | None = typer.Option(
+        None, "--socket", metavar="PATH",
+        help="QMP unix socket of a QEMU started by hand (no libvirt); VM is then only the "
+             "name in the repository. --disk also takes NODE=TARGET there."),
+    agent_socket: Path | None = typer.Option(
+        None, "--agent-socket", metavar="PATH",
+        help="With --socket: qemu-ga socket, to freeze the guest's file systems."),
 ) -> None:
     """Back up a VM; without a type: incremental when a valid chain exists, else full."""
     chosen = [t for t, on in ((BackupType.FULL, full), (BackupType.INCREMENTAL, incremental),
                               (BackupType.DIFFERENTIAL, differential)) if on]
     if len(chosen) > 1:
         raise ValidationError("give at most one of --full, --incremental, --differential")
+    if socket is not None:
+        _create_over_qmp(vm, repo, socket, agent_socket, chosen[0] if chosen else None, disk,
+                         exclude, not no_freeze, _speed(speed) if speed else None, json_out)
+        return
+    if agent_socket is not None:
+        raise ValidationError("--agent-socket goes with --socket",
+                              hint="a libvirt VM's agent is found through libvirt")
     request = BackupRequest(vm=vm, repo=repo, mode=chosen[0] if chosen else None, disks=disk,
                             exclude=exclude, freeze=not no_freeze,
                             speed=_speed(speed) if speed else None)
@@ -79,6 +93,33 @@ def create_cmd(
     info(f"{manifest.type.value} backup of VM '{vm}' complete: {len(manifest.disks)} disk(s), "
          f"{format_size(written)} written, {manifest.consistency.value}-consistent, "
          f"{manifest.duration_s:.1f}s")
+    info(manifest.id)
+
+
+def _create_over_qmp(vm: str, repo: Path, socket: Path, agent_socket: Path | None,
+                     mode: BackupType | None, disks: list[str], exclude: list[str],
+                     freeze: bool, speed: int | None, json_out: bool) -> None:
+    """``backup create --socket``: a hand-started QEMU, through its QMP socket."""
+    from kvmops.backup.qmp_engine import QmpBackupRequest, run_qmp_backup
+
+    request = QmpBackupRequest(vm=vm, repo=repo, socket=socket, agent_socket=agent_socket,
+                               mode=mode, disks=disks, exclude=exclude, freeze=freeze,
+                               speed=speed)
+    with byte_progress() as progress:
+        task = progress.add_task(f"backup {vm}", total=None)
+
+        def report(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total or None)
+
+        manifest = run_qmp_backup(request, progress=report, note=warn)
+        written = sum(d.bytes_written for d in manifest.disks)
+        progress.update(task, total=max(written, 1), completed=max(written, 1))
+    if json_out:
+        print_json(manifest.model_dump(mode="json", exclude={"domain_xml"}))
+        return
+    info(f"{manifest.type.value} backup of VM '{vm}' (QMP {socket}) complete: "
+         f"{len(manifest.disks)} disk(s), {format_size(written)} written, "
+         f"{manifest.consistency.value}-consistent, {manifest.duration_s:.1f}s")
     info(manifest.id)
 
 
