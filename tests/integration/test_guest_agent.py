@@ -99,8 +99,7 @@ def test_push_aborted_by_the_caller_leaves_nothing(channel: AgentChannel, guest_
             raise Abort
 
     with pytest.raises(Abort):
-        guest.push(channel, local, f"{guest_dir}/abort.bin", chunk_size=256 * 1024,
-                   progress=progress)
+        guest.push(channel, local, f"{guest_dir}/abort.bin", progress=progress)
     assert sh(channel, f"ls -A {guest_dir}") == ""
 
 

@@ -44,10 +44,10 @@ from kvmops.errors import (
     ValidationError,
 )
 
-# Raw bytes per guest-file-read/write. Its base64 form (4/3 larger) plus JSON must
-# stay well under libvirt's 4 MiB RPC string limit and qemu-ga's parser limits;
-# 1 MiB measured fastest on both transports (see bench/README.md).
-CHUNK_SIZE = 1 << 20
+# Raw bytes per guest-file-read/write: by default the channel's ``chunk_size``
+# (64 KiB through libvirt, 1 MiB on a raw socket; see AgentChannel). Its base64
+# form (4/3 larger) plus JSON stays under libvirt's 4 MiB RPC string limit.
+CHUNK_SIZE = 64 * 1024
 MAX_CHUNK_SIZE = 2 << 20
 CHUNK_TIMEOUT = 120.0
 EXEC_POLL_FIRST = 0.02
@@ -484,9 +484,10 @@ def _local_chunks(path: Path, chunk: int, digests: dict[str, Any]) -> Iterator[b
 
 def push(channel: AgentChannel, local: Path | str, remote: str, *, mode: str | None = None,
          owner: str | None = None, progress: Progress | None = None,
-         chunk_size: int = CHUNK_SIZE) -> TransferResult:
+         chunk_size: int | None = None) -> TransferResult:
     """Copy a local file to ``remote`` in the guest (a directory keeps the local name)."""
     local = Path(local)
+    chunk_size = chunk_size or channel.chunk_size
     _check_mode(mode)
     _check_owner(owner)
     if not 0 < chunk_size <= MAX_CHUNK_SIZE:
@@ -519,7 +520,7 @@ def write_bytes(channel: AgentChannel, data: bytes, remote: str, *, mode: str | 
     digests: dict[str, Any] = {"sha256": hashlib.sha256(data), "md5": hashlib.md5(data)}
     if not remote.startswith("/") or remote.endswith("/"):
         raise ValidationError(f"guest path '{remote}' must be an absolute file path")
-    chunks = iter([data[o:o + n] for o, n in chunk_ranges(len(data), CHUNK_SIZE)])
+    chunks = iter([data[o:o + n] for o, n in chunk_ranges(len(data), channel.chunk_size)])
     target = _prepare(channel, remote, posixpath.basename(remote))
     return _upload(channel, chunks, len(data), target, mode=mode, owner=owner, progress=None,
                    digests=digests, source="<bytes>")
@@ -556,7 +557,7 @@ def read_bytes(channel: AgentChannel, remote: str, *, limit: int = 64 << 20) -> 
     handle = _file_open(channel, remote, "r", f"cannot read '{remote}'")
     try:
         data = bytearray()
-        for piece in _read_chunks(channel, handle, CHUNK_SIZE, f"'{remote}'"):
+        for piece in _read_chunks(channel, handle, channel.chunk_size, f"'{remote}'"):
             data += piece
             if len(data) > limit:
                 raise ValidationError(f"guest file '{remote}' is larger than {limit} bytes")
@@ -567,12 +568,13 @@ def read_bytes(channel: AgentChannel, remote: str, *, limit: int = 64 << 20) -> 
 
 
 def pull(channel: AgentChannel, remote: str, local: Path | str, *,
-         progress: Progress | None = None, chunk_size: int = CHUNK_SIZE) -> TransferResult:
+         progress: Progress | None = None, chunk_size: int | None = None) -> TransferResult:
     """Copy a guest file to ``local`` (a directory keeps the guest name).
 
     The data goes to a temporary file next to ``local``, is fsync'd and renamed.
     """
     local = Path(local)
+    chunk_size = chunk_size or channel.chunk_size
     if not 0 < chunk_size <= MAX_CHUNK_SIZE:
         raise ValidationError(f"chunk size must be 1..{MAX_CHUNK_SIZE} bytes")
     if local.is_dir():

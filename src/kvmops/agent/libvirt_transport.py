@@ -58,7 +58,8 @@ def translate_agent_error(err: libvirt.libvirtError, vm: str, command: str) -> G
     desc = libvirt_desc(text)
     from_guest = desc != text  # libvirt wrapped the agent's own error reply
     if code in _UNRESPONSIVE or (not from_guest and (
-            "not connected" in text or "not responding" in text or "disappeared" in text)):
+            "not connected" in text or "not responding" in text or "disappeared" in text
+            or (code == libvirt.VIR_ERR_OPERATION_INVALID and "not running" in text))):
         return AgentUnavailableError(
             f"guest agent of VM '{vm}' is not answering ({text})",
             hint="the guest may still be booting, or qemu-ga is not installed/running in it",

@@ -237,7 +237,7 @@ def exec_cmd(args: list[str] = typer.Argument(..., metavar="[VM] -- CMD [ARGS]..
 
 def _transfer(what: str, run: Callable[[ops.Progress], ops.TransferResult]
               ) -> ops.TransferResult:
-    with byte_progress() as bar:
+    with byte_progress(transient=True) as bar:
         task = bar.add_task(what, total=None)
 
         def progress(done: int, total: int | None) -> None:
