@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from kvmops.config import settings
 from tests.integration.api_server import ApiServer, add_users, postgres_cluster, start_server
 from tests.integration.conftest import (  # noqa: F401  (fixtures shared with integration)
     host,
@@ -35,7 +36,9 @@ def workdir() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def api(workdir: Path) -> Iterator[ApiServer]:
     """One server on SQLite with users admin, op (operator), view (viewer) and tokens."""
-    server = start_server(f"sqlite:///{workdir / 'api.db'}", workdir)
+    guest_dir = settings().cache_dir / "guest"  # the tiny guest's kernel and initrd
+    server = start_server(f"sqlite:///{workdir / 'api.db'}", workdir, "--allow-dir",
+                          "/var/lib/kvmops", "--allow-dir", str(guest_dir))
     try:
         add_users(server)
         yield server

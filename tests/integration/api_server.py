@@ -53,14 +53,14 @@ class ApiServer:
                 self.proc.wait()
 
 
-def start_server(db: str, workdir: Path, extra_env: dict[str, str] | None = None
+def start_server(db: str, workdir: Path, *args: str, extra_env: dict[str, str] | None = None
                  ) -> ApiServer:
     port = free_port()
     log = workdir / f"serve-{port}.log"
     out = log.open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "kvmops.cli.main", "serve", "--host", "127.0.0.1",
-         "--port", str(port), "--db", db],
+         "--port", str(port), "--db", db, *args],
         stdout=out, stderr=subprocess.STDOUT, text=True, cwd=REPO,
         env={**os.environ, **(extra_env or {})})
     url = f"http://127.0.0.1:{port}"
