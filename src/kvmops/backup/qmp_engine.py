@@ -503,8 +503,8 @@ def recover(channel: MonitorChannel, repo: Repository, vm: str, say: NoteFn,
         except KvmopsError as err:
             say(f"could not remove bitmap {name} of an unfinished backup from {node}: {err}")
             continue
-        say(f"removed bitmap {name} of an unfinished backup from node {node} (its changes "
-            "are kept in the previous backup's bitmap)")
+        say(f"removed bitmap {name} from node {node}: no complete backup of it in this "
+            "repository (an unfinished backup's; older bitmaps still hold its changes)")
     for partial in repo.partials(vm):
         repo.discard_partial(partial)
         say(f"removed unfinished backup {partial.name} left by an interrupted run")
@@ -616,9 +616,10 @@ def _run(channel: MonitorChannel, repo: Repository, req: QmpBackupRequest,
          progress: ProgressFn | None, say: NoteFn, notes: list[str]) -> Manifest:
     vm = req.vm
     where = f"the QEMU at {req.socket}"
-    recover(channel, repo, vm, say, req.job_timeout)
+    # The disks first: a wrong --disk changes nothing.
     disks, skipped = discover_disks(channel.execute("query-block") or [], req.disks,
                                     req.exclude, where=where)
+    recover(channel, repo, vm, say, req.job_timeout)
     for message in skipped:
         say(message)
     nodes = channel.execute("query-named-block-nodes", {"flat": True}) or []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -105,15 +107,20 @@ def _create_over_qmp(vm: str, repo: Path, socket: Path, agent_socket: Path | Non
     request = QmpBackupRequest(vm=vm, repo=repo, socket=socket, agent_socket=agent_socket,
                                mode=mode, disks=disks, exclude=exclude, freeze=freeze,
                                speed=speed)
-    with byte_progress() as progress:
-        task = progress.add_task(f"backup {vm}", total=None)
+    # The bar appears once copying starts: a refusal before that is one error line.
+    with contextlib.ExitStack() as stack:
+        bar: list[tuple[Any, Any]] = []
 
         def report(done: int, total: int) -> None:
+            if not bar:
+                progress = stack.enter_context(byte_progress())
+                bar.append((progress, progress.add_task(f"backup {vm}", total=None)))
+            progress, task = bar[0]
             progress.update(task, completed=done, total=total or None)
 
         manifest = run_qmp_backup(request, progress=report, note=warn)
         written = sum(d.bytes_written for d in manifest.disks)
-        progress.update(task, total=max(written, 1), completed=max(written, 1))
+        report(max(written, 1), max(written, 1))
     if json_out:
         print_json(manifest.model_dump(mode="json", exclude={"domain_xml"}))
         return
