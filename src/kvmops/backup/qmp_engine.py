@@ -152,7 +152,10 @@ def backup_id_of(bitmap: str) -> str | None:
 
 # ---------------------------------------------------------------- disks
 def _qdev_id(qdev: str) -> str:
-    """``/machine/peripheral/virtio-disk0/virtio-backend`` -> ``virtio-disk0``."""
+    """``/machine/peripheral/virtio-disk0/virtio-backend`` -> ``virtio-disk0``;
+    other devices give their id as it is (``sata0``)."""
+    if "/" not in qdev:
+        return qdev
     parts = [p for p in qdev.split("/") if p]
     if parts and parts[-1] == "virtio-backend":
         parts = parts[:-1]
@@ -494,6 +497,7 @@ def recover(channel: MonitorChannel, repo: Repository, vm: str, say: NoteFn,
                if str(n.get("node-name", "")).startswith(TARGET_NODE_PREFIX)]
     if targets:
         delete_nodes(channel, targets, say)
+        say(f"removed backup target node(s) {', '.join(targets)} left by an interrupted run")
         nodes = channel.execute("query-named-block-nodes", {"flat": True}) or []
     complete = {checkpoint_name(m.id) for m in repo.manifests(vm) if m.complete}
     orphans = stale_bitmaps(nodes, complete)
