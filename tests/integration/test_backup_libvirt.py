@@ -239,6 +239,16 @@ def test_shut_off_vm_backup_then_chain_continues(vm_factory: Callable[..., str],
     assert restore_hash(vm, repo_dir, str(online["id"]), tmp_path / "r2") == digest
 
 
+def _big_vm(vm_factory: Callable[..., str], images_dir: Path) -> str:
+    """A VM whose vda holds 512 MiB of data written on the host (fast), so that a backup
+    throttled right after it starts (--speed) runs long enough to be interrupted."""
+    image = images_dir / f"big-{time.monotonic_ns()}.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "512M"], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 512M", str(image)],
+                   check=True, capture_output=True)
+    return vm_factory(disk=f"path={image}", start=True)
+
+
 def _slow_backup(vm: str, repo: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "kvmops.cli.main", "backup", "create", vm, "--repo", str(repo),
@@ -259,9 +269,9 @@ def _wait_partial(repo: Path, vm: str, proc: subprocess.Popen[str]) -> None:
 
 
 def test_killed_kvmops_mid_backup_leaves_nothing_false(
-        vm_factory: Callable[..., str], repo_dir: Path, host: Host, tmp_path: Path) -> None:
-    vm = vm_factory(start=True)
-    write_random(vm, 0, 48)
+        vm_factory: Callable[..., str], repo_dir: Path, images_dir: Path, tmp_path: Path
+) -> None:
+    vm = _big_vm(vm_factory, images_dir)
     first = backup(vm, repo_dir, "--full")
     digest = write_random(vm, 0, 40)
     proc = _slow_backup(vm, repo_dir)
@@ -285,9 +295,8 @@ def test_killed_kvmops_mid_backup_leaves_nothing_false(
 
 
 def test_second_backup_refused_and_cancel(vm_factory: Callable[..., str], repo_dir: Path,
-                                          tmp_path: Path) -> None:
-    vm = vm_factory(start=True)
-    write_random(vm, 0, 48)
+                                          images_dir: Path, tmp_path: Path) -> None:
+    vm = _big_vm(vm_factory, images_dir)
     first = backup(vm, repo_dir, "--full")
     digest = write_random(vm, 0, 40)
     proc = _slow_backup(vm, repo_dir)
@@ -313,9 +322,8 @@ def test_second_backup_refused_and_cancel(vm_factory: Callable[..., str], repo_d
 
 
 def test_vm_shut_down_during_backup(vm_factory: Callable[..., str], repo_dir: Path,
-                                    host: Host) -> None:
-    vm = vm_factory(start=True)
-    write_random(vm, 0, 48)
+                                    images_dir: Path, host: Host) -> None:
+    vm = _big_vm(vm_factory, images_dir)
     proc = _slow_backup(vm, repo_dir)
     try:
         _wait_partial(repo_dir, vm, proc)

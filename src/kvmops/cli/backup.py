@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from kvmops.backup import jobs
 from kvmops.backup.engine import BackupRequest, cancel, run_backup
-from kvmops.backup.model import BackupType
+from kvmops.backup.model import BackupType, Manifest
 from kvmops.backup.restore import (
     list_backups,
     require_sound,
@@ -22,7 +20,7 @@ from kvmops.backup.restore import (
 from kvmops.backup.retention import RetentionPolicy, prune
 from kvmops.cli.common import JsonOption, UriOption, connect
 from kvmops.cli.output import (
-    byte_progress,
+    LazyBar,
     info,
     percent_progress,
     print_json,
@@ -80,22 +78,9 @@ def create_cmd(
     request = BackupRequest(vm=vm, repo=repo, mode=chosen[0] if chosen else None, disks=disk,
                             exclude=exclude, freeze=not no_freeze,
                             speed=_speed(speed) if speed else None)
-    with connect(uri) as host, byte_progress() as progress:
-        task = progress.add_task(f"backup {vm}", total=None)
-
-        def report(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total or None)
-
-        manifest = run_backup(host, request, progress=report, note=warn)
-        written = sum(d.bytes_written for d in manifest.disks)
-        progress.update(task, total=max(written, 1), completed=max(written, 1))
-    if json_out:
-        print_json(manifest.model_dump(mode="json", exclude={"domain_xml"}))
-        return
-    info(f"{manifest.type.value} backup of VM '{vm}' complete: {len(manifest.disks)} disk(s), "
-         f"{format_size(written)} written, {manifest.consistency.value}-consistent, "
-         f"{manifest.duration_s:.1f}s")
-    info(manifest.id)
+    with connect(uri) as host, LazyBar(f"backup {vm}") as bar:
+        manifest = run_backup(host, request, progress=bar.update, note=warn)
+        _report_backup(manifest, bar, json_out, f"VM '{vm}'")
 
 
 def _create_over_qmp(vm: str, repo: Path, socket: Path, agent_socket: Path | None,
@@ -107,24 +92,20 @@ def _create_over_qmp(vm: str, repo: Path, socket: Path, agent_socket: Path | Non
     request = QmpBackupRequest(vm=vm, repo=repo, socket=socket, agent_socket=agent_socket,
                                mode=mode, disks=disks, exclude=exclude, freeze=freeze,
                                speed=speed)
-    # The bar appears once copying starts: a refusal before that is one error line.
-    with contextlib.ExitStack() as stack:
-        bar: list[tuple[Any, Any]] = []
+    with LazyBar(f"backup {vm}") as bar:
+        manifest = run_qmp_backup(request, progress=bar.update, note=warn)
+        _report_backup(manifest, bar, json_out, f"VM '{vm}' (QMP {socket})")
 
-        def report(done: int, total: int) -> None:
-            if not bar:
-                progress = stack.enter_context(byte_progress())
-                bar.append((progress, progress.add_task(f"backup {vm}", total=None)))
-            progress, task = bar[0]
-            progress.update(task, completed=done, total=total or None)
 
-        manifest = run_qmp_backup(request, progress=report, note=warn)
-        written = sum(d.bytes_written for d in manifest.disks)
-        report(max(written, 1), max(written, 1))
+def _report_backup(manifest: Manifest, bar: LazyBar, json_out: bool, label: str) -> None:
+    """Finish the bar, then the summary; the id is the last line (scripts read it)."""
+    written = sum(d.bytes_written for d in manifest.disks)
+    bar.update(max(written, 1), max(written, 1))
+    bar.__exit__()
     if json_out:
         print_json(manifest.model_dump(mode="json", exclude={"domain_xml"}))
         return
-    info(f"{manifest.type.value} backup of VM '{vm}' (QMP {socket}) complete: "
+    info(f"{manifest.type.value} backup of {label} complete: "
          f"{len(manifest.disks)} disk(s), {format_size(written)} written, "
          f"{manifest.consistency.value}-consistent, {manifest.duration_s:.1f}s")
     info(manifest.id)

@@ -16,6 +16,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeRemainingColumn,
@@ -95,3 +96,29 @@ def percent_progress(transient: bool = False) -> Progress:
         console=err_console,
         transient=transient,
     )
+
+
+class LazyBar:
+    """A byte progress bar that appears on the first update, so a command that fails
+    before any work (lock held, VM missing) prints only its one error line."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def update(self, done: int, total: int) -> None:
+        if self._progress is None:
+            self._progress = byte_progress()
+            self._progress.start()
+            self._task = self._progress.add_task(self.description, total=total or None)
+        assert self._task is not None
+        self._progress.update(self._task, completed=done, total=total or None)
+
+    def __enter__(self) -> LazyBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
