@@ -346,6 +346,11 @@ def create(host: Host, req: CreateRequest, note: NoteFn | None = None) -> Snapsh
             raise StateError(f"cannot quiesce VM '{req.vm}' for snapshot '{req.name}': {text}",
                              hint="check the guest agent ('kvmops guest ping'), or leave out "
                                   "--quiesce for a crash-consistent snapshot") from err
+        if "while checkpoint exists" in text:
+            raise StateError(
+                f"cannot snapshot shut-off VM '{req.vm}': libvirt refuses while it has backup "
+                f"checkpoints ({text})", actual="shut off", required="running",
+                hint="start the VM and take the snapshot while it runs") from err
         raise translate(err, f"creating snapshot '{req.name}' of VM '{req.vm}'") from err
     return info(host, req.vm, req.name)
 
@@ -420,7 +425,8 @@ def revert(host: Host, vm: str, name: str, *, running: bool = False, paused: boo
             flags |= libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED
         if decision.force:
             flags |= libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_FORCE
-        call(f"reverting VM '{vm}' to snapshot '{name}'", snapshot.revertToSnapshot, flags)
+        call(f"reverting VM '{vm}' to snapshot '{name}'", domain.revertToSnapshot, snapshot,
+             flags)
     elif not support.external_by_kvmops:
         end_backup_chain(domain, say)
         flags = 0
@@ -430,7 +436,8 @@ def revert(host: Host, vm: str, name: str, *, running: bool = False, paused: boo
             flags |= libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED
         if decision.force:
             flags |= libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_FORCE
-        call(f"reverting VM '{vm}' to snapshot '{name}'", snapshot.revertToSnapshot, flags)
+        call(f"reverting VM '{vm}' to snapshot '{name}'", domain.revertToSnapshot, snapshot,
+             flags)
     else:
         kept = _revert_external(domain, snapshot, described, decision.end_state, say)
     return RevertResult(snapshot=info(host, vm, name), state=_state_text(domain),

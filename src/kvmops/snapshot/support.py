@@ -183,6 +183,11 @@ def decide_create(facts: VmFacts, *, memory: bool, disk_only: bool, quiesce: boo
                               hint="a snapshot with memory is consistent without freezing")
     if not facts.writable_disks:
         raise ValidationError(f"VM '{vm}' has no writable disk to snapshot")
+    blockers = internal_blockers(facts)
+    if memory and blockers:
+        raise UnsupportedError(
+            f"cannot take an internal snapshot with memory of VM '{vm}': {blockers[0]}",
+            hint="take a disk-only snapshot with --disk-only")
     if not facts.active:
         if memory:
             raise StateError(f"cannot save the memory of VM '{vm}': it is shut off",
@@ -192,15 +197,10 @@ def decide_create(facts: VmFacts, *, memory: bool, disk_only: bool, quiesce: boo
             raise StateError(f"cannot quiesce VM '{vm}': it is shut off (its disks are "
                              "already consistent)", actual="shut off", required="running",
                              hint="leave out --quiesce")
-    blockers = internal_blockers(facts)
     notes: list[str] = []
     if quiesce and not disk_only:
         disk_only = True
         notes.append("--quiesce takes a disk-only (external) snapshot")
-    if memory and blockers:
-        raise UnsupportedError(
-            f"cannot take an internal snapshot with memory of VM '{vm}': {blockers[0]}",
-            hint="take a disk-only snapshot with --disk-only")
     wants_memory = facts.active and not disk_only and not blockers
     if wants_memory and facts.hostdevs:
         raise UnsupportedError(
