@@ -640,9 +640,10 @@ def _run(channel: MonitorChannel, repo: Repository, req: QmpBackupRequest,
     bitmap_nodes: list[str] = []
     started = time.monotonic()
     partial = repo.start_partial(vm, backup_id)
-    previous_handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    previous_handlers = {s: signal.getsignal(s)
+                         for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
     try:
-        for sig in previous_handlers:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, _raise_interrupt)
         jobs.record_event(vm, "started", backup_id=backup_id, type=plan.type.value,
                           transport="qmp")
