@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 from tests.conftest import assert_one_line_error, run_cli
 
@@ -61,7 +60,7 @@ def test_unknown_vm_is_not_found() -> None:
                           "kvmops-test-no-such-vm")
 
 
-def test_missing_socket_names_the_socket(tmp_path_factory: Callable[..., object]) -> None:
+def test_missing_socket_names_the_socket() -> None:
     path = "/tmp/kvmops-test-no-such-dir/qmp.sock"
     assert_one_line_error(run_cli("qmp", "--socket", path, "query-status"), 11, path,
                           "does not exist")

@@ -72,8 +72,8 @@ def test_format_event_json_and_text() -> None:
 
 
 def test_event_names_any_case() -> None:
-    assert normalize_event_names(["stop", "Block-Job-Completed"]) == {"STOP",
-                                                                      "BLOCK_JOB_COMPLETED"}
+    assert normalize_event_names(["stop", "Block-Job-Completed"]) == frozenset(
+        {"STOP", "BLOCK_JOB_COMPLETED"})
     assert normalize_event_names([]) is None
     assert normalize_event_names(None) is None
     with pytest.raises(ValidationError):
