@@ -113,3 +113,11 @@ def test_command_disabled_by_block_rpcs(raw: RawQemuTwoPorts) -> None:
             guest.exec(blocked, ["true"])
     result = run_cli("guest", "exec", "--socket", str(raw.blocked_socket), "--", "true")
     assert_one_line_error(result, 17, "guest-exec", "--block-rpcs")
+
+
+def test_shutdown_through_the_agent(raw: RawQemuTwoPorts) -> None:
+    """Last in this module: guest-shutdown sends no reply; QEMU then exits on its own."""
+    result = run_cli("guest", "shutdown", "--socket", str(raw.agent_socket))
+    assert result.code == 0, result.stderr
+    assert raw.process is not None
+    assert raw.process.wait(timeout=120) == 0
