@@ -92,6 +92,7 @@ from kvmops.errors import (
     ChannelError,
     KvmopsError,
     OperationTimeoutError,
+    StateError,
     ValidationError,
 )
 from kvmops.images import qemuimg
@@ -103,6 +104,8 @@ JOB_PREFIX = "kvmops-backup-"
 JOB_EVENTS = ("JOB_STATUS_CHANGE", "BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED",
               "BLOCK_JOB_ERROR")
 _TARGET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,15}$")
+# Filter nodes a block job puts on top of a disk while it runs.
+_FILTER_DRIVERS = {"copy-before-write", "backup-top", "mirror_top", "commit_top"}
 _HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
@@ -620,10 +623,17 @@ def _run(channel: MonitorChannel, repo: Repository, req: QmpBackupRequest,
          progress: ProgressFn | None, say: NoteFn, notes: list[str]) -> Manifest:
     vm = req.vm
     where = f"the QEMU at {req.socket}"
-    # The disks first: a wrong --disk changes nothing.
+    # The disks first, so a wrong --disk changes nothing; again after the recovery,
+    # because a left-over job's filter node sits on top of its disk until it ends.
+    discover_disks(channel.execute("query-block") or [], req.disks, req.exclude, where=where)
+    recover(channel, repo, vm, say, req.job_timeout)
     disks, skipped = discover_disks(channel.execute("query-block") or [], req.disks,
                                     req.exclude, where=where)
-    recover(channel, repo, vm, say, req.job_timeout)
+    busy = [d.target for d in disks if d.fmt in _FILTER_DRIVERS]
+    if busy:
+        raise StateError(f"another block job works on disk(s) {', '.join(busy)} of {where}",
+                         hint="see 'query-jobs' with 'kvmops qmp --socket'; wait for it or "
+                              "cancel it")
     for message in skipped:
         say(message)
     nodes = channel.execute("query-named-block-nodes", {"flat": True}) or []
