@@ -11,7 +11,7 @@ from fastapi import Request
 from kvmops.api.events import DomainEvents, EventHub
 from kvmops.api.runner import JobRunner
 from kvmops.api.settings import ApiSettings
-from kvmops.api.vmlist import DomainTypeCache
+from kvmops.api.vmlist import DomainTypeCache, VmListCache
 from kvmops.host.connection import Host
 from kvmops.store.db import Store
 
@@ -23,6 +23,7 @@ class ApiContext:
         self.hub = EventHub()
         self.runner = JobRunner(self.store, self.hub, settings.workers)
         self.domain_types = DomainTypeCache()
+        self.vm_list = VmListCache(self.domain_types)
         self.domain_events: DomainEvents | None = None
         self.initial_admin_password: str | None = None
         self._host: Host | None = None
@@ -48,14 +49,16 @@ class ApiContext:
             return
 
         def changed(uuid: str, kind: str) -> None:
+            self.vm_list.invalidate()
             if kind in ("defined", "undefined"):
                 self.domain_types.invalidate(uuid)
 
         events = DomainEvents(self.hub, self.settings.uri, on_change=changed)
         if events.start():
             self.domain_events = events
-        else:  # without events the accelerator cache must expire on its own
+        else:  # without events the caches must expire on their own
             self.domain_types.ttl = 5.0
+            self.vm_list.max_age = 0.0
 
     def close(self) -> None:
         self.hub.close()

@@ -84,3 +84,34 @@ def list_vms(host: Host, cache: DomainTypeCache) -> list[VmListItem]:
             accelerator=cache.get(domain),
         ))
     return sorted(items, key=lambda vm: vm.name)
+
+
+class VmListCache:
+    """Single-flight, short-lived cache of the list.
+
+    ``getAllDomainStats`` costs libvirtd ~0.5 ms per domain; concurrent requests
+    share one call, and a result younger than ``max_age`` seconds is reused
+    unless a life cycle event (define, start, stop ...) invalidated it, so states
+    are never stale; only CPU time figures may be up to ``max_age`` old.
+    """
+
+    def __init__(self, types: DomainTypeCache, max_age: float = 1.0) -> None:
+        self.types = types
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._cached: tuple[int, float, list[VmListItem]] | None = None
+
+    def invalidate(self) -> None:
+        self._generation += 1
+
+    def get(self, host: Host) -> list[VmListItem]:
+        with self._lock:
+            cached = self._cached
+            if (cached is not None and cached[0] == self._generation
+                    and time.monotonic() - cached[1] < self.max_age):
+                return cached[2]
+            generation = self._generation
+            items = list_vms(host, self.types)
+            self._cached = (generation, time.monotonic(), items)
+            return items

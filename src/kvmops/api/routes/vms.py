@@ -14,7 +14,7 @@ from kvmops.api.deps import Ctx, HostDep, Operator, Viewer, VmNameDep
 from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
 from kvmops.api.runner import JobContext
 from kvmops.api.validators import AllowedPath, MacAddress, Size, VmName
-from kvmops.api.vmlist import VmListItem, list_vms
+from kvmops.api.vmlist import VmListItem
 from kvmops.host.accel import Accelerator
 from kvmops.host.connection import Host
 from kvmops.vm import lifecycle
@@ -113,7 +113,7 @@ def _own_host(ctx: ApiContext) -> Host:
 
 @router.get("", response_model=list[VmListItem])
 def list_all(_: Viewer, ctx: Ctx, host: HostDep) -> list[VmListItem]:
-    return list_vms(host, ctx.domain_types)
+    return ctx.vm_list.get(host)
 
 
 @router.get("/{name}", response_model=VmInfo)
@@ -129,6 +129,7 @@ def create_vm(user: Operator, body: CreateVmBody, ctx: Ctx, host: HostDep,
     if not any(d.size is not None for d in req.disks):
         info = lifecycle.create(host, req)
         ctx.domain_types.invalidate()
+        ctx.vm_list.invalidate()
         return info
 
     def run(job: JobContext) -> VmInfo:
@@ -139,44 +140,50 @@ def create_vm(user: Operator, body: CreateVmBody, ctx: Ctx, host: HostDep,
 
 
 @router.post("/{name}/start", response_model=Message)
-def start(_: Operator, name: VmNameDep, host: HostDep, body: StartBody | None = None
+def start(_: Operator, name: VmNameDep, host: HostDep, ctx: Ctx, body: StartBody | None = None
           ) -> Message:
     body = body or StartBody()
     lifecycle.start(host, name, paused=body.paused,
                     discard_managed_save=body.discard_managed_save)
+    ctx.vm_list.invalidate()
     return Message(message=f"VM '{name}' started" + (" (paused)" if body.paused else ""))
 
 
 @router.post("/{name}/shutdown", response_model=Message)
-def shutdown(_: Operator, name: VmNameDep, host: HostDep, body: ShutdownBody | None = None
+def shutdown(_: Operator, name: VmNameDep, host: HostDep, ctx: Ctx, body: ShutdownBody | None = None
              ) -> Message:
     body = body or ShutdownBody()
     lifecycle.shutdown(host, name, mode=body.mode, timeout=body.timeout, wait=body.wait)
+    ctx.vm_list.invalidate()
     return Message(message=f"VM '{name}' " + ("shut off" if body.wait else "shutting down"))
 
 
 @router.post("/{name}/destroy", response_model=Message)
-def destroy(_: Operator, name: VmNameDep, host: HostDep) -> Message:
+def destroy(_: Operator, name: VmNameDep, host: HostDep, ctx: Ctx) -> Message:
     lifecycle.destroy(host, name)
+    ctx.vm_list.invalidate()
     return Message(message=f"VM '{name}' forced off")
 
 
 @router.post("/{name}/reboot", response_model=Message)
-def reboot(_: Operator, name: VmNameDep, host: HostDep, body: RebootBody | None = None
+def reboot(_: Operator, name: VmNameDep, host: HostDep, ctx: Ctx, body: RebootBody | None = None
            ) -> Message:
     lifecycle.reboot(host, name, mode=(body or RebootBody()).mode)
+    ctx.vm_list.invalidate()
     return Message(message=f"VM '{name}' rebooting")
 
 
 @router.post("/{name}/suspend", response_model=Message)
-def suspend(_: Operator, name: VmNameDep, host: HostDep) -> Message:
+def suspend(_: Operator, name: VmNameDep, host: HostDep, ctx: Ctx) -> Message:
     lifecycle.suspend(host, name)
+    ctx.vm_list.invalidate()
     return Message(message=f"VM '{name}' paused")
 
 
 @router.post("/{name}/resume", response_model=Message)
-def resume(_: Operator, name: VmNameDep, host: HostDep) -> Message:
+def resume(_: Operator, name: VmNameDep, host: HostDep, ctx: Ctx) -> Message:
     lifecycle.resume(host, name)
+    ctx.vm_list.invalidate()
     return Message(message=f"VM '{name}' resumed")
 
 
@@ -185,6 +192,7 @@ def undefine(_: Operator, name: VmNameDep, ctx: Ctx, host: HostDep,
              remove_storage: bool = Query(False)) -> Message:
     removed = lifecycle.undefine(host, name, remove_storage=remove_storage)
     ctx.domain_types.invalidate()
+    ctx.vm_list.invalidate()
     return Message(message=f"VM '{name}' undefined", details={"removed": removed})
 
 
