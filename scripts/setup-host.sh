@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-dev pkg-config
-          qemu-guest-agent busybox-static cpio xz-utils e2fsprogs postgresql)
+          qemu-guest-agent busybox-static cpio xz-utils e2fsprogs postgresql
+          chromium)
 VENV=${KVMOPS_VENV:-.venv}
 say() { printf '[setup] %s\n' "$*"; }
 
@@ -57,4 +58,21 @@ virsh -c qemu:///system version >/dev/null 2>&1 || { echo "setup-host.sh: libvir
 
 # Where kvmops keeps images: QEMU runs as libvirt-qemu and must reach them.
 install -d -m 0755 /var/lib/kvmops /var/lib/kvmops/images /var/cache/kvmops
+# The web console's VNC client: noVNC from npm, installed into build/novnc and its
+# ES modules (core/, vendor/) copied into the package's git-ignored static/novnc.
+NOVNC_VERSION=1.7.0
+NOVNC_SRC=build/novnc/node_modules/@novnc/novnc
+NOVNC_DST=src/kvmops/web/static/novnc
+if [ ! -f "$NOVNC_DST/core/rfb.js" ] || ! grep -q "\"version\": \"$NOVNC_VERSION\"" "$NOVNC_DST/package.json" 2>/dev/null; then
+  say "installing noVNC $NOVNC_VERSION (npm)"
+  command -v npm >/dev/null || { echo "setup-host.sh: npm is needed for the web console (noVNC); install Node.js" >&2; exit 1; }
+  mkdir -p build/novnc
+  npm install --prefix build/novnc --no-audit --no-fund --no-save --loglevel=error \
+    "@novnc/novnc@$NOVNC_VERSION" >/dev/null
+  rm -rf "$NOVNC_DST.tmp"
+  mkdir -p "$NOVNC_DST.tmp"
+  cp -r "$NOVNC_SRC/core" "$NOVNC_SRC/vendor" "$NOVNC_SRC/package.json" "$NOVNC_SRC/LICENSE.txt" "$NOVNC_DST.tmp/"
+  rm -rf "$NOVNC_DST"
+  mv "$NOVNC_DST.tmp" "$NOVNC_DST"
+fi
 say "host ready"

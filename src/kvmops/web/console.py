@@ -1,0 +1,112 @@
+"""The VNC console's WebSocket bridge: ``/ws/vms/{name}/vnc`` on the server's own
+origin and port. It opens a TCP connection to the VM's VNC port on 127.0.0.1
+(from libvirt's live XML) and pipes bytes both ways, so no websockify port is
+needed and the VNC port never leaves the loopback interface.
+
+Without a valid log-in session (or below the operator role) the socket is
+closed with code 4401 (4403) before any byte is relayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import anyio
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from kvmops.api.deps import SESSION_COOKIE
+from kvmops.errors import KvmopsError
+from kvmops.store import audit, users
+from kvmops.vm.domxml import validate_name
+from kvmops.web import domain as dom
+from kvmops.web.auth import context, same_origin, session_principal
+
+log = logging.getLogger("kvmops.web")
+router = APIRouter()
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_UNAVAILABLE = 4404
+CHUNK = 64 * 1024
+
+
+async def _refuse(websocket: WebSocket, code: int, reason: str) -> None:
+    await websocket.accept(_subprotocol(websocket))
+    await websocket.close(code=code, reason=reason[:120])
+
+
+def _subprotocol(websocket: WebSocket) -> str | None:
+    offered = websocket.headers.get("sec-websocket-protocol", "")
+    names = [p.strip() for p in offered.split(",") if p.strip()]
+    return "binary" if "binary" in names else None
+
+
+@router.websocket("/ws/vms/{name}/vnc")
+async def vnc_bridge(websocket: WebSocket, name: str) -> None:
+    ctx = context(websocket)
+    cookie = websocket.cookies.get(SESSION_COOKIE)
+    principal = await anyio.to_thread.run_sync(session_principal, ctx, cookie)
+    if principal is None or not same_origin(websocket):
+        await _refuse(websocket, CLOSE_UNAUTHORIZED, "log in first")
+        return
+    if not users.role_allows(principal.role, "operator"):
+        await _refuse(websocket, CLOSE_FORBIDDEN, "the console needs the operator role")
+        return
+    try:
+        validate_name(name)
+        port = await anyio.to_thread.run_sync(lambda: dom.vnc_port(ctx.host(), name))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except (KvmopsError, OSError) as err:
+        await _refuse(websocket, CLOSE_UNAVAILABLE, str(err))
+        return
+    with contextlib.suppress(KvmopsError):
+        await anyio.to_thread.run_sync(lambda: audit.record(
+            ctx.store, user=principal.name, method="WS", path=websocket.url.path,
+            action="console", target=name, status_code=101))
+    await websocket.accept(_subprotocol(websocket))
+    try:
+        await _pipe(websocket, reader, writer)
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+        if websocket.application_state != WebSocketState.DISCONNECTED:
+            with contextlib.suppress(Exception):
+                await websocket.close()
+
+
+async def _pipe(websocket: WebSocket, reader: asyncio.StreamReader,
+                writer: asyncio.StreamWriter) -> None:
+    async def to_vnc() -> None:
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                data = message.get("bytes")
+                if data is None and message.get("text") is not None:
+                    data = message["text"].encode("latin-1", "replace")
+                if data:
+                    writer.write(data)
+                    await writer.drain()
+
+    async def to_browser() -> None:
+        while True:
+            data = await reader.read(CHUNK)
+            if not data:
+                return
+            await websocket.send_bytes(data)
+
+    tasks = [asyncio.create_task(to_vnc()), asyncio.create_task(to_browser())]
+    try:
+        _done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    finally:
+        for task in tasks:
+            task.cancel()

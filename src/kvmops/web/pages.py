@@ -1,0 +1,294 @@
+"""The server-rendered pages. Reads go straight to the services; every state
+change is a ``fetch`` from the page to the REST API (session cookie + CSRF
+header), so it is checked, audited and job-tracked exactly like an API call."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Form, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.routing import APIRoute
+
+from kvmops.api.deps import CSRF_COOKIE, SESSION_COOKIE
+from kvmops.api.validators import check_path
+from kvmops.backup import restore as restore_ops
+from kvmops.backup.model import Manifest
+from kvmops.errors import KvmopsError, NotFoundError
+from kvmops.host.info import host_info
+from kvmops.store import audit, users
+from kvmops.store import jobs as job_store
+from kvmops.vm import lifecycle
+from kvmops.vm.domxml import validate_name
+from kvmops.web import templates
+from kvmops.web.auth import (
+    LOGIN_CSRF_COOKIE,
+    LoginRequired,
+    PageAdmin,
+    PageError,
+    PageUser,
+    context,
+    login_token_ok,
+    login_url,
+    new_login_token,
+    safe_next,
+    session_principal,
+)
+from kvmops.web.timeline import build_timeline, newest_first
+
+REPO_COOKIE = "kvmops_repo"
+DEFAULT_REPO = "/var/lib/kvmops/backups"
+STATE_ORDER = ("running", "paused", "in shutdown", "shut off", "crashed", "pmsuspended",
+               "idle", "no state")
+
+
+class PageRoute(APIRoute):
+    """Errors on a page become an HTML page (or the log-in redirect), never JSON."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def page_handler(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except LoginRequired as err:
+                return RedirectResponse(login_url(err.next_url), status_code=303)
+            except PageError as err:
+                return templates.error(request, err.status, err.message)
+            except KvmopsError as err:
+                return templates.error(request, err.http_status, str(err))
+            except RequestValidationError:
+                return templates.error(request, 404, "no such page (invalid name in the URL)")
+
+        return page_handler
+
+
+router = APIRouter(route_class=PageRoute, include_in_schema=False)
+
+
+def _vm(name: str) -> str:
+    try:
+        return validate_name(name)
+    except KvmopsError:
+        raise NotFoundError(f"no VM named '{name[:80]}'") from None
+
+
+# ------------------------------------------------------------------ log-in
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, next: str | None = Query(None, max_length=2048),
+               error: str | None = None) -> Response:
+    ctx = context(request)
+    if session_principal(ctx, request.cookies.get(SESSION_COOKIE)) is not None:
+        return RedirectResponse(safe_next(next), status_code=303)
+    token = new_login_token()
+    response = templates.render(request, "login.html", None, title="Log in",
+                                next=safe_next(next), login_token=token, error=error)
+    response.set_cookie(LOGIN_CSRF_COOKIE, token, max_age=3600, httponly=True,
+                        samesite="strict", path="/login")
+    return response
+
+
+@router.post("/login", response_class=HTMLResponse)
+def login(request: Request, username: str = Form("", max_length=64),
+          password: str = Form("", max_length=1024), token: str = Form("", max_length=128),
+          next: str = Form("/", max_length=2048)) -> Response:
+    ctx = context(request)
+    target = safe_next(next)
+    if not login_token_ok(request.cookies.get(LOGIN_CSRF_COOKIE), token):
+        return _login_again(request, target, "the log-in form expired; try again", 403)
+    principal = users.verify_password(ctx.store, username, password) if username else None
+    audit.record(ctx.store, user=username or None, method="POST", path="/login",
+                 action="login", target=None, status_code=303 if principal else 401)
+    if principal is None:
+        return _login_again(request, target, "invalid user name or password", 401)
+    session, csrf = users.create_session(ctx.store, principal, ctx.settings.session_ttl)
+    response = RedirectResponse(target, status_code=303)
+    secure = _secure(request)
+    max_age = int(ctx.settings.session_ttl.total_seconds())
+    response.set_cookie(SESSION_COOKIE, session, max_age=max_age, httponly=True,
+                        samesite="strict", secure=secure, path="/")
+    response.set_cookie(CSRF_COOKIE, csrf, max_age=max_age, httponly=False,
+                        samesite="strict", secure=secure, path="/")
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
+    return response
+
+
+def _login_again(request: Request, target: str, error: str, status: int) -> Response:
+    token = new_login_token()
+    response = templates.render(request, "login.html", None, title="Log in", next=target,
+                                login_token=token, error=error, status_code=status)
+    response.set_cookie(LOGIN_CSRF_COOKIE, token, max_age=3600, httponly=True,
+                        samesite="strict", path="/login")
+    return response
+
+
+def _secure(request: Request) -> bool:
+    configured = context(request).settings.secure_cookies
+    if configured is not None:
+        return configured
+    forwarded = request.headers.get("x-forwarded-proto", "").lower()
+    return request.url.scheme == "https" or forwarded == "https"
+
+
+@router.post("/logout")
+def logout(request: Request, user: PageUser, csrf: str = Form("", max_length=128)
+           ) -> Response:
+    ctx = context(request)
+    if not user.csrf_token or not login_token_ok(user.csrf_token, csrf):
+        raise PageError(403, "missing or wrong CSRF token; reload the page and try again")
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        users.end_session(ctx.store, cookie)
+    audit.record(ctx.store, user=user.name, method="POST", path="/logout", action="logout",
+                 target=None, status_code=303)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/")
+    response.delete_cookie(CSRF_COOKIE, path="/")
+    return response
+
+
+# ------------------------------------------------------------------ dashboard
+def state_counts(states: list[str]) -> list[tuple[str, int]]:
+    counts: dict[str, int] = {}
+    for state in states:
+        counts[state] = counts.get(state, 0) + 1
+    known = [(s, counts.pop(s)) for s in STATE_ORDER if s in counts]
+    return known + sorted(counts.items())
+
+
+@router.get("/", response_class=HTMLResponse)
+def dashboard(request: Request, user: PageUser) -> Response:
+    ctx = context(request)
+    host = ctx.host()
+    info = host_info(host)
+    vms = ctx.vm_list.get(host)
+    active = [j for state in ("running", "queued")
+              for j in job_store.list_jobs(ctx.store, state=state, limit=50)]
+    recent = job_store.list_jobs(ctx.store, limit=8)
+    return templates.render(request, "dashboard.html", user, title="Dashboard", host=info,
+                            counts=state_counts([vm.state for vm in vms]), total=len(vms),
+                            jobs=active, recent=recent)
+
+
+# ------------------------------------------------------------------ VMs
+@router.get("/vms", response_class=HTMLResponse)
+def vm_list(request: Request, user: PageUser) -> Response:
+    ctx = context(request)
+    vms = ctx.vm_list.get(ctx.host())
+    return templates.render(request, "vms.html", user, title="Virtual machines", vms=vms)
+
+
+@router.get("/create", response_class=HTMLResponse)
+def create_form(request: Request, user: PageUser) -> Response:
+    ctx = context(request)
+    templates.require_operator(user)
+    networks: list[str] = []
+    with contextlib.suppress(Exception):
+        networks = ctx.host().network_names()
+    return templates.render(request, "create.html", user, title="Create a VM",
+                            networks=networks,
+                            allowed=[str(d) for d in ctx.settings.allowed_dirs])
+
+
+@router.get("/vms/{name}", response_class=HTMLResponse)
+def vm_detail(request: Request, name: str, user: PageUser) -> Response:
+    ctx = context(request)
+    vm = lifecycle.info(ctx.host(), _vm(name))
+    recorder = request.app.state.kvmops_web_events
+    jobs = job_store.list_jobs(ctx.store, target=vm.name, limit=10)
+    return templates.render(request, "vm.html", user, title=vm.name, vm=vm,
+                            events=recorder.recent(vm.name), jobs=jobs)
+
+
+@router.get("/vms/{name}/console", response_class=HTMLResponse)
+def console(request: Request, name: str, user: PageUser) -> Response:
+    ctx = context(request)
+    templates.require_operator(user)
+    vm = lifecycle.info(ctx.host(), _vm(name))
+    return templates.render(request, "console.html", user, title=f"{vm.name} console", vm=vm,
+                            novnc=request.app.state.kvmops_web_novnc is not None)
+
+
+@router.get("/vms/{name}/snapshots", response_class=HTMLResponse)
+def snapshots(request: Request, name: str, user: PageUser) -> Response:
+    from kvmops.snapshot import service
+
+    ctx = context(request)
+    vm = lifecycle.info(ctx.host(), _vm(name))
+    items = service.tree(service.list_snapshots(ctx.host(), vm.name))
+    return templates.render(request, "snapshots.html", user, title=f"{vm.name} snapshots",
+                            vm=vm, tree=items)
+
+
+# ------------------------------------------------------------------ backups
+def _repo_choice(request: Request, repo: str | None) -> str:
+    return (repo or request.cookies.get(REPO_COOKIE) or os.environ.get("KVMOPS_WEB_REPO")
+            or DEFAULT_REPO)
+
+
+def _backups(repo: str, vm: str) -> tuple[list[Manifest], str | None]:
+    try:
+        path: Path = check_path(repo)
+    except ValueError as err:
+        return [], f"repository: {err}"
+    if not path.is_dir():
+        return [], None
+    try:
+        return restore_ops.list_backups(path, vm), None
+    except KvmopsError as err:
+        return [], str(err)
+
+
+@router.get("/vms/{name}/backups", response_class=HTMLResponse)
+def backups(request: Request, name: str, user: PageUser,
+            repo: str | None = Query(None, max_length=4096)) -> Response:
+    ctx = context(request)
+    vm = lifecycle.info(ctx.host(), _vm(name))
+    chosen = _repo_choice(request, repo)
+    manifests, problem = _backups(chosen, vm.name)
+    response = templates.render(request, "backups.html", user, title=f"{vm.name} backups",
+                                vm=vm, repo=chosen, problem=problem,
+                                timeline=build_timeline(manifests),
+                                points=newest_first(manifests))
+    if repo:
+        response.set_cookie(REPO_COOKIE, repo, max_age=365 * 86400, httponly=True,
+                            samesite="strict", path="/")
+    return response
+
+
+@router.get("/vms/{name}/backups/fragment", response_class=HTMLResponse)
+def backups_fragment(request: Request, name: str, user: PageUser,
+                     repo: str = Query(max_length=4096)) -> Response:
+    vm_name = _vm(name)
+    manifests, problem = _backups(repo, vm_name)
+    return templates.render(request, "_backup_points.html", user, vm_name=vm_name, repo=repo,
+                            problem=problem, timeline=build_timeline(manifests),
+                            points=newest_first(manifests))
+
+
+# ------------------------------------------------------------------ admin
+@router.get("/audit", response_class=HTMLResponse)
+def audit_log(request: Request, user: PageAdmin,
+              who: str | None = Query(None, max_length=64),
+              limit: int = Query(200, ge=1, le=1000)) -> Response:
+    ctx = context(request)
+    entries = audit.entries(ctx.store, user=who or None, limit=limit)
+    return templates.render(request, "audit.html", user, title="Audit log", entries=entries,
+                            who=who or "", limit=limit)
+
+
+@router.get("/users", response_class=HTMLResponse)
+def users_page(request: Request, user: PageAdmin) -> Response:
+    ctx = context(request)
+    return templates.render(request, "users.html", user, title="Users",
+                            users=users.list_users(ctx.store))
+
+
+
+
+__all__ = ["router"]

@@ -1,0 +1,625 @@
+/* kvmops web UI: page behaviour. Every state change is a fetch to the REST API
+   with the session's CSRF token; live updates come from the SSE stream
+   /api/v1/events (libvirt domain events and job progress). */
+"use strict";
+
+const K = (() => {
+  const meta = document.querySelector('meta[name="csrf-token"]');
+  const csrf = meta ? meta.content : "";
+
+  async function api(method, url, body) {
+    const opts = { method, headers: { "X-CSRF-Token": csrf }, credentials: "same-origin" };
+    if (body !== undefined) {
+      opts.headers["Content-Type"] = "application/json";
+      opts.body = JSON.stringify(body);
+    }
+    let resp;
+    try {
+      resp = await fetch(url, opts);
+    } catch (err) {
+      throw new Error("the server cannot be reached");
+    }
+    if (resp.status === 401) {
+      location.href = "/login?next=" + encodeURIComponent(location.pathname + location.search);
+      throw new Error("log in again");
+    }
+    const type = resp.headers.get("content-type") || "";
+    const data = type.includes("json") ? await resp.json() : await resp.text();
+    if (!resp.ok) {
+      throw new Error((data && data.error) || resp.status + " " + resp.statusText);
+    }
+    return { status: resp.status, data };
+  }
+
+  function toast(message, kind) {
+    const box = document.getElementById("toasts");
+    if (!box) return;
+    const el = document.createElement("div");
+    el.className = "toast " + (kind || "info");
+    el.setAttribute("role", kind === "error" ? "alert" : "status");
+    el.textContent = message;
+    box.appendChild(el);
+    setTimeout(() => el.remove(), kind === "error" ? 9000 : 4000);
+  }
+
+  /* One EventSource per page; listeners by kind ("domain", "job"). Job events
+     are kept per job id so a watcher registered late still sees them. */
+  const listeners = { domain: [], job: [], open: [], error: [] };
+  const jobEvents = new Map();
+  let source = null;
+  function events() {
+    if (source) return source;
+    source = new EventSource("/api/v1/events");
+    source.addEventListener("open", () => listeners.open.forEach((f) => f()));
+    source.addEventListener("error", () => listeners.error.forEach((f) => f()));
+    for (const kind of ["domain", "job"]) {
+      source.addEventListener(kind, (ev) => {
+        let data;
+        try { data = JSON.parse(ev.data); } catch (e) { return; }
+        if (kind === "job") {
+          const seen = jobEvents.get(data.id) || [];
+          seen.push(data);
+          jobEvents.set(data.id, seen);
+        }
+        listeners[kind].forEach((f) => f(data));
+      });
+    }
+    return source;
+  }
+  function on(kind, fn) { listeners[kind].push(fn); events(); }
+  function connected() {
+    return new Promise((resolve) => {
+      const es = events();
+      if (es.readyState === EventSource.OPEN) return resolve();
+      on("open", resolve);
+      setTimeout(resolve, 3000);  // go on without: the final job state is fetched anyway
+    });
+  }
+
+  const FINAL = ["succeeded", "failed", "cancelled", "interrupted"];
+  /* Follow a job: onProgress(percent|null, message), resolves with the final job. */
+  function watchJob(id, onProgress) {
+    return new Promise((resolve) => {
+      let done = false;
+      const handle = (ev) => {
+        if (done || ev.id !== id) return;
+        const msg = ev.message || ev.error || "";
+        if (ev.percent !== undefined && ev.percent !== null) onProgress(ev.percent, msg);
+        else if (msg || ev.state) onProgress(null, msg || ev.state);
+        if (FINAL.includes(ev.state)) finish();
+      };
+      const finish = async () => {
+        if (done) return;
+        done = true;
+        try { resolve((await api("GET", "/api/v1/jobs/" + id)).data); }
+        catch (e) { resolve({ id, state: "failed", error: e.message }); }
+      };
+      on("job", handle);
+      (jobEvents.get(id) || []).forEach(handle);
+      // the stream may have dropped: look at the job itself now and then
+      const check = async () => {
+        if (done) return;
+        try {
+          const job = (await api("GET", "/api/v1/jobs/" + id)).data;
+          if (FINAL.includes(job.state)) return finish();
+        } catch (e) { /* next time */ }
+        setTimeout(check, 5000);
+      };
+      setTimeout(check, 5000);
+    });
+  }
+
+  function fmtBytes(n) {
+    if (n === null || n === undefined) return "–";
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (Math.abs(n) >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    return (i ? n.toFixed(1) : Math.round(n)) + " " + units[i];
+  }
+
+  return { api, toast, on, connected, watchJob, fmtBytes, csrf };
+})();
+
+/* ------------------------------------------------------------ VM states */
+const EVENT_STATE = {
+  started: "running", resumed: "running", suspended: "paused", stopped: "shut off",
+  shutdown: "in shutdown", crashed: "crashed", pmsuspended: "pmsuspended",
+};
+function stateClass(state) { return "state state-" + state.replace(/ /g, "-"); }
+
+function applyState(container, state) {
+  container.querySelectorAll('[data-field="state"]').forEach((el) => {
+    if (el.closest("[data-job]")) return;
+    el.textContent = state;
+    el.className = stateClass(state);
+  });
+  container.querySelectorAll(".actions[data-actions-for]").forEach((bar) => applyActions(bar, state));
+}
+function applyActions(bar, state) {
+  bar.dataset.state = state;
+  bar.querySelectorAll("button[data-action]").forEach((b) => {
+    b.hidden = !b.dataset.when.split(",").includes(state);
+    b.disabled = false;
+  });
+}
+
+const ACTIONS = {
+  start: ["start", {}], "start-paused": ["start", { paused: true }],
+  shutdown: ["shutdown", { wait: false }], reboot: ["reboot", {}], suspend: ["suspend", null],
+  resume: ["resume", null], destroy: ["destroy", null],
+};
+function wireActions(root) {
+  root.querySelectorAll(".actions[data-actions-for]").forEach((bar) => applyActions(bar, bar.dataset.state));
+  root.addEventListener("click", async (ev) => {
+    const b = ev.target.closest("button[data-action]");
+    if (!b) return;
+    const bar = b.closest("[data-actions-for]");
+    const name = bar.dataset.actionsFor;
+    const [verb, body] = ACTIONS[b.dataset.action];
+    if (verb === "destroy" && !confirm("Force VM '" + name + "' off? Unsaved guest data is lost.")) return;
+    b.disabled = true;
+    try {
+      const r = await K.api("POST", "/api/v1/vms/" + encodeURIComponent(name) + "/" + verb,
+                            body === null ? undefined : body);
+      K.toast(r.data.message || verb + " done", "ok");
+    } catch (err) {
+      K.toast(err.message, "error");
+    } finally {
+      b.disabled = false;
+    }
+  });
+}
+
+function liveStates(onUnknown) {
+  const status = document.getElementById("live-status");
+  K.on("open", () => { if (status) status.textContent = "live"; });
+  K.on("error", () => { if (status) status.textContent = "reconnecting…"; });
+  K.on("domain", (ev) => {
+    const state = EVENT_STATE[ev.event];
+    const targets = document.querySelectorAll('[data-vm="' + CSS.escape(ev.vm) + '"], [data-vm-page="' + CSS.escape(ev.vm) + '"]');
+    if (state) {
+      targets.forEach((el) => applyState(el, state));
+      document.querySelectorAll('[data-vm-state="' + CSS.escape(ev.vm) + '"]').forEach((el) => {
+        el.textContent = state; el.className = stateClass(state);
+      });
+      document.querySelectorAll('.actions[data-actions-for="' + CSS.escape(ev.vm) + '"]').forEach((bar) => applyActions(bar, state));
+    }
+    if (onUnknown && (ev.event === "defined" || ev.event === "undefined")) onUnknown(ev);
+  });
+}
+
+/* ------------------------------------------------------------ pages */
+const PAGES = {};
+
+PAGES.vms = () => {
+  const tbody = document.getElementById("vm-rows");
+  wireActions(tbody);
+  const filter = document.getElementById("vm-filter");
+  filter.addEventListener("input", () => {
+    const q = filter.value.trim().toLowerCase();
+    tbody.querySelectorAll("tr[data-vm]").forEach((tr) => { tr.hidden = q && !tr.dataset.vm.toLowerCase().includes(q); });
+  });
+  liveStates(async (ev) => {
+    const row = tbody.querySelector('tr[data-vm="' + CSS.escape(ev.vm) + '"]');
+    if (ev.event === "undefined") { if (row) row.remove(); }
+    else if (!row) {
+      // a new VM: render the page's list again (one request, triggered by the event)
+      try {
+        const html = (await (await fetch("/vms", { credentials: "same-origin" })).text());
+        const doc = new DOMParser().parseFromString(html, "text/html");
+        const fresh = doc.getElementById("vm-rows");
+        if (fresh) { tbody.innerHTML = fresh.innerHTML; wireActionsState(tbody); }
+      } catch (e) { /* keep what we show */ }
+    }
+    document.getElementById("vm-total").textContent = tbody.querySelectorAll("tr[data-vm]").length;
+  });
+};
+function wireActionsState(root) {
+  root.querySelectorAll(".actions[data-actions-for]").forEach((bar) => applyActions(bar, bar.dataset.state));
+}
+
+function vmHeader() {
+  const head = document.querySelector("[data-vm-page]");
+  if (head) wireActions(head);
+  liveStates(null);
+}
+
+function jobRow(job) {
+  const tr = document.createElement("tr");
+  tr.dataset.job = job.id;
+  tr.innerHTML = '<td data-label="Job"><code></code></td><td data-label="Target"></td>' +
+    '<td data-label="State"><span class="badge" data-field="state"></span></td>' +
+    '<td data-label="Progress"><progress max="100" value="0"></progress> <small data-field="message"></small></td>' +
+    '<td data-label="By"></td><td data-label="Started"></td>';
+  tr.querySelector("code").textContent = job.kind || "";
+  tr.children[1].textContent = job.target || "";
+  return tr;
+}
+
+PAGES.dashboard = () => {
+  const active = document.getElementById("active-jobs");
+  K.on("job", (ev) => {
+    let row = active.querySelector('tr[data-job="' + CSS.escape(ev.id) + '"]');
+    if (!row && (ev.state === "queued" || ev.state === "running")) {
+      row = jobRow(ev);
+      active.prepend(row);
+      const none = document.getElementById("no-jobs");
+      if (none) none.hidden = true;
+    }
+    if (!row) return;
+    if (ev.state) {
+      const s = row.querySelector('[data-field="state"]');
+      s.textContent = ev.state; s.className = "badge job-" + ev.state;
+    }
+    if (typeof ev.percent === "number") row.querySelector("progress").value = ev.percent;
+    if (ev.message || ev.error) row.querySelector('[data-field="message"]').textContent = ev.message || ev.error;
+    if (["succeeded", "failed", "cancelled", "interrupted"].includes(ev.state)) {
+      setTimeout(() => row.remove(), 5000);
+    }
+  });
+  K.on("domain", async (ev) => {
+    if (!["started", "stopped", "suspended", "resumed", "defined", "undefined", "crashed"].includes(ev.event)) return;
+    try {
+      const vms = (await K.api("GET", "/api/v1/vms")).data;
+      const counts = {};
+      vms.forEach((vm) => { counts[vm.state] = (counts[vm.state] || 0) + 1; });
+      const box = document.getElementById("vm-counts");
+      box.querySelector('[data-field="total"]').textContent = vms.length;
+      const ul = box.querySelector("ul.counts");
+      ul.innerHTML = "";
+      Object.keys(counts).sort().forEach((st) => {
+        const li = document.createElement("li");
+        li.innerHTML = '<span></span> <strong></strong>';
+        li.firstChild.textContent = st; li.firstChild.className = stateClass(st);
+        li.lastChild.textContent = counts[st];
+        ul.appendChild(li);
+      });
+    } catch (e) { /* keep */ }
+  });
+};
+
+PAGES.vm = () => {
+  vmHeader();
+  const name = document.querySelector("[data-vm-page]").dataset.vmPage;
+  const vmUrl = "/api/v1/ui/vms/" + encodeURIComponent(name);
+  // guest details (agent answers may take a moment: after the page is shown)
+  const guest = document.getElementById("guest");
+  async function loadGuest() {
+    try {
+      const g = (await K.api("GET", vmUrl + "/guest")).data;
+      const os = guest.querySelector('[data-field="os"]');
+      const host = guest.querySelector('[data-field="hostname"]');
+      os.classList.toggle("muted", !g.os["pretty-name"] && !g.os.name);
+      os.textContent = g.os["pretty-name"] || [g.os.name, g.os.version].filter(Boolean).join(" ") ||
+        (g.os["kernel-release"] ? "Linux " + g.os["kernel-release"] : (g.active ? "unknown (" + (g.errors.os || "no agent") + ")" : "VM not running"));
+      host.textContent = g.hostname || "–";
+      const body = guest.querySelector('[data-field="addresses"]');
+      body.innerHTML = "";
+      if (!g.addresses.length) {
+        body.innerHTML = '<tr><td colspan="4" class="muted"></td></tr>';
+        body.querySelector("td").textContent = g.active ? "No addresses reported (agent, lease, ARP)." : "VM not running.";
+      }
+      g.addresses.forEach((a) => {
+        const tr = document.createElement("tr");
+        for (const [label, text] of [["Interface", a.interface], ["MAC", a.mac || "–"],
+                                     ["Address", a.address + (a.prefix !== null ? "/" + a.prefix : "")],
+                                     ["Source", a.source]]) {
+          const td = document.createElement("td");
+          td.dataset.label = label;
+          if (label === "Source") { const s = document.createElement("span"); s.className = "badge src-" + text; s.textContent = text; td.appendChild(s); }
+          else td.textContent = text;
+          tr.appendChild(td);
+        }
+        body.appendChild(tr);
+      });
+    } catch (err) {
+      guest.querySelector('[data-field="os"]').textContent = err.message;
+    }
+  }
+  loadGuest();
+  K.on("domain", (ev) => {
+    if (ev.vm !== name) return;
+    addEvent(new Date().toISOString(), ev.event, "");
+    if (ev.event === "started" || ev.event === "stopped") setTimeout(loadGuest, 1500);
+  });
+  K.on("job", (ev) => {
+    if (ev.target !== name || !ev.state) return;
+    addEvent(ev.time || new Date().toISOString(), ev.state, ev.kind || "job");
+  });
+  function addEvent(time, what, kind) {
+    const ul = document.getElementById("events");
+    const empty = ul.querySelector(".empty");
+    if (empty) empty.remove();
+    const li = document.createElement("li");
+    li.innerHTML = "<time></time> " + (kind ? "<code></code> " : "") + '<span class="badge"></span>';
+    li.querySelector("time").textContent = time.replace("T", " ").slice(0, 19);
+    if (kind) li.querySelector("code").textContent = kind;
+    li.querySelector(".badge").textContent = what;
+    ul.prepend(li);
+  }
+  stats(vmUrl);
+};
+
+/* CPU, memory, disk and network figures: samples of the stats endpoint, rates
+   from the difference of two samples, drawn as sparklines. */
+function stats(vmUrl) {
+  const perf = document.getElementById("perf");
+  const series = { cpu: [], mem: [], disk: [], net: [] };
+  const MAX = 60;
+  let prev = null;
+  const note = perf.querySelector('[data-field="perf-note"]');
+  function draw(metric, text) {
+    const fig = perf.querySelector('[data-metric="' + metric + '"]');
+    fig.querySelector('[data-field="value"]').textContent = text;
+    const values = series[metric];
+    const top = Math.max(metric === "cpu" ? 100 : 1, ...values);
+    const pts = values.map((v, i) => {
+      const x = (i + (MAX - values.length)) * (120 / (MAX - 1));
+      const y = 39 - (v / top) * 37;
+      return x.toFixed(1) + "," + y.toFixed(1);
+    });
+    fig.querySelector("polyline").setAttribute("points", pts.join(" "));
+  }
+  function push(metric, value) {
+    series[metric].push(value);
+    if (series[metric].length > MAX) series[metric].shift();
+  }
+  async function tick() {
+    if (document.hidden) return setTimeout(tick, 2000);
+    try {
+      const s = (await K.api("GET", vmUrl + "/stats")).data;
+      if (!s.active) {
+        note.textContent = "(not running)";
+        prev = null;
+      } else {
+        note.textContent = "";
+        if (prev && s.time > prev.time && prev.cpu_time_ns !== null) {
+          const dt = s.time - prev.time;
+          const cpu = Math.max(0, (s.cpu_time_ns - prev.cpu_time_ns) / 1e9 / dt / Math.max(1, s.vcpus) * 100);
+          const disk = Math.max(0, (s.disk_read_bytes - prev.disk_read_bytes + s.disk_write_bytes - prev.disk_write_bytes) / dt);
+          const net = Math.max(0, (s.net_rx_bytes - prev.net_rx_bytes + s.net_tx_bytes - prev.net_tx_bytes) / dt);
+          push("cpu", cpu); push("disk", disk); push("net", net);
+          draw("cpu", cpu.toFixed(1) + " %");
+          draw("disk", K.fmtBytes(disk) + "/s");
+          draw("net", K.fmtBytes(net) + "/s");
+        }
+        const mem = s.memory_rss || s.memory_current;
+        if (mem) { push("mem", mem); draw("mem", K.fmtBytes(mem) + (s.memory_max ? " of " + K.fmtBytes(s.memory_max) : "")); }
+        prev = s;
+      }
+    } catch (err) {
+      note.textContent = "(" + err.message + ")";
+    }
+    setTimeout(tick, 2000);
+  }
+  tick();
+}
+
+PAGES.create = () => {
+  const form = document.getElementById("create-vm");
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(form);
+    const get = (k) => (f.get(k) || "").toString().trim();
+    const body = { name: get("name"), memory: get("memory"), vcpus: parseInt(get("vcpus"), 10),
+                   agent: f.get("agent") !== null, start: f.get("start") !== null, disks: [] };
+    if (get("disk_size")) body.disks.push({ size: get("disk_size") });
+    for (const k of ["kernel", "initrd", "cmdline", "cdrom", "network", "images_dir"]) if (get(k)) body[k] = get(k);
+    const button = form.querySelector("button[type=submit]");
+    const status = form.querySelector('[data-field="status"]');
+    const bar = form.querySelector("progress");
+    button.disabled = true;
+    status.textContent = "creating…";
+    try {
+      await K.connected();
+      const r = await K.api("POST", "/api/v1/vms", body);
+      if (r.status === 202) {
+        bar.hidden = false;
+        const job = await K.watchJob(r.data.job_id, (pct, msg) => {
+          if (pct !== null) bar.value = pct;
+          if (msg) status.textContent = msg;
+        });
+        if (job.state !== "succeeded") throw new Error(job.error || "creation " + job.state);
+      }
+      K.toast("VM '" + body.name + "' created", "ok");
+      location.href = "/vms/" + encodeURIComponent(body.name);
+    } catch (err) {
+      status.textContent = "";
+      bar.hidden = true;
+      K.toast(err.message, "error");
+      button.disabled = false;
+    }
+  });
+};
+
+PAGES.console = () => { vmHeader(); /* the screen itself: console.js (ES module, noVNC) */
+  const name = document.querySelector("[data-vm-page]").dataset.vmPage;
+  const url = "/api/v1/ui/vms/" + encodeURIComponent(name);
+  document.getElementById("send-text").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(ev.target);
+    let text = (f.get("text") || "").toString();
+    if (f.get("enter") !== null) text += "\n";
+    if (!text) return;
+    try {
+      const r = await K.api("POST", url + "/send-text", { text });
+      K.toast(r.data.message, "ok");
+      ev.target.elements.text.value = "";
+    } catch (err) { K.toast(err.message, "error"); }
+  });
+  document.getElementById("ctrl-alt-del").addEventListener("click", async () => {
+    try { K.toast((await K.api("POST", url + "/ctrl-alt-del")).data.message, "ok"); }
+    catch (err) { K.toast(err.message, "error"); }
+  });
+};
+
+PAGES.snapshots = () => {
+  vmHeader();
+  const name = document.querySelector("[data-vm-page]").dataset.vmPage;
+  const base = "/api/v1/vms/" + encodeURIComponent(name) + "/snapshots";
+  const form = document.getElementById("snapshot-form");
+  async function job(r, what) {
+    const status = form ? form.querySelector('[data-field="status"]') : null;
+    const result = await K.watchJob(r.data.job_id, (pct, msg) => { if (status && msg) status.textContent = msg; });
+    if (result.state !== "succeeded") throw new Error(result.error || what + " " + result.state);
+  }
+  if (form) form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(form);
+    const body = { name: f.get("name").toString().trim(), memory: f.get("memory") !== null,
+                   disk_only: f.get("disk_only") !== null, quiesce: f.get("quiesce") !== null };
+    const d = (f.get("description") || "").toString().trim();
+    if (d) body.description = d;
+    try {
+      await K.connected();
+      await job(await K.api("POST", base, body), "snapshot");
+      K.toast("snapshot '" + body.name + "' taken", "ok");
+      location.reload();
+    } catch (err) { K.toast(err.message, "error"); }
+  });
+  document.addEventListener("click", async (ev) => {
+    const b = ev.target.closest("button[data-snap-action]");
+    if (!b) return;
+    const snap = b.dataset.snapshot;
+    const url = base + "/" + encodeURIComponent(snap);
+    b.disabled = true;
+    try {
+      if (b.dataset.snapAction === "revert") {
+        if (!confirm("Revert VM '" + name + "' to snapshot '" + snap + "'? Changes since are lost.")) return;
+        const r = await K.api("POST", url + "/revert", {});
+        K.toast("reverted to '" + snap + "': VM " + r.data.state, "ok");
+      } else {
+        if (!confirm("Delete snapshot '" + snap + "'?")) return;
+        await K.connected();
+        await job(await K.api("DELETE", url), "delete");
+        K.toast("snapshot '" + snap + "' deleted", "ok");
+      }
+      location.reload();
+    } catch (err) { K.toast(err.message, "error"); }
+    finally { b.disabled = false; }
+  });
+};
+
+PAGES.backups = () => {
+  vmHeader();
+  const name = document.querySelector("[data-vm-page]").dataset.vmPage;
+  const points = document.getElementById("backup-points");
+  const repo = points.dataset.repo;
+  const vmApi = "/api/v1/vms/" + encodeURIComponent(name);
+  const box = document.getElementById("backup-progress");
+  K.connected();
+  function progress(label) {
+    box.hidden = false;
+    const bar = box.querySelector("progress");
+    bar.value = 0;
+    box.querySelector('[data-field="percent"]').textContent = "0%";
+    box.querySelector('[data-field="message"]').textContent = label;
+    box.dataset.state = "running";
+    return (pct, msg) => {
+      if (pct !== null) {
+        bar.value = pct;
+        box.querySelector('[data-field="percent"]').textContent = Math.round(pct) + "%";
+      }
+      if (msg) box.querySelector('[data-field="message"]').textContent = msg;
+    };
+  }
+  async function runJob(request, label) {
+    const show = progress(label);
+    await K.connected();
+    const r = await request();
+    const job = await K.watchJob(r.data.job_id, show);
+    box.dataset.state = job.state;
+    if (job.state === "succeeded") {
+      show(100, label + ": done");
+      return job;
+    }
+    show(null, label + ": " + (job.error || job.state));
+    throw new Error(job.error || label + " " + job.state);
+  }
+  async function refresh() {
+    const html = await (await fetch("/vms/" + encodeURIComponent(name) + "/backups/fragment?repo=" +
+                                    encodeURIComponent(repo), { credentials: "same-origin" })).text();
+    points.innerHTML = html;
+  }
+  const form = document.getElementById("backup-form");
+  if (!form) return;
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const mode = new FormData(form).get("mode");
+    const body = { repo };
+    if (mode) body.mode = mode;
+    const button = form.querySelector("button[type=submit]");
+    button.disabled = true;
+    try {
+      const job = await runJob(() => K.api("POST", vmApi + "/backups", body), "backup");
+      K.toast("backup " + ((job.result && job.result.id) || "") + " written", "ok");
+      await refresh();
+    } catch (err) { K.toast(err.message, "error"); }
+    finally { button.disabled = false; }
+  });
+  document.getElementById("verify-btn").addEventListener("click", async (ev) => {
+    ev.target.disabled = true;
+    try {
+      const job = await runJob(() => K.api("POST", "/api/v1/backups/verify", { repo, vm: name }), "verify");
+      K.toast("repository verified: " + (job.result && job.result.sound ? "sound" : "see details"), "ok");
+    } catch (err) { K.toast(err.message, "error"); }
+    finally { ev.target.disabled = false; }
+  });
+  let chosen = null;
+  document.addEventListener("click", (ev) => {
+    const b = ev.target.closest("button[data-restore]");
+    if (!b) return;
+    chosen = b.dataset.restore;
+    const dlg = document.getElementById("restore-dialog");
+    dlg.querySelector('[data-field="point"]').textContent = chosen;
+    dlg.showModal();
+  });
+  document.addEventListener("close", async (ev) => {
+    const dlg = ev.target;
+    if (!(dlg instanceof HTMLDialogElement) || dlg.id !== "restore-dialog" || dlg.returnValue !== "ok") return;
+    const f = new FormData(dlg.querySelector("form"));
+    const target = f.get("target");
+    const body = { repo, at: chosen };
+    if (target === "new_vm") body.new_vm = f.get("new_vm").toString().trim();
+    else if (target === "to") body.to = f.get("to").toString().trim();
+    else body.in_place = true;
+    try {
+      await runJob(() => K.api("POST", vmApi + "/backups/restore", body), "restore of " + chosen);
+      K.toast("restored " + chosen + (body.new_vm ? " as VM '" + body.new_vm + "'" : ""), "ok");
+    } catch (err) { K.toast(err.message, "error"); }
+  }, true);
+};
+
+PAGES.users = () => {
+  const form = document.getElementById("user-form");
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(form);
+    try {
+      await K.api("POST", "/api/v1/users", { name: f.get("name"), role: f.get("role"), password: f.get("password") });
+      location.reload();
+    } catch (err) { K.toast(err.message, "error"); }
+  });
+  document.addEventListener("click", async (ev) => {
+    const b = ev.target.closest("button[data-user-action]");
+    if (!b) return;
+    const user = b.dataset.user;
+    try {
+      if (b.dataset.userAction === "delete") {
+        if (!confirm("Delete user '" + user + "' with their tokens and sessions?")) return;
+        await K.api("DELETE", "/api/v1/users/" + encodeURIComponent(user));
+        location.reload();
+      } else {
+        const r = await K.api("POST", "/api/v1/users/" + encodeURIComponent(user) + "/tokens");
+        const out = document.getElementById("token-out");
+        out.hidden = false;
+        out.textContent = "New API token for " + user + " (shown once): " + r.data.token;
+      }
+    } catch (err) { K.toast(err.message, "error"); }
+  });
+};
+
+document.addEventListener("DOMContentLoaded", () => {
+  const init = PAGES[document.body.dataset.page];
+  if (init) init();
+});
