@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -461,7 +462,11 @@ def _run_online(host: Host, domain: libvirt.virDomain, repo: Repository, req: Ba
     partial = repo.start_partial(vm, backup_id)
     started = time.monotonic()
     checkpoint_created = False
-    previous_handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGTERM (``backup cancel``) becomes an exception that runs the clean-up below. Python
+    # allows handlers only in the main thread; elsewhere (API workers) the caller cancels.
+    in_main = threading.current_thread() is threading.main_thread()
+    previous_handlers = ({s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+                         if in_main else {})
     try:
         for sig in previous_handlers:
             signal.signal(sig, _raise_interrupt)
