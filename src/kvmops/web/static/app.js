@@ -229,7 +229,7 @@ function jobRow(job) {
   tr.dataset.job = job.id;
   tr.innerHTML = '<td data-label="Job"><code></code></td><td data-label="Target"></td>' +
     '<td data-label="State"><span class="badge" data-field="state"></span></td>' +
-    '<td data-label="Progress"><progress max="100" value="0"></progress> <small data-field="message"></small></td>' +
+    '<td data-label="Progress"><div class="job-cell"><progress max="100" value="0"></progress> <small data-field="message"></small></div></td>' +
     '<td data-label="By"></td><td data-label="Started"></td>';
   tr.querySelector("code").textContent = job.kind || "";
   tr.children[1].textContent = job.target || "";
@@ -252,6 +252,7 @@ PAGES.dashboard = () => {
       s.textContent = ev.state; s.className = "badge job-" + ev.state;
     }
     if (typeof ev.percent === "number") row.querySelector("progress").value = ev.percent;
+    if (ev.state === "succeeded") row.querySelector("progress").value = 100;
     if (ev.message || ev.error) row.querySelector('[data-field="message"]').textContent = ev.message || ev.error;
     if (["succeeded", "failed", "cancelled", "interrupted"].includes(ev.state)) {
       setTimeout(() => row.remove(), 5000);
@@ -345,20 +346,24 @@ PAGES.vm = () => {
 function stats(vmUrl) {
   const perf = document.getElementById("perf");
   const series = { cpu: [], mem: [], disk: [], net: [] };
-  const MAX = 60;
+  const MAX = 30;
   let prev = null;
   const note = perf.querySelector('[data-field="perf-note"]');
-  function draw(metric, text) {
+  function draw(metric, text, ceiling) {
     const fig = perf.querySelector('[data-metric="' + metric + '"]');
     fig.querySelector('[data-field="value"]').textContent = text;
     const values = series[metric];
-    const top = Math.max(metric === "cpu" ? 100 : 1, ...values);
+    const top = ceiling || Math.max(1, ...values) * 1.15;
     const pts = values.map((v, i) => {
       const x = (i + (MAX - values.length)) * (120 / (MAX - 1));
       const y = 39 - (v / top) * 37;
       return x.toFixed(1) + "," + y.toFixed(1);
     });
     fig.querySelector("polyline").setAttribute("points", pts.join(" "));
+    if (pts.length > 1) {
+      fig.querySelector("polygon").setAttribute("points",
+        pts[0].split(",")[0] + ",40 " + pts.join(" ") + " " + pts[pts.length - 1].split(",")[0] + ",40");
+    }
   }
   function push(metric, value) {
     series[metric].push(value);
@@ -379,12 +384,12 @@ function stats(vmUrl) {
           const disk = Math.max(0, (s.disk_read_bytes - prev.disk_read_bytes + s.disk_write_bytes - prev.disk_write_bytes) / dt);
           const net = Math.max(0, (s.net_rx_bytes - prev.net_rx_bytes + s.net_tx_bytes - prev.net_tx_bytes) / dt);
           push("cpu", cpu); push("disk", disk); push("net", net);
-          draw("cpu", cpu.toFixed(1) + " %");
+          draw("cpu", cpu.toFixed(1) + " %", 100);
           draw("disk", K.fmtBytes(disk) + "/s");
           draw("net", K.fmtBytes(net) + "/s");
         }
         const mem = s.memory_rss || s.memory_current;
-        if (mem) { push("mem", mem); draw("mem", K.fmtBytes(mem) + (s.memory_max ? " of " + K.fmtBytes(s.memory_max) : "")); }
+        if (mem) { push("mem", mem); draw("mem", K.fmtBytes(mem) + (s.memory_max ? " of " + K.fmtBytes(s.memory_max) : ""), s.memory_max); }
         prev = s;
       }
     } catch (err) {
@@ -511,11 +516,15 @@ PAGES.backups = () => {
   function progress(label) {
     box.hidden = false;
     const bar = box.querySelector("progress");
-    bar.value = 0;
-    box.querySelector('[data-field="percent"]').textContent = "0%";
+    bar.removeAttribute("value");  // indeterminate until the job reports a percentage
+    box.querySelector('[data-field="percent"]').textContent = "…";
     box.querySelector('[data-field="message"]').textContent = label;
     box.dataset.state = "running";
+    box.dataset.ticks = "0";  // progress reports of the job seen before its end
     return (pct, msg) => {
+      if (pct !== null && box.dataset.state === "running" && pct < 100) {
+        box.dataset.ticks = String(Number(box.dataset.ticks) + 1);
+      }
       if (pct !== null) {
         bar.value = pct;
         box.querySelector('[data-field="percent"]').textContent = Math.round(pct) + "%";
@@ -528,11 +537,12 @@ PAGES.backups = () => {
     await K.connected();
     const r = await request();
     const job = await K.watchJob(r.data.job_id, show);
-    box.dataset.state = job.state;
     if (job.state === "succeeded") {
       show(100, label + ": done");
+      box.dataset.state = job.state;
       return job;
     }
+    box.dataset.state = job.state;
     show(null, label + ": " + (job.error || job.state));
     throw new Error(job.error || label + " " + job.state);
   }
@@ -545,9 +555,11 @@ PAGES.backups = () => {
   if (!form) return;
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    const mode = new FormData(form).get("mode");
+    const f = new FormData(form);
     const body = { repo };
-    if (mode) body.mode = mode;
+    if (f.get("mode")) body.mode = f.get("mode");
+    const speed = (f.get("speed") || "").toString().trim();
+    if (speed) body.speed = speed;
     const button = form.querySelector("button[type=submit]");
     button.disabled = true;
     try {

@@ -1,0 +1,238 @@
+"""The web UI end to end: a real ``kvmops serve``, Debian's chromium driven by
+Playwright. Log in, create and start a tiny guest, follow its state live,
+see its console draw, back it up with a live progress bar, restore it, and
+find each step in the audit log. Screenshots go to test-output/screenshots/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvmops.devguest.build import GuestImage
+from kvmops.host.connection import Host
+from tests.conftest import REPO, SESSION_PREFIX, run_cli
+from tests.integration.api_server import ApiServer, start_server
+from tests.integration.conftest import remove_vm
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = REPO / "test-output" / "screenshots"
+USER, PASSWORD = "webadmin", "web-password-1"
+LAPTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+WAIT_MS = 180_000  # upper bound for slow steps under TCG; never asserted as a duration
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
+                                reason="chromium missing: run scripts/setup-host.sh")
+
+CANVAS_INK = """() => {
+  const c = document.querySelector('#screen canvas');
+  if (!c || !c.width || !c.height) return 0;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let lit = 0;
+  for (let i = 0; i < d.length; i += 4) if (d[i] + d[i + 1] + d[i + 2] > 120) lit++;
+  return lit;
+}"""
+
+
+@pytest.fixture(scope="module")
+def web(tiny_guest: GuestImage) -> Iterator[ApiServer]:
+    workdir = Path(tempfile.mkdtemp(prefix="kvmops-web-"))
+    db = f"sqlite:///{workdir}/kvmops.sqlite"
+    server = start_server(db, workdir, "--allow-dir", "/var/lib/kvmops",
+                          "--allow-dir", str(tiny_guest.kernel.parent))
+    try:
+        added = run_cli("user", "add", USER, "--role", "admin", "--password-stdin", "--db", db,
+                        input=PASSWORD + "\n")
+        assert added.code == 0, added.stderr
+        yield server
+    finally:
+        server.stop()
+        log = server.log.read_text()
+        shutil.rmtree(workdir, ignore_errors=True)
+        assert "Traceback" not in log, log
+
+
+@pytest.fixture
+def browser_page() -> Iterator[Any]:
+    with playwright_sync.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync"])
+        context = browser.new_context(viewport=LAPTOP)
+        context.set_default_timeout(60_000)
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        try:
+            yield page
+        finally:
+            context.close()
+            browser.close()
+        assert not errors, errors
+
+
+def shoot(page: Any, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size(LAPTOP)
+    page.screenshot(path=str(SHOTS / f"{name}-laptop.png"), full_page=True)
+    page.set_viewport_size(PHONE)
+    page.screenshot(path=str(SHOTS / f"{name}-phone.png"), full_page=True)
+    page.set_viewport_size(LAPTOP)
+
+
+def log_in(page: Any, url: str) -> None:
+    page.goto(url + "/")
+    assert "/login" in page.url
+    page.fill("input[name=username]", USER)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(url + "/")
+
+
+def wait_state(page: Any, selector: str, state: str) -> None:
+    page.locator(selector).filter(has_text=state).first.wait_for(timeout=WAIT_MS)
+
+
+def test_console_socket_needs_a_session(web: ApiServer) -> None:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    url = web.url.replace("http://", "ws://") + f"/ws/vms/{SESSION_PREFIX}none/vnc"
+    with connect(url, open_timeout=30) as ws, pytest.raises(ConnectionClosed) as closed:
+        ws.recv(timeout=30)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401
+
+
+def test_pages_redirect_to_login(web: ApiServer) -> None:
+    import httpx
+
+    for path in ("/", "/vms", "/audit", f"/vms/{SESSION_PREFIX}x/backups"):
+        response = httpx.get(web.url + path, follow_redirects=False, timeout=30)
+        assert response.status_code == 303, path
+        assert response.headers["location"].startswith("/login?next=")
+
+
+def test_vm_life_console_backup_restore_audit(web: ApiServer, browser_page: Any,
+                                              tiny_guest: GuestImage, images_dir: Path,
+                                              repo_dir: Path, host: Host) -> None:
+    page = browser_page
+    name = f"{SESSION_PREFIX}web-1"
+    restored = f"{name}-restored"
+    try:
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        log_in(page, web.url)
+        page.locator("#vm-counts").wait_for()
+
+        # create (shut off), then start from the VM page
+        page.goto(web.url + "/create")
+        page.fill("input[name=name]", name)
+        page.fill("input[name=memory]", "256M")
+        page.fill("input[name=disk_size]", "64M")
+        page.fill("input[name=images_dir]", str(images_dir))
+        page.fill("input[name=kernel]", str(tiny_guest.kernel))
+        page.fill("input[name=initrd]", str(tiny_guest.initrd))
+        page.fill("input[name=cmdline]", "console=ttyS0 console=tty0")
+        page.uncheck("input[name=start]")
+        page.click("#create-vm button[type=submit]")
+        page.wait_for_url(f"{web.url}/vms/{name}", timeout=WAIT_MS)
+        head = "[data-vm-page] [data-field=state]"
+        wait_state(page, head, "shut off")
+        # data on the disk, so the backup below copies long enough to report progress
+        disk = images_dir / f"{name}-vda.qcow2"
+        filled = subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 48M",
+                                 str(disk)], capture_output=True, text=True, timeout=120)
+        assert filled.returncode == 0, filled.stderr
+        page.click("[data-vm-page] button[data-action=start]")
+        wait_state(page, head, "running")  # from the libvirt 'started' event over SSE
+
+        # the VM list follows suspend/resume live
+        page.goto(web.url + "/vms")
+        row = f"tr[data-vm='{name}']"
+        wait_state(page, f"{row} [data-field=state]", "running")
+        page.click(f"{row} button[data-action=suspend]")
+        wait_state(page, f"{row} [data-field=state]", "paused")
+        page.click(f"{row} button[data-action=resume]")
+        wait_state(page, f"{row} [data-field=state]", "running")
+
+        # console: noVNC through the same-origin bridge draws the boot console
+        page.goto(f"{web.url}/vms/{name}/console")
+        page.locator("#console-status").filter(has_text=re.compile(r"^connected$")).wait_for(timeout=WAIT_MS)
+        page.wait_for_function(f"({CANVAS_INK})() > 200", timeout=WAIT_MS)
+        page.fill("#send-text input[name=text]", "echo kvmops")
+        page.click("#send-text button[type=submit]")
+        page.locator(".toast.ok").filter(has_text="typed").wait_for()
+        page.screenshot(path=str(SHOTS / "console-laptop.png"))
+
+        # VM detail: graphs fill from the stats endpoint
+        page.goto(f"{web.url}/vms/{name}")
+        page.wait_for_function(
+            "document.querySelector('[data-metric=cpu] polyline')"
+            ".getAttribute('points').split(' ').length >= 6", timeout=WAIT_MS)
+        shoot(page, "vm-detail")
+
+        # backup with a live progress bar, then restore as a new VM
+        page.goto(f"{web.url}/vms/{name}/backups?repo={repo_dir}")
+        page.fill("#backup-form input[name=speed]", "8M")
+        page.click("#backup-form button[type=submit]")
+        page.locator("#backup-progress [data-field=percent]").filter(
+            has_text="100%").wait_for(timeout=WAIT_MS)
+        assert page.locator("#backup-progress progress").get_attribute("value") == "100"
+        assert page.locator("#backup-progress").get_attribute("data-state") == "succeeded"
+        page.locator("#points-table tr[data-point]").first.wait_for()
+        assert page.locator(".timeline .pt-full").count() >= 1
+        shoot(page, "backups")
+        page.locator("#points-table button[data-restore]").first.click()
+        page.fill("#restore-dialog input[name=new_vm]", restored)
+        page.click("#restore-go")
+        page.locator("#backup-progress[data-state=succeeded]").wait_for(timeout=WAIT_MS)
+        assert "restore" in page.locator("#backup-progress [data-field=message]").inner_text()
+        assert host.has_domain(restored)
+
+        # snapshots of the restored (shut off) VM: take, revert, delete
+        page.on("dialog", lambda dialog: dialog.accept())
+        page.goto(f"{web.url}/vms/{restored}/snapshots")
+        page.fill("#snapshot-form input[name=name]", "web-s1")
+        page.fill("#snapshot-form input[name=description]", "before the change")
+        page.click("#snapshot-form button[type=submit]")
+        node = page.locator("#snapshot-tree li[data-snapshot='web-s1']")
+        node.wait_for(timeout=WAIT_MS)
+        shoot(page, "snapshots")
+        with page.expect_response(lambda r: r.url.endswith("/web-s1/revert"),
+                                  timeout=WAIT_MS) as reverted:
+            page.click("#snapshot-tree button[data-snap-action=revert][data-snapshot='web-s1']")
+        assert reverted.value.status == 200
+        page.wait_for_load_state()
+        node.wait_for()
+        page.click("#snapshot-tree button[data-snap-action=delete][data-snapshot='web-s1']")
+        page.locator("text=No snapshots.").wait_for(timeout=WAIT_MS)
+
+        # the audit log names every step
+        page.goto(web.url + "/audit")
+        table = page.locator("#audit-table").inner_text()
+        for action in ("login", "create_vm", "start", "suspend", "resume", "console",
+                       "send_text", "create_backup", "restore", "create_snapshot", "revert",
+                       "delete_snapshot"):
+            assert action in table, (action, table)
+        shoot(page, "audit")
+        page.goto(web.url + "/")
+        page.locator("#recent-jobs tr[data-job]").first.wait_for()
+        shoot(page, "dashboard")
+    finally:
+        for vm in (restored, name):
+            remove_vm(host, vm)
+        with contextlib.suppress(OSError):
+            for leftover in Path("/var/lib/kvmops/images").glob(f"{restored}-*"):
+                leftover.unlink()
