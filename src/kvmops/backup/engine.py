@@ -332,6 +332,13 @@ def active_backup_job(domain: libvirt.virDomain) -> dict[str, Any] | None:
     return stats
 
 
+def _job_bytes(stats: dict[str, Any]) -> tuple[int, int]:
+    """Bytes done and total of a backup job (libvirt reports them as disk_*)."""
+    done = stats.get("disk_processed", stats.get("data_processed", 0))
+    total = stats.get("disk_total", stats.get("data_total", 0))
+    return int(done), int(total)
+
+
 def wait_for_job(domain: libvirt.virDomain, progress: ProgressFn | None,
                  poll: float = 0.3) -> None:
     """Follow the running backup job to its end; raise when it did not complete."""
@@ -342,14 +349,15 @@ def wait_for_job(domain: libvirt.virDomain, progress: ProgressFn | None,
         if job_type == libvirt.VIR_DOMAIN_JOB_NONE:
             break
         if progress:
-            progress(int(stats.get("data_processed", 0)), int(stats.get("data_total", 0)))
+            progress(*_job_bytes(stats))
         time.sleep(poll)
     final = _job_stats(domain, completed=True)
     outcome = final.get("type")
     if outcome == libvirt.VIR_DOMAIN_JOB_COMPLETED:
         if progress:
-            total = int(final.get("data_total", 0))
-            progress(total, total)
+            total = _job_bytes(final)[1]
+            if total:
+                progress(total, total)
         return
     if not domain.isActive():
         raise BackupError(f"VM '{name}' stopped while the backup ran; the backup is discarded",
