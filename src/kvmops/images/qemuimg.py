@@ -570,7 +570,8 @@ def convert(
     # A fresh random name that qemu-img itself creates (so it gets the usual
     # umask permissions); same directory, so the final rename is atomic.
     tmp = d.parent / f".{d.name}.{secrets.token_hex(6)}.part"
-    args = ["convert", "-p", "-f", src_fmt, "-O", out_fmt]
+    # -W -m 8: parallel, out-of-order writes into the new file (about 2x on chains).
+    args = ["convert", "-p", "-W", "-m", "8", "-f", src_fmt, "-O", out_fmt]
     if compress:
         args.append("-c")
     args += [str(s), str(tmp)]
