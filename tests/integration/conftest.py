@@ -65,15 +65,25 @@ def remove_vm(host: Host, name: str) -> None:
             lifecycle.undefine(host, name, remove_storage=True)
 
 
+# VMs created by tests and module fixtures, in creation order; each is removed when the
+# test (or module) that created it ends, so idle guests do not pile up on 2 cores.
+_scoped_vms: list[str] = []
+_session_vms: list[str] = []
+
+
 @pytest.fixture(scope="session")
 def vm_factory(host: Host, tiny_guest: GuestImage, images_dir: Path
                ) -> Iterator[Callable[..., str]]:
-    """Create tiny-guest VMs with the CLI; all of them are removed at session end."""
-    created: list[str] = []
+    """Create tiny-guest VMs with the CLI.
 
-    def create(*extra: str, start: bool = False, disk: str = "size=64M") -> str:
+    A VM lives as long as the test or module fixture that created it (``keep`` keeps it
+    for the session); everything is removed at session end even when tests fail.
+    """
+
+    def create(*extra: str, start: bool = False, disk: str = "size=64M",
+               keep: bool = False) -> str:
         name = f"{SESSION_PREFIX}{next(_counter)}"
-        created.append(name)
+        (_session_vms if keep else _scoped_vms).append(name)
         result = run_cli(
             "vm", "create", name, "--memory", "256M", "--vcpus", "1",
             "--kernel", str(tiny_guest.kernel), "--initrd", str(tiny_guest.initrd),
@@ -82,13 +92,33 @@ def vm_factory(host: Host, tiny_guest: GuestImage, images_dir: Path
         )
         assert result.code == 0, result.stderr
         if start:
-            result = run_cli("vm", "start", name, "--wait-agent", "90")
+            result = run_cli("vm", "start", name, "--wait-agent", "120")
             assert result.code == 0, result.stderr
         return name
 
     yield create
-    for name in created:
+    for name in [*_scoped_vms, *_session_vms]:
         remove_vm(host, name)
+
+
+def _remove_since(host: Host, mark: int) -> None:
+    for name in _scoped_vms[mark:]:
+        remove_vm(host, name)
+    del _scoped_vms[mark:]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_vms(host: Host) -> Iterator[None]:
+    mark = len(_scoped_vms)
+    yield
+    _remove_since(host, mark)
+
+
+@pytest.fixture(autouse=True)
+def _test_vms(host: Host) -> Iterator[None]:
+    mark = len(_scoped_vms)
+    yield
+    _remove_since(host, mark)
 
 
 @pytest.fixture
@@ -105,7 +135,7 @@ def running_vm(vm_factory: Callable[..., str]) -> str:
 
     Tests using it must leave it running.
     """
-    return vm_factory(start=True)
+    return vm_factory(start=True, keep=True)
 
 
 @pytest.fixture

@@ -240,19 +240,36 @@ def test_shut_off_vm_backup_then_chain_continues(vm_factory: Callable[..., str],
 
 
 def _big_vm(vm_factory: Callable[..., str], images_dir: Path) -> str:
-    """A VM whose vda holds 512 MiB of data written on the host (fast), so that a backup
-    throttled right after it starts (--speed) runs long enough to be interrupted."""
+    """A VM whose vda holds 64 MiB of data written on the host (fast)."""
     image = images_dir / f"big-{time.monotonic_ns()}.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "512M"], check=True)
-    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 512M", str(image)],
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 64M", str(image)],
                    check=True, capture_output=True)
     return vm_factory(disk=f"path={image}", start=True)
 
 
-def _slow_backup(vm: str, repo: Path) -> subprocess.Popen[str]:
+def _throttle_reads(host: Host, vm: str, bytes_per_s: int) -> None:
+    """Slow the VM's QEMU reads of its image (cgroup blkio through libvirt), so that a
+    backup runs long enough to be interrupted; 0 lifts the limit. libvirt's backup API
+    has no bandwidth setting that holds from the first byte."""
+    domain = host.domain(vm)
+    image = Path(str(domain.XMLDesc(0)).split("<source file='", 1)[1].split("'", 1)[0])
+    dev = os.stat(image).st_dev
+    sysfs = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}").resolve()
+    if (sysfs / "partition").exists():  # blkio throttles whole disks
+        sysfs = sysfs.parent
+    uevent = (sysfs / "uevent").read_text()
+    device = "/dev/" + next(line.split("=", 1)[1] for line in uevent.splitlines()
+                            if line.startswith("DEVNAME="))
+    domain.setBlkioParameters({"device_read_bytes_sec": f"{device},{bytes_per_s}"},
+                              libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+
+def _slow_backup(vm: str, repo: Path, host: Host) -> subprocess.Popen[str]:
+    _throttle_reads(host, vm, 2 << 20)
     return subprocess.Popen(
         [sys.executable, "-m", "kvmops.cli.main", "backup", "create", vm, "--repo", str(repo),
-         "--full", "--speed", "2"],
+         "--full"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -269,12 +286,12 @@ def _wait_partial(repo: Path, vm: str, proc: subprocess.Popen[str]) -> None:
 
 
 def test_killed_kvmops_mid_backup_leaves_nothing_false(
-        vm_factory: Callable[..., str], repo_dir: Path, images_dir: Path, tmp_path: Path
-) -> None:
+        vm_factory: Callable[..., str], repo_dir: Path, images_dir: Path, tmp_path: Path,
+        host: Host) -> None:
     vm = _big_vm(vm_factory, images_dir)
     first = backup(vm, repo_dir, "--full")
     digest = write_random(vm, 0, 40)
-    proc = _slow_backup(vm, repo_dir)
+    proc = _slow_backup(vm, repo_dir, host)
     try:
         _wait_partial(repo_dir, vm, proc)
         proc.kill()  # SIGKILL: no clean-up code runs
@@ -282,6 +299,7 @@ def test_killed_kvmops_mid_backup_leaves_nothing_false(
     finally:
         if proc.poll() is None:
             proc.kill()
+        _throttle_reads(host, vm, 0)
     listed = list_backups(vm, repo_dir)
     assert [b["id"] for b in listed] == [first["id"]]
     assert run_cli("backup", "verify", "--repo", str(repo_dir), vm).code == 0
@@ -295,11 +313,12 @@ def test_killed_kvmops_mid_backup_leaves_nothing_false(
 
 
 def test_second_backup_refused_and_cancel(vm_factory: Callable[..., str], repo_dir: Path,
-                                          images_dir: Path, tmp_path: Path) -> None:
+                                          images_dir: Path, tmp_path: Path,
+                                          host: Host) -> None:
     vm = _big_vm(vm_factory, images_dir)
     first = backup(vm, repo_dir, "--full")
     digest = write_random(vm, 0, 40)
-    proc = _slow_backup(vm, repo_dir)
+    proc = _slow_backup(vm, repo_dir, host)
     try:
         _wait_partial(repo_dir, vm, proc)
         jobs = json.loads(run_cli("backup", "jobs", "--json").stdout)
@@ -311,6 +330,7 @@ def test_second_backup_refused_and_cancel(vm_factory: Callable[..., str], repo_d
     finally:
         if proc.poll() is None:
             proc.kill()
+        _throttle_reads(host, vm, 0)
     assert proc.returncode != 0
     assert "Traceback" not in err
     assert [b["id"] for b in list_backups(vm, repo_dir)] == [first["id"]]
@@ -324,7 +344,7 @@ def test_second_backup_refused_and_cancel(vm_factory: Callable[..., str], repo_d
 def test_vm_shut_down_during_backup(vm_factory: Callable[..., str], repo_dir: Path,
                                     images_dir: Path, host: Host) -> None:
     vm = _big_vm(vm_factory, images_dir)
-    proc = _slow_backup(vm, repo_dir)
+    proc = _slow_backup(vm, repo_dir, host)
     try:
         _wait_partial(repo_dir, vm, proc)
         host.domain(vm).destroy()

@@ -439,8 +439,12 @@ def _run_online(host: Host, domain: libvirt.virDomain, repo: Repository, req: Ba
                 progress: ProgressFn | None, say: NoteFn, notes: list[str]) -> Manifest:
     vm = req.vm
     if active_backup_job(domain):
-        raise StateError(f"a backup job is already running on VM '{vm}'",
-                         hint=f"wait for it, or cancel it with 'kvmops backup cancel {vm}'")
+        if not _orphaned_job_of(domain, repo, vm):
+            raise StateError(f"a backup job is already running on VM '{vm}'",
+                             hint=f"wait for it, or cancel it with 'kvmops backup cancel {vm}'")
+        say("aborted the backup job of an interrupted kvmops run still writing into this "
+            "repository")
+        _abort(domain, vm)
     recover(domain, repo, vm, say)
     ensure_qemu_can_reach(repo.root)
     foreign = foreign_checkpoints(domain)
@@ -525,6 +529,21 @@ def _run_online(host: Host, domain: libvirt.virDomain, repo: Repository, req: Ba
     jobs.record_event(vm, "completed", backup_id=backup_id, type=plan.type.value)
     prune_checkpoints(domain, repo, vm, say)
     return manifest
+
+
+def _orphaned_job_of(domain: libvirt.virDomain, repo: Repository, vm: str) -> bool:
+    """Is the running backup job one a killed kvmops started into this repository?
+
+    We hold the repository lock, so no live kvmops is writing into it: a job whose
+    targets lie in this repository's partial directories has lost its owner.
+    """
+    try:
+        xml = etree.fromstring(domain.backupGetXMLDesc(0).encode())
+    except libvirt.libvirtError:
+        return False
+    partial_root = str(repo.backups_dir(vm) / ".partial-")
+    targets = [t.get("file", "") for t in xml.findall("disks/disk/target")]
+    return bool(targets) and all(t.startswith(partial_root) for t in targets)
 
 
 def _begin_error(err: libvirt.libvirtError, vm: str, partial: Path) -> KvmopsError:
