@@ -413,3 +413,17 @@ def test_prune_merges_and_kept_points_restore(vm_factory: Callable[..., str], re
     nxt = backup(vm, repo_dir)
     assert nxt["type"] == "incremental" and nxt["parent"] == ids[4]
     assert restore_hash(vm, repo_dir, str(nxt["id"]), tmp_path / "rn") == digest
+
+
+def test_compressed_chain_restores(vm_factory: Callable[..., str], repo_dir: Path,
+                                   images_dir: Path, tmp_path: Path) -> None:
+    vm = _big_vm(vm_factory, images_dir)  # 64 MiB of one repeated byte: compresses well
+    full = backup(vm, repo_dir, "--full", "--compress")
+    assert full["disks"][0]["bytes_written"] < 8 << 20  # type: ignore[index]
+    digest_full = disk_hash(vm)
+    digest = write_random(vm, 10, 2)
+    inc = backup(vm, repo_dir, "--incremental", "--compress")
+    assert inc["type"] == "incremental"
+    assert restore_hash(vm, repo_dir, str(full["id"]), tmp_path / "r0") == digest_full
+    assert restore_hash(vm, repo_dir, str(inc["id"]), tmp_path / "r1") == digest
+    assert run_cli("backup", "verify", "--repo", str(repo_dir), vm).code == 0

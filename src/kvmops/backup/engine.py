@@ -72,6 +72,7 @@ class BackupRequest:
     exclude: list[str] = field(default_factory=list)
     freeze: bool = True  # freeze file systems through the agent when it answers
     speed: int | None = None  # bytes per second for the copy, None for unlimited
+    compress: bool = False  # store compressed qcow2 clusters
 
 
 @dataclass
@@ -501,7 +502,7 @@ def _run_online(host: Host, domain: libvirt.virDomain, repo: Repository, req: Ba
             limit_speed(domain, req.speed)
         wait_for_job(domain, progress)
 
-        records = _finish_files(repo, vm, partial, plan)
+        records = _finish_files(repo, vm, partial, plan, compress=req.compress)
         repo.save_checkpoint_xml(vm, cp_name, domain.checkpointLookupByName(cp_name, 0)
                                  .getXMLDesc(0))
         manifest = Manifest(
@@ -570,8 +571,9 @@ def _id_time(backup_id: str) -> datetime:
     return datetime.strptime(backup_id, "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC)
 
 
-def _finish_files(repo: Repository, vm: str, partial: Path, plan: Plan) -> list[DiskRecord]:
-    """Re-link incrementals to their parent (relative), checksum every file."""
+def _finish_files(repo: Repository, vm: str, partial: Path, plan: Plan,
+                  compress: bool = False) -> list[DiskRecord]:
+    """Re-link incrementals to their parent (relative), compress if asked, checksum."""
     records = []
     for item in plan.disks:
         path = partial / f"{item.disk.target}.qcow2"
@@ -582,6 +584,9 @@ def _finish_files(repo: Repository, vm: str, partial: Path, plan: Plan) -> list[
             if not parent_file.is_file():
                 raise BackupError(f"parent backup file {parent_file} is missing")
             link_to_parent(path, item.parent, item.disk.target)
+        if compress:
+            compress_in_place(path, f"../{item.parent}/{item.disk.target}.qcow2"
+                              if item.parent else None)
         info = qemuimg.info(path)
         records.append(DiskRecord(
             target=item.disk.target, file=path.name, source=item.disk.source or "",
@@ -590,6 +595,24 @@ def _finish_files(repo: Repository, vm: str, partial: Path, plan: Plan) -> list[
             sha256=sha256_file(path),
         ))
     return records
+
+
+def compress_in_place(path: Path, backing: str | None) -> None:
+    """Rewrite a backup file with compressed clusters (QEMU's push job cannot compress).
+
+    With ``-B`` only the clusters of the file itself are copied, so an incremental stays
+    an incremental on the same (relative) parent.
+    """
+    tmp = path.with_name(f".{path.name}.compressing")
+    args = ["convert", "-c", "-W", "-m", "8", "-f", "qcow2", "-O", "qcow2"]
+    if backing:
+        args += ["-B", backing, "-F", "qcow2"]
+    try:
+        qemuimg.run_qemu_img([*args, str(path), str(tmp)], what=f"compressing {path.name}",
+                             path=path)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def link_to_parent(path: Path, parent_id: str, target: str) -> None:

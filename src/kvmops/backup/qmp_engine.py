@@ -121,6 +121,7 @@ class QmpBackupRequest:
     freeze: bool = True
     speed: int | None = None  # bytes per second per disk, None for unlimited
     job_timeout: float = 60.0  # how long a cancelled job may take to end
+    compress: bool = False  # store compressed qcow2 clusters
 
 
 @dataclass(frozen=True)
@@ -678,7 +679,7 @@ def _run(channel: MonitorChannel, repo: Repository, req: QmpBackupRequest,
             channel.execute("blockdev-del", {"node-name": node})
             added_nodes.remove(node)
 
-        records = _finish_files(repo, vm, partial, plan)
+        records = _finish_files(repo, vm, partial, plan, compress=req.compress)
         written = sum(r.bytes_written for r in records)
         if progress:
             progress(written, written)

@@ -51,6 +51,8 @@ def create_cmd(
     exclude: list[str] = typer.Option([], "--exclude", help="Skip this disk; repeatable."),
     no_freeze: bool = typer.Option(False, "--no-freeze",
                                    help="Do not freeze guest file systems (crash-consistent)."),
+    compress: bool = typer.Option(False, "--compress",
+                                  help="Store compressed clusters (smaller, slower)."),
     speed: str | None = typer.Option(None, "--speed",
                                      help="Copy rate limit in MiB/s (e.g. 50) or with a unit."),
     json_out: bool = JsonOption,
@@ -70,14 +72,15 @@ def create_cmd(
         raise ValidationError("give at most one of --full, --incremental, --differential")
     if socket is not None:
         _create_over_qmp(vm, repo, socket, agent_socket, chosen[0] if chosen else None, disk,
-                         exclude, not no_freeze, _speed(speed) if speed else None, json_out)
+                         exclude, not no_freeze, _speed(speed) if speed else None, json_out,
+                         compress)
         return
     if agent_socket is not None:
         raise ValidationError("--agent-socket goes with --socket",
                               hint="a libvirt VM's agent is found through libvirt")
     request = BackupRequest(vm=vm, repo=repo, mode=chosen[0] if chosen else None, disks=disk,
                             exclude=exclude, freeze=not no_freeze,
-                            speed=_speed(speed) if speed else None)
+                            speed=_speed(speed) if speed else None, compress=compress)
     with connect(uri) as host, LazyBar(f"backup {vm}") as bar:
         manifest = run_backup(host, request, progress=bar.update, note=warn)
         _report_backup(manifest, bar, json_out, f"VM '{vm}'")
@@ -85,13 +88,14 @@ def create_cmd(
 
 def _create_over_qmp(vm: str, repo: Path, socket: Path, agent_socket: Path | None,
                      mode: BackupType | None, disks: list[str], exclude: list[str],
-                     freeze: bool, speed: int | None, json_out: bool) -> None:
+                     freeze: bool, speed: int | None, json_out: bool,
+                     compress: bool = False) -> None:
     """``backup create --socket``: a hand-started QEMU, through its QMP socket."""
     from kvmops.backup.qmp_engine import QmpBackupRequest, run_qmp_backup
 
     request = QmpBackupRequest(vm=vm, repo=repo, socket=socket, agent_socket=agent_socket,
                                mode=mode, disks=disks, exclude=exclude, freeze=freeze,
-                               speed=speed)
+                               speed=speed, compress=compress)
     with LazyBar(f"backup {vm}") as bar:
         manifest = run_qmp_backup(request, progress=bar.update, note=warn)
         _report_backup(manifest, bar, json_out, f"VM '{vm}' (QMP {socket})")
