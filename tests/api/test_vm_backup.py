@@ -89,6 +89,8 @@ def test_vm_life_cycle_and_backups(api: ApiServer, tiny_guest: GuestImage, image
         if "/api/v1/vms/{name}/snapshots" in spec:
             _job(operator, operator.post(f"/vms/{name}/snapshots", json={"name": "s1"}))
             assert [s["name"] for s in operator.get(f"/vms/{name}/snapshots").json()] == ["s1"]
+            assert _ok(operator.get(f"/vms/{name}/snapshots/s1"))["name"] == "s1"
+            _ok(operator.post(f"/vms/{name}/snapshots/s1/revert", json={}))
             _job(operator, operator.delete(f"/vms/{name}/snapshots/s1"))
 
         # -- start paused, resume, wait for the agent
@@ -110,6 +112,27 @@ def test_vm_life_cycle_and_backups(api: ApiServer, tiny_guest: GuestImage, image
         assert _ok(operator.get(f"/vms/{name}/guest/fsfreeze"))["status"] == "frozen"
         _ok(operator.post(f"/vms/{name}/guest/fsthaw"))
         assert _ok(operator.get(f"/vms/{name}/guest/fsfreeze"))["status"] == "thawed"
+        # -- agent queries, SSH keys, password (read back in the guest)
+        _ok(operator.get(f"/vms/{name}/guest/ping"))
+        assert "guest-exec" in str(_ok(operator.get(f"/vms/{name}/guest/info")))
+        assert any(i.get("name") == "lo"
+                   for i in operator.get(f"/vms/{name}/guest/interfaces").json())
+        key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKvmopsApiTestKeyOnlyForTests api@test"
+        _ok(operator.post(f"/vms/{name}/guest/ssh-keys", json={"user": "tester", "keys": [key]}))
+        _ok(operator.post(f"/vms/{name}/guest/ssh-keys", json={"user": "tester", "keys": [key]}))
+        listed_keys = _ok(operator.get(f"/vms/{name}/guest/ssh-keys",
+                                       params={"user": "tester"}))
+        assert str(listed_keys).count("api@test") == 1
+        _ok(operator.post(f"/vms/{name}/guest/ssh-keys/remove",
+                          json={"user": "tester", "keys": [key]}))
+        assert "api@test" not in str(operator.get(f"/vms/{name}/guest/ssh-keys",
+                                                  params={"user": "tester"}).json())
+        shadow_before = _exec(operator, name, "/bin/sh", "-c", "grep ^tester: /etc/shadow")
+        _ok(operator.post(f"/vms/{name}/guest/password",
+                          json={"user": "tester", "password": "s3cret-api"}))
+        shadow_after = _exec(operator, name, "/bin/sh", "-c", "grep ^tester: /etc/shadow")
+        assert shadow_after["stdout"] != shadow_before["stdout"]
+        assert shadow_after["stdout"].split(":")[1].startswith("$")
         assert "return" in _ok(admin.post(f"/vms/{name}/qmp", json={"execute": "query-status"}))
         assert "running" in str(_ok(admin.post(f"/vms/{name}/hmp",
                                                json={"command": "info status"}))["output"])
@@ -143,13 +166,27 @@ def test_vm_life_cycle_and_backups(api: ApiServer, tiny_guest: GuestImage, image
                                               json={"repo": repo, "keep_last": 1}))
         assert pruned["result"]["plan"]["remove"] == [listed_backups[0]["id"]]  # type: ignore[index]
 
-        # -- shut down through the agent, clone, delete both with storage
+        # -- reboot through the agent (the guest comes back), then shut down through it
+        boot_id = _exec(operator, name, "/bin/cat", "/proc/sys/kernel/random/boot_id")
+        _ok(operator.post(f"/vms/{name}/reboot", json={"mode": "agent"}))
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            time.sleep(2)
+            again = operator.post(f"/vms/{name}/guest/exec",
+                                  json={"argv": ["/bin/cat", "/proc/sys/kernel/random/boot_id"]})
+            if again.status_code == 200 and again.json()["stdout"] != boot_id["stdout"]:
+                break
+        else:
+            raise AssertionError("the guest did not come back after the agent reboot")
         _ok(operator.post(f"/vms/{name}/shutdown", json={"mode": "agent", "timeout": 120}))
         assert _ok(operator.get(f"/vms/{name}"))["state"] == "shut off"
         clone = f"{name}-clone"
         vm_names.append(clone)
         _job(operator, operator.post(f"/vms/{name}/clone",
                                      json={"new_name": clone, "images_dir": str(images_dir)}))
+        _ok(operator.post(f"/vms/{clone}/start", json={"paused": True}))
+        _ok(operator.post(f"/vms/{clone}/destroy"))
+        assert _ok(operator.get(f"/vms/{clone}"))["state"] == "shut off"
         for vm in (clone, name):
             removed = _ok(operator.delete(f"/vms/{vm}", params={"remove_storage": True}))
             assert removed["details"]["removed"]  # type: ignore[index]
