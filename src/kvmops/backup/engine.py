@@ -63,6 +63,19 @@ ProgressFn = Callable[[int, int], None]
 NoteFn = Callable[[str], None]
 
 
+class NoteLog:
+    """Collects the notes that go into a manifest while passing each on to the user."""
+
+    def __init__(self, sink: NoteFn | None = None) -> None:
+        self.sink = sink
+        self.messages: list[str] = []
+
+    def __call__(self, message: str) -> None:
+        self.messages.append(message)
+        if self.sink:
+            self.sink(message)
+
+
 @dataclass
 class BackupRequest:
     vm: str
@@ -418,13 +431,8 @@ def _raise_interrupt(signum: int, _frame: object) -> None:
 def run_backup(host: Host, req: BackupRequest, *, progress: ProgressFn | None = None,
                note: NoteFn | None = None) -> Manifest:
     """Back up a running or shut-off VM into the repository; return the published manifest."""
-    notes: list[str] = []
-
-    def say(message: str) -> None:
-        notes.append(message)
-        if note:
-            note(message)
-
+    say = NoteLog(note)
+    notes = say.messages
     repo = Repository(req.repo)
     domain = host.domain(req.vm)
     with repo.lock(req.vm, "backup"), jobs.registered(req.vm, str(repo.root)):

@@ -73,6 +73,7 @@ from kvmops.backup import jobs
 from kvmops.backup.engine import (
     CHECKPOINT_PREFIX,
     NoteFn,
+    NoteLog,
     Plan,
     ProgressFn,
     _finish_files,
@@ -607,17 +608,11 @@ def _give_to_qemu(path: Path, socket: Path) -> None:
 def run_qmp_backup(req: QmpBackupRequest, *, progress: ProgressFn | None = None,
                    note: NoteFn | None = None) -> Manifest:
     """Back up the QEMU behind ``req.socket`` into the repository; return the manifest."""
-    notes: list[str] = []
-
-    def say(message: str) -> None:
-        notes.append(message)
-        if note:
-            note(message)
-
+    say = NoteLog(note)
     repo = Repository(req.repo)
     with repo.lock(req.vm, "backup"), jobs.registered(req.vm, str(repo.root)), \
             open_monitor(socket=req.socket) as channel:
-        return _run(channel, repo, req, progress, say, notes)
+        return _run(channel, repo, req, progress, say, say.messages)
 
 
 def _run(channel: MonitorChannel, repo: Repository, req: QmpBackupRequest,

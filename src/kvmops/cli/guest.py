@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -310,6 +310,16 @@ def _ssh_target(args: list[str], socket: str | None, tcp: str | None) -> tuple[s
     return args[0], args[1:]
 
 
+def _change_keys(change: Callable[[AgentChannel, str, Sequence[str]], list[str]],
+                 args: list[str] | None, user: str, key_file: Path | None,
+                 socket: str | None, tcp: str | None, uri: str | None) -> None:
+    vm, keys = _ssh_target(args or [], socket, tcp)
+    wanted = _key_args(keys, key_file)
+    with _agent(vm, socket, tcp, uri) as ch:
+        result = change(ch, user, wanted)
+    info(f"{user} on {ch.target} has {len(result)} authorized key(s)")
+
+
 @ssh_app.command("add")
 def ssh_add_cmd(args: list[str] = typer.Argument(None, metavar="[VM] [KEY]...",
                                                  show_default=False),
@@ -319,11 +329,7 @@ def ssh_add_cmd(args: list[str] = typer.Argument(None, metavar="[VM] [KEY]...",
                 socket: str | None = SocketOption, tcp: str | None = TcpOption,
                 uri: str | None = UriOption) -> None:
     """Add keys to ~USER/.ssh/authorized_keys (a key already there is not duplicated)."""
-    vm, keys = _ssh_target(args or [], socket, tcp)
-    wanted = _key_args(keys, key_file)
-    with _agent(vm, socket, tcp, uri) as ch:
-        result = ops.ssh_key_add(ch, user, wanted)
-    info(f"{user} on {ch.target} has {len(result)} authorized key(s)")
+    _change_keys(ops.ssh_key_add, args, user, key_file, socket, tcp, uri)
 
 
 @ssh_app.command("remove")
@@ -335,11 +341,7 @@ def ssh_remove_cmd(args: list[str] = typer.Argument(None, metavar="[VM] [KEY]...
                    socket: str | None = SocketOption, tcp: str | None = TcpOption,
                    uri: str | None = UriOption) -> None:
     """Remove keys from ~USER/.ssh/authorized_keys (other keys are kept)."""
-    vm, keys = _ssh_target(args or [], socket, tcp)
-    unwanted = _key_args(keys, key_file)
-    with _agent(vm, socket, tcp, uri) as ch:
-        result = ops.ssh_key_remove(ch, user, unwanted)
-    info(f"{user} on {ch.target} has {len(result)} authorized key(s)")
+    _change_keys(ops.ssh_key_remove, args, user, key_file, socket, tcp, uri)
 
 
 @ssh_app.command("list")
