@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,40 +31,14 @@ from typing import Any
 
 import httpx
 import libvirt
+from benchlib import MINIMAL_XML, defined_vms, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "kvmops-bench-api-"
-XML = """<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory>
-<vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os></domain>"""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def remove_bench_vms(conn: libvirt.virConnect) -> None:
-    for dom in conn.listAllDomains(0):
-        if dom.name().startswith(PREFIX):
-            with contextlib.suppress(libvirt.libvirtError):
-                if dom.isActive():
-                    dom.destroy()
-            with contextlib.suppress(libvirt.libvirtError):
-                dom.undefine()
-
-
-@contextlib.contextmanager
-def bench_vms(count: int) -> Iterator[libvirt.virConnect]:
-    conn = libvirt.open("qemu:///system")
-    try:
-        remove_bench_vms(conn)
-        for n in range(count):
-            conn.defineXML(XML.format(name=f"{PREFIX}{n}"))
-        yield conn
-    finally:
-        remove_bench_vms(conn)
-        conn.close()
+def bench_vms(count: int) -> contextlib.AbstractContextManager[libvirt.virConnect]:
+    return defined_vms(PREFIX, count)
 
 
 @contextlib.contextmanager
@@ -184,7 +157,7 @@ def sse(url: str, token: str, clients: int, rounds: int, conn: libvirt.virConnec
     for n in range(rounds):
         name = f"{PREFIX}sse{n}"
         sent[name] = time.perf_counter()
-        conn.defineXML(XML.format(name=name))
+        conn.defineXML(MINIMAL_XML.format(name=name))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             with lock:
