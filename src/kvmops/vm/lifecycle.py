@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
+import glob
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -470,18 +470,36 @@ def undefine(host: Host, name: str, *, remove_storage: bool = False) -> list[str
     call(f"undefining VM '{name}'", domain.undefineFlags, flags)
     removed: list[str] = []
     if remove_storage:
+        files: list[Path] = []
         for disk in spec.disks:
-            if disk.device != "disk" or not disk.source:
-                continue
+            if disk.device == "disk" and disk.source:
+                files += owned_images(Path(disk.source))
+        for path in dict.fromkeys(files):
             try:
-                os.unlink(disk.source)
-                removed.append(disk.source)
+                path.unlink()
+                removed.append(str(path))
             except FileNotFoundError:
                 continue
             except OSError as err:
-                raise StorageError(f"VM '{name}' undefined, but removing {disk.source} "
+                raise StorageError(f"VM '{name}' undefined, but removing {path} "
                                    f"failed: {err.strerror}") from err
     return removed
+
+
+def owned_images(top: Path) -> list[Path]:
+    """The files of one disk that belong to this VM alone: the current image and, when it
+    is a snapshot overlay (``BASE.SNAP[.N].qcow2``), its base and every overlay of that
+    base. A backing image with another name (a shared template) is never included."""
+    chain = [top]
+    try:
+        info = qemuimg.info(top, backing_chain=True)
+        chain += [Path(i.filename) for i in info.backing_chain]
+    except KvmopsError:
+        pass  # unreadable or missing: remove just the top file
+    base = next((p for p in reversed(chain) if top.name.startswith(p.name)), top)
+    owned = [p for p in chain if p == base or p.name.startswith(base.name + ".")]
+    owned += sorted(base.parent.glob(f"{glob.escape(base.name)}.*.qcow2"))
+    return owned
 
 
 def _labelled(progress: Callable[[str, float], None] | None, label: str
