@@ -13,7 +13,7 @@ from pathlib import Path
 
 import libvirt
 
-from kvmops.errors import BackupError, BackupInconsistentError, StateError
+from kvmops.errors import BackupError, BackupInconsistentError, StateError, UnsupportedError
 from kvmops.host.connection import Host
 from tests.conftest import assert_one_line_error, run_cli
 from tests.integration.backup_util import (
@@ -325,6 +325,8 @@ def test_second_backup_refused_and_cancel(vm_factory: Callable[..., str], repo_d
         assert any(j["vm"] == vm and j["pid"] == proc.pid for j in jobs)
         second = run_cli("backup", "create", vm, "--repo", str(repo_dir))
         assert_one_line_error(second, StateError.exit_code, vm, "lock")
+        paused = run_cli("backup", "pause", vm)
+        assert_one_line_error(paused, UnsupportedError.exit_code, "libvirt", "cancel")
         assert run_cli("backup", "cancel", vm).code == 0
         _out, err = proc.communicate(timeout=60)
     finally:

@@ -237,3 +237,42 @@ def test_bad_socket_and_disk_are_one_line_errors(raw: RawQemu, repo_dir: Path,
     assert_one_line_error(result, 2, "vdq")
     result = run_cli(*qmp_args(raw, repo_dir, "--disk", "nonode=vdb"))
     assert_one_line_error(result, 2, "nonode")
+
+
+def _job_status(qemu: RawQemu) -> str:
+    with watch(qemu) as channel:
+        found = [j for j in channel.execute("query-jobs") if j["id"] == "kvmops-backup-vda"]
+    return str(found[0]["status"]) if found else "gone"
+
+
+def _wait_status(qemu: RawQemu, wanted: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while _job_status(qemu) != wanted:
+        assert time.monotonic() < deadline, f"job never became {wanted}: {_job_status(qemu)}"
+        time.sleep(0.3)
+
+
+def test_pause_and_resume_running_backup(raw: RawQemu, repo_dir: Path) -> None:
+    backup(raw, repo_dir, "--full")
+    write_random(raw, 4, 20)
+    proc = start_slow_backup(raw, repo_dir)
+    try:
+        result = run_cli("backup", "pause", NAME)
+        assert result.code == 0, result.stderr
+        _wait_status(raw, "paused")
+        listed = json.loads(run_cli("backup", "jobs", "--json").stdout)
+        assert any(j["vm"] == NAME and j["state"] == "paused" and j["transport"] == "qmp"
+                   for j in listed), listed
+        assert run_cli("backup", "resume", NAME).code == 0
+        _wait_status(raw, "running")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+    events = [e["event"] for e in json.loads(run_cli("backup", "events", NAME, "--json").stdout)]
+    assert events[-3:] == ["paused", "resumed", "cancelled"]
+    assert leftovers(raw, repo_dir) == {"jobs": [], "targets": [], "partials": []}
+
+
+def test_pause_without_running_backup_is_refused() -> None:
+    result = run_cli("backup", "pause", "kvmops-test-nothing-running")
+    assert_one_line_error(result, StateError.exit_code, "no backup")

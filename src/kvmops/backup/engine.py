@@ -664,6 +664,21 @@ def prune_checkpoints(domain: libvirt.virDomain, repo: Repository, vm: str, say:
             repo.remove_checkpoint_xml(vm, name)
 
 
+def set_paused(vm: str, paused: bool) -> str:
+    """Pause or resume the running backup of ``vm`` (raw-QMP transport only)."""
+    job = jobs.running_job(vm)
+    if job is None:
+        raise StateError(f"no backup of VM '{vm}' is running")
+    if job.transport != "qmp":
+        raise UnsupportedError(
+            f"the backup of VM '{vm}' runs through libvirt, which cannot pause backup jobs",
+            hint=f"cancel it with 'kvmops backup cancel {vm}' and run it later: the next "
+                 "incremental still holds every change")
+    os.kill(job.pid, signal.SIGUSR1 if paused else signal.SIGUSR2)
+    verb = "pause" if paused else "resume"
+    return f"asked kvmops process {job.pid} to {verb} the backup of VM '{vm}'"
+
+
 def cancel(host: Host, vm: str) -> str:
     """Cancel the running backup of ``vm``: signal its kvmops process, or abort libvirt's job."""
     job = jobs.running_job(vm)

@@ -24,8 +24,8 @@ class JobRecord(BaseModel):
     pid: int
     repo: str
     started: datetime
-    progress_bytes: int = 0
-    total_bytes: int = 0
+    transport: str = "libvirt"  # or "qmp" (a hand-started QEMU: pause/resume possible)
+    state: str = "running"  # or "paused"
 
 
 def _jobs_dir() -> Path:
@@ -47,10 +47,11 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def registered(vm: str, repo: str) -> Iterator[JobRecord]:
+def registered(vm: str, repo: str, transport: str = "libvirt") -> Iterator[JobRecord]:
     directory = _jobs_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    record = JobRecord(vm=vm, pid=os.getpid(), repo=repo, started=datetime.now(UTC))
+    record = JobRecord(vm=vm, pid=os.getpid(), repo=repo, started=datetime.now(UTC),
+                       transport=transport)
     path = directory / f"{vm}.json"
     path.write_text(record.model_dump_json())
     try:
@@ -58,6 +59,17 @@ def registered(vm: str, repo: str) -> Iterator[JobRecord]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def set_state(vm: str, state: str) -> None:
+    """Record that this process's backup of ``vm`` is now running or paused."""
+    path = _jobs_dir() / f"{vm}.json"
+    try:
+        record = JobRecord.model_validate_json(path.read_text())
+    except (OSError, ValueError):
+        return
+    if record.pid == os.getpid():
+        path.write_text(record.model_copy(update={"state": state}).model_dump_json())
 
 
 def running_job(vm: str) -> JobRecord | None:

@@ -93,6 +93,7 @@ from kvmops.errors import (
     ChannelError,
     KvmopsError,
     OperationTimeoutError,
+    QmpError,
     StateError,
     ValidationError,
 )
@@ -419,10 +420,40 @@ def summarize_jobs(all_jobs: list[dict[str, Any]], ids: set[str]
     return done, total, concluded, errors
 
 
+class PauseSwitch:
+    """Pause/resume requests from ``kvmops backup pause|resume`` (SIGUSR1/SIGUSR2).
+
+    The QMP socket serves one client, so another process cannot send ``job-pause``
+    itself; it signals the backup process, which applies the request between polls.
+    """
+
+    def __init__(self) -> None:
+        self.wanted = False
+        self.applied = False
+
+    def handle(self, signum: int, _frame: object) -> None:
+        self.wanted = signum == signal.SIGUSR1
+
+    def apply(self, channel: MonitorChannel, ids: set[str], vm: str) -> None:
+        if self.wanted == self.applied:
+            return
+        command = "job-pause" if self.wanted else "job-resume"
+        for job_id in sorted(ids):
+            with contextlib.suppress(QmpError):  # a job that just concluded
+                channel.execute(command, {"id": job_id})
+        self.applied = self.wanted
+        state = "paused" if self.wanted else "running"
+        jobs.set_state(vm, state)
+        jobs.record_event(vm, "paused" if self.wanted else "resumed")
+
+
 def follow_jobs(channel: MonitorChannel, ids: set[str], vm: str,
-                progress: ProgressFn | None, poll: float = 0.5) -> None:
+                progress: ProgressFn | None, poll: float = 0.5,
+                switch: PauseSwitch | None = None) -> None:
     """Wait until every job concluded; report progress; raise on the first failed job."""
     while True:
+        if switch:
+            switch.apply(channel, ids, vm)
         done, total, concluded, errors = summarize_jobs(channel.execute("query-jobs"), ids)
         if errors:
             job, error = errors[0]
@@ -610,7 +641,7 @@ def run_qmp_backup(req: QmpBackupRequest, *, progress: ProgressFn | None = None,
     """Back up the QEMU behind ``req.socket`` into the repository; return the manifest."""
     say = NoteLog(note)
     repo = Repository(req.repo)
-    with repo.lock(req.vm, "backup"), jobs.registered(req.vm, str(repo.root)), \
+    with repo.lock(req.vm, "backup"), jobs.registered(req.vm, str(repo.root), "qmp"), \
             open_monitor(socket=req.socket) as channel:
         return _run(channel, repo, req, progress, say, say.messages)
 
@@ -647,10 +678,14 @@ def _run(channel: MonitorChannel, repo: Repository, req: QmpBackupRequest,
     started = time.monotonic()
     partial = repo.start_partial(vm, backup_id)
     previous_handlers = {s: signal.getsignal(s)
-                         for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+                         for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT,
+                                   signal.SIGUSR1, signal.SIGUSR2)}
+    switch = PauseSwitch()
     try:
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, _raise_interrupt)
+        for sig in (signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(sig, switch.handle)
         jobs.record_event(vm, "started", backup_id=backup_id, type=plan.type.value,
                           transport="qmp")
         for item in plan.disks:
@@ -667,7 +702,7 @@ def _run(channel: MonitorChannel, repo: Repository, req: QmpBackupRequest,
                             if a["type"] == "blockdev-backup"}
             bitmap_nodes = [a["data"]["node"] for a in actions
                             if a["type"] == "block-dirty-bitmap-add"]
-        follow_jobs(channel, started_jobs, vm, progress)
+        follow_jobs(channel, started_jobs, vm, progress, switch=switch)
         stuck = end_jobs(channel, started_jobs, req.job_timeout)
         started_jobs = set(stuck)
         for node in list(added_nodes):

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from kvmops.backup import jobs
-from kvmops.backup.engine import BackupRequest, cancel, run_backup
+from kvmops.backup.engine import BackupRequest, cancel, run_backup, set_paused
 from kvmops.backup.model import BackupType, Manifest
 from kvmops.backup.restore import (
     list_backups,
@@ -235,9 +235,9 @@ def jobs_cmd(json_out: bool = JsonOption) -> None:
     if json_out:
         print_json(running)
         return
-    print_table(["VM", "PID", "Repository", "Started"],
-                [(j.vm, j.pid, j.repo, j.started.isoformat(timespec="seconds"))
-                 for j in running])
+    print_table(["VM", "PID", "Transport", "State", "Repository", "Started"],
+                [(j.vm, j.pid, j.transport, j.state, j.repo,
+                  j.started.isoformat(timespec="seconds")) for j in running])
 
 
 @app.command("cancel")
@@ -246,6 +246,18 @@ def cancel_cmd(vm: str = typer.Argument(..., help="VM name."),
     """Cancel the running backup of a VM (nothing of it is published)."""
     with connect(uri) as host:
         info(cancel(host, vm))
+
+
+@app.command("pause")
+def pause_cmd(vm: str = typer.Argument(..., help="VM name.")) -> None:
+    """Pause a running backup (hand-started QEMU via --socket; libvirt cannot)."""
+    info(set_paused(vm, True))
+
+
+@app.command("resume")
+def resume_cmd(vm: str = typer.Argument(..., help="VM name.")) -> None:
+    """Resume a paused backup."""
+    info(set_paused(vm, False))
 
 
 @app.command("events")
