@@ -18,20 +18,16 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import libvirt
-from benchlib import MINIMAL_XML, defined_vms, free_port
+from benchlib import MINIMAL_XML, bench_server, defined_vms
 
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "kvmops-bench-api-"
@@ -41,38 +37,8 @@ def bench_vms(count: int) -> contextlib.AbstractContextManager[libvirt.virConnec
     return defined_vms(PREFIX, count)
 
 
-@contextlib.contextmanager
-def server(workdir: Path) -> Iterator[tuple[str, str]]:
-    from kvmops.store import Store, users
-
-    db = f"sqlite:///{workdir / 'bench.db'}"
-    store = Store(db)
-    store.migrate()
-    users.add_user(store, "bench", "viewer", "bench-password")
-    token = users.new_token(store, "bench")
-    store.close()
-    port = free_port()
-    log = (workdir / "serve.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "kvmops.cli.main", "serve", "--host",
-                             "127.0.0.1", "--port", str(port), "--db", db],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/api/v1/health", timeout=2).status_code == 200:
-                    break
-            if proc.poll() is not None:
-                raise SystemExit("kvmops serve exited; see " + str(workdir / "serve.log"))
-            time.sleep(0.2)
-        yield url, token
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def server(workdir: Path) -> contextlib.AbstractContextManager[tuple[str, str]]:
+    return bench_server(workdir)
 
 
 def load(url: str, token: str, path: str, requests: int, concurrency: int, seconds: float

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import libvirt
+
+REPO = Path(__file__).resolve().parent.parent
 
 MINIMAL_XML = """<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory>
 <vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os></domain>"""
@@ -40,3 +48,40 @@ def defined_vms(prefix: str, count: int) -> Iterator[libvirt.virConnect]:
     finally:
         remove_vms(conn, prefix)
         conn.close()
+
+
+@contextlib.contextmanager
+def bench_server(workdir: Path) -> Iterator[tuple[str, str]]:
+    """A real ``kvmops serve`` on a free loopback port with a viewer ``bench``
+    (password ``bench-password``); yields (base URL, API token)."""
+    from kvmops.store import Store, users
+
+    db = f"sqlite:///{workdir / 'bench.db'}"
+    store = Store(db)
+    store.migrate()
+    users.add_user(store, "bench", "viewer", "bench-password")
+    token = users.new_token(store, "bench")
+    store.close()
+    port = free_port()
+    log = (workdir / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "kvmops.cli.main", "serve", "--host",
+                             "127.0.0.1", "--port", str(port), "--db", db],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/api/v1/health", timeout=2).status_code == 200:
+                    break
+            if proc.poll() is not None:
+                raise SystemExit("kvmops serve exited; see " + str(workdir / "serve.log"))
+            time.sleep(0.2)
+        yield url, token
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

@@ -19,10 +19,7 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,7 +29,7 @@ from typing import Any
 
 import httpx
 import libvirt
-from benchlib import defined_vms, free_port
+from benchlib import bench_server, defined_vms
 
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "kvmops-bench-ui-"
@@ -46,35 +43,8 @@ def bench_vms(count: int) -> contextlib.AbstractContextManager[libvirt.virConnec
 
 @contextlib.contextmanager
 def server(workdir: Path) -> Iterator[str]:
-    from kvmops.store import Store, users
-
-    db = f"sqlite:///{workdir / 'bench.db'}"
-    store = Store(db)
-    store.migrate()
-    users.add_user(store, "bench", "viewer", "bench-password")
-    store.close()
-    port = free_port()
-    log = (workdir / "serve.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "kvmops.cli.main", "serve", "--host",
-                             "127.0.0.1", "--port", str(port), "--db", db],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/api/v1/health", timeout=2).status_code == 200:
-                    break
-            if proc.poll() is not None:
-                raise SystemExit("kvmops serve exited; see " + str(workdir / "serve.log"))
-            time.sleep(0.2)
+    with bench_server(workdir) as (url, _token):
         yield url
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def log_in(url: str) -> dict[str, str]:
