@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -158,3 +159,25 @@ def test_prune_daily_and_weekly_buckets() -> None:
 def test_prune_refuses_empty_policy() -> None:
     with pytest.raises(ValidationError, match="keeps nothing"):
         plan_prune([], RetentionPolicy())
+
+
+def test_file_digest_is_chunked_and_sensitive(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvmops.backup import repository
+
+    data = bytes(range(256)) * 4096  # 1 MiB
+    path = tmp_path / "f.bin"
+    path.write_bytes(data * 3)
+    monkeypatch.setattr(repository, "HASH_PIECE", 1024 * 1024)  # three pieces
+    digest = repository.sha256_file(path)
+    assert digest.startswith("sha256-64m:") and len(digest) == len("sha256-64m:") + 64
+    assert repository.sha256_file(path) == digest
+    changed = bytearray(data * 3)
+    changed[2 * 1024 * 1024 + 5] ^= 1
+    path.write_bytes(bytes(changed))
+    assert repository.sha256_file(path) != digest
+    path.write_bytes(data * 3 + b"x")
+    assert repository.sha256_file(path) != digest
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert repository.sha256_file(empty).startswith("sha256-64m:")

@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from kvmops.backup.model import Manifest
@@ -59,12 +60,39 @@ def atomic_write(path: Path, data: str) -> None:
     fsync_dir(path.parent)
 
 
-def sha256_file(path: Path, chunk: int = 4 * 1024 * 1024) -> str:
+HASH_PIECE = 64 * 1024 * 1024
+HASH_SCHEME = "sha256-64m"
+
+
+def _piece_digest(path: Path, offset: int, length: int, block: int = 4 * 1024 * 1024
+                  ) -> bytes:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        fh.seek(offset)
+        while length > 0:
+            data = fh.read(min(block, length))
+            if not data:
+                break
+            digest.update(data)
+            length -= len(data)
+    return digest.digest()
+
+
+def sha256_file(path: Path) -> str:
+    """``sha256-64m:HEX``: sha256 over the file size and the sha256 of each 64 MiB piece.
+
+    A plain sha256 is one serial pass on one core and was a third of a full backup's
+    time; the pieces are hashed on every core (hashlib releases the GIL), and any
+    changed byte still changes the result.
+    """
+    size = os.path.getsize(path)
+    pieces = [(offset, min(HASH_PIECE, size - offset))
+              for offset in range(0, size, HASH_PIECE)]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(pieces), os.cpu_count() or 1))
+                            ) as pool:
+        digests = list(pool.map(lambda piece: _piece_digest(path, *piece), pieces))
+    top = hashlib.sha256(size.to_bytes(8, "big") + b"".join(digests)).hexdigest()
+    return f"{HASH_SCHEME}:{top}"
 
 
 class Repository:
