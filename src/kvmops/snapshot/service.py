@@ -415,19 +415,10 @@ def revert(host: Host, vm: str, name: str, *, running: bool = False, paused: boo
                              running=running, paused=paused, force=force)
     support = support_for(host.libvirt_version())
     kept: list[str] = []
-    if described.kind is Kind.INTERNAL:
-        _check_internal_revert(domain, described)
-        end_backup_chain(domain, say)
-        flags = 0
-        if decision.end_state == "running":
-            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_RUNNING
-        elif decision.end_state == "paused":
-            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED
-        if decision.force:
-            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_FORCE
-        call(f"reverting VM '{vm}' to snapshot '{name}'", domain.revertToSnapshot, snapshot,
-             flags)
-    elif not support.external_by_kvmops:
+    if described.kind is Kind.INTERNAL or not support.external_by_kvmops:
+        # libvirt reverts natively: internal snapshots, and external ones from 9.9 on.
+        if described.kind is Kind.INTERNAL:
+            _check_internal_revert(domain, described)
         end_backup_chain(domain, say)
         flags = 0
         if decision.end_state == "running":
