@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import inspect
 
+import pytest
+
 import kvmops.errors as errors
 
 
@@ -22,3 +24,23 @@ def test_message_and_hint_form_one_line() -> None:
     assert str(err) == "cannot resume VM 'a': it is shut off; start it"
     assert "\n" not in str(err)
     assert err.actual == "shut off"
+
+
+def test_unexpected_exception_is_one_line_without_traceback(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from kvmops.cli import main
+
+    def boom() -> None:
+        raise RuntimeError("first line\nsecond line")
+
+    monkeypatch.delenv("KVMOPS_DEBUG", raising=False)
+    monkeypatch.setattr(main, "app", boom)
+    with pytest.raises(SystemExit) as caught:
+        main.run()
+    assert caught.value.code == main.INTERNAL_ERROR_EXIT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "RuntimeError: first line second line" in err and "KVMOPS_DEBUG=1" in err
+    monkeypatch.setenv("KVMOPS_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        main.run()

@@ -57,6 +57,9 @@ def _fail(message: str, code: int) -> None:
     raise SystemExit(code)
 
 
+INTERNAL_ERROR_EXIT = 70  # EX_SOFTWARE from sysexits.h
+
+
 def run() -> None:
     """Console-script entry point (Typer handles usage errors and exits itself)."""
     debug = os.environ.get("KVMOPS_DEBUG") == "1"
@@ -70,6 +73,12 @@ def run() -> None:
         _fail("interrupted", 130)
     except BrokenPipeError:
         raise SystemExit(0) from None
+    except Exception as err:  # a bug: one line for the user, the traceback on request
+        if debug:
+            raise
+        detail = " ".join(str(err).split())[:300]
+        _fail(f"internal error ({type(err).__name__}: {detail}); this is a bug in kvmops: "
+              "rerun with KVMOPS_DEBUG=1 to see the traceback and report it", INTERNAL_ERROR_EXIT)
 
 
 if __name__ == "__main__":

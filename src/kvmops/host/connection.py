@@ -47,6 +47,23 @@ _CONNECTION_CODES = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_SYSTEM_ERROR,
                      libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_AUTH_FAILED}
 
 
+UNREADABLE_ERROR = ("libvirt reported an error whose text is not valid UTF-8 (binary output "
+                    "from QEMU); see the VM's log under /var/log/libvirt/qemu/")
+
+
+def is_undecodable_error(err: BaseException) -> bool:
+    """libvirt-python raises SystemError when an error message is not UTF-8.
+
+    QEMU can copy raw bytes of a corrupt state file into its message; the
+    binding then fails to build the libvirtError and Python reports a
+    SystemError whose context is the UnicodeDecodeError.
+    """
+    if isinstance(err, UnicodeDecodeError):
+        return True
+    return isinstance(err, SystemError) and isinstance(
+        err.__cause__ or err.__context__, UnicodeDecodeError)
+
+
 def translate(err: libvirt.libvirtError, what: str) -> KvmopsError:
     """Map a libvirtError to our hierarchy; ``what`` names the action and object."""
     code = err.get_error_code()
@@ -71,6 +88,10 @@ def call(what: str, fn: Callable[..., T], *args: Any) -> T:
         return fn(*args)
     except libvirt.libvirtError as err:
         raise translate(err, what) from err
+    except (SystemError, UnicodeDecodeError) as err:
+        if not is_undecodable_error(err):
+            raise
+        raise HypervisorError(f"{what}: {UNREADABLE_ERROR}") from err
 
 
 class Host:

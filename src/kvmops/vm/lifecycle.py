@@ -27,7 +27,7 @@ from kvmops.errors import (
     ValidationError,
 )
 from kvmops.host.accel import Accelerator, probe
-from kvmops.host.connection import Host, call
+from kvmops.host.connection import UNREADABLE_ERROR, Host, call, is_undecodable_error
 from kvmops.images import qemuimg
 from kvmops.sizes import parse_size
 from kvmops.vm.domxml import DiskSpec, DomainSpec, NicSpec, Topology, validate_name
@@ -342,8 +342,14 @@ def start(host: Host, name: str, *, paused: bool = False, discard_managed_save: 
     flags = libvirt.VIR_DOMAIN_START_PAUSED if paused else 0
     try:
         domain.createWithFlags(flags)
-    except libvirt.libvirtError as err:
-        text = (err.get_error_message() or str(err)).strip()
+    except (libvirt.libvirtError, SystemError, UnicodeDecodeError) as err:
+        if isinstance(err, libvirt.libvirtError):
+            text = (err.get_error_message() or str(err)).strip()
+            code = err.get_error_code()
+        elif is_undecodable_error(err):
+            text, code = UNREADABLE_ERROR, None
+        else:
+            raise
         if has_save:
             raise StateError(
                 f"VM '{name}' failed to start from its managed-save image ({text}); "
@@ -351,8 +357,7 @@ def start(host: Host, name: str, *, paused: bool = False, discard_managed_save: 
                 hint=f"run 'kvmops vm start {name} --discard-managed-save' to boot afresh "
                      "(the saved memory state is lost)",
             ) from err
-        raise HypervisorError(f"starting VM '{name}' failed: {text}",
-                              code=err.get_error_code()) from err
+        raise HypervisorError(f"starting VM '{name}' failed: {text}", code=code) from err
 
 
 def wait_for_state(domain: libvirt.virDomain, wanted: set[str], timeout: float) -> bool:
