@@ -11,6 +11,7 @@ from fastapi import Request
 from kvmops.api.events import DomainEvents, EventHub
 from kvmops.api.runner import JobRunner
 from kvmops.api.settings import ApiSettings
+from kvmops.api.throttle import LoginThrottle
 from kvmops.api.vmlist import DomainTypeCache, VmListCache
 from kvmops.host.connection import Host
 from kvmops.store.db import Store
@@ -25,6 +26,7 @@ class ApiContext:
         self.domain_types = DomainTypeCache()
         self.vm_list = VmListCache(self.domain_types)
         self.domain_events: DomainEvents | None = None
+        self.login_throttle = LoginThrottle(settings.login_max_failures, settings.login_window)
         self.initial_admin_password: str | None = None
         self._host: Host | None = None
         self._host_lock = threading.Lock()

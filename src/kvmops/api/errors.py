@@ -15,7 +15,8 @@ from kvmops.errors import KvmopsError
 log = logging.getLogger("kvmops.api")
 
 _KINDS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
-          405: "MethodNotAllowed", 409: "Conflict", 413: "TooLarge", 422: "ValidationError"}
+          405: "MethodNotAllowed", 409: "Conflict", 413: "TooLarge", 422: "ValidationError",
+          429: "TooManyRequests"}
 
 
 def error_body(message: str, kind: str, **extra: Any) -> dict[str, Any]:

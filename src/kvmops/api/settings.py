@@ -25,4 +25,6 @@ class ApiSettings:
     secure_cookies: bool | None = None  # None: Secure when the request came over https
     events: bool = True  # libvirt life cycle events into the SSE stream
     create_admin: bool = True  # first start on an empty DB creates 'admin'
+    login_max_failures: int = 5  # failed log-ins per user and address within the window
+    login_window: float = 300.0  # seconds
     max_transfer: int = 16 * 1024 * 1024  # guest push/pull limit (bytes, before base64)

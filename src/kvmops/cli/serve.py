@@ -33,6 +33,12 @@ def serve(
         None, "--secure-cookies/--no-secure-cookies",
         help="Mark session cookies Secure (default: when the request came over https)."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request."),
+    login_attempts: int = typer.Option(
+        5, "--login-attempts", min=1, max=1000,
+        help="Failed log-ins allowed per user name and client address within "
+             "--login-window; more are refused with 429 until the oldest ages out."),
+    login_window: float = typer.Option(300.0, "--login-window", min=1.0, metavar="SECONDS",
+                                       help="Window of the log-in throttle."),
 ) -> None:
     """Run the REST API server (OpenAPI docs at /docs)."""
     import uvicorn
@@ -46,7 +52,8 @@ def serve(
         if not directory.is_absolute():
             raise ValidationError(f"--allow-dir {directory} must be an absolute path")
     settings = ApiSettings(db_url=db, uri=uri, workers=workers, secure_cookies=secure_cookies,
-                           allowed_dirs=list(allow_dir) or default_allowed_dirs())
+                           allowed_dirs=list(allow_dir) or default_allowed_dirs(),
+                           login_max_failures=login_attempts, login_window=login_window)
     store = Store(db)
     try:
         store.migrate()

@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 
 from kvmops.api.deps import CSRF_COOKIE, SESSION_COOKIE
+from kvmops.api.throttle import LoginThrottled, attempt_login, client_address
 from kvmops.api.validators import check_path
 from kvmops.backup import restore as restore_ops
 from kvmops.backup.model import Manifest
@@ -101,7 +102,15 @@ def login(request: Request, username: str = Form("", max_length=64),
     target = safe_next(next)
     if not login_token_ok(request.cookies.get(LOGIN_CSRF_COOKIE), token):
         return _login_again(request, target, "the log-in form expired; try again", 403)
-    principal = users.verify_password(ctx.store, username, password) if username else None
+    try:
+        principal = attempt_login(ctx.store, ctx.login_throttle, username, password,
+                                  client_address(request))
+    except LoginThrottled as err:
+        audit.record(ctx.store, user=username or None, method="POST", path="/login",
+                     action="login", target=None, status_code=429)
+        response = _login_again(request, target, str(err), 429)
+        response.headers["Retry-After"] = str(err.retry_after)
+        return response
     audit.record(ctx.store, user=username or None, method="POST", path="/login",
                  action="login", target=None, status_code=303 if principal else 401)
     if principal is None:

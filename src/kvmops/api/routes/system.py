@@ -18,6 +18,7 @@ from kvmops.api.deps import (
     Viewer,
 )
 from kvmops.api.routes.common import Body, Message
+from kvmops.api.throttle import LoginThrottled, attempt_login, client_address
 from kvmops.host.info import HostInfo, host_info
 from kvmops.store import audit, users
 from kvmops.store.audit import AuditView
@@ -85,7 +86,12 @@ def _secure(request: Request, ctx: Ctx) -> bool:
 @router.post("/login", response_model=Me)
 def login(body: LoginBody, request: Request, response: Response, ctx: Ctx) -> Me:
     request.state.user = body.username
-    principal = users.verify_password(ctx.store, body.username, body.password)
+    try:
+        principal = attempt_login(ctx.store, ctx.login_throttle, body.username, body.password,
+                                  client_address(request))
+    except LoginThrottled as err:
+        raise HTTPException(429, str(err), headers={"Retry-After": str(err.retry_after)}
+                            ) from err
     if principal is None:
         raise HTTPException(401, "invalid user name or password")
     token, csrf = users.create_session(ctx.store, principal, ctx.settings.session_ttl)
