@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -18,13 +19,19 @@ from kvmops.devguest.build import GuestImage
 from kvmops.errors import AgentCommandDisabledError, KvmopsError
 from kvmops.testing.rawqemu import RawQemu
 from tests.conftest import assert_one_line_error, run_cli
+from tests.integration.api_server import free_port
 
 BLOCKED_PORT = "org.kvmops.test.blocked"
+TCP_PORT = "org.kvmops.test.tcp"
 
 
 @dataclass
 class RawQemuTwoPorts(RawQemu):
-    """RawQemu plus a second agent port, for a qemu-ga started with --block-rpcs."""
+    """RawQemu plus a second agent port, for a qemu-ga started with --block-rpcs, and
+    TCP listeners: a third agent port and a second QMP monitor, for ``--tcp``."""
+
+    tcp_agent_port: int = field(default_factory=free_port)
+    tcp_qmp_port: int = field(default_factory=free_port)
 
     @property
     def blocked_socket(self) -> Path:
@@ -34,7 +41,24 @@ class RawQemuTwoPorts(RawQemu):
     def command(self) -> list[str]:
         return [*super().command(),
                 "-chardev", f"socket,path={self.blocked_socket},server=on,wait=off,id=qgab",
-                "-device", f"virtserialport,chardev=qgab,name={BLOCKED_PORT}"]
+                "-device", f"virtserialport,chardev=qgab,name={BLOCKED_PORT}",
+                "-chardev", f"socket,host=127.0.0.1,port={self.tcp_agent_port},"
+                            "server=on,wait=off,id=qgatcp",
+                "-device", f"virtserialport,chardev=qgatcp,name={TCP_PORT}",
+                "-qmp", f"tcp:127.0.0.1:{self.tcp_qmp_port},server=on,wait=off"]
+
+
+def start_second_agent(raw: RawQemu, port_name: str, *options: str) -> None:
+    """Start one more qemu-ga in the guest on the virtio port called ``port_name``."""
+    script = (
+        f'for p in /sys/class/virtio-ports/*; do '
+        f'[ "$(cat $p/name)" = {port_name} ] && dev=/dev/${{p##*/}}; done; '
+        f'mkdir -p /run/{port_name} && '
+        f'qemu-ga -d -m virtio-serial -p "$dev" {" ".join(options)} '
+        f'-t /run/{port_name} -f /run/{port_name}/pid')
+    with SocketAgentChannel(path=str(raw.agent_socket)) as channel:
+        started = guest.exec(channel, ["sh", "-c", script])
+        assert started.exit_code == 0, started
 
 
 def wait_for_agent(path: Path, timeout: float = 120) -> None:
@@ -97,15 +121,7 @@ def test_freeze_thaw(raw: RawQemuTwoPorts) -> None:
 
 def test_command_disabled_by_block_rpcs(raw: RawQemuTwoPorts) -> None:
     """A second qemu-ga in the guest, started with --block-rpcs, on the second port."""
-    script = (
-        f'for p in /sys/class/virtio-ports/*; do '
-        f'[ "$(cat $p/name)" = {BLOCKED_PORT} ] && dev=/dev/${{p##*/}}; done; '
-        f'mkdir -p /run/qga-blocked && '
-        f'qemu-ga -d -m virtio-serial -p "$dev" -b guest-exec,guest-file-open '
-        f'-t /run/qga-blocked -f /run/qga-blocked/pid')
-    with SocketAgentChannel(path=str(raw.agent_socket)) as channel:
-        started = guest.exec(channel, ["sh", "-c", script])
-        assert started.exit_code == 0, started
+    start_second_agent(raw, BLOCKED_PORT, "-b", "guest-exec,guest-file-open")
     wait_for_agent(raw.blocked_socket, timeout=30)
     with SocketAgentChannel(path=str(raw.blocked_socket)) as blocked:
         assert "guest-exec" in guest.info(blocked).disabled
@@ -113,6 +129,21 @@ def test_command_disabled_by_block_rpcs(raw: RawQemuTwoPorts) -> None:
             guest.exec(blocked, ["true"])
     result = run_cli("guest", "exec", "--socket", str(raw.blocked_socket), "--", "true")
     assert_one_line_error(result, 17, "guest-exec", "--block-rpcs")
+
+
+def test_tcp_transports(raw: RawQemuTwoPorts) -> None:
+    """``--tcp HOST:PORT``: an agent and a QMP monitor listening on TCP."""
+    start_second_agent(raw, TCP_PORT)
+    address = f"127.0.0.1:{raw.tcp_agent_port}"
+    deadline = time.monotonic() + 30
+    while (ping := run_cli("guest", "ping", "--tcp", address)).code != 0:
+        assert time.monotonic() < deadline, ping.stderr
+        time.sleep(0.5)
+    result = run_cli("guest", "exec", "--tcp", address, "--", "sh", "-c", "echo via-tcp")
+    assert (result.code, result.stdout) == (0, "via-tcp\n"), result.stderr
+    result = run_cli("qmp", "--tcp", f"127.0.0.1:{raw.tcp_qmp_port}", "query-status", "--raw")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["status"] == "running"
 
 
 def test_shutdown_through_the_agent(raw: RawQemuTwoPorts) -> None:
