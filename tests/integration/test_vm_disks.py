@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import libvirt_qemu
 import pytest
 
@@ -105,6 +106,43 @@ def test_attach_existing_image_with_target_and_keep_it(disk_vm: str, host: Host,
         assert "vdc" not in disk_list(disk_vm)
         wait_guest_sees(host, disk_vm, "vdb", False)
     finally:
+        image.unlink(missing_ok=True)
+
+
+def test_scsi_hotplug_brings_a_virtio_scsi_controller_and_sata_is_refused(
+        disk_vm: str, host: Host, images_dir: Path) -> None:
+    result = run_cli("vm", "disk", "attach", disk_vm, "--size", "16M", "--bus", "scsi",
+                     "--images-dir", str(images_dir), "--json")
+    assert result.code == 0, result.stderr
+    attached = json.loads(result.stdout)
+    image = Path(attached["image"])
+    try:
+        assert (attached["target"], attached["bus"]) == ("sda", "scsi")
+        assert attached["qmp_checked"] is True and attached["qdev"].startswith("scsi0-")
+        for flags in (0, libvirt.VIR_DOMAIN_XML_INACTIVE):  # live VM and definition
+            xml = host.domain(disk_vm).XMLDesc(flags)
+            assert "<controller type='scsi' index='0' model='virtio-scsi'" in xml
+        # a second SCSI disk reuses the controller
+        result = run_cli("vm", "disk", "attach", disk_vm, "--size", "16M", "--bus", "scsi",
+                         "--images-dir", str(images_dir), "--json")
+        assert result.code == 0, result.stderr
+        assert json.loads(result.stdout)["target"] == "sdb"
+        assert host.domain(disk_vm).XMLDesc(0).count("<controller type='scsi'") == 1
+        for target in ("sdb", "sda"):
+            result = run_cli("vm", "disk", "detach", disk_vm, target, "--remove-storage",
+                             "--timeout", str(DEADLINE))
+            assert result.code == 0, result.stderr
+        assert not image.exists()
+        assert not {"sda", "sdb"} & set(disk_list(disk_vm))
+        # SATA (AHCI) has no hot-plug in QEMU: refused before any file is made
+        assert_one_line_error(
+            run_cli("vm", "disk", "attach", disk_vm, "--size", "16M", "--bus", "sata",
+                    "--images-dir", str(images_dir)), 6, "sata", disk_vm, "--config-only")
+        assert not list(images_dir.glob(f"{disk_vm}-sd*"))
+    finally:
+        for target in ("sda", "sdb"):
+            if target in disk_list(disk_vm, "--inactive"):
+                run_cli("vm", "disk", "detach", disk_vm, target, "--remove-storage")
         image.unlink(missing_ok=True)
 
 

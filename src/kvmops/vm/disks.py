@@ -33,15 +33,18 @@ from kvmops.errors import (
     OperationTimeoutError,
     StateError,
     StorageError,
+    UnsupportedError,
     ValidationError,
 )
 from kvmops.host.connection import Host, call
 from kvmops.images import qemuimg
 from kvmops.images.usage import vms_using
-from kvmops.vm.domxml import DiskSpec, disk_xml, parse_disk
+from kvmops.vm.domxml import DiskSpec, controller_xml, disk_xml, has_controller, parse_disk
 from kvmops.vm.lifecycle import ensure_qemu_can_reach, state_name
 
 BUS_PREFIX = {"virtio": "vd", "scsi": "sd", "sata": "sd", "usb": "sd", "ide": "hd"}
+# QEMU's AHCI and IDE buses refuse device_add/device_del.
+NO_HOTPLUG_BUSES = frozenset({"sata", "ide"})
 _PERIPHERAL = "/machine/peripheral/"
 
 
@@ -248,6 +251,12 @@ def attach(host: Host, vm: str, *, image: Path | None = None, size: int | None =
         raise StateError(f"cannot change the definition of VM '{vm}': it is transient",
                          hint="attach it live only (--live-only)")
 
+    if flags & libvirt.VIR_DOMAIN_AFFECT_LIVE and bus in NO_HOTPLUG_BUSES:
+        raise UnsupportedError(
+            f"a {bus} disk cannot be hot-plugged into running VM '{vm}': QEMU's "
+            f"{bus.upper()} controller has no hot-plug",
+            hint="use --bus virtio or --bus scsi, or --config-only to add it at the next "
+                 "start")
     live_xml, config_xml = _xmls(domain, vm)
     used = set(_targets(live_xml or "<domain/>")) | set(_targets(config_xml or "<domain/>"))
     if target is not None:
@@ -292,6 +301,8 @@ def attach(host: Host, vm: str, *, image: Path | None = None, size: int | None =
 
     xml = disk_xml(DiskSpec(target=target, source=str(path), fmt=fmt, bus=bus))
     try:
+        if bus == "scsi":
+            _ensure_scsi_controller(domain, vm, flags, live_xml, config_xml)
         call(f"attaching {path} to VM '{vm}' as {target}", domain.attachDeviceFlags, xml, flags)
     except BaseException:
         if created is not None:
@@ -303,6 +314,25 @@ def attach(host: Host, vm: str, *, image: Path | None = None, size: int | None =
         if attached.target == target:
             return attached
     raise StorageError(f"disk {target} was attached to VM '{vm}' but is not in its XML")
+
+
+def _ensure_scsi_controller(domain: libvirt.virDomain, vm: str, flags: int,
+                            live_xml: str | None, config_xml: str | None) -> None:
+    """Add a virtio-scsi controller where the VM has no SCSI controller yet.
+
+    Left to itself, libvirt adds an emulated LSI controller for a SCSI disk;
+    virtio-scsi is faster, hot-pluggable and what current guests expect.
+    """
+    missing = 0
+    if flags & libvirt.VIR_DOMAIN_AFFECT_LIVE and not has_controller(live_xml or "<domain/>",
+                                                                     "scsi"):
+        missing |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+    if flags & libvirt.VIR_DOMAIN_AFFECT_CONFIG and not has_controller(
+            config_xml or "<domain/>", "scsi"):
+        missing |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
+    if missing:
+        call(f"adding a virtio-scsi controller to VM '{vm}'", domain.attachDeviceFlags,
+             controller_xml("scsi", "virtio-scsi"), missing)
 
 
 # ------------------------------------------------------------------ detach

@@ -222,6 +222,19 @@ def disk_xml(disk: DiskSpec) -> str:
     return etree.tostring(disk_element(disk), encoding="unicode")
 
 
+def controller_xml(kind: str, model: str | None = None) -> str:
+    """A ``<controller>`` device for attachDeviceFlags (libvirt picks index and address)."""
+    el = etree.Element("controller", type=kind)
+    if model:
+        el.set("model", model)
+    return etree.tostring(el, encoding="unicode")
+
+
+def has_controller(domain_xml: str, kind: str) -> bool:
+    root = etree.fromstring(domain_xml.encode())
+    return root.find(f"devices/controller[@type='{kind}']") is not None
+
+
 def parse_disk(el: etree._Element) -> DiskSpec:
     driver = el.find("driver")
     source = el.find("source")
