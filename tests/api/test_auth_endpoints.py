@@ -15,6 +15,7 @@ REPO = "/var/lib/kvmops/test-images/no-repo"
 # (method, path, JSON body, lowest role allowed)
 ENDPOINTS: list[tuple[str, str, Any, str]] = [
     ("GET", "/host", None, "viewer"),
+    ("GET", "/host/doctor", None, "viewer"),
     ("GET", "/vms", None, "viewer"),
     ("GET", f"/vms/{VM}", None, "viewer"),
     ("POST", "/vms", {"name": VM, "memory": "64M"}, "operator"),

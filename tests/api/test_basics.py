@@ -40,6 +40,19 @@ def test_host_and_vm_list(api: ApiServer) -> None:
         assert {"name", "state", "vcpus", "memory", "accelerator"} <= set(vm)
 
 
+def test_host_doctor(api: ApiServer) -> None:
+    with api.client("viewer") as client:
+        response = client.get("/host/doctor")
+    assert response.status_code == 200
+    report = response.json()
+    checks = {c["name"]: c for c in report["checks"]}
+    assert checks["libvirtd"]["status"] == "ok"
+    assert {"virtlogd", "qemu", "qemu-img", "accelerator", "images-dir", "state-dir",
+            "backup-jobs", "backup-api", "memory", "guest-agents"} <= set(checks)
+    assert report["failed"] == sum(c["status"] == "fail" for c in report["checks"])
+    assert report["ok"] is (report["failed"] == 0)
+
+
 def test_login_session_cookie_and_csrf(api: ApiServer) -> None:
     with api.client() as client:
         bad = client.post("/login", json={"username": "op", "password": "wrong-password"})

@@ -119,10 +119,26 @@ def test_console_socket_needs_a_session(web: ApiServer) -> None:
 def test_pages_redirect_to_login(web: ApiServer) -> None:
     import httpx
 
-    for path in ("/", "/vms", "/audit", f"/vms/{SESSION_PREFIX}x/backups"):
+    for path in ("/", "/vms", "/host", "/audit", f"/vms/{SESSION_PREFIX}x/backups"):
         response = httpx.get(web.url + path, follow_redirects=False, timeout=30)
         assert response.status_code == 303, path
         assert response.headers["location"].startswith("/login?next=")
+
+
+def test_host_health_page(web: ApiServer, browser_page: Any) -> None:
+    """The doctor's checks, reached from the navigation, as in ``kvmops host doctor``."""
+    page = browser_page
+    log_in(page, web.url)
+    page.click("nav a[href='/host']")
+    page.wait_for_url(f"{web.url}/host")
+    rows = page.locator("#doctor-table tr[data-check]")
+    names = rows.evaluate_all("rs => rs.map(r => r.dataset.check)")
+    assert {"libvirtd", "virtlogd", "accelerator", "images-dir", "memory"} <= set(names)
+    assert page.locator("tr[data-check=libvirtd]").get_attribute("data-status") == "ok"
+    failed = page.locator("tr[data-status=fail]").count()
+    assert page.locator("#doctor-summary").get_attribute("data-ok") == str(failed == 0).lower()
+    assert f"{failed} failed" in page.locator("#doctor-summary").inner_text()
+    shoot(page, "host-health")
 
 
 def test_vm_life_console_backup_restore_audit(web: ApiServer, browser_page: Any,

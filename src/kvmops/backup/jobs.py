@@ -89,6 +89,20 @@ def running_jobs() -> list[JobRecord]:
     return [j for j in found if j is not None]
 
 
+def stale_jobs() -> list[JobRecord]:
+    """Registered backups whose process is gone (killed before it could clean up)."""
+    directory = _jobs_dir()
+    stale = []
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        try:
+            record = JobRecord.model_validate_json(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not _alive(record.pid):
+            stale.append(record)
+    return stale
+
+
 def record_event(vm: str, kind: str, **data: Any) -> None:
     """Append one event (started, progress, completed, failed, cancelled) to the log."""
     event = {"time": datetime.now(UTC).isoformat(), "vm": vm, "event": kind, **data}

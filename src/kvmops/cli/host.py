@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 
 from kvmops.cli.common import JsonOption, UriOption, connect
-from kvmops.cli.output import print_fields, print_json
+from kvmops.cli.output import info, print_fields, print_json, print_table
+from kvmops.errors import KvmopsError
+from kvmops.host.doctor import Status, run_doctor
 from kvmops.host.info import host_info
 from kvmops.sizes import format_size
 
@@ -33,3 +36,26 @@ def info_cmd(
         ("Images directory", data.images_dir), ("State directory", data.state_dir),
         ("VMs", f"{data.vms_defined} defined, {data.vms_running} running"),
     ])
+
+
+_MARKS = {Status.OK: "[green]ok[/green]", Status.WARN: "[yellow]warn[/yellow]",
+          Status.FAIL: "[red]FAIL[/red]"}
+
+
+@app.command("doctor")
+def doctor_cmd(json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
+    """Check that this host can run, back up and snapshot VMs; exit 1 if a check fails."""
+    report = run_doctor(uri)
+    if json_out:
+        print_json(report)
+    else:
+        rows = [[_MARKS[c.status], c.name,
+                 escape(c.detail) + (f"\n[dim]→ {escape(c.hint)}[/dim]" if c.hint else "")]
+                for c in report.checks]
+        print_table(["", "Check", "Detail"], rows)
+        info(f"{len(report.checks)} checks: {report.failed} failed, "
+             f"{report.warnings} warning(s)")
+    if not report.ok:
+        failed = [c.name for c in report.checks if c.status is Status.FAIL]
+        raise KvmopsError(f"host check(s) failed: {', '.join(failed)}",
+                          hint="see 'kvmops host doctor' for what to do")

@@ -149,6 +149,18 @@ class Host:
     def qemu_version(self) -> int:
         return int(call("reading hypervisor version", self.conn.getVersion))
 
+    def memory_total(self) -> int:
+        """The host's memory in bytes.
+
+        From the node memory stats (MemTotal): ``getInfo``'s memory field is derived
+        from the NUMA topology and reported half of MemTotal on this kind of VM host.
+        """
+        try:
+            stats = self.conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
+            return int(stats["total"]) * 1024
+        except (libvirt.libvirtError, KeyError):
+            return int(call("reading host info", self.conn.getInfo)[1]) * 1024**2
+
     def hostname(self) -> str:
         return str(call("reading host name", self.conn.getHostname))
 

@@ -1,4 +1,5 @@
-"""Remove what test runs left behind: VMs named ``kvmops-test-*`` and their disks.
+"""Remove what test runs left behind: VMs named ``kvmops-test-*``, their disks and
+the backup job records of killed test backups.
 
 ``make clean-test`` runs this after an interrupted test session; it never
 touches a VM without the test prefix.
@@ -10,6 +11,8 @@ import contextlib
 import shutil
 from pathlib import Path
 
+from kvmops.backup.jobs import stale_jobs
+from kvmops.config import settings
 from kvmops.host.connection import Host
 from kvmops.vm import lifecycle
 
@@ -28,6 +31,10 @@ def main() -> None:
             with contextlib.suppress(Exception):
                 lifecycle.undefine(host, name, remove_storage=True)
             print(f"removed VM {name}")
+    for record in stale_jobs():  # backups of test VMs killed before their clean-up
+        if record.vm.startswith(TEST_PREFIX):
+            (settings().state_dir / "jobs" / f"{record.vm}.json").unlink(missing_ok=True)
+            print(f"removed stale backup job record of {record.vm}")
     if TEST_IMAGES.is_dir():
         for child in TEST_IMAGES.glob(f"{TEST_PREFIX}*"):
             shutil.rmtree(child, ignore_errors=True)

@@ -21,6 +21,7 @@ from kvmops.api.validators import check_path
 from kvmops.backup import restore as restore_ops
 from kvmops.backup.model import Manifest
 from kvmops.errors import KvmopsError, NotFoundError
+from kvmops.host.doctor import run_doctor
 from kvmops.host.info import host_info
 from kvmops.store import audit, users
 from kvmops.store import jobs as job_store
@@ -182,6 +183,12 @@ def dashboard(request: Request, user: PageUser) -> Response:
     return templates.render(request, "dashboard.html", user, title="Dashboard", host=info,
                             counts=state_counts([vm.state for vm in vms]), total=len(vms),
                             jobs=active, recent=recent)
+
+
+@router.get("/host", response_class=HTMLResponse)
+def host_health(request: Request, user: PageUser) -> Response:
+    report = run_doctor(host=context(request).host())
+    return templates.render(request, "host.html", user, title="Host health", report=report)
 
 
 # ------------------------------------------------------------------ VMs

@@ -19,6 +19,7 @@ from kvmops.api.deps import (
 )
 from kvmops.api.routes.common import Body, Message
 from kvmops.api.throttle import LoginThrottled, attempt_login, client_address
+from kvmops.host.doctor import DoctorReport, run_doctor
 from kvmops.host.info import HostInfo, host_info
 from kvmops.store import audit, users
 from kvmops.store.audit import AuditView
@@ -74,6 +75,12 @@ def health() -> Health:
 @router.get("/host", response_model=HostInfo)
 def host(_: Viewer, host: HostDep) -> HostInfo:
     return host_info(host)
+
+
+@router.get("/host/doctor", response_model=DoctorReport)
+def host_doctor(_: Viewer, host: HostDep) -> DoctorReport:
+    """The host checks of ``kvmops host doctor`` (200 also when checks fail: see ``ok``)."""
+    return run_doctor(host=host)
 
 
 def _secure(request: Request, ctx: Ctx) -> bool:
