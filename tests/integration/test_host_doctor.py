@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -68,11 +68,9 @@ def test_vm_without_agent_and_stale_backup_job(vm_factory: Callable[..., str]) -
     # a backup registered by a process that is gone (killed with SIGKILL)
     record = settings().state_dir / "jobs" / f"{vm}.json"
     record.parent.mkdir(parents=True, exist_ok=True)
-    dead = os.fork()
-    if dead == 0:
-        os._exit(0)
-    os.waitpid(dead, 0)
-    record.write_text(JobRecord(vm=vm, pid=dead, repo="/tmp/repo",
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    record.write_text(JobRecord(vm=vm, pid=gone.pid, repo="/tmp/repo",
                                 started="2026-01-01T00:00:00Z").model_dump_json())
     try:
         _code, report, _stderr = doctor()
