@@ -228,8 +228,10 @@ def test_vm_life_console_backup_restore_audit(web: ApiServer, browser_page: Any,
         node = page.locator("#snapshot-tree li[data-snapshot='web-s1']")
         node.wait_for(timeout=WAIT_MS)
         shoot(page, "snapshots")
-        with page.expect_response(lambda r: r.url.endswith("/web-s1/revert"),
-                                  timeout=WAIT_MS) as reverted:
+        # the page reloads after the revert: wait for that reload, so that the delete
+        # below is clicked on the new page, not on one that is about to go away
+        with page.expect_navigation(timeout=WAIT_MS), page.expect_response(
+                lambda r: r.url.endswith("/web-s1/revert"), timeout=WAIT_MS) as reverted:
             page.click("#snapshot-tree button[data-snap-action=revert][data-snapshot='web-s1']")
         assert reverted.value.status == 200
         page.wait_for_load_state()
