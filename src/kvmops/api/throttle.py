@@ -98,10 +98,12 @@ class LoginThrottled(Exception):
 def attempt_login(store: Store, throttle: LoginThrottle, username: str, password: str,
                   address: str) -> Principal | None:
     """Check a password under the throttle (shared by the API and the web form)."""
+    if not username:  # an empty form is no guess (and "" is the per-address key)
+        return None
     wait = throttle.retry_after(username, address)
     if wait is not None:
         raise LoginThrottled(wait)
-    principal = users.verify_password(store, username, password) if username else None
+    principal = users.verify_password(store, username, password)
     if principal is None:
         throttle.failed(username, address)
     else:
