@@ -27,7 +27,7 @@ from kvmops.errors import (
     ValidationError,
 )
 from kvmops.host.accel import Accelerator, probe
-from kvmops.host.connection import UNREADABLE_ERROR, Host, call, is_undecodable_error
+from kvmops.host.connection import Host, call
 from kvmops.images import qemuimg
 from kvmops.sizes import parse_size
 from kvmops.vm.domxml import DiskSpec, DomainSpec, NicSpec, Topology, validate_name
@@ -340,24 +340,19 @@ def start(host: Host, name: str, *, paused: bool = False, discard_managed_save: 
         call(f"removing managed-save image of VM '{name}'", domain.managedSaveRemove, 0)
         has_save = False
     flags = libvirt.VIR_DOMAIN_START_PAUSED if paused else 0
+    what = f"starting VM '{name}'"
     try:
-        domain.createWithFlags(flags)
-    except (libvirt.libvirtError, SystemError, UnicodeDecodeError) as err:
-        if isinstance(err, libvirt.libvirtError):
-            text = (err.get_error_message() or str(err)).strip()
-            code = err.get_error_code()
-        elif is_undecodable_error(err):
-            text, code = UNREADABLE_ERROR, None
-        else:
-            raise
+        call(what, domain.createWithFlags, flags)
+    except KvmopsError as err:
         if has_save:
+            detail = err.message.removeprefix(f"{what}: ")
             raise StateError(
-                f"VM '{name}' failed to start from its managed-save image ({text}); "
+                f"VM '{name}' failed to start from its managed-save image ({detail}); "
                 "the saved state is probably stale",
                 hint=f"run 'kvmops vm start {name} --discard-managed-save' to boot afresh "
                      "(the saved memory state is lost)",
             ) from err
-        raise HypervisorError(f"starting VM '{name}' failed: {text}", code=code) from err
+        raise
 
 
 def wait_for_state(domain: libvirt.virDomain, wanted: set[str], timeout: float) -> bool:
