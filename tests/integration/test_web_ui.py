@@ -203,10 +203,11 @@ def test_vm_life_console_backup_restore_audit(web: ApiServer, browser_page: Any,
         page.goto(f"{web.url}/vms/{name}/backups?repo={repo_dir}")
         page.fill("#backup-form input[name=speed]", "8M")
         page.click("#backup-form button[type=submit]")
-        page.locator("#backup-progress [data-field=percent]").filter(
-            has_text="100%").wait_for(timeout=WAIT_MS)
+        # the job may report 100 % a moment before it ends: wait for its end, then the bar
+        page.locator("#backup-progress[data-state=succeeded]").filter(
+            has_text="backup: done").wait_for(timeout=WAIT_MS)
+        assert page.locator("#backup-progress [data-field=percent]").inner_text() == "100%"
         assert page.locator("#backup-progress progress").get_attribute("value") == "100"
-        assert page.locator("#backup-progress").get_attribute("data-state") == "succeeded"
         page.locator("#points-table tr[data-point]").first.wait_for()
         assert page.locator(".timeline .pt-full").count() >= 1
         shoot(page, "backups")
