@@ -56,8 +56,11 @@ for _ in $(seq 1 50); do
 done
 virsh -c qemu:///system version >/dev/null 2>&1 || { echo "setup-host.sh: libvirtd did not come up" >&2; exit 1; }
 
-# Where kvmops keeps images: QEMU runs as libvirt-qemu and must reach them.
-install -d -m 0755 /var/lib/kvmops /var/lib/kvmops/images /var/cache/kvmops
+# Where kvmops keeps images and backups (QEMU runs as libvirt-qemu and must reach them), and
+# its state (database, manifest key): never reachable through an allowed directory.
+install -d -m 0755 /var/lib/kvmops /var/lib/kvmops/images /var/lib/kvmops/backups \
+  /var/cache/kvmops
+install -d -m 0700 /var/lib/kvmops/state
 # The web console's VNC client: noVNC from npm, installed into build/novnc and its
 # ES modules (core/, vendor/) copied into the package's git-ignored static/novnc.
 NOVNC_VERSION=1.7.0
@@ -74,5 +77,21 @@ if [ ! -f "$NOVNC_DST/core/rfb.js" ] || ! grep -q "\"version\": \"$NOVNC_VERSION
   cp -r "$NOVNC_SRC/core" "$NOVNC_SRC/vendor" "$NOVNC_SRC/package.json" "$NOVNC_SRC/LICENSE.txt" "$NOVNC_DST.tmp/"
   rm -rf "$NOVNC_DST"
   mv "$NOVNC_DST.tmp" "$NOVNC_DST"
+fi
+# Swagger UI for /docs, served locally (no CDN; the Content-Security-Policy allows 'self').
+SWAGGER_VERSION=5.17.14
+SWAGGER_SRC=build/swagger/node_modules/swagger-ui-dist
+SWAGGER_DST=src/kvmops/web/static/swagger
+if [ ! -f "$SWAGGER_DST/swagger-ui-bundle.js" ] || ! grep -q "\"version\": \"$SWAGGER_VERSION\"" "$SWAGGER_DST/package.json" 2>/dev/null; then
+  say "installing swagger-ui-dist $SWAGGER_VERSION (npm)"
+  mkdir -p build/swagger
+  npm install --prefix build/swagger --no-audit --no-fund --no-save --loglevel=error \
+    "swagger-ui-dist@$SWAGGER_VERSION" >/dev/null
+  rm -rf "$SWAGGER_DST.tmp"
+  mkdir -p "$SWAGGER_DST.tmp"
+  cp "$SWAGGER_SRC/swagger-ui-bundle.js" "$SWAGGER_SRC/swagger-ui.css" "$SWAGGER_SRC/package.json" \
+    "$SWAGGER_SRC/LICENSE" "$SWAGGER_DST.tmp/"
+  rm -rf "$SWAGGER_DST"
+  mv "$SWAGGER_DST.tmp" "$SWAGGER_DST"
 fi
 say "host ready"

@@ -16,7 +16,11 @@ these at one boundary each and kept as ``__cause__``.
     ├── HypervisorError          libvirt or QEMU refused an operation
     ├── StorageError             qemu-img or file system failure
     ├── OperationTimeoutError    waited, and it did not happen
-    ├── BackupError              backup not completed (BackupInconsistentError: repo broken)
+    ├── BackupError              backup not completed (BackupInconsistentError: repo broken,
+    │                            TamperedError: a manifest failed its authentication)
+    ├── PathRefusedError         a path outside the allowed directories (or in the state dir)
+    ├── ConfigError              the configuration is invalid (exit 78, EX_CONFIG)
+    ├── TooManyRequestsError     a concurrency limit was reached
     └── ChannelError             QMP or guest agent channel
         ├── QmpError
         └── GuestAgentError
@@ -33,7 +37,9 @@ from typing import Any, ClassVar
 
 
 def _one_line(text: str) -> str:
-    return " / ".join(line.strip() for line in text.splitlines() if line.strip())
+    joined = " / ".join(line.strip() for line in text.splitlines() if line.strip())
+    # Text from callers can hold lone surrogates, which no output encoding takes.
+    return joined.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class KvmopsError(Exception):
@@ -187,3 +193,32 @@ class BackupInconsistentError(BackupError):
 
     exit_code = 20
     http_status = 409
+
+
+class TamperedError(BackupInconsistentError):
+    """A repository file's authentication failed: it was not written by this kvmops."""
+
+    exit_code = 22
+    http_status = 409
+
+
+class PathRefusedError(KvmopsError):
+    """A path the path policy refuses: outside the allowed directories, in the state
+    directory, or an image reference (backing or data file) leading out of them."""
+
+    exit_code = 21
+    http_status = 403
+
+
+class ConfigError(KvmopsError):
+    """The configuration file or environment is invalid."""
+
+    exit_code = 78  # EX_CONFIG: a service manager should not restart on it
+    http_status = 500
+
+
+class TooManyRequestsError(KvmopsError):
+    """A per-user or global limit of concurrent operations was reached."""
+
+    exit_code = 23
+    http_status = 429

@@ -14,12 +14,11 @@ from sqlalchemy import select
 from kvmops.api.events import EventHub
 from kvmops.api.runner import JobContext, JobRunner
 from kvmops.api.validators import (
-    AllowedPath,
+    AbsolutePath,
     IpAddress,
     MacAddress,
     Size,
     VmName,
-    set_allowed_dirs,
 )
 from kvmops.errors import StorageError
 from kvmops.store import Store, users
@@ -32,7 +31,7 @@ class Sample(BaseModel):
     size: Size | None = None
     mac: MacAddress | None = None
     ip: IpAddress | None = None
-    path: AllowedPath | None = None
+    path: AbsolutePath | None = None
 
 
 def _field_error(**values: object) -> tuple[str, str]:
@@ -43,12 +42,11 @@ def _field_error(**values: object) -> tuple[str, str]:
 
 
 def test_valid_values(tmp_path: Path) -> None:
-    set_allowed_dirs([tmp_path])
     sample = Sample(name="web-1", size="10G", mac="52:54:00:AB:cd:01", ip="10.0.0.1",
-                    path=str(tmp_path / "a" / ".." / "b.qcow2"))
+                    path=str(tmp_path / "b.qcow2"))
     assert sample.size == 10 * 1024**3
     assert sample.mac == "52:54:00:ab:cd:01"
-    assert sample.path == tmp_path.resolve() / "b.qcow2"
+    assert sample.path == tmp_path / "b.qcow2"  # where it may point: the path policy's job
 
 
 @pytest.mark.parametrize(("values", "field", "fragment"), [
@@ -60,21 +58,14 @@ def test_valid_values(tmp_path: Path) -> None:
     ({"mac": "01:00:5e:00:00:01"}, "mac", "multicast"),
     ({"ip": "300.1.1.1"}, "ip", "invalid IP"),
     ({"path": "relative/x"}, "path", "absolute"),
-    ({"path": "/etc/passwd"}, "path", "outside the allowed"),
+    ({"path": "/a\x00b"}, "path", "NUL"),
+    ({"path": "/a\ud800b"}, "path", "UTF-8"),
+    ({"size": "99999999999T"}, "size", "too large"),
 ])
-def test_invalid_values_name_the_field(tmp_path: Path, values: dict[str, object], field: str,
+def test_invalid_values_name_the_field(values: dict[str, object], field: str,
                                        fragment: str) -> None:
-    set_allowed_dirs([tmp_path])
     loc, msg = _field_error(**values)
     assert loc == field and fragment in msg
-
-
-def test_symlink_out_of_allowed_dir_is_refused(tmp_path: Path) -> None:
-    set_allowed_dirs([tmp_path / "allowed"])
-    (tmp_path / "allowed").mkdir()
-    (tmp_path / "allowed" / "link").symlink_to("/etc")
-    loc, msg = _field_error(path=str(tmp_path / "allowed" / "link" / "passwd"))
-    assert loc == "path" and "outside" in msg
 
 
 @pytest.mark.parametrize(("role", "needed", "allowed"), [

@@ -27,6 +27,7 @@ from kvmops.backup.qmp_engine import (
     transaction_actions,
     trust_function,
 )
+from kvmops.backup.keys import Keyring
 from kvmops.backup.repository import Repository
 from kvmops.errors import BackupError, ValidationError
 from kvmops.monitor.channel import MonitorChannel, MonitorEvent
@@ -342,12 +343,12 @@ def test_end_jobs_cancels_running_and_dismisses() -> None:
 
 
 def test_recover_cleans_what_a_killed_run_left(tmp_path: Path) -> None:
-    repo = Repository(tmp_path / "repo")
+    repo = Repository(tmp_path / "repo", Keyring(tmp_path / "keys"))
     partial = repo.start_partial("raw1", "20260105T000000.000000Z")
     manifest = _manifest(FULL_ID, BackupType.FULL, None, ("vda",))
     full_dir = repo.backups_dir("raw1") / FULL_ID
     full_dir.mkdir()
-    (full_dir / "manifest.json").write_text(manifest.model_dump_json())
+    repo.write_manifest(full_dir, manifest)
     orphan = "kvmops-20260105T000000.000000Z"
     jobs = {"kvmops-backup-vda": "running", "someone-elses-job": "running"}
     nodes = {"kvmops-target-vda"}

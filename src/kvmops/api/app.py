@@ -20,13 +20,15 @@ from types import ModuleType
 
 import anyio
 from fastapi import APIRouter, FastAPI
+from fastapi.responses import HTMLResponse
 
 import kvmops
 from kvmops.api import errors
 from kvmops.api.audit import AuditMiddleware
 from kvmops.api.context import ApiContext
+from kvmops.api.guard import RequestGuard, SecurityHeaders
 from kvmops.api.settings import ApiSettings
-from kvmops.api.validators import set_allowed_dirs
+from kvmops.paths import policy
 from kvmops.store import jobs as job_store
 
 log = logging.getLogger("kvmops.api")
@@ -51,9 +53,18 @@ def _startup(ctx: ApiContext) -> None:
     ctx.start_events()
 
 
+DOCS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>kvmops API</title>
+<link rel="stylesheet" href="/static/swagger/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/static/swagger/swagger-ui-bundle.js"></script>
+<script src="/static/docs.js"></script></body></html>
+"""
+
+
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     settings = settings or ApiSettings()
-    set_allowed_dirs(settings.allowed_dirs)
+    policy()  # refuse an unsafe configuration (state directory reachable) at once
     ctx = ApiContext(settings)
 
     @asynccontextmanager
@@ -65,13 +76,22 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             await anyio.to_thread.run_sync(ctx.close)
 
     app = FastAPI(title="kvmops", version=kvmops.__version__, lifespan=lifespan,
-                  docs_url="/docs", openapi_url="/openapi.json",
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json",
                   description="Operate KVM/QEMU VMs: life cycle, guest agent, monitor, "
                               "backups. Authenticate with `Authorization: Bearer TOKEN` "
                               "(`kvmops user token NAME`) or POST /api/v1/login.")
     app.state.kvmops = ctx
     errors.install(app)
+    # Outermost last: headers on everything, the audit sees the guard's refusals too.
+    app.add_middleware(RequestGuard, store=lambda: ctx.store, max_body=settings.max_body,
+                       max_transfer=settings.max_transfer)
     app.add_middleware(AuditMiddleware, store=lambda: ctx.store)
+    app.add_middleware(SecurityHeaders)
+
+    @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
+    async def docs() -> HTMLResponse:
+        """Swagger UI, served from this server (no CDN: it works offline, under the CSP)."""
+        return HTMLResponse(DOCS_PAGE)
 
     from kvmops.api.routes import backups, guest, images, jobs, monitor, system, vms
 

@@ -1,14 +1,18 @@
-"""ASGI middleware writing one audit row per state-changing API request.
+"""ASGI middleware writing one audit row per request that matters.
 
-Who (the authenticated user, or the name given to log-in), what (the route's
-function name, method and path), target (the ``name``/``user``/``job_id`` path
-parameter), when, the status code and the job id of a 202. Bodies are never
-recorded, so passwords and tokens never reach the log.
+Recorded: every state-changing request on any path (API and web forms), every
+refused request whatever its method (401, 403, 413, 429), and every read of a
+guest through its agent. A row holds who (the authenticated user, or the name
+given to log-in), from where (the client address), what (the route's function
+name, method and path), the target (``name``/``user``/``job_id`` path parameter),
+when, the status code and the job id of a 202. Bodies are never recorded, so
+passwords and tokens never reach the log.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -17,10 +21,24 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kvmops.errors import KvmopsError
 from kvmops.store import audit
+from kvmops.store.audit import DENIED
 from kvmops.store.db import Store
 
 log = logging.getLogger("kvmops.api")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_GUEST_READ = re.compile(r"^/api/v1/vms/[^/]+/guest/")
+_STATIC = ("/static/", "/favicon")
+
+
+def client_of(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+def wanted(method: str, path: str, status: int) -> bool:
+    if path.startswith(_STATIC):
+        return status in DENIED
+    return method not in SAFE_METHODS or status in DENIED or bool(_GUEST_READ.match(path))
 
 
 class AuditMiddleware:
@@ -29,8 +47,7 @@ class AuditMiddleware:
         self.store = store
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] != "http" or scope["method"] in SAFE_METHODS
-                or not scope["path"].startswith("/api/")):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         status = 500
@@ -48,17 +65,20 @@ class AuditMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            await anyio.to_thread.run_sync(self._record, scope, status, job_id)
+            if wanted(scope["method"], scope["path"], status):
+                await anyio.to_thread.run_sync(self._record, scope, status, job_id)
 
     def _record(self, scope: Scope, status: int, job_id: str | None) -> None:
         state: dict[str, Any] = scope.get("state") or {}
         endpoint = scope.get("endpoint")
         params: dict[str, Any] = scope.get("path_params") or {}
         target = params.get("name") or params.get("user") or params.get("job_id")
+        action = getattr(endpoint, "__name__", None) or ("refused" if status in DENIED
+                                                         else "unknown")
         try:
             audit.record(self.store(), user=state.get("user"), method=scope["method"],
-                         path=scope["path"], action=getattr(endpoint, "__name__", "unknown"),
+                         path=scope["path"], action=action,
                          target=str(target) if target else None, status_code=status,
-                         job_id=job_id)
+                         job_id=job_id, address=client_of(scope))
         except KvmopsError as err:
             log.error("cannot write the audit log: %s", err)

@@ -36,7 +36,8 @@ def main() -> int:
             vm=raw["vm"], repo=Path(raw["repo"]),
             mode=BackupType(raw["mode"]) if raw.get("mode") else None,
             disks=list(raw.get("disks") or []), exclude=list(raw.get("exclude") or []),
-            freeze=bool(raw.get("freeze", True)), speed=raw.get("speed"))
+            freeze=bool(raw.get("freeze", True)), speed=raw.get("speed"),
+            compress=bool(raw.get("compress", False)))
         with Host(raw.get("uri")) as host:
             manifest = run_backup(
                 host, req,

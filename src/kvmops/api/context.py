@@ -9,6 +9,7 @@ import libvirt
 from fastapi import Request
 
 from kvmops.api.events import DomainEvents, EventHub
+from kvmops.api.limits import SlotLimiter
 from kvmops.api.runner import JobRunner
 from kvmops.api.settings import ApiSettings
 from kvmops.api.throttle import LoginThrottle
@@ -27,6 +28,7 @@ class ApiContext:
         self.vm_list = VmListCache(self.domain_types)
         self.domain_events: DomainEvents | None = None
         self.login_throttle = LoginThrottle(settings.login_max_failures, settings.login_window)
+        self.long_requests = SlotLimiter(settings.long_per_user, settings.long_total)
         self.initial_admin_password: str | None = None
         self._host: Host | None = None
         self._host_lock = threading.Lock()

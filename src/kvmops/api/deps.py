@@ -11,15 +11,17 @@ operator (life cycle, guest ops, backups), admin (everything).
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 
 from kvmops.api.context import ApiContext, get_context
+from kvmops.api.throttle import client_address
 from kvmops.errors import KvmopsError
 from kvmops.host.connection import Host
+from kvmops.services.caller import Caller
 from kvmops.store import users
 from kvmops.store.users import Principal, Role
 from kvmops.vm.domxml import validate_name
@@ -39,8 +41,10 @@ def _unauthorized(message: str) -> HTTPException:
 def authenticate(request: Request, ctx: Ctx) -> Principal:
     """The caller, or 401."""
     header = request.headers.get("authorization")
-    principal: Principal | None
-    if header:
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is not None:
+        pass  # authenticated by the request guard before the body was read
+    elif header:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _unauthorized("malformed Authorization header; use 'Bearer TOKEN'")
@@ -54,12 +58,12 @@ def authenticate(request: Request, ctx: Ctx) -> Principal:
         principal = users.authenticate_session(ctx.store, cookie)
         if principal is None:
             raise _unauthorized("session expired or invalid; log in again")
-        if request.method not in SAFE_METHODS:
-            sent = request.headers.get(CSRF_HEADER, "")
-            if not principal.csrf_token or not hmac.compare_digest(sent,
-                                                                   principal.csrf_token):
-                request.state.user = principal.name
-                raise HTTPException(403, f"missing or wrong {CSRF_HEADER} header")
+    if principal.via == "session" and request.method not in SAFE_METHODS:
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not principal.csrf_token or not hmac.compare_digest(sent,
+                                                               principal.csrf_token):
+            request.state.user = principal.name
+            raise HTTPException(403, f"missing or wrong {CSRF_HEADER} header")
     request.state.user = principal.name
     return principal
 
@@ -78,6 +82,33 @@ def require(role: Role) -> Callable[..., Principal]:
 Viewer = Annotated[Principal, Depends(require("viewer"))]
 Operator = Annotated[Principal, Depends(require("operator"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
+
+
+def caller_for(role: Role) -> Callable[..., Caller]:
+    """A dependency giving the service layer's Caller, after the role check."""
+
+    def dep(request: Request, principal: Annotated[Principal, Depends(require(role))]
+            ) -> Caller:
+        return Caller(name=principal.name, role=principal.role,
+                      via="web" if principal.via == "session" else "api",
+                      address=client_address(request), trusted_paths=False)
+
+    dep.__name__ = f"caller_{role}"
+    return dep
+
+
+ViewerCaller = Annotated[Caller, Depends(caller_for("viewer"))]
+OperatorCaller = Annotated[Caller, Depends(caller_for("operator"))]
+
+
+def long_request(ctx: Ctx, principal: Annotated[Principal, Depends(authenticate)]
+                 ) -> Iterator[None]:
+    """Hold one of the caller's long-request slots for the request (429 beyond)."""
+    with ctx.long_requests.hold(principal.name):
+        yield
+
+
+LongRequest = Depends(long_request)
 
 
 def host_dep(ctx: Ctx) -> Host:

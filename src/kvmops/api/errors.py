@@ -44,8 +44,9 @@ def validation_message(errors: list[Any]) -> tuple[str, list[dict[str, Any]]]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(KvmopsError)
     async def kvmops_error(_request: Request, exc: KvmopsError) -> JSONResponse:
+        headers = {"Retry-After": "2"} if exc.http_status == 429 else None
         return JSONResponse(error_body(str(exc), type(exc).__name__),
-                            status_code=exc.http_status)
+                            status_code=exc.http_status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -4,22 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
-
-from kvmops.config import settings
-
-
-def default_allowed_dirs() -> list[Path]:
-    cfg = settings()
-    dirs = [cfg.images_dir, Path("/var/lib/kvmops")]
-    return list(dict.fromkeys(d.absolute() for d in dirs))
 
 
 @dataclass
 class ApiSettings:
     db_url: str | None = None  # None: sqlite under the state dir
     uri: str | None = None  # libvirt URI, None: KVMOPS_URI / qemu:///system
-    allowed_dirs: list[Path] = field(default_factory=default_allowed_dirs)
     workers: int = 4  # job threads
     session_ttl: timedelta = timedelta(hours=12)
     secure_cookies: bool | None = None  # None: Secure when the request came over https
@@ -28,3 +18,8 @@ class ApiSettings:
     login_max_failures: int = 5  # failed log-ins per user and address within the window
     login_window: float = 300.0  # seconds
     max_transfer: int = 16 * 1024 * 1024  # guest push/pull limit (bytes, before base64)
+    max_body: int = 1024 * 1024  # request bodies (bytes), guest pushes excepted
+    long_per_user: int = 4  # concurrent long requests (guest agent, QMP) per user
+    long_total: int = 16  # ... and for everybody together
+    # Proxies whose X-Forwarded-For/-Proto are believed (none by default).
+    forwarded_allow_ips: list[str] = field(default_factory=list)

@@ -595,7 +595,7 @@ def _finish_files(repo: Repository, vm: str, partial: Path, plan: Plan,
         if compress:
             compress_in_place(path, f"../{item.parent}/{item.disk.target}.qcow2"
                               if item.parent else None)
-        info = qemuimg.info(path)
+        info = qemuimg.info(path, "qcow2")
         records.append(DiskRecord(
             target=item.disk.target, file=path.name, source=item.disk.source or "",
             type=item.mode, parent=item.parent, virtual_size=info.virtual_size,

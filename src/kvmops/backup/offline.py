@@ -31,6 +31,7 @@ from kvmops.backup.model import (
 from kvmops.backup.repository import Repository, sha256_file
 from kvmops.host.connection import Host, call, version_text
 from kvmops.images import qemuimg
+from kvmops.images.chain import inspect
 from kvmops.vm.domxml import DomainSpec
 
 NoteFn = Callable[[str], None]
@@ -64,27 +65,30 @@ def run_offline_backup(host: Host, repo: Repository, req: object, say: NoteFn,
     jobs.record_event(vm, "started", backup_id=backup_id, type="full", offline=True)
     try:
         records = []
-        total = sum(qemuimg.info(d.source or "").virtual_size for d in disks)
+        # The VM's definition names each disk's format; its chain is checked before
+        # qemu-img follows it.
+        chains = {d.target: inspect(d.source or "", d.fmt, trusted_top=True) for d in disks}
+        total = sum(c.top.info.virtual_size for c in chains.values())
         done = 0
         for disk in disks:
             assert disk.source is not None
             dst = partial / f"{disk.target}.qcow2"
-            size = qemuimg.info(disk.source).virtual_size
+            size = chains[disk.target].top.info.virtual_size
 
             def report(pct: float, base: int = done, size: int = size) -> None:
                 if progress:
                     progress(base + int(size * pct / 100), total)
 
-            qemuimg.convert(disk.source, dst, "qcow2", progress=report)
+            qemuimg.convert(disk.source, disk.fmt, dst, "qcow2", progress=report)
             done += size
-            info = qemuimg.info(dst)
+            info = qemuimg.info(dst, "qcow2")
             records.append(DiskRecord(
                 target=disk.target, file=dst.name, source=disk.source, type=BackupType.FULL,
                 parent=None, virtual_size=info.virtual_size,
                 bytes_written=info.actual_size or 0, sha256=sha256_file(dst)))
         bitmap_disks = [d for d in disks if d.fmt == "qcow2"]
         for disk in bitmap_disks:
-            qemuimg.run_qemu_img(["bitmap", "--add", str(disk.source), cp_name],
+            qemuimg.run_qemu_img(["bitmap", "--add", "-f", "qcow2", str(disk.source), cp_name],
                                  what=f"adding bitmap {cp_name}", path=Path(disk.source or ""))
             added_bitmaps.append(str(disk.source))
         checkpoint = None
@@ -108,7 +112,7 @@ def run_offline_backup(host: Host, repo: Repository, req: object, say: NoteFn,
             delete_checkpoint(domain, cp_name)
         for image in added_bitmaps:
             with contextlib.suppress(Exception):
-                qemuimg.run_qemu_img(["bitmap", "--remove", image, cp_name],
+                qemuimg.run_qemu_img(["bitmap", "--remove", "-f", "qcow2", image, cp_name],
                                      what="removing bitmap", path=Path(image))
         repo.discard_partial(partial)
         jobs.record_event(vm, "failed", backup_id=backup_id, error=str(err))

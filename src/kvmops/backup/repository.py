@@ -7,11 +7,17 @@ Layout, per VM::
     REPO/VM/backups/ID/vda.qcow2         backing file: ../PARENT/vda.qcow2 (relative)
     REPO/VM/backups/.partial-ID/         a backup being written; never listed as complete
     REPO/VM/checkpoints/NAME.xml         libvirt checkpoint XML, to redefine lost metadata
+    ....json.hmac / ....xml.hmac         authentication of manifests and checkpoint XML
 
 A backup is written under ``.partial-ID``, every file fsynced, the manifest
 written last, then the directory is renamed to ``ID`` and the parent fsynced:
 a crash at any point leaves either no backup or a complete one. Relative
 backing links keep the repository valid when moved or copied.
+
+Manifests and checkpoint XML are authenticated (:mod:`kvmops.backup.keys`): a
+repository is storage someone else may have written to, so nothing in it is
+trusted unless its HMAC matches. :meth:`Repository.manifests` returns only
+authenticated manifests; :meth:`Repository.scan` also names the rejected ones.
 """
 
 from __future__ import annotations
@@ -25,13 +31,22 @@ import os
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
+from kvmops.backup.keys import Keyring, Signature
 from kvmops.backup.model import Manifest
-from kvmops.errors import NotFoundError, StateError, StorageError
+from kvmops.errors import (
+    KvmopsError,
+    NotFoundError,
+    StateError,
+    StorageError,
+    TamperedError,
+)
 
 PARTIAL_PREFIX = ".partial-"
 MANIFEST = "manifest.json"
+SIG_SUFFIX = ".hmac"
 
 
 def fsync_dir(path: Path) -> None:
@@ -95,11 +110,21 @@ def sha256_file(path: Path) -> str:
     return f"{HASH_SCHEME}:{top}"
 
 
+@dataclass(frozen=True)
+class Rejected:
+    """A published backup whose manifest failed authentication (never used)."""
+
+    vm: str
+    backup_id: str
+    reason: str
+
+
 class Repository:
     """A backup repository directory holding any number of VMs."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, keyring: Keyring | None = None) -> None:
         self.root = root.absolute()
+        self.keyring = keyring or Keyring()
 
     def vm_dir(self, vm: str) -> Path:
         return self.root / vm
@@ -115,30 +140,85 @@ class Repository:
             return []
         return sorted(p.name for p in self.root.iterdir() if (p / "backups").is_dir())
 
+    # ------------------------------------------------------------ authentication
+    def place(self, path: Path) -> str:
+        """Where a file sits in the repository, as signed (``VM/backups/ID/manifest.json``)."""
+        return path.relative_to(self.root).as_posix()
+
+    def write_signed(self, path: Path, data: str, place: str | None = None) -> None:
+        """Write ``data`` and its signature atomically; ``place`` is where the file will
+        end up when it is written in a staging directory renamed later."""
+        signature = self.keyring.sign(place or self.place(path), data.encode())
+        atomic_write(path, data)
+        atomic_write(path.with_name(path.name + SIG_SUFFIX), signature.to_json())
+
+    def read_signed(self, path: Path) -> bytes:
+        """The file's bytes, or TamperedError when its signature is missing or wrong."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as err:
+            raise NotFoundError(f"{path} does not exist") from err
+        except OSError as err:
+            raise StorageError(f"cannot read {path}: {err.strerror}") from err
+        sig_path = path.with_name(path.name + SIG_SUFFIX)
+        try:
+            signature = Signature.parse(sig_path.read_text())
+        except FileNotFoundError:
+            raise TamperedError(f"{path} is not signed: it was not written by this kvmops",
+                                hint="never trusted; if you wrote it with an older kvmops, "
+                                     "adopt it with 'kvmops backup key adopt'") from None
+        except (OSError, KvmopsError) as err:
+            raise TamperedError(f"the signature of {path} is unreadable: {err}") from err
+        problem = self.keyring.check(self.place(path), data, signature)
+        if problem:
+            raise TamperedError(f"{path} failed authentication: {problem}",
+                                hint="it is never used; run 'kvmops backup verify'")
+        return data
+
     # ------------------------------------------------------------ reading
-    def manifests(self, vm: str) -> list[Manifest]:
-        """Published backups, oldest first (partial ones are never returned)."""
+    def scan(self, vm: str) -> tuple[list[Manifest], list[Rejected]]:
+        """Published backups, oldest first, and those whose manifest was rejected."""
         base = self.backups_dir(vm)
         if not base.is_dir():
-            return []
-        found = []
+            return [], []
+        found: list[Manifest] = []
+        rejected: list[Rejected] = []
         for entry in sorted(base.iterdir()):
             if entry.name.startswith(".") or not (entry / MANIFEST).is_file():
                 continue
-            found.append(self.load(entry / MANIFEST))
-        return sorted(found, key=lambda m: m.id)
+            try:
+                found.append(self.load(vm, entry.name))
+            except KvmopsError as err:
+                rejected.append(Rejected(vm, entry.name, err.message))
+        return sorted(found, key=lambda m: m.id), rejected
+
+    def manifests(self, vm: str) -> list[Manifest]:
+        """Authenticated published backups, oldest first (partial and rejected ones are
+        never returned)."""
+        return self.scan(vm)[0]
 
     def partials(self, vm: str) -> list[Path]:
         base = self.backups_dir(vm)
         return sorted(base.glob(f"{PARTIAL_PREFIX}*")) if base.is_dir() else []
 
-    @staticmethod
-    def load(path: Path) -> Manifest:
+    def load(self, vm: str, backup_id: str) -> Manifest:
+        """One authenticated manifest (TamperedError if it fails)."""
+        path = self.backups_dir(vm) / backup_id / MANIFEST
+        data = self.read_signed(path)
         try:
-            return Manifest.model_validate_json(path.read_text())
-        except (OSError, ValueError) as err:
+            manifest = Manifest.model_validate_json(data)
+        except ValueError as err:
             raise StorageError(f"unreadable backup manifest {path}: {err}",
                                hint="run 'kvmops backup verify'") from err
+        if manifest.vm != vm or manifest.id != backup_id:
+            raise TamperedError(f"manifest {path} describes backup {manifest.id} of VM "
+                                f"'{manifest.vm}', not where it lies")
+        return manifest
+
+    def write_manifest(self, directory: Path, manifest: Manifest) -> None:
+        """Write (and sign) ``manifest`` into ``directory``, to be published as its id."""
+        place = f"{manifest.vm}/backups/{manifest.id}/{MANIFEST}"
+        self.write_signed(directory / MANIFEST, manifest.model_dump_json(indent=2), place)
 
     def backup_dir(self, vm: str, backup_id: str) -> Path:
         path = self.backups_dir(vm) / backup_id
@@ -195,7 +275,7 @@ class Repository:
             fsync_file(child)
             child.chmod(0o644)
         partial.chmod(0o755)
-        atomic_write(partial / MANIFEST, manifest.model_dump_json(indent=2))
+        self.write_manifest(partial, manifest)
         final = self.backups_dir(vm) / manifest.id
         os.rename(partial, final)
         fsync_dir(final.parent)
@@ -207,16 +287,58 @@ class Repository:
     def save_checkpoint_xml(self, vm: str, name: str, xml: str) -> None:
         directory = self.checkpoints_dir(vm)
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write(directory / f"{name}.xml", xml)
+        self.write_signed(directory / f"{name}.xml", xml)
 
     def checkpoint_xml(self, vm: str, name: str) -> str | None:
+        """The saved checkpoint XML; None when missing or when it fails authentication
+        (it is then never redefined into libvirt)."""
         path = self.checkpoints_dir(vm) / f"{name}.xml"
-        return path.read_text() if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return self.read_signed(path).decode()
+        except (KvmopsError, UnicodeDecodeError):
+            return None
 
     def remove_checkpoint_xml(self, vm: str, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self.checkpoints_dir(vm) / f"{name}.xml").unlink()
+        for suffix in ("", SIG_SUFFIX):
+            with contextlib.suppress(FileNotFoundError):
+                (self.checkpoints_dir(vm) / f"{name}.xml{suffix}").unlink()
 
 
 def write_json(path: Path, value: object) -> None:
     atomic_write(path, json.dumps(value, indent=2))
+
+
+def signed_files(repo: Repository) -> list[Path]:
+    """Every file of the repository that carries (or should carry) a signature."""
+    found: list[Path] = []
+    for vm in repo.vms():
+        base = repo.backups_dir(vm)
+        found += sorted(p / MANIFEST for p in base.iterdir()
+                        if not p.name.startswith(".") and (p / MANIFEST).is_file())
+        checkpoints = repo.checkpoints_dir(vm)
+        if checkpoints.is_dir():
+            found += sorted(checkpoints.glob("*.xml"))
+    return found
+
+
+def resign(repo: Repository, *, adopt_unsigned: bool = False) -> tuple[int, list[str]]:
+    """Re-sign every authentic file with the current key (after a rotation); with
+    ``adopt_unsigned`` also sign files that carry no signature at all (an admin's
+    decision that they are genuine). Files whose signature fails are never signed.
+    Returns the number signed and the problems found."""
+    signed = 0
+    problems: list[str] = []
+    for path in signed_files(repo):
+        sig_path = path.with_name(path.name + SIG_SUFFIX)
+        try:
+            data = repo.read_signed(path)
+        except TamperedError as err:
+            if not (adopt_unsigned and not sig_path.exists()):
+                problems.append(err.message)
+                continue
+            data = path.read_bytes()
+        repo.write_signed(path, data.decode())
+        signed += 1
+    return signed, problems

@@ -8,22 +8,26 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lxml import etree
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from kvmops.backup.model import Manifest, disk_chain, resolve_point
 from kvmops.backup.repository import Repository, sha256_file
-from kvmops.config import settings
 from kvmops.errors import (
     AlreadyExistsError,
     BackupInconsistentError,
     KvmopsError,
     NotFoundError,
+    TamperedError,
     ValidationError,
 )
+from kvmops.host.accel import probe
 from kvmops.host.connection import Host
 from kvmops.images import qemuimg
-from kvmops.vm.domxml import set_name_and_uuid, validate_name
+from kvmops.images.chain import inspect
+from kvmops.paths import policy
+from kvmops.vm.domxml import DiskSpec, OwnedFile, validate_name
 from kvmops.vm.lifecycle import _require_state, ensure_qemu_can_reach
+from kvmops.vm.rebuild import rebuild
 
 ProgressFn = Callable[[str, float], None]
 
@@ -40,6 +44,8 @@ class RestoreResult(BaseModel):
     disks: list[RestoredDisk]
     new_vm: str | None = None
     notes: list[str] = []
+    dropped: list[str] = Field(default_factory=list,
+                               description="parts of the stored definition not restored")
 
 
 def list_backups(repo_path: Path, vm: str) -> list[Manifest]:
@@ -47,20 +53,44 @@ def list_backups(repo_path: Path, vm: str) -> list[Manifest]:
 
 
 def _point(repo: Repository, vm: str, at: str | None) -> tuple[Manifest, dict[str, Manifest]]:
-    manifests = repo.manifests(vm)
+    manifests, rejected = repo.scan(vm)
     if not manifests:
+        if rejected:
+            raise TamperedError(f"no authentic backup of VM '{vm}' in {repo.root}: "
+                                f"{rejected[0].reason}")
         raise NotFoundError(f"no backups of VM '{vm}' in {repo.root}",
                             hint=f"take one with 'kvmops backup create {vm} --repo {repo.root}'")
+    if at is not None and any(r.backup_id == at for r in rejected):
+        reason = next(r.reason for r in rejected if r.backup_id == at)
+        raise TamperedError(f"backup {at} of VM '{vm}' is not used: {reason}")
     point = resolve_point(manifests, at)
     return point, {m.id: m for m in manifests}
+
+
+def checked_chain(repo: Repository, vm: str, point: Manifest, by_id: dict[str, Manifest],
+                  target: str) -> tuple[Path, list[Manifest]]:
+    """The top file of ``target`` at ``point``, after checking that its backing chain is
+    exactly the one the authenticated manifests describe, all inside the repository."""
+    chain = disk_chain(by_id, point.id, target)
+    top = repo.backups_dir(vm) / point.id / point.disk(target).file
+    root = Path(os.path.realpath(repo.root))
+    links = inspect(top, "qcow2", within=[root], force_share=False).links
+    expected = [Path(os.path.realpath(repo.backups_dir(vm) / m.id / m.disk(target).file))
+                for m in reversed(chain)]
+    found = [link.path for link in links]
+    if found != expected or any(link.data_file is not None for link in links):
+        raise BackupInconsistentError(
+            f"the chain of disk {target} at backup {point.id} of VM '{vm}' is not the one "
+            f"its manifests describe ({' <- '.join(p.name for p in found)})",
+            hint="run 'kvmops backup verify'; restore an earlier point")
+    return top, chain
 
 
 def _flatten(repo: Repository, vm: str, point: Manifest, by_id: dict[str, Manifest],
              target: str, dst: Path, progress: ProgressFn | None,
              overwrite: bool = False) -> RestoredDisk:
-    chain = disk_chain(by_id, point.id, target)
-    top = repo.backups_dir(vm) / point.id / point.disk(target).file
-    qemuimg.convert(top, dst, "qcow2", overwrite=overwrite,
+    top, chain = checked_chain(repo, vm, point, by_id, target)
+    qemuimg.convert(top, "qcow2", dst, "qcow2", overwrite=overwrite,
                     progress=(lambda pct: progress(target, pct)) if progress else None)
     return RestoredDisk(target=target, path=str(dst), chain=[m.id for m in chain])
 
@@ -83,7 +113,12 @@ def restore_to_dir(repo_path: Path, vm: str, at: str | None, to: Path,
 def restore_new_vm(host: Host, repo_path: Path, vm: str, at: str | None, new_name: str,
                    images_dir: Path | None = None, progress: ProgressFn | None = None
                    ) -> RestoreResult:
-    """Define a new VM from the backup's XML with restored disks (new UUID and MACs)."""
+    """Define a new VM from the backed-up VM with restored disks.
+
+    The definition is rebuilt through the typed model (:mod:`kvmops.vm.rebuild`), never
+    defined from the stored XML: what the model does not know, and files outside the
+    allowed image directories, are dropped and listed in the result.
+    """
     validate_name(new_name)
     if host.has_domain(new_name):
         raise AlreadyExistsError(f"VM '{new_name}' already exists")
@@ -92,49 +127,48 @@ def restore_new_vm(host: Host, repo_path: Path, vm: str, at: str | None, new_nam
     if not point.domain_xml:
         raise ValidationError(f"backup {point.id} has no VM definition to restore from",
                               hint="restore with --to DIR and create the VM yourself")
-    target_dir = (images_dir or settings().images_dir).absolute()
-    target_dir.mkdir(parents=True, exist_ok=True)
+    rules = policy()
+    target_dir = rules.new_images_dir(images_dir, trusted=True)
     ensure_qemu_can_reach(target_dir)
-    root = set_name_and_uuid(point.domain_xml, new_name)
+    networks = set(host.network_names())
+
+    def file_ok(path: str) -> str | None:
+        try:
+            real = rules.image_path(path, what="file")
+        except KvmopsError as err:
+            return err.message
+        return None if real.is_file() else f"{path} does not exist"
+
     restored: list[RestoredDisk] = []
     try:
-        backed_up = {d.target for d in point.disks}
-        for disk in list(root.findall("devices/disk[@device='disk']")):
-            target_el = disk.find("target")
-            target = target_el.get("dev", "") if target_el is not None else ""
-            if target not in backed_up:
-                disk.getparent().remove(disk)  # type: ignore[union-attr]
-                continue
-            dst = target_dir / f"{new_name}-{target}.qcow2"
+        disks: list[DiskSpec] = []
+        old_disks = {d.target: d for d in point.disks}
+        for record in point.disks:
+            dst = target_dir / f"{new_name}-{record.target}.qcow2"
             if dst.exists():
                 raise AlreadyExistsError(f"disk image {dst} already exists")
-            restored.append(_flatten(repo, vm, point, by_id, target, dst, progress))
-            _point_disk_at(disk, dst)
-        host.define(etree.tostring(root, encoding="unicode"))
+        from kvmops.vm.domxml import DomainSpec
+
+        for disk in DomainSpec.from_xml(point.domain_xml).disks:
+            if disk.device != "disk" or disk.target not in old_disks:
+                continue
+            dst = target_dir / f"{new_name}-{disk.target}.qcow2"
+            restored.append(_flatten(repo, vm, point, by_id, disk.target, dst, progress))
+            bus = disk.bus if disk.bus in ("virtio", "scsi", "sata", "ide") else "virtio"
+            disks.append(DiskSpec(target=disk.target, source=str(dst), fmt="qcow2", bus=bus))
+        built = rebuild(point.domain_xml, new_name, domain_type=probe().accelerator.domain_type,
+                        disks=disks, file_ok=file_ok, network_ok=networks.__contains__,
+                        bridge_ok=lambda name: Path("/sys/class/net", name, "bridge").is_dir())
+        built.spec.owned_files = [OwnedFile(item.path, "qcow2") for item in restored]
+        host.define(built.spec.to_xml())
     except BaseException:
         for item in restored:
             with contextlib.suppress(OSError):
                 os.unlink(item.path)
         raise
-    return RestoreResult(vm=vm, backup_id=point.id, disks=restored, new_vm=new_name)
-
-
-def _point_disk_at(disk: etree._Element, path: Path) -> None:
-    source = disk.find("source")
-    if source is None:
-        source = etree.SubElement(disk, "source")
-    for attr in list(source.attrib):
-        del source.attrib[attr]
-    source.set("file", str(path))
-    for child in list(source):
-        source.remove(child)
-    disk.set("type", "file")
-    driver = disk.find("driver")
-    if driver is not None:
-        driver.set("type", "qcow2")
-    backing = disk.find("backingStore")
-    if backing is not None:
-        disk.remove(backing)
+    notes = [f"not restored: {item}" for item in built.dropped]
+    return RestoreResult(vm=vm, backup_id=point.id, disks=restored, new_vm=new_name,
+                         notes=notes, dropped=built.dropped)
 
 
 def restore_in_place(host: Host, repo_path: Path, vm: str, at: str | None,
@@ -215,11 +249,15 @@ def verify(repo_path: Path, vm: str | None = None, at: str | None = None,
     backups = files = 0
     for name in vms:
         try:
-            manifests = repo.manifests(name)
+            manifests, rejected = repo.scan(name)
         except KvmopsError as err:
             problems.append(VerifyProblem(vm=name, backup_id="?", disk=None, problem=str(err)))
             continue
-        if vm and not manifests:
+        for item in rejected:
+            backups += 1
+            problems.append(VerifyProblem(vm=name, backup_id=item.backup_id, disk=None,
+                                          problem=f"tampered: {item.reason}"))
+        if vm and not manifests and not rejected:
             raise NotFoundError(f"no backups of VM '{name}' in {repo.root}")
         by_id = {m.id: m for m in manifests}
         selected = manifests
@@ -248,20 +286,24 @@ def _check_file(repo: Repository, vm: str, manifest: Manifest, target: str,
     if checksums and sha256_file(path) != record.sha256:
         return f"checksum of {path} does not match the manifest (file changed or corrupt)"
     try:
-        result = qemuimg.check(path)
+        # The header is read first, and check opens this file alone: a forged backing or
+        # data file pointing out of the repository is a finding, never opened.
+        info = qemuimg.info(path, "qcow2", force_share=False)
+        result = qemuimg.check(path, "qcow2")
     except KvmopsError as err:
         return f"qemu-img check of {path} failed: {err}"
     if result.status == "corrupt":
         return f"qemu-img check reports {path} corrupt"
-    info = qemuimg.info(path)
+    if info.data_file:
+        return f"{path} names a data file {info.data_file} (a backup never has one)"
     if record.parent is None:
         if info.backing_filename:
             return f"{path} is a full backup but has a backing file {info.backing_filename}"
         return None
     expected = f"../{record.parent}/{target}.qcow2"
-    if info.backing_filename != expected:
-        return (f"{path} should be backed by {expected} but is backed by "
-                f"{info.backing_filename or 'nothing'}")
+    if info.backing_filename != expected or info.backing_format != "qcow2":
+        return (f"{path} should be backed by {expected} (qcow2) but is backed by "
+                f"{info.backing_filename or 'nothing'} ({info.backing_format or 'no format'})")
     if record.parent not in by_id:
         return f"parent backup {record.parent} of {path} is missing (chain broken)"
     if not (path.parent / expected).is_file():

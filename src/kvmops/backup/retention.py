@@ -23,13 +23,12 @@ from kvmops.backup.model import BackupType, DiskRecord, Manifest
 from kvmops.backup.repository import (
     MANIFEST,
     Repository,
-    atomic_write,
     fsync_dir,
     fsync_file,
     sha256_file,
 )
 from kvmops.backup.restore import require_sound, verify
-from kvmops.errors import NotFoundError, StorageError, ValidationError
+from kvmops.errors import NotFoundError, StorageError, TamperedError, ValidationError
 from kvmops.images import qemuimg
 
 STAGING_PREFIX = ".staging-"
@@ -109,7 +108,13 @@ def prune(repo_path: Path, vm: str, policy: RetentionPolicy, *, dry_run: bool = 
     repo = Repository(repo_path)
     with repo.lock(vm, "prune"):
         recover_swaps(repo, vm)
-        manifests = repo.manifests(vm)
+        manifests, rejected = repo.scan(vm)
+        if rejected:
+            raise TamperedError(
+                f"not pruning VM '{vm}' in {repo.root}: backup {rejected[0].backup_id} failed "
+                f"authentication ({rejected[0].reason})",
+                hint="a chain with an untrusted link cannot be merged safely; run "
+                     "'kvmops backup verify' and remove or re-take the affected backups")
         if not manifests:
             raise NotFoundError(f"no backups of VM '{vm}' in {repo.root}")
         plan = plan_prune(manifests, policy)
@@ -160,7 +165,7 @@ def _rewrite(repo: Repository, vm: str, by_id: dict[str, Manifest], manifest: Ma
         else:
             new_disk_parent = None
             _rebase(dst, src.parent, "")
-        info = qemuimg.info(dst)
+        info = qemuimg.info(dst, "qcow2")
         records.append(record.model_copy(update={
             "parent": new_disk_parent,
             "type": BackupType.FULL if new_disk_parent is None else record.type,
@@ -178,7 +183,7 @@ def _rewrite(repo: Repository, vm: str, by_id: dict[str, Manifest], manifest: Ma
     })
     for child in staging.iterdir():
         fsync_file(child)
-    atomic_write(staging / MANIFEST, updated.model_dump_json(indent=2))
+    repo.write_manifest(staging, updated)
     retired = repo.backups_dir(vm) / f"{RETIRED_PREFIX}{manifest.id}"
     os.rename(current, retired)
     os.rename(staging, current)

@@ -9,15 +9,8 @@ import typer
 from kvmops.backup import jobs
 from kvmops.backup.engine import BackupRequest, cancel, run_backup, set_paused
 from kvmops.backup.model import BackupType, Manifest
-from kvmops.backup.restore import (
-    list_backups,
-    require_sound,
-    restore_in_place,
-    restore_new_vm,
-    restore_to_dir,
-    verify,
-)
-from kvmops.backup.retention import RetentionPolicy, prune
+from kvmops.backup.restore import require_sound
+from kvmops.backup.retention import RetentionPolicy
 from kvmops.cli.common import JsonOption, UriOption, connect
 from kvmops.cli.output import (
     LazyBar,
@@ -28,6 +21,9 @@ from kvmops.cli.output import (
     warn,
 )
 from kvmops.errors import ValidationError
+from kvmops.host.connection import Host
+from kvmops.services import backups
+from kvmops.services.caller import Caller
 from kvmops.sizes import format_size, parse_size
 
 app = typer.Typer(help="Online backups, restore, verify and retention.", no_args_is_help=True)
@@ -70,6 +66,7 @@ def create_cmd(
                               (BackupType.DIFFERENTIAL, differential)) if on]
     if len(chosen) > 1:
         raise ValidationError("give at most one of --full, --incremental, --differential")
+    repo = backups.repository(Caller.local(), repo)
     if socket is not None:
         _create_over_qmp(vm, repo, socket, agent_socket, chosen[0] if chosen else None, disk,
                          exclude, not no_freeze, _speed(speed) if speed else None, json_out,
@@ -127,8 +124,10 @@ def _speed(text: str) -> int:
 @app.command("list")
 def list_cmd(vm: str = typer.Argument(..., help="VM name."), repo: Path = RepoOption,
              json_out: bool = JsonOption) -> None:
-    """Backups of a VM in a repository, oldest first."""
-    manifests = list_backups(repo, vm)
+    """Backups of a VM in a repository, oldest first (authenticated ones only)."""
+    manifests, rejected = backups.list_backups(Caller.local(), repo, vm)
+    for item in rejected:
+        warn(f"backup {item.backup_id} is not listed: {item.reason}")
     if json_out:
         print_json([m.model_dump(mode="json", exclude={"domain_xml"}) for m in manifests])
         return
@@ -154,8 +153,10 @@ def restore_cmd(
     uri: str | None = UriOption,
 ) -> None:
     """Restore one point of a VM's backups (each disk flattened into one qcow2)."""
+    caller = Caller.local()
     if sum(x is not None and x is not False for x in (to, new_vm, in_place)) != 1:
         raise ValidationError("give exactly one of --to DIR, --new-vm NAME, --in-place")
+    backups.check_restore(caller, repo, to=to, images_dir=images_dir)
     with percent_progress() as progress:
         tasks: dict[str, object] = {}
 
@@ -164,15 +165,9 @@ def restore_cmd(
                 tasks[target] = progress.add_task(f"restoring {target}", total=100)
             progress.update(tasks[target], completed=pct)  # type: ignore[arg-type]
 
-        if to is not None:
-            result = restore_to_dir(repo, vm, at, to, progress=report)
-        else:
-            with connect(uri) as host:
-                if new_vm is not None:
-                    result = restore_new_vm(host, repo, vm, at, new_vm, images_dir,
-                                            progress=report)
-                else:
-                    result = restore_in_place(host, repo, vm, at, progress=report)
+        result = backups.restore(caller, lambda: Host(uri), repo, vm, at, to=to,
+                                 new_vm=new_vm, in_place=in_place, images_dir=images_dir,
+                                 progress=report)
     if json_out:
         print_json(result)
         return
@@ -193,7 +188,7 @@ def verify_cmd(
     json_out: bool = JsonOption,
 ) -> None:
     """Check every file of every chain; exit 0 only when all are sound."""
-    report = verify(repo, vm, at, checksums=not quick)
+    report = backups.verify(Caller.local(), repo, vm, at, checksums=not quick)
     if json_out:
         print_json({**report.model_dump(mode="json"), "sound": report.sound})
     elif report.sound:
@@ -214,7 +209,8 @@ def prune_cmd(
     """Apply a retention policy; expired incrementals are merged so kept points stay whole."""
     policy = RetentionPolicy(keep_last=keep_last, keep_daily=keep_daily,
                              keep_weekly=keep_weekly)
-    result = prune(repo, vm, policy, dry_run=dry_run, note=warn)
+    result = backups.prune_backups(Caller.local(), repo, vm, policy, dry_run=dry_run,
+                                   note=warn)
     if json_out:
         print_json(result)
         return
@@ -272,3 +268,85 @@ def events_cmd(vm: str | None = typer.Argument(None, help="Only this VM."),
     print_table(["Time", "VM", "Event", "Backup", "Detail"],
                 [(e.get("time"), e.get("vm"), e.get("event"), e.get("backup_id"),
                   e.get("error") or e.get("type") or "") for e in events])
+
+
+key_app = typer.Typer(help="The manifest key that authenticates repositories.",
+                      no_args_is_help=True)
+app.add_typer(key_app, name="key")
+
+
+@key_app.command("list")
+def key_list_cmd(json_out: bool = JsonOption) -> None:
+    """The manifest keys of this host (the current one signs)."""
+    from kvmops.backup.keys import Keyring
+
+    ring = Keyring()
+    current = ring.current_id()
+    rows = [{"id": key_id, "current": key_id == current} for key_id in ring.all_keys()]
+    if json_out:
+        print_json(rows)
+        return
+    print_table(["ID", "Current"], [(r["id"], "yes" if r["current"] else "") for r in rows])
+
+
+@key_app.command("rotate")
+def key_rotate_cmd() -> None:
+    """Make a new key the signing key (older keys still verify until retired)."""
+    from kvmops.backup.keys import Keyring
+
+    key_id = Keyring().rotate()
+    info(f"new manifest key {key_id} signs from now on; re-sign repositories with "
+         f"'kvmops backup key resign --repo DIR', then retire the old key")
+
+
+@key_app.command("resign")
+def key_resign_cmd(
+    repo: Path = RepoOption,
+    adopt_unsigned: bool = typer.Option(
+        False, "--adopt-unsigned",
+        help="Also sign manifests that carry no signature (written by an older kvmops): "
+             "only if you know nobody else could write into the repository."),
+) -> None:
+    """Re-sign a repository's authentic manifests with the current key."""
+    from kvmops.backup.repository import Repository, resign
+
+    path = backups.existing_repository(Caller.local(), repo)
+    count, problems = resign(Repository(path), adopt_unsigned=adopt_unsigned)
+    for problem in problems:
+        warn(f"not signed: {problem}")
+    info(f"signed {count} file(s) in {path} with the current key")
+    if problems:
+        raise ValidationError(f"{len(problems)} file(s) failed authentication and were not "
+                              "signed", hint="run 'kvmops backup verify'")
+
+
+@key_app.command("retire")
+def key_retire_cmd(key_id: str = typer.Argument(..., help="Key id.")) -> None:
+    """Remove an old key (what it alone signed is then rejected)."""
+    from kvmops.backup.keys import Keyring
+
+    Keyring().retire(key_id)
+    info(f"manifest key {key_id} retired")
+
+
+@key_app.command("export")
+def key_export_cmd(key_id: str | None = typer.Argument(None, help="Key id (default current).")
+                   ) -> None:
+    """Print a key as ID:HEX, to import on another host that restores these backups."""
+    from kvmops.backup.keys import Keyring
+
+    ring = Keyring()
+    typer.echo(ring.export(key_id or ring.signing_key()[0]))
+
+
+@key_app.command("import")
+def key_import_cmd(
+    file: Path = typer.Argument(..., help="File holding ID:HEX ('-' for stdin)."),
+) -> None:
+    """Add a key exported on another host (it verifies; it signs only if none does)."""
+    import sys
+
+    from kvmops.backup.keys import Keyring
+
+    text = sys.stdin.read() if str(file) == "-" else file.read_text()
+    info(f"manifest key {Keyring().import_key(text)} imported")

@@ -1,5 +1,8 @@
 """`kvmops image` commands: argument handling and printing over
-:mod:`kvmops.images.qemuimg`."""
+:mod:`kvmops.services.images`.
+
+An existing image is read as the format named with ``--format``, else the one kvmops
+recorded when it wrote the image, else raw: never a format guessed from its bytes."""
 
 from __future__ import annotations
 
@@ -10,8 +13,9 @@ from typing import Annotated, Any
 import typer
 
 from kvmops.cli.output import info, percent_progress, print_fields, print_json, print_table, warn
-from kvmops.images import qemuimg
 from kvmops.images.qemuimg import CheckResult, ImageInfo, SnapshotInfo
+from kvmops.services import images
+from kvmops.services.caller import Caller
 from kvmops.sizes import format_size
 
 app = typer.Typer(help="Create, inspect, convert and snapshot disk images.", no_args_is_help=True)
@@ -20,6 +24,11 @@ app.add_typer(snapshot_app, name="snapshot")
 
 PathArg = Annotated[Path, typer.Argument(help="image file")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
+FormatOpt = Annotated[
+    str | None,
+    typer.Option("--format", "-f", help="format of the image (raw or qcow2); default: the "
+                 "format kvmops recorded when it wrote the image, else raw (never guessed)"),
+]
 
 
 def _size(num: int | None) -> str | None:
@@ -76,7 +85,8 @@ def create(
     json_out: JsonOpt = False,
 ) -> None:
     """Create a new disk image (never overwrites)."""
-    image = qemuimg.create(path, size, fmt, backing=backing, backing_fmt=backing_format)
+    image = images.create(Caller.local(), path, size, fmt, backing=backing,
+                          backing_fmt=backing_format)
     if json_out:
         print_json(image)
     else:
@@ -86,16 +96,19 @@ def create(
 @app.command("info")
 def info_cmd(
     path: PathArg,
+    fmt: FormatOpt = None,
     json_out: JsonOpt = False,
     backing_chain: Annotated[
         bool, typer.Option("--backing-chain", help="also show the backing images")
     ] = False,
 ) -> None:
     """Show format, sizes, backing file and snapshots of an image."""
-    image = qemuimg.info(path, backing_chain=backing_chain)
+    image = images.info(Caller.local(), path, fmt, backing_chain=backing_chain)
     if json_out:
         print_json(image)
         return
+    for note in image.notes:
+        warn(note)
     print_fields(_info_fields(image))
     for below in image.backing_chain:
         info("")
@@ -103,9 +116,9 @@ def info_cmd(
 
 
 @app.command()
-def check(path: PathArg, json_out: JsonOpt = False) -> None:
+def check(path: PathArg, fmt: FormatOpt = None, json_out: JsonOpt = False) -> None:
     """Check an image's consistency (exits non-zero when it is corrupt)."""
-    result: CheckResult = qemuimg.check(path)
+    result: CheckResult = images.check(Caller.local(), path, fmt)
     if json_out:
         print_json(result)
     else:
@@ -132,6 +145,7 @@ def check(path: PathArg, json_out: JsonOpt = False) -> None:
 def convert(
     src: Annotated[Path, typer.Argument(help="source image")],
     dst: Annotated[Path, typer.Argument(help="new image")],
+    src_fmt: FormatOpt = None,
     out_fmt: Annotated[str, typer.Option("-O", "--output-format", help="format of DST")] = "qcow2",
     compress: Annotated[bool, typer.Option("--compress", "-c", help="compress (qcow2)")] = False,
     overwrite: Annotated[
@@ -142,14 +156,16 @@ def convert(
     """Convert SRC into a new image DST, showing progress."""
     with percent_progress(transient=json_out) as bar:
         task = bar.add_task(f"converting {src.name}", total=100)
-        image = qemuimg.convert(
-            src, dst, out_fmt, compress=compress, overwrite=overwrite,
-            progress=lambda pct: bar.update(task, completed=pct),
+        image = images.convert(
+            Caller.local(), src, dst, out_fmt, source_fmt=src_fmt, compress=compress,
+            overwrite=overwrite, progress=lambda pct: bar.update(task, completed=pct),
         )
         bar.update(task, completed=100)
     if json_out:
         print_json(image)
     else:
+        for note in image.notes:
+            warn(note)
         info(f"converted {src} to {image.filename} ({image.format})")
 
 
@@ -158,12 +174,13 @@ def convert(
 def resize(
     path: PathArg,
     size: Annotated[str, typer.Argument(help="new size (20G) or change (+1G, -512M)")],
+    fmt: FormatOpt = None,
     shrink: Annotated[
         bool, typer.Option("--shrink", help="allow making the image smaller")
     ] = False,
 ) -> None:
     """Grow (or with --shrink, shrink) an image's virtual size."""
-    result = qemuimg.resize(path, size, shrink=shrink)
+    result = images.resize(Caller.local(), path, size, fmt, shrink=shrink)
     if result.changed:
         info(f"resized {result.path} from {format_size(result.old_size)} "
              f"to {format_size(result.new_size)}")
@@ -175,6 +192,7 @@ def resize(
 def rebase(
     path: PathArg,
     backing: Annotated[str, typer.Argument(help="new backing file ('' for none)")],
+    fmt: FormatOpt = None,
     unsafe: Annotated[
         bool, typer.Option("--unsafe", help="only rewrite the reference, copy no data")
     ] = False,
@@ -183,7 +201,8 @@ def rebase(
     ] = None,
 ) -> None:
     """Point an image at a different backing file."""
-    image = qemuimg.rebase(path, backing or None, unsafe=unsafe, backing_fmt=backing_format)
+    image = images.rebase(Caller.local(), path, backing or None, fmt, unsafe=unsafe,
+                          backing_fmt=backing_format)
     target = image.full_backing_filename or image.backing_filename or "no backing file"
     info(f"rebased {image.filename} onto {target}")
 
@@ -191,12 +210,13 @@ def rebase(
 @app.command()
 def commit(
     path: PathArg,
+    fmt: FormatOpt = None,
     base: Annotated[
         Path | None, typer.Option("--base", "-b", help="commit down to this image in the chain")
     ] = None,
 ) -> None:
     """Merge an overlay's changes into its backing file."""
-    target = qemuimg.commit(path, base=base)
+    target = images.commit(Caller.local(), path, fmt, base=base)
     info(f"committed {path} into {target}")
 
 
@@ -208,14 +228,14 @@ def snapshot_create(
     path: PathArg, name: Annotated[str, typer.Argument(help="snapshot name")]
 ) -> None:
     """Take an internal snapshot of a qcow2 image."""
-    snap = qemuimg.snapshot_create(path, name)
+    snap = images.snapshot_create(Caller.local(), path, name)
     info(f"created snapshot '{snap.name}' (id {snap.id}) of {path}")
 
 
 @snapshot_app.command("list")
 def snapshot_list(path: PathArg, json_out: JsonOpt = False) -> None:
     """List the internal snapshots of a qcow2 image."""
-    snapshots = qemuimg.snapshot_list(path)
+    snapshots = images.snapshot_list(Caller.local(), path)
     if json_out:
         print_json(snapshots)
     elif not snapshots:
@@ -229,7 +249,7 @@ def snapshot_apply(
     path: PathArg, name: Annotated[str, typer.Argument(help="snapshot name")]
 ) -> None:
     """Revert a qcow2 image to an internal snapshot."""
-    snap = qemuimg.snapshot_apply(path, name)
+    snap = images.snapshot_apply(Caller.local(), path, name)
     info(f"reverted {path} to snapshot '{snap.name}'")
 
 
@@ -238,5 +258,5 @@ def snapshot_delete(
     path: PathArg, name: Annotated[str, typer.Argument(help="snapshot name")]
 ) -> None:
     """Delete an internal snapshot."""
-    snap = qemuimg.snapshot_delete(path, name)
+    snap = images.snapshot_delete(Caller.local(), path, name)
     info(f"deleted snapshot '{snap.name}' of {path}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -26,8 +27,18 @@ def serve(
                                    help="libvirt URI (default qemu:///system)."),
     allow_dir: list[Path] = typer.Option(
         [], "--allow-dir", metavar="DIR",
-        help="Directory API requests may name paths in (repeatable; default the images "
-             "directory and /var/lib/kvmops)."),
+        help="Another image directory API callers may name disks, kernels, ISOs and "
+             "restore targets in (repeatable; added to image_dirs of the configuration)."),
+    backup_dir: list[Path] = typer.Option(
+        [], "--backup-dir", metavar="DIR",
+        help="Another directory API callers may keep backup repositories in (repeatable; "
+             "added to backup_dirs)."),
+    forwarded_allow_ips: str = typer.Option(
+        "", "--forwarded-allow-ips", metavar="IPS",
+        help="Comma-separated addresses of reverse proxies whose X-Forwarded-For/-Proto "
+             "are believed (default none: the peer address is the client)."),
+    max_body: int = typer.Option(1024 * 1024, "--max-body", min=4096, metavar="BYTES",
+                                 help="Largest request body (guest pushes excepted)."),
     workers: int = typer.Option(4, "--workers", min=1, max=64, help="Job threads."),
     secure_cookies: bool | None = typer.Option(
         None, "--secure-cookies/--no-secure-cookies",
@@ -44,16 +55,27 @@ def serve(
     import uvicorn
 
     from kvmops.api import ApiSettings, create_app
-    from kvmops.api.settings import default_allowed_dirs
+    from kvmops.config import settings as settings_now
+    from kvmops.paths import policy
     from kvmops.store import Store, users
     from kvmops.store.db import safe_url
 
-    for directory in allow_dir:
-        if not directory.is_absolute():
-            raise ValidationError(f"--allow-dir {directory} must be an absolute path")
+    for option, directories, variable in (("--allow-dir", allow_dir, "KVMOPS_IMAGE_DIRS"),
+                                          ("--backup-dir", backup_dir, "KVMOPS_BACKUP_DIRS")):
+        for directory in directories:
+            if not directory.is_absolute():
+                raise ValidationError(f"{option} {directory} must be an absolute path")
+        if directories:
+            # One source of truth for this process and the backup workers it starts.
+            configured = settings_now().image_dirs if variable == "KVMOPS_IMAGE_DIRS" \
+                else settings_now().backup_dirs
+            os.environ[variable] = os.pathsep.join(
+                str(d) for d in dict.fromkeys([*configured, *directories]))
+    policy()  # ConfigError (exit 78) when the state directory would be reachable
+    proxies = [ip.strip() for ip in forwarded_allow_ips.split(",") if ip.strip()]
     settings = ApiSettings(db_url=db, uri=uri, workers=workers, secure_cookies=secure_cookies,
-                           allowed_dirs=list(allow_dir) or default_allowed_dirs(),
-                           login_max_failures=login_attempts, login_window=login_window)
+                           login_max_failures=login_attempts, login_window=login_window,
+                           forwarded_allow_ips=proxies, max_body=max_body)
     store = Store(db)
     try:
         store.migrate()
@@ -74,5 +96,6 @@ def serve(
     app = create_app(settings)
     config = uvicorn.Config(app, host=host, port=port, log_level="info",
                             access_log=access_log, timeout_graceful_shutdown=3,
-                            server_header=False)
+                            server_header=False, proxy_headers=bool(proxies),
+                            forwarded_allow_ips=",".join(proxies) or "")
     uvicorn.Server(config).run()

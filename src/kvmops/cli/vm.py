@@ -8,8 +8,17 @@ import typer
 
 from kvmops.cli import vmdisk
 from kvmops.cli.common import JsonOption, UriOption, connect
-from kvmops.cli.output import info, percent_progress, print_fields, print_json, print_table
+from kvmops.cli.output import (
+    info,
+    percent_progress,
+    print_fields,
+    print_json,
+    print_table,
+    warn,
+)
 from kvmops.host.accel import Accelerator
+from kvmops.services import vms
+from kvmops.services.caller import Caller
 from kvmops.sizes import format_size, parse_size
 from kvmops.vm import lifecycle
 from kvmops.vm.lifecycle import CreateRequest, DiskRequest, VmInfo
@@ -28,7 +37,9 @@ def create_cmd(
     cores: int | None = typer.Option(None, help="Cores per socket (topology)."),
     threads: int | None = typer.Option(None, help="Threads per core (topology)."),
     disk: list[str] = typer.Option(
-        [], "--disk", help="size=64M (new qcow2) or path=FILE[,format=raw]; repeatable."),
+        [], "--disk", help="size=64M (new qcow2) or path=FILE[,format=qcow2]; repeatable. "
+                           "An existing image is read as the format named, else the one "
+                           "kvmops recorded, else raw (never guessed)."),
     kernel: Path | None = typer.Option(None, help="Kernel for direct kernel boot."),
     initrd: Path | None = typer.Option(None, help="Initrd for direct kernel boot."),
     cmdline: str | None = typer.Option(None, help="Kernel command line."),
@@ -52,7 +63,7 @@ def create_cmd(
         agent=not no_agent, images_dir=images_dir, accelerator=accel, start=start,
     )
     with connect(uri) as host:
-        result = lifecycle.create(host, request, progress=info)
+        result = vms.create(Caller.local(), host, request, progress=info)
     if json_out:
         print_json(result)
     else:
@@ -176,8 +187,11 @@ def undefine_cmd(
 ) -> None:
     """Remove a shut-off VM's definition (and with --remove-storage its disks)."""
     with connect(uri) as host:
-        removed = lifecycle.undefine(host, name, remove_storage=remove_storage)
-    info(f"VM '{name}' undefined" + (f"; removed {', '.join(removed)}" if removed else ""))
+        result = vms.undefine(Caller.local(), host, name, remove_storage=remove_storage)
+    for kept in result.kept:
+        warn(f"kept {kept['path']}: {kept['reason']}")
+    info(f"VM '{name}' undefined"
+         + (f"; removed {', '.join(result.removed)}" if result.removed else ""))
 
 
 @app.command("autostart")
@@ -218,7 +232,8 @@ def clone_cmd(source: str = NameArg,
                 tasks[label] = progress.add_task(f"copying {label}", total=100)
             progress.update(tasks[label], completed=pct)  # type: ignore[arg-type]
 
-        result = lifecycle.clone(host, source, new_name, images_dir=images_dir, progress=report)
+        result = vms.clone(Caller.local(), host, source, new_name, images_dir=images_dir,
+                           progress=report)
     if json_out:
         print_json(result)
     else:

@@ -9,6 +9,8 @@ import typer
 from kvmops.cli.common import JsonOption, UriOption, connect
 from kvmops.cli.output import info, print_json, print_table
 from kvmops.errors import ValidationError
+from kvmops.services import disks as disk_service
+from kvmops.services.caller import Caller
 from kvmops.sizes import format_size, parse_size
 from kvmops.vm import disks
 
@@ -58,8 +60,10 @@ def attach_cmd(
     bus: str = typer.Option("virtio", "--bus", help="virtio, scsi, sata, usb or ide."),
     target: str | None = typer.Option(None, "--target", help="Guest name, e.g. vdb "
                                                              "(default: next free)."),
-    fmt: str | None = typer.Option(None, "--format", help="Image format (default: detected, "
-                                                          "qcow2 for new images)."),
+    fmt: str | None = typer.Option(
+        None, "--format", help="Image format (raw or qcow2). An existing image: default the "
+                               "format kvmops recorded, else raw (never guessed); a new one: "
+                               "qcow2."),
     images_dir: Path | None = typer.Option(None, "--images-dir",
                                            help="Where a new image goes."),
     live_only: bool = LiveOnly,
@@ -71,9 +75,9 @@ def attach_cmd(
     live, persistent = _scope(live_only, config_only)
     size_bytes = parse_size(size, what="disk size") if size is not None else None
     with connect(uri) as host:
-        disk = disks.attach(host, name, image=image, size=size_bytes, bus=bus, fmt=fmt,
-                            images_dir=images_dir, target=target, live=live,
-                            persistent=persistent)
+        disk = disk_service.attach(Caller.local(), host, name, image=image, size=size_bytes,
+                                   bus=bus, fmt=fmt, images_dir=images_dir, target=target,
+                                   live=live, persistent=persistent)
     if json_out:
         print_json(disk)
         return
@@ -98,8 +102,9 @@ def detach_cmd(
     """Detach a disk (the guest must release it) and optionally delete its image."""
     live, persistent = _scope(live_only, config_only)
     with connect(uri) as host:
-        result = disks.detach(host, name, target, remove_storage=remove_storage,
-                              timeout=timeout, live=live, persistent=persistent)
+        result = disk_service.detach(Caller.local(), host, name, target,
+                                     remove_storage=remove_storage, timeout=timeout, live=live,
+                                     persistent=persistent)
     if json_out:
         print_json(result)
         return

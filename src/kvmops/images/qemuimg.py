@@ -8,8 +8,13 @@ reaches the user as one line inside the matching :mod:`kvmops.errors` class.
 Paths are made absolute before they are handed to qemu-img (a name starting
 with ``-`` cannot be taken for an option, and backing file references are
 recorded as absolute paths rather than relative to the overlay's directory).
-Existing images are opened with an explicit ``-f`` taken from ``qemu-img
-info`` so that raw images are never format-probed on write.
+
+Every function takes the image's format and passes it to qemu-img (``-f``,
+``-F``, ``--image-opts``): qemu-img never probes a format here, because a raw
+image's content is the guest's, and a guest-written qcow2 header would
+otherwise name any host file as its backing or data file. Callers that open an
+image whose chain they did not build check it first with
+:func:`kvmops.images.chain.inspect`.
 """
 
 from __future__ import annotations
@@ -39,11 +44,13 @@ from kvmops.errors import (
     UnsupportedError,
     ValidationError,
 )
+from kvmops.images import records
 from kvmops.images.usage import vms_using
 from kvmops.sizes import format_size, parse_size
 
 QEMU_IMG = "qemu-img"
 PREALLOCATION_MODES = ("off", "metadata", "falloc", "full")
+MAX_IMAGE_SIZE = 64 * 1024**5  # 64 PiB: beyond what qcow2 with default clusters holds
 
 PathLike = str | os.PathLike[str]
 ProgressCallback = Callable[[float], None]
@@ -91,12 +98,18 @@ class ImageInfo(BaseModel):
     encrypted: bool = False
     corrupt: bool | None = Field(default=None, description="qcow2 'corrupt' flag")
     compat: str | None = None
+    data_file: str | None = Field(default=None, description="qcow2 external data file")
+    bitmaps: list[str] = Field(default_factory=list, description="persistent dirty bitmaps")
     snapshots: list[SnapshotInfo] = Field(default_factory=list)
     backing_chain: list[ImageInfo] = Field(
         default_factory=list,
         description="the backing images below this one, nearest first "
         "(only filled when asked for)",
     )
+    format_source: str | None = Field(
+        default=None, description="how the format was chosen: given, recorded (kvmops "
+        "wrote the image) or default (raw: an unknown image is never probed)")
+    notes: list[str] = Field(default_factory=list)
 
     @classmethod
     def from_qemu(cls, data: dict[str, Any]) -> ImageInfo:
@@ -114,6 +127,9 @@ class ImageInfo(BaseModel):
             encrypted=bool(data.get("encrypted", False)),
             corrupt=specific.get("corrupt"),
             compat=specific.get("compat"),
+            data_file=specific.get("data-file"),
+            bitmaps=[str(b.get("name")) for b in specific.get("bitmaps") or []
+                     if isinstance(b, dict) and b.get("name")],
             snapshots=[SnapshotInfo.from_qemu(s) for s in data.get("snapshots") or []],
         )
 
@@ -404,7 +420,23 @@ def _stream(cmd: list[str], on_output: Callable[[bytes], None]) -> tuple[int, st
 
 
 # --------------------------------------------------------------------------
-# Path checks
+# Formats and path checks
+
+SUPPORTED_FORMATS = ("raw", "qcow2")
+
+
+def require_format(fmt: str | None, what: str = "image") -> str:
+    """A format kvmops opens: named, never probed, and one kvmops knows how to keep safe."""
+    if not fmt:
+        raise ValidationError(f"no format given for {what}",
+                              hint="name it (raw or qcow2): kvmops never lets qemu-img guess")
+    if fmt not in SUPPORTED_FORMATS:
+        raise UnsupportedError(
+            f"format '{fmt}' of {what} is not supported",
+            hint="kvmops opens raw and qcow2 images only; convert others with qemu-img "
+                 "after checking where they point (vmdk descriptors and LUKS headers "
+                 "name other files and keys)")
+    return fmt
 
 
 def _abspath(path: PathLike) -> Path:
@@ -430,16 +462,25 @@ def _require_parent(p: Path, action: str) -> None:
         )
 
 
+def image_opts(path: Path, fmt: str) -> str:
+    """``--image-opts`` text naming the driver (for commands without ``-f``)."""
+    escaped = str(path).replace(",", ",,")
+    return f"driver={fmt},file.driver=file,file.filename={escaped}"
+
+
 # --------------------------------------------------------------------------
 # Operations
 
 
-def info(path: PathLike, *, backing_chain: bool = False) -> ImageInfo:
-    """Image details; ``-U`` (force share) so it works while a VM runs on it."""
+def info(path: PathLike, fmt: str, *, force_share: bool = True) -> ImageInfo:
+    """One image's details, read as ``fmt`` (never probed). Backing files are not
+    opened: walk a chain with :func:`kvmops.images.chain.inspect`. ``force_share``
+    (``-U``) lets it work while a VM runs on the image."""
     p = _require_image(path, "read image info")
-    args = ["info", "--output=json", "-U"]
-    if backing_chain:
-        args.append("--backing-chain")
+    require_format(fmt, str(p))
+    args = ["info", "--output=json", "-f", fmt]
+    if force_share:
+        args.append("-U")
     args.append(str(p))
     proc = run_qemu_img(args, what=f"read image info of {p}", path=p)
     return parse_info(proc.stdout, path=p)
@@ -460,9 +501,11 @@ def create(
     ``size`` may be omitted for an overlay (it then inherits the backing
     size). The default ``metadata`` preallocation applies to standalone qcow2
     images only: qemu-img refuses it with a backing file, raw has no metadata.
+    The new image's format is recorded (:mod:`kvmops.images.records`).
     """
     p = _abspath(path)
     action = f"create image {p}"
+    require_format(fmt, str(p))
     if p.exists() or p.is_symlink():
         raise AlreadyExistsError(
             f"cannot {action}: the file already exists",
@@ -472,6 +515,12 @@ def create(
     size_bytes = None if size is None else parse_size(size, what="image size")
     if size_bytes is None and backing is None:
         raise ValidationError(f"cannot {action}: no size given", hint="pass a size such as 10G")
+    if size_bytes is not None and size_bytes > MAX_IMAGE_SIZE:
+        raise ValidationError(f"cannot {action}: {format_size(size_bytes)} is more than "
+                              f"the largest image kvmops makes ({format_size(MAX_IMAGE_SIZE)})")
+    if size_bytes is not None and size_bytes < 512 and backing is None:
+        raise ValidationError(f"cannot {action}: an image needs at least 512 bytes",
+                              hint="give a size such as 64M")
     if preallocation is not None and preallocation not in PREALLOCATION_MODES:
         raise ValidationError(
             f"cannot {action}: unknown preallocation '{preallocation}'",
@@ -487,12 +536,14 @@ def create(
     if options:
         args += ["-o", ",".join(options)]
     if backing is not None:
+        if fmt != "qcow2":
+            raise ValidationError(f"cannot {action}: only qcow2 images have backing files")
         b = _abspath(backing)
         if not b.exists():
             raise NotFoundError(
                 f"cannot {action}: backing file {b} does not exist", hint="check the path"
             )
-        args += ["-b", str(b), "-F", backing_fmt or info(b).format]
+        args += ["-b", str(b), "-F", require_format(backing_fmt, f"backing file {b}")]
     args.append(str(p))
     if size_bytes is not None:
         args.append(str(size_bytes))
@@ -503,17 +554,20 @@ def create(
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
         raise
-    return info(p)
+    records.record_format(p, fmt)
+    return info(p, fmt)
 
 
-def check(path: PathLike) -> CheckResult:
+def check(path: PathLike, fmt: str) -> CheckResult:
     """Consistency check. Corruption (exit 2) and leaks (exit 3) are reported
     in the result; only "could not check at all" raises."""
     p = _require_image(path, "check image")
-    fmt = info(p).format
+    require_format(fmt, str(p))
     action = f"check {p}"
+    # A check is of this file alone: the backing file is never opened (``backing=``).
+    target = ["--image-opts", image_opts(p, fmt) + (",backing=" if fmt == "qcow2" else "")]
     proc = run_qemu_img(
-        ["check", "--output=json", "-f", fmt, str(p)], what=action, path=p, ok_codes=(0, 2, 3, 63)
+        ["check", "--output=json", *target], what=action, path=p, ok_codes=(0, 2, 3, 63)
     )
     if proc.returncode == 63:
         raise UnsupportedError(
@@ -523,9 +577,9 @@ def check(path: PathLike) -> CheckResult:
     return parse_check(proc.stdout, proc.returncode, path=p, fmt=fmt)
 
 
-def _ensure_not_in_use(p: Path, action: str) -> None:
+def _ensure_not_in_use(p: Path, fmt: str, action: str) -> None:
     """Opening without ``-U`` fails with a lock error while QEMU holds the image."""
-    run_qemu_img(["info", "--output=json", str(p)], what=action, path=p)
+    run_qemu_img(["info", "--output=json", "-f", fmt, str(p)], what=action, path=p)
 
 
 def _fsync_path(p: Path, *, directory: bool = False) -> None:
@@ -538,6 +592,7 @@ def _fsync_path(p: Path, *, directory: bool = False) -> None:
 
 def convert(
     src: PathLike,
+    src_fmt: str,
     dst: PathLike,
     out_fmt: str = "qcow2",
     *,
@@ -545,27 +600,32 @@ def convert(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
 ) -> ImageInfo:
-    """Copy ``src`` into a new ``out_fmt`` image at ``dst``.
+    """Copy ``src`` (read as ``src_fmt``) into a new ``out_fmt`` image at ``dst``.
 
     qemu-img writes a temporary file next to ``dst`` which is fsynced and
     renamed into place only on success, so ``dst`` is never half-written.
     ``progress`` receives percentages (0-100) as qemu-img reports them.
+    The source is opened without ``-U``: a running VM's lock makes it fail
+    instead of copying a moving image.
     """
     s = _require_image(src, "convert")
     d = _abspath(dst)
     action = f"convert {s} to {d}"
+    require_format(src_fmt, str(s))
+    require_format(out_fmt, str(d))
     if s.resolve() == d.resolve():
         raise ValidationError(f"cannot {action}: source and destination are the same file")
     if d.is_dir():
         raise ValidationError(f"cannot {action}: {d} is a directory")
+    existing_fmt: str | None = None
     if d.exists():
         if not overwrite:
             raise AlreadyExistsError(
                 f"cannot {action}: {d} already exists", hint="pass --overwrite to replace it"
             )
-        _ensure_not_in_use(d, f"overwrite {d}")
+        existing_fmt = records.recorded_format(d) or "raw"
+        _ensure_not_in_use(d, existing_fmt, f"overwrite {d}")
     _require_parent(d, action)
-    src_fmt = info(s).format
 
     # A fresh random name that qemu-img itself creates (so it gets the usual
     # umask permissions); same directory, so the final rename is atomic.
@@ -588,6 +648,7 @@ def convert(
         for value in parser.flush():
             if progress is not None:
                 progress(value)
+        records.record_format(tmp, out_fmt)
         _fsync_path(tmp)
         os.replace(tmp, d)
     except BaseException:
@@ -595,18 +656,21 @@ def convert(
             tmp.unlink()
         raise
     _fsync_path(d.parent, directory=True)
-    return info(d)
+    return info(d, out_fmt)
 
 
-def resize(path: PathLike, size: str | int, *, shrink: bool = False) -> ResizeResult:
+def resize(path: PathLike, fmt: str, size: str | int, *, shrink: bool = False) -> ResizeResult:
     """Set the virtual size: absolute (``20G``) or relative (``+1G``, ``-1G``).
 
     Shrinking loses the data past the new end and must be asked for.
     """
     p = _require_image(path, "resize")
-    before = info(p)
+    before = info(p, fmt)
     old = before.virtual_size
     new = resolve_size(size, old)
+    if new > MAX_IMAGE_SIZE:
+        raise ValidationError(f"cannot resize {p} to {format_size(new)}: more than the "
+                              f"largest image kvmops makes ({format_size(MAX_IMAGE_SIZE)})")
     if new < old and not shrink:
         raise ValidationError(
             f"refusing to shrink {p} from {format_size(old)} ({old} bytes) "
@@ -615,16 +679,17 @@ def resize(path: PathLike, size: str | int, *, shrink: bool = False) -> ResizeRe
         )
     if new == old:
         return ResizeResult(path=str(p), old_size=old, new_size=old)
-    args = ["resize", "-q", "-f", before.format]
+    args = ["resize", "-q", "-f", fmt]
     if new < old:
         args.append("--shrink")
     args += [str(p), str(new)]
     run_qemu_img(args, what=f"resize {p}", path=p)
-    return ResizeResult(path=str(p), old_size=old, new_size=info(p).virtual_size)
+    return ResizeResult(path=str(p), old_size=old, new_size=info(p, fmt).virtual_size)
 
 
 def rebase(
     path: PathLike,
+    fmt: str,
     backing: PathLike | None,
     *,
     unsafe: bool = False,
@@ -633,11 +698,14 @@ def rebase(
     """Point ``path`` at a new backing file (``None``/empty: none at all).
 
     Safe mode copies whatever differs between old and new backing into the
-    image; ``unsafe`` only rewrites the reference.
+    image; ``unsafe`` only rewrites the reference. The new backing file's
+    format must be named.
     """
     p = _require_image(path, "rebase")
-    fmt = info(p).format
+    require_format(fmt, str(p))
     action = f"rebase {p}"
+    if fmt != "qcow2":
+        raise ValidationError(f"cannot {action}: only qcow2 images have backing files")
     args = ["rebase", "-f", fmt]
     if unsafe:
         args.append("-u")
@@ -647,29 +715,22 @@ def rebase(
         b = _abspath(backing)
         if b.resolve() == p.resolve():
             raise ValidationError(f"cannot {action}: an image cannot be its own backing file")
-        if b.exists():
-            backing_fmt = backing_fmt or info(b).format
-        elif not unsafe:
+        if not b.exists() and not unsafe:
             raise NotFoundError(
                 f"cannot {action}: new backing file {b} does not exist",
                 hint="check the path, or pass --unsafe to only rewrite the reference",
             )
-        elif backing_fmt is None:
-            raise ValidationError(
-                f"cannot {action}: backing file {b} does not exist, so its format is unknown",
-                hint="pass --backing-format (e.g. qcow2)",
-            )
-        args += ["-b", str(b), "-F", backing_fmt]
+        args += ["-b", str(b), "-F", require_format(backing_fmt, f"backing file {b}")]
     args.append(str(p))
     run_qemu_img(args, what=action, path=p)
-    return info(p)
+    return info(p, fmt)
 
 
-def commit(path: PathLike, *, base: PathLike | None = None) -> Path:
+def commit(path: PathLike, fmt: str, *, base: PathLike | None = None) -> Path:
     """Merge an overlay into its backing file (or into ``base`` further down
     the chain). Returns the image that received the data."""
     p = _require_image(path, "commit")
-    current = info(p)
+    current = info(p, fmt)
     action = f"commit {p}"
     if not current.backing_filename:
         raise StateError(
@@ -677,7 +738,7 @@ def commit(path: PathLike, *, base: PathLike | None = None) -> Path:
             actual="no backing file",
             hint="commit merges an overlay into its backing file; there is nothing to commit",
         )
-    args = ["commit", "-q", "-f", current.format]
+    args = ["commit", "-q", "-f", fmt]
     target = Path(current.full_backing_filename or current.backing_filename)
     if base is not None:
         target = _require_image(base, action)
@@ -690,15 +751,14 @@ def commit(path: PathLike, *, base: PathLike | None = None) -> Path:
 # Internal snapshots ----------------------------------------------------------
 
 
-def _snapshot_image(path: PathLike, action: str) -> tuple[Path, ImageInfo]:
+def _snapshot_image(path: PathLike, fmt: str, action: str) -> tuple[Path, ImageInfo]:
     p = _require_image(path, action)
-    current = info(p)
-    if current.format != "qcow2":
+    if fmt != "qcow2":
         raise UnsupportedError(
-            f"cannot {action} on {p}: {current.format} images have no internal snapshots",
+            f"cannot {action} on {p}: {fmt} images have no internal snapshots",
             hint="convert to qcow2 first",
         )
-    return p, current
+    return p, info(p, fmt)
 
 
 def _check_name(name: str, action: str) -> None:
@@ -730,46 +790,49 @@ def _require_snapshot(p: Path, current: ImageInfo, name: str, action: str) -> Sn
     return snap
 
 
-def snapshot_list(path: PathLike) -> list[SnapshotInfo]:
+def _snapshot_cmd(p: Path, flag: str, name: str) -> list[str]:
+    # qemu-img snapshot has no -f: the format is named through --image-opts.
+    return ["snapshot", "--image-opts", flag, name, image_opts(p, "qcow2")]
+
+
+def snapshot_list(path: PathLike, fmt: str = "qcow2") -> list[SnapshotInfo]:
     """Internal snapshots, read with ``qemu-img info`` (works while in use)."""
-    _p, current = _snapshot_image(path, "list snapshots")
+    _p, current = _snapshot_image(path, fmt, "list snapshots")
     return current.snapshots
 
 
-def snapshot_create(path: PathLike, name: str) -> SnapshotInfo:
+def snapshot_create(path: PathLike, name: str, fmt: str = "qcow2") -> SnapshotInfo:
     """Take an internal snapshot (the image must not be in use)."""
     action = f"create snapshot '{name}'"
     _check_name(name, action)
-    p, current = _snapshot_image(path, action)
+    p, current = _snapshot_image(path, fmt, action)
     if any(s.name == name for s in current.snapshots):
         raise AlreadyExistsError(
             f"cannot {action} on {p}: a snapshot with that name already exists",
             hint="choose another name or delete the old snapshot first",
         )
-    run_qemu_img(["snapshot", "-c", name, str(p)], what=f"{action} on {p}", path=p)
-    created = _find(info(p).snapshots, name)
+    run_qemu_img(_snapshot_cmd(p, "-c", name), what=f"{action} on {p}", path=p)
+    created = _find(info(p, fmt).snapshots, name)
     if created is None:
         raise StorageError(f"cannot {action} on {p}: qemu-img reported success but it is missing")
     return created
 
 
-def snapshot_apply(path: PathLike, name: str) -> SnapshotInfo:
+def snapshot_apply(path: PathLike, name: str, fmt: str = "qcow2") -> SnapshotInfo:
     """Revert the image's contents to snapshot ``name``."""
     action = f"apply snapshot '{name}'"
     _check_name(name, action)
-    p, current = _snapshot_image(path, action)
+    p, current = _snapshot_image(path, fmt, action)
     snap = _require_snapshot(p, current, name, f"{action} to {p}")
-    run_qemu_img(["snapshot", "-a", name, str(p)], what=f"{action} to {p}", path=p)
+    run_qemu_img(_snapshot_cmd(p, "-a", name), what=f"{action} to {p}", path=p)
     return snap
 
 
-def snapshot_delete(path: PathLike, name: str) -> SnapshotInfo:
+def snapshot_delete(path: PathLike, name: str, fmt: str = "qcow2") -> SnapshotInfo:
     """Delete snapshot ``name``; returns what was deleted."""
     action = f"delete snapshot '{name}'"
     _check_name(name, action)
-    p, current = _snapshot_image(path, action)
+    p, current = _snapshot_image(path, fmt, action)
     snap = _require_snapshot(p, current, name, f"{action} from {p}")
-    run_qemu_img(
-        ["snapshot", "-d", name, str(p)], what=f"{action} from {p}", path=p
-    )
+    run_qemu_img(_snapshot_cmd(p, "-d", name), what=f"{action} from {p}", path=p)
     return snap

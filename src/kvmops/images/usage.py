@@ -32,6 +32,44 @@ def disk_files(domain_xml: str | bytes) -> list[str]:
     return files
 
 
+def attached_formats(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Running VMs holding ``path`` in a disk chain, with the format they read it as."""
+    target = _resolve(path)
+    found: dict[str, str] = {}
+    try:
+        with open_host() as host:
+            for dom in host.domains():
+                try:
+                    if not call("reading VM state", dom.isActive):
+                        continue
+                    xml = call("reading VM XML", dom.XMLDesc, 0)
+                    name = str(call("reading VM name", dom.name))
+                except KvmopsError:
+                    continue
+                for fmt in _formats_of(xml, target):
+                    found[name] = fmt
+    except KvmopsError:
+        return {}
+    return found
+
+
+def _formats_of(domain_xml: str, target: Path) -> list[str]:
+    root = etree.fromstring(domain_xml.encode())
+    formats: list[str] = []
+    for disk in root.iterfind("devices/disk"):
+        # The disk's own source uses <driver type>, nested backing stores <format type>.
+        level: etree._Element | None = disk
+        fmt_el = disk.find("driver")
+        while level is not None:
+            source = level.find("source")
+            name = source.get("file") if source is not None else None
+            if name and _resolve(name) == target:
+                formats.append(fmt_el.get("type", "raw") if fmt_el is not None else "raw")
+            level = level.find("backingStore")
+            fmt_el = level.find("format") if level is not None else None
+    return formats
+
+
 def vms_using(path: str | os.PathLike[str]) -> list[str]:
     """Names of the *running* libvirt domains whose disks include ``path``."""
     target = _resolve(path)

@@ -31,7 +31,6 @@ next ``kvmops backup create`` is a full.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from collections.abc import Callable
@@ -61,7 +60,8 @@ from kvmops.errors import (
     ValidationError,
 )
 from kvmops.host.connection import Host, call, translate
-from kvmops.images import qemuimg
+from kvmops.images import qemuimg, records
+from kvmops.images.chain import Link, inspect
 from kvmops.snapshot.support import (
     Kind,
     decide_create,
@@ -71,7 +71,8 @@ from kvmops.snapshot.support import (
     support_for,
     vm_facts,
 )
-from kvmops.vm.domxml import NAME_RE
+from kvmops.vm.domxml import NAME_RE, OwnedFile
+from kvmops.vm.ownership import add_owned, drop_owned
 
 NoteFn = Callable[[str], None]
 _ACTIVE_STATES = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED,
@@ -84,6 +85,7 @@ class SnapshotDisk(BaseModel):
     snapshot: str  # internal, external, no
     overlay: str | None = None  # external: the file written since the snapshot
     image: str | None = None  # external: the file holding the state at the snapshot
+    image_format: str | None = None  # its format, from the VM definition at the snapshot
 
 
 class SnapshotInfo(BaseModel):
@@ -164,12 +166,8 @@ def _describe(domain: libvirt.virDomain, snapshot: libvirt.virDomainSnapshot,
     name = root.findtext("name") or snapshot.getName()
     memory_el = root.find("memory")
     memory = memory_el is not None and memory_el.get("snapshot") in ("internal", "external")
-    inner_sources: dict[str, str] = {}
-    for disk in root.findall("domain/devices/disk"):
-        target = disk.find("target")
-        source = disk.find("source")
-        if target is not None and source is not None and source.get("file"):
-            inner_sources[target.get("dev", "")] = source.get("file", "")
+    inner = root.find("domain")
+    inner_sources = _disk_files(inner) if inner is not None else {}
     disks = []
     for el in root.findall("disks/disk"):
         mode = el.get("snapshot", "no")
@@ -178,7 +176,9 @@ def _describe(domain: libvirt.virDomain, snapshot: libvirt.virDomainSnapshot,
         disks.append(SnapshotDisk(
             target=dev, snapshot=mode,
             overlay=src_el.get("file") if mode == "external" and src_el is not None else None,
-            image=inner_sources.get(dev) if mode == "external" else None,
+            image=inner_sources[dev][0] if mode == "external" and dev in inner_sources else None,
+            image_format=inner_sources[dev][1] if mode == "external" and dev in inner_sources
+            else None,
         ))
     external = any(d.snapshot == "external" for d in disks) or (
         memory_el is not None and memory_el.get("snapshot") == "external")
@@ -206,49 +206,27 @@ def _domain_xml(domain: libvirt.virDomain, inactive: bool = False) -> str:
     return str(call(f"reading XML of VM '{domain.name()}'", domain.XMLDesc, flags))
 
 
-def _disk_sources(xml: str) -> dict[str, str]:
-    root = etree.fromstring(xml.encode())
+def _disk_files(root: etree._Element) -> dict[str, tuple[str, str]]:
+    """target -> (file, format) of a domain document's file-backed disks."""
     found = {}
     for disk in root.findall("devices/disk"):
         target = disk.find("target")
         source = disk.find("source")
+        driver = disk.find("driver")
         if target is not None and source is not None and source.get("file"):
-            found[target.get("dev", "")] = source.get("file", "")
+            fmt = driver.get("type", "raw") if driver is not None else "raw"
+            found[target.get("dev", "")] = (source.get("file", ""), fmt)
     return found
 
 
-def _chain(path: str) -> list[str]:
-    """The image and its backing files, top first (read with -U: the VM may hold them)."""
-    files = [path]
-    current = path
-    for _ in range(64):
-        data = _image_json(current)
-        backing = data.get("full-backing-filename") or data.get("backing-filename")
-        if not isinstance(backing, str) or not backing:
-            break
-        if not os.path.isabs(backing):
-            backing = os.path.join(os.path.dirname(current), backing)
-        files.append(backing)
-        current = backing
-    return files
+def _disk_sources(xml: str) -> dict[str, str]:
+    return {t: f for t, (f, _fmt) in _disk_files(etree.fromstring(xml.encode())).items()}
 
 
-def _image_json(path: str) -> dict[str, object]:
-    proc = qemuimg.run_qemu_img(["info", "-U", "--output=json", path],
-                                what=f"reading image {path}", path=Path(path))
-    data = json.loads(proc.stdout or "{}")
-    return data if isinstance(data, dict) else {}
-
-
-def _bitmaps(path: str) -> list[str]:
-    data = _image_json(path)
-    specific = data.get("format-specific")
-    if not isinstance(specific, dict):
-        return []
-    inner = specific.get("data")
-    if not isinstance(inner, dict):
-        return []
-    return [str(b.get("name")) for b in inner.get("bitmaps", []) or [] if isinstance(b, dict)]
+def _chain(path: str, fmt: str) -> list[Link]:
+    """The image and its backing files, top first, read with named formats (-U: the VM
+    may hold them); a link out of the image directories is refused, never followed."""
+    return list(inspect(path, fmt, trusted_top=True).links)
 
 
 # ------------------------------------------------------------------ list / info
@@ -352,6 +330,10 @@ def create(host: Host, req: CreateRequest, note: NoteFn | None = None) -> Snapsh
                 f"checkpoints ({text})", actual="shut off", required="running",
                 hint="start the VM and take the snapshot while it runs") from err
         raise translate(err, f"creating snapshot '{req.name}' of VM '{req.vm}'") from err
+    if created_files:
+        for path in created_files:
+            records.record_format(Path(path), "qcow2")
+        add_owned(domain, [OwnedFile(path, "qcow2") for path in created_files])
     return info(host, req.vm, req.name)
 
 
@@ -382,15 +364,16 @@ def end_backup_chain(domain: libvirt.virDomain, say: NoteFn) -> list[str]:
             with contextlib.suppress(libvirt.libvirtError):
                 domain.checkpointLookupByName(name, 0).delete(
                     libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
-        for source in _disk_sources(_domain_xml(domain, inactive=True)).values():
-            if not source.endswith(".qcow2") and _image_json(source).get("format") != "qcow2":
+        inactive = etree.fromstring(_domain_xml(domain, inactive=True).encode())
+        for source, fmt in _disk_files(inactive).values():
+            if fmt != "qcow2":
                 continue
-            for image in _chain(source):
-                for label in _bitmaps(image):
-                    if label.startswith(CHECKPOINT_PREFIX):
-                        qemuimg.run_qemu_img(["bitmap", "--remove", image, label],
-                                             what=f"removing bitmap {label} from {image}",
-                                             path=Path(image))
+            for link in _chain(source, fmt):
+                for label in link.info.bitmaps:
+                    if label.startswith(CHECKPOINT_PREFIX) and link.format == "qcow2":
+                        qemuimg.run_qemu_img(
+                            ["bitmap", "--remove", "-f", "qcow2", str(link.path), label],
+                            what=f"removing bitmap {label} from {link.path}", path=link.path)
     if checkpoints:
         say(f"ended the backup chain of VM '{vm}' (deleted checkpoints "
             f"{', '.join(checkpoints)}): the next backup will be a full")
@@ -475,7 +458,8 @@ def _revert_external(domain: libvirt.virDomain, snapshot: libvirt.virDomainSnaps
             previous = source.get("file") if source is not None else None
             taken = {str(p) for p in Path(disk.image).parent.iterdir()}
             fresh = overlay_path(disk.image, snap.name, taken)
-            qemuimg.create(fresh, None, "qcow2", backing=disk.image)
+            qemuimg.create(fresh, None, "qcow2", backing=disk.image,
+                           backing_fmt=disk.image_format or "raw")
             created.append(fresh)
             new_overlays[disk.target] = fresh
             _point_disk(el, fresh)
@@ -483,6 +467,7 @@ def _revert_external(domain: libvirt.virDomain, snapshot: libvirt.virDomainSnaps
                 kept.append(previous)
         call(f"redefining VM '{vm}'", domain.connect().defineXML,
              etree.tostring(inactive, encoding="unicode"))
+        add_owned(domain, [OwnedFile(path, "qcow2") for path in created])
     except BaseException:
         for path in created:
             with contextlib.suppress(OSError):
@@ -586,15 +571,18 @@ def _merge_overlay(domain: libvirt.virDomain, snap: SnapshotInfo, disk: Snapshot
     overlay = disk.overlay
     assert overlay is not None
     active = _active(domain)
-    top = _disk_sources(_domain_xml(domain, inactive=not active)).get(disk.target)
-    chain = _chain(top) if top and os.path.exists(top) else []
-    if overlay not in chain:
+    root = etree.fromstring(_domain_xml(domain, inactive=not active).encode())
+    top, top_fmt = _disk_files(root).get(disk.target, (None, "raw"))
+    chain = [str(link.path) for link in _chain(top, top_fmt)] \
+        if top and os.path.exists(top) else []
+    if os.path.realpath(overlay) not in chain:
         # An abandoned branch (the VM was reverted away from it): nothing to merge.
         if os.path.exists(overlay):
             os.unlink(overlay)
             result.removed_files.append(overlay)
+            drop_owned(domain, [overlay])
         return
-    if overlay != top:
+    if os.path.realpath(overlay) != chain[0]:
         raise StateError(
             f"cannot delete snapshot '{snap.name}' of VM '{vm}': disk {disk.target} has "
             f"{top} on top of its overlay {overlay}",
@@ -606,6 +594,7 @@ def _merge_overlay(domain: libvirt.virDomain, snap: SnapshotInfo, disk: Snapshot
     if os.path.exists(overlay):
         os.unlink(overlay)
         result.removed_files.append(overlay)
+    drop_owned(domain, [overlay])
 
 
 def _active_commit(domain: libvirt.virDomain, target: str, timeout: float = 600.0) -> None:
@@ -646,34 +635,32 @@ def _offline_commit(domain: libvirt.virDomain, target: str, overlay: str, say: N
                     ) -> None:
     """qemu-img commit for a shut-off VM, keeping backup bitmaps whole, then re-point."""
     vm = domain.name()
-    data = _image_json(overlay)
-    backing = data.get("full-backing-filename") or data.get("backing-filename")
-    if not isinstance(backing, str):
+    links = _chain(overlay, "qcow2")
+    if len(links) < 2:
         raise StorageError(f"overlay {overlay} of VM '{vm}' has no backing file")
-    if not os.path.isabs(backing):
-        backing = os.path.join(os.path.dirname(overlay), backing)
+    top, below = links[0], links[1]
+    backing = str(below.path)
     # qemu-img commit copies data, not bitmaps: blocks written into the overlay must stay
     # marked dirty in the backing file's bitmaps, or the next incremental misses them.
-    below = set(_bitmaps(backing)) if _image_json(backing).get("format") == "qcow2" else set()
-    for bitmap in _bitmaps(overlay):
-        if bitmap not in below:
-            if not below and _image_json(backing).get("format") != "qcow2":
-                say(f"bitmap {bitmap} cannot move into the {backing} (not qcow2): the next "
-                    "backup of this disk is a full")
-                continue
-            qemuimg.run_qemu_img(["bitmap", "--add", backing, bitmap],
+    for bitmap in top.info.bitmaps:
+        if below.format != "qcow2":
+            say(f"bitmap {bitmap} cannot move into {backing} (not qcow2): the next "
+                "backup of this disk is a full")
+            continue
+        if bitmap not in below.info.bitmaps:
+            qemuimg.run_qemu_img(["bitmap", "--add", "-f", "qcow2", backing, bitmap],
                                  what=f"adding bitmap {bitmap} to {backing}",
-                                 path=Path(backing))
+                                 path=below.path)
         qemuimg.run_qemu_img(["bitmap", "--merge", bitmap, "-b", overlay, "-F", "qcow2",
-                              backing, bitmap],
-                             what=f"merging bitmap {bitmap} into {backing}", path=Path(backing))
-    qemuimg.commit(overlay)
+                              "-f", "qcow2", backing, bitmap],
+                             what=f"merging bitmap {bitmap} into {backing}", path=below.path)
+    qemuimg.commit(overlay, "qcow2")
     root = etree.fromstring(_domain_xml(domain, inactive=True).encode())
     el = _disk_element(root, target)
     _point_disk(el, backing)
     driver = el.find("driver")
     if driver is not None:
-        driver.set("type", str(_image_json(backing).get("format", "qcow2")))
+        driver.set("type", below.format)
     call(f"redefining VM '{vm}'", domain.connect().defineXML,
          etree.tostring(root, encoding="unicode"))
 

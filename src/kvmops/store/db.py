@@ -19,8 +19,26 @@ from kvmops.errors import HostUnavailableError, StorageError, ValidationError
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
+LEGACY_DB = Path("/var/lib/kvmops/kvmops.db")
+
+
 def default_url() -> str:
-    return f"sqlite:///{settings().state_dir / 'kvmops.db'}"
+    state = settings().state_dir
+    adopt_legacy_database(LEGACY_DB, state / "kvmops.db")
+    return f"sqlite:///{state / 'kvmops.db'}"
+
+
+def adopt_legacy_database(old: Path, new: Path) -> bool:
+    """Move the database of kvmops before 0.2 (``/var/lib/kvmops/kvmops.db``, beside the
+    images) into the state directory, once, so users and tokens survive the upgrade."""
+    if new.exists() or not old.is_file():
+        return False
+    new.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for suffix in ("", "-wal", "-shm"):
+        source = old.with_name(old.name + suffix)
+        if source.exists():
+            source.rename(new.with_name(new.name + suffix))
+    return True
 
 
 def normalize_url(url: str | None) -> str:
@@ -66,7 +84,7 @@ class Store:
         if self.is_sqlite:
             database = parsed.database
             if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
+                Path(database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
         else:
             kwargs["pool_pre_ping"] = True

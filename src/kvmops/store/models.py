@@ -119,6 +119,7 @@ class AuditEntry(Base):
     status_code: Mapped[int] = mapped_column(Integer, nullable=False)
     result: Mapped[str] = mapped_column(String(16), nullable=False)  # ok, denied, failed
     job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    address: Mapped[str | None] = mapped_column(String(64), nullable=True)  # client address
 
 
 class SettingRow(Base):

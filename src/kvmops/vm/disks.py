@@ -25,7 +25,6 @@ import libvirt
 from lxml import etree
 from pydantic import BaseModel
 
-from kvmops.config import settings
 from kvmops.errors import (
     AlreadyExistsError,
     KvmopsError,
@@ -39,8 +38,23 @@ from kvmops.errors import (
 from kvmops.host.connection import Host, call
 from kvmops.images import qemuimg
 from kvmops.images.usage import vms_using
-from kvmops.vm.domxml import DiskSpec, controller_xml, disk_xml, has_controller, parse_disk
+from kvmops.paths import policy
+from kvmops.vm.domxml import (
+    DiskSpec,
+    OwnedFile,
+    controller_xml,
+    disk_xml,
+    has_controller,
+    parse_disk,
+)
 from kvmops.vm.lifecycle import ensure_qemu_can_reach, state_name
+from kvmops.vm.ownership import (
+    add_owned,
+    drop_owned,
+    files_of_other_vms,
+    owned_files,
+    plan_removal,
+)
 
 BUS_PREFIX = {"virtio": "vd", "scsi": "sd", "sata": "sd", "usb": "sd", "ide": "hd"}
 # QEMU's AHCI and IDE buses refuse device_add/device_del.
@@ -203,7 +217,7 @@ def _disk_info(el: etree._Element, view: tuple[dict[str, dict[str, Any]],
             info.qmp_checked = True
     if info.virtual_size is None and info.image and Path(info.image).exists():
         with contextlib.suppress(KvmopsError):
-            info.virtual_size = qemuimg.info(info.image).virtual_size
+            info.virtual_size = qemuimg.info(info.image, info.format).virtual_size
     return info
 
 
@@ -275,6 +289,9 @@ def attach(host: Host, vm: str, *, image: Path | None = None, size: int | None =
         if not path.is_file():
             raise NotFoundError(f"disk image {path} not found (attach to VM '{vm}')",
                                 hint="check the path, or use --size for a new disk")
+        if not fmt:
+            raise ValidationError(f"no format given for {path} (attach to VM '{vm}')",
+                                  hint="name it with --format raw or --format qcow2")
         resolved = path.resolve()
         for xml in (live_xml, config_xml):
             for el in _disk_elements(xml or "<domain/>"):
@@ -287,12 +304,10 @@ def attach(host: Host, vm: str, *, image: Path | None = None, size: int | None =
             raise StateError(f"image {path} is in use by running VM(s) {', '.join(others)}",
                              hint="detach it there first; two VMs writing one image "
                                   "corrupt it")
-        fmt = fmt or qemuimg.info(path).format
         ensure_qemu_can_reach(path.parent)
     else:
         assert size is not None
-        directory = (images_dir or settings().images_dir).absolute()
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = policy().new_images_dir(images_dir, trusted=True)
         ensure_qemu_can_reach(directory)
         fmt = fmt or "qcow2"
         path = directory / f"{vm}-{target}.{fmt}"
@@ -304,6 +319,8 @@ def attach(host: Host, vm: str, *, image: Path | None = None, size: int | None =
         if bus == "scsi":
             _ensure_scsi_controller(domain, vm, flags, live_xml, config_xml)
         call(f"attaching {path} to VM '{vm}' as {target}", domain.attachDeviceFlags, xml, flags)
+        if created is not None:
+            add_owned(domain, [OwnedFile(str(created), fmt)])
     except BaseException:
         if created is not None:
             with contextlib.suppress(OSError):
@@ -378,7 +395,9 @@ def detach(host: Host, vm: str, target: str, *, remove_storage: bool = False,
                           live=bool(flags & libvirt.VIR_DOMAIN_AFFECT_LIVE),
                           config=bool(flags & libvirt.VIR_DOMAIN_AFFECT_CONFIG))
     if remove_storage and disk.source and disk.device == "disk":
-        result.removed_storage = _remove_image(domain, vm, Path(disk.source))
+        result.removed_storage = _remove_image(host, domain, vm, disk)
+    elif disk.source and result.config:
+        drop_owned(domain, [disk.source])  # no longer this VM's disk: never removed with it
     return result
 
 
@@ -402,7 +421,11 @@ def _wait_removed(domain: libvirt.virDomain, vm: str, target: str, deadline: flo
         time.sleep(0.25)
 
 
-def _remove_image(domain: libvirt.virDomain, vm: str, path: Path) -> bool:
+def _remove_image(host: Host, domain: libvirt.virDomain, vm: str, disk: DiskSpec) -> bool:
+    """Delete a detached disk's image: only a file kvmops created for this VM, inside the
+    image directories, used by no other VM (its chain below is never followed)."""
+    assert disk.source is not None
+    path = Path(disk.source)
     live_xml, config_xml = _xmls(domain, vm)
     resolved = path.resolve()
     for xml in (live_xml, config_xml):
@@ -414,12 +437,24 @@ def _remove_image(domain: libvirt.virDomain, vm: str, path: Path) -> bool:
     users = vms_using(path)
     if users:
         raise StateError(f"not removing {path}: it is in use by VM(s) {', '.join(users)}")
+    owned = owned_files(domain)
+    recorded = [f for f in owned if Path(f.path).resolve() == resolved]
+    rules = policy()
+    single = DiskSpec(target=disk.target, source=str(resolved),
+                      fmt=recorded[0].fmt if recorded else disk.fmt)
+    plan = plan_removal(vm, [single], recorded, files_of_other_vms(host, vm, rules), rules)
+    if resolved not in plan.remove:
+        reason = next((k.reason for k in plan.kept if Path(k.path) == resolved),
+                      "it no longer exists")
+        raise StateError(f"disk detached, but {path} was kept: {reason}",
+                         hint="remove it yourself if it is really unused")
     try:
         path.unlink()
     except FileNotFoundError:
         return False
     except OSError as err:
         raise StorageError(f"disk detached, but removing {path} failed: {err.strerror}") from err
+    drop_owned(domain, [disk.source])
     return True
 
 

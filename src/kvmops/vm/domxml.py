@@ -18,10 +18,19 @@ from lxml import etree
 from kvmops.errors import ValidationError
 
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
+#: kvmops' own element in ``<metadata>``: the files it created for the VM.
+METADATA_NS = "https://kvmops.dev/xmlns/vm/1"
+METADATA_KEY = "kvmops"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 _MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$", re.IGNORECASE)
 
 DiskDevice = Literal["disk", "cdrom"]
+# Stored XML (a backup's, a snapshot's) is parsed without entities or network access.
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+
+
+def parse_xml(xml: str | bytes) -> etree._Element:
+    return etree.fromstring(xml.encode() if isinstance(xml, str) else xml, _PARSER)
 
 
 def validate_name(name: str) -> str:
@@ -45,6 +54,37 @@ class DiskSpec:
     readonly: bool = False
     node_name: str | None = None  # QEMU block node, from live XML (libvirt >= 5.10)
     alias: str | None = None  # device alias (QEMU id), from live XML
+
+
+@dataclass(frozen=True)
+class OwnedFile:
+    """A file kvmops created for a VM (its disks, snapshot overlays): the only files
+    ``--remove-storage`` may delete."""
+
+    path: str
+    fmt: str
+
+
+def owned_files_element(files: list[OwnedFile]) -> etree._Element:
+    el = etree.Element(f"{{{METADATA_NS}}}vm", nsmap={METADATA_KEY: METADATA_NS})
+    for item in files:
+        etree.SubElement(el, f"{{{METADATA_NS}}}file", path=item.path, format=item.fmt)
+    return el
+
+
+def owned_files_xml(files: list[OwnedFile]) -> str:
+    return etree.tostring(owned_files_element(files), encoding="unicode")
+
+
+def parse_owned_files(element: etree._Element | None) -> list[OwnedFile]:
+    if element is None:
+        return []
+    found = []
+    for item in element.iter(f"{{{METADATA_NS}}}file"):
+        path, fmt = item.get("path"), item.get("format")
+        if path and fmt:
+            found.append(OwnedFile(path, fmt))
+    return found
 
 
 @dataclass
@@ -96,6 +136,7 @@ class DomainSpec:
     serial_console: bool = True
     uuid: str | None = None
     description: str | None = None
+    owned_files: list[OwnedFile] = field(default_factory=list)
 
     # ---------------------------------------------------------------- build
     def to_xml(self) -> str:
@@ -112,6 +153,8 @@ class DomainSpec:
             _sub(dom, "uuid", self.uuid)
         if self.description:
             _sub(dom, "description", self.description)
+        if self.owned_files:
+            _sub(dom, "metadata").append(owned_files_element(self.owned_files))
         _sub(dom, "memory", str(self.memory_bytes // 1024), unit="KiB")
         _sub(dom, "currentMemory", str(self.memory_bytes // 1024), unit="KiB")
         _sub(dom, "vcpu", str(self.vcpus), placement="static")
@@ -163,7 +206,7 @@ class DomainSpec:
     # ---------------------------------------------------------------- parse
     @classmethod
     def from_xml(cls, xml: str) -> DomainSpec:
-        root = etree.fromstring(xml.encode())
+        root = parse_xml(xml)
         memory = root.find("memory")
         mem_bytes = _to_bytes(int(memory.text or 0), memory.get("unit", "KiB")) if (
             memory is not None) else 0
@@ -196,6 +239,7 @@ class DomainSpec:
             ),
             vnc=root.find("devices/graphics[@type='vnc']") is not None,
             serial_console=root.find("devices/serial") is not None,
+            owned_files=parse_owned_files(root.find(f"metadata/{{{METADATA_NS}}}vm")),
         )
         graphics = root.find("devices/graphics[@type='vnc']")
         if graphics is not None:
@@ -313,3 +357,19 @@ def set_name_and_uuid(xml: str, name: str) -> etree._Element:
     for mac in root.findall("devices/interface/mac"):
         mac.getparent().remove(mac)  # type: ignore[union-attr]
     return root
+
+
+def set_owned_files(root: etree._Element, files: list[OwnedFile]) -> None:
+    """Replace kvmops' owned-files record in a domain document (e.g. for a clone)."""
+    metadata = root.find("metadata")
+    if metadata is None:
+        metadata = etree.Element("metadata")
+        anchor = root.find("uuid") if root.find("uuid") is not None else root.find("name")
+        if anchor is not None:
+            anchor.addnext(metadata)
+        else:
+            root.insert(0, metadata)
+    for old in metadata.findall(f"{{{METADATA_NS}}}vm"):
+        metadata.remove(old)
+    if files:
+        metadata.append(owned_files_element(files))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import glob
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +13,6 @@ from lxml import etree
 from pydantic import BaseModel, Field
 
 from kvmops.agent.libvirt_transport import agent_command, agent_configured
-from kvmops.config import settings
 from kvmops.errors import (
     AlreadyExistsError,
     GuestAgentError,
@@ -29,8 +27,18 @@ from kvmops.errors import (
 from kvmops.host.accel import Accelerator, probe
 from kvmops.host.connection import Host, call
 from kvmops.images import qemuimg
-from kvmops.sizes import parse_size
-from kvmops.vm.domxml import DiskSpec, DomainSpec, NicSpec, Topology, validate_name
+from kvmops.images.chain import inspect
+from kvmops.paths import policy
+from kvmops.sizes import format_size, parse_size
+from kvmops.vm.domxml import (
+    DiskSpec,
+    DomainSpec,
+    NicSpec,
+    OwnedFile,
+    Topology,
+    set_owned_files,
+    validate_name,
+)
 
 STATE_NAMES = {
     libvirt.VIR_DOMAIN_NOSTATE: "no state",
@@ -43,6 +51,7 @@ STATE_NAMES = {
     libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
 }
 DISK_TARGETS = [f"vd{chr(c)}" for c in range(ord("a"), ord("z") + 1)]
+MAX_MEMORY = 16 * 1024**4  # 16 TiB: beyond what QEMU/KVM give an x86 guest in practice
 
 
 # ------------------------------------------------------------------ models
@@ -257,6 +266,9 @@ def create(host: Host, req: CreateRequest,
     if req.memory < 16 * 1024**2:
         raise ValidationError(f"memory {req.memory} bytes is too small for VM '{req.name}'",
                               hint="give at least 16M")
+    if req.memory > MAX_MEMORY:
+        raise ValidationError(f"memory {format_size(req.memory)} is more than the "
+                              f"{format_size(MAX_MEMORY)} a VM may have (VM '{req.name}')")
     if req.vcpus < 1:
         raise ValidationError("--vcpus must be at least 1")
     for label, path in (("kernel", req.kernel), ("initrd", req.initrd), ("CD-ROM ISO", req.cdrom)):
@@ -272,11 +284,12 @@ def create(host: Host, req: CreateRequest,
     topology = None
     if req.sockets or req.cores or req.threads:
         topology = Topology(req.sockets or 1, req.cores or 1, req.threads or 1)
-    images_dir = (req.images_dir or settings().images_dir).absolute()
+    images_dir = policy().new_images_dir(req.images_dir, trusted=True)
     accel = req.accelerator or probe().accelerator
 
     disks: list[DiskSpec] = []
     created: list[Path] = []
+    owned: list[OwnedFile] = []
     try:
         for index, disk in enumerate(req.disks):
             target = DISK_TARGETS[index]
@@ -286,12 +299,15 @@ def create(host: Host, req: CreateRequest,
                     raise NotFoundError(f"disk image {path} not found (VM '{req.name}')",
                                         hint="check the path, or use --disk size=... "
                                              "for a new disk")
-                fmt = disk.fmt or qemuimg.info(path).format
+                if not disk.fmt:
+                    raise ValidationError(f"no format given for disk image {path} "
+                                          f"(VM '{req.name}')", hint="name it: format=raw "
+                                          "or format=qcow2")
+                fmt = disk.fmt
                 ensure_qemu_can_reach(path.parent)
             else:
                 assert disk.size is not None
                 fmt = disk.fmt or "qcow2"
-                images_dir.mkdir(parents=True, exist_ok=True)
                 ensure_qemu_can_reach(images_dir)
                 path = images_dir / f"{req.name}-{target}.{fmt}"
                 if path.exists():
@@ -303,6 +319,7 @@ def create(host: Host, req: CreateRequest,
                     progress(f"creating {path} ({disk.size} bytes)")
                 qemuimg.create(path, disk.size, fmt=fmt)
                 created.append(path)
+                owned.append(OwnedFile(str(path), fmt))
             disks.append(DiskSpec(target=target, source=str(path), fmt=fmt, bus=disk.bus))
         if req.cdrom:
             disks.append(DiskSpec(target="hdc", source=str(req.cdrom.absolute()), fmt="raw",
@@ -317,7 +334,7 @@ def create(host: Host, req: CreateRequest,
             kernel=str(req.kernel.absolute()) if req.kernel else None,
             initrd=str(req.initrd.absolute()) if req.initrd else None,
             cmdline=req.cmdline, boot=["cdrom", "hd"] if req.cdrom else ["hd"],
-            disks=disks, nics=nics, agent_channel=req.agent,
+            disks=disks, nics=nics, agent_channel=req.agent, owned_files=owned,
         )
         host.define(spec.to_xml())
     except BaseException:
@@ -456,50 +473,36 @@ def dumpxml(host: Host, name: str, *, inactive: bool = False) -> str:
     return str(call(f"reading XML of VM '{name}'", domain.XMLDesc, flags))
 
 
-def undefine(host: Host, name: str, *, remove_storage: bool = False) -> list[str]:
-    """Undefine a shut-off VM; with ``remove_storage`` delete its disk images (not CD-ROMs)."""
+class UndefineResult(BaseModel):
+    removed: list[str] = Field(default_factory=list)
+    kept: list[dict[str, str]] = Field(default_factory=list)  # path, reason
+
+
+def undefine(host: Host, name: str, *, remove_storage: bool = False) -> UndefineResult:
+    """Undefine a shut-off VM; with ``remove_storage`` delete the files kvmops created for
+    it (:mod:`kvmops.vm.ownership`): never an imported image, a shared template, another
+    VM's file or anything outside the allowed image directories -- those are listed."""
+    from kvmops.vm.ownership import removal_plan, remove_files
+
     domain = host.domain(name)
     _require_state(domain, {"shut off", "crashed"}, "undefine",
                    hint=f"stop it first with 'kvmops vm shutdown {name}' or 'kvmops vm destroy'")
-    spec = DomainSpec.from_xml(call("reading XML", domain.XMLDesc,
-                                    libvirt.VIR_DOMAIN_XML_INACTIVE))
+    flags_xml = libvirt.VIR_DOMAIN_XML_INACTIVE if domain.isPersistent() else 0
+    spec = DomainSpec.from_xml(call("reading XML", domain.XMLDesc, flags_xml))
+    plan = removal_plan(host, name, spec) if remove_storage else None
     flags = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
              | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
              | getattr(libvirt, "VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA", 0)
              | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
     call(f"undefining VM '{name}'", domain.undefineFlags, flags)
-    removed: list[str] = []
-    if remove_storage:
-        files: list[Path] = []
-        for disk in spec.disks:
-            if disk.device == "disk" and disk.source:
-                files += owned_images(Path(disk.source))
-        for path in dict.fromkeys(files):
-            try:
-                path.unlink()
-                removed.append(str(path))
-            except FileNotFoundError:
-                continue
-            except OSError as err:
-                raise StorageError(f"VM '{name}' undefined, but removing {path} "
-                                   f"failed: {err.strerror}") from err
-    return removed
-
-
-def owned_images(top: Path) -> list[Path]:
-    """The files of one disk that belong to this VM alone: the current image and, when it
-    is a snapshot overlay (``BASE.SNAP[.N].qcow2``), its base and every overlay of that
-    base. A backing image with another name (a shared template) is never included."""
-    chain = [top]
-    try:
-        info = qemuimg.info(top, backing_chain=True)
-        chain += [Path(i.filename) for i in info.backing_chain]
-    except KvmopsError:
-        pass  # unreadable or missing: remove just the top file
-    base = next((p for p in reversed(chain) if top.name.startswith(p.name)), top)
-    owned = [p for p in chain if p == base or p.name.startswith(base.name + ".")]
-    owned += sorted(base.parent.glob(f"{glob.escape(base.name)}.*.qcow2"))
-    return owned
+    result = UndefineResult()
+    if plan is not None:
+        try:
+            result.removed = remove_files(plan, name)
+        except StorageError as err:
+            raise StorageError(f"VM '{name}' undefined, but {err.message}") from err
+        result.kept = [{"path": k.path, "reason": k.reason} for k in plan.kept]
+    return result
 
 
 def _labelled(progress: Callable[[str, float], None] | None, label: str
@@ -522,10 +525,10 @@ def clone(host: Host, source: str, new_name: str, *, images_dir: Path | None = N
 
     root = set_name_and_uuid(
         call("reading XML", domain.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE), new_name)
-    target_dir = (images_dir or settings().images_dir).absolute()
-    target_dir.mkdir(parents=True, exist_ok=True)
+    target_dir = policy().new_images_dir(images_dir, trusted=True)
     ensure_qemu_can_reach(target_dir)
     copied: list[Path] = []
+    owned: list[OwnedFile] = []
     try:
         for disk in root.findall("devices/disk[@device='disk']"):
             source_el = disk.find("source")
@@ -534,14 +537,19 @@ def clone(host: Host, source: str, new_name: str, *, images_dir: Path | None = N
             if source_el is None or source_el.get("file") is None or target_el is None:
                 continue
             src = Path(source_el.get("file", ""))
-            fmt = driver.get("type", "qcow2") if driver is not None else "qcow2"
+            fmt = driver.get("type", "raw") if driver is not None else "raw"
             dst = target_dir / f"{new_name}-{target_el.get('dev')}.{fmt}"
             if dst.exists():
                 raise AlreadyExistsError(f"disk image {dst} already exists (clone '{new_name}')")
             label = str(target_el.get("dev"))
-            qemuimg.convert(src, dst, fmt, progress=_labelled(progress, label))
+            inspect(src, fmt, trusted_top=True)  # never follow a link out of the image dirs
+            qemuimg.convert(src, fmt, dst, fmt, progress=_labelled(progress, label))
             copied.append(dst)
+            owned.append(OwnedFile(str(dst), fmt))
             source_el.set("file", str(dst))
+            for backing in disk.findall("backingStore"):
+                disk.remove(backing)
+        set_owned_files(root, owned)
         host.define(etree.tostring(root, encoding="unicode"))
     except BaseException:
         for path in copied:
@@ -552,7 +560,8 @@ def clone(host: Host, source: str, new_name: str, *, images_dir: Path | None = N
 
 
 __all__ = [
-    "CreateRequest", "DiskRequest", "KvmopsError", "VmInfo", "VmSummary", "clone", "create",
+    "CreateRequest", "DiskRequest", "KvmopsError", "UndefineResult", "VmInfo", "VmSummary",
+    "clone", "create",
     "destroy", "dumpxml", "info", "list_vms", "reboot", "resume", "set_autostart", "shutdown",
     "start", "suspend", "undefine", "wait_for_agent",
 ]

@@ -94,10 +94,11 @@ def login_token_ok(cookie: str | None, form_value: str | None) -> bool:
 
 
 def same_origin(websocket: WebSocket) -> bool:
-    """A WebSocket from a page of this server (browsers always send Origin)."""
+    """A WebSocket from a page of this server. A missing Origin is refused too: browsers
+    always send one, and a session cookie alone must not open a console."""
     origin = websocket.headers.get("origin")
     if origin is None:
-        return True  # not a browser: the session cookie alone decides
+        return False
     host = websocket.headers.get("host", "")
     parts = urlsplit(origin)
     return parts.netloc == host and parts.scheme in ("http", "https")

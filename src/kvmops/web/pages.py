@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Form, Query, Request, Response
@@ -17,14 +16,17 @@ from fastapi.routing import APIRoute
 
 from kvmops.api.deps import CSRF_COOKIE, SESSION_COOKIE
 from kvmops.api.throttle import LoginThrottled, attempt_login, client_address
-from kvmops.api.validators import check_path
-from kvmops.backup import restore as restore_ops
 from kvmops.backup.model import Manifest
+from kvmops.config import settings
 from kvmops.errors import KvmopsError, NotFoundError
 from kvmops.host.doctor import run_doctor
 from kvmops.host.info import host_info
+from kvmops.paths import policy
+from kvmops.services import backups as backup_service
+from kvmops.services.caller import Caller
 from kvmops.store import audit, users
 from kvmops.store import jobs as job_store
+from kvmops.store.users import Principal
 from kvmops.vm import lifecycle
 from kvmops.vm.domxml import validate_name
 from kvmops.web import templates
@@ -44,7 +46,6 @@ from kvmops.web.auth import (
 from kvmops.web.timeline import build_timeline, newest_first
 
 REPO_COOKIE = "kvmops_repo"
-DEFAULT_REPO = "/var/lib/kvmops/backups"
 STATE_ORDER = ("running", "paused", "in shutdown", "shut off", "crashed", "pmsuspended",
                "idle", "no state")
 
@@ -101,19 +102,16 @@ def login(request: Request, username: str = Form("", max_length=64),
           next: str = Form("/", max_length=2048)) -> Response:
     ctx = context(request)
     target = safe_next(next)
+    request.state.user = username or None  # for the audit row the middleware writes
     if not login_token_ok(request.cookies.get(LOGIN_CSRF_COOKIE), token):
         return _login_again(request, target, "the log-in form expired; try again", 403)
     try:
         principal = attempt_login(ctx.store, ctx.login_throttle, username, password,
                                   client_address(request))
     except LoginThrottled as err:
-        audit.record(ctx.store, user=username or None, method="POST", path="/login",
-                     action="login", target=None, status_code=429)
         response = _login_again(request, target, str(err), 429)
         response.headers["Retry-After"] = str(err.retry_after)
         return response
-    audit.record(ctx.store, user=username or None, method="POST", path="/login",
-                 action="login", target=None, status_code=303 if principal else 401)
     if principal is None:
         return _login_again(request, target, "invalid user name or password", 401)
     session, csrf = users.create_session(ctx.store, principal, ctx.settings.session_ttl)
@@ -141,8 +139,7 @@ def _secure(request: Request) -> bool:
     configured = context(request).settings.secure_cookies
     if configured is not None:
         return configured
-    forwarded = request.headers.get("x-forwarded-proto", "").lower()
-    return request.url.scheme == "https" or forwarded == "https"
+    return request.url.scheme == "https"  # a trusted proxy's X-Forwarded-Proto is in it
 
 
 @router.post("/logout")
@@ -154,8 +151,6 @@ def logout(request: Request, user: PageUser, csrf: str = Form("", max_length=128
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
         users.end_session(ctx.store, cookie)
-    audit.record(ctx.store, user=user.name, method="POST", path="/logout", action="logout",
-                 target=None, status_code=303)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     response.delete_cookie(CSRF_COOKIE, path="/")
@@ -208,7 +203,7 @@ def create_form(request: Request, user: PageUser) -> Response:
         networks = ctx.host().network_names()
     return templates.render(request, "create.html", user, title="Create a VM",
                             networks=networks,
-                            allowed=[str(d) for d in ctx.settings.allowed_dirs])
+                            allowed=[str(d) for d in policy().image_dirs])
 
 
 @router.get("/vms/{name}", response_class=HTMLResponse)
@@ -244,20 +239,27 @@ def snapshots(request: Request, name: str, user: PageUser) -> Response:
 # ------------------------------------------------------------------ backups
 def _repo_choice(request: Request, repo: str | None) -> str:
     return (repo or request.cookies.get(REPO_COOKIE) or os.environ.get("KVMOPS_WEB_REPO")
-            or DEFAULT_REPO)
+            or str(settings().backup_dir))
 
 
-def _backups(repo: str, vm: str) -> tuple[list[Manifest], str | None]:
+def _caller(request: Request, user: Principal) -> Caller:
+    return Caller(name=user.name, role=user.role, via="web",
+                  address=client_address(request))
+
+
+def _backups(caller: Caller, repo: str, vm: str) -> tuple[list[Manifest], str | None]:
     try:
-        path: Path = check_path(repo)
-    except ValueError as err:
-        return [], f"repository: {err}"
-    if not path.is_dir():
-        return [], None
-    try:
-        return restore_ops.list_backups(path, vm), None
+        path = backup_service.repository(caller, repo)
+        if not path.is_dir():
+            return [], None
+        manifests, rejected = backup_service.list_backups(caller, path, vm)
     except KvmopsError as err:
         return [], str(err)
+    problem = None
+    if rejected:
+        problem = (f"{len(rejected)} backup(s) failed authentication and are not shown "
+                   f"(first: {rejected[0].reason}); run verify")
+    return manifests, problem
 
 
 @router.get("/vms/{name}/backups", response_class=HTMLResponse)
@@ -266,7 +268,7 @@ def backups(request: Request, name: str, user: PageUser,
     ctx = context(request)
     vm = lifecycle.info(ctx.host(), _vm(name))
     chosen = _repo_choice(request, repo)
-    manifests, problem = _backups(chosen, vm.name)
+    manifests, problem = _backups(_caller(request, user), chosen, vm.name)
     response = templates.render(request, "backups.html", user, title=f"{vm.name} backups",
                                 vm=vm, repo=chosen, problem=problem,
                                 timeline=build_timeline(manifests),
@@ -281,7 +283,7 @@ def backups(request: Request, name: str, user: PageUser,
 def backups_fragment(request: Request, name: str, user: PageUser,
                      repo: str = Query(max_length=4096)) -> Response:
     vm_name = _vm(name)
-    manifests, problem = _backups(repo, vm_name)
+    manifests, problem = _backups(_caller(request, user), repo, vm_name)
     return templates.render(request, "_backup_points.html", user, vm_name=vm_name, repo=repo,
                             problem=problem, timeline=build_timeline(manifests),
                             points=newest_first(manifests))

@@ -11,35 +11,37 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Response
 from pydantic import Field, model_validator
 
-from kvmops.api.deps import Ctx, Operator, Viewer, VmNameDep
+from kvmops.api.deps import Ctx, Operator, OperatorCaller, ViewerCaller, VmNameDep
 from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
 from kvmops.api.runner import JobCancelled, JobContext
-from kvmops.api.validators import AllowedPath, Size, VmName, check_path
+from kvmops.api.validators import AbsolutePath, Size, VmName
 from kvmops.backup import restore as restore_ops
 from kvmops.backup.model import Manifest
-from kvmops.backup.retention import PruneResult, RetentionPolicy, prune
+from kvmops.backup.retention import PruneResult, RetentionPolicy
 from kvmops.errors import KvmopsError, ValidationError
 from kvmops.host.connection import Host
+from kvmops.services import backups
 
 router = APIRouter(tags=["backups"])
 
 
 class BackupBody(Body):
-    repo: AllowedPath
+    repo: AbsolutePath
     mode: Literal["full", "incremental", "differential"] | None = None
     disks: list[str] = Field(default_factory=list, max_length=26)
     exclude: list[str] = Field(default_factory=list, max_length=26)
     freeze: bool = True
     speed: Size | None = Field(default=None, description="bytes per second, e.g. 50M")
+    compress: bool = False
 
 
 class RestoreBody(Body):
-    repo: AllowedPath
+    repo: AbsolutePath
     at: str | None = Field(default=None, max_length=64, description="backup id; default the newest")
-    to: AllowedPath | None = Field(default=None, description="directory for flattened images")
+    to: AbsolutePath | None = Field(default=None, description="directory for flattened images")
     new_vm: VmName | None = None
     in_place: bool = False
-    images_dir: AllowedPath | None = None
+    images_dir: AbsolutePath | None = None
 
     @model_validator(mode="after")
     def one_target(self) -> RestoreBody:
@@ -50,14 +52,14 @@ class RestoreBody(Body):
 
 
 class VerifyBody(Body):
-    repo: AllowedPath
+    repo: AbsolutePath
     vm: VmName | None = None
     at: str | None = Field(default=None, max_length=64)
     checksums: bool = True
 
 
 class PruneBody(Body):
-    repo: AllowedPath
+    repo: AbsolutePath
     keep_last: int = Field(default=0, ge=0, le=10000)
     keep_daily: int = Field(default=0, ge=0, le=10000)
     keep_weekly: int = Field(default=0, ge=0, le=10000)
@@ -118,68 +120,69 @@ def run_backup_process(job: JobContext, request: dict[str, Any]) -> dict[str, An
 
 
 @router.post("/vms/{name}/backups", status_code=202, response_model=JobAccepted)
-def create_backup(user: Operator, name: VmNameDep, body: BackupBody, ctx: Ctx,
+def create_backup(caller: OperatorCaller, name: VmNameDep, body: BackupBody, ctx: Ctx,
                   response: Response) -> JobAccepted:
-    request = {"vm": name, "repo": str(body.repo), "mode": body.mode, "disks": body.disks,
+    repo = backups.repository(caller, body.repo)
+    request = {"vm": name, "repo": str(repo), "mode": body.mode, "disks": body.disks,
                "exclude": body.exclude, "freeze": body.freeze, "speed": body.speed,
-               "uri": ctx.settings.uri}
-    return accepted(ctx.runner.submit("backup.create", name, user.name,
+               "compress": body.compress, "uri": ctx.settings.uri}
+    return accepted(ctx.runner.submit("backup.create", name, caller.name,
                                       lambda job: run_backup_process(job, request)), response)
 
 
 @router.get("/vms/{name}/backups", response_model=list[Manifest])
-def list_backups(_: Viewer, name: VmNameDep,
-                 repo: str = Query(description="repository directory")) -> list[Manifest]:
-    try:
-        path = check_path(repo)
-    except ValueError as err:
-        raise ValidationError(f"repo: {err}") from None
-    if not path.is_dir():
-        return []
-    return [m.model_copy(update={"domain_xml": ""}) for m in
-            restore_ops.list_backups(path, name)]
+def list_backups(caller: ViewerCaller, name: VmNameDep,
+                 repo: str = Query(description="repository directory", max_length=4096)
+                 ) -> list[Manifest]:
+    """Authenticated backups, oldest first (rejected ones are reported by verify)."""
+    manifests, _rejected = backups.list_backups(caller, repo, name)
+    return [m.model_copy(update={"domain_xml": ""}) for m in manifests]
 
 
 @router.post("/vms/{name}/backups/restore", status_code=202, response_model=JobAccepted)
-def restore(user: Operator, name: VmNameDep, body: RestoreBody, ctx: Ctx, response: Response
-            ) -> JobAccepted:
+def restore(caller: OperatorCaller, name: VmNameDep, body: RestoreBody, ctx: Ctx,
+            response: Response) -> JobAccepted:
+    backups.check_restore(caller, body.repo, to=body.to, images_dir=body.images_dir)
+
     def run(job: JobContext) -> restore_ops.RestoreResult:
         def progress(label: str, pct: float) -> None:
             job.percent(pct, f"restoring {label}")
 
-        if body.to is not None:
-            return restore_ops.restore_to_dir(body.repo, name, body.at, body.to, progress)
-        with Host(ctx.settings.uri) as host:
-            if body.new_vm is not None:
-                return restore_ops.restore_new_vm(host, body.repo, name, body.at, body.new_vm,
-                                                  body.images_dir, progress)
-            return restore_ops.restore_in_place(host, body.repo, name, body.at, progress)
+        return backups.restore(caller, lambda: Host(ctx.settings.uri), body.repo, name,
+                               body.at, to=body.to, new_vm=body.new_vm,
+                               in_place=body.in_place, images_dir=body.images_dir,
+                               progress=progress)
 
-    return accepted(ctx.runner.submit("backup.restore", name, user.name, run), response)
+    return accepted(ctx.runner.submit("backup.restore", name, caller.name, run), response)
 
 
 @router.post("/backups/verify", status_code=202, response_model=JobAccepted)
-def verify(user: Operator, body: VerifyBody, ctx: Ctx, response: Response) -> JobAccepted:
+def verify(caller: OperatorCaller, body: VerifyBody, ctx: Ctx, response: Response
+           ) -> JobAccepted:
+    backups.existing_repository(caller, body.repo)
+
     def run(job: JobContext) -> dict[str, Any]:
         job.note(f"verifying {body.repo}")
-        report = restore_ops.verify(body.repo, body.vm, body.at, checksums=body.checksums)
+        report = backups.verify(caller, body.repo, body.vm, body.at, checksums=body.checksums)
         restore_ops.require_sound(report)
         return {**report.model_dump(mode="json"), "sound": report.sound}
 
-    return accepted(ctx.runner.submit("backup.verify", body.vm or str(body.repo), user.name,
+    return accepted(ctx.runner.submit("backup.verify", body.vm or str(body.repo), caller.name,
                                       run), response)
 
 
 @router.post("/vms/{name}/backups/prune", status_code=202, response_model=JobAccepted)
-def prune_backups(user: Operator, name: VmNameDep, body: PruneBody, ctx: Ctx,
+def prune_backups(caller: OperatorCaller, name: VmNameDep, body: PruneBody, ctx: Ctx,
                   response: Response) -> JobAccepted:
     policy = RetentionPolicy(keep_last=body.keep_last, keep_daily=body.keep_daily,
                              keep_weekly=body.keep_weekly)
+    backups.existing_repository(caller, body.repo)
 
     def run(job: JobContext) -> PruneResult:
-        return prune(body.repo, name, policy, dry_run=body.dry_run, note=job.note)
+        return backups.prune_backups(caller, body.repo, name, policy, dry_run=body.dry_run,
+                                     note=job.note)
 
-    return accepted(ctx.runner.submit("backup.prune", name, user.name, run), response)
+    return accepted(ctx.runner.submit("backup.prune", name, caller.name, run), response)
 
 
 @router.post("/vms/{name}/backups/cancel", response_model=Message)

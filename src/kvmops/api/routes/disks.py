@@ -8,22 +8,25 @@ from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 from pydantic import Field, model_validator
 
-from kvmops.api.deps import HostDep, Operator, Viewer, VmNameDep
+from kvmops.api.deps import HostDep, LongRequest, OperatorCaller, Viewer, VmNameDep
 from kvmops.api.routes.common import Body
-from kvmops.api.validators import AllowedPath, Size
+from kvmops.api.validators import AbsolutePath, Size
+from kvmops.services import disks as disk_service
 from kvmops.vm import disks
 from kvmops.vm.disks import DetachResult, DiskInfo
 
 router = APIRouter(prefix="/vms/{name}/disks", tags=["disks"])
+# Attach and detach wait for libvirt and the guest: they hold a long-request slot.
+_LONG = [LongRequest]
 _TARGET = r"^(vd|sd|hd)[a-z]{1,2}$"
 
 
 class AttachBody(Body):
-    image: AllowedPath | None = None
+    image: AbsolutePath | None = None
     size: Size | None = None
     bus: Literal["virtio", "sata", "scsi", "ide"] = "virtio"
     format: Literal["qcow2", "raw"] | None = None
-    images_dir: AllowedPath | None = None
+    images_dir: AbsolutePath | None = None
     target: str | None = Field(default=None, pattern=_TARGET)
     live: bool = True
     persistent: bool = True
@@ -41,17 +44,18 @@ def list_disks(_: Viewer, name: VmNameDep, host: HostDep,
     return disks.list_disks(host, name, inactive=inactive)
 
 
-@router.post("", status_code=201, response_model=DiskInfo)
-def attach(_: Operator, name: VmNameDep, body: AttachBody, host: HostDep) -> DiskInfo:
-    return disks.attach(host, name, image=body.image, size=body.size, bus=body.bus,
-                        fmt=body.format, images_dir=body.images_dir, target=body.target,
-                        live=body.live, persistent=body.persistent)
+@router.post("", status_code=201, response_model=DiskInfo, dependencies=_LONG)
+def attach(caller: OperatorCaller, name: VmNameDep, body: AttachBody, host: HostDep
+           ) -> DiskInfo:
+    return disk_service.attach(caller, host, name, image=body.image, size=body.size,
+                               bus=body.bus, fmt=body.format, images_dir=body.images_dir,
+                               target=body.target, live=body.live, persistent=body.persistent)
 
 
-@router.delete("/{target}", response_model=DetachResult)
-def detach(_: Operator, name: VmNameDep, host: HostDep,
+@router.delete("/{target}", response_model=DetachResult, dependencies=_LONG)
+def detach(caller: OperatorCaller, name: VmNameDep, host: HostDep,
            target: str = PathParam(pattern=_TARGET),
            remove_storage: bool = Query(False), live: bool = Query(True),
            persistent: bool = Query(True)) -> DetachResult:
-    return disks.detach(host, name, target, remove_storage=remove_storage, live=live,
-                        persistent=persistent)
+    return disk_service.detach(caller, host, name, target, remove_storage=remove_storage,
+                               live=live, persistent=persistent)

@@ -14,10 +14,10 @@ from pydantic import BaseModel, Field, field_validator
 
 from kvmops.agent import guest as ops
 from kvmops.agent.channel import AgentChannel, open_agent
-from kvmops.api.deps import Ctx, Operator, VmNameDep
+from kvmops.api.deps import Ctx, LongRequest, Operator, VmNameDep
 from kvmops.api.routes.common import Body, Message
 
-router = APIRouter(prefix="/vms/{name}/guest", tags=["guest"])
+router = APIRouter(prefix="/vms/{name}/guest", tags=["guest"], dependencies=[LongRequest])
 
 
 @contextmanager

@@ -1,4 +1,8 @@
-"""Disk images: info (viewer), create and check (operator), convert (job)."""
+"""Disk images: info (viewer), create and check (operator), convert (job).
+
+Paths go through the path policy (403 outside the allowed image directories);
+an existing image is read as the ``format`` given, else the one kvmops recorded,
+else raw -- never probed."""
 
 from __future__ import annotations
 
@@ -6,68 +10,68 @@ from typing import Literal
 
 from fastapi import APIRouter, Query, Response
 
-from kvmops.api.deps import Ctx, Operator, Viewer
+from kvmops.api.deps import Ctx, OperatorCaller, ViewerCaller
 from kvmops.api.routes.common import Body, JobAccepted, accepted
 from kvmops.api.runner import JobContext
-from kvmops.api.validators import AllowedPath, Size, check_path
+from kvmops.api.validators import AbsolutePath, Size
 from kvmops.errors import ValidationError
-from kvmops.images import qemuimg
 from kvmops.images.qemuimg import CheckResult, ImageInfo
+from kvmops.services import images
 
 router = APIRouter(prefix="/images", tags=["images"])
+Format = Literal["qcow2", "raw"]
 
 
 class CreateImageBody(Body):
-    path: AllowedPath
+    path: AbsolutePath
     size: Size | None = None
-    format: Literal["qcow2", "raw"] = "qcow2"
-    backing: AllowedPath | None = None
+    format: Format = "qcow2"
+    backing: AbsolutePath | None = None
+    backing_format: Format | None = None
 
 
 class ConvertBody(Body):
-    source: AllowedPath
-    destination: AllowedPath
-    format: Literal["qcow2", "raw"] = "qcow2"
+    source: AbsolutePath
+    source_format: Format | None = None
+    destination: AbsolutePath
+    format: Format = "qcow2"
     compress: bool = False
 
 
 class CheckBody(Body):
-    path: AllowedPath
-
-
-def _path(text: str) -> str:
-    try:
-        return str(check_path(text))
-    except ValueError as err:
-        raise ValidationError(f"path: {err}") from None
+    path: AbsolutePath
+    format: Format | None = None
 
 
 @router.get("/info", response_model=ImageInfo)
-def info(_: Viewer, path: str = Query(min_length=1, max_length=4096),
+def info(caller: ViewerCaller, path: str = Query(min_length=1, max_length=4096),
+         format: Format | None = Query(None),
          backing_chain: bool = Query(False)) -> ImageInfo:
-    return qemuimg.info(_path(path), backing_chain=backing_chain)
+    return images.info(caller, path, format, backing_chain=backing_chain)
 
 
 @router.post("", status_code=201, response_model=ImageInfo)
-def create(_: Operator, body: CreateImageBody) -> ImageInfo:
+def create(caller: OperatorCaller, body: CreateImageBody) -> ImageInfo:
     if body.size is None and body.backing is None:
         raise ValidationError("size: give a size (or a backing image for an overlay)")
-    return qemuimg.create(body.path, body.size, body.format, backing=body.backing)
+    return images.create(caller, body.path, body.size, body.format, backing=body.backing,
+                         backing_fmt=body.backing_format)
 
 
 @router.post("/check", response_model=CheckResult)
-def check(_: Operator, body: CheckBody) -> CheckResult:
-    return qemuimg.check(body.path)
+def check(caller: OperatorCaller, body: CheckBody) -> CheckResult:
+    return images.check(caller, body.path, body.format)
 
 
 @router.post("/convert", status_code=202, response_model=JobAccepted)
-def convert(user: Operator, body: ConvertBody, ctx: Ctx, response: Response) -> JobAccepted:
+def convert(caller: OperatorCaller, body: ConvertBody, ctx: Ctx, response: Response
+            ) -> JobAccepted:
+    images.check_convert(caller, body.source, body.destination, source_fmt=body.source_format)
+
     def run(job: JobContext) -> ImageInfo:
-        return qemuimg.convert(body.source, body.destination, body.format,
-                               compress=body.compress, progress=job.percent)
+        return images.convert(caller, body.source, body.destination, body.format,
+                              source_fmt=body.source_format, compress=body.compress,
+                              progress=job.percent)
 
-    return accepted(ctx.runner.submit("image.convert", str(body.destination), user.name, run),
-                    response)
-
-
-
+    return accepted(ctx.runner.submit("image.convert", str(body.destination), caller.name,
+                                      run), response)

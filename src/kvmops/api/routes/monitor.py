@@ -7,10 +7,10 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import Field
 
-from kvmops.api.deps import Admin, Ctx, VmNameDep
+from kvmops.api.deps import Admin, Ctx, LongRequest, VmNameDep
 from kvmops.api.routes.common import Body
 
-router = APIRouter(prefix="/vms/{name}", tags=["monitor"])
+router = APIRouter(prefix="/vms/{name}", tags=["monitor"], dependencies=[LongRequest])
 
 
 class QmpBody(Body):

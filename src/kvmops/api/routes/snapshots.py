@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, Response
 from fastapi import Path as PathParam
 from pydantic import Field
 
-from kvmops.api.deps import Ctx, HostDep, Operator, Viewer, VmNameDep
+from kvmops.api.deps import Ctx, HostDep, LongRequest, Operator, Viewer, VmNameDep
 from kvmops.api.routes.common import Body, JobAccepted, accepted
 from kvmops.api.runner import JobContext
 from kvmops.host.connection import Host
@@ -57,7 +57,7 @@ def create_snapshot(user: Operator, name: VmNameDep, body: SnapshotBody, ctx: Ct
     return accepted(ctx.runner.submit("snapshot.create", name, user.name, run), response)
 
 
-@router.post("/{snapshot}/revert", response_model=RevertResult)
+@router.post("/{snapshot}/revert", response_model=RevertResult, dependencies=[LongRequest])
 def revert(_: Operator, name: VmNameDep, host: HostDep,
            snapshot: str = PathParam(pattern=_SNAP), body: RevertBody | None = None
            ) -> RevertResult:

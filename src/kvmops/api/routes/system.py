@@ -68,7 +68,8 @@ class TokenOut(BaseModel):
 
 
 @router.get("/health", response_model=Health)
-def health() -> Health:
+async def health() -> Health:
+    """Open to all; answered on the event loop, so busy worker threads never delay it."""
     return Health(status="ok", version=kvmops.__version__)
 
 
@@ -86,8 +87,8 @@ def host_doctor(_: Viewer, host: HostDep) -> DoctorReport:
 def _secure(request: Request, ctx: Ctx) -> bool:
     if ctx.settings.secure_cookies is not None:
         return ctx.settings.secure_cookies
-    forwarded = request.headers.get("x-forwarded-proto", "")
-    return request.url.scheme == "https" or forwarded.lower() == "https"
+    # A trusted proxy's X-Forwarded-Proto is already in the scheme (--forwarded-allow-ips).
+    return request.url.scheme == "https"
 
 
 @router.post("/login", response_model=Me)

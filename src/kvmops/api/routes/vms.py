@@ -10,15 +10,24 @@ from fastapi.responses import PlainTextResponse
 from pydantic import Field, model_validator
 
 from kvmops.api.context import ApiContext
-from kvmops.api.deps import Ctx, HostDep, Operator, Viewer, VmNameDep
+from kvmops.api.deps import (
+    Ctx,
+    HostDep,
+    LongRequest,
+    Operator,
+    OperatorCaller,
+    Viewer,
+    VmNameDep,
+)
 from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
 from kvmops.api.runner import JobContext
-from kvmops.api.validators import AllowedPath, MacAddress, Size, VmName
+from kvmops.api.validators import AbsolutePath, MacAddress, Size, VmName
 from kvmops.api.vmlist import VmListItem
 from kvmops.host.accel import Accelerator
 from kvmops.host.connection import Host
+from kvmops.services import vms
 from kvmops.vm import lifecycle
-from kvmops.vm.lifecycle import CreateRequest, DiskRequest, VmInfo
+from kvmops.vm.lifecycle import CreateRequest, DiskRequest, UndefineResult, VmInfo
 
 router = APIRouter(prefix="/vms", tags=["vms"])
 _NET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -26,7 +35,7 @@ _NET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 
 class DiskBody(Body):
     size: Size | None = Field(default=None, description="new image of this size, e.g. 10G")
-    path: AllowedPath | None = Field(default=None, description="existing image")
+    path: AbsolutePath | None = Field(default=None, description="existing image")
     format: Literal["qcow2", "raw"] | None = None
     bus: Literal["virtio", "sata", "scsi", "ide"] = "virtio"
 
@@ -47,15 +56,15 @@ class CreateVmBody(Body):
     cores: int | None = Field(default=None, ge=1, le=256)
     threads: int | None = Field(default=None, ge=1, le=8)
     disks: list[DiskBody] = Field(default_factory=list, max_length=26)
-    kernel: AllowedPath | None = None
-    initrd: AllowedPath | None = None
+    kernel: AbsolutePath | None = None
+    initrd: AbsolutePath | None = None
     cmdline: str | None = Field(default=None, max_length=4096)
-    cdrom: AllowedPath | None = None
+    cdrom: AbsolutePath | None = None
     network: str | None = Field(default=None, pattern=_NET_RE.pattern)
     bridge: str | None = Field(default=None, pattern=_NET_RE.pattern)
     mac: MacAddress | None = None
     agent: bool = True
-    images_dir: AllowedPath | None = None
+    images_dir: AbsolutePath | None = None
     accelerator: Literal["kvm", "tcg"] | None = None
     start: bool = False
 
@@ -99,7 +108,7 @@ class RebootBody(Body):
 
 class CloneBody(Body):
     new_name: VmName
-    images_dir: AllowedPath | None = None
+    images_dir: AbsolutePath | None = None
 
 
 class AutostartBody(Body):
@@ -123,20 +132,20 @@ def get_vm(_: Viewer, name: VmNameDep, host: HostDep) -> VmInfo:
 
 @router.post("", status_code=201, response_model=VmInfo | JobAccepted,
              responses={202: {"model": JobAccepted, "description": "a disk is created: job"}})
-def create_vm(user: Operator, body: CreateVmBody, ctx: Ctx, host: HostDep,
+def create_vm(caller: OperatorCaller, body: CreateVmBody, ctx: Ctx, host: HostDep,
               response: Response) -> VmInfo | JobAccepted:
-    req = body.request()
+    req, _notes = vms.check_create(caller, body.request())
     if not any(d.size is not None for d in req.disks):
-        info = lifecycle.create(host, req)
+        info = vms.create(caller, host, req)
         ctx.domain_types.invalidate()
         ctx.vm_list.invalidate()
         return info
 
     def run(job: JobContext) -> VmInfo:
         with _own_host(ctx) as own:
-            return lifecycle.create(own, req, progress=job.note)
+            return vms.create(caller, own, req, progress=job.note)
 
-    return accepted(ctx.runner.submit("vm.create", req.name, user.name, run), response)
+    return accepted(ctx.runner.submit("vm.create", req.name, caller.name, run), response)
 
 
 @router.post("/{name}/start", response_model=Message)
@@ -149,7 +158,7 @@ def start(_: Operator, name: VmNameDep, host: HostDep, ctx: Ctx, body: StartBody
     return Message(message=f"VM '{name}' started" + (" (paused)" if body.paused else ""))
 
 
-@router.post("/{name}/shutdown", response_model=Message)
+@router.post("/{name}/shutdown", response_model=Message, dependencies=[LongRequest])
 def shutdown(_: Operator, name: VmNameDep, host: HostDep, ctx: Ctx, body: ShutdownBody | None = None
              ) -> Message:
     body = body or ShutdownBody()
@@ -188,23 +197,26 @@ def resume(_: Operator, name: VmNameDep, host: HostDep, ctx: Ctx) -> Message:
 
 
 @router.delete("/{name}", response_model=Message)
-def undefine(_: Operator, name: VmNameDep, ctx: Ctx, host: HostDep,
+def undefine(caller: OperatorCaller, name: VmNameDep, ctx: Ctx, host: HostDep,
              remove_storage: bool = Query(False)) -> Message:
-    removed = lifecycle.undefine(host, name, remove_storage=remove_storage)
+    result: UndefineResult = vms.undefine(caller, host, name, remove_storage=remove_storage)
     ctx.domain_types.invalidate()
     ctx.vm_list.invalidate()
-    return Message(message=f"VM '{name}' undefined", details={"removed": removed})
+    return Message(message=f"VM '{name}' undefined",
+                   details={"removed": result.removed, "kept": result.kept})
 
 
 @router.post("/{name}/clone", status_code=202, response_model=JobAccepted)
-def clone(user: Operator, name: VmNameDep, body: CloneBody, ctx: Ctx, response: Response
-          ) -> JobAccepted:
+def clone(caller: OperatorCaller, name: VmNameDep, body: CloneBody, ctx: Ctx,
+          response: Response) -> JobAccepted:
+    vms.check_clone(caller, body.images_dir)
+
     def run(job: JobContext) -> VmInfo:
         with _own_host(ctx) as own:
-            return lifecycle.clone(own, name, body.new_name, images_dir=body.images_dir,
-                                   progress=lambda label, pct: job.percent(pct, label))
+            return vms.clone(caller, own, name, body.new_name, images_dir=body.images_dir,
+                             progress=lambda label, pct: job.percent(pct, label))
 
-    return accepted(ctx.runner.submit("vm.clone", name, user.name, run), response)
+    return accepted(ctx.runner.submit("vm.clone", name, caller.name, run), response)
 
 
 @router.get("/{name}/xml", response_class=PlainTextResponse,
