@@ -14,6 +14,14 @@ REPO = Path(__file__).resolve().parent.parent
 TEST_PREFIX = "kvmops-test-"
 # One prefix per test session, so a session only ever touches what it created.
 SESSION_PREFIX = f"{TEST_PREFIX}{os.getpid():x}-"
+# Where the tests keep images and backup repositories: allowed directories of the path
+# policy for this process and every kvmops it starts (the configuration of a real host
+# would name them in /etc/kvmops/config.toml).
+TEST_IMAGES = Path("/var/lib/kvmops/test-images")
+TEST_BACKUPS = Path("/var/lib/kvmops/test-backups")
+os.environ["KVMOPS_IMAGE_DIRS"] = str(TEST_IMAGES)
+os.environ["KVMOPS_BACKUP_DIRS"] = os.pathsep.join(["/var/lib/kvmops/backups",
+                                                     str(TEST_BACKUPS)])
 
 
 @dataclass

@@ -13,6 +13,7 @@ import pytest
 from kvmops.config import settings
 from tests.integration.api_server import ApiServer, add_users, postgres_cluster, start_server
 from tests.integration.conftest import (  # noqa: F401  (fixtures shared with integration)
+    backups_dir,
     host,
     images_dir,
     repo_dir,
@@ -34,11 +35,16 @@ def workdir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def api(workdir: Path) -> Iterator[ApiServer]:
-    """One server on SQLite with users admin, op (operator), view (viewer) and tokens."""
+def api(workdir: Path, images_dir: Path, backups_dir: Path  # noqa: F811
+        ) -> Iterator[ApiServer]:
+    """One server on SQLite with users admin, op (operator), view (viewer) and tokens.
+
+    Its image directories: this session's (so requests may name it as images_dir) and
+    the tiny guest's (kernel and initrd); its backup directory: this session's."""
     guest_dir = settings().cache_dir / "guest"  # the tiny guest's kernel and initrd
     server = start_server(f"sqlite:///{workdir / 'api.db'}", workdir, "--allow-dir",
-                          "/var/lib/kvmops", "--allow-dir", str(guest_dir))
+                          str(images_dir), "--allow-dir", str(guest_dir), "--backup-dir",
+                          str(backups_dir))
     try:
         add_users(server)
         yield server

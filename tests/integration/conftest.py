@@ -20,7 +20,7 @@ from kvmops.config import settings
 from kvmops.devguest.build import GuestImage, build_guest
 from kvmops.host.connection import Host
 from kvmops.vm import lifecycle
-from tests.conftest import SESSION_PREFIX, run_cli
+from tests.conftest import SESSION_PREFIX, TEST_BACKUPS, TEST_IMAGES, run_cli
 
 _counter = itertools.count(1)
 
@@ -40,7 +40,16 @@ def tiny_guest() -> GuestImage:
 @pytest.fixture(scope="session")
 def images_dir() -> Iterator[Path]:
     """A directory for this session's disk images, reachable by libvirt-qemu."""
-    base = Path("/var/lib/kvmops/test-images")
+    yield from _session_dir(TEST_IMAGES)
+
+
+@pytest.fixture(scope="session")
+def backups_dir() -> Iterator[Path]:
+    """A directory for this session's backup repositories (apart from the images)."""
+    yield from _session_dir(TEST_BACKUPS)
+
+
+def _session_dir(base: Path) -> Iterator[Path]:
     base.mkdir(parents=True, exist_ok=True)
     base.chmod(0o755)
     path = Path(tempfile.mkdtemp(prefix=SESSION_PREFIX, dir=base))
@@ -139,9 +148,9 @@ def running_vm(vm_factory: Callable[..., str]) -> str:
 
 
 @pytest.fixture
-def repo_dir(images_dir: Path) -> Iterator[Path]:
+def repo_dir(backups_dir: Path) -> Iterator[Path]:
     """A fresh backup repository that QEMU (libvirt-qemu) can write into."""
-    path = images_dir / f"repo-{next(_counter)}"
+    path = backups_dir / f"repo-{next(_counter)}"
     path.mkdir(mode=0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)

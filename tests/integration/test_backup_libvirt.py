@@ -247,7 +247,7 @@ def _big_vm(vm_factory: Callable[..., str], images_dir: Path) -> str:
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True)
     subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 64M", str(image)],
                    check=True, capture_output=True)
-    return vm_factory(disk=f"path={image}", start=True)
+    return vm_factory(disk=f"path={image},format=qcow2", start=True)
 
 
 def _throttle_reads(host: Host, vm: str, bytes_per_s: int) -> None:

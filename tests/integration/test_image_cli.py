@@ -1,4 +1,5 @@
-"""`kvmops image` end to end: the real CLI against real qemu-img in tmp_path."""
+"""`kvmops image` end to end: the real CLI against real qemu-img, in a directory inside
+the test image directory (an allowed directory: chains may only lead there)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ import pytest
 from kvmops.errors import (
     AlreadyExistsError,
     NotFoundError,
+    PathRefusedError,
     StateError,
     StorageError,
     UnsupportedError,
     ValidationError,
 )
+from tests.conftest import SESSION_PREFIX, TEST_IMAGES
 
 pytestmark = [
     pytest.mark.integration,
@@ -81,6 +84,15 @@ def pattern_is(image: Path, pattern: str, length: str = "1M") -> bool:
 def image_info(image: Path) -> dict[str, object]:
     data: dict[str, object] = json.loads(ok("image", "info", image, "--json").stdout)
     return data
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """Each test's own directory inside the allowed image directory (not /tmp)."""
+    TEST_IMAGES.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=SESSION_PREFIX + "img-", dir=TEST_IMAGES))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -189,7 +201,7 @@ def test_convert_progress_callback_sees_percentages(tmp_path: Path) -> None:
     qemuimg.create(src, "128M", "raw")
     assert qemu_io(src, "write -P 0x11 0 96M", fmt="raw").returncode == 0
     seen: list[float] = []
-    out = qemuimg.convert(src, tmp_path / "dst.qcow2", "qcow2", progress=seen.append)
+    out = qemuimg.convert(src, "raw", tmp_path / "dst.qcow2", "qcow2", progress=seen.append)
     assert out.format == "qcow2"
     assert seen and seen[-1] == 100.0
     assert seen == sorted(seen)
@@ -413,3 +425,61 @@ def test_in_use_by_libvirt_vm_names_it(world_readable_dir: Path) -> None:
         assert_refused(proc, StateError.exit_code, str(qcow2), f"in use by running VM '{name}'")
     finally:
         _virsh("destroy", name)
+
+
+# -------------------------------------------------------------------------- hostile images
+@pytest.mark.parametrize("kind", ["qcow2-backing", "qcow2-data-file", "luks", "vmdk"])
+def test_guest_written_header_is_raw_data(tmp_path: Path, kind: str) -> None:
+    """A raw disk whose guest wrote an image header naming a root-only host file: info,
+    check and convert read it as raw data; the host file is never opened or changed."""
+    from tests.hostile import host_secret, hostile_raw, state_of
+
+    secret = host_secret(kind)
+    try:
+        before = state_of(secret)
+        disk = hostile_raw(tmp_path / "guest.raw", kind, secret)
+        info = image_info(disk)
+        assert info["format"] == "raw" and info["format_source"] == "default"
+        assert info["virtual_size"] == 16 * M and info["backing_filename"] is None
+        if kind != "qcow2-data-file":  # the data-file header starts with the same magic
+            assert any(kind.split("-")[0] in note for note in info["notes"])  # type: ignore
+        out = tmp_path / "copy.qcow2"
+        ok("image", "convert", disk, out, "-O", "qcow2")
+        copy = tmp_path / "copy.raw"
+        subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(out),
+                        str(copy)], check=True)
+        assert copy.read_bytes() == disk.read_bytes()  # the guest's bytes, not the secret
+        assert secret.read_bytes() not in copy.read_bytes()
+        assert state_of(secret) == before
+    finally:
+        secret.unlink()
+
+
+def test_naming_a_hostile_header_as_qcow2_is_refused(tmp_path: Path) -> None:
+    from tests.hostile import host_secret, hostile_raw, state_of
+
+    secret = host_secret("qcow2")
+    try:
+        before = state_of(secret)
+        for kind in ("qcow2-backing", "qcow2-data-file"):
+            disk = hostile_raw(tmp_path / f"{kind}.raw", kind, secret)
+            for args in (("image", "info", disk, "--format", "qcow2"),
+                         ("image", "convert", disk, tmp_path / "out.qcow2", "-f", "qcow2"),
+                         ("image", "check", disk, "-f", "qcow2")):
+                proc = kvmops(*args)
+                assert_refused(proc, PathRefusedError.exit_code, str(secret),
+                               "outside the allowed directories")
+            assert not (tmp_path / "out.qcow2").exists()
+        assert state_of(secret) == before
+        proc = kvmops("image", "info", tmp_path / "qcow2-backing.raw", "--format", "vmdk")
+        assert_refused(proc, UnsupportedError.exit_code, "vmdk", "raw and qcow2 images only")
+    finally:
+        secret.unlink()
+
+
+def test_state_directory_is_never_named(tmp_path: Path) -> None:
+    proc = kvmops("image", "info", "/var/lib/kvmops/state/kvmops.db")
+    assert_refused(proc, PathRefusedError.exit_code, "state directory")
+    proc = kvmops("image", "convert", "/var/lib/kvmops/state/kvmops.db", tmp_path / "x.raw",
+                  "-O", "raw")
+    assert_refused(proc, PathRefusedError.exit_code, "state directory")

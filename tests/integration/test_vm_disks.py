@@ -149,7 +149,7 @@ def test_scsi_hotplug_brings_a_virtio_scsi_controller_and_sata_is_refused(
 def test_refusals_on_running_vm(disk_vm: str, running_vm: str, images_dir: Path) -> None:
     missing = images_dir / f"{SESSION_PREFIX}missing.qcow2"
     assert_one_line_error(run_cli("vm", "disk", "attach", disk_vm, "--image", str(missing)),
-                          3, str(missing), "not found")
+                          3, str(missing), "does not exist")
     assert_one_line_error(
         run_cli("vm", "disk", "attach", disk_vm, "--size", "16M", "--target", "vda",
                 "--images-dir", str(images_dir)), 4, "vda", "already in use", disk_vm)

@@ -46,10 +46,11 @@ CANVAS_INK = """() => {
 
 
 @pytest.fixture(scope="module")
-def web(tiny_guest: GuestImage) -> Iterator[ApiServer]:
+def web(tiny_guest: GuestImage, images_dir: Path, backups_dir: Path) -> Iterator[ApiServer]:
     workdir = Path(tempfile.mkdtemp(prefix="kvmops-web-"))
     db = f"sqlite:///{workdir}/kvmops.sqlite"
-    server = start_server(db, workdir, "--allow-dir", "/var/lib/kvmops",
+    server = start_server(db, workdir, "--allow-dir", str(images_dir), "--backup-dir",
+                          str(backups_dir),
                           "--allow-dir", str(tiny_guest.kernel.parent))
     try:
         added = run_cli("user", "add", USER, "--role", "admin", "--password-stdin", "--db", db,

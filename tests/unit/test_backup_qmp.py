@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from kvmops.backup.engine import plan_backup
+from kvmops.backup.keys import Keyring
 from kvmops.backup.model import BackupType, Consistency, DiskRecord, Manifest
 from kvmops.backup.qmp_engine import (
     QmpDisk,
@@ -27,7 +28,6 @@ from kvmops.backup.qmp_engine import (
     transaction_actions,
     trust_function,
 )
-from kvmops.backup.keys import Keyring
 from kvmops.backup.repository import Repository
 from kvmops.errors import BackupError, ValidationError
 from kvmops.monitor.channel import MonitorChannel, MonitorEvent

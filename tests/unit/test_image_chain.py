@@ -15,6 +15,7 @@ from kvmops.images.chain import choose_format, inspect, inspect_partial
 from kvmops.paths import PathPolicy
 from kvmops.vm.domxml import DiskSpec, OwnedFile
 from kvmops.vm.ownership import plan_removal
+from tests.hostile import header
 
 
 @pytest.fixture
@@ -76,8 +77,7 @@ def test_a_backing_file_outside_is_refused_and_never_opened(tmp_path: Path,
 def test_a_data_file_outside_is_refused(tmp_path: Path, rules: PathPolicy) -> None:
     secret = raw(tmp_path / "outside" / "secret")
     top = tmp_path / "images" / "data.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o",
-                    f"data_file={secret},data_file_raw=on", str(top), "1M"], check=True)
+    top.write_bytes(header("qcow2-data-file", secret))
     with pytest.raises(PathRefusedError, match="data file"):
         inspect(top, "qcow2", rules=rules)
 
@@ -105,8 +105,7 @@ def test_loops_and_unsupported_formats_are_refused(tmp_path: Path, rules: PathPo
 
 def test_a_qcow2_header_in_a_raw_file_is_data(tmp_path: Path, rules: PathPolicy) -> None:
     """What a guest writes into its raw disk is never read as a format."""
-    evil = qcow2(tmp_path / "outside" / "hdr.qcow2", "/etc/shadow", "raw")
-    disk = raw(tmp_path / "images" / "guest.raw", evil.read_bytes()[:65536])
+    disk = raw(tmp_path / "images" / "guest.raw", header("qcow2-backing", Path("/etc/shadow")))
     assert choose_format(disk, None) == ("raw", "default")
     chain = inspect(disk, "raw", rules=rules)
     assert len(chain.links) == 1 and chain.top.info.format == "raw"

@@ -26,7 +26,7 @@ from kvmops.store.db import Store
 
 log = logging.getLogger("kvmops.api")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_GUEST_READ = re.compile(r"^/api/v1/vms/[^/]+/guest/")
+_GUEST_READ = re.compile(r"^/api/v1/(ui/)?vms/[^/]+/guest")
 _STATIC = ("/static/", "/favicon")
 
 

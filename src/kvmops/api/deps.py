@@ -87,12 +87,16 @@ Admin = Annotated[Principal, Depends(require("admin"))]
 def caller_for(role: Role) -> Callable[..., Caller]:
     """A dependency giving the service layer's Caller, after the role check."""
 
-    def dep(request: Request, principal: Annotated[Principal, Depends(require(role))]
-            ) -> Caller:
+    def dep(request: Request, principal: Principal) -> Caller:
         return Caller(name=principal.name, role=principal.role,
                       via="web" if principal.via == "session" else "api",
                       address=client_address(request), trusted_paths=False)
 
+    # Real objects, not the strings of postponed annotations: FastAPI could not resolve
+    # the closure's ``role`` from a string.
+    dep.__annotations__ = {"request": Request,
+                           "principal": Annotated[Principal, Depends(require(role))],
+                           "return": Caller}
     dep.__name__ = f"caller_{role}"
     return dep
 

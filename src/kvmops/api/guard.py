@@ -43,8 +43,10 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 SESSION_COOKIE = "kvmops_session"
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(BaseException):
+    """Raised from ``receive`` past the limit. A BaseException on purpose: FastAPI turns
+    every Exception raised while it reads a body into a 400, and this must reach the
+    guard to become a 413."""
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

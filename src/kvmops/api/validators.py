@@ -42,6 +42,17 @@ def _size(value: object) -> int:
     return size
 
 
+def _image_size(value: object) -> int:
+    from kvmops.images.qemuimg import MAX_IMAGE_SIZE
+    from kvmops.sizes import format_size
+
+    size = _size(value)
+    if size > MAX_IMAGE_SIZE:
+        raise ValueError(f"{value} is more than the largest image kvmops makes "
+                         f"({format_size(MAX_IMAGE_SIZE)})")
+    return size
+
+
 def _mac(value: str) -> str:
     if not _MAC_RE.match(value):
         raise ValueError(f"invalid MAC address '{value}' (use 52:54:00:xx:xx:xx)")
@@ -68,6 +79,7 @@ def check_path(value: str | Path) -> Path:
 
 VmName = Annotated[str, AfterValidator(_vm_name)]
 Size = Annotated[int, BeforeValidator(_size)]
+ImageSize = Annotated[int, BeforeValidator(_image_size)]
 MacAddress = Annotated[str, AfterValidator(_mac)]
 IpAddress = Annotated[str, AfterValidator(_ip)]
 AbsolutePath = Annotated[Path, BeforeValidator(check_path)]

@@ -25,6 +25,7 @@ class Consistency(enum.StrEnum):
 class DiskRecord(BaseModel):
     target: str  # vda
     file: str  # file name inside the backup directory, e.g. vda.qcow2
+    format: str = "qcow2"  # the backup file's format: recorded, never probed
     source: str  # the VM's image the backup was taken from
     type: BackupType  # a disk added after the last full gets a full inside an incremental
     parent: str | None  # backup id holding this disk's previous link, None for a full

@@ -63,7 +63,7 @@ def create_cmd(
         agent=not no_agent, images_dir=images_dir, accelerator=accel, start=start,
     )
     with connect(uri) as host:
-        result = vms.create(Caller.local(), host, request, progress=info)
+        result = vms.create(Caller.local(), host, request, progress=info, note=warn)
     if json_out:
         print_json(result)
     else:

@@ -574,7 +574,8 @@ def check(path: PathLike, fmt: str) -> CheckResult:
             f"cannot {action}: {fmt} images do not support consistency checks",
             hint="only formats with metadata (qcow2, qed, vdi, vhdx, ...) can be checked",
         )
-    return parse_check(proc.stdout, proc.returncode, path=p, fmt=fmt)
+    result = parse_check(proc.stdout, proc.returncode, path=p, fmt=fmt)
+    return result.model_copy(update={"filename": str(p)})  # not the --image-opts text
 
 
 def _ensure_not_in_use(p: Path, fmt: str, action: str) -> None:

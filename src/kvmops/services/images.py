@@ -48,7 +48,7 @@ def check(caller: Caller, path: str | Path, fmt: str | None = None) -> CheckResu
 def check_convert(caller: Caller, source: str | Path, destination: str | Path, *,
                   source_fmt: str | None = None) -> tuple[UserImage, Path]:
     """The checks of :func:`convert` alone (an API job makes them before it is queued)."""
-    image = _open(caller, source, source_fmt, force_share=False)
+    image = _open(caller, source, source_fmt)
     target = policy().image_path(destination, trusted=caller.trusted_paths,
                                  what="destination")
     return image, target
@@ -65,15 +65,21 @@ def convert(caller: Caller, source: str | Path, destination: str | Path,
 
 def resize(caller: Caller, path: str | Path, size: str | int, fmt: str | None = None, *,
            shrink: bool = False) -> ResizeResult:
-    image = _open(caller, path, fmt, force_share=False)
+    image = _open(caller, path, fmt)
     return qemuimg.resize(image.path, image.format, size, shrink=shrink)
 
 
 def rebase(caller: Caller, path: str | Path, backing: str | Path | None,
            fmt: str | None = None, *, unsafe: bool = False,
            backing_fmt: str | None = None) -> ImageInfo:
-    image = _open(caller, path, fmt, force_share=False)
+    image = _open(caller, path, fmt)
     new_backing: Path | None = None
+    if backing and not Path(backing).exists() and not unsafe:
+        from kvmops.errors import NotFoundError
+
+        raise NotFoundError(f"cannot rebase {image.path}: new backing file {backing} does not "
+                            "exist", hint="check the path, or pass --unsafe to only rewrite "
+                                          "the reference")
     if backing:
         if unsafe and not Path(backing).exists():
             new_backing = policy().image_path(backing, trusted=caller.trusted_paths,
@@ -87,7 +93,7 @@ def rebase(caller: Caller, path: str | Path, backing: str | Path | None,
 
 def commit(caller: Caller, path: str | Path, fmt: str | None = None, *,
            base: str | Path | None = None) -> Path:
-    image = _open(caller, path, fmt, force_share=False)
+    image = _open(caller, path, fmt)
     members = {link.path for link in image.chain.links[1:]}
     target: Path | None = None
     if base is not None:
@@ -99,17 +105,25 @@ def commit(caller: Caller, path: str | Path, fmt: str | None = None, *,
     return qemuimg.commit(image.path, image.format, base=target)
 
 
-def snapshot_list(caller: Caller, path: str | Path) -> list[ImageSnapshot]:
-    return qemuimg.snapshot_list(_open(caller, path, "qcow2").path)
+def snapshot_list(caller: Caller, path: str | Path, fmt: str | None = None
+                  ) -> list[ImageSnapshot]:
+    image = _open(caller, path, fmt)
+    return qemuimg.snapshot_list(image.path, image.format)
 
 
-def snapshot_create(caller: Caller, path: str | Path, name: str) -> ImageSnapshot:
-    return qemuimg.snapshot_create(_open(caller, path, "qcow2", force_share=False).path, name)
+def snapshot_create(caller: Caller, path: str | Path, name: str, fmt: str | None = None
+                    ) -> ImageSnapshot:
+    image = _open(caller, path, fmt)
+    return qemuimg.snapshot_create(image.path, name, image.format)
 
 
-def snapshot_apply(caller: Caller, path: str | Path, name: str) -> ImageSnapshot:
-    return qemuimg.snapshot_apply(_open(caller, path, "qcow2", force_share=False).path, name)
+def snapshot_apply(caller: Caller, path: str | Path, name: str, fmt: str | None = None
+                   ) -> ImageSnapshot:
+    image = _open(caller, path, fmt)
+    return qemuimg.snapshot_apply(image.path, name, image.format)
 
 
-def snapshot_delete(caller: Caller, path: str | Path, name: str) -> ImageSnapshot:
-    return qemuimg.snapshot_delete(_open(caller, path, "qcow2", force_share=False).path, name)
+def snapshot_delete(caller: Caller, path: str | Path, name: str, fmt: str | None = None
+                    ) -> ImageSnapshot:
+    image = _open(caller, path, fmt)
+    return qemuimg.snapshot_delete(image.path, name, image.format)

@@ -53,11 +53,13 @@ def check_create(caller: Caller, req: CreateRequest) -> tuple[CreateRequest, lis
 
 
 def create(caller: Caller, host: Host, req: CreateRequest,
-           progress: Callable[[str], None] | None = None) -> VmInfo:
+           progress: Callable[[str], None] | None = None,
+           note: Callable[[str], None] | None = None) -> VmInfo:
+    """Create a VM; ``note`` hears what the user should know (e.g. an image read as raw
+    whose first bytes look like another format), ``progress`` the steps."""
     checked, notes = check_create(caller, req)
-    for note in notes:
-        if progress:
-            progress(note)
+    for text in notes:
+        (note or progress or (lambda _t: None))(text)
     return lifecycle.create(host, checked, progress=progress)
 
 

@@ -1,5 +1,6 @@
 """Remove what test runs left behind: VMs named ``kvmops-test-*``, their disks and
-the backup job records of killed test backups.
+repositories, the host files the security tests guard, and the backup job records of
+killed test backups.
 
 ``make clean-test`` runs this after an interrupted test session; it never
 touches a VM without the test prefix.
@@ -17,7 +18,7 @@ from kvmops.host.connection import Host
 from kvmops.vm import lifecycle
 
 TEST_PREFIX = "kvmops-test-"
-TEST_IMAGES = Path("/var/lib/kvmops/test-images")
+TEST_DIRS = (Path("/var/lib/kvmops/test-images"), Path("/var/lib/kvmops/test-backups"))
 
 
 def main() -> None:
@@ -35,10 +36,13 @@ def main() -> None:
         if record.vm.startswith(TEST_PREFIX):
             (settings().state_dir / "jobs" / f"{record.vm}.json").unlink(missing_ok=True)
             print(f"removed stale backup job record of {record.vm}")
-    if TEST_IMAGES.is_dir():
-        for child in TEST_IMAGES.glob(f"{TEST_PREFIX}*"):
-            shutil.rmtree(child, ignore_errors=True)
-            print(f"removed {child}")
+    for base in TEST_DIRS:
+        if base.is_dir():
+            for child in base.glob(f"{TEST_PREFIX}*"):
+                shutil.rmtree(child, ignore_errors=True)
+                print(f"removed {child}")
+    for secret in Path("/tmp").glob(f"{TEST_PREFIX}secret-*"):
+        secret.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,12 @@ def owned_files_element(files: list[OwnedFile]) -> etree._Element:
 
 
 def owned_files_xml(files: list[OwnedFile]) -> str:
-    return etree.tostring(owned_files_element(files), encoding="unicode")
+    """The record without its namespace, as libvirt's setMetadata wants it (libvirt puts
+    every element into the namespace it is given)."""
+    el = etree.Element("vm")
+    for item in files:
+        etree.SubElement(el, "file", path=item.path, format=item.fmt)
+    return etree.tostring(el, encoding="unicode")
 
 
 def parse_owned_files(element: etree._Element | None) -> list[OwnedFile]:

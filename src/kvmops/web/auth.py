@@ -67,7 +67,13 @@ def page_admin(principal: Annotated[Principal, Depends(page_user)]) -> Principal
     return principal
 
 
+def page_operator(principal: Annotated[Principal, Depends(page_user)]) -> Principal:
+    need(principal, "operator")
+    return principal
+
+
 PageUser = Annotated[Principal, Depends(page_user)]
+PageOperator = Annotated[Principal, Depends(page_operator)]
 PageAdmin = Annotated[Principal, Depends(page_admin)]
 
 

@@ -32,7 +32,24 @@ CLOSE_UNAVAILABLE = 4404
 CHUNK = 64 * 1024
 
 
-async def _refuse(websocket: WebSocket, code: int, reason: str) -> None:
+_HTTP_OF = {CLOSE_UNAUTHORIZED: 401, CLOSE_FORBIDDEN: 403, CLOSE_UNAVAILABLE: 404}
+
+
+def _address(websocket: WebSocket) -> str | None:
+    return websocket.client.host if websocket.client else None
+
+
+async def _audit(websocket: WebSocket, user: str | None, name: str, status: int) -> None:
+    ctx = context(websocket)
+    with contextlib.suppress(KvmopsError):
+        await anyio.to_thread.run_sync(lambda: audit.record(
+            ctx.store, user=user, method="WS", path=websocket.url.path, action="console",
+            target=name[:255], status_code=status, address=_address(websocket)))
+
+
+async def _refuse(websocket: WebSocket, code: int, reason: str, user: str | None = None,
+                  name: str = "") -> None:
+    await _audit(websocket, user, name, _HTTP_OF.get(code, 400))
     await websocket.accept(_subprotocol(websocket))
     await websocket.close(code=code, reason=reason[:120])
 
@@ -48,23 +65,25 @@ async def vnc_bridge(websocket: WebSocket, name: str) -> None:
     ctx = context(websocket)
     cookie = websocket.cookies.get(SESSION_COOKIE)
     principal = await anyio.to_thread.run_sync(session_principal, ctx, cookie)
-    if principal is None or not same_origin(websocket):
-        await _refuse(websocket, CLOSE_UNAUTHORIZED, "log in first")
+    if principal is None:
+        await _refuse(websocket, CLOSE_UNAUTHORIZED, "log in first", name=name)
+        return
+    if not same_origin(websocket):
+        await _refuse(websocket, CLOSE_FORBIDDEN, "the console opens only from this server's "
+                      "own pages (Origin)", principal.name, name)
         return
     if not users.role_allows(principal.role, "operator"):
-        await _refuse(websocket, CLOSE_FORBIDDEN, "the console needs the operator role")
+        await _refuse(websocket, CLOSE_FORBIDDEN, "the console needs the operator role",
+                      principal.name, name)
         return
     try:
         validate_name(name)
         port = await anyio.to_thread.run_sync(lambda: dom.vnc_port(ctx.host(), name))
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
     except (KvmopsError, OSError) as err:
-        await _refuse(websocket, CLOSE_UNAVAILABLE, str(err))
+        await _refuse(websocket, CLOSE_UNAVAILABLE, str(err), principal.name, name)
         return
-    with contextlib.suppress(KvmopsError):
-        await anyio.to_thread.run_sync(lambda: audit.record(
-            ctx.store, user=principal.name, method="WS", path=websocket.url.path,
-            action="console", target=name, status_code=101))
+    await _audit(websocket, principal.name, name, 101)
     await websocket.accept(_subprotocol(websocket))
     try:
         await _pipe(websocket, reader, writer)

@@ -35,6 +35,7 @@ from kvmops.web.auth import (
     LoginRequired,
     PageAdmin,
     PageError,
+    PageOperator,
     PageUser,
     context,
     login_token_ok,
@@ -195,9 +196,8 @@ def vm_list(request: Request, user: PageUser) -> Response:
 
 
 @router.get("/create", response_class=HTMLResponse)
-def create_form(request: Request, user: PageUser) -> Response:
+def create_form(request: Request, user: PageOperator) -> Response:
     ctx = context(request)
-    templates.require_operator(user)
     networks: list[str] = []
     with contextlib.suppress(Exception):
         networks = ctx.host().network_names()
@@ -217,9 +217,8 @@ def vm_detail(request: Request, name: str, user: PageUser) -> Response:
 
 
 @router.get("/vms/{name}/console", response_class=HTMLResponse)
-def console(request: Request, name: str, user: PageUser) -> Response:
+def console(request: Request, name: str, user: PageOperator) -> Response:
     ctx = context(request)
-    templates.require_operator(user)
     vm = lifecycle.info(ctx.host(), _vm(name))
     return templates.render(request, "console.html", user, title=f"{vm.name} console", vm=vm,
                             novnc=request.app.state.kvmops_web_novnc is not None)

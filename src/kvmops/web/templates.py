@@ -13,7 +13,6 @@ import kvmops
 from kvmops.sizes import format_size
 from kvmops.store import users
 from kvmops.store.users import Principal
-from kvmops.web.auth import PageError
 
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("kvmops.web", "templates"),
@@ -61,12 +60,6 @@ _env.globals.update(version=kvmops.__version__)
 
 def can(user: Principal | None, role: users.Role) -> bool:
     return user is not None and users.role_allows(user.role, role)
-
-
-def require_operator(user: Principal) -> None:
-    if not can(user, "operator"):
-        raise PageError(403, f"user '{user.name}' ({user.role}) may not do this: "
-                             "it needs the operator role")
 
 
 def render(request: Request, name: str, user: Principal | None, status_code: int = 200,

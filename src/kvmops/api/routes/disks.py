@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 
 from kvmops.api.deps import HostDep, LongRequest, OperatorCaller, Viewer, VmNameDep
 from kvmops.api.routes.common import Body
-from kvmops.api.validators import AbsolutePath, Size
+from kvmops.api.validators import AbsolutePath, ImageSize
 from kvmops.services import disks as disk_service
 from kvmops.vm import disks
 from kvmops.vm.disks import DetachResult, DiskInfo
@@ -23,7 +23,7 @@ _TARGET = r"^(vd|sd|hd)[a-z]{1,2}$"
 
 class AttachBody(Body):
     image: AbsolutePath | None = None
-    size: Size | None = None
+    size: ImageSize | None = None
     bus: Literal["virtio", "sata", "scsi", "ide"] = "virtio"
     format: Literal["qcow2", "raw"] | None = None
     images_dir: AbsolutePath | None = None

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Response
 from kvmops.api.deps import Ctx, OperatorCaller, ViewerCaller
 from kvmops.api.routes.common import Body, JobAccepted, accepted
 from kvmops.api.runner import JobContext
-from kvmops.api.validators import AbsolutePath, Size
+from kvmops.api.validators import AbsolutePath, ImageSize
 from kvmops.errors import ValidationError
 from kvmops.images.qemuimg import CheckResult, ImageInfo
 from kvmops.services import images
@@ -24,7 +24,7 @@ Format = Literal["qcow2", "raw"]
 
 class CreateImageBody(Body):
     path: AbsolutePath
-    size: Size | None = None
+    size: ImageSize | None = None
     format: Format = "qcow2"
     backing: AbsolutePath | None = None
     backing_format: Format | None = None

@@ -21,7 +21,7 @@ from kvmops.api.deps import (
 )
 from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
 from kvmops.api.runner import JobContext
-from kvmops.api.validators import AbsolutePath, MacAddress, Size, VmName
+from kvmops.api.validators import AbsolutePath, ImageSize, MacAddress, Size, VmName
 from kvmops.api.vmlist import VmListItem
 from kvmops.host.accel import Accelerator
 from kvmops.host.connection import Host
@@ -34,7 +34,7 @@ _NET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 
 
 class DiskBody(Body):
-    size: Size | None = Field(default=None, description="new image of this size, e.g. 10G")
+    size: ImageSize | None = Field(default=None, description="new image of this size, e.g. 10G")
     path: AbsolutePath | None = Field(default=None, description="existing image")
     format: Literal["qcow2", "raw"] | None = None
     bus: Literal["virtio", "sata", "scsi", "ide"] = "virtio"
