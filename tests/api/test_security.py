@@ -131,45 +131,50 @@ def test_guest_written_header_never_reaches_a_host_file(
         secrets: dict[str, Path], kind: str) -> None:
     secret, before = make_secret(secrets, kind)
     image = guest_writes_header(operator, sec_vm, images_dir, header(kind, secret))
+    try:
+        # read as raw by default: no backing, no data file, the guest's bytes as data
+        info = ok(operator.get("/images/info", params={"path": str(image)}))
+        assert (info["format"], info["format_source"]) == ("raw", "recorded")
+        assert info["backing_filename"] is None and info["data_file"] is None
+        copy = images_dir / f"{SESSION_PREFIX}{kind}-copy.qcow2"
+        converted = job(operator, operator.post("/images/convert", json={
+            "source": str(image), "destination": str(copy)}))
+        assert converted["state"] == "succeeded", converted
+        flat = images_dir / f"{SESSION_PREFIX}{kind}-copy.raw"
+        subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(copy),
+                        str(flat)], check=True)
+        assert flat.read_bytes() == image.read_bytes()
+        assert secret.read_bytes() not in flat.read_bytes()
 
-    # read as raw by default: no backing, no data file, the guest's bytes as data
-    info = ok(operator.get("/images/info", params={"path": str(image)}))
-    assert (info["format"], info["format_source"]) == ("raw", "recorded")
-    assert info["backing_filename"] is None and info["data_file"] is None
-    copy = images_dir / f"{SESSION_PREFIX}{kind}-copy.qcow2"
-    converted = job(operator, operator.post("/images/convert", json={
-        "source": str(image), "destination": str(copy)}))
-    assert converted["state"] == "succeeded", converted
-    flat = images_dir / f"{SESSION_PREFIX}{kind}-copy.raw"
-    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(copy), str(flat)],
-                   check=True)
-    assert flat.read_bytes() == image.read_bytes()
-    assert secret.read_bytes() not in flat.read_bytes()
+        # attached again (the format kvmops recorded: raw), the guest reads its own bytes
+        attached = ok(operator.post(f"/vms/{sec_vm}/disks", json={"image": str(image)}), 201)
+        assert attached["format"] == "raw"
+        _wait_device(operator, sec_vm, attached["target"], True)
+        ok(operator.delete(f"/vms/{sec_vm}/disks/{attached['target']}"))
+        _wait_device(operator, sec_vm, attached["target"], False)
 
-    # attached again (the format kvmops recorded: raw), the guest reads its own bytes
-    attached = ok(operator.post(f"/vms/{sec_vm}/disks", json={"image": str(image)}), 201)
-    assert attached["format"] == "raw"
-    _wait_device(operator, sec_vm, attached["target"], True)
-    ok(operator.delete(f"/vms/{sec_vm}/disks/{attached['target']}"))
-    _wait_device(operator, sec_vm, attached["target"], False)
-
-    if kind.startswith("qcow2"):
-        # insisting it is qcow2 is refused before anything opens the named file
-        refused(operator.get("/images/info", params={"path": str(image), "format": "qcow2"}),
+        if kind.startswith("qcow2"):
+            # insisting it is qcow2 is refused before anything opens the named file
+            refused(operator.get("/images/info", params={"path": str(image),
+                                                         "format": "qcow2"}), str(secret))
+            refused(operator.post("/images/convert", json={
+                "source": str(image), "source_format": "qcow2",
+                "destination": str(images_dir / f"{SESSION_PREFIX}{kind}-x.qcow2")}),
                 str(secret))
-        refused(operator.post("/images/convert", json={
-            "source": str(image), "source_format": "qcow2",
-            "destination": str(images_dir / f"{SESSION_PREFIX}{kind}-x.qcow2")}), str(secret))
-        refused(operator.post(f"/vms/{sec_vm}/disks", json={"image": str(image),
-                                                             "format": "qcow2"}), str(secret))
-        refused(operator.post("/images", json={
-            "path": str(images_dir / f"{SESSION_PREFIX}{kind}-overlay.qcow2"),
-            "backing": str(image), "backing_format": "qcow2"}), str(secret))
-        assert not (images_dir / f"{SESSION_PREFIX}{kind}-x.qcow2").exists()
-    else:
-        bad = operator.post(f"/vms/{sec_vm}/disks", json={"image": str(image), "format": kind})
-        assert bad.status_code == 422, bad.text  # only raw and qcow2 exist for the API
-    assert state_of(secret) == before  # never opened for write, never chowned, unchanged
+            refused(operator.post(f"/vms/{sec_vm}/disks",
+                                  json={"image": str(image), "format": "qcow2"}), str(secret))
+            refused(operator.post("/images", json={
+                "path": str(images_dir / f"{SESSION_PREFIX}{kind}-overlay.qcow2"),
+                "backing": str(image), "backing_format": "qcow2"}), str(secret))
+            assert not (images_dir / f"{SESSION_PREFIX}{kind}-x.qcow2").exists()
+        else:
+            bad = operator.post(f"/vms/{sec_vm}/disks",
+                                json={"image": str(image), "format": kind})
+            assert bad.status_code == 422, bad.text  # only raw and qcow2 exist for the API
+        assert state_of(secret) == before  # never opened for write, never chowned, unchanged
+    finally:
+        for leftover in (image, *images_dir.glob(f"{SESSION_PREFIX}{kind}-*")):
+            leftover.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------ chain 2: deletion outside
