@@ -43,8 +43,8 @@ def parse_size(text: str | int, *, what: str = "size") -> int:
 def format_size(num_bytes: int | float) -> str:
     """Render bytes as a short binary size, e.g. ``64.0 MiB``."""
     value = float(num_bytes)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024 or unit == "PiB":
             return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")

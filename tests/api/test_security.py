@@ -392,3 +392,13 @@ def test_guest_reads_and_refusals_are_audited(api: ApiServer, operator: httpx.Cl
     assert any(r["path"] == "/api/v1/images/info" and r["result"] == "denied"
                and r["status_code"] == 403 for r in mine)
     assert all(r["address"] == "127.0.0.1" for r in mine)
+
+
+def test_long_guest_commands_run_as_jobs(api: ApiServer, operator: httpx.Client,
+                                         sec_vm: str) -> None:
+    started = operator.post(f"/vms/{sec_vm}/guest/exec", json={
+        "argv": ["/bin/sh", "-c", "sleep 2; echo done"], "background": True})
+    finished = wait_job(operator, str(ok(started, 202)["job_id"]))
+    assert finished["state"] == "succeeded", finished
+    assert finished["kind"] == "guest.exec"
+    assert finished["result"]["stdout"] == "done\n" and finished["result"]["exit_code"] == 0

@@ -154,7 +154,7 @@ def test_vm_life_cycle_and_backups(api: ApiServer, tiny_guest: GuestImage, image
         assert cancel.status_code == 409 and cancel.json()["kind"] == "StateError"
 
         # -- restore (flattened images into a directory), verify, prune
-        target = repo_dir / "restored"
+        target = images_dir / f"{name}-restored"  # restores go into an image directory
         restored = _job(operator, operator.post(f"/vms/{name}/backups/restore",
                                                 json={"repo": repo, "to": str(target)}))
         assert (target / "vda.qcow2").is_file() and (target / "vdb.qcow2").is_file()

@@ -13,8 +13,8 @@ from kvmops.config import settings
 from tests.conftest import run_cli
 
 EXPECTED = {"libvirtd", "virtlogd", "qemu", "qemu-img", "accelerator", "images-dir",
-            "state-dir", "backup-jobs", "io-limits", "backup-api", "snapshots", "memory",
-            "guest-agents"}
+            "state-dir", "path-policy", "backup-jobs", "io-limits", "backup-api", "snapshots",
+            "memory", "guest-agents"}
 
 
 def doctor(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any], str]:

@@ -187,7 +187,8 @@ def test_vm_life_console_backup_restore_audit(web: ApiServer, browser_page: Any,
         # console: noVNC through the same-origin bridge draws the boot console
         page.goto(f"{web.url}/vms/{name}/console")
         page.locator("#console-status").filter(has_text=re.compile(r"^connected$")).wait_for(timeout=WAIT_MS)
-        page.wait_for_function(f"({CANVAS_INK})() > 200", timeout=WAIT_MS)
+        # a function, not an expression: the pages' CSP forbids eval of strings
+        page.wait_for_function(f"() => ({CANVAS_INK})() > 200", timeout=WAIT_MS)
         page.fill("#send-text input[name=text]", "echo kvmops")
         page.click("#send-text button[type=submit]")
         page.locator(".toast.ok").filter(has_text="typed").wait_for()
@@ -196,7 +197,7 @@ def test_vm_life_console_backup_restore_audit(web: ApiServer, browser_page: Any,
         # VM detail: graphs fill from the stats endpoint
         page.goto(f"{web.url}/vms/{name}")
         page.wait_for_function(
-            "document.querySelector('[data-metric=cpu] polyline')"
+            "() => document.querySelector('[data-metric=cpu] polyline')"
             ".getAttribute('points').split(' ').length >= 6", timeout=WAIT_MS)
         shoot(page, "vm-detail")
 

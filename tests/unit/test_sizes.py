@@ -26,3 +26,7 @@ def test_format_size() -> None:
     assert format_size(512) == "512 B"
     assert format_size(64 * 1024**2) == "64.0 MiB"
     assert format_size(3 * 1024**4) == "3.0 TiB"
+
+
+def test_petabytes_are_shown_as_such() -> None:
+    assert format_size(3 * 1024**5) == "3.0 PiB"

@@ -156,6 +156,26 @@ def check_directory(name: str, directory: Path, *, images: bool) -> Check:
     return _check(name, status, detail, hint)
 
 
+def check_path_policy() -> Check:
+    """The allowed directories keep away from the state directory, which only root reads."""
+    from kvmops.errors import ConfigError
+    from kvmops.paths import policy
+
+    try:
+        rules = policy()
+    except ConfigError as err:
+        return _check("path-policy", Status.FAIL, err.message, err.hint)
+    state = rules.state_dir
+    if state.exists() and state.stat().st_mode & 0o077:
+        return _check("path-policy", Status.WARN,
+                      f"the state directory {state} is readable by other users "
+                      f"(mode {state.stat().st_mode & 0o777:o}): it holds the database and "
+                      "the manifest keys", f"run 'chmod 700 {state}'")
+    return _check("path-policy", Status.OK,
+                  f"images in {', '.join(map(str, rules.image_dirs))}; repositories in "
+                  f"{', '.join(map(str, rules.backup_dirs))}; state apart in {state}")
+
+
 def _env_for(name: str) -> str:
     return {"images-dir": "KVMOPS_IMAGES_DIR", "state-dir": "KVMOPS_STATE_DIR"}.get(
         name, "see 'kvmops host info'")
@@ -274,6 +294,7 @@ def run_doctor(uri: str | None = None, *, host: Host | None = None) -> DoctorRep
         checks.append(check_accelerator())
         checks.append(check_directory("images-dir", cfg.images_dir, images=True))
         checks.append(check_directory("state-dir", cfg.state_dir, images=False))
+        checks.append(check_path_policy())
         checks.append(check_backup_jobs())
         checks.append(check_io_limits())
         if host is not None:

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
@@ -50,7 +51,7 @@ from kvmops.sizes import format_size, parse_size
 
 QEMU_IMG = "qemu-img"
 PREALLOCATION_MODES = ("off", "metadata", "falloc", "full")
-MAX_IMAGE_SIZE = 64 * 1024**5  # 64 PiB: beyond what qcow2 with default clusters holds
+MAX_IMAGE_SIZE = 2 * 1024**5  # 2 PiB: the most a qcow2 image with 64 KiB clusters holds
 
 PathLike = str | os.PathLike[str]
 ProgressCallback = Callable[[float], None]
@@ -301,6 +302,8 @@ def translate_error(
     message = f"cannot {what}: {text}"
     if "No such file or directory" in text:
         return NotFoundError(message, hint="check the path")
+    if "image size is too large" in text.lower() or "Invalid image size" in text:
+        return ValidationError(message, hint="give a smaller size")
     if "Unknown file format" in text:
         return ValidationError(message, hint="use a format qemu-img knows, e.g. qcow2 or raw")
     if "Operation not supported" in text or "not supported" in text.lower():
@@ -532,6 +535,8 @@ def create(
     if cluster_size is not None:
         options.append(f"cluster_size={parse_size(cluster_size, what='cluster size')}")
 
+    if size_bytes is not None and "preallocation=metadata" in options:
+        _check_room_for_metadata(p, size_bytes, options, action)
     args = ["create", "-q", "-f", fmt]
     if options:
         args += ["-o", ",".join(options)]
@@ -556,6 +561,23 @@ def create(
         raise
     records.record_format(p, fmt)
     return info(p, fmt)
+
+
+def _check_room_for_metadata(p: Path, size: int, options: list[str], action: str) -> None:
+    """Preallocated qcow2 metadata grows with the virtual size (160 GiB for 1 PiB): refuse
+    before writing it into a file system that cannot hold it."""
+    proc = run_qemu_img(["measure", "--output=json", "--size", str(size), "-O", "qcow2",
+                         "-o", ",".join(options)], what=action, path=p)
+    try:
+        required = int(json.loads(proc.stdout)["required"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise StorageError(f"cannot {action}: qemu-img measure printed no size") from err
+    free = shutil.disk_usage(p.parent).free
+    if required > free:
+        raise ValidationError(
+            f"cannot {action}: its preallocated metadata needs {format_size(required)}, "
+            f"but {p.parent} has {format_size(free)} free",
+            hint="give a smaller size, or free space first")
 
 
 def check(path: PathLike, fmt: str) -> CheckResult:

@@ -9,13 +9,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field, field_validator
 
 from kvmops.agent import guest as ops
 from kvmops.agent.channel import AgentChannel, open_agent
 from kvmops.api.deps import Ctx, LongRequest, Operator, VmNameDep
-from kvmops.api.routes.common import Body, Message
+from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
 
 router = APIRouter(prefix="/vms/{name}/guest", tags=["guest"], dependencies=[LongRequest])
 
@@ -41,6 +41,8 @@ class ExecBody(Body):
     stdin_b64: str | None = None
     env: list[str] | None = None
     timeout: float = Field(default=60.0, gt=0, le=3600)
+    background: bool = Field(default=False, description="run as a job (202 with a job id) "
+                             "instead of holding the request until the command ends")
 
     @field_validator("argv")
     @classmethod
@@ -130,8 +132,17 @@ def interfaces(_: Operator, name: VmNameDep, ctx: Ctx) -> list[dict[str, Any]]:
         return [i.model_dump(mode="json", by_alias=True) for i in ops.interfaces(ch)]
 
 
-@router.post("/exec", response_model=ExecOut)
-def exec_(_: Operator, name: VmNameDep, body: ExecBody, ctx: Ctx) -> ExecOut:
+@router.post("/exec", response_model=ExecOut | JobAccepted,
+             responses={202: {"model": JobAccepted, "description": "background: a job"}})
+def exec_(user: Operator, name: VmNameDep, body: ExecBody, ctx: Ctx, response: Response
+          ) -> ExecOut | JobAccepted:
+    if body.background:
+        return accepted(ctx.runner.submit("guest.exec", name, user.name,
+                                          lambda _job: _run_exec(ctx, name, body)), response)
+    return _run_exec(ctx, name, body)
+
+
+def _run_exec(ctx: Any, name: str, body: ExecBody) -> ExecOut:
     stdin = _b64(body.stdin_b64, "stdin_b64") if body.stdin_b64 else None
     with _agent(ctx, name) as ch:
         res = ops.exec(ch, body.argv, stdin=stdin, timeout=body.timeout, env=body.env)
