@@ -362,7 +362,7 @@ def test_long_requests_are_limited_and_health_stays_answering(
     def long_exec() -> int:
         with api.client("operator") as client:
             return client.post(f"/vms/{sec_vm}/guest/exec", json={
-                "argv": ["/bin/sleep", "20"], "timeout": 60}).status_code
+                "argv": ["/bin/sleep", "10"], "timeout": 60}).status_code
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         running = [pool.submit(long_exec) for _ in range(4)]

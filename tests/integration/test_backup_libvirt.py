@@ -275,6 +275,13 @@ def _lift_read_throttle(vm: str) -> None:
     """
     try:
         pid = int(Path(f"/run/libvirt/qemu/{vm}.pid").read_text().strip())
+    except (OSError, ValueError):
+        return
+    _lift_read_throttle_of(pid)
+
+
+def _lift_read_throttle_of(pid: int) -> None:
+    try:
         lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
     except (OSError, ValueError):
         return
@@ -386,6 +393,8 @@ def test_vm_shut_down_during_backup(vm_factory: Callable[..., str], repo_dir: Pa
         _wait_partial(repo_dir, vm, proc)
         pid = int(Path(f"/run/libvirt/qemu/{vm}.pid").read_text().strip())
         os.kill(pid, signal.SIGKILL)
+        # a killed QEMU still waits for its throttled reads in flight before it is gone
+        _lift_read_throttle_of(pid)
         _out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
