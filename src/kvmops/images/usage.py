@@ -7,6 +7,7 @@ VM. Best effort: when libvirt cannot be reached the answer is simply ``[]``.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from lxml import etree
@@ -32,10 +33,8 @@ def disk_files(domain_xml: str | bytes) -> list[str]:
     return files
 
 
-def attached_formats(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Running VMs holding ``path`` in a disk chain, with the format they read it as."""
-    target = _resolve(path)
-    found: dict[str, str] = {}
+def _running_xml() -> Iterator[tuple[str, str]]:
+    """(name, live XML) of every running domain; nothing when libvirt is unreachable."""
     try:
         with open_host() as host:
             for dom in host.domains():
@@ -45,12 +44,16 @@ def attached_formats(path: str | os.PathLike[str]) -> dict[str, str]:
                     xml = call("reading VM XML", dom.XMLDesc, 0)
                     name = str(call("reading VM name", dom.name))
                 except KvmopsError:
-                    continue
-                for fmt in _formats_of(xml, target):
-                    found[name] = fmt
+                    continue  # the domain went away while we looked
+                yield name, xml
     except KvmopsError:
-        return {}
-    return found
+        return
+
+
+def attached_formats(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Running VMs holding ``path`` in a disk chain, with the format they read it as."""
+    target = _resolve(path)
+    return {name: fmt for name, xml in _running_xml() for fmt in _formats_of(xml, target)}
 
 
 def _formats_of(domain_xml: str, target: Path) -> list[str]:
@@ -73,19 +76,5 @@ def _formats_of(domain_xml: str, target: Path) -> list[str]:
 def vms_using(path: str | os.PathLike[str]) -> list[str]:
     """Names of the *running* libvirt domains whose disks include ``path``."""
     target = _resolve(path)
-    users: list[str] = []
-    try:
-        with open_host() as host:
-            for dom in host.domains():
-                try:
-                    if not call("reading VM state", dom.isActive):
-                        continue
-                    xml = call("reading VM XML", dom.XMLDesc, 0)
-                    name = str(call("reading VM name", dom.name))
-                except KvmopsError:
-                    continue  # the domain went away while we looked
-                if any(_resolve(f) == target for f in disk_files(xml)):
-                    users.append(name)
-    except KvmopsError:
-        return []
-    return sorted(users)
+    return sorted(name for name, xml in _running_xml()
+                  if any(_resolve(f) == target for f in disk_files(xml)))
