@@ -280,23 +280,12 @@ def _lift_read_throttle(vm: str) -> None:
     _lift_read_throttle_of(pid)
 
 
-def _lift_read_throttle_of(pid: int) -> None:
-    try:
-        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
-    except (OSError, ValueError):
-        return
-    root = Path("/sys/fs/cgroup/blkio")
-    for line in lines:
-        _num, controllers, path = line.split(":", 2)
-        if "blkio" not in controllers.split(","):
-            continue
-        group = root / path.lstrip("/")
-        while group != root.parent:  # libvirt sets the rule on the VM's group
-            rules = group / "blkio.throttle.read_bps_device"
-            with contextlib.suppress(OSError):
-                for rule in rules.read_text().splitlines():
-                    rules.write_text(f"{rule.split()[0]} 0\n")
-            group = group.parent
+def _lift_read_throttle_of(pid: int, groups: list[Path] | None = None) -> None:
+    for group in _blkio_groups(pid) if groups is None else groups:
+        rules = group / "blkio.throttle.read_bps_device"
+        with contextlib.suppress(OSError):
+            for rule in rules.read_text().splitlines():
+                rules.write_text(f"{rule.split()[0]} 0\n")
 
 
 def _slow_backup(vm: str, repo: Path, host: Host) -> subprocess.Popen[str]:
@@ -307,16 +296,45 @@ def _slow_backup(vm: str, repo: Path, host: Host) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_partial(repo: Path, vm: str, proc: subprocess.Popen[str]) -> None:
+def _wait_partial(repo: Path, vm: str, proc: subprocess.Popen[str], host: Host) -> None:
+    """Wait until libvirt runs the backup job into a partial directory.
+
+    Not until the partial file grows: QEMU keeps up to 64 MiB of reads in flight, so
+    under the read throttle the whole small disk is read at once and the first bytes
+    land only near the end of the copy. From the job's start the throttle leaves about
+    half a minute before the copy can complete.
+    """
     deadline = time.monotonic() + 60
     backups = repo / vm / "backups"
+    domain = host.domain(vm)
     while time.monotonic() < deadline:
         partials = list(backups.glob(".partial-*")) if backups.is_dir() else []
-        if partials and any(p.stat().st_size > 1 << 20 for p in partials[0].glob("*.qcow2")):
-            return
+        with contextlib.suppress(libvirt.libvirtError):
+            stats = domain.jobStats(0)
+            if partials and stats.get("operation") == libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP \
+                    and stats.get("type") != libvirt.VIR_DOMAIN_JOB_NONE:
+                return
         assert proc.poll() is None, proc.communicate()
-        time.sleep(0.2)
-    raise AssertionError("backup never started writing")
+        time.sleep(0.1)
+    raise AssertionError("the backup job never started")
+
+
+def _blkio_groups(pid: int) -> list[Path]:
+    """The blkio cgroup directories of a process (read while it still exists)."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return []
+    root = Path("/sys/fs/cgroup/blkio")
+    groups = []
+    for line in lines:
+        _num, controllers, path = line.split(":", 2)
+        if "blkio" in controllers.split(","):
+            group = root / path.lstrip("/")
+            while group != root.parent:  # libvirt sets the rule on the VM's group
+                groups.append(group)
+                group = group.parent
+    return groups
 
 
 def test_killed_kvmops_mid_backup_leaves_nothing_false(
@@ -327,7 +345,7 @@ def test_killed_kvmops_mid_backup_leaves_nothing_false(
     digest = write_random(vm, 0, 40)
     proc = _slow_backup(vm, repo_dir, host)
     try:
-        _wait_partial(repo_dir, vm, proc)
+        _wait_partial(repo_dir, vm, proc, host)
         proc.kill()  # SIGKILL: no clean-up code runs
         proc.wait(10)
     finally:
@@ -354,7 +372,7 @@ def test_second_backup_refused_and_cancel(vm_factory: Callable[..., str], repo_d
     digest = write_random(vm, 0, 40)
     proc = _slow_backup(vm, repo_dir, host)
     try:
-        _wait_partial(repo_dir, vm, proc)
+        _wait_partial(repo_dir, vm, proc, host)
         jobs = json.loads(run_cli("backup", "jobs", "--json").stdout)
         assert any(j["vm"] == vm and j["pid"] == proc.pid for j in jobs)
         second = run_cli("backup", "create", vm, "--repo", str(repo_dir))
@@ -390,11 +408,12 @@ def test_vm_shut_down_during_backup(vm_factory: Callable[..., str], repo_dir: Pa
     vm = _big_vm(vm_factory, images_dir)
     proc = _slow_backup(vm, repo_dir, host)
     try:
-        _wait_partial(repo_dir, vm, proc)
+        _wait_partial(repo_dir, vm, proc, host)
         pid = int(Path(f"/run/libvirt/qemu/{vm}.pid").read_text().strip())
+        groups = _blkio_groups(pid)
         os.kill(pid, signal.SIGKILL)
         # a killed QEMU still waits for its throttled reads in flight before it is gone
-        _lift_read_throttle_of(pid)
+        _lift_read_throttle_of(pid, groups)
         _out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
