@@ -441,7 +441,8 @@ def bench(res: Results, work: Path, host: Host, vm: str, say: Callable[[str], No
     say("creating and booting the VM")
     lifecycle.create(host, CreateRequest(
         name=vm, memory=512 * MiB, vcpus=1, kernel=image.kernel, initrd=image.initrd,
-        cmdline="console=ttyS0", disks=[DiskRequest(path=disk), DiskRequest(path=big)],
+        cmdline="console=ttyS0", disks=[DiskRequest(path=disk, fmt="qcow2"),
+                                        DiskRequest(path=big, fmt="qcow2")],
         images_dir=work))
     lifecycle.start(host, vm)
     lifecycle.wait_for_agent(host, vm, timeout=180)
@@ -491,7 +492,7 @@ def bench(res: Results, work: Path, host: Host, vm: str, say: Callable[[str], No
     restored = out / "vda.qcow2"
     res.restore = Timed(next(p for p in phases if p.name == "total").seconds, phases,
                         {"allocated": allocated(restored),
-                         "virtual": qemuimg.info(restored).virtual_size})
+                         "virtual": qemuimg.info(restored, "qcow2").virtual_size})
     shutil.rmtree(out)
     say("reference: cp and qemu-img convert of the single full file, cold cache")
     copy_dst = work / f"{PREFIX}copy.qcow2"

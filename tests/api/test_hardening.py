@@ -136,3 +136,21 @@ def test_web_log_in_with_a_bad_form_token_is_audited(api: ApiServer) -> None:
         rows = admin.get("/audit", params={"user": "view", "limit": 20}).json()
     assert any(r["path"] == "/login" and r["status_code"] == 403 and r["result"] == "denied"
                for r in rows)
+
+
+def test_web_log_in_and_log_out_are_audited_with_the_address(api: ApiServer) -> None:
+    import re
+
+    with httpx.Client(base_url=api.url, timeout=30, follow_redirects=False) as browser:
+        form = browser.get("/login").text
+        token = re.search(r'name="token" value="([^"]+)"', form)
+        assert token is not None
+        logged_in = browser.post("/login", data={"username": "view", "password": "password-view",
+                                                 "token": token.group(1), "next": "/"})
+        assert logged_in.status_code == 303, logged_in.text
+        csrf = browser.cookies["kvmops_csrf"]
+        assert browser.post("/logout", data={"csrf": csrf}).status_code == 303
+    with api.client("admin") as admin:
+        rows = admin.get("/audit", params={"user": "view", "limit": 50}).json()
+    actions = {(r["action"], r["result"], r["address"]) for r in rows}
+    assert ("login", "ok", "127.0.0.1") in actions and ("logout", "ok", "127.0.0.1") in actions
