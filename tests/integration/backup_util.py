@@ -36,7 +36,8 @@ def disk_hash(vm: str, target: str = "vda") -> str:
 def image_hash(path: Path) -> str:
     """sha256 of an image's guest-visible content (qemu-img convert to raw)."""
     raw = path.with_suffix(".raw")
-    subprocess.run(["qemu-img", "convert", "-O", "raw", str(path), str(raw)], check=True)
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(path), str(raw)],
+                   check=True)
     digest = hashlib.sha256()
     with open(raw, "rb") as fh:
         while block := fh.read(4 << 20):

@@ -493,3 +493,45 @@ def test_compressed_chain_restores(vm_factory: Callable[..., str], repo_dir: Pat
     assert restore_hash(vm, repo_dir, str(full["id"]), tmp_path / "r0") == digest_full
     assert restore_hash(vm, repo_dir, str(inc["id"]), tmp_path / "r1") == digest
     assert run_cli("backup", "verify", "--repo", str(repo_dir), vm).code == 0
+
+
+def test_two_repositories_alternate_and_each_stays_incremental(
+        vm_factory: Callable[..., str], backups_dir: Path, tmp_path: Path) -> None:
+    """A local and an off-site repository for one VM: each keeps its own checkpoints,
+    neither deletes the other's, both chains stay incremental and restore exactly."""
+    vm = vm_factory(start=True)
+    repos = {"a": backups_dir / f"{vm}-local", "b": backups_dir / f"{vm}-offsite"}
+    points: dict[str, list[tuple[str, str]]] = {"a": [], "b": []}
+    for step, name in enumerate(("a", "b", "a", "b")):
+        digest = write_random(vm, step * 4, 2)
+        made = backup(vm, repos[name])
+        expected = "full" if len(points[name]) == 0 else "incremental"
+        assert made["type"] == expected, (name, step, made["notes"])
+        if points[name]:
+            assert made["parent"] == points[name][-1][0]
+        points[name].append((str(made["id"]), digest))
+    for name, chain in points.items():
+        for index, (backup_id, digest) in enumerate(chain):
+            out = tmp_path / f"{name}{index}"
+            assert restore_hash(vm, repos[name], backup_id, out) == digest
+        assert run_cli("backup", "verify", "--repo", str(repos[name]), vm).code == 0
+
+
+def test_concurrent_backups_of_one_vm_are_refused_in_one_line(
+        vm_factory: Callable[..., str], repo_dir: Path, backups_dir: Path, images_dir: Path,
+        host: Host) -> None:
+    vm = _big_vm(vm_factory, images_dir)
+    proc = _slow_backup(vm, repo_dir, host)
+    try:
+        _wait_partial(repo_dir, vm, proc, host)
+        other = run_cli("backup", "create", vm, "--repo", str(backups_dir / f"{vm}-other"))
+        assert_one_line_error(other, StateError.exit_code, vm, "already running",
+                              str(repo_dir))
+        assert run_cli("backup", "cancel", vm).code == 0
+        _lift_read_throttle(vm)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _lift_read_throttle(vm)
+    assert not list((backups_dir / f"{vm}-other").rglob("manifest.json"))

@@ -16,6 +16,7 @@ from kvmops.backup.model import BackupType, Consistency, DiskRecord, Manifest
 from kvmops.backup.qmp_engine import (
     QmpDisk,
     _letters,
+    backup_id_of,
     bitmaps_to_keep,
     discover_disks,
     end_jobs,
@@ -31,6 +32,7 @@ from kvmops.backup.qmp_engine import (
 from kvmops.backup.repository import Repository
 from kvmops.errors import BackupError, ValidationError
 from kvmops.monitor.channel import MonitorChannel, MonitorEvent
+from kvmops.vm.checkpoints import checkpoint_name
 
 FULL_ID = "20260101T000000.000000Z"
 INC_ID = "20260102T000000.000000Z"
@@ -249,8 +251,22 @@ def test_bitmaps_kept_are_the_newest_and_the_newest_fulls() -> None:
                     _bitmap("kvmops-20260103T000000.000000Z"), _bitmap("someone-else"),
                     {"recording": True, "busy": False, "persistent": False,
                      "granularity": 65536, "count": 0}])  # anonymous: a running job's
-    assert stale_bitmaps(nodes, keep) == [("disk0", INC_BITMAP)]
+    referenced = {m.checkpoint for m in manifests if m.checkpoint}
+    assert stale_bitmaps(nodes, keep, "0a1b2c3d", referenced) == [("disk0", INC_BITMAP)]
     assert bitmaps_to_keep([]) == set()
+
+
+def test_another_repositorys_bitmaps_are_never_stale() -> None:
+    """Two repositories back up one VM: each prunes only its own bitmaps."""
+    mine, theirs = "kvmops-0a1b2c3d-20260102T000000.000000Z", \
+        "kvmops-ffff0000-20260101T000000.000000Z"
+    old_mine = "kvmops-0a1b2c3d-20260101T000000.000000Z"
+    nodes = _nodes([_bitmap(theirs), _bitmap(old_mine), _bitmap(mine),
+                    _bitmap("kvmops-20251231T000000.000000Z")])  # legacy, not referenced
+    assert stale_bitmaps(nodes, {mine}, "0a1b2c3d", {old_mine, mine}) == [
+        ("disk0", old_mine)]
+    assert backup_id_of(theirs) == "20260101T000000.000000Z"
+    assert backup_id_of("someone-else") is None
 
 
 # ---------------------------------------------------------------- jobs
@@ -349,10 +365,11 @@ def test_recover_cleans_what_a_killed_run_left(tmp_path: Path) -> None:
     full_dir = repo.backups_dir("raw1") / FULL_ID
     full_dir.mkdir()
     repo.write_manifest(full_dir, manifest)
-    orphan = "kvmops-20260105T000000.000000Z"
+    orphan = checkpoint_name("20260105T000000.000000Z", repo.identity())
+    other_repo = "kvmops-ffff0000-20260105T000000.000000Z"  # a backup into another repo
     jobs = {"kvmops-backup-vda": "running", "someone-elses-job": "running"}
     nodes = {"kvmops-target-vda"}
-    bitmaps = {FULL_BITMAP, orphan, "not-ours"}
+    bitmaps = {FULL_BITMAP, orphan, other_repo, "not-ours"}
 
     def handler(command: str, args: Mapping[str, Any] | None) -> Any:
         args = args or {}
@@ -376,6 +393,6 @@ def test_recover_cleans_what_a_killed_run_left(tmp_path: Path) -> None:
     recover(FakeChannel(handler), repo, "raw1", notes.append, timeout=5)
     assert jobs == {"someone-elses-job": "running"}
     assert nodes == set()
-    assert bitmaps == {FULL_BITMAP, "not-ours"}
+    assert bitmaps == {FULL_BITMAP, other_repo, "not-ours"}
     assert not partial.exists()
     assert len(notes) == 4, notes

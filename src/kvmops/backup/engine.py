@@ -18,7 +18,6 @@ The invariants this module keeps:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import threading
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
-import libvirt_qemu
 from lxml import etree
 
 import kvmops
@@ -40,7 +38,6 @@ from kvmops.backup.model import (
     Consistency,
     DiskRecord,
     Manifest,
-    checkpoint_name,
     new_backup_id,
 )
 from kvmops.backup.repository import Repository, sha256_file
@@ -53,12 +50,20 @@ from kvmops.errors import (
     UnsupportedError,
     ValidationError,
 )
-from kvmops.host.connection import Host, call, translate, version_text
+from kvmops.host.connection import Host, call, version_text
 from kvmops.images import qemuimg
+from kvmops.vm.checkpoints import (
+    checkpoint_name,
+    delete_checkpoint,
+    foreign_checkpoints,
+    kvmops_checkpoints,
+    node_bitmaps,
+    owned_by,
+    qmp_command,
+)
 from kvmops.vm.domxml import DiskSpec, DomainSpec
 from kvmops.vm.lifecycle import ensure_qemu_can_reach, state_name
 
-CHECKPOINT_PREFIX = "kvmops-"
 ProgressFn = Callable[[int, int], None]
 NoteFn = Callable[[str], None]
 
@@ -212,80 +217,6 @@ def checkpoint_xml(name: str, plan: Plan, all_disks: list[DiskSpec], description
     return etree.tostring(root, encoding="unicode")
 
 
-# ---------------------------------------------------------------- checkpoints
-def kvmops_checkpoints(domain: libvirt.virDomain) -> list[libvirt.virDomainCheckpoint]:
-    return [c for c in call("listing checkpoints", domain.listAllCheckpoints, 0)
-            if c.getName().startswith(CHECKPOINT_PREFIX)]
-
-
-def foreign_checkpoints(domain: libvirt.virDomain) -> list[str]:
-    return [c.getName() for c in call("listing checkpoints", domain.listAllCheckpoints, 0)
-            if not c.getName().startswith(CHECKPOINT_PREFIX)]
-
-
-def delete_checkpoint(domain: libvirt.virDomain, name: str, note: NoteFn | None = None) -> None:
-    """Delete a checkpoint, merging its bitmaps into its parent's (libvirt semantics)."""
-    try:
-        checkpoint = domain.checkpointLookupByName(name, 0)
-    except libvirt.libvirtError:
-        return
-    try:
-        checkpoint.delete(0)
-    except libvirt.libvirtError as err:
-        # Its bitmaps are broken (e.g. inconsistent after a crash): drop the metadata and the
-        # bitmaps; the next backup of that disk is a full anyway.
-        try:
-            checkpoint.delete(libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
-        except libvirt.libvirtError as err2:
-            raise translate(err2, f"deleting checkpoint {name} of VM '{domain.name()}'"
-                            ) from err
-        if domain.isActive():
-            remove_bitmaps(domain, name)
-        if note:
-            note(f"checkpoint {name} could not be merged ({err.get_error_message()}); "
-                 "removed it")
-
-
-def _qmp(domain: libvirt.virDomain, command: str, arguments: dict[str, Any] | None = None
-         ) -> Any:
-    request: dict[str, Any] = {"execute": command}
-    if arguments:
-        request["arguments"] = arguments
-    reply = libvirt_qemu.qemuMonitorCommand(domain, json.dumps(request), 0)
-    return json.loads(reply).get("return")
-
-
-def node_bitmaps(domain: libvirt.virDomain) -> dict[str, list[dict[str, Any]]]:
-    """Dirty bitmaps per disk target of a running VM (read-only QMP query)."""
-    xml = etree.fromstring(domain.XMLDesc(0).encode())
-    node_of: dict[str, str] = {}
-    for disk in xml.findall("devices/disk"):
-        target = disk.find("target")
-        source = disk.find("source")
-        if target is None or source is None or source.get("index") is None:
-            continue
-        node_of[f"libvirt-{source.get('index')}-format"] = target.get("dev", "")
-    result: dict[str, list[dict[str, Any]]] = {}
-    try:
-        nodes = _qmp(domain, "query-named-block-nodes", {"flat": True})
-    except libvirt.libvirtError:
-        return result
-    for node in nodes or []:
-        dev = node_of.get(node.get("node-name", ""))
-        if dev:
-            result[dev] = list(node.get("dirty-bitmaps", []))
-    return result
-
-
-def remove_bitmaps(domain: libvirt.virDomain, name: str) -> None:
-    """Remove a bitmap left behind by a checkpoint whose metadata is gone."""
-    xml = etree.fromstring(domain.XMLDesc(0).encode())
-    for disk in xml.findall("devices/disk/source[@index]"):
-        node = f"libvirt-{disk.get('index')}-format"
-        with contextlib.suppress(libvirt.libvirtError):
-            _qmp(domain, "block-dirty-bitmap-remove", {"node": node, "name": name})
-
-
 def bitmap_trust(domain: libvirt.virDomain) -> Callable[[str, str], str | None]:
     """Checks a checkpoint's bitmap on one disk of a running VM."""
     bitmaps = node_bitmaps(domain)
@@ -388,9 +319,9 @@ def limit_speed(domain: libvirt.virDomain, speed: int) -> None:
     ``block-job-set-speed`` only changes the rate of the job libvirt started; it does not
     touch the job's state, which libvirt keeps tracking.
     """
-    for job in _qmp(domain, "query-block-jobs") or []:
+    for job in qmp_command(domain, "query-block-jobs") or []:
         if job.get("type") == "backup":
-            _qmp(domain, "block-job-set-speed", {"device": job["device"], "speed": speed})
+            qmp_command(domain, "block-job-set-speed", {"device": job["device"], "speed": speed})
 
 
 @contextlib.contextmanager
@@ -479,7 +410,7 @@ def _run_online(host: Host, domain: libvirt.virDomain, repo: Repository, req: Ba
         say(message)
 
     backup_id = new_backup_id()
-    cp_name = checkpoint_name(backup_id)
+    cp_name = checkpoint_name(backup_id, repo.identity())
     partial = repo.start_partial(vm, backup_id)
     started = time.monotonic()
     checkpoint_created = False
@@ -631,13 +562,16 @@ def link_to_parent(path: Path, parent_id: str, target: str) -> None:
 
 
 def recover(domain: libvirt.virDomain, repo: Repository, vm: str, say: NoteFn) -> None:
-    """Clean up after a killed run: partial directories and orphan checkpoints."""
-    complete = {checkpoint_name(m.id) for m in repo.manifests(vm)}
+    """Clean up after a killed run: partial directories and this repository's orphan
+    checkpoints (another repository's checkpoints are never touched)."""
+    manifests = repo.manifests(vm)
+    complete = {m.checkpoint for m in manifests if m.complete and m.checkpoint}
+    referenced = {m.checkpoint for m in manifests if m.checkpoint}
     for partial in repo.partials(vm):
         repo.discard_partial(partial)
         say(f"removed unfinished backup {partial.name} left by an interrupted run")
-    for checkpoint in reversed(kvmops_checkpoints(domain)):
-        name = checkpoint.getName()
+    names = [c.getName() for c in kvmops_checkpoints(domain)]
+    for name in reversed(owned_by(names, repo.identity(), referenced)):
         if name not in complete and repo.checkpoint_xml(vm, name) is None:
             delete_checkpoint(domain, name, say)
             say(f"deleted checkpoint {name} of an unfinished backup (its changes are kept "
@@ -645,7 +579,8 @@ def recover(domain: libvirt.virDomain, repo: Repository, vm: str, say: NoteFn) -
 
 
 def prune_checkpoints(domain: libvirt.virDomain, repo: Repository, vm: str, say: NoteFn) -> None:
-    """Keep only the checkpoints future backups need: the newest, and the newest full's."""
+    """Keep only the checkpoints this repository's future backups need: the newest, and
+    the newest full's. Other repositories' checkpoints are theirs to keep."""
     manifests = [m for m in repo.manifests(vm) if m.complete]
     if not manifests:
         return
@@ -653,8 +588,9 @@ def prune_checkpoints(domain: libvirt.virDomain, repo: Repository, vm: str, say:
     fulls = [m for m in manifests if m.type is BackupType.FULL]
     if fulls:
         keep.add(fulls[-1].checkpoint)
-    for checkpoint in kvmops_checkpoints(domain):
-        name = checkpoint.getName()
+    referenced = {m.checkpoint for m in manifests if m.checkpoint}
+    names = [c.getName() for c in kvmops_checkpoints(domain)]
+    for name in owned_by(names, repo.identity(), referenced):
         if name not in keep:
             try:
                 delete_checkpoint(domain, name, say)

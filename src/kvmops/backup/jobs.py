@@ -7,6 +7,8 @@ every state change appends one JSON line to ``STATE/events.jsonl``.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from kvmops.config import settings
+from kvmops.errors import StateError
 
 
 class JobRecord(BaseModel):
@@ -48,17 +51,34 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def registered(vm: str, repo: str, transport: str = "libvirt") -> Iterator[JobRecord]:
+    """Register this process's backup of ``vm``; one backup of a VM at a time, whatever
+    the repository (``STATE/jobs/VM.lock``, released when the process ends, even by
+    SIGKILL): a second one is refused at once in one line."""
     directory = _jobs_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    record = JobRecord(vm=vm, pid=os.getpid(), repo=repo, started=datetime.now(UTC),
-                       transport=transport)
-    path = directory / f"{vm}.json"
-    path.write_text(record.model_dump_json())
+    fd = os.open(directory / f"{vm}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        yield record
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                raise
+            other = running_job(vm)
+            where = f" (pid {other.pid}, into {other.repo})" if other else ""
+            raise StateError(f"a backup of VM '{vm}' is already running{where}",
+                             hint=f"wait for it, or cancel it with 'kvmops backup cancel {vm}'"
+                             ) from err
+        record = JobRecord(vm=vm, pid=os.getpid(), repo=repo, started=datetime.now(UTC),
+                           transport=transport)
+        path = directory / f"{vm}.json"
+        path.write_text(record.model_dump_json())
+        try:
+            yield record
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        os.close(fd)
 
 
 def set_state(vm: str, state: str) -> None:

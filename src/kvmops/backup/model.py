@@ -65,10 +65,6 @@ def new_backup_id(now: datetime | None = None) -> str:
     return moment.strftime("%Y%m%dT%H%M%S.%fZ")
 
 
-def checkpoint_name(backup_id: str) -> str:
-    return f"kvmops-{backup_id}"
-
-
 def disk_chain(manifests: dict[str, Manifest], backup_id: str, target: str) -> list[Manifest]:
     """The backups whose files form ``target``'s image at ``backup_id``, full first."""
     chain: list[Manifest] = []

@@ -25,13 +25,13 @@ from kvmops.backup.model import (
     Consistency,
     DiskRecord,
     Manifest,
-    checkpoint_name,
     new_backup_id,
 )
 from kvmops.backup.repository import Repository, sha256_file
 from kvmops.host.connection import Host, call, version_text
 from kvmops.images import qemuimg
 from kvmops.images.chain import inspect
+from kvmops.vm.checkpoints import checkpoint_name
 from kvmops.vm.domxml import DomainSpec
 
 NoteFn = Callable[[str], None]
@@ -39,13 +39,8 @@ NoteFn = Callable[[str], None]
 
 def run_offline_backup(host: Host, repo: Repository, req: object, say: NoteFn,
                        progress: Callable[[int, int], None] | None = None) -> Manifest:
-    from kvmops.backup.engine import (
-        BackupRequest,
-        delete_checkpoint,
-        kvmops_checkpoints,
-        recover,
-        select_disks,
-    )
+    from kvmops.backup.engine import BackupRequest, recover, select_disks
+    from kvmops.vm.checkpoints import delete_checkpoint, kvmops_checkpoints
 
     assert isinstance(req, BackupRequest)
     vm = req.vm
@@ -58,7 +53,7 @@ def run_offline_backup(host: Host, repo: Repository, req: object, say: NoteFn,
         say(f"VM '{vm}' is shut off: its images are copied in full; incrementals continue "
             "from this backup once it runs again")
     backup_id = new_backup_id()
-    cp_name = checkpoint_name(backup_id)
+    cp_name = checkpoint_name(backup_id, repo.identity())
     partial = repo.start_partial(vm, backup_id)
     started = time.monotonic()
     added_bitmaps: list[str] = []

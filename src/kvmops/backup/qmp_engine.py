@@ -71,7 +71,6 @@ from typing import Any
 import kvmops
 from kvmops.backup import jobs
 from kvmops.backup.engine import (
-    CHECKPOINT_PREFIX,
     NoteFn,
     NoteLog,
     Plan,
@@ -84,7 +83,6 @@ from kvmops.backup.model import (
     BackupType,
     Consistency,
     Manifest,
-    checkpoint_name,
     new_backup_id,
 )
 from kvmops.backup.repository import Repository
@@ -99,6 +97,7 @@ from kvmops.errors import (
 )
 from kvmops.images import qemuimg
 from kvmops.monitor.channel import MonitorChannel, open_monitor
+from kvmops.vm.checkpoints import checkpoint_name, is_kvmops, owned_by
 from kvmops.vm.domxml import DiskSpec
 
 TARGET_NODE_PREFIX = "kvmops-target-"
@@ -153,7 +152,10 @@ def job_id(target: str) -> str:
 
 
 def backup_id_of(bitmap: str) -> str | None:
-    return bitmap[len(CHECKPOINT_PREFIX):] if bitmap.startswith(CHECKPOINT_PREFIX) else None
+    """The backup id in a kvmops bitmap name (``kvmops-[REPO-]ID``), else None."""
+    if not is_kvmops(bitmap):
+        return None
+    return bitmap.rsplit("-", 1)[-1]
 
 
 # ---------------------------------------------------------------- disks
@@ -337,12 +339,14 @@ def trust_function(nodes: list[dict[str, Any]], disks: list[QmpDisk]
     return trusted
 
 
-def stale_bitmaps(nodes: list[dict[str, Any]], keep: set[str]) -> list[tuple[str, str]]:
-    """(node, bitmap) pairs of kvmops bitmaps not in ``keep``."""
-    return [(node, str(b.get("name")))
-            for node, bitmaps in node_bitmaps(nodes).items() for b in bitmaps
-            if str(b.get("name", "")).startswith(CHECKPOINT_PREFIX)
-            and b.get("name") not in keep]
+def stale_bitmaps(nodes: list[dict[str, Any]], keep: set[str], repo_id: str,
+                  referenced: set[str]) -> list[tuple[str, str]]:
+    """(node, bitmap) pairs of this repository's bitmaps not in ``keep`` (another
+    repository's bitmaps are never touched; see :mod:`kvmops.vm.checkpoints`)."""
+    pairs = [(node, str(b.get("name", "")))
+             for node, bitmaps in node_bitmaps(nodes).items() for b in bitmaps]
+    mine = set(owned_by({name for _n, name in pairs}, repo_id, referenced))
+    return [(node, name) for node, name in pairs if name in mine and name not in keep]
 
 
 def bitmaps_to_keep(manifests: list[Manifest]) -> set[str]:
@@ -535,8 +539,10 @@ def recover(channel: MonitorChannel, repo: Repository, vm: str, say: NoteFn,
         delete_nodes(channel, targets, say)
         say(f"removed backup target node(s) {', '.join(targets)} left by an interrupted run")
         nodes = channel.execute("query-named-block-nodes", {"flat": True}) or []
-    complete = {checkpoint_name(m.id) for m in repo.manifests(vm) if m.complete}
-    orphans = stale_bitmaps(nodes, complete)
+    manifests = repo.manifests(vm)
+    complete = {m.checkpoint for m in manifests if m.complete and m.checkpoint}
+    orphans = stale_bitmaps(nodes, complete, repo.identity(),
+                            {m.checkpoint for m in manifests if m.checkpoint})
     for node, name in orphans:
         try:
             channel.execute("block-dirty-bitmap-remove", {"node": node, "name": name})
@@ -552,11 +558,14 @@ def recover(channel: MonitorChannel, repo: Repository, vm: str, say: NoteFn,
 
 def prune_bitmaps(channel: MonitorChannel, repo: Repository, vm: str, say: NoteFn) -> None:
     """Keep only the bitmaps future backups need (see :func:`bitmaps_to_keep`)."""
-    keep = bitmaps_to_keep(repo.manifests(vm))
+    manifests = repo.manifests(vm)
+    keep = bitmaps_to_keep(manifests)
     if not keep:
         return
     nodes = channel.execute("query-named-block-nodes", {"flat": True}) or []
-    remove_bitmaps(channel, stale_bitmaps(nodes, keep), say, "no longer needed")
+    referenced = {m.checkpoint for m in manifests if m.checkpoint}
+    remove_bitmaps(channel, stale_bitmaps(nodes, keep, repo.identity(), referenced), say,
+                   "no longer needed")
 
 
 # ---------------------------------------------------------------- freezing
@@ -670,7 +679,7 @@ def _run(channel: MonitorChannel, repo: Repository, req: QmpBackupRequest,
         say(message)
 
     backup_id = new_backup_id()
-    bitmap = checkpoint_name(backup_id)
+    bitmap = checkpoint_name(backup_id, repo.identity())
     by_target = {d.target: d for d in disks}
     added_nodes: list[str] = []
     started_jobs: set[str] = set()

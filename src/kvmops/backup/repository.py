@@ -28,6 +28,8 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import secrets
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +49,8 @@ from kvmops.errors import (
 PARTIAL_PREFIX = ".partial-"
 MANIFEST = "manifest.json"
 SIG_SUFFIX = ".hmac"
+IDENTITY = "kvmops-repository.json"
+_REPO_ID = re.compile(r"^[0-9a-f]{8}$")
 
 
 def fsync_dir(path: Path) -> None:
@@ -126,6 +130,32 @@ class Repository:
         self.root = root.absolute()
         self.keyring = keyring or Keyring()
 
+    def identity(self) -> str:
+        """The repository's identity (8 hex digits, made on first use): it prefixes the
+        names of the checkpoints its backups create, so each repository recognises and
+        deletes only its own."""
+        path = self.root / IDENTITY
+        if not path.exists():
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise StorageError(f"cannot create backup repository {self.root}: "
+                                   f"{err.strerror}") from err
+            fd = os.open(self.root / ".identity.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if not path.exists():
+                    self.write_signed(path, json.dumps({"id": secrets.token_hex(4)}) + "\n")
+            finally:
+                os.close(fd)
+        try:
+            value = json.loads(self.read_signed(path)).get("id")
+        except (ValueError, AttributeError) as err:
+            raise TamperedError(f"repository identity {path} is unreadable") from err
+        if not isinstance(value, str) or not _REPO_ID.match(value):
+            raise TamperedError(f"repository identity {path} is not valid")
+        return value
+
     def vm_dir(self, vm: str) -> Path:
         return self.root / vm
 
@@ -138,7 +168,8 @@ class Repository:
     def vms(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / "backups").is_dir())
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and (p / "backups").is_dir())
 
     # ------------------------------------------------------------ authentication
     def place(self, path: Path) -> str:
@@ -312,7 +343,7 @@ def write_json(path: Path, value: object) -> None:
 
 def signed_files(repo: Repository) -> list[Path]:
     """Every file of the repository that carries (or should carry) a signature."""
-    found: list[Path] = []
+    found: list[Path] = [repo.root / IDENTITY] if (repo.root / IDENTITY).is_file() else []
     for vm in repo.vms():
         base = repo.backups_dir(vm)
         found += sorted(p / MANIFEST for p in base.iterdir()

@@ -199,11 +199,10 @@ def restore_in_place(host: Host, repo_path: Path, vm: str, at: str | None,
             if dst.suffix != ".qcow2":
                 _set_disk_format(host, vm, record.target)
     notes = []
-    from kvmops.backup.engine import CHECKPOINT_PREFIX
+    from kvmops.vm.checkpoints import kvmops_checkpoints
 
-    for checkpoint in domain.listAllCheckpoints(0):
-        if checkpoint.getName().startswith(CHECKPOINT_PREFIX):
-            checkpoint.delete(2)  # METADATA_ONLY: the restored images carry no bitmaps
+    for checkpoint in kvmops_checkpoints(domain):  # every repository's: the disks changed
+        checkpoint.delete(2)  # METADATA_ONLY: the restored images carry no bitmaps
     notes.append("the VM's disks were replaced: its next backup is a full")
     return RestoreResult(vm=vm, backup_id=point.id, disks=disks, notes=notes)
 

@@ -41,14 +41,6 @@ import libvirt
 from lxml import etree
 from pydantic import BaseModel, Field
 
-from kvmops.backup.engine import (
-    CHECKPOINT_PREFIX,
-    delete_checkpoint,
-    foreign_checkpoints,
-    kvmops_checkpoints,
-    node_bitmaps,
-    remove_bitmaps,
-)
 from kvmops.errors import (
     AlreadyExistsError,
     HypervisorError,
@@ -70,6 +62,14 @@ from kvmops.snapshot.support import (
     overlay_path,
     support_for,
     vm_facts,
+)
+from kvmops.vm.checkpoints import (
+    delete_checkpoint,
+    foreign_checkpoints,
+    is_kvmops,
+    kvmops_checkpoints,
+    node_bitmaps,
+    remove_bitmaps,
 )
 from kvmops.vm.domxml import NAME_RE, OwnedFile
 from kvmops.vm.ownership import add_owned, drop_owned
@@ -354,7 +354,7 @@ def end_backup_chain(domain: libvirt.virDomain, say: NoteFn) -> list[str]:
         for target, bitmaps in node_bitmaps(domain).items():
             for bitmap in bitmaps:
                 stale = str(bitmap.get("name", ""))
-                if stale.startswith(CHECKPOINT_PREFIX):
+                if is_kvmops(stale):
                     remove_bitmaps(domain, stale)
                     say(f"removed stale bitmap {stale} from disk {target}")
     else:
@@ -370,7 +370,7 @@ def end_backup_chain(domain: libvirt.virDomain, say: NoteFn) -> list[str]:
                 continue
             for link in _chain(source, fmt):
                 for label in link.info.bitmaps:
-                    if label.startswith(CHECKPOINT_PREFIX) and link.format == "qcow2":
+                    if is_kvmops(label) and link.format == "qcow2":
                         qemuimg.run_qemu_img(
                             ["bitmap", "--remove", "-f", "qcow2", str(link.path), label],
                             what=f"removing bitmap {label} from {link.path}", path=link.path)
