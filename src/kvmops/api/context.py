@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 
-import libvirt
 from fastapi import Request
 
-from kvmops.api.events import DomainEvents, EventHub
+from kvmops.api.events import EventHub
 from kvmops.api.limits import SlotLimiter
 from kvmops.api.runner import JobRunner
 from kvmops.api.settings import ApiSettings
 from kvmops.api.throttle import LoginThrottle
 from kvmops.api.vmlist import DomainTypeCache, VmListCache
 from kvmops.host.connection import Host
+from kvmops.host.events import LifecycleWatch
 from kvmops.store.db import Store
+
+log = logging.getLogger("kvmops.api")
 
 
 class ApiContext:
@@ -26,7 +29,7 @@ class ApiContext:
         self.runner = JobRunner(self.store, self.hub, settings.workers)
         self.domain_types = DomainTypeCache()
         self.vm_list = VmListCache(self.domain_types)
-        self.domain_events: DomainEvents | None = None
+        self.domain_events: LifecycleWatch | None = None
         self.login_throttle = LoginThrottle(settings.login_max_failures, settings.login_window)
         self.long_requests = SlotLimiter(settings.long_per_user, settings.long_total)
         self.initial_admin_password: str | None = None
@@ -38,31 +41,42 @@ class ApiContext:
         with self._host_lock:
             host = self._host
             if host is not None:
-                try:
-                    alive = host.conn.isAlive()
-                except libvirt.libvirtError:
-                    alive = False
-                if alive:
+                if host.alive():
                     return host
                 host.close()
             self._host = Host(self.settings.uri)
             return self._host
 
     def start_events(self) -> None:
+        """libvirt life cycle events into the hub and the caches; after a libvirtd restart
+        the watch subscribes again by itself, and the caches expire meanwhile."""
         if not self.settings.events:
             return
 
-        def changed(uuid: str, kind: str) -> None:
+        def changed(name: str, uuid: str, kind: str, detail: int) -> None:
             self.vm_list.invalidate()
             if kind in ("defined", "undefined"):
                 self.domain_types.invalidate(uuid)
+            self.hub.publish("domain", {"vm": name, "event": kind, "detail": detail})
 
-        events = DomainEvents(self.hub, self.settings.uri, on_change=changed)
-        if events.start():
-            self.domain_events = events
-        else:  # without events the caches must expire on their own
-            self.domain_types.ttl = 5.0
-            self.vm_list.max_age = 0.0
+        def connection(up: bool) -> None:
+            log.warning("libvirt life cycle events: %s", "subscribed again" if up else
+                        "connection to libvirtd lost; re-subscribing")
+            # without events the caches must expire on their own
+            self.vm_list.max_age = self._list_age if up else 0.0
+            self.domain_types.ttl = self._types_ttl if up else 5.0
+            self.domain_types.invalidate()
+            self.vm_list.invalidate()
+            self.hub.publish("host", {"event": "libvirt-reconnected" if up
+                                      else "libvirt-disconnected"})
+
+        self._list_age, self._types_ttl = self.vm_list.max_age, self.domain_types.ttl
+        watch = LifecycleWatch(self.settings.uri, changed, connection)
+        self.domain_events = watch
+        if not watch.start():
+            log.warning("libvirt life cycle events unavailable for now (%s); retrying",
+                        watch.error)
+            connection(False)
 
     def close(self) -> None:
         self.hub.close()

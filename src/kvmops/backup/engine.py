@@ -43,6 +43,7 @@ from kvmops.backup.model import (
 from kvmops.backup.repository import Repository, sha256_file
 from kvmops.errors import (
     BackupError,
+    HostUnavailableError,
     HypervisorError,
     KvmopsError,
     StateError,
@@ -50,7 +51,7 @@ from kvmops.errors import (
     UnsupportedError,
     ValidationError,
 )
-from kvmops.host.connection import Host, call, version_text
+from kvmops.host.connection import Host, call, connection_lost, translate, version_text
 from kvmops.images import qemuimg
 from kvmops.vm.checkpoints import (
     checkpoint_name,
@@ -260,10 +261,14 @@ def ensure_checkpoint_metadata(domain: libvirt.virDomain, repo: Repository, vm: 
 
 # ---------------------------------------------------------------- the job
 def _job_stats(domain: libvirt.virDomain, completed: bool = False) -> dict[str, Any]:
+    """The domain's job statistics ({} when there is none); a lost connection to
+    libvirtd is raised, never taken for "no job"."""
     flags = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED if completed else 0
     try:
         stats = domain.jobStats(flags)
-    except libvirt.libvirtError:
+    except libvirt.libvirtError as err:
+        if connection_lost(err):
+            raise translate(err, "following the backup job") from err
         return {}
     return dict(stats)
 
@@ -304,7 +309,7 @@ def wait_for_job(domain: libvirt.virDomain, progress: ProgressFn | None,
             if total:
                 progress(total, total)
         return
-    if not domain.isActive():
+    if not call(f"reading the state of VM '{name}'", domain.isActive):
         raise BackupError(f"VM '{name}' stopped while the backup ran; the backup is discarded",
                           hint="start the VM and run the backup again (or back it up shut off)")
     if outcome == libvirt.VIR_DOMAIN_JOB_CANCELLED:
@@ -456,12 +461,18 @@ def _run_online(host: Host, domain: libvirt.virDomain, repo: Repository, req: Ba
         )
         repo.publish(vm, partial, manifest)
     except BaseException as err:
-        _abort(domain, vm)
-        if checkpoint_created:
-            delete_checkpoint(domain, cp_name, say)
+        left = _clean_up_run(domain, vm, cp_name if checkpoint_created else None, say)
         repo.discard_partial(partial)
         jobs.record_event(vm, "cancelled" if isinstance(err, _Interrupted | KeyboardInterrupt)
                           else "failed", backup_id=backup_id, error=str(err))
+        if isinstance(err, HostUnavailableError) or left:
+            raise HostUnavailableError(
+                f"lost the connection to libvirtd while backing up VM '{vm}': nothing was "
+                f"published and the unfinished backup {backup_id} was removed"
+                + (f"; {', '.join(left)} is left for the next backup of {vm} to clean up"
+                   if left else ""),
+                hint=f"once libvirtd answers again ('kvmops host doctor'), run the backup "
+                     f"again: the next 'kvmops backup create {vm}' cleans up first") from err
         raise
     finally:
         for sig, handler in previous_handlers.items():
@@ -469,6 +480,23 @@ def _run_online(host: Host, domain: libvirt.virDomain, repo: Repository, req: Ba
     jobs.record_event(vm, "completed", backup_id=backup_id, type=plan.type.value)
     prune_checkpoints(domain, repo, vm, say)
     return manifest
+
+
+def _clean_up_run(domain: libvirt.virDomain, vm: str, checkpoint: str | None,
+                  say: NoteFn) -> list[str]:
+    """End the job and delete the new checkpoint of a run that failed; returns what could
+    not be cleaned up because libvirtd is unreachable (the next run's recover does it)."""
+    left: list[str] = []
+    try:
+        _abort(domain, vm)
+    except HostUnavailableError:
+        left.append("libvirt's backup job")
+    if checkpoint is not None:
+        try:
+            delete_checkpoint(domain, checkpoint, say)
+        except HostUnavailableError:
+            left.append(f"checkpoint {checkpoint}")
+    return left
 
 
 def _orphaned_job_of(domain: libvirt.virDomain, repo: Repository, vm: str) -> bool:
@@ -498,12 +526,16 @@ def _begin_error(err: libvirt.libvirtError, vm: str, partial: Path) -> KvmopsErr
 
 
 def _abort(domain: libvirt.virDomain, vm: str) -> None:
-    with contextlib.suppress(libvirt.libvirtError):
+    """Abort the domain's backup job, if any (HostUnavailableError when libvirtd is gone)."""
+    try:
         if active_backup_job(domain):
             domain.abortJob()
             deadline = time.monotonic() + 30
             while active_backup_job(domain) and time.monotonic() < deadline:
                 time.sleep(0.2)
+    except libvirt.libvirtError as err:
+        if connection_lost(err):
+            raise translate(err, f"aborting the backup job of VM '{vm}'") from err
 
 
 def _id_time(backup_id: str) -> datetime:

@@ -64,11 +64,24 @@ def is_undecodable_error(err: BaseException) -> bool:
         err.__cause__ or err.__context__, UnicodeDecodeError)
 
 
+LOST_HINT = ("libvirtd stopped or restarted; kvmops cleaned up what it could, and the next "
+             "run of the same command cleans up the rest: retry once libvirtd is back")
+
+
+def connection_lost(err: libvirt.libvirtError) -> bool:
+    """The error is the connection to libvirtd going away (a restart, a crash)."""
+    return (err.get_error_code() in _CONNECTION_CODES
+            or err.get_error_domain() == libvirt.VIR_FROM_RPC)
+
+
 def translate(err: libvirt.libvirtError, what: str) -> KvmopsError:
     """Map a libvirtError to our hierarchy; ``what`` names the action and object."""
     code = err.get_error_code()
     text = (err.get_error_message() or str(err)).strip()
     message = f"{what}: {text}"
+    if connection_lost(err):
+        return HostUnavailableError(f"{what}: lost the connection to libvirtd ({text})",
+                                    hint=LOST_HINT)
     if code in _NOT_FOUND_CODES:
         return NotFoundError(message)
     if code == libvirt.VIR_ERR_OPERATION_INVALID:
@@ -111,6 +124,19 @@ class Host:
     def close(self) -> None:
         with contextlib.suppress(libvirt.libvirtError):
             self.conn.close()
+
+    def alive(self) -> bool:
+        """Does libvirtd still answer on this connection? (one cheap round trip: a closed
+        socket is noticed only when it is used)"""
+        try:
+            return bool(self.conn.isAlive()) and self.conn.getLibVersion() > 0
+        except libvirt.libvirtError:
+            return False
+
+    def reconnect(self) -> None:
+        """Open the connection again (after libvirtd restarted)."""
+        self.close()
+        self.__init__(self.uri)  # type: ignore[misc]
 
     def __enter__(self) -> Host:
         return self

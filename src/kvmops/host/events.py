@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import libvirt
 
 from kvmops.config import settings
 from kvmops.errors import HostUnavailableError
+from kvmops.host import connection as _connection  # noqa: F401  (libvirt's error printer off)
 
 T = TypeVar("T")
 
@@ -97,3 +99,106 @@ class EventQueue(Generic[T]):
 
     def empty(self) -> bool:
         return self._queue.empty()
+
+
+# ------------------------------------------------------------------ life cycle
+LIFECYCLE_EVENTS = {0: "defined", 1: "undefined", 2: "started", 3: "suspended", 4: "resumed",
+                    5: "stopped", 6: "shutdown", 7: "pmsuspended", 8: "crashed"}
+LifecycleCallback = Callable[[str, str, str, int], None]  # name, uuid, event, detail
+
+
+class LifecycleWatch:
+    """Domain life cycle events of one libvirt URI, subscribed again by itself after
+    libvirtd restarts (or comes up after us).
+
+    ``on_event(name, uuid, kind, detail)`` runs in the event loop thread;
+    ``on_connection(up)`` is told when the subscription is lost and when it is back.
+    """
+
+    RETRY_S = 1.0
+
+    def __init__(self, uri: str | None, on_event: LifecycleCallback,
+                 on_connection: Callable[[bool], None] | None = None) -> None:
+        self.uri = uri
+        self.on_event = on_event
+        self.on_connection = on_connection
+        self._conn: libvirt.virConnect | None = None
+        self._callback: int | None = None
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._reconnecting = False
+        self.error: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self._conn is not None
+
+    def start(self) -> bool:
+        """Subscribe; when libvirtd is not reachable, keep trying in the background."""
+        if self._subscribe():
+            return True
+        self._reconnect_later()
+        return False
+
+    def _subscribe(self) -> bool:
+        try:
+            conn = open_event_connection(self.uri)
+            conn.registerCloseCallback(self._closed, None)
+            callback = conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+        except (HostUnavailableError, libvirt.libvirtError) as err:
+            self.error = str(err)
+            return False
+        with self._lock:
+            self._conn, self._callback, self.error = conn, callback, None
+        return True
+
+    def _on_lifecycle(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, event: int,
+                      detail: int, _opaque: object) -> None:
+        try:
+            self.on_event(dom.name(), dom.UUIDString(), LIFECYCLE_EVENTS.get(event, str(event)),
+                          detail)
+        except Exception:
+            return
+
+    def _closed(self, _conn: libvirt.virConnect, _reason: int, _opaque: object) -> None:
+        with self._lock:
+            self._conn = self._callback = None
+        if self.on_connection is not None:
+            with contextlib.suppress(Exception):
+                self.on_connection(False)
+        self._reconnect_later()
+
+    def _reconnect_later(self) -> None:
+        with self._lock:
+            if self._reconnecting or self._stopped.is_set():
+                return
+            self._reconnecting = True
+        threading.Thread(target=self._reconnect, name="kvmops-events-reconnect",
+                         daemon=True).start()
+
+    def _reconnect(self) -> None:
+        try:
+            while not self._stopped.wait(self.RETRY_S):
+                if self._subscribe():
+                    if self.on_connection is not None:
+                        with contextlib.suppress(Exception):
+                            self.on_connection(True)
+                    return
+        finally:
+            with self._lock:
+                self._reconnecting = False
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with self._lock:
+            conn, callback, self._conn, self._callback = self._conn, self._callback, None, None
+        if conn is None:
+            return
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.unregisterCloseCallback()
+        with contextlib.suppress(libvirt.libvirtError):
+            if callback is not None:
+                conn.domainEventDeregisterAny(callback)
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()

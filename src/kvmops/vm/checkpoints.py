@@ -26,7 +26,7 @@ import libvirt
 import libvirt_qemu
 from lxml import etree
 
-from kvmops.host.connection import call, translate
+from kvmops.host.connection import call, connection_lost, translate
 
 CHECKPOINT_PREFIX = "kvmops-"
 NoteFn = Callable[[str], None]
@@ -72,7 +72,9 @@ def delete_checkpoint(domain: libvirt.virDomain, name: str, note: NoteFn | None 
     """Delete a checkpoint, merging its bitmaps into its parent's (libvirt semantics)."""
     try:
         checkpoint = domain.checkpointLookupByName(name, 0)
-    except libvirt.libvirtError:
+    except libvirt.libvirtError as err:
+        if connection_lost(err):
+            raise translate(err, f"deleting checkpoint {name}") from err
         return
     try:
         checkpoint.delete(0)
