@@ -21,6 +21,7 @@ these at one boundary each and kept as ``__cause__``.
     ├── PathRefusedError         a path outside the allowed directories (or in the state dir)
     ├── ConfigError              the configuration is invalid (exit 78, EX_CONFIG)
     ├── TooManyRequestsError     a concurrency limit was reached
+    ├── CancelledError           interrupted (Ctrl-C) or cancelled; says what was cleaned up
     └── ChannelError             QMP or guest agent channel
         ├── QmpError
         └── GuestAgentError
@@ -222,3 +223,10 @@ class TooManyRequestsError(KvmopsError):
 
     exit_code = 23
     http_status = 429
+
+
+class CancelledError(KvmopsError):
+    """The operation was interrupted (Ctrl-C, a cancel request) and cleaned up after."""
+
+    exit_code = 130
+    http_status = 409

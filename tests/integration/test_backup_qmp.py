@@ -157,7 +157,7 @@ def test_round_trip_every_point_restores(raw: RawQemu, repo_dir: Path, tmp_path:
     inc_bytes = sum(d["bytes_written"] for d in inc1["disks"])
     assert 4 << 20 <= inc_bytes <= 2 * (4 << 20) + (2 << 20)
     # QEMU keeps only the bitmaps future backups need: the newest and the newest full's.
-    assert bitmaps(raw) == {f"kvmops-{inc2['id']}", f"kvmops-{full['id']}"}
+    assert bitmaps(raw) == {str(inc2['checkpoint']), str(full['checkpoint'])}
 
     listed = list_backups(NAME, repo_dir)
     assert [b["id"] for b in listed] == list(expected)
@@ -186,7 +186,7 @@ def test_interrupted_and_killed_backups_leave_nothing(raw: RawQemu, repo_dir: Pa
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("kvmops: error: "), err
     assert leftovers(raw, repo_dir) == {"jobs": [], "targets": [], "partials": []}
-    assert bitmaps(raw) == {f"kvmops-{full['id']}"}
+    assert bitmaps(raw) == {str(full['checkpoint'])}
     assert guest_sh(raw, "echo thawed") == "thawed\n"
 
     # SIGKILL: job, target node, bitmap and partial stay behind until the next run.
@@ -204,7 +204,7 @@ def test_interrupted_and_killed_backups_leave_nothing(raw: RawQemu, repo_dir: Pa
     assert after["type"] == "incremental" and after["parent"] == full["id"], after["notes"]
     assert any("unfinished backup" in n for n in after["notes"]), after["notes"]
     assert leftovers(raw, repo_dir) == {"jobs": [], "targets": [], "partials": []}
-    assert bitmaps(raw) == {f"kvmops-{full['id']}", f"kvmops-{after['id']}"}
+    assert bitmaps(raw) == {str(full['checkpoint']), str(after['checkpoint'])}
     assert restore_hash(NAME, repo_dir, after["id"], tmp_path / "r") == digest
 
 
@@ -212,7 +212,7 @@ def test_missing_parent_bitmap_forces_full_with_note(raw: RawQemu, repo_dir: Pat
                                                      tmp_path: Path) -> None:
     full = backup(raw, repo_dir, "--full")
     remove = json.dumps({"execute": "block-dirty-bitmap-remove",
-                         "arguments": {"node": "disk0", "name": f"kvmops-{full['id']}"}})
+                         "arguments": {"node": "disk0", "name": str(full['checkpoint'])}})
     result = run_cli("qmp", "--socket", str(raw.qmp_socket), remove)
     assert result.code == 0, result.stderr
     digest = write_random(raw, 10, 2)

@@ -36,6 +36,7 @@ from kvmops.errors import (
     AgentCommandDisabledError,
     AgentTimeoutError,
     AgentUnavailableError,
+    CancelledError,
     ChannelError,
     GuestCommandError,
     KvmopsError,
@@ -464,11 +465,15 @@ def _upload(channel: AgentChannel, chunks: Iterator[bytes], size: int, target: _
             _run(channel, ["chown", owner, temp], f"chown {owner} '{destination}'")
         _run(channel, ["chmod", mode, temp], f"chmod {mode} '{destination}'")
         _run(channel, ["mv", "-f", temp, destination], f"renaming into '{destination}'")
-    except BaseException:
+    except BaseException as err:
         if not closed:
             with contextlib.suppress(KvmopsError):
                 _file_close(channel, handle)
         _remove_quietly(channel, temp)
+        if isinstance(err, KeyboardInterrupt):
+            raise CancelledError(f"push to '{destination}' on {channel.target} interrupted "
+                                 f"after {done} bytes: the partial file was removed and "
+                                 f"'{destination}' was not touched") from err
         raise
     return TransferResult(source=source, destination=destination, size=done,
                           checksum=checksum, note=note)

@@ -25,7 +25,7 @@ from typing import Any
 from fastapi.encoders import jsonable_encoder
 
 from kvmops.api.events import EventHub
-from kvmops.errors import KvmopsError
+from kvmops.errors import CancelledError, KvmopsError
 from kvmops.store import jobs as job_store
 from kvmops.store.db import Store
 from kvmops.store.jobs import JobView
@@ -34,11 +34,8 @@ log = logging.getLogger("kvmops.api")
 UPDATE_INTERVAL = 0.5  # seconds between progress writes to the DB
 
 
-class JobCancelled(KvmopsError):
+class JobCancelled(CancelledError):
     """Raised inside a job when its cancellation was requested."""
-
-    exit_code = 130
-    http_status = 409
 
 
 class JobContext:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -30,16 +31,22 @@ def _vm_name(value: str) -> str:
         raise ValueError(str(err)) from None
 
 
-def _size(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise ValueError("a size is a number of bytes or a text like 64M, 10G")
-    try:
-        size = parse_size(value)
-    except KvmopsError as err:
-        raise ValueError(str(err)) from None
-    if size > MAX_SIZE:
-        raise ValueError(f"size {value} is too large")
-    return size
+def _sized(bare_unit: str) -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise ValueError("a size is a number or a text like 64M, 10G")
+        try:
+            size = parse_size(value, bare_unit=bare_unit)
+        except KvmopsError as err:
+            raise ValueError(str(err)) from None
+        if size > MAX_SIZE:
+            raise ValueError(f"size {value} is too large")
+        return size
+
+    return parse
+
+
+_size = _sized("")
 
 
 def _image_size(value: object) -> int:
@@ -79,6 +86,9 @@ def check_path(value: str | Path) -> Path:
 
 VmName = Annotated[str, AfterValidator(_vm_name)]
 Size = Annotated[int, BeforeValidator(_size)]
+# Memory and rates: a bare number is MiB (MiB/s), the same at the command line.
+MemorySize = Annotated[int, BeforeValidator(_sized("M"))]
+Rate = Annotated[int, BeforeValidator(_sized("M"))]
 ImageSize = Annotated[int, BeforeValidator(_image_size)]
 MacAddress = Annotated[str, AfterValidator(_mac)]
 IpAddress = Annotated[str, AfterValidator(_ip)]

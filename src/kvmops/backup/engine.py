@@ -43,6 +43,7 @@ from kvmops.backup.model import (
 from kvmops.backup.repository import Repository, sha256_file
 from kvmops.errors import (
     BackupError,
+    CancelledError,
     HostUnavailableError,
     HypervisorError,
     KvmopsError,
@@ -356,8 +357,12 @@ def frozen(domain: libvirt.virDomain, wanted: bool, note: NoteFn) -> Iterator[bo
                 time.sleep(0.5)
 
 
-class _Interrupted(KvmopsError):
-    exit_code = 130
+class _Interrupted(CancelledError):
+    """A signal (``backup cancel`` sends SIGTERM) turned into the clean-up path."""
+
+
+def _why(err: BaseException) -> str:
+    return "Ctrl-C" if isinstance(err, KeyboardInterrupt) else str(err)
 
 
 def _raise_interrupt(signum: int, _frame: object) -> None:
@@ -465,6 +470,13 @@ def _run_online(host: Host, domain: libvirt.virDomain, repo: Repository, req: Ba
         repo.discard_partial(partial)
         jobs.record_event(vm, "cancelled" if isinstance(err, _Interrupted | KeyboardInterrupt)
                           else "failed", backup_id=backup_id, error=str(err))
+        if isinstance(err, _Interrupted | KeyboardInterrupt) and not left:
+            raise CancelledError(
+                f"backup of VM '{vm}' cancelled ({_why(err)}): nothing was published; "
+                f"the unfinished backup {backup_id} was removed"
+                + (f" and checkpoint {cp_name} deleted" if checkpoint_created else ""),
+                hint=f"the next backup of {vm} still holds every change since the last "
+                     "complete one") from err
         if isinstance(err, HostUnavailableError) or left:
             raise HostUnavailableError(
                 f"lost the connection to libvirtd while backing up VM '{vm}': nothing was "

@@ -88,6 +88,7 @@ from kvmops.backup.model import (
 from kvmops.backup.repository import Repository
 from kvmops.errors import (
     BackupError,
+    CancelledError,
     ChannelError,
     KvmopsError,
     OperationTimeoutError,
@@ -621,8 +622,12 @@ def frozen(agent_socket: Path | None, wanted: bool, say: NoteFn,
             channel.close()
 
 
-class _Interrupted(KvmopsError):
-    exit_code = 130
+class _Interrupted(CancelledError):
+    """A signal (``backup cancel`` sends SIGTERM) turned into the clean-up path."""
+
+
+def _why(err: BaseException) -> str:
+    return "Ctrl-C" if isinstance(err, KeyboardInterrupt) else str(err)
 
 
 def _raise_interrupt(signum: int, _frame: object) -> None:
@@ -738,6 +743,12 @@ def _run(channel: MonitorChannel, repo: Repository, req: QmpBackupRequest,
                   [(n, bitmap) for n in bitmap_nodes], req.job_timeout, say)
         jobs.record_event(vm, "cancelled" if isinstance(err, _Interrupted | KeyboardInterrupt)
                           else "failed", backup_id=backup_id, error=str(err))
+        if isinstance(err, _Interrupted | KeyboardInterrupt):
+            raise CancelledError(
+                f"backup of VM '{vm}' cancelled ({_why(err)}): nothing was published; "
+                f"the unfinished backup {backup_id}, its jobs, nodes and bitmap were removed",
+                hint=f"the next backup of {vm} still holds every change since the last "
+                     "complete one") from err
         if isinstance(err, ChannelError | OperationTimeoutError) and not isinstance(
                 err, BackupError):
             raise BackupError(f"backup of VM '{vm}' failed: {err}",

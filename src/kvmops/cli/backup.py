@@ -24,7 +24,7 @@ from kvmops.errors import ValidationError
 from kvmops.host.connection import Host
 from kvmops.services import backups
 from kvmops.services.caller import Caller
-from kvmops.sizes import format_size, parse_size
+from kvmops.sizes import format_size, parse_rate
 
 app = typer.Typer(help="Online backups, restore, verify and retention.", no_args_is_help=True)
 RepoOption = typer.Option(..., "--repo", help="Backup repository directory.")
@@ -114,8 +114,7 @@ def _report_backup(manifest: Manifest, bar: LazyBar, json_out: bool, label: str)
 
 def _speed(text: str) -> int:
     """``50`` means 50 MiB/s; ``512K``/``2G`` are taken as given per second."""
-    value = parse_size(text + ("M" if text.strip().replace(".", "", 1).isdigit() else ""),
-                       what="--speed")
+    value = parse_rate(text, what="--speed")
     if value <= 0:
         raise ValidationError(f"invalid --speed '{text}': must be positive")
     return value

@@ -19,7 +19,7 @@ from kvmops.cli.output import (
 from kvmops.host.accel import Accelerator
 from kvmops.services import vms
 from kvmops.services.caller import Caller
-from kvmops.sizes import format_size, parse_size
+from kvmops.sizes import format_size, parse_memory
 from kvmops.vm import lifecycle
 from kvmops.vm.lifecycle import CreateRequest, DiskRequest, VmInfo
 
@@ -31,7 +31,8 @@ NameArg = typer.Argument(..., help="VM name.")
 @app.command("create")
 def create_cmd(
     name: str = NameArg,
-    memory: str = typer.Option("512M", "--memory", "-m", help="Memory, e.g. 256M or 2G."),
+    memory: str = typer.Option("512M", "--memory", "-m",
+                               help="Memory, e.g. 256M or 2G; a bare number is MiB."),
     vcpus: int = typer.Option(1, "--vcpus", help="Number of vCPUs."),
     sockets: int | None = typer.Option(None, help="CPU sockets (topology)."),
     cores: int | None = typer.Option(None, help="Cores per socket (topology)."),
@@ -51,16 +52,19 @@ def create_cmd(
     images_dir: Path | None = typer.Option(None, help="Where new disk images go."),
     accel: Accelerator | None = typer.Option(None, "--accel", help="Force kvm or tcg."),
     start: bool = typer.Option(False, "--start", help="Start the VM once defined."),
+    force: bool = typer.Option(False, "--force",
+                               help="Create it although its memory is more than the host "
+                                    "has or its new disks more than the free space."),
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
 ) -> None:
     """Define a new VM (new disks are qcow2 with metadata preallocation)."""
     request = CreateRequest(
-        name=name, memory=parse_size(memory, what="memory size"), vcpus=vcpus,
+        name=name, memory=parse_memory(memory), vcpus=vcpus,
         sockets=sockets, cores=cores, threads=threads,
         disks=[DiskRequest.parse(d) for d in disk], kernel=kernel, initrd=initrd,
         cmdline=cmdline, cdrom=cdrom, network=network, bridge=bridge, mac=mac,
-        agent=not no_agent, images_dir=images_dir, accelerator=accel, start=start,
+        agent=not no_agent, images_dir=images_dir, accelerator=accel, start=start, force=force,
     )
     with connect(uri) as host:
         result = vms.create(Caller.local(), host, request, progress=info, note=warn)

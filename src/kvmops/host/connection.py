@@ -7,6 +7,7 @@ Only this package imports ``libvirt``; the rest of kvmops talks to
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -186,6 +187,32 @@ class Host:
             return int(stats["total"]) * 1024
         except (libvirt.libvirtError, KeyError):
             return int(call("reading host info", self.conn.getInfo)[1]) * 1024**2
+
+    def memory_available(self) -> int | None:
+        """Memory the host could give a new VM now (free + buffers + cache), bytes."""
+        try:
+            stats = self.conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
+        except libvirt.libvirtError:
+            return None
+        kib = sum(int(stats.get(key, 0)) for key in ("free", "buffers", "cached"))
+        return kib * 1024 or None
+
+    def cpus(self) -> int:
+        return int(call("reading host info", self.conn.getInfo)[2])
+
+    def max_vcpus(self, domain_type: str, arch: str = "x86_64", machine: str = "pc"
+                  ) -> int | None:
+        """The most vCPUs libvirt/QEMU allow a VM of this kind (domain capabilities)."""
+        try:
+            caps = self.conn.getDomainCapabilities(None, arch, machine, domain_type, 0)
+        except libvirt.libvirtError:
+            return None
+        match = re.search(r"<vcpu max=['\"](\d+)['\"]", str(caps))
+        return int(match.group(1)) if match else None
+
+    def network_active(self, name: str) -> bool:
+        network = self.network(name)
+        return bool(call(f"reading the state of network '{name}'", network.isActive))
 
     def hostname(self) -> str:
         return str(call("reading host name", self.conn.getHostname))

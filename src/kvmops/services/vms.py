@@ -60,7 +60,7 @@ def create(caller: Caller, host: Host, req: CreateRequest,
     checked, notes = check_create(caller, req)
     for text in notes:
         (note or progress or (lambda _t: None))(text)
-    return lifecycle.create(host, checked, progress=progress)
+    return lifecycle.create(host, checked, progress=progress, note=note)
 
 
 def check_clone(caller: Caller, images_dir: Path | None) -> Path:

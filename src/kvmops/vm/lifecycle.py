@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -109,6 +110,7 @@ class CreateRequest(BaseModel):
     images_dir: Path | None = None
     accelerator: Accelerator | None = None
     start: bool = False
+    force: bool = False  # create although memory or disk space would be overcommitted
 
 
 class DiskInfo(BaseModel):
@@ -256,8 +258,45 @@ def _taints(name: str) -> list[str]:
     return found
 
 
+MIN_DISK = 1024 * 1024
+
+
+def check_resources(req: CreateRequest, *, memory_total: int, memory_available: int | None,
+                    cpus: int, max_vcpus: int | None, free_space: int, machine: str = "pc"
+                    ) -> list[str]:
+    """Refuse what cannot work or would overcommit the host (unless ``req.force``);
+    return warnings for what merely may be slow. Pure: the facts are passed in."""
+    notes: list[str] = []
+    name = req.name
+    if max_vcpus is not None and req.vcpus > max_vcpus:
+        raise ValidationError(f"{req.vcpus} vCPUs is more than the {max_vcpus} a {machine} "
+                              f"VM can have (VM '{name}')", hint=f"give at most {max_vcpus}")
+    if req.vcpus > cpus:
+        notes.append(f"VM '{name}' gets {req.vcpus} vCPUs on a host with {cpus} CPUs: they "
+                     "will share them")
+    for disk in req.disks:
+        if disk.size is not None and disk.size < MIN_DISK:
+            raise ValidationError(f"a new disk of {format_size(disk.size)} is too small "
+                                  f"(VM '{name}')", hint="give at least 1M, e.g. size=64M")
+    if req.memory > memory_total and not req.force:
+        raise ValidationError(
+            f"memory {format_size(req.memory)} for VM '{name}' is more than this host has "
+            f"({format_size(memory_total)})", hint="give less, or pass --force to overcommit")
+    if memory_available is not None and req.memory > memory_available:
+        notes.append(f"VM '{name}' asks for {format_size(req.memory)}; only "
+                     f"{format_size(memory_available)} is available now")
+    new = sum(d.size or 0 for d in req.disks)
+    if new > free_space and not req.force:
+        raise ValidationError(
+            f"the new disks of VM '{name}' ({format_size(new)}) are larger than the free "
+            f"space of the images directory ({format_size(free_space)})",
+            hint="give smaller disks, free space, or pass --force to create them thin anyway")
+    return notes
+
+
 def create(host: Host, req: CreateRequest,
-           progress: Callable[[str], None] | None = None) -> VmInfo:
+           progress: Callable[[str], None] | None = None,
+           note: Callable[[str], None] | None = None) -> VmInfo:
     """Define a new VM; create its new disks; optionally start it."""
     validate_name(req.name)
     if host.has_domain(req.name):
@@ -279,13 +318,20 @@ def create(host: Host, req: CreateRequest,
         raise ValidationError("--initrd needs --kernel")
     if req.network and req.bridge:
         raise ValidationError("give either --network or --bridge, not both")
-    if req.network:
-        host.network(req.network)
+    if req.network and not host.network_active(req.network):
+        (note or progress or (lambda _m: None))(
+            f"network '{req.network}' is not active: VM '{req.name}' will not start until it "
+            f"is ('virsh net-start {req.network}')")
     topology = None
     if req.sockets or req.cores or req.threads:
         topology = Topology(req.sockets or 1, req.cores or 1, req.threads or 1)
     images_dir = policy().new_images_dir(req.images_dir, trusted=True)
     accel = req.accelerator or probe().accelerator
+    for message in check_resources(
+            req, memory_total=host.memory_total(), memory_available=host.memory_available(),
+            cpus=host.cpus(), max_vcpus=host.max_vcpus(accel.domain_type),
+            free_space=shutil.disk_usage(images_dir).free):
+        (note or progress or (lambda _m: None))(message)
 
     disks: list[DiskSpec] = []
     created: list[Path] = []
@@ -352,6 +398,11 @@ def start(host: Host, name: str, *, paused: bool = False, discard_managed_save: 
     domain = host.domain(name)
     _require_state(domain, {"shut off", "crashed"}, "start",
                    hint=f"it is already active; see 'kvmops vm info {name}'")
+    for nic in DomainSpec.from_xml(call("reading XML", domain.XMLDesc, 0)).nics:
+        if nic.kind == "network" and not host.network_active(nic.source):
+            raise StateError(f"cannot start VM '{name}': its network '{nic.source}' is not "
+                             "active", hint=f"start it with 'virsh net-start {nic.source}' "
+                                            f"(and 'virsh net-autostart {nic.source}')")
     has_save = domain.isPersistent() and bool(domain.hasManagedSaveImage(0))
     if discard_managed_save and has_save:
         call(f"removing managed-save image of VM '{name}'", domain.managedSaveRemove, 0)

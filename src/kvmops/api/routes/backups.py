@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 from kvmops.api.deps import Ctx, Operator, OperatorCaller, ViewerCaller, VmNameDep
 from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
 from kvmops.api.runner import JobCancelled, JobContext
-from kvmops.api.validators import AbsolutePath, Size, VmName
+from kvmops.api.validators import AbsolutePath, Rate, VmName
 from kvmops.backup import restore as restore_ops
 from kvmops.backup.model import Manifest
 from kvmops.backup.retention import PruneResult, RetentionPolicy
@@ -31,7 +31,8 @@ class BackupBody(Body):
     disks: list[str] = Field(default_factory=list, max_length=26)
     exclude: list[str] = Field(default_factory=list, max_length=26)
     freeze: bool = True
-    speed: Size | None = Field(default=None, description="bytes per second, e.g. 50M")
+    speed: Rate | None = Field(default=None, description="per second, e.g. 50M; a bare "
+                               "number is MiB/s (as at the command line)")
     compress: bool = False
 
 

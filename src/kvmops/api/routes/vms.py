@@ -21,7 +21,7 @@ from kvmops.api.deps import (
 )
 from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
 from kvmops.api.runner import JobContext
-from kvmops.api.validators import AbsolutePath, ImageSize, MacAddress, Size, VmName
+from kvmops.api.validators import AbsolutePath, ImageSize, MacAddress, MemorySize, VmName
 from kvmops.api.vmlist import VmListItem
 from kvmops.host.accel import Accelerator
 from kvmops.host.connection import Host
@@ -50,7 +50,7 @@ class DiskBody(Body):
 
 class CreateVmBody(Body):
     name: VmName
-    memory: Size = Field(description="e.g. 256M")
+    memory: MemorySize = Field(description="e.g. 256M or 2G; a bare number is MiB")
     vcpus: int = Field(default=1, ge=1, le=256)
     sockets: int | None = Field(default=None, ge=1, le=64)
     cores: int | None = Field(default=None, ge=1, le=256)
@@ -67,6 +67,8 @@ class CreateVmBody(Body):
     images_dir: AbsolutePath | None = None
     accelerator: Literal["kvm", "tcg"] | None = None
     start: bool = False
+    force: bool = Field(default=False, description="create it although memory or disk "
+                                                   "space would be overcommitted")
 
     @model_validator(mode="after")
     def combos(self) -> CreateVmBody:
@@ -88,7 +90,7 @@ class CreateVmBody(Body):
             network=self.network, bridge=self.bridge, mac=self.mac, agent=self.agent,
             images_dir=self.images_dir,
             accelerator=Accelerator(self.accelerator) if self.accelerator else None,
-            start=self.start)
+            start=self.start, force=self.force)
 
 
 class StartBody(Body):
