@@ -23,6 +23,7 @@ from kvmops.devguest.build import GuestImage
 from kvmops.errors import KvmopsError, StateError
 from kvmops.monitor.socket_channel import SocketMonitorChannel
 from kvmops.testing.rawqemu import RawQemu
+from kvmops.vm.checkpoints import checkpoint_repo
 from tests.conftest import REPO, assert_one_line_error, run_cli
 from tests.integration.backup_util import list_backups, restore_hash
 
@@ -83,13 +84,21 @@ def watch(qemu: RawQemu) -> SocketMonitorChannel:
     return SocketMonitorChannel(qemu.events_socket)
 
 
-def bitmaps(qemu: RawQemu, node: str = "disk0") -> set[str]:
+def bitmaps(qemu: RawQemu, node: str = "disk0", of: dict[str, object] | None = None
+            ) -> set[str]:
+    """The named bitmaps of a node; with ``of`` (a backup) only its repository's: the
+    QEMU is shared by this module's tests, each with a repository of its own, and a
+    repository never touches another's bitmaps."""
     with watch(qemu) as channel:
         nodes = channel.execute("query-named-block-nodes", {"flat": True})
     found = [n for n in nodes if n.get("node-name") == node]
     # A running incremental adds an anonymous bitmap (its parent bitmap's successor).
-    return {str(b["name"]) for b in found[0].get("dirty-bitmaps", []) if b.get("name")
-            } if found else set()
+    names = {str(b["name"]) for b in found[0].get("dirty-bitmaps", []) if b.get("name")
+             } if found else set()
+    if of is not None:
+        repo_id = checkpoint_repo(str(of["checkpoint"]))
+        names = {n for n in names if checkpoint_repo(n) == repo_id}
+    return names
 
 
 def leftovers(qemu: RawQemu, repo: Path) -> dict[str, object]:
@@ -157,7 +166,7 @@ def test_round_trip_every_point_restores(raw: RawQemu, repo_dir: Path, tmp_path:
     inc_bytes = sum(d["bytes_written"] for d in inc1["disks"])
     assert 4 << 20 <= inc_bytes <= 2 * (4 << 20) + (2 << 20)
     # QEMU keeps only the bitmaps future backups need: the newest and the newest full's.
-    assert bitmaps(raw) == {str(inc2['checkpoint']), str(full['checkpoint'])}
+    assert bitmaps(raw, of=full) == {str(inc2['checkpoint']), str(full['checkpoint'])}
 
     listed = list_backups(NAME, repo_dir)
     assert [b["id"] for b in listed] == list(expected)
@@ -186,7 +195,7 @@ def test_interrupted_and_killed_backups_leave_nothing(raw: RawQemu, repo_dir: Pa
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("kvmops: error: "), err
     assert leftovers(raw, repo_dir) == {"jobs": [], "targets": [], "partials": []}
-    assert bitmaps(raw) == {str(full['checkpoint'])}
+    assert bitmaps(raw, of=full) == {str(full['checkpoint'])}
     assert guest_sh(raw, "echo thawed") == "thawed\n"
 
     # SIGKILL: job, target node, bitmap and partial stay behind until the next run.
@@ -196,7 +205,7 @@ def test_interrupted_and_killed_backups_leave_nothing(raw: RawQemu, repo_dir: Pa
     left = leftovers(raw, repo_dir)
     assert left["jobs"] == ["kvmops-backup-vda"] and left["targets"] == ["kvmops-target-vda"]
     assert len(left["partials"]) == 1  # type: ignore[arg-type]
-    assert len(bitmaps(raw)) == 2
+    assert len(bitmaps(raw, of=full)) == 2
     assert [b["id"] for b in list_backups(NAME, repo_dir)] == [full["id"]]
 
     digest = write_random(raw, 50, 2)
@@ -204,7 +213,7 @@ def test_interrupted_and_killed_backups_leave_nothing(raw: RawQemu, repo_dir: Pa
     assert after["type"] == "incremental" and after["parent"] == full["id"], after["notes"]
     assert any("unfinished backup" in n for n in after["notes"]), after["notes"]
     assert leftovers(raw, repo_dir) == {"jobs": [], "targets": [], "partials": []}
-    assert bitmaps(raw) == {str(full['checkpoint']), str(after['checkpoint'])}
+    assert bitmaps(raw, of=full) == {str(full['checkpoint']), str(after['checkpoint'])}
     assert restore_hash(NAME, repo_dir, after["id"], tmp_path / "r") == digest
 
 

@@ -318,20 +318,24 @@ def create(host: Host, req: CreateRequest,
         raise ValidationError("--initrd needs --kernel")
     if req.network and req.bridge:
         raise ValidationError("give either --network or --bridge, not both")
+    warnings: list[str] = []  # told once the VM is defined, never before a refusal
     if req.network and not host.network_active(req.network):
-        (note or progress or (lambda _m: None))(
-            f"network '{req.network}' is not active: VM '{req.name}' will not start until it "
-            f"is ('virsh net-start {req.network}')")
+        warnings.append(f"network '{req.network}' is not active: VM '{req.name}' will not "
+                        f"start until it is ('virsh net-start {req.network}')")
     topology = None
     if req.sockets or req.cores or req.threads:
         topology = Topology(req.sockets or 1, req.cores or 1, req.threads or 1)
     images_dir = policy().new_images_dir(req.images_dir, trusted=True)
     accel = req.accelerator or probe().accelerator
-    for message in check_resources(
-            req, memory_total=host.memory_total(), memory_available=host.memory_available(),
-            cpus=host.cpus(), max_vcpus=host.max_vcpus(accel.domain_type),
-            free_space=shutil.disk_usage(images_dir).free):
-        (note or progress or (lambda _m: None))(message)
+    if topology is not None and topology.vcpus != req.vcpus:
+        raise ValidationError(
+            f"CPU topology {topology.sockets}x{topology.cores}x{topology.threads} gives "
+            f"{topology.vcpus} vCPUs, not {req.vcpus}",
+            hint="make sockets*cores*threads equal --vcpus")
+    warnings += check_resources(
+        req, memory_total=host.memory_total(), memory_available=host.memory_available(),
+        cpus=host.cpus(), max_vcpus=host.max_vcpus(accel.domain_type),
+        free_space=shutil.disk_usage(images_dir).free)
 
     disks: list[DiskSpec] = []
     created: list[Path] = []
@@ -388,6 +392,8 @@ def create(host: Host, req: CreateRequest,
             with contextlib.suppress(OSError):
                 path.unlink()
         raise
+    for message in warnings:
+        (note or progress or (lambda _m: None))(message)
     if req.start:
         start(host, req.name)
     return info(host, req.name)
