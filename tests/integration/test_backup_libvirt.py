@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import libvirt
 
+from kvmops.devguest.build import GuestImage
 from kvmops.errors import BackupError, BackupInconsistentError, StateError, UnsupportedError
 from kvmops.host.connection import Host
 from tests.conftest import assert_one_line_error, run_cli
@@ -27,25 +29,28 @@ from tests.integration.backup_util import (
 
 
 def test_round_trip_every_point_restores(vm_factory: Callable[..., str], repo_dir: Path,
-                                         tmp_path: Path) -> None:
-    vm = vm_factory(start=True)
+                                         tmp_path: Path, tiny_guest: GuestImage,
+                                         images_dir: Path) -> None:
+    data = images_dir / f"data-{time.monotonic_ns()}.raw"  # ext4 the guest mounts: freezable
+    shutil.copyfile(tiny_guest.data_disk, data)
+    vm = vm_factory("--disk", f"path={data},format=raw", start=True)
     expected: dict[str, str] = {}
-    full = backup(vm, repo_dir, "--full")
+    full = backup(vm, repo_dir, "--full", "--disk", "vda")
     assert full["type"] == "full" and full["consistency"] == "application"
     expected[str(full["id"])] = disk_hash(vm)
 
     expected_hash = write_random(vm, 2, 4)
-    inc1 = backup(vm, repo_dir, "--incremental")
+    inc1 = backup(vm, repo_dir, "--incremental", "--disk", "vda")
     assert inc1["type"] == "incremental" and inc1["parent"] == full["id"]
     expected[str(inc1["id"])] = expected_hash
 
     expected_hash = write_random(vm, 20, 3)
-    diff = backup(vm, repo_dir, "--differential")
+    diff = backup(vm, repo_dir, "--differential", "--disk", "vda")
     assert diff["type"] == "differential" and diff["parent"] == full["id"]
     expected[str(diff["id"])] = expected_hash
 
     expected_hash = write_random(vm, 40, 1)
-    inc2 = backup(vm, repo_dir, "--incremental")
+    inc2 = backup(vm, repo_dir, "--incremental", "--disk", "vda")
     assert inc2["type"] == "incremental" and inc2["parent"] == diff["id"]
     expected[str(inc2["id"])] = expected_hash
 
@@ -498,13 +503,16 @@ def test_compressed_chain_restores(vm_factory: Callable[..., str], repo_dir: Pat
 def test_two_repositories_alternate_and_each_stays_incremental(
         vm_factory: Callable[..., str], backups_dir: Path, tmp_path: Path) -> None:
     """A local and an off-site repository for one VM: each keeps its own checkpoints,
-    neither deletes the other's, both chains stay incremental and restore exactly."""
+    neither deletes the other's, both chains stay incremental and restore exactly.
+    (The guest mounts nothing it can freeze: the backups say crash-consistent.)"""
     vm = vm_factory(start=True)
     repos = {"a": backups_dir / f"{vm}-local", "b": backups_dir / f"{vm}-offsite"}
     points: dict[str, list[tuple[str, str]]] = {"a": [], "b": []}
     for step, name in enumerate(("a", "b", "a", "b")):
         digest = write_random(vm, step * 4, 2)
         made = backup(vm, repos[name])
+        assert made["consistency"] == "crash"
+        assert any("froze no file system" in n for n in made["notes"])  # type: ignore[union-attr]
         expected = "full" if len(points[name]) == 0 else "incremental"
         assert made["type"] == expected, (name, step, made["notes"])
         if points[name]:

@@ -29,6 +29,11 @@ def test_hmp_info_block_mentions_vda(running_vm: str) -> None:
     assert "virtio-disk0" in result.stdout
 
 
+def test_an_unknown_hmp_command_fails_in_one_line(running_vm: str) -> None:
+    assert_one_line_error(run_cli("qmp", running_vm, "--hmp", "nosuchcmd"), 12,
+                          "nosuchcmd", "unknown command")
+
+
 def test_list_contains_query_status(running_vm: str) -> None:
     result = run_cli("qmp", running_vm, "--list")
     assert result.code == 0, result.stderr

@@ -304,7 +304,7 @@ class FakeChannel(MonitorChannel):
         self.calls.append((command, dict(arguments or {})))
         return self.handler(command, arguments)
 
-    def hmp(self, command_line: str) -> str:
+    def _hmp(self, command_line: str) -> str:
         return ""
 
     def listen(self) -> None:

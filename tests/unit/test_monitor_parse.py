@@ -148,7 +148,7 @@ class FakeChannel(MonitorChannel):
     def execute(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
         return [{"name": "query-status"}, {"name": "stop"}]
 
-    def hmp(self, command_line: str) -> str:
+    def _hmp(self, command_line: str) -> str:
         return ""
 
     def listen(self) -> None:
@@ -186,3 +186,12 @@ def test_wait_event_times_out_with_one_line_error() -> None:
 
 def test_command_names_sorted() -> None:
     assert FakeChannel([]).command_names() == ["query-status", "stop"]
+
+
+def test_hmp_failures_are_read_from_its_text() -> None:
+    from kvmops.monitor.channel import hmp_failure
+
+    assert hmp_failure("unknown command: 'nosuchcmd'\r\n") == "unknown command: 'nosuchcmd'"
+    assert hmp_failure("Error: Device 'x' not found\r\n") == "Device 'x' not found"
+    assert hmp_failure("VM status: running\r\n") is None
+    assert hmp_failure("") is None

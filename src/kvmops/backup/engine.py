@@ -337,14 +337,17 @@ def frozen(domain: libvirt.virDomain, wanted: bool, note: NoteFn) -> Iterator[bo
         yield False
         return
     try:
-        domain.fsFreeze(None, 0)
+        count = int(domain.fsFreeze(None, 0))
     except libvirt.libvirtError as err:
         note(f"could not freeze the guest's file systems ({err.get_error_message()}): "
              "the backup is crash-consistent")
         yield False
         return
+    if count == 0:  # nothing was frozen: the backup is not application-consistent
+        note("the guest agent froze no file system (none it can freeze is mounted): the "
+             "backup is crash-consistent")
     try:
-        yield True
+        yield count > 0
     finally:
         for attempt in range(5):
             try:

@@ -593,7 +593,7 @@ def frozen(agent_socket: Path | None, wanted: bool, say: NoteFn,
     channel: AgentChannel | None = None
     try:
         channel = open_agent(socket=str(agent_socket))
-        guest.fsfreeze(channel, timeout=timeout)
+        count = guest.fsfreeze(channel, timeout=timeout)
     except KvmopsError as err:
         say(f"could not freeze the guest's file systems ({err}): the backup is "
             "crash-consistent")
@@ -605,8 +605,11 @@ def frozen(agent_socket: Path | None, wanted: bool, say: NoteFn,
         yield False
         return
     assert channel is not None
+    if count == 0:
+        say("the guest agent froze no file system (none it can freeze is mounted): the "
+            "backup is crash-consistent")
     try:
-        yield True
+        yield count > 0
     finally:
         try:
             for attempt in range(5):

@@ -6,6 +6,7 @@ Every command module uses these so output looks the same everywhere.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -24,7 +25,15 @@ from rich.progress import (
 )
 from rich.table import Table
 
-console = Console()
+
+def _width() -> int | None:
+    """Piped output is not cut to 80 columns: IDs and paths are what users type next."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return None  # the terminal's width (or COLUMNS)
+    return 1000
+
+
+console = Console(width=_width())
 err_console = Console(stderr=True)
 
 
@@ -48,7 +57,8 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: st
                 ) -> None:
     table = Table(title=title, show_edge=False, header_style="bold")
     for column in columns:
-        table.add_column(column)
+        # fold: a long value wraps inside its cell, it is never cut off with an ellipsis
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))
     console.print(table)
@@ -57,8 +67,8 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: st
 def print_fields(fields: Iterable[tuple[str, Any]]) -> None:
     """A two-column ``key: value`` listing, like ``virsh dominfo``."""
     table = Table(show_header=False, show_edge=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
     for key, value in fields:
         table.add_row(f"{key}:", "" if value is None else str(value))
     console.print(table)

@@ -139,6 +139,14 @@ def qmp_error(target: str, command: str, arguments: Mapping[str, Any] | None,
 
 
 # ------------------------------------------------------------------ channel
+def hmp_failure(output: str) -> str | None:
+    """The error in an HMP command's output (``unknown command: ...``, ``Error: ...``)."""
+    first = output.strip().splitlines()[0] if output.strip() else ""
+    if first.startswith("unknown command:") or first.startswith("Error:"):
+        return first.removeprefix("Error:").strip()
+    return None
+
+
 class MonitorChannel(ABC):
     """A QMP connection to one QEMU. Use as a context manager or call :meth:`close`."""
 
@@ -149,9 +157,19 @@ class MonitorChannel(ABC):
     def execute(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
         """Run one QMP command; return its ``return`` value or raise QmpError."""
 
-    @abstractmethod
     def hmp(self, command_line: str) -> str:
-        """Run one human monitor (HMP) command line; return its text output."""
+        """Run one human monitor (HMP) command line; return its text output. HMP reports
+        an unknown command or a failed one only in its text: that becomes a QmpError."""
+        output = self._hmp(command_line)
+        failure = hmp_failure(output)
+        if failure:
+            raise QmpError(f"HMP command '{command_line}' on {self.target} failed: {failure}",
+                           hint="see 'kvmops qmp VM --hmp help'")
+        return output
+
+    @abstractmethod
+    def _hmp(self, command_line: str) -> str:
+        """The transport's HMP call: the raw text output."""
 
     @abstractmethod
     def listen(self) -> None:

@@ -92,7 +92,7 @@ class LibvirtMonitorChannel(MonitorChannel):
                             str(error.get("desc", "unknown error")))
         return reply.get("return") if isinstance(reply, dict) else reply
 
-    def hmp(self, command_line: str) -> str:
+    def _hmp(self, command_line: str) -> str:
         try:
             return str(libvirt_qemu.qemuMonitorCommand(
                 self.domain, command_line, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP))

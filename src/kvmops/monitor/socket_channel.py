@@ -143,7 +143,7 @@ class SocketMonitorChannel(MonitorChannel):
         except (ExecInterruptedError, QMPError, EOFError, OSError) as err:
             raise self._closed_error() from err
 
-    def hmp(self, command_line: str) -> str:
+    def _hmp(self, command_line: str) -> str:
         return str(self.execute("human-monitor-command", {"command-line": command_line}))
 
     # -------------------------------------------------------------- events
