@@ -193,3 +193,4 @@ def test_vm_life_cycle_and_backups(api: ApiServer, tiny_guest: GuestImage, image
             assert operator.get(f"/vms/{vm}").status_code == 404
         audit = {(e["action"], e["target"]) for e in admin.get("/audit?limit=500").json()}
         assert ("create_backup", name) in audit and ("undefine", name) in audit
+        assert ("create_vm", name) in audit  # the new VM named, though not in the path

@@ -4,9 +4,9 @@ Recorded: every state-changing request on any path (API and web forms), every
 refused request whatever its method (401, 403, 413, 429), and every read of a
 guest through its agent. A row holds who (the authenticated user, or the name
 given to log-in), from where (the client address), what (the route's function
-name, method and path), the target (``name``/``user``/``job_id`` path parameter),
-when, the status code and the job id of a 202. Bodies are never recorded, so
-passwords and tokens never reach the log.
+name, method and path), the target (what the route put in ``request.state.target``,
+else the ``name``/``user``/``job_id`` path parameter), when, the status code and the
+job id of a 202. Bodies are never recorded, so passwords and tokens never reach the log.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ class AuditMiddleware:
         state: dict[str, Any] = scope.get("state") or {}
         endpoint = scope.get("endpoint")
         params: dict[str, Any] = scope.get("path_params") or {}
-        target = params.get("name") or params.get("user") or params.get("job_id")
+        target = (state.get("target") or params.get("name") or params.get("user")
+                  or params.get("job_id"))
         action = getattr(endpoint, "__name__", None) or ("refused" if status in DENIED
                                                          else "unknown")
         try:

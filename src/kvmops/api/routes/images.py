@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from kvmops.api.deps import Ctx, OperatorCaller, ViewerCaller
 from kvmops.api.routes.common import Body, JobAccepted, accepted
@@ -51,7 +51,8 @@ def info(caller: ViewerCaller, path: str = Query(min_length=1, max_length=4096),
 
 
 @router.post("", status_code=201, response_model=ImageInfo)
-def create(caller: OperatorCaller, body: CreateImageBody) -> ImageInfo:
+def create(caller: OperatorCaller, body: CreateImageBody, request: Request) -> ImageInfo:
+    request.state.target = str(body.path)
     if body.size is None and body.backing is None:
         raise ValidationError("size: give a size (or a backing image for an overlay)")
     return images.create(caller, body.path, body.size, body.format, backing=body.backing,
@@ -64,8 +65,9 @@ def check(caller: OperatorCaller, body: CheckBody) -> CheckResult:
 
 
 @router.post("/convert", status_code=202, response_model=JobAccepted)
-def convert(caller: OperatorCaller, body: ConvertBody, ctx: Ctx, response: Response
-            ) -> JobAccepted:
+def convert(caller: OperatorCaller, body: ConvertBody, ctx: Ctx, request: Request,
+            response: Response) -> JobAccepted:
+    request.state.target = str(body.destination)
     images.check_convert(caller, body.source, body.destination, source_fmt=body.source_format)
 
     def run(job: JobContext) -> ImageInfo:

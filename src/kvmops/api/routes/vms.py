@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import Field, model_validator
 
@@ -135,7 +135,8 @@ def get_vm(_: Viewer, name: VmNameDep, host: HostDep) -> VmInfo:
 @router.post("", status_code=201, response_model=VmInfo | JobAccepted,
              responses={202: {"model": JobAccepted, "description": "a disk is created: job"}})
 def create_vm(caller: OperatorCaller, body: CreateVmBody, ctx: Ctx, host: HostDep,
-              response: Response) -> VmInfo | JobAccepted:
+              request: Request, response: Response) -> VmInfo | JobAccepted:
+    request.state.target = body.name  # the audit row names the new VM
     req, _notes = vms.check_create(caller, body.request())
     if not any(d.size is not None for d in req.disks):
         info = vms.create(caller, host, req)
