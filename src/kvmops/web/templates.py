@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,13 +63,19 @@ def can(user: Principal | None, role: users.Role) -> bool:
     return user is not None and users.role_allows(user.role, role)
 
 
+# Seconds after a shutdown request before the page says the VM still runs
+# (KVMOPS_WEB_SHUTDOWN_WATCH: a test seam, and a knob for slow guests).
+SHUTDOWN_WATCH_S = int(os.environ.get("KVMOPS_WEB_SHUTDOWN_WATCH") or 60)
+
+
 def render(request: Request, name: str, user: Principal | None, status_code: int = 200,
            **values: Any) -> HTMLResponse:
     page = name.removesuffix(".html").lstrip("_")
     values.setdefault("title", "kvmops")
     html = _env.get_template(name).render(
         request=request, user=user, page=page, path=request.url.path,
-        operator=can(user, "operator"), admin=can(user, "admin"), **values)
+        operator=can(user, "operator"), admin=can(user, "admin"),
+        shutdown_watch=SHUTDOWN_WATCH_S, **values)
     return HTMLResponse(html, status_code=status_code,
                         headers={"Cache-Control": "no-store",
                                  "X-Frame-Options": "DENY",

@@ -145,9 +145,23 @@ function applyActions(bar, state) {
 
 const ACTIONS = {
   start: ["start", {}], "start-paused": ["start", { paused: true }],
-  shutdown: ["shutdown", { wait: false }], reboot: ["reboot", {}], suspend: ["suspend", null],
+  shutdown: ["shutdown", { wait: false }], "shutdown-agent": ["shutdown", { wait: false, mode: "agent" }],
+  reboot: ["reboot", {}], suspend: ["suspend", null],
   resume: ["resume", null], destroy: ["destroy", null],
 };
+/* A shutdown request is only a request: say so when the VM is still on after a while. */
+function watchShutdown(name, how) {
+  const seconds = parseInt(document.body.dataset.shutdownWatch || "60", 10);
+  let stopped = false;
+  K.on("domain", (ev) => { if (ev.vm === name && ev.event === "stopped") stopped = true; });
+  setTimeout(() => {
+    if (!stopped) {
+      K.toast("VM '" + name + "' is still running " + seconds + " s after the " + how +
+              " shutdown request: the guest ignored it. Use Force off" +
+              (how === "ACPI" ? ", or Shut down (agent)" : "") + ".", "error");
+    }
+  }, seconds * 1000);
+}
 function wireActions(root) {
   root.querySelectorAll(".actions[data-actions-for]").forEach((bar) => applyActions(bar, bar.dataset.state));
   root.addEventListener("click", async (ev) => {
@@ -162,6 +176,7 @@ function wireActions(root) {
       const r = await K.api("POST", "/api/v1/vms/" + encodeURIComponent(name) + "/" + verb,
                             body === null ? undefined : body);
       K.toast(r.data.message || verb + " done", "ok");
+      if (verb === "shutdown") watchShutdown(name, body.mode === "agent" ? "agent" : "ACPI");
     } catch (err) {
       K.toast(err.message, "error");
     } finally {
@@ -388,8 +403,15 @@ function stats(vmUrl) {
           draw("disk", K.fmtBytes(disk) + "/s");
           draw("net", K.fmtBytes(net) + "/s");
         }
-        const mem = s.memory_rss || s.memory_current;
-        if (mem) { push("mem", mem); draw("mem", K.fmtBytes(mem) + (s.memory_max ? " of " + K.fmtBytes(s.memory_max) : ""), s.memory_max); }
+        /* the guest's memory (balloon) is the figure to compare with its maximum; QEMU's
+           resident size on the host includes QEMU itself and can exceed it */
+        const mem = s.memory_current || s.memory_rss;
+        if (mem) {
+          push("mem", mem);
+          draw("mem", K.fmtBytes(mem) + (s.memory_max ? " of " + K.fmtBytes(s.memory_max) : "") +
+               (s.memory_rss ? " (QEMU uses " + K.fmtBytes(s.memory_rss) + " on the host)" : ""),
+               s.memory_max);
+        }
         prev = s;
       }
     } catch (err) {
