@@ -16,6 +16,7 @@ from kvmops.cli.output import (
     print_table,
     warn,
 )
+from kvmops.errors import StateError
 from kvmops.host.accel import Accelerator
 from kvmops.services import vms
 from kvmops.services.caller import Caller
@@ -196,6 +197,21 @@ def undefine_cmd(
         warn(f"kept {kept['path']}: {kept['reason']}")
     info(f"VM '{name}' undefined"
          + (f"; removed {', '.join(result.removed)}" if result.removed else ""))
+
+
+@app.command("console")
+def console_cmd(
+    name: str = NameArg,
+    force: bool = typer.Option(False, "--force",
+                               help="Take the console over from another session."),
+    uri: str | None = UriOption,
+) -> None:
+    """Attach to a running VM's serial console, like 'virsh console'; Ctrl-] leaves."""
+    from kvmops.cli.terminal import attach
+
+    reason = attach(uri, name, force=force)
+    if reason is not None:
+        raise StateError(reason)
 
 
 @app.command("autostart")

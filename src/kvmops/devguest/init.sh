@@ -81,5 +81,16 @@ while :; do
     if [ "$i" -lt 100 ]; then sleep 0.1; else sleep 1; fi
 done
 
+# A root shell on the serial console (ttyS0), started again whenever it exits: what
+# 'kvmops vm console' and the web serial console talk to.
+serial_shell() {
+    while :; do
+        setsid cttyhack env PS1='kvmops-tiny:$PWD# ' /bin/sh -i \
+            </dev/ttyS0 >/dev/ttyS0 2>&1
+        sleep 1
+    done
+}
+[ -c /dev/ttyS0 ] && serial_shell &
+
 say "starting qemu-ga"
 exec qemu-ga -m virtio-serial -p "$AGENT_PORT" -t /run -f /run/qemu-ga.pid
