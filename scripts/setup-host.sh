@@ -94,4 +94,20 @@ if [ ! -f "$SWAGGER_DST/swagger-ui-bundle.js" ] || ! grep -q "\"version\": \"$SW
   rm -rf "$SWAGGER_DST"
   mv "$SWAGGER_DST.tmp" "$SWAGGER_DST"
 fi
+# xterm.js for the web serial console, served locally as well.
+XTERM_VERSION=6.0.0
+XTERM_SRC=build/xterm/node_modules/@xterm/xterm
+XTERM_DST=src/kvmops/web/static/xterm
+if [ ! -f "$XTERM_DST/xterm.js" ] || ! grep -q "\"version\": \"$XTERM_VERSION\"" "$XTERM_DST/package.json" 2>/dev/null; then
+  say "installing @xterm/xterm $XTERM_VERSION (npm)"
+  mkdir -p build/xterm
+  npm install --prefix build/xterm --no-audit --no-fund --no-save --loglevel=error \
+    "@xterm/xterm@$XTERM_VERSION" >/dev/null
+  rm -rf "$XTERM_DST.tmp"
+  mkdir -p "$XTERM_DST.tmp"
+  cp "$XTERM_SRC/lib/xterm.js" "$XTERM_SRC/css/xterm.css" "$XTERM_SRC/package.json" \
+    "$XTERM_SRC/LICENSE" "$XTERM_DST.tmp/"
+  rm -rf "$XTERM_DST"
+  mv "$XTERM_DST.tmp" "$XTERM_DST"
+fi
 say "host ready"

@@ -197,6 +197,17 @@ def test_vm_life_console_backup_restore_audit(web: ApiServer, browser_page: Any,
         page.locator(".toast.ok").filter(has_text="typed").wait_for()
         page.screenshot(path=str(SHOTS / "console-laptop.png"))
 
+        # serial console: xterm.js through the same-origin bridge shows the guest's shell
+        page.click("nav.tabs a[href$='/serial']")
+        page.locator("#serial-status").filter(has_text=re.compile(r"^connected$")).wait_for(
+            timeout=WAIT_MS)
+        rows = page.locator("#terminal .xterm-rows")
+        rows.filter(has_text="kvmops-tiny:").wait_for(timeout=WAIT_MS)
+        page.locator("#terminal").click()
+        page.keyboard.type("echo kvm$((40+2))ops\n")
+        rows.filter(has_text="kvm42ops").wait_for(timeout=WAIT_MS)
+        shoot(page, "serial-console")
+
         # VM detail: graphs fill from the stats endpoint
         page.goto(f"{web.url}/vms/{name}")
         page.wait_for_function(
@@ -256,7 +267,7 @@ def test_vm_life_console_backup_restore_audit(web: ApiServer, browser_page: Any,
         # the audit log names every step
         page.goto(web.url + "/audit")
         table = page.locator("#audit-table").inner_text()
-        for action in ("login", "create_vm", "start", "suspend", "resume", "console",
+        for action in ("login", "create_vm", "start", "suspend", "resume", "console", "serial_console",
                        "send_text", "create_backup", "restore", "create_snapshot", "revert",
                        "delete_snapshot"):
             assert action in table, (action, table)

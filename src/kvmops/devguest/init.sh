@@ -85,8 +85,9 @@ done
 # 'kvmops vm console' and the web serial console talk to.
 serial_shell() {
     while :; do
-        setsid cttyhack env PS1='kvmops-tiny:$PWD# ' /bin/sh -i \
-            </dev/ttyS0 >/dev/ttyS0 2>&1
+        # setsid -c makes ttyS0 the controlling terminal (not cttyhack: with a second
+        # console= it would pick that one)
+        setsid -c env PS1='kvmops-tiny:$PWD# ' /bin/sh -i </dev/ttyS0 >/dev/ttyS0 2>&1
         sleep 1
     done
 }

@@ -5,7 +5,7 @@ session. ``kvmops.api.app.create_app`` calls :func:`register`.
 - pages (:mod:`kvmops.web.pages`): log-in, dashboard, VMs, VM detail, console,
   snapshots, backups, audit log, users; actions are ``fetch`` calls to the API
 - ``/api/v1/ui/...`` (:mod:`kvmops.web.ui_api`): stats, guest IPs/OS, send-text
-- ``/ws/vms/{name}/vnc`` (:mod:`kvmops.web.console`): the WebSocket-to-VNC bridge
+- ``/ws/vms/{name}/vnc`` and ``/serial`` (:mod:`kvmops.web.console`): the console bridges
 - ``/static``: CSS/JS of the package, and noVNC (``@novnc/novnc`` installed by
   ``scripts/setup-host.sh`` into ``static/novnc``, or ``KVMOPS_NOVNC_DIR``)
 """
@@ -41,6 +41,7 @@ def register(app: FastAPI) -> None:
     app.state.kvmops_web_events = recorder
     found = novnc_dir()
     app.state.kvmops_web_novnc = found
+    app.state.kvmops_web_xterm = (STATIC_DIR / "xterm" / "xterm.js").is_file()
     app.include_router(ui_api.router)
     app.include_router(console.router)
     app.include_router(pages.router)

@@ -1,5 +1,6 @@
-"""The VNC console's WebSocket bridge: ``/ws/vms/{name}/vnc`` on the server's own
-origin and port. It opens a TCP connection to the VM's VNC port on 127.0.0.1
+"""The consoles' WebSocket bridges, on the server's own origin and port:
+``/ws/vms/{name}/serial`` (the serial console through libvirt) and
+``/ws/vms/{name}/vnc``, described here. It opens a TCP connection to the VM's VNC port on 127.0.0.1
 (from libvirt's live XML) and pipes bytes both ways, so no websockify port is
 needed and the VNC port never leaves the loopback interface.
 
@@ -19,7 +20,10 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from kvmops.api.deps import SESSION_COOKIE
 from kvmops.errors import KvmopsError
+from kvmops.services.caller import Caller
+from kvmops.services.consoles import open_serial
 from kvmops.store import audit, users
+from kvmops.store.users import Principal
 from kvmops.vm.domxml import validate_name
 from kvmops.web import domain as dom
 from kvmops.web.auth import context, same_origin, session_principal
@@ -39,11 +43,12 @@ def _address(websocket: WebSocket) -> str | None:
     return websocket.client.host if websocket.client else None
 
 
-async def _audit(websocket: WebSocket, user: str | None, name: str, status: int) -> None:
+async def _audit(websocket: WebSocket, user: str | None, name: str, status: int,
+                 action: str = "console") -> None:
     ctx = context(websocket)
     with contextlib.suppress(KvmopsError):
         await anyio.to_thread.run_sync(lambda: audit.record(
-            ctx.store, user=user, method="WS", path=websocket.url.path, action="console",
+            ctx.store, user=user, method="WS", path=websocket.url.path, action=action,
             target=name[:255], status_code=status, address=_address(websocket)))
 
 
@@ -60,21 +65,91 @@ def _subprotocol(websocket: WebSocket) -> str | None:
     return "binary" if "binary" in names else None
 
 
-@router.websocket("/ws/vms/{name}/vnc")
-async def vnc_bridge(websocket: WebSocket, name: str) -> None:
+async def _admit(websocket: WebSocket, name: str) -> Principal | None:
+    """The session's operator from this server's own page, else the socket is refused."""
     ctx = context(websocket)
     cookie = websocket.cookies.get(SESSION_COOKIE)
     principal = await anyio.to_thread.run_sync(session_principal, ctx, cookie)
     if principal is None:
         await _refuse(websocket, CLOSE_UNAUTHORIZED, "log in first", name=name)
-        return
+        return None
     if not same_origin(websocket):
         await _refuse(websocket, CLOSE_FORBIDDEN, "the console opens only from this server's "
                       "own pages (Origin)", principal.name, name)
-        return
+        return None
     if not users.role_allows(principal.role, "operator"):
         await _refuse(websocket, CLOSE_FORBIDDEN, "the console needs the operator role",
                       principal.name, name)
+        return None
+    return principal
+
+
+@router.websocket("/ws/vms/{name}/serial")
+async def serial_bridge(websocket: WebSocket, name: str) -> None:
+    """The serial console: what the guest prints goes out as binary frames, what the
+    browser sends is typed on the console. The session takes the console over (a page
+    reload must not find its own previous session in the way)."""
+    principal = await _admit(websocket, name)
+    if principal is None:
+        return
+    ctx = context(websocket)
+    loop = asyncio.get_running_loop()
+    incoming: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def on_data(data: bytes) -> None:  # the libvirt event loop thread
+        loop.call_soon_threadsafe(incoming.put_nowait, data)
+
+    def on_closed(_reason: str | None) -> None:
+        loop.call_soon_threadsafe(incoming.put_nowait, None)
+
+    caller = Caller(name=principal.name, role=principal.role, via="web",
+                    address=_address(websocket))
+    try:
+        validate_name(name)
+        serial = await anyio.to_thread.run_sync(lambda: open_serial(
+            caller, ctx.settings.uri, name, on_data, on_closed, force=True))
+    except KvmopsError as err:
+        await _refuse(websocket, CLOSE_UNAVAILABLE, str(err), principal.name, name)
+        return
+    await _audit(websocket, principal.name, name, 101, action="serial_console")
+    await websocket.accept(_subprotocol(websocket))
+
+    async def to_browser() -> None:
+        while (data := await incoming.get()) is not None:
+            await websocket.send_bytes(data)
+
+    async def to_console() -> None:
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                data = message.get("bytes")
+                if data is None and message.get("text") is not None:
+                    data = message["text"].encode()
+                if data:
+                    await anyio.to_thread.run_sync(serial.send, data)
+
+    tasks = [asyncio.create_task(to_browser()), asyncio.create_task(to_console())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await anyio.to_thread.run_sync(serial.close)
+        if websocket.application_state != WebSocketState.DISCONNECTED:
+            with contextlib.suppress(Exception):
+                await websocket.close()
+
+
+@router.websocket("/ws/vms/{name}/vnc")
+async def vnc_bridge(websocket: WebSocket, name: str) -> None:
+    ctx = context(websocket)
+    principal = await _admit(websocket, name)
+    if principal is None:
         return
     try:
         validate_name(name)

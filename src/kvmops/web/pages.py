@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 
 from kvmops.api.deps import CSRF_COOKIE, SESSION_COOKIE
+from kvmops.api.guard import CSP
 from kvmops.api.throttle import LoginThrottled, attempt_login, client_address
 from kvmops.backup.model import Manifest
 from kvmops.config import settings
@@ -222,6 +223,19 @@ def console(request: Request, name: str, user: PageOperator) -> Response:
     vm = lifecycle.info(ctx.host(), _vm(name))
     return templates.render(request, "console.html", user, title=f"{vm.name} console", vm=vm,
                             novnc=request.app.state.kvmops_web_novnc is not None)
+
+
+@router.get("/vms/{name}/serial", response_class=HTMLResponse)
+def serial(request: Request, name: str, user: PageOperator) -> Response:
+    ctx = context(request)
+    vm = lifecycle.info(ctx.host(), _vm(name))
+    response = templates.render(request, "serial.html", user, title=f"{vm.name} serial console",
+                                vm=vm, xterm=request.app.state.kvmops_web_xterm)
+    # xterm.js writes its own <style> elements: this page alone allows inline styles
+    # (never inline scripts).
+    response.headers["Content-Security-Policy"] = CSP.replace(
+        "style-src 'self'", "style-src 'self' 'unsafe-inline'")
+    return response
 
 
 @router.get("/vms/{name}/snapshots", response_class=HTMLResponse)
