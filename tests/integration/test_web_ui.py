@@ -267,9 +267,9 @@ def test_vm_life_console_backup_restore_audit(web: ApiServer, browser_page: Any,
         # the audit log names every step
         page.goto(web.url + "/audit")
         table = page.locator("#audit-table").inner_text()
-        for action in ("login", "create_vm", "start", "suspend", "resume", "console", "serial_console",
-                       "send_text", "create_backup", "restore", "create_snapshot", "revert",
-                       "delete_snapshot"):
+        for action in ("login", "create_vm", "start", "suspend", "resume", "console",
+                       "serial_console", "send_text", "create_backup", "restore",
+                       "create_snapshot", "revert", "delete_snapshot"):
             assert action in table, (action, table)
         shoot(page, "audit")
         page.goto(web.url + "/")
