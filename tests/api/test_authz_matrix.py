@@ -128,6 +128,6 @@ def test_below_the_role_is_403(api: ApiServer, entry: tuple[str, str, str | None
 
 def test_websocket_routes_are_known() -> None:
     sockets = [path for path, route in ROUTES if isinstance(route, APIWebSocketRoute)]
-    # The console bridge checks the session, the Origin and the operator role itself
-    # (tests/api/test_hardening.py, tests/integration/test_web_ui.py).
-    assert sockets == ["/ws/vms/{name}/vnc"], sockets
+    # The console bridges check the session, the Origin and the operator role themselves
+    # (one _admit for both: tests/api/test_hardening.py, tests/integration/test_web_ui.py).
+    assert sorted(sockets) == ["/ws/vms/{name}/serial", "/ws/vms/{name}/vnc"], sockets

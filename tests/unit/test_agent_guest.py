@@ -11,7 +11,12 @@ import pytest
 
 from kvmops.agent import guest
 from kvmops.agent.channel import AgentChannel
-from kvmops.errors import GuestCommandError, OperationTimeoutError, ValidationError
+from kvmops.errors import (
+    CancelledError,
+    GuestCommandError,
+    OperationTimeoutError,
+    ValidationError,
+)
 
 
 def test_chunk_ranges_cover_the_file_exactly() -> None:
@@ -162,7 +167,7 @@ def test_push_aborted_by_progress_removes_the_temp_file(tmp_path: Path) -> None:
         if done > 0:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(CancelledError, match="partial file was removed"):
         guest.push(fs.channel(), local, "/tmp/f.bin", chunk_size=100_000, progress=stop)
     assert fs.files == {}
 

@@ -61,6 +61,9 @@ class _Domain:
     def createWithFlags(self, _flags: int) -> None:
         raise _binding_failure()
 
+    def XMLDesc(self, _flags: int) -> str:
+        return "<domain type='qemu'><name>x</name><memory>65536</memory></domain>"
+
 
 class _Host:
     def __init__(self, domain: _Domain) -> None:

@@ -34,8 +34,8 @@ log = logging.getLogger("kvmops.api")
 UPDATE_INTERVAL = 0.5  # seconds between progress writes to the DB
 
 
-class JobCancelled(CancelledError):
-    """Raised inside a job when its cancellation was requested."""
+# Raised inside a job when its cancellation was requested (one class for every cancel).
+JobCancelled = CancelledError
 
 
 class JobContext:
