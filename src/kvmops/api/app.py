@@ -93,10 +93,19 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         """Swagger UI, served from this server (no CDN: it works offline, under the CSP)."""
         return HTMLResponse(DOCS_PAGE)
 
-    from kvmops.api.routes import backups, guest, images, jobs, monitor, system, vms
+    from kvmops.api.routes import (
+        backups,
+        guest,
+        images,
+        jobs,
+        monitor,
+        system,
+        vm_config,
+        vms,
+    )
 
     api = APIRouter(prefix=API_PREFIX)
-    for module in (system, vms, guest, monitor, backups, jobs, images):
+    for module in (system, vms, vm_config, guest, monitor, backups, jobs, images):
         api.include_router(module.router)
     for extra, router_module in (("kvmops.vm.disks", "kvmops.api.routes.disks"),
                                  ("kvmops.snapshot", "kvmops.api.routes.snapshots")):
