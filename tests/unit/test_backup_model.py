@@ -148,12 +148,36 @@ def test_prune_daily_and_weekly_buckets() -> None:
     for prev, cur in itertools.pairwise(ms):
         cur.parent = prev.id
         cur.disks[0].parent = prev.id
+    # T0 is Sunday 2026-11-01 (ISO week 44); days 1-7 are week 45, days 8-14 week 46.
     plan = plan_prune(ms, RetentionPolicy(keep_daily=3, keep_weekly=2))
-    kept_days = sorted((m.time - T0).days for m in ms if m.id in plan.keep)
-    assert kept_days[-3:] == [12, 13, 14]
-    assert len(plan.keep) <= 5
-    for _backup_id, parent in plan.rewrite.items():
-        assert parent is None or parent in plan.keep
+    assert plan.keep == [ms[7].id, ms[12].id, ms[13].id, ms[14].id]
+    assert plan.remove == [m.id for i, m in enumerate(ms) if i not in (7, 12, 13, 14)]
+    assert plan.reasons == {ms[14].id: "daily 2026-11-15", ms[13].id: "daily 2026-11-14",
+                            ms[12].id: "daily 2026-11-13", ms[7].id: "weekly 2026-W45"}
+    # Day 7 has no kept ancestor: it becomes a full; day 12 is rebased onto day 7.
+    assert plan.rewrite == {ms[7].id: None, ms[12].id: ms[7].id}
+
+
+def test_prune_weekly_keeps_the_newest_of_each_week_and_merges_into_it() -> None:
+    """Several backups a day: daily keeps each day's newest, weekly each week's newest;
+    the expired ones between two kept points are merged into the later one."""
+    ms = [manifest(0, FULL, None, days=-2)]  # Friday 2026-10-30, week 44
+    for n, days in enumerate([1, 3, 3.2, 8, 9], start=1):  # Mon, Wed, Wed, Mon, Tue
+        ms.append(manifest(n, INC, n - 1, days=days - 0.1))
+    for prev, cur in itertools.pairwise(ms):
+        cur.parent = prev.id
+        cur.disks[0].parent = prev.id
+    plan = plan_prune(ms, RetentionPolicy(keep_daily=2, keep_weekly=3))
+    assert plan.keep == [ms[0].id, ms[3].id, ms[4].id, ms[5].id]
+    assert plan.remove == [ms[1].id, ms[2].id]
+    assert plan.rewrite == {ms[3].id: ms[0].id}
+    assert plan.reasons == {ms[0].id: "weekly 2026-W44", ms[3].id: "weekly 2026-W45",
+                            ms[4].id: "daily 2026-11-09", ms[5].id: "daily 2026-11-10"}
+    # keep_last adds to the buckets: the two newest are kept for that reason first.
+    plan = plan_prune(ms, RetentionPolicy(keep_last=3, keep_weekly=1))
+    assert plan.keep == [ms[3].id, ms[4].id, ms[5].id]
+    assert plan.rewrite == {ms[3].id: None}
+    assert plan.reasons == {ms[3].id: "last", ms[4].id: "last", ms[5].id: "last"}
 
 
 def test_prune_refuses_empty_policy() -> None:
