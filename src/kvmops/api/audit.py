@@ -41,6 +41,13 @@ def wanted(method: str, path: str, status: int) -> bool:
     return method not in SAFE_METHODS or status in DENIED or bool(_GUEST_READ.match(path))
 
 
+def via_of(path: str) -> str:
+    """The face a request came through: the REST API, or the web UI (its pages, forms
+    and the ``/api/v1/ui`` calls its scripts make)."""
+    return "api" if path.startswith("/api/") and not path.startswith("/api/v1/ui/") \
+        else "web"
+
+
 class AuditMiddleware:
     def __init__(self, app: ASGIApp, store: Callable[[], Store]) -> None:
         self.app = app
@@ -80,6 +87,6 @@ class AuditMiddleware:
             audit.record(self.store(), user=state.get("user"), method=scope["method"],
                          path=scope["path"], action=action,
                          target=str(target) if target else None, status_code=status,
-                         job_id=job_id, address=client_of(scope))
+                         job_id=job_id, address=client_of(scope), via=via_of(scope["path"]))
         except KvmopsError as err:
             log.error("cannot write the audit log: %s", err)

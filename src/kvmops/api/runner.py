@@ -4,7 +4,8 @@
 once; a worker thread runs ``fn(ctx)`` where ``ctx`` (:class:`JobContext`)
 reports progress (bytes or percent) and notes, and lets the job notice a
 cancel request. Progress goes to the row (throttled) and to the event hub
-(``event: job`` on ``GET /api/v1/events``). The final state is ``succeeded``
+(``event: job`` on ``GET /api/v1/events``). States are the one
+:class:`~kvmops.store.jobstate.JobState` machine; the final state is ``succeeded``
 (with the JSON result), ``failed`` (error message and kind), or ``cancelled``.
 Rows left active by an earlier server process are marked ``interrupted`` at
 start-up (:func:`kvmops.store.jobs.mark_interrupted`).
@@ -28,7 +29,7 @@ from kvmops.api.events import EventHub
 from kvmops.errors import CancelledError, KvmopsError
 from kvmops.store import jobs as job_store
 from kvmops.store.db import Store
-from kvmops.store.jobs import JobView
+from kvmops.store.jobs import JobState, JobView
 
 log = logging.getLogger("kvmops.api")
 UPDATE_INTERVAL = 0.5  # seconds between progress writes to the DB
@@ -119,7 +120,7 @@ class JobRunner:
         with self._lock:
             self._active[job.id] = ctx
         self.hub.publish("job", {"id": job.id, "kind": kind, "target": target,
-                                 "state": "queued"})
+                                 "state": JobState.QUEUED.value})
         self._pool.submit(self._run, ctx, fn)
         return job
 
@@ -145,27 +146,28 @@ class JobRunner:
         try:
             if ctx.cancelled.is_set() or self._closed:
                 raise JobCancelled(f"job {ctx.id} was cancelled before it started")
-            self.update(ctx.id, publish_extra=extra, state="running",
+            self.update(ctx.id, publish_extra=extra, state=JobState.RUNNING.value,
                         started_at=datetime.now(UTC))
             result = fn(ctx)
             ctx.flush()
-            self.update(ctx.id, publish_extra=extra, state="succeeded",
+            self.update(ctx.id, publish_extra=extra, state=JobState.SUCCEEDED.value,
                         finished_at=datetime.now(UTC), result=jsonable_encoder(result))
         except BaseException as err:
             with contextlib.suppress(Exception):
                 ctx.flush()
             if ctx.cancelled.is_set() or isinstance(err, JobCancelled):
-                state = "interrupted" if self._closed else "cancelled"
+                state = JobState.INTERRUPTED if self._closed else JobState.CANCELLED
                 message = str(err) if isinstance(err, JobCancelled) else (
                     f"job {ctx.id} ({ctx.kind}) was cancelled: {err}")
                 kind = "JobCancelled"
             elif isinstance(err, KvmopsError):
-                state, message, kind = "failed", str(err), type(err).__name__
+                state, message, kind = JobState.FAILED, str(err), type(err).__name__
             else:
                 log.exception("job %s (%s) failed unexpectedly", ctx.id, ctx.kind)
-                state, message, kind = ("failed", f"internal error: {type(err).__name__}: {err}",
+                state, message, kind = (JobState.FAILED,
+                                        f"internal error: {type(err).__name__}: {err}",
                                         "InternalError")
-            self.update(ctx.id, publish_extra=extra, state=state, error=message,
+            self.update(ctx.id, publish_extra=extra, state=state.value, error=message,
                         error_kind=kind, finished_at=datetime.now(UTC))
             if not isinstance(err, Exception):
                 raise

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import select, update
 
 from kvmops.errors import NotFoundError
 from kvmops.store.db import Store
+from kvmops.store.jobstate import ACTIVE_STATES, FINAL_STATES, JobState
 from kvmops.store.models import Job
 
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
-ACTIVE_STATES: tuple[JobState, ...] = ("queued", "running")
-FINAL_STATES: tuple[JobState, ...] = ("succeeded", "failed", "cancelled", "interrupted")
+__all__ = ["ACTIVE_STATES", "FINAL_STATES", "JobState", "JobView", "create", "get",
+           "list_jobs", "mark_interrupted", "request_cancel", "update_job"]
 
 
 class JobView(BaseModel):
@@ -42,7 +43,7 @@ def view(job: Job) -> JobView:
         progress = {"done": job.progress_done, "total": job.progress_total,
                     "percent": job.percent}
     return JobView(
-        id=job.id, kind=job.kind, target=job.target, state=job.state,  # type: ignore[arg-type]
+        id=job.id, kind=job.kind, target=job.target, state=JobState(job.state),
         created_by=job.created_by, created_at=job.created_at, started_at=job.started_at,
         finished_at=job.finished_at, progress=progress, message=job.message,
         result=json.loads(job.result) if job.result else None, error=job.error,
@@ -51,7 +52,8 @@ def view(job: Job) -> JobView:
 
 
 def create(store: Store, kind: str, target: str | None, user: str | None) -> JobView:
-    job = Job(id=str(uuid.uuid4()), kind=kind, target=target, state="queued", created_by=user,
+    job = Job(id=str(uuid.uuid4()), kind=kind, target=target, state=JobState.QUEUED.value,
+              created_by=user,
               cancel_requested=False, created_at=datetime.now(UTC))
     with store.session() as db:
         db.add(job)
@@ -59,7 +61,34 @@ def create(store: Store, kind: str, target: str | None, user: str | None) -> Job
         return view(job)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_dead(store: Store) -> int:
+    """Jobs of ``kvmops`` commands whose process is gone without a final state (killed)
+    become ``interrupted``: nothing will ever finish them."""
+    with store.session() as db:
+        rows = db.scalars(select(Job).where(Job.state.in_(ACTIVE_STATES),
+                                            Job.pid.is_not(None))).all()
+        dead = [job for job in rows if job.pid is not None and not _alive(job.pid)]
+        for job in dead:
+            job.state = JobState.INTERRUPTED.value
+            job.finished_at = datetime.now(UTC)
+            job.error = (f"the kvmops command running it (pid {job.pid}) ended before "
+                         "the job finished")
+            job.error_kind = "Interrupted"
+        return len(dead)
+
+
 def get(store: Store, job_id: str) -> JobView:
+    reap_dead(store)
     with store.session() as db:
         job = db.get(Job, job_id)
         if job is None:
@@ -69,9 +98,10 @@ def get(store: Store, job_id: str) -> JobView:
 
 def list_jobs(store: Store, *, state: str | None = None, target: str | None = None,
               limit: int = 100) -> list[JobView]:
+    reap_dead(store)
     query = select(Job).order_by(Job.created_at.desc()).limit(limit)
     if state:
-        query = query.where(Job.state == state)
+        query = query.where(Job.state == JobState(state).value)
     if target:
         query = query.where(Job.target == target)
     with store.session() as db:
@@ -79,6 +109,8 @@ def list_jobs(store: Store, *, state: str | None = None, target: str | None = No
 
 
 def update_job(store: Store, job_id: str, **fields: Any) -> None:
+    if isinstance(fields.get("state"), JobState):
+        fields["state"] = fields["state"].value
     if "result" in fields and fields["result"] is not None:
         fields["result"] = json.dumps(fields["result"], default=str)
     with store.session() as db:
@@ -98,10 +130,12 @@ def request_cancel(store: Store, job_id: str) -> JobView:
 
 def mark_interrupted(store: Store, reason: str = "the kvmops server stopped while the job ran"
                      ) -> int:
-    """Jobs left queued/running by a previous server process never finished: say so."""
+    """Jobs left queued/running by a previous server process never finished: say so.
+    Jobs of ``kvmops`` commands (with a pid) are left to their process while it lives."""
     with store.session() as db:
         result = db.execute(
-            update(Job).where(Job.state.in_(ACTIVE_STATES))
-            .values(state="interrupted", finished_at=datetime.now(UTC), error=reason,
+            update(Job).where(Job.state.in_(ACTIVE_STATES), Job.pid.is_(None))
+            .values(state=JobState.INTERRUPTED.value, finished_at=datetime.now(UTC), error=reason,
                     error_kind="Interrupted"))
-        return int(getattr(result, "rowcount", 0) or 0)
+        count = int(getattr(result, "rowcount", 0) or 0)
+    return count + reap_dead(store)

@@ -103,6 +103,9 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     error_kind: Mapped[str | None] = mapped_column(String(64), nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    # The process running a job the server did not start (a ``kvmops`` command); None for
+    # the server's own jobs.
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class AuditEntry(Base):
@@ -120,6 +123,7 @@ class AuditEntry(Base):
     result: Mapped[str] = mapped_column(String(16), nullable=False)  # ok, denied, failed
     job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     address: Mapped[str | None] = mapped_column(String(64), nullable=True)  # client address
+    via: Mapped[str | None] = mapped_column(String(8), nullable=True)  # cli, api or web
 
 
 class SettingRow(Base):

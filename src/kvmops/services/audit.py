@@ -1,0 +1,99 @@
+"""Audit of use cases: one row per state-changing call from the command line.
+
+API and web requests are audited by their middleware (:mod:`kvmops.api.audit`); a
+``kvmops`` command has none, so every state-changing service function carries
+:func:`audited`, which writes the row -- the OS user (``Caller.local()``), ``via``
+cli, the action, its target, the exit code, the job it recorded -- to the state
+database when that is reachable (:mod:`kvmops.store.direct`), and nothing otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from contextvars import ContextVar
+from pathlib import PurePath
+from typing import Any, ParamSpec, TypeVar
+
+from kvmops.errors import KvmopsError
+from kvmops.services.caller import Caller
+
+P = ParamSpec("P")
+R = TypeVar("R")
+INTERRUPTED_EXIT = 130
+INTERNAL_ERROR_EXIT = 70
+# Set while an audited use case runs: the ones it calls are part of it, not rows.
+_inside: ContextVar[bool] = ContextVar("kvmops_audit_inside", default=False)
+
+
+def _target(arguments: dict[str, Any], target: str | Callable[[dict[str, Any]], Any] | None
+            ) -> str | None:
+    if target is None:
+        return None
+    value = target(arguments) if callable(target) else arguments.get(target)
+    if value is None:
+        return None
+    if isinstance(value, str | int | PurePath):
+        return str(value)
+    name = getattr(value, "name", None)  # a request model names its VM
+    return str(name) if name is not None else str(value)
+
+
+def record(caller: Caller, action: str, target: str | None, exit_code: int, *,
+           job_id: str | None = None, db_url: str | None = None) -> None:
+    """Write one audit row of a command (silently nothing without a database)."""
+    if caller.via != "cli":
+        return
+    from kvmops.store.direct import quietly, state_db
+
+    db = state_db(db_url)
+    if db is None:
+        return
+    with quietly(f"audit {action}"):
+        db.audit(user=caller.name, command="kvmops " + action.replace(".", " "),
+                 action=action, target=target, exit_code=exit_code, via=caller.via,
+                 job_id=job_id)
+
+
+def audited(action: str, target: str | Callable[[dict[str, Any]], Any] | None = "vm",
+            *, db_arg: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Audit a use case called by the command line. ``action`` names it (``vm.start``);
+    ``target`` is the parameter naming what it acts on (or a function of the bound
+    arguments); ``db_arg`` a parameter naming another database (``user add --db``)."""
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            bound = signature.bind_partial(*args, **kwargs)
+            caller = bound.arguments.get("caller")
+            if not isinstance(caller, Caller) or caller.via != "cli" or _inside.get():
+                return fn(*args, **kwargs)
+            from kvmops.services.jobs import current_job
+
+            token = _inside.set(True)
+            job_token = current_job.set(None)
+            code = INTERNAL_ERROR_EXIT
+            try:
+                result = fn(*args, **kwargs)
+                code = 0
+                return result
+            except KvmopsError as err:
+                code = err.exit_code
+                raise
+            except KeyboardInterrupt:
+                code = INTERRUPTED_EXIT
+                raise
+            finally:
+                _inside.reset(token)
+                job_id = current_job.get()
+                current_job.reset(job_token)
+                record(caller, action, _target(bound.arguments, target), code,
+                       job_id=job_id,
+                       db_url=bound.arguments.get(db_arg) if db_arg else None)
+
+        return wrapper
+
+    return decorate
