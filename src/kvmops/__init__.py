@@ -1,10 +1,7 @@
 """kvmops: run and operate KVM/QEMU virtual machines safely."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("kvmops")
-except PackageNotFoundError:  # running from a source tree without install
-    __version__ = "0.0.0"
+# Static, and the one source of the version (pyproject reads it): asking
+# importlib.metadata would cost every ``kvmops`` command ~20 ms.
+__version__ = "0.1.0"
 
 __all__ = ["__version__"]

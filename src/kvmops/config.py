@@ -12,6 +12,10 @@ file key               environment             meaning (default as root)
 ``state_dir``          ``KVMOPS_STATE_DIR``    database, manifest key, job records
                                                (``/var/lib/kvmops/state``)
 ``cache_dir``          ``KVMOPS_CACHE_DIR``    build caches (``/var/cache/kvmops``)
+``db``                 ``KVMOPS_DB``           database URL of ``kvmops serve`` (sqlite in
+                                               the state directory)
+``log_format``         ``KVMOPS_LOG_FORMAT``   ``text`` or ``json`` (one object a line) for
+                                               ``kvmops serve``'s log (``text``)
 =====================  ======================  =========================================
 
 Lists in the environment are separated by ``:``. ``KVMOPS_CONFIG`` names another
@@ -31,10 +35,12 @@ from typing import Any
 from kvmops.errors import ConfigError
 
 DEFAULT_CONFIG = Path("/etc/kvmops/config.toml")
-_KEYS = {"uri", "images_dir", "image_dirs", "backup_dirs", "state_dir", "cache_dir", "db"}
+_KEYS = {"uri", "images_dir", "image_dirs", "backup_dirs", "state_dir", "cache_dir", "db",
+         "log_format"}
 _ENV = ("KVMOPS_CONFIG", "KVMOPS_URI", "LIBVIRT_DEFAULT_URI", "KVMOPS_IMAGES_DIR",
         "KVMOPS_IMAGE_DIRS", "KVMOPS_BACKUP_DIRS", "KVMOPS_STATE_DIR", "KVMOPS_CACHE_DIR",
-        "KVMOPS_DB")
+        "KVMOPS_DB", "KVMOPS_LOG_FORMAT")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class Settings:
     cache_dir: Path
     db: str | None = None
     config_file: Path | None = None  # the file read, if any
+    log_format: str = "text"
 
     @property
     def backup_dir(self) -> Path:
@@ -137,6 +144,12 @@ def _load(env: tuple[str | None, ...], stamp: tuple[str, float]) -> Settings:
     uri = values["KVMOPS_URI"] or data.get("uri") or values["LIBVIRT_DEFAULT_URI"] \
         or "qemu:///system"
     db = values["KVMOPS_DB"] or data.get("db")
+    log_format = values["KVMOPS_LOG_FORMAT"] or data.get("log_format") or "text"
+    if log_format not in LOG_FORMATS:
+        where = "environment: KVMOPS_LOG_FORMAT" if values["KVMOPS_LOG_FORMAT"] \
+            else f"{source}: log_format"
+        raise ConfigError(f"{where} '{log_format}' is not a log format",
+                          hint=f"use one of {', '.join(LOG_FORMATS)}")
     return Settings(
         uri=str(uri),
         images_dir=images_dir,
@@ -148,9 +161,44 @@ def _load(env: tuple[str | None, ...], stamp: tuple[str, float]) -> Settings:
                        "/var/cache/kvmops" if root else str(home / ".cache/kvmops")),
         db=str(db) if db else None,
         config_file=path if data else None,
+        log_format=str(log_format),
     )
 
 
 def settings() -> Settings:
     """Current settings (the environment is read on each call; the file when it changed)."""
     return Settings.from_env()
+
+
+# key -> the environment variables that set it, strongest first (after the file's key
+# only LIBVIRT_DEFAULT_URI, for ``uri``).
+_ENV_OF = {"uri": ("KVMOPS_URI",), "images_dir": ("KVMOPS_IMAGES_DIR",),
+           "image_dirs": ("KVMOPS_IMAGE_DIRS",), "backup_dirs": ("KVMOPS_BACKUP_DIRS",),
+           "state_dir": ("KVMOPS_STATE_DIR",), "cache_dir": ("KVMOPS_CACHE_DIR",),
+           "db": ("KVMOPS_DB",), "log_format": ("KVMOPS_LOG_FORMAT",)}
+
+
+def explain() -> tuple[Settings, Path, list[tuple[str, object, str]]]:
+    """The effective settings, the configuration file looked at, and each key's value
+    with where it came from: ``environment (NAME)``, the file, or ``default``."""
+    current = settings()
+    path = _config_path()
+    data = _read_file(path) if path.exists() or "KVMOPS_CONFIG" in os.environ else {}
+    rows: list[tuple[str, object, str]] = []
+    for key, names in _ENV_OF.items():
+        value = getattr(current, key)
+        if isinstance(value, tuple):
+            value = [str(v) for v in value]
+        elif isinstance(value, Path):
+            value = str(value)
+        env = next((name for name in names if os.environ.get(name)), None)
+        if env:
+            source = f"environment ({env})"
+        elif key in data:
+            source = str(path)
+        elif key == "uri" and os.environ.get("LIBVIRT_DEFAULT_URI"):
+            source = "environment (LIBVIRT_DEFAULT_URI)"
+        else:
+            source = "default"
+        rows.append((key, value, source))
+    return current, path, rows

@@ -3,54 +3,134 @@
 Expected failures are ``KvmopsError``: printed as one line on stderr with the
 error's exit code. Anything else is a bug and keeps its traceback only with
 ``KVMOPS_DEBUG=1``.
+
+Start-up is kept as quick as ``virsh``'s: the command modules (and what they import:
+pydantic, lxml, rich, the API, the database) load only when their command runs.
+:data:`COMMANDS` names every sub-command with its one-line help, so ``kvmops --help``
+and shell completion list them without importing any of them.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+from difflib import get_close_matches
 from typing import Any
 
 import typer
+import typer.core
 import typer.main
 
+from kvmops import __version__
 from kvmops.errors import KvmopsError
+
+# name -> ("module:attr", one-line help). ``attr`` is a Typer app (a command group),
+# or ``register``: a function that adds the module's command(s) to a Typer app.
+# tests/unit/test_cli_imports.py checks that each help line is the command's own.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "qmp": ("kvmops.cli.qmp:register",
+            "Run one QMP command and print its return value as JSON (or HMP text with "
+            "--hmp)."),
+    "events": ("kvmops.cli.events:register",
+               "Print QMP events with their timestamps as QEMU sends them."),
+    "serve": ("kvmops.cli.serve:register", "Run the REST API server (OpenAPI docs at /docs)."),
+    "host": ("kvmops.cli.host:app", "Facts about this host."),
+    "vm": ("kvmops.cli.vm:app", "Create, start, stop and inspect VMs."),
+    "image": ("kvmops.cli.image:app", "Create, inspect, convert and snapshot disk images."),
+    "dev": ("kvmops.cli.dev:app", "Developer tools: build the tiny test guest."),
+    "guest": ("kvmops.cli.guest:app", "Talk to the guest agent (qemu-ga) inside a VM."),
+    "backup": ("kvmops.cli.backup:app", "Online backups, restore, verify and retention."),
+    "snapshot": ("kvmops.cli.snapshot:app",
+                 "VM snapshots: internal (with memory) and external (disk-only)."),
+    "user": ("kvmops.cli.user:app", "API users, roles (admin, operator, viewer) and tokens."),
+    "config": ("kvmops.cli.config:app",
+               "The effective configuration and where each value comes from."),
+    "completion": ("kvmops.cli.completion:register",
+                   "Print the shell completion script for bash, zsh or fish."),
+}
+
+
+def load_command(name: str) -> Any:
+    """Import the module behind ``name`` and build its click command (a group or one
+    command), exactly as ``add_typer``/``command`` would have at start-up."""
+    module_name, attr = COMMANDS[name][0].split(":")
+    obj = getattr(importlib.import_module(module_name), attr)
+    holder = typer.Typer()
+    if isinstance(obj, typer.Typer):
+        holder.add_typer(obj, name=name)
+    else:
+        obj(holder)
+    return typer.main.get_group(holder).commands[name]
+
+
+class LazyGroup(typer.core.TyperGroup):
+    """The root group: sub-commands from :data:`COMMANDS`, imported on first use.
+
+    Listing them (help, completion) uses stand-ins that carry only the help line."""
+
+    _listing = False
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*COMMANDS, *(n for n in self.commands if n not in COMMANDS)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name in self.commands or cmd_name not in COMMANDS:
+            return self.commands.get(cmd_name)
+        if self._listing:
+            return typer.core.TyperCommand(cmd_name, help=COMMANDS[cmd_name][1])
+        self.commands[cmd_name] = command = load_command(cmd_name)
+        return command
+
+    def _listed(self, method: Any, *args: Any) -> Any:
+        self._listing = True
+        try:
+            return method(*args)
+        finally:
+            self._listing = False
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self._listed(super().format_help, ctx, formatter)
+
+    def shell_complete(self, ctx: Any, incomplete: str) -> Any:
+        return self._listed(super().shell_complete, ctx, incomplete)
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        try:
+            return self._click_resolve_command(ctx, args)
+        except Exception as err:
+            message = getattr(err, "message", None)
+            if isinstance(message, str) and args:
+                matches = get_close_matches(args[0], self.list_commands(ctx))
+                if matches:
+                    err.message = (message.rstrip(".") + ". Did you mean "  # type: ignore
+                                   + ", ".join(repr(m) for m in matches) + "?")
+            raise
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"kvmops {__version__}\n")
+        raise typer.Exit()
+
 
 app = typer.Typer(
     name="kvmops",
+    cls=LazyGroup,
     help="Run and operate KVM/QEMU virtual machines.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    suggest_commands=False,
 )
 
 
-def _register() -> None:
-    """Attach the command groups (imported here to keep start-up order obvious)."""
-    from kvmops.cli import dev, host, image, vm
-
-    app.add_typer(host.app, name="host")
-    app.add_typer(vm.app, name="vm")
-    app.add_typer(image.app, name="image")
-    app.add_typer(dev.app, name="dev")
-    for extra in ("guest", "qmp", "events", "backup", "snapshot", "serve", "user"):
-        _try_register(extra)
-
-
-def _try_register(module: str) -> None:
-    """Command groups added by later work register themselves through ``register(app)``."""
-    import importlib
-
-    try:
-        mod = importlib.import_module(f"kvmops.cli.{module}")
-    except ModuleNotFoundError as err:
-        if err.name == f"kvmops.cli.{module}":
-            return
-        raise
-    mod.register(app)
-
-
-_register()
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", "-V", is_eager=True, callback=_version,
+                                 help="Print the version and exit."),
+) -> None:
+    """Run and operate KVM/QEMU virtual machines."""
 
 
 def _fail(message: str, code: int) -> None:
@@ -84,6 +164,10 @@ def _usage_error(err: Any) -> None:
 def run() -> None:
     """Console-script entry point: every failure is one line on stderr with its code."""
     debug = os.environ.get("KVMOPS_DEBUG") == "1"
+    if os.environ.get("_KVMOPS_COMPLETE"):  # a completion script asks (kvmops completion)
+        from typer.completion import completion_init  # type: ignore[attr-defined]
+
+        completion_init()
     command = typer.main.get_command(app)
     try:
         result = command.main(args=sys.argv[1:], prog_name="kvmops", standalone_mode=False)
