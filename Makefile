@@ -4,12 +4,12 @@ KVMOPS := $(VENV)/bin/kvmops
 GUEST_DIR ?= /var/cache/kvmops/guest
 PYTEST_ARGS ?=
 
-.PHONY: setup test unit lint demo bench clean-test
+.PHONY: setup test unit lint docs demo bench clean-test
 
 setup:
 	bash scripts/setup-host.sh
 
-test: setup
+test: setup docs
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
@@ -20,6 +20,12 @@ unit: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
+
+# The documentation site (site/); its reference pages are generated from the code.
+docs: setup
+	$(VENV)/bin/ruff check scripts/docs_*.py
+	$(VENV)/bin/mypy --strict scripts/docs_*.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 demo: setup
 	bash scripts/demo.sh

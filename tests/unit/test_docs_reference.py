@@ -1,0 +1,49 @@
+"""The generated documentation pages cover what the code has (scripts/docs_*.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+
+import docs_api
+import docs_cli
+import docs_exit_codes
+
+
+def test_cli_reference_has_every_command_and_option() -> None:
+    page = docs_cli.render()
+    paths = docs_cli.commands()
+    assert "kvmops vm create" in paths and "kvmops backup restore" in paths
+    for path in paths:
+        assert f"`{path}`" in page, path
+    create = page.split("`kvmops vm create`", 1)[1].split("\n#", 1)[0]
+    for option in ("`--memory`", "`--vcpus`", "`--kernel`", "`--disk`"):
+        assert option in create, option
+
+
+def test_api_reference_has_every_operation_and_schema() -> None:
+    schema = docs_api.schema()
+    page = docs_api.render(schema)
+    assert "/api/v1/health" in schema["paths"]
+    for path, item in schema["paths"].items():
+        for method in docs_api.METHODS:
+            if method in item:
+                assert f"### {method.upper()} `{path}`" in page, (method, path)
+    for name in schema["components"]["schemas"]:
+        assert f"{{ #{docs_api.anchor(name)} }}" in page, name
+
+
+def test_exit_code_page_is_the_readme_table_checked_against_the_code(tmp_path: Path) -> None:
+    page = docs_exit_codes.render()
+    assert "| 78 | invalid configuration | `ConfigError` |" in page
+    readme = (REPO / "README.md").read_text()
+    broken = tmp_path / "README.md"
+    broken.write_text(readme.replace("| 3 | not found | `NotFoundError` |\n", ""))
+    with pytest.raises(SystemExit, match="NotFoundError"):
+        docs_exit_codes.check(docs_exit_codes.readme_rows(broken))
