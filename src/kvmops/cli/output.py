@@ -9,21 +9,14 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
+# Rich loads on first output (and its progress bars only with one): plain
+# ``kvmops guest exec`` and ``--json`` never pay for it (kvmops.cli.main: quick start-up).
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
 
 
 def _width() -> int | None:
@@ -33,11 +26,25 @@ def _width() -> int | None:
     return 1000
 
 
-console = Console(width=_width())
-err_console = Console(stderr=True)
+@cache
+def _consoles() -> tuple[Console, Console]:
+    from rich.console import Console
+
+    return Console(width=_width()), Console(stderr=True)
+
+
+def __getattr__(name: str) -> Any:
+    """``console`` and ``err_console``, made on first use."""
+    if name == "console":
+        return _consoles()[0]
+    if name == "err_console":
+        return _consoles()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _plain(value: Any) -> Any:
+    from pydantic import BaseModel
+
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, list | tuple):
@@ -55,35 +62,49 @@ def print_json(value: Any) -> None:
 
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None
                 ) -> None:
+    from rich.table import Table
+
     table = Table(title=title, show_edge=False, header_style="bold")
     for column in columns:
         # fold: a long value wraps inside its cell, it is never cut off with an ellipsis
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*("" if v is None else str(v) for v in row))
-    console.print(table)
+    _consoles()[0].print(table)
 
 
 def print_fields(fields: Iterable[tuple[str, Any]]) -> None:
     """A two-column ``key: value`` listing, like ``virsh dominfo``."""
+    from rich.table import Table
+
     table = Table(show_header=False, show_edge=False, box=None, pad_edge=False)
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
     for key, value in fields:
         table.add_row(f"{key}:", "" if value is None else str(value))
-    console.print(table)
+    _consoles()[0].print(table)
 
 
 def info(message: str) -> None:
-    console.print(message, highlight=False, soft_wrap=True)
+    _consoles()[0].print(message, highlight=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+    _consoles()[1].print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
 
 
 def byte_progress(transient: bool = False) -> Progress:
     """A Rich progress bar for byte counts: done/total, rate, ETA."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -91,19 +112,27 @@ def byte_progress(transient: bool = False) -> Progress:
         DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=err_console,
+        console=_consoles()[1],
         transient=transient,
     )
 
 
 def percent_progress(transient: bool = False) -> Progress:
     """A Rich progress bar for work measured in percent."""
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         TaskProgressColumn(),
         TimeRemainingColumn(),
-        console=err_console,
+        console=_consoles()[1],
         transient=transient,
     )
 
