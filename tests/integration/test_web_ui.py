@@ -7,6 +7,7 @@ find each step in the audit log. Screenshots go to test-output/screenshots/.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 import subprocess
@@ -281,3 +282,212 @@ def test_vm_life_console_backup_restore_audit(web: ApiServer, browser_page: Any,
         with contextlib.suppress(OSError):
             for leftover in Path("/var/lib/kvmops/images").glob(f"{restored}-*"):
                 leftover.unlink()
+
+
+# ------------------------------------------------------------------ VM configuration
+def vm_json(name: str) -> dict[str, Any]:
+    """``kvmops vm info --json``: what the UI changed, read through the CLI."""
+    result = run_cli("vm", "info", name, "--json")
+    assert result.code == 0, result.stderr
+    info: dict[str, Any] = json.loads(result.stdout)
+    return info
+
+
+def csrf_of(page: Any) -> str:
+    return str(page.eval_on_selector("meta[name=csrf-token]", "el => el.content"))
+
+
+def api_get(page: Any, url: str, path: str) -> Any:
+    """A GET of the REST API with the page's session (what the UI's fetch calls see)."""
+    response = page.request.get(url + "/api/v1" + path)
+    assert response.ok, (path, response.status, response.text())
+    return response.json()
+
+
+def test_vm_page_sets_vcpus_memory_autostart(web: ApiServer, browser_page: Any,
+                                             fresh_vm: str) -> None:
+    page = browser_page
+    log_in(page, web.url)
+    page.goto(f"{web.url}/vms/{fresh_vm}")
+    page.fill("#vcpus-form input[name=vcpus]", "2")
+    page.click("#vcpus-form button[type=submit]")
+    page.locator(".toast.ok").filter(has_text="2 vCPU(s)").wait_for()
+    assert page.locator(".kv [data-field=vcpus]").inner_text() == "2"
+    page.fill("#memory-form input[name=memory]", "320M")
+    page.click("#memory-form button[type=submit]")
+    page.locator(".toast.ok").filter(has_text="memory 320.0 MiB").wait_for()
+    # more memory than the host has: one line with the remedy, nothing changed
+    page.fill("#memory-form input[name=memory]", "4000G")
+    page.click("#memory-form button[type=submit]")
+    page.locator(".toast.error").filter(has_text="more than this host has").wait_for()
+    page.click("#autostart-toggle")
+    page.locator(".toast.ok").filter(has_text="autostart of VM").filter(
+        has_text="enabled").wait_for()
+    info = vm_json(fresh_vm)
+    assert (info["vcpus"], info["memory"], info["autostart"]) == (2, 320 * 1024**2, True)
+    inactive = subprocess.run(["virsh", "dumpxml", "--inactive", fresh_vm],
+                              capture_output=True, text=True, timeout=60, check=True).stdout
+    assert re.search(r"<vcpu[^>]*>2</vcpu>", inactive), inactive
+    assert f"<memory unit='KiB'>{320 * 1024}</memory>" in inactive, inactive
+    # the page shows the configuration after a reload; autostart goes off again
+    page.reload()
+    assert page.locator(".kv [data-field=vcpus]").inner_text().startswith("2")
+    assert page.locator(".kv [data-field=autostart]").inner_text() == "on"
+    page.click("#autostart-toggle")
+    page.locator(".toast.ok").filter(has_text="disabled").wait_for()
+    assert vm_json(fresh_vm)["autostart"] is False
+    shoot(page, "vm-config")
+
+
+def test_vm_page_clones(web: ApiServer, browser_page: Any, fresh_vm: str,
+                        host: Host) -> None:
+    page = browser_page
+    clone = f"{fresh_vm}-clone"
+    try:
+        log_in(page, web.url)
+        page.goto(f"{web.url}/vms/{fresh_vm}")
+        page.click("#clone-btn")
+        page.fill("#clone-dialog input[name=new_name]", clone)
+        page.click("#clone-go")
+        page.locator("#clone-status[data-state=succeeded]").filter(
+            has_text=f"cloned as {clone}").wait_for(timeout=WAIT_MS)
+        source, copy = vm_json(fresh_vm), vm_json(clone)
+        assert copy["state"] == "shut off"
+        original = {d["source"] for d in source["disks"]}
+        copied = [d["source"] for d in copy["disks"] if d["device"] == "disk"]
+        assert copied and not original & set(copied)
+        assert all(Path(p).is_file() for p in copied)
+        jobs = api_get(page, web.url, f"/jobs?target={fresh_vm}")
+        assert [(j["kind"], j["state"], j["created_by"]) for j in jobs] == [
+            ("vm.clone", "succeeded", USER)]
+    finally:
+        remove_vm(host, clone)
+
+
+def test_vm_page_undefines_with_and_without_storage(web: ApiServer, browser_page: Any,
+                                                    vm_factory: Any, host: Host) -> None:
+    page = browser_page
+    gone, kept = vm_factory(), vm_factory()
+    gone_disk = vm_json(gone)["disks"][0]["source"]
+    kept_disk = vm_json(kept)["disks"][0]["source"]
+    try:
+        log_in(page, web.url)
+        page.goto(f"{web.url}/vms/{gone}")
+        page.click("#undefine-btn")
+        dialog = page.locator("#undefine-dialog")
+        assert not page.locator("#undefine-files").is_visible()
+        page.check("#undefine-storage")
+        # the dialog names the files it deletes before anyone confirms
+        assert dialog.locator("[data-field=remove]").inner_text().strip() == gone_disk
+        shoot(page, "undefine-dialog")
+        with page.expect_navigation(url=f"{web.url}/vms", timeout=WAIT_MS):
+            page.click("#undefine-go")
+        assert not host.has_domain(gone)
+        assert not Path(gone_disk).exists()
+        assert run_cli("vm", "info", gone, "--json").code != 0
+
+        page.goto(f"{web.url}/vms/{kept}")
+        page.click("#undefine-btn")
+        with page.expect_navigation(url=f"{web.url}/vms", timeout=WAIT_MS):
+            page.click("#undefine-go")
+        assert not host.has_domain(kept)
+        assert Path(kept_disk).is_file()  # without the storage option the image stays
+        listed = {vm["name"] for vm in api_get(page, web.url, "/vms")}
+        assert not {gone, kept} & listed
+        page.goto(web.url + "/audit")
+        assert "undefine" in page.locator("#audit-table").inner_text()
+    finally:
+        for name in (gone, kept):
+            remove_vm(host, name)
+        with contextlib.suppress(OSError):
+            Path(kept_disk).unlink()
+
+
+def test_vm_page_attaches_and_detaches_disks(web: ApiServer, browser_page: Any,
+                                             fresh_vm: str, images_dir: Path) -> None:
+    page = browser_page
+    log_in(page, web.url)
+    page.goto(f"{web.url}/vms/{fresh_vm}")
+    page.click("details.subform summary")
+    page.fill("#attach-form input[name=size]", "16M")
+    page.fill("#attach-form input[name=images_dir]", str(images_dir))
+    with page.expect_navigation(timeout=WAIT_MS):
+        page.click("#attach-form button[type=submit]")
+    page.locator("#disk-rows tr[data-disk=vdb]").wait_for()
+    disks = {d["target"]: d for d in api_get(page, web.url, f"/vms/{fresh_vm}/disks")}
+    assert set(disks) == {"vda", "vdb"}
+    image = Path(disks["vdb"]["image"])
+    assert image.parent == images_dir and image.is_file()
+    assert disks["vdb"]["virtual_size"] == 16 * 1024**2
+
+    page.click("#disk-rows button[data-detach=vdb]")
+    assert page.locator("#detach-dialog [data-field=source]").inner_text() == str(image)
+    page.check("#detach-dialog input[name=remove_storage]")
+    with page.expect_navigation(timeout=WAIT_MS):
+        page.click("#detach-go")
+    page.locator("#disk-rows tr[data-disk=vda]").wait_for()
+    assert page.locator("#disk-rows tr[data-disk=vdb]").count() == 0
+    disks = {d["target"]: d for d in api_get(page, web.url, f"/vms/{fresh_vm}/disks")}
+    assert set(disks) == {"vda"}
+    assert not image.exists()
+
+
+def test_jobs_page_shows_history_live(web: ApiServer, browser_page: Any, fresh_vm: str,
+                                      host: Host) -> None:
+    """The Jobs page lists what GET /api/v1/jobs lists: state, progress, error, who."""
+    page = browser_page
+    first, second = f"{fresh_vm}-j1", f"{fresh_vm}-j2"
+    missing = f"{SESSION_PREFIX}nosuchvm-jobs"
+    try:
+        log_in(page, web.url)
+        page.click("nav a[href='/jobs']")
+        page.wait_for_url(f"{web.url}/jobs")
+        headers = {"X-CSRF-Token": csrf_of(page), "Content-Type": "application/json"}
+
+        def clone(source: str, name: str) -> str:
+            response = page.request.post(f"{web.url}/api/v1/vms/{source}/clone",
+                                         headers=headers, data=json.dumps({"new_name": name}))
+            assert response.status == 202, response.text()
+            return str(response.json()["job_id"])
+
+        ok_id = clone(fresh_vm, first)
+        bad_id = clone(missing, f"{missing}-c")
+        # both show up on the open page by themselves (no reload), in their final states
+        ok_row = page.locator(f"#job-rows tr[data-job='{ok_id}']")
+        bad_row = page.locator(f"#job-rows tr[data-job='{bad_id}']")
+        ok_row.locator("[data-field=state]").filter(has_text="succeeded").wait_for(
+            timeout=WAIT_MS)
+        bad_row.locator("[data-field=state]").filter(has_text="failed").wait_for(
+            timeout=WAIT_MS)
+        assert missing in bad_row.locator("[data-field=message]").inner_text()
+        assert ok_row.locator("[data-field=by]").inner_text() == USER
+        assert ok_row.locator("progress").get_attribute("value") == "100"
+        shoot(page, "jobs")
+
+        # the same jobs, states and errors as the API
+        api = {j["id"]: j for j in api_get(page, web.url, "/jobs?limit=100")}
+        assert api[ok_id]["state"] == "succeeded" and api[ok_id]["kind"] == "vm.clone"
+        assert api[bad_id]["state"] == "failed" and missing in api[bad_id]["error"]
+        shown = page.locator("#job-rows tr[data-job]").evaluate_all(
+            "rs => rs.map(r => [r.dataset.job, r.dataset.state])")
+        for job_id, state in shown:
+            assert api.get(job_id, {"state": state})["state"] == state
+
+        # history by state, server-rendered and refreshed alike
+        page.select_option("#jobs-filter select[name=state]", "failed")
+        page.click("#jobs-filter button[type=submit]")
+        page.wait_for_url(re.compile(r"/jobs\?state=failed"))
+        bad_row.wait_for()
+        states = page.locator("#job-rows [data-field=state]").all_inner_texts()
+        assert states and set(states) == {"failed"}
+        assert page.locator(f"#job-rows tr[data-job='{ok_id}']").count() == 0
+
+        # a job started after the page opened appears and ends there too
+        page.goto(f"{web.url}/jobs?target={fresh_vm}")
+        later = clone(fresh_vm, second)
+        page.locator(f"#job-rows tr[data-job='{later}'] [data-field=state]").filter(
+            has_text="succeeded").wait_for(timeout=WAIT_MS)
+        assert host.has_domain(second)
+    finally:
+        for name in (first, second):
+            remove_vm(host, name)

@@ -9,11 +9,10 @@ import pytest
 
 from kvmops.backup.model import BackupType, Consistency, DiskRecord, Manifest
 from kvmops.errors import ValidationError
-from kvmops.web.addresses import merge_addresses
+from kvmops.services.web_views import build_timeline, merge_addresses, newest_first
 from kvmops.web.auth import login_token_ok, safe_next
 from kvmops.web.keys import KEY_LEFTSHIFT, MAX_TEXT, key_for, text_to_keys
 from kvmops.web.pages import state_counts
-from kvmops.web.timeline import build_timeline, newest_first
 
 # ------------------------------------------------------------------ keys
 KEY_A, KEY_Z, KEY_1, KEY_0, KEY_ENTER, KEY_SPACE, KEY_MINUS = 30, 44, 2, 11, 28, 57, 12

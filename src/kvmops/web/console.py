@@ -20,12 +20,11 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from kvmops.api.deps import SESSION_COOKIE
 from kvmops.errors import KvmopsError
+from kvmops.services import web_views as views
 from kvmops.services.caller import Caller
 from kvmops.services.consoles import open_serial
 from kvmops.store import audit, users
 from kvmops.store.users import Principal
-from kvmops.vm.domxml import validate_name
-from kvmops.web import domain as dom
 from kvmops.web.auth import context, same_origin, session_principal
 
 log = logging.getLogger("kvmops.web")
@@ -105,7 +104,7 @@ async def serial_bridge(websocket: WebSocket, name: str) -> None:
     caller = Caller(name=principal.name, role=principal.role, via="web",
                     address=_address(websocket))
     try:
-        validate_name(name)
+        views.check_name(name)
         serial = await anyio.to_thread.run_sync(lambda: open_serial(
             caller, ctx.settings.uri, name, on_data, on_closed, force=True))
     except KvmopsError as err:
@@ -152,8 +151,7 @@ async def vnc_bridge(websocket: WebSocket, name: str) -> None:
     if principal is None:
         return
     try:
-        validate_name(name)
-        port = await anyio.to_thread.run_sync(lambda: dom.vnc_port(ctx.host(), name))
+        port = await anyio.to_thread.run_sync(lambda: views.vnc_port(ctx.host(), name))
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
     except (KvmopsError, OSError) as err:
         await _refuse(websocket, CLOSE_UNAVAILABLE, str(err), principal.name, name)

@@ -17,19 +17,14 @@ from fastapi.routing import APIRoute
 from kvmops.api.deps import CSRF_COOKIE, SESSION_COOKIE
 from kvmops.api.guard import CSP
 from kvmops.api.throttle import LoginThrottled, attempt_login, client_address
-from kvmops.backup.model import Manifest
 from kvmops.config import settings
-from kvmops.errors import KvmopsError, NotFoundError
-from kvmops.host.doctor import run_doctor
-from kvmops.host.info import host_info
-from kvmops.paths import policy
-from kvmops.services import backups as backup_service
+from kvmops.errors import KvmopsError
+from kvmops.services import vm_config
+from kvmops.services import web_views as views
 from kvmops.services.caller import Caller
+from kvmops.services.vm_config import RemovalPreview
 from kvmops.store import audit, users
-from kvmops.store import jobs as job_store
 from kvmops.store.users import Principal
-from kvmops.vm import lifecycle
-from kvmops.vm.domxml import validate_name
 from kvmops.web import templates
 from kvmops.web.auth import (
     LOGIN_CSRF_COOKIE,
@@ -45,7 +40,6 @@ from kvmops.web.auth import (
     safe_next,
     session_principal,
 )
-from kvmops.web.timeline import build_timeline, newest_first
 
 REPO_COOKIE = "kvmops_repo"
 STATE_ORDER = ("running", "paused", "in shutdown", "shut off", "crashed", "pmsuspended",
@@ -77,10 +71,7 @@ router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 
 def _vm(name: str) -> str:
-    try:
-        return validate_name(name)
-    except KvmopsError:
-        raise NotFoundError(f"no VM named '{name[:80]}'") from None
+    return views.check_name(name)
 
 
 # ------------------------------------------------------------------ log-in
@@ -172,11 +163,11 @@ def state_counts(states: list[str]) -> list[tuple[str, int]]:
 def dashboard(request: Request, user: PageUser) -> Response:
     ctx = context(request)
     host = ctx.host()
-    info = host_info(host)
+    info = views.host_summary(host)
     vms = ctx.vm_list.get(host)
     active = [j for state in ("running", "queued")
-              for j in job_store.list_jobs(ctx.store, state=state, limit=50)]
-    recent = job_store.list_jobs(ctx.store, limit=8)
+              for j in views.list_jobs(ctx.store, state=state, limit=50)]
+    recent = views.list_jobs(ctx.store, limit=8)
     return templates.render(request, "dashboard.html", user, title="Dashboard", host=info,
                             counts=state_counts([vm.state for vm in vms]), total=len(vms),
                             jobs=active, recent=recent)
@@ -184,7 +175,7 @@ def dashboard(request: Request, user: PageUser) -> Response:
 
 @router.get("/host", response_class=HTMLResponse)
 def host_health(request: Request, user: PageUser) -> Response:
-    report = run_doctor(host=context(request).host())
+    report = views.doctor(context(request).host())
     return templates.render(request, "host.html", user, title="Host health", report=report)
 
 
@@ -204,23 +195,33 @@ def create_form(request: Request, user: PageOperator) -> Response:
         networks = ctx.host().network_names()
     return templates.render(request, "create.html", user, title="Create a VM",
                             networks=networks,
-                            allowed=[str(d) for d in policy().image_dirs])
+                            allowed=views.image_dirs())
 
 
 @router.get("/vms/{name}", response_class=HTMLResponse)
 def vm_detail(request: Request, name: str, user: PageUser) -> Response:
     ctx = context(request)
-    vm = lifecycle.info(ctx.host(), _vm(name))
+    host = ctx.host()
+    vm = views.vm_info(host, name)
     recorder = request.app.state.kvmops_web_events
-    jobs = job_store.list_jobs(ctx.store, target=vm.name, limit=10)
+    jobs = views.list_jobs(ctx.store, target=vm.name, limit=10)
+    storage: RemovalPreview | None = None
+    storage_error: str | None = None
+    if templates.can(user, "operator"):
+        # the undefine dialog names the files it would delete, before anyone confirms
+        try:
+            storage = vm_config.removal_preview(_caller(request, user), host, vm.name)
+        except KvmopsError as err:
+            storage_error = str(err)
     return templates.render(request, "vm.html", user, title=vm.name, vm=vm,
-                            events=recorder.recent(vm.name), jobs=jobs)
+                            events=recorder.recent(vm.name), jobs=jobs, storage=storage,
+                            storage_error=storage_error, images_dirs=views.image_dirs())
 
 
 @router.get("/vms/{name}/console", response_class=HTMLResponse)
 def console(request: Request, name: str, user: PageOperator) -> Response:
     ctx = context(request)
-    vm = lifecycle.info(ctx.host(), _vm(name))
+    vm = views.vm_info(ctx.host(), name)
     return templates.render(request, "console.html", user, title=f"{vm.name} console", vm=vm,
                             novnc=request.app.state.kvmops_web_novnc is not None)
 
@@ -228,7 +229,7 @@ def console(request: Request, name: str, user: PageOperator) -> Response:
 @router.get("/vms/{name}/serial", response_class=HTMLResponse)
 def serial(request: Request, name: str, user: PageOperator) -> Response:
     ctx = context(request)
-    vm = lifecycle.info(ctx.host(), _vm(name))
+    vm = views.vm_info(ctx.host(), name)
     response = templates.render(request, "serial.html", user, title=f"{vm.name} serial console",
                                 vm=vm, xterm=request.app.state.kvmops_web_xterm)
     # xterm.js writes its own <style> elements: this page alone allows inline styles
@@ -240,11 +241,9 @@ def serial(request: Request, name: str, user: PageOperator) -> Response:
 
 @router.get("/vms/{name}/snapshots", response_class=HTMLResponse)
 def snapshots(request: Request, name: str, user: PageUser) -> Response:
-    from kvmops.snapshot import service
-
     ctx = context(request)
-    vm = lifecycle.info(ctx.host(), _vm(name))
-    items = service.tree(service.list_snapshots(ctx.host(), vm.name))
+    vm = views.vm_info(ctx.host(), name)
+    items = views.snapshot_tree(ctx.host(), vm.name)
     return templates.render(request, "snapshots.html", user, title=f"{vm.name} snapshots",
                             vm=vm, tree=items)
 
@@ -260,32 +259,16 @@ def _caller(request: Request, user: Principal) -> Caller:
                   address=client_address(request))
 
 
-def _backups(caller: Caller, repo: str, vm: str) -> tuple[list[Manifest], str | None]:
-    try:
-        path = backup_service.repository(caller, repo)
-        if not path.is_dir():
-            return [], None
-        manifests, rejected = backup_service.list_backups(caller, path, vm)
-    except KvmopsError as err:
-        return [], str(err)
-    problem = None
-    if rejected:
-        problem = (f"{len(rejected)} backup(s) failed authentication and are not shown "
-                   f"(first: {rejected[0].reason}); run verify")
-    return manifests, problem
-
-
 @router.get("/vms/{name}/backups", response_class=HTMLResponse)
 def backups(request: Request, name: str, user: PageUser,
             repo: str | None = Query(None, max_length=4096)) -> Response:
     ctx = context(request)
-    vm = lifecycle.info(ctx.host(), _vm(name))
+    vm = views.vm_info(ctx.host(), name)
     chosen = _repo_choice(request, repo)
-    manifests, problem = _backups(_caller(request, user), chosen, vm.name)
+    found = views.backup_points(_caller(request, user), chosen, vm.name)
     response = templates.render(request, "backups.html", user, title=f"{vm.name} backups",
-                                vm=vm, repo=chosen, problem=problem,
-                                timeline=build_timeline(manifests),
-                                points=newest_first(manifests))
+                                vm=vm, repo=chosen, problem=found.problem,
+                                timeline=found.timeline, points=found.points)
     if repo:
         response.set_cookie(REPO_COOKIE, repo, max_age=365 * 86400, httponly=True,
                             samesite="strict", path="/")
@@ -296,10 +279,28 @@ def backups(request: Request, name: str, user: PageUser,
 def backups_fragment(request: Request, name: str, user: PageUser,
                      repo: str = Query(max_length=4096)) -> Response:
     vm_name = _vm(name)
-    manifests, problem = _backups(_caller(request, user), repo, vm_name)
+    found = views.backup_points(_caller(request, user), repo, vm_name)
     return templates.render(request, "_backup_points.html", user, vm_name=vm_name, repo=repo,
-                            problem=problem, timeline=build_timeline(manifests),
-                            points=newest_first(manifests))
+                            problem=found.problem, timeline=found.timeline,
+                            points=found.points)
+
+
+# ------------------------------------------------------------------ jobs
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+def jobs_page(request: Request, user: PageUser,
+              state: str | None = Query(None, max_length=16),
+              target: str | None = Query(None, max_length=255),
+              limit: int = Query(100, ge=1, le=1000)) -> Response:
+    """Every job, whoever started it (web, API, CLI): the store behind /api/v1/jobs."""
+    ctx = context(request)
+    chosen = state if state in JOB_STATES else None
+    jobs = views.list_jobs(ctx.store, state=chosen, target=target or None, limit=limit)
+    return templates.render(request, "jobs.html", user, title="Jobs", jobs=jobs,
+                            states=JOB_STATES, state=chosen or "", target=target or "",
+                            limit=limit)
 
 
 # ------------------------------------------------------------------ admin

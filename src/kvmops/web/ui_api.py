@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from kvmops.api.deps import Ctx, HostDep, Operator, Viewer, VmNameDep
 from kvmops.api.routes.common import Body, Message
-from kvmops.web import domain as dom
+from kvmops.services import web_views as dom
 from kvmops.web.keys import CTRL_ALT_DEL, MAX_TEXT, text_to_keys
 
 router = APIRouter(prefix="/api/v1/ui", tags=["web ui"])

@@ -354,7 +354,150 @@ PAGES.vm = () => {
     ul.prepend(li);
   }
   stats(vmUrl);
+  manageVm(name);
 };
+
+/* The VM page's configuration actions: vCPUs, memory, autostart, clone, undefine (with
+   or without the storage the dialog names), disk attach and detach -- each a call to the
+   REST API, which runs the same service as the CLI. */
+function manageVm(name) {
+  const box = document.getElementById("vm-manage");
+  if (!box) return;  // below the operator role
+  const vmApi = "/api/v1/vms/" + encodeURIComponent(name);
+  const field = (f) => document.querySelector('.kv [data-field="' + f + '"]');
+  async function run(button, fn) {
+    if (button) button.disabled = true;
+    try { await fn(); } catch (err) { K.toast(err.message, "error"); }
+    finally { if (button) button.disabled = false; }
+  }
+  function said(r) {
+    K.toast(r.data.message, "ok");
+    (r.data.notes || []).forEach((n) => K.toast(n, "info"));
+  }
+  document.getElementById("vcpus-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const count = parseInt(new FormData(ev.target).get("vcpus"), 10);
+    run(ev.target.querySelector("button"), async () => {
+      const r = await K.api("PUT", vmApi + "/vcpus", { vcpus: count });
+      field("vcpus").textContent = r.data.vcpus;
+      said(r);
+    });
+  });
+  document.getElementById("memory-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const f = new FormData(ev.target);
+    run(ev.target.querySelector("button"), async () => {
+      const r = await K.api("PUT", vmApi + "/memory",
+                            { memory: f.get("memory").toString().trim(), force: f.get("force") !== null });
+      field("memory").textContent = K.fmtBytes(r.data.memory);
+      said(r);
+    });
+  });
+  const auto = document.getElementById("autostart-toggle");
+  auto.addEventListener("click", () => run(auto, async () => {
+    const enabled = auto.dataset.enabled !== "true";
+    const r = await K.api("PUT", vmApi + "/autostart", { enabled });
+    auto.dataset.enabled = String(enabled);
+    auto.textContent = enabled ? "Disable autostart" : "Enable autostart";
+    field("autostart").textContent = enabled ? "on" : "off";
+    K.toast(r.data.message, "ok");
+  }));
+
+  const cloneDlg = document.getElementById("clone-dialog");
+  document.getElementById("clone-btn").addEventListener("click", () => cloneDlg.showModal());
+  cloneDlg.addEventListener("close", () => {
+    if (cloneDlg.returnValue !== "ok") return;
+    const f = new FormData(cloneDlg.querySelector("form"));
+    const body = { new_name: f.get("new_name").toString().trim() };
+    const dir = (f.get("images_dir") || "").toString().trim();
+    if (dir) body.images_dir = dir;
+    const status = document.getElementById("clone-status");
+    run(document.getElementById("clone-btn"), async () => {
+      status.hidden = false;
+      status.dataset.state = "running";
+      status.querySelector('[data-field="message"]').textContent = "cloning as '" + body.new_name + "'…";
+      await K.connected();
+      const r = await K.api("POST", vmApi + "/clone", body);
+      const job = await K.watchJob(r.data.job_id, (pct, msg) => {
+        if (pct !== null) status.querySelector("progress").value = pct;
+        if (msg) status.querySelector('[data-field="message"]').textContent = msg;
+      });
+      status.dataset.state = job.state;
+      if (job.state !== "succeeded") {
+        status.querySelector('[data-field="message"]').textContent = "clone " + job.state + ": " + (job.error || "");
+        throw new Error(job.error || "clone " + job.state);
+      }
+      status.querySelector("progress").value = 100;
+      const msg = status.querySelector('[data-field="message"]');
+      msg.textContent = "cloned as ";
+      const a = document.createElement("a");
+      a.href = "/vms/" + encodeURIComponent(body.new_name);
+      a.textContent = body.new_name;
+      msg.appendChild(a);
+      K.toast("VM '" + name + "' cloned as '" + body.new_name + "'", "ok");
+    });
+  });
+
+  const undefDlg = document.getElementById("undefine-dialog");
+  const files = document.getElementById("undefine-files");
+  const storage = document.getElementById("undefine-storage");
+  const showFiles = () => { if (files) files.hidden = !storage.checked; };
+  storage.addEventListener("change", showFiles);
+  showFiles();
+  document.getElementById("undefine-btn").addEventListener("click", () => undefDlg.showModal());
+  undefDlg.addEventListener("close", () => {
+    if (undefDlg.returnValue !== "ok") return;
+    const remove = storage.checked;
+    run(document.getElementById("undefine-btn"), async () => {
+      const r = await K.api("DELETE", vmApi + "?remove_storage=" + remove);
+      const d = r.data.details || {};
+      K.toast(r.data.message + ((d.removed || []).length ? "; deleted " + d.removed.join(", ") : ""), "ok");
+      (d.kept || []).forEach((k) => K.toast("kept " + k.path + ": " + k.reason, "info"));
+      setTimeout(() => { location.href = "/vms"; }, 1500);
+    });
+  });
+
+  const detachDlg = document.getElementById("detach-dialog");
+  let detaching = null;
+  document.getElementById("disk-rows").addEventListener("click", (ev) => {
+    const b = ev.target.closest("button[data-detach]");
+    if (!b) return;
+    detaching = b.dataset.detach;
+    detachDlg.querySelector('[data-field="target"]').textContent = detaching;
+    detachDlg.querySelector('[data-field="source"]').textContent = b.dataset.source || "–";
+    detachDlg.querySelector("input[name=remove_storage]").checked = false;
+    detachDlg.showModal();
+  });
+  detachDlg.addEventListener("close", () => {
+    if (detachDlg.returnValue !== "ok" || !detaching) return;
+    const target = detaching;
+    const remove = detachDlg.querySelector("input[name=remove_storage]").checked;
+    run(null, async () => {
+      const r = await K.api("DELETE", vmApi + "/disks/" + encodeURIComponent(target) + "?remove_storage=" + remove);
+      K.toast("disk " + target + " detached" + (r.data.removed_storage ? "; deleted " + r.data.image : ""), "ok");
+      location.reload();
+    });
+  });
+  const attach = document.getElementById("attach-form");
+  attach.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const f = new FormData(attach);
+    const get = (k) => (f.get(k) || "").toString().trim();
+    const body = { bus: get("bus") || "virtio" };
+    if (f.get("source") === "image") {
+      body.image = get("image");
+      if (get("format")) body.format = get("format");
+    } else {
+      body.size = get("size");
+      if (get("images_dir")) body.images_dir = get("images_dir");
+    }
+    run(attach.querySelector("button[type=submit]"), async () => {
+      const r = await K.api("POST", vmApi + "/disks", body);
+      K.toast("disk " + r.data.target + " attached (" + (r.data.image || "") + ")", "ok");
+      location.reload();
+    });
+  });
+}
 
 /* CPU, memory, disk and network figures: samples of the stats endpoint, rates
    from the difference of two samples, drawn as sparklines. */
@@ -622,6 +765,109 @@ PAGES.backups = () => {
       K.toast("restored " + chosen + (body.new_vm ? " as VM '" + body.new_vm + "'" : ""), "ok");
     } catch (err) { K.toast(err.message, "error"); }
   }, true);
+};
+
+/* The job history: the rows of GET /api/v1/jobs (the one job store, whoever started the
+   job -- a CLI backup too), refreshed on every job event and every few seconds. */
+PAGES.jobs = () => {
+  const table = document.getElementById("jobs-table");
+  const tbody = document.getElementById("job-rows");
+  const live = document.getElementById("jobs-live");
+  const operator = table.querySelectorAll("thead th").length > 8;
+  const params = new URLSearchParams({ limit: table.dataset.limit || "100" });
+  if (table.dataset.state) params.set("state", table.dataset.state);
+  if (table.dataset.target) params.set("target", table.dataset.target);
+  const when = (t) => (t ? t.replace("T", " ").slice(0, 19) : "–");
+  function cell(tr, label) {
+    const td = document.createElement("td");
+    td.dataset.label = label;
+    tr.appendChild(td);
+    return td;
+  }
+  function row(job) {
+    const tr = document.createElement("tr");
+    tr.dataset.job = job.id;
+    tr.dataset.state = job.state;
+    const kind = cell(tr, "Job");
+    const code = document.createElement("code");
+    code.textContent = job.kind;
+    const id = document.createElement("small");
+    id.className = "muted";
+    id.textContent = job.id;
+    kind.append(code, document.createElement("br"), id);
+    const target = cell(tr, "Target");
+    if (job.target) {
+      const a = document.createElement("a");
+      a.href = "/vms/" + encodeURIComponent(job.target);
+      a.textContent = job.target;
+      target.appendChild(a);
+    }
+    const badge = document.createElement("span");
+    badge.className = "badge job-" + job.state;
+    badge.dataset.field = "state";
+    badge.textContent = job.state;
+    cell(tr, "State").appendChild(badge);
+    const pct = job.state === "succeeded" ? 100 : (job.progress && job.progress.percent) || 0;
+    const prog = cell(tr, "Progress");
+    const bar = document.createElement("progress");
+    bar.max = 100; bar.value = pct;
+    const label = document.createElement("small");
+    label.dataset.field = "percent";
+    if (job.progress && typeof job.progress.percent === "number") label.textContent = Math.round(job.progress.percent) + "%";
+    prog.append(bar, " ", label);
+    const msg = cell(tr, "Error / message");
+    msg.dataset.field = "message";
+    msg.textContent = job.error || job.message || "";
+    if (job.error) msg.className = "error-text";
+    const by = cell(tr, "By");
+    by.dataset.field = "by";
+    by.textContent = job.created_by || "";
+    cell(tr, "Created").textContent = when(job.created_at);
+    const fin = cell(tr, "Finished");
+    fin.dataset.field = "finished";
+    fin.textContent = when(job.finished_at);
+    if (operator) {
+      const td = cell(tr, "");
+      if (job.state === "queued" || job.state === "running") {
+        const b = document.createElement("button");
+        b.className = "danger";
+        b.dataset.cancel = job.id;
+        b.textContent = "Cancel";
+        td.appendChild(b);
+      }
+    }
+    return tr;
+  }
+  let busy = false;
+  async function refresh() {
+    if (busy) return;
+    busy = true;
+    try {
+      const jobs = (await K.api("GET", "/api/v1/jobs?" + params)).data;
+      tbody.replaceChildren(...jobs.map(row));
+      document.getElementById("no-jobs").hidden = jobs.length > 0;
+      live.textContent = "updated " + new Date().toLocaleTimeString();
+    } catch (err) {
+      live.textContent = "(" + err.message + ")";
+    } finally { busy = false; }
+  }
+  let pending = null;
+  K.on("job", () => { if (!pending) pending = setTimeout(() => { pending = null; refresh(); }, 300); });
+  (function poll() {
+    if (!document.hidden) refresh();
+    setTimeout(poll, 3000);
+  })();
+  tbody.addEventListener("click", async (ev) => {
+    const b = ev.target.closest("button[data-cancel]");
+    if (!b) return;
+    if (!confirm("Cancel job " + b.dataset.cancel + "?")) return;
+    b.disabled = true;
+    try {
+      const r = await K.api("POST", "/api/v1/jobs/" + encodeURIComponent(b.dataset.cancel) + "/cancel");
+      K.toast("cancel requested for " + r.data.kind + " (" + r.data.state + ")", "ok");
+      refresh();
+    } catch (err) { K.toast(err.message, "error"); b.disabled = false; }
+  });
 };
 
 PAGES.users = () => {
