@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -44,6 +45,11 @@ def serve(
         None, "--secure-cookies/--no-secure-cookies",
         help="Mark session cookies Secure (default: when the request came over https)."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request."),
+    log_format: str | None = typer.Option(
+        None, "--log-format", metavar="text|json",
+        help="text (uvicorn's), or json: one object a line with time, level, logger, "
+             "message and the request's fields, for a log shipper (default: log_format "
+             "of the configuration, KVMOPS_LOG_FORMAT)."),
     login_attempts: int = typer.Option(
         5, "--login-attempts", min=1, max=1000,
         help="Failed log-ins allowed per user name and client address within "
@@ -53,8 +59,11 @@ def serve(
 ) -> None:
     """Run the REST API server (OpenAPI docs at /docs)."""
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
+    from kvmops import logs
     from kvmops.api import ApiSettings, create_app
+    from kvmops.config import LOG_FORMATS
     from kvmops.config import settings as settings_now
     from kvmops.paths import policy
     from kvmops.store import Store, users
@@ -72,6 +81,11 @@ def serve(
             os.environ[variable] = os.pathsep.join(
                 str(d) for d in dict.fromkeys([*configured, *directories]))
     policy()  # ConfigError (exit 78) when the state directory would be reachable
+    log_format = log_format or settings_now().log_format
+    if log_format not in LOG_FORMATS:
+        raise ValidationError(f"--log-format {log_format}: not a log format",
+                              hint=f"use one of {', '.join(LOG_FORMATS)}")
+    logs.configure(log_format)
     proxies = [ip.strip() for ip in forwarded_allow_ips.split(",") if ip.strip()]
     settings = ApiSettings(db_url=db, uri=uri, workers=workers, secure_cookies=secure_cookies,
                            login_max_failures=login_attempts, login_window=login_window,
@@ -90,12 +104,17 @@ def serve(
             "  It is shown only now. Log in and change it (POST /api/v1/me/password), or\n"
             "  set one with: kvmops user passwd admin\n\n")
         sys.stdout.flush()
-    sys.stdout.write(f"kvmops API on http://{host}:{port}/api/v1 (docs at /docs), "
-                     f"database {safe_url(store.url)}\n")
-    sys.stdout.flush()
+    started = (f"kvmops API on http://{host}:{port}/api/v1 (docs at /docs), "
+               f"database {safe_url(store.url)}")
+    if log_format == "json":
+        logging.getLogger("kvmops.serve").info(started)
+    else:
+        sys.stdout.write(started + "\n")
+        sys.stdout.flush()
     app = create_app(settings)
     config = uvicorn.Config(app, host=host, port=port, log_level="info",
                             access_log=access_log, timeout_graceful_shutdown=3,
                             server_header=False, proxy_headers=bool(proxies),
-                            forwarded_allow_ips=",".join(proxies) or "")
+                            forwarded_allow_ips=",".join(proxies) or "",
+                            log_config=logs.uvicorn_log_config(log_format) or LOGGING_CONFIG)
     uvicorn.Server(config).run()
