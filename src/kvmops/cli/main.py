@@ -161,6 +161,25 @@ def _usage_error(err: Any) -> None:
     _fail(f"{message}; see '{where}'", getattr(err, "exit_code", USAGE_EXIT))
 
 
+def _is_libvirt_missing(err: ImportError) -> bool:
+    return (err.name or "").split(".")[0] in ("libvirt", "libvirtmod", "libvirt_qemu",
+                                              "libvirtmod_qemu") \
+        or "libvirt" in str(err)
+
+
+def libvirt_missing(err: ImportError) -> KvmopsError:
+    """The one line for a host whose libvirt Python binding is missing or broken (pip
+    builds libvirt-python from source: it needs libvirt-dev and pkg-config)."""
+    from kvmops.errors import HostUnavailableError
+
+    detail = " ".join(str(err).split())
+    return HostUnavailableError(
+        f"the libvirt Python binding cannot be loaded ({detail})",
+        hint="install it: 'apt install libvirt-dev pkg-config gcc python3-dev' then "
+             "'pip install libvirt-python' in kvmops' environment (or 'apt install "
+             "python3-libvirt' for the system Python)")
+
+
 def run() -> None:
     """Console-script entry point: every failure is one line on stderr with its code."""
     debug = os.environ.get("KVMOPS_DEBUG") == "1"
@@ -179,6 +198,13 @@ def run() -> None:
         _fail("interrupted", INTERRUPTED_EXIT)
     except BrokenPipeError:
         raise SystemExit(0) from None
+    except ImportError as err:
+        if not _is_libvirt_missing(err):
+            raise
+        if debug:
+            raise
+        missing = libvirt_missing(err)
+        _fail(str(missing), missing.exit_code)
     except Exception as err:  # a bug: one line for the user, the traceback on request
         if _is_usage_error(err):
             _usage_error(err)
