@@ -3,7 +3,8 @@
 The backup engine installs SIGTERM/SIGHUP handlers for a clean abort, which
 Python allows only in a main thread, and ``kvmops backup cancel`` signals the
 process that registered the backup. So the API runs each backup in a child
-process whose main thread calls :func:`kvmops.backup.engine.run_backup`;
+process whose main thread calls :func:`kvmops.services.backups.create` (the same use
+case as ``kvmops backup create``; the server's runner records the job);
 cancelling the job (or ``POST /vms/NAME/backups/cancel``) sends it SIGTERM.
 
 Protocol: the request is one JSON object on stdin; the child writes JSON lines
@@ -25,24 +26,22 @@ def _emit(obj: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    from kvmops.backup.engine import BackupRequest, run_backup
-    from kvmops.backup.model import BackupType
     from kvmops.errors import KvmopsError
-    from kvmops.host.connection import Host
+    from kvmops.services import backups
+    from kvmops.services.backups import BackupType
+    from kvmops.services.caller import Caller
 
     try:
         raw = json.loads(sys.stdin.readline())
-        req = BackupRequest(
-            vm=raw["vm"], repo=Path(raw["repo"]),
+        caller = Caller(name=str(raw.get("user") or "api"), role="operator", via="api")
+        manifest = backups.create(
+            caller, raw.get("uri"), raw["vm"], Path(raw["repo"]),
             mode=BackupType(raw["mode"]) if raw.get("mode") else None,
             disks=list(raw.get("disks") or []), exclude=list(raw.get("exclude") or []),
             freeze=bool(raw.get("freeze", True)), speed=raw.get("speed"),
-            compress=bool(raw.get("compress", False)))
-        with Host(raw.get("uri")) as host:
-            manifest = run_backup(
-                host, req,
-                progress=lambda done, total: _emit({"progress": [done, total]}),
-                note=lambda text: _emit({"note": text}))
+            compress=bool(raw.get("compress", False)),
+            progress=lambda done, total: _emit({"progress": [done, total]}),
+            note=lambda text: _emit({"note": text}))
         _emit({"result": manifest.model_dump(mode="json", exclude={"domain_xml"})})
         return 0
     except KvmopsError as err:

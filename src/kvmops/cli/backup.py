@@ -6,12 +6,7 @@ from pathlib import Path
 
 import typer
 
-from kvmops.backup import jobs
-from kvmops.backup.engine import BackupRequest, cancel, run_backup, set_paused
-from kvmops.backup.model import BackupType, Manifest
-from kvmops.backup.restore import require_sound
-from kvmops.backup.retention import RetentionPolicy
-from kvmops.cli.common import JsonOption, UriOption, connect
+from kvmops.cli.common import JsonOption, UriOption
 from kvmops.cli.output import (
     LazyBar,
     info,
@@ -21,8 +16,8 @@ from kvmops.cli.output import (
     warn,
 )
 from kvmops.errors import ValidationError
-from kvmops.host.connection import Host
 from kvmops.services import backups
+from kvmops.services.backups import BackupType, Manifest, RetentionPolicy, require_sound
 from kvmops.services.caller import Caller
 from kvmops.sizes import format_size, parse_rate
 
@@ -66,36 +61,26 @@ def create_cmd(
                               (BackupType.DIFFERENTIAL, differential)) if on]
     if len(chosen) > 1:
         raise ValidationError("give at most one of --full, --incremental, --differential")
-    repo = backups.repository(Caller.local(), repo)
-    if socket is not None:
-        _create_over_qmp(vm, repo, socket, agent_socket, chosen[0] if chosen else None, disk,
-                         exclude, not no_freeze, _speed(speed) if speed else None, json_out,
-                         compress)
-        return
-    if agent_socket is not None:
+    caller = Caller.local()
+    mode = chosen[0] if chosen else None
+    rate = _speed(speed) if speed else None
+    if agent_socket is not None and socket is None:
         raise ValidationError("--agent-socket goes with --socket",
                               hint="a libvirt VM's agent is found through libvirt")
-    request = BackupRequest(vm=vm, repo=repo, mode=chosen[0] if chosen else None, disks=disk,
-                            exclude=exclude, freeze=not no_freeze,
-                            speed=_speed(speed) if speed else None, compress=compress)
-    with connect(uri) as host, LazyBar(f"backup {vm}") as bar:
-        manifest = run_backup(host, request, progress=bar.update, note=warn)
-        _report_backup(manifest, bar, json_out, f"VM '{vm}'")
-
-
-def _create_over_qmp(vm: str, repo: Path, socket: Path, agent_socket: Path | None,
-                     mode: BackupType | None, disks: list[str], exclude: list[str],
-                     freeze: bool, speed: int | None, json_out: bool,
-                     compress: bool = False) -> None:
-    """``backup create --socket``: a hand-started QEMU, through its QMP socket."""
-    from kvmops.backup.qmp_engine import QmpBackupRequest, run_qmp_backup
-
-    request = QmpBackupRequest(vm=vm, repo=repo, socket=socket, agent_socket=agent_socket,
-                               mode=mode, disks=disks, exclude=exclude, freeze=freeze,
-                               speed=speed, compress=compress)
     with LazyBar(f"backup {vm}") as bar:
-        manifest = run_qmp_backup(request, progress=bar.update, note=warn)
-        _report_backup(manifest, bar, json_out, f"VM '{vm}' (QMP {socket})")
+        if socket is not None:  # a hand-started QEMU, through its QMP socket
+            manifest = backups.create_over_qmp(
+                caller, vm, repo, socket, agent_socket=agent_socket, mode=mode, disks=disk,
+                exclude=exclude, freeze=not no_freeze, speed=rate, compress=compress,
+                progress=bar.update, note=warn)
+            label = f"VM '{vm}' (QMP {socket})"
+        else:
+            manifest = backups.create(
+                caller, uri, vm, repo, mode=mode, disks=disk, exclude=exclude,
+                freeze=not no_freeze, speed=rate, compress=compress, progress=bar.update,
+                note=warn)
+            label = f"VM '{vm}'"
+        _report_backup(manifest, bar, json_out, label)
 
 
 def _report_backup(manifest: Manifest, bar: LazyBar, json_out: bool, label: str) -> None:
@@ -164,7 +149,7 @@ def restore_cmd(
                 tasks[target] = progress.add_task(f"restoring {target}", total=100)
             progress.update(tasks[target], completed=pct)  # type: ignore[arg-type]
 
-        result = backups.restore(caller, lambda: Host(uri), repo, vm, at, to=to,
+        result = backups.restore(caller, uri, repo, vm, at, to=to,
                                  new_vm=new_vm, in_place=in_place, images_dir=images_dir,
                                  progress=report)
     if json_out:
@@ -226,7 +211,7 @@ def prune_cmd(
 @app.command("jobs")
 def jobs_cmd(json_out: bool = JsonOption) -> None:
     """Backups running on this host."""
-    running = jobs.running_jobs()
+    running = backups.running()
     if json_out:
         print_json(running)
         return
@@ -239,20 +224,19 @@ def jobs_cmd(json_out: bool = JsonOption) -> None:
 def cancel_cmd(vm: str = typer.Argument(..., help="VM name."),
                uri: str | None = UriOption) -> None:
     """Cancel the running backup of a VM (nothing of it is published)."""
-    with connect(uri) as host:
-        info(cancel(host, vm))
+    info(backups.cancel(Caller.local(), uri, vm))
 
 
 @app.command("pause")
 def pause_cmd(vm: str = typer.Argument(..., help="VM name.")) -> None:
     """Pause a running backup (hand-started QEMU via --socket; libvirt cannot)."""
-    info(set_paused(vm, True))
+    info(backups.set_paused(Caller.local(), vm, True))
 
 
 @app.command("resume")
 def resume_cmd(vm: str = typer.Argument(..., help="VM name.")) -> None:
     """Resume a paused backup."""
-    info(set_paused(vm, False))
+    info(backups.set_paused(Caller.local(), vm, False))
 
 
 @app.command("events")
@@ -260,7 +244,7 @@ def events_cmd(vm: str | None = typer.Argument(None, help="Only this VM."),
                limit: int = typer.Option(50, help="How many of the newest events."),
                json_out: bool = JsonOption) -> None:
     """The backup event log (started, completed, failed, cancelled)."""
-    events = jobs.read_events(vm, limit)
+    events = backups.events(vm, limit)
     if json_out:
         print_json(events)
         return
@@ -277,11 +261,7 @@ app.add_typer(key_app, name="key")
 @key_app.command("list")
 def key_list_cmd(json_out: bool = JsonOption) -> None:
     """The manifest keys of this host (the current one signs)."""
-    from kvmops.backup.keys import Keyring
-
-    ring = Keyring()
-    current = ring.current_id()
-    rows = [{"id": key_id, "current": key_id == current} for key_id in ring.all_keys()]
+    rows = backups.keys()
     if json_out:
         print_json(rows)
         return
@@ -291,9 +271,7 @@ def key_list_cmd(json_out: bool = JsonOption) -> None:
 @key_app.command("rotate")
 def key_rotate_cmd() -> None:
     """Make a new key the signing key (older keys still verify until retired)."""
-    from kvmops.backup.keys import Keyring
-
-    key_id = Keyring().rotate()
+    key_id = backups.key_rotate(Caller.local())
     info(f"new manifest key {key_id} signs from now on; re-sign repositories with "
          f"'kvmops backup key resign --repo DIR', then retire the old key")
 
@@ -307,10 +285,8 @@ def key_resign_cmd(
              "only if you know nobody else could write into the repository."),
 ) -> None:
     """Re-sign a repository's authentic manifests with the current key."""
-    from kvmops.backup.repository import Repository, resign
-
-    path = backups.existing_repository(Caller.local(), repo)
-    count, problems = resign(Repository(path), adopt_unsigned=adopt_unsigned)
+    path, count, problems = backups.key_resign(Caller.local(), repo,
+                                               adopt_unsigned=adopt_unsigned)
     for problem in problems:
         warn(f"not signed: {problem}")
     info(f"signed {count} file(s) in {path} with the current key")
@@ -322,9 +298,7 @@ def key_resign_cmd(
 @key_app.command("retire")
 def key_retire_cmd(key_id: str = typer.Argument(..., help="Key id.")) -> None:
     """Remove an old key (what it alone signed is then rejected)."""
-    from kvmops.backup.keys import Keyring
-
-    Keyring().retire(key_id)
+    backups.key_retire(Caller.local(), key_id)
     info(f"manifest key {key_id} retired")
 
 
@@ -332,10 +306,7 @@ def key_retire_cmd(key_id: str = typer.Argument(..., help="Key id.")) -> None:
 def key_export_cmd(key_id: str | None = typer.Argument(None, help="Key id (default current).")
                    ) -> None:
     """Print a key as ID:HEX, to import on another host that restores these backups."""
-    from kvmops.backup.keys import Keyring
-
-    ring = Keyring()
-    typer.echo(ring.export(key_id or ring.signing_key()[0]))
+    typer.echo(backups.key_export(key_id))
 
 
 @key_app.command("import")
@@ -345,7 +316,5 @@ def key_import_cmd(
     """Add a key exported on another host (it verifies; it signs only if none does)."""
     import sys
 
-    from kvmops.backup.keys import Keyring
-
     text = sys.stdin.read() if str(file) == "-" else file.read_text()
-    info(f"manifest key {Keyring().import_key(text)} imported")
+    info(f"manifest key {backups.key_import(Caller.local(), text)} imported")

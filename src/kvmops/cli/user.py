@@ -11,6 +11,8 @@ from kvmops.cli.common import JsonOption
 from kvmops.cli.output import info, print_json, print_table
 from kvmops.cli.serve import DbOption
 from kvmops.errors import ValidationError
+from kvmops.services import users as user_service
+from kvmops.services.caller import Caller
 
 app = typer.Typer(help="API users, roles (admin, operator, viewer) and tokens.",
                   no_args_is_help=True)
@@ -22,14 +24,6 @@ StdinOption = typer.Option(False, "--password-stdin",
 
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="user")
-
-
-def _store(db: str | None):  # type: ignore[no-untyped-def]
-    from kvmops.store import Store
-
-    store = Store(db)
-    store.migrate()
-    return store
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -52,16 +46,9 @@ def _read_password(from_stdin: bool) -> str:
 def add(name: str = typer.Argument(..., help="User name."), role: str = RoleOption,
         password_stdin: bool = StdinOption, db: str | None = DbOption) -> None:
     """Add a user (prompts for the password unless --password-stdin)."""
-    from kvmops.store import users
-
-    users.validate_user_name(name)
-    users.validate_role(role)
+    user_service.check_new_user(name, role)
     password = _read_password(password_stdin)
-    store = _store(db)
-    try:
-        users.add_user(store, name, role, password)
-    finally:
-        store.close()
+    user_service.add(Caller.local(), db, name, role, password)
     info(f"user '{name}' added with role {role}")
 
 
@@ -69,27 +56,15 @@ def add(name: str = typer.Argument(..., help="User name."), role: str = RoleOpti
 def passwd(name: str = typer.Argument(..., help="User name."),
            password_stdin: bool = StdinOption, db: str | None = DbOption) -> None:
     """Set a user's password (ends the user's sessions)."""
-    from kvmops.store import users
-
     password = _read_password(password_stdin)
-    store = _store(db)
-    try:
-        users.set_password(store, name, password)
-    finally:
-        store.close()
+    user_service.set_password(Caller.local(), db, name, password)
     info(f"password of '{name}' changed")
 
 
 @app.command("list")
 def list_(json_out: bool = JsonOption, db: str | None = DbOption) -> None:
     """List users with their roles and token counts."""
-    from kvmops.store import users
-
-    store = _store(db)
-    try:
-        found = users.list_users(store)
-    finally:
-        store.close()
+    found = user_service.list_users(Caller.local(), db)
     if json_out:
         print_json([{"name": u.name, "role": u.role, "created_at": u.created_at.isoformat(),
                      "tokens": u.tokens} for u in found])
@@ -103,13 +78,7 @@ def list_(json_out: bool = JsonOption, db: str | None = DbOption) -> None:
 def delete(name: str = typer.Argument(..., help="User name."), db: str | None = DbOption
            ) -> None:
     """Delete a user with its tokens and sessions."""
-    from kvmops.store import users
-
-    store = _store(db)
-    try:
-        users.delete_user(store, name)
-    finally:
-        store.close()
+    user_service.delete(Caller.local(), db, name)
     info(f"user '{name}' deleted")
 
 
@@ -118,17 +87,11 @@ def token(name: str = typer.Argument(..., help="User name."), db: str | None = D
           revoke: bool = typer.Option(False, "--revoke-all",
                                       help="Revoke all tokens of the user instead.")) -> None:
     """Print a new API token for the user (its last line; shown only once)."""
-    from kvmops.store import users
-
-    store = _store(db)
-    try:
-        if revoke:
-            count = users.revoke_tokens(store, name)
-            info(f"revoked {count} token(s) of '{name}'")
-            return
-        new = users.new_token(store, name)
-    finally:
-        store.close()
+    if revoke:
+        count = user_service.revoke_tokens(Caller.local(), db, name)
+        info(f"revoked {count} token(s) of '{name}'")
+        return
+    new = user_service.new_token(Caller.local(), db, name)
     sys.stderr.write(f"new API token for '{name}' (shown only once; send it as "
                      "'Authorization: Bearer TOKEN'):\n")
     sys.stdout.write(new + "\n")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from kvmops.cli import vmdisk
+from kvmops.cli import vmconfig, vmdisk
 from kvmops.cli.common import JsonOption, UriOption, connect
 from kvmops.cli.output import (
     info,
@@ -17,12 +17,10 @@ from kvmops.cli.output import (
     warn,
 )
 from kvmops.errors import StateError
-from kvmops.host.accel import Accelerator
 from kvmops.services import vms
 from kvmops.services.caller import Caller
+from kvmops.services.vms import Accelerator, CreateRequest, DiskRequest, VmInfo
 from kvmops.sizes import format_size, parse_memory
-from kvmops.vm import lifecycle
-from kvmops.vm.lifecycle import CreateRequest, DiskRequest, VmInfo
 
 app = typer.Typer(help="Create, start, stop and inspect VMs.", no_args_is_help=True)
 
@@ -80,13 +78,13 @@ def create_cmd(
 def list_cmd(json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
     """All defined VMs with state, vCPUs, memory and accelerator."""
     with connect(uri) as host:
-        vms = lifecycle.list_vms(host)
+        found = vms.list_vms(Caller.local(), host)
     if json_out:
-        print_json(vms)
+        print_json(found)
         return
     print_table(["Name", "State", "vCPUs", "Memory", "Accel", "Autostart"],
                 [(vm.name, vm.state, vm.vcpus, format_size(vm.memory), vm.accelerator,
-                  "yes" if vm.autostart else "no") for vm in vms])
+                  "yes" if vm.autostart else "no") for vm in found])
 
 
 def _print_info(vm: VmInfo) -> None:
@@ -117,7 +115,7 @@ def info_cmd(name: str = NameArg, json_out: bool = JsonOption,
              uri: str | None = UriOption) -> None:
     """State, accelerator, guest agent, disks and NICs of one VM."""
     with connect(uri) as host:
-        vm = lifecycle.info(host, name)
+        vm = vms.info(Caller.local(), host, name)
     if json_out:
         print_json(vm)
     else:
@@ -136,9 +134,8 @@ def start_cmd(
 ) -> None:
     """Start a VM."""
     with connect(uri) as host:
-        lifecycle.start(host, name, paused=paused, discard_managed_save=discard_managed_save)
-        if wait_agent:
-            lifecycle.wait_for_agent(host, name, wait_agent)
+        vms.start(Caller.local(), host, name, paused=paused,
+                  discard_managed_save=discard_managed_save, wait_agent=wait_agent)
     info(f"VM '{name}' started{' paused' if paused else ''}")
 
 
@@ -152,15 +149,15 @@ def shutdown_cmd(
 ) -> None:
     """Shut a VM down gracefully and wait until it is off."""
     with connect(uri) as host:
-        lifecycle.shutdown(host, name, mode="agent" if agent else "acpi", timeout=timeout,
-                           wait=not no_wait)
+        vms.shutdown(Caller.local(), host, name, mode="agent" if agent else "acpi",
+                     timeout=timeout, wait=not no_wait)
     info(f"VM '{name}' {'shutdown requested' if no_wait else 'shut off'}")
 
 
 def _simple(action: str, fn_name: str, done: str, help_text: str) -> None:
     def command(name: str = NameArg, uri: str | None = UriOption) -> None:
         with connect(uri) as host:
-            getattr(lifecycle, fn_name)(host, name)
+            getattr(vms, fn_name)(Caller.local(), host, name)
         info(f"VM '{name}' {done}")
 
     command.__doc__ = help_text
@@ -179,7 +176,7 @@ def reboot_cmd(name: str = NameArg,
                uri: str | None = UriOption) -> None:
     """Reboot a VM (ACPI by default)."""
     with connect(uri) as host:
-        lifecycle.reboot(host, name, mode="agent" if agent else "acpi")
+        vms.reboot(Caller.local(), host, name, mode="agent" if agent else "acpi")
     info(f"VM '{name}' reboot requested")
 
 
@@ -222,7 +219,7 @@ def autostart_cmd(name: str = NameArg,
     if state not in ("on", "off"):
         raise typer.BadParameter("use 'on' or 'off'", param_hint="STATE")
     with connect(uri) as host:
-        lifecycle.set_autostart(host, name, state == "on")
+        vms.set_autostart(Caller.local(), host, name, state == "on")
     info(f"VM '{name}' autostart {state}")
 
 
@@ -233,7 +230,7 @@ def dumpxml_cmd(name: str = NameArg,
                 uri: str | None = UriOption) -> None:
     """Print the VM's libvirt domain XML."""
     with connect(uri) as host:
-        xml = lifecycle.dumpxml(host, name, inactive=inactive)
+        xml = vms.dumpxml(Caller.local(), host, name, inactive=inactive)
     typer.echo(xml.rstrip("\n"))
 
 
@@ -261,3 +258,4 @@ def clone_cmd(source: str = NameArg,
 
 
 app.add_typer(vmdisk.app, name="disk")
+vmconfig.register(app)

@@ -9,10 +9,11 @@ import typer
 from kvmops.cli.common import JsonOption, UriOption, connect
 from kvmops.cli.output import info, print_json, print_table
 from kvmops.errors import ValidationError
-from kvmops.services import disks as disk_service
 from kvmops.services.caller import Caller
 from kvmops.sizes import format_size, parse_size
-from kvmops.vm import disks
+
+# The disk services (qemu-img, image chains) are imported inside the commands: this
+# module loads with every ``kvmops vm`` command (kvmops.cli.main keeps start-up quick).
 
 app = typer.Typer(help="List, attach (hot-plug) and detach a VM's disks.", no_args_is_help=True)
 
@@ -41,8 +42,10 @@ def list_cmd(name: str = NameArg,
                                            help="The persistent definition, not the live VM."),
              json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
     """Disks with image, format, size and QEMU node/device names."""
+    from kvmops.services import disks as disk_service
+
     with connect(uri) as host:
-        found = disks.list_disks(host, name, inactive=inactive)
+        found = disk_service.list_disks(Caller.local(), host, name, inactive=inactive)
     if json_out:
         print_json(found)
         return
@@ -72,6 +75,8 @@ def attach_cmd(
     uri: str | None = UriOption,
 ) -> None:
     """Attach a disk: hot-plugged into a running VM and kept in its definition."""
+    from kvmops.services import disks as disk_service
+
     live, persistent = _scope(live_only, config_only)
     size_bytes = parse_size(size, what="disk size") if size is not None else None
     with connect(uri) as host:
@@ -100,6 +105,8 @@ def detach_cmd(
     uri: str | None = UriOption,
 ) -> None:
     """Detach a disk (the guest must release it) and optionally delete its image."""
+    from kvmops.services import disks as disk_service
+
     live, persistent = _scope(live_only, config_only)
     with connect(uri) as host:
         result = disk_service.detach(Caller.local(), host, name, target,

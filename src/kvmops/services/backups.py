@@ -1,22 +1,105 @@
-"""Backup use cases that name paths: the repository, a restore directory, an images
-directory -- each through the path policy -- and listing that says what it rejected."""
+"""Backup use cases: create (through libvirt or a hand-started QEMU's QMP socket),
+restore, verify, prune, cancel -- every path through the path policy, every long one a
+job of the one job model (:mod:`kvmops.services.jobs`), every change audited."""
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from kvmops.backup import restore as restore_ops
-from kvmops.backup.model import Manifest
+from kvmops.backup.jobs import JobRecord
+from kvmops.backup.model import BackupType, Manifest
 from kvmops.backup.repository import Rejected, Repository
-from kvmops.backup.restore import RestoreResult, VerifyReport
+from kvmops.backup.restore import RestoreResult, VerifyReport, require_sound
 from kvmops.backup.retention import PruneResult, RetentionPolicy, prune
 from kvmops.errors import NotFoundError, ValidationError
 from kvmops.host.connection import Host
 from kvmops.paths import policy
+from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
+from kvmops.services.jobs import track
 
+__all__ = ["BackupType", "JobRecord", "Manifest", "PruneResult", "RestoreResult",
+           "RetentionPolicy", "VerifyReport", "require_sound"]  # the faces' models
 ProgressFn = Callable[[str, float], None]
+BytesFn = Callable[[int, int], None]
+NoteFn = Callable[[str], None]
+
+
+def _cancel_self() -> None:
+    """A cancel requested through the API: the backup engine turns SIGTERM into its
+    clean abort, exactly as ``kvmops backup cancel`` from another shell would."""
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _both(first: Callable[..., None] | None, second: Callable[..., None]
+          ) -> Callable[..., None]:
+    def call(*args: Any) -> None:
+        second(*args)
+        if first is not None:
+            first(*args)
+
+    return call
+
+
+@audited("backup.create", target="vm")
+def create(caller: Caller, uri: str | None, vm: str, repo: str | Path, *,
+           mode: BackupType | None = None, disks: list[str] | None = None,
+           exclude: list[str] | None = None, freeze: bool = True, speed: int | None = None,
+           compress: bool = False, progress: BytesFn | None = None,
+           note: NoteFn | None = None) -> Manifest:
+    """Back up a libvirt VM; ``speed`` in bytes per second (the faces parse MiB/s)."""
+    from kvmops.backup.engine import BackupRequest, run_backup
+
+    request = BackupRequest(vm=vm, repo=repository(caller, repo), mode=mode,
+                            disks=list(disks or []), exclude=list(exclude or []),
+                            freeze=freeze, speed=speed, compress=compress)
+    with track(caller, "backup.create", vm, on_cancel=_cancel_self) as job, \
+            Host(uri) as host:
+        manifest = run_backup(host, request, progress=_both(progress, job.bytes),
+                              note=_both(note, job.note))
+        job.result = manifest
+    return manifest
+
+
+@audited("backup.create", target="vm")
+def create_over_qmp(caller: Caller, vm: str, repo: str | Path, socket: Path, *,
+                    agent_socket: Path | None = None, mode: BackupType | None = None,
+                    disks: list[str] | None = None, exclude: list[str] | None = None,
+                    freeze: bool = True, speed: int | None = None, compress: bool = False,
+                    progress: BytesFn | None = None, note: NoteFn | None = None) -> Manifest:
+    """Back up a hand-started QEMU through its QMP socket (``vm`` names it in ``repo``)."""
+    from kvmops.backup.qmp_engine import QmpBackupRequest, run_qmp_backup
+
+    request = QmpBackupRequest(vm=vm, repo=repository(caller, repo), socket=socket,
+                               agent_socket=agent_socket, mode=mode, disks=list(disks or []),
+                               exclude=list(exclude or []), freeze=freeze, speed=speed,
+                               compress=compress)
+    with track(caller, "backup.create", vm, on_cancel=_cancel_self) as job:
+        manifest = run_qmp_backup(request, progress=_both(progress, job.bytes),
+                                  note=_both(note, job.note))
+        job.result = manifest
+    return manifest
+
+
+@audited("backup.cancel", target="vm")
+def cancel(caller: Caller, uri: str | None, vm: str) -> str:
+    """Cancel the running backup of ``vm`` (its process, or libvirt's job)."""
+    from kvmops.backup.engine import cancel as cancel_backup
+
+    with Host(uri) as host:
+        return cancel_backup(host, vm)
+
+
+@audited("backup.pause", target="vm")
+def set_paused(caller: Caller, vm: str, paused: bool) -> str:
+    from kvmops.backup.engine import set_paused as pause_backup
+
+    return pause_backup(vm, paused)
 
 
 def repository(caller: Caller, repo: str | Path) -> Path:
@@ -63,7 +146,8 @@ def check_restore(caller: Caller, repo: str | Path, *, to: str | Path | None = N
     return checked_repo, target, directory
 
 
-def restore(caller: Caller, host_factory: Callable[[], Host], repo: str | Path, vm: str,
+@audited("backup.restore", target="vm")
+def restore(caller: Caller, uri: str | None, repo: str | Path, vm: str,
             at: str | None, *, to: str | Path | None = None, new_vm: str | None = None,
             in_place: bool = False, images_dir: str | Path | None = None,
             progress: ProgressFn | None = None) -> RestoreResult:
@@ -71,13 +155,23 @@ def restore(caller: Caller, host_factory: Callable[[], Host], repo: str | Path, 
         raise ValidationError("give exactly one of --to DIR, --new-vm NAME, --in-place")
     checked_repo, target, directory = check_restore(caller, repo, to=to,
                                                     images_dir=images_dir)
-    if target is not None:
-        return restore_ops.restore_to_dir(checked_repo, vm, at, target, progress)
-    with host_factory() as host:
-        if new_vm is not None:
-            return restore_ops.restore_new_vm(host, checked_repo, vm, at, new_vm, directory,
-                                              progress)
-        return restore_ops.restore_in_place(host, checked_repo, vm, at, progress)
+    with track(caller, "backup.restore", vm) as job:
+        def report(label: str, pct: float) -> None:
+            job.percent(pct, f"restoring {label}")
+            if progress is not None:
+                progress(label, pct)
+
+        if target is not None:
+            result = restore_ops.restore_to_dir(checked_repo, vm, at, target, report)
+        else:
+            with Host(uri) as host:
+                if new_vm is not None:
+                    result = restore_ops.restore_new_vm(host, checked_repo, vm, at, new_vm,
+                                                        directory, report)
+                else:
+                    result = restore_ops.restore_in_place(host, checked_repo, vm, at, report)
+        job.result = result
+    return result
 
 
 def verify(caller: Caller, repo: str | Path, vm: str | None = None, at: str | None = None,
@@ -85,7 +179,70 @@ def verify(caller: Caller, repo: str | Path, vm: str | None = None, at: str | No
     return restore_ops.verify(existing_repository(caller, repo), vm, at, checksums=checksums)
 
 
+@audited("backup.prune", target="vm")
 def prune_backups(caller: Caller, repo: str | Path, vm: str, rules: RetentionPolicy, *,
                   dry_run: bool = False, note: Callable[[str], None] | None = None
                   ) -> PruneResult:
     return prune(existing_repository(caller, repo), vm, rules, dry_run=dry_run, note=note)
+
+
+def running() -> list[JobRecord]:
+    """Backups running on this host (their process holds the VM's backup lock)."""
+    from kvmops.backup import jobs
+
+    return jobs.running_jobs()
+
+
+def events(vm: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """The backup event log (started, completed, failed, cancelled)."""
+    from kvmops.backup import jobs
+
+    return jobs.read_events(vm, limit)
+
+
+# The manifest keys that authenticate repositories ---------------------------------------
+def keys() -> list[dict[str, Any]]:
+    from kvmops.backup.keys import Keyring
+
+    ring = Keyring()
+    current = ring.current_id()
+    return [{"id": key_id, "current": key_id == current} for key_id in ring.all_keys()]
+
+
+@audited("backup.key.rotate", target=None)
+def key_rotate(caller: Caller) -> str:
+    from kvmops.backup.keys import Keyring
+
+    return Keyring().rotate()
+
+
+@audited("backup.key.resign", target="repo")
+def key_resign(caller: Caller, repo: str | Path, *, adopt_unsigned: bool = False
+               ) -> tuple[Path, int, list[str]]:
+    """Re-sign a repository's authentic manifests with the current key."""
+    from kvmops.backup.repository import resign
+
+    path = existing_repository(caller, repo)
+    count, problems = resign(Repository(path), adopt_unsigned=adopt_unsigned)
+    return path, count, problems
+
+
+@audited("backup.key.retire", target="key_id")
+def key_retire(caller: Caller, key_id: str) -> None:
+    from kvmops.backup.keys import Keyring
+
+    Keyring().retire(key_id)
+
+
+def key_export(key_id: str | None = None) -> str:
+    from kvmops.backup.keys import Keyring
+
+    ring = Keyring()
+    return ring.export(key_id or ring.signing_key()[0])
+
+
+@audited("backup.key.import", target=None)
+def key_import(caller: Caller, text: str) -> str:
+    from kvmops.backup.keys import Keyring
+
+    return Keyring().import_key(text)

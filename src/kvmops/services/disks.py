@@ -10,11 +10,21 @@ from kvmops.host.connection import Host
 from kvmops.images import records
 from kvmops.images.chain import open_user_image
 from kvmops.paths import policy
+from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
 from kvmops.vm import disks
 from kvmops.vm.disks import DetachResult, DiskInfo
 
+__all__ = ["DetachResult", "DiskInfo"]  # the faces' models
 
+
+def list_disks(caller: Caller, host: Host, vm: str, *, inactive: bool = False
+               ) -> list[DiskInfo]:
+    """A VM's disks with image, format, size and QEMU node/device names."""
+    return disks.list_disks(host, vm, inactive=inactive)
+
+
+@audited("vm.disk.attach", target="vm")
 def attach(caller: Caller, host: Host, vm: str, *, image: Path | None = None,
            size: int | None = None, bus: str = "virtio", fmt: str | None = None,
            images_dir: Path | None = None, target: str | None = None, live: bool = True,
@@ -35,6 +45,7 @@ def attach(caller: Caller, host: Host, vm: str, *, image: Path | None = None,
     return attached
 
 
+@audited("vm.disk.detach", target="vm")
 def detach(caller: Caller, host: Host, vm: str, target: str, *, remove_storage: bool = False,
            timeout: float = 30.0, live: bool = True, persistent: bool = True) -> DetachResult:
     return disks.detach(host, vm, target, remove_storage=remove_storage, timeout=timeout,

@@ -10,6 +10,7 @@ from kvmops.images.chain import UserImage, open_user_image
 from kvmops.images.qemuimg import CheckResult, ImageInfo, ProgressCallback, ResizeResult
 from kvmops.images.qemuimg import SnapshotInfo as ImageSnapshot
 from kvmops.paths import policy
+from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
 
 
@@ -30,6 +31,7 @@ def info(caller: Caller, path: str | Path, fmt: str | None = None, *,
     return top
 
 
+@audited("image.create", target="path")
 def create(caller: Caller, path: str | Path, size: str | int | None, fmt: str = "qcow2", *,
            backing: str | Path | None = None, backing_fmt: str | None = None) -> ImageInfo:
     target = policy().image_path(path, trusted=caller.trusted_paths)
@@ -54,6 +56,7 @@ def check_convert(caller: Caller, source: str | Path, destination: str | Path, *
     return image, target
 
 
+@audited("image.convert", target="destination")
 def convert(caller: Caller, source: str | Path, destination: str | Path,
             out_fmt: str = "qcow2", *, source_fmt: str | None = None, compress: bool = False,
             overwrite: bool = False, progress: ProgressCallback | None = None) -> ImageInfo:
@@ -63,12 +66,14 @@ def convert(caller: Caller, source: str | Path, destination: str | Path,
     return result.model_copy(update={"notes": list(image.notes)})
 
 
+@audited("image.resize", target="path")
 def resize(caller: Caller, path: str | Path, size: str | int, fmt: str | None = None, *,
            shrink: bool = False) -> ResizeResult:
     image = _open(caller, path, fmt)
     return qemuimg.resize(image.path, image.format, size, shrink=shrink)
 
 
+@audited("image.rebase", target="path")
 def rebase(caller: Caller, path: str | Path, backing: str | Path | None,
            fmt: str | None = None, *, unsafe: bool = False,
            backing_fmt: str | None = None) -> ImageInfo:
@@ -91,6 +96,7 @@ def rebase(caller: Caller, path: str | Path, backing: str | Path | None,
                           backing_fmt=backing_fmt)
 
 
+@audited("image.commit", target="path")
 def commit(caller: Caller, path: str | Path, fmt: str | None = None, *,
            base: str | Path | None = None) -> Path:
     image = _open(caller, path, fmt)
@@ -111,18 +117,21 @@ def snapshot_list(caller: Caller, path: str | Path, fmt: str | None = None
     return qemuimg.snapshot_list(image.path, image.format)
 
 
+@audited("image.snapshot.create", target="path")
 def snapshot_create(caller: Caller, path: str | Path, name: str, fmt: str | None = None
                     ) -> ImageSnapshot:
     image = _open(caller, path, fmt)
     return qemuimg.snapshot_create(image.path, name, image.format)
 
 
+@audited("image.snapshot.apply", target="path")
 def snapshot_apply(caller: Caller, path: str | Path, name: str, fmt: str | None = None
                    ) -> ImageSnapshot:
     image = _open(caller, path, fmt)
     return qemuimg.snapshot_apply(image.path, name, image.format)
 
 
+@audited("image.snapshot.delete", target="path")
 def snapshot_delete(caller: Caller, path: str | Path, name: str, fmt: str | None = None
                     ) -> ImageSnapshot:
     image = _open(caller, path, fmt)

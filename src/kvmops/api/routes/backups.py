@@ -11,16 +11,19 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Response
 from pydantic import Field, model_validator
 
-from kvmops.api.deps import Ctx, Operator, OperatorCaller, ViewerCaller, VmNameDep
+from kvmops.api.deps import Ctx, OperatorCaller, ViewerCaller, VmNameDep
 from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
 from kvmops.api.runner import JobCancelled, JobContext
 from kvmops.api.validators import AbsolutePath, Rate, VmName
-from kvmops.backup import restore as restore_ops
-from kvmops.backup.model import Manifest
-from kvmops.backup.retention import PruneResult, RetentionPolicy
 from kvmops.errors import KvmopsError, ValidationError
-from kvmops.host.connection import Host
 from kvmops.services import backups
+from kvmops.services.backups import (
+    Manifest,
+    PruneResult,
+    RestoreResult,
+    RetentionPolicy,
+    require_sound,
+)
 
 router = APIRouter(tags=["backups"])
 
@@ -124,7 +127,8 @@ def run_backup_process(job: JobContext, request: dict[str, Any]) -> dict[str, An
 def create_backup(caller: OperatorCaller, name: VmNameDep, body: BackupBody, ctx: Ctx,
                   response: Response) -> JobAccepted:
     repo = backups.repository(caller, body.repo)
-    request = {"vm": name, "repo": str(repo), "mode": body.mode, "disks": body.disks,
+    request = {"user": caller.name, "vm": name, "repo": str(repo), "mode": body.mode,
+               "disks": body.disks,
                "exclude": body.exclude, "freeze": body.freeze, "speed": body.speed,
                "compress": body.compress, "uri": ctx.settings.uri}
     return accepted(ctx.runner.submit("backup.create", name, caller.name,
@@ -145,11 +149,11 @@ def restore(caller: OperatorCaller, name: VmNameDep, body: RestoreBody, ctx: Ctx
             response: Response) -> JobAccepted:
     backups.check_restore(caller, body.repo, to=body.to, images_dir=body.images_dir)
 
-    def run(job: JobContext) -> restore_ops.RestoreResult:
+    def run(job: JobContext) -> RestoreResult:
         def progress(label: str, pct: float) -> None:
             job.percent(pct, f"restoring {label}")
 
-        return backups.restore(caller, lambda: Host(ctx.settings.uri), body.repo, name,
+        return backups.restore(caller, ctx.settings.uri, body.repo, name,
                                body.at, to=body.to, new_vm=body.new_vm,
                                in_place=body.in_place, images_dir=body.images_dir,
                                progress=progress)
@@ -165,7 +169,7 @@ def verify(caller: OperatorCaller, body: VerifyBody, ctx: Ctx, response: Respons
     def run(job: JobContext) -> dict[str, Any]:
         job.note(f"verifying {body.repo}")
         report = backups.verify(caller, body.repo, body.vm, body.at, checksums=body.checksums)
-        restore_ops.require_sound(report)
+        require_sound(report)
         return {**report.model_dump(mode="json"), "sound": report.sound}
 
     return accepted(ctx.runner.submit("backup.verify", body.vm or str(body.repo), caller.name,
@@ -187,20 +191,17 @@ def prune_backups(caller: OperatorCaller, name: VmNameDep, body: PruneBody, ctx:
 
 
 @router.post("/vms/{name}/backups/cancel", response_model=Message)
-def cancel(_: Operator, name: VmNameDep, ctx: Ctx) -> Message:
+def cancel(caller: OperatorCaller, name: VmNameDep, ctx: Ctx) -> Message:
     mine = ctx.runner.active(kind="backup.create", target=name)
     if mine:
         for job in mine:
             ctx.runner.cancel(job.id)
         return Message(message=f"cancelling the backup of VM '{name}'",
                        details={"jobs": [j.id for j in mine]})
-    from kvmops.backup import engine, jobs
-
-    running = jobs.running_job(name)
-    if running is not None and running.pid == os.getpid():  # never signal ourselves
+    running = [j for j in backups.running() if j.vm == name]
+    if running and running[0].pid == os.getpid():  # never signal ourselves
         raise ValidationError(f"the backup of VM '{name}' runs inside this server")
-    with Host(ctx.settings.uri) as host:
-        return Message(message=engine.cancel(host, name))
+    return Message(message=backups.cancel(caller, ctx.settings.uri, name))
 
 
 
