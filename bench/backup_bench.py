@@ -40,13 +40,14 @@ import libvirt
 
 from kvmops.agent import guest
 from kvmops.agent.channel import open_agent
-from kvmops.backup import engine
+from kvmops.backup import engine, files
 from kvmops.backup.engine import BackupRequest, run_backup
 from kvmops.backup.model import BackupType, Manifest
 from kvmops.backup.repository import Repository
 from kvmops.backup.restore import restore_to_dir
 from kvmops.config import settings
 from kvmops.devguest.build import build_guest
+from kvmops.host import backupjobs
 from kvmops.host.accel import probe
 from kvmops.host.connection import Host
 from kvmops.images import qemuimg
@@ -263,7 +264,7 @@ def instrumented(rec: Recorder) -> Iterator[None]:
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(patched(engine, "wait_for_job", timed("QEMU backup job")))
-        stack.enter_context(patched(engine, "sha256_file", timed("sha256 of the file")))
+        stack.enter_context(patched(files, "sha256_file", timed("sha256 of the file")))
         stack.enter_context(patched(Repository, "publish", timed("publish (fsync, rename)")))
         yield
 
@@ -293,9 +294,8 @@ def timed_backup(host: Host, rec: Recorder, req: BackupRequest) -> tuple[Manifes
         manifest = run_backup(host, req, note=notes.append)
     phases = rec.take()
     total = next(p for p in phases if p.name == "total")
-    completed = engine._job_stats(host.domain(req.vm), completed=True)
-    extra = {"notes": notes, "job_ms": completed.get("time_elapsed"),
-             "job_bytes": completed.get("data_total")}
+    completed = backupjobs.job_info(host.domain(req.vm), completed=True)
+    extra = {"notes": notes, "job_ms": completed.elapsed_ms, "job_bytes": completed.total}
     return manifest, Timed(total.seconds, phases, extra)
 
 
@@ -369,7 +369,7 @@ def pull_read(domain: libvirt.virDomain, work: Path, tag: str, reader: list[str]
         with contextlib.suppress(libvirt.libvirtError):
             domain.abortJob()
         deadline = time.monotonic() + 30
-        while engine.active_backup_job(domain) and time.monotonic() < deadline:
+        while backupjobs.active_backup_job(domain) and time.monotonic() < deadline:
             time.sleep(0.2)
     phases = rec.take()
     total = next(p for p in phases if p.name == "total")
@@ -763,7 +763,7 @@ the last run) is the sterner yardstick: 0.60.
 and write at once, in every run, with QEMU's main loop at < 10 % of a core; its aio workers
 do the I/O (O_DIRECT, up to 64 requests in flight), and in the last run the job alone took
 2.9 s against 2.6 s for the tuned qemu-img including its fsync (0.90). The rest of the wall
-time is a serial **sha256 pass over the finished file** that kvmops adds (`_finish_files`):
+time is a serial **sha256 pass over the finished file** that kvmops adds (`files.finish_files`):
 the file comes back from the page cache (disk reads ≈ 0 in that phase; QEMU writes the push
 target through the host page cache), so it is pure hashing, ~1.1 CPU-seconds for 1.5 GiB
 (1.2 s at 92 % CPU when the host was quiet, 1.8-4.2 s when the other sessions' vCPUs took

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from kvmops.backup.engine import plan_backup
 from kvmops.backup.model import (
     BackupType,
     Consistency,
@@ -18,6 +17,7 @@ from kvmops.backup.model import (
     new_backup_id,
     resolve_point,
 )
+from kvmops.backup.plan import plan_backup
 from kvmops.backup.retention import RetentionPolicy, plan_prune
 from kvmops.errors import NotFoundError, ValidationError
 from kvmops.vm.domxml import DiskSpec

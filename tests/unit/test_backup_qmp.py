@@ -10,14 +10,13 @@ from typing import Any
 
 import pytest
 
-from kvmops.backup.engine import plan_backup
 from kvmops.backup.keys import Keyring
 from kvmops.backup.model import BackupType, Consistency, DiskRecord, Manifest
+from kvmops.backup.plan import checkpoints_to_keep, plan_backup
 from kvmops.backup.qmp_engine import (
     QmpDisk,
     _letters,
     backup_id_of,
-    bitmaps_to_keep,
     discover_disks,
     end_jobs,
     follow_jobs,
@@ -26,6 +25,7 @@ from kvmops.backup.qmp_engine import (
     stale_bitmaps,
     summarize_jobs,
     target_blockdev,
+    target_node,
     transaction_actions,
     trust_function,
 )
@@ -236,8 +236,18 @@ def test_target_blockdev() -> None:
     assert target_blockdev("vda", Path("/r/vm/backups/.partial-X/vda.qcow2")) == {
         "driver": "qcow2", "node-name": "kvmops-target-vda",
         "file": {"driver": "file", "filename": "/r/vm/backups/.partial-X/vda.qcow2"}}
-    # QEMU node names have at most 31 characters.
-    assert len("kvmops-target-" + "x" * 16) <= 31
+
+
+def test_target_node_names_fit_qemu() -> None:
+    """QEMU refuses node names longer than 31 characters: the longest disk name --disk
+    takes still gives a target node QEMU accepts, and a longer one is refused first."""
+    longest = "d" * 16
+    plain, mapping = parse_disk_options([longest, f"node1={longest[:-1]}e"])
+    assert plain == [longest]
+    for target in [*plain, *mapping.values()]:
+        assert len(target_node(target)) <= 31
+    with pytest.raises(ValidationError, match="invalid disk name"):
+        parse_disk_options([longest + "d"])
 
 
 # ---------------------------------------------------------------- bitmaps kept
@@ -245,7 +255,7 @@ def test_bitmaps_kept_are_the_newest_and_the_newest_fulls() -> None:
     manifests = [_manifest(FULL_ID, BackupType.FULL, None),
                  _manifest(INC_ID, BackupType.INCREMENTAL, FULL_ID),
                  _manifest("20260103T000000.000000Z", BackupType.INCREMENTAL, INC_ID)]
-    keep = bitmaps_to_keep(manifests)
+    keep = checkpoints_to_keep(manifests)
     assert keep == {FULL_BITMAP, "kvmops-20260103T000000.000000Z"}
     nodes = _nodes([_bitmap(FULL_BITMAP), _bitmap(INC_BITMAP),
                     _bitmap("kvmops-20260103T000000.000000Z"), _bitmap("someone-else"),
@@ -253,7 +263,7 @@ def test_bitmaps_kept_are_the_newest_and_the_newest_fulls() -> None:
                      "granularity": 65536, "count": 0}])  # anonymous: a running job's
     referenced = {m.checkpoint for m in manifests if m.checkpoint}
     assert stale_bitmaps(nodes, keep, "0a1b2c3d", referenced) == [("disk0", INC_BITMAP)]
-    assert bitmaps_to_keep([]) == set()
+    assert checkpoints_to_keep([]) == set()
 
 
 def test_another_repositorys_bitmaps_are_never_stale() -> None:

@@ -4,61 +4,63 @@ The copy is a full one (``qemu-img convert`` of the whole chain). So that the
 chain continues once the VM runs again, a persistent bitmap named after the
 new checkpoint is added to each qcow2 image (``qemu-img bitmap --add``) and
 libvirt's checkpoint metadata is redefined to match; the next online backup
-is then an incremental against this one.
+is then an incremental against this one. The run (signals, events, clean-up,
+manifest) is :mod:`kvmops.backup.run`'s, as for the online engines.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import libvirt
-from lxml import etree
-
-import kvmops
-from kvmops.backup import jobs
-from kvmops.backup.model import (
-    BackupType,
-    Consistency,
-    DiskRecord,
-    Manifest,
-    new_backup_id,
-)
+from kvmops.backup.checkpoints import kvmops_checkpoint_names, offline_checkpoint_xml, recover
+from kvmops.backup.model import BackupType, Consistency, DiskRecord, Manifest
+from kvmops.backup.plan import BackupRequest, select_disks
 from kvmops.backup.repository import Repository, sha256_file
-from kvmops.host.connection import Host, call, version_text
+from kvmops.backup.run import BackupRun, Cleanup, NoteFn, ProgressFn
+from kvmops.errors import HostUnavailableError, KvmopsError
+from kvmops.host import backupjobs
+from kvmops.host.backupjobs import DomainHandle
+from kvmops.host.connection import Host, version_text
 from kvmops.images import qemuimg
 from kvmops.images.chain import inspect
-from kvmops.vm.checkpoints import checkpoint_name
+from kvmops.vm.checkpoints import checkpoint_name, delete_checkpoint
 from kvmops.vm.domxml import DomainSpec
 
-NoteFn = Callable[[str], None]
 
-
-def run_offline_backup(host: Host, repo: Repository, req: object, say: NoteFn,
-                       progress: Callable[[int, int], None] | None = None) -> Manifest:
-    from kvmops.backup.engine import BackupRequest, recover, select_disks
-    from kvmops.vm.checkpoints import delete_checkpoint, kvmops_checkpoints
-
-    assert isinstance(req, BackupRequest)
+def run_offline_backup(host: Host, domain: DomainHandle, repo: Repository, req: BackupRequest,
+                       say: NoteFn, progress: ProgressFn | None = None) -> Manifest:
+    """Back up the shut-off VM ``domain``; the caller holds the VM's backup lock."""
     vm = req.vm
-    domain = host.domain(vm)
     recover(domain, repo, vm, say)
-    xml = call("reading XML", domain.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE)
+    xml = backupjobs.inactive_xml(domain)
     spec = DomainSpec.from_xml(xml)
     disks = select_disks(spec, req.disks, req.exclude)
     if req.mode not in (None, BackupType.FULL):
         say(f"VM '{vm}' is shut off: its images are copied in full; incrementals continue "
             "from this backup once it runs again")
-    backup_id = new_backup_id()
-    cp_name = checkpoint_name(backup_id, repo.identity())
-    partial = repo.start_partial(vm, backup_id)
-    started = time.monotonic()
+    run = BackupRun(repo, vm, progress=progress)
+    cp_name = checkpoint_name(run.backup_id, repo.identity())
     added_bitmaps: list[str] = []
-    jobs.record_event(vm, "started", backup_id=backup_id, type="full", offline=True)
-    try:
+
+    def clean_up() -> Cleanup:
+        left: list[str] = []
+        if added_bitmaps:
+            try:
+                delete_checkpoint(domain, cp_name)
+            except HostUnavailableError:
+                left.append(f"checkpoint {cp_name}")
+            except KvmopsError:
+                pass
+        for image in added_bitmaps:
+            with contextlib.suppress(Exception):
+                qemuimg.run_qemu_img(["bitmap", "--remove", "-f", "qcow2", image, cp_name],
+                                     what="removing bitmap", path=Path(image))
+        return Cleanup(run.removed(f" and bitmap {cp_name} removed from its images"
+                                   if added_bitmaps else ""), left)
+
+    with run.running(BackupType.FULL, clean_up, offline=True) as partial:
         records = []
         # The VM's definition names each disk's format; its chain is checked before
         # qemu-img follows it.
@@ -71,8 +73,7 @@ def run_offline_backup(host: Host, repo: Repository, req: object, say: NoteFn,
             size = chains[disk.target].top.info.virtual_size
 
             def report(pct: float, base: int = done, size: int = size) -> None:
-                if progress:
-                    progress(base + int(size * pct / 100), total)
+                run.report(base + int(size * pct / 100), total)
 
             qemuimg.convert(disk.source, disk.fmt, dst, "qcow2", progress=report)
             done += size
@@ -88,50 +89,18 @@ def run_offline_backup(host: Host, repo: Repository, req: object, say: NoteFn,
             added_bitmaps.append(str(disk.source))
         checkpoint = None
         if bitmap_disks:
-            cp_xml = _checkpoint_xml(cp_name, backup_id, spec, {d.target for d in bitmap_disks},
-                                     kvmops_checkpoints(domain), xml)
-            domain.checkpointCreateXML(cp_xml, libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE)
+            existing = kvmops_checkpoint_names(domain)
+            cp_xml = offline_checkpoint_xml(
+                cp_name, run.backup_id, spec, {d.target for d in bitmap_disks},
+                existing[-1] if existing else None, xml)
+            backupjobs.redefine_checkpoint(domain, cp_name, cp_xml, validate=False)
             repo.save_checkpoint_xml(vm, cp_name, cp_xml)
             checkpoint = cp_name
-        manifest = Manifest(
-            id=backup_id, vm=vm, time=datetime.now(UTC), type=BackupType.FULL, parent=None,
+        manifest = run.publish(run.manifest(
+            time=datetime.now(UTC), type=BackupType.FULL, parent=None,
             checkpoint=checkpoint, consistency=Consistency.OFFLINE, transport="offline",
-            disks=records, notes=[], domain_xml=xml, tool_version=kvmops.__version__,
+            disks=records, notes=[], domain_xml=xml,
             qemu_version=version_text(host.qemu_version()),
             libvirt_version=version_text(host.libvirt_version()),
-            duration_s=round(time.monotonic() - started, 3),
-        )
-        repo.publish(vm, partial, manifest)
-    except BaseException as err:
-        with contextlib.suppress(Exception):
-            delete_checkpoint(domain, cp_name)
-        for image in added_bitmaps:
-            with contextlib.suppress(Exception):
-                qemuimg.run_qemu_img(["bitmap", "--remove", "-f", "qcow2", image, cp_name],
-                                     what="removing bitmap", path=Path(image))
-        repo.discard_partial(partial)
-        jobs.record_event(vm, "failed", backup_id=backup_id, error=str(err))
-        raise
-    jobs.record_event(vm, "completed", backup_id=backup_id, type="full")
+        ))
     return manifest
-
-
-def _checkpoint_xml(name: str, backup_id: str, spec: DomainSpec, with_bitmap: set[str],
-                    existing: list[libvirt.virDomainCheckpoint], domain_xml: str) -> str:
-    root = etree.Element("domaincheckpoint")
-    etree.SubElement(root, "name").text = name
-    etree.SubElement(root, "description").text = f"kvmops offline backup {backup_id}"
-    if existing:
-        parent = etree.SubElement(root, "parent")
-        etree.SubElement(parent, "name").text = existing[-1].getName()
-    etree.SubElement(root, "creationTime").text = str(int(time.time()))
-    disks = etree.SubElement(root, "disks")
-    for disk in spec.disks:
-        if disk.device != "disk":
-            continue
-        if disk.target in with_bitmap:
-            etree.SubElement(disks, "disk", name=disk.target, checkpoint="bitmap", bitmap=name)
-        else:
-            etree.SubElement(disks, "disk", name=disk.target, checkpoint="no")
-    root.append(etree.fromstring(domain_xml.encode()))
-    return etree.tostring(root, encoding="unicode")

@@ -49,11 +49,12 @@ The invariants this module keeps (the same as the libvirt engine's):
 * The guest's file systems are frozen only around the transaction, and thawed
   whatever happens; SIGTERM/SIGHUP/SIGINT are held back for that instant.
 
-The ``kvmops-*`` bitmaps of one QEMU belong to the one repository it is backed
-up into (as libvirt checkpoints do): backing the same QEMU up into two
-repositories makes each run delete the other's bitmaps, so each then takes
-fulls. A QMP socket serves one client at a time, so while a backup runs the
+The bitmaps are owned per repository as libvirt checkpoints are
+(``kvmops-REPO-ID``, see :mod:`kvmops.vm.checkpoints`): each repository removes
+only its own. A QMP socket serves one client at a time, so while a backup runs the
 socket is busy for other clients (give QEMU a second ``-qmp`` socket to watch it).
+The run (signals, events, clean-up, manifest) is :mod:`kvmops.backup.run`'s, the
+plan :mod:`kvmops.backup.plan`'s, as for the libvirt engines.
 """
 
 from __future__ import annotations
@@ -68,27 +69,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import kvmops
 from kvmops.backup import jobs
-from kvmops.backup.engine import (
+from kvmops.backup.files import finish_files
+from kvmops.backup.model import BackupType, Consistency, Manifest
+from kvmops.backup.plan import Plan, checkpoints_to_keep, plan_backup
+from kvmops.backup.repository import Repository
+from kvmops.backup.run import (
+    BackupRun,
+    Cleanup,
     NoteFn,
     NoteLog,
-    Plan,
     ProgressFn,
-    _finish_files,
-    _id_time,
-    plan_backup,
+    exclusive,
 )
-from kvmops.backup.model import (
-    BackupType,
-    Consistency,
-    Manifest,
-    new_backup_id,
-)
-from kvmops.backup.repository import Repository
 from kvmops.errors import (
     BackupError,
-    CancelledError,
     ChannelError,
     KvmopsError,
     OperationTimeoutError,
@@ -350,18 +345,6 @@ def stale_bitmaps(nodes: list[dict[str, Any]], keep: set[str], repo_id: str,
     return [(node, name) for node, name in pairs if name in mine and name not in keep]
 
 
-def bitmaps_to_keep(manifests: list[Manifest]) -> set[str]:
-    """The bitmaps future backups need: the newest backup's and the newest full's."""
-    complete = [m for m in manifests if m.complete]
-    keep: set[str] = set()
-    if complete and complete[-1].checkpoint:
-        keep.add(complete[-1].checkpoint)
-    fulls = [m for m in complete if m.type is BackupType.FULL and m.checkpoint]
-    if fulls and fulls[-1].checkpoint:
-        keep.add(fulls[-1].checkpoint)
-    return keep
-
-
 # ---------------------------------------------------------------- the transaction
 def transaction_actions(plan: Plan, disks: list[QmpDisk], bitmap: str,
                         speed: int | None = None) -> list[dict[str, Any]]:
@@ -558,9 +541,9 @@ def recover(channel: MonitorChannel, repo: Repository, vm: str, say: NoteFn,
 
 
 def prune_bitmaps(channel: MonitorChannel, repo: Repository, vm: str, say: NoteFn) -> None:
-    """Keep only the bitmaps future backups need (see :func:`bitmaps_to_keep`)."""
+    """Keep only the bitmaps future backups need (see :func:`checkpoints_to_keep`)."""
     manifests = repo.manifests(vm)
-    keep = bitmaps_to_keep(manifests)
+    keep = checkpoints_to_keep(manifests)
     if not keep:
         return
     nodes = channel.execute("query-named-block-nodes", {"flat": True}) or []
@@ -625,18 +608,6 @@ def frozen(agent_socket: Path | None, wanted: bool, say: NoteFn,
             channel.close()
 
 
-class _Interrupted(CancelledError):
-    """A signal (``backup cancel`` sends SIGTERM) turned into the clean-up path."""
-
-
-def _why(err: BaseException) -> str:
-    return "Ctrl-C" if isinstance(err, KeyboardInterrupt) else str(err)
-
-
-def _raise_interrupt(signum: int, _frame: object) -> None:
-    raise _Interrupted(f"backup interrupted by signal {signal.Signals(signum).name}")
-
-
 def _qemu_version(channel: MonitorChannel) -> str:
     with contextlib.suppress(KvmopsError, KeyError, TypeError):
         qemu = channel.execute("query-version")["qemu"]
@@ -658,13 +629,12 @@ def run_qmp_backup(req: QmpBackupRequest, *, progress: ProgressFn | None = None,
     """Back up the QEMU behind ``req.socket`` into the repository; return the manifest."""
     say = NoteLog(note)
     repo = Repository(req.repo)
-    with repo.lock(req.vm, "backup"), jobs.registered(req.vm, str(repo.root), "qmp"), \
-            open_monitor(socket=req.socket) as channel:
-        return _run(channel, repo, req, progress, say, say.messages)
+    with exclusive(repo, req.vm, "qmp"), open_monitor(socket=req.socket) as channel:
+        return _run(channel, repo, req, progress, say)
 
 
 def _run(channel: MonitorChannel, repo: Repository, req: QmpBackupRequest,
-         progress: ProgressFn | None, say: NoteFn, notes: list[str]) -> Manifest:
+         progress: ProgressFn | None, say: NoteLog) -> Manifest:
     vm = req.vm
     where = f"the QEMU at {req.socket}"
     # The disks first, so a wrong --disk changes nothing; again after the recovery,
@@ -686,81 +656,60 @@ def _run(channel: MonitorChannel, repo: Repository, req: QmpBackupRequest,
     for message in plan.notes:
         say(message)
 
-    backup_id = new_backup_id()
+    run = BackupRun(repo, vm, progress=progress)
+    backup_id = run.backup_id
     bitmap = checkpoint_name(backup_id, repo.identity())
     by_target = {d.target: d for d in disks}
     added_nodes: list[str] = []
     started_jobs: set[str] = set()
     bitmap_nodes: list[str] = []
-    started = time.monotonic()
-    partial = repo.start_partial(vm, backup_id)
-    previous_handlers = {s: signal.getsignal(s)
-                         for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT,
-                                   signal.SIGUSR1, signal.SIGUSR2)}
     switch = PauseSwitch()
-    try:
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, _raise_interrupt)
-        for sig in (signal.SIGUSR1, signal.SIGUSR2):
-            signal.signal(sig, switch.handle)
-        jobs.record_event(vm, "started", backup_id=backup_id, type=plan.type.value,
-                          transport="qmp")
-        for item in plan.disks:
-            disk = by_target[item.disk.target]
-            path = partial / f"{disk.target}.qcow2"
-            create_target(path, disk.virtual_size, item.parent, disk.target)
-            _give_to_qemu(path, req.socket)
-            channel.execute("blockdev-add", target_blockdev(disk.target, path))
-            added_nodes.append(target_node(disk.target))
-        actions = transaction_actions(plan, disks, bitmap, req.speed)
-        with held_signals(), frozen(req.agent_socket, req.freeze, say) as was_frozen:
-            channel.execute("transaction", {"actions": actions})
-            started_jobs = {a["data"]["job-id"] for a in actions
-                            if a["type"] == "blockdev-backup"}
-            bitmap_nodes = [a["data"]["node"] for a in actions
-                            if a["type"] == "block-dirty-bitmap-add"]
-        follow_jobs(channel, started_jobs, vm, progress, switch=switch)
-        stuck = end_jobs(channel, started_jobs, req.job_timeout)
-        started_jobs = set(stuck)
-        for node in list(added_nodes):
-            channel.execute("blockdev-del", {"node-name": node})
-            added_nodes.remove(node)
 
-        records = _finish_files(repo, vm, partial, plan, compress=req.compress)
-        written = sum(r.bytes_written for r in records)
-        if progress:
-            progress(written, written)
-        manifest = Manifest(
-            id=backup_id, vm=vm, time=_id_time(backup_id), type=plan.type,
-            parent=plan.parent.id if plan.parent else None, checkpoint=bitmap,
-            consistency=Consistency.APPLICATION if was_frozen else Consistency.CRASH,
-            transport="qmp", disks=records, notes=notes,
-            tool_version=kvmops.__version__, qemu_version=_qemu_version(channel),
-            duration_s=round(time.monotonic() - started, 3),
-        )
-        repo.publish(vm, partial, manifest)
-    except BaseException as err:
-        for sig in previous_handlers:
-            signal.signal(sig, signal.SIG_IGN)  # the clean-up must run to its end
-        _clean_up(channel, repo, partial, started_jobs, added_nodes,
-                  [(n, bitmap) for n in bitmap_nodes], req.job_timeout, say)
-        jobs.record_event(vm, "cancelled" if isinstance(err, _Interrupted | KeyboardInterrupt)
-                          else "failed", backup_id=backup_id, error=str(err))
-        if isinstance(err, _Interrupted | KeyboardInterrupt):
-            raise CancelledError(
-                f"backup of VM '{vm}' cancelled ({_why(err)}): nothing was published; "
-                f"the unfinished backup {backup_id}, its jobs, nodes and bitmap were removed",
-                hint=f"the next backup of {vm} still holds every change since the last "
-                     "complete one") from err
-        if isinstance(err, ChannelError | OperationTimeoutError) and not isinstance(
-                err, BackupError):
-            raise BackupError(f"backup of VM '{vm}' failed: {err}",
-                              hint="nothing of it was kept") from err
-        raise
-    finally:
-        for sig, handler in previous_handlers.items():
-            signal.signal(sig, handler)
-    jobs.record_event(vm, "completed", backup_id=backup_id, type=plan.type.value)
+    def clean_up() -> Cleanup:
+        _clean_up(channel, started_jobs, added_nodes, [(n, bitmap) for n in bitmap_nodes],
+                  req.job_timeout, say)
+        return Cleanup(f"the unfinished backup {backup_id}, its jobs, nodes and bitmap "
+                       "were removed")
+
+    pause = {signal.SIGUSR1: switch.handle, signal.SIGUSR2: switch.handle}
+    try:
+        with run.running(plan.type, clean_up, handlers=pause, transport="qmp") as partial:
+            for item in plan.disks:
+                disk = by_target[item.disk.target]
+                path = partial / f"{disk.target}.qcow2"
+                create_target(path, disk.virtual_size, item.parent, disk.target)
+                _give_to_qemu(path, req.socket)
+                channel.execute("blockdev-add", target_blockdev(disk.target, path))
+                added_nodes.append(target_node(disk.target))
+            actions = transaction_actions(plan, disks, bitmap, req.speed)
+            with held_signals(), frozen(req.agent_socket, req.freeze, say) as was_frozen:
+                channel.execute("transaction", {"actions": actions})
+                started_jobs.update(a["data"]["job-id"] for a in actions
+                                    if a["type"] == "blockdev-backup")
+                bitmap_nodes.extend(a["data"]["node"] for a in actions
+                                    if a["type"] == "block-dirty-bitmap-add")
+            follow_jobs(channel, started_jobs, vm, progress, switch=switch)
+            stuck = end_jobs(channel, started_jobs, req.job_timeout)
+            started_jobs.intersection_update(stuck)
+            for node in list(added_nodes):
+                channel.execute("blockdev-del", {"node-name": node})
+                added_nodes.remove(node)
+
+            records = finish_files(repo, vm, partial, plan, compress=req.compress)
+            written = sum(r.bytes_written for r in records)
+            run.report(written, written)
+            manifest = run.publish(run.manifest(
+                type=plan.type, parent=plan.parent.id if plan.parent else None,
+                checkpoint=bitmap,
+                consistency=Consistency.APPLICATION if was_frozen else Consistency.CRASH,
+                transport="qmp", disks=records, notes=say.messages,
+                qemu_version=_qemu_version(channel),
+            ))
+    except (ChannelError, OperationTimeoutError) as err:
+        if isinstance(err, BackupError):
+            raise
+        raise BackupError(f"backup of VM '{vm}' failed: {err}",
+                          hint="nothing of it was kept") from err
     try:
         prune_bitmaps(channel, repo, vm, say)
     except KvmopsError as err:
@@ -768,10 +717,10 @@ def _run(channel: MonitorChannel, repo: Repository, req: QmpBackupRequest,
     return manifest
 
 
-def _clean_up(channel: MonitorChannel, repo: Repository, partial: Path, started_jobs: set[str],
-              added_nodes: list[str], new_bitmaps: list[tuple[str, str]], timeout: float,
-              say: NoteFn) -> None:
-    """Undo a backup that did not complete; QEMU keeps only the parent's bitmaps."""
+def _clean_up(channel: MonitorChannel, started_jobs: set[str], added_nodes: list[str],
+              new_bitmaps: list[tuple[str, str]], timeout: float, say: NoteFn) -> None:
+    """Undo a backup that did not complete in QEMU; QEMU keeps only the parent's bitmaps
+    (the run discards the partial directory)."""
     try:
         if started_jobs:
             stuck = end_jobs(channel, started_jobs, timeout)
@@ -781,4 +730,3 @@ def _clean_up(channel: MonitorChannel, repo: Repository, partial: Path, started_
         remove_bitmaps(channel, new_bitmaps, say, "the next backup removes it")
     except KvmopsError as err:
         say(f"could not clean up in QEMU ({err}); the next backup does it")
-    repo.discard_partial(partial)

@@ -17,6 +17,7 @@ from kvmops.errors import (
     BackupInconsistentError,
     KvmopsError,
     NotFoundError,
+    StateError,
     TamperedError,
     ValidationError,
 )
@@ -26,7 +27,7 @@ from kvmops.images import qemuimg
 from kvmops.images.chain import inspect
 from kvmops.paths import policy
 from kvmops.vm.domxml import DiskSpec, OwnedFile, validate_name
-from kvmops.vm.lifecycle import _require_state, ensure_qemu_can_reach
+from kvmops.vm.lifecycle import ensure_qemu_can_reach, state_name
 from kvmops.vm.rebuild import rebuild
 
 ProgressFn = Callable[[str, float], None]
@@ -175,8 +176,12 @@ def restore_in_place(host: Host, repo_path: Path, vm: str, at: str | None,
                      progress: ProgressFn | None = None) -> RestoreResult:
     """Replace the disks of a shut-off VM with the backup's content."""
     domain = host.domain(vm)
-    _require_state(domain, {"shut off"}, "restore in place",
-                   hint=f"shut it down first ('kvmops vm shutdown {vm}'), or restore with --to")
+    state = state_name(domain)
+    if state != "shut off":
+        raise StateError(f"cannot restore in place VM '{vm}': it is {state}",
+                         actual=state, required="shut off",
+                         hint=f"shut it down first ('kvmops vm shutdown {vm}'), or restore "
+                              "with --to")
     repo = Repository(repo_path)
     point, by_id = _point(repo, vm, at)
     root = etree.fromstring(domain.XMLDesc(0).encode())
@@ -199,10 +204,11 @@ def restore_in_place(host: Host, repo_path: Path, vm: str, at: str | None,
             if dst.suffix != ".qcow2":
                 _set_disk_format(host, vm, record.target)
     notes = []
-    from kvmops.vm.checkpoints import kvmops_checkpoints
+    from kvmops.backup.checkpoints import kvmops_checkpoint_names
+    from kvmops.host.backupjobs import forget_checkpoint
 
-    for checkpoint in kvmops_checkpoints(domain):  # every repository's: the disks changed
-        checkpoint.delete(2)  # METADATA_ONLY: the restored images carry no bitmaps
+    for name in kvmops_checkpoint_names(domain):  # every repository's: the disks changed
+        forget_checkpoint(domain, name)  # the restored images carry no bitmaps
     notes.append("the VM's disks were replaced: its next backup is a full")
     return RestoreResult(vm=vm, backup_id=point.id, disks=disks, notes=notes)
 

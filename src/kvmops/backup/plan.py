@@ -1,0 +1,136 @@
+"""Planning a backup of libvirt's and QEMU's VMs alike: which disks, full, incremental or
+differential per repository, each disk's parent, and which checkpoints to keep. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvmops.backup.model import BackupType, Manifest
+from kvmops.errors import ValidationError
+from kvmops.vm.domxml import DiskSpec, DomainSpec
+
+# trusted(checkpoint, target): None when that disk's bitmap of the checkpoint can be
+# trusted, else the reason it cannot.
+TrustFn = Callable[[str, str], str | None]
+
+
+@dataclass
+class BackupRequest:
+    """A backup of a libvirt VM (running: libvirt's backup API; shut off: qemu-img)."""
+
+    vm: str
+    repo: Path
+    mode: BackupType | None = None  # None: incremental when a valid chain exists, else full
+    disks: list[str] = field(default_factory=list)  # only these targets
+    exclude: list[str] = field(default_factory=list)
+    freeze: bool = True  # freeze file systems through the agent when it answers
+    speed: int | None = None  # bytes per second for the copy, None for unlimited
+    compress: bool = False  # store compressed qcow2 clusters
+
+
+@dataclass
+class DiskPlan:
+    disk: DiskSpec
+    mode: BackupType  # full or incremental/differential for this disk
+    parent: str | None  # backup id of this disk's previous link
+    checkpoint: bool  # gets a bitmap in the new checkpoint
+
+
+@dataclass
+class Plan:
+    type: BackupType
+    parent: Manifest | None
+    base_checkpoint: str | None
+    disks: list[DiskPlan]
+    notes: list[str]
+
+
+def select_disks(spec: DomainSpec, only: list[str], exclude: list[str]) -> list[DiskSpec]:
+    targets = {d.target for d in spec.disks if d.device == "disk"}
+    for name in [*only, *exclude]:
+        if name not in targets:
+            raise ValidationError(
+                f"VM '{spec.name}' has no disk '{name}'",
+                hint=f"its disks are {', '.join(sorted(targets)) or 'none'}",
+            )
+    chosen = [d for d in spec.disks if d.device == "disk" and d.source
+              and (not only or d.target in only) and d.target not in exclude]
+    if not chosen:
+        raise ValidationError(f"nothing to back up: no disk of VM '{spec.name}' selected")
+    return chosen
+
+
+def plan_backup(
+    vm: str,
+    disks: list[DiskSpec],
+    manifests: list[Manifest],
+    requested: BackupType | None,
+    trusted: TrustFn,
+) -> Plan:
+    """Decide the backup type and each disk's parent.
+
+    ``manifests`` are one repository's: each repository's chain continues on its own.
+    ``trusted(checkpoint, target)`` returns None when that disk's bitmap for the
+    checkpoint can be trusted, else the reason it cannot.
+    """
+    notes: list[str] = []
+    complete = [m for m in manifests if m.complete]
+    parent: Manifest | None = None
+    kind = requested or BackupType.INCREMENTAL
+    if kind is BackupType.INCREMENTAL and complete:
+        parent = complete[-1]
+    elif kind is BackupType.DIFFERENTIAL:
+        fulls = [m for m in complete if m.type is BackupType.FULL]
+        parent = fulls[-1] if fulls else None
+    if kind is not BackupType.FULL and parent is None:
+        if requested is not None:
+            notes.append(f"no earlier full backup of VM '{vm}' in this repository: "
+                         "taking a full backup")
+        kind = BackupType.FULL
+    if parent is not None and parent.checkpoint is None:
+        notes.append(f"backup {parent.id} has no checkpoint to continue from: taking a full")
+        kind, parent = BackupType.FULL, None
+
+    plans: list[DiskPlan] = []
+    for disk in disks:
+        bitmap_capable = disk.fmt == "qcow2"
+        if not bitmap_capable:
+            notes.append(f"disk {disk.target} is {disk.fmt}: {disk.fmt} images cannot carry "
+                         "dirty bitmaps, so it is copied in full every time (convert it to "
+                         "qcow2 for incrementals)")
+        mode = BackupType.FULL
+        disk_parent = None
+        if kind is not BackupType.FULL and parent is not None and bitmap_capable:
+            previous = next((d for d in parent.disks if d.target == disk.target), None)
+            if previous is None:
+                notes.append(f"disk {disk.target} is not in backup {parent.id}: "
+                             "it gets its own full backup")
+            else:
+                assert parent.checkpoint is not None
+                reason = trusted(parent.checkpoint, disk.target)
+                if reason is None:
+                    mode, disk_parent = kind, parent.id
+                else:
+                    notes.append(f"disk {disk.target}: change tracking since {parent.id} "
+                                 f"cannot be trusted ({reason}); taking a full backup")
+        plans.append(DiskPlan(disk, mode, disk_parent, checkpoint=bitmap_capable))
+
+    if kind is not BackupType.FULL and all(p.mode is BackupType.FULL for p in plans):
+        kind, parent = BackupType.FULL, None
+    return Plan(kind, parent, parent.checkpoint if parent else None, plans, notes)
+
+
+def checkpoints_to_keep(manifests: list[Manifest]) -> set[str]:
+    """The checkpoints (bitmaps) a repository's future backups need: the newest complete
+    backup's and the newest full's."""
+    complete = [m for m in manifests if m.complete]
+    keep: set[str] = set()
+    if complete and complete[-1].checkpoint:
+        keep.add(complete[-1].checkpoint)
+    fulls = [m for m in complete if m.type is BackupType.FULL and m.checkpoint]
+    if fulls and fulls[-1].checkpoint:
+        keep.add(fulls[-1].checkpoint)
+    return keep
