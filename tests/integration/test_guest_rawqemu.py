@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,19 +17,23 @@ import pytest
 from kvmops.agent import guest
 from kvmops.agent.channel import SocketAgentChannel
 from kvmops.devguest.build import GuestImage
-from kvmops.errors import AgentCommandDisabledError, KvmopsError
+from kvmops.errors import AgentCommandDisabledError, AgentTimeoutError, KvmopsError
 from kvmops.testing.rawqemu import RawQemu
 from tests.conftest import assert_one_line_error, run_cli
 from tests.integration.api_server import free_port
 
 BLOCKED_PORT = "org.kvmops.test.blocked"
+NO_SSH_PORT = "org.kvmops.test.nossh"
 TCP_PORT = "org.kvmops.test.tcp"
+SSH_COMMANDS = ("guest-ssh-add-authorized-keys", "guest-ssh-remove-authorized-keys",
+                "guest-ssh-get-authorized-keys")
 
 
 @dataclass
 class RawQemuTwoPorts(RawQemu):
-    """RawQemu plus a second agent port, for a qemu-ga started with --block-rpcs, and
-    TCP listeners: a third agent port and a second QMP monitor, for ``--tcp``."""
+    """RawQemu plus agent ports for qemu-gas started with --block-rpcs (one without
+    guest-exec, one without the SSH key commands), and TCP listeners: one more agent
+    port and a second QMP monitor, for ``--tcp``."""
 
     tcp_agent_port: int = field(default_factory=free_port)
     tcp_qmp_port: int = field(default_factory=free_port)
@@ -38,10 +43,17 @@ class RawQemuTwoPorts(RawQemu):
         assert self.workdir is not None
         return self.workdir / "qga-blocked.sock"
 
+    @property
+    def no_ssh_socket(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "qga-nossh.sock"
+
     def command(self) -> list[str]:
         return [*super().command(),
                 "-chardev", f"socket,path={self.blocked_socket},server=on,wait=off,id=qgab",
                 "-device", f"virtserialport,chardev=qgab,name={BLOCKED_PORT}",
+                "-chardev", f"socket,path={self.no_ssh_socket},server=on,wait=off,id=qgan",
+                "-device", f"virtserialport,chardev=qgan,name={NO_SSH_PORT}",
                 "-chardev", f"socket,host=127.0.0.1,port={self.tcp_agent_port},"
                             "server=on,wait=off,id=qgatcp",
                 "-device", f"virtserialport,chardev=qgatcp,name={TCP_PORT}",
@@ -86,6 +98,12 @@ def raw(tiny_guest: GuestImage, tmp_path_factory: pytest.TempPathFactory
     with qemu:
         wait_for_agent(qemu.agent_socket)
         yield qemu
+        # guest-shutdown sends no reply; QEMU then exits on its own (checked here, at the
+        # end, so that no test has to run last).
+        result = run_cli("guest", "shutdown", "--socket", str(qemu.agent_socket))
+        assert result.code == 0, result.stderr
+        assert qemu.process is not None
+        assert qemu.process.wait(timeout=120) == 0
 
 
 def test_ping_exec_push_pull(raw: RawQemuTwoPorts, tmp_path: Path) -> None:
@@ -146,9 +164,68 @@ def test_tcp_transports(raw: RawQemuTwoPorts) -> None:
     assert json.loads(result.stdout)["status"] == "running"
 
 
-def test_shutdown_through_the_agent(raw: RawQemuTwoPorts) -> None:
-    """Last in this module: guest-shutdown sends no reply; QEMU then exits on its own."""
-    result = run_cli("guest", "shutdown", "--socket", str(raw.agent_socket))
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKvmopsRawFallbackKeyOnlyForTests fallback@test"
+OTHER = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQkvmopsRawOther other@test"
+
+
+def _sh(channel: SocketAgentChannel, script: str) -> str:
+    result = guest.exec(channel, ["sh", "-c", script])
+    assert result.exit_code == 0, result
+    return result.stdout.decode()
+
+
+def test_ssh_keys_fall_back_to_the_file_without_native_commands(raw: RawQemuTwoPorts
+                                                                ) -> None:
+    """A qemu-ga without the guest-ssh-* commands: keys are read and written in
+    ~/.ssh/authorized_keys through file commands, with the modes sshd demands, and the
+    native commands of the other agent see the same keys."""
+    start_second_agent(raw, NO_SSH_PORT, "-b", ",".join(SSH_COMMANDS))
+    wait_for_agent(raw.no_ssh_socket, timeout=30)
+    with SocketAgentChannel(path=str(raw.no_ssh_socket)) as fallback, \
+            SocketAgentChannel(path=str(raw.agent_socket)) as native:
+        assert set(SSH_COMMANDS) <= set(guest.info(fallback).disabled)
+        assert set(SSH_COMMANDS) <= set(guest.info(native).supported)
+        _sh(native, "rm -rf /home/tester/.ssh")
+        assert guest.ssh_key_list(fallback, "tester") == []
+        assert guest.ssh_key_add(fallback, "tester", [OTHER]) == [OTHER]
+        assert guest.ssh_key_add(fallback, "tester", [KEY, OTHER]) == [OTHER, KEY]
+        assert _sh(native, "cat /home/tester/.ssh/authorized_keys") == f"{OTHER}\n{KEY}\n"
+        assert _sh(native, "stat -c '%a %U' /home/tester/.ssh "
+                           "/home/tester/.ssh/authorized_keys").splitlines() == [
+            "700 tester", "600 tester"]
+        assert sorted(guest.ssh_key_list(native, "tester")) == sorted([OTHER, KEY])
+        assert guest.ssh_key_remove(fallback, "tester", [KEY]) == [OTHER]
+        assert guest.ssh_key_list(native, "tester") == [OTHER]
+        # And back: a key added natively is seen and removed through the file.
+        guest.ssh_key_add(native, "tester", [KEY])
+        assert guest.ssh_key_list(fallback, "tester") == [OTHER, KEY]
+    result = run_cli("guest", "ssh-key", "remove", "--socket", str(raw.no_ssh_socket),
+                     "--user", "tester", OTHER, KEY)
     assert result.code == 0, result.stderr
-    assert raw.process is not None
-    assert raw.process.wait(timeout=120) == 0
+    with SocketAgentChannel(path=str(raw.agent_socket)) as native:
+        assert _sh(native, "cat /home/tester/.ssh/authorized_keys") == ""
+
+
+def test_resync_after_a_late_reply_and_an_abandoned_client(raw: RawQemuTwoPorts) -> None:
+    """The guest-sync-delimited handshake for real: a reply that arrives after its
+    command timed out, and the half request and unread reply of a client that went away,
+    are never taken for the answer to a later command."""
+    # The late reply drains before the next sync reply: give the handshake time for it.
+    with SocketAgentChannel(path=str(raw.agent_socket), sync_timeout=60) as channel:
+        handle = channel.execute("guest-file-open", {"path": "/dev/urandom", "mode": "r"})
+        try:
+            with pytest.raises(AgentTimeoutError):  # megabytes of base64 come too late
+                channel.execute("guest-file-read", {"handle": handle, "count": 2 << 20},
+                                timeout=0.01)
+            assert channel.execute("guest-ping") == {}
+            assert _sh(channel, "echo after-the-late-reply") == "after-the-late-reply\n"
+        finally:
+            channel.execute("guest-file-close", {"handle": handle})
+    # A client that sends a full request and half of another, then leaves unread.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(raw.agent_socket))
+        sock.sendall(b'{"execute": "guest-info"}\n{"execute": "guest-get-')
+    with SocketAgentChannel(path=str(raw.agent_socket)) as channel:
+        assert channel.execute("guest-ping") == {}
+        assert _sh(channel, "echo fresh") == "fresh\n"
+        assert guest.hostname(channel) == _sh(channel, "hostname").strip()
