@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from kvmops.errors import StateError, ValidationError
 from kvmops.host.connection import Host, call
+from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
 from kvmops.sizes import format_size
 from kvmops.vm import lifecycle
@@ -73,6 +74,7 @@ def _result(host: Host, vm: str, running: bool, what: str, notes: list[str]) -> 
                         message=f"VM '{vm}': {what}{when}", notes=notes)
 
 
+@audited("vm.setvcpus")
 def set_vcpus(caller: Caller, host: Host, vm: str, count: int) -> ConfigChange:
     """Give ``vm`` ``count`` vCPUs (its maximum and current count)."""
     del caller  # audited by the face; no paths involved
@@ -105,6 +107,7 @@ def set_vcpus(caller: Caller, host: Host, vm: str, count: int) -> ConfigChange:
     return _result(host, vm, running, f"{count} vCPU(s)", notes)
 
 
+@audited("vm.setmem")
 def set_memory(caller: Caller, host: Host, vm: str, memory: int, *, force: bool = False
                ) -> ConfigChange:
     """Give ``vm`` ``memory`` bytes (its maximum and current memory); more than the host
@@ -121,7 +124,8 @@ def set_memory(caller: Caller, host: Host, vm: str, memory: int, *, force: bool 
     if memory > total and not force:
         raise ValidationError(
             f"memory {format_size(memory)} for VM '{vm}' is more than this host has "
-            f"({format_size(total)})", hint="give less, or pass force to overcommit")
+            f"({format_size(total)})",
+            hint='give less, or overcommit with --force (API: "force": true)')
     notes: list[str] = []
     available = host.memory_available()
     if available is not None and memory > available:
@@ -136,6 +140,7 @@ def set_memory(caller: Caller, host: Host, vm: str, memory: int, *, force: bool 
     return _result(host, vm, running, f"memory {format_size(kib * 1024)}", notes)
 
 
+@audited("vm.autostart")
 def set_autostart(caller: Caller, host: Host, vm: str, enabled: bool) -> str:
     """Start ``vm`` with the host (libvirtd) or not; returns the one-line outcome."""
     del caller
