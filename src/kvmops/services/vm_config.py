@@ -1,5 +1,5 @@
-"""VM configuration use cases: vCPUs, memory, autostart, and what an undefine with
-storage would remove -- one function each for the CLI, the API and the web UI.
+"""VM configuration use cases: vCPUs, memory, and what an undefine with storage
+would remove -- one function each for the CLI, the API and the web UI.
 
 vCPU and memory changes are made to the persistent configuration (like ``virsh
 setvcpus --config`` / ``setmaxmem --config`` / ``setmem --config``): a running VM
@@ -138,14 +138,6 @@ def set_memory(caller: Caller, host: Host, vm: str, memory: int, *, force: bool 
     call(what, domain.setMemoryFlags, kib, _AFFECT_CONFIG | _MEM_MAXIMUM)
     call(what, domain.setMemoryFlags, kib, _AFFECT_CONFIG)
     return _result(host, vm, running, f"memory {format_size(kib * 1024)}", notes)
-
-
-@audited("vm.autostart")
-def set_autostart(caller: Caller, host: Host, vm: str, enabled: bool) -> str:
-    """Start ``vm`` with the host (libvirtd) or not; returns the one-line outcome."""
-    del caller
-    lifecycle.set_autostart(host, validate_name(vm), enabled)
-    return f"autostart of VM '{vm}' {'enabled' if enabled else 'disabled'}"
 
 
 def removal_preview(caller: Caller, host: Host, vm: str) -> RemovalPreview:

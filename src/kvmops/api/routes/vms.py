@@ -25,7 +25,7 @@ from kvmops.api.validators import AbsolutePath, ImageSize, MacAddress, MemorySiz
 from kvmops.api.vmlist import VmListItem
 from kvmops.host.accel import Accelerator
 from kvmops.host.connection import Host
-from kvmops.services import vm_config, vms
+from kvmops.services import vms
 from kvmops.vm import lifecycle
 from kvmops.vm.lifecycle import CreateRequest, DiskRequest, UndefineResult, VmInfo
 
@@ -233,7 +233,9 @@ def xml(_: Viewer, name: VmNameDep, host: HostDep, inactive: bool = Query(False)
 @router.put("/{name}/autostart", response_model=Message)
 def autostart(caller: OperatorCaller, name: VmNameDep, body: AutostartBody, host: HostDep
               ) -> Message:
-    return Message(message=vm_config.set_autostart(caller, host, name, body.enabled))
+    vms.set_autostart(caller, host, name, body.enabled)
+    return Message(message=f"autostart of VM '{name}' "
+                           f"{'enabled' if body.enabled else 'disabled'}")
 
 
 
