@@ -9,8 +9,6 @@ from pathlib import Path
 from kvmops.errors import NotFoundError, StateError
 from kvmops.host.accel import Accelerator
 from kvmops.host.connection import Host
-from kvmops.images.chain import open_user_image
-from kvmops.images.usage import vms_using
 from kvmops.paths import policy
 from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
@@ -47,6 +45,9 @@ def check_create(caller: Caller, req: CreateRequest) -> tuple[CreateRequest, lis
         if disk.path is None:
             disks.append(disk)
             continue
+        from kvmops.images.chain import open_user_image  # here: quick kvmops vm list/info
+        from kvmops.images.usage import vms_using
+
         image = open_user_image(disk.path, disk.fmt, rules=rules, trusted=caller.trusted_paths)
         users = vms_using(image.path)
         if users:
