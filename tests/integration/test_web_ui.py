@@ -491,3 +491,28 @@ def test_jobs_page_shows_history_live(web: ApiServer, browser_page: Any, fresh_v
     finally:
         for name in (first, second):
             remove_vm(host, name)
+
+
+def test_jobs_page_follows_a_running_job(web: ApiServer, browser_page: Any,
+                                         running_vm: str) -> None:
+    """A job shows as running (with a Cancel button) while it runs, then how it ended,
+    on the open page (no reload): a background guest command that sleeps."""
+    page = browser_page
+    log_in(page, web.url)
+    page.goto(f"{web.url}/jobs?target={running_vm}")
+    response = page.request.post(
+        f"{web.url}/api/v1/vms/{running_vm}/guest/exec",
+        headers={"X-CSRF-Token": csrf_of(page), "Content-Type": "application/json"},
+        data=json.dumps({"argv": ["/bin/sleep", "15"], "background": True, "timeout": 120}))
+    assert response.status == 202, response.text()
+    job_id = response.json()["job_id"]
+    row = page.locator(f"#job-rows tr[data-job='{job_id}']")
+    row.locator("[data-field=state]").filter(has_text="running").wait_for(timeout=WAIT_MS)
+    assert row.locator(f"button[data-cancel='{job_id}']").is_visible()
+    assert api_get(page, web.url, f"/jobs/{job_id}")["state"] in ("running", "succeeded")
+    row.locator("[data-field=state]").filter(has_text="succeeded").wait_for(timeout=WAIT_MS)
+    assert row.locator("button[data-cancel]").count() == 0
+    assert re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$",
+                    row.locator("[data-field=finished]").inner_text())
+    assert row.locator("[data-field=by]").inner_text() == USER
+    assert api_get(page, web.url, f"/jobs/{job_id}")["state"] == "succeeded"
