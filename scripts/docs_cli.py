@@ -133,7 +133,9 @@ def _section(command: Any, ctx: Any, depth: int, out: list[str]) -> None:
     path = ctx.command_path
     level = "#" * min(depth + 1, 6)
     out.append(f"{level} `{path}`\n")
-    usage = " ".join(command.collect_usage_pieces(ctx))
+    # Typer writes arguments as {name}; the help convention is NAME.
+    usage = re.sub(r"\{(\w+)\}", lambda m: m.group(1).upper(),
+                   " ".join(command.collect_usage_pieces(ctx)))
     out.append(f"```text\n{path} {usage}\n```\n")
     body = text(command.help)
     if body:

@@ -23,7 +23,6 @@ snapshot_app = typer.Typer(help="Internal qcow2 snapshots.", no_args_is_help=Tru
 app.add_typer(snapshot_app, name="snapshot")
 
 
-
 def _from_cwd(path: Path) -> Path:
     """A relative image path names a file in the current directory, as in every Unix tool
     (the services take absolute paths only)."""
