@@ -15,9 +15,9 @@ from kvmops.backup.model import BackupType, Consistency, DiskRecord, Manifest
 from kvmops.backup.plan import checkpoints_to_keep, plan_backup
 from kvmops.backup.qmp_engine import (
     QmpDisk,
-    _letters,
     backup_id_of,
     discover_disks,
+    disk_letters,
     end_jobs,
     follow_jobs,
     parse_disk_options,
@@ -156,7 +156,7 @@ def test_parse_disk_options_and_letters() -> None:
     assert parse_disk_options(["vda", "disk1=data"]) == (["vda"], {"disk1": "data"})
     with pytest.raises(ValidationError, match="given twice"):
         parse_disk_options(["disk1=a", "disk1=b"])
-    assert [_letters(i) for i in (0, 1, 25, 26, 27, 51, 52)] == [
+    assert [disk_letters(i) for i in (0, 1, 25, 26, 27, 51, 52)] == [
         "a", "b", "z", "aa", "ab", "az", "ba"]
 
 

@@ -230,7 +230,7 @@ def discover_disks(block: list[dict[str, Any]], options: list[str] | None = None
             continue
         every.append(entry)
         if _is_virtio_blk(entry):
-            auto.append(_disk(entry, f"vd{_letters(len(auto))}"))
+            auto.append(_disk(entry, f"vd{disk_letters(len(auto))}"))
         elif not entry.get("removable"):
             others.append(entry)
 
@@ -288,7 +288,7 @@ def _names(entry: Mapping[str, Any]) -> set[str]:
     return {n for n in names if n}
 
 
-def _letters(index: int) -> str:
+def disk_letters(index: int) -> str:
     """0 -> a, 25 -> z, 26 -> aa (the kernel's vdX naming)."""
     name = ""
     index += 1
