@@ -516,3 +516,19 @@ def test_jobs_page_follows_a_running_job(web: ApiServer, browser_page: Any,
                     row.locator("[data-field=finished]").inner_text())
     assert row.locator("[data-field=by]").inner_text() == USER
     assert api_get(page, web.url, f"/jobs/{job_id}")["state"] == "succeeded"
+
+
+def test_vm_page_of_a_running_vm(web: ApiServer, browser_page: Any, running_vm: str) -> None:
+    """Clone and undefine wait for the VM to be shut off (said on the buttons); a
+    configuration change is said to apply at the next start. The shared guest keeps
+    its values (1 vCPU): the change is a no-op for it."""
+    page = browser_page
+    log_in(page, web.url)
+    page.goto(f"{web.url}/vms/{running_vm}")
+    for button in ("#clone-btn", "#undefine-btn"):
+        assert page.locator(button).is_disabled()
+        assert "shut the VM off first" in (page.get_attribute(button, "title") or "")
+    page.fill("#vcpus-form input[name=vcpus]", "1")
+    page.click("#vcpus-form button[type=submit]")
+    page.locator(".toast.ok").filter(has_text="at its next start").wait_for()
+    assert vm_json(running_vm)["state"] == "running"

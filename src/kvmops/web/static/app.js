@@ -366,9 +366,10 @@ function manageVm(name) {
   const vmApi = "/api/v1/vms/" + encodeURIComponent(name);
   const field = (f) => document.querySelector('.kv [data-field="' + f + '"]');
   async function run(button, fn) {
+    const was = button ? button.disabled : false;
     if (button) button.disabled = true;
     try { await fn(); } catch (err) { K.toast(err.message, "error"); }
-    finally { if (button) button.disabled = false; }
+    finally { if (button) button.disabled = was; }
   }
   function said(r) {
     K.toast(r.data.message, "ok");
@@ -402,6 +403,21 @@ function manageVm(name) {
     field("autostart").textContent = enabled ? "on" : "off";
     K.toast(r.data.message, "ok");
   }));
+
+  // clone and undefine need the VM shut off: say so on the buttons, following its state
+  const cloneBtn = document.getElementById("clone-btn");
+  const undefBtn = document.getElementById("undefine-btn");
+  function gate(state) {
+    const off = state === "shut off" || state === "crashed";
+    cloneBtn.disabled = state !== "shut off";
+    undefBtn.disabled = !off;
+    const why = "shut the VM off first (it is " + state + ")";
+    cloneBtn.title = cloneBtn.disabled ? why : "";
+    undefBtn.title = undefBtn.disabled ? why : "";
+  }
+  const head = document.querySelector("[data-vm-page] .actions[data-actions-for]");
+  if (head) gate(head.dataset.state);
+  K.on("domain", (ev) => { if (ev.vm === name && EVENT_STATE[ev.event]) gate(EVENT_STATE[ev.event]); });
 
   const cloneDlg = document.getElementById("clone-dialog");
   document.getElementById("clone-btn").addEventListener("click", () => cloneDlg.showModal());
