@@ -17,12 +17,13 @@ ROW = re.compile(r"^\| (\d+) \| ([^|]+)\| (?:`(\w+)`)? *\|$", re.MULTILINE)
 HEADER = """# Exit codes
 
 Every failure is one line on stderr, `kvmops: error: what failed; what to do`, and an
-exit code per kind of failure. The API answers the same kinds with HTTP statuses.
-This table is copied from the README at every documentation build and checked against
-`kvmops/errors.py` (the build fails when they differ).
+exit code per kind of failure; the API answers the same kinds with the HTTP status
+shown (a JSON body with the one-line message). This table is copied from the README at
+every documentation build and checked against `kvmops/errors.py` (the build fails when
+they differ); the HTTP statuses are read from the error classes.
 
-| code | meaning | error class |
-| --- | --- | --- |
+| code | meaning | error class | HTTP status |
+| --- | --- | --- | --- |
 """
 
 
@@ -45,10 +46,14 @@ def check(rows: list[tuple[int, str, str]]) -> None:
 
 
 def render() -> str:
+    import kvmops.errors as errors
+
     rows = readme_rows()
     check(rows)
-    lines = [f"| {code} | {meaning} | {f'`{cls}`' if cls else ''} |"
-             for code, meaning, cls in rows]
+    lines = []
+    for code, meaning, cls in rows:
+        status = str(getattr(errors, cls).http_status) if cls else ""
+        lines.append(f"| {code} | {meaning} | {f'`{cls}`' if cls else ''} | {status} |")
     return HEADER + "\n".join(lines) + "\n"
 
 

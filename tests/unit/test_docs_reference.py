@@ -41,6 +41,7 @@ def test_api_reference_has_every_operation_and_schema() -> None:
 
 def test_exit_code_page_is_the_readme_table_checked_against_the_code(tmp_path: Path) -> None:
     page = docs_exit_codes.render()
+    assert "| 3 | not found | `NotFoundError` | 404 |" in page
     assert "| 78 | invalid configuration | `ConfigError` |" in page
     readme = (REPO / "README.md").read_text()
     broken = tmp_path / "README.md"
