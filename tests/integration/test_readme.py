@@ -231,6 +231,21 @@ def test_readme_blocks_are_all_run_or_skipped_with_a_reason() -> None:
         assert re.search(rf"(^|[|;] *)kvmops {group}\b", ran, re.MULTILINE), group
 
 
+def test_the_mapping_leaves_no_host_path_or_name_of_the_readme() -> None:
+    """Run blocks touch only test directories and test VMs: a new example naming another
+    host path must extend the mapping (or be marked skip)."""
+    root = Path("/nonexistent/readme")
+    stage = Stage("kvmops-test-x-readme", root / "work", root, root / "images",
+                  root / "backups", 18080, {})
+    for block in parse(README.read_text()):
+        if block.skip is not None:
+            continue
+        script = substitute(block.script, stage)
+        code = "\n".join(line.split(" #", 1)[0] for line in script.splitlines())
+        assert not re.search(r"\bweb1\b|/srv/|/var/lib/kvmops/(images|backups)\b|/tmp/"
+                             r"|\b8080\b", code), (block.line, code)
+
+
 def test_parse_refuses_what_it_cannot_place() -> None:
     with pytest.raises(ValueError, match="unknown doctest marker"):
         parse("<!-- doctest: maybe -->\n```sh\nkvmops host info\n```\n")
