@@ -22,6 +22,7 @@ from kvmops.devguest.build import GuestImage
 from kvmops.host.connection import Host
 from tests.conftest import REPO, SESSION_PREFIX, run_cli
 from tests.integration.api_server import ApiServer, start_server
+from tests.integration.backup_util import backup, list_backups
 from tests.integration.conftest import remove_vm
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -532,3 +533,62 @@ def test_vm_page_of_a_running_vm(web: ApiServer, browser_page: Any, running_vm: 
     page.click("#vcpus-form button[type=submit]")
     page.locator(".toast.ok").filter(has_text="at its next start").wait_for()
     assert vm_json(running_vm)["state"] == "running"
+
+
+def test_vm_xml_page(web: ApiServer, browser_page: Any, fresh_vm: str) -> None:
+    """The XML tab shows what ``kvmops vm dumpxml`` prints, live and --inactive."""
+    page = browser_page
+    log_in(page, web.url)
+    page.goto(f"{web.url}/vms/{fresh_vm}")
+    page.click("nav.tabs a[href$='/xml']")
+    page.wait_for_url(f"{web.url}/vms/{fresh_vm}/xml")
+    dumped = run_cli("vm", "dumpxml", fresh_vm)
+    assert dumped.code == 0, dumped.stderr
+    assert page.locator("#domain-xml").inner_text().strip() == dumped.stdout.strip()
+    page.click("#xml-inactive")
+    page.wait_for_url(re.compile(r"/xml\?inactive=true$"))
+    inactive = run_cli("vm", "dumpxml", fresh_vm, "--inactive")
+    assert page.locator("#domain-xml").inner_text().strip() == inactive.stdout.strip()
+
+
+def test_guest_page_runs_a_command(web: ApiServer, browser_page: Any, running_vm: str) -> None:
+    page = browser_page
+    log_in(page, web.url)
+    page.goto(f"{web.url}/vms/{running_vm}/guest")
+    page.fill("#exec-form input[name=command]", "echo kvm$((40+2))ops; echo oops >&2; exit 3")
+    page.click("#exec-form button[type=submit]")
+    page.locator("#guest-exec[data-state=done]").wait_for(timeout=WAIT_MS)
+    assert page.locator("#guest-exec [data-field=exit]").inner_text() == "3"
+    assert page.locator("#guest-exec [data-field=stdout]").inner_text().strip() == "kvm42ops"
+    assert page.locator("#guest-exec [data-field=stderr]").inner_text().strip() == "oops"
+    page.click("#fs-status")
+    page.locator("#guest-fs [data-field=fs-state]").filter(has_text="thawed").wait_for()
+    page.click("#agent-ping")
+    page.locator(".toast.ok").filter(has_text="answers").wait_for()
+    page.goto(web.url + "/audit")
+    assert "exec_" in page.locator("#audit-table").inner_text()
+
+
+def test_backup_page_prunes(web: ApiServer, browser_page: Any, fresh_vm: str,
+                            repo_dir: Path) -> None:
+    """Retention from the backup page: a dry run says what would go and keeps it; the
+    real run removes it (read back with ``kvmops backup list``)."""
+    first = backup(fresh_vm, repo_dir)["id"]
+    second = backup(fresh_vm, repo_dir, "--full")["id"]
+    page = browser_page
+    log_in(page, web.url)
+    page.goto(f"{web.url}/vms/{fresh_vm}/backups?repo={repo_dir}")
+    page.click("details.subform summary")
+    page.fill("#prune-form input[name=keep_last]", "1")
+    page.click("#prune-form button[type=submit]")
+    result = page.locator("#prune-result")
+    result.filter(has_text="Would remove 1 backup(s)").wait_for(timeout=WAIT_MS)
+    assert result.get_attribute("data-removed") == first
+    assert [b["id"] for b in list_backups(fresh_vm, repo_dir)] == [first, second]
+    page.uncheck("#prune-form input[name=dry_run]")
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.click("#prune-form button[type=submit]")
+    result.filter(has_text="Removed 1 backup(s)").wait_for(timeout=WAIT_MS)
+    assert [b["id"] for b in list_backups(fresh_vm, repo_dir)] == [second]
+    page.locator(f"#points-table tr[data-point='{second}']").wait_for()
+    assert page.locator(f"#points-table tr[data-point='{first}']").count() == 0

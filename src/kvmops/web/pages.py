@@ -20,6 +20,7 @@ from kvmops.api.throttle import LoginThrottled, attempt_login, client_address
 from kvmops.config import settings
 from kvmops.errors import KvmopsError
 from kvmops.services import vm_config
+from kvmops.services import vms as vm_service
 from kvmops.services import web_views as views
 from kvmops.services.caller import Caller
 from kvmops.services.vm_config import RemovalPreview
@@ -237,6 +238,26 @@ def serial(request: Request, name: str, user: PageOperator) -> Response:
     response.headers["Content-Security-Policy"] = CSP.replace(
         "style-src 'self'", "style-src 'self' 'unsafe-inline'")
     return response
+
+
+@router.get("/vms/{name}/xml", response_class=HTMLResponse)
+def vm_xml(request: Request, name: str, user: PageUser,
+           inactive: bool = Query(False)) -> Response:
+    """The domain XML as ``kvmops vm dumpxml`` (``--inactive``: the definition)."""
+    ctx = context(request)
+    host = ctx.host()
+    vm = views.vm_info(host, name)
+    xml = vm_service.dumpxml(_caller(request, user), host, vm.name, inactive=inactive)
+    return templates.render(request, "xml.html", user, title=f"{vm.name} XML", vm=vm,
+                            xml=xml, inactive=inactive)
+
+
+@router.get("/vms/{name}/guest", response_class=HTMLResponse)
+def guest_page(request: Request, name: str, user: PageOperator) -> Response:
+    """Guest agent actions: run a command, freeze and thaw file systems."""
+    ctx = context(request)
+    vm = views.vm_info(ctx.host(), name)
+    return templates.render(request, "guest.html", user, title=f"{vm.name} guest", vm=vm)
 
 
 @router.get("/vms/{name}/snapshots", response_class=HTMLResponse)

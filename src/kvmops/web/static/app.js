@@ -750,6 +750,27 @@ PAGES.backups = () => {
     } catch (err) { K.toast(err.message, "error"); }
     finally { button.disabled = false; }
   });
+  const prune = document.getElementById("prune-form");
+  prune.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(prune);
+    const body = { repo, dry_run: f.get("dry_run") !== null };
+    for (const k of ["keep_last", "keep_daily", "keep_weekly"]) body[k] = parseInt(f.get(k) || "0", 10);
+    if (!body.dry_run && !confirm("Delete the backups of VM '" + name + "' this policy does not keep?")) return;
+    const button = prune.querySelector("button[type=submit]");
+    button.disabled = true;
+    try {
+      const job = await runJob(() => K.api("POST", vmApi + "/backups/prune", body), "prune");
+      const plan = job.result.plan;
+      const out = document.getElementById("prune-result");
+      out.hidden = false;
+      out.dataset.removed = plan.remove.join(" ");
+      out.textContent = (job.result.dry_run ? "Would remove " : "Removed ") + plan.remove.length +
+        " backup(s)" + (plan.remove.length ? ": " + plan.remove.join(", ") : "") + "; keeps " + plan.keep.length + ".";
+      if (!job.result.dry_run) await refresh();
+    } catch (err) { K.toast(err.message, "error"); }
+    finally { button.disabled = false; }
+  });
   document.getElementById("verify-btn").addEventListener("click", async (ev) => {
     ev.target.disabled = true;
     try {
@@ -883,6 +904,58 @@ PAGES.jobs = () => {
       K.toast("cancel requested for " + r.data.kind + " (" + r.data.state + ")", "ok");
       refresh();
     } catch (err) { K.toast(err.message, "error"); b.disabled = false; }
+  });
+};
+
+PAGES.xml = () => { vmHeader(); };
+
+/* Guest agent actions through the REST API (/vms/{name}/guest/...). */
+PAGES.guest = () => {
+  vmHeader();
+  const name = document.querySelector("[data-vm-page]").dataset.vmPage;
+  const base = "/api/v1/vms/" + encodeURIComponent(name) + "/guest";
+  const box = document.getElementById("guest-exec");
+  const form = document.getElementById("exec-form");
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(form);
+    const body = { argv: ["/bin/sh", "-c", f.get("command").toString()],
+                   timeout: parseFloat(f.get("timeout") || "60") };
+    const button = form.querySelector("button[type=submit]");
+    button.disabled = true;
+    box.dataset.state = "running";
+    try {
+      const r = (await K.api("POST", base + "/exec", body)).data;
+      document.getElementById("exec-result").hidden = false;
+      box.querySelector('[data-field="exit"]').textContent =
+        r.exit_code !== null && r.exit_code !== undefined ? r.exit_code : "signal " + r.signal;
+      box.querySelector('[data-field="stdout"]').textContent = r.stdout + (r.stdout_truncated ? "\n[cut]" : "");
+      box.querySelector('[data-field="stderr"]').textContent = r.stderr + (r.stderr_truncated ? "\n[cut]" : "");
+      box.dataset.state = "done";
+    } catch (err) {
+      box.dataset.state = "failed";
+      K.toast(err.message, "error");
+    } finally { button.disabled = false; }
+  });
+  const fsState = document.querySelector('#guest-fs [data-field="fs-state"]');
+  async function fs(method, path, say) {
+    try {
+      const r = (await K.api(method, base + path, method === "POST" ? {} : undefined)).data;
+      if (say) K.toast(say(r), "ok");
+      const s = (await K.api("GET", base + "/fsfreeze")).data;
+      fsState.textContent = s.status;
+    } catch (err) { K.toast(err.message, "error"); }
+  }
+  document.getElementById("fs-status").addEventListener("click", () => fs("GET", "/fsfreeze"));
+  document.getElementById("fs-freeze").addEventListener("click", () => {
+    if (!confirm("Freeze the file systems of VM '" + name + "'? Writers block until the thaw.")) return;
+    fs("POST", "/fsfreeze", (r) => "froze " + r.frozen + " file system(s)");
+  });
+  document.getElementById("fs-thaw").addEventListener("click", () =>
+    fs("POST", "/fsthaw", (r) => "thawed " + r.thawed + " file system(s)"));
+  document.getElementById("agent-ping").addEventListener("click", async () => {
+    try { K.toast((await K.api("GET", base + "/ping")).data.message, "ok"); }
+    catch (err) { K.toast(err.message, "error"); }
   });
 };
 
