@@ -210,6 +210,22 @@ def render(pairs: list[Pair], runs: int, vm: str,
     for label, wall, cpu in floor:
         lines.append(f"| {label} | {wall * 1000:.0f} | {cpu * 1000:.0f} | "
                      f"{wall / virsh:.1f} | {cpu / virsh_cpu:.1f} |")
+    typer_noop, stack = floor[2], floor[3]
+    own = statistics.median(p.k_cpu for p in pairs) - stack[2]
+    lines += [
+        "",
+        f"Reading: a no-op Typer command alone costs {typer_noop[1] / virsh:.1f}x virsh "
+        f"(wall; {typer_noop[2] / virsh_cpu:.1f}x in CPU): Typer 0.29 converts every option "
+        "value through pydantic. With the libvirt binding, one pydantic model and one Rich "
+        f"table the floor is {stack[1] / virsh:.1f}x; kvmops' own code (its modules, the "
+        f"libvirt calls, the formatting) adds a median {own * 1000:.0f} ms of CPU on top. "
+        "Before the lazy command table (issue 10) `kvmops vm list` took 0.41 s, 24x "
+        "`virsh list --all`; `import kvmops.cli.main` now loads no command module. "
+        "Within 8x needs a lighter stack on these paths: in a trial on this host (2026-12-01) "
+        "Typer 0.24 (plain Click, no pydantic coercion) ran the same no-op command in about "
+        "half the CPU; dataclasses instead of pydantic models on these paths and plain-text "
+        "tables would take away most of the rest of the floor.",
+    ]
     return "\n".join(lines)
 
 
