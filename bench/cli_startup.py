@@ -14,7 +14,7 @@ environment's PYTHONDONTWRITEBYTECODE is dropped for it, as pip compiles on inst
 
 Usage (as root; the tiny guest must be built)::
 
-    .venv/bin/python bench/cli_startup.py [-n 21] [--vm NAME] [--write-readme]
+    .venv/bin/python bench/cli_startup.py [-n 21] [--vm NAME] [--write-readme] [--check]
 
 Without ``--vm`` a tiny-guest VM ``kvmops-bench-cli-PID`` is created, booted until its
 agent answers, and removed afterwards (also on failure).
@@ -249,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--vm", help="an existing running VM with an answering agent")
     parser.add_argument("--write-readme", action="store_true",
                         help="write the table into bench/README.md")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when a ratio is above the target")
     args = parser.parse_args(argv)
     with bench_vm(args.vm) as vm:
         pairs = [
@@ -264,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(section)
     if args.write_readme:
         write_readme(section)
-    return 0 if all(p.ratio <= TARGET for p in pairs) else 1
+    return 1 if args.check and any(p.ratio > TARGET for p in pairs) else 0
 
 
 if __name__ == "__main__":

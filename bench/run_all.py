@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["agent_bench.py", "api_bench.py", "ui_bench.py", "backup_bench.py"]
+BENCHES = ["agent_bench.py", "api_bench.py", "ui_bench.py", "backup_bench.py", "cli_startup.py"]
 
 
 def main() -> int:
