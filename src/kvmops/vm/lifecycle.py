@@ -27,8 +27,6 @@ from kvmops.errors import (
 )
 from kvmops.host.accel import Accelerator, probe
 from kvmops.host.connection import Host, call
-from kvmops.images import qemuimg
-from kvmops.images.chain import inspect
 from kvmops.paths import policy
 from kvmops.sizes import format_size, parse_size
 from kvmops.vm.domxml import (
@@ -367,6 +365,8 @@ def create(host: Host, req: CreateRequest,
                     )
                 if progress:
                     progress(f"creating {path} ({disk.size} bytes)")
+                from kvmops.images import qemuimg  # here: kvmops vm list/info start quicker
+
                 qemuimg.create(path, disk.size, fmt=fmt)
                 created.append(path)
                 owned.append(OwnedFile(str(path), fmt))
@@ -599,6 +599,9 @@ def clone(host: Host, source: str, new_name: str, *, images_dir: Path | None = N
             if dst.exists():
                 raise AlreadyExistsError(f"disk image {dst} already exists (clone '{new_name}')")
             label = str(target_el.get("dev"))
+            from kvmops.images import qemuimg  # here: kvmops vm list/info start quicker
+            from kvmops.images.chain import inspect
+
             inspect(src, fmt, trusted_top=True)  # never follow a link out of the image dirs
             qemuimg.convert(src, fmt, dst, fmt, progress=_labelled(progress, label))
             copied.append(dst)
