@@ -592,3 +592,52 @@ def test_backup_page_prunes(web: ApiServer, browser_page: Any, fresh_vm: str,
     assert [b["id"] for b in list_backups(fresh_vm, repo_dir)] == [second]
     page.locator(f"#points-table tr[data-point='{second}']").wait_for()
     assert page.locator(f"#points-table tr[data-point='{first}']").count() == 0
+
+
+def test_images_page(web: ApiServer, browser_page: Any, images_dir: Path) -> None:
+    """Create, inspect, check and convert an image from the Images page; each result
+    read back with ``kvmops image info``; a path outside the image directories is
+    refused in one line."""
+    page = browser_page
+    image = images_dir / f"{SESSION_PREFIX}web-img.qcow2"
+    copy = images_dir / f"{SESSION_PREFIX}web-img.raw"
+    try:
+        log_in(page, web.url)
+        page.click("nav a[href='/images']")
+        page.wait_for_url(f"{web.url}/images")
+        page.fill("#image-create input[name=path]", str(image))
+        page.fill("#image-create input[name=size]", "32M")
+        with page.expect_navigation(timeout=WAIT_MS):
+            page.click("#image-create button[type=submit]")
+        page.locator(f"#image-files tr[data-path='{image}']").wait_for()
+        info = json.loads(run_cli("image", "info", str(image), "--format", "qcow2",
+                                  "--json").stdout)
+        assert (info["format"], info["virtual_size"]) == ("qcow2", 32 * 1024**2)
+
+        page.fill("#info-form input[name=path]", str(image))
+        page.select_option("#info-form select[name=format]", "qcow2")
+        page.click("#info-form button[type=submit]")
+        page.locator("#image-details [data-field=virtual-size]").filter(
+            has_text="32.0 MiB").wait_for()
+        page.click("#check-btn")
+        page.locator("#image-details [data-field=check]").filter(has_text="clean").wait_for()
+
+        page.fill("#image-convert input[name=source]", str(image))
+        page.select_option("#image-convert select[name=source_format]", "qcow2")
+        page.fill("#image-convert input[name=destination]", str(copy))
+        page.select_option("#image-convert select[name=format]", "raw")
+        page.click("#image-convert button[type=submit]")
+        page.locator("#convert-progress[data-state=succeeded]").wait_for(timeout=WAIT_MS)
+        info = json.loads(run_cli("image", "info", str(copy), "--format", "raw",
+                                  "--json").stdout)
+        assert (info["format"], info["virtual_size"]) == ("raw", 32 * 1024**2)
+
+        page.fill("#image-create input[name=path]", "/etc/kvmops-web-test.qcow2")
+        page.fill("#image-create input[name=size]", "1M")
+        page.click("#image-create button[type=submit]")
+        page.locator(".toast.error").filter(has_text="/etc/kvmops-web-test.qcow2").wait_for()
+        assert not Path("/etc/kvmops-web-test.qcow2").exists()
+    finally:
+        for path in (image, copy):
+            with contextlib.suppress(OSError):
+                path.unlink()

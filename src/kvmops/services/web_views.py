@@ -29,10 +29,11 @@ from kvmops.vm import lifecycle
 from kvmops.vm.domxml import DomainSpec, validate_name
 from kvmops.vm.lifecycle import VmInfo
 
-__all__ = ["BackupPoints", "Chain", "DiskTimeline", "GuestAddress", "GuestDetails", "Point",
-           "Stats", "backup_points", "build_timeline", "check_name", "doctor",
-           "guest_details", "host_summary", "image_dirs", "list_jobs", "merge_addresses",
-           "newest_first", "send_keys", "snapshot_tree", "stats", "vm_info", "vnc_port"]
+__all__ = ["BackupPoints", "Chain", "DiskTimeline", "GuestAddress", "GuestDetails",
+           "ImageFile", "Point", "Stats", "backup_points", "build_timeline", "check_name",
+           "doctor", "guest_details", "host_summary", "image_dirs", "image_files", "list_jobs",
+           "merge_addresses", "newest_first", "send_keys", "snapshot_tree", "stats", "vm_info",
+           "vnc_port"]
 
 Source = Literal["agent", "lease", "arp"]
 SOURCES: tuple[Source, ...] = ("agent", "lease", "arp")
@@ -78,6 +79,37 @@ def doctor(host: Host) -> DoctorReport:
 def image_dirs() -> list[str]:
     """The allowed image directories, the first being where new images go."""
     return [str(d) for d in policy().image_dirs]
+
+
+class ImageFile(BaseModel):
+    path: str
+    size: int  # bytes the file takes (its length; a thin image's virtual size differs)
+    modified: datetime
+
+
+def image_files(limit: int = 500) -> list[ImageFile]:
+    """Regular files directly in the allowed image directories, by path (names and
+    sizes only: nothing is opened, so no format is guessed)."""
+    from datetime import UTC
+
+    found: list[ImageFile] = []
+    for directory in policy().image_dirs:
+        try:
+            entries = sorted(Path(directory).iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                st = entry.lstat()
+            except OSError:
+                continue
+            if entry.is_symlink() or not entry.is_file():
+                continue
+            found.append(ImageFile(path=str(entry), size=st.st_size,
+                                   modified=datetime.fromtimestamp(st.st_mtime, UTC)))
+            if len(found) >= limit:
+                return found
+    return found
 
 
 def list_jobs(store: Any, *, state: str | None = None, target: str | None = None,

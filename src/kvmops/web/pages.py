@@ -306,6 +306,14 @@ def backups_fragment(request: Request, name: str, user: PageUser,
                             points=found.points)
 
 
+# ------------------------------------------------------------------ images
+@router.get("/images", response_class=HTMLResponse)
+def images_page(request: Request, user: PageUser) -> Response:
+    """Disk images as ``kvmops image``: inspect, check, create, convert."""
+    return templates.render(request, "images.html", user, title="Disk images",
+                            dirs=views.image_dirs(), files=views.image_files())
+
+
 # ------------------------------------------------------------------ jobs
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 

@@ -959,6 +959,104 @@ PAGES.guest = () => {
   });
 };
 
+/* Disk images through the REST API (/api/v1/images): info, check, create, convert. */
+PAGES.images = () => {
+  const info = document.getElementById("info-form");
+  const details = document.getElementById("image-details");
+  const notes = document.getElementById("image-notes");
+  function show(rows, extra) {
+    details.replaceChildren();
+    for (const [k, v] of rows) {
+      const dt = document.createElement("dt"); dt.textContent = k;
+      const dd = document.createElement("dd"); dd.textContent = v;
+      dd.dataset.field = k.toLowerCase().replace(/ /g, "-");
+      details.append(dt, dd);
+    }
+    details.hidden = false;
+    notes.replaceChildren(...(extra || []).map((n) => { const li = document.createElement("li"); li.textContent = n; return li; }));
+  }
+  const fields = () => {
+    const f = new FormData(info);
+    return { path: f.get("path").toString().trim(), format: (f.get("format") || "").toString(),
+             backing_chain: f.get("backing_chain") !== null };
+  };
+  info.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const q = fields();
+    const params = new URLSearchParams({ path: q.path, backing_chain: q.backing_chain });
+    if (q.format) params.set("format", q.format);
+    try {
+      const i = (await K.api("GET", "/api/v1/images/info?" + params)).data;
+      const rows = [["File", i.filename], ["Format", i.format + (i.format_source ? " (" + i.format_source + ")" : "")],
+                    ["Virtual size", K.fmtBytes(i.virtual_size)], ["Actual size", K.fmtBytes(i.actual_size)]];
+      if (i.backing_filename) rows.push(["Backing file", i.backing_filename + (i.backing_format ? " (" + i.backing_format + ")" : "")]);
+      if (i.bitmaps && i.bitmaps.length) rows.push(["Bitmaps", i.bitmaps.join(", ")]);
+      if (i.snapshots && i.snapshots.length) rows.push(["Snapshots", i.snapshots.map((s) => s.name).join(", ")]);
+      (i.backing_chain || []).forEach((b, n) => rows.push(["Chain " + (n + 1), b.filename + " (" + b.format + ")"]));
+      show(rows, i.notes);
+    } catch (err) { K.toast(err.message, "error"); }
+  });
+  const check = document.getElementById("check-btn");
+  check.addEventListener("click", async () => {
+    if (!info.reportValidity()) return;
+    const q = fields();
+    const body = { path: q.path };
+    if (q.format) body.format = q.format;
+    try {
+      const c = (await K.api("POST", "/api/v1/images/check", body)).data;
+      show([["File", c.filename], ["Format", c.format], ["Check", c.status],
+            ["Corruptions", String(c.corruptions)], ["Leaks", String(c.leaks)]]);
+    } catch (err) { K.toast(err.message, "error"); }
+  });
+  const create = document.getElementById("image-create");
+  if (!create) return;  // below the operator role
+  create.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(create);
+    const get = (k) => (f.get(k) || "").toString().trim();
+    const body = { path: get("path"), format: get("format") };
+    if (get("size")) body.size = get("size");
+    if (get("backing")) body.backing = get("backing");
+    try {
+      const i = (await K.api("POST", "/api/v1/images", body)).data;
+      K.toast("created " + i.filename + " (" + i.format + ", " + K.fmtBytes(i.virtual_size) + ")", "ok");
+      setTimeout(() => location.reload(), 1200);
+    } catch (err) { K.toast(err.message, "error"); }
+  });
+  const convert = document.getElementById("image-convert");
+  convert.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(convert);
+    const get = (k) => (f.get(k) || "").toString().trim();
+    const body = { source: get("source"), destination: get("destination"), format: get("format"),
+                   compress: f.get("compress") !== null };
+    if (get("source_format")) body.source_format = get("source_format");
+    const box = document.getElementById("convert-progress");
+    const button = convert.querySelector("button[type=submit]");
+    button.disabled = true;
+    box.hidden = false;
+    box.dataset.state = "running";
+    const msg = box.querySelector('[data-field="message"]');
+    msg.textContent = "converting…";
+    try {
+      await K.connected();
+      const r = await K.api("POST", "/api/v1/images/convert", body);
+      const job = await K.watchJob(r.data.job_id, (pct, m) => {
+        if (pct !== null) box.querySelector("progress").value = pct;
+        if (m) msg.textContent = m;
+      });
+      box.dataset.state = job.state;
+      if (job.state !== "succeeded") throw new Error(job.error || "convert " + job.state);
+      box.querySelector("progress").value = 100;
+      msg.textContent = "converted to " + body.destination;
+      K.toast("converted to " + body.destination, "ok");
+    } catch (err) {
+      msg.textContent = err.message;
+      K.toast(err.message, "error");
+    } finally { button.disabled = false; }
+  });
+};
+
 PAGES.users = () => {
   const form = document.getElementById("user-form");
   form.addEventListener("submit", async (ev) => {
