@@ -51,3 +51,16 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
                           text=True, timeout=60, check=False)
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+
+
+def test_serve_with_a_broken_configuration_exits_with_the_unit_s_no_restart_code(
+        tmp_path: Path) -> None:
+    """What RestartPreventExitStatus relies on: ``kvmops serve`` exits 78 in one line."""
+    from tests.conftest import assert_one_line_error, run_cli
+
+    config = tmp_path / "config.toml"
+    config.write_text("state_dir = [not toml\n")
+    result = run_cli("serve", "--port", "1", "--db", f"sqlite:///{tmp_path / 'db.sqlite'}",
+                     env={"KVMOPS_CONFIG": str(config)})
+    assert_one_line_error(result, ConfigError.exit_code, str(config), "not valid TOML")
+    assert str(ConfigError.exit_code) in _settings()["Service"]["RestartPreventExitStatus"]
