@@ -84,3 +84,19 @@ def test_bash_completion_completes_commands_and_sub_commands() -> None:
     assert set(complete("kvmops", "co")) == {"config", "completion"}
     assert "list" in complete("kvmops", "vm", "l")
     assert complete("kvmops", "completion", "z") == ["zsh"]
+
+
+def test_zsh_and_fish_are_answered_through_the_same_protocol() -> None:
+    """zsh and fish are not on the test host: their scripts' requests are made by hand,
+    with the variables the printed scripts set."""
+    def ask(**env: str) -> str:
+        proc = subprocess.run([str(BIN / "kvmops")], capture_output=True, text=True,
+                              env={**os.environ, **env}, timeout=60, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    zsh = ask(_KVMOPS_COMPLETE="complete_zsh", _TYPER_COMPLETE_ARGS="kvmops co")
+    assert '"config":' in zsh and '"completion":' in zsh and "vm" not in zsh
+    fish = ask(_KVMOPS_COMPLETE="complete_fish", _TYPER_COMPLETE_FISH_ACTION="get-args",
+               _TYPER_COMPLETE_ARGS="kvmops vm l")
+    assert fish.split()[0] == "list"
