@@ -153,3 +153,17 @@ def test_one_backup_of_a_vm_at_a_time_whatever_the_repository(tmp_path: Path,
             pytest.fail("a second backup of the VM ran")
     with exclusive(other, VM):  # released
         pass
+
+
+def test_a_failing_clean_up_still_discards_the_partial_backup(repo: Repository) -> None:
+    run = BackupRun(repo, VM)
+
+    def broken() -> Cleanup:
+        raise HostUnavailableError("deleting checkpoint kvmops-x: lost the connection")
+
+    with pytest.raises(HostUnavailableError, match="deleting checkpoint"), \
+            run.running(BackupType.FULL, broken) as partial:
+        (partial / "vda.qcow2").write_bytes(b"x")
+        raise BackupError("backup job of VM 'web' failed: disk full")
+    assert leftovers(repo) == []
+    assert events(run.backup_id) == ["started", "failed"]

@@ -160,10 +160,12 @@ class BackupRun:
         except BaseException as err:
             for sig in previous:
                 signal.signal(sig, signal.SIG_IGN)  # the clean-up must run to its end
-            cleanup = clean_up()
-            self.repo.discard_partial(self.partial)
-            jobs.record_event(vm, "cancelled" if is_interrupt(err) else "failed",
-                              backup_id=backup_id, error=str(err))
+            try:
+                cleanup = clean_up()
+            finally:  # even when the engine's clean-up fails, nothing half-made stays
+                self.repo.discard_partial(self.partial)
+                jobs.record_event(vm, "cancelled" if is_interrupt(err) else "failed",
+                                  backup_id=backup_id, error=str(err))
             if is_interrupt(err) and not cleanup.left:
                 raise CancelledError(
                     f"backup of VM '{vm}' cancelled ({interrupt_reason(err)}): nothing was "
