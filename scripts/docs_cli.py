@@ -134,7 +134,7 @@ def _section(command: Any, ctx: Any, depth: int, out: list[str]) -> None:
     level = "#" * min(depth + 1, 6)
     out.append(f"{level} `{path}`\n")
     # Typer writes arguments as {name}; the help convention is NAME.
-    usage = re.sub(r"\{(\w+)\}", lambda m: m.group(1).upper(),
+    usage = re.sub(r"\{(\w+)\}|(?<=\[)([a-z_]+)(?=\])", lambda m: m.group(0).strip("{}").upper(),
                    " ".join(command.collect_usage_pieces(ctx)))
     out.append(f"```text\n{path} {usage}\n```\n")
     body = text(command.help)
