@@ -565,6 +565,16 @@ def test_guest_page_runs_a_command(web: ApiServer, browser_page: Any, running_vm
     page.locator("#guest-fs [data-field=fs-state]").filter(has_text="thawed").wait_for()
     page.click("#agent-ping")
     page.locator(".toast.ok").filter(has_text="answers").wait_for()
+    # the QEMU monitor (admin): QMP and HMP, as 'kvmops qmp'
+    page.fill("#qmp-form input[name=execute]", "query-status")
+    page.click("#qmp-form button[type=submit]")
+    page.locator("#monitor [data-field=reply][data-state=done]").wait_for(timeout=WAIT_MS)
+    assert json.loads(page.locator("#monitor [data-field=reply]").inner_text())["status"] \
+        == "running"
+    page.check("#qmp-form input[value=hmp]")
+    page.fill("#qmp-form input[name=command]", "nosuchcmd")
+    page.click("#qmp-form button[type=submit]")
+    page.locator(".toast.error").filter(has_text="nosuchcmd").wait_for()
     page.goto(web.url + "/audit")
     assert "exec_" in page.locator("#audit-table").inner_text()
 

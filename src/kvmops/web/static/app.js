@@ -957,6 +957,30 @@ PAGES.guest = () => {
     try { K.toast((await K.api("GET", base + "/ping")).data.message, "ok"); }
     catch (err) { K.toast(err.message, "error"); }
   });
+  const qmp = document.getElementById("qmp-form");
+  if (!qmp) return;  // admins only
+  qmp.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(qmp);
+    const out = document.querySelector('#monitor [data-field="reply"]');
+    const vmApi = "/api/v1/vms/" + encodeURIComponent(name);
+    try {
+      let reply;
+      if (f.get("kind") === "hmp") {
+        reply = (await K.api("POST", vmApi + "/hmp", { command: f.get("command").toString() })).data.output;
+      } else {
+        const body = { execute: f.get("execute").toString().trim() };
+        const args = (f.get("arguments") || "").toString().trim();
+        if (args) {
+          try { body.arguments = JSON.parse(args); }
+          catch (e) { throw new Error("QMP arguments: not a JSON object (" + e.message + ")"); }
+        }
+        reply = JSON.stringify((await K.api("POST", vmApi + "/qmp", body)).data.return, null, 2);
+      }
+      out.textContent = reply;
+      out.dataset.state = "done";
+    } catch (err) { out.dataset.state = "failed"; K.toast(err.message, "error"); }
+  });
 };
 
 /* Disk images through the REST API (/api/v1/images): info, check, create, convert. */
