@@ -11,7 +11,8 @@ import typer
 from kvmops.cli.common import UriOption
 from kvmops.cli.qmp import SocketOption, TcpOption
 from kvmops.errors import OperationTimeoutError, ValidationError
-from kvmops.monitor.channel import MonitorEvent, normalize_event_names, open_monitor
+from kvmops.services.caller import Caller
+from kvmops.services.monitor import MonitorEvent, normalize_event_names, open_monitor
 
 
 def format_event(event: MonitorEvent, as_json: bool) -> str:
@@ -55,7 +56,7 @@ def events_cmd(
     matched = 0
     target = ""
     try:
-        with open_monitor(vm, socket=socket, tcp=tcp, uri=uri) as channel:
+        with open_monitor(Caller.local(), vm, socket=socket, tcp=tcp, uri=uri) as channel:
             target = channel.target
             channel.listen()
             if not quiet:

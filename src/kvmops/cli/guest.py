@@ -10,11 +10,11 @@ from pathlib import Path
 
 import typer
 
-from kvmops.agent import guest as ops
-from kvmops.agent.channel import AgentChannel, open_agent
 from kvmops.cli.common import JsonOption, UriOption
 from kvmops.cli.output import byte_progress, info, print_fields, print_json, print_table, warn
 from kvmops.errors import StorageError, ValidationError
+from kvmops.services.caller import Caller
+from kvmops.services.guest import Guest, Progress, TransferResult, open_guest
 from kvmops.sizes import format_size
 
 app = typer.Typer(help="Talk to the guest agent (qemu-ga) inside a VM.", no_args_is_help=True)
@@ -34,12 +34,9 @@ def register(root: typer.Typer) -> None:
 
 @contextmanager
 def _agent(vm: str | None, socket: str | None, tcp: str | None, uri: str | None
-           ) -> Iterator[AgentChannel]:
-    channel = open_agent(vm, socket, tcp, uri)
-    try:
-        yield channel
-    finally:
-        channel.close()
+           ) -> Iterator[Guest]:
+    with open_guest(Caller.local(), vm, socket, tcp, uri) as guest:
+        yield guest
 
 
 def _split_target(args: list[str], socket: str | None, tcp: str | None, rest: int,
@@ -59,7 +56,7 @@ def ping_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
              tcp: str | None = TcpOption, uri: str | None = UriOption) -> None:
     """Check that the guest agent answers."""
     with _agent(vm, socket, tcp, uri) as ch:
-        ops.ping(ch)
+        ch.ping()
         info(f"guest agent of {ch.target} answers")
 
 
@@ -69,7 +66,7 @@ def info_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
              uri: str | None = UriOption) -> None:
     """Agent version, supported and disabled commands."""
     with _agent(vm, socket, tcp, uri) as ch:
-        result = ops.info(ch)
+        result = ch.info()
     if json_out:
         print_json(result)
         return
@@ -83,7 +80,7 @@ def osinfo_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
                uri: str | None = UriOption) -> None:
     """Guest operating system (os-release and uname)."""
     with _agent(vm, socket, tcp, uri) as ch:
-        result = ops.osinfo(ch)
+        result = ch.osinfo()
     if json_out:
         print_json(result)
         return
@@ -97,7 +94,7 @@ def hostname_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
                  uri: str | None = UriOption) -> None:
     """The guest's host name."""
     with _agent(vm, socket, tcp, uri) as ch:
-        name = ops.hostname(ch)
+        name = ch.hostname()
     if json_out:
         print_json({"hostname": name})
     else:
@@ -110,7 +107,7 @@ def ip_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
            uri: str | None = UriOption) -> None:
     """Network interfaces and their addresses."""
     with _agent(vm, socket, tcp, uri) as ch:
-        result = ops.interfaces(ch)
+        result = ch.interfaces()
     if json_out:
         print_json(result)
         return
@@ -125,7 +122,7 @@ def users_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
               uri: str | None = UriOption) -> None:
     """Users logged in to the guest."""
     with _agent(vm, socket, tcp, uri) as ch:
-        result = ops.users(ch)
+        result = ch.users()
     if json_out:
         print_json(result)
         return
@@ -140,7 +137,7 @@ def fsinfo_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
                uri: str | None = UriOption) -> None:
     """Mounted file systems of the guest."""
     with _agent(vm, socket, tcp, uri) as ch:
-        result = ops.fsinfo(ch)
+        result = ch.fsinfo()
     if json_out:
         print_json(result)
         return
@@ -171,11 +168,11 @@ def time_cmd(vm: str | None = VmArg,
                                   hint="use ISO 8601, e.g. 2024-05-01T12:00:00Z") from err
     with _agent(vm, socket, tcp, uri) as ch:
         if when is not None:
-            result = ops.set_time(ch, when)
+            result = ch.set_time(when)
         elif sync:
-            result = ops.sync_time(ch)
+            result = ch.sync_time()
         else:
-            result = ops.get_time(ch)
+            result = ch.get_time()
     if json_out:
         print_json(result)
     else:
@@ -188,7 +185,7 @@ def vcpus_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
               uri: str | None = UriOption) -> None:
     """The guest's logical CPUs."""
     with _agent(vm, socket, tcp, uri) as ch:
-        result = ops.vcpus(ch)
+        result = ch.vcpus()
     if json_out:
         print_json(result)
         return
@@ -222,7 +219,7 @@ def exec_cmd(args: list[str] = typer.Argument(..., metavar="[VM] -- CMD [ARGS]..
         except OSError as err:
             raise StorageError(f"cannot read --stdin file '{stdin}': {err.strerror}") from err
     with _agent(vm, socket, tcp, uri) as ch:
-        result = ops.exec(ch, argv, stdin=data, timeout=timeout)
+        result = ch.exec(argv, stdin=data, timeout=timeout)
     sys.stdout.buffer.write(result.stdout)
     sys.stdout.flush()
     sys.stderr.buffer.write(result.stderr)
@@ -235,8 +232,8 @@ def exec_cmd(args: list[str] = typer.Argument(..., metavar="[VM] -- CMD [ARGS]..
     raise typer.Exit(result.exit_code or 0)
 
 
-def _transfer(what: str, run: Callable[[ops.Progress], ops.TransferResult]
-              ) -> ops.TransferResult:
+def _transfer(what: str, run: Callable[[Progress], TransferResult]
+              ) -> TransferResult:
     with byte_progress(transient=True) as bar:
         task = bar.add_task(what, total=None)
 
@@ -257,8 +254,8 @@ def push_cmd(args: list[str] = typer.Argument(..., metavar="[VM] LOCAL REMOTE",
     vm, (local, remote) = _split_target(args, socket, tcp, 2,
                                         "kvmops guest push VM LOCAL REMOTE")
     with _agent(vm, socket, tcp, uri) as ch:
-        result = _transfer(f"push {Path(local).name}", lambda p: ops.push(
-            ch, Path(local), remote, mode=mode, owner=owner, progress=p))
+        result = _transfer(f"push {Path(local).name}", lambda p: ch.push(
+            Path(local), remote, mode=mode, owner=owner, progress=p))
     if json_out:
         print_json(result)
         return
@@ -277,8 +274,8 @@ def pull_cmd(args: list[str] = typer.Argument(..., metavar="[VM] REMOTE LOCAL",
     vm, (remote, local) = _split_target(args, socket, tcp, 2,
                                         "kvmops guest pull VM REMOTE LOCAL")
     with _agent(vm, socket, tcp, uri) as ch:
-        result = _transfer(f"pull {Path(remote).name}", lambda p: ops.pull(
-            ch, remote, Path(local), progress=p))
+        result = _transfer(f"pull {Path(remote).name}", lambda p: ch.pull(
+            remote, Path(local), progress=p))
     if json_out:
         print_json(result)
         return
@@ -310,7 +307,7 @@ def _ssh_target(args: list[str], socket: str | None, tcp: str | None) -> tuple[s
     return args[0], args[1:]
 
 
-def _change_keys(change: Callable[[AgentChannel, str, Sequence[str]], list[str]],
+def _change_keys(change: Callable[[Guest, str, Sequence[str]], list[str]],
                  args: list[str] | None, user: str, key_file: Path | None,
                  socket: str | None, tcp: str | None, uri: str | None) -> None:
     vm, keys = _ssh_target(args or [], socket, tcp)
@@ -329,7 +326,7 @@ def ssh_add_cmd(args: list[str] = typer.Argument(None, metavar="[VM] [KEY]...",
                 socket: str | None = SocketOption, tcp: str | None = TcpOption,
                 uri: str | None = UriOption) -> None:
     """Add keys to ~USER/.ssh/authorized_keys (a key already there is not duplicated)."""
-    _change_keys(ops.ssh_key_add, args, user, key_file, socket, tcp, uri)
+    _change_keys(Guest.ssh_key_add, args, user, key_file, socket, tcp, uri)
 
 
 @ssh_app.command("remove")
@@ -341,7 +338,7 @@ def ssh_remove_cmd(args: list[str] = typer.Argument(None, metavar="[VM] [KEY]...
                    socket: str | None = SocketOption, tcp: str | None = TcpOption,
                    uri: str | None = UriOption) -> None:
     """Remove keys from ~USER/.ssh/authorized_keys (other keys are kept)."""
-    _change_keys(ops.ssh_key_remove, args, user, key_file, socket, tcp, uri)
+    _change_keys(Guest.ssh_key_remove, args, user, key_file, socket, tcp, uri)
 
 
 @ssh_app.command("list")
@@ -350,7 +347,7 @@ def ssh_list_cmd(vm: str | None = VmArg, user: str = UserOption,
                  json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
     """The authorized keys of a guest user."""
     with _agent(vm, socket, tcp, uri) as ch:
-        keys = ops.ssh_key_list(ch, user)
+        keys = ch.ssh_key_list(user)
     if json_out:
         print_json(keys)
     else:
@@ -373,7 +370,7 @@ def password_cmd(vm: str | None = VmArg, user: str = UserOption,
         password = typer.prompt(f"New password for {user}", hide_input=True,
                                 confirmation_prompt=True, err=True)
     with _agent(vm, socket, tcp, uri) as ch:
-        ops.set_password(ch, user, password, crypted=crypted)
+        ch.set_password(user, password, crypted=crypted)
     info(f"password of {user} set on {ch.target}")
 
 
@@ -385,7 +382,7 @@ def fsfreeze_cmd(vm: str | None = VmArg,
                  uri: str | None = UriOption) -> None:
     """Freeze the guest's file systems (for a consistent snapshot)."""
     with _agent(vm, socket, tcp, uri) as ch:
-        count = ops.fsfreeze(ch, mountpoint or None)
+        count = ch.fsfreeze(mountpoint or None)
     info(f"{count} file system(s) frozen on {ch.target}")
 
 
@@ -394,7 +391,7 @@ def fsthaw_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
                tcp: str | None = TcpOption, uri: str | None = UriOption) -> None:
     """Thaw the guest's frozen file systems."""
     with _agent(vm, socket, tcp, uri) as ch:
-        count = ops.fsthaw(ch)
+        count = ch.fsthaw()
     info(f"{count} file system(s) thawed on {ch.target}")
 
 
@@ -404,7 +401,7 @@ def fsstatus_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
                  uri: str | None = UriOption) -> None:
     """Whether the guest's file systems are frozen or thawed."""
     with _agent(vm, socket, tcp, uri) as ch:
-        status = ops.fsstatus(ch)
+        status = ch.fsstatus()
     if json_out:
         print_json({"status": status})
     else:
@@ -419,7 +416,7 @@ def fstrim_cmd(vm: str | None = VmArg,
                json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
     """Discard unused blocks of the guest's file systems."""
     with _agent(vm, socket, tcp, uri) as ch:
-        result = ops.fstrim(ch, minimum)
+        result = ch.fstrim(minimum)
     if json_out:
         print_json(result)
         return
@@ -435,7 +432,7 @@ def shutdown_cmd(vm: str | None = VmArg,
                  uri: str | None = UriOption) -> None:
     """Ask the guest agent to power the guest off (returns once the request is sent)."""
     with _agent(vm, socket, tcp, uri) as ch:
-        ops.shutdown(ch, "halt" if halt else "powerdown")
+        ch.shutdown("halt" if halt else "powerdown")
     info(f"shutdown requested through the guest agent of {ch.target}")
 
 
@@ -444,5 +441,5 @@ def reboot_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
                tcp: str | None = TcpOption, uri: str | None = UriOption) -> None:
     """Ask the guest agent to reboot the guest."""
     with _agent(vm, socket, tcp, uri) as ch:
-        ops.reboot(ch)
+        ch.reboot()
     info(f"reboot requested through the guest agent of {ch.target}")

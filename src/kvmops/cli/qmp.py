@@ -11,7 +11,8 @@ import typer
 
 from kvmops.cli.common import UriOption
 from kvmops.errors import ValidationError
-from kvmops.monitor.channel import open_monitor, parse_command
+from kvmops.services.caller import Caller
+from kvmops.services.monitor import open_monitor, parse_command
 
 SocketOption = typer.Option(None, "--socket", help="QMP unix socket of a QEMU started by hand.")
 TcpOption = typer.Option(None, "--tcp", help="QMP TCP monitor HOST:PORT of a QEMU started by hand.")
@@ -56,7 +57,7 @@ def qmp_cmd(
     needs_command = hmp is None and not list_commands
     vm, text = split_words(list(words or []), has_endpoint, needs_command)
     parsed = parse_command(text) if text is not None else None  # bad JSON fails before connecting
-    with open_monitor(vm, socket=socket, tcp=tcp, uri=uri) as channel:
+    with open_monitor(Caller.local(), vm, socket=socket, tcp=tcp, uri=uri) as channel:
         if hmp is not None:
             output = channel.hmp(hmp)
             sys.stdout.write(output if output.endswith("\n") or not output else output + "\n")

@@ -6,7 +6,8 @@ import typer
 
 from kvmops.cli.common import JsonOption, UriOption, connect
 from kvmops.cli.output import info, print_fields, print_json, print_table, warn
-from kvmops.snapshot import service
+from kvmops.services import snapshots as service
+from kvmops.services.caller import Caller
 
 app = typer.Typer(help="VM snapshots: internal (with memory) and external (disk-only).",
                   no_args_is_help=True)
@@ -37,7 +38,7 @@ def create_cmd(
     request = service.CreateRequest(vm=vm, name=name, memory=memory, disk_only=disk_only,
                                     quiesce=quiesce, description=description)
     with connect(uri) as host:
-        snap = service.create(host, request, note=warn)
+        snap = service.create(Caller.local(), host, vm, request, note=warn)
     if json_out:
         print_json(snap)
         return
@@ -57,7 +58,7 @@ def list_cmd(
 ) -> None:
     """Snapshots of a VM, oldest first."""
     with connect(uri) as host:
-        snaps = service.list_snapshots(host, vm)
+        snaps = service.list_snapshots(Caller.local(), host, vm)
     if json_out:
         print_json(snaps)
         return
@@ -83,7 +84,7 @@ def info_cmd(
 ) -> None:
     """Details of one snapshot."""
     with connect(uri) as host:
-        snap = service.info(host, vm, name)
+        snap = service.info(Caller.local(), host, vm, name)
     if json_out:
         print_json(snap)
         return
@@ -116,8 +117,8 @@ def revert_cmd(
 ) -> None:
     """Return a VM to a snapshot (ends its backup chain: the next backup is a full)."""
     with connect(uri) as host:
-        result = service.revert(host, vm, name, running=running, paused=paused, force=force,
-                                note=warn)
+        result = service.revert(Caller.local(), host, vm, name, running=running,
+                                paused=paused, force=force, note=warn)
     if json_out:
         print_json(result)
         return
@@ -136,7 +137,8 @@ def delete_cmd(
 ) -> None:
     """Delete a snapshot (an external one is merged into its image by a block commit)."""
     with connect(uri) as host:
-        result = service.delete(host, vm, name, children=children, note=warn)
+        result = service.delete(Caller.local(), host, vm, name, children=children,
+                                note=warn)
     if json_out:
         print_json(result)
         return

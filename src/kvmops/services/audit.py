@@ -56,11 +56,41 @@ def record(caller: Caller, action: str, target: str | None, exit_code: int, *,
                  job_id=job_id)
 
 
+def run_audited(caller: Caller, action: str, target: str | None, fn: Callable[[], R], *,
+                db_url: str | None = None) -> R:
+    """Run ``fn`` as the use case ``action`` on ``target``; audited when a command
+    calls it (and it is not part of another audited use case)."""
+    if caller.via != "cli" or _inside.get():
+        return fn()
+    from kvmops.services.jobs import current_job
+
+    token = _inside.set(True)
+    job_token = current_job.set(None)
+    code = INTERNAL_ERROR_EXIT
+    try:
+        result = fn()
+        code = 0
+        return result
+    except KvmopsError as err:
+        code = err.exit_code
+        raise
+    except KeyboardInterrupt:
+        code = INTERRUPTED_EXIT
+        raise
+    finally:
+        _inside.reset(token)
+        job_id = current_job.get()
+        current_job.reset(job_token)
+        record(caller, action, target, code, job_id=job_id, db_url=db_url)
+
+
 def audited(action: str, target: str | Callable[[dict[str, Any]], Any] | None = "vm",
             *, db_arg: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Audit a use case called by the command line. ``action`` names it (``vm.start``);
     ``target`` is the parameter naming what it acts on (or a function of the bound
-    arguments); ``db_arg`` a parameter naming another database (``user add --db``)."""
+    arguments); ``db_arg`` a parameter naming another database (``user add --db``).
+    The caller is the ``caller`` argument, else the ``caller`` of the first one (a
+    session object such as :class:`kvmops.services.guest.Guest`)."""
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         signature = inspect.signature(fn)
@@ -69,30 +99,13 @@ def audited(action: str, target: str | Callable[[dict[str, Any]], Any] | None = 
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             bound = signature.bind_partial(*args, **kwargs)
             caller = bound.arguments.get("caller")
-            if not isinstance(caller, Caller) or caller.via != "cli" or _inside.get():
+            if caller is None and args:
+                caller = getattr(args[0], "caller", None)
+            if not isinstance(caller, Caller) or caller.via != "cli":
                 return fn(*args, **kwargs)
-            from kvmops.services.jobs import current_job
-
-            token = _inside.set(True)
-            job_token = current_job.set(None)
-            code = INTERNAL_ERROR_EXIT
-            try:
-                result = fn(*args, **kwargs)
-                code = 0
-                return result
-            except KvmopsError as err:
-                code = err.exit_code
-                raise
-            except KeyboardInterrupt:
-                code = INTERRUPTED_EXIT
-                raise
-            finally:
-                _inside.reset(token)
-                job_id = current_job.get()
-                current_job.reset(job_token)
-                record(caller, action, _target(bound.arguments, target), code,
-                       job_id=job_id,
-                       db_url=bound.arguments.get(db_arg) if db_arg else None)
+            return run_audited(caller, action, _target(bound.arguments, target),
+                               lambda: fn(*args, **kwargs),
+                               db_url=bound.arguments.get(db_arg) if db_arg else None)
 
         return wrapper
 

@@ -12,21 +12,19 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field, field_validator
 
-from kvmops.agent import guest as ops
-from kvmops.agent.channel import AgentChannel, open_agent
 from kvmops.api.deps import Ctx, LongRequest, Operator, VmNameDep
 from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
+from kvmops.services.caller import Caller
+from kvmops.services.guest import Guest, open_guest
 
 router = APIRouter(prefix="/vms/{name}/guest", tags=["guest"], dependencies=[LongRequest])
 
 
 @contextmanager
-def _agent(ctx: Any, name: str) -> Iterator[AgentChannel]:
-    channel = open_agent(name, uri=ctx.settings.uri)
-    try:
-        yield channel
-    finally:
-        channel.close()
+def _agent(ctx: Any, name: str) -> Iterator[Guest]:
+    # The request is audited by the middleware; the use case only needs the face.
+    with open_guest(Caller(name="api", via="api"), name, uri=ctx.settings.uri) as guest:
+        yield guest
 
 
 def _b64(value: str, field: str) -> bytes:
@@ -114,22 +112,22 @@ class FreezeBody(Body):
 @router.get("/ping", response_model=Message)
 def ping(_: Operator, name: VmNameDep, ctx: Ctx) -> Message:
     with _agent(ctx, name) as ch:
-        ops.ping(ch)
+        ch.ping()
     return Message(message=f"guest agent of VM '{name}' answers")
 
 
 @router.get("/info")
 def info(_: Operator, name: VmNameDep, ctx: Ctx) -> dict[str, Any]:
     with _agent(ctx, name) as ch:
-        return {"agent": ops.info(ch).model_dump(mode="json", by_alias=True),
-                "os": ops.osinfo(ch).model_dump(mode="json", by_alias=True),
-                "hostname": ops.hostname(ch)}
+        return {"agent": ch.info().model_dump(mode="json", by_alias=True),
+                "os": ch.osinfo().model_dump(mode="json", by_alias=True),
+                "hostname": ch.hostname()}
 
 
 @router.get("/interfaces")
 def interfaces(_: Operator, name: VmNameDep, ctx: Ctx) -> list[dict[str, Any]]:
     with _agent(ctx, name) as ch:
-        return [i.model_dump(mode="json", by_alias=True) for i in ops.interfaces(ch)]
+        return [i.model_dump(mode="json", by_alias=True) for i in ch.interfaces()]
 
 
 @router.post("/exec", response_model=ExecOut | JobAccepted,
@@ -145,7 +143,7 @@ def exec_(user: Operator, name: VmNameDep, body: ExecBody, ctx: Ctx, response: R
 def _run_exec(ctx: Any, name: str, body: ExecBody) -> ExecOut:
     stdin = _b64(body.stdin_b64, "stdin_b64") if body.stdin_b64 else None
     with _agent(ctx, name) as ch:
-        res = ops.exec(ch, body.argv, stdin=stdin, timeout=body.timeout, env=body.env)
+        res = ch.exec(body.argv, stdin=stdin, timeout=body.timeout, env=body.env)
     return ExecOut(pid=res.pid, exit_code=res.exit_code, signal=res.signal,
                    stdout_b64=base64.b64encode(res.stdout).decode(),
                    stderr_b64=base64.b64encode(res.stderr).decode(),
@@ -164,14 +162,14 @@ def push(_: Operator, name: VmNameDep, body: PushBody, ctx: Ctx) -> dict[str, An
                               f"{ctx.settings.max_transfer} bytes allowed through the API",
                               hint="use 'kvmops guest push' for big files")
     with _agent(ctx, name) as ch:
-        result = ops.write_bytes(ch, data, body.path, mode=body.mode, owner=body.owner)
+        result = ch.write_bytes(data, body.path, mode=body.mode, owner=body.owner)
     return result.model_dump(mode="json")
 
 
 @router.post("/pull", response_model=PullOut)
 def pull(_: Operator, name: VmNameDep, body: GuestPath, ctx: Ctx) -> PullOut:
     with _agent(ctx, name) as ch:
-        data = ops.read_bytes(ch, body.path, limit=ctx.settings.max_transfer)
+        data = ch.read_bytes(body.path, limit=ctx.settings.max_transfer)
     return PullOut(path=body.path, size=len(data), content_b64=base64.b64encode(data).decode())
 
 
@@ -180,26 +178,26 @@ def ssh_keys(_: Operator, name: VmNameDep, ctx: Ctx,
              user: str = Query(min_length=1, max_length=64,
                                pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*\$?$")) -> dict[str, Any]:
     with _agent(ctx, name) as ch:
-        return {"user": user, "keys": ops.ssh_key_list(ch, user)}
+        return {"user": user, "keys": ch.ssh_key_list(user)}
 
 
 @router.post("/ssh-keys")
 def ssh_key_add(_: Operator, name: VmNameDep, body: SshKeysBody, ctx: Ctx) -> dict[str, Any]:
     with _agent(ctx, name) as ch:
-        return {"user": body.user, "keys": ops.ssh_key_add(ch, body.user, body.keys)}
+        return {"user": body.user, "keys": ch.ssh_key_add(body.user, body.keys)}
 
 
 @router.post("/ssh-keys/remove")
 def ssh_key_remove(_: Operator, name: VmNameDep, body: SshKeysBody, ctx: Ctx
                    ) -> dict[str, Any]:
     with _agent(ctx, name) as ch:
-        return {"user": body.user, "keys": ops.ssh_key_remove(ch, body.user, body.keys)}
+        return {"user": body.user, "keys": ch.ssh_key_remove(body.user, body.keys)}
 
 
 @router.post("/password", response_model=Message)
 def password(_: Operator, name: VmNameDep, body: PasswordBody, ctx: Ctx) -> Message:
     with _agent(ctx, name) as ch:
-        ops.set_password(ch, body.user, body.password, crypted=body.crypted)
+        ch.set_password(body.user, body.password, crypted=body.crypted)
     return Message(message=f"password of '{body.user}' set in VM '{name}'")
 
 
@@ -208,16 +206,16 @@ def fsfreeze(_: Operator, name: VmNameDep, ctx: Ctx, body: FreezeBody | None = N
              ) -> dict[str, Any]:
     body = body or FreezeBody()
     with _agent(ctx, name) as ch:
-        return {"frozen": ops.fsfreeze(ch, body.mountpoints, timeout=body.timeout)}
+        return {"frozen": ch.fsfreeze(body.mountpoints, timeout=body.timeout)}
 
 
 @router.post("/fsthaw")
 def fsthaw(_: Operator, name: VmNameDep, ctx: Ctx) -> dict[str, Any]:
     with _agent(ctx, name) as ch:
-        return {"thawed": ops.fsthaw(ch)}
+        return {"thawed": ch.fsthaw()}
 
 
 @router.get("/fsfreeze")
 def fsstatus(_: Operator, name: VmNameDep, ctx: Ctx) -> dict[str, Literal["frozen", "thawed"]]:
     with _agent(ctx, name) as ch:
-        return {"status": ops.fsstatus(ch)}
+        return {"status": ch.fsstatus()}

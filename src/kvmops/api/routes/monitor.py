@@ -23,9 +23,11 @@ class HmpBody(Body):
 
 
 def _open(ctx: Any, name: str) -> Any:
-    from kvmops.monitor import open_monitor
+    from kvmops.services.caller import Caller
+    from kvmops.services.monitor import open_monitor
 
-    return open_monitor(name, uri=ctx.settings.uri)
+    # The request is audited by the middleware; the use case only needs the face.
+    return open_monitor(Caller(name="api", via="api"), name, uri=ctx.settings.uri)
 
 
 @router.post("/qmp")

@@ -7,12 +7,19 @@ from fastapi import APIRouter, Query, Response
 from fastapi import Path as PathParam
 from pydantic import Field
 
-from kvmops.api.deps import Ctx, HostDep, LongRequest, Operator, Viewer, VmNameDep
+from kvmops.api.deps import (
+    Ctx,
+    HostDep,
+    LongRequest,
+    OperatorCaller,
+    ViewerCaller,
+    VmNameDep,
+)
 from kvmops.api.routes.common import Body, JobAccepted, accepted
 from kvmops.api.runner import JobContext
 from kvmops.host.connection import Host
-from kvmops.snapshot import service
-from kvmops.snapshot.service import RevertResult, SnapshotInfo
+from kvmops.services import snapshots as service
+from kvmops.services.snapshots import DeleteResult, RevertResult, SnapshotInfo
 
 router = APIRouter(prefix="/vms/{name}/snapshots", tags=["snapshots"])
 _SNAP = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
@@ -33,18 +40,19 @@ class RevertBody(Body):
 
 
 @router.get("", response_model=list[SnapshotInfo])
-def list_snapshots(_: Viewer, name: VmNameDep, host: HostDep) -> list[SnapshotInfo]:
-    return service.list_snapshots(host, name)
+def list_snapshots(caller: ViewerCaller, name: VmNameDep, host: HostDep
+                   ) -> list[SnapshotInfo]:
+    return service.list_snapshots(caller, host, name)
 
 
 @router.get("/{snapshot}", response_model=SnapshotInfo)
-def snapshot_info(_: Viewer, name: VmNameDep, host: HostDep,
+def snapshot_info(caller: ViewerCaller, name: VmNameDep, host: HostDep,
                   snapshot: str = PathParam(pattern=_SNAP)) -> SnapshotInfo:
-    return service.info(host, name, snapshot)
+    return service.info(caller, host, name, snapshot)
 
 
 @router.post("", status_code=202, response_model=JobAccepted)
-def create_snapshot(user: Operator, name: VmNameDep, body: SnapshotBody, ctx: Ctx,
+def create_snapshot(caller: OperatorCaller, name: VmNameDep, body: SnapshotBody, ctx: Ctx,
                     response: Response) -> JobAccepted:
     req = service.CreateRequest(vm=name, name=body.name, memory=body.memory,
                                 disk_only=body.disk_only, quiesce=body.quiesce,
@@ -52,26 +60,27 @@ def create_snapshot(user: Operator, name: VmNameDep, body: SnapshotBody, ctx: Ct
 
     def run(job: JobContext) -> SnapshotInfo:
         with Host(ctx.settings.uri) as host:
-            return service.create(host, req, note=job.note)
+            return service.create(caller, host, name, req, note=job.note)
 
-    return accepted(ctx.runner.submit("snapshot.create", name, user.name, run), response)
+    return accepted(ctx.runner.submit("snapshot.create", name, caller.name, run), response)
 
 
 @router.post("/{snapshot}/revert", response_model=RevertResult, dependencies=[LongRequest])
-def revert(_: Operator, name: VmNameDep, host: HostDep,
+def revert(caller: OperatorCaller, name: VmNameDep, host: HostDep,
            snapshot: str = PathParam(pattern=_SNAP), body: RevertBody | None = None
            ) -> RevertResult:
     body = body or RevertBody()
-    return service.revert(host, name, snapshot, running=body.running, paused=body.paused,
+    return service.revert(caller, host, name, snapshot, running=body.running, paused=body.paused,
                           force=body.force)
 
 
 @router.delete("/{snapshot}", status_code=202, response_model=JobAccepted)
-def delete_snapshot(user: Operator, name: VmNameDep, ctx: Ctx, response: Response,
+def delete_snapshot(caller: OperatorCaller, name: VmNameDep, ctx: Ctx, response: Response,
                     snapshot: str = PathParam(pattern=_SNAP),
                     children: bool = Query(False)) -> JobAccepted:
-    def run(job: JobContext) -> service.DeleteResult:
+    def run(job: JobContext) -> DeleteResult:
         with Host(ctx.settings.uri) as host:
-            return service.delete(host, name, snapshot, children=children, note=job.note)
+            return service.delete(caller, host, name, snapshot, children=children,
+                                  note=job.note)
 
-    return accepted(ctx.runner.submit("snapshot.delete", name, user.name, run), response)
+    return accepted(ctx.runner.submit("snapshot.delete", name, caller.name, run), response)
