@@ -43,10 +43,25 @@ def test_queries(running_vm: str) -> None:
     assert result.code == 0, result.stderr
     assert "guest-exec" in json.loads(result.stdout)["supported"]
     assert run_cli("guest", "hostname", running_vm).stdout.strip() == "kvmops-tiny"
+    answers = {}
     for command in ("osinfo", "ip", "users", "fsinfo", "vcpus", "time"):
         result = run_cli("guest", command, running_vm, "--json")
         assert result.code == 0, (command, result.stderr)
-        json.loads(result.stdout)
+        answers[command] = json.loads(result.stdout)
+    # Each answer matches what the guest itself says (read through guest exec).
+    facts = run_cli("guest", "exec", running_vm, "--", "/bin/sh", "-c",
+                    "uname -r; uname -m; ls /sys/class/net | tr '\\n' ' '; echo; nproc")
+    assert facts.code == 0, facts.stderr
+    release, machine, nets, cpus = facts.stdout.splitlines()
+    osinfo = answers["osinfo"]
+    assert (osinfo["kernel_release"], osinfo["machine"], osinfo["id"]) == (
+        release, machine, "kvmops-tiny")
+    assert sorted(i["name"] for i in answers["ip"]) == sorted(nets.split())
+    assert answers["users"] == []  # nobody is logged in to the tiny guest
+    assert answers["fsinfo"] == []  # it mounts nothing from a disk
+    assert [(v["logical_id"], v["online"]) for v in answers["vcpus"]] == [(0, True)]
+    assert int(cpus) == 1
+    assert abs(answers["time"]["ns"] / 1e9 - time.time()) < 60
     synced = run_cli("guest", "time", running_vm, "--sync", "--json")
     assert synced.code == 0, synced.stderr
     assert abs(json.loads(synced.stdout)["offset_seconds"]) < 60

@@ -166,14 +166,19 @@ def test_libvirt_events_cli_sees_suspend(events_vm: str,
 
 
 def test_libvirt_channel_api_and_vm_stop(events_vm: str, host: Host) -> None:
-    with open_monitor(events_vm) as channel:
-        channel.listen()
-        subprocess.run(["virsh", "suspend", events_vm], check=True, capture_output=True)
-        assert channel.wait_event(["STOP"], DEADLINE).name == "STOP"
-        subprocess.run(["virsh", "resume", events_vm], check=True, capture_output=True)
-        assert channel.wait_event(["RESUME"], DEADLINE).name == "RESUME"
-        # last test on this VM: its end is reported, not waited through
-        host.domain(events_vm).destroy()
-        with pytest.raises(StateError, match="stopped"):
-            channel.wait_event(["BLOCK_JOB_COMPLETED"], DEADLINE)
-    assert host.domain(events_vm).state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
+    try:
+        with open_monitor(events_vm) as channel:
+            channel.listen()
+            subprocess.run(["virsh", "suspend", events_vm], check=True, capture_output=True)
+            assert channel.wait_event(["STOP"], DEADLINE).name == "STOP"
+            subprocess.run(["virsh", "resume", events_vm], check=True, capture_output=True)
+            assert channel.wait_event(["RESUME"], DEADLINE).name == "RESUME"
+            # the VM's end is reported, not waited through
+            host.domain(events_vm).destroy()
+            with pytest.raises(StateError, match="stopped"):
+                channel.wait_event(["BLOCK_JOB_COMPLETED"], DEADLINE)
+        assert host.domain(events_vm).state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
+    finally:  # running again for the module's other tests, whatever their order
+        if not host.domain(events_vm).isActive():
+            result = run_cli("vm", "start", events_vm)
+            assert result.code == 0, result.stderr

@@ -49,9 +49,25 @@ def disk_list(vm: str, *extra: str) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def disk_vm(vm_factory: Callable[..., str]) -> str:
+def booted_disk_vm(vm_factory: Callable[..., str]) -> str:
     """A booted guest of our own (hot-plug changes it)."""
     return vm_factory(start=True, disk="size=16M")
+
+
+@pytest.fixture
+def disk_vm(booted_disk_vm: str, host: Host) -> str:
+    """The module's guest with vda alone, in its definition and as the guest sees it,
+    whatever an earlier test (failed or not) left attached."""
+    vm = booted_disk_vm
+    extra = [t for t in disk_list(vm, "--inactive") | disk_list(vm) if t != "vda"]
+    for target in extra:
+        result = run_cli("vm", "disk", "detach", vm, target, "--remove-storage",
+                         "--timeout", str(DEADLINE))
+        assert result.code == 0, result.stderr
+    if extra:
+        for dev in ("vdb", "sda"):
+            wait_guest_sees(host, vm, dev, False)
+    return vm
 
 
 def test_hotplug_new_disk_seen_by_guest_then_unplugged(disk_vm: str, host: Host,
