@@ -29,14 +29,17 @@ def test_cli_reference_has_every_command_and_option() -> None:
 
 def test_api_reference_has_every_operation_and_schema() -> None:
     schema = docs_api.schema()
-    page = docs_api.render(schema)
+    pages = docs_api.pages(schema)
     assert "/api/v1/health" in schema["paths"]
     for path, item in schema["paths"].items():
         for method in docs_api.METHODS:
             if method in item:
-                assert f"### {method.upper()} `{path}`" in page, (method, path)
+                tag = (item[method].get("tags") or ["other"])[0]
+                page = pages[f"reference/api/{docs_api.slug(tag)}.md"]
+                assert f"## {method.upper()} `{path}`" in page, (method, path)
+    schemas = pages["reference/api/schemas.md"]
     for name in schema["components"]["schemas"]:
-        assert f"{{ #{docs_api.anchor(name)} }}" in page, name
+        assert f"{{ #{docs_api.anchor(name)} }}" in schemas, name
 
 
 def test_exit_code_page_is_the_readme_table_checked_against_the_code(tmp_path: Path) -> None:
