@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -25,6 +26,21 @@ def test_cli_reference_has_every_command_and_option() -> None:
     create = page.split("`kvmops vm create`", 1)[1].split("\n#", 1)[0]
     for option in ("`--memory`", "`--vcpus`", "`--kernel`", "`--disk`"):
         assert option in create, option
+
+
+def test_readme_names_every_command_group_and_vm_command() -> None:
+    text = (REPO / "README.md").read_text()
+    groups = text.split("Command groups: ", 1)[1].split("\n\n", 1)[0]
+    named = set(re.findall(r"`([a-z-]+)`", groups))
+    vm_list = re.search(r"`vm` \(([^)]*)\)", groups)
+    assert vm_list is not None, groups
+    vm_commands = set(vm_list.group(1).replace(",", " ").split())
+    for path in docs_cli.commands():
+        words = path.split()[1:]
+        if len(words) == 1:
+            assert words[0] in named, f"README's command groups miss {path}"
+        elif len(words) == 2 and words[0] == "vm":
+            assert words[1] in vm_commands, f"README's vm commands miss {path}"
 
 
 def test_api_reference_has_every_operation_and_schema() -> None:
