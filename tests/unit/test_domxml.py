@@ -7,17 +7,34 @@ from pathlib import Path
 
 import pytest
 
-from kvmops.errors import ValidationError
-from kvmops.vm.domxml import DiskSpec, DomainSpec, NicSpec, Topology, validate_name
+from kvmops.errors import NotFoundError, ValidationError
+from kvmops.vm.domxml import (
+    DiskSpec,
+    DomainDocument,
+    DomainSpec,
+    NicSpec,
+    OwnedFile,
+    SnapshotDiskSpec,
+    SnapshotDocument,
+    Topology,
+    format_node,
+    has_agent_channel,
+    snapshot_xml,
+    storage_node,
+    validate_name,
+)
 from kvmops.vm.lifecycle import DiskRequest
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "domxml"
 
 
 def _golden(name: str, text: str) -> None:
+    """Compare with the golden file; a missing one fails (write it with KVMOPS_REGEN=1
+    and review it), it is never created silently."""
     path = FIXTURES / f"{name}-out.xml"
-    if os.environ.get("KVMOPS_REGEN") == "1" or not path.exists():
+    if os.environ.get("KVMOPS_REGEN") == "1":
         path.write_text(text)
+    assert path.exists(), f"golden file {path} is missing: run with KVMOPS_REGEN=1 and review it"
     assert text == path.read_text()
 
 
@@ -98,3 +115,84 @@ def test_disk_request_parse() -> None:
     for bad in ("size=12XB", "64M", "size=1G,path=/a", "colour=red,size=1G"):
         with pytest.raises(ValidationError):
             DiskRequest.parse(bad)
+
+
+# ---------------------------------------------------------------- editing existing XML
+def test_missing_golden_file_fails_and_is_not_written(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(globals(), "FIXTURES", tmp_path)
+    monkeypatch.delenv("KVMOPS_REGEN", raising=False)
+    with pytest.raises(AssertionError, match="missing"):
+        _golden("nothing-here", "<domain/>")
+    assert not (tmp_path / "nothing-here-out.xml").exists()
+
+
+def test_clone_edit_keeps_what_kvmops_does_not_model() -> None:
+    """A clone's edits (name, no UUID/MACs, new disk file, owned files) leave every other
+    element of libvirt's XML as it was (golden)."""
+    doc = DomainDocument((FIXTURES / "live-in.xml").read_text())
+    doc.for_clone("copy")
+    doc.point_disk("vda", "/img/copy-vda.qcow2", "qcow2")
+    doc.set_owned_files([OwnedFile("/img/copy-vda.qcow2", "qcow2")])
+    text = doc.to_xml()
+    _golden("clone-edit", text)
+    again = DomainDocument(text)
+    assert again.name == "copy"
+    assert again.find_disk("vda") is not None
+    assert again.disk_files() == {"vda": ("/img/copy-vda.qcow2", "qcow2")}
+    assert again.owned_files() == [OwnedFile("/img/copy-vda.qcow2", "qcow2")]
+    assert "<uuid>" not in text and "<backingStore" not in text
+    assert "<emulator>/usr/bin/qemu-system-x86_64</emulator>" in text  # not modelled, kept
+
+
+def test_point_disk_of_a_missing_target_is_refused() -> None:
+    doc = DomainDocument(tiny_spec().to_xml())
+    with pytest.raises(NotFoundError, match="no disk vdz"):
+        doc.point_disk("vdz", "/x.qcow2", "qcow2")
+
+
+def test_live_names_come_from_one_place() -> None:
+    doc = DomainDocument((FIXTURES / "live-in.xml").read_text())
+    assert format_node(1) == "libvirt-1-format" and storage_node(1) == "libvirt-1-storage"
+    disk = doc.find_disk("vda")
+    assert disk is not None
+    assert disk.node_name == format_node(1) and disk.storage_node_name == storage_node(1)
+    assert doc.disk_nodes() == {"libvirt-1-format": "vda"}
+    assert DomainDocument(tiny_spec().to_xml()).disk_nodes() == {}  # not running: no nodes
+
+
+def test_agent_channel_is_found_by_its_target_name_only() -> None:
+    assert has_agent_channel(tiny_spec().to_xml())
+    assert has_agent_channel((FIXTURES / "live-in.xml").read_text())
+    without = tiny_spec()
+    without.agent_channel = False
+    assert not has_agent_channel(without.to_xml())
+    # The name in a path or another channel's text is not the agent's port.
+    decoy = ("<domain><devices><channel type='unix'><source path='/x/org.qemu.guest_agent.0'/>"
+             "<target type='virtio' name='org.other.0'/></channel></devices></domain>")
+    assert not has_agent_channel(decoy)
+
+
+def test_external_snapshot_request_golden() -> None:
+    text = snapshot_xml("s1", description="before upgrade", memory="no", disks=[
+        SnapshotDiskSpec("vda", "external", "/img/a.s1.qcow2"),
+        SnapshotDiskSpec("hdc", "no")])
+    _golden("snapshot-external", text)
+
+
+def test_snapshot_document_reads_and_repoints() -> None:
+    inner = tiny_spec().to_xml()
+    xml = (f"<domainsnapshot><name>s1</name><state>running</state><creationTime>1700000000"
+           f"</creationTime><memory snapshot='no'/><parent><name>s0</name></parent><disks>"
+           f"<disk name='vda' snapshot='external' type='file'><source file='/img/o.qcow2'/>"
+           f"</disk><disk name='hdc' snapshot='no'/></disks>{inner}</domainsnapshot>")
+    doc = SnapshotDocument(xml)
+    assert (doc.name, doc.state, doc.parent, doc.created) == ("s1", "running", "s0", 1700000000)
+    assert doc.memory_mode == "no"
+    assert doc.disks() == [SnapshotDiskSpec("vda", "external", "/img/o.qcow2"),
+                           SnapshotDiskSpec("hdc", "no")]
+    domain = doc.domain()
+    assert domain is not None and domain.disk_files() == {
+        "vda": ("/img/tiny-vda.qcow2", "qcow2")}
+    doc.set_overlay("vda", "/img/fresh.qcow2")
+    assert SnapshotDocument(doc.to_xml()).disks()[0].overlay == "/img/fresh.qcow2"

@@ -8,104 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
 
 import libvirt
 
 from kvmops.config import settings
-from kvmops.errors import (
-    AlreadyExistsError,
-    HostUnavailableError,
-    HypervisorError,
-    KvmopsError,
-    NotFoundError,
-    StateError,
-    UnsupportedError,
-    ValidationError,
+from kvmops.errors import HostUnavailableError, NotFoundError
+from kvmops.host.domain import Domain
+from kvmops.host.errors import (
+    LOST_HINT,
+    UNREADABLE_ERROR,
+    call,
+    connection_lost,
+    is_undecodable_error,
+    translate,
 )
 
-T = TypeVar("T")
-
-# libvirt prints every error to stderr by default; we report them ourselves.
-libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-
-_NOT_FOUND_CODES = {
-    libvirt.VIR_ERR_NO_DOMAIN,
-    libvirt.VIR_ERR_NO_NETWORK,
-    libvirt.VIR_ERR_NO_STORAGE_POOL,
-    libvirt.VIR_ERR_NO_STORAGE_VOL,
-    libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT,
-    getattr(libvirt, "VIR_ERR_NO_DOMAIN_CHECKPOINT", -1001),
-    getattr(libvirt, "VIR_ERR_NO_DOMAIN_BACKUP", -1002),
-}
-_STATE_CODES = {libvirt.VIR_ERR_OPERATION_INVALID}
-_UNSUPPORTED_CODES = {libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED,
-                      libvirt.VIR_ERR_CONFIG_UNSUPPORTED}
-_INVALID_CODES = {libvirt.VIR_ERR_XML_ERROR, libvirt.VIR_ERR_INVALID_ARG,
-                  libvirt.VIR_ERR_XML_DETAIL}
-_CONNECTION_CODES = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_SYSTEM_ERROR,
-                     libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_AUTH_FAILED}
-
-
-UNREADABLE_ERROR = ("libvirt reported an error whose text is not valid UTF-8 (binary output "
-                    "from QEMU); see the VM's log under /var/log/libvirt/qemu/")
-
-
-def is_undecodable_error(err: BaseException) -> bool:
-    """libvirt-python raises SystemError when an error message is not UTF-8.
-
-    QEMU can copy raw bytes of a corrupt state file into its message; the
-    binding then fails to build the libvirtError and Python reports a
-    SystemError whose context is the UnicodeDecodeError.
-    """
-    if isinstance(err, UnicodeDecodeError):
-        return True
-    return isinstance(err, SystemError) and isinstance(
-        err.__cause__ or err.__context__, UnicodeDecodeError)
-
-
-LOST_HINT = ("libvirtd stopped or restarted; kvmops cleaned up what it could, and the next "
-             "run of the same command cleans up the rest: retry once libvirtd is back")
-
-
-def connection_lost(err: libvirt.libvirtError) -> bool:
-    """The error is the connection to libvirtd going away (a restart, a crash)."""
-    return (err.get_error_code() in _CONNECTION_CODES
-            or err.get_error_domain() == libvirt.VIR_FROM_RPC)
-
-
-def translate(err: libvirt.libvirtError, what: str) -> KvmopsError:
-    """Map a libvirtError to our hierarchy; ``what`` names the action and object."""
-    code = err.get_error_code()
-    text = (err.get_error_message() or str(err)).strip()
-    message = f"{what}: {text}"
-    if connection_lost(err):
-        return HostUnavailableError(f"{what}: lost the connection to libvirtd ({text})",
-                                    hint=LOST_HINT)
-    if code in _NOT_FOUND_CODES:
-        return NotFoundError(message)
-    if code == libvirt.VIR_ERR_OPERATION_INVALID:
-        return StateError(message)
-    if code in _UNSUPPORTED_CODES:
-        return UnsupportedError(message)
-    if code in _INVALID_CODES:
-        return ValidationError(message)
-    if code == libvirt.VIR_ERR_DOM_EXIST or "already exists" in text:
-        return AlreadyExistsError(message)
-    return HypervisorError(message, code=code)
-
-
-def call(what: str, fn: Callable[..., T], *args: Any) -> T:
-    """Run one libvirt call, translating its error (``what`` describes the action)."""
-    try:
-        return fn(*args)
-    except libvirt.libvirtError as err:
-        raise translate(err, what) from err
-    except (SystemError, UnicodeDecodeError) as err:
-        if not is_undecodable_error(err):
-            raise
-        raise HypervisorError(f"{what}: {UNREADABLE_ERROR}") from err
+__all__ = ["LOST_HINT", "UNREADABLE_ERROR", "Domain", "Host", "call", "connection_lost",
+           "is_undecodable_error", "open_host", "translate", "version_text"]
 
 
 class Host:
@@ -146,6 +66,19 @@ class Host:
         self.close()
 
     # Domains -----------------------------------------------------------
+    def lookup(self, name: str) -> Domain:
+        """The VM ``name`` (NotFoundError with a hint when there is none)."""
+        return Domain(self.domain(name))
+
+    def all_domains(self) -> list[Domain]:
+        """Every defined or running VM."""
+        return [Domain(d) for d in self.domains()]
+
+    def define_domain(self, xml: str) -> Domain:
+        """Define (or redefine) a VM from its XML."""
+        return Domain(self.define(xml))
+
+    # The raw handles below are for callers still moving to :class:`Domain`.
     def domain(self, name: str) -> libvirt.virDomain:
         try:
             return self.conn.lookupByName(name)

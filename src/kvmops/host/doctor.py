@@ -26,10 +26,10 @@ from kvmops.errors import KvmopsError
 from kvmops.host.accel import Accelerator, probe
 from kvmops.host.connection import Host, version_text
 from kvmops.sizes import format_size
+from kvmops.vm.domxml import has_agent_channel
 
 GIB = 1024**3
 VIRTLOGD_SOCKET = Path("/run/libvirt/virtlogd-sock")
-AGENT_CHANNEL = "org.qemu.guest_agent.0"
 #: libvirt's backup API with checkpoints (push mode) is usable from this version on.
 LIBVIRT_BACKUP_SINCE = 7_002_000
 MAX_NAMES = 5  # VM names listed in one check's detail
@@ -246,13 +246,13 @@ def check_vms(host: Host) -> list[Check]:
     total = host.memory_total()
     committed = 0
     without_agent: list[str] = []
-    for domain in host.domains():
-        with contextlib.suppress(libvirt.libvirtError):
-            if not domain.isActive():
+    for domain in host.all_domains():
+        with contextlib.suppress(KvmopsError):  # went away while we looked
+            if not domain.is_active():
                 continue
-            committed += int(domain.info()[2]) * 1024
-            if AGENT_CHANNEL not in domain.XMLDesc(0):
-                without_agent.append(domain.name())
+            committed += domain.stats().memory
+            if not has_agent_channel(domain.xml()):
+                without_agent.append(domain.name)
     available = _meminfo_available()
     status = memory_status(committed, total, available)
     detail = f"running VMs use {format_size(committed)} of {format_size(total)}"

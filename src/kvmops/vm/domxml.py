@@ -2,9 +2,11 @@
 
 ``DomainSpec.to_xml()`` builds a new definition; ``DomainSpec.from_xml()``
 reads one back (including from ``virsh dumpxml``), keeping only what kvmops
-models. Edits to an existing domain go through :func:`edit_xml` helpers that
-change one element in the full document, so elements kvmops does not model
-are kept.
+models. Edits to an existing domain go through :class:`DomainDocument`, which
+changes only the elements it names in the full document, so elements kvmops
+does not model are kept; snapshot XML through :func:`snapshot_xml` and
+:class:`SnapshotDocument`. QEMU's node names of libvirt's disks come from
+:func:`format_node` and :func:`storage_node` alone.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Literal
 
 from lxml import etree
 
-from kvmops.errors import ValidationError
+from kvmops.errors import NotFoundError, ValidationError
 
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
 #: kvmops' own element in ``<metadata>``: the files it created for the VM.
@@ -31,6 +33,23 @@ _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=Fals
 
 def parse_xml(xml: str | bytes) -> etree._Element:
     return etree.fromstring(xml.encode() if isinstance(xml, str) else xml, _PARSER)
+
+
+def format_node(index: int | str) -> str:
+    """QEMU's format node of the disk whose live ``<source index='N'>`` is ``index``
+    (libvirt >= 5.10 runs QEMU with ``-blockdev``)."""
+    return f"libvirt-{index}-format"
+
+
+def storage_node(index: int | str) -> str:
+    """QEMU's protocol (file) node below :func:`format_node`."""
+    return f"libvirt-{index}-storage"
+
+
+def has_agent_channel(xml: str) -> bool:
+    """Does the domain have the qemu-ga virtio-serial port (``org.qemu.guest_agent.0``)?
+    The one test for it: every module asks here."""
+    return DomainDocument(xml).has_agent_channel()
 
 
 def validate_name(name: str) -> str:
@@ -54,6 +73,7 @@ class DiskSpec:
     readonly: bool = False
     node_name: str | None = None  # QEMU block node, from live XML (libvirt >= 5.10)
     alias: str | None = None  # device alias (QEMU id), from live XML
+    storage_node_name: str | None = None  # QEMU protocol node below node_name, live XML
 
 
 @dataclass(frozen=True)
@@ -211,7 +231,10 @@ class DomainSpec:
     # ---------------------------------------------------------------- parse
     @classmethod
     def from_xml(cls, xml: str) -> DomainSpec:
-        root = parse_xml(xml)
+        return cls.from_element(parse_xml(xml))
+
+    @classmethod
+    def from_element(cls, root: etree._Element) -> DomainSpec:
         memory = root.find("memory")
         mem_bytes = _to_bytes(int(memory.text or 0), memory.get("unit", "KiB")) if (
             memory is not None) else 0
@@ -239,9 +262,7 @@ class DomainSpec:
             apic=root.find("features/apic") is not None,
             disks=[parse_disk(d) for d in root.findall("devices/disk")],
             nics=[n for n in (parse_nic(i) for i in root.findall("devices/interface")) if n],
-            agent_channel=any(
-                c.get("name") == AGENT_CHANNEL for c in root.findall("devices/channel/target")
-            ),
+            agent_channel=DomainDocument.of_element(root).has_agent_channel(),
             vnc=root.find("devices/graphics[@type='vnc']") is not None,
             serial_console=root.find("devices/serial") is not None,
             owned_files=parse_owned_files(root.find(f"metadata/{{{METADATA_NS}}}vm")),
@@ -280,8 +301,7 @@ def controller_xml(kind: str, model: str | None = None) -> str:
 
 
 def has_controller(domain_xml: str, kind: str) -> bool:
-    root = etree.fromstring(domain_xml.encode())
-    return root.find(f"devices/controller[@type='{kind}']") is not None
+    return DomainDocument(domain_xml).has_controller(kind)
 
 
 def parse_disk(el: etree._Element) -> DiskSpec:
@@ -290,11 +310,12 @@ def parse_disk(el: etree._Element) -> DiskSpec:
     target = el.find("target")
     alias = el.find("alias")
     src = None
-    node = None
+    node = storage = None
     if source is not None:
         src = source.get("file") or source.get("dev") or source.get("name")
-        node = source.get("index")
-        node = f"libvirt-{node}-format" if node else None
+        index = source.get("index")
+        node = format_node(index) if index else None
+        storage = storage_node(index) if index else None
     device = el.get("device", "disk")
     return DiskSpec(
         target=target.get("dev", "") if target is not None else "",
@@ -306,6 +327,7 @@ def parse_disk(el: etree._Element) -> DiskSpec:
         readonly=el.find("readonly") is not None,
         node_name=node,
         alias=alias.get("name") if alias is not None else None,
+        storage_node_name=storage,
     )
 
 
@@ -353,14 +375,8 @@ def _to_bytes(value: int, unit: str) -> int:
 
 def set_name_and_uuid(xml: str, name: str) -> etree._Element:
     """Parse ``xml`` and give it a new name and no UUID/MACs (for clones)."""
-    root = etree.fromstring(xml.encode())
-    root.find("name").text = name  # type: ignore[union-attr]
-    for tag in ("uuid",):
-        el = root.find(tag)
-        if el is not None:
-            root.remove(el)
-    for mac in root.findall("devices/interface/mac"):
-        mac.getparent().remove(mac)  # type: ignore[union-attr]
+    root = parse_xml(xml)
+    set_name_and_uuid_of(root, name)
     return root
 
 
@@ -378,3 +394,283 @@ def set_owned_files(root: etree._Element, files: list[OwnedFile]) -> None:
         metadata.remove(old)
     if files:
         metadata.append(owned_files_element(files))
+
+
+# ---------------------------------------------------------------------- editing
+class DomainDocument:
+    """An existing domain XML, read and edited in place.
+
+    Everything kvmops does not model is kept as it is (virt-install's way): an
+    edit changes only the elements it names, and :meth:`to_xml` gives back the
+    whole document. Use this (never raw lxml) to read or change a VM's XML.
+    """
+
+    def __init__(self, xml: str | bytes) -> None:
+        self._root = parse_xml(xml)
+
+    @classmethod
+    def of_element(cls, root: etree._Element) -> DomainDocument:
+        doc = cls.__new__(cls)
+        doc._root = root
+        return doc
+
+    def to_xml(self) -> str:
+        return etree.tostring(self._root, encoding="unicode")
+
+    def spec(self) -> DomainSpec:
+        """What kvmops models of the document."""
+        return DomainSpec.from_element(self._root)
+
+    # ---------------------------------------------------------------- reading
+    @property
+    def name(self) -> str:
+        return self._root.findtext("name") or ""
+
+    def disks(self) -> list[DiskSpec]:
+        return [parse_disk(el) for el in self._root.findall("devices/disk")]
+
+    def targets(self) -> list[str]:
+        return [d.target for d in self.disks()]
+
+    def find_disk(self, target: str) -> DiskSpec | None:
+        el = self._disk(target)
+        return parse_disk(el) if el is not None else None
+
+    def disk_device_xml(self, target: str) -> str | None:
+        """The ``<disk>`` element of ``target`` as libvirt gave it (for a detach)."""
+        el = self._disk(target)
+        return etree.tostring(el, encoding="unicode") if el is not None else None
+
+    def disk_files(self, device: DiskDevice | None = None) -> dict[str, tuple[str, str]]:
+        """target -> (file, format) of the file-backed disks (of one ``device`` kind)."""
+        found: dict[str, tuple[str, str]] = {}
+        for el in self._root.findall("devices/disk"):
+            if device is not None and el.get("device", "disk") != device:
+                continue
+            target = el.find("target")
+            source = el.find("source")
+            driver = el.find("driver")
+            if target is not None and source is not None and source.get("file"):
+                fmt = driver.get("type", "raw") if driver is not None else "raw"
+                found[target.get("dev", "")] = (source.get("file", ""), fmt)
+        return found
+
+    def disk_device_kinds(self) -> list[str]:
+        """libvirt's ``device`` of each disk, in :meth:`disks` order (disk, cdrom,
+        floppy, lun: :class:`DiskSpec` models only the first two)."""
+        return [el.get("device", "disk") for el in self._root.findall("devices/disk")]
+
+    def uses_pflash(self) -> bool:
+        """UEFI firmware with writable NVRAM (internal snapshots are refused then)."""
+        loader = self._root.find("os/loader")
+        os_el = self._root.find("os")
+        return (loader is not None and loader.get("type") == "pflash") or (
+            os_el is not None and os_el.get("firmware") == "efi")
+
+    def host_devices(self) -> list[str]:
+        """Passed-through host devices: ``<hostdev>`` and ``<interface type='hostdev'>``."""
+        return hostdevs_in(self._root)
+
+    def top_level_tags(self) -> list[str]:
+        """The tags of ``<domain>``'s children (``prefix:name`` for foreign namespaces)."""
+        return [_qualified_tag(c) for c in self._root if isinstance(c.tag, str)]
+
+    def device_tags(self) -> list[str]:
+        """The tags of ``<devices>``' children, in document order."""
+        devices = self._root.find("devices")
+        return [_qualified_tag(c) for c in (devices if devices is not None else [])
+                if isinstance(c.tag, str)]
+
+    def channel_names(self) -> list[str | None]:
+        """The target names of every ``<channel>`` (the agent's is AGENT_CHANNEL)."""
+        return [t.get("name") for t in self._root.findall("devices/channel/target")]
+
+    def interface_count(self) -> int:
+        """Every ``<interface>``, including kinds :class:`NicSpec` does not model."""
+        return len(self._root.findall("devices/interface"))
+
+    def has_controller(self, kind: str) -> bool:
+        return self._root.find(f"devices/controller[@type='{kind}']") is not None
+
+    def has_agent_channel(self) -> bool:
+        return any(t.get("name") == AGENT_CHANNEL
+                   for t in self._root.findall("devices/channel/target"))
+
+    def owned_files(self) -> list[OwnedFile]:
+        return parse_owned_files(self._root.find(f"metadata/{{{METADATA_NS}}}vm"))
+
+    def disk_nodes(self) -> dict[str, str]:
+        """QEMU format node -> disk target (live XML of a running VM)."""
+        return {d.node_name: d.target for d in self.disks() if d.node_name}
+
+    # ---------------------------------------------------------------- editing
+    def point_disk(self, target: str, path: str, fmt: str) -> None:
+        """Make disk ``target`` use image ``path`` of format ``fmt`` (the backing chain
+        libvirt recorded for the old image is dropped; libvirt reads the new one)."""
+        el = self._disk(target)
+        if el is None:
+            raise NotFoundError(f"VM '{self.name}' has no disk {target}")
+        source = el.find("source")
+        if source is None:
+            source = etree.SubElement(el, "source")
+        source.set("file", path)
+        driver = el.find("driver")
+        if driver is not None:
+            driver.set("type", fmt)
+        for backing in el.findall("backingStore"):
+            el.remove(backing)
+
+    def for_clone(self, name: str) -> None:
+        """A new name, no UUID and no MAC addresses (libvirt generates new ones)."""
+        set_name_and_uuid_of(self._root, name)
+
+    def set_owned_files(self, files: list[OwnedFile]) -> None:
+        set_owned_files(self._root, files)
+
+    def _disk(self, target: str) -> etree._Element | None:
+        for el in self._root.findall("devices/disk"):
+            t = el.find("target")
+            if t is not None and t.get("dev") == target:
+                return el
+        return None
+
+
+def hostdevs_in(root: etree._Element) -> list[str]:
+    """Passed-through host devices: ``<hostdev>`` and ``<interface type='hostdev'>``."""
+    found = []
+    for el in root.findall("devices/hostdev"):
+        addr = el.find("source/address")
+        vendor = el.find("source/vendor")
+        product = el.find("source/product")
+        if addr is not None and addr.get("bus") is not None and addr.get("domain") is not None:
+            desc = (f"{el.get('type', 'pci')} {addr.get('domain', '0')[2:] or '0'}:"
+                    f"{addr.get('bus', '0')[2:]}:{addr.get('slot', '0')[2:]}."
+                    f"{addr.get('function', '0')[2:]}")
+        elif vendor is not None and product is not None:
+            desc = f"{el.get('type', 'usb')} {vendor.get('id')}:{product.get('id')}"
+        else:
+            desc = el.get("type", "hostdev")
+        found.append(desc)
+    found += [f"interface {i.findtext('mac') or ''}".strip()
+              for i in root.findall("devices/interface[@type='hostdev']")]
+    return found
+
+
+def _qualified_tag(el: etree._Element) -> str:
+    qname = etree.QName(el)
+    if qname.namespace and qname.namespace != METADATA_NS:
+        prefix = el.prefix or "ns"
+        return f"{prefix}:{qname.localname}"
+    return qname.localname
+
+
+def set_name_and_uuid_of(root: etree._Element, name: str) -> None:
+    name_el = root.find("name")
+    if name_el is None:
+        name_el = etree.SubElement(root, "name")
+    name_el.text = name
+    for tag in ("uuid",):
+        el = root.find(tag)
+        if el is not None:
+            root.remove(el)
+    for mac in root.findall("devices/interface/mac"):
+        parent = mac.getparent()
+        if parent is not None:
+            parent.remove(mac)
+
+
+# ---------------------------------------------------------------------- snapshots
+SnapshotMode = Literal["no", "internal", "external"]
+
+
+@dataclass(frozen=True)
+class SnapshotDiskSpec:
+    """One ``<disks/disk>`` of a snapshot: ``overlay`` is the external file written since."""
+
+    target: str
+    mode: str  # no, internal, external
+    overlay: str | None = None
+
+
+def snapshot_xml(name: str, *, description: str | None = None,
+                 memory: SnapshotMode | None = None,
+                 disks: list[SnapshotDiskSpec] | None = None) -> str:
+    """A ``<domainsnapshot>`` request for ``virDomainSnapshotCreateXML``."""
+    root = etree.Element("domainsnapshot")
+    etree.SubElement(root, "name").text = name
+    if description:
+        etree.SubElement(root, "description").text = description
+    if memory is not None:
+        etree.SubElement(root, "memory", snapshot=memory)
+    if disks is not None:
+        disks_el = etree.SubElement(root, "disks")
+        for disk in disks:
+            if disk.mode != "external" or disk.overlay is None:
+                etree.SubElement(disks_el, "disk", name=disk.target, snapshot=disk.mode)
+                continue
+            el = etree.SubElement(disks_el, "disk", name=disk.target, snapshot="external",
+                                  type="file")
+            etree.SubElement(el, "driver", type="qcow2")
+            etree.SubElement(el, "source", file=disk.overlay)
+    return etree.tostring(root, encoding="unicode")
+
+
+class SnapshotDocument:
+    """A snapshot's XML (``virDomainSnapshotGetXMLDesc``), read and edited in place."""
+
+    def __init__(self, xml: str | bytes) -> None:
+        self._root = parse_xml(xml)
+
+    def to_xml(self) -> str:
+        return etree.tostring(self._root, encoding="unicode")
+
+    @property
+    def name(self) -> str:
+        return self._root.findtext("name") or ""
+
+    @property
+    def state(self) -> str:
+        return self._root.findtext("state") or ""
+
+    @property
+    def description(self) -> str | None:
+        return self._root.findtext("description")
+
+    @property
+    def parent(self) -> str | None:
+        return self._root.findtext("parent/name")
+
+    @property
+    def created(self) -> int:
+        """Creation time, seconds since the epoch."""
+        return int(self._root.findtext("creationTime") or 0)
+
+    @property
+    def memory_mode(self) -> str | None:
+        memory = self._root.find("memory")
+        return memory.get("snapshot") if memory is not None else None
+
+    def disks(self) -> list[SnapshotDiskSpec]:
+        found = []
+        for el in self._root.findall("disks/disk"):
+            mode = el.get("snapshot", "no")
+            source = el.find("source")
+            found.append(SnapshotDiskSpec(
+                el.get("name", ""), mode,
+                source.get("file") if mode == "external" and source is not None else None))
+        return found
+
+    def domain(self) -> DomainDocument | None:
+        """The VM's definition at the snapshot."""
+        inner = self._root.find("domain")
+        return DomainDocument(etree.tostring(inner)) if inner is not None else None
+
+    def set_overlay(self, target: str, path: str) -> None:
+        """Make the snapshot's disk ``target`` name ``path`` as its overlay."""
+        for el in self._root.findall("disks/disk"):
+            if el.get("name", "") != target:
+                continue
+            source = el.find("source")
+            if source is None:
+                source = etree.SubElement(el, "source")
+            source.set("file", path)

@@ -1,0 +1,213 @@
+"""kvmops.host: libvirt errors sorted by code (never by text) and the Domain adapter's
+typed answers, against stand-ins for libvirt's objects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import libvirt
+import pytest
+
+from kvmops.errors import (
+    AgentUnavailableError,
+    AlreadyExistsError,
+    HostUnavailableError,
+    HypervisorError,
+    NotFoundError,
+    StateError,
+    UnsupportedError,
+    ValidationError,
+)
+from kvmops.host.domain import BlockJob, Domain, SnapshotCreateError
+from kvmops.host.errors import translate
+
+
+class FakeError(libvirt.libvirtError):
+    def __init__(self, code: int, message: str = "boom", domain: int = 0) -> None:
+        Exception.__init__(self, message)
+        self.code, self.message, self.domain = code, message, domain
+
+    def get_error_code(self) -> int:
+        return self.code
+
+    def get_error_message(self) -> str:
+        return self.message
+
+    def get_error_domain(self) -> int:
+        return self.domain
+
+
+@pytest.mark.parametrize(("code", "kind"), [
+    (libvirt.VIR_ERR_NO_DOMAIN, NotFoundError),
+    (libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT, NotFoundError),
+    (libvirt.VIR_ERR_NO_DOMAIN_CHECKPOINT, NotFoundError),
+    (libvirt.VIR_ERR_OPERATION_INVALID, StateError),
+    (libvirt.VIR_ERR_NO_SUPPORT, UnsupportedError),
+    (libvirt.VIR_ERR_XML_ERROR, ValidationError),
+    (libvirt.VIR_ERR_DOM_EXIST, AlreadyExistsError),
+    (libvirt.VIR_ERR_SYSTEM_ERROR, HostUnavailableError),
+    (libvirt.VIR_ERR_INTERNAL_ERROR, HypervisorError),
+])
+def test_translate_by_code(code: int, kind: type[Exception]) -> None:
+    err = translate(FakeError(code, "some text"), "doing X of VM 'a'")
+    assert type(err) is kind
+    assert str(err).startswith("doing X of VM 'a'")
+
+
+def test_translate_never_sorts_by_text() -> None:
+    """A message that merely says "already exists" or "not found" stays what its code is."""
+    err = translate(FakeError(libvirt.VIR_ERR_INTERNAL_ERROR, "domain 'a' already exists; "
+                                                              "no domain found"), "x")
+    assert type(err) is HypervisorError
+
+
+def test_rpc_domain_is_a_lost_connection() -> None:
+    err = translate(FakeError(libvirt.VIR_ERR_INTERNAL_ERROR, "client socket is closed",
+                              domain=libvirt.VIR_FROM_RPC), "backing up VM 'a'")
+    assert isinstance(err, HostUnavailableError)
+    assert "lost the connection to libvirtd" in str(err)
+
+
+class RawDomain:
+    """The few virDomain methods the tests below reach."""
+
+    def __init__(self, **raises: libvirt.libvirtError) -> None:
+        self.raises = raises
+        self.active = False
+        self.checkpoint_names: list[str] = []
+        self.job: dict[str, int] = {}
+
+    def _maybe(self, name: str) -> None:
+        if name in self.raises:
+            raise self.raises[name]
+
+    def name(self) -> str:
+        return "web1"
+
+    def isActive(self) -> int:
+        return int(self.active)
+
+    def listAllCheckpoints(self, _flags: int) -> list[Any]:
+        return [RawNamed(n) for n in self.checkpoint_names]
+
+    def checkpointLookupByName(self, name: str, _flags: int) -> Any:
+        self._maybe("checkpointLookupByName")
+        return RawNamed(name)
+
+    def snapshotCreateXML(self, _xml: str, _flags: int) -> None:
+        self._maybe("snapshotCreateXML")
+
+    def blockJobAbort(self, _target: str, _flags: int) -> None:
+        self._maybe("blockJobAbort")
+
+    def blockJobInfo(self, _target: str, _flags: int) -> dict[str, int]:
+        return self.job
+
+    def shutdownFlags(self, _flags: int) -> None:
+        self._maybe("shutdownFlags")
+
+
+class RawNamed:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def getName(self) -> str:
+        return self._name
+
+
+def test_snapshot_refused_for_checkpoints_of_a_shut_off_vm() -> None:
+    raw = RawDomain(snapshotCreateXML=FakeError(libvirt.VIR_ERR_OPERATION_UNSUPPORTED,
+                                                "cannot do it"))
+    raw.checkpoint_names = ["kvmops-0a1b2c3d-20250101T000000.000000Z"]
+    with pytest.raises(SnapshotCreateError) as caught:
+        Domain(raw).create_snapshot("<domainsnapshot/>", what="creating snapshot 's'")
+    assert caught.value.checkpoints and not caught.value.agent
+    assert caught.value.text == "cannot do it"
+    raw.checkpoint_names = []
+    with pytest.raises(SnapshotCreateError) as again:
+        Domain(raw).create_snapshot("<domainsnapshot/>", what="creating snapshot 's'")
+    assert not again.value.checkpoints
+
+
+def test_snapshot_quiesce_failure_is_the_agents_by_code() -> None:
+    raw = RawDomain(snapshotCreateXML=FakeError(libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
+                                                "QEMU guest agent is not connected"))
+    raw.active = True
+    with pytest.raises(SnapshotCreateError) as caught:
+        Domain(raw).create_snapshot("<x/>", disk_only=True, quiesce=True, what="w")
+    assert caught.value.agent
+    with pytest.raises(SnapshotCreateError) as unquiesced:
+        Domain(raw).create_snapshot("<x/>", disk_only=True, quiesce=False, what="w")
+    assert not unquiesced.value.agent  # without a quiesce the agent was not asked
+
+
+def test_pivot_not_ready_is_false_other_errors_raise() -> None:
+    raw = RawDomain(blockJobAbort=FakeError(libvirt.VIR_ERR_BLOCK_COPY_ACTIVE))
+    assert Domain(raw).block_job_pivot("vda") is False
+    raw.raises["blockJobAbort"] = FakeError(libvirt.VIR_ERR_OPERATION_INVALID)
+    with pytest.raises(StateError, match="pivoting disk vda of VM 'web1'"):
+        Domain(raw).block_job_pivot("vda")
+    del raw.raises["blockJobAbort"]
+    assert Domain(raw).block_job_pivot("vda") is True
+
+
+def test_block_job_is_typed() -> None:
+    raw = RawDomain()
+    assert Domain(raw).block_job("vda") is None
+    raw.job = {"type": 4, "cur": 5, "end": 10}
+    job = Domain(raw).block_job("vda")
+    assert job == BlockJob(4, 5, 10) and not job.ready
+    raw.job = {"type": 4, "cur": 10, "end": 10}
+    assert Domain(raw).block_job("vda") == BlockJob(4, 10, 10)
+    assert BlockJob(4, 10, 10).ready
+
+
+def test_missing_checkpoint_is_none_a_lost_connection_raises() -> None:
+    raw = RawDomain(checkpointLookupByName=FakeError(libvirt.VIR_ERR_NO_DOMAIN_CHECKPOINT))
+    assert Domain(raw).find_checkpoint("c1") is None
+    raw.raises["checkpointLookupByName"] = FakeError(libvirt.VIR_ERR_SYSTEM_ERROR, "gone")
+    with pytest.raises(HostUnavailableError):
+        Domain(raw).find_checkpoint("c1")
+
+
+def test_shutdown_errors() -> None:
+    raw = RawDomain(shutdownFlags=FakeError(libvirt.VIR_ERR_OPERATION_FAILED, "no ACPI"))
+    with pytest.raises(HypervisorError, match="shutting down VM 'web1' failed: no ACPI"):
+        Domain(raw).shutdown("acpi")
+    raw.raises["shutdownFlags"] = FakeError(libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
+                                            "QEMU guest agent is not connected")
+    with pytest.raises(AgentUnavailableError, match="guest agent of VM 'web1'"):
+        Domain(raw).shutdown("agent")
+
+
+def test_domain_of_wraps_once() -> None:
+    domain = Domain(RawDomain())
+    assert Domain.of(domain) is domain
+    assert Domain.of(RawDomain()).name == "web1"
+
+
+class RawSizes(RawDomain):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, int, int]] = []
+
+    def setMemoryFlags(self, kib: int, flags: int) -> None:
+        self.calls.append(("memory", kib, flags))
+
+    def setVcpusFlags(self, count: int, flags: int) -> None:
+        self.calls.append(("vcpus", count, flags))
+
+
+def test_memory_in_kib_and_the_right_flags() -> None:
+    raw = RawSizes()
+    domain = Domain(raw)
+    domain.set_memory(512 * 1024**2, live=True, config=False)
+    domain.set_max_memory(1024**3)
+    domain.set_vcpus(2, live=False, config=True)
+    domain.set_max_vcpus(4)
+    assert raw.calls == [
+        ("memory", 512 * 1024, libvirt.VIR_DOMAIN_AFFECT_LIVE),
+        ("memory", 1024**2, libvirt.VIR_DOMAIN_AFFECT_CONFIG | libvirt.VIR_DOMAIN_MEM_MAXIMUM),
+        ("vcpus", 2, libvirt.VIR_DOMAIN_AFFECT_CONFIG),
+        ("vcpus", 4, libvirt.VIR_DOMAIN_AFFECT_CONFIG | libvirt.VIR_DOMAIN_VCPU_MAXIMUM),
+    ]
