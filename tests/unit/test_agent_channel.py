@@ -16,11 +16,9 @@ from kvmops.agent.channel import (
     ReplyReader,
     SocketAgentChannel,
     classify_error,
-    libvirt_desc,
     open_agent,
     parse_tcp,
 )
-from kvmops.agent.libvirt_transport import translate_agent_error
 from kvmops.errors import (
     AgentCommandDisabledError,
     AgentTimeoutError,
@@ -28,6 +26,7 @@ from kvmops.errors import (
     GuestCommandError,
     ValidationError,
 )
+from kvmops.host.errors import libvirt_desc, translate_agent_error
 
 SENT = b"\xff"
 

@@ -8,6 +8,7 @@ import pytest
 
 from kvmops.errors import HypervisorError, StateError
 from kvmops.host.connection import UNREADABLE_ERROR, call, is_undecodable_error
+from kvmops.host.domain import Domain
 from kvmops.vm import lifecycle
 
 
@@ -49,8 +50,13 @@ def test_other_system_errors_are_not_swallowed() -> None:
 
 
 class _Domain:
+    """Stands for a virDomain behind the Domain adapter."""
+
     def __init__(self, has_save: bool) -> None:
         self.has_save = has_save
+
+    def name(self) -> str:
+        return "web"
 
     def isPersistent(self) -> bool:
         return True
@@ -69,8 +75,8 @@ class _Host:
     def __init__(self, domain: _Domain) -> None:
         self._domain = domain
 
-    def domain(self, _name: str) -> _Domain:
-        return self._domain
+    def lookup(self, _name: str) -> Domain:
+        return Domain(self._domain)
 
 
 @pytest.mark.parametrize(("has_save", "kind"), [(True, StateError), (False, HypervisorError)])

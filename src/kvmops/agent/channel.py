@@ -20,25 +20,26 @@ import json
 import math
 import os
 import random
-import re
 import select
 import socket as socketlib
 import time
 from abc import ABC, abstractmethod
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from kvmops.agent.errors import classify_error
 from kvmops.errors import (
-    AgentCommandDisabledError,
     AgentNotConfiguredError,
     AgentTimeoutError,
     AgentUnavailableError,
-    GuestAgentError,
-    GuestCommandError,
     KvmopsError,
     StateError,
     ValidationError,
 )
+
+if TYPE_CHECKING:
+    from kvmops.host.connection import Host
+    from kvmops.host.domain import Domain
 
 DEFAULT_TIMEOUT = 30.0
 SYNC_TIMEOUT = 5.0
@@ -46,25 +47,6 @@ SENTINEL = 0xFF
 # Replies bigger than this are refused: a guest-file-read of the largest chunk we
 # ask for is far below it; anything larger means a confused stream.
 MAX_REPLY = 64 * 1024 * 1024
-
-_DISABLED_HINT = ("enable it in the guest: remove it from qemu-ga's --block-rpcs "
-                  "(BLACKLIST_RPC in /etc/sysconfig/qemu-ga or the unit file) and restart qemu-ga")
-
-
-def classify_error(target: str, command: str, error_class: str | None, desc: str
-                   ) -> GuestAgentError:
-    """Map an agent error reply (class + desc) to the precise GuestAgentError."""
-    desc = desc.strip()
-    if "has been disabled" in desc or error_class == "CommandDisabled":
-        return AgentCommandDisabledError(
-            f"command '{command}' is disabled in the guest agent of {target}",
-            hint=_DISABLED_HINT)
-    if error_class == "CommandNotFound":
-        return GuestCommandError(
-            f"the guest agent of {target} does not know '{command}' ({desc})",
-            hint="the guest's qemu-ga is probably too old for this operation")
-    return GuestCommandError(f"guest agent of {target} failed '{command}': {desc}")
-
 
 class AgentChannel(ABC):
     """A connection to one guest agent; ``execute`` returns the reply's ``return`` value."""
@@ -109,9 +91,11 @@ class LibvirtAgentChannel(AgentChannel):
 
     chunk_size = 64 * 1024
 
-    def __init__(self, domain: Any, *, host: Any | None = None) -> None:
-        self.domain = domain
-        self.name = str(domain.name())
+    def __init__(self, domain: Domain, *, host: Host | None = None) -> None:
+        from kvmops.host.domain import Domain
+
+        self.domain = Domain.of(domain)
+        self.name = self.domain.name
         self.target = f"VM '{self.name}'"
         self._host = host  # closed with the channel when we opened it
 
@@ -131,11 +115,8 @@ class LibvirtAgentChannel(AgentChannel):
             self.execute(command, arguments, timeout=timeout)
 
     def _explain_unavailable(self, err: AgentUnavailableError) -> AgentUnavailableError:
-        import libvirt
-
-        with contextlib.suppress(libvirt.libvirtError):
-            state, _ = self.domain.state()
-            if state == libvirt.VIR_DOMAIN_PAUSED:
+        with contextlib.suppress(KvmopsError):
+            if self.domain.state() == "paused":
                 return AgentUnavailableError(
                     f"guest agent of VM '{self.name}' is not answering: the VM is paused",
                     hint=f"resume it with 'kvmops vm resume {self.name}'")
@@ -412,13 +393,13 @@ def open_agent(vm: str | None = None, socket: str | None = None, tcp: str | None
 
     host = Host(uri)
     try:
-        domain = host.domain(vm)
+        domain = host.lookup(vm)
         if not agent_configured(domain):
             raise AgentNotConfiguredError(
                 f"VM '{vm}' has no guest agent channel in its XML",
                 hint="recreate it without --no-agent, or add a <channel type='unix'> with "
                      "target name org.qemu.guest_agent.0")
-        if not domain.isActive():
+        if not domain.is_active():
             raise StateError(f"VM '{vm}' is not running: its guest agent cannot answer",
                              actual="shut off", required="running",
                              hint=f"start it with 'kvmops vm start {vm}'")
@@ -426,12 +407,3 @@ def open_agent(vm: str | None = None, socket: str | None = None, tcp: str | None
         host.close()
         raise
     return LibvirtAgentChannel(domain, host=host)
-
-
-_DESC = re.compile(r"unable to execute QEMU agent command '[^']*':\s*(?P<desc>.*)$", re.S)
-
-
-def libvirt_desc(text: str) -> str:
-    """The agent's own ``desc`` inside a libvirt error message, when it is there."""
-    match = _DESC.search(text)
-    return match.group("desc").strip() if match else text.strip()

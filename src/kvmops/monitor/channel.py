@@ -267,8 +267,8 @@ def open_monitor(vm: str | None = None, *, socket: Path | str | None = None,
 
         host = Host(uri)
         try:
-            domain = host.domain(vm)
-            if not domain.isActive():
+            domain = host.lookup(vm)
+            if not domain.is_active():
                 raise StateError(
                     f"VM '{vm}' is not running: its QEMU monitor is not available",
                     actual="shut off", required="running",

@@ -27,9 +27,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from lxml import etree
-
 from kvmops.errors import StateError, UnsupportedError, ValidationError
+from kvmops.vm.domxml import DomainDocument
 
 
 def packed(major: int, minor: int, micro: int = 0) -> int:
@@ -104,48 +103,13 @@ class VmFacts:
 
 def vm_facts(name: str, active: bool, domain_xml: str) -> VmFacts:
     """Read what the decisions need from a domain XML."""
-    root = etree.fromstring(domain_xml.encode())
-    disks = []
-    for el in root.findall("devices/disk"):
-        target = el.find("target")
-        driver = el.find("driver")
-        source = el.find("source")
-        src = None
-        if source is not None:
-            src = source.get("file") or source.get("dev") or source.get("name")
-        disks.append(DiskFacts(
-            target=target.get("dev", "") if target is not None else "",
-            fmt=driver.get("type", "raw") if driver is not None else "raw",
-            source=src,
-            readonly=el.find("readonly") is not None or el.get("device") == "cdrom",
-            device=el.get("device", "disk"),
-        ))
-    loader = root.find("os/loader")
-    pflash = (loader is not None and loader.get("type") == "pflash") or (
-        root.find("os") is not None and root.find("os").get("firmware") == "efi")  # type: ignore[union-attr]
-    return VmFacts(name=name, active=active, disks=disks, pflash=pflash,
-                   hostdevs=hostdevs_in(root))
-
-
-def hostdevs_in(root: etree._Element) -> list[str]:
-    """Passed-through host devices: ``<hostdev>`` and ``<interface type='hostdev'>``."""
-    found = []
-    for el in root.findall("devices/hostdev"):
-        addr = el.find("source/address")
-        vendor = el.find("source/vendor")
-        product = el.find("source/product")
-        if addr is not None and addr.get("bus") is not None and addr.get("domain") is not None:
-            desc = (f"{el.get('type', 'pci')} {addr.get('domain', '0')[2:] or '0'}:"
-                    f"{addr.get('bus', '0')[2:]}:{addr.get('slot', '0')[2:]}."
-                    f"{addr.get('function', '0')[2:]}")
-        elif vendor is not None and product is not None:
-            desc = f"{el.get('type', 'usb')} {vendor.get('id')}:{product.get('id')}"
-        else:
-            desc = el.get("type", "hostdev")
-        found.append(desc)
-    found += [f"interface {i.findtext('mac') or ''}".strip()
-              for i in root.findall("devices/interface[@type='hostdev']")]
-    return found
+    doc = DomainDocument(domain_xml)
+    kinds = doc.disk_device_kinds()  # disk, cdrom, floppy, lun
+    disks = [DiskFacts(target=d.target, fmt=d.fmt, source=d.source,
+                       readonly=d.readonly or d.device == "cdrom", device=kind)
+             for d, kind in zip(doc.disks(), kinds, strict=True)]
+    return VmFacts(name=name, active=active, disks=disks, pflash=doc.uses_pflash(),
+                   hostdevs=doc.host_devices())
 
 
 # ------------------------------------------------------------------ create

@@ -22,11 +22,9 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import libvirt
-import libvirt_qemu
-from lxml import etree
-
-from kvmops.host.connection import call, connection_lost, translate
+from kvmops.errors import KvmopsError
+from kvmops.host.domain import Checkpoint, Domain
+from kvmops.vm.domxml import DomainDocument
 
 CHECKPOINT_PREFIX = "kvmops-"
 NoteFn = Callable[[str], None]
@@ -57,65 +55,57 @@ def owned_by(names: Iterable[str], repo_id: str, referenced: set[str]) -> list[s
             or (_LEGACY.match(n) is not None and n in referenced)]
 
 
-def kvmops_checkpoints(domain: libvirt.virDomain) -> list[libvirt.virDomainCheckpoint]:
+def kvmops_checkpoints(domain: Domain) -> list[Checkpoint]:
     """Every kvmops checkpoint of the VM, of any repository, oldest first."""
-    return [c for c in call("listing checkpoints", domain.listAllCheckpoints, 0)
-            if is_kvmops(c.getName())]
+    return [c for c in Domain.of(domain).checkpoints() if is_kvmops(c.name)]
 
 
-def foreign_checkpoints(domain: libvirt.virDomain) -> list[str]:
-    return [c.getName() for c in call("listing checkpoints", domain.listAllCheckpoints, 0)
-            if not is_kvmops(c.getName())]
+def foreign_checkpoints(domain: Domain) -> list[str]:
+    return [c.name for c in Domain.of(domain).checkpoints() if not is_kvmops(c.name)]
 
 
-def delete_checkpoint(domain: libvirt.virDomain, name: str, note: NoteFn | None = None) -> None:
+def delete_checkpoint(domain: Domain, name: str, note: NoteFn | None = None) -> None:
     """Delete a checkpoint, merging its bitmaps into its parent's (libvirt semantics)."""
-    try:
-        checkpoint = domain.checkpointLookupByName(name, 0)
-    except libvirt.libvirtError as err:
-        if connection_lost(err):
-            raise translate(err, f"deleting checkpoint {name}") from err
+    domain = Domain.of(domain)
+    checkpoint = domain.find_checkpoint(name, what=f"deleting checkpoint {name}")
+    if checkpoint is None:
         return
+    what = f"deleting checkpoint {name} of VM '{domain.name}'"
     try:
-        checkpoint.delete(0)
-    except libvirt.libvirtError as err:
+        checkpoint.delete(what=what)
+    except KvmopsError as err:
         # Its bitmaps are broken (e.g. inconsistent after a crash): drop the metadata and the
         # bitmaps; the next backup of that disk is a full anyway.
         try:
-            checkpoint.delete(libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
-        except libvirt.libvirtError as err2:
-            raise translate(err2, f"deleting checkpoint {name} of VM '{domain.name()}'"
-                            ) from err
-        if domain.isActive():
+            checkpoint.delete(metadata_only=True, what=what)
+        except KvmopsError as err2:
+            raise err2 from err
+        if domain.is_active():
             remove_bitmaps(domain, name)
         if note:
-            note(f"checkpoint {name} could not be merged ({err.get_error_message()}); "
-                 "removed it")
+            note(f"checkpoint {name} could not be merged "
+                 f"({err.message.removeprefix(f'{what}: ')}); removed it")
 
 
-def qmp_command(domain: libvirt.virDomain, command: str, arguments: dict[str, Any] | None = None
-         ) -> Any:
+def qmp_command(domain: Domain, command: str, arguments: dict[str, Any] | None = None
+                ) -> Any:
+    """One QMP command through libvirt; its ``return`` value."""
     request: dict[str, Any] = {"execute": command}
     if arguments:
         request["arguments"] = arguments
-    reply = libvirt_qemu.qemuMonitorCommand(domain, json.dumps(request), 0)
+    reply = Domain.of(domain).monitor_command(
+        json.dumps(request), what=f"QMP command '{command}'")
     return json.loads(reply).get("return")
 
 
-def node_bitmaps(domain: libvirt.virDomain) -> dict[str, list[dict[str, Any]]]:
+def node_bitmaps(domain: Domain) -> dict[str, list[dict[str, Any]]]:
     """Dirty bitmaps per disk target of a running VM (read-only QMP query)."""
-    xml = etree.fromstring(domain.XMLDesc(0).encode())
-    node_of: dict[str, str] = {}
-    for disk in xml.findall("devices/disk"):
-        target = disk.find("target")
-        source = disk.find("source")
-        if target is None or source is None or source.get("index") is None:
-            continue
-        node_of[f"libvirt-{source.get('index')}-format"] = target.get("dev", "")
+    domain = Domain.of(domain)
+    node_of = DomainDocument(domain.xml()).disk_nodes()
     result: dict[str, list[dict[str, Any]]] = {}
     try:
         nodes = qmp_command(domain, "query-named-block-nodes", {"flat": True})
-    except libvirt.libvirtError:
+    except KvmopsError:
         return result
     for node in nodes or []:
         dev = node_of.get(node.get("node-name", ""))
@@ -124,10 +114,9 @@ def node_bitmaps(domain: libvirt.virDomain) -> dict[str, list[dict[str, Any]]]:
     return result
 
 
-def remove_bitmaps(domain: libvirt.virDomain, name: str) -> None:
+def remove_bitmaps(domain: Domain, name: str) -> None:
     """Remove a bitmap left behind by a checkpoint whose metadata is gone."""
-    xml = etree.fromstring(domain.XMLDesc(0).encode())
-    for disk in xml.findall("devices/disk/source[@index]"):
-        node = f"libvirt-{disk.get('index')}-format"
-        with contextlib.suppress(libvirt.libvirtError):
+    domain = Domain.of(domain)
+    for node in DomainDocument(domain.xml()).disk_nodes():
+        with contextlib.suppress(KvmopsError):
             qmp_command(domain, "block-dirty-bitmap-remove", {"node": node, "name": name})

@@ -21,8 +21,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import libvirt
-from lxml import etree
 from pydantic import BaseModel
 
 from kvmops.errors import (
@@ -35,17 +33,17 @@ from kvmops.errors import (
     UnsupportedError,
     ValidationError,
 )
-from kvmops.host.connection import Host, call
+from kvmops.host.connection import Host
+from kvmops.host.domain import Domain
 from kvmops.images import qemuimg
 from kvmops.images.usage import vms_using
 from kvmops.paths import policy
 from kvmops.vm.domxml import (
     DiskSpec,
+    DomainDocument,
     OwnedFile,
     controller_xml,
     disk_xml,
-    has_controller,
-    parse_disk,
 )
 from kvmops.vm.lifecycle import ensure_qemu_can_reach, state_name
 from kvmops.vm.ownership import (
@@ -137,29 +135,17 @@ def next_free_target(used: Iterable[str], prefix: str = "vd") -> str:
 
 
 # ------------------------------------------------------------------ XML
-def _disk_elements(xml: str) -> list[etree._Element]:
-    return list(etree.fromstring(xml.encode()).findall("devices/disk"))
+_EMPTY = "<domain/>"
 
 
-def _find_disk(xml: str, target: str) -> etree._Element | None:
-    for el in _disk_elements(xml):
-        t = el.find("target")
-        if t is not None and t.get("dev") == target:
-            return el
-    return None
-
-
-def _targets(xml: str) -> list[str]:
-    return [parse_disk(el).target for el in _disk_elements(xml)]
-
-
-def _xmls(domain: libvirt.virDomain, name: str) -> tuple[str | None, str | None]:
-    """(live XML if running, persistent XML if the domain has one)."""
-    live = (call(f"reading XML of VM '{name}'", domain.XMLDesc, 0)
-            if domain.isActive() else None)
-    config = (call(f"reading XML of VM '{name}'", domain.XMLDesc,
-                   libvirt.VIR_DOMAIN_XML_INACTIVE) if domain.isPersistent() else None)
-    return live, config
+def _docs(domain: Domain) -> tuple[DomainDocument, DomainDocument, bool, bool]:
+    """(live XML, persistent XML, running?, persistent?); a document the VM does not
+    have (not running, transient) is empty."""
+    running = domain.is_active()
+    persistent = domain.is_persistent()
+    live = DomainDocument(domain.xml() if running else _EMPTY)
+    config = DomainDocument(domain.xml(inactive=True) if persistent else _EMPTY)
+    return live, config, running, persistent
 
 
 # ------------------------------------------------------------------ list
@@ -170,7 +156,7 @@ def _qdev_id(qdev: str) -> str:
     return qdev
 
 
-def _qmp_block_view(domain: libvirt.virDomain) -> tuple[dict[str, dict[str, Any]],
+def _qmp_block_view(domain: Domain) -> tuple[dict[str, dict[str, Any]],
                                                         list[dict[str, Any]]] | None:
     """query-block entries by qdev id, and the flat named nodes; None if unavailable."""
     from kvmops.monitor.libvirt_channel import LibvirtMonitorChannel
@@ -185,17 +171,14 @@ def _qmp_block_view(domain: libvirt.virDomain) -> tuple[dict[str, dict[str, Any]
     return by_qdev, [n for n in nodes if isinstance(n, dict)]
 
 
-def _disk_info(el: etree._Element, view: tuple[dict[str, dict[str, Any]],
-                                               list[dict[str, Any]]] | None,
+def _disk_info(spec: DiskSpec, view: tuple[dict[str, dict[str, Any]],
+                                            list[dict[str, Any]]] | None,
                live: bool) -> DiskInfo:
-    spec = parse_disk(el)
-    source = el.find("source")
-    index = source.get("index") if source is not None else None
     info = DiskInfo(
         target=spec.target, image=spec.source, format=spec.fmt, virtual_size=None,
         bus=spec.bus, device=spec.device, readonly=spec.readonly,
         node_name=spec.node_name if live else None,
-        storage_node_name=f"libvirt-{index}-storage" if live and index else None,
+        storage_node_name=spec.storage_node_name if live else None,
         qdev=spec.alias if live else None,
     )
     if view is not None and info.qdev:
@@ -225,12 +208,11 @@ def list_disks(host: Host, vm: str, *, inactive: bool = False, use_qmp: bool = T
                ) -> list[DiskInfo]:
     """The VM's disks: from the live XML when it runs (cross-checked with QMP unless
     ``use_qmp`` is false), else (or with ``inactive``) from its persistent XML."""
-    domain = host.domain(vm)
-    live = bool(domain.isActive()) and not inactive
-    flags = 0 if live else libvirt.VIR_DOMAIN_XML_INACTIVE
-    xml = call(f"reading XML of VM '{vm}'", domain.XMLDesc, flags)
+    domain = host.lookup(vm)
+    live = domain.is_active() and not inactive
+    doc = DomainDocument(domain.xml(inactive=not live))
     view = _qmp_block_view(domain) if live and use_qmp else None
-    return [_disk_info(el, view, live) for el in _disk_elements(xml)]
+    return [_disk_info(disk, view, live) for disk in doc.disks()]
 
 
 # ------------------------------------------------------------------ attach
@@ -248,31 +230,27 @@ def attach(host: Host, vm: str, *, image: Path | None = None, size: int | None =
     if not live and not persistent:
         raise ValidationError("nothing to do: neither the running VM nor its definition")
     prefix = bus_prefix(bus)
-    domain = host.domain(vm)
-    running = bool(domain.isActive())
-    flags = 0
-    if live and running:
-        flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
-    if persistent and domain.isPersistent():
-        flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
+    domain = host.lookup(vm)
+    live_doc, config_doc, running, defined = _docs(domain)
+    in_live = live and running
+    in_config = persistent and defined
     if live and not persistent and not running:
         state = state_name(domain)
         raise StateError(f"cannot hot-plug a disk into VM '{vm}': it is {state}",
                          actual=state, required="running",
                          hint="start it first, or attach without --live-only to change "
                               "its definition")
-    if flags == 0:
+    if not in_live and not in_config:
         raise StateError(f"cannot change the definition of VM '{vm}': it is transient",
                          hint="attach it live only (--live-only)")
 
-    if flags & libvirt.VIR_DOMAIN_AFFECT_LIVE and bus in NO_HOTPLUG_BUSES:
+    if in_live and bus in NO_HOTPLUG_BUSES:
         raise UnsupportedError(
             f"a {bus} disk cannot be hot-plugged into running VM '{vm}': QEMU's "
             f"{bus.upper()} controller has no hot-plug",
             hint="use --bus virtio or --bus scsi, or --config-only to add it at the next "
                  "start")
-    live_xml, config_xml = _xmls(domain, vm)
-    used = set(_targets(live_xml or "<domain/>")) | set(_targets(config_xml or "<domain/>"))
+    used = set(live_doc.targets()) | set(config_doc.targets())
     if target is not None:
         validate_target(target, bus)
         if target in used:
@@ -293,9 +271,8 @@ def attach(host: Host, vm: str, *, image: Path | None = None, size: int | None =
             raise ValidationError(f"no format given for {path} (attach to VM '{vm}')",
                                   hint="name it with --format raw or --format qcow2")
         resolved = path.resolve()
-        for xml in (live_xml, config_xml):
-            for el in _disk_elements(xml or "<domain/>"):
-                disk = parse_disk(el)
+        for doc in (live_doc, config_doc):
+            for disk in doc.disks():
                 if disk.source and Path(disk.source).resolve() == resolved:
                     raise AlreadyExistsError(
                         f"image {path} is already attached to VM '{vm}' as {disk.target}")
@@ -317,8 +294,10 @@ def attach(host: Host, vm: str, *, image: Path | None = None, size: int | None =
     xml = disk_xml(DiskSpec(target=target, source=str(path), fmt=fmt, bus=bus))
     try:
         if bus == "scsi":
-            _ensure_scsi_controller(domain, vm, flags, live_xml, config_xml)
-        call(f"attaching {path} to VM '{vm}' as {target}", domain.attachDeviceFlags, xml, flags)
+            _ensure_scsi_controller(domain, vm, in_live and not live_doc.has_controller("scsi"),
+                                    in_config and not config_doc.has_controller("scsi"))
+        domain.attach_device(xml, live=in_live, config=in_config,
+                             what=f"attaching {path} to VM '{vm}' as {target}")
         if created is not None:
             add_owned(domain, [OwnedFile(str(created), fmt)])
     except BaseException:
@@ -326,30 +305,22 @@ def attach(host: Host, vm: str, *, image: Path | None = None, size: int | None =
             with contextlib.suppress(OSError):
                 created.unlink()
         raise
-    in_live = bool(flags & libvirt.VIR_DOMAIN_AFFECT_LIVE)
     for attached in list_disks(host, vm, inactive=not in_live):
         if attached.target == target:
             return attached
     raise StorageError(f"disk {target} was attached to VM '{vm}' but is not in its XML")
 
 
-def _ensure_scsi_controller(domain: libvirt.virDomain, vm: str, flags: int,
-                            live_xml: str | None, config_xml: str | None) -> None:
-    """Add a virtio-scsi controller where the VM has no SCSI controller yet.
+def _ensure_scsi_controller(domain: Domain, vm: str, live: bool, config: bool) -> None:
+    """Add a virtio-scsi controller where the VM has no SCSI controller yet (``live``:
+    the running VM lacks one, ``config``: its definition does).
 
     Left to itself, libvirt adds an emulated LSI controller for a SCSI disk;
     virtio-scsi is faster, hot-pluggable and what current guests expect.
     """
-    missing = 0
-    if flags & libvirt.VIR_DOMAIN_AFFECT_LIVE and not has_controller(live_xml or "<domain/>",
-                                                                     "scsi"):
-        missing |= libvirt.VIR_DOMAIN_AFFECT_LIVE
-    if flags & libvirt.VIR_DOMAIN_AFFECT_CONFIG and not has_controller(
-            config_xml or "<domain/>", "scsi"):
-        missing |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
-    if missing:
-        call(f"adding a virtio-scsi controller to VM '{vm}'", domain.attachDeviceFlags,
-             controller_xml("scsi", "virtio-scsi"), missing)
+    if live or config:
+        domain.attach_device(controller_xml("scsi", "virtio-scsi"), live=live, config=config,
+                             what=f"adding a virtio-scsi controller to VM '{vm}'")
 
 
 # ------------------------------------------------------------------ detach
@@ -363,37 +334,31 @@ def detach(host: Host, vm: str, target: str, *, remove_storage: bool = False,
     else raises OperationTimeoutError. ``remove_storage`` then deletes the image
     file, unless another VM still uses it.
     """
-    domain = host.domain(vm)
-    live_xml, config_xml = _xmls(domain, vm)
-    live_el = _find_disk(live_xml, target) if live_xml else None
-    config_el = _find_disk(config_xml, target) if config_xml else None
+    domain = host.lookup(vm)
+    live_doc, config_doc, _running, _defined = _docs(domain)
+    live_el = live_doc.disk_device_xml(target)
+    config_el = config_doc.disk_device_xml(target)
     if live_el is None and config_el is None:
-        known = sorted(set(_targets(live_xml or "<domain/>"))
-                       | set(_targets(config_xml or "<domain/>")))
+        known = sorted(set(live_doc.targets()) | set(config_doc.targets()))
         raise NotFoundError(f"VM '{vm}' has no disk {target}",
                             hint=f"its disks: {', '.join(known)}" if known else
                             "it has no disks")
-    flags = 0
-    if live and live_el is not None:
-        flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
-    if persistent and config_el is not None:
-        flags |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
-    if flags == 0:
+    in_live = live and live_el is not None
+    in_config = persistent and config_el is not None
+    if not in_live and not in_config:
         where = "running VM" if live else "definition"
         raise NotFoundError(f"disk {target} is not in the {where} of VM '{vm}'")
-    element = live_el if live_el is not None and flags & libvirt.VIR_DOMAIN_AFFECT_LIVE \
-        else config_el
-    assert element is not None
-    disk = parse_disk(element)
+    element = live_el if in_live else config_el
+    found = (live_doc if in_live else config_doc).find_disk(target)
+    assert element is not None and found is not None
+    disk = found
     deadline = time.monotonic() + timeout  # libvirt itself waits a few seconds in the call
-    call(f"detaching disk {target} from VM '{vm}'", domain.detachDeviceFlags,
-         etree.tostring(element, encoding="unicode"), flags)
-    if flags & libvirt.VIR_DOMAIN_AFFECT_LIVE:
+    domain.detach_device(element, live=in_live, config=in_config,
+                         what=f"detaching disk {target} from VM '{vm}'")
+    if in_live:
         _wait_removed(domain, vm, target, deadline, timeout)
 
-    result = DetachResult(target=target, image=disk.source,
-                          live=bool(flags & libvirt.VIR_DOMAIN_AFFECT_LIVE),
-                          config=bool(flags & libvirt.VIR_DOMAIN_AFFECT_CONFIG))
+    result = DetachResult(target=target, image=disk.source, live=in_live, config=in_config)
     if remove_storage and disk.source and disk.device == "disk":
         result.removed_storage = _remove_image(host, domain, vm, disk)
     elif disk.source and result.config:
@@ -401,16 +366,16 @@ def detach(host: Host, vm: str, target: str, *, remove_storage: bool = False,
     return result
 
 
-def _wait_removed(domain: libvirt.virDomain, vm: str, target: str, deadline: float,
+def _wait_removed(domain: Domain, vm: str, target: str, deadline: float,
                   timeout: float) -> None:
     while True:
         try:
-            if not domain.isActive():
+            if not domain.is_active():
                 return
-            xml = domain.XMLDesc(0)
-        except libvirt.libvirtError:
+            xml = domain.xml()
+        except KvmopsError:
             return  # a transient VM that went away has no disks left
-        if _find_disk(xml, target) is None:
+        if DomainDocument(xml).find_disk(target) is None:
             return
         if time.monotonic() >= deadline:
             raise OperationTimeoutError(
@@ -421,16 +386,16 @@ def _wait_removed(domain: libvirt.virDomain, vm: str, target: str, deadline: flo
         time.sleep(0.25)
 
 
-def _remove_image(host: Host, domain: libvirt.virDomain, vm: str, disk: DiskSpec) -> bool:
+def _remove_image(host: Host, domain: Domain, vm: str, disk: DiskSpec) -> bool:
     """Delete a detached disk's image: only a file kvmops created for this VM, inside the
     image directories, used by no other VM (its chain below is never followed)."""
     assert disk.source is not None
     path = Path(disk.source)
-    live_xml, config_xml = _xmls(domain, vm)
+    live_doc, config_doc, _running, _defined = _docs(domain)
     resolved = path.resolve()
-    for xml in (live_xml, config_xml):
-        for el in _disk_elements(xml or "<domain/>"):
-            source = parse_disk(el).source
+    for doc in (live_doc, config_doc):
+        for found in doc.disks():
+            source = found.source
             if source and Path(source).resolve() == resolved:
                 raise StateError(f"not removing {path}: VM '{vm}' still uses it",
                                  hint="detach it from both the running VM and the definition")

@@ -7,17 +7,13 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
-import libvirt
-from lxml import etree
 from pydantic import BaseModel, Field
 
 from kvmops.agent.libvirt_transport import agent_command, agent_configured
 from kvmops.errors import (
     AlreadyExistsError,
     GuestAgentError,
-    HypervisorError,
     KvmopsError,
     NotFoundError,
     OperationTimeoutError,
@@ -26,29 +22,20 @@ from kvmops.errors import (
     ValidationError,
 )
 from kvmops.host.accel import Accelerator, probe
-from kvmops.host.connection import Host, call
+from kvmops.host.connection import Host
+from kvmops.host.domain import STATE_NAMES, Domain, ShutdownMode
 from kvmops.paths import policy
 from kvmops.sizes import format_size, parse_size
 from kvmops.vm.domxml import (
     DiskSpec,
+    DomainDocument,
     DomainSpec,
     NicSpec,
     OwnedFile,
     Topology,
-    set_owned_files,
     validate_name,
 )
 
-STATE_NAMES = {
-    libvirt.VIR_DOMAIN_NOSTATE: "no state",
-    libvirt.VIR_DOMAIN_RUNNING: "running",
-    libvirt.VIR_DOMAIN_BLOCKED: "idle",
-    libvirt.VIR_DOMAIN_PAUSED: "paused",
-    libvirt.VIR_DOMAIN_SHUTDOWN: "in shutdown",
-    libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
-    libvirt.VIR_DOMAIN_CRASHED: "crashed",
-    libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
-}
 DISK_TARGETS = [f"vd{chr(c)}" for c in range(ord("a"), ord("z") + 1)]
 MAX_MEMORY = 16 * 1024**4  # 16 TiB: beyond what QEMU/KVM give an x86 guest in practice
 
@@ -156,30 +143,31 @@ class VmInfo(VmSummary):
 
 
 # ------------------------------------------------------------------ helpers
-def state_name(domain: libvirt.virDomain) -> str:
-    state, _reason = call(f"reading state of VM '{domain.name()}'", domain.state)
-    return STATE_NAMES.get(state, "unknown")
+def state_name(domain: Domain) -> str:
+    """The VM's state as ``virsh domstate`` names it (``running``, ``shut off`` ...)."""
+    return Domain.of(domain).state()
 
 
-def _summary(domain: libvirt.virDomain) -> VmSummary:
-    spec = DomainSpec.from_xml(call("reading XML", domain.XMLDesc, 0))
+def _summary(domain: Domain) -> VmSummary:
+    spec = DomainSpec.from_xml(domain.xml(what="reading XML"))
     return VmSummary(
-        name=domain.name(),
-        state=state_name(domain),
+        name=domain.name,
+        state=domain.state(),
         vcpus=spec.vcpus,
         memory=spec.memory_bytes,
         accelerator=Accelerator.from_domain_type(spec.domain_type).value,
-        autostart=bool(call("reading autostart", domain.autostart)),
-        persistent=bool(domain.isPersistent()),
+        autostart=domain.autostart(),
+        persistent=domain.is_persistent(),
     )
 
 
-def _require_state(domain: libvirt.virDomain, allowed: set[str], action: str, hint: str = ""
+def _require_state(domain: Domain, allowed: set[str], action: str, hint: str = ""
                    ) -> str:
-    state = state_name(domain)
+    domain = Domain.of(domain)
+    state = domain.state()
     if state not in allowed:
         raise StateError(
-            f"cannot {action} VM '{domain.name()}': it is {state}",
+            f"cannot {action} VM '{domain.name}': it is {state}",
             actual=state, required=" or ".join(sorted(allowed)), hint=hint or None,
         )
     return state
@@ -200,8 +188,8 @@ def ensure_qemu_can_reach(directory: Path) -> None:
             )
 
 
-def ping_agent(domain: libvirt.virDomain, timeout: int = 2) -> bool:
-    if not domain.isActive() or not agent_configured(domain):
+def ping_agent(domain: Domain, timeout: int = 2) -> bool:
+    if not domain.is_active() or not agent_configured(domain):
         return False
     try:
         agent_command(domain, "guest-ping", timeout=timeout)
@@ -212,24 +200,24 @@ def ping_agent(domain: libvirt.virDomain, timeout: int = 2) -> bool:
 
 # ------------------------------------------------------------------ services
 def list_vms(host: Host) -> list[VmSummary]:
-    return sorted((_summary(d) for d in host.domains()), key=lambda vm: vm.name)
+    return sorted((_summary(d) for d in host.all_domains()), key=lambda vm: vm.name)
 
 
 def info(host: Host, name: str) -> VmInfo:
-    domain = host.domain(name)
-    xml = call(f"reading XML of VM '{name}'", domain.XMLDesc, 0)
-    spec = DomainSpec.from_xml(xml)
+    domain = host.lookup(name)
+    spec = DomainSpec.from_xml(domain.xml())
     summary = _summary(domain)
-    dom_info = call("reading VM info", domain.info)
+    stats = domain.stats()
     vnc = f"{spec.vnc_listen}:{spec.vnc_port}" if spec.vnc_port else None
+    active = domain.is_active()
     return VmInfo(
         **summary.model_dump(),
-        uuid=domain.UUIDString(),
-        id=domain.ID() if domain.isActive() else None,
+        uuid=domain.uuid(),
+        id=domain.id(),
         agent=ping_agent(domain),
         agent_configured=spec.agent_channel,
-        managed_save=bool(domain.hasManagedSaveImage(0)) if domain.isPersistent() else False,
-        cpu_time_ns=int(dom_info[4]),
+        managed_save=domain.has_managed_save(),
+        cpu_time_ns=stats.cpu_time_ns,
         topology=(vars(spec.topology) if spec.topology else None),
         kernel=spec.kernel,
         cmdline=spec.cmdline,
@@ -239,7 +227,7 @@ def info(host: Host, name: str) -> VmInfo:
                for d in spec.disks],
         nics=[NicInfo(type=n.kind, source=n.source, model=n.model, mac=n.mac,
                       host_device=n.target_dev) for n in spec.nics],
-        tainted=_taints(name) if domain.isActive() else [],
+        tainted=_taints(name) if active else [],
     )
 
 
@@ -386,7 +374,7 @@ def create(host: Host, req: CreateRequest,
             cmdline=req.cmdline, boot=["cdrom", "hd"] if req.cdrom else ["hd"],
             disks=disks, nics=nics, agent_channel=req.agent, owned_files=owned,
         )
-        host.define(spec.to_xml())
+        host.define_domain(spec.to_xml())
     except BaseException:
         for path in created:
             with contextlib.suppress(OSError):
@@ -401,22 +389,21 @@ def create(host: Host, req: CreateRequest,
 
 def start(host: Host, name: str, *, paused: bool = False, discard_managed_save: bool = False
           ) -> None:
-    domain = host.domain(name)
+    domain = host.lookup(name)
     _require_state(domain, {"shut off", "crashed"}, "start",
                    hint=f"it is already active; see 'kvmops vm info {name}'")
-    for nic in DomainSpec.from_xml(call("reading XML", domain.XMLDesc, 0)).nics:
+    for nic in DomainSpec.from_xml(domain.xml(what="reading XML")).nics:
         if nic.kind == "network" and not host.network_active(nic.source):
             raise StateError(f"cannot start VM '{name}': its network '{nic.source}' is not "
                              "active", hint=f"start it with 'virsh net-start {nic.source}' "
                                             f"(and 'virsh net-autostart {nic.source}')")
-    has_save = domain.isPersistent() and bool(domain.hasManagedSaveImage(0))
+    has_save = domain.has_managed_save()
     if discard_managed_save and has_save:
-        call(f"removing managed-save image of VM '{name}'", domain.managedSaveRemove, 0)
+        domain.remove_managed_save()
         has_save = False
-    flags = libvirt.VIR_DOMAIN_START_PAUSED if paused else 0
     what = f"starting VM '{name}'"
     try:
-        call(what, domain.createWithFlags, flags)
+        domain.start(paused=paused, what=what)
     except KvmopsError as err:
         if has_save:
             detail = err.message.removeprefix(f"{what}: ")
@@ -429,7 +416,7 @@ def start(host: Host, name: str, *, paused: bool = False, discard_managed_save: 
         raise
 
 
-def wait_for_state(domain: libvirt.virDomain, wanted: set[str], timeout: float) -> bool:
+def wait_for_state(domain: Domain, wanted: set[str], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -443,12 +430,12 @@ def wait_for_state(domain: libvirt.virDomain, wanted: set[str], timeout: float) 
 
 def wait_for_agent(host: Host, name: str, timeout: float = 60.0) -> None:
     """Block until the guest agent answers a ping."""
-    domain = host.domain(name)
+    domain = host.lookup(name)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if ping_agent(domain, timeout=2):
             return
-        if not domain.isActive():
+        if not domain.is_active():
             raise StateError(f"VM '{name}' stopped while waiting for its guest agent")
         time.sleep(0.5)
     raise OperationTimeoutError(
@@ -457,31 +444,18 @@ def wait_for_agent(host: Host, name: str, timeout: float = 60.0) -> None:
     )
 
 
-ShutdownMode = Literal["acpi", "agent"]
-
-
 def shutdown(host: Host, name: str, *, mode: ShutdownMode = "acpi", timeout: float = 60.0,
              wait: bool = True) -> None:
-    domain = host.domain(name)
+    domain = host.lookup(name)
     _require_state(domain, {"running", "idle", "paused", "in shutdown"}, "shut down",
                    hint="it is not running")
     if mode == "agent":
         if not agent_configured(domain):
             agent_command(domain, "guest-ping")  # raises AgentNotConfiguredError
-        flags = libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT
         how = "the guest agent's shutdown request"
     else:
-        flags = libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN
         how = "the ACPI power-button request"
-    try:
-        domain.shutdownFlags(flags)
-    except libvirt.libvirtError as err:
-        text = (err.get_error_message() or str(err)).strip()
-        if mode == "agent":
-            from kvmops.agent.libvirt_transport import translate_agent_error
-
-            raise translate_agent_error(err, name, "guest-shutdown") from err
-        raise HypervisorError(f"shutting down VM '{name}' failed: {text}") from err
+    domain.shutdown(mode)
     if not wait:
         return
     if not wait_for_state(domain, {"shut off"}, timeout):
@@ -493,41 +467,36 @@ def shutdown(host: Host, name: str, *, mode: ShutdownMode = "acpi", timeout: flo
 
 
 def destroy(host: Host, name: str) -> None:
-    domain = host.domain(name)
+    domain = host.lookup(name)
     _require_state(domain, {"running", "idle", "paused", "in shutdown", "crashed",
                             "pmsuspended"}, "destroy", hint="it is not running")
-    call(f"destroying VM '{name}'", domain.destroy)
+    domain.destroy()
 
 
 def reboot(host: Host, name: str, *, mode: ShutdownMode = "acpi") -> None:
-    domain = host.domain(name)
+    domain = host.lookup(name)
     _require_state(domain, {"running", "idle"}, "reboot")
-    flags = (libvirt.VIR_DOMAIN_REBOOT_GUEST_AGENT if mode == "agent"
-             else libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN)
-    call(f"rebooting VM '{name}'", domain.reboot, flags)
+    domain.reboot(mode)
 
 
 def suspend(host: Host, name: str) -> None:
-    domain = host.domain(name)
+    domain = host.lookup(name)
     _require_state(domain, {"running", "idle"}, "suspend")
-    call(f"suspending VM '{name}'", domain.suspend)
+    domain.suspend()
 
 
 def resume(host: Host, name: str) -> None:
-    domain = host.domain(name)
+    domain = host.lookup(name)
     _require_state(domain, {"paused"}, "resume")
-    call(f"resuming VM '{name}'", domain.resume)
+    domain.resume()
 
 
 def set_autostart(host: Host, name: str, enabled: bool) -> None:
-    domain = host.domain(name)
-    call(f"setting autostart of VM '{name}'", domain.setAutostart, 1 if enabled else 0)
+    host.lookup(name).set_autostart(enabled)
 
 
 def dumpxml(host: Host, name: str, *, inactive: bool = False) -> str:
-    domain = host.domain(name)
-    flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
-    return str(call(f"reading XML of VM '{name}'", domain.XMLDesc, flags))
+    return host.lookup(name).xml(inactive=inactive)
 
 
 class UndefineResult(BaseModel):
@@ -541,17 +510,12 @@ def undefine(host: Host, name: str, *, remove_storage: bool = False) -> Undefine
     VM's file or anything outside the allowed image directories -- those are listed."""
     from kvmops.vm.ownership import removal_plan, remove_files
 
-    domain = host.domain(name)
+    domain = host.lookup(name)
     _require_state(domain, {"shut off", "crashed"}, "undefine",
                    hint=f"stop it first with 'kvmops vm shutdown {name}' or 'kvmops vm destroy'")
-    flags_xml = libvirt.VIR_DOMAIN_XML_INACTIVE if domain.isPersistent() else 0
-    spec = DomainSpec.from_xml(call("reading XML", domain.XMLDesc, flags_xml))
+    spec = DomainSpec.from_xml(domain.config_xml(what="reading XML"))
     plan = removal_plan(host, name, spec) if remove_storage else None
-    flags = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-             | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-             | getattr(libvirt, "VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA", 0)
-             | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
-    call(f"undefining VM '{name}'", domain.undefineFlags, flags)
+    domain.undefine()
     result = UndefineResult()
     if plan is not None:
         try:
@@ -573,32 +537,23 @@ def clone(host: Host, source: str, new_name: str, *, images_dir: Path | None = N
           progress: Callable[[str, float], None] | None = None) -> VmInfo:
     """Copy a shut-off VM: new name, UUID and MACs, each disk copied with qemu-img convert."""
     validate_name(new_name)
-    domain = host.domain(source)
+    domain = host.lookup(source)
     _require_state(domain, {"shut off"}, "clone",
                    hint=f"shut it down first ('kvmops vm shutdown {source}')")
     if host.has_domain(new_name):
         raise AlreadyExistsError(f"VM '{new_name}' already exists")
-    from kvmops.vm.domxml import set_name_and_uuid
-
-    root = set_name_and_uuid(
-        call("reading XML", domain.XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE), new_name)
+    doc = DomainDocument(domain.xml(inactive=True, what="reading XML"))
+    doc.for_clone(new_name)
     target_dir = policy().new_images_dir(images_dir, trusted=True)
     ensure_qemu_can_reach(target_dir)
     copied: list[Path] = []
     owned: list[OwnedFile] = []
     try:
-        for disk in root.findall("devices/disk[@device='disk']"):
-            source_el = disk.find("source")
-            target_el = disk.find("target")
-            driver = disk.find("driver")
-            if source_el is None or source_el.get("file") is None or target_el is None:
-                continue
-            src = Path(source_el.get("file", ""))
-            fmt = driver.get("type", "raw") if driver is not None else "raw"
-            dst = target_dir / f"{new_name}-{target_el.get('dev')}.{fmt}"
+        for label, (file, fmt) in doc.disk_files(device="disk").items():
+            src = Path(file)
+            dst = target_dir / f"{new_name}-{label}.{fmt}"
             if dst.exists():
                 raise AlreadyExistsError(f"disk image {dst} already exists (clone '{new_name}')")
-            label = str(target_el.get("dev"))
             from kvmops.images import qemuimg  # here: kvmops vm list/info start quicker
             from kvmops.images.chain import inspect
 
@@ -606,11 +561,9 @@ def clone(host: Host, source: str, new_name: str, *, images_dir: Path | None = N
             qemuimg.convert(src, fmt, dst, fmt, progress=_labelled(progress, label))
             copied.append(dst)
             owned.append(OwnedFile(str(dst), fmt))
-            source_el.set("file", str(dst))
-            for backing in disk.findall("backingStore"):
-                disk.remove(backing)
-        set_owned_files(root, owned)
-        host.define(etree.tostring(root, encoding="unicode"))
+            doc.point_disk(label, str(dst), fmt)
+        doc.set_owned_files(owned)
+        host.define_domain(doc.to_xml())
     except BaseException:
         for path in copied:
             with contextlib.suppress(OSError):
@@ -620,8 +573,26 @@ def clone(host: Host, source: str, new_name: str, *, images_dir: Path | None = N
 
 
 __all__ = [
-    "CreateRequest", "DiskRequest", "KvmopsError", "UndefineResult", "VmInfo", "VmSummary",
-    "clone", "create",
-    "destroy", "dumpxml", "info", "list_vms", "reboot", "resume", "set_autostart", "shutdown",
-    "start", "suspend", "undefine", "wait_for_agent",
+    "STATE_NAMES",
+    "CreateRequest",
+    "DiskRequest",
+    "KvmopsError",
+    "ShutdownMode",
+    "UndefineResult",
+    "VmInfo",
+    "VmSummary",
+    "clone",
+    "create",
+    "destroy",
+    "dumpxml",
+    "info",
+    "list_vms",
+    "reboot",
+    "resume",
+    "set_autostart",
+    "shutdown",
+    "start",
+    "suspend",
+    "undefine",
+    "wait_for_agent",
 ]

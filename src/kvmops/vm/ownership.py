@@ -18,21 +18,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import libvirt
-from lxml import etree
-
 from kvmops.errors import KvmopsError, StorageError
-from kvmops.host.connection import Host, call
+from kvmops.host.connection import Host
+from kvmops.host.domain import Domain
 from kvmops.images.chain import inspect_partial
 from kvmops.paths import PathPolicy, policy
 from kvmops.vm.domxml import (
     METADATA_KEY,
     METADATA_NS,
     DiskSpec,
+    DomainDocument,
     DomainSpec,
     OwnedFile,
     owned_files_xml,
-    parse_owned_files,
 )
 
 
@@ -49,30 +47,25 @@ class RemovalPlan:
 
 
 # ------------------------------------------------------------------ records
-def owned_files(domain: libvirt.virDomain) -> list[OwnedFile]:
+def owned_files(domain: Domain) -> list[OwnedFile]:
     """The files recorded in the VM's persistent definition."""
-    flags = libvirt.VIR_DOMAIN_XML_INACTIVE if domain.isPersistent() else 0
-    xml = call(f"reading XML of VM '{domain.name()}'", domain.XMLDesc, flags)
-    root = etree.fromstring(str(xml).encode())
-    return parse_owned_files(root.find(f"metadata/{{{METADATA_NS}}}vm"))
+    return DomainDocument(Domain.of(domain).config_xml()).owned_files()
 
 
-def _store(domain: libvirt.virDomain, files: list[OwnedFile]) -> None:
-    flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG if domain.isPersistent() else 0
-    if domain.isActive():
-        flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
-    call(f"recording the files of VM '{domain.name()}'", domain.setMetadata,
-         libvirt.VIR_DOMAIN_METADATA_ELEMENT, owned_files_xml(files) if files else None,
-         METADATA_KEY, METADATA_NS, flags)
+def _store(domain: Domain, files: list[OwnedFile]) -> None:
+    domain.set_metadata(METADATA_KEY, METADATA_NS, owned_files_xml(files) if files else None,
+                        what=f"recording the files of VM '{domain.name}'")
 
 
-def add_owned(domain: libvirt.virDomain, added: list[OwnedFile]) -> None:
+def add_owned(domain: Domain, added: list[OwnedFile]) -> None:
+    domain = Domain.of(domain)
     current = owned_files(domain)
     known = {f.path for f in current}
     _store(domain, current + [f for f in added if f.path not in known])
 
 
-def drop_owned(domain: libvirt.virDomain, paths: list[str]) -> None:
+def drop_owned(domain: Domain, paths: list[str]) -> None:
+    domain = Domain.of(domain)
     gone = set(paths)
     current = owned_files(domain)
     kept = [f for f in current if f.path not in gone]
@@ -125,14 +118,13 @@ def plan_removal(vm: str, disks: list[DiskSpec], owned: list[OwnedFile],
 def files_of_other_vms(host: Host, vm: str, rules: PathPolicy) -> dict[Path, str]:
     """Every file in the disk chains of the other defined VMs -> one VM using it."""
     used: dict[Path, str] = {}
-    for domain in host.domains():
+    for domain in host.all_domains():
+        name = domain.name
+        if name == vm:
+            continue
         try:
-            name = str(domain.name())
-            if name == vm:
-                continue
-            flags = libvirt.VIR_DOMAIN_XML_INACTIVE if domain.isPersistent() else 0
-            spec = DomainSpec.from_xml(str(call("reading XML", domain.XMLDesc, flags)))
-        except (KvmopsError, libvirt.libvirtError):
+            spec = DomainSpec.from_xml(domain.config_xml(what="reading XML"))
+        except KvmopsError:
             continue  # went away while we looked
         files, _stopped = chain_files(spec.disks, rules)
         for path in files:

@@ -14,15 +14,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from lxml import etree
-
 from kvmops.vm.domxml import (
     AGENT_CHANNEL,
-    METADATA_NS,
     DiskSpec,
+    DomainDocument,
     DomainSpec,
     NicSpec,
-    parse_xml,
 )
 
 # Elements the model rebuilds (or libvirt regenerates) -- not reported as dropped.
@@ -43,14 +40,6 @@ class Rebuilt:
     dropped: list[str] = field(default_factory=list)
 
 
-def _tag(el: etree._Element) -> str:
-    qname = etree.QName(el)
-    if qname.namespace and qname.namespace != METADATA_NS:
-        prefix = el.prefix or "ns"
-        return f"{prefix}:{qname.localname}"
-    return qname.localname
-
-
 def rebuild(xml: str, name: str, *, domain_type: str, disks: list[DiskSpec],
             file_ok: Callable[[str], str | None],
             network_ok: Callable[[str], bool], bridge_ok: Callable[[str], bool]) -> Rebuilt:
@@ -59,21 +48,15 @@ def rebuild(xml: str, name: str, *, domain_type: str, disks: list[DiskSpec],
     ``file_ok(path)`` returns None when a kernel/initrd/ISO path may be used, else why
     not; ``network_ok``/``bridge_ok`` say whether a NIC's network/bridge exists here.
     """
-    root = parse_xml(xml)
-    old = DomainSpec.from_xml(xml)
+    doc = DomainDocument(xml)
+    old = doc.spec()
     out = Rebuilt(DomainSpec(name=name, memory_bytes=old.memory_bytes,
                              domain_type=domain_type))
     dropped = out.dropped
-    for child in root:
-        if isinstance(child.tag, str) and _tag(child) not in _TOP_KEPT:
-            dropped.append(f"<{_tag(child)}>")
-    devices = root.find("devices")
-    for child in devices if devices is not None else []:
-        if isinstance(child.tag, str) and _tag(child) not in _DEVICES_KEPT:
-            dropped.append(f"device <{_tag(child)}>")
-    for el in root.findall("devices/channel/target"):
-        if el.get("name") != AGENT_CHANNEL:
-            dropped.append(f"channel {el.get('name') or '?'}")
+    dropped += [f"<{tag}>" for tag in doc.top_level_tags() if tag not in _TOP_KEPT]
+    dropped += [f"device <{tag}>" for tag in doc.device_tags() if tag not in _DEVICES_KEPT]
+    dropped += [f"channel {name or '?'}" for name in doc.channel_names()
+                if name != AGENT_CHANNEL]
 
     spec = out.spec
     spec.description = old.description
@@ -116,7 +99,7 @@ def rebuild(xml: str, name: str, *, domain_type: str, disks: list[DiskSpec],
             continue
         model = nic.model if nic.model in ("virtio", "e1000", "e1000e", "rtl8139") else "virtio"
         spec.nics.append(NicSpec(kind=nic.kind, source=nic.source, model=model))
-    unmodelled_nics = len(root.findall("devices/interface")) - len(old.nics)
+    unmodelled_nics = doc.interface_count() - len(old.nics)
     if unmodelled_nics > 0:
         dropped.append(f"{unmodelled_nics} NIC(s) of a kind kvmops does not model")
     spec.agent_channel = old.agent_channel
