@@ -79,19 +79,21 @@ def test_vm_life_cycle_and_backups(api: ApiServer, tiny_guest: GuestImage, image
 
         # -- disks (definition only while shut off), snapshot of the shut-off VM
         spec = httpx.get(api.url + "/openapi.json").json()["paths"]
-        if "/api/v1/vms/{name}/disks" in spec:
-            added = _ok(operator.post(f"/vms/{name}/disks", json={
-                "size": "16M", "images_dir": str(images_dir)}), 201)
-            targets = [d["target"] for d in operator.get(f"/vms/{name}/disks").json()]
-            assert added["target"] in targets
-            _ok(operator.delete(f"/vms/{name}/disks/{added['target']}",
-                                params={"remove_storage": True}))
-        if "/api/v1/vms/{name}/snapshots" in spec:
-            _job(operator, operator.post(f"/vms/{name}/snapshots", json={"name": "s1"}))
-            assert [s["name"] for s in operator.get(f"/vms/{name}/snapshots").json()] == ["s1"]
-            assert _ok(operator.get(f"/vms/{name}/snapshots/s1"))["name"] == "s1"
-            _ok(operator.post(f"/vms/{name}/snapshots/s1/revert", json={}))
-            _job(operator, operator.delete(f"/vms/{name}/snapshots/s1"))
+        assert "/api/v1/vms/{name}/disks" in spec and "/api/v1/vms/{name}/snapshots" in spec
+        added = _ok(operator.post(f"/vms/{name}/disks", json={
+            "size": "16M", "images_dir": str(images_dir)}), 201)
+        targets = [d["target"] for d in operator.get(f"/vms/{name}/disks").json()]
+        assert added["target"] in targets
+        _ok(operator.delete(f"/vms/{name}/disks/{added['target']}",
+                            params={"remove_storage": True}))
+        assert added["target"] not in [d["target"]
+                                       for d in operator.get(f"/vms/{name}/disks").json()]
+        _job(operator, operator.post(f"/vms/{name}/snapshots", json={"name": "s1"}))
+        assert [s["name"] for s in operator.get(f"/vms/{name}/snapshots").json()] == ["s1"]
+        assert _ok(operator.get(f"/vms/{name}/snapshots/s1"))["name"] == "s1"
+        _ok(operator.post(f"/vms/{name}/snapshots/s1/revert", json={}))
+        _job(operator, operator.delete(f"/vms/{name}/snapshots/s1"))
+        assert operator.get(f"/vms/{name}/snapshots").json() == []
 
         # -- start paused, resume, wait for the agent
         _ok(operator.post(f"/vms/{name}/start", json={"paused": True}))
