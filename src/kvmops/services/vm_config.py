@@ -13,19 +13,13 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from kvmops.errors import StateError, ValidationError
-from kvmops.host.connection import Host, call
+from kvmops.host.connection import Host
 from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
 from kvmops.sizes import format_size
 from kvmops.vm import lifecycle
 from kvmops.vm.domxml import DomainSpec, validate_name
 
-# libvirt's stable enum values (virDomainModificationImpact, virDomainVcpuFlags,
-# virDomainMemoryModFlags). Only host/ imports libvirt: these move to its domain
-# adapter once it has one for configuration changes.
-_AFFECT_CONFIG = 2
-_VCPU_MAXIMUM = 4
-_MEM_MAXIMUM = 4
 MIN_MEMORY = 16 * 1024**2
 
 Applies = Literal["now", "next start"]
@@ -57,13 +51,12 @@ class RemovalPreview(BaseModel):
 
 def _config(host: Host, vm: str) -> tuple[DomainSpec, bool]:
     """The persistent configuration of ``vm`` and whether it runs now."""
-    domain = host.domain(validate_name(vm))
-    if not call(f"reading VM '{vm}'", domain.isPersistent):
+    domain = host.lookup(validate_name(vm))
+    if not domain.is_persistent():
         raise StateError(f"VM '{vm}' is transient: it has no configuration to change",
                          hint=f"define it first ('virsh dumpxml {vm} > f.xml; virsh define "
                               "f.xml')")
-    spec = DomainSpec.from_xml(lifecycle.dumpxml(host, vm, inactive=True))
-    return spec, bool(call(f"reading VM '{vm}'", domain.isActive))
+    return DomainSpec.from_xml(domain.xml(inactive=True)), domain.is_active()
 
 
 def _result(host: Host, vm: str, running: bool, what: str, notes: list[str]) -> ConfigChange:
@@ -96,14 +89,13 @@ def set_vcpus(caller: Caller, host: Host, vm: str, count: int) -> ConfigChange:
     if count > cpus:
         notes.append(f"VM '{vm}' gets {count} vCPUs on a host with {cpus} CPUs: they will "
                      "share them")
-    domain = host.domain(vm)
-    what = f"setting the vCPUs of VM '{vm}' to {count}"
+    domain = host.lookup(vm)
     if count >= spec.vcpus:  # the maximum first: the current count may not exceed it
-        call(what, domain.setVcpusFlags, count, _AFFECT_CONFIG | _VCPU_MAXIMUM)
-        call(what, domain.setVcpusFlags, count, _AFFECT_CONFIG)
+        domain.set_max_vcpus(count)
+        domain.set_vcpus(count, live=False, config=True)
     else:
-        call(what, domain.setVcpusFlags, count, _AFFECT_CONFIG)
-        call(what, domain.setVcpusFlags, count, _AFFECT_CONFIG | _VCPU_MAXIMUM)
+        domain.set_vcpus(count, live=False, config=True)
+        domain.set_max_vcpus(count)
     return _result(host, vm, running, f"{count} vCPU(s)", notes)
 
 
@@ -131,13 +123,12 @@ def set_memory(caller: Caller, host: Host, vm: str, memory: int, *, force: bool 
     if available is not None and memory > available:
         notes.append(f"VM '{vm}' asks for {format_size(memory)}; only "
                      f"{format_size(available)} is available now")
-    kib = memory // 1024
-    domain = host.domain(vm)
-    what = f"setting the memory of VM '{vm}' to {format_size(memory)}"
+    size = memory // 1024 * 1024  # libvirt counts KiB
+    domain = host.lookup(vm)
     # The maximum first (libvirt lowers the current memory with it), then the current.
-    call(what, domain.setMemoryFlags, kib, _AFFECT_CONFIG | _MEM_MAXIMUM)
-    call(what, domain.setMemoryFlags, kib, _AFFECT_CONFIG)
-    return _result(host, vm, running, f"memory {format_size(kib * 1024)}", notes)
+    domain.set_max_memory(size)
+    domain.set_memory(size, live=False, config=True)
+    return _result(host, vm, running, f"memory {format_size(size)}", notes)
 
 
 def removal_preview(caller: Caller, host: Host, vm: str) -> RemovalPreview:
