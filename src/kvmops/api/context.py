@@ -13,9 +13,9 @@ from kvmops.api.limits import SlotLimiter
 from kvmops.api.runner import JobRunner
 from kvmops.api.settings import ApiSettings
 from kvmops.api.throttle import LoginThrottle
-from kvmops.api.vmlist import DomainTypeCache, VmListCache
 from kvmops.host.connection import Host
 from kvmops.host.events import LifecycleWatch
+from kvmops.services.vms import DomainTypeCache, VmListCache
 from kvmops.store.db import Store
 
 log = logging.getLogger("kvmops.api")

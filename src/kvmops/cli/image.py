@@ -13,9 +13,9 @@ from typing import Annotated, Any
 import typer
 
 from kvmops.cli.output import info, percent_progress, print_fields, print_json, print_table, warn
-from kvmops.images.qemuimg import CheckResult, ImageInfo, SnapshotInfo
 from kvmops.services import images
 from kvmops.services.caller import Caller
+from kvmops.services.images import CheckResult, ImageInfo, SnapshotInfo
 from kvmops.sizes import format_size
 
 app = typer.Typer(help="Create, inspect, convert and snapshot disk images.", no_args_is_help=True)

@@ -76,7 +76,7 @@ def create_cmd(
 
 @app.command("list")
 def list_cmd(json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
-    """All defined VMs with state, vCPUs, memory and accelerator."""
+    """All defined VMs with state, vCPUs, memory, accelerator and autostart."""
     with connect(uri) as host:
         found = vms.list_vms(Caller.local(), host)
     if json_out:

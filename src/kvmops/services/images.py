@@ -7,11 +7,20 @@ from pathlib import Path
 
 from kvmops.images import qemuimg
 from kvmops.images.chain import UserImage, open_user_image
-from kvmops.images.qemuimg import CheckResult, ImageInfo, ProgressCallback, ResizeResult
+from kvmops.images.qemuimg import (
+    CheckResult,
+    ImageInfo,
+    ProgressCallback,
+    ResizeResult,
+    SnapshotInfo,
+)
 from kvmops.images.qemuimg import SnapshotInfo as ImageSnapshot
 from kvmops.paths import policy
 from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
+
+__all__ = ["CheckResult", "ImageInfo", "ImageSnapshot", "ProgressCallback", "ResizeResult",
+           "SnapshotInfo", "UserImage"]  # the faces' models
 
 
 def _open(caller: Caller, path: str | Path, fmt: str | None, *,

@@ -3,27 +3,33 @@ undefine with storage -- each path through the path policy before anything runs.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kvmops.errors import NotFoundError, StateError
+from pydantic import BaseModel
+
+from kvmops.errors import NotFoundError, StateError, ValidationError
 from kvmops.host.accel import Accelerator
 from kvmops.host.connection import Host
+from kvmops.host.stats import DomainFigures, all_domain_figures
 from kvmops.paths import policy
 from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
+from kvmops.sizes import format_size
 from kvmops.vm import lifecycle
+from kvmops.vm.domxml import DomainSpec, validate_name
 from kvmops.vm.lifecycle import (
     CreateRequest,
     DiskRequest,
     ShutdownMode,
     UndefineResult,
     VmInfo,
-    VmSummary,
 )
 
 __all__ = ["Accelerator", "CreateRequest", "DiskRequest", "ShutdownMode", "UndefineResult",
-           "VmInfo", "VmSummary"]  # the faces' models
+           "VmInfo"]  # the faces' models
 
 
 def _file(caller: Caller, path: Path | None, what: str, vm: str) -> Path | None:
@@ -35,9 +41,37 @@ def _file(caller: Caller, path: Path | None, what: str, vm: str) -> Path | None:
     return real
 
 
+MIN_MEMORY = 16 * 1024**2
+
+
+def check_request(req: CreateRequest) -> None:
+    """The checks of a VM's request that need no host: the one place every face's
+    request passes (the API's before it queues a job)."""
+    validate_name(req.name)
+    if req.memory < MIN_MEMORY:
+        raise ValidationError(f"memory {format_size(req.memory)} is too small for VM "
+                              f"'{req.name}'", hint="give at least 16M")
+    if req.memory > lifecycle.MAX_MEMORY:
+        raise ValidationError(f"memory {format_size(req.memory)} is more than the "
+                              f"{format_size(lifecycle.MAX_MEMORY)} a VM may have "
+                              f"(VM '{req.name}')")
+    if req.vcpus < 1:
+        raise ValidationError("--vcpus must be at least 1")
+    if req.initrd and not req.kernel:
+        raise ValidationError("--initrd needs --kernel")
+    if req.network and req.bridge:
+        raise ValidationError("give either --network or --bridge, not both")
+    for disk in req.disks:
+        if disk.size is not None and disk.size < lifecycle.MIN_DISK:
+            raise ValidationError(f"a new disk of {format_size(disk.size)} is too small "
+                                  f"(VM '{req.name}')", hint="give at least 1M, e.g. size=64M")
+
+
 def check_create(caller: Caller, req: CreateRequest) -> tuple[CreateRequest, list[str]]:
-    """The request with every path checked and resolved and every existing disk's
-    format chosen (given, recorded, else raw) and its chain checked; plus notes."""
+    """The request checked (:func:`check_request`), every path checked and resolved and
+    every existing disk's format chosen (given, recorded, else raw) and its chain
+    checked; plus notes."""
+    check_request(req)
     rules = policy()
     notes: list[str] = []
     disks = []
@@ -95,10 +129,98 @@ def undefine(caller: Caller, host: Host, name: str, *, remove_storage: bool = Fa
     return lifecycle.undefine(host, name, remove_storage=remove_storage)
 
 
+# The VM list ------------------------------------------------------------------------
+class VmListItem(BaseModel):
+    """One VM of ``kvmops vm list`` and ``GET /api/v1/vms``."""
+
+    name: str
+    uuid: str
+    state: str
+    vcpus: int
+    memory: int  # bytes, configured maximum
+    memory_current: int | None  # bytes, current balloon size when running
+    cpu_time_ns: int | None
+    accelerator: str
+    autostart: bool
+    persistent: bool
+
+
+class DomainTypeCache:
+    """UUID -> accelerator (kvm/tcg: the hypervisor type, which is not among the bulk
+    statistics); entries live ``ttl`` seconds or until a life cycle event (defined,
+    undefined) invalidates them."""
+
+    def __init__(self, ttl: float = 300.0) -> None:
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._items: dict[str, tuple[str, float]] = {}
+
+    def get(self, figures: DomainFigures) -> str:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._items.get(figures.uuid)
+        if hit is not None and now - hit[1] < self.ttl:
+            return hit[0]
+        xml = figures.inactive_xml()
+        if xml is None:  # vanished meanwhile
+            return "unknown"
+        accel = Accelerator.from_domain_type(DomainSpec.from_xml(xml).domain_type).value
+        with self._lock:
+            self._items[figures.uuid] = (accel, now)
+        return accel
+
+    def invalidate(self, uuid: str | None = None) -> None:
+        with self._lock:
+            if uuid is None:
+                self._items.clear()
+            else:
+                self._items.pop(uuid, None)
+
+
+def list_vms(caller: Caller, host: Host, types: DomainTypeCache | None = None
+             ) -> list[VmListItem]:
+    """Every defined or running VM, by name: one bulk libvirt call for the figures
+    (the one list of the CLI, the API and the web UI)."""
+    types = types or DomainTypeCache()
+    return sorted((VmListItem(
+        name=f.name, uuid=f.uuid, state=f.state, vcpus=f.vcpus, memory=f.memory,
+        memory_current=f.memory_current, cpu_time_ns=f.cpu_time_ns,
+        accelerator=types.get(f), autostart=f.autostart(), persistent=f.persistent())
+        for f in all_domain_figures(host)), key=lambda vm: vm.name)
+
+
+class VmListCache:
+    """Single-flight, short-lived cache of the list (for the server).
+
+    ``getAllDomainStats`` costs libvirtd ~0.5 ms per domain; concurrent requests
+    share one call, and a result younger than ``max_age`` seconds is reused
+    unless a life cycle event (define, start, stop ...) invalidated it, so states
+    are never stale; only CPU time figures may be up to ``max_age`` old.
+    """
+
+    def __init__(self, types: DomainTypeCache, max_age: float = 1.0) -> None:
+        self.types = types
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._cached: tuple[int, float, list[VmListItem]] | None = None
+
+    def invalidate(self) -> None:
+        self._generation += 1
+
+    def get(self, host: Host, caller: Caller | None = None) -> list[VmListItem]:
+        with self._lock:
+            cached = self._cached
+            if (cached is not None and cached[0] == self._generation
+                    and time.monotonic() - cached[1] < self.max_age):
+                return cached[2]
+            generation = self._generation
+            items = list_vms(caller or Caller(name="server"), host, self.types)
+            self._cached = (generation, time.monotonic(), items)
+            return items
+
+
 # Life cycle -------------------------------------------------------------------------
-def list_vms(caller: Caller, host: Host) -> list[VmSummary]:
-    """Every defined VM with state, vCPUs, memory, accelerator and autostart."""
-    return lifecycle.list_vms(host)
 
 
 def info(caller: Caller, host: Host, name: str) -> VmInfo:

@@ -8,12 +8,11 @@ from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 from pydantic import Field, model_validator
 
-from kvmops.api.deps import HostDep, LongRequest, OperatorCaller, Viewer, VmNameDep
+from kvmops.api.deps import HostDep, LongRequest, OperatorCaller, ViewerCaller, VmNameDep
 from kvmops.api.routes.common import Body
 from kvmops.api.validators import AbsolutePath, ImageSize
 from kvmops.services import disks as disk_service
-from kvmops.vm import disks
-from kvmops.vm.disks import DetachResult, DiskInfo
+from kvmops.services.disks import DetachResult, DiskInfo
 
 router = APIRouter(prefix="/vms/{name}/disks", tags=["disks"])
 # Attach and detach wait for libvirt and the guest: they hold a long-request slot.
@@ -39,9 +38,9 @@ class AttachBody(Body):
 
 
 @router.get("", response_model=list[DiskInfo])
-def list_disks(_: Viewer, name: VmNameDep, host: HostDep,
+def list_disks(caller: ViewerCaller, name: VmNameDep, host: HostDep,
                inactive: bool = Query(False)) -> list[DiskInfo]:
-    return disks.list_disks(host, name, inactive=inactive)
+    return disk_service.list_disks(caller, host, name, inactive=inactive)
 
 
 @router.post("", status_code=201, response_model=DiskInfo, dependencies=_LONG)

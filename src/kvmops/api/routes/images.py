@@ -15,8 +15,8 @@ from kvmops.api.routes.common import Body, JobAccepted, accepted
 from kvmops.api.runner import JobContext
 from kvmops.api.validators import AbsolutePath, ImageSize
 from kvmops.errors import ValidationError
-from kvmops.images.qemuimg import CheckResult, ImageInfo
 from kvmops.services import images
+from kvmops.services.images import CheckResult, ImageInfo
 
 router = APIRouter(prefix="/images", tags=["images"])
 Format = Literal["qcow2", "raw"]

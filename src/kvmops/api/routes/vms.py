@@ -14,20 +14,23 @@ from kvmops.api.deps import (
     Ctx,
     HostDep,
     LongRequest,
-    Operator,
     OperatorCaller,
-    Viewer,
+    ViewerCaller,
     VmNameDep,
 )
 from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
 from kvmops.api.runner import JobContext
 from kvmops.api.validators import AbsolutePath, ImageSize, MacAddress, MemorySize, VmName
-from kvmops.api.vmlist import VmListItem
-from kvmops.host.accel import Accelerator
 from kvmops.host.connection import Host
 from kvmops.services import vms
-from kvmops.vm import lifecycle
-from kvmops.vm.lifecycle import CreateRequest, DiskRequest, UndefineResult, VmInfo
+from kvmops.services.vms import (
+    Accelerator,
+    CreateRequest,
+    DiskRequest,
+    UndefineResult,
+    VmInfo,
+    VmListItem,
+)
 
 router = APIRouter(prefix="/vms", tags=["vms"])
 _NET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -43,9 +46,7 @@ class DiskBody(Body):
     def one_source(self) -> DiskBody:
         if (self.size is None) == (self.path is None):
             raise ValueError("give exactly one of size and path")
-        if self.size is not None and self.size < 1024 * 1024:
-            raise ValueError("a new disk needs at least 1M")
-        return self
+        return self  # what a disk may be: services.vms.check_request, as for the CLI
 
 
 class CreateVmBody(Body):
@@ -69,16 +70,6 @@ class CreateVmBody(Body):
     start: bool = False
     force: bool = Field(default=False, description="create it although memory or disk "
                                                    "space would be overcommitted")
-
-    @model_validator(mode="after")
-    def combos(self) -> CreateVmBody:
-        if self.memory < 16 * 1024**2:
-            raise ValueError("memory: at least 16M")
-        if self.initrd and not self.kernel:
-            raise ValueError("initrd needs kernel")
-        if self.network and self.bridge:
-            raise ValueError("give either network or bridge, not both")
-        return self
 
     def request(self) -> CreateRequest:
         return CreateRequest(
@@ -123,13 +114,13 @@ def _own_host(ctx: ApiContext) -> Host:
 
 
 @router.get("", response_model=list[VmListItem])
-def list_all(_: Viewer, ctx: Ctx, host: HostDep) -> list[VmListItem]:
-    return ctx.vm_list.get(host)
+def list_all(caller: ViewerCaller, ctx: Ctx, host: HostDep) -> list[VmListItem]:
+    return ctx.vm_list.get(host, caller)
 
 
 @router.get("/{name}", response_model=VmInfo)
-def get_vm(_: Viewer, name: VmNameDep, host: HostDep) -> VmInfo:
-    return lifecycle.info(host, name)
+def get_vm(caller: ViewerCaller, name: VmNameDep, host: HostDep) -> VmInfo:
+    return vms.info(caller, host, name)
 
 
 @router.post("", status_code=201, response_model=VmInfo | JobAccepted,
@@ -152,49 +143,49 @@ def create_vm(caller: OperatorCaller, body: CreateVmBody, ctx: Ctx, host: HostDe
 
 
 @router.post("/{name}/start", response_model=Message)
-def start(_: Operator, name: VmNameDep, host: HostDep, ctx: Ctx, body: StartBody | None = None
-          ) -> Message:
+def start(caller: OperatorCaller, name: VmNameDep, host: HostDep, ctx: Ctx,
+          body: StartBody | None = None) -> Message:
     body = body or StartBody()
-    lifecycle.start(host, name, paused=body.paused,
-                    discard_managed_save=body.discard_managed_save)
+    vms.start(caller, host, name, paused=body.paused,
+              discard_managed_save=body.discard_managed_save)
     ctx.vm_list.invalidate()
     return Message(message=f"VM '{name}' started" + (" (paused)" if body.paused else ""))
 
 
 @router.post("/{name}/shutdown", response_model=Message, dependencies=[LongRequest])
-def shutdown(_: Operator, name: VmNameDep, host: HostDep, ctx: Ctx, body: ShutdownBody | None = None
-             ) -> Message:
+def shutdown(caller: OperatorCaller, name: VmNameDep, host: HostDep, ctx: Ctx,
+             body: ShutdownBody | None = None) -> Message:
     body = body or ShutdownBody()
-    lifecycle.shutdown(host, name, mode=body.mode, timeout=body.timeout, wait=body.wait)
+    vms.shutdown(caller, host, name, mode=body.mode, timeout=body.timeout, wait=body.wait)
     ctx.vm_list.invalidate()
     return Message(message=f"VM '{name}' " + ("shut off" if body.wait else "shutting down"))
 
 
 @router.post("/{name}/destroy", response_model=Message)
-def destroy(_: Operator, name: VmNameDep, host: HostDep, ctx: Ctx) -> Message:
-    lifecycle.destroy(host, name)
+def destroy(caller: OperatorCaller, name: VmNameDep, host: HostDep, ctx: Ctx) -> Message:
+    vms.destroy(caller, host, name)
     ctx.vm_list.invalidate()
     return Message(message=f"VM '{name}' forced off")
 
 
 @router.post("/{name}/reboot", response_model=Message)
-def reboot(_: Operator, name: VmNameDep, host: HostDep, ctx: Ctx, body: RebootBody | None = None
-           ) -> Message:
-    lifecycle.reboot(host, name, mode=(body or RebootBody()).mode)
+def reboot(caller: OperatorCaller, name: VmNameDep, host: HostDep, ctx: Ctx,
+           body: RebootBody | None = None) -> Message:
+    vms.reboot(caller, host, name, mode=(body or RebootBody()).mode)
     ctx.vm_list.invalidate()
     return Message(message=f"VM '{name}' rebooting")
 
 
 @router.post("/{name}/suspend", response_model=Message)
-def suspend(_: Operator, name: VmNameDep, host: HostDep, ctx: Ctx) -> Message:
-    lifecycle.suspend(host, name)
+def suspend(caller: OperatorCaller, name: VmNameDep, host: HostDep, ctx: Ctx) -> Message:
+    vms.suspend(caller, host, name)
     ctx.vm_list.invalidate()
     return Message(message=f"VM '{name}' paused")
 
 
 @router.post("/{name}/resume", response_model=Message)
-def resume(_: Operator, name: VmNameDep, host: HostDep, ctx: Ctx) -> Message:
-    lifecycle.resume(host, name)
+def resume(caller: OperatorCaller, name: VmNameDep, host: HostDep, ctx: Ctx) -> Message:
+    vms.resume(caller, host, name)
     ctx.vm_list.invalidate()
     return Message(message=f"VM '{name}' resumed")
 
@@ -224,9 +215,9 @@ def clone(caller: OperatorCaller, name: VmNameDep, body: CloneBody, ctx: Ctx,
 
 @router.get("/{name}/xml", response_class=PlainTextResponse,
             responses={200: {"content": {"application/xml": {}}}})
-def xml(_: Viewer, name: VmNameDep, host: HostDep, inactive: bool = Query(False)
+def xml(caller: ViewerCaller, name: VmNameDep, host: HostDep, inactive: bool = Query(False)
         ) -> PlainTextResponse:
-    return PlainTextResponse(lifecycle.dumpxml(host, name, inactive=inactive),
+    return PlainTextResponse(vms.dumpxml(caller, host, name, inactive=inactive),
                              media_type="application/xml")
 
 
