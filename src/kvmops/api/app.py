@@ -29,7 +29,7 @@ from kvmops.api.context import ApiContext
 from kvmops.api.guard import RequestGuard, SecurityHeaders
 from kvmops.api.settings import ApiSettings
 from kvmops.paths import policy
-from kvmops.store import jobs as job_store
+from kvmops.services import jobs as job_service
 
 log = logging.getLogger("kvmops.api")
 API_PREFIX = "/api/v1"
@@ -47,7 +47,7 @@ def optional_module(name: str) -> ModuleType | None:
 
 def _startup(ctx: ApiContext) -> None:
     ctx.store.migrate()
-    count = job_store.mark_interrupted(ctx.store)
+    count = job_service.recover(ctx.store)
     if count:
         log.warning("%d job(s) of an earlier server run marked interrupted", count)
     ctx.start_events()

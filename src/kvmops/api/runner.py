@@ -27,6 +27,7 @@ from fastapi.encoders import jsonable_encoder
 
 from kvmops.api.events import EventHub
 from kvmops.errors import CancelledError, KvmopsError
+from kvmops.services import jobs as job_service
 from kvmops.store import jobs as job_store
 from kvmops.store.db import Store
 from kvmops.store.jobs import JobState, JobView
@@ -176,7 +177,7 @@ class JobRunner:
                 self._active.pop(ctx.id, None)
 
     def cancel(self, job_id: str) -> JobView:
-        view = job_store.request_cancel(self.store, job_id)
+        view = job_service.request_cancel(self.store, job_id)
         with self._lock:
             ctx = self._active.get(job_id)
         if ctx is not None:

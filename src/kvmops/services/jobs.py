@@ -17,13 +17,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kvmops.errors import CancelledError, KvmopsError
 from kvmops.services.caller import Caller
 from kvmops.store.jobstate import ACTIVE_STATES, FINAL_STATES, JobState
 
-__all__ = ["ACTIVE_STATES", "FINAL_STATES", "CliJob", "JobState", "Progress", "track"]
+__all__ = ["ACTIVE_STATES", "FINAL_STATES", "CliJob", "JobState", "Progress", "get",
+           "list_jobs", "recover", "request_cancel", "track"]
 
 UPDATE_INTERVAL = 0.5  # seconds between progress writes
 # The id of the job the current use case recorded (the audit row names it).
@@ -160,3 +161,48 @@ def track(caller: Caller, kind: str, target: str | None, *,
                    error_kind="InternalError")
         raise
     job.finish(JobState.SUCCEEDED)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "JobView":  # the job's JSON form; loading it loads SQLAlchemy
+        from kvmops.store.jobs import JobView
+
+        return JobView
+    raise AttributeError(f"module 'kvmops.services.jobs' has no attribute {name!r}")
+
+
+# The job store, as the faces read it ----------------------------------------------------
+if TYPE_CHECKING:
+    from kvmops.store.db import Store
+    from kvmops.store.jobs import JobView as JobView  # loaded on use: see __getattr__
+
+
+def list_jobs(store: Store, *, state: JobState | str | None = None,
+              target: str | None = None, limit: int = 100) -> list[JobView]:
+    """Every job, newest first, whoever started it (server, web UI, ``kvmops``)."""
+    from kvmops.store import jobs as job_store
+
+    return job_store.list_jobs(store, state=state, target=target, limit=limit)
+
+
+def get(store: Store, job_id: str) -> JobView:
+    from kvmops.store import jobs as job_store
+
+    return job_store.get(store, job_id)
+
+
+def request_cancel(store: Store, job_id: str) -> JobView:
+    """Ask a job to stop: the server's runner cancels its own at once, a command's job
+    hears it at its next progress report."""
+    from kvmops.store import jobs as job_store
+
+    return job_store.request_cancel(store, job_id)
+
+
+def recover(store: Store, reason: str = "the kvmops server stopped while the job ran"
+            ) -> int:
+    """At server start: jobs an earlier server left active, and jobs of commands that
+    died, become ``interrupted``; running commands' jobs are left to them."""
+    from kvmops.store import jobs as job_store
+
+    return job_store.mark_interrupted(store, reason)

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import Response
 from pydantic import BaseModel, ConfigDict
 
-from kvmops.store.jobs import JobView
+from kvmops.services.jobs import JobView
 
 
 class Body(BaseModel):

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from kvmops.api.deps import Ctx, Operator, Viewer
-from kvmops.store import jobs as job_store
-from kvmops.store.jobs import JobState, JobView
+from kvmops.services import jobs as job_service
+from kvmops.services.jobs import JobState, JobView
 
 router = APIRouter(tags=["jobs"])
 
@@ -18,12 +18,14 @@ router = APIRouter(tags=["jobs"])
 def list_jobs(_: Viewer, ctx: Ctx, state: JobState | None = None,
               target: str | None = Query(None, max_length=255),
               limit: int = Query(100, ge=1, le=1000)) -> list[JobView]:
-    return job_store.list_jobs(ctx.store, state=state, target=target, limit=limit)
+    """Every job, whoever started it: the server's, and ``kvmops`` commands' (a CLI
+    backup shows here while it runs)."""
+    return job_service.list_jobs(ctx.store, state=state, target=target, limit=limit)
 
 
 @router.get("/jobs/{job_id}", response_model=JobView)
 def get_job(_: Viewer, job_id: str, ctx: Ctx) -> JobView:
-    return job_store.get(ctx.store, job_id)
+    return job_service.get(ctx.store, job_id)
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobView)
