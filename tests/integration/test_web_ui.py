@@ -651,3 +651,55 @@ def test_images_page(web: ApiServer, browser_page: Any, images_dir: Path) -> Non
         for path in (image, copy):
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+def guest_sh(vm: str, script: str) -> str:
+    """Run a shell line in the guest with ``kvmops guest exec`` (the check beside the UI)."""
+    result = run_cli("guest", "exec", vm, "--timeout", "120", "--", "/bin/sh", "-c", script)
+    assert result.code == 0, result.stderr
+    return result.stdout
+
+
+def test_guest_page_files_keys_password(web: ApiServer, browser_page: Any,
+                                        running_vm: str) -> None:
+    page = browser_page
+    payload = b"kvmops web push \x00\xff\n"
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKvmopsWebTestKeyOnlyForTests web@test"
+    log_in(page, web.url)
+    page.goto(f"{web.url}/vms/{running_vm}/guest")
+    page.set_input_files("#push-form input[type=file]", files=[
+        {"name": "push.bin", "mimeType": "application/octet-stream", "buffer": payload}])
+    page.fill("#push-form input[name=path]", "/tmp/web-push.bin")
+    page.fill("#push-form input[name=mode]", "0600")
+    page.click("#push-form button[type=submit]")
+    page.locator(".toast.ok").filter(has_text=f"pushed {len(payload)} byte(s)").wait_for()
+    assert guest_sh(running_vm, "od -An -tx1 /tmp/web-push.bin; stat -c %a /tmp/web-push.bin"
+                    ).split() == [f"{b:02x}" for b in payload] + ["600"]
+    page.fill("#pull-form input[name=path]", "/tmp/web-push.bin")
+    page.click("#pull-form button[type=submit]")
+    page.locator("#guest-files [data-field=pulled-size]").filter(
+        has_text=f"{len(payload)} byte(s)").wait_for()
+    assert "kvmops web push" in page.locator("#guest-files [data-field=content]").inner_text()
+    with page.expect_download() as saved:
+        page.click("#guest-files [data-field=download]")
+    assert Path(saved.value.path()).read_bytes() == payload
+
+    page.fill("#keys-form input[name=user]", "tester")
+    page.fill("#keys-form input[name=key]", key)
+    page.click("#keys-form button[value=add]")
+    page.locator("#ssh-keys[data-count='1']").filter(has_text="web@test").wait_for()
+    listed = api_get(page, web.url, f"/vms/{running_vm}/guest/ssh-keys?user=tester")
+    assert key in listed["keys"]
+    page.click("#keys-form button[value=remove]")
+    page.locator(".toast.ok").filter(has_text="removed a key of tester").wait_for()
+    listed = api_get(page, web.url, f"/vms/{running_vm}/guest/ssh-keys?user=tester")
+    assert key not in listed["keys"]
+
+    before = guest_sh(running_vm, "grep ^tester: /etc/shadow")
+    page.fill("#password-form input[name=user]", "tester")
+    page.fill("#password-form input[name=password]", "w3b-secret")
+    page.click("#password-form button[type=submit]")
+    page.locator(".toast.ok").filter(has_text="password of 'tester' set").wait_for()
+    after = guest_sh(running_vm, "grep ^tester: /etc/shadow")
+    assert after.split(":")[1] != before.split(":")[1]
+    guest_sh(running_vm, "rm -f /tmp/web-push.bin")

@@ -957,6 +957,71 @@ PAGES.guest = () => {
     try { K.toast((await K.api("GET", base + "/ping")).data.message, "ok"); }
     catch (err) { K.toast(err.message, "error"); }
   });
+  // files: push an upload, pull to the page (text shown, bytes saved through a blob)
+  const files = document.getElementById("guest-files");
+  document.getElementById("push-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(ev.target);
+    const file = f.get("file");
+    const bytes = new Uint8Array(await file.arrayBuffer());
+    let bin = "";
+    for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+    const body = { path: f.get("path").toString().trim(), content_b64: btoa(bin) };
+    if (f.get("mode")) body.mode = f.get("mode").toString();
+    try {
+      await K.api("POST", base + "/push", body);
+      K.toast("pushed " + bytes.length + " byte(s) to " + body.path, "ok");
+    } catch (err) { K.toast(err.message, "error"); }
+  });
+  document.getElementById("pull-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const path = new FormData(ev.target).get("path").toString().trim();
+    try {
+      const r = (await K.api("POST", base + "/pull", { path })).data;
+      const bin = atob(r.content_b64);
+      const bytes = Uint8Array.from(bin, (c) => c.charCodeAt(0));
+      files.querySelector('[data-field="content"]').textContent = new TextDecoder("utf-8", { fatal: false }).decode(bytes);
+      files.querySelector('[data-field="pulled-size"]').textContent = r.path + ": " + r.size + " byte(s)";
+      const link = files.querySelector('[data-field="download"]');
+      if (link.href) URL.revokeObjectURL(link.href);
+      link.href = URL.createObjectURL(new Blob([bytes]));
+      link.download = path.split("/").pop();
+      files.querySelector('[data-field="pulled"]').hidden = false;
+    } catch (err) { K.toast(err.message, "error"); }
+  });
+  // guest users: SSH keys and password
+  const keysForm = document.getElementById("keys-form");
+  const keyList = document.getElementById("ssh-keys");
+  function showKeys(keys) {
+    keyList.replaceChildren(...keys.map((k) => { const li = document.createElement("li"); const c = document.createElement("code"); c.textContent = k; li.appendChild(c); return li; }));
+    keyList.dataset.count = String(keys.length);
+  }
+  keysForm.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const what = ev.submitter ? ev.submitter.value : "list";
+    const f = new FormData(keysForm);
+    const user = f.get("user").toString().trim();
+    const key = (f.get("key") || "").toString().trim();
+    try {
+      let r;
+      if (what === "list") r = await K.api("GET", base + "/ssh-keys?user=" + encodeURIComponent(user));
+      else {
+        if (!key) throw new Error("paste a public key first");
+        r = await K.api("POST", base + (what === "add" ? "/ssh-keys" : "/ssh-keys/remove"), { user, keys: [key] });
+        K.toast((what === "add" ? "added a key for " : "removed a key of ") + user, "ok");
+      }
+      showKeys(r.data.keys);
+    } catch (err) { K.toast(err.message, "error"); }
+  });
+  document.getElementById("password-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(ev.target);
+    try {
+      const r = await K.api("POST", base + "/password", { user: f.get("user").toString().trim(), password: f.get("password").toString() });
+      K.toast(r.data.message, "ok");
+      ev.target.elements.password.value = "";
+    } catch (err) { K.toast(err.message, "error"); }
+  });
   const qmp = document.getElementById("qmp-form");
   if (!qmp) return;  // admins only
   qmp.addEventListener("submit", async (ev) => {
