@@ -703,3 +703,39 @@ def test_guest_page_files_keys_password(web: ApiServer, browser_page: Any,
     after = guest_sh(running_vm, "grep ^tester: /etc/shadow")
     assert after.split(":")[1] != before.split(":")[1]
     guest_sh(running_vm, "rm -f /tmp/web-push.bin")
+
+
+def test_create_page_with_an_existing_disk(web: ApiServer, browser_page: Any,
+                                           tiny_guest: GuestImage, images_dir: Path,
+                                           host: Host) -> None:
+    """The create form takes what ``vm create`` takes: an existing image with its
+    format beside a new disk, the accelerator; read back with ``vm info``."""
+    page = browser_page
+    name = f"{SESSION_PREFIX}web-create"
+    image = images_dir / f"{name}-existing.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "32M"],
+                   check=True, timeout=60)
+    try:
+        log_in(page, web.url)
+        page.goto(web.url + "/create")
+        page.fill("input[name=name]", name)
+        page.fill("input[name=memory]", "128")  # a bare number is MiB
+        page.fill("input[name=images_dir]", str(images_dir))
+        page.fill("input[name=kernel]", str(tiny_guest.kernel))
+        page.fill("input[name=initrd]", str(tiny_guest.initrd))
+        page.fill("input[name=disk_path]", str(image))
+        page.select_option("select[name=disk_format]", "qcow2")
+        page.select_option("select[name=accelerator]", "tcg")
+        page.uncheck("input[name=start]")
+        page.click("#create-vm button[type=submit]")
+        page.wait_for_url(f"{web.url}/vms/{name}", timeout=WAIT_MS)
+        info = vm_json(name)
+        assert (info["state"], info["memory"], info["accelerator"]) == (
+            "shut off", 128 * 1024**2, "tcg")
+        disks = {d["target"]: d for d in info["disks"] if d["device"] == "disk"}
+        assert set(disks) == {"vda", "vdb"}
+        assert (disks["vdb"]["source"], disks["vdb"]["format"]) == (str(image), "qcow2")
+    finally:
+        remove_vm(host, name)
+        with contextlib.suppress(OSError):
+            image.unlink()

@@ -590,7 +590,13 @@ PAGES.create = () => {
     const body = { name: get("name"), memory: get("memory"), vcpus: parseInt(get("vcpus"), 10),
                    agent: f.get("agent") !== null, start: f.get("start") !== null, disks: [] };
     if (get("disk_size")) body.disks.push({ size: get("disk_size") });
-    for (const k of ["kernel", "initrd", "cmdline", "cdrom", "network", "images_dir"]) if (get(k)) body[k] = get(k);
+    if (get("disk_path")) {
+      const disk = { path: get("disk_path") };
+      if (get("disk_format")) disk.format = get("disk_format");
+      body.disks.push(disk);
+    }
+    for (const k of ["kernel", "initrd", "cmdline", "cdrom", "network", "bridge", "images_dir", "accelerator"]) if (get(k)) body[k] = get(k);
+    if (f.get("force") !== null) body.force = true;
     const button = form.querySelector("button[type=submit]");
     const status = form.querySelector('[data-field="status"]');
     const bar = form.querySelector("progress");
