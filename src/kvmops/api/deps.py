@@ -22,9 +22,9 @@ from kvmops.api.throttle import client_address
 from kvmops.errors import KvmopsError
 from kvmops.host.connection import Host
 from kvmops.services.caller import Caller
+from kvmops.services.checks import validate_name
 from kvmops.store import users
 from kvmops.store.users import Principal, Role
-from kvmops.vm.domxml import validate_name
 
 SESSION_COOKIE = "kvmops_session"
 CSRF_COOKIE = "kvmops_csrf"

@@ -16,9 +16,8 @@ from typing import Annotated
 from pydantic import AfterValidator, BeforeValidator
 
 from kvmops.errors import KvmopsError
-from kvmops.paths import absolute
+from kvmops.services.checks import absolute, validate_name
 from kvmops.sizes import parse_size
-from kvmops.vm.domxml import validate_name
 
 _MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$", re.IGNORECASE)
 MAX_SIZE = 2**63 - 1
@@ -50,7 +49,7 @@ _size = _sized("")
 
 
 def _image_size(value: object) -> int:
-    from kvmops.images.qemuimg import MAX_IMAGE_SIZE
+    from kvmops.services.checks import MAX_IMAGE_SIZE
     from kvmops.sizes import format_size
 
     size = _size(value)

@@ -8,8 +8,9 @@ from rich.markup import escape
 from kvmops.cli.common import JsonOption, UriOption, connect
 from kvmops.cli.output import info, print_fields, print_json, print_table
 from kvmops.errors import KvmopsError
-from kvmops.host.doctor import Status, run_doctor
-from kvmops.host.info import host_info
+from kvmops.services import host as host_service
+from kvmops.services.caller import Caller
+from kvmops.services.host import Status
 from kvmops.sizes import format_size
 
 app = typer.Typer(help="Facts about this host.", no_args_is_help=True)
@@ -23,7 +24,7 @@ def info_cmd(
 ) -> None:
     """Host name, versions, the accelerator kvmops uses, and where images go."""
     with connect(uri) as host:
-        data = host_info(host, refresh_probe=reprobe)
+        data = host_service.info(Caller.local(), host, reprobe=reprobe)
     if json_out:
         print_json(data)
         return
@@ -45,7 +46,7 @@ _MARKS = {Status.OK: "[green]ok[/green]", Status.WARN: "[yellow]warn[/yellow]",
 @app.command("doctor")
 def doctor_cmd(json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
     """Check that this host can run, back up and snapshot VMs; exit 1 if a check fails."""
-    report = run_doctor(uri)
+    report = host_service.doctor(Caller.local(), uri=uri)
     if json_out:
         print_json(report)
     else:

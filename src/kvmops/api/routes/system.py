@@ -16,11 +16,12 @@ from kvmops.api.deps import (
     Ctx,
     HostDep,
     Viewer,
+    ViewerCaller,
 )
 from kvmops.api.routes.common import Body, Message
 from kvmops.api.throttle import LoginThrottled, attempt_login, client_address
-from kvmops.host.doctor import DoctorReport, run_doctor
-from kvmops.host.info import HostInfo, host_info
+from kvmops.services import host as host_service
+from kvmops.services.host import DoctorReport, HostInfo
 from kvmops.store import audit, users
 from kvmops.store.audit import AuditView
 
@@ -74,14 +75,14 @@ async def health() -> Health:
 
 
 @router.get("/host", response_model=HostInfo)
-def host(_: Viewer, host: HostDep) -> HostInfo:
-    return host_info(host)
+def host(caller: ViewerCaller, host: HostDep) -> HostInfo:
+    return host_service.info(caller, host)
 
 
 @router.get("/host/doctor", response_model=DoctorReport)
-def host_doctor(_: Viewer, host: HostDep) -> DoctorReport:
+def host_doctor(caller: ViewerCaller, host: HostDep) -> DoctorReport:
     """The host checks of ``kvmops host doctor`` (200 also when checks fail: see ``ok``)."""
-    return run_doctor(host=host)
+    return host_service.doctor(caller, host=host)
 
 
 def _secure(request: Request, ctx: Ctx) -> bool:

@@ -1,0 +1,21 @@
+"""Host use cases: the facts about this host, and the doctor's checks."""
+
+from __future__ import annotations
+
+from kvmops.host.connection import Host
+from kvmops.host.doctor import DoctorReport, Status, run_doctor
+from kvmops.host.info import HostInfo, host_info
+from kvmops.services.caller import Caller
+
+__all__ = ["DoctorReport", "HostInfo", "Status"]  # the faces' models
+
+
+def info(caller: Caller, host: Host, *, reprobe: bool = False) -> HostInfo:
+    """Host name, versions, the accelerator kvmops uses, where images go."""
+    return host_info(host, refresh_probe=reprobe)
+
+
+def doctor(caller: Caller, *, uri: str | None = None, host: Host | None = None
+           ) -> DoctorReport:
+    """Can this host run, back up and snapshot VMs? (``host``: an open connection.)"""
+    return run_doctor(uri, host=host)
