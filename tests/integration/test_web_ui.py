@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -739,3 +741,24 @@ def test_create_page_with_an_existing_disk(web: ApiServer, browser_page: Any,
         remove_vm(host, name)
         with contextlib.suppress(OSError):
             image.unlink()
+
+
+def test_jobs_page_shows_a_cli_backup(web: ApiServer, browser_page: Any, fresh_vm: str,
+                                      repo_dir: Path) -> None:
+    """A backup run with the ``kvmops`` command on the server's state database appears
+    on the open Jobs page (no reload) with the OS user who ran it."""
+    page = browser_page
+    log_in(page, web.url)
+    page.goto(f"{web.url}/jobs?target={fresh_vm}")
+    result = run_cli("backup", "create", fresh_vm, "--repo", str(repo_dir), "--json",
+                     env={"KVMOPS_DB": web.db})
+    assert result.code == 0, result.stderr
+    backup_id = json.loads(result.stdout)["id"]
+    row = page.locator("#job-rows tr[data-job]").filter(has_text="backup.create")
+    row.locator("[data-field=state]").filter(has_text="succeeded").wait_for(timeout=WAIT_MS)
+    assert row.locator("[data-field=by]").inner_text() == pwd.getpwuid(os.geteuid()).pw_name
+    job_id = row.get_attribute("data-job")
+    job = api_get(page, web.url, f"/jobs/{job_id}")
+    assert (job["kind"], job["target"], job["state"]) == ("backup.create", fresh_vm,
+                                                          "succeeded")
+    assert backup_id in json.dumps(job["result"])

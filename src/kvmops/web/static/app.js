@@ -253,10 +253,37 @@ function jobRow(job) {
 
 PAGES.dashboard = () => {
   const active = document.getElementById("active-jobs");
-  K.on("job", (ev) => {
+  const count = () => {
+    const n = active.querySelectorAll('tr[data-job] [data-field="state"]');
+    const live = [...n].filter((s) => s.textContent === "queued" || s.textContent === "running").length;
+    const el = document.querySelector('[data-field="active"]');
+    if (el) el.textContent = live;
+  };
+  /* Jobs the server's own runner does not announce (a kvmops command's backup) are
+     read from the job store every few seconds. */
+  (function poll() {
+    setTimeout(async () => {
+      if (!document.hidden) {
+        try {
+          const jobs = (await K.api("GET", "/api/v1/jobs?limit=20")).data;
+          jobs.forEach((j) => {
+            const known = active.querySelector('tr[data-job="' + CSS.escape(j.id) + '"]');
+            const live = j.state === "queued" || j.state === "running";
+            if (!known && !live) return;
+            update({ id: j.id, kind: j.kind, target: j.target, state: j.state, by: j.created_by,
+                     percent: j.progress ? j.progress.percent : null, message: j.message, error: j.error });
+          });
+        } catch (e) { /* next time */ }
+      }
+      poll();
+    }, 5000);
+  })();
+  K.on("job", (ev) => update(ev));
+  function update(ev) {
     let row = active.querySelector('tr[data-job="' + CSS.escape(ev.id) + '"]');
     if (!row && (ev.state === "queued" || ev.state === "running")) {
       row = jobRow(ev);
+      if (ev.by) row.children[4].textContent = ev.by;
       active.prepend(row);
       const none = document.getElementById("no-jobs");
       if (none) none.hidden = true;
@@ -269,10 +296,12 @@ PAGES.dashboard = () => {
     if (typeof ev.percent === "number") row.querySelector("progress").value = ev.percent;
     if (ev.state === "succeeded") row.querySelector("progress").value = 100;
     if (ev.message || ev.error) row.querySelector('[data-field="message"]').textContent = ev.message || ev.error;
-    if (["succeeded", "failed", "cancelled", "interrupted"].includes(ev.state)) {
-      setTimeout(() => row.remove(), 5000);
+    if (["succeeded", "failed", "cancelled", "interrupted"].includes(ev.state) && !row.dataset.leaving) {
+      row.dataset.leaving = "1";
+      setTimeout(() => { row.remove(); count(); }, 5000);
     }
-  });
+    count();
+  }
   K.on("domain", async (ev) => {
     if (!["started", "stopped", "suspended", "resumed", "defined", "undefined", "crashed"].includes(ev.event)) return;
     try {
