@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import subprocess
 from pathlib import Path
 
+from kvmops.backup.repository import Repository
+from kvmops.host.connection import Host
+from kvmops.vm.checkpoints import CHECKPOINT_PREFIX
 from tests.conftest import run_cli
 
 DISK_MIB = 64
@@ -67,3 +71,18 @@ def restore_hash(vm: str, repo: Path, backup_id: str, out: Path, target: str = "
                      "--to", str(out))
     assert result.code == 0, result.stderr
     return image_hash(out / f"{target}.qcow2")
+
+
+def repo_checkpoints(host: Host, vm: str, repo: Path) -> list[str]:
+    """Names of the VM's checkpoints that ``repo`` owns (its identity prefixes them)."""
+    prefix = f"{CHECKPOINT_PREFIX}{Repository(repo).identity()}-"
+    return sorted(c.getName() for c in host.domain(vm).listAllCheckpoints(0)
+                  if c.getName().startswith(prefix))
+
+
+def drop_repo_checkpoints(host: Host, vm: str, repo: Path) -> None:
+    """Delete a test repository's checkpoints (and so its bitmaps) from a shared VM, so
+    that the session's guest (``running_vm``) is left as it was found; never fails."""
+    with contextlib.suppress(Exception):
+        for name in reversed(repo_checkpoints(host, vm, repo)):
+            host.domain(vm).checkpointLookupByName(name, 0).delete(0)

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import libvirt
 import pytest
 
 from kvmops.config import settings
@@ -145,6 +146,20 @@ def running_vm(vm_factory: Callable[..., str]) -> str:
     Tests using it must leave it running.
     """
     return vm_factory(start=True, keep=True)
+
+
+@pytest.fixture
+def backup_guest(running_vm: str, host: Host) -> Iterator[str]:
+    """The session's booted guest for a test that backs it up (no boot of its own): the
+    checkpoints the test made are deleted after it, so the guest is left as found."""
+    before = {c.getName() for c in host.domain(running_vm).listAllCheckpoints(0)}
+    yield running_vm
+    domain = host.domain(running_vm)
+    for checkpoint in reversed(domain.listAllCheckpoints(
+            libvirt.VIR_DOMAIN_CHECKPOINT_LIST_TOPOLOGICAL)):
+        if checkpoint.getName() not in before:
+            with contextlib.suppress(libvirt.libvirtError):
+                checkpoint.delete(0)
 
 
 @pytest.fixture

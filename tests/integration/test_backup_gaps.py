@@ -8,7 +8,6 @@ once per module; each test reads it or works on its own copy, so any order works
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -25,11 +24,11 @@ import pytest
 from kvmops.backup.repository import Repository
 from kvmops.errors import AlreadyExistsError, BackupError, StateError
 from kvmops.host.connection import Host
-from kvmops.vm.checkpoints import CHECKPOINT_PREFIX
 from tests.conftest import SESSION_PREFIX, assert_one_line_error, run_cli
 from tests.integration.backup_util import (
     backup,
     disk_hash,
+    drop_repo_checkpoints,
     image_hash,
     list_backups,
     restore_hash,
@@ -43,20 +42,6 @@ class Chain:
     vm: str
     repo: Path
     points: list[tuple[str, str]]  # (backup id, sha256 of vda at that point), oldest first
-
-
-def repo_checkpoints(host: Host, vm: str, repo: Path) -> list[str]:
-    """Names of the VM's checkpoints that ``repo`` owns (its identity prefixes them)."""
-    prefix = f"{CHECKPOINT_PREFIX}{Repository(repo).identity()}-"
-    return sorted(c.getName() for c in host.domain(vm).listAllCheckpoints(0)
-                  if c.getName().startswith(prefix))
-
-
-def drop_repo_checkpoints(host: Host, vm: str, repo: Path) -> None:
-    """Delete a test repository's checkpoints (and so its bitmaps) from a shared VM."""
-    with contextlib.suppress(Exception):
-        for name in reversed(repo_checkpoints(host, vm, repo)):
-            host.domain(vm).checkpointLookupByName(name, 0).delete(0)
 
 
 @pytest.fixture(scope="module")

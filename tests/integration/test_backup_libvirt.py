@@ -77,9 +77,8 @@ def test_round_trip_every_point_restores(vm_factory: Callable[..., str], repo_di
     assert list_backups(vm, repo_dir)[-1]["type"] == "incremental"
 
 
-def test_verify_reports_first_broken_link(vm_factory: Callable[..., str],
-                                          repo_dir: Path) -> None:
-    vm = vm_factory(start=True)
+def test_verify_reports_first_broken_link(backup_guest: str, repo_dir: Path) -> None:
+    vm = backup_guest
     full = backup(vm, repo_dir, "--full")
     write_random(vm, 5, 2)
     backup(vm, repo_dir, "--incremental")
@@ -145,9 +144,8 @@ def test_lost_checkpoint_metadata_is_redefined(vm_factory: Callable[..., str], r
     assert restore_hash(vm, repo_dir, str(after["id"]), tmp_path / "r") == digest
 
 
-def test_foreign_checkpoint_left_alone(vm_factory: Callable[..., str], repo_dir: Path,
-                                       host: Host) -> None:
-    vm = vm_factory(start=True)
+def test_foreign_checkpoint_left_alone(backup_guest: str, repo_dir: Path, host: Host) -> None:
+    vm = backup_guest
     domain = host.domain(vm)
     domain.checkpointCreateXML(
         "<domaincheckpoint><name>someone-else</name></domaincheckpoint>", 0)
@@ -429,9 +427,9 @@ def test_vm_shut_down_during_backup(vm_factory: Callable[..., str], repo_dir: Pa
     assert not list((repo_dir / vm / "backups").glob(".partial-*"))
 
 
-def test_prune_merges_and_kept_points_restore(vm_factory: Callable[..., str], repo_dir: Path,
+def test_prune_merges_and_kept_points_restore(backup_guest: str, repo_dir: Path,
                                               tmp_path: Path) -> None:
-    vm = vm_factory(start=True)
+    vm = backup_guest
     digests: dict[str, str] = {}
     first = backup(vm, repo_dir, "--full")
     digests[str(first["id"])] = disk_hash(vm)
@@ -478,12 +476,14 @@ def test_compressed_chain_restores(vm_factory: Callable[..., str], repo_dir: Pat
 
 
 def test_two_repositories_alternate_and_each_stays_incremental(
-        vm_factory: Callable[..., str], backups_dir: Path, tmp_path: Path) -> None:
+        backup_guest: str, backups_dir: Path, tmp_path: Path) -> None:
     """A local and an off-site repository for one VM: each keeps its own checkpoints,
     neither deletes the other's, both chains stay incremental and restore exactly.
     (The guest mounts nothing it can freeze: the backups say crash-consistent.)"""
-    vm = vm_factory(start=True)
+    vm = backup_guest
     repos = {"a": backups_dir / f"{vm}-local", "b": backups_dir / f"{vm}-offsite"}
+    for repo in repos.values():  # fresh repositories, whatever ran before
+        shutil.rmtree(repo, ignore_errors=True)
     points: dict[str, list[tuple[str, str]]] = {"a": [], "b": []}
     for step, name in enumerate(("a", "b", "a", "b")):
         digest = write_random(vm, step * 4, 2)
