@@ -4,6 +4,7 @@ state-changing command is in the audit log with the OS user, via cli."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -106,6 +107,14 @@ def test_cli_backup_is_a_job_seen_running_then_finished_and_audited(
     assert len(finished) == 1, finished
     assert finished[0]["state"] == "succeeded" and finished[0]["result"]["id"] == manifest_id
     assert finished[0]["progress"]["percent"] == 100.0
+
+    # the same jobs from the command line
+    listed = run_cli("job", "list", "--target", vm, "--json", env=env)
+    assert listed.code == 0, listed.stderr
+    assert [(j["id"], j["state"]) for j in json.loads(listed.stdout)] == [
+        (finished[0]["id"], "succeeded"), (running["id"], "cancelled")]
+    shown = run_cli("job", "show", running["id"], env=env)
+    assert shown.code == 0 and "cancelled" in shown.stdout, shown.stderr
 
     rows = _cli_rows(client, "backup.create", vm)
     assert [(r["user"], r["result"], r["status_code"], r["job_id"]) for r in rows] == [

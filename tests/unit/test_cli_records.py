@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -134,3 +136,34 @@ def test_state_machine() -> None:
     assert not JobState.RUNNING.final and JobState.INTERRUPTED.final
     assert {s.value for s in JobState} == {"queued", "running", "succeeded", "failed",
                                            "cancelled", "interrupted"}
+
+
+def test_server_job_hears_a_cancel_asked_outside_the_server(store: Store) -> None:
+    """``kvmops job cancel`` only sets the flag: the runner's job hears it at its next
+    progress report and ends cancelled."""
+    from kvmops.api.events import EventHub
+    from kvmops.api.runner import JobContext, JobRunner
+
+    runner = JobRunner(store, EventHub(), workers=1)
+    started, asked = threading.Event(), threading.Event()
+
+    def copies(ctx: JobContext) -> None:
+        started.set()
+        asked.wait(30)
+        ctx.note("still copying")  # the report that hears it
+        raise AssertionError("not cancelled")
+
+    try:
+        job = runner.submit("image.convert", "x", "root", copies)
+        assert started.wait(30)
+        jobs.cancel(Caller.local(), store, job.id)
+        asked.set()
+        for _ in range(600):
+            if job_store.get(store, job.id).state not in job_store.ACTIVE_STATES:
+                break
+            time.sleep(0.05)
+        assert job_store.get(store, job.id).state == "cancelled"
+    finally:
+        runner.shutdown()
+    rows = [e for e in audit.entries(store) if e.action == "job.cancel"]
+    assert [(r.target, r.via, r.result) for r in rows] == [(job.id, "cli", "ok")]

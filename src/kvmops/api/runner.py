@@ -80,6 +80,9 @@ class JobContext:
             self._last_write = now
         self.runner.update(self.id, publish_extra={"target": self.target, "kind": self.kind},
                            **pending)
+        if self.runner.cancel_requested(self.id):  # asked outside this server (kvmops job)
+            self.cancel()
+            self.check()
 
     def flush(self) -> None:
         with self._lock:
@@ -141,6 +144,12 @@ class JobRunner:
         if "result" in event:
             event["result"] = jsonable_encoder(event["result"])
         self.hub.publish("job", event)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        try:
+            return job_store.cancel_requested(self.store, job_id)
+        except KvmopsError:  # a read failing must not kill the job
+            return False
 
     def _run(self, ctx: JobContext, fn: JobFn) -> None:
         extra = {"kind": ctx.kind, "target": ctx.target}

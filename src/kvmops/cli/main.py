@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "snapshot": ("kvmops.cli.snapshot:app",
                  "VM snapshots: internal (with memory) and external (disk-only)."),
     "user": ("kvmops.cli.user:app", "API users, roles (admin, operator, viewer) and tokens."),
+    "job": ("kvmops.cli.job:app", "Jobs of every long operation, whoever started it."),
     "config": ("kvmops.cli.config:app",
                "The effective configuration and where each value comes from."),
     "completion": ("kvmops.cli.completion:register",

@@ -40,6 +40,12 @@ def _target(arguments: dict[str, Any], target: str | Callable[[dict[str, Any]], 
     return str(name) if name is not None else str(value)
 
 
+def _db_url(value: Any) -> str | None:
+    """A database named by URL, or by the open store a use case was given."""
+    url = getattr(value, "url", value)
+    return str(url) if url else None
+
+
 def record(caller: Caller, action: str, target: str | None, exit_code: int, *,
            job_id: str | None = None, db_url: str | None = None) -> None:
     """Write one audit row of a command (silently nothing without a database)."""
@@ -105,7 +111,8 @@ def audited(action: str, target: str | Callable[[dict[str, Any]], Any] | None = 
                 return fn(*args, **kwargs)
             return run_audited(caller, action, _target(bound.arguments, target),
                                lambda: fn(*args, **kwargs),
-                               db_url=bound.arguments.get(db_arg) if db_arg else None)
+                               db_url=_db_url(bound.arguments.get(db_arg)) if db_arg
+                               else None)
 
         return wrapper
 

@@ -20,11 +20,23 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kvmops.errors import CancelledError, KvmopsError
+from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
 from kvmops.store.jobstate import ACTIVE_STATES, FINAL_STATES, JobState
 
-__all__ = ["ACTIVE_STATES", "FINAL_STATES", "CliJob", "JobState", "Progress", "get",
-           "list_jobs", "recover", "request_cancel", "track"]
+__all__ = [
+    "ACTIVE_STATES",
+    "FINAL_STATES",
+    "CliJob",
+    "JobState",
+    "Progress",
+    "cancel",
+    "get",
+    "list_jobs",
+    "recover",
+    "request_cancel",
+    "track",
+]
 
 UPDATE_INTERVAL = 0.5  # seconds between progress writes
 # The id of the job the current use case recorded (the audit row names it).
@@ -197,6 +209,12 @@ def request_cancel(store: Store, job_id: str) -> JobView:
     from kvmops.store import jobs as job_store
 
     return job_store.request_cancel(store, job_id)
+
+
+@audited("job.cancel", target="job_id", db_arg="store")
+def cancel(caller: Caller, store: Store, job_id: str) -> JobView:
+    """A cancel asked for from the command line (the API's goes through its runner)."""
+    return request_cancel(store, job_id)
 
 
 def recover(store: Store, reason: str = "the kvmops server stopped while the job ran"

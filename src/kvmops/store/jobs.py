@@ -128,6 +128,12 @@ def request_cancel(store: Store, job_id: str) -> JobView:
         return view(job)
 
 
+def cancel_requested(store: Store, job_id: str) -> bool:
+    """Whether someone asked the job to stop (the API, ``kvmops job cancel``)."""
+    with store.session() as db:
+        return bool(db.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
 def mark_interrupted(store: Store, reason: str = "the kvmops server stopped while the job ran"
                      ) -> int:
     """Jobs left queued/running by a previous server process never finished: say so.
