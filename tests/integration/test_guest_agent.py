@@ -79,16 +79,17 @@ def test_exec_passes_stdout_stderr_and_exit_code(running_vm: str, tmp_path: Path
     assert (result.code, result.stdout) == (0, "piped")
 
 
-def test_push_pull_5mib_round_trip(running_vm: str, guest_dir: str, tmp_path: Path,
-                                   channel: AgentChannel) -> None:
+def test_push_pull_multi_chunk_round_trip(running_vm: str, guest_dir: str, tmp_path: Path,
+                                          channel: AgentChannel) -> None:
+    size = 2**20 + 4097  # 17 chunks of 64 KiB, the last one partial
     local = tmp_path / "random.bin"
-    local.write_bytes(os.urandom(5 * 2**20))
+    local.write_bytes(os.urandom(size))
     result = run_cli("guest", "push", running_vm, str(local), f"{guest_dir}/r.bin",
                      "--mode", "0600", "--owner", "tester")
     assert result.code == 0, result.stderr
     assert "sha256:" in result.stdout
     assert sh(channel, f"stat -c '%a %U %s' {guest_dir}/r.bin").split() == [
-        "600", "tester", str(5 * 2**20)]
+        "600", "tester", str(size)]
     back = tmp_path / "back.bin"
     result = run_cli("guest", "pull", running_vm, f"{guest_dir}/r.bin", str(back))
     assert result.code == 0, result.stderr
