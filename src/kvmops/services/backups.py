@@ -183,7 +183,13 @@ def verify(caller: Caller, repo: str | Path, vm: str | None = None, at: str | No
 def prune_backups(caller: Caller, repo: str | Path, vm: str, rules: RetentionPolicy, *,
                   dry_run: bool = False, note: Callable[[str], None] | None = None
                   ) -> PruneResult:
-    return prune(existing_repository(caller, repo), vm, rules, dry_run=dry_run, note=note)
+    checked = existing_repository(caller, repo)
+    if dry_run:  # changes nothing: no job
+        return prune(checked, vm, rules, dry_run=True, note=note)
+    with track(caller, "backup.prune", vm) as job:
+        result = prune(checked, vm, rules, note=_both(note, job.note))
+        job.result = result
+    return result
 
 
 def running() -> list[JobRecord]:

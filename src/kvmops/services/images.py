@@ -18,6 +18,7 @@ from kvmops.images.qemuimg import SnapshotInfo as ImageSnapshot
 from kvmops.paths import policy
 from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
+from kvmops.services.jobs import track
 
 __all__ = ["CheckResult", "ImageInfo", "ImageSnapshot", "ProgressCallback", "ResizeResult",
            "SnapshotInfo", "UserImage"]  # the faces' models
@@ -70,8 +71,15 @@ def convert(caller: Caller, source: str | Path, destination: str | Path,
             out_fmt: str = "qcow2", *, source_fmt: str | None = None, compress: bool = False,
             overwrite: bool = False, progress: ProgressCallback | None = None) -> ImageInfo:
     image, target = check_convert(caller, source, destination, source_fmt=source_fmt)
-    result = qemuimg.convert(image.path, image.format, target, out_fmt, compress=compress,
-                             overwrite=overwrite, progress=progress)
+    with track(caller, "image.convert", str(target)) as job:
+        def report(pct: float) -> None:
+            job.percent(pct)
+            if progress is not None:
+                progress(pct)
+
+        result = qemuimg.convert(image.path, image.format, target, out_fmt,
+                                 compress=compress, overwrite=overwrite, progress=report)
+        job.result = result
     return result.model_copy(update={"notes": list(image.notes)})
 
 

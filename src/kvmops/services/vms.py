@@ -17,6 +17,7 @@ from kvmops.host.stats import DomainFigures, all_domain_figures
 from kvmops.paths import policy
 from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
+from kvmops.services.jobs import track
 from kvmops.sizes import format_size
 from kvmops.vm import lifecycle
 from kvmops.vm.domxml import DomainSpec, validate_name
@@ -120,7 +121,16 @@ def clone(caller: Caller, host: Host, source: str, new_name: str, *,
           images_dir: Path | None = None,
           progress: Callable[[str, float], None] | None = None) -> VmInfo:
     directory = check_clone(caller, images_dir)
-    return lifecycle.clone(host, source, new_name, images_dir=directory, progress=progress)
+    with track(caller, "vm.clone", source) as job:
+        def report(label: str, pct: float) -> None:
+            job.percent(pct, label)
+            if progress is not None:
+                progress(label, pct)
+
+        result = lifecycle.clone(host, source, new_name, images_dir=directory,
+                                 progress=report)
+        job.result = result
+    return result
 
 
 @audited("vm.undefine", target="name")
