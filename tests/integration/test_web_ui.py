@@ -380,8 +380,10 @@ def test_vm_page_undefines_with_and_without_storage(web: ApiServer, browser_page
         dialog = page.locator("#undefine-dialog")
         assert not page.locator("#undefine-files").is_visible()
         page.check("#undefine-storage")
-        # the dialog names the files it deletes before anyone confirms
+        # the dialog names the files it deletes before anyone confirms (as the API)
+        page.locator("#undefine-files[data-state=ready]").wait_for()
         assert dialog.locator("[data-field=remove]").inner_text().strip() == gone_disk
+        assert api_get(page, web.url, f"/vms/{gone}/storage")["remove"] == [gone_disk]
         shoot(page, "undefine-dialog")
         with page.expect_navigation(url=f"{web.url}/vms", timeout=WAIT_MS):
             page.click("#undefine-go")

@@ -19,11 +19,9 @@ from kvmops.api.guard import CSP
 from kvmops.api.throttle import LoginThrottled, attempt_login, client_address
 from kvmops.config import settings
 from kvmops.errors import KvmopsError
-from kvmops.services import vm_config
 from kvmops.services import vms as vm_service
 from kvmops.services import web_views as views
 from kvmops.services.caller import Caller
-from kvmops.services.vm_config import RemovalPreview
 from kvmops.store import audit, users
 from kvmops.store.users import Principal
 from kvmops.web import templates
@@ -206,17 +204,9 @@ def vm_detail(request: Request, name: str, user: PageUser) -> Response:
     vm = views.vm_info(host, name)
     recorder = request.app.state.kvmops_web_events
     jobs = views.list_jobs(ctx.store, target=vm.name, limit=10)
-    storage: RemovalPreview | None = None
-    storage_error: str | None = None
-    if templates.can(user, "operator"):
-        # the undefine dialog names the files it would delete, before anyone confirms
-        try:
-            storage = vm_config.removal_preview(_caller(request, user), host, vm.name)
-        except KvmopsError as err:
-            storage_error = str(err)
     return templates.render(request, "vm.html", user, title=vm.name, vm=vm,
-                            events=recorder.recent(vm.name), jobs=jobs, storage=storage,
-                            storage_error=storage_error, images_dirs=views.image_dirs())
+                            events=recorder.recent(vm.name), jobs=jobs,
+                            images_dirs=views.image_dirs())
 
 
 @router.get("/vms/{name}/console", response_class=HTMLResponse)

@@ -486,10 +486,40 @@ function manageVm(name) {
   const undefDlg = document.getElementById("undefine-dialog");
   const files = document.getElementById("undefine-files");
   const storage = document.getElementById("undefine-storage");
-  const showFiles = () => { if (files) files.hidden = !storage.checked; };
+  const showFiles = () => { files.hidden = !storage.checked; };
   storage.addEventListener("change", showFiles);
   showFiles();
-  document.getElementById("undefine-btn").addEventListener("click", () => undefDlg.showModal());
+  function listInto(ul, items) {
+    ul.replaceChildren(...items.map(([path, why]) => {
+      const li = document.createElement("li");
+      const code = document.createElement("code");
+      code.textContent = path;
+      li.appendChild(code);
+      if (why) { const s = document.createElement("small"); s.className = "muted"; s.textContent = " " + why; li.appendChild(s); }
+      return li;
+    }));
+  }
+  /* The files an undefine with storage deletes (and keeps, with why), read when the
+     dialog opens: GET /api/v1/vms/NAME/storage, nothing is changed. */
+  async function preview() {
+    files.dataset.state = "loading";
+    try {
+      const p = (await K.api("GET", vmApi + "/storage")).data;
+      const remove = files.querySelector('[data-field="remove"]');
+      listInto(remove, p.remove.map((f) => [f, ""]));
+      files.querySelector('[data-field="remove-title"]').textContent =
+        p.remove.length ? "These files are deleted with the storage:" : "No file would be deleted.";
+      const kept = files.querySelector('[data-field="kept"]');
+      listInto(kept, p.kept.map((k) => [k.path, k.reason]));
+      kept.hidden = files.querySelector('[data-field="kept-title"]').hidden = !p.kept.length;
+      files.dataset.state = "ready";
+    } catch (err) {
+      files.querySelector('[data-field="remove"]').replaceChildren();
+      files.querySelector('[data-field="remove-title"]').textContent = err.message;
+      files.dataset.state = "failed";
+    }
+  }
+  document.getElementById("undefine-btn").addEventListener("click", () => { preview(); undefDlg.showModal(); });
   undefDlg.addEventListener("close", () => {
     if (undefDlg.returnValue !== "ok") return;
     const remove = storage.checked;
