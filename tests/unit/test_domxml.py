@@ -196,3 +196,13 @@ def test_snapshot_document_reads_and_repoints() -> None:
         "vda": ("/img/tiny-vda.qcow2", "qcow2")}
     doc.set_overlay("vda", "/img/fresh.qcow2")
     assert SnapshotDocument(doc.to_xml()).disks()[0].overlay == "/img/fresh.qcow2"
+
+
+def test_chain_files_with_formats_of_a_live_backing_chain() -> None:
+    xml = ("<domain><devices><disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+           "<source file='/img/ov.qcow2' index='2'/><backingStore type='file' index='1'>"
+           "<format type='raw'/><source file='/img/base.raw'/><backingStore/></backingStore>"
+           "<target dev='vda' bus='virtio'/></disk><disk type='file' device='cdrom'>"
+           "<target dev='hdc' bus='ide'/></disk></devices></domain>")
+    assert DomainDocument(xml).chain_files() == [("/img/ov.qcow2", "qcow2"),
+                                                 ("/img/base.raw", "raw")]

@@ -14,6 +14,7 @@ from kvmops.errors import (
     HostUnavailableError,
     HypervisorError,
     NotFoundError,
+    OperationTimeoutError,
     StateError,
     UnsupportedError,
     ValidationError,
@@ -46,6 +47,8 @@ class FakeError(libvirt.libvirtError):
     (libvirt.VIR_ERR_XML_ERROR, ValidationError),
     (libvirt.VIR_ERR_DOM_EXIST, AlreadyExistsError),
     (libvirt.VIR_ERR_SYSTEM_ERROR, HostUnavailableError),
+    (libvirt.VIR_ERR_OPERATION_TIMEOUT, OperationTimeoutError),
+    (libvirt.VIR_ERR_AGENT_UNRESPONSIVE, AgentUnavailableError),
     (libvirt.VIR_ERR_INTERNAL_ERROR, HypervisorError),
 ])
 def test_translate_by_code(code: int, kind: type[Exception]) -> None:

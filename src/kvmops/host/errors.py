@@ -26,6 +26,7 @@ from kvmops.errors import (
     HypervisorError,
     KvmopsError,
     NotFoundError,
+    OperationTimeoutError,
     StateError,
     UnsupportedError,
     ValidationError,
@@ -71,6 +72,8 @@ _CONNECTION_CODES = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_SYSTEM_ERROR,
 
 UNREADABLE_ERROR = ("libvirt reported an error whose text is not valid UTF-8 (binary output "
                     "from QEMU); see the VM's log under /var/log/libvirt/qemu/")
+
+AGENT_HINT = "the guest may still be booting, or qemu-ga is not installed/running in it"
 
 LOST_HINT = ("libvirtd stopped or restarted; kvmops cleaned up what it could, and the next "
              "run of the same command cleans up the rest: retry once libvirtd is back")
@@ -122,6 +125,12 @@ def translate(err: libvirt.libvirtError, what: str) -> KvmopsError:
         return ValidationError(message)
     if code in _EXISTS_CODES:
         return AlreadyExistsError(message)
+    if code == libvirt.VIR_ERR_OPERATION_TIMEOUT:
+        return OperationTimeoutError(
+            message, hint="another operation holds the VM (a backup, a snapshot, a "
+                          "migration?); retry once it has ended")
+    if code in AGENT_UNRESPONSIVE:
+        return AgentUnavailableError(message, hint=AGENT_HINT)
     return HypervisorError(message, code=code)
 
 
@@ -161,10 +170,8 @@ def translate_agent_error(err: libvirt.libvirtError, vm: str, command: str) -> G
     if code in AGENT_UNRESPONSIVE or (not from_guest and (
             "not connected" in text or "not responding" in text or "disappeared" in text
             or (code == libvirt.VIR_ERR_OPERATION_INVALID and "not running" in text))):
-        return AgentUnavailableError(
-            f"guest agent of VM '{vm}' is not answering ({text})",
-            hint="the guest may still be booting, or qemu-ga is not installed/running in it",
-        )
+        return AgentUnavailableError(f"guest agent of VM '{vm}' is not answering ({text})",
+                                     hint=AGENT_HINT)
     if code in AGENT_TIMEOUT or (not from_guest and "timed out" in text.lower()):
         return AgentTimeoutError(f"guest agent of VM '{vm}' did not answer '{command}' in time")
     return classify_error(f"VM '{vm}'", command, None, desc)

@@ -23,8 +23,8 @@ TEST_DIRS = (Path("/var/lib/kvmops/test-images"), Path("/var/lib/kvmops/test-bac
 
 def main() -> None:
     with Host() as host:
-        for domain in host.domains():
-            name = domain.name()
+        for domain in host.all_domains():
+            name = domain.name
             if not name.startswith(TEST_PREFIX):
                 continue
             with contextlib.suppress(Exception):

@@ -455,6 +455,24 @@ class DomainDocument:
                 found[target.get("dev", "")] = (source.get("file", ""), fmt)
         return found
 
+    def chain_files(self) -> list[tuple[str, str]]:
+        """(file, format) of every disk's image and, in a running VM's live XML, the
+        backing files libvirt lists as nested ``<backingStore>``, top first."""
+        found: list[tuple[str, str]] = []
+        for disk in self._root.iterfind("devices/disk"):
+            # The disk's own source uses <driver type>, nested backing stores <format type>.
+            level: etree._Element | None = disk
+            fmt_el = disk.find("driver")
+            while level is not None:
+                source = level.find("source")
+                name = source.get("file") if source is not None else None
+                if name:
+                    found.append((name, fmt_el.get("type", "raw") if fmt_el is not None
+                                  else "raw"))
+                level = level.find("backingStore")
+                fmt_el = level.find("format") if level is not None else None
+        return found
+
     def disk_device_kinds(self) -> list[str]:
         """libvirt's ``device`` of each disk, in :meth:`disks` order (disk, cdrom,
         floppy, lun: :class:`DiskSpec` models only the first two)."""
