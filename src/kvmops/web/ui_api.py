@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from kvmops.api.deps import Ctx, HostDep, Operator, Viewer, VmNameDep
 from kvmops.api.routes.common import Body, Message
-from kvmops.services import web_views as dom
+from kvmops.services import web_views as views
 from kvmops.web.keys import CTRL_ALT_DEL, MAX_TEXT, text_to_keys
 
 router = APIRouter(prefix="/api/v1/ui", tags=["web ui"])
@@ -24,28 +24,28 @@ class SendKeysOut(BaseModel):
     keys: int
 
 
-@router.get("/vms/{name}/stats", response_model=dom.Stats)
-def stats(_: Viewer, name: VmNameDep, host: HostDep) -> dom.Stats:
+@router.get("/vms/{name}/stats", response_model=views.Stats)
+def stats(_: Viewer, name: VmNameDep, host: HostDep) -> views.Stats:
     """Cumulative counters (CPU time, disk and network bytes) and memory, with the
     server's time: a graph takes the difference of two samples."""
-    return dom.stats(host, name)
+    return views.stats(host, name)
 
 
-@router.get("/vms/{name}/guest", response_model=dom.GuestDetails)
-async def guest(_: Viewer, name: VmNameDep, ctx: Ctx) -> dom.GuestDetails:
+@router.get("/vms/{name}/guest", response_model=views.GuestDetails)
+async def guest(_: Viewer, name: VmNameDep, ctx: Ctx) -> views.GuestDetails:
     """Guest IPs (agent, else DHCP lease, else ARP) and the OS the agent reports."""
     host = ctx.host()
-    return await anyio.to_thread.run_sync(dom.guest_details, host, name)
+    return await anyio.to_thread.run_sync(views.guest_details, host, name)
 
 
 @router.post("/vms/{name}/send-text", response_model=SendKeysOut)
 def send_text(_: Operator, name: VmNameDep, body: SendTextBody, host: HostDep) -> SendKeysOut:
     """Type ``text`` on the VM's keyboard (US layout) through libvirt's sendKey."""
-    count = dom.send_keys(host, name, text_to_keys(body.text))
+    count = views.send_keys(host, name, text_to_keys(body.text))
     return SendKeysOut(message=f"typed {count} key(s) into VM '{name}'", keys=count)
 
 
 @router.post("/vms/{name}/ctrl-alt-del", response_model=Message)
 def ctrl_alt_del(_: Operator, name: VmNameDep, host: HostDep) -> Message:
-    dom.send_keys(host, name, [CTRL_ALT_DEL])
+    views.send_keys(host, name, [CTRL_ALT_DEL])
     return Message(message=f"sent Ctrl+Alt+Del to VM '{name}'")
