@@ -81,6 +81,9 @@ def test_cli_backup_is_a_job_seen_running_then_finished_and_audited(
             assert time.monotonic() < deadline, "the CLI backup never showed as a job"
             time.sleep(0.1)
         assert running["kind"] == "backup.create" and running["created_by"] == OS_USER
+        # the VM's backup lock names its job
+        locks = json.loads(run_cli("backup", "jobs", "--json").stdout)
+        assert [lock["job_id"] for lock in locks if lock["vm"] == vm] == [running["id"]]
         # cancelled through the API: the command hears it and cleans up
         cancel = client.post(f"/jobs/{running['id']}/cancel")
         assert cancel.status_code == 200, cancel.text

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from kvmops.errors import CancelledError, NotFoundError
+from kvmops.jobstate import JobState, can_move
 from kvmops.services import jobs
 from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
 from kvmops.store import Store, audit, direct
 from kvmops.store import jobs as job_store
-from kvmops.store.jobstate import JobState, can_move
 
 
 @pytest.fixture

@@ -30,9 +30,11 @@ def main() -> int:
     from kvmops.services import backups
     from kvmops.services.backups import BackupType
     from kvmops.services.caller import Caller
+    from kvmops.services.jobs import current_job
 
     try:
         raw = json.loads(sys.stdin.readline())
+        current_job.set(raw.get("job_id"))  # the server's row: the backup lock names it
         caller = Caller(name=str(raw.get("user") or "api"), role="operator", via="api")
         manifest = backups.create(
             caller, raw.get("uri"), raw["vm"], Path(raw["repo"]),

@@ -5,7 +5,7 @@ once; a worker thread runs ``fn(ctx)`` where ``ctx`` (:class:`JobContext`)
 reports progress (bytes or percent) and notes, and lets the job notice a
 cancel request. Progress goes to the row (throttled) and to the event hub
 (``event: job`` on ``GET /api/v1/events``). States are the one
-:class:`~kvmops.store.jobstate.JobState` machine; the final state is ``succeeded``
+:class:`~kvmops.jobstate.JobState` machine; the final state is ``succeeded``
 (with the JSON result), ``failed`` (error message and kind), or ``cancelled``.
 Rows left active by an earlier server process are marked ``interrupted`` at
 start-up (:func:`kvmops.store.jobs.mark_interrupted`).

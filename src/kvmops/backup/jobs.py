@@ -1,7 +1,12 @@
-"""Running backups on this host, and the event log the CLI and the API read.
+"""The per-VM backup lock of this host, and the backup event log.
 
-Each running backup registers ``STATE/jobs/VM.json`` (pid, repository, start);
-every state change appends one JSON line to ``STATE/events.jsonl``.
+A backup's *job* -- its state, progress, result, who started it -- is a row of the one
+job store (:mod:`kvmops.store.jobs`, :class:`~kvmops.jobstate.JobState`),
+whoever started it. This module only keeps one backup of a VM at a time on this host:
+each running backup holds ``STATE/jobs/VM.lock`` and describes itself in
+``STATE/jobs/VM.json`` (pid, repository, start, its job's id when one was recorded)
+so ``kvmops backup cancel/pause`` can signal it; every state change appends one JSON
+line to ``STATE/events.jsonl``.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from kvmops.config import settings
 from kvmops.errors import StateError
+from kvmops.jobstate import current_job
 
 
 class JobRecord(BaseModel):
@@ -28,7 +34,8 @@ class JobRecord(BaseModel):
     repo: str
     started: datetime
     transport: str = "libvirt"  # or "qmp" (a hand-started QEMU: pause/resume possible)
-    state: str = "running"  # or "paused"
+    state: Literal["running", "paused"] = "running"  # the copy's, not the job's
+    job_id: str | None = None  # its row in the job store, when the database was reachable
 
 
 def _jobs_dir() -> Path:
@@ -69,7 +76,7 @@ def registered(vm: str, repo: str, transport: str = "libvirt") -> Iterator[JobRe
                              hint=f"wait for it, or cancel it with 'kvmops backup cancel {vm}'"
                              ) from err
         record = JobRecord(vm=vm, pid=os.getpid(), repo=repo, started=datetime.now(UTC),
-                           transport=transport)
+                           transport=transport, job_id=current_job.get())
         path = directory / f"{vm}.json"
         path.write_text(record.model_dump_json())
         try:
@@ -89,7 +96,8 @@ def set_state(vm: str, state: str) -> None:
     except (OSError, ValueError):
         return
     if record.pid == os.getpid():
-        path.write_text(record.model_copy(update={"state": state}).model_dump_json())
+        path.write_text(record.model_copy(update={"state": "paused" if state == "paused"
+                                                  else "running"}).model_dump_json())
 
 
 def running_job(vm: str) -> JobRecord | None:

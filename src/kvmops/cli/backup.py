@@ -210,14 +210,14 @@ def prune_cmd(
 
 @app.command("jobs")
 def jobs_cmd(json_out: bool = JsonOption) -> None:
-    """Backups running on this host."""
+    """Backups running on this host (with their job: see 'kvmops job show ID')."""
     running = backups.running()
     if json_out:
         print_json(running)
         return
-    print_table(["VM", "PID", "Transport", "State", "Repository", "Started"],
+    print_table(["VM", "PID", "Transport", "State", "Repository", "Started", "Job"],
                 [(j.vm, j.pid, j.transport, j.state, j.repo,
-                  j.started.isoformat(timespec="seconds")) for j in running])
+                  j.started.isoformat(timespec="seconds"), j.job_id or "-") for j in running])
 
 
 @app.command("cancel")

@@ -68,7 +68,7 @@ def run_audited(caller: Caller, action: str, target: str | None, fn: Callable[[]
     calls it (and it is not part of another audited use case)."""
     if caller.via != "cli" or _inside.get():
         return fn()
-    from kvmops.services.jobs import current_job
+    from kvmops.jobstate import current_job
 
     token = _inside.set(True)
     job_token = current_job.set(None)

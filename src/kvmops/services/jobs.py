@@ -15,14 +15,13 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kvmops.errors import CancelledError, KvmopsError
+from kvmops.jobstate import ACTIVE_STATES, FINAL_STATES, JobState, current_job
 from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
-from kvmops.store.jobstate import ACTIVE_STATES, FINAL_STATES, JobState
 
 __all__ = [
     "ACTIVE_STATES",
@@ -31,6 +30,7 @@ __all__ = [
     "JobState",
     "Progress",
     "cancel",
+    "current_job",
     "get",
     "list_jobs",
     "recover",
@@ -39,8 +39,6 @@ __all__ = [
 ]
 
 UPDATE_INTERVAL = 0.5  # seconds between progress writes
-# The id of the job the current use case recorded (the audit row names it).
-current_job: ContextVar[str | None] = ContextVar("kvmops_current_job", default=None)
 
 
 class Progress(Protocol):

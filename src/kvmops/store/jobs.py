@@ -12,8 +12,8 @@ from pydantic import BaseModel
 from sqlalchemy import select, update
 
 from kvmops.errors import NotFoundError
+from kvmops.jobstate import ACTIVE_STATES, FINAL_STATES, JobState
 from kvmops.store.db import Store
-from kvmops.store.jobstate import ACTIVE_STATES, FINAL_STATES, JobState
 from kvmops.store.models import Job
 
 __all__ = ["ACTIVE_STATES", "FINAL_STATES", "JobState", "JobView", "create", "get",

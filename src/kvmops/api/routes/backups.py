@@ -94,7 +94,7 @@ def run_backup_process(job: JobContext, request: dict[str, Any]) -> dict[str, An
         env={**os.environ, "KVMOPS_DEBUG": "0"})
     job.process = proc
     assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(json.dumps(request) + "\n")
+    proc.stdin.write(json.dumps({**request, "job_id": job.id}) + "\n")
     proc.stdin.close()
     outcome: dict[str, Any] = {}
     for line in proc.stdout:

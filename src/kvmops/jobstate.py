@@ -8,6 +8,7 @@ without loading SQLAlchemy.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from enum import StrEnum
 
 
@@ -37,3 +38,8 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 
 def can_move(old: JobState | str, new: JobState | str) -> bool:
     return JobState(new) in TRANSITIONS[JobState(old)] or JobState(old) == JobState(new)
+
+
+# The id of the job row the running use case recorded (set by kvmops.services.jobs, read
+# by lower layers that name their job, e.g. the backup lock record).
+current_job: ContextVar[str | None] = ContextVar("kvmops_current_job", default=None)
