@@ -60,9 +60,13 @@ def test_cancel_a_running_backup_job(api: ApiServer, big_vm: tuple[str, str], re
         try:
             job_id = _accepted(client.post(f"/vms/{vm}/backups", json={
                 "repo": str(repo_dir), "mode": "full", "speed": "1M", "freeze": False}))
-            wait_backup_job(host, vm, repo_dir / vm / "backups",
-                            lambda: client.get(f"/jobs/{job_id}").json()["state"]
-                            in ("queued", "running"))
+
+            def still_running() -> bool:
+                job = client.get(f"/jobs/{job_id}").json()
+                assert job["state"] in ("queued", "running"), job  # say why it ended
+                return True
+
+            wait_backup_job(host, vm, repo_dir / vm / "backups", still_running)
             running = client.get(f"/jobs/{job_id}").json()
             assert running["state"] == "running" and running["kind"] == "backup.create"
             cancelled = client.post(f"/jobs/{job_id}/cancel")
@@ -89,6 +93,7 @@ def test_cancel_a_running_backup_job(api: ApiServer, big_vm: tuple[str, str], re
         assert job["state"] == "succeeded", job
         made = job["result"]
         assert made["type"] == "full" and made["consistency"] == "crash", made
+        assert any("freezing was turned off" in n for n in made["notes"]), made
         names = [c.getName() for c in host.domain(vm).listAllCheckpoints(0)]
         assert names == [made["checkpoint"]]
     out = tmp_path / "r"

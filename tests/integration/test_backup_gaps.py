@@ -230,7 +230,8 @@ def test_crash_consistency_without_an_agent(vm_factory: Callable[..., str], imag
     assert run_cli("vm", "start", vm).code == 0
     made = backup(vm, repo_dir)
     assert made["type"] == "full" and made["consistency"] == "crash", made
-    assert not any("froze" in n for n in made["notes"]), made["notes"]  # type: ignore[union-attr]
+    assert any("no guest agent channel" in n and "crash-consistent" in n
+               for n in made["notes"]), made["notes"]  # type: ignore[union-attr]
     assert [b["consistency"] for b in list_backups(vm, repo_dir)] == ["crash"]
     on_disk = json.loads((repo_dir / vm / "backups" / str(made["id"]) / "manifest.json")
                          .read_text())

@@ -132,7 +132,13 @@ def limit_speed(domain: DomainHandle, speed: int) -> None:
 def frozen(domain: DomainHandle, wanted: bool, note: NoteFn) -> Iterator[bool]:
     """Freeze the guest's file systems for the instant of the checkpoint; always thaw."""
     name = domain.name()
-    if not wanted or "org.qemu.guest_agent.0" not in call("reading XML", domain.XMLDesc, 0):
+    if not wanted:
+        note("freezing was turned off: the backup is crash-consistent")
+        yield False
+        return
+    if "org.qemu.guest_agent.0" not in call("reading XML", domain.XMLDesc, 0):
+        note(f"VM '{name}' has no guest agent channel, so nothing was frozen: the backup is "
+             "crash-consistent")
         yield False
         return
     result = backupjobs.freeze_filesystems(domain)

@@ -567,7 +567,10 @@ def held_signals() -> Iterator[None]:
 def frozen(agent_socket: Path | None, wanted: bool, say: NoteFn,
            timeout: float = 30.0) -> Iterator[bool]:
     """Freeze the guest's file systems through the agent socket; always thaw."""
-    if agent_socket is None or not wanted:
+    if not wanted or agent_socket is None:
+        say("freezing was turned off: the backup is crash-consistent" if not wanted else
+            "no guest agent socket was given (--agent-socket), so nothing was frozen: the "
+            "backup is crash-consistent")
         yield False
         return
     from kvmops.agent import guest
