@@ -764,3 +764,33 @@ def test_jobs_page_shows_a_cli_backup(web: ApiServer, browser_page: Any, fresh_v
     assert (job["kind"], job["target"], job["state"]) == ("backup.create", fresh_vm,
                                                           "succeeded")
     assert backup_id in json.dumps(job["result"])
+
+
+def test_viewer_sees_no_operator_controls(web: ApiServer, browser_page: Any,
+                                          fresh_vm: str) -> None:
+    """A viewer reads every page without a script error and is offered no action the
+    API would refuse them (the API's own 403 is tested in tests/api)."""
+    viewer, secret = f"{SESSION_PREFIX}viewer"[:60], "viewer-password-1"
+    added = run_cli("user", "add", viewer, "--role", "viewer", "--password-stdin", "--db",
+                    web.db, input=secret + "\n")
+    assert added.code == 0, added.stderr
+    page = browser_page
+    page.goto(web.url + "/login")
+    page.fill("input[name=username]", viewer)
+    page.fill("input[name=password]", secret)
+    page.click("button[type=submit]")
+    page.wait_for_url(web.url + "/")
+    for path in ("/", "/vms", f"/vms/{fresh_vm}", f"/vms/{fresh_vm}/xml",
+                 f"/vms/{fresh_vm}/backups", f"/vms/{fresh_vm}/snapshots", "/jobs",
+                 "/images", "/host"):
+        page.goto(web.url + path)
+        page.wait_for_load_state("networkidle")
+        for control in ("#vm-manage", "#attach-form", "button[data-detach]",
+                        "button[data-cancel]", "#image-create", "#backup-form",
+                        "button[data-action]", "nav a[href='/create']"):
+            assert page.locator(control).count() == 0, (path, control)
+    page.goto(f"{web.url}/vms/{fresh_vm}")
+    assert page.locator("nav.tabs a[href$='/xml']").count() == 1
+    assert page.locator("nav.tabs a[href$='/guest']").count() == 0
+    page.goto(f"{web.url}/vms/{fresh_vm}/guest")
+    assert "operator" in page.locator("main").inner_text()
