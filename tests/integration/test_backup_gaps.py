@@ -22,7 +22,7 @@ import libvirt
 import pytest
 
 from kvmops.backup.repository import Repository
-from kvmops.errors import AlreadyExistsError, BackupError, StateError
+from kvmops.errors import AlreadyExistsError, BackupError, StateError, StorageError
 from kvmops.host.connection import Host
 from tests.conftest import SESSION_PREFIX, assert_one_line_error, run_cli
 from tests.integration.backup_util import (
@@ -286,3 +286,46 @@ def test_failed_backup_leaves_no_checkpoint(vm_factory: Callable[..., str], imag
     finally:
         subprocess.run(["umount", str(mount)], check=False)
         image.unlink(missing_ok=True)
+
+
+def _root_mounts_propagate() -> bool:
+    """Is / a shared mount here (do later mounts reach QEMU's mount namespace)?"""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == "/":
+            return any(f.startswith("shared:") for f in fields[6:fields.index("-")])
+    return False
+
+
+def test_repository_mounted_after_the_vm_started(backup_guest: str, images_dir: Path,
+                                                 host: Host, tmp_path: Path) -> None:
+    """libvirt runs QEMU in its own mount namespace: where the host's mounts do not
+    propagate into it, a repository mounted after the VM started is refused in one line
+    that says so (no checkpoint left); where they do, the backup simply works."""
+    mount = images_dir / f"late-mount-{time.monotonic_ns()}"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96M,mode=0755", "late", str(mount)],
+                   check=True)
+    try:
+        before = sorted(c.getName() for c in host.domain(backup_guest).listAllCheckpoints(0))
+        result = run_cli("backup", "create", backup_guest, "--repo", str(mount), "--full",
+                         "--json")
+        if _root_mounts_propagate():
+            assert result.code == 0, result.stderr
+            made = json.loads(result.stdout)
+            assert restore_hash(backup_guest, mount, made["id"], tmp_path / "r") \
+                == disk_hash(backup_guest)
+        else:
+            assert result.code == StorageError.exit_code, result.stderr
+            assert "Traceback" not in result.stderr
+            errors = [ln for ln in result.stderr.splitlines() if ln.startswith("kvmops:")]
+            assert len(errors) == 1 and errors[0] == result.error_line, result.stderr
+            for fragment in (str(mount), "mounted after the VM started", "mount namespace"):
+                assert fragment in result.error_line, (fragment, result.error_line)
+            after = sorted(c.getName()
+                           for c in host.domain(backup_guest).listAllCheckpoints(0))
+            assert after == before
+            assert list_backups(backup_guest, mount) == []
+            assert not list((mount / backup_guest / "backups").glob(".partial-*"))
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)

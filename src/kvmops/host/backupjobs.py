@@ -172,6 +172,14 @@ def _begin_error(err: libvirt.libvirtError, vm: str, base_checkpoint: str | None
         return StorageError(f"QEMU cannot write the backup of VM '{vm}' into {target_dir}: "
                             f"{text}", hint="QEMU runs as libvirt-qemu: the repository must be "
                                             "reachable and writable for it")
+    if "No such file or directory" in text and target_dir.is_dir():
+        return StorageError(
+            f"QEMU of VM '{vm}' cannot see the backup directory {target_dir}, which exists "
+            "on the host (QEMU: No such file or directory)",
+            hint="the repository is on a file system mounted after the VM started, and "
+                 "libvirt runs QEMU in a mount namespace that this host's mounts do not "
+                 "reach (private mount propagation); mount repositories before starting "
+                 "VMs, or make mounts propagate ('mount --make-rshared /')")
     return translate(err, f"starting the backup of VM '{vm}' failed")
 
 
