@@ -116,7 +116,7 @@ def check_clone(caller: Caller, images_dir: Path | None) -> Path:
     return policy().new_images_dir(images_dir, trusted=caller.trusted_paths)
 
 
-@audited("vm.clone", target="new_name")
+@audited("vm.clone", target="source")  # as the API names it
 def clone(caller: Caller, host: Host, source: str, new_name: str, *,
           images_dir: Path | None = None,
           progress: Callable[[str, float], None] | None = None) -> VmInfo:
