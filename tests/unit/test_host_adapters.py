@@ -214,3 +214,25 @@ def test_memory_in_kib_and_the_right_flags() -> None:
         ("vcpus", 2, libvirt.VIR_DOMAIN_AFFECT_CONFIG),
         ("vcpus", 4, libvirt.VIR_DOMAIN_AFFECT_CONFIG | libvirt.VIR_DOMAIN_VCPU_MAXIMUM),
     ]
+
+
+class RawCheckpoints(RawDomain):
+    def __init__(self) -> None:
+        super().__init__()
+        self.created: list[int] = []
+
+    def checkpointCreateXML(self, _xml: str, flags: int) -> RawNamed:
+        self.created.append(flags)
+        return RawNamed("kvmops-0a1b2c3d-20250101T000000.000000Z")
+
+
+def test_checkpoint_create_and_redefine_flags() -> None:
+    raw = RawCheckpoints()
+    created = Domain(raw).create_checkpoint("<domaincheckpoint/>", what="w")
+    assert created.name == "kvmops-0a1b2c3d-20250101T000000.000000Z" and created.vm == "web1"
+    Domain(raw).create_checkpoint("<domaincheckpoint/>", redefine=True, what="w")
+    Domain(raw).create_checkpoint("<domaincheckpoint/>", redefine=True, validate=False,
+                                  what="w")
+    redefine = libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE
+    validate = getattr(libvirt, "VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE_VALIDATE", 0)
+    assert raw.created == [0, redefine | validate, redefine]

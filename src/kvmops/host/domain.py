@@ -447,6 +447,17 @@ class Domain:
         found = call("listing checkpoints", self._raw.listAllCheckpoints, 0)
         return [Checkpoint(c, self.name) for c in found]
 
+    def create_checkpoint(self, xml: str, *, redefine: bool = False, validate: bool = True,
+                          what: str) -> Checkpoint:
+        """Create a checkpoint from ``<domaincheckpoint>`` XML, or with ``redefine`` put
+        back the metadata of one whose bitmaps exist (``validate``: libvirt checks them)."""
+        flags = 0
+        if redefine:
+            flags |= libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE
+            if validate:
+                flags |= getattr(libvirt, "VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE_VALIDATE", 0)
+        return Checkpoint(call(what, self._raw.checkpointCreateXML, xml, flags), self.name)
+
     def find_checkpoint(self, name: str, what: str | None = None) -> Checkpoint | None:
         """The checkpoint ``name``; None when it is not there (or cannot be read); a lost
         connection raises (``what`` names the action for that error)."""
