@@ -19,7 +19,7 @@ import contextlib
 import json
 import math
 import os
-import random
+import secrets
 import select
 import socket as socketlib
 import time
@@ -307,7 +307,9 @@ class SocketAgentChannel(AgentChannel):
         """Run the guest-sync-delimited handshake (see the module docstring)."""
         if self._sock is None:
             self._connect()
-        sync_id = random.getrandbits(62) + 1
+        # Not the random module: a seeded one (test runners reseed it) would hand two
+        # clients of one process the same id, and a stale reply could pass for ours.
+        sync_id = secrets.randbits(62) + 1
         request = json.dumps({"execute": "guest-sync-delimited", "arguments": {"id": sync_id}})
         deadline = time.monotonic() + self.sync_timeout
         self._reader.reset()
