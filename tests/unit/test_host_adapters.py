@@ -236,3 +236,47 @@ def test_checkpoint_create_and_redefine_flags() -> None:
     redefine = libvirt.VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE
     validate = getattr(libvirt, "VIR_DOMAIN_CHECKPOINT_CREATE_REDEFINE_VALIDATE", 0)
     assert raw.created == [0, redefine | validate, redefine]
+
+
+class RawGuest(RawDomain):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def interfaceAddresses(self, source: int, flags: int) -> dict[str, Any]:
+        self.calls.append(("addresses", (source, flags)))
+        return {"eth0": {"addrs": []}}
+
+    def guestInfo(self, types: int, flags: int) -> dict[str, Any]:
+        self.calls.append(("info", (types, flags)))
+        return {"os.id": "tiny", "hostname": "g"}
+
+    def sendKey(self, codeset: int, hold: int, codes: list[int], count: int,
+                flags: int) -> None:
+        self.calls.append(("keys", (codeset, hold, codes, count, flags)))
+
+    def connect(self) -> RawGuest:
+        return self
+
+    def domainListGetStats(self, doms: list[Any], groups: int, flags: int
+                           ) -> list[tuple[Any, dict[str, Any]]]:
+        self.calls.append(("stats", (len(doms), groups, flags)))
+        return [(doms[0], {"state.state": 1, "balloon.current": 262144})]
+
+
+def test_guest_queries_and_statistics_are_typed_calls() -> None:
+    raw = RawGuest()
+    domain = Domain(raw)
+    assert domain.interface_addresses("agent", what="w") == {"eth0": {"addrs": []}}
+    assert domain.interface_addresses("arp", what="w")
+    assert domain.guest_info(what="w") == {"os.id": "tiny", "hostname": "g"}
+    domain.send_keys([29, 56, 14], hold_ms=20, what="w")
+    assert domain.stats_record(what="w") == {"state.state": 1, "balloon.current": 262144}
+    assert raw.calls == [
+        ("addresses", (libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0)),
+        ("addresses", (libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP, 0)),
+        ("info", (libvirt.VIR_DOMAIN_GUEST_INFO_OS | libvirt.VIR_DOMAIN_GUEST_INFO_HOSTNAME,
+                  0)),
+        ("keys", (libvirt.VIR_KEYCODE_SET_LINUX, 20, [29, 56, 14], 3, 0)),
+        ("stats", (1, 63, 0)),
+    ]

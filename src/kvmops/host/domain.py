@@ -46,6 +46,17 @@ STATE_NAMES: dict[int, str] = {
 ACTIVE_STATES = frozenset({"running", "paused", "idle", "pmsuspended"})
 
 ShutdownMode = Literal["acpi", "agent"]
+AddressSource = Literal["lease", "agent", "arp"]
+
+_ADDRESS_SOURCES: dict[str, int] = {
+    "lease": libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
+    "agent": libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT,
+    "arp": libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP,
+}
+#: The statistics groups of :meth:`Domain.stats_record`.
+_STATS_GROUPS = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+                 | libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_VCPU
+                 | libvirt.VIR_DOMAIN_STATS_INTERFACE | libvirt.VIR_DOMAIN_STATS_BLOCK)
 
 _CHECKPOINT_REFUSALS = {libvirt.VIR_ERR_OPERATION_INVALID,
                         libvirt.VIR_ERR_OPERATION_UNSUPPORTED, libvirt.VIR_ERR_NO_SUPPORT,
@@ -201,6 +212,30 @@ class Domain:
         state, max_kib, kib, vcpus, cpu_time = call("reading VM info", self._raw.info)
         return DomainStats(state_name(int(state)), int(max_kib) * 1024, int(kib) * 1024,
                            int(vcpus), int(cpu_time))
+
+    def stats_record(self, *, what: str) -> dict[str, Any]:
+        """This VM's ``virConnectGetAllDomainStats`` record (state, cpu, balloon, vcpu,
+        net, block: libvirt's flat ``group.key`` names, memory in KiB)."""
+        records = call(what, self._raw.connect().domainListGetStats, [self._raw],
+                       _STATS_GROUPS, 0)
+        return dict(records[0][1]) if records else {}
+
+    # ---------------------------------------------------------------- guest
+    def interface_addresses(self, source: AddressSource, *, what: str) -> dict[str, Any]:
+        """The guest's addresses by interface, from the guest agent, the DHCP lease or
+        the host's ARP table (``virDomainInterfaceAddresses``)."""
+        found = call(what, self._raw.interfaceAddresses, _ADDRESS_SOURCES[source], 0)
+        return dict(found or {})
+
+    def guest_info(self, *, what: str) -> dict[str, Any]:
+        """The OS and host name the guest agent reports (``os.*`` and ``hostname`` keys)."""
+        flags = libvirt.VIR_DOMAIN_GUEST_INFO_OS | libvirt.VIR_DOMAIN_GUEST_INFO_HOSTNAME
+        return dict(call(what, self._raw.guestInfo, flags, 0) or {})
+
+    def send_keys(self, codes: list[int], *, hold_ms: int = 30, what: str) -> None:
+        """Press one combination of Linux key codes (up to 16) on the VM's keyboard."""
+        call(what, self._raw.sendKey, libvirt.VIR_KEYCODE_SET_LINUX, hold_ms, codes,
+             len(codes), 0)
 
     # ---------------------------------------------------------------- XML
     def xml(self, *, inactive: bool = False, what: str | None = None) -> str:
