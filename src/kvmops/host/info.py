@@ -5,8 +5,10 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from kvmops.config import settings
+from kvmops.errors import NotFoundError
 from kvmops.host.accel import probe
 from kvmops.host.connection import Host, call, version_text
+from kvmops.host.domain import Domain
 
 
 class HostInfo(BaseModel):
@@ -28,7 +30,7 @@ class HostInfo(BaseModel):
 
 def host_info(host: Host, *, refresh_probe: bool = False) -> HostInfo:
     node = call("reading host info", host.conn.getInfo)
-    domains = host.domains()
+    domains = host.all_domains()
     accel = probe(refresh=refresh_probe)
     cfg = settings()
     return HostInfo(
@@ -45,5 +47,12 @@ def host_info(host: Host, *, refresh_probe: bool = False) -> HostInfo:
         state_dir=str(cfg.state_dir),
         cache_dir=str(cfg.cache_dir),
         vms_defined=len(domains),
-        vms_running=sum(1 for d in domains if d.isActive()),
+        vms_running=sum(1 for d in domains if _active(d)),
     )
+
+
+def _active(domain: Domain) -> bool:
+    try:
+        return domain.is_active()
+    except NotFoundError:  # went away while we counted
+        return False
