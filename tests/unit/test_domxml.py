@@ -206,3 +206,22 @@ def test_chain_files_with_formats_of_a_live_backing_chain() -> None:
            "<target dev='hdc' bus='ide'/></disk></devices></domain>")
     assert DomainDocument(xml).chain_files() == [("/img/ov.qcow2", "qcow2"),
                                                  ("/img/base.raw", "raw")]
+
+
+def test_definition_edits_of_format_memory_and_vcpus() -> None:
+    doc = DomainDocument((FIXTURES / "live-in.xml").read_text())
+    doc.set_disk_format("vda", "raw")
+    doc.set_memory(512 * 1024**2, maximum=1024**3)
+    doc.set_vcpus(2)
+    spec = DomainSpec.from_xml(doc.to_xml())
+    assert spec.disks[0].fmt == "raw"
+    assert spec.memory_bytes == 1024**3 and "<currentMemory unit=\"KiB\">524288<" in doc.to_xml()
+    assert spec.vcpus == 2
+    assert "<emulator>" in doc.to_xml()  # everything else kept
+    with pytest.raises(NotFoundError):
+        doc.set_disk_format("vdq", "raw")
+    topo = DomainDocument(tiny_spec().to_xml())  # 2 sockets x 1 x 1
+    topo.set_vcpus(2)
+    assert topo.spec().topology == Topology(2, 1, 1)
+    topo.set_vcpus(3)  # no longer matches: the topology goes, libvirt's default applies
+    assert topo.spec().topology is None and topo.spec().vcpus == 3

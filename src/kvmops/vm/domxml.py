@@ -538,6 +538,41 @@ class DomainDocument:
         for backing in el.findall("backingStore"):
             el.remove(backing)
 
+    def set_disk_format(self, target: str, fmt: str) -> None:
+        """The format libvirt opens disk ``target``'s image as (``<driver type>``)."""
+        el = self._disk(target)
+        driver = el.find("driver") if el is not None else None
+        if el is None:
+            raise NotFoundError(f"VM '{self.name}' has no disk {target}")
+        if driver is None:
+            driver = etree.SubElement(el, "driver", name="qemu")
+        driver.set("type", fmt)
+
+    def set_memory(self, size: int, *, maximum: int | None = None) -> None:
+        """Current memory (and the maximum, default the same) in bytes, written in KiB."""
+        for tag, value in (("memory", maximum or size), ("currentMemory", size)):
+            el = self._root.find(tag)
+            if el is None:
+                el = etree.SubElement(self._root, tag)
+            el.text = str(value // 1024)
+            el.set("unit", "KiB")
+
+    def set_vcpus(self, count: int) -> None:
+        """The vCPU count (a CPU topology that no longer matches is dropped)."""
+        el = self._root.find("vcpu")
+        if el is None:
+            el = etree.SubElement(self._root, "vcpu", placement="static")
+        el.text = str(count)
+        topology = self._root.find("cpu/topology")
+        if topology is not None:
+            product = 1
+            for key in ("sockets", "dies", "cores", "threads"):
+                product *= int(topology.get(key, "1"))
+            if product != count:
+                parent = topology.getparent()
+                if parent is not None:
+                    parent.remove(topology)
+
     def for_clone(self, name: str) -> None:
         """A new name, no UUID and no MAC addresses (libvirt generates new ones)."""
         set_name_and_uuid_of(self._root, name)
