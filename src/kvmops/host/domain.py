@@ -138,21 +138,12 @@ class Checkpoint:
         return str(call(f"reading checkpoint '{self.name}' of VM '{self.vm}'",
                         self._raw.getXMLDesc, 0))
 
-    def delete(self, legacy_flags: int = 0, *, metadata_only: bool = False,
-               what: str | None = None) -> None:
+    def delete(self, *, metadata_only: bool = False, what: str | None = None) -> None:
         """Delete it; libvirt merges its bitmaps into the parent's. ``metadata_only``
-        drops libvirt's record alone (the bitmaps stay in the images).
-
-        ``legacy_flags`` (libvirt's ``VIR_DOMAIN_CHECKPOINT_DELETE_*``) is for callers
-        that held a ``virDomainCheckpoint`` before; it goes once they are moved.
-        """
+        drops libvirt's record alone (the bitmaps stay in the images)."""
         flags = libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY if metadata_only else 0
         call(what or f"deleting checkpoint {self.name} of VM '{self.vm}'",
-             self._raw.delete, flags | legacy_flags)
-
-    def getName(self) -> str:  # transitional: the virDomainCheckpoint spelling
-        """The name (as :attr:`name`; for callers that held a ``virDomainCheckpoint``)."""
-        return self.name
+             self._raw.delete, flags)
 
 
 def _affect(live: bool, config: bool) -> int:
