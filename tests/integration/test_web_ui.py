@@ -537,6 +537,17 @@ def test_vm_page_of_a_running_vm(web: ApiServer, browser_page: Any, running_vm: 
     page.click("#vcpus-form button[type=submit]")
     page.locator(".toast.ok").filter(has_text="at its next start").wait_for()
     assert vm_json(running_vm)["state"] == "running"
+    # the live figures the page reads (services/web_views through host's Domain)
+    figures = api_get(page, web.url, f"/ui/vms/{running_vm}/stats")
+    assert (figures["active"], figures["vcpus"], figures["memory_max"]) == (
+        True, 1, 256 * 1024**2)
+    assert figures["cpu_time_ns"] > 0 and figures["disk_read_bytes"] > 0
+    guest = api_get(page, web.url, f"/ui/vms/{running_vm}/guest")
+    assert (guest["active"], guest["hostname"], guest["os"]["pretty-name"]) == (
+        True, "kvmops-tiny", "kvmops tiny guest 1")  # what the tiny guest's agent says
+    assert "os" not in guest["errors"]
+    page.locator("#guest [data-field=os]").filter(has_text="kvmops tiny guest 1").wait_for()
+    assert page.locator("#guest [data-field=hostname]").inner_text() == "kvmops-tiny"
 
 
 def test_vm_xml_page(web: ApiServer, browser_page: Any, fresh_vm: str) -> None:

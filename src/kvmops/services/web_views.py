@@ -19,8 +19,9 @@ from pydantic import BaseModel, Field
 
 from kvmops.backup.model import Manifest
 from kvmops.errors import HostUnavailableError, KvmopsError, NotFoundError, StateError
-from kvmops.host.connection import Host, call
+from kvmops.host.connection import Host
 from kvmops.host.doctor import DoctorReport, run_doctor
+from kvmops.host.domain import state_name
 from kvmops.host.info import HostInfo, host_info
 from kvmops.paths import policy
 from kvmops.services import backups as backup_service
@@ -37,16 +38,6 @@ __all__ = ["BackupPoints", "Chain", "DiskTimeline", "GuestAddress", "GuestDetail
 
 Source = Literal["agent", "lease", "arp"]
 SOURCES: tuple[Source, ...] = ("agent", "lease", "arp")
-
-# libvirt's stable enum values (virDomainInterfaceAddressesSource, virDomainGuestInfoTypes,
-# virDomainStatsTypes, virDomainState, virKeycodeSet). Only host/ imports libvirt: these
-# move into its domain adapter once it reads addresses, guest info and statistics.
-_SOURCE_FLAGS: dict[Source, int] = {"lease": 0, "agent": 1, "arp": 2}
-_GUEST_INFO_OS, _GUEST_INFO_HOSTNAME = 2, 8
-_STATS = 1 | 2 | 4 | 8 | 16 | 32  # state, cpu-total, balloon, vcpu, interface, block
-_STATE_NOSTATE, _STATE_SHUTOFF = 0, 5
-_KEYCODE_SET_LINUX = 0
-
 
 # ------------------------------------------------------------------ names, VMs, host
 def check_name(name: str) -> str:
@@ -293,29 +284,24 @@ def _first_line(err: KvmopsError, what: str) -> str:
 def guest_details(host: Host, name: str) -> GuestDetails:
     """Guest IPs (agent, else DHCP lease, else ARP) and the OS the agent reports; what
     a source could not say is in ``errors`` (a lost connection raises)."""
-    domain = host.domain(check_name(name))
-    if not call(f"reading state of VM '{name}'", domain.isActive):
+    domain = host.lookup(check_name(name))
+    if not domain.is_active():
         return GuestDetails(active=False, addresses=[], os={}, hostname=None, errors={})
     errors: dict[str, str] = {}
 
-    def ask(what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    def ask(what: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any] | None:
         try:
-            return call(what, fn, *args)
+            return fn(*args, what=what)
         except HostUnavailableError:
             raise
         except KvmopsError as err:
             errors[what] = _first_line(err, what)
             return None
 
-    def query(source: Source) -> dict[str, Any] | None:
-        result: dict[str, Any] | None = ask(source, domain.interfaceAddresses,
-                                            _SOURCE_FLAGS[source], 0)
-        return result
-
-    addresses = collect(query)
+    addresses = collect(lambda source: ask(source, domain.interface_addresses, source))
     os_info: dict[str, str] = {}
     hostname = None
-    info = ask("os", domain.guestInfo, _GUEST_INFO_OS | _GUEST_INFO_HOSTNAME, 0)
+    info = ask("os", domain.guest_info)
     if info is not None:
         os_info = {k[3:]: str(v) for k, v in info.items() if k.startswith("os.")}
         hostname = info.get("hostname")
@@ -331,13 +317,11 @@ def _sum(stats: dict[str, Any], prefix: str, suffix: str) -> int:
 def stats(host: Host, name: str) -> Stats:
     """Cumulative counters and memory with the server's time (a graph takes the
     difference of two samples)."""
-    domain = host.domain(check_name(name))
-    records = call(f"reading statistics of VM '{name}'", host.conn.domainListGetStats,
-                   [domain], _STATS, 0)
+    data = host.lookup(check_name(name)).stats_record(
+        what=f"reading statistics of VM '{name}'")
     now = time.time()
-    data: dict[str, Any] = records[0][1] if records else {}
-    state = int(data.get("state.state", _STATE_NOSTATE))
-    active = state not in (_STATE_SHUTOFF, _STATE_NOSTATE)
+    active = state_name(int(data.get("state.state", -1))) not in ("shut off", "no state",
+                                                                   "unknown")
 
     def kib(key: str) -> int | None:
         value = data.get(key)
@@ -355,10 +339,10 @@ def stats(host: Host, name: str) -> Stats:
 
 def vnc_port(host: Host, name: str) -> int:
     """The VNC port of a running VM, from its live XML; StateError when none."""
-    domain = host.domain(check_name(name))
-    if not call(f"reading state of VM '{name}'", domain.isActive):
+    domain = host.lookup(check_name(name))
+    if not domain.is_active():
         raise StateError(f"VM '{name}' is not running: no console", hint="start it first")
-    spec = DomainSpec.from_xml(lifecycle.dumpxml(host, name))
+    spec = DomainSpec.from_xml(domain.xml())
     if not spec.vnc or spec.vnc_port is None:
         raise StateError(f"VM '{name}' has no VNC display")
     return spec.vnc_port
@@ -366,11 +350,10 @@ def vnc_port(host: Host, name: str) -> int:
 
 def send_keys(host: Host, name: str, keys: list[list[int]], hold_ms: int = 30) -> int:
     """Press each combination of Linux key codes on the VM's keyboard, in order."""
-    domain = host.domain(check_name(name))
-    if not call(f"reading state of VM '{name}'", domain.isActive):
+    domain = host.lookup(check_name(name))
+    if not domain.is_active():
         raise StateError(f"VM '{name}' is not running", hint="start it first")
     for combo in keys:
-        call(f"sending keys to VM '{name}'", domain.sendKey, _KEYCODE_SET_LINUX, hold_ms,
-             combo, len(combo), 0)
+        domain.send_keys(combo, hold_ms=hold_ms, what=f"sending keys to VM '{name}'")
         time.sleep(0.01)  # lets QEMU's key queue drain between characters
     return len(keys)
