@@ -105,11 +105,11 @@ def image_files(limit: int = 500) -> list[ImageFile]:
 
 def list_jobs(store: Any, *, state: str | None = None, target: str | None = None,
               limit: int = 100) -> list[Any]:
-    """The job history, newest first: the store behind ``GET /api/v1/jobs``, so a job
-    any face started (a CLI backup included) shows."""
-    from kvmops.store import jobs as job_store
+    """The job history, newest first: what ``GET /api/v1/jobs`` lists, so a job any face
+    started (a CLI backup included) shows."""
+    from kvmops.services import jobs as job_service
 
-    return list(job_store.list_jobs(store, state=state, target=target, limit=limit))
+    return list(job_service.list_jobs(store, state=state, target=target, limit=limit))
 
 
 # ------------------------------------------------------------------ backup chains
