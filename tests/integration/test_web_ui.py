@@ -805,3 +805,30 @@ def test_viewer_sees_no_operator_controls(web: ApiServer, browser_page: Any,
     assert page.locator("nav.tabs a[href$='/guest']").count() == 0
     page.goto(f"{web.url}/vms/{fresh_vm}/guest")
     assert "operator" in page.locator("main").inner_text()
+
+
+def test_jobs_page_cancel_button(web: ApiServer, browser_page: Any, running_vm: str) -> None:
+    """Cancel on the Jobs page asks the job store to cancel (as POST /jobs/ID/cancel);
+    the row then follows the job to its end. A guest command is not interruptible, so
+    it may still end as succeeded: the request itself is what is checked."""
+    page = browser_page
+    log_in(page, web.url)
+    page.goto(f"{web.url}/jobs?target={running_vm}")
+    response = page.request.post(
+        f"{web.url}/api/v1/vms/{running_vm}/guest/exec",
+        headers={"X-CSRF-Token": csrf_of(page), "Content-Type": "application/json"},
+        data=json.dumps({"argv": ["/bin/sleep", "10"], "background": True, "timeout": 120}))
+    assert response.status == 202, response.text()
+    job_id = response.json()["job_id"]
+    row = page.locator(f"#job-rows tr[data-job='{job_id}']")
+    row.locator("[data-field=state]").filter(has_text="running").wait_for(timeout=WAIT_MS)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click(f"button[data-cancel='{job_id}']")
+    page.locator(".toast.ok").filter(has_text="cancel requested for guest.exec").wait_for()
+    assert api_get(page, web.url, f"/jobs/{job_id}")["cancel_requested"] is True
+    page.wait_for_function(
+        f"() => ['succeeded', 'cancelled'].includes("
+        f"document.querySelector(\"tr[data-job='{job_id}']\")?.dataset.state)",
+        timeout=WAIT_MS)
+    final = api_get(page, web.url, f"/jobs/{job_id}")["state"]
+    assert row.get_attribute("data-state") == final
