@@ -25,7 +25,7 @@ def raw_terminal(fd: int) -> Iterator[None]:
         return
     saved = termios.tcgetattr(fd)
     try:
-        tty.setraw(fd)
+        tty.setraw(fd, termios.TCSANOW)  # not TCSAFLUSH: keep what was typed ahead
         yield
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
@@ -48,10 +48,12 @@ def attach(uri: str | None, vm: str, *, force: bool = False) -> str | None:
 
     console = open_serial(Caller.local(), uri, vm, on_data, on_closed, force=force)
     stdin = sys.stdin.fileno()
-    sys.stderr.write(f"Connected to VM '{vm}' (serial console). Escape character is ^]\r\n")
-    sys.stderr.flush()
     try:
         with raw_terminal(stdin):
+            # Said once the terminal is raw: keys typed after it reach the guest as typed.
+            sys.stderr.write(f"Connected to VM '{vm}' (serial console). Escape character "
+                             "is ^]\r\n")
+            sys.stderr.flush()
             while not closed.is_set():
                 ready, _w, _x = select.select([stdin], [], [], 0.2)
                 if not ready:
