@@ -832,3 +832,35 @@ def test_jobs_page_cancel_button(web: ApiServer, browser_page: Any, running_vm: 
         timeout=WAIT_MS)
     final = api_get(page, web.url, f"/jobs/{job_id}")["state"]
     assert row.get_attribute("data-state") == final
+
+
+def log_in_as(page: Any, url: str, name: str, password: str) -> None:
+    page.goto(url + "/login")
+    page.fill("input[name=username]", name)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+
+
+def test_account_page_changes_own_password(web: ApiServer, browser_page: Any) -> None:
+    name, old, new = f"{SESSION_PREFIX}acct"[:60], "old-password-1", "new-password-2"
+    added = run_cli("user", "add", name, "--role", "operator", "--password-stdin", "--db",
+                    web.db, input=old + "\n")
+    assert added.code == 0, added.stderr
+    page = browser_page
+    log_in_as(page, web.url, name, old)
+    page.wait_for_url(web.url + "/")
+    page.click(".whoami a[href='/account']")
+    page.wait_for_url(web.url + "/account")
+    assert page.locator("[data-field=role]").inner_text() == "operator"
+    page.fill("#password-change input[name=old_password]", "not-the-password")
+    page.fill("#password-change input[name=new_password]", new)
+    page.fill("#password-change input[name=again]", new)
+    page.click("#password-change button[type=submit]")
+    page.locator(".toast.error").filter(has_text="old password is wrong").wait_for()
+    page.fill("#password-change input[name=old_password]", old)
+    with page.expect_navigation(url=re.compile(r"/login"), timeout=WAIT_MS):
+        page.click("#password-change button[type=submit]")
+    log_in_as(page, web.url, name, old)
+    page.locator("text=invalid user name or password").wait_for()
+    log_in_as(page, web.url, name, new)
+    page.wait_for_url(web.url + "/")

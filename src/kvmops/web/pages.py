@@ -322,6 +322,13 @@ def jobs_page(request: Request, user: PageUser,
                             limit=limit)
 
 
+# ------------------------------------------------------------------ account
+@router.get("/account", response_class=HTMLResponse)
+def account(request: Request, user: PageUser) -> Response:
+    """The logged-in user: role, and a form to change their own password."""
+    return templates.render(request, "account.html", user, title="Your account")
+
+
 # ------------------------------------------------------------------ admin
 @router.get("/audit", response_class=HTMLResponse)
 def audit_log(request: Request, user: PageAdmin,

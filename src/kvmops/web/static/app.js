@@ -1211,6 +1211,24 @@ PAGES.images = () => {
   });
 };
 
+PAGES.account = () => {
+  const form = document.getElementById("password-change");
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(form);
+    if (f.get("new_password") !== f.get("again")) {
+      K.toast("the two new passwords differ", "error");
+      return;
+    }
+    try {
+      const r = await K.api("POST", "/api/v1/me/password",
+                            { old_password: f.get("old_password"), new_password: f.get("new_password") });
+      K.toast(r.data.message, "ok");
+      setTimeout(() => { location.href = "/login"; }, 1500);
+    } catch (err) { K.toast(err.message, "error"); }
+  });
+};
+
 PAGES.users = () => {
   const form = document.getElementById("user-form");
   form.addEventListener("submit", async (ev) => {
