@@ -23,6 +23,7 @@ from tests.integration.backup_util import (
     backup,
     disk_hash,
     list_backups,
+    repo_checkpoints,
     restore_hash,
     write_random,
 )
@@ -129,14 +130,15 @@ def test_killed_qemu_forces_full_with_note(vm_factory: Callable[..., str], repo_
     assert restore_hash(vm, repo_dir, str(nxt["id"]), tmp_path / "r2") == digest
 
 
-def test_lost_checkpoint_metadata_is_redefined(vm_factory: Callable[..., str], repo_dir: Path,
+def test_lost_checkpoint_metadata_is_redefined(backup_guest: str, repo_dir: Path,
                                                host: Host, tmp_path: Path) -> None:
-    vm = vm_factory(start=True)
+    vm = backup_guest
     full = backup(vm, repo_dir, "--full")
     domain = host.domain(vm)
-    for checkpoint in domain.listAllCheckpoints(0):
-        checkpoint.delete(libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
-    assert domain.listAllCheckpoints(0) == []
+    for name in repo_checkpoints(host, vm, repo_dir):
+        domain.checkpointLookupByName(name, 0).delete(
+            libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+    assert repo_checkpoints(host, vm, repo_dir) == []
     digest = write_random(vm, 3, 2)
     after = backup(vm, repo_dir)
     assert after["type"] == "incremental" and after["parent"] == full["id"], after["notes"]
