@@ -2,7 +2,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 KVMOPS := $(VENV)/bin/kvmops
 GUEST_DIR ?= /var/cache/kvmops/guest
-PYTEST_ARGS ?=
+# A fixed shuffled order for CI (repeatable); `make test PYTEST_ARGS=` shuffles anew.
+PYTEST_ARGS ?= --randomly-seed=1201
 
 .PHONY: setup test unit lint docs demo bench clean-test
 

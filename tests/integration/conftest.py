@@ -59,10 +59,23 @@ def _session_dir(base: Path) -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+# Every conftest importing ``host`` gets its own session copy: a test that restarts
+# libvirtd reconnects them all (reconnect_session_hosts).
+SESSION_HOSTS: list[Host] = []
+
+
 @pytest.fixture(scope="session")
 def host() -> Iterator[Host]:
     with Host() as conn:
+        SESSION_HOSTS.append(conn)
         yield conn
+        SESSION_HOSTS.remove(conn)
+
+
+def reconnect_session_hosts() -> None:
+    """Open the session's libvirt connections again (after libvirtd restarted)."""
+    for conn in SESSION_HOSTS:
+        conn.reconnect()
 
 
 def remove_vm(host: Host, name: str) -> None:

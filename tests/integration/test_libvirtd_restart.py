@@ -19,6 +19,7 @@ from kvmops.host.connection import Host
 from tests.conftest import run_cli
 from tests.integration.api_server import ApiServer, add_users, start_server
 from tests.integration.backup_util import backup, list_backups, restore_hash, write_random
+from tests.integration.conftest import reconnect_session_hosts
 from tests.integration.test_backup_libvirt import (
     _big_vm,
     _lift_read_throttle,
@@ -39,7 +40,8 @@ def restart_libvirtd(host: Host) -> None:
                          capture_output=True).returncode != 0:
         assert time.monotonic() < deadline, "libvirtd did not come back"
         time.sleep(0.2)
-    host.reconnect()
+    reconnect_session_hosts()
+    assert host.alive()
 
 
 def test_a_backup_survives_libvirtd_restarting_in_one_line(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from kvmops.host import doctor
-from kvmops.host.doctor import GIB, Status, memory_status, space_status, summarize
+from kvmops.services import doctor
+from kvmops.services.doctor import GIB, Status, memory_status, space_status, summarize
 
 
 def test_space_rules() -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from kvmops.host.connection import Host
-from kvmops.host.doctor import DoctorReport, Status, run_doctor
 from kvmops.host.info import HostInfo, host_info
 from kvmops.services.caller import Caller
+from kvmops.services.doctor import DoctorReport, Status, run_doctor
 
 __all__ = ["DoctorReport", "HostInfo", "Status"]  # the faces' models
 

@@ -20,12 +20,12 @@ from pydantic import BaseModel, Field
 from kvmops.backup.model import Manifest
 from kvmops.errors import HostUnavailableError, KvmopsError, NotFoundError, StateError
 from kvmops.host.connection import Host
-from kvmops.host.doctor import DoctorReport, run_doctor
 from kvmops.host.domain import state_name
 from kvmops.host.info import HostInfo, host_info
 from kvmops.paths import policy
 from kvmops.services import backups as backup_service
 from kvmops.services.caller import Caller
+from kvmops.services.doctor import DoctorReport, run_doctor
 from kvmops.vm import lifecycle
 from kvmops.vm.domxml import DomainSpec, validate_name
 from kvmops.vm.lifecycle import VmInfo

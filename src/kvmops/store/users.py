@@ -7,6 +7,7 @@ of which only a SHA-256 hash is stored (a token is shown once, when created).
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -56,10 +57,13 @@ def role_allows(role: str, needed: Role) -> bool:
     return ROLES.index(role) >= ROLES.index(needed)  # type: ignore[arg-type]
 
 
-def validate_user_name(name: str) -> str:
-    from kvmops.vm.domxml import NAME_RE
+# The same characters as VM names (and no longer): a user name shows in audit rows and
+# job records beside VM names.
+USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 
-    if not NAME_RE.match(name) or len(name) > 64:
+
+def validate_user_name(name: str) -> str:
+    if not USER_NAME_RE.match(name):
         raise ValidationError(f"invalid user name '{name}'",
                               hint="use 1-64 letters, digits, '_', '.', '+' or '-'")
     return name

@@ -18,13 +18,13 @@ import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-import libvirt
 from pydantic import BaseModel
 
 from kvmops.config import settings
 from kvmops.errors import KvmopsError
 from kvmops.host.accel import Accelerator, probe
 from kvmops.host.connection import Host, version_text
+from kvmops.host.errors import call
 from kvmops.sizes import format_size
 from kvmops.vm.domxml import has_agent_channel
 
@@ -308,9 +308,8 @@ def run_doctor(uri: str | None = None, *, host: Host | None = None) -> DoctorRep
 
 def _guarded(group: Callable[[Host], list[Check]], host: Host) -> list[Check]:
     """A libvirt failure in one group becomes a failed check, not a crashed doctor."""
+    name = group.__name__.removeprefix("check_").replace("_", "-")
     try:
-        return group(host)
-    except (KvmopsError, libvirt.libvirtError) as err:
-        text = err.message if isinstance(err, KvmopsError) else str(err)
-        return [_check(group.__name__.removeprefix("check_").replace("_", "-"), Status.FAIL,
-                       text)]
+        return call(f"checking {name}", group, host)
+    except KvmopsError as err:
+        return [_check(name, Status.FAIL, err.message)]
