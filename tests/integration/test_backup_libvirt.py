@@ -27,6 +27,7 @@ from tests.integration.backup_util import (
     restore_hash,
     write_random,
 )
+from tests.integration.throttle import wait_backup_job
 
 
 def test_round_trip_every_point_restores(vm_factory: Callable[..., str], repo_dir: Path,
@@ -309,19 +310,11 @@ def _wait_partial(repo: Path, vm: str, proc: subprocess.Popen[str], host: Host) 
     land only near the end of the copy. From the job's start the throttle leaves about
     half a minute before the copy can complete.
     """
-    deadline = time.monotonic() + 60
-    backups = repo / vm / "backups"
-    domain = host.domain(vm)
-    while time.monotonic() < deadline:
-        partials = list(backups.glob(".partial-*")) if backups.is_dir() else []
-        with contextlib.suppress(libvirt.libvirtError):
-            stats = domain.jobStats(0)
-            if partials and stats.get("operation") == libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP \
-                    and stats.get("type") != libvirt.VIR_DOMAIN_JOB_NONE:
-                return
+    def running() -> bool:
         assert proc.poll() is None, proc.communicate()
-        time.sleep(0.1)
-    raise AssertionError("the backup job never started")
+        return True
+
+    wait_backup_job(host, vm, repo / vm / "backups", running)
 
 
 def _blkio_groups(pid: int) -> list[Path]:

@@ -40,7 +40,7 @@ UPDATE_INTERVAL = 0.5  # seconds between progress writes to the DB
 JobCancelled = CancelledError
 
 
-class JobContext:
+class JobContext(job_service.ProgressFields):
     """What a running job sees: progress reporting and its cancel flag."""
 
     def __init__(self, runner: JobRunner, job: JobView) -> None:
@@ -54,20 +54,7 @@ class JobContext:
         self._pending: dict[str, Any] = {}
         self._lock = threading.Lock()
 
-    # progress ------------------------------------------------------------
-    def bytes(self, done: int, total: int) -> None:
-        percent = round(100.0 * done / total, 1) if total else None
-        self._progress(progress_done=int(done), progress_total=int(total), percent=percent)
-
-    def percent(self, value: float, label: str | None = None) -> None:
-        fields: dict[str, Any] = {"percent": round(float(value), 1)}
-        if label:
-            fields["message"] = label
-        self._progress(**fields)
-
-    def note(self, message: str) -> None:
-        self._progress(force=True, message=message[:2000])
-
+    # progress (bytes/percent/note come from ProgressFields) -------------------
     def _progress(self, force: bool = False, **fields: Any) -> None:
         self.check()
         now = time.monotonic()

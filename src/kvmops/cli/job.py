@@ -4,8 +4,7 @@ or a ``kvmops`` command (a CLI backup) -- from the state database: the CLI's vie
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
 import typer
@@ -21,16 +20,10 @@ app = typer.Typer(help="Jobs of every long operation, whoever started it.",
                   no_args_is_help=True)
 
 
-@contextmanager
-def _store(db: str | None) -> Iterator[Store]:
-    from kvmops.store import Store
+def _store(db: str | None) -> AbstractContextManager[Store]:
+    from kvmops.store import migrated
 
-    store = Store(db)
-    try:
-        store.migrate()
-        yield store
-    finally:
-        store.close()
+    return migrated(db)
 
 
 def _progress(progress: dict[str, object] | None) -> str:

@@ -9,19 +9,10 @@ from dataclasses import dataclass
 import libvirt
 
 from kvmops.host.connection import Host, call
+from kvmops.host.domain import STATE_NAMES
 
 _STATS = (libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_VCPU
           | libvirt.VIR_DOMAIN_STATS_BALLOON | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL)
-_STATE_NAMES: dict[int, str] = {
-    libvirt.VIR_DOMAIN_NOSTATE: "no state",
-    libvirt.VIR_DOMAIN_RUNNING: "running",
-    libvirt.VIR_DOMAIN_BLOCKED: "idle",
-    libvirt.VIR_DOMAIN_PAUSED: "paused",
-    libvirt.VIR_DOMAIN_SHUTDOWN: "in shutdown",
-    libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
-    libvirt.VIR_DOMAIN_CRASHED: "crashed",
-    libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
-}
 
 
 @dataclass(frozen=True)
@@ -50,7 +41,7 @@ def all_domain_figures(host: Host) -> list[DomainFigures]:
         current = stats.get("balloon.current")
         found.append(DomainFigures(
             name=str(domain.name()), uuid=str(domain.UUIDString()),
-            state=_STATE_NAMES.get(code, "unknown"), running=running,
+            state=STATE_NAMES.get(code, "unknown"), running=running,
             vcpus=int(stats.get("vcpu.current", 0)),
             memory=int(stats.get("balloon.maximum", 0)) * 1024,
             memory_current=int(current) * 1024 if running and current is not None else None,

@@ -51,7 +51,27 @@ class Progress(Protocol):
     def note(self, message: str) -> None: ...
 
 
-class CliJob:
+class ProgressFields:
+    """:class:`Progress` as job-row fields; subclasses say how the fields are written."""
+
+    def bytes(self, done: int, total: int) -> None:
+        percent = round(100.0 * done / total, 1) if total else None
+        self._progress(progress_done=int(done), progress_total=int(total), percent=percent)
+
+    def percent(self, value: float, label: str | None = None) -> None:
+        fields: dict[str, Any] = {"percent": round(float(value), 1)}
+        if label:
+            fields["message"] = label
+        self._progress(**fields)
+
+    def note(self, message: str) -> None:
+        self._progress(force=True, message=message[:2000])
+
+    def _progress(self, force: bool = False, **fields: Any) -> None:
+        raise NotImplementedError
+
+
+class CliJob(ProgressFields):
     """A job row written by this process; every method is a no-op without a database."""
 
     def __init__(self, db: Any, kind: str, target: str | None, user: str | None,
@@ -79,19 +99,6 @@ class CliJob:
             action()
             ok = True
         return ok
-
-    def bytes(self, done: int, total: int) -> None:
-        percent = round(100.0 * done / total, 1) if total else None
-        self._progress(progress_done=int(done), progress_total=int(total), percent=percent)
-
-    def percent(self, value: float, label: str | None = None) -> None:
-        fields: dict[str, Any] = {"percent": round(float(value), 1)}
-        if label:
-            fields["message"] = label
-        self._progress(**fields)
-
-    def note(self, message: str) -> None:
-        self._progress(force=True, message=message[:2000])
 
     def _progress(self, force: bool = False, **fields: Any) -> None:
         if self.id is None:

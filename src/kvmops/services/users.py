@@ -4,8 +4,8 @@ database, with the OS user who made it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, TypeVar
 
 from kvmops.services.audit import audited
@@ -18,17 +18,10 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-@contextmanager
-def _store(db: str | None) -> Iterator[Store]:
-    """The database, migrated (the command may be the first to use it)."""
-    from kvmops.store import Store
+def _store(db: str | None) -> AbstractContextManager[Store]:
+    from kvmops.store import migrated
 
-    store = Store(db)
-    try:
-        store.migrate()
-        yield store
-    finally:
-        store.close()
+    return migrated(db)
 
 
 def _with_store(db: str | None, fn: Callable[[Store], T]) -> T:

@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from kvmops.store.db import Store, default_url, normalize_url
+    from kvmops.store.db import Store, default_url, migrated, normalize_url
 
-__all__ = ["Store", "default_url", "normalize_url"]
+__all__ = ["Store", "default_url", "migrated", "normalize_url"]
 
 
 def __getattr__(name: str) -> Any:

@@ -134,3 +134,15 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+@contextlib.contextmanager
+def migrated(url: str | None) -> Iterator[Store]:
+    """The database at ``url`` (the default when None), migrated: a command may be the
+    first to use it; closed afterwards."""
+    store = Store(url)
+    try:
+        store.migrate()
+        yield store
+    finally:
+        store.close()
