@@ -1,5 +1,6 @@
 """cli/ and api/ are adapters: they reach VMs, backups, snapshots, guests, monitors and
-images only through kvmops.services (and never import libvirt)."""
+images only through kvmops.services, never hold the host boundary's objects (a connection
+comes from kvmops.services.session) and never import libvirt."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "kvmops"
 DOMAIN = ("kvmops.vm", "kvmops.backup", "kvmops.snapshot", "kvmops.agent", "kvmops.monitor",
-          "kvmops.images", "libvirt", "libvirt_qemu")
+          "kvmops.images", "kvmops.host", "libvirt", "libvirt_qemu")
 
 
 def _imports(path: Path) -> list[str]:

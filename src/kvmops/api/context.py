@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 
 from fastapi import Request
 
@@ -13,8 +11,7 @@ from kvmops.api.limits import SlotLimiter
 from kvmops.api.runner import JobRunner
 from kvmops.api.settings import ApiSettings
 from kvmops.api.throttle import LoginThrottle
-from kvmops.host.connection import Host
-from kvmops.host.events import LifecycleWatch
+from kvmops.services.session import Connection, EventWatch, SharedConnection, watch_lifecycle
 from kvmops.services.vms import DomainTypeCache, VmListCache
 from kvmops.store.db import Store
 
@@ -29,23 +26,15 @@ class ApiContext:
         self.runner = JobRunner(self.store, self.hub, settings.workers)
         self.domain_types = DomainTypeCache()
         self.vm_list = VmListCache(self.domain_types)
-        self.domain_events: LifecycleWatch | None = None
+        self.domain_events: EventWatch | None = None
         self.login_throttle = LoginThrottle(settings.login_max_failures, settings.login_window)
         self.long_requests = SlotLimiter(settings.long_per_user, settings.long_total)
         self.initial_admin_password: str | None = None
-        self._host: Host | None = None
-        self._host_lock = threading.Lock()
+        self._connection = SharedConnection(settings.uri)
 
-    def host(self) -> Host:
-        """One shared libvirt connection (libvirt connections are thread-safe)."""
-        with self._host_lock:
-            host = self._host
-            if host is not None:
-                if host.alive():
-                    return host
-                host.close()
-            self._host = Host(self.settings.uri)
-            return self._host
+    def host(self) -> Connection:
+        """The server's one shared libvirt connection, opened again after a libvirtd restart."""
+        return self._connection.get()
 
     def start_events(self) -> None:
         """libvirt life cycle events into the hub and the caches; after a libvirtd restart
@@ -71,7 +60,7 @@ class ApiContext:
                                       else "libvirt-disconnected"})
 
         self._list_age, self._types_ttl = self.vm_list.max_age, self.domain_types.ttl
-        watch = LifecycleWatch(self.settings.uri, changed, connection)
+        watch = watch_lifecycle(self.settings.uri, changed, connection)
         self.domain_events = watch
         if not watch.start():
             log.warning("libvirt life cycle events unavailable for now (%s); retrying",
@@ -83,11 +72,7 @@ class ApiContext:
         if self.domain_events is not None:
             self.domain_events.stop()
         self.runner.shutdown()
-        with self._host_lock:
-            if self._host is not None:
-                with contextlib.suppress(Exception):
-                    self._host.close()
-                self._host = None
+        self._connection.close()
         self.store.close()
 
 

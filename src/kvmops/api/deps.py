@@ -20,9 +20,9 @@ from fastapi.exceptions import RequestValidationError
 from kvmops.api.context import ApiContext, get_context
 from kvmops.api.throttle import client_address
 from kvmops.errors import KvmopsError
-from kvmops.host.connection import Host
 from kvmops.services.caller import Caller
 from kvmops.services.checks import validate_name
+from kvmops.services.session import Connection
 from kvmops.store import users
 from kvmops.store.users import Principal, Role
 
@@ -115,11 +115,11 @@ def long_request(ctx: Ctx, principal: Annotated[Principal, Depends(authenticate)
 LongRequest = Depends(long_request)
 
 
-def host_dep(ctx: Ctx) -> Host:
+def host_dep(ctx: Ctx) -> Connection:
     return ctx.host()
 
 
-HostDep = Annotated[Host, Depends(host_dep)]
+HostDep = Annotated[Connection, Depends(host_dep)]
 
 
 def vm_name(name: str) -> str:

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import typer
 
-from kvmops.host.connection import Host
+from kvmops.services.session import connect
 
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
 UriOption = typer.Option(None, "--connect", "-c", envvar="KVMOPS_URI",
                          help="libvirt URI (default qemu:///system).")
 
-
-@contextmanager
-def connect(uri: str | None) -> Iterator[Host]:
-    host = Host(uri)
-    try:
-        yield host
-    finally:
-        host.close()
+__all__ = ["JsonOption", "UriOption", "connect"]

@@ -19,6 +19,7 @@ from kvmops.api.guard import CSP
 from kvmops.api.throttle import LoginThrottled, attempt_login, client_address
 from kvmops.config import settings
 from kvmops.errors import KvmopsError
+from kvmops.services import session
 from kvmops.services import vms as vm_service
 from kvmops.services import web_views as views
 from kvmops.services.caller import Caller
@@ -191,7 +192,7 @@ def create_form(request: Request, user: PageOperator) -> Response:
     ctx = context(request)
     networks: list[str] = []
     with contextlib.suppress(Exception):
-        networks = ctx.host().network_names()
+        networks = session.network_names(ctx.host())
     return templates.render(request, "create.html", user, title="Create a VM",
                             networks=networks,
                             allowed=views.image_dirs())

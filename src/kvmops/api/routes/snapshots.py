@@ -17,8 +17,8 @@ from kvmops.api.deps import (
 )
 from kvmops.api.routes.common import Body, JobAccepted, accepted
 from kvmops.api.runner import JobContext
-from kvmops.host.connection import Host
 from kvmops.services import snapshots as service
+from kvmops.services.session import open_connection
 from kvmops.services.snapshots import DeleteResult, RevertResult, SnapshotInfo
 
 router = APIRouter(prefix="/vms/{name}/snapshots", tags=["snapshots"])
@@ -59,7 +59,7 @@ def create_snapshot(caller: OperatorCaller, name: VmNameDep, body: SnapshotBody,
                                 description=body.description)
 
     def run(job: JobContext) -> SnapshotInfo:
-        with Host(ctx.settings.uri) as host:
+        with open_connection(ctx.settings.uri) as host:
             return service.create(caller, host, name, req, note=job.note)
 
     return accepted(ctx.runner.submit("snapshot.create", name, caller.name, run), response)
@@ -79,7 +79,7 @@ def delete_snapshot(caller: OperatorCaller, name: VmNameDep, ctx: Ctx, response:
                     snapshot: str = PathParam(pattern=_SNAP),
                     children: bool = Query(False)) -> JobAccepted:
     def run(job: JobContext) -> DeleteResult:
-        with Host(ctx.settings.uri) as host:
+        with open_connection(ctx.settings.uri) as host:
             return service.delete(caller, host, name, snapshot, children=children,
                                   note=job.note)
 

@@ -21,8 +21,8 @@ from kvmops.api.deps import (
 from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
 from kvmops.api.runner import JobContext
 from kvmops.api.validators import AbsolutePath, ImageSize, MacAddress, MemorySize, VmName
-from kvmops.host.connection import Host
 from kvmops.services import vms
+from kvmops.services.session import Connection, open_connection
 from kvmops.services.vms import (
     Accelerator,
     CreateRequest,
@@ -108,9 +108,9 @@ class AutostartBody(Body):
     enabled: bool
 
 
-def _own_host(ctx: ApiContext) -> Host:
+def _own_host(ctx: ApiContext) -> Connection:
     """Jobs get their own connection: they may outlive a reconnect of the shared one."""
-    return Host(ctx.settings.uri)
+    return open_connection(ctx.settings.uri)
 
 
 @router.get("", response_model=list[VmListItem])
