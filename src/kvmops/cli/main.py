@@ -18,6 +18,7 @@ import sys
 from difflib import get_close_matches
 from typing import Any
 
+import click.exceptions
 import typer
 import typer.core
 import typer.main
@@ -62,7 +63,22 @@ def load_command(name: str) -> Any:
         holder.add_typer(obj, name=name)
     else:
         obj(holder)
-    return typer.main.get_group(holder).commands[name]
+    command = typer.main.get_group(holder).commands[name]
+    if _CLICK_SUGGESTS:
+        _no_second_suggestion(command)
+    return command
+
+
+# Click 8.4+ names close matches of an unknown sub-command itself (NoSuchCommand); Typer's
+# groups would add the same "Did you mean" a second time.
+_CLICK_SUGGESTS = hasattr(click.exceptions, "NoSuchCommand")
+
+
+def _no_second_suggestion(command: Any) -> None:
+    if isinstance(command, typer.core.TyperGroup):
+        command.suggest_commands = False
+        for sub in command.commands.values():
+            _no_second_suggestion(sub)
 
 
 class LazyGroup(typer.core.TyperGroup):
@@ -98,7 +114,8 @@ class LazyGroup(typer.core.TyperGroup):
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
         try:
-            return self._click_resolve_command(ctx, args)
+            # Click's own lookup (Typer's would suggest from loaded commands only)
+            return super(typer.core.TyperGroup, self).resolve_command(ctx, args)
         except Exception as err:
             message = getattr(err, "message", None)
             if isinstance(message, str) and args:
@@ -146,8 +163,7 @@ USAGE_EXIT = 2
 
 
 def _is_usage_error(err: BaseException) -> bool:
-    """Click's (Typer's vendored click's) exceptions, recognised by their interface so
-    that no private module is imported."""
+    """Click's exceptions, recognised by their interface (whatever module raised them)."""
     return hasattr(err, "format_message") and hasattr(err, "exit_code")
 
 
