@@ -1,0 +1,1 @@
+"""libvirt virtual networks: the typed network model and its XML (no libvirt here)."""
