@@ -7,7 +7,7 @@ Shutdown: end event streams, cancel running jobs, close connections.
 A web UI plugs in as the package ``kvmops.web``: when importable, its
 ``register(app)`` is called (or its ``router`` is included) after the API
 routers; it can use :func:`kvmops.api.context.get_context`, the dependencies
-in :mod:`kvmops.api.deps` and the session helpers in :mod:`kvmops.store.users`.
+in :mod:`kvmops.api.deps` and the session use cases in :mod:`kvmops.services.auth`.
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kvmops.errors import KvmopsError
-from kvmops.store import audit
-from kvmops.store.audit import DENIED
-from kvmops.store.db import Store
+from kvmops.services import audit
+from kvmops.services.audit import DENIED
+from kvmops.services.database import Store
 
 log = logging.getLogger("kvmops.api")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -84,9 +84,10 @@ class AuditMiddleware:
         action = getattr(endpoint, "__name__", None) or ("refused" if status in DENIED
                                                          else "unknown")
         try:
-            audit.record(self.store(), user=state.get("user"), method=scope["method"],
-                         path=scope["path"], action=action,
-                         target=str(target) if target else None, status_code=status,
-                         job_id=job_id, address=client_of(scope), via=via_of(scope["path"]))
+            audit.record_request(self.store(), user=state.get("user"), method=scope["method"],
+                                 path=scope["path"], action=action,
+                                 target=str(target) if target else None, status_code=status,
+                                 job_id=job_id, address=client_of(scope),
+                                 via=via_of(scope["path"]))
         except KvmopsError as err:
             log.error("cannot write the audit log: %s", err)

@@ -11,9 +11,9 @@ from kvmops.api.limits import SlotLimiter
 from kvmops.api.runner import JobRunner
 from kvmops.api.settings import ApiSettings
 from kvmops.api.throttle import LoginThrottle
+from kvmops.services.database import open_database
 from kvmops.services.session import Connection, EventWatch, SharedConnection, watch_lifecycle
 from kvmops.services.vms import DomainTypeCache, VmListCache
-from kvmops.store.db import Store
 
 log = logging.getLogger("kvmops.api")
 
@@ -21,7 +21,7 @@ log = logging.getLogger("kvmops.api")
 class ApiContext:
     def __init__(self, settings: ApiSettings) -> None:
         self.settings = settings
-        self.store = Store(settings.db_url)
+        self.store = open_database(settings.db_url)
         self.hub = EventHub()
         self.runner = JobRunner(self.store, self.hub, settings.workers)
         self.domain_types = DomainTypeCache()

@@ -20,11 +20,11 @@ from fastapi.exceptions import RequestValidationError
 from kvmops.api.context import ApiContext, get_context
 from kvmops.api.throttle import client_address
 from kvmops.errors import KvmopsError
+from kvmops.services import auth
+from kvmops.services.auth import Principal, Role
 from kvmops.services.caller import Caller
 from kvmops.services.checks import validate_name
 from kvmops.services.session import Connection
-from kvmops.store import users
-from kvmops.store.users import Principal, Role
 
 SESSION_COOKIE = "kvmops_session"
 CSRF_COOKIE = "kvmops_csrf"
@@ -48,14 +48,14 @@ def authenticate(request: Request, ctx: Ctx) -> Principal:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _unauthorized("malformed Authorization header; use 'Bearer TOKEN'")
-        principal = users.authenticate_token(ctx.store, token.strip())
+        principal = auth.authenticate_token(ctx.store, token.strip())
         if principal is None:
             raise _unauthorized("invalid API token")
     else:
         cookie = request.cookies.get(SESSION_COOKIE)
         if not cookie:
             raise _unauthorized("authentication required: log in or send a Bearer token")
-        principal = users.authenticate_session(ctx.store, cookie)
+        principal = auth.authenticate_session(ctx.store, cookie)
         if principal is None:
             raise _unauthorized("session expired or invalid; log in again")
     if principal.via == "session" and request.method not in SAFE_METHODS:
@@ -70,7 +70,7 @@ def authenticate(request: Request, ctx: Ctx) -> Principal:
 
 def require(role: Role) -> Callable[..., Principal]:
     def check(principal: Annotated[Principal, Depends(authenticate)]) -> Principal:
-        if not users.role_allows(principal.role, role):
+        if not auth.role_allows(principal.role, role):
             raise HTTPException(403, f"user '{principal.name}' ({principal.role}) may not do "
                                      f"this: it needs the {role} role")
         return principal
@@ -103,6 +103,7 @@ def caller_for(role: Role) -> Callable[..., Caller]:
 
 ViewerCaller = Annotated[Caller, Depends(caller_for("viewer"))]
 OperatorCaller = Annotated[Caller, Depends(caller_for("operator"))]
+AdminCaller = Annotated[Caller, Depends(caller_for("admin"))]
 
 
 def long_request(ctx: Ctx, principal: Annotated[Principal, Depends(authenticate)]

@@ -23,9 +23,9 @@ from typing import Any
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kvmops.store import users
-from kvmops.store.db import Store
-from kvmops.store.users import Principal
+from kvmops.services import auth
+from kvmops.services.auth import Principal
+from kvmops.services.database import Store
 
 LOGIN_LIMIT = 16 * 1024
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
@@ -150,9 +150,9 @@ class RequestGuard:
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 return None
-            return users.authenticate_token(self.store(), token.strip())
+            return auth.authenticate_token(self.store(), token.strip())
         cookie = _cookie(scope, SESSION_COOKIE)
-        return users.authenticate_session(self.store(), cookie) if cookie else None
+        return auth.authenticate_session(self.store(), cookie) if cookie else None
 
 
 class SecurityHeaders:

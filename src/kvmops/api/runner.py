@@ -8,7 +8,7 @@ cancel request. Progress goes to the row (throttled) and to the event hub
 :class:`~kvmops.jobstate.JobState` machine; the final state is ``succeeded``
 (with the JSON result), ``failed`` (error message and kind), or ``cancelled``.
 Rows left active by an earlier server process are marked ``interrupted`` at
-start-up (:func:`kvmops.store.jobs.mark_interrupted`).
+start-up (:func:`kvmops.services.jobs.recover`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ from fastapi.encoders import jsonable_encoder
 from kvmops.api.events import EventHub
 from kvmops.errors import CancelledError, KvmopsError
 from kvmops.services import jobs as job_service
-from kvmops.store import jobs as job_store
-from kvmops.store.db import Store
-from kvmops.store.jobs import JobState, JobView
+from kvmops.services.database import Store
+from kvmops.services.jobs import JobState, JobView
 
 log = logging.getLogger("kvmops.api")
 UPDATE_INTERVAL = 0.5  # seconds between progress writes to the DB
@@ -106,7 +105,7 @@ class JobRunner:
         self._closed = False
 
     def submit(self, kind: str, target: str | None, user: str | None, fn: JobFn) -> JobView:
-        job = job_store.create(self.store, kind, target, user)
+        job = job_service.create(self.store, kind, target, user)
         ctx = JobContext(self, job)
         with self._lock:
             self._active[job.id] = ctx
@@ -124,7 +123,7 @@ class JobRunner:
     def update(self, job_id: str, publish_extra: dict[str, Any] | None = None,
                **fields: Any) -> None:
         try:
-            job_store.update_job(self.store, job_id, **fields)
+            job_service.update(self.store, job_id, **fields)
         except KvmopsError as err:  # a progress write failing must not kill the job
             log.warning("job %s: cannot record progress: %s", job_id, err)
         event = {"id": job_id, **(publish_extra or {}), **fields}
@@ -134,7 +133,7 @@ class JobRunner:
 
     def cancel_requested(self, job_id: str) -> bool:
         try:
-            return job_store.cancel_requested(self.store, job_id)
+            return job_service.cancel_requested(self.store, job_id)
         except KvmopsError:  # a read failing must not kill the job
             return False
 
@@ -190,4 +189,4 @@ class JobRunner:
         while self.active() and time.monotonic() < deadline:
             time.sleep(0.1)
         with contextlib.suppress(KvmopsError):
-            job_store.mark_interrupted(self.store, "the kvmops server stopped while the job ran")
+            job_service.recover(self.store, "the kvmops server stopped while the job ran")

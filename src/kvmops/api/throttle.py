@@ -20,9 +20,9 @@ from collections.abc import Callable
 
 from starlette.requests import Request
 
-from kvmops.store import users
-from kvmops.store.db import Store
-from kvmops.store.users import Principal
+from kvmops.services import auth
+from kvmops.services.auth import Principal
+from kvmops.services.database import Store
 
 #: A single address may fail this many times the per-pair limit across all names.
 ADDRESS_FACTOR = 4
@@ -103,7 +103,7 @@ def attempt_login(store: Store, throttle: LoginThrottle, username: str, password
     wait = throttle.retry_after(username, address)
     if wait is not None:
         raise LoginThrottled(wait)
-    principal = users.verify_password(store, username, password)
+    principal = auth.check_password(store, username, password)
     if principal is None:
         throttle.failed(username, address)
     else:

@@ -5,6 +5,8 @@ API and web requests are audited by their middleware (:mod:`kvmops.api.audit`); 
 :func:`audited`, which writes the row -- the OS user (``Caller.local()``), ``via``
 cli, the action, its target, the exit code, the job it recorded -- to the state
 database when that is reachable (:mod:`kvmops.store.direct`), and nothing otherwise.
+The server's faces write their rows and read the log through :func:`record_request`
+and :func:`entries`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import inspect
 from collections.abc import Callable
 from contextvars import ContextVar
 from pathlib import PurePath
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from kvmops.errors import KvmopsError
 from kvmops.services.caller import Caller
@@ -117,3 +119,38 @@ def audited(action: str, target: str | Callable[[dict[str, Any]], Any] | None = 
         return wrapper
 
     return decorate
+
+
+# The audit log, as the server's faces write and read it ---------------------------------
+# (Loaded on use: the command line's audit above needs no SQLAlchemy.)
+if TYPE_CHECKING:
+    from kvmops.store.audit import DENIED as DENIED
+    from kvmops.store.audit import AuditView as AuditView
+    from kvmops.store.db import Store
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("AuditView", "DENIED"):  # the row's JSON form; refused status codes
+        from kvmops.store import audit as audit_store
+
+        return getattr(audit_store, name)
+    raise AttributeError(f"module 'kvmops.services.audit' has no attribute {name!r}")
+
+
+def record_request(store: Store, *, user: str | None, method: str, path: str, action: str,
+                   target: str | None, status_code: int, job_id: str | None = None,
+                   address: str | None = None, via: str | None = None) -> None:
+    """One row of a request to the server (an API call, a web form, a console socket):
+    ``ok``, ``denied`` or ``failed`` by its status code. Never a body, so no secret."""
+    from kvmops.store import audit as audit_store
+
+    audit_store.record(store, user=user, method=method, path=path, action=action,
+                       target=target, status_code=status_code, job_id=job_id,
+                       address=address, via=via)
+
+
+def entries(store: Store, *, user: str | None = None, limit: int = 100) -> list[AuditView]:
+    """The newest rows first, of one user or all, from every face (CLI rows included)."""
+    from kvmops.store import audit as audit_store
+
+    return audit_store.entries(store, user=user, limit=limit)

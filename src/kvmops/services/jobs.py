@@ -30,12 +30,15 @@ __all__ = [
     "JobState",
     "Progress",
     "cancel",
+    "cancel_requested",
+    "create",
     "current_job",
     "get",
     "list_jobs",
     "recover",
     "request_cancel",
     "track",
+    "update",
 ]
 
 UPDATE_INTERVAL = 0.5  # seconds between progress writes
@@ -192,6 +195,27 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:
     from kvmops.store.db import Store
     from kvmops.store.jobs import JobView as JobView  # loaded on use: see __getattr__
+
+
+def create(store: Store, kind: str, target: str | None, user: str | None) -> JobView:
+    """A ``queued`` row for a job the server is about to run."""
+    from kvmops.store import jobs as job_store
+
+    return job_store.create(store, kind, target, user)
+
+
+def update(store: Store, job_id: str, **fields: Any) -> None:
+    """Write a job's state, progress, result or error (the row's column names)."""
+    from kvmops.store import jobs as job_store
+
+    job_store.update_job(store, job_id, **fields)
+
+
+def cancel_requested(store: Store, job_id: str) -> bool:
+    """Whether someone asked the job to stop (the API, the web UI, ``kvmops job cancel``)."""
+    from kvmops.store import jobs as job_store
+
+    return job_store.cancel_requested(store, job_id)
 
 
 def list_jobs(store: Store, *, state: JobState | str | None = None,

@@ -17,8 +17,8 @@ from starlette.requests import HTTPConnection
 
 from kvmops.api.context import ApiContext
 from kvmops.api.deps import SESSION_COOKIE
-from kvmops.store import users
-from kvmops.store.users import Principal, Role
+from kvmops.services import auth
+from kvmops.services.auth import Principal, Role
 
 LOGIN_CSRF_COOKIE = "kvmops_login_csrf"
 
@@ -44,7 +44,7 @@ def context(conn: HTTPConnection) -> ApiContext:
 def session_principal(ctx: ApiContext, cookie: str | None) -> Principal | None:
     if not cookie:
         return None
-    return users.authenticate_session(ctx.store, cookie)
+    return auth.authenticate_session(ctx.store, cookie)
 
 
 def page_user(request: Request) -> Principal:
@@ -57,7 +57,7 @@ def page_user(request: Request) -> Principal:
 
 
 def need(principal: Principal, role: Role) -> None:
-    if not users.role_allows(principal.role, role):
+    if not auth.role_allows(principal.role, role):
         raise PageError(403, f"user '{principal.name}' ({principal.role}) may not see this: "
                              f"it needs the {role} role")
 

@@ -20,11 +20,11 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from kvmops.api.deps import SESSION_COOKIE
 from kvmops.errors import KvmopsError
+from kvmops.services import audit, auth
 from kvmops.services import web_views as views
+from kvmops.services.auth import Principal
 from kvmops.services.caller import Caller
 from kvmops.services.consoles import open_serial
-from kvmops.store import audit, users
-from kvmops.store.users import Principal
 from kvmops.web.auth import context, same_origin, session_principal
 
 log = logging.getLogger("kvmops.web")
@@ -46,7 +46,7 @@ async def _audit(websocket: WebSocket, user: str | None, name: str, status: int,
                  action: str = "console") -> None:
     ctx = context(websocket)
     with contextlib.suppress(KvmopsError):
-        await anyio.to_thread.run_sync(lambda: audit.record(
+        await anyio.to_thread.run_sync(lambda: audit.record_request(
             ctx.store, user=user, method="WS", path=websocket.url.path, action=action,
             target=name[:255], status_code=status, address=_address(websocket)))
 
@@ -76,7 +76,7 @@ async def _admit(websocket: WebSocket, name: str) -> Principal | None:
         await _refuse(websocket, CLOSE_FORBIDDEN, "the console opens only from this server's "
                       "own pages (Origin)", principal.name, name)
         return None
-    if not users.role_allows(principal.role, "operator"):
+    if not auth.role_allows(principal.role, "operator"):
         await _refuse(websocket, CLOSE_FORBIDDEN, "the console needs the operator role",
                       principal.name, name)
         return None

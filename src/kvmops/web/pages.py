@@ -19,12 +19,12 @@ from kvmops.api.guard import CSP
 from kvmops.api.throttle import LoginThrottled, attempt_login, client_address
 from kvmops.config import settings
 from kvmops.errors import KvmopsError
-from kvmops.services import session
+from kvmops.services import audit, auth, session
+from kvmops.services import users as user_service
 from kvmops.services import vms as vm_service
 from kvmops.services import web_views as views
+from kvmops.services.auth import Principal
 from kvmops.services.caller import Caller
-from kvmops.store import audit, users
-from kvmops.store.users import Principal
 from kvmops.web import templates
 from kvmops.web.auth import (
     LOGIN_CSRF_COOKIE,
@@ -107,7 +107,7 @@ def login(request: Request, username: str = Form("", max_length=64),
         return response
     if principal is None:
         return _login_again(request, target, "invalid user name or password", 401)
-    session, csrf = users.create_session(ctx.store, principal, ctx.settings.session_ttl)
+    session, csrf = auth.start_session(ctx.store, principal, ctx.settings.session_ttl)
     response = RedirectResponse(target, status_code=303)
     secure = _secure(request)
     max_age = int(ctx.settings.session_ttl.total_seconds())
@@ -143,7 +143,7 @@ def logout(request: Request, user: PageUser, csrf: str = Form("", max_length=128
         raise PageError(403, "missing or wrong CSRF token; reload the page and try again")
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
-        users.end_session(ctx.store, cookie)
+        auth.end_session(ctx.store, cookie)
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     response.delete_cookie(CSRF_COOKIE, path="/")
@@ -345,7 +345,7 @@ def audit_log(request: Request, user: PageAdmin,
 def users_page(request: Request, user: PageAdmin) -> Response:
     ctx = context(request)
     return templates.render(request, "users.html", user, title="Users",
-                            users=users.list_users(ctx.store))
+                            users=user_service.list_users(_caller(request, user), ctx.store))
 
 
 

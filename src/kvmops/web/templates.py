@@ -11,9 +11,9 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 
 import kvmops
+from kvmops.services import auth
+from kvmops.services.auth import Principal, Role
 from kvmops.sizes import format_size
-from kvmops.store import users
-from kvmops.store.users import Principal
 
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("kvmops.web", "templates"),
@@ -59,8 +59,8 @@ _env.filters.update(size=_size, when=_when, iso=_iso, state_class=_state_class)
 _env.globals.update(version=kvmops.__version__)
 
 
-def can(user: Principal | None, role: users.Role) -> bool:
-    return user is not None and users.role_allows(user.role, role)
+def can(user: Principal | None, role: Role) -> bool:
+    return user is not None and auth.role_allows(user.role, role)
 
 
 # Seconds after a shutdown request before the page says the VM still runs

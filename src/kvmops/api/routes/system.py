@@ -13,6 +13,7 @@ from kvmops.api.deps import (
     CSRF_COOKIE,
     SESSION_COOKIE,
     Admin,
+    AdminCaller,
     Ctx,
     HostDep,
     Viewer,
@@ -20,10 +21,11 @@ from kvmops.api.deps import (
 )
 from kvmops.api.routes.common import Body, Message
 from kvmops.api.throttle import LoginThrottled, attempt_login, client_address
+from kvmops.services import audit, auth
 from kvmops.services import host as host_service
+from kvmops.services import users as user_service
+from kvmops.services.audit import AuditView
 from kvmops.services.host import DoctorReport, HostInfo
-from kvmops.store import audit, users
-from kvmops.store.audit import AuditView
 
 router = APIRouter(tags=["system"])
 
@@ -55,12 +57,12 @@ class UserOut(BaseModel):
 class NewUserBody(Body):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
     role: Literal["admin", "operator", "viewer"]
-    password: str | None = Field(default=None, min_length=users.MIN_PASSWORD, max_length=1024)
+    password: str | None = Field(default=None, min_length=auth.MIN_PASSWORD, max_length=1024)
 
 
 class PasswordBody(Body):
     old_password: str = Field(min_length=1, max_length=1024)
-    new_password: str = Field(min_length=users.MIN_PASSWORD, max_length=1024)
+    new_password: str = Field(min_length=auth.MIN_PASSWORD, max_length=1024)
 
 
 class TokenOut(BaseModel):
@@ -103,7 +105,7 @@ def login(body: LoginBody, request: Request, response: Response, ctx: Ctx) -> Me
                             ) from err
     if principal is None:
         raise HTTPException(401, "invalid user name or password")
-    token, csrf = users.create_session(ctx.store, principal, ctx.settings.session_ttl)
+    token, csrf = auth.start_session(ctx.store, principal, ctx.settings.session_ttl)
     secure = _secure(request, ctx)
     max_age = int(ctx.settings.session_ttl.total_seconds())
     response.set_cookie(SESSION_COOKIE, token, max_age=max_age, httponly=True,
@@ -117,7 +119,7 @@ def login(body: LoginBody, request: Request, response: Response, ctx: Ctx) -> Me
 def logout(request: Request, response: Response, ctx: Ctx, _: Viewer) -> Message:
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
-        users.end_session(ctx.store, cookie)
+        auth.end_session(ctx.store, cookie)
     response.delete_cookie(SESSION_COOKIE, path="/")
     response.delete_cookie(CSRF_COOKIE, path="/")
     return Message(message="logged out")
@@ -131,37 +133,37 @@ def me(principal: Viewer) -> Me:
 
 @router.post("/me/password", response_model=Message)
 def change_password(principal: Viewer, body: PasswordBody, ctx: Ctx) -> Message:
-    if users.verify_password(ctx.store, principal.name, body.old_password) is None:
+    if not auth.change_password(ctx.store, principal.name, body.old_password,
+                                body.new_password):
         raise HTTPException(403, "the old password is wrong")
-    users.set_password(ctx.store, principal.name, body.new_password)
     return Message(message="password changed; log in again")
 
 
 @router.get("/users", response_model=list[UserOut])
-def list_users(_: Admin, ctx: Ctx) -> list[UserOut]:
+def list_users(caller: AdminCaller, ctx: Ctx) -> list[UserOut]:
     return [UserOut(name=u.name, role=u.role, created_at=u.created_at, tokens=u.tokens)
-            for u in users.list_users(ctx.store)]
+            for u in user_service.list_users(caller, ctx.store)]
 
 
 @router.post("/users", status_code=201, response_model=UserOut)
-def add_user(_: Admin, body: NewUserBody, ctx: Ctx) -> UserOut:
+def add_user(caller: AdminCaller, body: NewUserBody, ctx: Ctx) -> UserOut:
     password = body.password or secrets.token_urlsafe(12)
-    u = users.add_user(ctx.store, body.name, body.role, password)
+    u = user_service.add(caller, ctx.store, body.name, body.role, password)
     return UserOut(name=u.name, role=u.role, created_at=u.created_at, tokens=u.tokens)
 
 
 @router.delete("/users/{user}", response_model=Message)
-def delete_user(principal: Admin, user: str, ctx: Ctx) -> Message:
-    if user == principal.name:
+def delete_user(caller: AdminCaller, user: str, ctx: Ctx) -> Message:
+    if user == caller.name:
         raise HTTPException(409, "you cannot delete yourself")
-    users.delete_user(ctx.store, user)
+    user_service.delete(caller, ctx.store, user)
     return Message(message=f"user '{user}' deleted")
 
 
 @router.post("/users/{user}/tokens", status_code=201, response_model=TokenOut)
-def new_token(_: Admin, user: str, ctx: Ctx) -> TokenOut:
+def new_token(caller: AdminCaller, user: str, ctx: Ctx) -> TokenOut:
     """A new API token (shown once; only its hash is stored)."""
-    return TokenOut(name=user, token=users.new_token(ctx.store, user))
+    return TokenOut(name=user, token=user_service.new_token(caller, ctx.store, user))
 
 
 @router.get("/audit", response_model=list[AuditView])
