@@ -46,6 +46,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "VM snapshots: internal (with memory) and external (disk-only)."),
     "user": ("kvmops.cli.user:app", "API users, roles (admin, operator, viewer) and tokens."),
     "job": ("kvmops.cli.job:app", "Jobs of every long operation, whoever started it."),
+    "net": ("kvmops.cli.net:app",
+            "Virtual networks: NAT, routed, isolated, host bridge, Open vSwitch."),
     "config": ("kvmops.cli.config:app",
                "The effective configuration and where each value comes from."),
     "completion": ("kvmops.cli.completion:register",

@@ -1,0 +1,155 @@
+"""``kvmops net``: libvirt virtual networks (NAT, routed, isolated, host bridge, OVS)."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+
+from kvmops.cli.common import JsonOption, UriOption, connect
+from kvmops.cli.output import info, print_fields, print_json, print_table
+from kvmops.services import networks as service
+from kvmops.services.caller import Caller
+
+app = typer.Typer(help="Virtual networks: NAT, routed, isolated, host bridge, Open vSwitch.",
+                  no_args_is_help=True)
+
+NameArg = typer.Argument(..., help="Network name.")
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+@app.command("create")
+def create_cmd(
+    name: str = NameArg,
+    mode: str = typer.Option("isolated", "--mode",
+                             help="nat, route, isolated, bridge (an existing host bridge) "
+                                  "or ovs (an existing Open vSwitch bridge)."),
+    bridge: str | None = typer.Option(None, "--bridge",
+                                      help="Bridge name (at most 15 characters); nat, route "
+                                           "and isolated: default a free virbrN."),
+    ipv4: str | None = typer.Option(None, "--ipv4",
+                                    help="The network's IPv4 address and prefix, e.g. "
+                                         "192.168.251.1/24."),
+    dhcp: str | None = typer.Option(None, "--dhcp",
+                                    help="IPv4 DHCP range START-END inside --ipv4's subnet."),
+    ipv6: str | None = typer.Option(None, "--ipv6",
+                                    help="The network's IPv6 address and prefix, e.g. "
+                                         "fd00:251::1/64."),
+    ipv6_mode: str | None = typer.Option(None, "--ipv6-mode",
+                                         help="slaac (default: router advertisements, a /64),"
+                                              " dhcpv6-stateful, or dhcpv6-stateless (not "
+                                              "expressible in libvirt: refused)."),
+    dhcp6: str | None = typer.Option(None, "--dhcp6",
+                                     help="Stateful DHCPv6 range START-END (default "
+                                          "PREFIX::1000-PREFIX::1fff)."),
+    forward_dev: str | None = typer.Option(None, "--forward-dev",
+                                           help="nat/route: forward only through this host "
+                                                "interface."),
+    autostart: bool = typer.Option(False, "--autostart",
+                                   help="Start the network when libvirtd starts."),
+    no_start: bool = typer.Option(False, "--no-start",
+                                  help="Only define the network; do not start it."),
+    json_out: bool = JsonOption,
+    uri: str | None = UriOption,
+) -> None:
+    """Create (define and start) a network."""
+    spec = service.NetworkSpec(name=name, mode=mode, bridge=bridge, ipv4=ipv4, dhcp=dhcp,
+                               ipv6=ipv6, ipv6_mode=ipv6_mode, dhcp6=dhcp6,
+                               forward_dev=forward_dev, autostart=autostart)
+    with connect(uri) as host:
+        net = service.create(Caller.local(), host, spec, start=not no_start)
+    if json_out:
+        print_json(net)
+        return
+    state = "active" if net.active else "defined, not started"
+    info(f"network '{net.name}' created ({net.mode}, bridge {net.bridge or '-'}, {state})")
+
+
+@app.command("list")
+def list_cmd(json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
+    """Every libvirt network, active or not."""
+    with connect(uri) as host:
+        nets = service.list_networks(Caller.local(), host)
+    if json_out:
+        print_json(nets)
+        return
+    print_table(["Name", "Mode", "State", "Autostart", "Persistent", "Bridge", "IPv4", "IPv6"],
+                [(n.name, n.mode, "active" if n.active else "inactive", _yes(n.autostart),
+                  _yes(n.persistent), n.bridge or "-", n.ipv4 or "-", n.ipv6 or "-")
+                 for n in nets])
+
+
+@app.command("info")
+def info_cmd(name: str = NameArg, json_out: bool = JsonOption,
+             uri: str | None = UriOption) -> None:
+    """One network: mode, bridge, addresses, DHCP, and the VMs that use it."""
+    with connect(uri) as host:
+        net = service.info(Caller.local(), host, name)
+    if json_out:
+        print_json(net)
+        return
+    print_fields([
+        ("Name", net.name), ("UUID", net.uuid), ("Mode", net.mode),
+        ("State", "active" if net.active else "inactive"),
+        ("Persistent", _yes(net.persistent)), ("Autostart", _yes(net.autostart)),
+        ("Bridge", net.bridge), ("Forward device", net.forward_dev),
+        ("IPv4", net.ipv4), ("DHCP", net.dhcp), ("IPv6", net.ipv6),
+        ("IPv6 mode", net.ipv6_mode), ("DHCPv6", net.dhcp6),
+        ("Used by", ", ".join(net.used_by or []) or "-"),
+    ])
+
+
+@app.command("start")
+def start_cmd(name: str = NameArg, uri: str | None = UriOption) -> None:
+    """Start a defined network."""
+    with connect(uri) as host:
+        net = service.start(Caller.local(), host, name)
+    info(f"network '{net.name}' started (bridge {net.bridge or '-'})")
+
+
+@app.command("stop")
+def stop_cmd(name: str = NameArg, uri: str | None = UriOption) -> None:
+    """Stop a network (refused while a running VM uses it)."""
+    with connect(uri) as host:
+        service.stop(Caller.local(), host, name)
+    info(f"network '{name}' stopped")
+
+
+@app.command("delete")
+def delete_cmd(name: str = NameArg, uri: str | None = UriOption) -> None:
+    """Stop and remove a network (refused while a VM uses it, naming the VMs)."""
+    with connect(uri) as host:
+        service.delete(Caller.local(), host, name)
+    info(f"network '{name}' deleted")
+
+
+@app.command("autostart")
+def autostart_cmd(
+    name: str = NameArg,
+    disable: bool = typer.Option(False, "--disable",
+                                 help="Do not start it with libvirtd (e.g. 'default')."),
+    uri: str | None = UriOption,
+) -> None:
+    """Start a network when libvirtd starts (or, with --disable, no longer)."""
+    with connect(uri) as host:
+        service.set_autostart(Caller.local(), host, name, not disable)
+    info(f"network '{name}' autostart {'disabled' if disable else 'enabled'}")
+
+
+@app.command("leases")
+def leases_cmd(name: str = NameArg, json_out: bool = JsonOption,
+               uri: str | None = UriOption) -> None:
+    """The DHCP leases (IPv4 and DHCPv6) of an active network."""
+    with connect(uri) as host:
+        found = service.leases(Caller.local(), host, name)
+    if json_out:
+        print_json(found)
+        return
+    print_table(["IP", "Prefix", "MAC", "Hostname", "Client ID", "Expires"],
+                [(lease.ip, lease.prefix, lease.mac or "-", lease.hostname or "-",
+                  lease.client_id or "-",
+                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lease.expires))
+                  if lease.expires else "-") for lease in found])
