@@ -71,3 +71,86 @@ def test_vm_list_path_loads_no_api_web_backup_or_store() -> None:
     modules = _modules_after(code)
     for heavy in HEAVY:
         assert not _loaded(modules, heavy), heavy
+
+
+# The three commands measured against virsh (bench/cli_startup.py) run against libvirt's
+# built-in test driver (no daemon, one domain named "test"); what they imported is read
+# from sys.modules afterwards. Pydantic (Typer >= 0.25 pulls it in for every option
+# value: typer._adapters/_coercion), Rich and, for the list, lxml and the life cycle
+# module are what made them slow.
+SLOW_FOR_ALL = ("pydantic", "rich", "typer._adapters", "typer._coercion", "kvmops.agent.guest",
+                *HEAVY)
+QUICK_PATHS = [
+    (["vm", "list"], 0, ("lxml", "kvmops.vm.lifecycle", "kvmops.vm.domxml")),
+    (["vm", "list", "--json"], 0, ("lxml", "kvmops.vm.lifecycle", "kvmops.vm.domxml")),
+    (["vm", "info", "test"], 0, ()),
+    (["vm", "info", "test", "--json"], 0, ()),
+    # the test domain has no agent channel: exit 14 after the whole path is imported
+    (["guest", "exec", "test", "--", "/bin/true"], 14, ()),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "also_slow"), QUICK_PATHS,
+                         ids=[" ".join(p[0]) for p in QUICK_PATHS])
+def test_quick_commands_import_no_slow_module(args: list[str], code: int,
+                                              also_slow: tuple[str, ...]) -> None:
+    argv = ["kvmops", *args[:2], "--connect", "test:///default", *args[2:]]
+    script = (f"import sys\nsys.argv = {argv!r}\nfrom kvmops.cli import main\n"
+              "try:\n    main.run()\nexcept SystemExit as exit:\n"
+              "    print('exit', exit.code, file=sys.stderr)\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", f"{script}\nimport json\nprint(json.dumps(sorted(sys.modules)))"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert f"exit {code}\n" in proc.stderr, proc.stderr
+    modules = set(json.loads(proc.stdout.splitlines()[-1]))
+    loaded = [m for m in (*SLOW_FOR_ALL, *also_slow) if _loaded(modules, m)]
+    assert not loaded, f"kvmops {' '.join(args)} imported {loaded}"
+
+
+def test_plain_table_and_fields_keep_every_value_whole(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from kvmops.cli.output import print_fields, print_table
+
+    long = "/var/lib/kvmops/images/" + "x" * 150 + ".qcow2"
+    print_table(["Name", "Source"], [("web1", long), ("[bold]db", None)])
+    print_fields([("Name", "web1"), ("Guest agent", "answering"), ("VNC", None)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["Name", "Source"]
+    assert set(lines[1]) == {"-"} and len(lines[1]) >= len(lines[2])
+    assert lines[2].split() == ["web1", long]  # never folded or cut
+    assert lines[3].split() == ["[bold]db"]  # markup is text
+    assert lines[2].index(long) == lines[0].index("Source")  # columns line up
+    assert lines[4:] == ["Name:        web1", "Guest agent: answering", "VNC:"]
+
+
+def test_records_dump_as_the_pydantic_models_did() -> None:
+    from pathlib import Path
+
+    from kvmops.host.accel import Accelerator
+    from kvmops.vm.lifecycle import CreateRequest, DiskInfo, DiskRequest
+
+    req = CreateRequest(name="web1", memory=256 << 20, disks=[DiskRequest(size=1 << 26)],
+                        kernel=Path("/boot/vmlinuz"), accelerator=Accelerator.TCG)
+    dumped = req.model_dump(mode="json")
+    assert dumped["kernel"] == "/boot/vmlinuz" and dumped["accelerator"] == "tcg"
+    assert dumped["disks"] == [{"size": 1 << 26, "path": None, "fmt": None, "bus": "virtio"}]
+    assert req.model_dump()["kernel"] == Path("/boot/vmlinuz")
+    copy = req.model_copy(update={"vcpus": 2})
+    assert (copy.vcpus, req.vcpus, copy.name) == (2, 1, "web1")
+    disk = DiskInfo(target="vda", source=None, format="qcow2", bus="virtio", device="disk")
+    assert disk.model_dump(exclude={"alias"}) == {
+        "target": "vda", "source": None, "format": "qcow2", "bus": "virtio", "device": "disk",
+        "node_name": None}
+
+
+@pytest.mark.parametrize(("xml", "expected"), [
+    ("<domain type='kvm' id='3'><name>a</name></domain>", "kvm"),
+    ('<?xml version="1.0"?>\n<domain type="qemu"><name>a</name></domain>', "qemu"),
+    ("<domain><name>a</name></domain>", "qemu"),
+    ("<network type='kvm'/>", "qemu"),
+    ("not xml", "qemu"),
+])
+def test_vm_list_reads_the_accelerator_from_the_root_element(xml: str, expected: str) -> None:
+    from kvmops.services.vms import domain_type
+
+    assert domain_type(xml) == expected

@@ -32,15 +32,22 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from kvmops.agent.channel import AgentChannel
+from kvmops.agent.process import (  # noqa: F401 (re-exported: guest exec lives apart, without pydantic)
+    EXEC_POLL_FIRST,
+    EXEC_POLL_MAX,
+    ExecResult,
+    error_detail,
+    exec,
+    exec_start,
+    exec_status,
+)
 from kvmops.errors import (
     AgentCommandDisabledError,
-    AgentTimeoutError,
     AgentUnavailableError,
     CancelledError,
     ChannelError,
     GuestCommandError,
     KvmopsError,
-    OperationTimeoutError,
     StorageError,
     ValidationError,
 )
@@ -51,8 +58,6 @@ from kvmops.errors import (
 CHUNK_SIZE = 64 * 1024
 MAX_CHUNK_SIZE = 2 << 20
 CHUNK_TIMEOUT = 120.0
-EXEC_POLL_FIRST = 0.02
-EXEC_POLL_MAX = 0.5
 TEMP_MARK = ".kvmops-"
 TEMP_SUFFIX = ".part"
 
@@ -119,16 +124,6 @@ class Vcpu(_Model):
     logical_id: int = Field(alias="logical-id")
     online: bool
     can_offline: bool | None = Field(None, alias="can-offline")
-
-
-class ExecResult(_Model):
-    pid: int
-    exit_code: int | None
-    signal: int | None
-    stdout: bytes
-    stderr: bytes
-    stdout_truncated: bool = False
-    stderr_truncated: bool = False
 
 
 class TransferResult(_Model):
@@ -215,66 +210,6 @@ def sync_time(channel: AgentChannel) -> GuestTime:
 
 
 # ------------------------------------------------------------------ exec
-def exec_start(channel: AgentChannel, argv: Sequence[str], *, stdin: bytes | None = None,
-               env: Sequence[str] | None = None) -> int:
-    """Start ``argv`` in the guest with output capture; return the guest pid."""
-    if not argv:
-        raise ValidationError("no command given to run in the guest")
-    args: dict[str, Any] = {"path": argv[0], "arg": list(argv[1:]), "capture-output": True}
-    if stdin:
-        args["input-data"] = base64.b64encode(stdin).decode()
-    if env:
-        args["env"] = list(env)
-    try:
-        return int(channel.execute("guest-exec", args)["pid"])
-    except AgentCommandDisabledError:
-        raise
-    except GuestCommandError as err:
-        raise GuestCommandError(
-            f"cannot run '{argv[0]}' in the guest of {channel.target}: {_desc(err)}") from err
-
-
-def exec_status(channel: AgentChannel, pid: int) -> ExecResult | None:
-    """The result of a finished process (reaping it), or None while it runs."""
-    status = channel.execute("guest-exec-status", {"pid": pid})
-    if not status.get("exited"):
-        return None
-    return ExecResult(
-        pid=pid, exit_code=status.get("exitcode"), signal=status.get("signal"),
-        stdout=base64.b64decode(status.get("out-data", "")),
-        stderr=base64.b64decode(status.get("err-data", "")),
-        stdout_truncated=bool(status.get("out-truncated", False)),
-        stderr_truncated=bool(status.get("err-truncated", False)),
-    )
-
-
-def exec(channel: AgentChannel, argv: Sequence[str], *, stdin: bytes | None = None,
-         timeout: float = 60.0, env: Sequence[str] | None = None) -> ExecResult:
-    """Run ``argv`` in the guest and wait for it (polling with a backoff)."""
-    pid = exec_start(channel, argv, stdin=stdin, env=env)
-    deadline = time.monotonic() + timeout
-    delay = EXEC_POLL_FIRST
-    while True:
-        try:
-            result = exec_status(channel, pid)
-        except AgentTimeoutError as err:
-            raise AgentTimeoutError(
-                f"guest agent of {channel.target} stopped answering while '{argv[0]}' "
-                f"(pid {pid}) ran", hint=f"the process may still run in the guest (pid {pid})",
-            ) from err
-        if result is not None:
-            return result
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise OperationTimeoutError(
-                f"'{' '.join(argv)}' (guest pid {pid}) did not finish within {timeout:g}s "
-                f"in the guest of {channel.target}",
-                hint=f"it may still be running; stop it with 'kill {pid}' in the guest",
-            )
-        time.sleep(min(delay, remaining))
-        delay = min(delay * 1.5, EXEC_POLL_MAX)
-
-
 def _run(channel: AgentChannel, argv: Sequence[str], what: str, *, timeout: float = 60.0,
          stdin: bytes | None = None) -> str:
     """Run a helper command whose failure is a GuestCommandError naming ``what``."""
@@ -284,11 +219,6 @@ def _run(channel: AgentChannel, argv: Sequence[str], what: str, *, timeout: floa
         reason = detail[-1] if detail else f"exit code {result.exit_code}"
         raise GuestCommandError(f"{what} failed in the guest of {channel.target}: {reason}")
     return result.stdout.decode(errors="replace")
-
-
-def _desc(err: KvmopsError) -> str:
-    text = err.message
-    return text.split("': ", 1)[1] if "': " in text else text
 
 
 # ------------------------------------------------------------------ files
@@ -760,7 +690,7 @@ def set_password(channel: AgentChannel, user: str, password: str, *,
         raise
     except GuestCommandError as err:
         raise GuestCommandError(f"cannot set the password of '{user}' in the guest of "
-                                f"{channel.target}: {_desc(err)}") from err
+                                f"{channel.target}: {error_detail(err)}") from err
 
 
 # ------------------------------------------------------------------ file systems, power

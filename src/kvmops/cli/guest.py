@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -14,8 +15,11 @@ from kvmops.cli.common import JsonOption, UriOption
 from kvmops.cli.output import byte_progress, info, print_fields, print_json, print_table, warn
 from kvmops.errors import StorageError, ValidationError
 from kvmops.services.caller import Caller
-from kvmops.services.guest import Guest, Progress, TransferResult, open_guest
+from kvmops.services.guest import Guest, Progress, open_guest
 from kvmops.sizes import format_size
+
+if TYPE_CHECKING:
+    from kvmops.services.guest import TransferResult
 
 app = typer.Typer(help="Talk to the guest agent (qemu-ga) inside a VM.", no_args_is_help=True)
 ssh_app = typer.Typer(help="Manage a guest user's SSH authorized keys.", no_args_is_help=True)

@@ -12,6 +12,7 @@ and shell completion list them without importing any of them.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 import sys
@@ -55,20 +56,39 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def load_command(name: str) -> Any:
+def load_command(name: str, only: str | None = None) -> Any:
     """Import the module behind ``name`` and build its click command (a group or one
-    command), exactly as ``add_typer``/``command`` would have at start-up."""
+    command), exactly as ``add_typer``/``command`` would have at start-up.
+
+    ``only``: the sub-command about to run; a group is then built with just that one
+    (building a group's every command is most of the time Typer takes), unless it has
+    no sub-command of that name (the full group then says so, with suggestions)."""
     module_name, attr = COMMANDS[name][0].split(":")
     obj = getattr(importlib.import_module(module_name), attr)
     holder = typer.Typer()
     if isinstance(obj, typer.Typer):
-        holder.add_typer(obj, name=name)
+        holder.add_typer(_only(obj, only) if only else obj, name=name)
     else:
         obj(holder)
     command = typer.main.get_group(holder).commands[name]
     if _CLICK_SUGGESTS:
         _no_second_suggestion(command)
     return command
+
+
+def _only(group: typer.Typer, name: str) -> typer.Typer:
+    """``group`` with only its sub-command (or sub-group) ``name``; ``group`` itself when
+    it has none of that name."""
+    commands = [c for c in group.registered_commands
+                if (c.name or (c.callback and typer.main.get_command_name(c.callback.__name__)))
+                == name]
+    groups = [g for g in group.registered_groups if g.name == name]
+    if not commands and not groups:
+        return group
+    trimmed = copy.copy(group)
+    trimmed.registered_commands = commands
+    trimmed.registered_groups = groups
+    return trimmed
 
 
 # Click 8.4+ names close matches of an unknown sub-command itself (NoSuchCommand); Typer's
@@ -89,6 +109,7 @@ class LazyGroup(typer.core.TyperGroup):
     Listing them (help, completion) uses stand-ins that carry only the help line."""
 
     _listing = False
+    _next: str | None = None  # the word after the command being resolved, to run it
 
     def list_commands(self, ctx: Any) -> list[str]:
         return [*COMMANDS, *(n for n in self.commands if n not in COMMANDS)]
@@ -98,6 +119,8 @@ class LazyGroup(typer.core.TyperGroup):
             return self.commands.get(cmd_name)
         if self._listing:
             return typer.core.TyperCommand(cmd_name, help=COMMANDS[cmd_name][1])
+        if self._next is not None:  # about to run: built with only that sub-command
+            return load_command(cmd_name, self._next)
         self.commands[cmd_name] = command = load_command(cmd_name)
         return command
 
@@ -115,6 +138,8 @@ class LazyGroup(typer.core.TyperGroup):
         return self._listed(super().shell_complete, ctx, incomplete)
 
     def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if len(args) > 1 and not ctx.resilient_parsing and not args[1].startswith("-"):
+            self._next = args[1]
         try:
             # Click's own lookup (Typer's would suggest from loaded commands only)
             return super(typer.core.TyperGroup, self).resolve_command(ctx, args)
@@ -126,6 +151,8 @@ class LazyGroup(typer.core.TyperGroup):
                     err.message = (message.rstrip(".") + ". Did you mean "  # type: ignore
                                    + ", ".join(repr(m) for m in matches) + "?")
             raise
+        finally:
+            self._next = None
 
 
 def _version(value: bool) -> None:

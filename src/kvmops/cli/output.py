@@ -5,6 +5,8 @@ Every command module uses these so output looks the same everywhere.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import json
 import os
 import sys
@@ -12,8 +14,9 @@ from collections.abc import Iterable, Sequence
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-# Rich loads on first output (and its progress bars only with one): plain
-# ``kvmops guest exec`` and ``--json`` never pay for it (kvmops.cli.main: quick start-up).
+# Rich loads only for messages and progress bars: tables, key/value listings and JSON are
+# plain text, so ``kvmops vm list``/``vm info``/``guest exec`` never pay for it
+# (kvmops.cli.main: quick start-up).
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
@@ -43,14 +46,19 @@ def __getattr__(name: str) -> Any:
 
 
 def _plain(value: Any) -> Any:
-    from pydantic import BaseModel
-
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
+    """JSON-ready: pydantic models by their ``model_dump`` (recognised by the method, so
+    pydantic is never imported here), dataclasses field by field."""
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return _plain(dump(mode="json"))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, enum.Enum):
+        return value.value
     return value
 
 
@@ -60,29 +68,47 @@ def print_json(value: Any) -> None:
     sys.stdout.flush()
 
 
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _columns(text: str) -> int:
+    """Terminal columns of ``text`` (wide East Asian characters take two)."""
+    if text.isascii():
+        return len(text)
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - _columns(text))
+
+
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None
                 ) -> None:
-    from rich.table import Table
-
-    table = Table(title=title, show_edge=False, header_style="bold")
-    for column in columns:
-        # fold: a long value wraps inside its cell, it is never cut off with an ellipsis
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
-    _consoles()[0].print(table)
+    """A plain-text table like virsh's: a header, a rule, one line per row; values are
+    never cut or wrapped (IDs and paths are what users type next), markup is not read."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max([_columns(column), *(_columns(row[i]) for row in cells)])
+              for i, column in enumerate(columns)]
+    lines = [] if title is None else [title]
+    lines.append(" " + "   ".join(_pad(c, w) for c, w in zip(columns, widths, strict=True))
+                 .rstrip())
+    lines.append("-" * (sum(widths) + 3 * (len(widths) - 1) + 2))
+    lines += [" " + "   ".join(_pad(c, w) for c, w in zip(row, widths, strict=True)).rstrip()
+              for row in cells]
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.flush()
 
 
 def print_fields(fields: Iterable[tuple[str, Any]]) -> None:
     """A two-column ``key: value`` listing, like ``virsh dominfo``."""
-    from rich.table import Table
-
-    table = Table(show_header=False, show_edge=False, box=None, pad_edge=False)
-    table.add_column(style="bold", no_wrap=True)
-    table.add_column(overflow="fold")
-    for key, value in fields:
-        table.add_row(f"{key}:", "" if value is None else str(value))
-    _consoles()[0].print(table)
+    items = [(f"{key}:", _cell(value)) for key, value in fields]
+    width = max((_columns(key) for key, _ in items), default=0)
+    sys.stdout.write("".join(f"{_pad(key, width)} {value}".rstrip() + "\n"
+                             for key, value in items))
+    sys.stdout.flush()
 
 
 def info(message: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -19,8 +20,11 @@ from kvmops.cli.output import (
 from kvmops.errors import StateError
 from kvmops.services import vms
 from kvmops.services.caller import Caller
-from kvmops.services.vms import Accelerator, CreateRequest, DiskRequest, VmInfo
+from kvmops.services.vms import Accelerator
 from kvmops.sizes import format_size, parse_memory
+
+if TYPE_CHECKING:
+    from kvmops.services.vms import VmInfo
 
 app = typer.Typer(help="Create, start, stop and inspect VMs.", no_args_is_help=True)
 
@@ -58,6 +62,8 @@ def create_cmd(
     uri: str | None = UriOption,
 ) -> None:
     """Define a new VM (new disks are qcow2 with metadata preallocation)."""
+    from kvmops.services.vms import CreateRequest, DiskRequest
+
     request = CreateRequest(
         name=name, memory=parse_memory(memory), vcpus=vcpus,
         sockets=sockets, cores=cores, threads=threads,

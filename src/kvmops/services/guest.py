@@ -5,30 +5,48 @@ audited with the target it named."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kvmops.agent import guest as ops
+from kvmops.agent import process
 from kvmops.agent.channel import AgentChannel, open_agent
-from kvmops.agent.guest import (
-    AgentInfo,
-    ExecResult,
-    FreezeStatus,
-    FsInfo,
-    GuestTime,
-    GuestUser,
-    Interface,
-    OsInfo,
-    TransferResult,
-    TrimResult,
-    Vcpu,
-)
+from kvmops.lazy import OnFirstUse
 from kvmops.services.audit import run_audited
 from kvmops.services.caller import Caller
 
-Progress = ops.Progress
+if TYPE_CHECKING:
+    from kvmops.agent.guest import (
+        AgentInfo,
+        FreezeStatus,
+        FsInfo,
+        GuestTime,
+        GuestUser,
+        Interface,
+        OsInfo,
+        TransferResult,
+        TrimResult,
+        Vcpu,
+    )
+    from kvmops.agent.process import ExecResult
+
+Progress = Callable[[int, int | None], None]
+"""``progress(done_bytes, total_bytes_or_None)``; raising from it aborts the transfer."""
 __all__ = ["Guest", "Progress", "TransferResult", "open_guest"]
+
+
+if TYPE_CHECKING:
+    from kvmops.agent import guest as ops
+else:
+    # Its results are pydantic models: ``kvmops guest exec`` (kvmops.agent.process)
+    # starts without it.
+    ops = OnFirstUse("kvmops.agent.guest")
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TransferResult":
+        return ops.TransferResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Guest:
@@ -90,15 +108,15 @@ class Guest:
         return ops.read_bytes(self.channel, *args, **kwargs)
 
     def exec_status(self, *args: Any, **kwargs: Any) -> ExecResult | None:
-        return ops.exec_status(self.channel, *args, **kwargs)
+        return process.exec_status(self.channel, *args, **kwargs)
 
     # changes -----------------------------------------------------------------------
     def exec(self, *args: Any, **kwargs: Any) -> ExecResult:
-        result: ExecResult = self._change("guest.exec", ops.exec, *args, **kwargs)
+        result: ExecResult = self._change("guest.exec", process.exec, *args, **kwargs)
         return result
 
     def exec_start(self, *args: Any, **kwargs: Any) -> int:
-        result: int = self._change("guest.exec", ops.exec_start, *args, **kwargs)
+        result: int = self._change("guest.exec", process.exec_start, *args, **kwargs)
         return result
 
     def push(self, *args: Any, **kwargs: Any) -> TransferResult:

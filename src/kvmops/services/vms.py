@@ -6,31 +6,46 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-
-from pydantic import BaseModel
+from typing import TYPE_CHECKING, Any
+from xml.parsers import expat
 
 from kvmops.errors import NotFoundError, StateError, ValidationError
 from kvmops.host.accel import Accelerator
 from kvmops.host.connection import Host
 from kvmops.host.stats import DomainFigures, all_domain_figures
+from kvmops.lazy import OnFirstUse
 from kvmops.paths import policy
+from kvmops.records import Record
 from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
 from kvmops.services.jobs import track
 from kvmops.sizes import format_size
-from kvmops.vm import lifecycle
-from kvmops.vm.domxml import DomainSpec, validate_name
-from kvmops.vm.lifecycle import (
-    CreateRequest,
-    DiskRequest,
-    ShutdownMode,
-    UndefineResult,
-    VmInfo,
-)
+
+if TYPE_CHECKING:
+    from kvmops.vm import lifecycle
+    from kvmops.vm.lifecycle import (
+        CreateRequest,
+        DiskRequest,
+        ShutdownMode,
+        UndefineResult,
+        VmInfo,
+    )
+else:
+    # The life cycle (and the domain XML it parses, lxml) loads on first use: the VM
+    # list needs neither (quick ``kvmops vm list``).
+    lifecycle = OnFirstUse("kvmops.vm.lifecycle")
 
 __all__ = ["Accelerator", "CreateRequest", "DiskRequest", "ShutdownMode", "UndefineResult",
            "VmInfo"]  # the faces' models
+_MODELS = frozenset(__all__) - {"Accelerator"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODELS:
+        return getattr(lifecycle, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _file(caller: Caller, path: Path | None, what: str, vm: str) -> Path | None:
@@ -48,6 +63,8 @@ MIN_MEMORY = 16 * 1024**2
 def check_request(req: CreateRequest) -> None:
     """The checks of a VM's request that need no host: the one place every face's
     request passes (the API's before it queues a job)."""
+    from kvmops.vm.domxml import validate_name  # here: quick kvmops vm list/info
+
     validate_name(req.name)
     if req.memory < MIN_MEMORY:
         raise ValidationError(f"memory {format_size(req.memory)} is too small for VM "
@@ -140,7 +157,8 @@ def undefine(caller: Caller, host: Host, name: str, *, remove_storage: bool = Fa
 
 
 # The VM list ------------------------------------------------------------------------
-class VmListItem(BaseModel):
+@dataclass
+class VmListItem(Record):
     """One VM of ``kvmops vm list`` and ``GET /api/v1/vms``."""
 
     name: str
@@ -153,6 +171,31 @@ class VmListItem(BaseModel):
     accelerator: str
     autostart: bool
     persistent: bool
+
+
+class _RootFound(Exception):
+    pass
+
+
+def domain_type(xml: str) -> str:
+    """The ``type`` of the domain XML's root element (``kvm``, ``qemu`` for TCG): read by
+    expat up to the root's start tag (a quick list parses no whole definition and
+    loads no lxml)."""
+    found: list[str] = []
+
+    def start(name: str, attrs: dict[str, str]) -> None:
+        found.append(attrs.get("type", "qemu") if name == "domain" else "qemu")
+        raise _RootFound
+
+    parser = expat.ParserCreate()
+    parser.StartElementHandler = start
+    try:
+        parser.Parse(xml, True)
+    except _RootFound:
+        pass
+    except expat.ExpatError:
+        return "qemu"
+    return found[0] if found else "qemu"
 
 
 class DomainTypeCache:
@@ -174,7 +217,7 @@ class DomainTypeCache:
         xml = figures.inactive_xml()
         if xml is None:  # vanished meanwhile
             return "unknown"
-        accel = Accelerator.from_domain_type(DomainSpec.from_xml(xml).domain_type).value
+        accel = Accelerator.from_domain_type(domain_type(xml)).value
         with self._lock:
             self._items[figures.uuid] = (accel, now)
         return accel

@@ -6,9 +6,8 @@ import contextlib
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-
-from pydantic import BaseModel, Field
 
 from kvmops.agent.libvirt_transport import agent_command, agent_configured
 from kvmops.errors import (
@@ -25,6 +24,7 @@ from kvmops.host.accel import Accelerator, probe
 from kvmops.host.connection import Host
 from kvmops.host.domain import STATE_NAMES, Domain, ShutdownMode
 from kvmops.paths import policy
+from kvmops.records import Record
 from kvmops.sizes import format_size, parse_size
 from kvmops.vm.domxml import (
     DiskSpec,
@@ -41,7 +41,10 @@ MAX_MEMORY = 16 * 1024**4  # 16 TiB: beyond what QEMU/KVM give an x86 guest in p
 
 
 # ------------------------------------------------------------------ models
-class DiskRequest(BaseModel):
+# Plain records, not pydantic models: ``kvmops vm list``/``vm info`` start without pydantic
+# (kvmops.records); the API validates its own bodies before it builds these.
+@dataclass
+class DiskRequest(Record):
     """One disk of ``vm create``: a new image of ``size``, or an existing ``path``."""
 
     size: int | None = None
@@ -76,14 +79,17 @@ class DiskRequest(BaseModel):
         )
 
 
-class CreateRequest(BaseModel):
+@dataclass
+class CreateRequest(Record):
+    """What ``vm create`` (and ``POST /api/v1/vms``) asks for."""
+
     name: str
-    memory: int = Field(description="bytes")
+    memory: int  # bytes
     vcpus: int = 1
     sockets: int | None = None
     cores: int | None = None
     threads: int | None = None
-    disks: list[DiskRequest] = Field(default_factory=list)
+    disks: list[DiskRequest] = field(default_factory=list)
     kernel: Path | None = None
     initrd: Path | None = None
     cmdline: str | None = None
@@ -98,7 +104,10 @@ class CreateRequest(BaseModel):
     force: bool = False  # create although memory or disk space would be overcommitted
 
 
-class DiskInfo(BaseModel):
+@dataclass
+class DiskInfo(Record):
+    """One disk of a VM as ``vm info`` shows it."""
+
     target: str
     source: str | None
     format: str
@@ -108,7 +117,10 @@ class DiskInfo(BaseModel):
     alias: str | None = None
 
 
-class NicInfo(BaseModel):
+@dataclass
+class NicInfo(Record):
+    """One network interface of a VM as ``vm info`` shows it."""
+
     type: str
     source: str
     model: str
@@ -116,7 +128,10 @@ class NicInfo(BaseModel):
     host_device: str | None = None
 
 
-class VmSummary(BaseModel):
+@dataclass
+class VmSummary(Record):
+    """A VM's name, state and size."""
+
     name: str
     state: str
     vcpus: int
@@ -126,7 +141,10 @@ class VmSummary(BaseModel):
     persistent: bool
 
 
+@dataclass
 class VmInfo(VmSummary):
+    """Everything ``vm info`` (and ``GET /api/v1/vms/NAME``) tells about a VM."""
+
     uuid: str
     id: int | None
     agent: bool
@@ -499,9 +517,12 @@ def dumpxml(host: Host, name: str, *, inactive: bool = False) -> str:
     return host.lookup(name).xml(inactive=inactive)
 
 
-class UndefineResult(BaseModel):
-    removed: list[str] = Field(default_factory=list)
-    kept: list[dict[str, str]] = Field(default_factory=list)  # path, reason
+@dataclass
+class UndefineResult(Record):
+    """The images ``vm undefine --remove-storage`` removed and the ones it kept."""
+
+    removed: list[str] = field(default_factory=list)
+    kept: list[dict[str, str]] = field(default_factory=list)  # path, reason
 
 
 def undefine(host: Host, name: str, *, remove_storage: bool = False) -> UndefineResult:
