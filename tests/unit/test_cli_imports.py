@@ -114,13 +114,15 @@ def test_plain_table_and_fields_keep_every_value_whole(
     long = "/var/lib/kvmops/images/" + "x" * 150 + ".qcow2"
     print_table(["Name", "Source"], [("web1", long), ("[bold]db", None)])
     print_fields([("Name", "web1"), ("Guest agent", "answering"), ("VNC", None)])
+    print_table(["Check", "Detail"], [("qemu", "old\n→ upgrade it"), ("disk", "ok")])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["Name", "Source"]
     assert set(lines[1]) == {"-"} and len(lines[1]) >= len(lines[2])
     assert lines[2].split() == ["web1", long]  # never folded or cut
     assert lines[3].split() == ["[bold]db"]  # markup is text
     assert lines[2].index(long) == lines[0].index("Source")  # columns line up
-    assert lines[4:] == ["Name:        web1", "Guest agent: answering", "VNC:"]
+    assert lines[4:7] == ["Name:        web1", "Guest agent: answering", "VNC:"]
+    assert lines[9:] == [" qemu    old", "         → upgrade it", " disk    ok"]
 
 
 def test_records_dump_as_the_pydantic_models_did() -> None:

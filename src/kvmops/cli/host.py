@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typer
-from rich.markup import escape
 
 from kvmops.cli.common import JsonOption, UriOption, connect
 from kvmops.cli.output import info, print_fields, print_json, print_table
@@ -39,8 +38,7 @@ def info_cmd(
     ])
 
 
-_MARKS = {Status.OK: "[green]ok[/green]", Status.WARN: "[yellow]warn[/yellow]",
-          Status.FAIL: "[red]FAIL[/red]"}
+_MARKS = {Status.OK: "ok", Status.WARN: "warn", Status.FAIL: "FAIL"}
 
 
 @app.command("doctor")
@@ -51,7 +49,7 @@ def doctor_cmd(json_out: bool = JsonOption, uri: str | None = UriOption) -> None
         print_json(report)
     else:
         rows = [[_MARKS[c.status], c.name,
-                 escape(c.detail) + (f"\n[dim]→ {escape(c.hint)}[/dim]" if c.hint else "")]
+                 c.detail + (f"\n→ {c.hint}" if c.hint else "")]
                 for c in report.checks]
         print_table(["", "Check", "Detail"], rows)
         info(f"{len(report.checks)} checks: {report.failed} failed, "

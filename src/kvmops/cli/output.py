@@ -87,17 +87,21 @@ def _pad(text: str, width: int) -> str:
 
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None
                 ) -> None:
-    """A plain-text table like virsh's: a header, a rule, one line per row; values are
-    never cut or wrapped (IDs and paths are what users type next), markup is not read."""
-    cells = [[_cell(v) for v in row] for row in rows]
-    widths = [max([_columns(column), *(_columns(row[i]) for row in cells)])
+    """A plain-text table like virsh's: a header, a rule, the rows (a value with line
+    breaks takes more lines); values are never cut or wrapped (IDs and paths are what
+    users type next), markup is not read."""
+    cells = [[_cell(v).split("\n") for v in row] for row in rows]
+    widths = [max([_columns(column), *(_columns(line) for row in cells for line in row[i])])
               for i, column in enumerate(columns)]
+
+    def line(values: Sequence[str]) -> str:
+        return " " + "   ".join(_pad(v, w) for v, w in zip(values, widths, strict=True)).rstrip()
+
     lines = [] if title is None else [title]
-    lines.append(" " + "   ".join(_pad(c, w) for c, w in zip(columns, widths, strict=True))
-                 .rstrip())
-    lines.append("-" * (sum(widths) + 3 * (len(widths) - 1) + 2))
-    lines += [" " + "   ".join(_pad(c, w) for c, w in zip(row, widths, strict=True)).rstrip()
-              for row in cells]
+    lines += [line(columns), "-" * (sum(widths) + 3 * (len(widths) - 1) + 2)]
+    for row in cells:
+        for n in range(max((len(c) for c in row), default=1)):
+            lines.append(line([c[n] if n < len(c) else "" for c in row]))
     sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()
 
