@@ -99,13 +99,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         images,
         jobs,
         monitor,
+        networks,
         system,
         vm_config,
         vms,
     )
 
     api = APIRouter(prefix=API_PREFIX)
-    for module in (system, vms, vm_config, guest, monitor, backups, jobs, images):
+    for module in (system, vms, vm_config, guest, monitor, backups, jobs, images, networks):
         api.include_router(module.router)
     for extra, router_module in (("kvmops.vm.disks", "kvmops.api.routes.disks"),
                                  ("kvmops.snapshot", "kvmops.api.routes.snapshots")):
