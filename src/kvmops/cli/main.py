@@ -4,8 +4,9 @@ Expected failures are ``KvmopsError``: printed as one line on stderr with the
 error's exit code. Anything else is a bug and keeps its traceback only with
 ``KVMOPS_DEBUG=1``.
 
-Start-up is kept as quick as ``virsh``'s: the command modules (and what they import:
-pydantic, lxml, rich, the API, the database) load only when their command runs.
+Start-up is kept near ``virsh``'s (bench/cli_startup.py): the command modules (and what
+they import: pydantic, lxml, rich, the API, the database) load only when their command
+runs, and a group is built with only the sub-command that runs.
 :data:`COMMANDS` names every sub-command with its one-line help, so ``kvmops --help``
 and shell completion list them without importing any of them.
 """
@@ -16,7 +17,6 @@ import copy
 import importlib
 import os
 import sys
-from difflib import get_close_matches
 from typing import Any
 
 import click.exceptions
@@ -146,6 +146,8 @@ class LazyGroup(typer.core.TyperGroup):
         except Exception as err:
             message = getattr(err, "message", None)
             if isinstance(message, str) and args:
+                from difflib import get_close_matches
+
                 matches = get_close_matches(args[0], self.list_commands(ctx))
                 if matches:
                     err.message = (message.rstrip(".") + ". Did you mean "  # type: ignore
