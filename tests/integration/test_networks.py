@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -189,3 +190,42 @@ def test_unknown_network_is_not_found() -> None:
     name = f"{SESSION_PREFIX}nosuchnet"
     for command in ("info", "start", "stop", "delete", "leases"):
         assert_one_line_error(run_cli("net", command, name), 3, f"network '{name}' not found")
+
+
+@pytest.fixture
+def test_bridge() -> Iterator[str]:
+    """A Linux bridge with no ports (it carries nothing off the machine), removed after."""
+    name = f"kvt{os.getpid() % 0xFFFFFF:x}b"
+    subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True, timeout=30)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "link", "del", name], check=False, timeout=30)
+
+
+def test_host_bridge_and_ovs_networks(net_name: Callable[[str], str], test_bridge: str,
+                                      host: Host, tmp_path: Path) -> None:
+    name = net_name("br")
+    created = run_cli("net", "create", name, "--mode", "bridge", "--bridge", test_bridge,
+                      "--autostart", "--json")
+    assert created.code == 0, created.stderr
+    info = json.loads(created.stdout)
+    assert (info["mode"], info["bridge"], info["active"], info["autostart"]) == (
+        "bridge", test_bridge, True, True)
+    assert info["ipv4"] is None and info["ipv6"] is None  # the bridge's LAN owns those
+    _validate(host_networks.live_xml(host, name), tmp_path)
+    assert run_cli("net", "autostart", name, "--disable").code == 0
+    info = _json("net", "info", name, "--json")
+    assert isinstance(info, dict) and info["autostart"] is False
+
+    ovs = net_name("ovs")
+    defined = run_cli("net", "create", ovs, "--mode", "ovs", "--bridge", "kvtovs0",
+                      "--no-start", "--json")
+    assert defined.code == 0, defined.stderr
+    info = json.loads(defined.stdout)
+    assert (info["mode"], info["bridge"], info["active"]) == ("ovs", "kvtovs0", False)
+    xml = host_networks.live_xml(host, ovs)
+    assert "openvswitch" in xml
+    _validate(xml, tmp_path)
+    for each in (name, ovs):
+        assert run_cli("net", "delete", each).code == 0

@@ -78,6 +78,8 @@ def test_route_bridge_and_ovs_modes() -> None:
     (dict(dhcp="192.168.251.10"), ["not a range START-END"]),
     (dict(ipv4="192.168.251.0/24"), ["192.168.251.0/24", "network address"]),
     (dict(ipv4="192.168.251.1"), ["no prefix length"]),
+    (dict(ipv4="10.1.2.3/4", dhcp=None), ["10.1.2.3/4", "/8 to /30"]),
+    (dict(ipv4="192.168.251.1/31", dhcp=None), ["no room for guests"]),
     (dict(ipv4="fd00::1/64"), ["not an IPv4"]),
     (dict(ipv6="fd00:251::1/56"), ["SLAAC needs a /64", "/56"]),
     (dict(ipv6="fe80::1/64"), ["fe80::1/64"]),

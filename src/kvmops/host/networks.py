@@ -3,6 +3,8 @@ list with state, XML, DHCP leases. Errors translated in :mod:`kvmops.host.errors
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,6 +137,20 @@ def leases(host: Host, name: str) -> list[Lease]:
             hostname=item.get("hostname") or None, client_id=item.get("clientid") or None,
             expires=int(item.get("expirytime") or 0)))
     return sorted(found, key=lambda lease: (lease.family, lease.ip))
+
+
+def ovs_bridge_exists(name: str) -> bool | None:
+    """Does Open vSwitch have bridge ``name``? None when it cannot say (no ``ovs-vsctl``,
+    or its database does not answer)."""
+    tool = shutil.which("ovs-vsctl")
+    if tool is None:
+        return None
+    try:
+        result = subprocess.run([tool, "--timeout=5", "br-exists", name], capture_output=True,
+                                text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return {0: True, 2: False}.get(result.returncode)
 
 
 def is_host_bridge(name: str, sysfs: Path = Path("/sys/class/net")) -> bool:

@@ -207,6 +207,9 @@ class NetworkSpec:
         if net.prefixlen > 30:
             raise ValidationError(f"--ipv4 {self.ipv4}: a /{net.prefixlen} leaves no room "
                                   "for guests", hint="use a prefix of /30 or shorter, e.g. /24")
+        if net.prefixlen < 8:
+            raise ValidationError(f"--ipv4 {self.ipv4}: a /{net.prefixlen} would cover much "
+                                  "of the Internet", hint="use a prefix of /8 to /30, e.g. /24")
         if iface.ip in (net.network_address, net.broadcast_address):
             raise ValidationError(f"--ipv4 {self.ipv4} is the subnet's "
                                   f"{'network' if iface.ip == net.network_address else 'broadcast'}"

@@ -82,7 +82,9 @@ def info(caller: Caller, host: Host, name: str) -> NetworkInfo:
 def create(caller: Caller, host: Host, spec: NetworkSpec, *, start: bool = True
            ) -> NetworkInfo:
     """Define ``spec`` as a persistent network, set its autostart, and start it (unless
-    ``start`` is False). A failed start leaves nothing behind."""
+    ``start`` is False). A failed start leaves nothing behind. A ``bridge`` network's
+    Linux bridge must exist, and an ``ovs`` network's bridge when ``ovs-vsctl`` can
+    tell."""
     if host_networks.exists(host, spec.name):
         raise AlreadyExistsError(f"network '{spec.name}' already exists",
                                  hint="choose another name, or delete it first "
@@ -94,6 +96,11 @@ def create(caller: Caller, host: Host, spec: NetworkSpec, *, start: bool = True
                             hint="name an existing Linux bridge (see 'ip -br link show "
                                  "type bridge'), or use --mode nat|route|isolated for a "
                                  "bridge libvirt creates")
+    if spec.mode == "ovs" and spec.bridge and host_networks.ovs_bridge_exists(spec.bridge) is False:
+        raise NotFoundError(f"Open vSwitch bridge '{spec.bridge}' does not exist (network "
+                            f"'{spec.name}')",
+                            hint=f"create it first ('ovs-vsctl add-br {spec.bridge}') or name "
+                                 "an existing one ('ovs-vsctl list-br')")
     host_networks.define(host, spec.to_xml())
     try:
         if spec.autostart:
