@@ -4,13 +4,15 @@ deletes; bad input is a 422 naming the value; the changes are in the audit log."
 from __future__ import annotations
 
 import contextlib
+import os
+import pwd
 from collections.abc import Iterator
 
 import pytest
 
 from kvmops.host import networks as host_networks
 from kvmops.host.connection import Host
-from tests.conftest import SESSION_PREFIX
+from tests.conftest import SESSION_PREFIX, run_cli
 from tests.integration.api_server import ApiServer
 
 NAME = f"{SESSION_PREFIX}apinet"
@@ -87,3 +89,23 @@ def test_bad_network_is_refused_naming_the_value(api: ApiServer, network_name: s
         assert response.status_code in (422, 501), response.text
         assert fragment in response.text
         assert operator.get(f"/networks/{network_name}").status_code == 404
+
+
+def test_cli_changes_are_audited_with_the_os_user(api: ApiServer, network_name: str) -> None:
+    """``kvmops net`` commands write their audit rows (via cli) to the state database the
+    server reads; a refused command is a row with its exit code."""
+    env = {"KVMOPS_DB": api.db}
+    created = run_cli("net", "create", network_name, "--ipv4", "192.168.248.1/24", env=env)
+    assert created.code == 0, created.stderr
+    refused = run_cli("net", "create", network_name, "--ipv4", "192.168.240.1/24", env=env)
+    assert refused.code == 4, refused.stderr
+    deleted = run_cli("net", "delete", network_name, env=env)
+    assert deleted.code == 0, deleted.stderr
+    with api.client("admin") as admin:
+        rows = admin.get("/audit", params={"limit": 1000}).json()
+    mine = [(r["user"], r["action"], r["status_code"], r["result"])
+            for r in rows if r["via"] == "cli" and r["target"] == network_name]
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    assert sorted(mine) == sorted([(user, "net.create", 0, "ok"),
+                                   (user, "net.create", 4, "failed"),
+                                   (user, "net.delete", 0, "ok")]), mine
