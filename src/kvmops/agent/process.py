@@ -23,7 +23,9 @@ from kvmops.errors import (
 )
 from kvmops.records import Record
 
-EXEC_POLL_FIRST = 0.02
+# A short command (most of what ``guest exec`` runs) has exited by the second or third
+# poll; a long one costs a few more polls before the back-off reaches its maximum.
+EXEC_POLL_FIRST = 0.005
 EXEC_POLL_MAX = 0.5
 
 __all__ = ["EXEC_POLL_FIRST", "EXEC_POLL_MAX", "ExecResult", "error_detail", "exec",
