@@ -163,3 +163,29 @@ def test_image_convert_job_with_events(api: ApiServer, images_dir: Path) -> None
     assert done.wait(60)
     reader.join(10)
     assert [e["state"] for e in events if e["id"] == job_id and "state" in e][-1] == "succeeded"
+
+
+def test_web_admin_pages_read_users_audit_and_jobs(api: ApiServer) -> None:
+    """The web UI's users, audit and jobs pages (rendered on the server from the same
+    database as the API) for an admin's log-in session; a viewer's session gets 403."""
+    with api.client("admin") as admin:
+        created = admin.post("/users", json={"name": "pages-admin", "role": "admin",
+                                             "password": "password-pages"})
+        assert created.status_code == 201, created.text
+    with httpx.Client(base_url=api.url) as browser:
+        login = browser.post("/api/v1/login", json={"username": "pages-admin",
+                                                    "password": "password-pages"})
+        assert login.status_code == 200, login.text
+        users = browser.get("/users")
+        assert users.status_code == 200, users.text
+        for name in ("admin", "op", "view", "pages-admin"):
+            assert f'data-user="{name}"' in users.text
+        audit = browser.get("/audit", params={"who": "admin"})
+        assert audit.status_code == 200 and "add_user" in audit.text
+        assert browser.get("/jobs").status_code == 200
+    with httpx.Client(base_url=api.url) as browser:
+        login = browser.post("/api/v1/login", json={"username": "view",
+                                                    "password": "password-view"})
+        assert login.status_code == 200, login.text
+        assert browser.get("/users").status_code == 403
+        assert browser.get("/audit").status_code == 403
