@@ -75,11 +75,10 @@ def test_vm_list_path_loads_no_api_web_backup_or_store() -> None:
 
 # The three commands measured against virsh (bench/cli_startup.py) run against libvirt's
 # built-in test driver (no daemon, one domain named "test"); what they imported is read
-# from sys.modules afterwards. Pydantic (Typer >= 0.25 pulls it in for every option
-# value: typer._adapters/_coercion), Rich and, for the list, lxml and the life cycle
-# module are what made them slow.
-SLOW_FOR_ALL = ("pydantic", "rich", "typer._adapters", "typer._coercion", "kvmops.agent.guest",
-                *HEAVY)
+# from sys.modules afterwards. In their plain forms they run without Typer and Click
+# (kvmops.cli.quick); pydantic, Rich and, for the list, lxml and the life cycle module
+# are what made them slow.
+SLOW_FOR_ALL = ("pydantic", "rich", "typer", "click", "kvmops.agent.guest", *HEAVY)
 QUICK_PATHS = [
     (["vm", "list"], 0, ("lxml", "kvmops.vm.lifecycle", "kvmops.vm.domxml")),
     (["vm", "list", "--json"], 0, ("lxml", "kvmops.vm.lifecycle", "kvmops.vm.domxml")),
@@ -156,3 +155,39 @@ def test_vm_list_reads_the_accelerator_from_the_root_element(xml: str, expected:
     from kvmops.services.vms import domain_type
 
     assert domain_type(xml) == expected
+
+
+@pytest.mark.parametrize("args", [
+    ["vm", "list", "--help"], ["vm", "list", "extra"], ["vm", "list", "--connect"],
+    ["vm", "list", "-x"], ["vm", "info"], ["vm", "info", "a", "b"], ["vm", "info", "--json"],
+    ["vm", "start", "a"], ["guest", "exec", "a", "/bin/true"], ["guest", "exec", "a", "--"],
+    ["guest", "exec", "--", "/bin/true"], ["guest", "exec", "a", "--stdin", "-", "--", "x"],
+    ["guest", "exec", "a", "--timeout", "soon", "--", "x"], ["--version"], ["vm"],
+])
+def test_other_command_lines_go_to_typer(args: list[str]) -> None:
+    from kvmops.cli.quick import quick_command
+
+    assert quick_command(args) is None
+
+
+def test_quick_forms_parse_as_typer_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvmops.cli import quick
+
+    calls: list[tuple[object, ...]] = []
+    monkeypatch.setattr(quick, "vm_list", lambda *a: calls.append(("list", *a)))
+    monkeypatch.setattr(quick, "vm_info", lambda *a: calls.append(("info", *a)))
+    monkeypatch.setattr(quick, "guest_exec",
+                        lambda args, **kw: calls.append(("exec", args, kw)) or 3)
+    monkeypatch.setenv("KVMOPS_URI", "test:///env")
+    for args in (["vm", "list"], ["vm", "list", "--json", "-c", "test:///x"],
+                 ["vm", "info", "--connect=test:///y", "web1", "--json"],
+                 ["guest", "exec", "web1", "--timeout", "5", "--", "ls", "--timeout", "-l"]):
+        command = quick.quick_command(args)
+        assert command is not None, args
+        assert command() == (3 if args[0] == "guest" else 0)
+    assert calls == [
+        ("list", False, "test:///env"), ("list", True, "test:///x"),
+        ("info", "web1", True, "test:///y"),
+        ("exec", ["web1", "ls", "--timeout", "-l"],
+         {"timeout": 5.0, "stdin": None, "socket": None, "tcp": None, "uri": "test:///env"}),
+    ]

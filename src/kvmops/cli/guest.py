@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from kvmops.cli import quick
 from kvmops.cli.common import JsonOption, UriOption
 from kvmops.cli.output import byte_progress, info, print_fields, print_json, print_table, warn
 from kvmops.errors import StorageError, ValidationError
@@ -210,30 +211,8 @@ def exec_cmd(args: list[str] = typer.Argument(..., metavar="[VM] -- CMD [ARGS]..
              socket: str | None = SocketOption, tcp: str | None = TcpOption,
              uri: str | None = UriOption) -> None:
     """Run a command in the guest: its stdout, stderr and exit code become ours."""
-    if socket or tcp:
-        vm, argv = None, args
-    else:
-        vm, argv = args[0], args[1:]
-    if not argv:
-        raise ValidationError("no command given", hint="use: kvmops guest exec VM -- CMD [ARGS]...")
-    data: bytes | None = None
-    if stdin is not None:
-        try:
-            data = sys.stdin.buffer.read() if str(stdin) == "-" else stdin.read_bytes()
-        except OSError as err:
-            raise StorageError(f"cannot read --stdin file '{stdin}': {err.strerror}") from err
-    with _agent(vm, socket, tcp, uri) as ch:
-        result = ch.exec(argv, stdin=data, timeout=timeout)
-    sys.stdout.buffer.write(result.stdout)
-    sys.stdout.flush()
-    sys.stderr.buffer.write(result.stderr)
-    sys.stderr.flush()
-    for stream, cut in (("stdout", result.stdout_truncated), ("stderr", result.stderr_truncated)):
-        if cut:
-            warn(f"the command's {stream} was truncated by the guest agent (its capture limit)")
-    if result.signal is not None and result.exit_code is None:
-        raise typer.Exit(128 + result.signal)
-    raise typer.Exit(result.exit_code or 0)
+    raise typer.Exit(quick.guest_exec(args, timeout=timeout, stdin=stdin, socket=socket,
+                                      tcp=tcp, uri=uri))
 
 
 def _transfer(what: str, run: Callable[[Progress], TransferResult]

@@ -3,28 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 
-from kvmops.cli import vmconfig, vmdisk
+from kvmops.cli import quick, vmconfig, vmdisk
 from kvmops.cli.common import JsonOption, UriOption, connect
 from kvmops.cli.output import (
     info,
     percent_progress,
-    print_fields,
     print_json,
-    print_table,
     warn,
 )
 from kvmops.errors import StateError
 from kvmops.services import vms
 from kvmops.services.caller import Caller
 from kvmops.services.vms import Accelerator
-from kvmops.sizes import format_size, parse_memory
-
-if TYPE_CHECKING:
-    from kvmops.services.vms import VmInfo
+from kvmops.sizes import parse_memory
 
 app = typer.Typer(help="Create, start, stop and inspect VMs.", no_args_is_help=True)
 
@@ -83,49 +77,14 @@ def create_cmd(
 @app.command("list")
 def list_cmd(json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
     """All defined VMs with state, vCPUs, memory, accelerator and autostart."""
-    with connect(uri) as host:
-        found = vms.list_vms(Caller.local(), host)
-    if json_out:
-        print_json(found)
-        return
-    print_table(["Name", "State", "vCPUs", "Memory", "Accel", "Autostart"],
-                [(vm.name, vm.state, vm.vcpus, format_size(vm.memory), vm.accelerator,
-                  "yes" if vm.autostart else "no") for vm in found])
-
-
-def _print_info(vm: VmInfo) -> None:
-    print_fields([
-        ("Name", vm.name), ("UUID", vm.uuid), ("State", vm.state),
-        ("vCPUs", vm.vcpus if not vm.topology else
-         f"{vm.vcpus} ({vm.topology['sockets']} sockets x {vm.topology['cores']} cores x "
-         f"{vm.topology['threads']} threads)"),
-        ("Memory", format_size(vm.memory)), ("Accelerator", vm.accelerator),
-        ("Guest agent", "answering" if vm.agent else
-         ("configured, not answering" if vm.agent_configured else "not configured")),
-        ("Autostart", "yes" if vm.autostart else "no"),
-        ("Managed save", "yes" if vm.managed_save else "no"),
-        ("Kernel", vm.kernel), ("VNC", vm.vnc),
-        ("Tainted", ", ".join(vm.tainted) + " (expected after guest exec/agent commands)"
-         if vm.tainted else None),
-    ])
-    if vm.disks:
-        print_table(["Target", "Device", "Format", "Bus", "Source"],
-                    [(d.target, d.device, d.format, d.bus, d.source) for d in vm.disks])
-    if vm.nics:
-        print_table(["Type", "Source", "Model", "MAC"],
-                    [(n.type, n.source, n.model, n.mac) for n in vm.nics])
+    quick.vm_list(json_out, uri)
 
 
 @app.command("info")
 def info_cmd(name: str = NameArg, json_out: bool = JsonOption,
              uri: str | None = UriOption) -> None:
     """State, accelerator, guest agent, disks and NICs of one VM."""
-    with connect(uri) as host:
-        vm = vms.info(Caller.local(), host, name)
-    if json_out:
-        print_json(vm)
-    else:
-        _print_info(vm)
+    quick.vm_info(name, json_out, uri)
 
 
 @app.command("start")
