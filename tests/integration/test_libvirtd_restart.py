@@ -27,6 +27,9 @@ from tests.integration.test_backup_libvirt import (
     _wait_partial,
 )
 
+# libvirtd restarts under every other test of the host: make test runs these alone.
+pytestmark = pytest.mark.serial
+
 
 def restart_libvirtd(host: Host) -> None:
     """Stop libvirtd, start it again, and reconnect the session's connection."""
