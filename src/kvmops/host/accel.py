@@ -15,10 +15,6 @@ from __future__ import annotations
 import enum
 import json
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -66,6 +62,9 @@ def probe_kernel() -> Path | None:
 
 
 def _cache_key(kernel: Path | None) -> str:
+    import platform  # here (and shutil, subprocess, tempfile below): quick vm list/info
+    import shutil
+
     parts = [platform.release()]
     for path in (shutil.which(QEMU_BINARY), kernel):
         if path and os.path.exists(path):
@@ -81,6 +80,10 @@ def _cache_path() -> Path:
 def run_probe(kernel: Path, accel: str = "kvm", timeout: float = PROBE_TIMEOUT_S
               ) -> tuple[bool, str]:
     """Boot ``kernel`` under ``accel`` until it panics; return (worked, reason)."""
+    import shutil
+    import subprocess
+    import tempfile
+
     qemu = shutil.which(QEMU_BINARY)
     if not qemu:
         return False, f"{QEMU_BINARY} not found"

@@ -20,7 +20,6 @@ from kvmops.paths import policy
 from kvmops.records import Record
 from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
-from kvmops.services.jobs import track
 from kvmops.sizes import format_size
 
 if TYPE_CHECKING:
@@ -137,6 +136,8 @@ def check_clone(caller: Caller, images_dir: Path | None) -> Path:
 def clone(caller: Caller, host: Host, source: str, new_name: str, *,
           images_dir: Path | None = None,
           progress: Callable[[str, float], None] | None = None) -> VmInfo:
+    from kvmops.services.jobs import track  # here: quick kvmops vm list/info (uuid, platform)
+
     directory = check_clone(caller, images_dir)
     with track(caller, "vm.clone", source) as job:
         def report(label: str, pct: float) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -302,6 +301,8 @@ def create(host: Host, req: CreateRequest,
            progress: Callable[[str], None] | None = None,
            note: Callable[[str], None] | None = None) -> VmInfo:
     """Define a new VM; create its new disks; optionally start it."""
+    import shutil  # here: quick kvmops vm info
+
     validate_name(req.name)
     if host.has_domain(req.name):
         raise AlreadyExistsError(f"VM '{req.name}' already exists",
