@@ -1,8 +1,8 @@
 """cli/, api/ and web/ are adapters: they reach VMs, backups, snapshots, guests, monitors and
 images only through kvmops.services, never hold the host boundary's objects (a connection
-comes from kvmops.services.session) and never import libvirt. The server's faces (api/ and
-web/) reach the state database only through kvmops.services too (auth, users, jobs, audit,
-database): none imports kvmops.store."""
+comes from kvmops.services.session) and never import libvirt. Every face reaches the state
+database only through kvmops.services too (auth, users, jobs, audit, database): none
+imports kvmops.store."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "kvmops"
 DOMAIN = ("kvmops.vm", "kvmops.backup", "kvmops.snapshot", "kvmops.agent", "kvmops.monitor",
           "kvmops.images", "kvmops.host", "libvirt", "libvirt_qemu")
 STORE = ("kvmops.store",)
-SERVER_FACES = sorted([*SRC.glob("api/**/*.py"), *SRC.glob("web/**/*.py")])
+FACES = sorted([*SRC.glob("cli/*.py"), *SRC.glob("api/**/*.py"), *SRC.glob("web/**/*.py")])
 
 
 def _imports(path: Path) -> list[str]:
@@ -43,16 +43,17 @@ def test_adapter_imports_no_domain_package(path: Path) -> None:
     assert found == [], f"{path.relative_to(SRC)} imports {found}: call kvmops.services"
 
 
-@pytest.mark.parametrize("path", SERVER_FACES, ids=lambda p: str(p.relative_to(SRC)))
-def test_server_face_reaches_the_database_only_through_services(path: Path) -> None:
+@pytest.mark.parametrize("path", FACES, ids=lambda p: str(p.relative_to(SRC)))
+def test_face_reaches_the_database_only_through_services(path: Path) -> None:
     found = _forbidden(path, STORE)
     assert found == [], (f"{path.relative_to(SRC)} imports {found}: use kvmops.services "
                          "(auth, users, jobs, audit, database)")
 
 
-def test_the_server_faces_are_where_the_check_looks() -> None:
-    names = {str(p.relative_to(SRC)) for p in SERVER_FACES}
-    assert {"api/deps.py", "api/routes/system.py", "web/pages.py", "web/auth.py"} <= names
+def test_the_faces_are_where_the_check_looks() -> None:
+    names = {str(p.relative_to(SRC)) for p in FACES}
+    assert {"api/deps.py", "api/routes/system.py", "web/pages.py", "web/auth.py",
+            "cli/job.py", "cli/serve.py"} <= names
 
 
 @pytest.mark.parametrize("source", [

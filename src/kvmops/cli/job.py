@@ -14,14 +14,14 @@ from kvmops.cli.output import info, print_fields, print_json, print_table
 from kvmops.cli.serve import DbOption
 
 if TYPE_CHECKING:
-    from kvmops.store.db import Store
+    from kvmops.services.database import Store
 
 app = typer.Typer(help="Jobs of every long operation, whoever started it.",
                   no_args_is_help=True)
 
 
 def _store(db: str | None) -> AbstractContextManager[Store]:
-    from kvmops.store import migrated
+    from kvmops.services.database import migrated
 
     return migrated(db)
 

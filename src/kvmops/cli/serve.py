@@ -66,8 +66,7 @@ def serve(
     from kvmops.config import LOG_FORMATS
     from kvmops.config import settings as settings_now
     from kvmops.paths import policy
-    from kvmops.store import Store, users
-    from kvmops.store.db import safe_url
+    from kvmops.services.database import prepare_for_server
 
     for option, directories, variable in (("--allow-dir", allow_dir, "KVMOPS_IMAGE_DIRS"),
                                           ("--backup-dir", backup_dir, "KVMOPS_BACKUP_DIRS")):
@@ -90,12 +89,8 @@ def serve(
     settings = ApiSettings(db_url=db, uri=uri, workers=workers, secure_cookies=secure_cookies,
                            login_max_failures=login_attempts, login_window=login_window,
                            forwarded_allow_ips=proxies, max_body=max_body)
-    store = Store(db)
-    try:
-        store.migrate()
-        password = users.ensure_initial_admin(store)
-    finally:
-        store.close()
+    database = prepare_for_server(db)
+    password = database.initial_admin_password
     if password is not None:
         sys.stdout.write(
             "\n"
@@ -105,7 +100,7 @@ def serve(
             "  set one with: kvmops user passwd admin\n\n")
         sys.stdout.flush()
     started = (f"kvmops API on http://{host}:{port}/api/v1 (docs at /docs), "
-               f"database {safe_url(store.url)}")
+               f"database {database.url}")
     if log_format == "json":
         logging.getLogger("kvmops.serve").info(started)
     else:
