@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from kvmops.cli.common import JsonOption, UriOption
+from kvmops.cli.common import JsonOption, UriOption, from_cwd
 from kvmops.cli.output import (
     LazyBar,
     info,
@@ -22,7 +22,8 @@ from kvmops.services.caller import Caller
 from kvmops.sizes import format_size, parse_rate
 
 app = typer.Typer(help="Online backups, restore, verify and retention.", no_args_is_help=True)
-RepoOption = typer.Option(..., "--repo", help="Backup repository directory.")
+RepoOption = typer.Option(..., "--repo", help="Backup repository directory.",
+                          callback=from_cwd)
 
 
 def register(root: typer.Typer) -> None:
@@ -128,11 +129,13 @@ def restore_cmd(
     vm: str = typer.Argument(..., help="VM whose backup to restore."),
     repo: Path = RepoOption,
     at: str | None = typer.Option(None, "--at", help="Backup id (or prefix) or ISO time."),
-    to: Path | None = typer.Option(None, "--to", help="Write flattened images into DIR."),
+    to: Path | None = typer.Option(None, "--to", help="Write flattened images into DIR.",
+                                      callback=from_cwd),
     new_vm: str | None = typer.Option(None, "--new-vm", help="Define a new VM from the backup."),
     in_place: bool = typer.Option(False, "--in-place",
                                   help="Overwrite the (shut-off) VM's own disks."),
-    images_dir: Path | None = typer.Option(None, help="Where --new-vm disks go."),
+    images_dir: Path | None = typer.Option(None, help="Where --new-vm disks go.",
+                                           callback=from_cwd),
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
 ) -> None:

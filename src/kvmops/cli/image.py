@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from kvmops.cli.common import from_cwd
 from kvmops.cli.output import info, percent_progress, print_fields, print_json, print_table, warn
 from kvmops.services import images
 from kvmops.services.caller import Caller
@@ -23,13 +24,7 @@ snapshot_app = typer.Typer(help="Internal qcow2 snapshots.", no_args_is_help=Tru
 app.add_typer(snapshot_app, name="snapshot")
 
 
-def _from_cwd(path: Path) -> Path:
-    """A relative image path names a file in the current directory, as in every Unix tool
-    (the services take absolute paths only)."""
-    return path if path.is_absolute() else Path.cwd() / path
-
-
-PathArg = Annotated[Path, typer.Argument(help="image file", callback=_from_cwd)]
+PathArg = Annotated[Path, typer.Argument(help="image file", callback=from_cwd)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 FormatOpt = Annotated[
     str | None,
@@ -150,8 +145,8 @@ def check(path: PathArg, fmt: FormatOpt = None, json_out: JsonOpt = False) -> No
 
 @app.command()
 def convert(
-    src: Annotated[Path, typer.Argument(help="source image", callback=_from_cwd)],
-    dst: Annotated[Path, typer.Argument(help="new image", callback=_from_cwd)],
+    src: Annotated[Path, typer.Argument(help="source image", callback=from_cwd)],
+    dst: Annotated[Path, typer.Argument(help="new image", callback=from_cwd)],
     src_fmt: FormatOpt = None,
     out_fmt: Annotated[str, typer.Option("-O", "--output-format", help="format of DST")] = "qcow2",
     compress: Annotated[bool, typer.Option("--compress", "-c", help="compress (qcow2)")] = False,

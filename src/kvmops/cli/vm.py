@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from kvmops.cli import quick, vmconfig, vmdisk
-from kvmops.cli.common import JsonOption, UriOption, connect
+from kvmops.cli.common import JsonOption, UriOption, connect, from_cwd
 from kvmops.cli.output import (
     info,
     percent_progress,
@@ -20,9 +21,17 @@ from kvmops.services.caller import Caller
 from kvmops.services.vms import Accelerator
 from kvmops.sizes import parse_memory
 
+if TYPE_CHECKING:
+    from kvmops.services.vms import DiskRequest
+
 app = typer.Typer(help="Create, start, stop and inspect VMs.", no_args_is_help=True)
 
 NameArg = typer.Argument(..., help="VM name.")
+
+
+def _disk_from_cwd(disk: DiskRequest) -> DiskRequest:
+    """``--disk path=FILE`` with a relative FILE names a file under the current directory."""
+    return disk.model_copy(update={"path": from_cwd(disk.path)}) if disk.path else disk
 
 
 @app.command("create")
@@ -38,15 +47,19 @@ def create_cmd(
         [], "--disk", help="size=64M (new qcow2) or path=FILE[,format=qcow2]; repeatable. "
                            "An existing image is read as the format named, else the one "
                            "kvmops recorded, else raw (never guessed)."),
-    kernel: Path | None = typer.Option(None, help="Kernel for direct kernel boot."),
-    initrd: Path | None = typer.Option(None, help="Initrd for direct kernel boot."),
+    kernel: Path | None = typer.Option(None, help="Kernel for direct kernel boot.",
+                                          callback=from_cwd),
+    initrd: Path | None = typer.Option(None, help="Initrd for direct kernel boot.",
+                                          callback=from_cwd),
     cmdline: str | None = typer.Option(None, help="Kernel command line."),
-    cdrom: Path | None = typer.Option(None, help="ISO image to attach as CD-ROM."),
+    cdrom: Path | None = typer.Option(None, help="ISO image to attach as CD-ROM.",
+                                         callback=from_cwd),
     network: str | None = typer.Option(None, help="libvirt network for a virtio NIC."),
     bridge: str | None = typer.Option(None, help="Host bridge for a virtio NIC."),
     mac: str | None = typer.Option(None, help="MAC address of the NIC."),
     no_agent: bool = typer.Option(False, "--no-agent", help="Do not add a guest agent channel."),
-    images_dir: Path | None = typer.Option(None, help="Where new disk images go."),
+    images_dir: Path | None = typer.Option(None, help="Where new disk images go.",
+                                               callback=from_cwd),
     accel: Accelerator | None = typer.Option(None, "--accel", help="Force kvm or tcg."),
     start: bool = typer.Option(False, "--start", help="Start the VM once defined."),
     force: bool = typer.Option(False, "--force",
@@ -61,7 +74,8 @@ def create_cmd(
     request = CreateRequest(
         name=name, memory=parse_memory(memory), vcpus=vcpus,
         sockets=sockets, cores=cores, threads=threads,
-        disks=[DiskRequest.parse(d) for d in disk], kernel=kernel, initrd=initrd,
+        disks=[_disk_from_cwd(DiskRequest.parse(d)) for d in disk], kernel=kernel,
+        initrd=initrd,
         cmdline=cmdline, cdrom=cdrom, network=network, bridge=bridge, mac=mac,
         agent=not no_agent, images_dir=images_dir, accelerator=accel, start=start, force=force,
     )
@@ -202,7 +216,8 @@ def dumpxml_cmd(name: str = NameArg,
 @app.command("clone")
 def clone_cmd(source: str = NameArg,
               new_name: str = typer.Argument(..., help="Name of the copy."),
-              images_dir: Path | None = typer.Option(None, help="Where the copied disks go."),
+              images_dir: Path | None = typer.Option(None, help="Where the copied disks go.",
+                                                  callback=from_cwd),
               json_out: bool = JsonOption,
               uri: str | None = UriOption) -> None:
     """Copy a shut-off VM with its disks (new UUID and MACs)."""

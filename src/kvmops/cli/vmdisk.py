@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from kvmops.cli.common import JsonOption, UriOption, connect
+from kvmops.cli.common import JsonOption, UriOption, connect, from_cwd
 from kvmops.cli.output import info, print_json, print_table
 from kvmops.errors import ValidationError
 from kvmops.services.caller import Caller
@@ -58,7 +58,8 @@ def list_cmd(name: str = NameArg,
 @app.command("attach")
 def attach_cmd(
     name: str = NameArg,
-    image: Path | None = typer.Option(None, "--image", help="Existing image to attach."),
+    image: Path | None = typer.Option(None, "--image", help="Existing image to attach.",
+                                       callback=from_cwd),
     size: str | None = typer.Option(None, "--size", help="Create a new qcow2 of this size."),
     bus: str = typer.Option("virtio", "--bus", help="virtio, scsi, sata, usb or ide."),
     target: str | None = typer.Option(None, "--target", help="Guest name, e.g. vdb "
@@ -68,7 +69,7 @@ def attach_cmd(
                                "format kvmops recorded, else raw (never guessed); a new one: "
                                "qcow2."),
     images_dir: Path | None = typer.Option(None, "--images-dir",
-                                           help="Where a new image goes."),
+                                           help="Where a new image goes.", callback=from_cwd),
     live_only: bool = LiveOnly,
     config_only: bool = ConfigOnly,
     json_out: bool = JsonOption,
