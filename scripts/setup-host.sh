@@ -110,4 +110,8 @@ if [ ! -f "$XTERM_DST/xterm.js" ] || ! grep -q "\"version\": \"$XTERM_VERSION\""
   rm -rf "$XTERM_DST"
   mv "$XTERM_DST.tmp" "$XTERM_DST"
 fi
+# The tiny test guest the tests boot (skipped at once when its inputs are unchanged; a new
+# guest build -- e.g. networking added -- is rebuilt here, not in the first test).
+say "tiny test guest in ${KVMOPS_GUEST_DIR:-/var/cache/kvmops/guest}"
+"$VENV/bin/kvmops" dev build-guest "${KVMOPS_GUEST_DIR:-/var/cache/kvmops/guest}" >/dev/null
 say "host ready"

@@ -28,6 +28,16 @@ kernel/drivers/char/virtio_console.ko: kernel/drivers/virtio/virtio.ko \
 kernel/drivers/virtio/virtio_ring.ko
 kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko \
 kernel/drivers/virtio/virtio_ring.ko
+kernel/net/core/failover.ko:
+kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
+kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko \
+kernel/net/core/failover.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/net/802/mrp.ko:
+kernel/net/llc/llc.ko:
+kernel/net/802/stp.ko: kernel/net/llc/llc.ko
+kernel/net/802/garp.ko: kernel/net/802/stp.ko kernel/net/llc/llc.ko
+kernel/net/8021q/8021q.ko: kernel/net/802/mrp.ko kernel/net/802/garp.ko kernel/net/802/stp.ko \
+kernel/net/llc/llc.ko
 kernel/crypto/crc32c_generic.ko:
 kernel/arch/x86/crypto/crc32c-intel.ko.xz:
 kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko kernel/fs/mbcache.ko kernel/lib/crc16.ko
@@ -39,7 +49,8 @@ kernel/net/unrelated.ko: kernel/lib/crc16.ko
 
 VIRTIO_ORDER = [
     "virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
-    "virtio_console", "virtio_blk",
+    "virtio_console", "virtio_blk", "failover", "net_failover", "virtio_net",
+    "mrp", "llc", "stp", "garp", "8021q",
 ]
 
 

@@ -6,7 +6,9 @@ Outputs, all in one directory (mode 0755, files 0644 so libvirt-qemu can read th
                  taken from its .deb (downloaded with ``apt-get download`` into
                  ``<cache_dir>/debs``; the package is never installed)
 ``initrd.img``   gzip'd newc cpio: busybox-static, qemu-ga and its libraries, the
-                 virtio and ext4 modules, and ``/init`` (``init.sh`` in this package)
+                 virtio, virtio_net, 8021q and ext4 modules, ``/init`` (``init.sh``
+                 in this package) and udhcpc's script (``udhcpc.sh``): every NIC
+                 comes up with DHCP (IPv4) and router advertisements (IPv6 SLAAC)
 ``data.ext4``    a 32 MiB ext4 image labelled ``kvmopsfs``; the guest mounts a disk
                  with that label (never ``vda``) at ``/data``
 ``.kvmops-guest.stamp``  hash of the inputs; a build with the same inputs is skipped
@@ -41,7 +43,7 @@ from kvmops.devguest.cpio import Archive
 from kvmops.errors import KvmopsError, UnsupportedError
 
 # Bump when the guest's content changes in a way the other inputs do not capture.
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"  # 2: virtio_net/8021q, DHCP and SLAAC
 
 KERNEL_META_PACKAGE = "linux-image-amd64"
 QEMU_GA = "/usr/sbin/qemu-ga"
@@ -220,7 +222,7 @@ def qemu_ga_libraries() -> list[str]:
 def _templates() -> dict[str, str]:
     base = resources.files("kvmops.devguest")
     return {name: base.joinpath(name).read_text() for name in
-            ("init.sh", "shutdown.sh", "chpasswd.sh")}
+            ("init.sh", "shutdown.sh", "chpasswd.sh", "udhcpc.sh")}
 
 
 def render_init(template: str, modules: Sequence[str], *, moddir: str = GUEST_MODDIR) -> str:
@@ -470,6 +472,7 @@ def build_initramfs(modules_dir: Path, module_order: Sequence[str],
     archive.file("/init", render_init(scripts["init.sh"], module_order).encode(), mode=0o755)
     archive.file("/sbin/shutdown", scripts["shutdown.sh"].encode(), mode=0o755)
     archive.file("/usr/sbin/chpasswd", scripts["chpasswd.sh"].encode(), mode=0o755)
+    archive.file("/usr/share/udhcpc/default.script", scripts["udhcpc.sh"].encode(), mode=0o755)
     _passwd_files(archive)
     _os_files(archive)
     return archive.to_bytes()

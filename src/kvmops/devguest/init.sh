@@ -28,6 +28,35 @@ for m in @@MODULES@@; do
 done
 say "modules loaded"
 
+# Networking: every NIC up; IPv4 from DHCP (busybox udhcpc, in the background so the
+# boot does not wait for a server) and IPv6 from router advertisements (SLAAC: the
+# kernel does it once the link is up and accept_ra is on). NICs hot-plugged later are
+# picked up by a slow watcher loop (the guest has no udev).
+ip link set lo up 2>/dev/null
+net_up() {
+    # marked by name and ifindex: a NIC unplugged and plugged again is new
+    mark="/run/net-$1.$(cat "/sys/class/net/$1/ifindex" 2>/dev/null)"
+    [ -e "$mark" ] && return 0
+    : > "$mark"
+    [ -r "/run/udhcpc.$1.pid" ] && kill "$(cat "/run/udhcpc.$1.pid")" 2>/dev/null
+    echo 1 > "/proc/sys/net/ipv6/conf/$1/accept_ra" 2>/dev/null
+    echo 1 > "/proc/sys/net/ipv6/conf/$1/autoconf" 2>/dev/null
+    ip link set "$1" up || say "ip link set $1 up failed"
+    udhcpc -f -i "$1" -s /usr/share/udhcpc/default.script -t 4 -T 2 -A 3 \
+        -p "/run/udhcpc.$1.pid" >/dev/null 2>&1 </dev/null &
+    say "network $1 up ($(cat "/sys/class/net/$1/address" 2>/dev/null))"
+}
+net_scan() {
+    for n in /sys/class/net/*; do
+        i=${n##*/}
+        case "$i" in lo|'*') continue ;; esac
+        [ -e "$n/device" ] || continue   # physical (virtual) NICs only, not VLANs/bridges
+        net_up "$i"
+    done
+}
+net_scan
+( while :; do sleep 2; net_scan; done ) </dev/null >/dev/null 2>&1 &
+
 AGENT_PORT=/dev/virtio-ports/@@AGENT_PORT@@
 
 # udev would make /dev/virtio-ports/<name>; do it by hand from sysfs.

@@ -30,6 +30,8 @@ GUEST_MODULES: tuple[str, ...] = (
     "virtio_pci",
     "virtio_console",
     "virtio_blk",
+    "virtio_net",
+    "8021q",
     "crc32c_generic",
     "ext4",
 )
