@@ -102,3 +102,26 @@ def test_stop_and_delete_refusals_name_the_vms(monkeypatch: pytest.MonkeyPatch) 
     nobody: Any = FakeHost()
     service.delete(CALLER, nobody, "lab")
     assert calls == ["stop", "stop", "undefine"]
+
+
+def test_list_with_users_matches_used_by(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The web page's list fills ``used_by`` for every network as ``used_by`` does."""
+    lab = NetworkState(name="lab", active=True, persistent=True, autostart=False,
+                       xml=NetworkSpec(name="lab", bridge="virbr5",
+                                       ipv4="192.168.251.1/24").to_xml())
+    other = NetworkState(name="other", active=False, persistent=True, autostart=True,
+                         xml=NetworkSpec(name="other", bridge="virbr6",
+                                         ipv4="192.168.252.1/24").to_xml())
+    monkeypatch.setattr(host_networks, "all_networks", lambda host: [lab, other])
+    host: Any = FakeHost(
+        FakeDomain("b-vm", ("network", "lab")),
+        FakeDomain("a-vm", ("bridge", "virbr5"), ("network", "other")),
+        FakeDomain("next-boot", ("network", "default"), active=True,
+                   definition=[("network", "other")]),
+        FakeDomain("none", ("network", "default")),
+    )
+    listed = {net.name: net for net in service.list_with_users(CALLER, host)}
+    assert listed["lab"].used_by == ["a-vm", "b-vm"]
+    assert listed["other"].used_by == ["a-vm", "next-boot"]
+    for net in listed.values():
+        assert net.used_by == service.used_by(host, net)

@@ -25,7 +25,8 @@ from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
 
 __all__ = ["IPV6_MODES", "MODES", "Lease", "NetworkInfo", "NetworkSpec", "create", "delete",
-           "info", "leases", "list_networks", "set_autostart", "start", "stop", "used_by"]
+           "info", "leases", "list_networks", "list_with_users", "set_autostart", "start",
+           "stop", "used_by"]
 
 
 def _info(state: NetworkState) -> NetworkInfo:
@@ -65,6 +66,33 @@ def used_by(host: Host, net: NetworkInfo, *, running_only: bool = False) -> list
                 users.append(domain.name)
                 break
     return sorted(users)
+
+
+def list_with_users(caller: Caller, host: Host) -> list[NetworkInfo]:
+    """Every network with ``used_by`` filled (the web UI's networks page); each VM's
+    XML is read once for all networks."""
+    from kvmops.vm.domxml import DomainDocument  # lxml: loaded when asked
+
+    nets = list_networks(caller, host)
+    for net in nets:
+        net.used_by = []
+    for domain in host.all_domains():
+        try:
+            documents = [domain.xml(what=f"reading VM '{domain.name}'")]
+            if domain.is_active() and domain.is_persistent():
+                documents.append(domain.xml(inactive=True, what=f"reading VM '{domain.name}'"))
+        except NotFoundError:
+            continue
+        nics = [nic for xml in documents for nic in DomainDocument(xml).spec().nics]
+        for net in nets:
+            if any((nic.kind == "network" and nic.source == net.name)
+                   or (nic.kind == "bridge" and net.mode in MANAGED_MODES
+                       and net.bridge is not None and nic.source == net.bridge)
+                   for nic in nics) and net.used_by is not None:
+                net.used_by.append(domain.name)
+    for net in nets:
+        net.used_by = sorted(net.used_by or [])
+    return nets
 
 
 def info(caller: Caller, host: Host, name: str) -> NetworkInfo:

@@ -32,6 +32,7 @@ from kvmops.vm.lifecycle import VmInfo
 
 __all__ = ["BackupPoints", "Chain", "DiskTimeline", "GuestAddress", "GuestDetails",
            "ImageFile", "Point", "Stats", "backup_points", "build_timeline", "check_name",
+           "check_network_name",
            "doctor", "guest_details", "host_summary", "image_dirs", "image_files", "list_jobs",
            "merge_addresses", "newest_first", "send_keys", "snapshot_tree", "stats", "vm_info",
            "vnc_port"]
@@ -46,6 +47,16 @@ def check_name(name: str) -> str:
         return validate_name(name)
     except KvmopsError:
         raise NotFoundError(f"no VM named '{name[:80]}'") from None
+
+
+def check_network_name(name: str) -> str:
+    """A network name from a URL; NotFoundError (the page's 404) when it cannot be one."""
+    from kvmops.network.model import check_name as check_net_name
+
+    try:
+        return check_net_name(name)
+    except KvmopsError:
+        raise NotFoundError(f"no network named '{name[:80]}'") from None
 
 
 def vm_info(host: Host, name: str) -> VmInfo:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Form, Query, Request, Response
@@ -20,6 +21,7 @@ from kvmops.api.throttle import LoginThrottled, attempt_login, client_address
 from kvmops.config import settings
 from kvmops.errors import KvmopsError
 from kvmops.services import audit, auth, session
+from kvmops.services import networks as net_service
 from kvmops.services import users as user_service
 from kvmops.services import vms as vm_service
 from kvmops.services import web_views as views
@@ -303,6 +305,31 @@ def images_page(request: Request, user: PageUser) -> Response:
     """Disk images as ``kvmops image``: inspect, check, create, convert."""
     return templates.render(request, "images.html", user, title="Disk images",
                             dirs=views.image_dirs(), files=views.image_files())
+
+
+# ------------------------------------------------------------------ networks
+@router.get("/networks", response_class=HTMLResponse)
+def networks_page(request: Request, user: PageUser) -> Response:
+    """libvirt networks as ``kvmops net list`` with the VMs using each; operators get
+    the create form and the start/stop/autostart/delete buttons (calls to
+    /api/v1/networks)."""
+    ctx = context(request)
+    nets = net_service.list_with_users(_caller(request, user), ctx.host())
+    return templates.render(request, "networks.html", user, title="Networks", networks=nets,
+                            modes=net_service.MODES, ipv6_modes=net_service.IPV6_MODES)
+
+
+@router.get("/networks/{name}", response_class=HTMLResponse)
+def network_detail(request: Request, name: str, user: PageUser) -> Response:
+    """One network as ``kvmops net info``, with its DHCP leases when active."""
+    ctx = context(request)
+    host = ctx.host()
+    caller = _caller(request, user)
+    net = net_service.info(caller, host, views.check_network_name(name))
+    leases = net_service.leases(caller, host, net.name) if net.active else []
+    expires = {lease.ip: datetime.fromtimestamp(lease.expires, UTC) for lease in leases}
+    return templates.render(request, "networks_detail.html", user, title=net.name, net=net,
+                            leases=leases, expires=expires)
 
 
 # ------------------------------------------------------------------ jobs
