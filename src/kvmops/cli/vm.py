@@ -57,6 +57,9 @@ def create_cmd(
     network: str | None = typer.Option(None, help="libvirt network for a virtio NIC."),
     bridge: str | None = typer.Option(None, help="Host bridge for a virtio NIC."),
     mac: str | None = typer.Option(None, help="MAC address of the NIC."),
+    nic: list[str] = typer.Option(
+        [], "--nic", help="network=NAME or bridge=BR, then ,model=virtio|e1000|rtl8139 and "
+                          ",mac=52:54:00:..; repeatable (after the NIC of --network/--bridge)."),
     no_agent: bool = typer.Option(False, "--no-agent", help="Do not add a guest agent channel."),
     images_dir: Path | None = typer.Option(None, help="Where new disk images go.",
                                                callback=from_cwd),
@@ -70,6 +73,7 @@ def create_cmd(
 ) -> None:
     """Define a new VM (new disks are qcow2 with metadata preallocation)."""
     from kvmops.services.vms import CreateRequest, DiskRequest
+    from kvmops.vm.domxml import NicSpec
 
     request = CreateRequest(
         name=name, memory=parse_memory(memory), vcpus=vcpus,
@@ -77,6 +81,7 @@ def create_cmd(
         disks=[_disk_from_cwd(DiskRequest.parse(d)) for d in disk], kernel=kernel,
         initrd=initrd,
         cmdline=cmdline, cdrom=cdrom, network=network, bridge=bridge, mac=mac,
+        nics=[NicSpec.parse(n) for n in nic],
         agent=not no_agent, images_dir=images_dir, accelerator=accel, start=start, force=force,
     )
     with connect(uri) as host:

@@ -76,8 +76,7 @@ def check_request(req: CreateRequest) -> None:
         raise ValidationError("--vcpus must be at least 1")
     if req.initrd and not req.kernel:
         raise ValidationError("--initrd needs --kernel")
-    if req.network and req.bridge:
-        raise ValidationError("give either --network or --bridge, not both")
+    lifecycle.requested_nics(req)  # MACs, models, --network with --bridge
     for disk in req.disks:
         if disk.size is not None and disk.size < lifecycle.MIN_DISK:
             raise ValidationError(f"a new disk of {format_size(disk.size)} is too small "

@@ -112,18 +112,79 @@ def parse_owned_files(element: etree._Element | None) -> list[OwnedFile]:
     return found
 
 
+#: NIC models kvmops offers: virtio (default), e1000 and rtl8139 for old guests.
+NIC_MODELS = ("virtio", "e1000", "rtl8139")
+NicKind = Literal["network", "bridge"]
+LinkState = Literal["up", "down"]
+
+
+def validate_mac(mac: str) -> str:
+    """A unicast MAC as six hex pairs, lower-cased (libvirt and the guest refuse a
+    multicast one; all zeros is no address)."""
+    if not _MAC_RE.match(mac):
+        raise ValidationError(f"invalid MAC address '{mac}'",
+                              hint="use six hex pairs like 52:54:00:12:34:56")
+    mac = mac.lower()
+    if int(mac[:2], 16) & 1:
+        raise ValidationError(f"MAC address {mac} is a multicast address",
+                              hint="the first byte must be even, e.g. 52:54:00:...")
+    if mac == "00:00:00:00:00:00":
+        raise ValidationError("MAC address 00:00:00:00:00:00 is not a usable address",
+                              hint="leave out mac= and kvmops picks one")
+    return mac
+
+
+def validate_nic_model(model: str) -> str:
+    if model not in NIC_MODELS:
+        raise ValidationError(f"unknown NIC model '{model}'",
+                              hint=f"use one of {', '.join(NIC_MODELS)}")
+    return model
+
+
 @dataclass
 class NicSpec:
-    kind: Literal["network", "bridge"]
+    """One ``<interface>`` of type network or bridge."""
+
+    kind: NicKind
     source: str
     model: str = "virtio"
     mac: str | None = None
     target_dev: str | None = None  # host tap, from live XML
+    link: LinkState | None = None  # <link state>; None: libvirt's default, up
+    alias: str | None = None  # device alias (QEMU id), from live XML
 
     def __post_init__(self) -> None:
         if self.mac is not None and not _MAC_RE.match(self.mac):
             raise ValidationError(f"invalid MAC address '{self.mac}'",
                                   hint="use six hex pairs like 52:54:00:12:34:56")
+
+    @classmethod
+    def parse(cls, text: str) -> NicSpec:
+        """``--nic network=NAME[,model=virtio|e1000|rtl8139][,mac=52:54:00:..]`` or
+        ``bridge=BR[,...]``; the MAC checked as a unicast address."""
+        values: dict[str, str] = {}
+        hint = "use network=NAME or bridge=BR, optionally ,model=virtio,mac=52:54:00:12:34:56"
+        for part in text.split(","):
+            key, sep, value = part.partition("=")
+            key, value = key.strip(), value.strip()
+            if not sep or not key or not value:
+                raise ValidationError(f"invalid --nic '{text}'", hint=hint)
+            if key in values:
+                raise ValidationError(f"invalid --nic '{text}': {key}= given twice", hint=hint)
+            values[key] = value
+        unknown = set(values) - {"network", "bridge", "model", "mac"}
+        if unknown:
+            raise ValidationError(f"invalid --nic '{text}': unknown key(s) "
+                                  f"{', '.join(sorted(unknown))}",
+                                  hint="known keys: network, bridge, model, mac")
+        if ("network" in values) == ("bridge" in values):
+            raise ValidationError(f"invalid --nic '{text}': give exactly one of network= or "
+                                  "bridge=", hint=hint)
+        kind: NicKind = "network" if "network" in values else "bridge"
+        mac = values.get("mac")
+        return cls(kind=kind, source=values[kind],
+                   model=validate_nic_model(values.get("model", "virtio")),
+                   mac=validate_mac(mac) if mac is not None else None)
 
 
 @dataclass
@@ -337,7 +398,14 @@ def nic_element(nic: NicSpec) -> etree._Element:
         _sub(el, "mac", address=nic.mac)
     _sub(el, "source", **{nic.kind: nic.source})
     _sub(el, "model", type=nic.model)
+    if nic.link is not None:
+        _sub(el, "link", state=nic.link)
     return el
+
+
+def nic_xml(nic: NicSpec) -> str:
+    """An ``<interface>`` device for attachDeviceFlags."""
+    return etree.tostring(nic_element(nic), encoding="unicode")
 
 
 def parse_nic(el: etree._Element) -> NicSpec | None:
@@ -348,12 +416,17 @@ def parse_nic(el: etree._Element) -> NicSpec | None:
     mac = el.find("mac")
     model = el.find("model")
     target = el.find("target")
+    link = el.find("link")
+    alias = el.find("alias")
     return NicSpec(
         kind="network" if kind == "network" else "bridge",
         source=source.get(kind, "") if source is not None else "",
         model=model.get("type", "virtio") if model is not None else "virtio",
         mac=mac.get("address") if mac is not None else None,
         target_dev=target.get("dev") if target is not None else None,
+        link="down" if link is not None and link.get("state") == "down" else (
+            "up" if link is not None else None),
+        alias=alias.get("name") if alias is not None else None,
     )
 
 
@@ -502,6 +575,39 @@ class DomainDocument:
     def channel_names(self) -> list[str | None]:
         """The target names of every ``<channel>`` (the agent's is AGENT_CHANNEL)."""
         return [t.get("name") for t in self._root.findall("devices/channel/target")]
+
+    def nics(self) -> list[NicSpec]:
+        """The network and bridge interfaces (the kinds :class:`NicSpec` models)."""
+        return [n for n in (parse_nic(el) for el in self._root.findall("devices/interface"))
+                if n is not None]
+
+    def interface_macs(self) -> list[str]:
+        """The MAC of every ``<interface>`` of any kind, lower-cased."""
+        return [m.get("address", "").lower()
+                for m in self._root.findall("devices/interface/mac") if m.get("address")]
+
+    def nic_device_xml(self, mac: str) -> str | None:
+        """The ``<interface>`` with ``mac`` as libvirt gave it (for a detach or update)."""
+        el = self._nic(mac)
+        return etree.tostring(el, encoding="unicode") if el is not None else None
+
+    def set_nic_link(self, mac: str, state: LinkState) -> str:
+        """Set ``<link state>`` of the interface with ``mac``; its new XML."""
+        el = self._nic(mac)
+        if el is None:
+            raise NotFoundError(f"VM '{self.name}' has no NIC with MAC {mac}")
+        link = el.find("link")
+        if link is None:
+            link = etree.SubElement(el, "link")
+        link.set("state", state)
+        return etree.tostring(el, encoding="unicode")
+
+    def _nic(self, mac: str) -> etree._Element | None:
+        for el in self._root.findall("devices/interface"):
+            m = el.find("mac")
+            if m is not None and m.get("address", "").lower() == mac.lower():
+                return el
+        return None
 
     def interface_count(self) -> int:
         """Every ``<interface>``, including kinds :class:`NicSpec` does not model."""

@@ -32,7 +32,9 @@ from kvmops.vm.domxml import (
     NicSpec,
     OwnedFile,
     Topology,
+    validate_mac,
     validate_name,
+    validate_nic_model,
 )
 
 DISK_TARGETS = [f"vd{chr(c)}" for c in range(ord("a"), ord("z") + 1)]
@@ -96,11 +98,82 @@ class CreateRequest(Record):
     network: str | None = None
     bridge: str | None = None
     mac: str | None = None
+    nics: list[NicSpec] = field(default_factory=list)  # --nic, after --network/--bridge's
     agent: bool = True
     images_dir: Path | None = None
     accelerator: Accelerator | None = None
     start: bool = False
     force: bool = False  # create although memory or disk space would be overcommitted
+
+
+def requested_nics(req: CreateRequest) -> list[NicSpec]:
+    """The NICs a request asks for: the one of --network/--bridge (with --mac), then
+    every --nic; MACs checked (unicast) and unique within the request."""
+    if req.network and req.bridge:
+        raise ValidationError("give either --network or --bridge, not both")
+    nics: list[NicSpec] = []
+    if req.network or req.bridge:
+        nics.append(NicSpec(kind="network" if req.network else "bridge",
+                            source=req.network or req.bridge or "",
+                            mac=validate_mac(req.mac) if req.mac else None))
+    elif req.mac:
+        raise ValidationError("--mac needs --network or --bridge",
+                              hint="or give it inside --nic: --nic network=NAME,mac=...")
+    for nic in req.nics:
+        validate_nic_model(nic.model)
+        nics.append(NicSpec(kind=nic.kind, source=nic.source, model=nic.model,
+                            mac=validate_mac(nic.mac) if nic.mac else None))
+    seen: set[str] = set()
+    for nic in nics:
+        if nic.mac and nic.mac in seen:
+            raise ValidationError(f"MAC address {nic.mac} is given to two NICs of VM "
+                                  f"'{req.name}'", hint="give each NIC its own MAC")
+        if nic.mac:
+            seen.add(nic.mac)
+    return nics
+
+
+def macs_in_use(host: Host, *, skip: str | None = None) -> dict[str, str]:
+    """MAC -> VM of every interface of every VM on the host (live and persistent
+    definitions), except VM ``skip``'s."""
+    found: dict[str, str] = {}
+    for domain in host.all_domains():
+        if domain.name == skip:
+            continue
+        try:
+            xmls = [domain.xml()]
+            if domain.is_persistent():
+                xmls.append(domain.xml(inactive=True))
+        except KvmopsError:
+            continue  # went away meanwhile
+        for xml in xmls:
+            for mac in DomainDocument(xml).interface_macs():
+                found.setdefault(mac, domain.name)
+    return found
+
+
+def check_macs_free(host: Host, vm: str, macs: list[str]) -> None:
+    """Refuse a MAC another VM on this host already has (two NICs with one MAC on a
+    network break both)."""
+    wanted = [m for m in macs if m]
+    if not wanted:
+        return
+    used = macs_in_use(host, skip=vm)
+    for mac in wanted:
+        if mac in used:
+            raise AlreadyExistsError(f"MAC address {mac} is already used by VM '{used[mac]}'",
+                                     hint="choose another MAC, or leave it out and kvmops "
+                                          "picks a free one")
+
+
+def new_mac(taken: set[str]) -> str:
+    """A random locally administered MAC in QEMU's 52:54:00 range, not in ``taken``."""
+    import secrets  # here: quick kvmops vm list/info
+
+    while True:
+        mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+        if mac not in taken:
+            return mac
 
 
 @dataclass
@@ -321,12 +394,13 @@ def create(host: Host, req: CreateRequest,
                                 hint="check the path")
     if req.initrd and not req.kernel:
         raise ValidationError("--initrd needs --kernel")
-    if req.network and req.bridge:
-        raise ValidationError("give either --network or --bridge, not both")
+    nics = requested_nics(req)
+    check_macs_free(host, req.name, [n.mac for n in nics if n.mac])
     warnings: list[str] = []  # told once the VM is defined, never before a refusal
-    if req.network and not host.network_active(req.network):
-        warnings.append(f"network '{req.network}' is not active: VM '{req.name}' will not "
-                        f"start until it is ('virsh net-start {req.network}')")
+    for network in dict.fromkeys(n.source for n in nics if n.kind == "network"):
+        if not host.network_active(network):
+            warnings.append(f"network '{network}' is not active: VM '{req.name}' will not "
+                            f"start until it is ('kvmops net start {network}')")
     topology = None
     if req.sockets or req.cores or req.threads:
         topology = Topology(req.sockets or 1, req.cores or 1, req.threads or 1)
@@ -381,10 +455,6 @@ def create(host: Host, req: CreateRequest,
         if req.cdrom:
             disks.append(DiskSpec(target="hdc", source=str(req.cdrom.absolute()), fmt="raw",
                                   bus="ide", device="cdrom", cache=None))
-        nics = []
-        if req.network or req.bridge:
-            nics.append(NicSpec(kind="network" if req.network else "bridge",
-                                source=req.network or req.bridge or "", mac=req.mac))
         spec = DomainSpec(
             name=req.name, memory_bytes=req.memory, vcpus=req.vcpus,
             domain_type=accel.domain_type, topology=topology,
