@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from kvmops.cli import quick, vmconfig, vmdisk
+from kvmops.cli import quick, vmconfig, vmdisk, vmnic
 from kvmops.cli.common import JsonOption, UriOption, connect, from_cwd
 from kvmops.cli.output import (
     info,
@@ -243,4 +243,5 @@ def clone_cmd(source: str = NameArg,
 
 
 app.add_typer(vmdisk.app, name="disk")
+app.add_typer(vmnic.app, name="nic")
 vmconfig.register(app)

@@ -335,6 +335,10 @@ class Domain:
     def detach_device(self, xml: str, *, live: bool, config: bool, what: str) -> None:
         call(what, self._raw.detachDeviceFlags, xml, _affect(live, config))
 
+    def update_device(self, xml: str, *, live: bool, config: bool, what: str) -> None:
+        """Change a device in place (e.g. a NIC's ``<link state>``)."""
+        call(what, self._raw.updateDeviceFlags, xml, _affect(live, config))
+
     # ---------------------------------------------------------------- QEMU channels
     def agent_command(self, command: str, arguments: Mapping[str, Any] | None = None, *,
                       timeout: int = 10) -> Any:
