@@ -110,14 +110,32 @@ def hostname_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
 def ip_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
            tcp: str | None = TcpOption, json_out: bool = JsonOption,
            uri: str | None = UriOption) -> None:
-    """Network interfaces and their addresses."""
-    with _agent(vm, socket, tcp, uri) as ch:
-        result = ch.interfaces()
+    """Network interfaces and their addresses: the guest agent's and, for a VM, the DHCP
+    leases of its libvirt networks (each address says which: agent or lease)."""
+    from kvmops.errors import GuestAgentError
+    from kvmops.services import nics
+
+    if vm is None or socket or tcp:
+        with _agent(vm, socket, tcp, uri) as ch:
+            result = nics.agent_interfaces(ch.interfaces())
+    else:
+        answer = None
+        try:
+            with _agent(vm, socket, tcp, uri) as ch:
+                answer = ch.interfaces()
+        except GuestAgentError as err:
+            warn(f"{err}; showing the DHCP leases only")
+        from kvmops.cli.common import connect
+
+        with connect(uri) as host:
+            result = nics.guest_addresses(Caller.local(), host, vm, answer)
     if json_out:
         print_json(result)
         return
     print_table(["Interface", "MAC", "Addresses"],
-                [(i.name, i.mac, " ".join(f"{a.address}/{a.prefix}" for a in i.addresses))
+                [(i.name or "-", i.mac or "-",
+                  " ".join(f"{a.address}/{a.prefix}" + (" (lease)" if a.source == "lease" else "")
+                           for a in i.addresses))
                  for i in result])
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from kvmops.errors import (
     KvmopsError,
@@ -34,7 +35,8 @@ from kvmops.vm.domxml import (
 )
 from kvmops.vm.lifecycle import check_macs_free, macs_in_use, new_mac, state_name
 
-__all__ = ["NicEntry", "NicRemoval", "add", "list_nics", "remove", "set_link"]
+__all__ = ["GuestAddress", "GuestInterface", "NicEntry", "NicRemoval", "add", "guest_addresses",
+           "list_nics", "merge_addresses", "remove", "set_link"]
 
 _EMPTY = "<domain><name>-</name><devices/></domain>"
 
@@ -230,3 +232,80 @@ def set_link(caller: Caller, host: Host, vm: str, mac: str, state: LinkState, *,
         if entry.mac == mac:
             return entry
     raise NotFoundError(f"VM '{vm}' has no NIC with MAC {mac}")
+
+
+# ---------------------------------------------------------------------- guest addresses
+@dataclass
+class GuestAddress(Record):
+    """One address of a guest's interface, with where kvmops learnt it."""
+
+    address: str
+    prefix: int | None
+    family: str  # ipv4 or ipv6
+    source: str  # agent (the guest said so) or lease (a libvirt network's DHCP server did)
+    type: str | None = None  # the agent's ip-address-type, as ``guest ip`` gave it before
+
+
+@dataclass
+class GuestInterface(Record):
+    """One interface of ``kvmops guest ip``: the guest's name for it (None when only a
+    lease knows it), its MAC and its addresses."""
+
+    name: str | None
+    mac: str | None
+    addresses: list[GuestAddress]
+
+
+def merge_addresses(agent: list[GuestInterface], leases: dict[str, list[GuestAddress]]
+                    ) -> list[GuestInterface]:
+    """The agent's interfaces with the DHCP leases of their MACs added (an address the
+    agent reported already stays the agent's); a leased MAC the agent does not show (no
+    agent, or not up yet) becomes an interface without a name."""
+    merged = [GuestInterface(i.name, (i.mac or "").lower() or None, list(i.addresses))
+              for i in agent]
+    by_mac = {i.mac: i for i in merged if i.mac}
+    for mac, found in leases.items():
+        iface = by_mac.get(mac.lower())
+        if iface is None:
+            iface = GuestInterface(None, mac.lower(), [])
+            merged.append(iface)
+            by_mac[mac.lower()] = iface
+        known = {a.address for a in iface.addresses}
+        iface.addresses.extend(a for a in found if a.address not in known)
+    return merged
+
+
+def agent_interfaces(interfaces: list[Any]) -> list[GuestInterface]:
+    """The agent's guest-network-get-interfaces answer (kvmops.agent.guest.Interface)."""
+    return [GuestInterface(
+        name=i.name, mac=i.mac,
+        addresses=[GuestAddress(address=a.address, prefix=a.prefix,
+                                family="ipv6" if a.type == "ipv6" else "ipv4",
+                                source="agent", type=a.type) for a in i.addresses])
+        for i in interfaces]
+
+
+def lease_addresses(host: Host, vm: str) -> dict[str, list[GuestAddress]]:
+    """MAC -> the DHCP leases of the VM's NICs on active libvirt networks."""
+    from kvmops.host import networks as host_networks  # here: only guest ip needs it
+
+    domain = host.lookup(vm)
+    xml = domain.xml() if domain.is_active() else domain.xml(inactive=True)
+    nics = [n for n in DomainDocument(xml).nics() if n.kind == "network" and n.mac]
+    found: dict[str, list[GuestAddress]] = {n.mac.lower(): [] for n in nics if n.mac}
+    for network in dict.fromkeys(n.source for n in nics):
+        if not host.network_active(network):
+            continue
+        for lease in host_networks.leases(host, network):
+            mac = (lease.mac or "").lower()
+            if mac in found:
+                found[mac].append(GuestAddress(address=lease.ip, prefix=lease.prefix,
+                                               family=lease.family, source="lease"))
+    return {mac: addrs for mac, addrs in found.items() if addrs}
+
+
+def guest_addresses(caller: Caller, host: Host, vm: str, agent: list[Any] | None
+                    ) -> list[GuestInterface]:
+    """``kvmops guest ip VM``: the agent's interfaces (``agent``: its answer, None when
+    it does not answer) merged with the DHCP leases of the VM's networks."""
+    return merge_addresses(agent_interfaces(agent or []), lease_addresses(host, vm))
