@@ -179,3 +179,8 @@ def test_viewer_sees_no_network_controls(web: ApiServer, browser_page: Any, host
         for control in ("#net-create", "button[data-net-action]"):
             assert page.locator(control).count() == 0, (path, control)
     assert page.locator("#lease-table").count() == 1
+    for missing, said in ((f"{SESSION_PREFIX}no-such-net", "not found"),
+                          ("bad%20name", "no network named 'bad name'")):
+        response = page.goto(f"{web.url}/networks/{missing}")
+        assert response is not None and response.status == 404, missing
+        assert said in page.locator("main").inner_text(), missing

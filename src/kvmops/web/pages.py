@@ -327,7 +327,8 @@ def network_detail(request: Request, name: str, user: PageUser) -> Response:
     caller = _caller(request, user)
     net = net_service.info(caller, host, views.check_network_name(name))
     leases = net_service.leases(caller, host, net.name) if net.active else []
-    expires = {lease.ip: datetime.fromtimestamp(lease.expires, UTC) for lease in leases}
+    expires = {lease.ip: datetime.fromtimestamp(lease.expires, UTC) if lease.expires > 0
+               else None for lease in leases}  # 0: no expiry time (shown as a dash)
     return templates.render(request, "networks_detail.html", user, title=net.name, net=net,
                             leases=leases, expires=expires)
 
