@@ -5,7 +5,8 @@ GUEST_DIR ?= /var/cache/kvmops/guest
 # A fixed shuffled order for CI (repeatable); `make test PYTEST_ARGS=` shuffles anew.
 PYTEST_ARGS ?= --randomly-seed=1201
 # pytest-xdist workers for `make test` (most tests wait on guests and I/O, not the CPU);
-# each test file stays on one worker. `make test PYTEST_WORKERS=0` runs in one process.
+# each test file stays on one worker, the long files (tests/conftest.py LONG_FILES) go
+# out first. `make test PYTEST_WORKERS=0` runs in one process.
 PYTEST_WORKERS ?= 2
 
 .PHONY: setup test unit lint docs demo bench clean-test
@@ -19,8 +20,8 @@ test: setup docs
 	@# Tests marked serial (they restart libvirtd) run alone after the parallel run;
 	@# either run failing fails the target, and both always run.
 	status=0; \
-	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not serial" $(PYTEST_ARGS) \
-	  || status=1; \
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+	  -m "not serial" $(PYTEST_ARGS) || status=1; \
 	$(VENV)/bin/pytest -m serial $(PYTEST_ARGS) || status=1; \
 	exit $$status
 

@@ -24,6 +24,39 @@ os.environ["KVMOPS_BACKUP_DIRS"] = os.pathsep.join(["/var/lib/kvmops/backups",
                                                      str(TEST_BACKUPS)])
 
 
+# Test files that take minutes (guests of their own, long backups), longest first. Under
+# pytest-xdist (`make test`: a file stays on one worker) they are handed out before the
+# rest, so that the two workers end together instead of one running a long file alone at
+# the end; in one process the order stays pytest-randomly's.
+LONG_FILES = (
+    "integration/test_backup_libvirt.py",
+    "integration/test_snapshot.py",
+    "integration/test_web_ui.py",
+    "integration/test_readme.py",
+    "integration/test_backup_gaps.py",
+    "integration/test_vm_lifecycle.py",
+    "integration/test_image_cli.py",
+    "api/test_vm_backup.py",
+    "integration/test_backup_qmp.py",
+    "api/test_schemathesis.py",
+    "integration/test_wheel_install.py",
+    "api/test_security.py",
+    "integration/test_vm_disks.py",
+)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-randomly's shuffle
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0].removeprefix("tests/")
+        return LONG_FILES.index(path) if path in LONG_FILES else len(LONG_FILES)
+
+    items.sort(key=rank)  # stable: the shuffled order stays within and among the rest
+
+
 @dataclass
 class CliResult:
     code: int
