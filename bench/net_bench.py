@@ -146,13 +146,13 @@ def render(k: Side, v: Side, runs: int) -> str:
         f"{extra * 1000:.0f} ms on a create. Both sides pay libvirt's own work (the bridge, "
         "its addresses, starting dnsmasq); virsh pays two process starts and two "
         "connections. A cProfile of `kvmops net create` (three runs, 2026-12-01, load 4; "
-        "the profiler inflates imports) puts kvmops' own part beyond start-up at: loading the libvirt binding and the "
-        "network modules 180-260 ms, Rich loaded only to print the one-line result "
-        "(`cli/output.info`) about 110 ms, the subnet-overlap check and `net info`'s read "
-        "of every VM's XML (the `used_by` after a create) 25-60 ms, the audit row 15-30 "
-        "ms; `virNetworkCreate` itself took 370-510 ms. A delete also reads every VM's XML "
-        "to refuse deleting a network in use. NIC hot-plug latency is left for the NIC "
-        "commands.",
+        "the profiler inflates imports) puts kvmops' own part beyond start-up at: loading"
+        " the libvirt binding and the network modules 180-260 ms, Rich loaded only to "
+        "print the one-line result (`cli/output.info`) about 110 ms, the subnet-overlap "
+        "check and `net info`'s read of every VM's XML (the `used_by` after a create) "
+        "25-60 ms, the audit row 15-30 ms; `virNetworkCreate` itself took 370-510 ms. A "
+        "delete also reads every VM's XML to refuse deleting a network in use. NIC hot-"
+        "plug latency is left for the NIC commands.",
     ]
     return "\n".join(lines)
 
