@@ -395,7 +395,15 @@ def create(host: Host, req: CreateRequest,
     if req.initrd and not req.kernel:
         raise ValidationError("--initrd needs --kernel")
     nics = requested_nics(req)
-    check_macs_free(host, req.name, [n.mac for n in nics if n.mac])
+    if nics:
+        # Every NIC gets a MAC no VM on this host has (given ones checked, the rest picked
+        # here rather than by libvirt, which does not look at the other VMs).
+        check_macs_free(host, req.name, [n.mac for n in nics if n.mac])
+        taken = set(macs_in_use(host)) | {n.mac for n in nics if n.mac}
+        for nic in nics:
+            if nic.mac is None:
+                nic.mac = new_mac(taken)
+                taken.add(nic.mac)
     warnings: list[str] = []  # told once the VM is defined, never before a refusal
     for network in dict.fromkeys(n.source for n in nics if n.kind == "network"):
         if not host.network_active(network):
