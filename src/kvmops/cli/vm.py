@@ -72,8 +72,7 @@ def create_cmd(
     uri: str | None = UriOption,
 ) -> None:
     """Define a new VM (new disks are qcow2 with metadata preallocation)."""
-    from kvmops.services.vms import CreateRequest, DiskRequest
-    from kvmops.vm.domxml import NicSpec
+    from kvmops.services.vms import CreateRequest, DiskRequest, NicSpec
 
     request = CreateRequest(
         name=name, memory=parse_memory(memory), vcpus=vcpus,

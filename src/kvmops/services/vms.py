@@ -24,6 +24,7 @@ from kvmops.sizes import format_size
 
 if TYPE_CHECKING:
     from kvmops.vm import lifecycle
+    from kvmops.vm.domxml import NicSpec
     from kvmops.vm.lifecycle import (
         CreateRequest,
         DiskRequest,
@@ -36,8 +37,8 @@ else:
     # list needs neither (quick ``kvmops vm list``).
     lifecycle = OnFirstUse("kvmops.vm.lifecycle")
 
-__all__ = ["Accelerator", "CreateRequest", "DiskRequest", "ShutdownMode", "UndefineResult",
-           "VmInfo"]  # the faces' models
+__all__ = ["Accelerator", "CreateRequest", "DiskRequest", "NicSpec", "ShutdownMode",
+           "UndefineResult", "VmInfo"]  # the faces' models
 _MODELS = frozenset(__all__) - {"Accelerator"}
 
 
