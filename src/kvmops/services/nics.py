@@ -106,12 +106,12 @@ def _scope(domain: Domain, vm: str, live: bool, persistent: bool, action: str
         state = state_name(domain)
         raise StateError(f"cannot {action} VM '{vm}' live: it is {state}", actual=state,
                          required="running",
-                         hint="start it first, or leave out --live-only to change its "
+                         hint="start it first, or leave out --live to change its "
                               "definition")
     in_live, in_config = live and running, persistent and defined
     if not in_live and not in_config:
         raise StateError(f"cannot change the definition of VM '{vm}': it is transient",
-                         hint="change the running VM only (--live-only)")
+                         hint="change the running VM only (--live)")
     return in_live, in_config
 
 
