@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ["agent_bench.py", "api_bench.py", "ui_bench.py", "backup_bench.py", "cli_startup.py"]
+BENCHES = ["agent_bench.py", "api_bench.py", "ui_bench.py", "backup_bench.py", "cli_startup.py",
+           "net_bench.py", "nic_bench.py"]
 
 
 def main() -> int:
