@@ -42,6 +42,9 @@ LONG_FILES = (
     "integration/test_wheel_install.py",
     "api/test_security.py",
     "integration/test_vm_disks.py",
+    "integration/test_nics.py",
+    "integration/test_web_networks.py",
+    "integration/test_networks.py",
 )
 
 

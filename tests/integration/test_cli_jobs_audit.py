@@ -4,6 +4,7 @@ state-changing command is in the audit log with the OS user, via cli."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import libvirt
 import pytest
 
 from kvmops.host.connection import Host
@@ -60,6 +62,22 @@ def _cli_rows(client: httpx.Client, action: str, target: str) -> list[dict[str, 
             if r["via"] == "cli" and r["action"] == action and r["target"] == target]
 
 
+def _wait_backup_job_gone(host: Host, vm: str, proc: subprocess.Popen[str],
+                          timeout: float = 120) -> None:
+    """Until libvirt's backup job of ``vm`` has run and is gone (or the command ended)."""
+    domain = host.domain(vm)
+    deadline = time.monotonic() + timeout
+    seen = False
+    while proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(libvirt.libvirtError):
+            active = domain.jobStats(0).get("type") != libvirt.VIR_DOMAIN_JOB_NONE
+            if active:
+                seen = True
+            elif seen:
+                return
+        time.sleep(0.1)
+
+
 def test_cli_backup_is_a_job_seen_running_then_finished_and_audited(
         server: tuple[ApiServer, dict[str, str]], vm_factory: Callable[..., str],
         images_dir: Path, repo_dir: Path, host: Host) -> None:
@@ -88,7 +106,11 @@ def test_cli_backup_is_a_job_seen_running_then_finished_and_audited(
         cancel = client.post(f"/jobs/{running['id']}/cancel")
         assert cancel.status_code == 200, cancel.text
         assert cancel.json()["cancel_requested"] is True
-        _lift_read_throttle(vm)  # the cancelled copy's reads in flight drain at once
+        # The command hears the cancel at its next progress update and aborts the copy;
+        # the reads stay throttled until libvirt's job is gone (lifted before, the copy
+        # could finish first), then the cancelled copy's reads in flight drain at once.
+        _wait_backup_job_gone(host, vm, proc)
+        _lift_read_throttle(vm)
         _out, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:

@@ -20,12 +20,14 @@ from typing import Any
 
 import pytest
 
-from kvmops.devguest.build import GuestImage
+from kvmops.devguest.build import BUILDER_VERSION, GuestImage
 from kvmops.host.connection import Host
 from tests.conftest import REPO, SESSION_PREFIX, run_cli
 from tests.integration.api_server import ApiServer, start_server
 from tests.integration.backup_util import backup, list_backups
 from tests.integration.conftest import remove_vm
+
+TINY_OS = f"kvmops tiny guest {BUILDER_VERSION}"  # the tiny guest's os-release PRETTY_NAME
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
@@ -544,9 +546,9 @@ def test_vm_page_of_a_running_vm(web: ApiServer, browser_page: Any, running_vm: 
     assert figures["cpu_time_ns"] > 0 and figures["disk_read_bytes"] > 0
     guest = api_get(page, web.url, f"/ui/vms/{running_vm}/guest")
     assert (guest["active"], guest["hostname"], guest["os"]["pretty-name"]) == (
-        True, "kvmops-tiny", "kvmops tiny guest 1")  # what the tiny guest's agent says
+        True, "kvmops-tiny", TINY_OS)  # what the tiny guest's agent says
     assert "os" not in guest["errors"]
-    page.locator("#guest [data-field=os]").filter(has_text="kvmops tiny guest 1").wait_for()
+    page.locator("#guest [data-field=os]").filter(has_text=TINY_OS).wait_for()
     assert page.locator("#guest [data-field=hostname]").inner_text() == "kvmops-tiny"
 
 
