@@ -162,10 +162,10 @@ def readme_section(result: dict[str, Any]) -> str:
 {row("`GET /api/v1/vms`", vms)}
 {row(f"`GET /api/v1/vms` with {s['clients']} SSE clients connected", during)}
 
-`/vms` runs at {result['ratio']} of the health endpoint's rate: one
-`virConnectGetAllDomainStats` call for all VMs (the accelerator comes from a
-per-UUID cache), shared by concurrent requests and reused for up to 1 s unless a
-life cycle event invalidated it; plus the token lookup in the DB on every request.
+`/vms` runs at {result['ratio']} of the health endpoint's rate: the list of all VMs with
+each VM's `virDomainGetInfo` (the accelerator comes from a per-UUID cache), shared by
+concurrent requests and reused for up to 1 s unless a life cycle event invalidated it;
+plus the token lookup in the DB on every request.
 {s['clients']} SSE clients connected in {s['connect_all_s']} s; a libvirt `defined`
 event reached all of them ({s['delivered']} deliveries) with median
 {s['p50_ms']} ms and max {s['max_ms']} ms after `defineXML` returned.
@@ -175,7 +175,8 @@ event reached all of them ({s['delivered']} deliveries) with median
 def write_readme(section: str) -> None:
     path = REPO / "bench" / "README.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## API\n.*?(?=^## |\Z)", re.S | re.M)
+    # up to the next section or the next section's marker (kept)
+    pattern = re.compile(r"^## API\n.*?(?=^## |^<!-- |\Z)", re.S | re.M)
     if pattern.search(text):
         text = pattern.sub(section + "\n", text)
     else:

@@ -131,7 +131,7 @@ form (cookie session), {result['defined']} defined (not running) VMs
 {row("`GET /vms` (VM list page)", p4)}
 
 One client: the page takes {result['ratio_1']} the health endpoint's median time
-(session lookup in the DB, one `virConnectGetAllDomainStats` for all VMs through
+(session lookup in the DB, the VM list with each VM's `virDomainGetInfo` through
 the API's list cache, Jinja2 rendering of {result['defined']} rows with their
 action buttons). With {p4['concurrency']} clients the page runs at
 {result['ratio_n']} of the health endpoint's rate. Compare the ratios across runs
