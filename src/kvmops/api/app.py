@@ -100,13 +100,15 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         jobs,
         monitor,
         networks,
+        nics,
         system,
         vm_config,
         vms,
     )
 
     api = APIRouter(prefix=API_PREFIX)
-    for module in (system, vms, vm_config, guest, monitor, backups, jobs, images, networks):
+    for module in (system, vms, vm_config, guest, monitor, backups, jobs, images, networks,
+                   nics):
         api.include_router(module.router)
     for extra, router_module in (("kvmops.vm.disks", "kvmops.api.routes.disks"),
                                  ("kvmops.snapshot", "kvmops.api.routes.snapshots")):

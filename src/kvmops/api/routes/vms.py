@@ -27,6 +27,7 @@ from kvmops.services.vms import (
     Accelerator,
     CreateRequest,
     DiskRequest,
+    NicSpec,
     UndefineResult,
     VmInfo,
     VmListItem,
@@ -49,6 +50,24 @@ class DiskBody(Body):
         return self  # what a disk may be: services.vms.check_request, as for the CLI
 
 
+class NicBody(Body):
+    network: str | None = Field(default=None, pattern=_NET_RE.pattern)
+    bridge: str | None = Field(default=None, pattern=_NET_RE.pattern)
+    model: Literal["virtio", "e1000", "rtl8139"] = "virtio"
+    mac: MacAddress | None = None
+
+    @model_validator(mode="after")
+    def one_source(self) -> NicBody:
+        if (self.network is None) == (self.bridge is None):
+            raise ValueError("give exactly one of network and bridge")
+        return self  # MACs unique in the request and on the host: services, as --nic
+
+    def spec(self) -> NicSpec:
+        return NicSpec(kind="network" if self.network is not None else "bridge",
+                       source=self.network or self.bridge or "", model=self.model,
+                       mac=self.mac)
+
+
 class CreateVmBody(Body):
     name: VmName
     memory: MemorySize = Field(description="e.g. 256M or 2G; a bare number is MiB")
@@ -64,6 +83,8 @@ class CreateVmBody(Body):
     network: str | None = Field(default=None, pattern=_NET_RE.pattern)
     bridge: str | None = Field(default=None, pattern=_NET_RE.pattern)
     mac: MacAddress | None = None
+    nics: list[NicBody] = Field(default_factory=list, max_length=16,
+                                description="more NICs, after network/bridge's")
     agent: bool = True
     images_dir: AbsolutePath | None = None
     accelerator: Literal["kvm", "tcg"] | None = None
@@ -78,7 +99,8 @@ class CreateVmBody(Body):
             disks=[DiskRequest(size=d.size, path=d.path, fmt=d.format, bus=d.bus)
                    for d in self.disks],
             kernel=self.kernel, initrd=self.initrd, cmdline=self.cmdline, cdrom=self.cdrom,
-            network=self.network, bridge=self.bridge, mac=self.mac, agent=self.agent,
+            network=self.network, bridge=self.bridge, mac=self.mac,
+            nics=[n.spec() for n in self.nics], agent=self.agent,
             images_dir=self.images_dir,
             accelerator=Accelerator(self.accelerator) if self.accelerator else None,
             start=self.start, force=self.force)

@@ -1,0 +1,75 @@
+"""vNICs: list, add (hot-plug), remove and link up/down, over kvmops.services.nics.
+
+A NIC is named by its MAC (the one name the running VM, its definition and the guest
+share). ``live``/``persistent`` choose the running VM and/or the definition, as for the
+disks; a shut-off VM's definition is changed either way.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from fastapi import Path as PathParam
+from pydantic import Field, model_validator
+
+from kvmops.api.deps import HostDep, LongRequest, OperatorCaller, ViewerCaller, VmNameDep
+from kvmops.api.routes.common import Body
+from kvmops.api.validators import MacAddress
+from kvmops.services import nics as nic_service
+from kvmops.services.nics import NicEntry, NicRemoval
+
+router = APIRouter(prefix="/vms/{name}/nics", tags=["nics"])
+# Hot-plug and unplug wait for libvirt and the guest: they hold a long-request slot.
+_LONG = [LongRequest]
+_SOURCE = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+# The MAC in a path: checked before the VM is looked up; a bad one is a 422 naming it.
+MacPath = Annotated[MacAddress, PathParam(description="the NIC's MAC address")]
+
+
+class AddNicBody(Body):
+    network: str | None = Field(default=None, pattern=_SOURCE, description="libvirt network")
+    bridge: str | None = Field(default=None, pattern=_SOURCE, description="host bridge")
+    model: Literal["virtio", "e1000", "rtl8139"] = "virtio"
+    mac: MacAddress | None = Field(default=None, description="default: a free 52:54:00:…")
+    live: bool = True
+    persistent: bool = True
+
+    @model_validator(mode="after")
+    def one_source(self) -> AddNicBody:
+        if (self.network is None) == (self.bridge is None):
+            raise ValueError("give exactly one of network and bridge")
+        return self
+
+
+class LinkBody(Body):
+    state: Literal["up", "down"]
+    live: bool = True
+    persistent: bool = True
+
+
+@router.get("", response_model=list[NicEntry])
+def list_nics(caller: ViewerCaller, name: VmNameDep, host: HostDep) -> list[NicEntry]:
+    return nic_service.list_nics(caller, host, name)
+
+
+@router.post("", status_code=201, response_model=NicEntry, dependencies=_LONG)
+def add_nic(caller: OperatorCaller, name: VmNameDep, body: AddNicBody, host: HostDep
+            ) -> NicEntry:
+    return nic_service.add(caller, host, name, network=body.network, bridge=body.bridge,
+                           model=body.model, mac=body.mac, live=body.live,
+                           persistent=body.persistent)
+
+
+@router.delete("/{mac}", response_model=NicRemoval, dependencies=_LONG)
+def remove_nic(caller: OperatorCaller, name: VmNameDep, host: HostDep,
+               mac: MacPath, live: bool = Query(True),
+               persistent: bool = Query(True)) -> NicRemoval:
+    return nic_service.remove(caller, host, name, mac, live=live, persistent=persistent)
+
+
+@router.post("/{mac}/link", response_model=NicEntry)
+def set_nic_link(caller: OperatorCaller, name: VmNameDep, body: LinkBody, host: HostDep,
+                 mac: MacPath) -> NicEntry:
+    return nic_service.set_link(caller, host, name, mac, body.state, live=body.live,
+                                persistent=body.persistent)
