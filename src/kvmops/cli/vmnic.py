@@ -23,6 +23,27 @@ ConfigOnly = typer.Option(False, "--config-only",
                           help="Only the persistent definition (takes effect at next start).")
 
 
+RATE_HELP = ("AVG[,PEAK[,BURST]]: rates in KiB/s (libvirt's unit) or with kbit/mbit/gbit "
+             "(bits/s, e.g. 10mbit), burst in KiB (or 1m = 1 MiB)")
+InboundOpt = typer.Option(None, "--inbound", help="Limit traffic to the guest: " + RATE_HELP
+                          + "; 'none' removes the limit.")
+OutboundOpt = typer.Option(None, "--outbound", help="Limit traffic from the guest: "
+                           + RATE_HELP + "; 'none' removes the limit.")
+VlanOpt = typer.Option(None, "--vlan", help="Access VLAN tag 1..4094 (Open vSwitch "
+                       "network/bridge or SR-IOV VF only); 'none' removes the VLAN.")
+TrunkOpt = typer.Option(None, "--trunk", help="Trunk VLAN tags, e.g. 10,20 (OVS/VF only).")
+NativeOpt = typer.Option(None, "--native", help="With --trunk: the tag of untagged frames.")
+
+
+def _rate(text: str | None, direction: str) -> object:
+    """None: not given; 'none': remove the limit; else the parsed Rate."""
+    from kvmops.vm.domxml import Rate
+
+    if text is None:
+        return None
+    return "none" if text.strip().lower() == "none" else Rate.parse(text, direction)
+
+
 def _scope(live_only: bool, config_only: bool) -> tuple[bool, bool]:
     if live_only and config_only:
         raise ValidationError("give either --live or --config-only, not both")
@@ -62,6 +83,11 @@ def add_cmd(
     mac: str | None = typer.Option(None, "--mac",
                                    help="Unicast MAC, unique on the host (default: a free "
                                         "52:54:00:xx:xx:xx)."),
+    inbound: str | None = InboundOpt,
+    outbound: str | None = OutboundOpt,
+    vlan: str | None = VlanOpt,
+    trunk: str | None = TrunkOpt,
+    native: int | None = NativeOpt,
     live_only: bool = LiveOnly,
     config_only: bool = ConfigOnly,
     json_out: bool = JsonOption,
@@ -69,11 +95,16 @@ def add_cmd(
 ) -> None:
     """Add a NIC: hot-plugged into a running VM and kept in its definition."""
     from kvmops.services import nics
+    from kvmops.vm.domxml import Rate, Vlan
 
     live, persistent = _scope(live_only, config_only)
+    rate_in, rate_out = (Rate.parse(inbound, "inbound") if inbound else None,
+                         Rate.parse(outbound, "outbound") if outbound else None)
+    tags = Vlan.parse(vlan, trunk, native)
     with connect(uri) as host:
         nic = nics.add(Caller.local(), host, name, network=network, bridge=bridge,
-                       model=model, mac=mac, live=live, persistent=persistent)
+                       model=model, mac=mac, live=live, persistent=persistent,
+                       inbound=rate_in, outbound=rate_out, vlan=tags)
     if json_out:
         print_json(nic)
         return
@@ -128,3 +159,47 @@ def set_link_cmd(
         print_json(nic)
         return
     info(f"NIC {nic.mac} of VM '{name}': link {nic.link}")
+
+
+@app.command("update")
+def update_cmd(
+    name: str = NameArg,
+    mac: str = MacArg,
+    inbound: str | None = InboundOpt,
+    outbound: str | None = OutboundOpt,
+    vlan: str | None = VlanOpt,
+    trunk: str | None = TrunkOpt,
+    native: int | None = NativeOpt,
+    live_only: bool = LiveOnly,
+    config_only: bool = ConfigOnly,
+    json_out: bool = JsonOption,
+    uri: str | None = UriOption,
+) -> None:
+    """Change a NIC's bandwidth limits or VLAN (live: applied to the running VM at once)."""
+    from kvmops.services import nics
+    from kvmops.vm.domxml import Rate, Vlan
+
+    live, persistent = _scope(live_only, config_only)
+    changes: dict[str, Rate | Vlan | None] = {}
+    for key, text in (("inbound", inbound), ("outbound", outbound)):
+        if text is not None:
+            value = _rate(text, key)
+            changes[key] = value if isinstance(value, Rate) else None
+    if vlan is not None and vlan.strip().lower() == "none":
+        if trunk is not None or native is not None:
+            raise ValidationError("--vlan none removes the VLAN: leave out --trunk/--native")
+        changes["vlan"] = None
+    elif vlan is not None or trunk is not None or native is not None:
+        changes["vlan"] = Vlan.parse(vlan, trunk, native)
+    if not changes:
+        raise ValidationError("nothing to change",
+                              hint="give --inbound, --outbound, --vlan or --trunk")
+    with connect(uri) as host:
+        nic = nics.update(Caller.local(), host, name, mac, live=live, persistent=persistent,
+                          **changes)  # type: ignore[arg-type]
+    if json_out:
+        print_json(nic)
+        return
+    info(f"NIC {nic.mac} of VM '{name}': inbound {nic.inbound or 'unlimited'}, outbound "
+         f"{nic.outbound or 'unlimited'}, VLAN {nic.vlan or 'none'} "
+         f"({_where(nic.live, nic.config)})")

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from lxml import etree
+
 from kvmops.errors import (
     KvmopsError,
     NotFoundError,
@@ -28,7 +30,10 @@ from kvmops.services.caller import Caller
 from kvmops.vm.domxml import (
     DomainDocument,
     LinkState,
+    NicKind,
     NicSpec,
+    Rate,
+    Vlan,
     nic_xml,
     validate_mac,
     validate_nic_model,
@@ -36,7 +41,7 @@ from kvmops.vm.domxml import (
 from kvmops.vm.lifecycle import check_macs_free, macs_in_use, new_mac, state_name
 
 __all__ = ["GuestAddress", "GuestInterface", "NicEntry", "NicRemoval", "add", "guest_addresses",
-           "list_nics", "merge_addresses", "remove", "set_link"]
+           "list_nics", "merge_addresses", "remove", "set_link", "update"]
 
 _EMPTY = "<domain><name>-</name><devices/></domain>"
 
@@ -53,6 +58,9 @@ class NicEntry(Record):
     host_device: str | None  # the host's tap device while the VM runs
     live: bool  # in the running VM
     config: bool  # in the persistent definition
+    inbound: str | None = None  # AVG[,PEAK[,BURST]] in KiB/s and KiB; None: no limit
+    outbound: str | None = None
+    vlan: str | None = None  # "10" (access) or "trunk 10,20[ native 20]"
 
 
 @dataclass
@@ -81,7 +89,10 @@ def _entries(live: DomainDocument, config: DomainDocument) -> list[NicEntry]:
                 found[mac] = NicEntry(mac=mac, type=nic.kind, source=nic.source,
                                       model=nic.model, link=nic.link or "up",
                                       host_device=nic.target_dev, live=in_live,
-                                      config=not in_live)
+                                      config=not in_live,
+                                      inbound=nic.inbound.text() if nic.inbound else None,
+                                      outbound=nic.outbound.text() if nic.outbound else None,
+                                      vlan=nic.vlan.text() if nic.vlan else None)
             elif in_live:
                 entry.live = True
             else:
@@ -118,7 +129,8 @@ def _scope(domain: Domain, vm: str, live: bool, persistent: bool, action: str
 @audited("vm.nic.add", target="vm")
 def add(caller: Caller, host: Host, vm: str, *, network: str | None = None,
         bridge: str | None = None, model: str = "virtio", mac: str | None = None,
-        live: bool = True, persistent: bool = True) -> NicEntry:
+        live: bool = True, persistent: bool = True, inbound: Rate | None = None,
+        outbound: Rate | None = None, vlan: Vlan | None = None) -> NicEntry:
     """Add a NIC on libvirt network ``network`` or host bridge ``bridge``: hot-plugged
     into the running VM and kept in its definition (a shut-off VM: the definition)."""
     if (network is None) == (bridge is None):
@@ -140,9 +152,11 @@ def add(caller: Caller, host: Host, vm: str, *, network: str | None = None,
         check_macs_free(host, "", [mac])  # the VM's own NICs count too
     else:
         mac = new_mac(set(macs_in_use(host)))
-    spec = NicSpec(kind="network" if network is not None else "bridge",
-                   source=network if network is not None else bridge or "", model=model,
-                   mac=mac)
+    kind: NicKind = "network" if network is not None else "bridge"
+    source = network if network is not None else bridge or ""
+    virtualport = check_vlan(host, vm, kind, source) if vlan is not None else None
+    spec = NicSpec(kind=kind, source=source, model=model, mac=mac, inbound=inbound,
+                   outbound=outbound, vlan=vlan, virtualport=virtualport)
     domain.attach_device(nic_xml(spec), live=in_live, config=in_config,
                          what=f"adding a NIC ({mac}) to VM '{vm}'")
     for entry in list_nics(caller, host, vm):
@@ -228,6 +242,72 @@ def set_link(caller: Caller, host: Host, vm: str, mac: str, state: LinkState, *,
         domain.update_device(config_doc.set_nic_link(mac, state), live=False, config=True,
                              what=f"setting the link of NIC {mac} of VM '{vm}' {state} "
                                   "in its definition")
+    for entry in list_nics(caller, host, vm):
+        if entry.mac == mac:
+            return entry
+    raise NotFoundError(f"VM '{vm}' has no NIC with MAC {mac}")
+
+
+def check_vlan(host: Host, vm: str, kind: str, source: str) -> str | None:
+    """Refuse a VLAN where libvirt cannot honour it: it needs an Open vSwitch network or
+    bridge (or an SR-IOV VF). The ``<virtualport type>`` a bridge NIC needs (a network
+    NIC takes it from the network)."""
+    from kvmops.host import networks as host_networks
+
+    hint = ("VLAN tags need an Open vSwitch network/bridge (net create --mode ovs) or an "
+            "SR-IOV VF (--vf-pool)")
+    if kind == "network":
+        root = etree.fromstring(host_networks.live_xml(host, source).encode())
+        port = root.find("virtualport")
+        forward = root.find("forward")
+        if (port is not None and port.get("type") == "openvswitch") or (
+                forward is not None and forward.get("mode") == "hostdev"):
+            return None
+        raise ValidationError(f"cannot set a VLAN on the NIC of VM '{vm}': network "
+                              f"'{source}' is not an Open vSwitch or SR-IOV network",
+                              hint=hint)
+    if host_networks.ovs_bridge_exists(source):
+        return "openvswitch"
+    raise ValidationError(f"cannot set a VLAN on the NIC of VM '{vm}': bridge '{source}' "
+                          "is not an Open vSwitch bridge", hint=hint)
+
+
+class _Keep:
+    """Leave this setting as it is (``update``)."""
+
+
+KEEP = _Keep()
+
+
+@audited("vm.nic.update", target="vm")
+def update(caller: Caller, host: Host, vm: str, mac: str, *,
+           inbound: Rate | _Keep | None = KEEP, outbound: Rate | _Keep | None = KEEP,
+           vlan: Vlan | _Keep | None = KEEP, live: bool = True,
+           persistent: bool = True) -> NicEntry:
+    """Change the bandwidth limits (None: no limit) and/or VLAN of NIC ``mac``: in the
+    running VM at once (libvirt re-applies its tc rules on the tap) and in the definition."""
+    domain = host.lookup(vm)
+    live_doc, config_doc, _running, _defined = _docs(domain)
+    live_el, config_el = _find(live_doc, config_doc, vm, mac)
+    mac = validate_mac(mac)
+    in_live = live and live_el is not None
+    in_config = persistent and config_el is not None
+    if not in_live and not in_config:
+        where = "running VM" if live else "definition"
+        raise NotFoundError(f"NIC {mac} is not in the {where} of VM '{vm}'")
+    for doc, applies, scope in ((live_doc, in_live, "the running VM"),
+                                (config_doc, in_config, "its definition")):
+        if not applies:
+            continue
+        current = next(n for n in doc.nics() if (n.mac or "").lower() == mac)
+        new_vlan = current.vlan if isinstance(vlan, _Keep) else vlan
+        if new_vlan is not None and new_vlan != current.vlan:
+            check_vlan(host, vm, current.kind, current.source)
+        xml = doc.set_nic_qos(
+            mac, current.inbound if isinstance(inbound, _Keep) else inbound,
+            current.outbound if isinstance(outbound, _Keep) else outbound, new_vlan)
+        domain.update_device(xml, live=doc is live_doc, config=doc is config_doc,
+                             what=f"updating NIC {mac} of VM '{vm}' in {scope}")
     for entry in list_nics(caller, host, vm):
         if entry.mac == mac:
             return entry

@@ -141,6 +141,120 @@ def validate_nic_model(model: str) -> str:
     return model
 
 
+#: Bandwidth units: libvirt's own (average/peak in KiB/s, burst in KiB) as plain numbers;
+#: ``kbit``/``mbit``/``gbit`` rates are decimal bits per second (tc's convention),
+#: converted to KiB/s rounded down; burst suffixes ``k``/``m`` are KiB/MiB.
+_RATE_RE = re.compile(r"^(\d+)(kbit|mbit|gbit|kib/s|kib)?$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^(\d+)(k|kib|m|mib)?$", re.IGNORECASE)
+_BITS = {"kbit": 1000, "mbit": 1000**2, "gbit": 1000**3}
+_MAX_KIB = 2**32 - 1  # libvirt stores them as unsigned long long; tc needs less
+BANDWIDTH_HINT = ("use AVG[,PEAK[,BURST]]: rates in KiB/s (libvirt's unit) or with kbit/mbit/"
+                  "gbit (bits/s), burst in KiB or with m (MiB), e.g. 10mbit,20mbit,256")
+
+
+@dataclass(frozen=True)
+class Rate:
+    """One direction of ``<bandwidth>``: average and peak in KiB/s, burst in KiB."""
+
+    average: int
+    peak: int | None = None
+    burst: int | None = None
+
+    @classmethod
+    def parse(cls, text: str, direction: str) -> Rate:
+        """``AVG[,PEAK[,BURST]]`` as documented in :data:`BANDWIDTH_HINT`."""
+        parts = [p.strip() for p in text.split(",")]
+        if not 1 <= len(parts) <= 3 or not parts[0]:
+            raise ValidationError(f"invalid --{direction} '{text}'", hint=BANDWIDTH_HINT)
+        average = _kib_rate(parts[0], text, direction)
+        peak = _kib_rate(parts[1], text, direction) if len(parts) > 1 and parts[1] else None
+        burst = None
+        if len(parts) > 2 and parts[2]:
+            m = _SIZE_RE.match(parts[2])
+            if not m:
+                raise ValidationError(f"invalid --{direction} '{text}': bad burst "
+                                      f"'{parts[2]}'", hint=BANDWIDTH_HINT)
+            burst = int(m.group(1)) * (1024 if (m.group(2) or "k").lower()[0] == "m" else 1)
+            if not 1 <= burst <= _MAX_KIB:
+                raise ValidationError(f"invalid --{direction} '{text}': burst must be "
+                                      f"1..{_MAX_KIB} KiB", hint=BANDWIDTH_HINT)
+        if peak is not None and peak < average:
+            raise ValidationError(f"invalid --{direction} '{text}': peak {peak} KiB/s is "
+                                  f"below the average {average} KiB/s", hint=BANDWIDTH_HINT)
+        return cls(average=average, peak=peak, burst=burst)
+
+    def text(self) -> str:
+        """``AVG[,PEAK[,BURST]]`` in libvirt's units (what ``parse`` reads back)."""
+        out = str(self.average)
+        if self.peak is not None or self.burst is not None:
+            out += f",{self.peak if self.peak is not None else ''}"
+        if self.burst is not None:
+            out += f",{self.burst}"
+        return out
+
+
+def _kib_rate(value: str, text: str, direction: str) -> int:
+    m = _RATE_RE.match(value)
+    if not m:
+        raise ValidationError(f"invalid --{direction} '{text}': bad rate '{value}'",
+                              hint=BANDWIDTH_HINT)
+    number, unit = int(m.group(1)), (m.group(2) or "").lower()
+    kib = number * _BITS[unit] // 8 // 1024 if unit in _BITS else number
+    if not 1 <= kib <= _MAX_KIB:
+        raise ValidationError(f"invalid --{direction} '{text}': rate '{value}' is "
+                              f"{kib} KiB/s, must be 1..{_MAX_KIB}", hint=BANDWIDTH_HINT)
+    return kib
+
+
+@dataclass(frozen=True)
+class Vlan:
+    """``<vlan>``: one access tag, or a trunk of tags with an optional untagged native
+    one. Honoured only on Open vSwitch ports and SR-IOV VFs (hostdev)."""
+
+    tags: tuple[int, ...]
+    trunk: bool = False
+    native: int | None = None  # trunk only: untagged frames belong to this tag
+
+    def __post_init__(self) -> None:
+        if not self.tags:
+            raise ValidationError("a VLAN needs at least one tag")
+        for tag in self.tags:
+            if not 1 <= tag <= 4094:
+                raise ValidationError(f"invalid VLAN tag {tag}", hint="use 1..4094")
+        if len(set(self.tags)) != len(self.tags):
+            raise ValidationError("a VLAN tag is given twice in the trunk list")
+        if not self.trunk and len(self.tags) != 1:
+            raise ValidationError("an access VLAN has exactly one tag",
+                                  hint="use --trunk for a list")
+        if self.native is not None and (not self.trunk or self.native not in self.tags):
+            raise ValidationError(f"native VLAN {self.native} must be one of the trunk's tags")
+
+    @classmethod
+    def parse(cls, vlan: str | None, trunk: str | None, native: int | None = None
+              ) -> Vlan | None:
+        """``--vlan N`` (access) or ``--trunk 10,20[,...]`` (with ``--native N``)."""
+        if vlan is not None and trunk is not None:
+            raise ValidationError("give either --vlan or --trunk, not both")
+        if native is not None and trunk is None:
+            raise ValidationError("--native needs --trunk")
+        text = vlan if vlan is not None else trunk
+        if text is None:
+            return None
+        try:
+            tags = tuple(int(t.strip()) for t in text.split(","))
+        except ValueError:
+            raise ValidationError(f"invalid VLAN '{text}'",
+                                  hint="use --vlan N or --trunk N,M,... with tags 1..4094"
+                                  ) from None
+        return cls(tags=tags, trunk=trunk is not None, native=native)
+
+    def text(self) -> str:
+        if not self.trunk:
+            return str(self.tags[0])
+        out = "trunk " + ",".join(str(t) for t in self.tags)
+        return out + (f" native {self.native}" if self.native is not None else "")
+
+
 @dataclass
 class NicSpec:
     """One ``<interface>`` of type network or bridge."""
@@ -152,6 +266,10 @@ class NicSpec:
     target_dev: str | None = None  # host tap, from live XML
     link: LinkState | None = None  # <link state>; None: libvirt's default, up
     alias: str | None = None  # device alias (QEMU id), from live XML
+    inbound: Rate | None = None  # <bandwidth><inbound>: traffic to the guest
+    outbound: Rate | None = None  # <bandwidth><outbound>: traffic from the guest
+    vlan: Vlan | None = None
+    virtualport: str | None = None  # <virtualport type>, e.g. openvswitch
 
     def __post_init__(self) -> None:
         if self.mac is not None and not _MAC_RE.match(self.mac):
@@ -400,7 +518,63 @@ def nic_element(nic: NicSpec) -> etree._Element:
     _sub(el, "model", type=nic.model)
     if nic.link is not None:
         _sub(el, "link", state=nic.link)
+    if nic.virtualport is not None:
+        _sub(el, "virtualport", type=nic.virtualport)
+    _set_vlan(el, nic.vlan)
+    _set_bandwidth(el, nic.inbound, nic.outbound)
     return el
+
+
+def _set_vlan(el: etree._Element, vlan: Vlan | None) -> None:
+    """Replace the interface's ``<vlan>`` (none: remove it)."""
+    for old in el.findall("vlan"):
+        el.remove(old)
+    if vlan is None:
+        return
+    node = etree.SubElement(el, "vlan")
+    if vlan.trunk:
+        node.set("trunk", "yes")
+    for tag in vlan.tags:
+        t = etree.SubElement(node, "tag", id=str(tag))
+        if vlan.native == tag:
+            t.set("nativeMode", "untagged")
+
+
+def _set_bandwidth(el: etree._Element, inbound: Rate | None, outbound: Rate | None) -> None:
+    """Replace the interface's ``<bandwidth>`` (both None: remove it, no limit)."""
+    for old in el.findall("bandwidth"):
+        el.remove(old)
+    if inbound is None and outbound is None:
+        return
+    node = etree.SubElement(el, "bandwidth")
+    for name, rate in (("inbound", inbound), ("outbound", outbound)):
+        if rate is None:
+            continue
+        child = etree.SubElement(node, name, average=str(rate.average))
+        if rate.peak is not None:
+            child.set("peak", str(rate.peak))
+        if rate.burst is not None:
+            child.set("burst", str(rate.burst))
+
+
+def _parse_rate(el: etree._Element | None) -> Rate | None:
+    if el is None or not el.get("average"):
+        return None
+    peak, burst = el.get("peak"), el.get("burst")
+    return Rate(average=int(el.get("average", "0")), peak=int(peak) if peak else None,
+                burst=int(burst) if burst else None)
+
+
+def _parse_vlan(el: etree._Element | None) -> Vlan | None:
+    if el is None:
+        return None
+    tags = [t for t in el.findall("tag") if t.get("id")]
+    if not tags:
+        return None
+    trunk = el.get("trunk") == "yes" or len(tags) > 1
+    native = next((int(t.get("id", "0")) for t in tags if t.get("nativeMode")), None)
+    return Vlan(tags=tuple(int(t.get("id", "0")) for t in tags), trunk=trunk,
+                native=native if trunk else None)
 
 
 def nic_xml(nic: NicSpec) -> str:
@@ -418,6 +592,7 @@ def parse_nic(el: etree._Element) -> NicSpec | None:
     target = el.find("target")
     link = el.find("link")
     alias = el.find("alias")
+    virtualport = el.find("virtualport")
     return NicSpec(
         kind="network" if kind == "network" else "bridge",
         source=source.get(kind, "") if source is not None else "",
@@ -427,6 +602,10 @@ def parse_nic(el: etree._Element) -> NicSpec | None:
         link="down" if link is not None and link.get("state") == "down" else (
             "up" if link is not None else None),
         alias=alias.get("name") if alias is not None else None,
+        inbound=_parse_rate(el.find("bandwidth/inbound")),
+        outbound=_parse_rate(el.find("bandwidth/outbound")),
+        vlan=_parse_vlan(el.find("vlan")),
+        virtualport=virtualport.get("type") if virtualport is not None else None,
     )
 
 
@@ -600,6 +779,17 @@ class DomainDocument:
         if link is None:
             link = etree.SubElement(el, "link")
         link.set("state", state)
+        return etree.tostring(el, encoding="unicode")
+
+    def set_nic_qos(self, mac: str, inbound: Rate | None, outbound: Rate | None,
+                    vlan: Vlan | None) -> str:
+        """Set the ``<bandwidth>`` and ``<vlan>`` of the interface with ``mac`` (None:
+        none); its new XML for updateDeviceFlags."""
+        el = self._nic(mac)
+        if el is None:
+            raise NotFoundError(f"VM '{self.name}' has no NIC with MAC {mac}")
+        _set_vlan(el, vlan)
+        _set_bandwidth(el, inbound, outbound)
         return etree.tostring(el, encoding="unicode")
 
     def _nic(self, mac: str) -> etree._Element | None:
