@@ -384,7 +384,122 @@ PAGES.vm = () => {
   }
   stats(vmUrl);
   manageVm(name);
+  manageNics(name);
 };
+
+/* The VM page's NIC editor (operators): add a NIC on a libvirt network, set a NIC's
+   link up or down, remove it -- calls to /api/v1/vms/{name}/nics, the same services as
+   ``kvmops vm nic``. The table is drawn again from the API after each change. */
+function manageNics(name) {
+  const form = document.getElementById("nic-add-form");
+  if (!form) return;  // below the operator role
+  const nicApi = "/api/v1/vms/" + encodeURIComponent(name) + "/nics";
+  const tbody = document.getElementById("nic-rows");
+  async function run(button, fn) {
+    const was = button ? button.disabled : false;
+    if (button) button.disabled = true;
+    try { await fn(); } catch (err) { K.toast(err.message, "error"); }
+    finally { if (button) button.disabled = was; }
+  }
+  function cell(tr, label, text, code) {
+    const td = document.createElement("td");
+    td.dataset.label = label;
+    if (code) {
+      const c = document.createElement("code");
+      c.textContent = text;
+      td.appendChild(c);
+    } else {
+      td.textContent = text;
+    }
+    tr.appendChild(td);
+    return td;
+  }
+  function button(text, attr, value, cls) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = text;
+    b.setAttribute(attr, value);
+    if (cls) b.className = cls;
+    return b;
+  }
+  function draw(nics) {
+    tbody.replaceChildren();
+    if (!nics.length) {
+      const tr = document.createElement("tr");
+      const td = cell(tr, "", "No network interfaces.");
+      td.colSpan = 7;
+      td.className = "muted";
+      tbody.appendChild(tr);
+      return;
+    }
+    for (const n of nics) {
+      const tr = document.createElement("tr");
+      tr.dataset.nic = n.mac;
+      cell(tr, "Type", n.type);
+      cell(tr, "Source", n.source);
+      cell(tr, "Model", n.model);
+      cell(tr, "MAC", n.mac, true);
+      cell(tr, "Host device", n.host_device || "–");
+      cell(tr, "Link", n.link).dataset.field = "link";
+      const actions = cell(tr, "", "");
+      const up = n.link === "up";
+      actions.appendChild(button(up ? "Link down" : "Link up", "data-link", up ? "down" : "up"));
+      actions.appendChild(document.createTextNode(" "));
+      actions.appendChild(button("Remove", "data-remove", n.mac, "danger"));
+      tbody.appendChild(tr);
+    }
+  }
+  async function refresh() {
+    draw((await K.api("GET", nicApi)).data);
+  }
+  tbody.addEventListener("click", (ev) => {
+    const b = ev.target.closest("button[data-link], button[data-remove]");
+    if (!b) return;
+    const mac = b.closest("tr").dataset.nic;
+    const url = nicApi + "/" + encodeURIComponent(mac);
+    if (b.dataset.remove !== undefined) {
+      if (!confirm("Remove NIC " + mac + " from VM " + name + "?")) return;
+      run(b, async () => {
+        const r = await K.api("DELETE", url);
+        K.toast("NIC " + r.data.mac + " removed", "ok");
+        await refresh();
+      });
+    } else {
+      const state = b.dataset.link;
+      run(b, async () => {
+        await K.api("POST", url + "/link", { state });
+        K.toast("NIC " + mac + " link " + state, "ok");
+        await refresh();
+      });
+    }
+  });
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const f = new FormData(form);
+    const get = (k) => (f.get(k) || "").toString().trim();
+    const body = { network: get("network"), model: get("model") || "virtio" };
+    if (get("mac")) body.mac = get("mac");
+    run(form.querySelector("button[type=submit]"), async () => {
+      const r = await K.api("POST", nicApi, body);
+      K.toast("NIC " + r.data.mac + " added on " + r.data.source, "ok");
+      form.querySelector("input[name=mac]").value = "";
+      await refresh();
+    });
+  });
+  const select = form.querySelector("select[name=network]");
+  run(null, async () => {
+    const nets = (await K.api("GET", "/api/v1/networks")).data;
+    select.replaceChildren();
+    for (const n of nets) {
+      const o = document.createElement("option");
+      o.value = n.name;
+      o.textContent = n.name + (n.active ? "" : " (inactive)");
+      select.appendChild(o);
+    }
+    if (!nets.length) select.appendChild(new Option("no networks: create one first", ""));
+  });
+  run(null, refresh);
+}
 
 /* The VM page's configuration actions: vCPUs, memory, autostart, clone, undefine (with
    or without the storage the dialog names), disk attach and detach -- each a call to the
