@@ -497,3 +497,17 @@ class Domain:
             if connection_lost(err):
                 raise translate(err, what or f"looking up checkpoint {name}") from err
             return None
+
+
+def clear_tap_shaping(dev: str | None) -> None:
+    """Remove the tc root and ingress qdiscs of a VM's tap: what libvirt leaves behind
+    when its bandwidth rules fail half way (an htb root without its sfq leaf). Never
+    fails; only for a NIC that had no limits before."""
+    import subprocess  # only this cleanup runs tc
+
+    if not dev or "/" in dev or dev.startswith("-"):
+        return
+    for kind in ("root", "ingress"):
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run(["tc", "qdisc", "del", "dev", dev, kind], capture_output=True,
+                           timeout=10, check=False)

@@ -16,14 +16,16 @@ from typing import Any
 from lxml import etree
 
 from kvmops.errors import (
+    HypervisorError,
     KvmopsError,
     NotFoundError,
     OperationTimeoutError,
     StateError,
+    UnsupportedError,
     ValidationError,
 )
 from kvmops.host.connection import Host
-from kvmops.host.domain import Domain
+from kvmops.host.domain import Domain, clear_tap_shaping
 from kvmops.records import Record
 from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
@@ -272,6 +274,11 @@ def check_vlan(host: Host, vm: str, kind: str, source: str) -> str | None:
                           "is not an Open vSwitch bridge", hint=hint)
 
 
+#: tc's words when the kernel lacks what libvirt's bandwidth rules use (act_police for
+#: outbound policing, sch_sfq under the inbound htb class).
+_TC_MISSING = ("Failed to load TC action module", "Specified qdisc kind is unknown")
+
+
 class _Keep:
     """Leave this setting as it is (``update``)."""
 
@@ -306,10 +313,28 @@ def update(caller: Caller, host: Host, vm: str, mac: str, *,
         xml = doc.set_nic_qos(
             mac, current.inbound if isinstance(inbound, _Keep) else inbound,
             current.outbound if isinstance(outbound, _Keep) else outbound, new_vlan)
-        domain.update_device(xml, live=doc is live_doc, config=doc is config_doc,
-                             what=f"updating NIC {mac} of VM '{vm}' in {scope}")
+        try:
+            domain.update_device(xml, live=doc is live_doc, config=doc is config_doc,
+                                 what=f"updating NIC {mac} of VM '{vm}' in {scope}")
+        except HypervisorError as err:
+            if any(s in str(err) for s in _TC_MISSING):
+                if doc is live_doc and current.inbound is None and current.outbound is None:
+                    clear_tap_shaping(current.target_dev)  # libvirt leaves its htb root
+                raise UnsupportedError(
+                    f"cannot limit the bandwidth of NIC {mac} of VM '{vm}' live: this "
+                    "host's kernel lacks the tc police action or sfq qdisc libvirt uses",
+                    hint="load act_police and sch_sfq (CONFIG_NET_ACT_POLICE, "
+                         "CONFIG_NET_SCH_SFQ); nothing was changed") from err
+            raise
     for entry in list_nics(caller, host, vm):
         if entry.mac == mac:
+            if not in_live:  # show the definition's values, not the running VM's
+                _live, config_doc, _r, _d = _docs(domain)
+                for nic in config_doc.nics():
+                    if (nic.mac or "").lower() == mac:
+                        entry.inbound = nic.inbound.text() if nic.inbound else None
+                        entry.outbound = nic.outbound.text() if nic.outbound else None
+                        entry.vlan = nic.vlan.text() if nic.vlan else None
             return entry
     raise NotFoundError(f"VM '{vm}' has no NIC with MAC {mac}")
 
