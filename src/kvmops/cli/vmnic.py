@@ -37,7 +37,7 @@ NativeOpt = typer.Option(None, "--native", help="With --trunk: the tag of untagg
 
 def _rate(text: str | None, direction: str) -> object:
     """None: not given; 'none': remove the limit; else the parsed Rate."""
-    from kvmops.vm.domxml import Rate
+    from kvmops.services.nics import Rate
 
     if text is None:
         return None
@@ -95,7 +95,7 @@ def add_cmd(
 ) -> None:
     """Add a NIC: hot-plugged into a running VM and kept in its definition."""
     from kvmops.services import nics
-    from kvmops.vm.domxml import Rate, Vlan
+    from kvmops.services.nics import Rate, Vlan
 
     live, persistent = _scope(live_only, config_only)
     rate_in, rate_out = (Rate.parse(inbound, "inbound") if inbound else None,
@@ -177,7 +177,7 @@ def update_cmd(
 ) -> None:
     """Change a NIC's bandwidth limits or VLAN (live: applied to the running VM at once)."""
     from kvmops.services import nics
-    from kvmops.vm.domxml import Rate, Vlan
+    from kvmops.services.nics import Rate, Vlan
 
     live, persistent = _scope(live_only, config_only)
     changes: dict[str, Rate | Vlan | None] = {}

@@ -42,8 +42,21 @@ from kvmops.vm.domxml import (
 )
 from kvmops.vm.lifecycle import check_macs_free, macs_in_use, new_mac, state_name
 
-__all__ = ["GuestAddress", "GuestInterface", "NicEntry", "NicRemoval", "add", "guest_addresses",
-           "list_nics", "merge_addresses", "remove", "set_link", "update"]
+__all__ = [
+    "GuestAddress",
+    "GuestInterface",
+    "NicEntry",
+    "NicRemoval",
+    "Rate",
+    "Vlan",
+    "add",
+    "guest_addresses",
+    "list_nics",
+    "merge_addresses",
+    "remove",
+    "set_link",
+    "update",
+]
 
 _EMPTY = "<domain><name>-</name><devices/></domain>"
 
