@@ -16,6 +16,22 @@ import libvirt
 
 REPO = Path(__file__).resolve().parent.parent
 
+def write_marked_section(begin: str, end: str, section: str) -> None:
+    """Replace the text between ``begin`` and ``end`` in bench/README.md with ``section``
+    (appended when the markers are missing), atomically."""
+    readme = REPO / "bench" / "README.md"
+    text = readme.read_text()
+    block = f"{begin}\n{section}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    tmp = readme.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(readme)
+
+
 MINIMAL_XML = """<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory>
 <vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os></domain>"""
 

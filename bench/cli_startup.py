@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchlib import write_marked_section
+
 REPO = Path(__file__).resolve().parent.parent
 KVMOPS = str(Path(sys.executable).parent / "kvmops")
 BEGIN, END = "<!-- cli-bench:begin -->", "<!-- cli-bench:end -->"
@@ -241,17 +243,7 @@ def render(pairs: list[Pair], runs: int, vm: str,
 
 
 def write_readme(section: str) -> None:
-    readme = REPO / "bench" / "README.md"
-    text = readme.read_text()
-    block = f"{BEGIN}\n{section}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = readme.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(readme)
+    write_marked_section(BEGIN, END, section)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchlib import write_marked_section
+
 REPO = Path(__file__).resolve().parent.parent
 KVMOPS = str(Path(sys.executable).parent / "kvmops")
 BEGIN, END = "<!-- net-bench:begin -->", "<!-- net-bench:end -->"
@@ -158,17 +160,7 @@ def render(k: Side, v: Side, runs: int) -> str:
 
 
 def write_readme(section: str) -> None:
-    readme = REPO / "bench" / "README.md"
-    text = readme.read_text()
-    block = f"{BEGIN}\n{section}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = readme.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(readme)
+    write_marked_section(BEGIN, END, section)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,10 +10,7 @@ prefixes, and are removed even when a test fails."""
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,11 +18,11 @@ import pytest
 from kvmops.host import networks as host_networks
 from kvmops.host.connection import Host
 from tests.conftest import SESSION_PREFIX, run_cli
-from tests.integration.api_server import ApiServer, start_server
+from tests.integration.api_server import ApiServer
+from tests.integration.browser import CHROMIUM, chromium_page, log_in, web_server
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = Path("/usr/bin/chromium")
 OPERATOR, OPERATOR_PASSWORD = f"{SESSION_PREFIX}netop"[:60], "net-operator-1"
 VIEWER, VIEWER_PASSWORD = f"{SESSION_PREFIX}netview"[:60], "net-viewer-1"
 
@@ -43,42 +40,15 @@ def remove_network(host: Host, name: str) -> None:
 
 @pytest.fixture(scope="module")
 def web() -> Iterator[ApiServer]:
-    workdir = Path(tempfile.mkdtemp(prefix="kvmops-webnet-"))
-    db = f"sqlite:///{workdir}/kvmops.sqlite"
-    server = start_server(db, workdir)
-    try:
-        for name, role, secret in ((OPERATOR, "operator", OPERATOR_PASSWORD),
-                                   (VIEWER, "viewer", VIEWER_PASSWORD)):
-            added = run_cli("user", "add", name, "--role", role, "--password-stdin", "--db",
-                            db, input=secret + "\n")
-            assert added.code == 0, added.stderr
+    with web_server("kvmops-webnet-", [(OPERATOR, "operator", OPERATOR_PASSWORD),
+                                       (VIEWER, "viewer", VIEWER_PASSWORD)]) as server:
         yield server
-    finally:
-        server.stop()
-        log = server.log.read_text()
-        shutil.rmtree(workdir, ignore_errors=True)
-        assert "Traceback" not in log, log
 
 
 @pytest.fixture
 def browser_page() -> Iterator[Any]:
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"])
-        context = browser.new_context(viewport={"width": 1280, "height": 800})
-        context.set_default_timeout(60_000)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda err: errors.append(str(err)))
-        try:
-            yield page
-        finally:
-            context.close()
-            browser.close()
-        assert not errors, errors
+    with chromium_page() as page:
+        yield page
 
 
 @pytest.fixture
@@ -88,14 +58,6 @@ def net_names(host: Host) -> Iterator[list[str]]:
     yield made
     for name in made:
         remove_network(host, name)
-
-
-def log_in(page: Any, url: str, name: str, password: str) -> None:
-    page.goto(url + "/login")
-    page.fill("input[name=username]", name)
-    page.fill("input[name=password]", password)
-    page.click("button[type=submit]")
-    page.wait_for_url(url + "/")
 
 
 def user_vm_xml(name: str, network: str) -> str:

@@ -9,10 +9,7 @@ test uses it) and is removed even when a test fails."""
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import libvirt
@@ -21,10 +18,10 @@ import pytest
 from kvmops.host import networks as host_networks
 from kvmops.host.connection import Host
 from tests.conftest import SESSION_PREFIX, run_cli
-from tests.integration.api_server import ApiServer, start_server
-from tests.integration.test_web_networks import CHROMIUM, log_in
+from tests.integration.api_server import ApiServer
+from tests.integration.browser import CHROMIUM, chromium_page, log_in, web_server
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
 OPERATOR, OPERATOR_PASSWORD = f"{SESSION_PREFIX}nicop"[:60], "nic-operator-1"
 VIEWER, VIEWER_PASSWORD = f"{SESSION_PREFIX}nicview"[:60], "nic-viewer-1"
@@ -37,21 +34,9 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
 
 @pytest.fixture(scope="module")
 def web() -> Iterator[ApiServer]:
-    workdir = Path(tempfile.mkdtemp(prefix="kvmops-webnic-"))
-    db = f"sqlite:///{workdir}/kvmops.sqlite"
-    server = start_server(db, workdir)
-    try:
-        for name, role, secret in ((OPERATOR, "operator", OPERATOR_PASSWORD),
-                                   (VIEWER, "viewer", VIEWER_PASSWORD)):
-            added = run_cli("user", "add", name, "--role", role, "--password-stdin", "--db",
-                            db, input=secret + "\n")
-            assert added.code == 0, added.stderr
+    with web_server("kvmops-webnic-", [(OPERATOR, "operator", OPERATOR_PASSWORD),
+                                       (VIEWER, "viewer", VIEWER_PASSWORD)]) as server:
         yield server
-    finally:
-        server.stop()
-        log = server.log.read_text()
-        shutil.rmtree(workdir, ignore_errors=True)
-        assert "Traceback" not in log, log
 
 
 @pytest.fixture
@@ -70,23 +55,8 @@ def network(host: Host) -> Iterator[str]:
 
 @pytest.fixture
 def browser_page() -> Iterator[Any]:
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"])
-        context = browser.new_context(viewport={"width": 1280, "height": 800})
-        context.set_default_timeout(60_000)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda err: errors.append(str(err)))
-        try:
-            yield page
-        finally:
-            context.close()
-            browser.close()
-        assert not errors, errors
+    with chromium_page() as page:
+        yield page
 
 
 def definition(host: Host, vm: str) -> str:

@@ -11,9 +11,7 @@ import json
 import os
 import pwd
 import re
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,18 +21,17 @@ import pytest
 from kvmops.devguest.build import BUILDER_VERSION, GuestImage
 from kvmops.host.connection import Host
 from tests.conftest import REPO, SESSION_PREFIX, run_cli
-from tests.integration.api_server import ApiServer, start_server
+from tests.integration.api_server import ApiServer
 from tests.integration.backup_util import backup, list_backups
+from tests.integration.browser import CHROMIUM, LAPTOP, chromium_page, web_server
 from tests.integration.conftest import remove_vm
 
 TINY_OS = f"kvmops tiny guest {BUILDER_VERSION}"  # the tiny guest's os-release PRETTY_NAME
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = REPO / "test-output" / "screenshots"
 USER, PASSWORD = "webadmin", "web-password-1"
-LAPTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 WAIT_MS = 180_000  # upper bound for slow steps under TCG; never asserted as a duration
 
@@ -53,42 +50,17 @@ CANVAS_INK = """() => {
 
 @pytest.fixture(scope="module")
 def web(tiny_guest: GuestImage, images_dir: Path, backups_dir: Path) -> Iterator[ApiServer]:
-    workdir = Path(tempfile.mkdtemp(prefix="kvmops-web-"))
-    db = f"sqlite:///{workdir}/kvmops.sqlite"
-    server = start_server(db, workdir, "--allow-dir", str(images_dir), "--backup-dir",
-                          str(backups_dir), "--allow-dir", str(tiny_guest.kernel.parent),
-                          extra_env={"KVMOPS_WEB_SHUTDOWN_WATCH": "5"})
-    try:
-        added = run_cli("user", "add", USER, "--role", "admin", "--password-stdin", "--db", db,
-                        input=PASSWORD + "\n")
-        assert added.code == 0, added.stderr
+    with web_server("kvmops-web-", [(USER, "admin", PASSWORD)], "--allow-dir",
+                    str(images_dir), "--backup-dir", str(backups_dir), "--allow-dir",
+                    str(tiny_guest.kernel.parent),
+                    extra_env={"KVMOPS_WEB_SHUTDOWN_WATCH": "5"}) as server:
         yield server
-    finally:
-        server.stop()
-        log = server.log.read_text()
-        shutil.rmtree(workdir, ignore_errors=True)
-        assert "Traceback" not in log, log
 
 
 @pytest.fixture
 def browser_page() -> Iterator[Any]:
-    with playwright_sync.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"])
-        context = browser.new_context(viewport=LAPTOP)
-        context.set_default_timeout(60_000)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda err: errors.append(str(err)))
-        try:
-            yield page
-        finally:
-            context.close()
-            browser.close()
-        assert not errors, errors
+    with chromium_page(LAPTOP) as page:
+        yield page
 
 
 def shoot(page: Any, name: str) -> None:

@@ -192,6 +192,19 @@ def _find(live: DomainDocument, config: DomainDocument, vm: str, mac: str
     return live_el, config_el
 
 
+def _scopes(live_doc: DomainDocument, config_doc: DomainDocument, vm: str, mac: str,
+            live: bool, persistent: bool) -> tuple[str | None, str | None, bool, bool]:
+    """NIC ``mac``'s device XML in the running VM and the definition, and which of the two
+    a change asked for (``live``/``persistent``) applies to; NotFoundError for neither."""
+    live_el, config_el = _find(live_doc, config_doc, vm, mac)
+    in_live = live and live_el is not None
+    in_config = persistent and config_el is not None
+    if not in_live and not in_config:
+        where = "running VM" if live else "definition"
+        raise NotFoundError(f"NIC {mac} is not in the {where} of VM '{vm}'")
+    return live_el, config_el, in_live, in_config
+
+
 @audited("vm.nic.remove", target="vm")
 def remove(caller: Caller, host: Host, vm: str, mac: str, *, live: bool = True,
            persistent: bool = True, timeout: float = 30.0) -> NicRemoval:
@@ -199,13 +212,9 @@ def remove(caller: Caller, host: Host, vm: str, mac: str, *, live: bool = True,
     the guest to release it) and/or from the definition."""
     domain = host.lookup(vm)
     live_doc, config_doc, _running, _defined = _docs(domain)
-    live_el, config_el = _find(live_doc, config_doc, vm, mac)
     mac = validate_mac(mac)
-    in_live = live and live_el is not None
-    in_config = persistent and config_el is not None
-    if not in_live and not in_config:
-        where = "running VM" if live else "definition"
-        raise NotFoundError(f"NIC {mac} is not in the {where} of VM '{vm}'")
+    live_el, config_el, in_live, in_config = _scopes(live_doc, config_doc, vm, mac, live,
+                                                     persistent)
     element = live_el if in_live else config_el
     assert element is not None
     deadline = time.monotonic() + timeout
@@ -243,13 +252,8 @@ def set_link(caller: Caller, host: Host, vm: str, mac: str, state: LinkState, *,
         raise ValidationError(f"invalid link state '{state}'", hint="use up or down")
     domain = host.lookup(vm)
     live_doc, config_doc, _running, _defined = _docs(domain)
-    live_el, config_el = _find(live_doc, config_doc, vm, mac)
     mac = validate_mac(mac)
-    in_live = live and live_el is not None
-    in_config = persistent and config_el is not None
-    if not in_live and not in_config:
-        where = "running VM" if live else "definition"
-        raise NotFoundError(f"NIC {mac} is not in the {where} of VM '{vm}'")
+    _, _, in_live, in_config = _scopes(live_doc, config_doc, vm, mac, live, persistent)
     if in_live:
         domain.update_device(live_doc.set_nic_link(mac, state), live=True, config=False,
                              what=f"setting the link of NIC {mac} of VM '{vm}' {state}")
@@ -308,13 +312,8 @@ def update(caller: Caller, host: Host, vm: str, mac: str, *,
     running VM at once (libvirt re-applies its tc rules on the tap) and in the definition."""
     domain = host.lookup(vm)
     live_doc, config_doc, _running, _defined = _docs(domain)
-    live_el, config_el = _find(live_doc, config_doc, vm, mac)
     mac = validate_mac(mac)
-    in_live = live and live_el is not None
-    in_config = persistent and config_el is not None
-    if not in_live and not in_config:
-        where = "running VM" if live else "definition"
-        raise NotFoundError(f"NIC {mac} is not in the {where} of VM '{vm}'")
+    _, _, in_live, in_config = _scopes(live_doc, config_doc, vm, mac, live, persistent)
     for doc, applies, scope in ((live_doc, in_live, "the running VM"),
                                 (config_doc, in_config, "its definition")):
         if not applies:
