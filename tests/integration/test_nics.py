@@ -201,7 +201,8 @@ def test_bad_nic_input_and_a_taken_mac_are_refused(lab: Lab, host: Host) -> None
     try:
         for spec, fragment in ((f"network={lab.network},mac=01:00:5e:00:00:01", "multicast"),
                                (f"network={lab.network},model=ne2k", "unknown NIC model"),
-                               (f"net={lab.network}", "unknown key(s) net")):
+                               (f"net={lab.network}", "unknown key(s) net"),
+                               ("bridge=-x", "invalid bridge name '-x'")):
             result = run_cli("vm", "create", name, "--memory", "64M", "--nic", spec)
             assert_one_line_error(result, 2, fragment)
         taken = run_cli("vm", "create", name, "--memory", "64M",
@@ -210,6 +211,8 @@ def test_bad_nic_input_and_a_taken_mac_are_refused(lab: Lab, host: Host) -> None
         assert not host.has_domain(name)
         plug = run_cli("vm", "nic", "add", lab.vm1, "--network", lab.network, "--mac", lab.mac2)
         assert_one_line_error(plug, 4, lab.mac2, lab.vm2)
+        odd = run_cli("vm", "nic", "add", lab.vm1, "--bridge", "../br0")
+        assert_one_line_error(odd, 2, "invalid bridge name '../br0'")
         missing = run_cli("vm", "nic", "add", lab.vm1, "--network", f"{SESSION_PREFIX}nonet")
         assert_one_line_error(missing, 3, "not found")
     finally:

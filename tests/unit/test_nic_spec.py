@@ -32,6 +32,10 @@ def test_parse_bridge_defaults_to_virtio() -> None:
     ("network=a,mac=52:54:00:00:00", "invalid MAC"),
     ("network=a,mac=01:00:5e:00:00:01", "multicast"),
     ("network=a,mac=00:00:00:00:00:00", "not a usable address"),
+    ("bridge=-x", "invalid bridge name '-x'"),
+    ("bridge=../br0", "invalid bridge name"),
+    ("bridge=a-bridge-name-too-long", "at most 15 characters"),
+    ("network=lab net", "invalid network name"),
 ])
 def test_parse_refusals(text: str, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
@@ -74,6 +78,13 @@ def test_request_nics_legacy_first_then_nic_options() -> None:
     nics = requested_nics(req)
     assert [(n.kind, n.source, n.model, n.mac) for n in nics] == [
         ("network", "lab", "virtio", "52:54:00:00:00:aa"), ("bridge", "br0", "e1000", None)]
+
+
+def test_request_refuses_a_bad_bridge_or_network_name() -> None:
+    with pytest.raises(ValidationError, match="invalid bridge name '--help'"):
+        requested_nics(CreateRequest(name="web1", memory=1 << 28, bridge="--help"))
+    with pytest.raises(ValidationError, match="invalid network name"):
+        requested_nics(CreateRequest(name="web1", memory=1 << 28, network="a/b"))
 
 
 def test_request_refuses_duplicate_macs_and_stray_mac() -> None:

@@ -145,6 +145,8 @@ def ovs_bridge_exists(name: str) -> bool | None:
     tool = shutil.which("ovs-vsctl")
     if tool is None:
         return None
+    if not name or name.startswith("-"):
+        return False  # not an interface name, and never an option to ovs-vsctl
     try:
         result = subprocess.run([tool, "--timeout=5", "br-exists", name], capture_output=True,
                                 text=True, timeout=10, check=False)

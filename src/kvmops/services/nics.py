@@ -39,6 +39,7 @@ from kvmops.vm.domxml import (
     nic_xml,
     validate_mac,
     validate_nic_model,
+    validate_nic_source,
 )
 from kvmops.vm.lifecycle import check_macs_free, macs_in_use, new_mac, state_name
 
@@ -168,7 +169,7 @@ def add(caller: Caller, host: Host, vm: str, *, network: str | None = None,
     else:
         mac = new_mac(set(macs_in_use(host)))
     kind: NicKind = "network" if network is not None else "bridge"
-    source = network if network is not None else bridge or ""
+    source = validate_nic_source(kind, network if network is not None else bridge or "")
     virtualport = check_vlan(host, vm, kind, source) if vlan is not None else None
     spec = NicSpec(kind=kind, source=source, model=model, mac=mac, inbound=inbound,
                    outbound=outbound, vlan=vlan, virtualport=virtualport)

@@ -134,6 +134,20 @@ def validate_mac(mac: str) -> str:
     return mac
 
 
+_SOURCE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
+
+
+def validate_nic_source(kind: str, source: str) -> str:
+    """The network or host bridge a new NIC joins: a plain name (an interface name has at
+    most 15 characters), never a path nor anything a tool could read as an option."""
+    limit = 15 if kind == "bridge" else 64
+    if not _SOURCE_RE.match(source) or len(source) > limit:
+        raise ValidationError(f"invalid {kind} name '{source}' for a NIC",
+                              hint=f"use the name of an existing {kind}: letters, digits, "
+                                   f"'_', '.', '-' (at most {limit} characters)")
+    return source
+
+
 def validate_nic_model(model: str) -> str:
     if model not in NIC_MODELS:
         raise ValidationError(f"unknown NIC model '{model}'",
@@ -300,7 +314,7 @@ class NicSpec:
                                   "bridge=", hint=hint)
         kind: NicKind = "network" if "network" in values else "bridge"
         mac = values.get("mac")
-        return cls(kind=kind, source=values[kind],
+        return cls(kind=kind, source=validate_nic_source(kind, values[kind]),
                    model=validate_nic_model(values.get("model", "virtio")),
                    mac=validate_mac(mac) if mac is not None else None)
 

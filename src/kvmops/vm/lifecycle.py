@@ -29,12 +29,14 @@ from kvmops.vm.domxml import (
     DiskSpec,
     DomainDocument,
     DomainSpec,
+    NicKind,
     NicSpec,
     OwnedFile,
     Topology,
     validate_mac,
     validate_name,
     validate_nic_model,
+    validate_nic_source,
 )
 
 DISK_TARGETS = [f"vd{chr(c)}" for c in range(ord("a"), ord("z") + 1)]
@@ -113,15 +115,17 @@ def requested_nics(req: CreateRequest) -> list[NicSpec]:
         raise ValidationError("give either --network or --bridge, not both")
     nics: list[NicSpec] = []
     if req.network or req.bridge:
-        nics.append(NicSpec(kind="network" if req.network else "bridge",
-                            source=req.network or req.bridge or "",
+        kind: NicKind = "network" if req.network else "bridge"
+        nics.append(NicSpec(kind=kind,
+                            source=validate_nic_source(kind, req.network or req.bridge or ""),
                             mac=validate_mac(req.mac) if req.mac else None))
     elif req.mac:
         raise ValidationError("--mac needs --network or --bridge",
                               hint="or give it inside --nic: --nic network=NAME,mac=...")
     for nic in req.nics:
         validate_nic_model(nic.model)
-        nics.append(NicSpec(kind=nic.kind, source=nic.source, model=nic.model,
+        nics.append(NicSpec(kind=nic.kind, source=validate_nic_source(nic.kind, nic.source),
+                            model=nic.model,
                             mac=validate_mac(nic.mac) if nic.mac else None))
     seen: set[str] = set()
     for nic in nics:
