@@ -81,6 +81,23 @@ def test_nic_life_cycle_with_role_checks(api: ApiServer, tiny_guest: GuestImage,
         links = {n["mac"]: n["link"] for n in viewer.get(f"/vms/{vm_name}/nics").json()}
         assert links == {FIRST_MAC: "up", ADDED_MAC: "down"}
 
+        nic_path = f"/vms/{vm_name}/nics/{ADDED_MAC}"
+        limit = {"outbound": "10mbit,20mbit,256", "inbound": "500"}
+        assert viewer.patch(nic_path, json=limit).status_code == 403
+        limited = operator.patch(nic_path, json=limit)
+        assert limited.status_code == 200, limited.text
+        assert (limited.json()["outbound"], limited.json()["inbound"]) == ("1220,2441,256",
+                                                                           "500")
+        kept = operator.patch(nic_path, json={"inbound": None})  # outbound left as it was
+        assert kept.status_code == 200, kept.text
+        assert (kept.json()["outbound"], kept.json()["inbound"]) == ("1220,2441,256", None)
+        vlan = operator.patch(nic_path, json={"vlan": 10})
+        assert vlan.status_code == 422, vlan.text
+        assert "not an Open vSwitch or SR-IOV network" in vlan.json()["error"]
+        bad_rate = operator.patch(nic_path, json={"outbound": "10mbit,1mbit"})
+        assert bad_rate.status_code == 422 and "below the average" in bad_rate.json()["error"]
+        assert viewer.get(f"/vms/{vm_name}/nics").json()[1]["outbound"] == "1220,2441,256"
+
         assert viewer.delete(f"/vms/{vm_name}/nics/{ADDED_MAC}").status_code == 403
         removed = operator.delete(f"/vms/{vm_name}/nics/{ADDED_MAC}")
         assert removed.status_code == 200, removed.text
@@ -94,6 +111,7 @@ def test_nic_life_cycle_with_role_checks(api: ApiServer, tiny_guest: GuestImage,
                if vm_name in (e.get("path") or "")}
     for expected in (("op", "add_nic", 201), ("op", "set_nic_link", 200),
                      ("op", "remove_nic", 200), ("view", "add_nic", 403),
+                     ("op", "update_nic", 200), ("view", "update_nic", 403),
                      ("view", "remove_nic", 403), ("op", "add_nic", 409)):
         assert expected in actions, (expected, actions)
 

@@ -17,7 +17,8 @@ from kvmops.api.deps import HostDep, LongRequest, OperatorCaller, ViewerCaller, 
 from kvmops.api.routes.common import Body
 from kvmops.api.validators import MacAddress
 from kvmops.services import nics as nic_service
-from kvmops.services.nics import NicEntry, NicRemoval
+from kvmops.services.nics import KEEP, NicEntry, NicRemoval
+from kvmops.vm.domxml import BANDWIDTH_HINT, Rate, Vlan
 
 router = APIRouter(prefix="/vms/{name}/nics", tags=["nics"])
 # Hot-plug and unplug wait for libvirt and the guest: they hold a long-request slot.
@@ -27,7 +28,34 @@ _SOURCE = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 MacPath = Annotated[MacAddress, PathParam(description="the NIC's MAC address")]
 
 
-class AddNicBody(Body):
+_RATE = r"^[0-9]+[A-Za-z]*(,[0-9]*[A-Za-z]*){0,2}$"
+
+
+class QosFields(Body):
+    """Bandwidth and VLAN, in the CLI's words (``--inbound``, ``--vlan``, ``--trunk``)."""
+
+    inbound: str | None = Field(default=None, pattern=_RATE, max_length=64,
+                                description="traffic to the guest: " + BANDWIDTH_HINT)
+    outbound: str | None = Field(default=None, pattern=_RATE, max_length=64,
+                                 description="traffic from the guest, same form")
+    vlan: int | None = Field(default=None, ge=1, le=4094, description="access VLAN tag "
+                             "(Open vSwitch network/bridge or SR-IOV VF only)")
+    trunk: list[int] | None = Field(default=None, min_length=1, max_length=4094,
+                                    description="trunk VLAN tags")
+    native: int | None = Field(default=None, ge=1, le=4094,
+                               description="the trunk's untagged tag")
+
+    def rates(self) -> tuple[Rate | None, Rate | None]:
+        return (Rate.parse(self.inbound, "inbound") if self.inbound else None,
+                Rate.parse(self.outbound, "outbound") if self.outbound else None)
+
+    def vlan_tags(self) -> Vlan | None:
+        trunk = ",".join(str(t) for t in self.trunk) if self.trunk else None
+        return Vlan.parse(str(self.vlan) if self.vlan is not None else None, trunk,
+                          self.native)
+
+
+class AddNicBody(QosFields):
     network: str | None = Field(default=None, pattern=_SOURCE, description="libvirt network")
     bridge: str | None = Field(default=None, pattern=_SOURCE, description="host bridge")
     model: Literal["virtio", "e1000", "rtl8139"] = "virtio"
@@ -40,6 +68,13 @@ class AddNicBody(Body):
         if (self.network is None) == (self.bridge is None):
             raise ValueError("give exactly one of network and bridge")
         return self
+
+
+class UpdateNicBody(QosFields):
+    """Only the fields given change; ``null`` removes a limit or the VLAN."""
+
+    live: bool = True
+    persistent: bool = True
 
 
 class LinkBody(Body):
@@ -56,9 +91,26 @@ def list_nics(caller: ViewerCaller, name: VmNameDep, host: HostDep) -> list[NicE
 @router.post("", status_code=201, response_model=NicEntry, dependencies=_LONG)
 def add_nic(caller: OperatorCaller, name: VmNameDep, body: AddNicBody, host: HostDep
             ) -> NicEntry:
+    inbound, outbound = body.rates()
     return nic_service.add(caller, host, name, network=body.network, bridge=body.bridge,
                            model=body.model, mac=body.mac, live=body.live,
-                           persistent=body.persistent)
+                           persistent=body.persistent, inbound=inbound, outbound=outbound,
+                           vlan=body.vlan_tags())
+
+
+@router.patch("/{mac}", response_model=NicEntry, dependencies=_LONG)
+def update_nic(caller: OperatorCaller, name: VmNameDep, body: UpdateNicBody, host: HostDep,
+               mac: MacPath) -> NicEntry:
+    """Change a NIC's bandwidth limits and/or VLAN, live and in the definition."""
+    given = body.model_fields_set
+    inbound, outbound = body.rates()
+    vlan_given = bool(given & {"vlan", "trunk", "native"})
+    return nic_service.update(
+        caller, host, name, mac,
+        inbound=inbound if "inbound" in given else KEEP,
+        outbound=outbound if "outbound" in given else KEEP,
+        vlan=body.vlan_tags() if vlan_given else KEEP,
+        live=body.live, persistent=body.persistent)
 
 
 @router.delete("/{mac}", response_model=NicRemoval, dependencies=_LONG)
