@@ -92,6 +92,22 @@ def test_operator_adds_links_down_and_removes_a_nic(web: ApiServer, browser_page
     assert row.locator("[data-field=link]").inner_text() == "down"
     assert "<link state='down'/>" in definition(host, vm)
 
+    # Bandwidth through the change form (the VM is shut off: its definition changes);
+    # a VLAN on a plain network is refused with the service's one line.
+    page.locator("details:has(#nic-qos-form) > summary").click()
+    qos = page.locator("#nic-qos-form")
+    qos.locator("select[name=mac]").select_option(MAC)
+    qos.locator("input[name=outbound]").fill("10mbit,20mbit,256")
+    qos.locator("button[type=submit]").click()
+    row.locator("[data-field=qos]", has_text="out 1220,2441,256").wait_for()
+    assert "<outbound average='1220' peak='2441' burst='256'/>" in definition(host, vm)
+    qos.locator("select[name=mac]").select_option(MAC)
+    qos.locator("input[name=vlan]").fill("10")
+    qos.locator("button[type=submit]").click()
+    toast = page.locator(".toast", has_text="not an Open vSwitch or SR-IOV network")
+    toast.wait_for()
+    assert "<vlan" not in definition(host, vm)
+
     page.once("dialog", lambda dialog: dialog.accept())
     row.locator("button[data-remove]").click()
     row.wait_for(state="detached")

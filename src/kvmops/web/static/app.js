@@ -422,7 +422,17 @@ function manageNics(name) {
     if (cls) b.className = cls;
     return b;
   }
+  function qosText(n) {
+    const parts = [];
+    if (n.inbound) parts.push("in " + n.inbound);
+    if (n.outbound) parts.push("out " + n.outbound);
+    if (n.vlan) parts.push("VLAN " + n.vlan);
+    return parts.length ? parts.join(", ") : "–";
+  }
+  const qosForm = document.getElementById("nic-qos-form");
   function draw(nics) {
+    const pick = qosForm.querySelector("select[name=mac]");
+    pick.replaceChildren(...nics.map((n) => new Option(n.mac + " (" + n.source + ")", n.mac)));
     tbody.replaceChildren();
     if (!nics.length) {
       const tr = document.createElement("tr");
@@ -440,6 +450,7 @@ function manageNics(name) {
       cell(tr, "Model", n.model);
       cell(tr, "MAC", n.mac, true);
       cell(tr, "Host device", n.host_device || "–");
+      cell(tr, "Limits / VLAN", qosText(n)).dataset.field = "qos";
       cell(tr, "Link", n.link).dataset.field = "link";
       const actions = cell(tr, "", "");
       const up = n.link === "up";
@@ -479,10 +490,31 @@ function manageNics(name) {
     const get = (k) => (f.get(k) || "").toString().trim();
     const body = { network: get("network"), model: get("model") || "virtio" };
     if (get("mac")) body.mac = get("mac");
+    if (get("inbound")) body.inbound = get("inbound");
+    if (get("outbound")) body.outbound = get("outbound");
+    if (get("vlan")) body.vlan = Number(get("vlan"));
     run(form.querySelector("button[type=submit]"), async () => {
       const r = await K.api("POST", nicApi, body);
       K.toast("NIC " + r.data.mac + " added on " + r.data.source, "ok");
       form.querySelector("input[name=mac]").value = "";
+      await refresh();
+    });
+  });
+  qosForm.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const f = new FormData(qosForm);
+    const get = (k) => (f.get(k) || "").toString().trim();
+    const mac = get("mac");
+    const body = {};
+    for (const k of ["inbound", "outbound"]) {
+      if (get(k)) body[k] = get(k).toLowerCase() === "none" ? null : get(k);
+    }
+    if (get("vlan")) body.vlan = get("vlan").toLowerCase() === "none" ? null : Number(get("vlan"));
+    if (!Object.keys(body).length) { K.toast("Nothing to change: fill a field", "error"); return; }
+    run(qosForm.querySelector("button[type=submit]"), async () => {
+      await K.api("PATCH", nicApi + "/" + encodeURIComponent(mac), body);
+      K.toast("NIC " + mac + " updated", "ok");
+      for (const k of ["inbound", "outbound", "vlan"]) qosForm.querySelector("input[name=" + k + "]").value = "";
       await refresh();
     });
   });
