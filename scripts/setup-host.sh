@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-dev pkg-config
           qemu-guest-agent busybox-static cpio xz-utils e2fsprogs postgresql
-          chromium)
+          chromium openvswitch-switch)
 VENV=${KVMOPS_VENV:-.venv}
 say() { printf '[setup] %s\n' "$*"; }
 
@@ -55,6 +55,24 @@ for _ in $(seq 1 50); do
   sleep 0.2
 done
 virsh -c qemu:///system version >/dev/null 2>&1 || { echo "setup-host.sh: libvirtd did not come up" >&2; exit 1; }
+
+# Open vSwitch (net create --mode ovs). Without systemd, and where the kernel has no
+# openvswitch module (as in containers): ovsdb-server through ovs-ctl, then ovs-vswitchd by
+# hand; bridges then need datapath_type=netdev (the userspace datapath), which kvmops picks.
+if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; then
+  systemctl start openvswitch-switch
+else
+  if ! pgrep -x ovsdb-server >/dev/null; then
+    say "starting ovsdb-server"
+    /usr/share/openvswitch/scripts/ovs-ctl start --system-id=random --no-ovs-vswitchd >/dev/null
+  fi
+  if ! pgrep -x ovs-vswitchd >/dev/null; then
+    say "starting ovs-vswitchd (log: /var/log/openvswitch/ovs-vswitchd.log)"
+    install -d -m 0755 /var/log/openvswitch /var/run/openvswitch
+    ovs-vswitchd --pidfile --detach -vconsole:err --log-file=/var/log/openvswitch/ovs-vswitchd.log
+  fi
+fi
+ovs-vsctl --timeout=10 show >/dev/null || { echo "setup-host.sh: Open vSwitch did not come up (see /var/log/openvswitch/)" >&2; exit 1; }
 
 # Where kvmops keeps images and backups (QEMU runs as libvirt-qemu and must reach them), and
 # its state (database, manifest key): never reachable through an allowed directory.
