@@ -22,6 +22,7 @@ from kvmops.devguest.build import GuestImage, build_guest
 from kvmops.host.connection import Host
 from kvmops.vm import lifecycle
 from tests.conftest import SESSION_PREFIX, TEST_BACKUPS, TEST_IMAGES, run_cli
+from tests.integration.nshost import NsHost, ns_host
 
 _counter = itertools.count(1)
 
@@ -173,6 +174,15 @@ def backup_guest(running_vm: str, host: Host) -> Iterator[str]:
         if checkpoint.getName() not in before:
             with contextlib.suppress(libvirt.libvirtError):
                 checkpoint.delete(0)
+
+
+@pytest.fixture(scope="session")
+def nshost() -> Iterator[NsHost]:
+    """A second libvirtd in test network and mount namespaces, with an upstream peer
+    namespace (tests/integration/nshost.py); started when a test first asks for it,
+    removed with everything on it at session end, even when tests fail."""
+    with ns_host(f"{SESSION_PREFIX}nsh") as started:
+        yield started
 
 
 @pytest.fixture
