@@ -1,7 +1,7 @@
 """Remove what test runs left behind: VMs named ``kvmops-test-*``, their disks and
 repositories, libvirt networks named ``kvmops-test-*`` (after the VMs that used them),
-the host files the security tests guard, and the backup job records of killed test
-backups.
+the host files the security tests guard, the backup job records of killed test
+backups, and namespaced test libvirtds with their namespaces (kvmops.testing.netns).
 
 ``make clean-test`` runs this after an interrupted test session; it never
 touches a VM or network without the test prefix.
@@ -17,6 +17,7 @@ from kvmops.backup.jobs import stale_jobs
 from kvmops.config import settings
 from kvmops.host import networks as host_networks
 from kvmops.host.connection import Host
+from kvmops.testing.netns import remove_ns_hosts
 from kvmops.vm import lifecycle
 
 TEST_PREFIX = "kvmops-test-"
@@ -73,6 +74,8 @@ def main() -> None:
                 print(f"removed {child}")
     for secret in Path("/tmp").glob(f"{TEST_PREFIX}secret-*"):
         secret.unlink(missing_ok=True)
+    for name in remove_ns_hosts():  # namespaced test libvirtds (tests/integration/nshost.py)
+        print(f"removed network namespace {name} and what ran in it")
 
 
 if __name__ == "__main__":
