@@ -1,0 +1,441 @@
+"""Host bridge over an uplink that never cuts the host off (``net create br0 --mode bridge
+--uplink eth0``), and its rollback (``net rollback br0``).
+
+The way ``netplan try`` does it: find the route the caller's session uses (the SSH
+client's address, else ``--verify HOST``, else the uplink's default gateway), write the
+uplink's state to a rollback record in the state directory (atomically, before anything
+changes), apply the plan of :mod:`kvmops.network.uplink`, check that the session's next
+hop still answers through the bridge (its ARP/NDP entry becomes REACHABLE, bounded), and
+optionally wait for the operator to confirm. Any failure, Ctrl-C, SIGTERM or SIGHUP (the
+SSH session dropped) restores the exact prior state of the uplink and removes the bridge.
+A crash or SIGKILL leaves the record: ``kvmops net rollback BRIDGE`` restores from it.
+The libvirt network (``forward mode='bridge'``) is defined only after the check passed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from kvmops.config import settings
+from kvmops.errors import (
+    AlreadyExistsError,
+    CancelledError,
+    KvmopsError,
+    NotFoundError,
+    StateError,
+    ValidationError,
+)
+from kvmops.host import bridges as kernel
+from kvmops.network.model import NetworkSpec, check_ifname
+from kvmops.network.uplink import (
+    Step,
+    Target,
+    UplinkSnapshot,
+    check_host,
+    check_uplink,
+    describe,
+    differences,
+    plan_create,
+    plan_rollback,
+    session_client,
+)
+from kvmops.services.audit import audited
+from kvmops.services.caller import Caller
+
+DEFAULT_VERIFY_TIMEOUT = 10.0
+RECORD_VERSION = 1
+_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@dataclass
+class BridgeResult:
+    """What ``net create --uplink`` did (or, with ``dry_run``, would do)."""
+
+    name: str
+    bridge: str
+    uplink: str
+    plan: list[str]
+    verify_target: str | None
+    verify_source: str
+    next_hop: str | None
+    dry_run: bool = False
+    applied: bool = False
+    verified: bool = False
+    confirmed: bool | None = None
+    defined: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RollbackResult:
+    bridge: str
+    uplink: str | None
+    restored: bool
+    stale: bool = False
+    steps: list[str] = field(default_factory=list)
+
+
+class _Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP while the change is applied: treated like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+# ------------------------------------------------------------------ rollback record
+def record_dir() -> Path:
+    return settings().state_dir / "bridges"
+
+
+def record_path(bridge: str) -> Path:
+    return record_dir() / f"{check_ifname(bridge, 'bridge name')}.json"
+
+
+def _write_record(path: Path, data: dict[str, Any]) -> None:
+    """Atomically, and on disk before the first change (a crash right after must find it)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(data, indent=2))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _read_record(bridge: str) -> dict[str, Any] | None:
+    path = record_path(bridge)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise StateError(f"rollback record {path} cannot be read: {err}",
+                         hint="restore the uplink by hand (see the record), then remove "
+                              "it") from None
+    if not isinstance(data, dict) or data.get("version") != RECORD_VERSION:
+        raise StateError(f"rollback record {path} is not one this kvmops wrote",
+                         hint="restore the uplink by hand, then remove the record")
+    return data
+
+
+def pending() -> list[str]:
+    """Bridges with a rollback record left by a change that did not finish (a crash)."""
+    directory = record_dir()
+    return sorted(p.stem for p in directory.glob("*.json")) if directory.is_dir() else []
+
+
+# ------------------------------------------------------------------------ signals
+@contextlib.contextmanager
+def _signals(handler: Callable[[int, FrameType | None], Any] | int) -> Iterator[None]:
+    """SIGTERM/SIGHUP handled by ``handler`` for the block (main thread only: elsewhere
+    signals cannot be caught, and the caller's own handling stays)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, handler) for sig in _SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+def _raise_interrupted(signum: int, _frame: FrameType | None) -> None:
+    raise _Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _uninterruptible() -> Iterator[None]:
+    """A restore runs to its end: SIGTERM/SIGHUP/SIGINT are ignored meanwhile."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (*_SIGNALS, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+# -------------------------------------------------------------------------- target
+def _default_gateway(snapshot: UplinkSnapshot) -> str | None:
+    gateways = [r for r in snapshot.movable_routes
+                if r.dst == "default" and r.gateway and r.table == "main"]
+    gateways.sort(key=lambda r: (r.family != "inet", r.metric or 0))
+    return gateways[0].gateway if gateways else None
+
+
+def find_target(snapshot: UplinkSnapshot, verify: str | None, env: dict[str, str]) -> Target:
+    """The host whose reachability the change must keep, and the next hop to it."""
+    uplink = snapshot.link.name
+    notes: list[str] = []
+    if verify is not None:
+        address = check_host(verify)
+        route = kernel.route_get(address)
+        if route is None:
+            raise ValidationError(f"--verify {address}: this host has no route to it",
+                                  hint=f"name a host reached through {uplink}")
+        if route.get("dev") != uplink:
+            raise ValidationError(
+                f"--verify {address} is reached through {route.get('dev')}, not {uplink}: "
+                "its answer would prove nothing about the change",
+                hint=f"name a host reached through {uplink} (e.g. its gateway)")
+        return Target(address, "--verify", route.get("gateway") or address, True, notes)
+    client = session_client(env)
+    if client is not None:
+        route = kernel.route_get(client)
+        if route is not None and route.get("dev") == uplink:
+            return Target(client, "ssh session", route.get("gateway") or client, True, notes)
+        notes.append(f"this SSH session's client {client} is reached through "
+                     f"{(route or {}).get('dev', 'no route')}, not {uplink}: the change does "
+                     "not carry it")
+    gateway = _default_gateway(snapshot)
+    if gateway is not None:
+        return Target(gateway, "default gateway", gateway, True, notes)
+    notes.append(f"no session, --verify host or default gateway is reached through "
+                 f"{uplink}: nothing to check after the change (use --verify HOST)")
+    return Target(None, "none", None, False, notes)
+
+
+def _check(target: Target, bridge: str, timeout: float) -> str | None:
+    """Why the change lost the target (None: it did not)."""
+    if target.address is None:
+        return None
+    route = kernel.route_get(target.address)
+    dev = (route or {}).get("dev")
+    if dev != bridge:
+        return (f"{target.address} is no longer routed through {bridge} "
+                f"({'no route' if route is None else 'through ' + str(dev)})")
+    hop = str((route or {}).get("gateway") or target.address)
+    if not kernel.answers(hop, bridge, timeout):
+        return (f"next hop {hop} did not answer ARP/NDP through {bridge} within "
+                f"{timeout:g} s")
+    return None
+
+
+# ------------------------------------------------------------------------ restore
+def _restore(record: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Bring the uplink back to the record's snapshot and remove the bridge: (the steps
+    run, what still differs afterwards). Every step is tried even if one fails."""
+    before = UplinkSnapshot.from_dict(record["snapshot"])
+    bridge = str(record["bridge"])
+    uplink = before.link.name
+    current = kernel.snapshot(uplink) if kernel.exists(uplink) else None
+    steps = plan_rollback(before, current, bridge, bridge_present=kernel.exists(bridge),
+                          elapsed=max(0.0, time.time() - before.taken_at))
+    failed = []
+    for step in steps:
+        try:
+            kernel.run(step)
+        except KvmopsError as err:
+            failed.append(err.message)
+    if not kernel.exists(uplink):
+        return [str(s) for s in steps], [f"uplink {uplink} is gone", *failed]
+    left = differences(before, kernel.snapshot(uplink))
+    if kernel.exists(bridge):
+        left.append(f"bridge {bridge} still exists")
+    return [str(s) for s in steps], left + (failed if left else [])
+
+
+def _restore_or_explain(record: dict[str, Any], path: Path) -> list[str]:
+    """Restore; the record goes when nothing differs any more, else it stays for
+    ``net rollback`` and the differences are returned."""
+    with _uninterruptible():
+        _steps, left = _restore(record)
+    if not left:
+        path.unlink(missing_ok=True)
+    return left
+
+
+def _owner_running(pid: int) -> bool:
+    """Is ``pid`` a live kvmops process (not a reused pid)?"""
+    if pid == os.getpid() or not kernel.process_alive(pid):
+        return False
+    try:
+        return b"kvmops" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------------ use cases
+@audited("net.create", target="name")
+def create_over_uplink(
+    caller: Caller, name: str, uplink: str, *, bridge: str | None = None,
+    verify: str | None = None, verify_timeout: float = DEFAULT_VERIFY_TIMEOUT,
+    confirm_timeout: float | None = None, confirm: Callable[[float], bool] | None = None,
+    dry_run: bool = False, host: Any = None, autostart: bool = False,
+    report: Callable[[str], None] = lambda _line: None, env: dict[str, str] | None = None,
+) -> BridgeResult:
+    """Create bridge ``bridge`` (default ``name``) over ``uplink`` without losing the
+    host: see the module's doc. ``host`` (a libvirt connection) defines libvirt network
+    ``name`` on the bridge afterwards; None leaves libvirt alone. ``confirm(seconds)``
+    asks the operator (True: keep); with ``confirm_timeout`` and no answer in time the
+    change is rolled back."""
+    bridge = bridge or name
+    spec = NetworkSpec(name=name, mode="bridge", bridge=bridge, autostart=autostart)
+    check_ifname(uplink, "uplink")
+    if not 0 < verify_timeout <= 300:
+        raise ValidationError(f"--verify-timeout {verify_timeout:g} is out of range",
+                              hint="give 1 to 300 seconds")
+    if confirm_timeout is not None and not 0 < confirm_timeout <= 3600:
+        raise ValidationError(f"--confirm-timeout {confirm_timeout:g} is out of range",
+                              hint="give 1 to 3600 seconds")
+    path = record_path(bridge)
+    if path.exists():
+        raise StateError(f"a rollback record of bridge '{bridge}' is left from a change "
+                         "that did not finish", actual="rollback pending",
+                         hint=f"restore it first: 'kvmops net rollback {bridge}'")
+    if host is not None:
+        from kvmops.host import networks as host_networks
+
+        if host_networks.exists(host, name):
+            raise AlreadyExistsError(f"network '{name}' already exists",
+                                     hint="choose another name, or delete it first "
+                                          "('kvmops net delete NAME')")
+    check_uplink(kernel.link(uplink), uplink, bridge, bridge_exists=kernel.exists(bridge))
+    before = kernel.snapshot(uplink)
+    target = find_target(before, verify, dict(os.environ) if env is None else env)
+    steps = plan_create(before, bridge)
+    result = BridgeResult(name=name, bridge=bridge, uplink=uplink,
+                          plan=[str(s) for s in steps], verify_target=target.address,
+                          verify_source=target.source, next_hop=target.next_hop,
+                          dry_run=dry_run, notes=list(target.notes))
+    report(f"now: {describe(before)}")
+    for note in target.notes:
+        report(f"note: {note}")
+    if target.address is not None:
+        report(f"check after the change: {target.address} ({target.source}) through next "
+               f"hop {target.next_hop} must answer on {bridge} within {verify_timeout:g} s")
+    report(f"plan ({len(steps)} steps):")
+    for step in steps:
+        report(f"  {step}    # {step.why}")
+    if dry_run:
+        return result
+    _write_record(path, {
+        "version": RECORD_VERSION, "bridge": bridge, "uplink": uplink, "name": name,
+        "pid": os.getpid(), "netns": kernel.netns_id(), "boot_id": kernel.boot_id(),
+        "created": time.time(), "snapshot": before.to_dict()})
+    record = _read_record(bridge)
+    assert record is not None
+    _apply(result, steps, target, record, path, verify_timeout, confirm_timeout, confirm,
+           report)
+    if host is not None:
+        _define(caller, host, spec, result)
+    return result
+
+
+def _apply(result: BridgeResult, steps: list[Step], target: Target, record: dict[str, Any],
+           path: Path, verify_timeout: float, confirm_timeout: float | None,
+           confirm: Callable[[float], bool] | None, report: Callable[[str], None]) -> None:
+    """Apply, check, confirm; restore on any failure or interruption."""
+    bridge, uplink = result.bridge, result.uplink
+    reason: str | None = None
+    try:
+        with _signals(_raise_interrupted):
+            for step in steps:
+                kernel.run(step)
+            result.applied = True
+            reason = _check(target, bridge, verify_timeout)
+            if reason is None:
+                result.verified = True
+                if target.address is not None:
+                    report(f"check passed: {target.next_hop} answers through {bridge}")
+                if confirm_timeout is not None:
+                    result.confirmed = bool(confirm and confirm(confirm_timeout))
+                    if not result.confirmed:
+                        reason = (f"not confirmed within {confirm_timeout:g} s (or no "
+                                  "terminal to confirm on)")
+    except BaseException as err:
+        left = _restore_or_explain(record, path)
+        cause = (f"interrupted ({err.args[0] if isinstance(err, _Interrupted) else 'SIGINT'})"
+                 if isinstance(err, KeyboardInterrupt) else
+                 err.message if isinstance(err, KvmopsError) else f"{type(err).__name__}: {err}")
+        if left:
+            raise StateError(f"bridge '{bridge}' over '{uplink}' failed ({cause}) and the "
+                             f"rollback left differences: {'; '.join(left)}",
+                             hint=f"retry with 'kvmops net rollback {bridge}'") from err
+        if isinstance(err, KeyboardInterrupt):
+            raise CancelledError(f"bridge '{bridge}' over '{uplink}': {cause}; rolled back, "
+                                 f"{uplink} is as before",
+                                 hint="run the command again when ready") from None
+        if isinstance(err, KvmopsError):
+            raise StateError(f"bridge '{bridge}' over '{uplink}' failed: {cause}; rolled back, "
+                             f"{uplink} is as before", hint=err.hint) from err
+        raise
+    if reason is not None:
+        left = _restore_or_explain(record, path)
+        if left:
+            raise StateError(f"check of bridge '{bridge}' failed ({reason}) and the rollback "
+                             f"left differences: {'; '.join(left)}",
+                             hint=f"retry with 'kvmops net rollback {bridge}'")
+        raise StateError(f"check of bridge '{bridge}' failed: {reason}; rolled back, "
+                         f"{uplink} is as before",
+                         hint="check the uplink's cabling/switch port, or name a host that "
+                              "answers with --verify HOST")
+    path.unlink(missing_ok=True)
+
+
+def _define(caller: Caller, host: Any, spec: NetworkSpec, result: BridgeResult) -> None:
+    from kvmops.services import networks
+
+    try:
+        networks.create(caller, host, spec, start=True)
+    except KvmopsError as err:
+        raise StateError(f"bridge '{result.bridge}' over '{result.uplink}' works (checked), "
+                         f"but libvirt network '{spec.name}' was not defined: {err.message}",
+                         hint=f"define it: 'kvmops net create {spec.name} --mode bridge "
+                              f"--bridge {result.bridge}'") from err
+    result.defined = True
+
+
+@audited("net.rollback", target="bridge")
+def rollback(caller: Caller, bridge: str) -> RollbackResult:
+    """Restore the uplink of an unfinished ``net create --uplink`` from its record (after
+    a crash or SIGKILL) and remove the bridge."""
+    path = record_path(bridge)
+    record = _read_record(bridge)
+    if record is None:
+        raise NotFoundError(f"no rollback record of bridge '{bridge}'",
+                            hint="nothing to restore: a finished or rolled-back change leaves "
+                                 f"none (records are in {record_dir()})")
+    uplink = str(record.get("uplink"))
+    if record.get("boot_id") and record["boot_id"] != kernel.boot_id():
+        path.unlink(missing_ok=True)
+        return RollbackResult(bridge=bridge, uplink=uplink, restored=False, stale=True)
+    if record.get("netns") != kernel.netns_id():
+        raise StateError(f"the rollback record of bridge '{bridge}' was made in another "
+                         "network namespace",
+                         hint="run the command there ('ip netns exec NS kvmops net "
+                              f"rollback {bridge}')")
+    pid = int(record.get("pid") or 0)
+    if pid and _owner_running(pid):
+        raise StateError(f"kvmops (pid {pid}) is still applying bridge '{bridge}'; it rolls "
+                         "back by itself when its check fails or it is stopped",
+                         hint=f"wait for it, or stop it ('kill {pid}')")
+    with _uninterruptible():
+        steps, left = _restore(record)
+    if left:
+        raise StateError(f"rollback of bridge '{bridge}' left differences on {uplink}: "
+                         f"{'; '.join(left)}",
+                         hint="fix them by hand (the record keeps the prior state: "
+                              f"{path}), then remove the record")
+    path.unlink(missing_ok=True)
+    return RollbackResult(bridge=bridge, uplink=uplink, restored=True, steps=steps)
