@@ -52,10 +52,40 @@ def create_cmd(
                                    help="Start the network when libvirtd starts."),
     no_start: bool = typer.Option(False, "--no-start",
                                   help="Only define the network; do not start it."),
+    uplink: str | None = typer.Option(None, "--uplink",
+                                      help="bridge: create the host bridge (NAME, or "
+                                           "--bridge) over this interface, moving its "
+                                           "addresses and routes; checked and rolled back "
+                                           "on loss (see 'net rollback')."),
+    verify: str | None = typer.Option(None, "--verify",
+                                      help="--uplink: the host (IP) that must answer after "
+                                           "the change (default: this SSH session's client, "
+                                           "else the default gateway)."),
+    verify_timeout: float = typer.Option(10.0, "--verify-timeout",
+                                         help="--uplink: seconds the next hop has to answer."),
+    confirm_timeout: float | None = typer.Option(None, "--confirm-timeout",
+                                                 help="--uplink: also wait this many seconds "
+                                                      "for Enter on the terminal; none: "
+                                                      "rolled back."),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="--uplink: show the plan, change nothing."),
+    no_define: bool = typer.Option(False, "--no-define",
+                                   help="--uplink: create the bridge only, no libvirt network."),
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
 ) -> None:
     """Create (define and start) a network."""
+    if uplink is not None or verify or dry_run or no_define or confirm_timeout is not None:
+        from kvmops.cli import netbridge
+
+        netbridge.create(name, mode=mode, uplink=uplink, bridge=bridge, verify=verify,
+                         verify_timeout=verify_timeout, confirm_timeout=confirm_timeout,
+                         dry_run=dry_run, no_define=no_define, autostart=autostart,
+                         json_out=json_out, uri=uri,
+                         conflicting={"--ipv4": ipv4, "--dhcp": dhcp, "--ipv6": ipv6,
+                                      "--ipv6-mode": ipv6_mode, "--dhcp6": dhcp6,
+                                      "--forward-dev": forward_dev, "--no-start": no_start})
+        return
     spec = service.NetworkSpec(name=name, mode=mode, bridge=bridge, ipv4=ipv4, dhcp=dhcp,
                                ipv6=ipv6, ipv6_mode=ipv6_mode, dhcp6=dhcp6,
                                forward_dev=forward_dev, autostart=autostart)
@@ -153,3 +183,13 @@ def leases_cmd(name: str = NameArg, json_out: bool = JsonOption,
                   lease.client_id or "-",
                   time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(lease.expires))
                   if lease.expires else "-") for lease in found])
+
+
+@app.command("rollback")
+def rollback_cmd(bridge: str = typer.Argument(..., help="The bridge 'net create --uplink' made."),
+                 json_out: bool = JsonOption) -> None:
+    """Undo an unfinished 'net create --uplink' (after a crash): restore the uplink, remove
+    the bridge."""
+    from kvmops.cli import netbridge
+
+    netbridge.rollback(bridge, json_out)
