@@ -38,3 +38,27 @@ def build_guest_cmd(
         output.print_json(result)
     else:
         output.print_fields(result.items())
+
+
+@app.command("fake-sriov")
+def fake_sriov_cmd(
+    directory: Path = typer.Argument(..., metavar="DIR",
+                                     help="The simulated sysfs root (made if missing); "
+                                          "use it with KVMOPS_SYSFS_ROOT=DIR."),
+    pf: str = typer.Option(..., "--pf", help="PF (network interface) name to add."),
+    vfs: int = typer.Option(..., "--vfs", help="Its VFs (sriov_totalvfs), 1..128."),
+    driver: str = typer.Option("ixgbe", "--driver", help="PF driver: ixgbe, i40e, ..."),
+    numvfs: int | None = typer.Option(None, "--numvfs",
+                                      help="VFs made now (sriov_numvfs; default all)."),
+    link: str = typer.Option("up", "--link", help="PF link state: up or down."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Write a simulated SR-IOV sysfs tree (a PF with VFs) for tests and demos."""
+    from kvmops.services.sriov import write_fake_tree
+
+    found = write_fake_tree(directory.absolute(), pf, vfs, driver, numvfs=numvfs, link=link)
+    if json_out:
+        output.print_json(found)
+    else:
+        output.info(f"PF '{found.name}' ({found.driver}, PCI {found.pci}) with "
+                    f"{found.numvfs}/{found.totalvfs} VFs in {directory.absolute()}")

@@ -78,6 +78,16 @@ def add_cmd(
     name: str = NameArg,
     network: str | None = typer.Option(None, "--network", help="libvirt network to join."),
     bridge: str | None = typer.Option(None, "--bridge", help="Host bridge to join."),
+    vf_pool: str | None = typer.Option(None, "--vf-pool", help="SR-IOV: one free VF of this "
+                                       "pool (see 'kvmops sriov pool list'); --vlan sets "
+                                       "its port VLAN."),
+    rate: int | None = typer.Option(None, "--rate", help="With --vf-pool: the VF's "
+                                    "max_tx_rate in Mbit/s (checked against the PF "
+                                    "driver's range)."),
+    spoofchk: str = typer.Option("on", "--spoofchk", help="With --vf-pool: MAC spoof "
+                                 "check on|off."),
+    trust: str = typer.Option("off", "--trust", help="With --vf-pool: trusted VF on|off "
+                              "(may change its MAC, promiscuous multicast)."),
     model: str = typer.Option("virtio", "--model",
                               help="virtio (default), e1000 or rtl8139 (old guests)."),
     mac: str | None = typer.Option(None, "--mac",
@@ -98,6 +108,17 @@ def add_cmd(
     from kvmops.services.nics import Rate, Vlan
 
     live, persistent = _scope(live_only, config_only)
+    if vf_pool is not None:
+        if any(v is not None for v in (network, bridge, inbound, outbound, trunk, native)):
+            raise ValidationError("--vf-pool gives the NIC a VF: leave out --network, "
+                                  "--bridge, --inbound, --outbound, --trunk and --native",
+                                  hint="limit a VF with --rate MBPS")
+        _add_vf(name, vf_pool, mac=mac, vlan=vlan, rate=rate, spoofchk=spoofchk,
+                trust=trust, live=live, persistent=persistent, json_out=json_out, uri=uri)
+        return
+    if rate is not None:
+        raise ValidationError("--rate is the max_tx_rate of an SR-IOV VF: it needs "
+                              "--vf-pool", hint="limit other NICs with --outbound")
     rate_in, rate_out = (Rate.parse(inbound, "inbound") if inbound else None,
                          Rate.parse(outbound, "outbound") if outbound else None)
     tags = Vlan.parse(vlan, trunk, native)
@@ -203,3 +224,26 @@ def update_cmd(
     info(f"NIC {nic.mac} of VM '{name}': inbound {nic.inbound or 'unlimited'}, outbound "
          f"{nic.outbound or 'unlimited'}, VLAN {nic.vlan or 'none'} "
          f"({_where(nic.live, nic.config)})")
+
+
+def _add_vf(name: str, pool: str, *, mac: str | None, vlan: str | None, rate: int | None,
+            spoofchk: str, trust: str, live: bool, persistent: bool, json_out: bool,
+            uri: str | None) -> None:
+    """``vm nic add --vf-pool``: one VF of an SR-IOV pool (kvmops.services.sriov)."""
+    from kvmops.network.sriov import parse_onoff
+    from kvmops.services import sriov
+
+    try:
+        tag = int(vlan) if vlan is not None else None
+    except ValueError:
+        raise ValidationError(f"invalid VF VLAN '{vlan}'", hint="use a tag 1..4094") from None
+    with connect(uri) as host:
+        nic = sriov.allocate(Caller.local(), host, name, pool, mac=mac, vlan=tag, rate=rate,
+                             spoofchk=bool(parse_onoff(spoofchk, "--spoofchk")),
+                             trust=bool(parse_onoff(trust, "--trust")), live=live,
+                             persistent=persistent)
+    if json_out:
+        print_json(nic)
+        return
+    info(f"NIC {nic.mac} (VF {nic.vf} of PF '{nic.pf}', pool '{nic.pool}', PCI {nic.source})"
+         f" added to VM '{name}' ({_where(nic.live, nic.config)})")

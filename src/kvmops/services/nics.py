@@ -77,6 +77,11 @@ class NicEntry(Record):
     inbound: str | None = None  # AVG[,PEAK[,BURST]] in KiB/s and KiB; None: no limit
     outbound: str | None = None
     vlan: str | None = None  # "10" (access) or "trunk 10,20[ native 20]"
+    # An SR-IOV VF NIC (type hostdev, source its PCI address) kvmops allocated:
+    pool: str | None = None  # its VF pool
+    pf: str | None = None  # the PF and the VF's index on it
+    vf: int | None = None
+    max_tx_rate: int | None = None  # Mbit/s set on the VF; 0: no limit
 
 
 @dataclass
@@ -120,7 +125,18 @@ def list_nics(caller: Caller, host: Host, vm: str) -> list[NicEntry]:
     """The VM's network and bridge NICs, the running VM's view first (link state,
     tap device), each marked where it is: running VM, definition or both."""
     live, config, _running, _defined = _docs(host.lookup(vm))
-    return _entries(live, config)
+    return _entries(live, config) + _vf_entries(caller, vm, live, config)
+
+
+def _vf_entries(caller: Caller, vm: str, live: DomainDocument, config: DomainDocument
+                ) -> list[NicEntry]:
+    """The SR-IOV VF NICs (``<interface type='hostdev'>``), with pool, PF and VF."""
+    live_xml, config_xml = live.to_xml(), config.to_xml()
+    if "hostdev" not in live_xml and "hostdev" not in config_xml:
+        return []
+    from kvmops.services import sriov  # the database: only for VMs with VF NICs
+
+    return sriov.vf_entries(caller, vm, live_xml, config_xml)
 
 
 def _scope(domain: Domain, vm: str, live: bool, persistent: bool, action: str
@@ -223,6 +239,12 @@ def remove(caller: Caller, host: Host, vm: str, mac: str, *, live: bool = True,
                          what=f"removing NIC {mac} from VM '{vm}'")
     if in_live:
         _wait_removed(domain, vm, mac, deadline, timeout)
+    if "hostdev" in element:  # an SR-IOV VF gone from VM and definition is reset, freed
+        live_doc, config_doc, _running, _defined = _docs(domain)
+        if live_doc.nic_device_xml(mac) is None and config_doc.nic_device_xml(mac) is None:
+            from kvmops.services import sriov
+
+            sriov.release_nic(caller, vm, mac)
     return NicRemoval(mac=mac, live=in_live, config=in_config)
 
 

@@ -154,7 +154,14 @@ def clone(caller: Caller, host: Host, source: str, new_name: str, *,
 @audited("vm.undefine", target="name")
 def undefine(caller: Caller, host: Host, name: str, *, remove_storage: bool = False
              ) -> UndefineResult:
-    return lifecycle.undefine(host, name, remove_storage=remove_storage)
+    """Undefine a shut-off VM; the SR-IOV VFs it held are reset and free again."""
+    has_vf = "hostdev" in host.lookup(name).xml(inactive=True, what=f"reading VM '{name}'")
+    result = lifecycle.undefine(host, name, remove_storage=remove_storage)
+    if has_vf:
+        from kvmops.services import sriov  # the database: only for VMs with VF NICs
+
+        sriov.release_vm(caller, name)
+    return result
 
 
 # The VM list ------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -131,3 +132,50 @@ class SettingRow(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class SriovPool(Base):
+    """An SR-IOV VF pool: the VFs of one or more PFs, handed out one per NIC."""
+
+    __tablename__ = "sriov_pools"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, nullable=False)
+    created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class SriovPf(Base):
+    """A PF kvmops knows: the pool it belongs to (one at most) and the VF count kvmops
+    set on it (sysfs forgets it at reboot; ``sriov reconcile`` sets it again)."""
+
+    __tablename__ = "sriov_pfs"
+
+    name: Mapped[str] = mapped_column(String(15), primary_key=True)
+    pool_id: Mapped[int | None] = mapped_column(ForeignKey("sriov_pools.id",
+                                                           ondelete="SET NULL"),
+                                                nullable=True, index=True)
+    numvfs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class SriovAllocation(Base):
+    """One VF given to one VM's NIC; (pf, vf) is unique: a VF is never given twice."""
+
+    __tablename__ = "sriov_allocations"
+    __table_args__ = (UniqueConstraint("pf", "vf", name="uq_sriov_allocations_pf_vf"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("sriov_pools.id"), nullable=False,
+                                         index=True)
+    pf: Mapped[str] = mapped_column(String(15), nullable=False)
+    vf: Mapped[int] = mapped_column(Integer, nullable=False)
+    pci: Mapped[str] = mapped_column(String(16), nullable=False)
+    vm: Mapped[str] = mapped_column(String(255), nullable=False, index=True)
+    vm_uuid: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    mac: Mapped[str] = mapped_column(String(17), nullable=False)
+    vlan: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    max_tx_rate: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    spoofchk: Mapped[bool] = mapped_column(Boolean, default=True, nullable=False)
+    trust: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, nullable=False)
+    created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
