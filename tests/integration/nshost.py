@@ -187,6 +187,8 @@ def start(netns: str, *, libvirtd_conf: str = "", listen: bool = False) -> NsHos
     state = NSHOST_ROOT / netns
     host = NsHost(netns=netns, upstream=f"{netns}-up", state=state)
     NSHOST_ROOT.mkdir(mode=0o755, exist_ok=True)
+    if state.exists():  # left by a crashed run of a process with the same id
+        remove_ns_host(state)
     state.mkdir(mode=0o755)
     try:
         (state / NAMESPACES_FILE).write_text(f"{host.netns}\n{host.upstream}\n")
