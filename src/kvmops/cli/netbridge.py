@@ -19,10 +19,10 @@ from kvmops.services.caller import Caller
 def _confirm(seconds: float) -> bool:
     """Ask on the terminal; True only for an Enter (or 'y') within ``seconds``. No
     terminal, end of input or silence is a no."""
-    with contextlib.suppress(OSError):
-        sys.stderr.write(f"Keep this configuration? Press Enter within {seconds:g} s, or it "
+    with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP follows)
+        sys.stdout.write(f"Keep this configuration? Press Enter within {seconds:g} s, or it "
                          "is rolled back.\n")
-        sys.stderr.flush()
+        sys.stdout.flush()
     try:
         ready, _, _ = select.select([sys.stdin], [], [], seconds)
     except (OSError, ValueError):

@@ -348,6 +348,8 @@ def _apply(result: BridgeResult, steps: list[Step], target: Target, record: dict
     """Apply, check, confirm; restore on any failure or interruption."""
     bridge, uplink = result.bridge, result.uplink
     reason: str | None = None
+    hint = ("check the uplink's cabling and switch port, or name a host that answers with "
+            "--verify HOST")
     try:
         with _signals(_raise_interrupted):
             for step in steps:
@@ -363,6 +365,7 @@ def _apply(result: BridgeResult, steps: list[Step], target: Target, record: dict
                     if not result.confirmed:
                         reason = (f"not confirmed within {confirm_timeout:g} s (or no "
                                   "terminal to confirm on)")
+                        hint = "answer the prompt with Enter in time, from a terminal"
     except BaseException as err:
         left = _restore_or_explain(record, path)
         cause = (f"interrupted ({err.args[0] if isinstance(err, _Interrupted) else 'SIGINT'})"
@@ -387,9 +390,7 @@ def _apply(result: BridgeResult, steps: list[Step], target: Target, record: dict
                              f"left differences: {'; '.join(left)}",
                              hint=f"retry with 'kvmops net rollback {bridge}'")
         raise StateError(f"check of bridge '{bridge}' failed: {reason}; rolled back, "
-                         f"{uplink} is as before",
-                         hint="check the uplink's cabling/switch port, or name a host that "
-                              "answers with --verify HOST")
+                         f"{uplink} is as before", hint=hint)
     path.unlink(missing_ok=True)
 
 

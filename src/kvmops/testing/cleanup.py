@@ -50,6 +50,41 @@ def remove_test_networks(host: Host, prefix: str = TEST_PREFIX) -> list[str]:
     return removed
 
 
+#: Network namespaces of the bridge-over-uplink tests (tests/integration/test_bridge_uplink.py)
+#: are named PREFIX...-upl-a/-upl-b.
+UPLINK_NS_MARK = "-upl-"
+
+
+def remove_uplink_namespaces(prefix: str = TEST_PREFIX) -> list[str]:
+    """Delete the network namespaces the bridge-over-uplink tests made (``prefix...-upl-``),
+    after killing what still runs inside them (a ``kvmops net create`` waiting for its
+    confirmation); return their names. Deleting a namespace removes its veths and bridges."""
+    import json
+    import os
+    import signal
+    import subprocess
+
+    if not prefix.startswith(TEST_PREFIX):
+        raise ValueError(f"refusing to remove namespaces outside the test prefix: {prefix!r}")
+    listed = subprocess.run(["ip", "-json", "netns", "list"], capture_output=True, text=True,
+                            timeout=30, check=False)
+    names = [str(item.get("name")) for item in json.loads(listed.stdout or "[]")
+             if isinstance(item, dict)] if listed.returncode == 0 else []
+    removed = []
+    for name in names:
+        if not name.startswith(prefix) or UPLINK_NS_MARK not in name:
+            continue
+        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True,
+                              timeout=30, check=False).stdout.split()
+        for pid in pids:
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        if subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30,
+                          check=False).returncode == 0:
+            removed.append(name)
+    return removed
+
+
 def main() -> None:
     with Host() as host:
         for domain in host.all_domains():
@@ -74,6 +109,8 @@ def main() -> None:
                 print(f"removed {child}")
     for secret in Path("/tmp").glob(f"{TEST_PREFIX}secret-*"):
         secret.unlink(missing_ok=True)
+    for name in remove_uplink_namespaces():
+        print(f"removed network namespace {name}")
     for name in remove_ns_hosts():  # namespaced test libvirtds (tests/integration/nshost.py)
         print(f"removed network namespace {name} and what ran in it")
 
