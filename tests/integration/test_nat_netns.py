@@ -107,6 +107,10 @@ def test_nat_network_guest_gets_lease_and_slaac(nat_lab: NatLab) -> None:
     v4, v6 = _wait_addresses(nat_lab)
     assert v4 in SUBNET4 and DHCP_FIRST <= v4 <= DHCP_LAST, v4
     assert v6 in PREFIX6, v6
+    # The lease is the namespaced dnsmasq's, as that libvirtd reports it.
+    leases = _json(nat_lab.nshost, "net", "leases", nat_lab.network, "--json")
+    assert {(lease["ip"], (lease["mac"] or "").lower()) for lease in leases} >= \
+        {(str(v4), nat_lab.mac.lower())}, leases
 
 
 def test_nat_network_lives_only_in_the_namespaces(nat_lab: NatLab) -> None:
