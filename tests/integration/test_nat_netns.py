@@ -34,8 +34,8 @@ from tests.integration.conftest import remove_vm
 from tests.integration.nshost import NsHost
 
 SUBNET4 = ipaddress.ip_network("192.168.235.0/24")
-DHCP_FIRST, DHCP_LAST = (ipaddress.ip_address("192.168.235.10"),
-                         ipaddress.ip_address("192.168.235.50"))
+DHCP_FIRST, DHCP_LAST = (ipaddress.IPv4Address("192.168.235.10"),
+                         ipaddress.IPv4Address("192.168.235.50"))
 PREFIX6 = ipaddress.ip_network("fd00:235::/64")
 BOOT_TIMEOUT = 240  # TCG boots slower under load; a deadline, never an assertion on time
 ADDRESS_TIMEOUT = 90.0
