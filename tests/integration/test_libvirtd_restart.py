@@ -4,6 +4,7 @@ progress ends in one line and leaves nothing the next backup cannot clean up; a 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -32,10 +33,13 @@ pytestmark = pytest.mark.serial
 
 
 def restart_libvirtd(host: Host) -> None:
-    """Stop libvirtd, start it again, and reconnect the session's connection."""
-    subprocess.run(["pkill", "-x", "libvirtd"], check=False)
+    """Stop libvirtd, start it again, and reconnect the session's connection. Only the
+    machine's libvirtd (in this process's network namespace): a namespaced test libvirtd
+    (tests/integration/nshost.py) keeps running."""
+    ours = ["-x", "libvirtd", "--ns", str(os.getpid()), "--nslist", "net"]
+    subprocess.run(["pkill", *ours], check=False)
     deadline = time.monotonic() + 60
-    while subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True).returncode == 0:
+    while subprocess.run(["pgrep", *ours], capture_output=True).returncode == 0:
         assert time.monotonic() < deadline, "libvirtd did not stop"
         time.sleep(0.2)
     subprocess.run(["libvirtd", "-d"], check=True)
