@@ -3,8 +3,9 @@ namespaces: namespace A is the "host" with uplink kvtu0 (a veth, two addresses, 
 route and a route in table 100 via the peer), namespace B holds the peer 192.168.233.1 at
 the veth's other end. The command runs in A (``ip netns exec A python -m kvmops.cli.main``).
 
-A failed check (an unreachable --verify host, the peer's end down, no confirmation, SIGTERM,
-SIGKILL then ``net rollback``) must leave A exactly as before (links, addresses, routes of
+A failed check (an unreachable --verify host, the peer's end down, no confirmation), SIGTERM,
+SIGKILL (the guard process restores) and a crash of both (``net rollback``) must leave A
+exactly as before (links, addresses, routes of
 every table, no bridge); a passing one keeps A reaching the peer through the bridge and
 defines the libvirt network (in the host's libvirtd, with the session's test prefix);
 ``--dry-run`` changes nothing. The namespaces go even on failure (and by make clean-test).
@@ -252,19 +253,45 @@ def test_sigterm_while_waiting_for_confirmation_rolls_back(lab: Lab) -> None:
     assert not lab.record.exists()
 
 
-def test_a_killed_run_is_restored_by_net_rollback(lab: Lab) -> None:
+def _wait_gone(path: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} is still there after {timeout:g} s")
+        time.sleep(0.1)
+
+
+def test_a_killed_run_is_restored_by_its_guard(lab: Lab) -> None:
     before = _state(NS_A)
     with _background(lab, "net", "create", BRIDGE, "--mode", "bridge", "--uplink", UPLINK,
                      "--no-define", "--confirm-timeout", "300") as proc:
         _read_until(proc, "check passed")
         assert lab.record.exists()
+        assert _state(NS_A) != before
+        proc.kill()  # SIGKILL: no handler of its own runs
+        proc.communicate(timeout=30)
+    _wait_gone(lab.record)  # the guard restored, then removed the record
+    assert _state(NS_A) == before
+    log = (lab.record.parent / f"{BRIDGE}.guard.log").read_text()
+    assert f"ended before finishing bridge '{BRIDGE}': restored {UPLINK}" in log
+
+
+def test_net_rollback_restores_when_the_run_and_its_guard_died(lab: Lab) -> None:
+    before = _state(NS_A)
+    with _background(lab, "net", "create", BRIDGE, "--mode", "bridge", "--uplink", UPLINK,
+                     "--no-define", "--confirm-timeout", "300") as proc:
+        _read_until(proc, "check passed")
+        record = json.loads(lab.record.read_text())
         # While its owner runs, a rollback from elsewhere is refused (it restores itself).
         assert_one_line_error(lab.kvmops("net", "rollback", BRIDGE), 5,
-                              f"(pid {json.loads(lab.record.read_text())['pid']}) is still "
-                              f"applying bridge '{BRIDGE}'")
-        proc.kill()  # SIGKILL: no handler runs, the bridge stays
+                              f"(pid {record['pid']}) is still applying bridge '{BRIDGE}'")
+        os.kill(record["guard_pid"], signal.SIGKILL)  # a crash of everything: the guard,
+        proc.kill()  # then the run itself
         proc.communicate(timeout=30)
-    assert _state(NS_A) != before
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{record['guard_pid']}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)  # (reaped by init: gone once its exit is collected)
+    assert lab.record.exists() and _state(NS_A) != before
     assert_one_line_error(lab.kvmops("net", "create", "other0", "--mode", "bridge",
                                      "--bridge", BRIDGE, "--uplink", UPLINK, "--no-define"),
                           5, "rollback record", f"kvmops net rollback {BRIDGE}")

@@ -175,6 +175,65 @@ def _uninterruptible() -> Iterator[None]:
             signal.signal(sig, previous)
 
 
+# --------------------------------------------------------------------------- guard
+def _start_guard(path: Path) -> tuple[int, int]:
+    """Start the guard: a process of its own session that waits on a pipe from this one
+    and, when this process ends with the rollback record still there (SIGKILL, an OOM
+    kill, a crash between two steps), restores from it. Returns (our end of the pipe:
+    close it when done, the guard's pid). Its output goes to ``BRIDGE.guard.log`` beside
+    the record."""
+    import subprocess
+    import sys
+
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    read_fd, write_fd = os.pipe()
+    try:
+        with open(path.with_suffix(".guard.log"), "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "kvmops.services.bridges", "--guard", str(path),
+                 str(read_fd)], pass_fds=(read_fd,), start_new_session=True,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    except BaseException:
+        os.close(write_fd)
+        raise
+    finally:
+        os.close(read_fd)
+    return write_fd, proc.pid
+
+
+def _guard(path: Path, fd: int) -> int:
+    """The guard's body (``python -m kvmops.services.bridges --guard RECORD FD``)."""
+    for sig in (signal.SIGHUP, signal.SIGINT):  # the terminal going away is no reason
+        signal.signal(sig, signal.SIG_IGN)
+    while os.read(fd, 64):
+        pass  # nothing is ever written: EOF when the creating process is gone
+    if not path.exists():
+        return 0
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        print(f"kvmops guard: cannot read {path}: {err}", flush=True)
+        return 1
+    pid = int(data.get("pid") or 0)
+    deadline = time.monotonic() + 30
+    while pid and kernel.process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)  # closed its end but still exiting: let it finish its own restore
+    if not path.exists():
+        return 0
+    with _uninterruptible():
+        steps, left = _restore(data)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    if left:
+        print(f"{stamp} kvmops guard: restored {data.get('uplink')} from {path} with "
+              f"differences left: {'; '.join(left)}", flush=True)
+        return 1
+    path.unlink(missing_ok=True)
+    print(f"{stamp} kvmops guard: process {pid} ended before finishing bridge "
+          f"'{data.get('bridge')}': restored {data.get('uplink')} ({len(steps)} steps)",
+          flush=True)
+    return 0
+
+
 # -------------------------------------------------------------------------- target
 def _default_gateway(snapshot: UplinkSnapshot) -> str | None:
     gateways = [r for r in snapshot.movable_routes
@@ -329,14 +388,19 @@ def create_over_uplink(
         report(f"  {step}    # {step.why}")
     if dry_run:
         return result
-    _write_record(path, {
-        "version": RECORD_VERSION, "bridge": bridge, "uplink": uplink, "name": name,
-        "pid": os.getpid(), "netns": kernel.netns_id(), "boot_id": kernel.boot_id(),
-        "created": time.time(), "snapshot": before.to_dict()})
-    record = _read_record(bridge)
-    assert record is not None
-    _apply(result, steps, target, record, path, verify_timeout, confirm_timeout, confirm,
-           report)
+    guard_fd, guard_pid = _start_guard(path)
+    try:
+        _write_record(path, {
+            "version": RECORD_VERSION, "bridge": bridge, "uplink": uplink, "name": name,
+            "pid": os.getpid(), "guard_pid": guard_pid, "netns": kernel.netns_id(),
+            "boot_id": kernel.boot_id(), "created": time.time(),
+            "snapshot": before.to_dict()})
+        record = _read_record(bridge)
+        assert record is not None
+        _apply(result, steps, target, record, path, verify_timeout, confirm_timeout,
+               confirm, report)
+    finally:
+        os.close(guard_fd)  # the guard wakes up, finds no record (or restores from it)
     if host is not None:
         _define(caller, host, spec, result)
     return result
@@ -431,6 +495,10 @@ def rollback(caller: Caller, bridge: str) -> RollbackResult:
         raise StateError(f"kvmops (pid {pid}) is still applying bridge '{bridge}'; it rolls "
                          "back by itself when its check fails or it is stopped",
                          hint=f"wait for it, or stop it ('kill {pid}')")
+    guard = int(record.get("guard_pid") or 0)
+    if guard and _owner_running(guard):
+        raise StateError(f"the guard of bridge '{bridge}' (pid {guard}) is restoring "
+                         f"{uplink}", hint="wait a few seconds, then look again")
     with _uninterruptible():
         steps, left = _restore(record)
     if left:
@@ -440,3 +508,11 @@ def rollback(caller: Caller, bridge: str) -> RollbackResult:
                               f"{path}), then remove the record")
     path.unlink(missing_ok=True)
     return RollbackResult(bridge=bridge, uplink=uplink, restored=True, steps=steps)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) == 4 and sys.argv[1] == "--guard":
+        sys.exit(_guard(Path(sys.argv[2]), int(sys.argv[3])))
+    sys.exit("usage: python -m kvmops.services.bridges --guard RECORD FD")
