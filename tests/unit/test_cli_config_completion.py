@@ -80,7 +80,7 @@ def test_bash_completion_completes_commands_and_sub_commands() -> None:
                              env=env, timeout=60, check=True).stdout
         return out.split()
 
-    assert complete("kvmops", "v") == ["vm"]
+    assert complete("kvmops", "v") == ["vm", "volume"]
     assert set(complete("kvmops", "co")) == {"config", "completion"}
     assert "list" in complete("kvmops", "vm", "l")
     assert complete("kvmops", "completion", "z") == ["zsh"]

@@ -134,7 +134,8 @@ def test_records_dump_as_the_pydantic_models_did() -> None:
                         kernel=Path("/boot/vmlinuz"), accelerator=Accelerator.TCG)
     dumped = req.model_dump(mode="json")
     assert dumped["kernel"] == "/boot/vmlinuz" and dumped["accelerator"] == "tcg"
-    assert dumped["disks"] == [{"size": 1 << 26, "path": None, "fmt": None, "bus": "virtio"}]
+    assert dumped["disks"] == [{"size": 1 << 26, "path": None, "fmt": None, "bus": "virtio",
+                               "pool": None, "volume": None}]
     assert req.model_dump()["kernel"] == Path("/boot/vmlinuz")
     copy = req.model_copy(update={"vcpus": 2})
     assert (copy.vcpus, req.vcpus, copy.name) == (2, 1, "web1")

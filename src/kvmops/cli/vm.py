@@ -46,7 +46,9 @@ def create_cmd(
     disk: list[str] = typer.Option(
         [], "--disk", help="size=64M (new qcow2) or path=FILE[,format=qcow2]; repeatable. "
                            "An existing image is read as the format named, else the one "
-                           "kvmops recorded, else raw (never guessed)."),
+                           "kvmops recorded, else raw (never guessed). From a storage "
+                           "pool: pool=NAME,size=64M[,format=raw] (a new volume) or "
+                           "pool=NAME,volume=VOL."),
     kernel: Path | None = typer.Option(None, help="Kernel for direct kernel boot.",
                                           callback=from_cwd),
     initrd: Path | None = typer.Option(None, help="Initrd for direct kernel boot.",

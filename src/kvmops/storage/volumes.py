@@ -82,7 +82,8 @@ class PoolDisk:
 def vm_disk(host: Host, pool: str, *, volume_name: str | None, size: int | None,
             fmt: str | None, default_name: str) -> PoolDisk:
     """The disk ``vm create --disk pool=NAME,...`` gets: a new volume of ``size`` (named
-    ``default_name`` unless ``volume_name``), or the existing ``volume_name``."""
+    ``default_name`` (plus ``.FORMAT`` in file pools) unless ``volume_name``), or the
+    existing ``volume_name``."""
     info = pool_info(host, pool)
     if not info.active:
         raise StorageError(f"storage pool '{pool}' is not active",
@@ -94,7 +95,9 @@ def vm_disk(host: Host, pool: str, *, volume_name: str | None, size: int | None,
                 "kvmops cannot create one", hint=f"use an existing LUN: --disk pool={pool},"
                 f"volume=unit:0:0:1 (see 'kvmops volume list {pool}')")
         fmt = "raw" if info.type in BLOCK_TYPES else (fmt or "qcow2")
-        spec = VolumeSpec(name=volume_name or default_name, capacity=size, format=fmt)
+        name = volume_name or (f"{default_name}.{fmt}" if info.type in FILE_TYPES
+                               else default_name)
+        spec = VolumeSpec(name=name, capacity=size, format=fmt)
         path = host_pools.create_volume(host, pool, spec.to_xml(pool_type=info.type))
         record(path, info.type, fmt)
         return PoolDisk(pool, spec.name, fmt, path if info.type in FILE_TYPES else None,

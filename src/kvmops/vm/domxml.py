@@ -74,6 +74,8 @@ class DiskSpec:
     node_name: str | None = None  # QEMU block node, from live XML (libvirt >= 5.10)
     alias: str | None = None  # device alias (QEMU id), from live XML
     storage_node_name: str | None = None  # QEMU protocol node below node_name, live XML
+    pool: str | None = None  # a volume of a block storage pool: <disk type='volume'>
+    volume: str | None = None
 
 
 @dataclass(frozen=True)
@@ -469,11 +471,14 @@ class DomainSpec:
 
 
 def disk_element(disk: DiskSpec) -> etree._Element:
-    el = etree.Element("disk", type="file", device=disk.device)
+    kind = "volume" if disk.pool and disk.volume else "file"
+    el = etree.Element("disk", type=kind, device=disk.device)
     driver = _sub(el, "driver", name="qemu", type=disk.fmt)
     if disk.cache:
         driver.set("cache", disk.cache)
-    if disk.source:
+    if kind == "volume":
+        _sub(el, "source", pool=str(disk.pool), volume=str(disk.volume))
+    elif disk.source:
         _sub(el, "source", file=disk.source)
     _sub(el, "target", dev=disk.target, bus=disk.bus)
     if disk.readonly or disk.device == "cdrom":
@@ -505,7 +510,8 @@ def parse_disk(el: etree._Element) -> DiskSpec:
     src = None
     node = storage = None
     if source is not None:
-        src = source.get("file") or source.get("dev") or source.get("name")
+        src = source.get("file") or source.get("dev") or source.get("name") \
+            or source.get("volume")
         index = source.get("index")
         node = format_node(index) if index else None
         storage = storage_node(index) if index else None
@@ -521,6 +527,8 @@ def parse_disk(el: etree._Element) -> DiskSpec:
         node_name=node,
         alias=alias.get("name") if alias is not None else None,
         storage_node_name=storage,
+        pool=source.get("pool") if source is not None else None,
+        volume=source.get("volume") if source is not None else None,
     )
 
 

@@ -48,16 +48,20 @@ MAX_MEMORY = 16 * 1024**4  # 16 TiB: beyond what QEMU/KVM give an x86 guest in p
 # (kvmops.records); the API validates its own bodies before it builds these.
 @dataclass
 class DiskRequest(Record):
-    """One disk of ``vm create``: a new image of ``size``, or an existing ``path``."""
+    """One disk of ``vm create``: a new image of ``size``, or an existing ``path``; or
+    from a storage ``pool``: a new volume of ``size``, or an existing ``volume``."""
 
     size: int | None = None
     path: Path | None = None
     fmt: str | None = None
     bus: str = "virtio"
+    pool: str | None = None
+    volume: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> DiskRequest:
-        """``size=64M``, ``path=/img.qcow2``, ``path=/a.raw,format=raw``, ``bus=sata``."""
+        """``size=64M``, ``path=/img.qcow2``, ``path=/a.raw,format=raw``, ``bus=sata``,
+        ``pool=NAME,size=64M[,volume=NEW]``, ``pool=NAME,volume=EXISTING``."""
         values: dict[str, str] = {}
         for part in text.split(","):
             key, sep, value = part.partition("=")
@@ -67,18 +71,30 @@ class DiskRequest(Record):
                     hint="use size=64M or path=/file.qcow2, optionally ,format=qcow2,bus=virtio",
                 )
             values[key.strip()] = value.strip()
-        unknown = set(values) - {"size", "path", "format", "bus"}
+        unknown = set(values) - {"size", "path", "format", "bus", "pool", "volume"}
         if unknown:
             raise ValidationError(f"invalid --disk '{text}': unknown key(s) "
                                   f"{', '.join(sorted(unknown))}",
-                                  hint="known keys: size, path, format, bus")
-        if ("size" in values) == ("path" in values):
+                                  hint="known keys: size, path, format, bus, pool, volume")
+        if "pool" in values:
+            if "path" in values:
+                raise ValidationError(f"invalid --disk '{text}': path= is not for a pool "
+                                      "disk", hint="give pool=NAME,size=64M (a new volume) "
+                                      "or pool=NAME,volume=VOL (an existing one)")
+            if "size" not in values and "volume" not in values:
+                raise ValidationError(f"invalid --disk '{text}': give size= (a new volume) "
+                                      "or volume= (an existing one)")
+        elif "volume" in values:
+            raise ValidationError(f"invalid --disk '{text}': volume= needs pool=")
+        elif ("size" in values) == ("path" in values):
             raise ValidationError(f"invalid --disk '{text}': give exactly one of size= or path=")
         return cls(
             size=parse_size(values["size"], what="disk size") if "size" in values else None,
             path=Path(values["path"]) if "path" in values else None,
             fmt=values.get("format"),
             bus=values.get("bus", "virtio"),
+            pool=values.get("pool"),
+            volume=values.get("volume"),
         )
 
 
@@ -365,7 +381,7 @@ def check_resources(req: CreateRequest, *, memory_total: int, memory_available: 
     if memory_available is not None and req.memory > memory_available:
         notes.append(f"VM '{name}' asks for {format_size(req.memory)}; only "
                      f"{format_size(memory_available)} is available now")
-    new = sum(d.size or 0 for d in req.disks)
+    new = sum(d.size or 0 for d in req.disks if d.pool is None)  # pools: their own space
     if new > free_space and not req.force:
         raise ValidationError(
             f"the new disks of VM '{name}' ({format_size(new)}) are larger than the free "
@@ -430,10 +446,28 @@ def create(host: Host, req: CreateRequest,
 
     disks: list[DiskSpec] = []
     created: list[Path] = []
+    volumes: list[tuple[str, str]] = []  # (pool, volume) created here
     owned: list[OwnedFile] = []
     try:
         for index, disk in enumerate(req.disks):
             target = DISK_TARGETS[index]
+            if disk.pool is not None:
+                from kvmops.storage.volumes import vm_disk  # here: quick vm list/info
+
+                got = vm_disk(host, disk.pool, volume_name=disk.volume, size=disk.size,
+                              fmt=disk.fmt, default_name=f"{req.name}-{target}")
+                if got.created:
+                    volumes.append((got.pool, got.volume))
+                if got.path is not None:  # a file pool: the file, as every other disk
+                    ensure_qemu_can_reach(Path(got.path).parent)
+                    if got.created:
+                        owned.append(OwnedFile(got.path, got.fmt))
+                    disks.append(DiskSpec(target=target, source=got.path, fmt=got.fmt,
+                                          bus=disk.bus))
+                else:
+                    disks.append(DiskSpec(target=target, source=got.volume, fmt=got.fmt,
+                                          bus=disk.bus, pool=got.pool, volume=got.volume))
+                continue
             if disk.path is not None:
                 path = disk.path.absolute()
                 if not path.is_file():
@@ -480,6 +514,12 @@ def create(host: Host, req: CreateRequest,
         for path in created:
             with contextlib.suppress(OSError):
                 path.unlink()
+        if volumes:
+            from kvmops.host import pools as host_pools
+
+            for pool, volume in volumes:
+                with contextlib.suppress(KvmopsError):
+                    host_pools.delete_volume(host, pool, volume)
         raise
     for message in warnings:
         (note or progress or (lambda _m: None))(message)

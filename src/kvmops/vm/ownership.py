@@ -82,6 +82,10 @@ def chain_files(disks: list[DiskSpec], rules: PathPolicy) -> tuple[list[Path], l
     for disk in disks:
         if disk.device != "disk" or not disk.source:
             continue
+        if disk.pool:  # a volume of a block pool (an iSCSI LUN ...): the pool's, not ours
+            stopped.append(KeptFile(f"{disk.pool}/{disk.volume}", "a volume of storage pool "
+                                    f"'{disk.pool}' (remove it with 'kvmops volume delete')"))
+            continue
         links, problem = inspect_partial(disk.source, disk.fmt or "raw", rules=rules,
                                          trusted_top=True)
         for link in links:
