@@ -196,6 +196,58 @@ def test_hot_plugged_nic_is_seen_in_the_guest_and_removed(lab: Lab) -> None:
     assert_one_line_error(again, 3, f"no NIC with MAC {mac}")
 
 
+#: VIRTIO_NET_F_MQ: the device offers several queue pairs (virtio spec 5.1.3).
+VIRTIO_NET_F_MQ = 22
+
+
+def test_multiqueue_nic(lab: Lab, host: Host) -> None:
+    """A NIC hot-plugged with --queues 2 reaches the guest as a multiqueue virtio-net
+    device (the guest's driver sees the MQ feature bit; a one-queue NIC does not);
+    multiqueue on e1000 is refused."""
+    added = _json("vm", "nic", "add", lab.vm2, "--network", lab.network, "--queues", "2",
+                  "--json")
+    mac = added["mac"]
+    try:
+        assert (added["queues"], added["boot_order"]) == (2, None)
+        assert "queues='2'" in host.conn.lookupByName(lab.vm2).XMLDesc(0)
+        deadline = time.monotonic() + 60
+        while mac not in _guest_sh(lab.vm2, "cat /sys/class/net/*/address"):
+            assert time.monotonic() < deadline, f"NIC {mac} never appeared in the guest"
+            time.sleep(1)
+
+        def features(nic_mac: str) -> str:
+            path = _guest_sh(lab.vm2, f"grep -l {nic_mac} /sys/class/net/*/address").strip()
+            return _guest_sh(lab.vm2, "cat " + path.replace("/address", "/device/features"))
+
+        assert features(mac)[VIRTIO_NET_F_MQ] == "1"
+        assert features(lab.mac2)[VIRTIO_NET_F_MQ] == "0"
+        e1000 = run_cli("vm", "nic", "add", lab.vm2, "--network", lab.network, "--model",
+                        "e1000", "--queues", "2")
+        assert_one_line_error(e1000, 2, "needs the virtio model")
+    finally:
+        removed = run_cli("vm", "nic", "remove", lab.vm2, mac)
+    assert removed.code == 0, removed.stderr
+    assert mac not in [n["mac"] for n in _nics(lab.vm2)]
+
+
+def test_nic_boot_order(lab: Lab, vm_factory: Callable[..., str]) -> None:
+    """A boot position given at creation is in the definition (libvirt accepted it
+    beside the disks); a taken one is refused, and a VM that boots by device kind
+    (libvirt's <os><boot dev>) is told how to get one."""
+    vm = vm_factory("--nic", f"network={lab.network},boot=1")
+    nics = _nics(vm)
+    assert [n["boot_order"] for n in nics] == [1]
+    taken = run_cli("vm", "nic", "add", vm, "--network", lab.network, "--boot-order", "1",
+                    "--config-only")
+    assert_one_line_error(taken, 4, "boot order 1 is taken", vm)
+    second = _json("vm", "nic", "add", vm, "--network", lab.network, "--boot-order", "2",
+                   "--config-only", "--json")
+    assert second["boot_order"] == 2
+    by_kind = run_cli("vm", "nic", "add", lab.vm1, "--network", lab.network,
+                      "--boot-order", "3", "--config-only")
+    assert_one_line_error(by_kind, 2, "boots by device kind", "vm create --nic")
+
+
 def test_bad_nic_input_and_a_taken_mac_are_refused(lab: Lab, host: Host) -> None:
     name = f"{SESSION_PREFIX}nicbad"
     try:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 
 from kvmops.errors import ValidationError
-from kvmops.vm.domxml import DomainDocument, DomainSpec, NicSpec, nic_xml, parse_xml, validate_mac
+from kvmops.vm.domxml import (
+    DiskSpec,
+    DomainDocument,
+    DomainSpec,
+    NicSpec,
+    nic_xml,
+    parse_xml,
+    validate_mac,
+)
 from kvmops.vm.lifecycle import CreateRequest, new_mac, requested_nics
 
 
@@ -36,6 +44,11 @@ def test_parse_bridge_defaults_to_virtio() -> None:
     ("bridge=../br0", "invalid bridge name"),
     ("bridge=a-bridge-name-too-long", "at most 15 characters"),
     ("network=lab net", "invalid network name"),
+    ("network=a,queues=2,model=e1000", "needs the virtio model"),
+    ("network=a,queues=0", "invalid number of NIC queues"),
+    ("network=a,queues=two", "queues= must be a number"),
+    ("network=a,boot=0", "invalid NIC boot order 0"),
+    ("network=a,boot=100", "invalid NIC boot order 100"),
 ])
 def test_parse_refusals(text: str, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
@@ -104,3 +117,44 @@ def test_new_mac_is_unicast_and_avoids_taken() -> None:
     for _ in range(50):
         mac = new_mac(taken)
         assert mac not in taken and validate_mac(mac) == mac and mac.startswith("52:54:00:")
+
+
+def test_queues_and_boot_order_round_trip() -> None:
+    nic = NicSpec.parse("network=lab,queues=4,boot=1")
+    assert (nic.queues, nic.boot_order) == (4, 1)
+    el = parse_xml(nic_xml(nic))
+    assert el.find("driver").get("queues") == "4" and el.find("boot").get("order") == "1"
+    spec = DomainSpec(name="v", memory_bytes=64 * 1024**2, nics=[nic])
+    assert DomainSpec.from_xml(spec.to_xml()).nics == [nic]
+
+
+def test_nic_boot_order_moves_disks_to_per_device_boot() -> None:
+    """libvirt refuses <os><boot dev> beside a device's <boot order>: with a NIC boot
+    position the disks (then cdroms) get the positions after it, the NIC keeps its own."""
+    spec = DomainSpec(
+        name="v", memory_bytes=64 * 1024**2, boot=["hd", "cdrom"],
+        disks=[DiskSpec(target="vda", source="/i/a.qcow2"),
+               DiskSpec(target="hdc", source="/i/d.iso", fmt="raw", bus="ide",
+                        device="cdrom", readonly=True),
+               DiskSpec(target="vdb", source="/i/b.qcow2")],
+        nics=[NicSpec(kind="network", source="lab", boot_order=2)])
+    root = parse_xml(spec.to_xml())
+    assert root.find("os/boot") is None
+    orders = {d.find("target").get("dev"): d.find("boot").get("order")
+              for d in root.findall("devices/disk")}
+    assert orders == {"vda": "1", "vdb": "3", "hdc": "4"}
+    assert root.find("devices/interface/boot").get("order") == "2"
+    doc = DomainDocument(spec.to_xml())
+    assert not doc.boots_by_device_kind() and doc.boot_orders() == {1, 2, 3, 4}
+    # Rebuilt from the typed model: the same positions again.
+    assert DomainSpec.from_element(root).to_xml() == spec.to_xml()
+
+
+def test_without_a_nic_boot_order_the_os_boot_list_stays() -> None:
+    spec = DomainSpec(name="v", memory_bytes=64 * 1024**2,
+                      disks=[DiskSpec(target="vda", source="/i/a.qcow2")],
+                      nics=[NicSpec(kind="network", source="lab", queues=2)])
+    root = parse_xml(spec.to_xml())
+    assert [b.get("dev") for b in root.findall("os/boot")] == ["hd"]
+    assert root.find("devices/disk/boot") is None
+    assert DomainDocument(spec.to_xml()).boots_by_device_kind()

@@ -98,6 +98,11 @@ def add_cmd(
     vlan: str | None = VlanOpt,
     trunk: str | None = TrunkOpt,
     native: int | None = NativeOpt,
+    queues: int | None = typer.Option(None, "--queues", help="virtio multiqueue: queue "
+                                      "pairs, usually the VM's vCPU count (virtio only)."),
+    boot_order: int | None = typer.Option(None, "--boot-order", help="Network (PXE) boot "
+                                          "position, 1 first (VMs with per-device boot "
+                                          "order only)."),
     live_only: bool = LiveOnly,
     config_only: bool = ConfigOnly,
     json_out: bool = JsonOption,
@@ -125,7 +130,8 @@ def add_cmd(
     with connect(uri) as host:
         nic = nics.add(Caller.local(), host, name, network=network, bridge=bridge,
                        model=model, mac=mac, live=live, persistent=persistent,
-                       inbound=rate_in, outbound=rate_out, vlan=tags)
+                       inbound=rate_in, outbound=rate_out, vlan=tags, queues=queues,
+                       boot_order=boot_order)
     if json_out:
         print_json(nic)
         return

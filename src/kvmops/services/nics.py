@@ -16,6 +16,7 @@ from typing import Any
 from lxml import etree
 
 from kvmops.errors import (
+    AlreadyExistsError,
     HypervisorError,
     KvmopsError,
     NotFoundError,
@@ -82,6 +83,8 @@ class NicEntry(Record):
     pf: str | None = None  # the PF and the VF's index on it
     vf: int | None = None
     max_tx_rate: int | None = None  # Mbit/s set on the VF; 0: no limit
+    queues: int | None = None  # virtio multiqueue pairs; None: one
+    boot_order: int | None = None  # position in the per-device boot order; None: not booted
 
 
 @dataclass
@@ -113,7 +116,8 @@ def _entries(live: DomainDocument, config: DomainDocument) -> list[NicEntry]:
                                       config=not in_live,
                                       inbound=nic.inbound.text() if nic.inbound else None,
                                       outbound=nic.outbound.text() if nic.outbound else None,
-                                      vlan=nic.vlan.text() if nic.vlan else None)
+                                      vlan=nic.vlan.text() if nic.vlan else None,
+                                      queues=nic.queues, boot_order=nic.boot_order)
             elif in_live:
                 entry.live = True
             else:
@@ -162,12 +166,15 @@ def _scope(domain: Domain, vm: str, live: bool, persistent: bool, action: str
 def add(caller: Caller, host: Host, vm: str, *, network: str | None = None,
         bridge: str | None = None, model: str = "virtio", mac: str | None = None,
         live: bool = True, persistent: bool = True, inbound: Rate | None = None,
-        outbound: Rate | None = None, vlan: Vlan | None = None) -> NicEntry:
+        outbound: Rate | None = None, vlan: Vlan | None = None, queues: int | None = None,
+        boot_order: int | None = None) -> NicEntry:
     """Add a NIC on libvirt network ``network`` or host bridge ``bridge``: hot-plugged
     into the running VM and kept in its definition (a shut-off VM: the definition)."""
     if (network is None) == (bridge is None):
         raise ValidationError("give exactly one of --network or --bridge")
     validate_nic_model(model)
+    NicSpec(kind="network", source="-", model=model, queues=queues,
+            boot_order=boot_order).check_queues_and_boot()
     domain = host.lookup(vm)
     in_live, in_config = _scope(domain, vm, live, persistent, "add a NIC to")
     if network is not None:
@@ -188,7 +195,10 @@ def add(caller: Caller, host: Host, vm: str, *, network: str | None = None,
     source = validate_nic_source(kind, network if network is not None else bridge or "")
     virtualport = check_vlan(host, vm, kind, source) if vlan is not None else None
     spec = NicSpec(kind=kind, source=source, model=model, mac=mac, inbound=inbound,
-                   outbound=outbound, vlan=vlan, virtualport=virtualport)
+                   outbound=outbound, vlan=vlan, virtualport=virtualport, queues=queues,
+                   boot_order=boot_order)
+    if boot_order is not None:
+        _check_boot_order(domain, vm, boot_order, in_config)
     domain.attach_device(nic_xml(spec), live=in_live, config=in_config,
                          what=f"adding a NIC ({mac}) to VM '{vm}'")
     for entry in list_nics(caller, host, vm):
@@ -288,6 +298,21 @@ def set_link(caller: Caller, host: Host, vm: str, mac: str, state: LinkState, *,
         if entry.mac == mac:
             return entry
     raise NotFoundError(f"VM '{vm}' has no NIC with MAC {mac}")
+
+
+def _check_boot_order(domain: Domain, vm: str, order: int, in_config: bool) -> None:
+    """libvirt refuses a device ``<boot order>`` beside ``<os><boot dev>``, and two
+    devices in one position: say so in one line before it does."""
+    hint = ("give the NIC a boot position when creating the VM (vm create --nic "
+            "network=NAME,boot=1), where kvmops orders the disks after it")
+    doc = DomainDocument(domain.xml(inactive=True) if in_config else domain.xml())
+    if doc.boots_by_device_kind():
+        raise ValidationError(f"cannot give the new NIC of VM '{vm}' boot order {order}: the "
+                              "VM boots by device kind (<os><boot dev>), not per device",
+                              hint=hint)
+    if order in doc.boot_orders():
+        raise AlreadyExistsError(f"boot order {order} is taken by another device of VM '{vm}'",
+                            hint="pick a free position (see 'kvmops vm nic list')")
 
 
 def check_vlan(host: Host, vm: str, kind: str, source: str) -> str | None:

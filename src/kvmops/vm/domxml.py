@@ -286,11 +286,23 @@ class NicSpec:
     outbound: Rate | None = None  # <bandwidth><outbound>: traffic from the guest
     vlan: Vlan | None = None
     virtualport: str | None = None  # <virtualport type>, e.g. openvswitch
+    queues: int | None = None  # <driver queues>: virtio multiqueue (queue pairs)
+    boot_order: int | None = None  # <boot order>: network (PXE) boot in this position
 
     def __post_init__(self) -> None:
         if self.mac is not None and not _MAC_RE.match(self.mac):
             raise ValidationError(f"invalid MAC address '{self.mac}'",
                                   hint="use six hex pairs like 52:54:00:12:34:56")
+
+    def check_queues_and_boot(self) -> NicSpec:
+        """Refuse what a user asked for that libvirt/QEMU would refuse later (not done
+        on parsing an existing definition: libvirt's own checks apply there)."""
+        if self.queues is not None:
+            check_queues(self.queues, self.model)
+        if self.boot_order is not None and not 1 <= self.boot_order <= MAX_BOOT_ORDER:
+            raise ValidationError(f"invalid NIC boot order {self.boot_order}",
+                                  hint=f"use 1..{MAX_BOOT_ORDER} (1 boots first)")
+        return self
 
     @classmethod
     def parse(cls, text: str) -> NicSpec:
@@ -306,11 +318,18 @@ class NicSpec:
             if key in values:
                 raise ValidationError(f"invalid --nic '{text}': {key}= given twice", hint=hint)
             values[key] = value
-        unknown = set(values) - {"network", "bridge", "model", "mac"}
+        unknown = set(values) - {"network", "bridge", "model", "mac", "queues", "boot"}
         if unknown:
             raise ValidationError(f"invalid --nic '{text}': unknown key(s) "
                                   f"{', '.join(sorted(unknown))}",
-                                  hint="known keys: network, bridge, model, mac")
+                                  hint="known keys: network, bridge, model, mac, queues, boot")
+        numbers: dict[str, int] = {}
+        for key in ("queues", "boot"):
+            if key in values:
+                if not values[key].isdigit():
+                    raise ValidationError(f"invalid --nic '{text}': {key}= must be a number",
+                                          hint="e.g. queues=2 (virtio only), boot=1")
+                numbers[key] = int(values[key])
         if ("network" in values) == ("bridge" in values):
             raise ValidationError(f"invalid --nic '{text}': give exactly one of network= or "
                                   "bridge=", hint=hint)
@@ -318,7 +337,25 @@ class NicSpec:
         mac = values.get("mac")
         return cls(kind=kind, source=validate_nic_source(kind, values[kind]),
                    model=validate_nic_model(values.get("model", "virtio")),
-                   mac=validate_mac(mac) if mac is not None else None)
+                   mac=validate_mac(mac) if mac is not None else None,
+                   queues=numbers.get("queues"), boot_order=numbers.get("boot")
+                   ).check_queues_and_boot()
+
+
+#: QEMU's virtio-net takes at most 1024 queue pairs; libvirt passes ``queues`` through.
+MAX_QUEUES = 256
+MAX_BOOT_ORDER = 99
+
+
+def check_queues(queues: int, model: str) -> int:
+    """Multiqueue is a virtio-net feature: 1..MAX_QUEUES pairs, virtio model only."""
+    if model != "virtio":
+        raise ValidationError(f"multiqueue (queues={queues}) needs the virtio model, not "
+                              f"'{model}'", hint="use model=virtio or leave out queues")
+    if not 1 <= queues <= MAX_QUEUES:
+        raise ValidationError(f"invalid number of NIC queues {queues}",
+                              hint=f"use 1..{MAX_QUEUES}, usually the VM's vCPU count")
+    return queues
 
 
 @dataclass
@@ -386,7 +423,7 @@ class DomainSpec:
                 _sub(os_el, "initrd", self.initrd)
             if self.cmdline:
                 _sub(os_el, "cmdline", self.cmdline)
-        else:
+        elif not self.per_device_boot:
             for dev in self.boot:
                 _sub(os_el, "boot", dev=dev)
         features = _sub(dom, "features")
@@ -402,8 +439,12 @@ class DomainSpec:
         _sub(dom, "on_reboot", "restart")
         _sub(dom, "on_crash", "destroy")
         devices = _sub(dom, "devices")
+        disk_orders = self._disk_boot_orders()
         for disk in self.disks:
-            devices.append(disk_element(disk))
+            el = disk_element(disk)
+            if disk.target in disk_orders:
+                _sub(el, "boot", order=str(disk_orders[disk.target]))
+            devices.append(el)
         for nic in self.nics:
             devices.append(nic_element(nic))
         if self.serial_console:
@@ -422,6 +463,31 @@ class DomainSpec:
             _sub(video, "model", type="vga")
         _sub(devices, "memballoon", model="virtio")
         return etree.tostring(dom, pretty_print=True, encoding="unicode")
+
+    @property
+    def per_device_boot(self) -> bool:
+        """A NIC asks for a boot position: libvirt then refuses ``<os><boot dev>``, so
+        every bootable device gets a ``<boot order>`` instead."""
+        return not self.kernel and any(n.boot_order is not None for n in self.nics)
+
+    def _disk_boot_orders(self) -> dict[str, int]:
+        """With per-device boot: the disks (then cdroms, as ``boot`` listed hd/cdrom)
+        boot after the NICs' positions, in their order."""
+        if not self.per_device_boot:
+            return {}
+        taken = {n.boot_order for n in self.nics if n.boot_order is not None}
+        order, orders = 0, {}
+        kinds = [("disk" if dev == "hd" else "cdrom") for dev in self.boot
+                 if dev in ("hd", "cdrom")] or ["disk"]
+        for kind in kinds:
+            for disk in self.disks:
+                if disk.device != kind:
+                    continue
+                order += 1
+                while order in taken:
+                    order += 1
+                orders[disk.target] = order
+        return orders
 
     # ---------------------------------------------------------------- parse
     @classmethod
@@ -452,7 +518,8 @@ class DomainSpec:
             kernel=root.findtext("os/kernel"),
             initrd=root.findtext("os/initrd"),
             cmdline=root.findtext("os/cmdline"),
-            boot=[b.get("dev", "hd") for b in root.findall("os/boot")],
+            boot=[b.get("dev", "hd") for b in root.findall("os/boot")] or (
+            ["hd"] if root.find("devices/*/boot") is None else _boot_devs(root)),
             acpi=root.find("features/acpi") is not None,
             apic=root.find("features/apic") is not None,
             disks=[parse_disk(d) for d in root.findall("devices/disk")],
@@ -542,6 +609,10 @@ def nic_element(nic: NicSpec) -> etree._Element:
         _sub(el, "link", state=nic.link)
     if nic.virtualport is not None:
         _sub(el, "virtualport", type=nic.virtualport)
+    if nic.queues is not None:
+        _sub(el, "driver", queues=str(nic.queues))
+    if nic.boot_order is not None:
+        _sub(el, "boot", order=str(nic.boot_order))
     _set_vlan(el, nic.vlan)
     _set_bandwidth(el, nic.inbound, nic.outbound)
     return el
@@ -604,6 +675,22 @@ def nic_xml(nic: NicSpec) -> str:
     return etree.tostring(nic_element(nic), encoding="unicode")
 
 
+def _boot_devs(root: etree._Element) -> list[str]:
+    """``os/boot``-style device kinds of a definition that uses per-device boot order."""
+    kinds = []
+    for disk in sorted(root.findall("devices/disk[boot]"),
+                       key=lambda d: _int_attr(d.find("boot"), "order") or 0):
+        kind = "cdrom" if disk.get("device") == "cdrom" else "hd"
+        if kind not in kinds:
+            kinds.append(kind)
+    return kinds or ["hd"]
+
+
+def _int_attr(el: etree._Element | None, name: str) -> int | None:
+    value = el.get(name) if el is not None else None
+    return int(value) if value is not None and value.isdigit() else None
+
+
 def parse_nic(el: etree._Element) -> NicSpec | None:
     kind = el.get("type")
     if kind not in ("network", "bridge"):
@@ -628,6 +715,8 @@ def parse_nic(el: etree._Element) -> NicSpec | None:
         outbound=_parse_rate(el.find("bandwidth/outbound")),
         vlan=_parse_vlan(el.find("vlan")),
         virtualport=virtualport.get("type") if virtualport is not None else None,
+        queues=_int_attr(el.find("driver"), "queues"),
+        boot_order=_int_attr(el.find("boot"), "order"),
     )
 
 
@@ -696,6 +785,15 @@ class DomainDocument:
         return DomainSpec.from_element(self._root)
 
     # ---------------------------------------------------------------- reading
+    def boots_by_device_kind(self) -> bool:
+        """``<os><boot dev>``: libvirt then refuses any device's ``<boot order>``."""
+        return self._root.find("os/boot") is not None
+
+    def boot_orders(self) -> set[int]:
+        """The ``<boot order>`` positions the devices hold."""
+        return {n for b in self._root.findall("devices/*/boot")
+                if (n := _int_attr(b, "order")) is not None}
+
     @property
     def name(self) -> str:
         return self._root.findtext("name") or ""

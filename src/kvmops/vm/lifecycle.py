@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -140,9 +141,13 @@ def requested_nics(req: CreateRequest) -> list[NicSpec]:
                               hint="or give it inside --nic: --nic network=NAME,mac=...")
     for nic in req.nics:
         validate_nic_model(nic.model)
-        nics.append(NicSpec(kind=nic.kind, source=validate_nic_source(nic.kind, nic.source),
-                            model=nic.model,
-                            mac=validate_mac(nic.mac) if nic.mac else None))
+        nics.append(dataclasses.replace(
+            nic, source=validate_nic_source(nic.kind, nic.source),
+            mac=validate_mac(nic.mac) if nic.mac else None).check_queues_and_boot())
+    orders = [n.boot_order for n in nics if n.boot_order is not None]
+    if len(orders) != len(set(orders)):
+        raise ValidationError(f"two NICs of VM '{req.name}' have the same boot order",
+                              hint="give each NIC its own boot=N")
     seen: set[str] = set()
     for nic in nics:
         if nic.mac and nic.mac in seen:

@@ -60,6 +60,10 @@ class AddNicBody(QosFields):
     bridge: str | None = Field(default=None, pattern=_SOURCE, description="host bridge")
     model: Literal["virtio", "e1000", "rtl8139"] = "virtio"
     mac: MacAddress | None = Field(default=None, description="default: a free 52:54:00:…")
+    queues: int | None = Field(default=None, ge=1, le=256,
+                               description="virtio multiqueue: queue pairs")
+    boot_order: int | None = Field(default=None, ge=1, le=99,
+                                   description="network boot position (per-device boot)")
     live: bool = True
     persistent: bool = True
 
@@ -95,7 +99,8 @@ def add_nic(caller: OperatorCaller, name: VmNameDep, body: AddNicBody, host: Hos
     return nic_service.add(caller, host, name, network=body.network, bridge=body.bridge,
                            model=body.model, mac=body.mac, live=body.live,
                            persistent=body.persistent, inbound=inbound, outbound=outbound,
-                           vlan=body.vlan_tags())
+                           vlan=body.vlan_tags(), queues=body.queues,
+                           boot_order=body.boot_order)
 
 
 @router.patch("/{mac}", response_model=NicEntry, dependencies=_LONG)

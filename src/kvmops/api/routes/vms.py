@@ -55,6 +55,10 @@ class NicBody(Body):
     bridge: str | None = Field(default=None, pattern=_NET_RE.pattern)
     model: Literal["virtio", "e1000", "rtl8139"] = "virtio"
     mac: MacAddress | None = None
+    queues: int | None = Field(default=None, ge=1, le=256,
+                               description="virtio multiqueue: queue pairs")
+    boot: int | None = Field(default=None, ge=1, le=99,
+                             description="network boot position; disks boot after it")
 
     @model_validator(mode="after")
     def one_source(self) -> NicBody:
@@ -65,7 +69,8 @@ class NicBody(Body):
     def spec(self) -> NicSpec:
         return NicSpec(kind="network" if self.network is not None else "bridge",
                        source=self.network or self.bridge or "", model=self.model,
-                       mac=self.mac)
+                       mac=self.mac, queues=self.queues, boot_order=self.boot
+                       ).check_queues_and_boot()
 
 
 class CreateVmBody(Body):
