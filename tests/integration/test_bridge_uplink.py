@@ -31,7 +31,7 @@ import pytest
 from kvmops.host import networks as host_networks
 from kvmops.host.connection import Host
 from kvmops.testing import cleanup
-from tests.conftest import SESSION_PREFIX, CliResult, assert_one_line_error
+from tests.conftest import SESSION_PREFIX, CliResult, assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -363,3 +363,17 @@ def test_clean_test_removes_left_namespaces() -> None:
         assert name not in _sh("ip", "netns", "list")
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+def test_host_doctor_names_a_left_rollback_record(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = {"KVMOPS_STATE_DIR": str(state)}
+    result = run_cli("host", "doctor", "--json", env=env)
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert checks["bridge-rollbacks"]["status"] == "ok", checks["bridge-rollbacks"]
+    (state / "bridges").mkdir(parents=True)
+    (state / "bridges" / f"{BRIDGE}.json").write_text("{}")
+    result = run_cli("host", "doctor", "--json", env=env)
+    check = {c["name"]: c for c in json.loads(result.stdout)["checks"]}["bridge-rollbacks"]
+    assert check["status"] == "warn" and BRIDGE in check["detail"], check
+    assert "kvmops net rollback BRIDGE" in check["hint"]

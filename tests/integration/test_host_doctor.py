@@ -14,7 +14,7 @@ from tests.conftest import run_cli
 
 EXPECTED = {"libvirtd", "virtlogd", "qemu", "qemu-img", "accelerator", "images-dir",
             "state-dir", "path-policy", "backup-jobs", "io-limits", "backup-api", "snapshots",
-            "memory", "guest-agents"}
+            "memory", "guest-agents", "bridge-rollbacks"}
 
 
 def doctor(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any], str]:

@@ -197,6 +197,21 @@ def check_backup_jobs() -> Check:
     return _check("backup-jobs", Status.OK, "none running, none left over")
 
 
+def check_bridge_rollbacks() -> Check:
+    """A ``net create --uplink`` that neither finished nor rolled back (kvmops and its
+    guard both killed) leaves a rollback record: the uplink may still be half moved."""
+    from kvmops.services import bridges
+
+    left = bridges.pending()
+    if left:
+        return _check("bridge-rollbacks", Status.WARN,
+                      f"bridge(s) {_names(left)}: an unfinished 'net create --uplink' left "
+                      f"a rollback record in {bridges.record_dir()}",
+                      "restore with 'kvmops net rollback BRIDGE' (in the network namespace "
+                      "where it ran)")
+    return _check("bridge-rollbacks", Status.OK, "no unfinished bridge change")
+
+
 def check_io_limits(root: Path = Path("/sys/fs/cgroup")) -> Check:
     if (root / "blkio").is_dir() or "io" in _read(root / "cgroup.controllers").split():
         return _check("io-limits", Status.OK, "the block I/O cgroup controller is available")
@@ -296,6 +311,7 @@ def run_doctor(uri: str | None = None, *, host: Host | None = None) -> DoctorRep
         checks.append(check_directory("state-dir", cfg.state_dir, images=False))
         checks.append(check_path_policy())
         checks.append(check_backup_jobs())
+        checks.append(check_bridge_rollbacks())
         checks.append(check_io_limits())
         if host is not None:
             for group in (check_libvirt_features, check_vms):
