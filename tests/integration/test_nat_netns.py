@@ -6,6 +6,7 @@ guest created with ``vm create --nic network=NAME`` through that URI gets an IPv
 in the DHCP range and a SLAAC address in the prefix (``guest ip --json``), and pings the
 upstream address through the NAT: an nftables counter in the upstream namespace sees the
 echo requests arrive from the NAT's outside address and none from the guest's subnet.
+IPv6 is routed, not masqueraded: the guest's pings to fd00:234::1 arrive from its prefix.
 
 Traffic never leaves the test namespaces: the network's bridge, dnsmasq, the firewall
 rules, the guest's tap and the upstream all live in them (checked: none of it is in the
@@ -137,6 +138,7 @@ table inet kvtcount {
     type filter hook input priority 0; policy accept;
     ip saddr %(outside)s icmp type echo-request counter comment "outside"
     ip saddr %(subnet)s counter comment "guest-subnet"
+    ip6 saddr %(prefix6)s icmpv6 type echo-request counter comment "guest-prefix6"
   }
 }
 """
@@ -154,23 +156,49 @@ def _counters(nshost: NsHost) -> dict[str, int]:
     return counts
 
 
-def test_guest_reaches_upstream_through_nat(nat_lab: NatLab) -> None:
-    """The guest pings the upstream namespace; the echo requests arrive there from the
-    NAT's outside address (masqueraded), none from the guest's own subnet."""
-    nshost = nat_lab.nshost
-    _wait_addresses(nat_lab)  # DHCP done: the guest has its default route
+def _fresh_counters(nshost: NsHost) -> None:
     with contextlib.suppress(AssertionError):
         nshost.run("nft", "delete", "table", "inet", "kvtcount", where="upstream")
     nshost.run("nft", "-f", "-", where="upstream", input=COUNTERS % {
-        "outside": nshost.outside4, "subnet": SUBNET4})
-    assert _counters(nshost) == {"outside": 0, "guest-subnet": 0}
-    result = nshost.run_cli("guest", "exec", nat_lab.vm, "--", "/bin/sh", "-c",
-                            f"ping -c {PINGS} -W 2 {nshost.upstream4}", timeout=120)
+        "outside": nshost.outside4, "subnet": SUBNET4, "prefix6": PREFIX6})
+    assert _counters(nshost) == {"outside": 0, "guest-subnet": 0, "guest-prefix6": 0}
+
+
+def _ping(lab: NatLab, address: str) -> int:
+    """Ping ``address`` from the guest (bounded); the number of replies (at least 1)."""
+    flag = "-6 " if ":" in address else ""
+    result = lab.nshost.run_cli("guest", "exec", lab.vm, "--", "/bin/sh", "-c",
+                                f"ping {flag}-c {PINGS} -W 2 {address}", timeout=120)
     assert result.code == 0, (result.stdout, result.stderr)
     match = re.search(r"(\d+) packets transmitted, (\d+) packets received", result.stdout)
     assert match, result.stdout
     received = int(match.group(2))
     assert received >= 1, result.stdout
+    return received
+
+
+def test_guest_reaches_upstream_through_nat(nat_lab: NatLab) -> None:
+    """The guest pings the upstream namespace; the echo requests arrive there from the
+    NAT's outside address (masqueraded), none from the guest's own subnet."""
+    nshost = nat_lab.nshost
+    _wait_addresses(nat_lab)  # DHCP done: the guest has its default route
+    _fresh_counters(nshost)
+    received = _ping(nat_lab, nshost.upstream4)
     counts = _counters(nshost)
     assert counts["guest-subnet"] == 0, counts
-    assert received <= counts["outside"] <= PINGS, (counts, result.stdout)
+    assert received <= counts["outside"] <= PINGS, counts
+
+
+def test_guest_reaches_upstream_over_routed_ipv6(nat_lab: NatLab) -> None:
+    """libvirt's NAT network routes IPv6 (no masquerading): with the upstream's route
+    back to the prefix through the host namespace, the guest's pings arrive there from
+    its own SLAAC address's prefix."""
+    nshost = nat_lab.nshost
+    _wait_addresses(nat_lab)  # the router advertisement came: the guest has its route
+    nshost.run("ip", "-6", "route", "replace", str(PREFIX6), "via", nshost.outside6,
+               where="upstream")
+    _fresh_counters(nshost)
+    received = _ping(nat_lab, nshost.upstream6)
+    counts = _counters(nshost)
+    assert (counts["outside"], counts["guest-subnet"]) == (0, 0), counts
+    assert received <= counts["guest-prefix6"] <= PINGS, counts
