@@ -130,10 +130,12 @@ class Lab:
     def argv(self, *args: str) -> list[str]:
         return ["ip", "netns", "exec", NS_A, sys.executable, "-m", "kvmops.cli.main", *args]
 
-    def kvmops(self, *args: str, timeout: float = 120) -> CliResult:
+    def kvmops(self, *args: str, timeout: float = 120,
+               env: dict[str, str] | None = None) -> CliResult:
         """The real command inside namespace A; no terminal on stdin."""
         proc = subprocess.run(self.argv(*args), stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=timeout, env=self.env)
+                              capture_output=True, text=True, timeout=timeout,
+                              env={**self.env, **(env or {})})
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
     def start(self, *args: str) -> subprocess.Popen[str]:
@@ -302,6 +304,30 @@ def test_net_rollback_restores_when_the_run_and_its_guard_died(lab: Lab) -> None
     assert not lab.record.exists()
     assert_one_line_error(lab.kvmops("net", "rollback", BRIDGE), 3,
                           f"no rollback record of bridge '{BRIDGE}'")
+
+
+# ---------------------------------------------------------------- the route checked
+def test_the_check_follows_the_ssh_session_else_the_default_gateway(lab: Lab) -> None:
+    before = _state(NS_A)
+    base = ["net", "create", BRIDGE, "--mode", "bridge", "--uplink", UPLINK, "--dry-run"]
+    # A session whose client is on the uplink's LAN: the client itself is the next hop.
+    result = lab.kvmops(*base, "--json",
+                        env={"SSH_CONNECTION": f"{PEER} 50022 192.168.233.2 22"})
+    assert result.code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert (out["verify_source"], out["verify_target"], out["next_hop"]) == (
+        "ssh session", PEER, PEER)
+    # A session that does not go through the uplink is not at risk: the gateway is checked.
+    result = lab.kvmops(*base, "--json", env={"SSH_CLIENT": "127.0.0.1 50022 22"})
+    out = json.loads(result.stdout)
+    assert (out["verify_source"], out["next_hop"]) == ("default gateway", PEER)
+    assert any("127.0.0.1 is reached through lo, not kvtu0" in n for n in out["notes"])
+    # --verify must be reached through the uplink, else its answer proves nothing.
+    assert_one_line_error(lab.kvmops(*base, "--verify", "127.0.0.1"), 2,
+                          "--verify 127.0.0.1 is reached through lo, not kvtu0")
+    assert_one_line_error(lab.kvmops(*base, "--verify", "gw.example"), 2,
+                          "--verify gw.example is not an IP address")
+    assert _state(NS_A) == before
 
 
 # ------------------------------------------------------------------------ success
