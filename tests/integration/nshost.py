@@ -245,9 +245,10 @@ def stop(host: NsHost) -> None:
 
 
 @contextlib.contextmanager
-def ns_host(netns: str, **kwargs: object) -> Iterator[NsHost]:
+def ns_host(netns: str, *, libvirtd_conf: str = "", listen: bool = False
+            ) -> Iterator[NsHost]:
     """:func:`start` … :func:`stop`, the stop whatever happened in between."""
-    host = start(netns, **kwargs)  # type: ignore[arg-type]
+    host = start(netns, libvirtd_conf=libvirtd_conf, listen=listen)
     try:
         yield host
     finally:
