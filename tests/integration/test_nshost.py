@@ -4,7 +4,8 @@ apart from the machine's libvirtd; one left by a crashed run (never stopped) is 
 by ``make clean-test``'s part for it (kvmops.testing.netns.remove_ns_hosts): its
 libvirtd, dnsmasq and every other process in its namespaces ended, the namespaces and
 the state directory gone, while the session's own namespaced host and the machine's
-libvirtd keep answering."""
+libvirtd keep answering. With ``listen=True`` it answers libvirt over TCP on its uplink
+address (from the upstream namespace)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from kvmops.host.connection import Host
 from kvmops.testing import netns
 from tests.conftest import SESSION_PREFIX, run_cli
-from tests.integration.nshost import NsHost, start
+from tests.integration.nshost import NsHost, ns_host, start
 
 
 def test_nshost_is_a_separate_libvirtd(nshost: NsHost, host: Host) -> None:
@@ -59,3 +60,17 @@ def test_crashed_nshost_is_removed_by_clean_test(nshost: NsHost, host: Host) -> 
         assert conn.alive()
     assert host.alive()
     assert json.loads(run_cli("vm", "list", "--json").stdout) is not None
+
+
+def test_nshost_listening_on_tcp_answers_from_the_upstream() -> None:
+    """``listen=True`` with a libvirtd.conf addition (how a second host for migration
+    tests is reached): libvirt over TCP on the uplink address, from the upstream
+    namespace."""
+    conf = ('listen_tls = 0\nlisten_tcp = 1\nauth_tcp = "none"\n'
+            'listen_addr = "192.168.234.2"\n')
+    with ns_host(f"{SESSION_PREFIX}tcp-h", listen=True, libvirtd_conf=conf) as tcp:
+        uri = f"qemu+tcp://{tcp.outside4}/system"
+        answered = tcp.run("virsh", "-c", uri, "uri", where="upstream", check=False)
+        assert answered.returncode == 0, answered.stderr
+        assert answered.stdout.strip() == uri
+    assert not tcp.state.exists()
