@@ -35,6 +35,10 @@ API (for tests, and for issue 12's second host)::
         h.run("nft", "list", "ruleset", where="upstream")
         with h.connect() as conn: ...              # a kvmops Host on h.uri
 
+    # libvirt over TCP as well (a migration target), reachable from the upstream:
+    ns_host(name, listen=True, libvirtd_conf='listen_tls = 0\nlisten_tcp = 1\n'
+            'auth_tcp = "none"\nlisten_addr = "192.168.234.2"\n')
+
 ``stop`` destroys and undefines the domains and networks through the API, then kills
 whatever still runs in the two namespaces (libvirtd first), deletes them and the state
 directory; ``make clean-test`` does the last part for a run that crashed.
