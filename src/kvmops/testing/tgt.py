@@ -137,7 +137,7 @@ def stop_target(target: Target) -> None:
 def remove_test_targets() -> list[str]:
     """Stop every test ``tgtd`` a run left (their pid files under :data:`RUN_DIR`); the
     IQNs they served."""
-    stopped = []
+    stopped: list[str] = []
     if not RUN_DIR.is_dir():
         return stopped
     for record in RUN_DIR.glob("*.pid"):
