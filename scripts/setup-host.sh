@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-dev pkg-config
           qemu-guest-agent busybox-static cpio xz-utils e2fsprogs postgresql
-          chromium openvswitch-switch)
+          chromium openvswitch-switch tgt qemu-block-extra
+          libvirt-daemon-driver-storage-iscsi-direct)
 VENV=${KVMOPS_VENV:-.venv}
 say() { printf '[setup] %s\n' "$*"; }
 
@@ -25,6 +26,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q
   apt-get install -y -q -o Dpkg::Options::=--force-confnew -o Dpkg::Options::=--force-confdef \
     "${missing[@]}"
+  # Debian's tgt service would serve iSCSI on every address: kvmops' tests start their own
+  # tgtd on 127.0.0.1 (kvmops.testing.tgt), so the packaged one stays off where we put it.
+  if [[ " ${missing[*]} " == *" tgt "* ]] && [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; then
+    systemctl disable --now tgt >/dev/null 2>&1 || true
+  fi
 fi
 
 # Python environment.
@@ -55,6 +61,26 @@ for _ in $(seq 1 50); do
   sleep 0.2
 done
 virsh -c qemu:///system version >/dev/null 2>&1 || { echo "setup-host.sh: libvirtd did not come up" >&2; exit 1; }
+# libvirtd loads its storage backends when it starts: one installed after it started (the
+# iscsi-direct driver above) needs one restart. Running VMs keep running across it.
+if ls /usr/lib/*/libvirt/storage-backend/libvirt_storage_backend_iscsi-direct.so >/dev/null 2>&1 \
+   && virsh -c qemu:///system pool-capabilities 2>/dev/null | grep -q "type='iscsi-direct' supported='no'"; then
+  say "restarting libvirtd to load its iscsi-direct storage backend"
+  if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; then
+    systemctl restart libvirtd
+  else
+    pid=$(pgrep -x libvirtd || true)
+    if [ -n "$pid" ]; then
+      kill -TERM "$pid"
+      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+    libvirtd -d
+  fi
+  for _ in $(seq 1 50); do
+    virsh -c qemu:///system version >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+fi
 
 # Open vSwitch (net create --mode ovs). Without systemd, and where the kernel has no
 # openvswitch module (as in containers): ovsdb-server through ovs-ctl, then ovs-vswitchd by
