@@ -270,6 +270,11 @@ def test_a_killed_run_is_restored_by_its_guard(lab: Lab) -> None:
         _read_until(proc, "check passed")
         assert lab.record.exists()
         assert _state(NS_A) != before
+        # One change at a time: a second one would snapshot this one's half-done state.
+        assert_one_line_error(lab.kvmops("net", "create", "kvtbr1", "--mode", "bridge",
+                                         "--uplink", UPLINK, "--no-define"),
+                              5, "another 'kvmops net create --uplink' or 'net rollback' is "
+                                 "running")
         proc.kill()  # SIGKILL: no handler of its own runs
         proc.communicate(timeout=30)
     _wait_gone(lab.record)  # the guard restored, then removed the record

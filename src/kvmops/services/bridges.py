@@ -141,6 +141,27 @@ def pending() -> list[str]:
     return sorted(p.stem for p in directory.glob("*.json")) if directory.is_dir() else []
 
 
+@contextlib.contextmanager
+def _exclusive() -> Iterator[None]:
+    """One bridge change (or rollback) at a time on this host: two over the same uplink
+    would each snapshot the other's half-done state."""
+    import fcntl
+
+    directory = record_dir()
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StateError("another 'kvmops net create --uplink' or 'net rollback' is "
+                             "running on this host",
+                             hint="wait for it to finish, then run this again") from None
+        yield
+    finally:
+        os.close(fd)
+
+
 # ------------------------------------------------------------------------ signals
 @contextlib.contextmanager
 def _signals(handler: Callable[[int, FrameType | None], Any] | int) -> Iterator[None]:
@@ -357,53 +378,54 @@ def create_over_uplink(
     if confirm_timeout is not None and not 0 < confirm_timeout <= 3600:
         raise ValidationError(f"--confirm-timeout {confirm_timeout:g} is out of range",
                               hint="give 1 to 3600 seconds")
-    path = record_path(bridge)
-    if path.exists():
-        raise StateError(f"a rollback record of bridge '{bridge}' is left from a change "
-                         "that did not finish", actual="rollback pending",
-                         hint=f"restore it first: 'kvmops net rollback {bridge}'")
-    if host is not None:
-        from kvmops.host import networks as host_networks
+    with contextlib.nullcontext() if dry_run else _exclusive():
+        path = record_path(bridge)
+        if path.exists():
+            raise StateError(f"a rollback record of bridge '{bridge}' is left from a change "
+                             "that did not finish", actual="rollback pending",
+                             hint=f"restore it first: 'kvmops net rollback {bridge}'")
+        if host is not None:
+            from kvmops.host import networks as host_networks
 
-        if host_networks.exists(host, name):
-            raise AlreadyExistsError(f"network '{name}' already exists",
-                                     hint="choose another name, or delete it first "
-                                          "('kvmops net delete NAME')")
-    check_uplink(kernel.link(uplink), uplink, bridge, bridge_exists=kernel.exists(bridge))
-    before = kernel.snapshot(uplink)
-    target = find_target(before, verify, dict(os.environ) if env is None else env)
-    steps = plan_create(before, bridge)
-    result = BridgeResult(name=name, bridge=bridge, uplink=uplink,
-                          plan=[str(s) for s in steps], verify_target=target.address,
-                          verify_source=target.source, next_hop=target.next_hop,
-                          dry_run=dry_run, notes=list(target.notes))
-    report(f"now: {describe(before)}")
-    for note in target.notes:
-        report(f"note: {note}")
-    if target.address is not None:
-        report(f"check after the change: {target.address} ({target.source}) through next "
-               f"hop {target.next_hop} must answer on {bridge} within {verify_timeout:g} s")
-    report(f"plan ({len(steps)} steps):")
-    for step in steps:
-        report(f"  {step}    # {step.why}")
-    if dry_run:
+            if host_networks.exists(host, name):
+                raise AlreadyExistsError(f"network '{name}' already exists",
+                                         hint="choose another name, or delete it first "
+                                              "('kvmops net delete NAME')")
+        check_uplink(kernel.link(uplink), uplink, bridge, bridge_exists=kernel.exists(bridge))
+        before = kernel.snapshot(uplink)
+        target = find_target(before, verify, dict(os.environ) if env is None else env)
+        steps = plan_create(before, bridge)
+        result = BridgeResult(name=name, bridge=bridge, uplink=uplink,
+                              plan=[str(s) for s in steps], verify_target=target.address,
+                              verify_source=target.source, next_hop=target.next_hop,
+                              dry_run=dry_run, notes=list(target.notes))
+        report(f"now: {describe(before)}")
+        for note in target.notes:
+            report(f"note: {note}")
+        if target.address is not None:
+            report(f"check after the change: {target.address} ({target.source}) through next "
+                   f"hop {target.next_hop} must answer on {bridge} within {verify_timeout:g} s")
+        report(f"plan ({len(steps)} steps):")
+        for step in steps:
+            report(f"  {step}    # {step.why}")
+        if dry_run:
+            return result
+        guard_fd, guard_pid = _start_guard(path)
+        try:
+            _write_record(path, {
+                "version": RECORD_VERSION, "bridge": bridge, "uplink": uplink, "name": name,
+                "pid": os.getpid(), "guard_pid": guard_pid, "netns": kernel.netns_id(),
+                "boot_id": kernel.boot_id(), "created": time.time(),
+                "snapshot": before.to_dict()})
+            record = _read_record(bridge)
+            assert record is not None
+            _apply(result, steps, target, record, path, verify_timeout, confirm_timeout,
+                   confirm, report)
+        finally:
+            os.close(guard_fd)  # the guard wakes up, finds no record (or restores from it)
+        if host is not None:
+            _define(caller, host, spec, result)
         return result
-    guard_fd, guard_pid = _start_guard(path)
-    try:
-        _write_record(path, {
-            "version": RECORD_VERSION, "bridge": bridge, "uplink": uplink, "name": name,
-            "pid": os.getpid(), "guard_pid": guard_pid, "netns": kernel.netns_id(),
-            "boot_id": kernel.boot_id(), "created": time.time(),
-            "snapshot": before.to_dict()})
-        record = _read_record(bridge)
-        assert record is not None
-        _apply(result, steps, target, record, path, verify_timeout, confirm_timeout,
-               confirm, report)
-    finally:
-        os.close(guard_fd)  # the guard wakes up, finds no record (or restores from it)
-    if host is not None:
-        _define(caller, host, spec, result)
-    return result
 
 
 def _apply(result: BridgeResult, steps: list[Step], target: Target, record: dict[str, Any],
@@ -499,14 +521,18 @@ def rollback(caller: Caller, bridge: str) -> RollbackResult:
     if guard and _owner_running(guard):
         raise StateError(f"the guard of bridge '{bridge}' (pid {guard}) is restoring "
                          f"{uplink}", hint="wait a few seconds, then look again")
-    with _uninterruptible():
-        steps, left = _restore(record)
-    if left:
-        raise StateError(f"rollback of bridge '{bridge}' left differences on {uplink}: "
-                         f"{'; '.join(left)}",
-                         hint="fix them by hand (the record keeps the prior state: "
-                              f"{path}), then remove the record")
-    path.unlink(missing_ok=True)
+    with _exclusive():
+        if _read_record(bridge) != record:
+            raise StateError(f"the rollback record of bridge '{bridge}' changed meanwhile",
+                             hint=f"look again: 'kvmops net rollback {bridge}'")
+        with _uninterruptible():
+            steps, left = _restore(record)
+        if left:
+            raise StateError(f"rollback of bridge '{bridge}' left differences on {uplink}: "
+                             f"{'; '.join(left)}",
+                             hint="fix them by hand (the record keeps the prior state: "
+                                  f"{path}), then remove the record")
+        path.unlink(missing_ok=True)
     return RollbackResult(bridge=bridge, uplink=uplink, restored=True, steps=steps)
 
 
