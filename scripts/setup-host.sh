@@ -50,8 +50,11 @@ fi
 if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; then
   systemctl start virtlogd libvirtd
 else
-  pgrep -x virtlogd >/dev/null || { say "starting virtlogd"; virtlogd -d; }
-  if ! pgrep -x libvirtd >/dev/null; then
+  # Only the daemons of this network namespace: a test's namespaced second libvirtd
+  # (tests/integration/nshost.py) is not the host's.
+  ours="--ns $$ --nslist net"
+  pgrep -x virtlogd $ours >/dev/null || { say "starting virtlogd"; virtlogd -d; }
+  if ! pgrep -x libvirtd $ours >/dev/null; then
     say "starting libvirtd"
     libvirtd -d
   fi
@@ -69,7 +72,7 @@ if ls /usr/lib/*/libvirt/storage-backend/libvirt_storage_backend_iscsi-direct.so
   if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; then
     systemctl restart libvirtd
   else
-    pid=$(pgrep -x libvirtd || true)
+    pid=$(pgrep -x libvirtd --ns $$ --nslist net || true)
     if [ -n "$pid" ]; then
       kill -TERM "$pid"
       for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
