@@ -206,3 +206,38 @@ def test_fs_pool_on_a_loop_device(pool_name: Callable[[str], str], images_dir: P
     assert {"a.qcow2", "b.raw"} <= set(_volumes(pool))  # the data survived the unmount
     _ok("pool", "delete", pool)
     assert f"{loop_device} {target}" not in Path("/proc/self/mounts").read_text()
+
+
+def test_clean_test_removes_a_crashed_runs_pool_loop_device_and_target(
+        images_dir: Path, host: Host) -> None:
+    """What ``make clean-test`` calls, limited to this session's prefix (other sessions'
+    test objects are theirs)."""
+    from kvmops.testing.cleanup import remove_test_pools
+    from kvmops.testing.tgt import remove_test_targets, start_target, test_loop_devices
+
+    marker = f"{SESSION_PREFIX}crash"
+    backing = images_dir / f"{marker}.img"
+    with open(backing, "wb") as fh:
+        fh.truncate(16 * MIB)
+    subprocess.run(["losetup", "--find", "--show", str(backing)], check=True,
+                   capture_output=True, timeout=30)
+    iqn = f"iqn.2024-01.org.kvmops:{marker}"
+    target = start_target(iqn, images_dir / f"{marker}-lun.img", 16 * MIB)
+    pool = f"{marker}-pool"
+    try:
+        _ok("pool", "create", pool, "--type", "dir", "--target", str(images_dir / pool),
+            "--build")
+        assert test_loop_devices(marker)
+        assert remove_test_pools(host, marker) == [pool]
+        assert not host_pools.exists(host, pool)
+        assert remove_test_targets(marker) == [iqn]
+        assert not Path(f"/proc/{target.pid}").exists() or \
+            Path(f"/proc/{target.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        assert detach_test_loop_devices(marker)
+        assert not test_loop_devices(marker)
+    finally:
+        remove_pool(host, pool)
+        remove_test_targets(marker)
+        detach_test_loop_devices(marker)
+        backing.unlink(missing_ok=True)
+        (images_dir / f"{marker}-lun.img").unlink(missing_ok=True)

@@ -85,7 +85,31 @@ def remove_uplink_namespaces(prefix: str = TEST_PREFIX) -> list[str]:
     return removed
 
 
+def remove_test_pools(host: Host, prefix: str = TEST_PREFIX) -> list[str]:
+    """Stop (an fs pool: unmount) and undefine every storage pool named ``prefix...``;
+    their names. Their files go with the test directories below."""
+    from kvmops.errors import KvmopsError
+    from kvmops.host import pools as host_pools
+
+    if not prefix.startswith(TEST_PREFIX):
+        raise ValueError(f"refusing to remove pools outside the test prefix: {prefix!r}")
+    removed = []
+    for state in host_pools.all_pools(host):
+        if not state.name.startswith(prefix):
+            continue
+        with contextlib.suppress(KvmopsError):
+            if state.active:
+                host_pools.stop(host, state.name)
+        with contextlib.suppress(KvmopsError):
+            if state.persistent:
+                host_pools.undefine(host, state.name)
+        removed.append(state.name)
+    return removed
+
+
 def main() -> None:
+    from kvmops.testing.tgt import detach_test_loop_devices, remove_test_targets
+
     with Host() as host:
         for domain in host.all_domains():
             name = domain.name
@@ -98,6 +122,14 @@ def main() -> None:
             print(f"removed VM {name}")
         for name in remove_test_networks(host):
             print(f"removed network {name}")
+        for name in remove_test_pools(host):  # after the VMs; before their tgtd and loops
+            print(f"removed storage pool {name}")
+    for iqn in remove_test_targets():
+        print(f"stopped test iSCSI target {iqn}")
+    for device in detach_test_loop_devices(TEST_PREFIX):
+        print(f"detached loop device {device}")
+    for name in remove_test_ovs_bridges():
+        print(f"removed Open vSwitch bridge {name}")
     for record in stale_jobs():  # backups of test VMs killed before their clean-up
         if record.vm.startswith(TEST_PREFIX):
             (settings().state_dir / "jobs" / f"{record.vm}.json").unlink(missing_ok=True)

@@ -134,15 +134,19 @@ def stop_target(target: Target) -> None:
     _stop(target.pid, target.control)
 
 
-def remove_test_targets() -> list[str]:
-    """Stop every test ``tgtd`` a run left (their pid files under :data:`RUN_DIR`); the
-    IQNs they served."""
+def remove_test_targets(marker: str = "kvmops-test-") -> list[str]:
+    """Stop every test ``tgtd`` a run left whose IQN contains ``marker`` (their pid files
+    under :data:`RUN_DIR`); the IQNs they served."""
+    if "kvmops-test-" not in marker:
+        raise ValueError(f"refusing to stop targets outside the test prefix: {marker!r}")
     stopped: list[str] = []
     if not RUN_DIR.is_dir():
         return stopped
     for record in RUN_DIR.glob("*.pid"):
         with contextlib.suppress(ValueError, OSError):
             pid_text, _, iqn = record.read_text().strip().partition(" ")
+            if marker not in iqn:
+                continue
             _stop(int(pid_text), int(record.stem))
             stopped.append(iqn or record.stem)
     return stopped
