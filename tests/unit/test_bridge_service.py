@@ -153,3 +153,11 @@ def test_timeouts_out_of_range_are_refused(fake: FakeKernel, option: str, value:
                                            ) -> None:
     with pytest.raises(ValidationError, match="out of range"):
         _create(**{option: value})
+
+
+def test_only_root_changes_the_host_but_anyone_sees_the_plan(
+        fake: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bridges.os, "geteuid", lambda: 1000)
+    with pytest.raises(StateError, match="needs root"):
+        _create()
+    assert _create(dry_run=True).plan and fake.ran == []

@@ -378,6 +378,10 @@ def create_over_uplink(
     if confirm_timeout is not None and not 0 < confirm_timeout <= 3600:
         raise ValidationError(f"--confirm-timeout {confirm_timeout:g} is out of range",
                               hint="give 1 to 3600 seconds")
+    if not dry_run and os.geteuid() != 0:
+        raise StateError("creating a host bridge over an uplink needs root (CAP_NET_ADMIN)",
+                         hint="run it as root (sudo kvmops ...); --dry-run shows the plan "
+                              "as any user")
     with contextlib.nullcontext() if dry_run else _exclusive():
         path = record_path(bridge)
         if path.exists():
