@@ -241,16 +241,18 @@ def test_a_failed_check_rolls_everything_back(lab: Lab, case: str) -> None:
     assert _ping(PEER), "the uplink does not work after the rollback"
 
 
-def test_sigterm_while_waiting_for_confirmation_rolls_back(lab: Lab) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_signal_while_waiting_for_confirmation_rolls_back(lab: Lab,
+                                                           sig: signal.Signals) -> None:
     before = _state(NS_A)
     with _background(lab, "net", "create", BRIDGE, "--mode", "bridge", "--uplink", UPLINK,
                      "--no-define", "--confirm-timeout", "300") as proc:
         _read_until(proc, "check passed")
         assert _ip_json(NS_A, "link", "show", "dev", UPLINK)[0].get("master") == BRIDGE
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)  # SIGHUP: the SSH session that ran it dropped
         _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "interrupted (SIGTERM); rolled back" in err.strip().splitlines()[-1]
+    assert f"interrupted ({sig.name}); rolled back" in err.strip().splitlines()[-1]
     assert _state(NS_A) == before
     assert not lab.record.exists()
 
