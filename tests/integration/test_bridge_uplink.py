@@ -338,6 +338,70 @@ def test_the_check_follows_the_ssh_session_else_the_default_gateway(lab: Lab) ->
 
 
 # ------------------------------------------------------------------------ success
+ECHO_SERVER = """
+import socket
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("192.168.233.2", 2222))
+srv.listen(1)
+srv.settimeout(60)
+print("listening", flush=True)
+conn, _ = srv.accept()
+conn.settimeout(60)
+while data := conn.recv(1024):
+    conn.sendall(data)
+"""
+# The "SSH client" in namespace B: each line of its stdin goes out and its echo is printed.
+ECHO_CLIENT = """
+import socket, sys
+conn = socket.create_connection(("192.168.233.2", 2222), timeout=30)
+print(conn.getsockname()[1], flush=True)
+for line in sys.stdin:
+    conn.sendall(line.encode())
+    print(conn.recv(1024).decode().strip(), flush=True)
+"""
+
+
+def _in_ns(ns: str, script: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", script],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _say(proc: subprocess.Popen[str], line: str) -> str:
+    assert proc.stdin is not None
+    proc.stdin.write(line + "\n")
+    proc.stdin.flush()
+    return _read_until(proc, line, timeout=30).strip()
+
+
+def test_an_open_session_through_the_uplink_survives_the_change(lab: Lab) -> None:
+    server = _in_ns(NS_A, ECHO_SERVER)
+    client: subprocess.Popen[str] | None = None
+    try:
+        _read_until(server, "listening", timeout=30)
+        client = _in_ns(NS_B, ECHO_CLIENT)
+        assert client.stdout is not None
+        port = client.stdout.readline().strip()
+        assert _say(client, "before the bridge") == "before the bridge"
+        result = lab.kvmops("net", "create", BRIDGE, "--mode", "bridge", "--uplink", UPLINK,
+                            "--no-define", "--json",
+                            env={"SSH_CONNECTION": f"{PEER} {port} 192.168.233.2 2222"})
+        assert result.code == 0, result.stderr
+        out = json.loads(result.stdout)
+        assert (out["verify_source"], out["next_hop"], out["verified"]) == (
+            "ssh session", PEER, True)
+        # The same TCP connection carries on: same addresses, same MAC, now via the bridge.
+        assert _say(client, "after the bridge") == "after the bridge"
+        assert _ip_json(NS_A, "route", "get", PEER)[0]["dev"] == BRIDGE
+    finally:
+        for proc in (client, server):
+            if proc is not None:
+                proc.kill()
+                proc.communicate(timeout=30)
+
+
+
 def test_a_passing_check_keeps_connectivity_and_defines_the_network(lab: Lab,
                                                                     host: Host) -> None:
     before = _state(NS_A)
