@@ -116,6 +116,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             routes = optional_module(router_module)
             if routes is not None:
                 api.include_router(routes.router)
+    from kvmops.api.routes import pools  # storage pools and volumes
+
+    api.include_router(pools.router)
     app.include_router(api)
 
     web = optional_module("kvmops.web")

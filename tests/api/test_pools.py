@@ -1,0 +1,105 @@
+"""Storage pools over the API: a viewer reads, an operator manages volumes and starts,
+stops and refreshes pools, only an admin creates and deletes pools; the path policy and
+bad input are one-line 4xx; changes and refusals are in the audit log."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kvmops.host import pools as host_pools
+from kvmops.host.connection import Host
+from tests.conftest import SESSION_PREFIX
+from tests.integration.api_server import ApiServer
+
+NAME = f"{SESSION_PREFIX}apipool"
+
+
+@pytest.fixture
+def pool_name(host: Host) -> Iterator[str]:
+    yield NAME
+    with contextlib.suppress(Exception):
+        host_pools.stop(host, NAME)
+    with contextlib.suppress(Exception):
+        host_pools.undefine(host, NAME)
+
+
+def test_pool_and_volume_life_cycle_with_role_checks(api: ApiServer, pool_name: str,
+                                                     images_dir: Path) -> None:
+    target = images_dir / f"{pool_name}-dir"
+    body = {"name": pool_name, "type": "dir", "target": str(target), "build": True}
+    with api.client("viewer") as viewer, api.client("operator") as operator, \
+            api.client("admin") as admin:
+        assert viewer.get("/pools").status_code == 200
+        assert viewer.post("/pools", json=body).status_code == 403
+        assert operator.post("/pools", json=body).status_code == 403  # admin's
+        created = admin.post("/pools", json=body)
+        assert created.status_code == 201, created.text
+        assert (created.json()["type"], created.json()["active"]) == ("dir", True)
+        listed = {p["name"]: p for p in viewer.get("/pools").json()}
+        assert listed[pool_name]["target"] == str(target)
+        assert admin.post("/pools", json=body).status_code == 409
+
+        vol = {"name": "a.qcow2", "size": "16M", "format": "qcow2"}
+        assert viewer.post(f"/pools/{pool_name}/volumes", json=vol).status_code == 403
+        made = operator.post(f"/pools/{pool_name}/volumes", json=vol)
+        assert made.status_code == 201, made.text
+        assert (made.json()["format"], made.json()["capacity"]) == ("qcow2", 16 << 20)
+        assert (target / "a.qcow2").is_file()
+        cloned = operator.post(f"/pools/{pool_name}/volumes/a.qcow2/clone",
+                               json={"name": "b.raw", "format": "raw"})
+        assert cloned.status_code == 201, cloned.text
+        resized = operator.post(f"/pools/{pool_name}/volumes/b.raw/resize",
+                                json={"size": "32M"})
+        assert resized.status_code == 200 and resized.json()["capacity"] == 32 << 20
+        shrink = operator.post(f"/pools/{pool_name}/volumes/b.raw/resize",
+                               json={"size": "8M"})
+        assert shrink.status_code == 422 and "--shrink" in shrink.text
+        names = [v["name"] for v in viewer.get(f"/pools/{pool_name}/volumes").json()]
+        assert names == ["a.qcow2", "b.raw"]
+        assert viewer.get(f"/pools/{pool_name}/volumes/b.raw").json()["format"] == "raw"
+        no_format = operator.post(f"/pools/{pool_name}/volumes",
+                                  json={"name": "c", "size": "8M"})
+        assert no_format.status_code == 422  # the format is always named
+        assert viewer.delete(f"/pools/{pool_name}/volumes/b.raw").status_code == 403
+        assert operator.delete(f"/pools/{pool_name}/volumes/b.raw").status_code == 200
+
+        refreshed = operator.post(f"/pools/{pool_name}/refresh")
+        assert refreshed.status_code == 200 and refreshed.json()["volumes"] == 1
+        assert viewer.post(f"/pools/{pool_name}/stop").status_code == 403
+        assert operator.post(f"/pools/{pool_name}/stop").json()["active"] is False
+        assert operator.post(f"/pools/{pool_name}/start").json()["active"] is True
+        assert operator.delete(f"/pools/{pool_name}").status_code == 403
+        assert admin.delete(f"/pools/{pool_name}").status_code == 200
+        assert viewer.get(f"/pools/{pool_name}").status_code == 404
+        entries = admin.get("/audit?limit=300").json()
+    actions = {(e["user"], e["action"], e["status_code"]) for e in entries}
+    assert ("admin", "create_pool", 201) in actions, actions
+    assert ("op", "create_volume", 201) in actions
+    assert ("op", "create_pool", 403) in actions
+    assert ("admin", "delete_pool", 200) in actions
+
+
+@pytest.mark.parametrize(("change", "code", "fragment"), [
+    ({"target": "/tmp/kvmops-not-allowed"}, 403, "outside the allowed image directories"),
+    ({"target": "/var/lib/kvmops/state/pool"}, 403, "state directory"),
+    ({"type": "fs", "device": "/etc/hostname"}, 422, "not a block device"),
+    ({"host": "127.0.0.1"}, 422, "--host is not for a --type dir pool"),
+    ({"type": "tape"}, 422, "type"),
+])
+def test_bad_pools_are_refused_and_audited(api: ApiServer, pool_name: str,
+                                           change: dict[str, str], code: int, fragment: str
+                                           ) -> None:
+    body = {"name": pool_name, "type": "dir", "target": "/var/lib/kvmops/test-images/x",
+            **change}
+    with api.client("admin") as admin:
+        response = admin.post("/pools", json=body)
+        assert response.status_code == code, response.text
+        assert fragment in response.text
+        assert admin.get(f"/pools/{pool_name}").status_code == 404
+        entries = admin.get("/audit?limit=50").json()
+    assert ("admin", "create_pool", code) in {(e["user"], e["action"], e["status_code"])
+                                              for e in entries}
