@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from kvmops.host import networks as host_networks
+from kvmops.host import ovs as host_ovs
 from kvmops.host.connection import Host
 from tests.conftest import SESSION_PREFIX, assert_one_line_error, run_cli
 
@@ -219,13 +220,19 @@ def test_host_bridge_and_ovs_networks(net_name: Callable[[str], str], test_bridg
     assert isinstance(info, dict) and info["autostart"] is False
 
     ovs = net_name("ovs")
-    defined = run_cli("net", "create", ovs, "--mode", "ovs", "--bridge", "kvtovs0",
-                      "--no-start", "--json")
-    assert defined.code == 0, defined.stderr
-    info = json.loads(defined.stdout)
-    assert (info["mode"], info["bridge"], info["active"]) == ("ovs", "kvtovs0", False)
-    xml = host_networks.live_xml(host, ovs)
-    assert "openvswitch" in xml
-    _validate(xml, tmp_path)
-    for each in (name, ovs):
-        assert run_cli("net", "delete", each).code == 0
+    ovs_bridge = f"{test_bridge}o"  # Open vSwitch's: made with the network, removed with it
+    try:
+        defined = run_cli("net", "create", ovs, "--mode", "ovs", "--bridge", ovs_bridge,
+                          "--create-bridge", "--no-start", "--json")
+        assert defined.code == 0, defined.stderr
+        info = json.loads(defined.stdout)
+        assert (info["mode"], info["bridge"], info["active"]) == ("ovs", ovs_bridge, False)
+        xml = host_networks.live_xml(host, ovs)
+        assert "openvswitch" in xml
+        _validate(xml, tmp_path)
+        for each in (name, ovs):
+            assert run_cli("net", "delete", each).code == 0
+        assert ovs_bridge not in host_ovs.bridges()
+    finally:
+        with contextlib.suppress(Exception):
+            host_ovs.delete_bridge(ovs_bridge)

@@ -52,6 +52,13 @@ def create_cmd(
                                    help="Start the network when libvirtd starts."),
     no_start: bool = typer.Option(False, "--no-start",
                                   help="Only define the network; do not start it."),
+    create_bridge: bool = typer.Option(False, "--create-bridge",
+                                       help="ovs: create the Open vSwitch bridge --bridge "
+                                            "too (removed with the network)."),
+    datapath: str | None = typer.Option(None, "--datapath",
+                                        help="ovs with --create-bridge: system (the kernel's)"
+                                             " or netdev (user space); default system where "
+                                             "the kernel has it, else netdev."),
     uplink: str | None = typer.Option(None, "--uplink",
                                       help="bridge: create the host bridge (NAME, or "
                                            "--bridge) over this interface, moving its "
@@ -90,7 +97,8 @@ def create_cmd(
                                ipv6=ipv6, ipv6_mode=ipv6_mode, dhcp6=dhcp6,
                                forward_dev=forward_dev, autostart=autostart)
     with connect(uri) as host:
-        net = service.create(Caller.local(), host, spec, start=not no_start)
+        net = service.create(Caller.local(), host, spec, start=not no_start,
+                             create_bridge=create_bridge, datapath=datapath)
     if json_out:
         print_json(net)
         return
@@ -193,3 +201,28 @@ def rollback_cmd(bridge: str = typer.Argument(..., help="The bridge 'net create 
     from kvmops.cli import netbridge
 
     netbridge.rollback(bridge, json_out)
+
+
+@app.command("unbridge")
+def unbridge_cmd(
+    bridge: str = typer.Argument(..., help="The host bridge to remove (its only port stays)."),
+    verify: str | None = typer.Option(None, "--verify",
+                                      help="The host (IP) that must answer after the change "
+                                           "(default: this SSH session's client, else the "
+                                           "default gateway)."),
+    verify_timeout: float = typer.Option(10.0, "--verify-timeout",
+                                         help="Seconds the next hop has to answer."),
+    confirm_timeout: float | None = typer.Option(None, "--confirm-timeout",
+                                                 help="Also wait this many seconds for Enter "
+                                                      "on the terminal; none: rolled back."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan, change nothing."),
+    json_out: bool = JsonOption,
+    uri: str | None = UriOption,
+) -> None:
+    """Remove a host bridge, moving its addresses and routes back to its uplink; checked
+    and rolled back like 'net create --uplink'."""
+    from kvmops.cli import netbridge
+
+    netbridge.unbridge(bridge, verify=verify, verify_timeout=verify_timeout,
+                       confirm_timeout=confirm_timeout, dry_run=dry_run, json_out=json_out,
+                       uri=uri)

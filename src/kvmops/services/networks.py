@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import contextlib
 
-from kvmops.errors import AlreadyExistsError, KvmopsError, NotFoundError, StateError
+from kvmops.errors import (
+    AlreadyExistsError,
+    KvmopsError,
+    NotFoundError,
+    StateError,
+    ValidationError,
+)
 from kvmops.host import networks as host_networks
+from kvmops.host import ovs
 from kvmops.host.connection import Host
 from kvmops.host.networks import Lease, NetworkState
 from kvmops.network.model import (
@@ -107,12 +114,15 @@ def info(caller: Caller, host: Host, name: str) -> NetworkInfo:
 
 
 @audited("net.create", target="spec")
-def create(caller: Caller, host: Host, spec: NetworkSpec, *, start: bool = True
-           ) -> NetworkInfo:
+def create(caller: Caller, host: Host, spec: NetworkSpec, *, start: bool = True,
+           create_bridge: bool = False, datapath: str | None = None) -> NetworkInfo:
     """Define ``spec`` as a persistent network, set its autostart, and start it (unless
     ``start`` is False). A failed start leaves nothing behind. A ``bridge`` network's
     Linux bridge must exist, and an ``ovs`` network's bridge when ``ovs-vsctl`` can
-    tell."""
+    tell, unless ``create_bridge`` (``ovs`` only): then kvmops creates it, on
+    ``datapath`` (default: the kernel's where it has one, else user space's ``netdev``),
+    and removes it again with the network."""
+    _check_bridge_options(spec, create_bridge, datapath)
     if host_networks.exists(host, spec.name):
         raise AlreadyExistsError(f"network '{spec.name}' already exists",
                                  hint="choose another name, or delete it first "
@@ -124,22 +134,48 @@ def create(caller: Caller, host: Host, spec: NetworkSpec, *, start: bool = True
                             hint="name an existing Linux bridge (see 'ip -br link show "
                                  "type bridge'), or use --mode nat|route|isolated for a "
                                  "bridge libvirt creates")
-    if spec.mode == "ovs" and spec.bridge and host_networks.ovs_bridge_exists(spec.bridge) is False:
+    if (spec.mode == "ovs" and spec.bridge and not create_bridge
+            and host_networks.ovs_bridge_exists(spec.bridge) is False):
         raise NotFoundError(f"Open vSwitch bridge '{spec.bridge}' does not exist (network "
                             f"'{spec.name}')",
                             hint=f"create it first ('ovs-vsctl add-br {spec.bridge}') or name "
-                                 "an existing one ('ovs-vsctl list-br')")
-    host_networks.define(host, spec.to_xml())
+                                 "an existing one ('ovs-vsctl list-br'), or add "
+                                 "--create-bridge")
+    made_bridge = False
+    if create_bridge and spec.bridge:
+        ovs.add_bridge(spec.bridge, datapath=datapath, owner=spec.name)
+        made_bridge = True
     try:
-        if spec.autostart:
-            host_networks.set_autostart(host, spec.name, True)
-        if start:
-            host_networks.start(host, spec.name)
+        host_networks.define(host, spec.to_xml())
+        try:
+            if spec.autostart:
+                host_networks.set_autostart(host, spec.name, True)
+            if start:
+                host_networks.start(host, spec.name)
+        except KvmopsError:
+            with contextlib.suppress(KvmopsError):
+                host_networks.undefine(host, spec.name)
+            raise
     except KvmopsError:
-        with contextlib.suppress(KvmopsError):
-            host_networks.undefine(host, spec.name)
+        if made_bridge and spec.bridge:
+            ovs.remove_owned_bridge(spec.bridge, spec.name)
         raise
     return info(caller, host, spec.name)
+
+
+def _check_bridge_options(spec: NetworkSpec, create_bridge: bool, datapath: str | None
+                          ) -> None:
+    if (create_bridge or datapath is not None) and spec.mode != "ovs":
+        option = "--create-bridge" if create_bridge else "--datapath"
+        raise ValidationError(f"{option} is only for --mode ovs (an Open vSwitch bridge "
+                              "kvmops creates)", hint=f"leave {option} out")
+    if datapath is not None and not create_bridge:
+        raise ValidationError("--datapath needs --create-bridge (an existing bridge keeps "
+                              "its datapath)", hint="add --create-bridge, or leave "
+                                                    "--datapath out")
+    if datapath is not None and datapath not in ovs.DATAPATHS:
+        raise ValidationError(f"unknown Open vSwitch datapath '{datapath}'",
+                              hint=f"use one of {', '.join(ovs.DATAPATHS)}")
 
 
 def _refuse_if_used(host: Host, net: NetworkInfo, action: str, *, running_only: bool
@@ -188,6 +224,9 @@ def delete(caller: Caller, host: Host, name: str) -> None:
         host_networks.stop(host, name)
     if state.persistent:
         host_networks.undefine(host, name)
+    net = _info(state)
+    if net.mode == "ovs" and net.bridge:  # only a bridge kvmops created for it, left empty
+        ovs.remove_owned_bridge(net.bridge, name)
 
 
 @audited("net.autostart", target="name")

@@ -50,6 +50,33 @@ def remove_test_networks(host: Host, prefix: str = TEST_PREFIX) -> list[str]:
     return removed
 
 
+#: Test bridges (Open vSwitch's as well) are named kvt... (interface names: 15 characters).
+TEST_BRIDGE_PREFIX = "kvt"
+
+
+def remove_test_ovs_bridges(prefix: str = TEST_BRIDGE_PREFIX,
+                            owner_prefix: str = TEST_PREFIX) -> list[str]:
+    """Delete the Open vSwitch bridges tests made: named ``prefix...`` or created by
+    kvmops for a network named ``owner_prefix...``; return their names. Nothing when
+    Open vSwitch is absent."""
+    from kvmops.errors import KvmopsError
+    from kvmops.host import ovs
+
+    if not prefix.startswith(TEST_BRIDGE_PREFIX) or not owner_prefix.startswith(TEST_PREFIX):
+        raise ValueError(f"refusing to remove bridges outside the test prefixes: {prefix!r}, "
+                         f"{owner_prefix!r}")
+    removed = []
+    try:
+        for name in ovs.bridges():
+            owner = ovs.bridge_owner(name) or ""
+            if name.startswith(prefix) or owner.startswith(owner_prefix):
+                ovs.delete_bridge(name)
+                removed.append(name)
+    except KvmopsError:
+        pass  # no Open vSwitch here (or not running): nothing of ours to remove
+    return removed
+
+
 #: Network namespaces of the bridge-over-uplink tests (tests/integration/test_bridge_uplink.py)
 #: are named PREFIX...-upl-a/-upl-b.
 UPLINK_NS_MARK = "-upl-"

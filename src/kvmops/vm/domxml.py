@@ -691,6 +691,18 @@ def _int_attr(el: etree._Element | None, name: str) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
+def _update_xml(el: etree._Element) -> str:
+    """An ``<interface>`` for updateDeviceFlags. A running VM's NIC on a libvirt network
+    of forward mode bridge (a host or Open vSwitch bridge) reads back as ``type='bridge'``
+    with ``<source network=...>``; sent so, libvirt takes the update for a move to a plain
+    Linux bridge and fails ("Unable to add bridge ... port vnetN: Operation not
+    supported"), so it goes back as ``type='network'``."""
+    source = el.find("source")
+    if el.get("type") == "bridge" and source is not None and source.get("network"):
+        el.set("type", "network")
+    return etree.tostring(el, encoding="unicode")
+
+
 def parse_nic(el: etree._Element) -> NicSpec | None:
     kind = el.get("type")
     if kind not in ("network", "bridge"):
@@ -702,6 +714,8 @@ def parse_nic(el: etree._Element) -> NicSpec | None:
     link = el.find("link")
     alias = el.find("alias")
     virtualport = el.find("virtualport")
+    if kind == "bridge" and source is not None and source.get("network"):
+        kind = "network"  # a running VM's NIC on a bridge-mode (host/OVS bridge) network
     return NicSpec(
         kind="network" if kind == "network" else "bridge",
         source=source.get(kind, "") if source is not None else "",
@@ -899,7 +913,7 @@ class DomainDocument:
         if link is None:
             link = etree.SubElement(el, "link")
         link.set("state", state)
-        return etree.tostring(el, encoding="unicode")
+        return _update_xml(el)
 
     def set_nic_qos(self, mac: str, inbound: Rate | None, outbound: Rate | None,
                     vlan: Vlan | None) -> str:
@@ -910,7 +924,7 @@ class DomainDocument:
             raise NotFoundError(f"VM '{self.name}' has no NIC with MAC {mac}")
         _set_vlan(el, vlan)
         _set_bandwidth(el, inbound, outbound)
-        return etree.tostring(el, encoding="unicode")
+        return _update_xml(el)
 
     def _nic(self, mac: str) -> etree._Element | None:
         for el in self._root.findall("devices/interface"):

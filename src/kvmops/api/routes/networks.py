@@ -36,6 +36,11 @@ class NetworkBody(Body):
     forward_dev: str | None = Field(default=None, max_length=64, pattern=_IFNAME)
     autostart: bool = False
     start: bool = True
+    create_bridge: bool = Field(default=False, description="ovs: create the Open vSwitch "
+                                "bridge too (removed with the network)")
+    datapath: Literal["system", "netdev"] | None = Field(
+        default=None, description="ovs with create_bridge: default system where the kernel "
+                                  "has it, else netdev (user space)")
 
 
 NamePath = PathParam(pattern=_NAME, description="network name")
@@ -52,7 +57,8 @@ def create_network(caller: OperatorCaller, host: HostDep, body: NetworkBody) -> 
         name=body.name, mode=body.mode, bridge=body.bridge, ipv4=body.ipv4, dhcp=body.dhcp,
         ipv6=body.ipv6, ipv6_mode=body.ipv6_mode, dhcp6=body.dhcp6,
         forward_dev=body.forward_dev, autostart=body.autostart)
-    return service.create(caller, host, spec, start=body.start)
+    return service.create(caller, host, spec, start=body.start,
+                          create_bridge=body.create_bridge, datapath=body.datapath)
 
 
 @router.get("/{name}", response_model=NetworkInfo)
