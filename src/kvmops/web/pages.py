@@ -307,6 +307,25 @@ def images_page(request: Request, user: PageUser) -> Response:
                             dirs=views.image_dirs(), files=views.image_files())
 
 
+# ------------------------------------------------------------------ storage pools
+@router.get("/pools", response_class=HTMLResponse)
+def pools_page(request: Request, user: PageUser) -> Response:
+    """Storage pools with their volumes, as ``kvmops pool list``/``volume list``;
+    operators get start/stop/refresh and the volume forms, admins the pool create and
+    delete controls (calls to /api/v1/pools)."""
+    from kvmops.services import pools as pool_service
+
+    ctx = context(request)
+    caller = _caller(request, user)
+    pools = pool_service.list_pools(caller, ctx.host())
+    volumes = {p.name: pool_service.list_volumes(caller, ctx.host(), p.name)
+               for p in pools if p.active}
+    return templates.render(request, "pools.html", user, title="Storage pools", pools=pools,
+                            volumes=volumes, types=pool_service.POOL_TYPES,
+                            tested=pool_service.TESTED_TYPES,
+                            formats=pool_service.VOLUME_FORMATS)
+
+
 # ------------------------------------------------------------------ networks
 @router.get("/networks", response_class=HTMLResponse)
 def networks_page(request: Request, user: PageUser) -> Response:
