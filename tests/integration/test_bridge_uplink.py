@@ -445,6 +445,10 @@ def test_a_passing_check_keeps_connectivity_and_defines_the_network(lab: Lab,
                                          "--uplink", "nosuch0", "--no-define"),
                               2, "uplink 'nosuch0' does not exist")
         assert _state(NS_A) == again
+        # Removing the bridge is refused while libvirt's network names it.
+        assert_one_line_error(lab.kvmops("net", "unbridge", BRIDGE), 5,
+                              f"libvirt network(s) {NETWORK} use bridge '{BRIDGE}'")
+        assert _state(NS_A) == again
     finally:
         with contextlib.suppress(Exception):
             host_networks.stop(host, NETWORK)
@@ -474,3 +478,32 @@ def test_host_doctor_names_a_left_rollback_record(tmp_path: Path) -> None:
     check = {c["name"]: c for c in json.loads(result.stdout)["checks"]}["bridge-rollbacks"]
     assert check["status"] == "warn" and BRIDGE in check["detail"], check
     assert "kvmops net rollback BRIDGE" in check["hint"]
+
+
+def test_unbridge_moves_everything_back_and_a_failed_check_makes_the_bridge_again(
+        lab: Lab) -> None:
+    original = _state(NS_A)
+    created = lab.kvmops("net", "create", BRIDGE, "--mode", "bridge", "--uplink", UPLINK,
+                         "--no-define")
+    assert created.code == 0, created.stderr
+    _settled(NS_A)
+    bridged = _state(NS_A)
+    dry = lab.kvmops("net", "unbridge", BRIDGE, "--dry-run")
+    assert dry.code == 0 and f"ip link del dev {BRIDGE}" in dry.stdout, dry.stderr
+    # A failed check after the removal: the bridge is made again, as it was.
+    failed = lab.kvmops("net", "unbridge", BRIDGE, "--verify", ABSENT, "--verify-timeout", "2")
+    assert_one_line_error(failed, 5, f"check after removing bridge '{BRIDGE}' failed",
+                          f"rolled back, {BRIDGE} and {UPLINK} are as before")
+    _settled(NS_A)  # the new bridge's link-local address
+    assert _state(NS_A) == bridged
+    assert _ping(PEER)
+    # Checked and kept: the uplink has its addresses, labels and routes back, exactly.
+    result = lab.kvmops("net", "unbridge", BRIDGE)
+    assert result.code == 0, result.stderr
+    assert f"bridge '{BRIDGE}' removed" in result.stdout
+    assert _state(NS_A) == original
+    assert _ping(PEER)
+    assert_one_line_error(lab.kvmops("net", "unbridge", BRIDGE), 2,
+                          f"bridge '{BRIDGE}' does not exist")
+    assert_one_line_error(lab.kvmops("net", "unbridge", UPLINK), 2,
+                          f"'{UPLINK}' is not a bridge")

@@ -13,9 +13,11 @@ from kvmops.errors import AlreadyExistsError, StateError, UnsupportedError, Vali
 from kvmops.network.uplink import (
     FOREVER,
     Address,
+    BridgeSnapshot,
     Link,
     Route,
     UplinkSnapshot,
+    check_bridge_removal,
     check_host,
     check_uplink,
     differences,
@@ -23,7 +25,9 @@ from kvmops.network.uplink import (
     parse_link,
     parse_routes,
     plan_create,
+    plan_rebridge,
     plan_rollback,
+    plan_unbridge,
     session_client,
 )
 
@@ -219,3 +223,70 @@ def test_differences_name_what_a_rollback_did_not_restore() -> None:
                     routes=(*snap.routes, Route("inet", "10.1.0.0/16", "192.168.233.1")))
     assert differences(snap, extra) == ["address 192.168.233.9/24 added",
                                         "route 10.1.0.0/16 via 192.168.233.1 added"]
+
+
+# ------------------------------------------------------------------ removing a bridge
+def _bridged() -> BridgeSnapshot:
+    """br0 over eth0 after a change: br0 has what eth0 had (labels renamed)."""
+    snap = _snapshot()
+    bridge = UplinkSnapshot(
+        link=replace(snap.link, name="br0", kind="bridge"),
+        addresses=tuple(replace(a, label="br0:1" if a.label == "eth0:1" else
+                                ("br0" if a.label else None)) for a in snap.addresses),
+        routes=snap.routes, taken_at=2000.0)
+    port = UplinkSnapshot(link=replace(snap.link, master="br0"),
+                          addresses=tuple(a for a in snap.addresses if a.kernel_made),
+                          routes=())
+    return BridgeSnapshot(bridge=bridge, port=port,
+                          options={"stp_state": 0, "forward_delay": 0, "vlan_filtering": 0})
+
+
+def test_only_a_bridge_with_its_uplink_alone_is_removed() -> None:
+    link = _bridged().bridge.link
+    with pytest.raises(ValidationError, match="bridge 'br9' does not exist"):
+        check_bridge_removal(None, "br9", [])
+    with pytest.raises(ValidationError, match="'eth0' is not a bridge"):
+        check_bridge_removal(replace(link, kind=None), "eth0", [])
+    with pytest.raises(StateError, match=r"2 ports \(eth0, vnet3\)"):
+        check_bridge_removal(link, "br0", ["eth0", "vnet3"])
+    with pytest.raises(StateError, match="no port"):
+        check_bridge_removal(link, "br0", [])
+    assert check_bridge_removal(link, "br0", ["eth0"]) == "eth0"
+    assert BridgeSnapshot.from_dict(_bridged().to_dict()) == _bridged()
+
+
+def test_unbridge_puts_addresses_then_routes_on_the_port_then_drops_the_bridge() -> None:
+    assert _commands(plan_unbridge(_bridged())) == [
+        "ip -4 addr add 192.168.233.2/24 dev eth0 broadcast 192.168.233.255",
+        "ip -4 addr add 192.168.233.3/24 dev eth0 label eth0:1",
+        "ip -6 addr add fd00:233::2/64 dev eth0 valid_lft 3600 preferred_lft 1800 nodad",
+        "ip -4 route replace default via 192.168.233.1 dev eth0",
+        "ip -4 route replace 10.99.0.0/16 via 192.168.233.1 dev eth0 table 100 metric 50 "
+        "proto static onlink",
+        "ip -6 route replace default via fe80::1 dev eth0 metric 1024 proto ra expires 1700",
+        "ip link set dev eth0 nomaster",
+        "ip link del dev br0",
+    ]
+
+
+def test_a_failed_unbridge_makes_the_same_bridge_again() -> None:
+    snap = _bridged()
+    port_after = replace(snap.port, link=replace(snap.port.link, master=None),
+                         addresses=_snapshot().addresses)
+    steps = _commands(plan_rebridge(snap, None, port_after))
+    assert steps[:5] == [
+        "ip link add name br0 type bridge stp_state 0 forward_delay 0",
+        "ip link set dev br0 address 52:54:00:aa:bb:cc",
+        "ip link set dev eth0 master br0",
+        "ip link set dev br0 mtu 9000",
+        "ip link set dev br0 up",
+    ]
+    assert "ip -4 addr add 192.168.233.3/24 dev br0 label br0:1" in steps
+    assert "ip -4 route replace default via 192.168.233.1 dev br0" in steps
+    # The addresses the removal gave the port go again (secondaries first); its own stay.
+    assert steps[-3:] == ["ip -6 addr del fd00:233::2/64 dev eth0",
+                          "ip -4 addr del 192.168.233.3/24 dev eth0",
+                          "ip -4 addr del 192.168.233.2/24 dev eth0"]
+    # Nothing happened yet: only the routes are asserted again (replace changes nothing).
+    untouched = _commands(plan_rebridge(snap, snap.bridge, snap.port))
+    assert all("route replace" in s for s in untouched)

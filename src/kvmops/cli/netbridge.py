@@ -93,3 +93,26 @@ def rollback(bridge: str, json_out: bool) -> None:
         return
     info(f"bridge '{bridge}' removed and '{result.uplink}' restored "
          f"({len(result.steps)} steps)")
+
+
+def unbridge(bridge: str, *, verify: str | None, verify_timeout: float,
+             confirm_timeout: float | None, dry_run: bool, json_out: bool,
+             uri: str | None) -> None:
+    """``net unbridge BRIDGE``: libvirt is asked whether a network still names the bridge."""
+    report = (lambda _line: None) if json_out else info
+    with connect(uri) as host:
+        result = service.remove_bridge(
+            Caller.local(), bridge, verify=verify, verify_timeout=verify_timeout,
+            confirm_timeout=confirm_timeout, confirm=_confirm, dry_run=dry_run, host=host,
+            report=report)
+    if json_out:
+        print_json(result)
+        return
+    if result.dry_run:
+        info(f"dry run: nothing changed (bridge '{result.bridge}', port '{result.port}')")
+        return
+    for note in result.notes:
+        warn(note)
+    info(f"bridge '{result.bridge}' removed; its addresses and routes are on "
+         f"'{result.port}' again (checked)")
+    info("this is the running state only: change the host's network configuration too")

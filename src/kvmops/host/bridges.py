@@ -24,6 +24,7 @@ from kvmops.network.uplink import (
     Step,
     UplinkSnapshot,
     parse_addresses,
+    parse_bridge_options,
     parse_link,
     parse_routes,
 )
@@ -87,6 +88,17 @@ def snapshot(name: str) -> UplinkSnapshot:
                                 json_out=True), "inet6", name))
     return UplinkSnapshot(link=parse_link(found[0]), addresses=parse_addresses(found[0]),
                           routes=routes, taken_at=time.time())
+
+
+def ports(bridge: str) -> list[str]:
+    """The links enslaved to ``bridge``, by name."""
+    found = ip("link", "show", "master", bridge, json_out=True)
+    return sorted(str(item["ifname"]) for item in found or [])
+
+
+def bridge_options(bridge: str) -> dict[str, int]:
+    found = ip("-details", "link", "show", "dev", bridge, json_out=True)
+    return parse_bridge_options(found[0]) if found else {}
 
 
 def run(step: Step) -> None:

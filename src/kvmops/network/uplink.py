@@ -415,3 +415,105 @@ def describe(snapshot: UplinkSnapshot) -> str:
     routes = ", ".join(str(r) for r in snapshot.movable_routes) or "no routes of its own"
     return (f"{link.name}: MAC {link.mac}, MTU {link.mtu}, {'up' if link.up else 'down'}; "
             f"{addresses}; {routes}")
+
+
+# ------------------------------------------------------------- removing a bridge
+#: Bridge options kept by a snapshot, so that a rolled-back removal recreates the same bridge.
+BRIDGE_OPTIONS = ("stp_state", "forward_delay", "hello_time", "max_age", "ageing_time",
+                  "priority", "vlan_filtering")
+
+
+def parse_bridge_options(data: dict[str, Any]) -> dict[str, int]:
+    """The options of ``ip -json -details link show BRIDGE`` a new bridge is made with."""
+    info = (data.get("linkinfo") or {}).get("info_data") or {}
+    return {key: int(info[key]) for key in BRIDGE_OPTIONS if key in info}
+
+
+@dataclass(frozen=True)
+class BridgeSnapshot:
+    """A bridge over its one port (the uplink), before the bridge is removed."""
+
+    bridge: UplinkSnapshot
+    port: UplinkSnapshot
+    options: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BridgeSnapshot:
+        return cls(bridge=UplinkSnapshot.from_dict(data["bridge"]),
+                   port=UplinkSnapshot.from_dict(data["port"]),
+                   options={k: int(v) for k, v in (data.get("options") or {}).items()})
+
+
+def check_bridge_removal(link: Link | None, bridge: str, ports: list[str]) -> str:
+    """Refuse a bridge that is missing, not a bridge, or has other ports than its uplink
+    (VMs' taps, a second NIC): the one port is returned."""
+    if link is None:
+        raise ValidationError(f"bridge '{bridge}' does not exist",
+                              hint="see 'ip -br link show type bridge'")
+    if link.kind != "bridge":
+        raise ValidationError(f"'{bridge}' is not a bridge",
+                              hint="name a Linux bridge (see 'ip -br link show type bridge')")
+    if not ports:
+        raise StateError(f"bridge '{bridge}' has no port to move its addresses to",
+                         hint=f"nothing carries the host through it: 'ip link del {bridge}'")
+    if len(ports) > 1:
+        raise StateError(f"bridge '{bridge}' has {len(ports)} ports ({', '.join(ports)})",
+                         actual="several ports", required="its uplink only",
+                         hint="shut down or move the VMs (and links) on it first; only the "
+                              "uplink may stay")
+    return ports[0]
+
+
+def plan_unbridge(snapshot: BridgeSnapshot) -> list[Step]:
+    """The bridge's addresses and routes back onto its port, then the bridge goes: the
+    addresses are on the port before the routes move (one ``replace`` each), the port
+    leaves the bridge, the bridge is deleted (its own copies of the addresses with it)."""
+    bridge = snapshot.bridge.link.name
+    port = snapshot.port.link.name
+    have = {a.key for a in snapshot.port.addresses}
+    steps = [address_add(a, port, old_dev=bridge) for a in snapshot.bridge.movable_addresses
+             if a.key not in have]
+    steps += [route_replace(r, port) for r in snapshot.bridge.movable_routes]
+    steps.append(Step(("link", "set", "dev", port, "nomaster"), f"{port} leaves {bridge}"))
+    steps.append(Step(("link", "del", "dev", bridge), f"remove bridge {bridge}"))
+    return steps
+
+
+def plan_rebridge(snapshot: BridgeSnapshot, bridge_now: UplinkSnapshot | None,
+                  port_now: UplinkSnapshot | None, *, elapsed: float = 0) -> list[Step]:
+    """Steps back to ``snapshot`` from any state a half-done removal left: the bridge made
+    again (same options, MAC, MTU) when it is gone, the port in it, the bridge's addresses
+    and routes back, and the addresses the removal put on the port taken off again."""
+    br = snapshot.bridge.link
+    port = snapshot.port.link
+    steps: list[Step] = []
+    if bridge_now is None:
+        options = [x for key, value in snapshot.options.items()
+                   if not (key == "vlan_filtering" and value == 0)
+                   for x in (key, str(value))]
+        steps += [Step(("link", "add", "name", br.name, "type", "bridge", *options),
+                       f"create bridge {br.name} again"),
+                  Step(("link", "set", "dev", br.name, "address", br.mac),
+                       f"{br.name} MAC {br.mac}")]
+    if port_now is None or port_now.link.master != br.name:
+        steps.append(Step(("link", "set", "dev", port.name, "master", br.name),
+                          f"{port.name} back into {br.name}"))
+    if bridge_now is None or bridge_now.link.mtu != br.mtu:
+        steps.append(Step(("link", "set", "dev", br.name, "mtu", str(br.mtu)),
+                          f"{br.name} MTU {br.mtu}"))
+    if bridge_now is None or bridge_now.link.up != br.up:
+        state = "up" if br.up else "down"
+        steps.append(Step(("link", "set", "dev", br.name, state), f"{br.name} {state}"))
+    have = {a.key for a in bridge_now.addresses} if bridge_now is not None else set()
+    steps += [address_add(a, br.name, old_dev=br.name, elapsed=elapsed)
+              for a in snapshot.bridge.movable_addresses if a.key not in have]
+    steps += [route_replace(r, br.name) for r in snapshot.bridge.movable_routes]
+    before = {a.key for a in snapshot.port.addresses}
+    moved = {a.key for a in snapshot.bridge.movable_addresses}
+    if port_now is not None:
+        steps += [address_del(a, port.name) for a in reversed(port_now.addresses)
+                  if a.key not in before and a.key in moved]
+    return steps

@@ -38,15 +38,19 @@ from kvmops.errors import (
 from kvmops.host import bridges as kernel
 from kvmops.network.model import NetworkSpec, check_ifname
 from kvmops.network.uplink import (
+    BridgeSnapshot,
     Step,
     Target,
     UplinkSnapshot,
+    check_bridge_removal,
     check_host,
     check_uplink,
     describe,
     differences,
     plan_create,
+    plan_rebridge,
     plan_rollback,
+    plan_unbridge,
     session_client,
 )
 from kvmops.services.audit import audited
@@ -73,6 +77,23 @@ class BridgeResult:
     verified: bool = False
     confirmed: bool | None = None
     defined: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class UnbridgeResult:
+    """What ``net unbridge`` did (or, with ``dry_run``, would do)."""
+
+    bridge: str
+    port: str
+    plan: list[str]
+    verify_target: str | None
+    verify_source: str
+    next_hop: str | None
+    dry_run: bool = False
+    applied: bool = False
+    verified: bool = False
+    confirmed: bool | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -312,21 +333,52 @@ def _check(target: Target, bridge: str, timeout: float) -> str | None:
 
 
 # ------------------------------------------------------------------------ restore
-def _restore(record: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Bring the uplink back to the record's snapshot and remove the bridge: (the steps
-    run, what still differs afterwards). Every step is tried even if one fails."""
-    before = UplinkSnapshot.from_dict(record["snapshot"])
-    bridge = str(record["bridge"])
-    uplink = before.link.name
-    current = kernel.snapshot(uplink) if kernel.exists(uplink) else None
-    steps = plan_rollback(before, current, bridge, bridge_present=kernel.exists(bridge),
-                          elapsed=max(0.0, time.time() - before.taken_at))
+def _run_all(steps: list[Step]) -> list[str]:
+    """Every step, even after one fails; the failures' messages."""
     failed = []
     for step in steps:
         try:
             kernel.run(step)
         except KvmopsError as err:
             failed.append(err.message)
+    return failed
+
+
+def _restore(record: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Bring the host back to the record's snapshot: (the steps run, what still differs
+    afterwards). Every step is tried even if one fails."""
+    if record.get("kind") == "unbridge":
+        return _restore_bridge(record)
+    return _restore_uplink(record)
+
+
+def _restore_bridge(record: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Undo a bridge removal: the bridge again, over its port, with its addresses and
+    routes; the port without the addresses it was given."""
+    before = BridgeSnapshot.from_dict(record["snapshot"])
+    bridge, port = before.bridge.link.name, before.port.link.name
+    if not kernel.exists(port):
+        return [], [f"port {port} is gone"]
+    bridge_now = kernel.snapshot(bridge) if kernel.exists(bridge) else None
+    steps = plan_rebridge(before, bridge_now, kernel.snapshot(port),
+                          elapsed=max(0.0, time.time() - before.bridge.taken_at))
+    failed = _run_all(steps)
+    if not kernel.exists(bridge):
+        return [str(s) for s in steps], [f"bridge {bridge} is not back", *failed]
+    left = [f"{bridge}: {d}" for d in differences(before.bridge, kernel.snapshot(bridge))]
+    left += [f"{port}: {d}" for d in differences(before.port, kernel.snapshot(port))]
+    return [str(s) for s in steps], left + (failed if left else [])
+
+
+def _restore_uplink(record: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Undo a bridge creation: the uplink as it was, the bridge gone."""
+    before = UplinkSnapshot.from_dict(record["snapshot"])
+    bridge = str(record["bridge"])
+    uplink = before.link.name
+    current = kernel.snapshot(uplink) if kernel.exists(uplink) else None
+    steps = plan_rollback(before, current, bridge, bridge_present=kernel.exists(bridge),
+                          elapsed=max(0.0, time.time() - before.taken_at))
+    failed = _run_all(steps)
     if not kernel.exists(uplink):
         return [str(s) for s in steps], [f"uplink {uplink} is gone", *failed]
     left = differences(before, kernel.snapshot(uplink))
@@ -356,6 +408,30 @@ def _owner_running(pid: int) -> bool:
 
 
 # ------------------------------------------------------------------------ use cases
+def _check_options(verify_timeout: float, confirm_timeout: float | None, dry_run: bool,
+                   doing: str) -> None:
+    if not 0 < verify_timeout <= 300:
+        raise ValidationError(f"--verify-timeout {verify_timeout:g} is out of range",
+                              hint="give 1 to 300 seconds")
+    if confirm_timeout is not None and not 0 < confirm_timeout <= 3600:
+        raise ValidationError(f"--confirm-timeout {confirm_timeout:g} is out of range",
+                              hint="give 1 to 3600 seconds")
+    if not dry_run and os.geteuid() != 0:
+        raise StateError(f"{doing} needs root (CAP_NET_ADMIN)",
+                         hint="run it as root (sudo kvmops ...); --dry-run shows the plan "
+                              "as any user")
+
+
+def _free_record_path(bridge: str) -> Path:
+    """The record path of a new change of ``bridge``: refused while an old one is left."""
+    path = record_path(bridge)
+    if path.exists():
+        raise StateError(f"a rollback record of bridge '{bridge}' is left from a change "
+                         "that did not finish", actual="rollback pending",
+                         hint=f"restore it first: 'kvmops net rollback {bridge}'")
+    return path
+
+
 @audited("net.create", target="name")
 def create_over_uplink(
     caller: Caller, name: str, uplink: str, *, bridge: str | None = None,
@@ -372,22 +448,10 @@ def create_over_uplink(
     bridge = bridge or name
     spec = NetworkSpec(name=name, mode="bridge", bridge=bridge, autostart=autostart)
     check_ifname(uplink, "uplink")
-    if not 0 < verify_timeout <= 300:
-        raise ValidationError(f"--verify-timeout {verify_timeout:g} is out of range",
-                              hint="give 1 to 300 seconds")
-    if confirm_timeout is not None and not 0 < confirm_timeout <= 3600:
-        raise ValidationError(f"--confirm-timeout {confirm_timeout:g} is out of range",
-                              hint="give 1 to 3600 seconds")
-    if not dry_run and os.geteuid() != 0:
-        raise StateError("creating a host bridge over an uplink needs root (CAP_NET_ADMIN)",
-                         hint="run it as root (sudo kvmops ...); --dry-run shows the plan "
-                              "as any user")
+    _check_options(verify_timeout, confirm_timeout, dry_run,
+                   "creating a host bridge over an uplink")
     with contextlib.nullcontext() if dry_run else _exclusive():
-        path = record_path(bridge)
-        if path.exists():
-            raise StateError(f"a rollback record of bridge '{bridge}' is left from a change "
-                             "that did not finish", actual="rollback pending",
-                             hint=f"restore it first: 'kvmops net rollback {bridge}'")
+        path = _free_record_path(bridge)
         if host is not None:
             from kvmops.host import networks as host_networks
 
@@ -414,29 +478,54 @@ def create_over_uplink(
             report(f"  {step}    # {step.why}")
         if dry_run:
             return result
-        guard_fd, guard_pid = _start_guard(path)
-        try:
-            _write_record(path, {
-                "version": RECORD_VERSION, "bridge": bridge, "uplink": uplink, "name": name,
-                "pid": os.getpid(), "guard_pid": guard_pid, "netns": kernel.netns_id(),
-                "boot_id": kernel.boot_id(), "created": time.time(),
-                "snapshot": before.to_dict()})
-            record = _read_record(bridge)
-            assert record is not None
-            _apply(result, steps, target, record, path, verify_timeout, confirm_timeout,
-                   confirm, report)
-        finally:
-            os.close(guard_fd)  # the guard wakes up, finds no record (or restores from it)
+        change = _Change(what=f"bridge '{bridge}' over '{uplink}'",
+                         check_what=f"check of bridge '{bridge}'", check_dev=bridge,
+                         as_before=f"{uplink} is as before", bridge=bridge)
+        _run_change(change, result, steps, target, path,
+                    {"kind": "create", "uplink": uplink, "name": name,
+                     "snapshot": before.to_dict()},
+                    verify_timeout, confirm_timeout, confirm, report)
         if host is not None:
             _define(caller, host, spec, result)
         return result
 
 
-def _apply(result: BridgeResult, steps: list[Step], target: Target, record: dict[str, Any],
-           path: Path, verify_timeout: float, confirm_timeout: float | None,
-           confirm: Callable[[float], bool] | None, report: Callable[[str], None]) -> None:
+@dataclass(frozen=True)
+class _Change:
+    """How the messages of one change name it, and the link the check must go through."""
+
+    what: str  # "bridge 'br0' over 'eth0'"
+    check_what: str  # "check of bridge 'br0'"
+    check_dev: str
+    as_before: str  # "eth0 is as before"
+    bridge: str
+
+
+def _run_change(change: _Change, result: BridgeResult | UnbridgeResult, steps: list[Step],
+                target: Target, path: Path, data: dict[str, Any], verify_timeout: float,
+                confirm_timeout: float | None, confirm: Callable[[float], bool] | None,
+                report: Callable[[str], None]) -> None:
+    """Start the guard, write the rollback record (``data``: what restores), apply."""
+    guard_fd, guard_pid = _start_guard(path)
+    try:
+        _write_record(path, {
+            "version": RECORD_VERSION, "bridge": change.bridge, "pid": os.getpid(),
+            "guard_pid": guard_pid, "netns": kernel.netns_id(), "boot_id": kernel.boot_id(),
+            "created": time.time(), **data})
+        record = _read_record(change.bridge)
+        assert record is not None
+        _apply(change, result, steps, target, record, path, verify_timeout, confirm_timeout,
+               confirm, report)
+    finally:
+        os.close(guard_fd)  # the guard wakes up, finds no record (or restores from it)
+
+
+def _apply(change: _Change, result: BridgeResult | UnbridgeResult, steps: list[Step],
+           target: Target, record: dict[str, Any], path: Path, verify_timeout: float,
+           confirm_timeout: float | None, confirm: Callable[[float], bool] | None,
+           report: Callable[[str], None]) -> None:
     """Apply, check, confirm; restore on any failure or interruption."""
-    bridge, uplink = result.bridge, result.uplink
+    bridge = change.bridge
     reason: str | None = None
     hint = ("check the uplink's cabling and switch port, or name a host that answers with "
             "--verify HOST")
@@ -445,11 +534,12 @@ def _apply(result: BridgeResult, steps: list[Step], target: Target, record: dict
             for step in steps:
                 kernel.run(step)
             result.applied = True
-            reason = _check(target, bridge, verify_timeout)
+            reason = _check(target, change.check_dev, verify_timeout)
             if reason is None:
                 result.verified = True
                 if target.address is not None:
-                    report(f"check passed: {target.next_hop} answers through {bridge}")
+                    report(f"check passed: {target.next_hop} answers through "
+                           f"{change.check_dev}")
                 if confirm_timeout is not None:
                     result.confirmed = bool(confirm and confirm(confirm_timeout))
                     if not result.confirmed:
@@ -462,25 +552,24 @@ def _apply(result: BridgeResult, steps: list[Step], target: Target, record: dict
                  if isinstance(err, KeyboardInterrupt) else
                  err.message if isinstance(err, KvmopsError) else f"{type(err).__name__}: {err}")
         if left:
-            raise StateError(f"bridge '{bridge}' over '{uplink}' failed ({cause}) and the "
-                             f"rollback left differences: {'; '.join(left)}",
+            raise StateError(f"{change.what} failed ({cause}) and the rollback left "
+                             f"differences: {'; '.join(left)}",
                              hint=f"retry with 'kvmops net rollback {bridge}'") from err
         if isinstance(err, KeyboardInterrupt):
-            raise CancelledError(f"bridge '{bridge}' over '{uplink}': {cause}; rolled back, "
-                                 f"{uplink} is as before",
+            raise CancelledError(f"{change.what}: {cause}; rolled back, {change.as_before}",
                                  hint="run the command again when ready") from None
         if isinstance(err, KvmopsError):
-            raise StateError(f"bridge '{bridge}' over '{uplink}' failed: {cause}; rolled back, "
-                             f"{uplink} is as before", hint=err.hint) from err
+            raise StateError(f"{change.what} failed: {cause}; rolled back, "
+                             f"{change.as_before}", hint=err.hint) from err
         raise
     if reason is not None:
         left = _restore_or_explain(record, path)
         if left:
-            raise StateError(f"check of bridge '{bridge}' failed ({reason}) and the rollback "
-                             f"left differences: {'; '.join(left)}",
+            raise StateError(f"{change.check_what} failed ({reason}) and the rollback left "
+                             f"differences: {'; '.join(left)}",
                              hint=f"retry with 'kvmops net rollback {bridge}'")
-        raise StateError(f"check of bridge '{bridge}' failed: {reason}; rolled back, "
-                         f"{uplink} is as before", hint=hint)
+        raise StateError(f"{change.check_what} failed: {reason}; rolled back, "
+                         f"{change.as_before}", hint=hint)
     path.unlink(missing_ok=True)
 
 
@@ -495,6 +584,60 @@ def _define(caller: Caller, host: Any, spec: NetworkSpec, result: BridgeResult) 
                          hint=f"define it: 'kvmops net create {spec.name} --mode bridge "
                               f"--bridge {result.bridge}'") from err
     result.defined = True
+
+
+@audited("net.unbridge", target="bridge")
+def remove_bridge(
+    caller: Caller, bridge: str, *, verify: str | None = None,
+    verify_timeout: float = DEFAULT_VERIFY_TIMEOUT, confirm_timeout: float | None = None,
+    confirm: Callable[[float], bool] | None = None, dry_run: bool = False, host: Any = None,
+    report: Callable[[str], None] = lambda _line: None, env: dict[str, str] | None = None,
+) -> UnbridgeResult:
+    """The inverse of :func:`create_over_uplink`: the bridge's addresses and routes back
+    onto its one port (the uplink), the bridge removed; checked, confirmed and rolled back
+    (the bridge made again as it was) the same way. Refused while VMs or other links are
+    ports of it, or (``host`` given) while a libvirt network names it."""
+    check_ifname(bridge, "bridge name")
+    _check_options(verify_timeout, confirm_timeout, dry_run, "removing a host bridge")
+    with contextlib.nullcontext() if dry_run else _exclusive():
+        path = _free_record_path(bridge)
+        link = kernel.link(bridge)
+        port = check_bridge_removal(link, bridge, kernel.ports(bridge) if link else [])
+        if host is not None:
+            from kvmops.services import networks
+
+            users = [n.name for n in networks.list_networks(caller, host)
+                     if n.mode == "bridge" and n.bridge == bridge]
+            if users:
+                raise StateError(f"libvirt network(s) {', '.join(users)} use bridge "
+                                 f"'{bridge}'", hint="delete them first ('kvmops net delete "
+                                                     "NAME': it names the VMs using them)")
+        snap = BridgeSnapshot(bridge=kernel.snapshot(bridge), port=kernel.snapshot(port),
+                              options=kernel.bridge_options(bridge))
+        target = find_target(snap.bridge, verify, dict(os.environ) if env is None else env)
+        steps = plan_unbridge(snap)
+        result = UnbridgeResult(bridge=bridge, port=port, plan=[str(s) for s in steps],
+                                verify_target=target.address, verify_source=target.source,
+                                next_hop=target.next_hop, dry_run=dry_run,
+                                notes=list(target.notes))
+        report(f"now: {describe(snap.bridge)}")
+        for note in target.notes:
+            report(f"note: {note}")
+        if target.address is not None:
+            report(f"check after the change: {target.address} ({target.source}) through next "
+                   f"hop {target.next_hop} must answer on {port} within {verify_timeout:g} s")
+        report(f"plan ({len(steps)} steps):")
+        for step in steps:
+            report(f"  {step}    # {step.why}")
+        if dry_run:
+            return result
+        change = _Change(what=f"removing bridge '{bridge}' (back to '{port}')",
+                         check_what=f"check after removing bridge '{bridge}'", check_dev=port,
+                         as_before=f"{bridge} and {port} are as before", bridge=bridge)
+        _run_change(change, result, steps, target, path,
+                    {"kind": "unbridge", "uplink": port, "snapshot": snap.to_dict()},
+                    verify_timeout, confirm_timeout, confirm, report)
+    return result
 
 
 @audited("net.rollback", target="bridge")
