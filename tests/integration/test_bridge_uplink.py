@@ -507,3 +507,20 @@ def test_unbridge_moves_everything_back_and_a_failed_check_makes_the_bridge_agai
                           f"bridge '{BRIDGE}' does not exist")
     assert_one_line_error(lab.kvmops("net", "unbridge", UPLINK), 2,
                           f"'{UPLINK}' is not a bridge")
+
+
+def test_a_killed_unbridge_gets_its_bridge_back_from_the_guard(lab: Lab) -> None:
+    created = lab.kvmops("net", "create", BRIDGE, "--mode", "bridge", "--uplink", UPLINK,
+                         "--no-define")
+    assert created.code == 0, created.stderr
+    _settled(NS_A)
+    bridged = _state(NS_A)
+    with _background(lab, "net", "unbridge", BRIDGE, "--confirm-timeout", "300") as proc:
+        _read_until(proc, "check passed")
+        assert not _ip_json(NS_A, "link", "show", "type", "bridge")  # removed meanwhile
+        proc.kill()
+        proc.communicate(timeout=30)
+    _wait_gone(lab.record)
+    _settled(NS_A)
+    assert _state(NS_A) == bridged
+    assert _ping(PEER)

@@ -91,6 +91,10 @@ def rollback(bridge: str, json_out: bool) -> None:
         info(f"the rollback record of bridge '{bridge}' is from before the last reboot: "
              "nothing to restore (the change did not survive it); record removed")
         return
+    if result.kind == "unbridge":
+        info(f"bridge '{bridge}' over '{result.uplink}' made again as it was "
+             f"({len(result.steps)} steps)")
+        return
     info(f"bridge '{bridge}' removed and '{result.uplink}' restored "
          f"({len(result.steps)} steps)")
 

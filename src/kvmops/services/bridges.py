@@ -104,6 +104,7 @@ class RollbackResult:
     restored: bool
     stale: bool = False
     steps: list[str] = field(default_factory=list)
+    kind: str = "create"  # the change undone: "create" (--uplink) or "unbridge"
 
 
 class _Interrupted(KeyboardInterrupt):
@@ -680,7 +681,8 @@ def rollback(caller: Caller, bridge: str) -> RollbackResult:
                              hint="fix them by hand (the record keeps the prior state: "
                                   f"{path}), then remove the record")
         path.unlink(missing_ok=True)
-    return RollbackResult(bridge=bridge, uplink=uplink, restored=True, steps=steps)
+    return RollbackResult(bridge=bridge, uplink=uplink, restored=True, steps=steps,
+                          kind=str(record.get("kind") or "create"))
 
 
 if __name__ == "__main__":
