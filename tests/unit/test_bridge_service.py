@@ -161,3 +161,21 @@ def test_only_root_changes_the_host_but_anyone_sees_the_plan(
     with pytest.raises(StateError, match="needs root"):
         _create()
     assert _create(dry_run=True).plan and fake.ran == []
+
+
+def test_changes_are_audited_but_dry_runs_are_not(fake: FakeKernel,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvmops.services import audit
+
+    rows: list[tuple[str, str | None, int]] = []
+    monkeypatch.setattr(audit, "record", lambda caller, action, target, code, **kw:
+                        rows.append((action, target, code)))
+    cli = Caller(name="root", role="admin", via="cli")
+    bridges.create_over_uplink(cli, "br0", "eth0", dry_run=True, env={})
+    assert rows == []
+    fake.answers = False
+    with pytest.raises(StateError):
+        bridges.create_over_uplink(cli, "br0", "eth0", env={}, verify_timeout=1)
+    fake.answers = True
+    bridges.create_over_uplink(cli, "br0", "eth0", env={})
+    assert rows == [("net.create", "br0", 5), ("net.create", "br0", 0)]

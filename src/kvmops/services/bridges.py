@@ -15,6 +15,7 @@ The libvirt network (``forward mode='bridge'``) is defined only after the check 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from kvmops.config import settings
 from kvmops.errors import (
@@ -56,6 +57,8 @@ from kvmops.network.uplink import (
 from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
 
+P = ParamSpec("P")
+R = TypeVar("R")
 DEFAULT_VERIFY_TIMEOUT = 10.0
 RECORD_VERSION = 1
 _SIGNALS = (signal.SIGTERM, signal.SIGHUP)
@@ -409,6 +412,23 @@ def _owner_running(pid: int) -> bool:
 
 
 # ------------------------------------------------------------------------ use cases
+def _audited_unless_dry_run(action: str, target: str
+                            ) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Audited like every change, except a ``dry_run=True`` call: it changes nothing, and
+    a row saying ``net create`` succeeded would mislead."""
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        with_audit = audited(action, target=target)(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            return (fn if kwargs.get("dry_run") else with_audit)(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
 def _check_options(verify_timeout: float, confirm_timeout: float | None, dry_run: bool,
                    doing: str) -> None:
     if not 0 < verify_timeout <= 300:
@@ -433,7 +453,7 @@ def _free_record_path(bridge: str) -> Path:
     return path
 
 
-@audited("net.create", target="name")
+@_audited_unless_dry_run("net.create", target="name")
 def create_over_uplink(
     caller: Caller, name: str, uplink: str, *, bridge: str | None = None,
     verify: str | None = None, verify_timeout: float = DEFAULT_VERIFY_TIMEOUT,
@@ -587,7 +607,7 @@ def _define(caller: Caller, host: Any, spec: NetworkSpec, result: BridgeResult) 
     result.defined = True
 
 
-@audited("net.unbridge", target="bridge")
+@_audited_unless_dry_run("net.unbridge", target="bridge")
 def remove_bridge(
     caller: Caller, bridge: str, *, verify: str | None = None,
     verify_timeout: float = DEFAULT_VERIFY_TIMEOUT, confirm_timeout: float | None = None,
