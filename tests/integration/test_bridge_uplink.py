@@ -1,7 +1,8 @@
 """``kvmops net create BR --mode bridge --uplink DEV`` for real, inside test network
-namespaces: namespace A is the "host" with uplink kvtu0 (a veth, two addresses, a default
-route and a route in table 100 via the peer), namespace B holds the peer 192.168.233.1 at
-the veth's other end. The command runs in A (``ip netns exec A python -m kvmops.cli.main``).
+namespaces: namespace A is the "host" with uplink kvtu0 (a veth, two addresses, IPv4 and
+IPv6 default routes and a route in table 100 via the peer), namespace B holds the peer
+192.168.233.1 (and fe80::1) at the veth's other end. The command runs in A
+(``ip netns exec A python -m kvmops.cli.main``).
 
 A failed check (an unreachable --verify host, the peer's end down, no confirmation), SIGTERM,
 SIGKILL (the guard process restores) and a crash of both (``net rollback``) must leave A
@@ -174,6 +175,9 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         _sh("ip", "-n", NS_A, "route", "add", "default", "via", PEER)
         _sh("ip", "-n", NS_A, "route", "add", "192.168.233.128/25", "via", PEER, "table",
             "100", "metric", "50", "proto", "static")
+        # An IPv6 default route through the peer's link-local address moves too.
+        _sh("ip", "-n", NS_B, "addr", "add", "fe80::1/64", "dev", PEER_END)
+        _sh("ip", "-n", NS_A, "-6", "route", "add", "default", "via", "fe80::1", "dev", UPLINK)
         _settled(NS_A)
         yield Lab(state_dir=tmp_path / "state")
     finally:
@@ -430,6 +434,7 @@ def test_a_passing_check_keeps_connectivity_and_defines_the_network(lab: Lab,
         assert not [a for a in uplink["addr_info"] if a["family"] == "inet"]
         assert _ip_json(NS_A, "route", "show", "default")[0]["dev"] == BRIDGE
         assert _ip_json(NS_A, "route", "show", "table", "100")[0]["dev"] == BRIDGE
+        assert _ip_json(NS_A, "-6", "route", "show", "default")[0]["dev"] == BRIDGE
         assert _ping(PEER), "the peer does not answer through the bridge"
         assert not lab.record.exists()
         # libvirt's network (in the host's libvirtd) puts guests on the bridge.
