@@ -31,6 +31,7 @@ from kvmops.records import Record
 from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
 from kvmops.vm.domxml import (
+    BANDWIDTH_HINT,
     DomainDocument,
     LinkState,
     NicKind,
@@ -45,6 +46,7 @@ from kvmops.vm.domxml import (
 from kvmops.vm.lifecycle import check_macs_free, macs_in_use, new_mac, state_name
 
 __all__ = [
+    "BANDWIDTH_HINT",
     "GuestAddress",
     "GuestInterface",
     "NicEntry",

@@ -17,8 +17,7 @@ from kvmops.api.deps import HostDep, LongRequest, OperatorCaller, ViewerCaller, 
 from kvmops.api.routes.common import Body
 from kvmops.api.validators import MacAddress
 from kvmops.services import nics as nic_service
-from kvmops.services.nics import KEEP, NicEntry, NicRemoval
-from kvmops.vm.domxml import BANDWIDTH_HINT, Rate, Vlan
+from kvmops.services.nics import BANDWIDTH_HINT, KEEP, NicEntry, NicRemoval, Rate, Vlan
 
 router = APIRouter(prefix="/vms/{name}/nics", tags=["nics"])
 # Hot-plug and unplug wait for libvirt and the guest: they hold a long-request slot.
