@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from kvmops.devguest.build import GuestImage
 from kvmops.host import pools as host_pools
 from kvmops.host.connection import Host
 from tests.conftest import SESSION_PREFIX
-from tests.integration.api_server import ApiServer
+from tests.integration.api_server import ApiServer, wait_job
+from tests.integration.conftest import remove_vm
 
 NAME = f"{SESSION_PREFIX}apipool"
 
@@ -103,3 +105,34 @@ def test_bad_pools_are_refused_and_audited(api: ApiServer, pool_name: str,
         entries = admin.get("/audit?limit=50").json()
     assert ("admin", "create_pool", code) in {(e["user"], e["action"], e["status_code"])
                                               for e in entries}
+
+
+def test_vm_create_with_a_pool_disk(api: ApiServer, pool_name: str, images_dir: Path,
+                                    tiny_guest: GuestImage, host: Host) -> None:
+    """``POST /vms`` with ``{"pool": ..., "size": ...}``: a new volume in the pool is the
+    VM's disk, the same as ``vm create --disk pool=NAME,size=...``."""
+    target = images_dir / f"{pool_name}-vms"
+    vm = f"{SESSION_PREFIX}apipoolvm"
+    body = {"name": vm, "memory": "256M", "kernel": str(tiny_guest.kernel),
+            "initrd": str(tiny_guest.initrd), "cmdline": "console=ttyS0",
+            "disks": [{"pool": pool_name, "size": "16M", "format": "raw"}]}
+    try:
+        with api.client("admin") as admin, api.client("operator") as operator:
+            made = admin.post("/pools", json={"name": pool_name, "type": "dir",
+                                              "target": str(target), "build": True})
+            assert made.status_code == 201, made.text
+            bad = operator.post("/vms", json={**body, "disks": [{"pool": pool_name}]})
+            assert bad.status_code == 422 and "size" in bad.text, bad.text
+            created = operator.post("/vms", json=body)
+            assert created.status_code in (201, 202), created.text
+            if created.status_code == 202:
+                assert wait_job(operator, created.json()["job_id"])["state"] == "succeeded"
+            disk = target / f"{vm}-vda.raw"
+            info = operator.get(f"/vms/{vm}").json()
+            assert [(d["source"], d["format"]) for d in info["disks"]] == [(str(disk), "raw")]
+            vols = operator.get(f"/pools/{pool_name}/volumes").json()
+            assert [(v["name"], v["used_by"]) for v in vols] == [(disk.name, [vm])]
+            refused = admin.delete(f"/pools/{pool_name}")
+            assert refused.status_code == 409 and vm in refused.text, refused.text
+    finally:
+        remove_vm(host, vm)

@@ -42,9 +42,21 @@ class DiskBody(Body):
     path: AbsolutePath | None = Field(default=None, description="existing image")
     format: Literal["qcow2", "raw"] | None = None
     bus: Literal["virtio", "sata", "scsi", "ide"] = "virtio"
+    pool: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$",
+                             description="storage pool: a new volume of size, or volume")
+    volume: str | None = Field(default=None,
+                               pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+:-]{0,127}$",
+                               description="with pool: an existing volume (or the new "
+                                           "one's name)")
 
     @model_validator(mode="after")
     def one_source(self) -> DiskBody:
+        if self.pool is not None:
+            if self.path is not None or (self.size is None and self.volume is None):
+                raise ValueError("a pool disk takes size (a new volume) or volume, not path")
+            return self
+        if self.volume is not None:
+            raise ValueError("volume needs pool")
         if (self.size is None) == (self.path is None):
             raise ValueError("give exactly one of size and path")
         return self  # what a disk may be: services.vms.check_request, as for the CLI
@@ -101,8 +113,8 @@ class CreateVmBody(Body):
         return CreateRequest(
             name=self.name, memory=self.memory, vcpus=self.vcpus, sockets=self.sockets,
             cores=self.cores, threads=self.threads,
-            disks=[DiskRequest(size=d.size, path=d.path, fmt=d.format, bus=d.bus)
-                   for d in self.disks],
+            disks=[DiskRequest(size=d.size, path=d.path, fmt=d.format, bus=d.bus,
+                               pool=d.pool, volume=d.volume) for d in self.disks],
             kernel=self.kernel, initrd=self.initrd, cmdline=self.cmdline, cdrom=self.cdrom,
             network=self.network, bridge=self.bridge, mac=self.mac,
             nics=[n.spec() for n in self.nics], agent=self.agent,
