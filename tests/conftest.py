@@ -45,6 +45,9 @@ LONG_FILES = (
     "integration/test_nics.py",
     "integration/test_web_networks.py",
     "integration/test_networks.py",
+    "integration/test_pool_iscsi.py",
+    "integration/test_pools.py",
+    "integration/test_web_pools.py",
 )
 
 
