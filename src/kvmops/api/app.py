@@ -101,6 +101,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         monitor,
         networks,
         nics,
+        sriov,
         system,
         vm_config,
         vms,
@@ -110,6 +111,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     for module in (system, vms, vm_config, guest, monitor, backups, jobs, images, networks,
                    nics):
         api.include_router(module.router)
+    api.include_router(sriov.router)
     for extra, router_module in (("kvmops.vm.disks", "kvmops.api.routes.disks"),
                                  ("kvmops.snapshot", "kvmops.api.routes.snapshots")):
         if optional_module(extra) is not None:

@@ -11,6 +11,7 @@ from kvmops.api.limits import SlotLimiter
 from kvmops.api.runner import JobRunner
 from kvmops.api.settings import ApiSettings
 from kvmops.api.throttle import LoginThrottle
+from kvmops.services import sriov
 from kvmops.services.database import open_database
 from kvmops.services.session import Connection, EventWatch, SharedConnection, watch_lifecycle
 from kvmops.services.vms import DomainTypeCache, VmListCache
@@ -22,6 +23,7 @@ class ApiContext:
     def __init__(self, settings: ApiSettings) -> None:
         self.settings = settings
         self.store = open_database(settings.db_url)
+        sriov.use_database(self.store)  # for the VF steps of NIC and VM use cases
         self.hub = EventHub()
         self.runner = JobRunner(self.store, self.hub, settings.workers)
         self.domain_types = DomainTypeCache()

@@ -51,12 +51,15 @@ def fake_sriov_cmd(
     numvfs: int | None = typer.Option(None, "--numvfs",
                                       help="VFs made now (sriov_numvfs; default all)."),
     link: str = typer.Option("up", "--link", help="PF link state: up or down."),
+    bus: int | None = typer.Option(None, "--bus", help="The PF's PCI bus 1..255 (default: "
+                                   "the next free one from 3); VFs at BUS:10.0, ..."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Write a simulated SR-IOV sysfs tree (a PF with VFs) for tests and demos."""
     from kvmops.services.sriov import write_fake_tree
 
-    found = write_fake_tree(directory.absolute(), pf, vfs, driver, numvfs=numvfs, link=link)
+    found = write_fake_tree(directory.absolute(), pf, vfs, driver, numvfs=numvfs, link=link,
+                            bus=bus)
     if json_out:
         output.print_json(found)
     else:

@@ -239,11 +239,13 @@ def _make_vf(device: Path, pf_pci: str, bus: int, index: int) -> None:
 
 
 def write_fake_tree(directory: Path, pf: str, vfs: int, driver: str, *,
-                    numvfs: int | None = None, link: str = "up", speed: int = 10000
-                    ) -> PhysFn:
+                    numvfs: int | None = None, link: str = "up", speed: int = 10000,
+                    bus: int | None = None) -> PhysFn:
     """Add PF ``pf`` with ``vfs`` possible VFs (``numvfs`` made, default all) and
     ``driver`` to the simulated sysfs tree in ``directory`` (made if missing); call
-    again for more PFs. The layout is the kernel's (see :mod:`kvmops.network.sriov`)."""
+    again for more PFs. The PF sits on PCI bus ``bus`` (default: the next free one from
+    3), its VFs at BUS:10.0, BUS:10.1, ... The layout is the kernel's (see
+    :mod:`kvmops.network.sriov`)."""
     validate_pf_name(pf)
     if not 1 <= vfs <= MAX_FAKE_VFS:
         raise ValidationError(f"invalid VF count {vfs}", hint=f"use 1..{MAX_FAKE_VFS}")
@@ -267,9 +269,11 @@ def write_fake_tree(directory: Path, pf: str, vfs: int, driver: str, *,
     pci_root.mkdir(parents=True, exist_ok=True)
     buses = [int(p.name.split(":")[1], 16) for p in pci_root.iterdir()
              if (p / "sriov_totalvfs").is_file()]
-    bus = max(buses, default=2) + 1
-    if bus > 0xFF:
-        raise ValidationError("the simulated tree has no free PCI bus left")
+    if bus is None:
+        bus = max(buses, default=2) + 1
+    if not 1 <= bus <= 0xFF or bus in buses:
+        raise ValidationError(f"PCI bus {bus} is taken or out of range in the simulated tree",
+                              hint="give another --bus 1..255")
     pf_pci = f"0000:{bus:02x}:00.0"
     device = pci_root / pf_pci
     device.mkdir()

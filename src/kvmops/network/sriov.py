@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from lxml import etree
@@ -31,6 +32,7 @@ from kvmops.records import Record
 __all__ = [
     "DRIVER_RATES",
     "METHODS",
+    "Allocation",
     "PhysFn",
     "RateRange",
     "VfConfig",
@@ -120,6 +122,26 @@ class VfState(Record):
     def is_reset(self) -> bool:
         """Left as the kernel makes a VF (the state kvmops restores on release)."""
         return self.mac == ZERO_MAC and self.vlan == 0 and self.max_tx_rate == 0
+
+
+@dataclass
+class Allocation(Record):
+    """One VF given to one VM's NIC."""
+
+    id: int
+    pool: str
+    pf: str
+    vf: int
+    pci: str
+    vm: str
+    vm_uuid: str | None
+    mac: str
+    vlan: int
+    max_tx_rate: int  # Mbit/s, 0: no limit
+    spoofchk: bool
+    trust: bool
+    created_at: datetime
+    created_by: str | None
 
 
 @dataclass(frozen=True)
@@ -284,11 +306,17 @@ def discover(root: Path, name: str | None = None) -> list[PhysFn]:
 
 
 # --------------------------------------------------------------------------- libvirt XML
-def _address(parent: etree._Element, pci: str) -> etree._Element:
+def _address(parent: etree._Element, pci: str, *, typed: bool = True) -> etree._Element:
+    """``<address>`` of a PCI device; a ``<hostdev>`` source has no ``type`` (libvirt's
+    schema refuses it there), an ``<interface type='hostdev'>`` source has one."""
     domain, bus, slot, function = parse_pci(pci)
-    return etree.SubElement(parent, "address", type="pci", domain=f"0x{domain:04x}",
-                            bus=f"0x{bus:02x}", slot=f"0x{slot:02x}",
-                            function=f"0x{function:x}")
+    el = etree.SubElement(parent, "address", type="pci") if typed else etree.SubElement(
+        parent, "address")
+    el.set("domain", f"0x{domain:04x}")
+    el.set("bus", f"0x{bus:02x}")
+    el.set("slot", f"0x{slot:02x}")
+    el.set("function", f"0x{function:x}")
+    return el
 
 
 def interface_xml(pci: str, mac: str, vlan: int = 0) -> str:
@@ -306,19 +334,19 @@ def hostdev_xml(pci: str) -> str:
     """A plain ``<hostdev mode='subsystem' type='pci'>``: the guest gets the bare VF;
     its MAC/VLAN can only be set from the PF side (``ip link set PF vf N ...``)."""
     el = etree.Element("hostdev", mode="subsystem", type="pci", managed="yes")
-    _address(etree.SubElement(el, "source"), pci)
+    _address(etree.SubElement(el, "source"), pci, typed=False)
     return etree.tostring(el, encoding="unicode")
 
 
-def hostdev_network_xml(name: str, pfs: list[str]) -> str:
-    """A libvirt network that hands out the VFs of ``pfs`` (``<interface
-    type='network'>`` on it). libvirt reads the VFs when the network starts -- it must
-    start after they exist -- and does not refuse more NICs than VFs at define time."""
+def hostdev_network_xml(name: str, pf: str) -> str:
+    """A libvirt network that hands out the VFs of ``pf`` (``<interface type='network'>``
+    on it). libvirt takes one ``<pf>`` per network (its schema), reads the VFs when the
+    network starts -- it must start after they exist -- and does not refuse more NICs
+    than VFs at define time (why kvmops allocates VFs itself)."""
     net = etree.Element("network")
     etree.SubElement(net, "name").text = name
     forward = etree.SubElement(net, "forward", mode="hostdev", managed="yes")
-    for pf in pfs:
-        etree.SubElement(forward, "pf", dev=validate_pf_name(pf))
+    etree.SubElement(forward, "pf", dev=validate_pf_name(pf))
     return etree.tostring(net, encoding="unicode")
 
 

@@ -37,6 +37,7 @@ from kvmops.network.sriov import (
     DRIVER_RATES,
     METHODS,
     RESET,
+    Allocation,
     PhysFn,
     VfConfig,
     discover,
@@ -57,11 +58,11 @@ from kvmops.services.caller import Caller
 if TYPE_CHECKING:
     from kvmops.services.nics import NicEntry
     from kvmops.store.db import Store
-    from kvmops.store.sriov import Allocation
 
 __all__ = ["PfInfo", "PoolInfo", "ReconcileReport", "allocate", "create_pool",
            "delete_pool", "list_pfs", "list_pools", "pool_info", "pool_xml", "reconcile",
-           "release_nic", "release_vm", "set_vfs", "write_fake_tree"]
+           "release_nic", "release_vm", "set_vfs", "use_database",
+           "write_fake_tree"]
 
 T = TypeVar("T")
 _POOL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
@@ -110,9 +111,21 @@ class ReconcileReport(Record):
 
 
 # --------------------------------------------------------------------------- plumbing
+_server_store: Store | None = None
+
+
+def use_database(store: Store | None) -> None:
+    """The server's open database, for the SR-IOV steps of use cases that take none
+    (``vm nic list/remove``, ``vm undefine`` over the API)."""
+    global _server_store
+    _server_store = store
+
+
 def _with_store(db: str | Store | None, fn: Callable[[Store], T]) -> T:
     """``fn`` on the server's open database, or on the configured one (migrated first:
     a command may be the first to use it)."""
+    if db is None and _server_store is not None:
+        db = _server_store
     if db is not None and not isinstance(db, str):
         return fn(db)
     from kvmops.config import settings
@@ -326,8 +339,9 @@ def pool_xml(caller: Caller, name: str, method: str, db: str | Store | None = No
     if method not in METHODS:
         raise ValidationError(f"invalid method '{method}'", hint="use " + ", ".join(METHODS))
     info = pool_info(caller, name, db)
-    if method == "network":
-        return hostdev_network_xml(name, info.pfs)
+    if method == "network":  # libvirt: one PF per network; POOL-PF for a second PF
+        return "\n".join(hostdev_network_xml(name if i == 0 else f"{name}-{pf}", pf)
+                         for i, pf in enumerate(info.pfs))
     taken = {(a.pf, a.vf) for a in info.allocations}
     pfs = _pfs_by_name()
     for pf in info.pfs:
@@ -542,6 +556,8 @@ def _allocations_quietly(vm: str, db: str | Store | None) -> list[Allocation]:
     creates one)."""
     from kvmops.store import sriov as store_sriov
 
+    if db is None and _server_store is not None:
+        db = _server_store
     if db is not None and not isinstance(db, str):
         return store_sriov.allocations(db, vm=vm)
     from kvmops.store.direct import state_db
@@ -555,7 +571,15 @@ def _allocations_quietly(vm: str, db: str | Store | None) -> list[Allocation]:
 
 
 def write_fake_tree(directory: Path, pf: str, vfs: int, driver: str, *,
-                    numvfs: int | None = None, link: str = "up") -> PhysFn:
+                    numvfs: int | None = None, link: str = "up", bus: int | None = None
+                    ) -> PhysFn:
     """``kvmops dev fake-sriov``: add a simulated PF with VFs to the tree in
     ``directory`` (:func:`kvmops.host.sriov.write_fake_tree`)."""
-    return host_sriov.write_fake_tree(directory, pf, vfs, driver, numvfs=numvfs, link=link)
+    return host_sriov.write_fake_tree(directory, pf, vfs, driver, numvfs=numvfs, link=link,
+                                      bus=bus)
+
+
+def sysfs_source() -> tuple[str, bool]:
+    """(the sysfs root PFs are read from, is it a simulated tree?) for the pages."""
+    root = host_sriov.sysfs_root()
+    return str(root), os.path.realpath(root) != "/sys"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -129,11 +130,36 @@ class Store:
         except SQLAlchemyError as err:
             raise StorageError(f"migrating database {safe_url(self.url)} failed: {err}") from err
 
+    def at_head(self) -> bool:
+        """The schema is at the newest shipped revision already (a command then skips
+        loading Alembic, a third of its start-up); False when unsure."""
+        try:
+            with self.engine.connect() as conn:
+                current = conn.exec_driver_sql("SELECT version_num FROM alembic_version"
+                                               ).scalars().all()
+        except SQLAlchemyError:
+            return False
+        return list(current) == [head_revision()]
+
     def tables(self) -> list[str]:
         return sorted(inspect(self.engine).get_table_names())
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+_REVISION_RE = re.compile(r'^(down_)?revision = "([^"]*)"$', re.MULTILINE)
+
+
+def head_revision() -> str | None:
+    """The newest revision of the shipped migrations: the one no other revises."""
+    revisions: set[str] = set()
+    revised: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        for down, value in _REVISION_RE.findall(path.read_text()):
+            (revised if down else revisions).add(value)
+    heads = revisions - revised
+    return heads.pop() if len(heads) == 1 else None
 
 
 @contextlib.contextmanager
@@ -142,7 +168,8 @@ def migrated(url: str | None) -> Iterator[Store]:
     first to use it; closed afterwards."""
     store = Store(url)
     try:
-        store.migrate()
+        if not store.at_head():
+            store.migrate()
         yield store
     finally:
         store.close()

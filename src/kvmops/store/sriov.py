@@ -11,29 +11,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from kvmops.errors import AlreadyExistsError, NotFoundError, StateError
+from kvmops.network.sriov import Allocation
 from kvmops.records import Record
 from kvmops.store.db import Store
 from kvmops.store.models import SriovAllocation, SriovPf, SriovPool
-
-
-@dataclass
-class Allocation(Record):
-    """One VF given to one VM's NIC."""
-
-    id: int
-    pool: str
-    pf: str
-    vf: int
-    pci: str
-    vm: str
-    vm_uuid: str | None
-    mac: str
-    vlan: int
-    max_tx_rate: int  # Mbit/s, 0: no limit
-    spoofchk: bool
-    trust: bool
-    created_at: datetime
-    created_by: str | None
 
 
 @dataclass

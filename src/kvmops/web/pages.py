@@ -352,6 +352,21 @@ def network_detail(request: Request, name: str, user: PageUser) -> Response:
                             leases=leases, expires=expires)
 
 
+# ------------------------------------------------------------------ SR-IOV
+@router.get("/sriov", response_class=HTMLResponse)
+def sriov_page(request: Request, user: PageUser) -> Response:
+    """VF pools with their VM <-> VF mapping and the PFs, as ``kvmops sriov``; admins get
+    the create/delete and VF count controls (calls to /api/v1/sriov)."""
+    from kvmops.services import sriov  # the SR-IOV model: only for this page
+
+    store = context(request).store
+    caller = _caller(request, user)
+    root, simulated = sriov.sysfs_source()
+    return templates.render(request, "sriov.html", user, title="SR-IOV",
+                            pools=sriov.list_pools(caller, store),
+                            pfs=sriov.list_pfs(caller, store), root=root, simulated=simulated)
+
+
 # ------------------------------------------------------------------ jobs
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 

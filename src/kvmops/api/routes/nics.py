@@ -59,6 +59,14 @@ class AddNicBody(QosFields):
     bridge: str | None = Field(default=None, pattern=_SOURCE, description="host bridge")
     model: Literal["virtio", "e1000", "rtl8139"] = "virtio"
     mac: MacAddress | None = Field(default=None, description="default: a free 52:54:00:…")
+    vf_pool: str | None = Field(default=None, pattern=_SOURCE,
+                                description="SR-IOV: one free VF of this pool (vlan: its "
+                                            "port VLAN)")
+    rate: int | None = Field(default=None, ge=1, le=400000,
+                             description="with vf_pool: the VF's max_tx_rate in Mbit/s, "
+                                         "checked against the PF driver's range")
+    spoofchk: bool = Field(default=True, description="with vf_pool: MAC spoof check")
+    trust: bool = Field(default=False, description="with vf_pool: a trusted VF")
     queues: int | None = Field(default=None, ge=1, le=256,
                                description="virtio multiqueue: queue pairs")
     boot_order: int | None = Field(default=None, ge=1, le=99,
@@ -68,8 +76,14 @@ class AddNicBody(QosFields):
 
     @model_validator(mode="after")
     def one_source(self) -> AddNicBody:
-        if (self.network is None) == (self.bridge is None):
-            raise ValueError("give exactly one of network and bridge")
+        if sum(v is not None for v in (self.network, self.bridge, self.vf_pool)) != 1:
+            raise ValueError("give exactly one of network and bridge (or vf_pool)")
+        if self.vf_pool is not None and any(
+                v is not None for v in (self.inbound, self.outbound, self.trunk, self.native)):
+            raise ValueError("a vf_pool NIC takes vlan and rate, not inbound, outbound, "
+                             "trunk or native")
+        if self.vf_pool is None and self.rate is not None:
+            raise ValueError("rate is the max_tx_rate of an SR-IOV VF: it needs vf_pool")
         return self
 
 
@@ -94,6 +108,12 @@ def list_nics(caller: ViewerCaller, name: VmNameDep, host: HostDep) -> list[NicE
 @router.post("", status_code=201, response_model=NicEntry, dependencies=_LONG)
 def add_nic(caller: OperatorCaller, name: VmNameDep, body: AddNicBody, host: HostDep
             ) -> NicEntry:
+    if body.vf_pool is not None:
+        from kvmops.services import sriov
+
+        return sriov.allocate(caller, host, name, body.vf_pool, mac=body.mac, vlan=body.vlan,
+                              rate=body.rate, spoofchk=body.spoofchk, trust=body.trust,
+                              live=body.live, persistent=body.persistent)
     inbound, outbound = body.rates()
     return nic_service.add(caller, host, name, network=body.network, bridge=body.bridge,
                            model=body.model, mac=body.mac, live=body.live,
