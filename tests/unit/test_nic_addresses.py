@@ -44,3 +44,22 @@ def test_without_the_agent_leases_alone() -> None:
         GuestAddress("192.168.250.30", 24, "ipv4", "lease")]})
     assert [(i.name, i.mac, [a.address for a in i.addresses]) for i in merged] == [
         (None, "52:54:00:aa:00:03", ["192.168.250.30"])]
+
+
+def test_an_agents_address_a_lease_names_is_marked_leased() -> None:
+    """DHCPv6 vs SLAAC: the agent reports both alike; the lease tells them apart (the
+    lease may spell the IPv6 address differently)."""
+    agent = [Interface.model_validate({
+        "name": "eth0", "hardware-address": "52:54:00:aa:00:01",
+        "ip-addresses": [
+            {"ip-address": "fd00:232::1c2", "ip-address-type": "ipv6", "prefix": 128},
+            {"ip-address": "fd00:238::5054:ff:feaa:1", "ip-address-type": "ipv6",
+             "prefix": 64}]})]
+    leases = {"52:54:00:AA:00:01": [
+        GuestAddress("fd00:232:0::01c2", 64, "ipv6", "lease", leased=True)]}
+    (eth0,) = merge_addresses(agent_interfaces(agent), leases)
+    assert [(a.address, a.source, a.leased) for a in eth0.addresses] == [
+        ("fd00:232::1c2", "agent", True), ("fd00:238::5054:ff:feaa:1", "agent", False)]
+    # the agent's own records are not changed in place
+    assert [a.leased for a in agent_interfaces(agent)[0].addresses] == [False, False]
+    assert eth0.addresses[0].model_dump(mode="json")["leased"] is True

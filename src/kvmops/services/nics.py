@@ -9,8 +9,9 @@ running VM, its definition and the guest.
 
 from __future__ import annotations
 
+import ipaddress
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from lxml import etree
@@ -411,6 +412,9 @@ class GuestAddress(Record):
     family: str  # ipv4 or ipv6
     source: str  # agent (the guest said so) or lease (a libvirt network's DHCP server did)
     type: str | None = None  # the agent's ip-address-type, as ``guest ip`` gave it before
+    # The network's DHCP server has a lease for it (DHCPv4, or DHCPv6: for IPv6 this
+    # tells a leased address from a SLAAC or static one, which the agent cannot).
+    leased: bool = False
 
 
 @dataclass
@@ -427,7 +431,8 @@ def merge_addresses(agent: list[GuestInterface], leases: dict[str, list[GuestAdd
                     ) -> list[GuestInterface]:
     """The agent's interfaces with the DHCP leases of their MACs added (an address the
     agent reported already stays the agent's); a leased MAC the agent does not show (no
-    agent, or not up yet) becomes an interface without a name."""
+    agent, or not up yet) becomes an interface without a name. An agent's address that
+    a lease also names is marked ``leased``."""
     merged = [GuestInterface(i.name, (i.mac or "").lower() or None, list(i.addresses))
               for i in agent]
     by_mac = {i.mac: i for i in merged if i.mac}
@@ -437,9 +442,20 @@ def merge_addresses(agent: list[GuestInterface], leases: dict[str, list[GuestAdd
             iface = GuestInterface(None, mac.lower(), [])
             merged.append(iface)
             by_mac[mac.lower()] = iface
-        known = {a.address for a in iface.addresses}
-        iface.addresses.extend(a for a in found if a.address not in known)
+        leased = {_canonical(a.address) for a in found}
+        iface.addresses[:] = [replace(a, leased=True) if _canonical(a.address) in leased
+                              else a for a in iface.addresses]
+        known = {_canonical(a.address) for a in iface.addresses}
+        iface.addresses.extend(a for a in found if _canonical(a.address) not in known)
     return merged
+
+
+def _canonical(address: str) -> str:
+    """One spelling per address (leases and the agent may write IPv6 differently)."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address
 
 
 def agent_interfaces(interfaces: list[Any]) -> list[GuestInterface]:
@@ -467,7 +483,8 @@ def lease_addresses(host: Host, vm: str) -> dict[str, list[GuestAddress]]:
             mac = (lease.mac or "").lower()
             if mac in found:
                 found[mac].append(GuestAddress(address=lease.ip, prefix=lease.prefix,
-                                               family=lease.family, source="lease"))
+                                               family=lease.family, source="lease",
+                                               leased=True))
     return {mac: addrs for mac, addrs in found.items() if addrs}
 
 
