@@ -187,6 +187,104 @@ def test_parse_apt_depends() -> None:
     assert build.parse_apt_depends("linux-image-amd64\n") is None
 
 
+def test_parse_apt_version() -> None:
+    shown = "Package: dhcpcd-base\nVersion: 9.4.1-24~deb12u5\nArchitecture: amd64\n"
+    assert build.parse_apt_version(shown) == "9.4.1-24~deb12u5"
+    assert build.parse_apt_version("Package: x\n") is None
+
+
+def test_merge_libraries_keeps_each_once_in_order() -> None:
+    qemu_ga = ["/lib/x86_64-linux-gnu/libglib-2.0.so.0", "/lib/x86_64-linux-gnu/libc.so.6",
+               "/lib64/ld-linux-x86-64.so.2"]
+    dhcpcd = ["/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2",
+              "/lib/x86_64-linux-gnu/libudev.so.1"]
+    assert build.merge_libraries(qemu_ga, dhcpcd) == [*qemu_ga,
+                                                      "/lib/x86_64-linux-gnu/libudev.so.1"]
+
+
+def test_init_starts_dhcpv6_only_on_the_router_advertisements_flags() -> None:
+    script = build.render_init(build._templates()["init.sh"], ["virtio_net"])
+    assert "@@" not in script
+    probe = (f"dhcpcd -f /etc/dhcpcd.conf -c {build.DHCP6_HOOK} -6 --test "
+             f"-t {build.DHCP6_RA_TIMEOUT_S} \"$1\"")
+    assert probe in script
+    assert "*M*) mode=--ia_na ;;" in script and "*O*) mode=--inform6 ;;" in script
+    assert f"--noipv6rs $mode -t {build.DHCP6_TIMEOUT_S} \"$1\"" in script
+    # per NIC, in the background: the boot never waits for it
+    assert 'dhcp6_start "$1" >/dev/null 2>&1 </dev/null &' in script
+
+
+def _hook(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the guest's dhcpcd event script on the host with dhcpcd's variables."""
+    script = tmp_path / "hook.sh"
+    script.write_text(build._templates()["dhcp6.sh"])
+    base = {"PATH": "/usr/bin:/bin", "KVMOPS_RUN": str(tmp_path),
+            "KVMOPS_RESOLV": str(tmp_path / "resolv.conf"),
+            "KVMOPS_CONSOLE": str(tmp_path / "console"), "interface": "eth0"}
+    return subprocess.run(["sh", str(script)], env={**base, **env}, capture_output=True,
+                          text=True, timeout=30, check=False)
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs sh")
+def test_dhcp6_hook_notes_the_router_advertisements_flags(tmp_path: Path) -> None:
+    # dhcpcd --test reports the RA with reason TEST (ROUTERADVERT when not testing)
+    done = _hook(tmp_path, reason="TEST", protocol="ra", nd1_from="fe80::1", nd1_flags="MO",
+                 nd2_from="fe80::2", nd2_flags="O", nd1_prefix_information1_flags="LA")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "ra6.eth0").read_text() == "MOO\n"
+    assert not (tmp_path / "ra6.eth0.tmp").exists()
+    _hook(tmp_path, reason="ROUTERADVERT", nd1_from="fe80::1", nd1_flags="")
+    assert (tmp_path / "ra6.eth0").read_text() == "\n"  # SLAAC only: no DHCPv6
+    # A TEST event of the DHCPv6 exchange (no RA variables) leaves the flags alone.
+    (tmp_path / "ra6.eth0").unlink()
+    _hook(tmp_path, reason="TEST", protocol="dhcp6", new_dhcp6_ia_na1_ia_addr1="fd00::5")
+    assert not (tmp_path / "ra6.eth0").exists()
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs sh")
+def test_dhcp6_hook_applies_name_servers_once_and_says_so(tmp_path: Path) -> None:
+    (tmp_path / "resolv.conf").write_text("nameserver 192.168.232.1\n")
+    for reason in ("BOUND6", "RENEW6"):
+        done = _hook(tmp_path, reason=reason, new_dhcp6_ia_na1_ia_addr1="fd00:232::1234",
+                     new_dhcp6_name_servers="fd00:232::1 fd00:232::2")
+        assert done.returncode == 0, done.stderr
+    assert (tmp_path / "resolv.conf").read_text() == (
+        "nameserver 192.168.232.1\nnameserver fd00:232::1\nnameserver fd00:232::2\n")
+    assert (tmp_path / "console").read_text().splitlines() == [
+        "kvmops-guest: dhcp6 eth0 fd00:232::1234 (BOUND6)",
+        "kvmops-guest: dhcp6 eth0 fd00:232::1234 (RENEW6)"]
+    _hook(tmp_path, reason="INFORM6", new_dhcp6_name_servers="fd00:238::1")
+    assert "kvmops-guest: dhcp6 eth0 information (INFORM6)" in (
+        tmp_path / "console").read_text()
+    # Other events change nothing.
+    _hook(tmp_path, reason="STOPPED")
+    assert len((tmp_path / "console").read_text().splitlines()) == 3
+
+
+def test_initramfs_has_the_dhcpv6_client_its_config_and_hook(tmp_path: Path) -> None:
+    cpio = build.build_initramfs(tmp_path, [], {}, [], dhcp6_client=b"\x7fELF-dhcpcd")
+    names = _cpio_names(cpio)
+    for path in (build.DHCP6_CLIENT, "/etc/dhcpcd.conf", build.DHCP6_HOOK, "/var/lib/dhcpcd"):
+        assert path.lstrip("/") in names, path
+    assert b"\x7fELF-dhcpcd" in cpio and build.DHCPCD_CONF.encode() in cpio
+    assert "ipv6only" in build.DHCPCD_CONF.splitlines()
+
+
+def _cpio_names(data: bytes) -> set[str]:
+    """Entry names of a newc archive (header: 110 bytes, name padded to 4)."""
+    names, pos = set(), 0
+    while pos + 110 <= len(data):
+        header = data[pos:pos + 110]
+        namesize, filesize = int(header[94:102], 16), int(header[54:62], 16)
+        name = data[pos + 110:pos + 110 + namesize - 1].decode()
+        if name == "TRAILER!!!":
+            break
+        names.add(name)
+        pos = (pos + 110 + namesize + 3) & ~3
+        pos = (pos + filesize + 3) & ~3
+    return names
+
+
 def _inputs() -> build.BuildInputs:
     return build.BuildInputs(
         kernel_package="linux-image-6.1.0-56-amd64",
@@ -195,6 +293,7 @@ def _inputs() -> build.BuildInputs:
         busybox_version="1:1.35.0",
         files=(("/usr/sbin/qemu-ga", 100, 1),),
         templates="abc",
+        dhcp6_version="9.4.1-24~deb12u5",
     )
 
 
@@ -208,6 +307,7 @@ def test_inputs_hash_is_stable_and_sensitive() -> None:
         {"busybox_version": "1:1.36"},
         {"files": (("/usr/sbin/qemu-ga", 101, 1),)},
         {"templates": "abd"},
+        {"dhcp6_version": "9.4.1-25"},
         {"builder_version": build.BUILDER_VERSION + "x"},
     ]
     digests = {build.inputs_hash(replace(base, **change)) for change in changes}  # type: ignore[arg-type]
@@ -237,10 +337,11 @@ def test_is_current_needs_matching_stamp_and_all_outputs(tmp_path: Path) -> None
 
 def test_cached_build_returns_without_building(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[tuple[str, str] | None] = []
+    seen: list[tuple[tuple[str, str] | None, str | None]] = []
 
-    def fake_inputs(kernel: tuple[str, str] | None = None) -> build.BuildInputs:
-        seen.append(kernel)
+    def fake_inputs(kernel: tuple[str, str] | None = None, dhcp6_version: str | None = None
+                    ) -> build.BuildInputs:
+        seen.append((kernel, dhcp6_version))
         return _inputs()
 
     def no_build(*args: object, **kwargs: object) -> Path:
@@ -252,8 +353,8 @@ def test_cached_build_returns_without_building(tmp_path: Path,
     image = build.build_guest(tmp_path)
     assert image.kernel == tmp_path / "vmlinuz"
     assert image.data_disk == tmp_path / "data.ext4"
-    # apt was not asked: the kernel came from the stamp.
-    assert seen == [("linux-image-6.1.0-56-amd64", "6.1.192-2")]
+    # apt was not asked: the kernel and dhcpcd versions came from the stamp.
+    assert seen == [(("linux-image-6.1.0-56-amd64", "6.1.192-2"), "9.4.1-24~deb12u5")]
 
     with pytest.raises(AssertionError, match="must not build"):
         build.build_guest(tmp_path, force=True)

@@ -8,7 +8,12 @@ Outputs, all in one directory (mode 0755, files 0644 so libvirt-qemu can read th
 ``initrd.img``   gzip'd newc cpio: busybox-static, qemu-ga and its libraries, the
                  virtio, virtio_net, 8021q and ext4 modules, ``/init`` (``init.sh``
                  in this package) and udhcpc's script (``udhcpc.sh``): every NIC
-                 comes up with DHCP (IPv4) and router advertisements (IPv6 SLAAC)
+                 comes up with DHCP (IPv4) and router advertisements (IPv6 SLAAC);
+                 dhcpcd from Debian's ``dhcpcd-base`` (its .deb downloaded into
+                 ``<cache_dir>/debs`` like the kernel's, never installed on the host)
+                 with its event script (``dhcp6.sh``) does DHCPv6 when a router
+                 advertisement's M (lease an address) or O (information only) flag
+                 asks for it
 ``data.ext4``    a 32 MiB ext4 image labelled ``kvmopsfs``; the guest mounts a disk
                  with that label (never ``vda``) at ``/data``
 ``.kvmops-guest.stamp``  hash of the inputs; a build with the same inputs is skipped
@@ -43,13 +48,26 @@ from kvmops.devguest.cpio import Archive
 from kvmops.errors import KvmopsError, UnsupportedError
 
 # Bump when the guest's content changes in a way the other inputs do not capture.
-BUILDER_VERSION = "2"  # 2: virtio_net/8021q, DHCP and SLAAC
+BUILDER_VERSION = "3"  # 2: virtio_net/8021q, DHCP and SLAAC; 3: DHCPv6 (dhcpcd)
 
 KERNEL_META_PACKAGE = "linux-image-amd64"
 QEMU_GA = "/usr/sbin/qemu-ga"
 QEMU_GA_PACKAGE = "qemu-guest-agent"
 BUSYBOX = "/bin/busybox"
 BUSYBOX_PACKAGE = "busybox-static"
+# The DHCPv6 client: busybox's udhcpc6 is in neither Debian busybox build; dhcpcd needs
+# only libc. Taken from the package's .deb, so the host's own DHCP client stays as it is.
+DHCP6_PACKAGE = "dhcpcd-base"
+DHCP6_CLIENT = "/usr/sbin/dhcpcd"  # in the .deb and in the guest
+DHCP6_HOOK = "/usr/share/dhcpcd/kvmops-hook"
+DHCP6_RA_TIMEOUT_S = 20  # the probe waits this long for a router advertisement
+DHCP6_TIMEOUT_S = 40  # then the lease or information request, this long
+DHCPCD_CONF = (
+    "# dhcpcd in the kvmops tiny guest: DHCPv6 only, started per NIC by /init's\n"
+    "# dhcp6_start (the kernel does router advertisements and SLAAC, busybox udhcpc\n"
+    "# IPv4). No privilege-separation user exists here: dhcpcd runs without it.\n"
+    "ipv6only\n"
+)
 AGENT_PORT = "org.qemu.guest_agent.0"
 DATA_LABEL = "kvmopsfs"
 DATA_SIZE_MIB = 32
@@ -92,6 +110,7 @@ class BuildInputs:
     busybox_version: str
     files: tuple[tuple[str, int, int], ...]  # (host path, size, mtime) of copied binaries
     templates: str  # sha256 of the shell scripts shipped in this package
+    dhcp6_version: str = ""  # candidate version of DHCP6_PACKAGE
     builder_version: str = BUILDER_VERSION
 
     def digest(self) -> str:
@@ -107,6 +126,7 @@ def inputs_hash(inputs: BuildInputs) -> str:
         "busybox_version": inputs.busybox_version,
         "files": [list(f) for f in inputs.files],
         "templates": inputs.templates,
+        "dhcp6_version": inputs.dhcp6_version,
         "builder_version": inputs.builder_version,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -173,6 +193,24 @@ def parse_apt_depends(text: str) -> str | None:
     return None
 
 
+def parse_apt_version(text: str) -> str | None:
+    """The ``Version:`` of ``apt-cache show --no-all-versions`` output."""
+    match = re.search(r"^Version:\s*(\S+)", text, re.MULTILINE)
+    return match.group(1) if match else None
+
+
+def candidate_version(package: str) -> str:
+    """apt's candidate version of ``package`` (from the package lists, not installed)."""
+    _need_tool("apt-cache", "apt")
+    hint = "run apt-get update; check the Debian mirror in /etc/apt/sources.list"
+    shown = _run(["apt-cache", "show", "--no-all-versions", package],
+                 f"cannot look up {package}", hint=hint)
+    version = parse_apt_version(shown)
+    if version is None:
+        raise GuestBuildError(f"cannot look up {package}: apt-cache shows no Version", hint=hint)
+    return version
+
+
 def kernel_package() -> tuple[str, str]:
     """(package, candidate version) of the kernel ``linux-image-amd64`` points at."""
     _need_tool("apt-cache", "apt")
@@ -185,12 +223,7 @@ def kernel_package() -> tuple[str, str]:
             f"cannot resolve {KERNEL_META_PACKAGE}: apt-cache names no linux-image package",
             hint=hint,
         )
-    shown = _run(["apt-cache", "show", "--no-all-versions", package],
-                 f"cannot look up {package}", hint=hint)
-    match = re.search(r"^Version:\s*(\S+)", shown, re.MULTILINE)
-    if match is None:
-        raise GuestBuildError(f"cannot look up {package}: apt-cache shows no Version", hint=hint)
-    return package, match.group(1)
+    return package, candidate_version(package)
 
 
 def parse_ldd(text: str) -> list[str]:
@@ -207,22 +240,27 @@ def parse_ldd(text: str) -> list[str]:
     return paths
 
 
-def qemu_ga_libraries() -> list[str]:
+def libraries(binary: str, package: str) -> list[str]:
+    """The host's shared libraries ``binary`` loads (``ldd``), the loader included."""
     _need_tool("ldd", "libc-bin")
-    out = _run(["ldd", QEMU_GA], f"cannot list the libraries of {QEMU_GA}")
+    out = _run(["ldd", binary], f"cannot list the libraries of {binary}")
     if "not found" in out:
         missing = [ln.split()[0] for ln in out.splitlines() if "not found" in ln]
         raise MissingToolError(
-            f"cannot build the test guest: {QEMU_GA} needs missing libraries {missing}",
-            hint=f"reinstall {QEMU_GA_PACKAGE}",
+            f"cannot build the test guest: {binary} needs missing libraries {missing}",
+            hint=f"install or reinstall {package}",
         )
     return parse_ldd(out)
+
+
+def qemu_ga_libraries() -> list[str]:
+    return libraries(QEMU_GA, QEMU_GA_PACKAGE)
 
 
 def _templates() -> dict[str, str]:
     base = resources.files("kvmops.devguest")
     return {name: base.joinpath(name).read_text() for name in
-            ("init.sh", "shutdown.sh", "chpasswd.sh", "udhcpc.sh")}
+            ("init.sh", "shutdown.sh", "chpasswd.sh", "udhcpc.sh", "dhcp6.sh")}
 
 
 def render_init(template: str, modules: Sequence[str], *, moddir: str = GUEST_MODDIR) -> str:
@@ -232,6 +270,9 @@ def render_init(template: str, modules: Sequence[str], *, moddir: str = GUEST_MO
         "MODDIR": moddir,
         "AGENT_PORT": AGENT_PORT,
         "DATA_LABEL": DATA_LABEL,
+        "DHCP6_HOOK": DHCP6_HOOK,
+        "RA_TIMEOUT": str(DHCP6_RA_TIMEOUT_S),
+        "DHCP6_TIMEOUT": str(DHCP6_TIMEOUT_S),
     }
     text = template
     for key, value in values.items():
@@ -262,8 +303,10 @@ def apt_state_key() -> str:
     return "|".join(parts)
 
 
-def collect_inputs(kernel: tuple[str, str] | None = None) -> BuildInputs:
-    """Current inputs; ``kernel`` (package, version) skips asking apt for them."""
+def collect_inputs(kernel: tuple[str, str] | None = None, dhcp6_version: str | None = None
+                   ) -> BuildInputs:
+    """Current inputs; ``kernel`` (package, version) and ``dhcp6_version`` skip asking
+    apt for them."""
     for path, package in ((QEMU_GA, QEMU_GA_PACKAGE), (BUSYBOX, BUSYBOX_PACKAGE)):
         if not os.path.isfile(path):
             raise MissingToolError(
@@ -281,6 +324,7 @@ def collect_inputs(kernel: tuple[str, str] | None = None) -> BuildInputs:
         busybox_version=_pkg_version(BUSYBOX_PACKAGE),
         files=tuple(_file_sig(p) for p in [QEMU_GA, BUSYBOX, *libs]),
         templates=templates,
+        dhcp6_version=dhcp6_version or candidate_version(DHCP6_PACKAGE),
     )
 
 
@@ -298,15 +342,18 @@ def read_stamp(out_dir: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _stamped_kernel(out_dir: Path) -> tuple[str, str] | None:
-    """(package, version) from the stamp if apt's lists have not changed since."""
+def _stamped_versions(out_dir: Path) -> tuple[tuple[str, str], str] | None:
+    """((kernel package, version), dhcpcd version) from the stamp if apt's lists have
+    not changed since."""
     data = _stamp_data(out_dir)
     inputs = data.get("inputs")
     if data.get("apt_key") != apt_state_key() or not isinstance(inputs, dict):
         return None
     package, version = inputs.get("kernel_package"), inputs.get("kernel_version")
-    if isinstance(package, str) and isinstance(version, str):
-        return package, version
+    dhcp6 = inputs.get("dhcp6_version")
+    if isinstance(package, str) and isinstance(version, str) and isinstance(dhcp6, str) \
+            and dhcp6:
+        return (package, version), dhcp6
     return None
 
 
@@ -356,6 +403,11 @@ def _locked(out_dir: Path) -> Iterator[None]:
 
 def fetch_kernel_deb(package: str, version: str, debs_dir: Path) -> Path:
     """The kernel .deb in the cache, downloaded with ``apt-get download`` if absent."""
+    return fetch_deb(package, version, debs_dir)
+
+
+def fetch_deb(package: str, version: str, debs_dir: Path) -> Path:
+    """A package's .deb in the cache, downloaded with ``apt-get download`` if absent."""
     debs_dir.mkdir(parents=True, exist_ok=True)
     pattern = f"{package}_{version.replace(':', '%3a')}_*.deb"
     found = sorted(debs_dir.glob(pattern))
@@ -401,6 +453,27 @@ def _extract_kernel(deb: Path, work: Path) -> tuple[bytes, Path]:
     return kernel.read_bytes(), moddir
 
 
+def _extract_dhcp6_client(deb: Path, work: Path) -> Path:
+    """dhcpcd unpacked from its .deb into ``work`` (the path ``ldd`` then reads)."""
+    _need_tool("dpkg-deb", "dpkg")
+    root = work / "dhcpcd"
+    try:
+        _run(["dpkg-deb", "-x", str(deb), str(root)], f"cannot unpack {deb.name}",
+             hint=f"delete {deb} to download it again")
+    except GuestBuildError:
+        deb.unlink(missing_ok=True)  # a truncated download must not stick in the cache
+        raise
+    binary = root / DHCP6_CLIENT.lstrip("/")
+    if not binary.is_file():
+        raise GuestBuildError(f"{deb.name} contains no {DHCP6_CLIENT}")
+    return binary
+
+
+def merge_libraries(*groups: Sequence[str]) -> list[str]:
+    """The libraries of several binaries, each once, in first-seen order."""
+    return list(dict.fromkeys(lib for group in groups for lib in group))
+
+
 # --------------------------------------------------------------------------- initramfs
 
 
@@ -439,11 +512,14 @@ def busybox_applets() -> list[str]:
 
 
 def build_initramfs(modules_dir: Path, module_order: Sequence[str],
-                    module_index: dict[str, kmod.ModuleInfo], libs: Sequence[str]) -> bytes:
-    """The uncompressed newc archive of the guest's root file system."""
+                    module_index: dict[str, kmod.ModuleInfo], libs: Sequence[str],
+                    dhcp6_client: bytes | None = None) -> bytes:
+    """The uncompressed newc archive of the guest's root file system (``dhcp6_client``:
+    the dhcpcd binary; its libraries must be in ``libs``)."""
     archive = Archive()
     for top in ("bin", "sbin", "usr/bin", "usr/sbin", "lib", "lib64", "etc", "proc", "sys",
-                "dev", "run", "data", "mnt", "var", "var/log", "var/lib"):
+                "dev", "run", "data", "mnt", "var", "var/log", "var/lib", "var/lib/dhcpcd",
+                "usr/share", "usr/share/dhcpcd"):
         archive.dir(top)
     archive.dir("/tmp", mode=0o1777)
     archive.symlink("/var/run", "/run")
@@ -463,6 +539,9 @@ def build_initramfs(modules_dir: Path, module_order: Sequence[str],
     archive.file(QEMU_GA, Path(QEMU_GA).read_bytes(), mode=0o755)
     for lib in libs:
         archive.file(lib, Path(lib).read_bytes(), mode=0o755)
+    if dhcp6_client is not None:
+        archive.file(DHCP6_CLIENT, dhcp6_client, mode=0o755)
+        archive.file("/etc/dhcpcd.conf", DHCPCD_CONF.encode())
 
     for name in module_order:
         data = kmod.read_module_file(modules_dir / module_index[name].path)
@@ -473,6 +552,7 @@ def build_initramfs(modules_dir: Path, module_order: Sequence[str],
     archive.file("/sbin/shutdown", scripts["shutdown.sh"].encode(), mode=0o755)
     archive.file("/usr/sbin/chpasswd", scripts["chpasswd.sh"].encode(), mode=0o755)
     archive.file("/usr/share/udhcpc/default.script", scripts["udhcpc.sh"].encode(), mode=0o755)
+    archive.file(DHCP6_HOOK, scripts["dhcp6.sh"].encode(), mode=0o755)
     _passwd_files(archive)
     _os_files(archive)
     return archive.to_bytes()
@@ -531,8 +611,8 @@ def _build(out_dir: Path, force: bool, progress: Progress | None) -> GuestImage:
     image = GuestImage(out_dir / "vmlinuz", out_dir / "initrd.img", out_dir / "data.ext4")
 
     if not force:
-        stamped = _stamped_kernel(out_dir)
-        if stamped is not None and is_current(out_dir, collect_inputs(stamped).digest()):
+        stamped = _stamped_versions(out_dir)
+        if stamped is not None and is_current(out_dir, collect_inputs(*stamped).digest()):
             return image
     apt_key = apt_state_key()
     inputs = collect_inputs()
@@ -553,9 +633,13 @@ def _build(out_dir: Path, force: bool, progress: Progress | None) -> GuestImage:
             index = kmod.module_index(moddir)
             order = kmod.resolve_load_order(index, kmod.GUEST_MODULES)
             _note(progress, f"modules: {' '.join(order)}")
-            libs = qemu_ga_libraries()
+            _note(progress, f"DHCPv6 client {DHCP6_PACKAGE} {inputs.dhcp6_version}")
+            dhcp6_deb = fetch_deb(DHCP6_PACKAGE, inputs.dhcp6_version, cache / "debs")
+            dhcpcd = _extract_dhcp6_client(dhcp6_deb, work)
+            libs = merge_libraries(qemu_ga_libraries(), libraries(str(dhcpcd), DHCP6_PACKAGE))
             _note(progress, "writing initrd.img")
-            cpio = build_initramfs(moddir, order, {n: index[n] for n in order}, libs)
+            cpio = build_initramfs(moddir, order, {n: index[n] for n in order}, libs,
+                                   dhcp6_client=dhcpcd.read_bytes())
             (out_dir / STAMP_NAME).unlink(missing_ok=True)
             write_atomic(image.kernel, kernel)
             write_atomic(image.initrd, gzip.compress(cpio, compresslevel=6, mtime=0))
@@ -581,5 +665,6 @@ def inputs_hash_payload(inputs: BuildInputs) -> dict[str, object]:
         "kernel_version": inputs.kernel_version,
         "qemu_ga_version": inputs.qemu_ga_version,
         "busybox_version": inputs.busybox_version,
+        "dhcp6_version": inputs.dhcp6_version,
         "builder_version": inputs.builder_version,
     }

@@ -30,9 +30,28 @@ say "modules loaded"
 
 # Networking: every NIC up; IPv4 from DHCP (busybox udhcpc, in the background so the
 # boot does not wait for a server) and IPv6 from router advertisements (SLAAC: the
-# kernel does it once the link is up and accept_ra is on). NICs hot-plugged later are
-# picked up by a slow watcher loop (the guest has no udev).
+# kernel does it once the link is up and accept_ra is on), plus DHCPv6 when the router
+# advertisement asks for it (dhcp6_start). NICs hot-plugged later are picked up by a
+# slow watcher loop (the guest has no udev).
 ip link set lo up 2>/dev/null
+# DHCPv6 by dhcpcd, in the background, bounded: first a probe that only listens for a
+# router advertisement and notes its M/O flags (dhcp6.sh; nothing configured, the
+# kernel's SLAAC untouched); then, for M (managed), a lease of an address, for O only
+# (other configuration), an information request; without either flag (SLAAC only, or
+# no IPv6 router at all) nothing more runs. Each step gives up after its timeout; a
+# leased address is renewed by the dhcpcd left running.
+dhcp6_start() {
+    command -v dhcpcd >/dev/null 2>&1 || return 0
+    rm -f "/run/ra6.$1"
+    dhcpcd -f /etc/dhcpcd.conf -c @@DHCP6_HOOK@@ -6 --test -t @@RA_TIMEOUT@@ "$1"
+    case "$(cat "/run/ra6.$1" 2>/dev/null)" in
+        *M*) mode=--ia_na ;;
+        *O*) mode=--inform6 ;;
+        *) return 0 ;;
+    esac
+    say "dhcp6 $1: router advertisement flags $(cat "/run/ra6.$1"), dhcpcd $mode"
+    dhcpcd -f /etc/dhcpcd.conf -c @@DHCP6_HOOK@@ -6 --noipv6rs $mode -t @@DHCP6_TIMEOUT@@ "$1"
+}
 net_up() {
     # marked by name and ifindex: a NIC unplugged and plugged again is new
     mark="/run/net-$1.$(cat "/sys/class/net/$1/ifindex" 2>/dev/null)"
@@ -44,6 +63,7 @@ net_up() {
     ip link set "$1" up || say "ip link set $1 up failed"
     udhcpc -f -i "$1" -s /usr/share/udhcpc/default.script -t 4 -T 2 -A 3 \
         -p "/run/udhcpc.$1.pid" >/dev/null 2>&1 </dev/null &
+    dhcp6_start "$1" >/dev/null 2>&1 </dev/null &
     say "network $1 up ($(cat "/sys/class/net/$1/address" 2>/dev/null))"
 }
 net_scan() {
