@@ -36,6 +36,7 @@ LONG_FILES = (
     "integration/test_backup_gaps.py",
     "integration/test_vm_lifecycle.py",
     "integration/test_image_cli.py",
+    "integration/test_sriov.py",
     "api/test_vm_backup.py",
     "integration/test_backup_qmp.py",
     "api/test_schemathesis.py",

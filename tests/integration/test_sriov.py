@@ -175,6 +175,9 @@ def test_rates_vlan_spoofchk_trust_and_refusals(sriov: dict[str, Any], fresh_vm:
     assert_one_line_error(run(*add, "--vf-pool", "x520", "--mac", nic["mac"]), 4,
                           f"MAC address {nic['mac']} is already used")
     _validate_domain(host, fresh_vm, tmp_path)
+    # A copy would share the VFs: refused.
+    assert_one_line_error(run("vm", "clone", fresh_vm, f"{fresh_vm}-copy"), 5,
+                          f"cannot clone VM '{fresh_vm}'", nic["source"])
     xml = _json(run("vm", "nic", "list", fresh_vm, "--json"))
     assert {n["mac"] for n in xml if n["type"] == "hostdev"} == {nic["mac"], nic2["mac"]}
     # The three attach methods as XML, each valid against libvirt's schema.

@@ -168,3 +168,13 @@ def test_domain_xml_parsing_of_vf_nics() -> None:
     nics = hostdev_nics(xml)
     assert [(n.mac, n.pci, n.vlan) for n in nics] == [
         ("52:54:00:12:34:56", "0000:03:10.1", 42)]
+
+
+def test_a_vm_holding_vfs_is_not_cloned() -> None:
+    from kvmops.errors import StateError
+    from kvmops.services.sriov import check_clone_sharing
+
+    check_clone_sharing("a", _domain(""))
+    with pytest.raises(StateError, match=r"cannot clone VM 'a': it holds PCI device\(s\) "
+                                         r"0000:03:10\.1"):
+        check_clone_sharing("a", _domain(interface_xml("0000:03:10.1", "52:54:00:12:34:56")))

@@ -59,10 +59,25 @@ if TYPE_CHECKING:
     from kvmops.services.nics import NicEntry
     from kvmops.store.db import Store
 
-__all__ = ["PfInfo", "PoolInfo", "ReconcileReport", "allocate", "create_pool",
-           "delete_pool", "list_pfs", "list_pools", "pool_info", "pool_xml", "reconcile",
-           "release_nic", "release_vm", "set_vfs", "use_database",
-           "write_fake_tree"]
+__all__ = [
+    "PfInfo",
+    "PoolInfo",
+    "ReconcileReport",
+    "allocate",
+    "check_clone_sharing",
+    "create_pool",
+    "delete_pool",
+    "list_pfs",
+    "list_pools",
+    "pool_info",
+    "pool_xml",
+    "reconcile",
+    "release_nic",
+    "release_vm",
+    "set_vfs",
+    "use_database",
+    "write_fake_tree",
+]
 
 T = TypeVar("T")
 _POOL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
@@ -583,3 +598,14 @@ def sysfs_source() -> tuple[str, bool]:
     """(the sysfs root PFs are read from, is it a simulated tree?) for the pages."""
     root = host_sriov.sysfs_root()
     return str(root), os.path.realpath(root) != "/sys"
+
+
+def check_clone_sharing(vm: str, xml: str) -> None:
+    """Refuse to clone a VM that holds PCI devices (SR-IOV VFs, other hostdevs): the copy
+    would name the same devices, and two VMs would share one VF."""
+    held = sorted(pci_addresses_in(xml))
+    if held:
+        raise StateError(f"cannot clone VM '{vm}': it holds PCI device(s) {', '.join(held)}"
+                         " (SR-IOV VFs or host devices) that a copy would share",
+                         hint="remove its VF NICs first ('kvmops vm nic remove'), then give "
+                              "the copy its own ('kvmops vm nic add COPY --vf-pool POOL')")

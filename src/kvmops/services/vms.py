@@ -137,7 +137,10 @@ def clone(caller: Caller, host: Host, source: str, new_name: str, *,
           images_dir: Path | None = None,
           progress: Callable[[str, float], None] | None = None) -> VmInfo:
     from kvmops.services.jobs import track  # here: quick kvmops vm list/info (uuid, platform)
+    from kvmops.services.sriov import check_clone_sharing
 
+    check_clone_sharing(source, host.lookup(source).xml(inactive=True,
+                                                        what=f"reading VM '{source}'"))
     directory = check_clone(caller, images_dir)
     with track(caller, "vm.clone", source) as job:
         def report(label: str, pct: float) -> None:
