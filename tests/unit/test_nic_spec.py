@@ -34,7 +34,7 @@ def test_parse_bridge_defaults_to_virtio() -> None:
     ("network=", "invalid --nic"),
     ("network=a,bridge=b", "exactly one of network= or bridge="),
     ("model=virtio", "exactly one of network= or bridge="),
-    ("network=a,vlan=3", "unknown key"),
+    ("network=a,tag=3", "unknown key"),  # vlan= is a key: tests/unit/test_ovs_nic_xml.py
     ("network=a,network=b", "given twice"),
     ("network=a,model=ne2k_pci", "unknown NIC model"),
     ("network=a,mac=52:54:00:00:00", "invalid MAC"),

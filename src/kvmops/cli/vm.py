@@ -60,8 +60,9 @@ def create_cmd(
     bridge: str | None = typer.Option(None, help="Host bridge for a virtio NIC."),
     mac: str | None = typer.Option(None, help="MAC address of the NIC."),
     nic: list[str] = typer.Option(
-        [], "--nic", help="network=NAME or bridge=BR, then ,model=virtio|e1000|rtl8139 and "
-                          ",mac=52:54:00:..; repeatable (after the NIC of --network/--bridge)."),
+        [], "--nic", help="network=NAME or bridge=BR, then ,model=virtio|e1000|rtl8139, "
+                          ",mac=52:54:00:.. and ,vlan=N (Open vSwitch); repeatable (after "
+                          "the NIC of --network/--bridge)."),
     no_agent: bool = typer.Option(False, "--no-agent", help="Do not add a guest agent channel."),
     images_dir: Path | None = typer.Option(None, help="Where new disk images go.",
                                                callback=from_cwd),

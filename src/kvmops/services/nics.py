@@ -58,6 +58,7 @@ __all__ = [
     "guest_addresses",
     "list_nics",
     "merge_addresses",
+    "nic_virtualport",
     "remove",
     "set_link",
     "update",
@@ -196,7 +197,7 @@ def add(caller: Caller, host: Host, vm: str, *, network: str | None = None,
         mac = new_mac(set(macs_in_use(host)))
     kind: NicKind = "network" if network is not None else "bridge"
     source = validate_nic_source(kind, network if network is not None else bridge or "")
-    virtualport = check_vlan(host, vm, kind, source) if vlan is not None else None
+    virtualport = nic_virtualport(host, vm, kind, source, vlan)
     spec = NicSpec(kind=kind, source=source, model=model, mac=mac, inbound=inbound,
                    outbound=outbound, vlan=vlan, virtualport=virtualport, queues=queues,
                    boot_order=boot_order)
@@ -316,6 +317,20 @@ def _check_boot_order(domain: Domain, vm: str, order: int, in_config: bool) -> N
     if order in doc.boot_orders():
         raise AlreadyExistsError(f"boot order {order} is taken by another device of VM '{vm}'",
                             hint="pick a free position (see 'kvmops vm nic list')")
+
+
+def nic_virtualport(host: Host, vm: str, kind: str, source: str, vlan: Vlan | None
+                    ) -> str | None:
+    """The ``<virtualport type>`` a new NIC needs: ``openvswitch`` on an Open vSwitch
+    bridge (else libvirt adds the tap as a Linux bridge port, and the VM cannot start);
+    a VLAN refused where libvirt cannot honour it (:func:`check_vlan`)."""
+    from kvmops.host import networks as host_networks
+
+    if vlan is not None:
+        return check_vlan(host, vm, kind, source)
+    if kind == "bridge" and host_networks.ovs_bridge_exists(source):
+        return "openvswitch"
+    return None
 
 
 def check_vlan(host: Host, vm: str, kind: str, source: str) -> str | None:

@@ -125,6 +125,14 @@ def create(caller: Caller, host: Host, req: CreateRequest,
     checked, notes = check_create(caller, req)
     for text in notes:
         (note or progress or (lambda _t: None))(text)
+    if checked.nics:  # a VLAN only where libvirt honours it; OVS bridges need virtualport
+        import dataclasses
+
+        from kvmops.services.nics import nic_virtualport
+
+        checked = checked.model_copy(update={"nics": [
+            dataclasses.replace(n, virtualport=n.virtualport or nic_virtualport(
+                host, req.name, n.kind, n.source, n.vlan)) for n in checked.nics]})
     return lifecycle.create(host, checked, progress=progress, note=note)
 
 

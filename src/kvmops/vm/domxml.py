@@ -307,7 +307,8 @@ class NicSpec:
     @classmethod
     def parse(cls, text: str) -> NicSpec:
         """``--nic network=NAME[,model=virtio|e1000|rtl8139][,mac=52:54:00:..]`` or
-        ``bridge=BR[,...]``; the MAC checked as a unicast address."""
+        ``bridge=BR[,...]`` (also ``,queues=N``, ``,boot=N`` and ``,vlan=N``: an access
+        VLAN tag, Open vSwitch only); the MAC checked as a unicast address."""
         values: dict[str, str] = {}
         hint = "use network=NAME or bridge=BR, optionally ,model=virtio,mac=52:54:00:12:34:56"
         for part in text.split(","):
@@ -318,11 +319,13 @@ class NicSpec:
             if key in values:
                 raise ValidationError(f"invalid --nic '{text}': {key}= given twice", hint=hint)
             values[key] = value
-        unknown = set(values) - {"network", "bridge", "model", "mac", "queues", "boot"}
+        unknown = set(values) - {"network", "bridge", "model", "mac", "queues", "boot",
+                                 "vlan"}
         if unknown:
             raise ValidationError(f"invalid --nic '{text}': unknown key(s) "
                                   f"{', '.join(sorted(unknown))}",
-                                  hint="known keys: network, bridge, model, mac, queues, boot")
+                                  hint="known keys: network, bridge, model, mac, queues, boot, "
+                                       "vlan")
         numbers: dict[str, int] = {}
         for key in ("queues", "boot"):
             if key in values:
@@ -338,7 +341,8 @@ class NicSpec:
         return cls(kind=kind, source=validate_nic_source(kind, values[kind]),
                    model=validate_nic_model(values.get("model", "virtio")),
                    mac=validate_mac(mac) if mac is not None else None,
-                   queues=numbers.get("queues"), boot_order=numbers.get("boot")
+                   queues=numbers.get("queues"), boot_order=numbers.get("boot"),
+                   vlan=Vlan.parse(values["vlan"], None) if "vlan" in values else None
                    ).check_queues_and_boot()
 
 

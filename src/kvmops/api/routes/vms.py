@@ -22,6 +22,7 @@ from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
 from kvmops.api.runner import JobContext
 from kvmops.api.validators import AbsolutePath, ImageSize, MacAddress, MemorySize, VmName
 from kvmops.services import vms
+from kvmops.services.nics import Vlan
 from kvmops.services.session import Connection, open_connection
 from kvmops.services.vms import (
     Accelerator,
@@ -71,6 +72,8 @@ class NicBody(Body):
                                description="virtio multiqueue: queue pairs")
     boot: int | None = Field(default=None, ge=1, le=99,
                              description="network boot position; disks boot after it")
+    vlan: int | None = Field(default=None, ge=1, le=4094,
+                             description="access VLAN tag (Open vSwitch network or bridge)")
 
     @model_validator(mode="after")
     def one_source(self) -> NicBody:
@@ -81,7 +84,8 @@ class NicBody(Body):
     def spec(self) -> NicSpec:
         return NicSpec(kind="network" if self.network is not None else "bridge",
                        source=self.network or self.bridge or "", model=self.model,
-                       mac=self.mac, queues=self.queues, boot_order=self.boot
+                       mac=self.mac, queues=self.queues, boot_order=self.boot,
+                       vlan=Vlan((self.vlan,)) if self.vlan is not None else None
                        ).check_queues_and_boot()
 
 
