@@ -144,12 +144,17 @@ def test_dir_pool_volumes_and_vm_disk(pool_name: Callable[[str], str], images_di
     assert target.is_dir()  # the data stays
 
 
-def test_pool_paths_follow_the_path_policy(pool_name: Callable[[str], str], tmp_path: Path
-                                           ) -> None:
+def test_pool_paths_follow_the_path_policy(pool_name: Callable[[str], str], tmp_path: Path,
+                                           images_dir: Path) -> None:
     pool = pool_name("refused")
     assert_one_line_error(run_cli("pool", "create", pool, "--type", "dir", "--target",
                                   str(tmp_path), "--build"), 21,
                           "outside the allowed image directories")
+    link = images_dir / f"{pool}-link"  # inside by name, outside by what it points to
+    link.symlink_to(tmp_path)
+    assert_one_line_error(run_cli("pool", "create", pool, "--type", "dir", "--target",
+                                  str(link)), 21, "outside the allowed image directories")
+    link.unlink()
     assert_one_line_error(run_cli("pool", "create", pool, "--type", "dir", "--target",
                                   "/var/lib/kvmops/state/x"), 21, "state directory")
     assert_one_line_error(run_cli("pool", "create", pool, "--type", "fs", "--device",

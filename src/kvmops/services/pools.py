@@ -14,6 +14,7 @@ shrunk, and a pool whose volumes VMs use is not stopped or deleted. Changes are 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import stat
 import tempfile
@@ -82,18 +83,21 @@ def info(caller: Caller, host: Host, name: str) -> PoolInfo:
 
 
 # ------------------------------------------------------------------ pool checks
-def _check_paths(caller: Caller, spec: PoolSpec) -> None:
+def _check_paths(caller: Caller, spec: PoolSpec) -> PoolSpec:
     """A local directory of a pool: inside an allowed image directory (for every caller:
     a pool hands out every file under it), never the state directory; an fs pool's
-    device: a block device, not mounted."""
+    device: a block device, not mounted. The spec with the resolved directory (libvirt
+    gets the path that was checked, not a symbolic link that could change)."""
     rules = policy()
     if spec.type in FILE_TYPES and spec.target is not None:
         real = rules.image_path(spec.target, trusted=False, what=f"pool '{spec.name}' target")
         if real.exists() and not real.is_dir():
             raise ValidationError(f"pool '{spec.name}' target {real} is not a directory",
                                   hint="name a directory (or a new one, with --build)")
+        spec = dataclasses.replace(spec, target=str(real))
     if spec.type == "fs" and spec.device is not None:
         _check_block_device(spec.device, spec.name)
+    return spec
 
 
 def _mounted_devices() -> set[str]:
@@ -135,7 +139,7 @@ def create(caller: Caller, host: Host, spec: PoolSpec, *, build: bool = False,
         raise AlreadyExistsError(f"storage pool '{spec.name}' already exists",
                                  hint="choose another name, or delete it first ('kvmops "
                                       "pool delete NAME')")
-    _check_paths(caller, spec)
+    spec = _check_paths(caller, spec)
     supported = host_pools.supported_types(host)
     if supported is not None and spec.type not in supported:
         raise UnsupportedError(
