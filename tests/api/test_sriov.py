@@ -128,6 +128,15 @@ def test_vf_pools_over_the_api(sriov_api: tuple[ApiServer, Path], vm: str) -> No
         assert report.status_code == 200, report.text
         assert report.json()["released"] == []  # the VM still holds its VF
 
+        # Undefining the VM over the API frees (and resets) its last VF.
+        kept = first.json()
+        assert _state(root, kept["source"])["mac"] == kept["mac"]
+        undefined = operator.delete(f"/vms/{vm}")
+        assert undefined.status_code == 200, undefined.text
+        assert _state(root, kept["source"])["mac"] == "00:00:00:00:00:00"
+        assert viewer.get("/sriov/pools/apipool").json()["allocated"] == 0
+        assert admin.delete("/sriov/pools/apipool").status_code == 200
+
         entries = admin.get("/audit", params={"limit": 500}).json()
     actions = {(e["user"], e["action"], e["status_code"]) for e in entries}
     for expected in (("admin", "create_pool", 201), ("op", "create_pool", 403),

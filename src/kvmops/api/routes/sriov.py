@@ -5,7 +5,7 @@ pools, VF counts and reconcile). A VF is given to a VM by ``POST /vms/{name}/nic
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
@@ -25,9 +25,9 @@ PfPath = PathParam(pattern=_IFNAME, description="PF (network interface) name")
 
 class PoolBody(Body):
     name: str = Field(pattern=_NAME)
-    pfs: list[str] = Field(min_length=1, max_length=16,
-                           description="the PFs whose VFs the pool hands out; each must "
-                                       "have VFs now")
+    pfs: list[Annotated[str, Field(pattern=_IFNAME)]] = Field(
+        min_length=1, max_length=16,
+        description="the PFs whose VFs the pool hands out; each must have VFs now")
 
 
 class VfCountBody(Body):
@@ -61,22 +61,20 @@ def create_pool(caller: AdminCaller, ctx: Ctx, body: PoolBody) -> PoolInfo:
 
 
 @router.get("/pools/{name}", response_model=PoolInfo)
-def pool_info(caller: ViewerCaller, ctx: Ctx, name: str = PoolPath
-              ) -> PoolInfo:
+def pool_info(caller: ViewerCaller, ctx: Ctx, name: str = PoolPath) -> PoolInfo:
     """The pool with its VM <-> VF mapping."""
     return service.pool_info(caller, name, ctx.store)
 
 
 @router.get("/pools/{name}/xml", response_model=PoolXml)
 def pool_xml(caller: ViewerCaller, ctx: Ctx, name: str = PoolPath,
-             method: Literal["interface", "hostdev", "network"] = Query("interface"),
+             method: Literal["interface", "hostdev", "network"] = Query("interface")
              ) -> PoolXml:
     return PoolXml(method=method, xml=service.pool_xml(caller, name, method, ctx.store))
 
 
 @router.delete("/pools/{name}", response_model=Message)
-def delete_pool(caller: AdminCaller, ctx: Ctx, name: str = PoolPath
-                ) -> Message:
+def delete_pool(caller: AdminCaller, ctx: Ctx, name: str = PoolPath) -> Message:
     service.delete_pool(caller, name, ctx.store)
     return Message(message=f"SR-IOV pool '{name}' deleted")
 
