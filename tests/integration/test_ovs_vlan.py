@@ -283,3 +283,24 @@ def test_clean_test_removes_left_ovs_bridges() -> None:
         for name in (named, owned, kept):
             with contextlib.suppress(Exception):
                 ovs.delete_bridge(name)
+
+
+def test_nic_on_the_ovs_bridge_itself_becomes_an_ovs_port(lab: Lab, host: Host,
+                                                         vm_factory: Callable[..., str]
+                                                         ) -> None:
+    """``--nic bridge=BR`` naming an Open vSwitch bridge (no libvirt network): kvmops adds
+    ``<virtualport type='openvswitch'>``, else libvirt would add the tap as a Linux bridge
+    port and the VM could not start. The VM is destroyed once its port is seen."""
+    vm = vm_factory("--nic", f"bridge={lab.bridge},vlan=30")
+    try:
+        defined = DomainDocument(host.lookup(vm).xml(inactive=True)).nics()
+        assert [(n.kind, n.source, n.virtualport, n.vlan) for n in defined] == [
+            ("bridge", lab.bridge, "openvswitch", Vlan((30,)))]
+        started = run_cli("vm", "start", vm)
+        assert started.code == 0, started.stderr
+        nics = _json("vm", "nic", "list", vm, "--json")
+        tap = nics[0]["host_device"]
+        assert _vsctl("port-to-br", tap) == lab.bridge
+        assert _vsctl("get", "port", tap, "tag") == "30"
+    finally:
+        remove_vm(host, vm)
