@@ -242,19 +242,20 @@ def test_boot_order_reconcile_after_a_crash_and_a_reboot(
         "released": [], "reset": [], "reapplied": [], "numvfs_restored": []}
 
     # A reboot: the PF comes back without VFs (the kernel forgets sriov_numvfs), the
-    # surviving VM's VF with it. reconcile (before the VMs start) makes the VFs again and
-    # sets the VF's MAC/VLAN again.
+    # surviving VM's VF with it. reconcile --boot (before libvirtd starts the VMs; it
+    # needs no libvirt) makes the VFs again and sets the VF's MAC/VLAN again.
     device = (root / "class" / "net" / "kvtsrb" / "device").resolve()
     for link in device.glob("virtfn*"):
         shutil.rmtree(device.parent / os.readlink(link).split("/")[-1])
         link.unlink()
     (device / "sriov_numvfs").write_text("0\n")
-    report = _json(run("sriov", "reconcile", "--json"))
+    report = _json(run("sriov", "reconcile", "--boot", "--json", "--connect", "qemu:///nowhere"))
     assert report["numvfs_restored"] == ["kvtsrb 4"]
     assert report["reapplied"] == [f"kvtsrb vf{info['allocations'][0]['vf']}"]
     assert report["released"] == [] and report["reset"] == []
     state = _vf_state(root, info["allocations"][0]["pci"])
     assert (state["mac"], state["vlan"]) == (info["allocations"][0]["mac"], 5)
+    assert _json(run("sriov", "reconcile", "--json"))["released"] == []  # the VM holds it
 
 
 def test_web_page_admin_creates_sets_vfs_and_deletes_viewer_reads(sriov: dict[str, Any]

@@ -124,11 +124,21 @@ def pool_delete_cmd(name: str = PoolArg) -> None:
 
 
 @app.command("reconcile")
-def reconcile_cmd(json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
+def reconcile_cmd(
+    boot: bool = typer.Option(False, "--boot",
+                              help="At boot, before libvirtd starts the VMs: only make the "
+                                   "VFs again and set their settings (no libvirt needed; "
+                                   "releases nothing)."),
+    json_out: bool = JsonOption,
+    uri: str | None = UriOption,
+) -> None:
     """Reset VFs a crash left configured, release allocations whose VM is gone, set lost
-    VF settings and counts again (run at boot before the VMs start)."""
-    with connect(uri) as host:
-        report = service.reconcile(Caller.local(), host)
+    VF settings and counts again."""
+    if boot:
+        report = service.reconcile(Caller.local(), None)
+    else:
+        with connect(uri) as host:
+            report = service.reconcile(Caller.local(), host)
     if json_out:
         print_json(report)
         return

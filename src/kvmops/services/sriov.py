@@ -476,13 +476,38 @@ def release_vm(caller: Caller, vm: str, db: str | Store | None = None) -> list[A
         return _with_store(db, run)
 
 
+def _release_stale(store: Store, ctl: host_sriov.PfControl, host: Host) -> list[Allocation]:
+    """Release the allocations whose VM is gone, or no longer has the NIC with that VF
+    (in its running XML or its definition)."""
+    from kvmops.store import sriov as store_sriov
+
+    held: dict[str, set[tuple[str, str]]] = {}  # VM uuid -> (pci, mac) it holds
+    names: dict[str, str] = {}
+    for domain in host.all_domains():
+        try:
+            xmls = [domain.xml()]
+            if domain.is_active() and domain.is_persistent():
+                xmls.append(domain.xml(inactive=True))
+            uuid = domain.uuid()
+        except KvmopsError:
+            continue
+        names[domain.name] = uuid
+        held[uuid] = {(n.pci or "", n.mac) for x in xmls for n in hostdev_nics(x)}
+    stale = [a for a in store_sriov.allocations(store)
+             if (a.pci, a.mac) not in held.get(a.vm_uuid or names.get(a.vm, ""), set())]
+    _release(store, ctl, stale)
+    return stale
+
+
 @audited("sriov.reconcile", target=None)
-def reconcile(caller: Caller, host: Host, db: str | Store | None = None) -> ReconcileReport:
-    """Repair what a crash or a reboot left: allocations whose VM (or NIC) is gone are
-    released and their VF reset; configured VFs of pooled PFs that no allocation owns
-    are reset; allocated VFs whose settings the PF lost are set again; VF counts kvmops
-    set are restored on PFs that came back with none (after a reboot, before the VMs
-    start)."""
+def reconcile(caller: Caller, host: Host | None, db: str | Store | None = None
+              ) -> ReconcileReport:
+    """Repair what a crash or a reboot left: VF counts kvmops set are restored on PFs that
+    came back with none (a reboot); allocations whose VM (or NIC) is gone are released
+    and their VF reset; configured VFs of pooled PFs that no allocation owns are reset;
+    allocated VFs whose settings the PF lost are set again. Without ``host`` (at boot,
+    before libvirtd starts the VMs: ``reconcile --boot``) no allocation is released --
+    which VMs exist is libvirt's to say."""
     from kvmops.store import sriov as store_sriov
 
     ctl = host_sriov.control()
@@ -496,25 +521,8 @@ def reconcile(caller: Caller, host: Host, db: str | Store | None = None) -> Reco
                 ctl.set_numvfs(phys, min(count, phys.totalvfs))
                 report.numvfs_restored.append(f"{pf} {min(count, phys.totalvfs)}")
         found = _pfs_by_name()
-        by_uuid: dict[str, set[tuple[str, str]]] = {}  # VM uuid -> (pci, mac) it holds
-        names: dict[str, str] = {}
-        for domain in host.all_domains():
-            try:
-                xmls = [domain.xml()]
-                if domain.is_active() and domain.is_persistent():
-                    xmls.append(domain.xml(inactive=True))
-                uuid = domain.uuid()
-            except KvmopsError:
-                continue
-            names[domain.name] = uuid
-            by_uuid[uuid] = {(n.pci or "", n.mac) for x in xmls for n in hostdev_nics(x)}
-        stale = []
-        for a in store_sriov.allocations(store):
-            uuid = a.vm_uuid or names.get(a.vm, "")
-            if (a.pci, a.mac) not in by_uuid.get(uuid, set()):
-                stale.append(a)
-        _release(store, ctl, stale)
-        report.released = stale
+        if host is not None:
+            report.released = _release_stale(store, ctl, host)
         held = {(a.pf, a.vf): a for a in store_sriov.allocations(store)}
         pooled = {p for row in store_sriov.pools(store) for p in row.pfs}
         for pf in sorted(pooled & set(found)):
