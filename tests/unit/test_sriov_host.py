@@ -169,3 +169,15 @@ def test_a_command_skips_alembic_on_a_database_at_head(tmp_path: Path) -> None:
     with migrated(url) as store:
         assert store.at_head()
         assert {"sriov_pools", "sriov_pfs", "sriov_allocations"} <= set(store.tables())
+
+
+def test_a_virtfn_link_naming_no_pci_address_is_refused(tree: Path) -> None:
+    device = (tree / "class/net/kvt0/device").resolve()
+    (device / "virtfn1").unlink()
+    (device / "virtfn1").symlink_to("..")
+    ctl = SimulatedPf(tree)
+    with pytest.raises(StateError, match="does not name a VF's PCI address"):
+        ctl.set_vf("kvt0", 1, RESET)
+    with pytest.raises(StateError, match="does not name a VF's PCI address"):
+        ctl.set_numvfs(discover(tree, "kvt0")[0], 0)
+    assert (tree / "devices").is_dir()  # nothing above the VF directories was removed

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -49,6 +50,7 @@ STATE_FILE = "kvmops-vf-state.json"  # in each simulated VF's PCI directory
 MAX_FAKE_VFS = 128
 VF_DRIVERS = {"ixgbe": "ixgbevf", "i40e": "iavf"}
 _PCI_DIR = "devices/pci0000:00"
+_PCI_NAME = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
 
 def sysfs_root() -> Path:
@@ -179,7 +181,7 @@ class SimulatedPf:
             raise StateError(f"PF '{pf}' has no VF {vf}: RTNETLINK answers: Cannot "
                              "allocate memory",
                              hint=f"see 'kvmops sriov pf list' (VFs of '{pf}')")
-        return _pf_device(self.root, pf).parent / os.readlink(link).split("/")[-1]
+        return _pf_device(self.root, pf).parent / _vf_name(link)
 
     def set_vf(self, pf: str, vf: int, config: VfConfig) -> None:
         path = self._vf_dir(pf, vf) / STATE_FILE
@@ -208,13 +210,23 @@ class SimulatedPf:
                                   "result out of range",
                                   hint=f"at most sriov_totalvfs = {pf.totalvfs}")
         for link in device.glob("virtfn*"):
-            target = device.parent / os.readlink(link).split("/")[-1]
+            target = device.parent / _vf_name(link)
             link.unlink()
             shutil.rmtree(target, ignore_errors=True)
         bus = int(pf.pci.split(":")[1], 16)
         for index in range(count):
             _make_vf(device, pf.pci, bus, index)
         (device / "sriov_numvfs").write_text(str(count))
+
+
+def _vf_name(link: Path) -> str:
+    """The PCI address a ``virtfnN`` link names (``../0000:03:10.1``): a sibling of the
+    PF's directory, never anything else (the tree is written, and removed, only there)."""
+    name = os.readlink(link).rsplit("/", 1)[-1]
+    if not _PCI_NAME.match(name):
+        raise StateError(f"{link} does not name a VF's PCI address",
+                         hint="rewrite the simulated tree with 'kvmops dev fake-sriov'")
+    return name
 
 
 def control() -> PfControl:
