@@ -47,6 +47,7 @@ PAGES.networks = () => {
     const get = (k) => (f.get(k) || "").toString().trim();
     const body = { name: get("name"), mode: get("mode"), autostart: f.get("autostart") !== null };
     for (const k of ["bridge", "ipv4", "dhcp", "ipv6", "ipv6_mode"]) if (get(k)) body[k] = get(k);
+    if (f.get("create_bridge") !== null) body.create_bridge = true;  /* ovs only: said by the API */
     const button = form.querySelector("button[type=submit]");
     button.disabled = true;
     netError("");
