@@ -288,19 +288,22 @@ def test_clean_test_removes_left_ovs_bridges() -> None:
 def test_nic_on_the_ovs_bridge_itself_becomes_an_ovs_port(lab: Lab, host: Host,
                                                          vm_factory: Callable[..., str]
                                                          ) -> None:
-    """``--nic bridge=BR`` naming an Open vSwitch bridge (no libvirt network): kvmops adds
-    ``<virtualport type='openvswitch'>``, else libvirt would add the tap as a Linux bridge
-    port and the VM could not start. The VM is destroyed once its port is seen."""
-    vm = vm_factory("--nic", f"bridge={lab.bridge},vlan=30")
-    try:
-        defined = DomainDocument(host.lookup(vm).xml(inactive=True)).nics()
-        assert [(n.kind, n.source, n.virtualport, n.vlan) for n in defined] == [
-            ("bridge", lab.bridge, "openvswitch", Vlan((30,)))]
-        started = run_cli("vm", "start", vm)
-        assert started.code == 0, started.stderr
-        nics = _json("vm", "nic", "list", vm, "--json")
-        tap = nics[0]["host_device"]
-        assert _vsctl("port-to-br", tap) == lab.bridge
-        assert _vsctl("get", "port", tap, "tag") == "30"
-    finally:
-        remove_vm(host, vm)
+    """``--nic bridge=BR`` (and the older ``--bridge BR``) naming an Open vSwitch bridge
+    (no libvirt network): kvmops adds ``<virtualport type='openvswitch'>``, else libvirt
+    adds the tap as a Linux bridge port and the VM cannot start ("Unable to add bridge BR
+    port vnetN: Operation not supported"). Each VM is destroyed once its port is seen."""
+    for args, vlan in ((["--nic", f"bridge={lab.bridge},vlan=30"], Vlan((30,))),
+                       (["--bridge", lab.bridge], None)):
+        vm = vm_factory(*args)
+        try:
+            defined = DomainDocument(host.lookup(vm).xml(inactive=True)).nics()
+            assert [(n.kind, n.source, n.virtualport, n.vlan) for n in defined] == [
+                ("bridge", lab.bridge, "openvswitch", vlan)]
+            started = run_cli("vm", "start", vm)
+            assert started.code == 0, started.stderr
+            nics = _json("vm", "nic", "list", vm, "--json")
+            tap = nics[0]["host_device"]
+            assert _vsctl("port-to-br", tap) == lab.bridge
+            assert _vsctl("get", "port", tap, "tag") == ("30" if vlan else "[]")
+        finally:
+            remove_vm(host, vm)

@@ -125,15 +125,30 @@ def create(caller: Caller, host: Host, req: CreateRequest,
     checked, notes = check_create(caller, req)
     for text in notes:
         (note or progress or (lambda _t: None))(text)
-    if checked.nics:  # a VLAN only where libvirt honours it; OVS bridges need virtualport
-        import dataclasses
+    return lifecycle.create(host, _with_virtualports(host, checked), progress=progress,
+                            note=note)
 
-        from kvmops.services.nics import nic_virtualport
 
-        checked = checked.model_copy(update={"nics": [
-            dataclasses.replace(n, virtualport=n.virtualport or nic_virtualport(
-                host, req.name, n.kind, n.source, n.vlan)) for n in checked.nics]})
-    return lifecycle.create(host, checked, progress=progress, note=note)
+def _with_virtualports(host: Host, req: CreateRequest) -> CreateRequest:
+    """A VLAN only where libvirt honours it; a NIC on an Open vSwitch bridge with the
+    ``<virtualport type='openvswitch'>`` libvirt needs (else it adds the tap as a Linux
+    bridge port and the VM cannot start): the NIC of ``--bridge BR`` too, which becomes
+    the first ``--nic bridge=BR`` for that."""
+    import dataclasses
+
+    from kvmops.services.nics import nic_virtualport
+    from kvmops.vm.domxml import NicSpec
+
+    if req.bridge and not req.network and nic_virtualport(host, req.name, "bridge",
+                                                          req.bridge, None):
+        first = NicSpec(kind="bridge", source=req.bridge, mac=req.mac)
+        req = req.model_copy(update={"bridge": None, "mac": None,
+                                     "nics": [first, *req.nics]})
+    if not req.nics:
+        return req
+    return req.model_copy(update={"nics": [
+        dataclasses.replace(n, virtualport=n.virtualport or nic_virtualport(
+            host, req.name, n.kind, n.source, n.vlan)) for n in req.nics]})
 
 
 def check_clone(caller: Caller, images_dir: Path | None) -> Path:
