@@ -15,7 +15,9 @@ from kvmops.errors import NotFoundError, StorageError
 from kvmops.host.connection import Host
 from kvmops.host.errors import call, translate
 
-CHUNK = 1024 * 1024
+# libvirt's stream packets carry at most 256 KiB (VIR_NET_MESSAGE_LEGACY_PAYLOAD_MAX): a
+# larger send is cut into packets and its rest copied again on every partial send.
+CHUNK = 256 * 1024
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
 
@@ -221,12 +223,12 @@ def upload(host: Host, pool: str, name: str, source: BinaryIO, length: int,
             if not chunk:
                 raise StorageError(f"{what}: the source ended after {sent} of {length} "
                                    "bytes", hint="was the file changed while it was sent?")
-            view = memoryview(chunk)
-            while view:
-                written = call(what, stream.send, bytes(view))
+            data = chunk
+            while data:
+                written = call(what, stream.send, data)
                 if written < 0:
                     raise StorageError(f"{what}: the stream refused the data")
-                view = view[written:]
+                data = data[written:]
             sent += len(chunk)
             if progress:
                 progress(sent, length)
