@@ -307,3 +307,28 @@ def test_nic_on_the_ovs_bridge_itself_becomes_an_ovs_port(lab: Lab, host: Host,
             assert _vsctl("get", "port", tap, "tag") == ("30" if vlan else "[]")
         finally:
             remove_vm(host, vm)
+
+
+def test_an_existing_bridge_on_a_missing_kernel_datapath_is_refused(host: Host) -> None:
+    """ovs-vswitchd keeps a kernel-datapath bridge in its database even where the kernel
+    has no datapath ("failed to open datapath"); a network on it would pass nothing."""
+    network, bridge = f"{SESSION_PREFIX}ovssys", f"kvt{os.getpid() % 0xFFFFFF:x}s"
+    try:
+        subprocess.run(["ovs-vsctl", "--timeout=10", "add-br", bridge], capture_output=True,
+                       timeout=30, check=False)  # here: "Error detected", the bridge kept
+        assert bridge in ovs.bridges()
+        if not ovs.kernel_datapath():  # else the kernel's datapath serves it: accepted below
+            refused = run_cli("net", "create", network, "--mode", "ovs", "--bridge", bridge)
+            assert_one_line_error(refused, 6, f"'{bridge}' is on the kernel datapath",
+                                  "datapath_type=netdev")
+            assert not host_networks.exists(host, network)
+            _vsctl("set", "bridge", bridge, "datapath_type=netdev")
+        assert run_cli("net", "create", network, "--mode", "ovs", "--bridge", bridge,
+                       "--no-start").code == 0
+        assert run_cli("net", "delete", network).code == 0
+        assert bridge in ovs.bridges()  # not made by kvmops: kept
+    finally:
+        with contextlib.suppress(Exception):
+            host_networks.undefine(host, network)
+        with contextlib.suppress(Exception):
+            ovs.delete_bridge(bridge)

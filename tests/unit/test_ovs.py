@@ -78,3 +78,16 @@ def test_port_vlan_reads_ovs_vsctl_json(monkeypatch: pytest.MonkeyPatch) -> None
     assert ovs.port_vlan("vnet2") == ovs.PortVlan(tag=None, trunks=(10, 20),
                                                   mode="native-untagged")
     assert ovs.port_vlan("vnet3") == ovs.PortVlan(tag=None, trunks=(30,), mode=None)
+
+
+def test_a_bridge_on_a_missing_kernel_datapath_is_refused(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    monkeypatch.setattr(ovs, "bridge_datapath", lambda name: "system")
+    monkeypatch.setattr(ovs, "kernel_datapath", lambda: False)
+    with pytest.raises(UnsupportedError, match="'br0' is on the kernel datapath"):
+        ovs.check_datapath("br0")
+    monkeypatch.setattr(ovs, "kernel_datapath", lambda: True)
+    ovs.check_datapath("br0")
+    monkeypatch.setattr(ovs, "kernel_datapath", lambda: False)
+    monkeypatch.setattr(ovs, "bridge_datapath", lambda name: "netdev")
+    ovs.check_datapath("br0")

@@ -140,6 +140,17 @@ def bridge_datapath(name: str) -> str:
     return value or "system"
 
 
+def check_datapath(name: str) -> None:
+    """Refuse bridge ``name`` when it is on the kernel datapath and the kernel has none:
+    ovs-vswitchd keeps such a bridge in its database, but it passes no frame."""
+    if bridge_datapath(name) == "system" and not kernel_datapath():
+        raise UnsupportedError(
+            f"Open vSwitch bridge '{name}' is on the kernel datapath, which this kernel lacks "
+            "(no 'ovs_datapath' netlink family): it would pass no traffic",
+            hint=f"move it to the user-space datapath ('ovs-vsctl set bridge {name} "
+                 "datapath_type=netdev'), or load the openvswitch module")
+
+
 def bridge_owner(name: str) -> str | None:
     """The network kvmops created bridge ``name`` for; None for a bridge it did not."""
     value = vsctl("br-get-external-id", check_bridge_name(name), OWNER_KEY,

@@ -134,13 +134,16 @@ def create(caller: Caller, host: Host, spec: NetworkSpec, *, start: bool = True,
                             hint="name an existing Linux bridge (see 'ip -br link show "
                                  "type bridge'), or use --mode nat|route|isolated for a "
                                  "bridge libvirt creates")
-    if (spec.mode == "ovs" and spec.bridge and not create_bridge
-            and host_networks.ovs_bridge_exists(spec.bridge) is False):
+    exists = (host_networks.ovs_bridge_exists(spec.bridge)
+              if spec.mode == "ovs" and spec.bridge and not create_bridge else None)
+    if exists is False:
         raise NotFoundError(f"Open vSwitch bridge '{spec.bridge}' does not exist (network "
                             f"'{spec.name}')",
                             hint=f"create it first ('ovs-vsctl add-br {spec.bridge}') or name "
                                  "an existing one ('ovs-vsctl list-br'), or add "
                                  "--create-bridge")
+    if exists and spec.bridge:
+        ovs.check_datapath(spec.bridge)  # a bridge on a datapath the kernel lacks is dead
     made_bridge = False
     if create_bridge and spec.bridge:
         ovs.add_bridge(spec.bridge, datapath=datapath, owner=spec.name)
