@@ -14,7 +14,7 @@ from tests.conftest import run_cli
 
 EXPECTED = {"libvirtd", "virtlogd", "qemu", "qemu-img", "accelerator", "images-dir",
             "state-dir", "path-policy", "backup-jobs", "io-limits", "backup-api", "snapshots",
-            "memory", "guest-agents", "bridge-rollbacks"}
+            "memory", "guest-agents", "bridge-rollbacks", "openvswitch"}
 
 
 def doctor(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any], str]:
@@ -33,6 +33,7 @@ def test_healthy_host_report_matches_host_info() -> None:
     assert set(checks) == EXPECTED
     assert checks["libvirtd"]["status"] == "ok" and "libvirt" in checks["libvirtd"]["detail"]
     assert checks["virtlogd"]["status"] == "ok"
+    assert checks["openvswitch"]["status"] == "ok", checks["openvswitch"]  # make setup runs it
     assert code == (0 if report["ok"] else 1), stderr
     accel = json.loads(run_cli("host", "info", "--json").stdout)["accelerator"]
     assert checks["accelerator"]["status"] == ("ok" if accel == "kvm" else "warn")

@@ -91,3 +91,30 @@ def test_a_bridge_on_a_missing_kernel_datapath_is_refused(monkeypatch: pytest.Mo
     monkeypatch.setattr(ovs, "kernel_datapath", lambda: False)
     monkeypatch.setattr(ovs, "bridge_datapath", lambda name: "netdev")
     ovs.check_datapath("br0")
+
+
+def test_doctor_says_whether_open_vswitch_runs_and_on_which_datapath(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from kvmops.errors import HostUnavailableError
+    from kvmops.services import doctor
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    missing = doctor.check_openvswitch()
+    assert (missing.status, "openvswitch-switch" in (missing.hint or "")) == ("warn", True)
+
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+
+    def down() -> list[str]:
+        raise HostUnavailableError("Open vSwitch's database does not answer")
+
+    monkeypatch.setattr(ovs, "bridges", down)
+    assert doctor.check_openvswitch().status == "warn"
+    monkeypatch.setattr(ovs, "bridges", lambda: ["br0"])
+    monkeypatch.setattr(ovs, "vswitchd_answers", lambda: False)
+    assert "ovs-vswitchd does not answer" in doctor.check_openvswitch().detail
+    monkeypatch.setattr(ovs, "vswitchd_answers", lambda: True)
+    monkeypatch.setattr(ovs, "kernel_datapath", lambda: False)
+    running = doctor.check_openvswitch()
+    assert running.status == "ok" and "user space (netdev) only" in running.detail

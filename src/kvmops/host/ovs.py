@@ -129,6 +129,20 @@ def vsctl(*args: str, what: str) -> str:
     return result.stdout
 
 
+def vswitchd_answers() -> bool:
+    """Does ovs-vswitchd answer on its control socket (ovsdb-server alone answers
+    ovs-vsctl's reads, but no bridge works without the switch)?"""
+    tool = shutil.which("ovs-appctl")
+    if tool is None:
+        return False
+    try:
+        result = subprocess.run([tool, "--timeout=5", "-t", "ovs-vswitchd", "version"],
+                                capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
+
+
 def bridges() -> list[str]:
     return vsctl("list-br", what="listing Open vSwitch bridges").split()
 

@@ -212,6 +212,29 @@ def check_bridge_rollbacks() -> Check:
     return _check("bridge-rollbacks", Status.OK, "no unfinished bridge change")
 
 
+def check_openvswitch() -> Check:
+    """Open vSwitch (``ovs`` networks, per-vNIC VLANs): optional, so at worst a warning;
+    where it runs, which datapath bridges get."""
+    from kvmops.host import ovs
+
+    name, start = "openvswitch", ("start ovsdb-server and ovs-vswitchd ('make setup'; see "
+                                  "docs/concepts/networks.md)")
+    if shutil.which("ovs-vsctl") is None:
+        return _check(name, Status.WARN, "not installed: no --mode ovs networks, no VLAN "
+                      "tags on vNICs", "install openvswitch-switch ('make setup')")
+    try:
+        count = len(ovs.bridges())
+    except KvmopsError as err:
+        return _check(name, Status.WARN, f"its database does not answer ({err.message})",
+                      start)
+    if not ovs.vswitchd_answers():
+        return _check(name, Status.WARN, "ovs-vswitchd does not answer: Open vSwitch "
+                      "bridges pass no traffic", start)
+    datapath = ("kernel (system)" if ovs.kernel_datapath() else
+                "user space (netdev) only: the kernel has no openvswitch module")
+    return _check(name, Status.OK, f"running, {count} bridge(s); datapath: {datapath}")
+
+
 def check_io_limits(root: Path = Path("/sys/fs/cgroup")) -> Check:
     if (root / "blkio").is_dir() or "io" in _read(root / "cgroup.controllers").split():
         return _check("io-limits", Status.OK, "the block I/O cgroup controller is available")
@@ -312,6 +335,7 @@ def run_doctor(uri: str | None = None, *, host: Host | None = None) -> DoctorRep
         checks.append(check_path_policy())
         checks.append(check_backup_jobs())
         checks.append(check_bridge_rollbacks())
+        checks.append(check_openvswitch())
         checks.append(check_io_limits())
         if host is not None:
             for group in (check_libvirt_features, check_vms):
