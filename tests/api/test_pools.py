@@ -5,6 +5,8 @@ bad input are one-line 4xx; changes and refusals are in the audit log."""
 from __future__ import annotations
 
 import contextlib
+import os
+import pwd
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 from kvmops.devguest.build import GuestImage
 from kvmops.host import pools as host_pools
 from kvmops.host.connection import Host
-from tests.conftest import SESSION_PREFIX
+from tests.conftest import SESSION_PREFIX, run_cli
 from tests.integration.api_server import ApiServer, wait_job
 from tests.integration.conftest import remove_vm
 
@@ -136,3 +138,31 @@ def test_vm_create_with_a_pool_disk(api: ApiServer, pool_name: str, images_dir: 
             assert refused.status_code == 409 and vm in refused.text, refused.text
     finally:
         remove_vm(host, vm)
+
+
+def test_cli_changes_and_refusals_are_audited(api: ApiServer, pool_name: str,
+                                              images_dir: Path) -> None:
+    """``kvmops pool``/``volume`` commands write their audit rows (via cli), refusals
+    (here the path policy's, exit 21) with their exit codes."""
+    env = {"KVMOPS_DB": api.db}
+    refused = run_cli("pool", "create", pool_name, "--type", "dir", "--target", "/tmp",
+                      env=env)
+    assert refused.code == 21, refused.stderr
+    target = str(images_dir / f"{pool_name}-cli")
+    created = run_cli("pool", "create", pool_name, "--type", "dir", "--target", target,
+                      "--build", env=env)
+    assert created.code == 0, created.stderr
+    made = run_cli("volume", "create", pool_name, "v.raw", "--size", "8M", "--format",
+                   "raw", env=env)
+    assert made.code == 0, made.stderr
+    deleted = run_cli("pool", "delete", pool_name, env=env)
+    assert deleted.code == 0, deleted.stderr
+    with api.client("admin") as admin:
+        rows = admin.get("/audit", params={"limit": 1000}).json()
+    mine = [(r["user"], r["action"], r["target"], r["status_code"])
+            for r in rows if r["via"] == "cli" and pool_name in (r["target"] or "")]
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    assert sorted(mine) == sorted([(user, "pool.create", pool_name, 21),
+                                   (user, "pool.create", pool_name, 0),
+                                   (user, "volume.create", f"{pool_name}/v.raw", 0),
+                                   (user, "pool.delete", pool_name, 0)]), mine
