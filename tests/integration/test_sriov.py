@@ -258,8 +258,9 @@ def test_boot_order_reconcile_after_a_crash_and_a_reboot(
     assert _json(run("sriov", "reconcile", "--json"))["released"] == []  # the VM holds it
 
 
-def test_web_page_admin_creates_sets_vfs_and_deletes_viewer_reads(sriov: dict[str, Any]
-                                                                   ) -> None:
+def test_web_page_admin_creates_sets_vfs_and_deletes_viewer_reads(sriov: dict[str, Any],
+                                                                   fresh_vm: str,
+                                                                   host: Host) -> None:
     pytest.importorskip("playwright.sync_api")
     from playwright.sync_api import expect
 
@@ -291,7 +292,27 @@ def test_web_page_admin_creates_sets_vfs_and_deletes_viewer_reads(sriov: dict[st
         page.wait_for_selector("#sriov-pools tr[data-pool=webpool]")
         pool = page.locator("#sriov-pools tr[data-pool=webpool]")
         assert pool.locator("[data-field=free]").inner_text() == "6"
+
+        # The VM page's NIC form offers the pool: a VF NIC with a VLAN, then removed.
         page.on("dialog", lambda dialog: dialog.accept())
+        page.goto(f"{server.url}/vms/{fresh_vm}")
+        page.locator("details:has(#nic-add-form) > summary").click()
+        form = page.locator("#nic-add-form")
+        form.locator("select[name=network] option[value='vf:webpool']").wait_for(
+            state="attached")
+        form.locator("select[name=network]").select_option("vf:webpool")
+        form.locator("input[name=vlan]").fill("7")
+        form.locator("button[type=submit]").click()
+        vf_row = page.locator("#nic-rows tr", has_text="VLAN 7")
+        vf_row.wait_for()
+        xml = host.lookup(fresh_vm).xml(inactive=True)
+        assert "<interface type='hostdev'" in xml and "<tag id='7'/>" in xml, xml
+        vf_row.locator("button[data-remove]").click()
+        vf_row.wait_for(state="detached")
+        assert "type='hostdev'" not in host.lookup(fresh_vm).xml(inactive=True)
+        page.goto(server.url + "/sriov")
+        pool = page.locator("#sriov-pools tr[data-pool=webpool]")
+        assert pool.locator("[data-field=free]").inner_text() == "6"
         pool.locator("button[data-sriov-delete]").click()
         page.wait_for_selector("#sriov-pools tr[data-pool=webpool]", state="detached")
 

@@ -488,7 +488,10 @@ function manageNics(name) {
     ev.preventDefault();
     const f = new FormData(form);
     const get = (k) => (f.get(k) || "").toString().trim();
-    const body = { network: get("network"), model: get("model") || "virtio" };
+    const source = get("network");
+    const body = source.startsWith("vf:")
+      ? { vf_pool: source.slice(3) }  // an SR-IOV VF: no model, limits are the VF's own
+      : { network: source, model: get("model") || "virtio" };
     if (get("mac")) body.mac = get("mac");
     if (get("inbound")) body.inbound = get("inbound");
     if (get("outbound")) body.outbound = get("outbound");
@@ -528,7 +531,15 @@ function manageNics(name) {
       o.textContent = n.name + (n.active ? "" : " (inactive)");
       select.appendChild(o);
     }
-    if (!nets.length) select.appendChild(new Option("no networks: create one first", ""));
+    // SR-IOV pools: a NIC that is one free VF of the pool (the VF's VLAN from the form).
+    const pools = (await K.api("GET", "/api/v1/sriov/pools")).data;
+    for (const p of pools) {
+      select.appendChild(new Option("SR-IOV pool " + p.name + " (" + p.free + " VFs free)",
+                                    "vf:" + p.name));
+    }
+    if (!nets.length && !pools.length) {
+      select.appendChild(new Option("no networks: create one first", ""));
+    }
   });
   run(null, refresh);
 }
