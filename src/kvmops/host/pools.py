@@ -240,14 +240,14 @@ def upload(host: Host, pool: str, name: str, source: BinaryIO, length: int,
     return sent
 
 
-def download(host: Host, pool: str, name: str, sink: BinaryIO, length: int,
+def download(host: Host, pool: str, name: str, sink: BinaryIO, total: int,
              progress: Progress | None = None) -> int:
-    """Read ``length`` bytes of the volume from its start into ``sink`` through a
-    libvirt stream; the bytes received."""
+    """Read the whole volume into ``sink`` through a libvirt stream (``total``: the
+    size the progress is told to expect); the bytes received."""
     vol = _volume(host, pool, name)
     what = f"downloading volume '{name}' of pool '{pool}'"
     stream = call(what, host.conn.newStream, 0)
-    call(what, vol.download, stream, 0, length, 0)
+    call(what, vol.download, stream, 0, 0, 0)
     got = 0
     try:
         while True:
@@ -261,7 +261,7 @@ def download(host: Host, pool: str, name: str, sink: BinaryIO, length: int,
             sink.write(data)
             got += len(data)
             if progress:
-                progress(got, length)
+                progress(got, max(total, got))
         call(what, stream.finish)
     except BaseException:
         with contextlib.suppress(libvirt.libvirtError):

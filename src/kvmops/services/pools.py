@@ -463,8 +463,7 @@ def download(caller: Caller, host: Host, pool: str, name: str, dest: Path, *,
     fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", dir=real.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            got = host_pools.download(host, pool, name, fh, 0, progress
-                                      and (lambda done, _t: progress(done, length)))
+            got = host_pools.download(host, pool, name, fh, length, progress)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, real)
