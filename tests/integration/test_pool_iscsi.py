@@ -72,6 +72,10 @@ def test_iscsi_direct_lun_is_a_disk_a_vm_boots_with_and_writes_to(
     # The LUNs are the target's: kvmops cannot make one.
     assert_one_line_error(run_cli("volume", "create", pool, "new", "--size", "8M",
                                   "--format", "raw"), 6, "iscsi-direct", "LUNs")
+    assert_one_line_error(run_cli("volume", "download", pool, target.lun_volume,
+                                  str(target.backing.with_suffix(".copy"))), 6,
+                          f"downloading volume '{target.lun_volume}'")  # libvirt has none
+    assert not target.backing.with_suffix(".copy").exists()
     assert_one_line_error(run_cli("vm", "create", f"{SESSION_PREFIX}nolun", "--memory",
                                   "256M", "--disk", f"pool={pool},size=8M"), 6, "LUNs")
     # A tiny guest boots with the LUN as its disk (QEMU's user-space initiator).
