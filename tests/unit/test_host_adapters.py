@@ -46,7 +46,6 @@ class FakeError(libvirt.libvirtError):
     (libvirt.VIR_ERR_NO_SUPPORT, UnsupportedError),
     (libvirt.VIR_ERR_XML_ERROR, ValidationError),
     (libvirt.VIR_ERR_DOM_EXIST, AlreadyExistsError),
-    (libvirt.VIR_ERR_SYSTEM_ERROR, HostUnavailableError),
     (libvirt.VIR_ERR_OPERATION_TIMEOUT, OperationTimeoutError),
     (libvirt.VIR_ERR_AGENT_UNRESPONSIVE, AgentUnavailableError),
     (libvirt.VIR_ERR_INTERNAL_ERROR, HypervisorError),
@@ -55,6 +54,19 @@ def test_translate_by_code(code: int, kind: type[Exception]) -> None:
     err = translate(FakeError(code, "some text"), "doing X of VM 'a'")
     assert type(err) is kind
     assert str(err).startswith("doing X of VM 'a'")
+
+
+@pytest.mark.parametrize(("domain", "kind"), [
+    (libvirt.VIR_FROM_RPC, HostUnavailableError),  # End of file while reading data
+    (libvirt.VIR_FROM_REMOTE, HostUnavailableError),
+    (libvirt.VIR_FROM_NONE, HypervisorError),  # libvirtd's own failed call, e.g. a tap
+])
+def test_a_system_error_is_a_lost_connection_only_from_the_rpc_layer(
+        domain: int, kind: type[Exception]) -> None:
+    err = translate(FakeError(libvirt.VIR_ERR_SYSTEM_ERROR, "Unable to add bridge br port "
+                              "vnet1: Operation not supported", domain), "doing X")
+    assert type(err) is kind
+    assert ("lost the connection" in str(err)) == (kind is HostUnavailableError)
 
 
 def test_translate_never_sorts_by_text() -> None:
@@ -168,7 +180,8 @@ def test_block_job_is_typed() -> None:
 def test_missing_checkpoint_is_none_a_lost_connection_raises() -> None:
     raw = RawDomain(checkpointLookupByName=FakeError(libvirt.VIR_ERR_NO_DOMAIN_CHECKPOINT))
     assert Domain(raw).find_checkpoint("c1") is None
-    raw.raises["checkpointLookupByName"] = FakeError(libvirt.VIR_ERR_SYSTEM_ERROR, "gone")
+    raw.raises["checkpointLookupByName"] = FakeError(libvirt.VIR_ERR_SYSTEM_ERROR, "gone",
+                                                     libvirt.VIR_FROM_RPC)
     with pytest.raises(HostUnavailableError):
         Domain(raw).find_checkpoint("c1")
 

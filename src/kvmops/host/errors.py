@@ -66,8 +66,12 @@ _INVALID_CODES = {libvirt.VIR_ERR_XML_ERROR, libvirt.VIR_ERR_INVALID_ARG,
                   libvirt.VIR_ERR_XML_DETAIL}
 _EXISTS_CODES = {libvirt.VIR_ERR_DOM_EXIST, libvirt.VIR_ERR_NETWORK_EXIST,
                  libvirt.VIR_ERR_STORAGE_VOL_EXIST}
-_CONNECTION_CODES = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_SYSTEM_ERROR,
-                     libvirt.VIR_ERR_RPC, libvirt.VIR_ERR_AUTH_FAILED}
+_CONNECTION_CODES = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC,
+                     libvirt.VIR_ERR_AUTH_FAILED}
+# A failed system call is the connection only when the RPC layer made it ("End of file
+# while reading data", "Cannot write data: Broken pipe"); libvirtd's own failed calls
+# (adding a tap to a bridge, a tc rule) come from other domains and are plain errors.
+_CONNECTION_DOMAINS = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
 
 
 UNREADABLE_ERROR = ("libvirt reported an error whose text is not valid UTF-8 (binary output "
@@ -104,7 +108,7 @@ def error_code(err: libvirt.libvirtError) -> int:
 def connection_lost(err: libvirt.libvirtError) -> bool:
     """The error is the connection to libvirtd going away (a restart, a crash)."""
     return (err.get_error_code() in _CONNECTION_CODES
-            or err.get_error_domain() == libvirt.VIR_FROM_RPC)
+            or err.get_error_domain() in _CONNECTION_DOMAINS)
 
 
 def translate(err: libvirt.libvirtError, what: str) -> KvmopsError:
