@@ -11,6 +11,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -107,6 +108,12 @@ class Job(Base):
     # The process running a job the server did not start (a ``kvmops`` command); None for
     # the server's own jobs.
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Scale-out (PostgreSQL): a queued job any server may claim carries its parameters
+    # (JSON); ``instance`` is the server running it (host:pid:server-id) and
+    # ``heartbeat_at`` its lease, renewed while that server lives.
+    params: Mapped[str | None] = mapped_column(Text, nullable=True)
+    instance: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class AuditEntry(Base):
@@ -125,6 +132,18 @@ class AuditEntry(Base):
     job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
     address: Mapped[str | None] = mapped_column(String(64), nullable=True)  # client address
     via: Mapped[str | None] = mapped_column(String(8), nullable=True)  # cli, api or web
+
+
+class LoginFailure(Base):
+    """One failed log-in (the throttle every server instance on one database shares)."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_address_time", "address", "time"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), nullable=False)
+    address: Mapped[str] = mapped_column(String(64), nullable=False)
+    time: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
 
 
 class SettingRow(Base):
