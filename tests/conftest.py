@@ -44,6 +44,7 @@ LONG_FILES = (
     "api/test_security.py",
     "integration/test_vm_disks.py",
     "integration/test_nics.py",
+    "integration/test_nic_throughput.py",
     "integration/test_ovs_vlan.py",
     "integration/test_web_networks.py",
     "integration/test_networks.py",

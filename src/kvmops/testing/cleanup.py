@@ -80,10 +80,13 @@ def remove_test_ovs_bridges(prefix: str = TEST_BRIDGE_PREFIX,
 #: Network namespaces of the bridge-over-uplink tests (tests/integration/test_bridge_uplink.py)
 #: are named PREFIX...-upl-a/-upl-b.
 UPLINK_NS_MARK = "-upl-"
+#: The throughput sink's namespace (tests/integration/test_nic_throughput.py): PREFIX...-thr-.
+THROUGHPUT_NS_MARK = "-thr-"
 
 
 def remove_uplink_namespaces(prefix: str = TEST_PREFIX) -> list[str]:
-    """Delete the network namespaces the bridge-over-uplink tests made (``prefix...-upl-``),
+    """Delete the network namespaces the bridge-over-uplink tests made (``prefix...-upl-``)
+    and the throughput sink's (``prefix...-thr-``),
     after killing what still runs inside them (a ``kvmops net create`` waiting for its
     confirmation); return their names. Deleting a namespace removes its veths and bridges."""
     import json
@@ -99,7 +102,8 @@ def remove_uplink_namespaces(prefix: str = TEST_PREFIX) -> list[str]:
              if isinstance(item, dict)] if listed.returncode == 0 else []
     removed = []
     for name in names:
-        if not name.startswith(prefix) or UPLINK_NS_MARK not in name:
+        if not name.startswith(prefix) or not (UPLINK_NS_MARK in name
+                                               or THROUGHPUT_NS_MARK in name):
             continue
         pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True,
                               timeout=30, check=False).stdout.split()
