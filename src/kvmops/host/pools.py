@@ -8,7 +8,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 
 import libvirt
 
@@ -20,6 +20,15 @@ from kvmops.host.errors import call, translate
 # larger send is cut into packets and its rest copied again on every partial send.
 CHUNK = 256 * 1024
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+
+
+class Source(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class Sink(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
 # How often the loops tell ``progress``: a terminal bar redrawn for every 256 KiB packet
 # cost a third of an upload's time (bench/pool_bench.py); a job's row is written less.
 PROGRESS_INTERVAL = 0.1  # seconds
@@ -227,7 +236,7 @@ def delete_volume(host: Host, pool: str, name: str) -> None:
     call(f"deleting volume '{name}' of pool '{pool}'", vol.delete, 0)
 
 
-def upload(host: Host, pool: str, name: str, source: BinaryIO, length: int,
+def upload(host: Host, pool: str, name: str, source: Source, length: int,
            progress: Progress | None = None) -> int:
     """Write ``length`` bytes of ``source`` into the volume from its start, through a
     libvirt stream (libvirt writes the bytes as they are; nothing reads them as an
@@ -261,14 +270,15 @@ def upload(host: Host, pool: str, name: str, source: BinaryIO, length: int,
     return sent
 
 
-def download(host: Host, pool: str, name: str, sink: BinaryIO, total: int,
-             progress: Progress | None = None) -> int:
-    """Read the whole volume into ``sink`` through a libvirt stream (``total``: the
-    size the progress is told to expect); the bytes received."""
+def download(host: Host, pool: str, name: str, sink: Sink, total: int,
+             progress: Progress | None = None, *, limit: int = 0) -> int:
+    """Read the volume into ``sink`` through a libvirt stream: all of it, or its first
+    ``limit`` bytes (``total``: the size the progress is told to expect); the bytes
+    received."""
     vol = _volume(host, pool, name)
     what = f"downloading volume '{name}' of pool '{pool}'"
     stream = call(what, host.conn.newStream, 0)
-    call(what, vol.download, stream, 0, 0, 0)
+    call(what, vol.download, stream, 0, limit, 0)
     got = 0
     tick = _Ticker(progress)
     recv, write = stream.recv, sink.write

@@ -20,6 +20,7 @@ import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from kvmops.errors import (
     AlreadyExistsError,
@@ -36,6 +37,7 @@ from kvmops.host.connection import Host
 from kvmops.paths import policy
 from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
+from kvmops.storage import qcow2
 from kvmops.storage.model import (
     BLOCK_TYPES,
     FILE_TYPES,
@@ -57,8 +59,10 @@ from kvmops.storage.volumes import record, trusted_format
 
 __all__ = ["POOL_TYPES", "TESTED_TYPES", "VOLUME_FORMATS", "PoolInfo", "PoolSpec",
            "VolumeInfo", "VolumeSpec", "clone_volume", "create", "create_volume", "delete",
-           "delete_volume", "download", "info", "list_pools", "list_volumes", "refresh",
-           "resize_volume", "set_autostart", "start", "stop", "upload", "volume_info"]
+           "delete_volume", "download", "download_data", "download_size", "info",
+           "list_pools", "list_volumes", "refresh",
+           "resize_volume", "set_autostart", "start", "stop", "upload", "upload_data",
+           "upload_limit", "volume_info"]
 
 Progress = Callable[[int, int], None]
 
@@ -397,18 +401,39 @@ def delete_volume(caller: Caller, host: Host, pool: str, name: str) -> None:
 
 
 # ------------------------------------------------------------------ data
-@audited("volume.upload", target=lambda a: _target(a["pool"], a["name"]))
-def upload(caller: Caller, host: Host, pool: str, name: str, source: Path, fmt: str,
-           progress: Progress | None = None) -> VolumeInfo:
-    """Write the file ``source`` (of the named format ``fmt``, which must be the
-    volume's) into the volume through a libvirt stream. A qcow2 file is inspected as
-    qcow2 (never probed) and refused when it names a backing or data file: the volume
-    would reach files outside the pool."""
+class Reader(Protocol):
+    """Where upload bytes come from: a file, or a request body."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class Writer(Protocol):
+    """Where download bytes go: a file, or a response."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
+def upload_limit(vol: VolumeInfo, fmt: str) -> int:
+    """The most bytes an upload of ``fmt`` into ``vol`` may carry: its capacity (raw);
+    for a qcow2 file, the capacity plus room for its metadata (tables and header: at
+    most 1/64 of the virtual size plus a few clusters, given with a margin)."""
+    if fmt == "qcow2":
+        return vol.capacity + vol.capacity // 8 + 4 * 1024 * 1024
+    return vol.capacity
+
+
+def check_upload(caller: Caller, host: Host, pool: str, name: str, fmt: str, length: int
+                 ) -> VolumeInfo:
+    """Every refusal an upload of ``length`` bytes of ``fmt`` can meet before its bytes
+    are read (the API asks before it reads a request body): the format named and the
+    volume's, no VM using the volume, the size. The volume."""
+    return _checked_upload(caller, host, pool, name, fmt, length)[1]
+
+
+def _checked_upload(caller: Caller, host: Host, pool: str, name: str, fmt: str, length: int
+                    ) -> tuple[PoolInfo, VolumeInfo]:
     info_ = _active_pool(host, pool)
     fmt = check_format(fmt, "uploaded file")
-    real = policy().image_path(source, trusted=caller.trusted_paths, what="upload source")
-    if not real.is_file():
-        raise NotFoundError(f"upload source {source} is not a file", hint="check the path")
     vol = volume_info(caller, host, pool, name)
     vol_fmt = trusted_format(vol, info_.type)
     if fmt != vol_fmt:
@@ -419,27 +444,126 @@ def upload(caller: Caller, host: Host, pool: str, name: str, source: Path, fmt: 
         raise StateError(f"cannot upload into volume '{name}': VM(s) "
                          f"{', '.join(vol.used_by)} use it", hint="shut them down and "
                          "remove the disk first")
-    length = real.stat().st_size
-    if fmt == "qcow2":
-        from kvmops.images import qemuimg
+    limit = upload_limit(vol, fmt)
+    if length > limit:
+        raise ValidationError(f"the upload is {length} bytes; volume '{name}' of pool "
+                              f"'{pool}' holds {vol.capacity}" + (
+                                  f" (a qcow2 file up to {limit})" if fmt == "qcow2" else ""),
+                              hint=f"resize the volume first ('kvmops volume resize {pool} "
+                                   f"{name} SIZE') or upload less")
+    return info_, vol
 
-        image = qemuimg.info(real, "qcow2")
-        if image.backing_filename or image.data_file:
-            raise PathRefusedError(f"{real} names a backing or data file "
-                                   f"({image.backing_filename or image.data_file})",
-                                   hint="flatten it first ('qemu-img convert -f qcow2 -O "
-                                        "qcow2 IN OUT')")
-        if image.encrypted:
-            raise UnsupportedError(f"{real} is encrypted", hint="decrypt it first")
-    elif info_.type not in FILE_TYPES and length > vol.capacity:
-        raise ValidationError(f"{real} is {length} bytes; volume '{name}' holds "
-                              f"{vol.capacity}", hint="resize the volume or upload less")
-    with open(real, "rb") as fh:
-        host_pools.upload(host, pool, name, fh, length, progress)
+
+def _read_exactly(source: Reader, size: int) -> bytes:
+    parts, got = [], 0
+    while got < size:
+        part = source.read(size - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+class _Prefixed:
+    """``head`` (bytes already read from ``rest``), then the rest."""
+
+    def __init__(self, head: bytes, rest: Reader) -> None:
+        self.head = head
+        self.rest = rest
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self.head:
+            out, self.head = self.head[:size], self.head[size:]
+            return out
+        return self.rest.read(size)
+
+
+def _check_qcow2(source: Reader, length: int, vol: VolumeInfo, what: str) -> bytes:
+    """Read the qcow2 header of an upload and refuse what :mod:`kvmops.storage.qcow2`
+    finds; the bytes read (they are sent first)."""
+    head = _read_exactly(source, min(length, qcow2.V3_MIN_HEADER))
+    head += _read_exactly(source, min(length, qcow2.needed(head)) - len(head))
+    try:
+        header = qcow2.parse(head)
+    except qcow2.HeaderError as err:
+        raise ValidationError(f"{what} is not a qcow2 file kvmops can read: {err}",
+                              hint="name its real format (--format raw), or convert it "
+                                   "('qemu-img convert -O qcow2 IN OUT')") from None
+    if header.backing or header.data_file:
+        raise PathRefusedError(f"{what} names a backing or data file "
+                               f"({'backing file' if header.backing else 'data file'})",
+                               hint="flatten it first ('qemu-img convert -f qcow2 -O "
+                                    "qcow2 IN OUT')")
+    if header.encrypted:
+        raise UnsupportedError(f"{what} is encrypted", hint="decrypt it first")
+    if header.virtual_size > vol.capacity:
+        raise ValidationError(f"{what} is a qcow2 disk of {header.virtual_size} bytes; "
+                              f"volume '{vol.name}' holds {vol.capacity}",
+                              hint=f"resize the volume first ('kvmops volume resize "
+                                   f"{vol.pool} {vol.name} {header.virtual_size}')")
+    return head
+
+
+def _upload(caller: Caller, host: Host, pool: str, name: str, source: Reader, length: int,
+            fmt: str, what: str, progress: Progress | None) -> VolumeInfo:
+    info_, vol = _checked_upload(caller, host, pool, name, fmt, length)
+    fmt = check_format(fmt, "uploaded file")
+    if fmt == "qcow2":
+        source = _Prefixed(_check_qcow2(source, length, vol, what), source)
+    host_pools.upload(host, pool, name, source, length, progress)
     record(vol.path, info_.type, fmt)
     with contextlib.suppress(KvmopsError):
         host_pools.refresh(host, pool)
     return volume_info(caller, host, pool, name)
+
+
+@audited("volume.upload", target=lambda a: _target(a["pool"], a["name"]))
+def upload(caller: Caller, host: Host, pool: str, name: str, source: Path, fmt: str,
+           progress: Progress | None = None) -> VolumeInfo:
+    """Write the file ``source`` (of the named format ``fmt``, which must be the
+    volume's) into the volume through a libvirt stream. A qcow2 file is read as qcow2
+    from its header (never probed) and refused when it names a backing or data file
+    (the volume would reach files outside the pool), is encrypted or larger than the
+    volume; a raw one may not be longer than the volume."""
+    _active_pool(host, pool)
+    check_format(fmt, "uploaded file")
+    real = policy().image_path(source, trusted=caller.trusted_paths, what="upload source")
+    if not real.is_file():
+        raise NotFoundError(f"upload source {source} is not a file", hint="check the path")
+    with open(real, "rb") as fh:
+        return _upload(caller, host, pool, name, fh, os.fstat(fh.fileno()).st_size, fmt,
+                       str(real), progress)
+
+
+@audited("volume.upload", target=lambda a: _target(a["pool"], a["name"]))
+def upload_data(caller: Caller, host: Host, pool: str, name: str, data: Reader, length: int,
+                fmt: str, progress: Progress | None = None) -> VolumeInfo:
+    """:func:`upload` from a stream of ``length`` bytes (a request body: never held
+    whole in memory), with the same checks."""
+    return _upload(caller, host, pool, name, data, length, fmt, "the uploaded data",
+                   progress)
+
+
+def download_size(caller: Caller, host: Host, pool: str, name: str) -> tuple[VolumeInfo, int]:
+    """The volume and how many bytes a download of it carries: a file volume's file
+    size (a qcow2 volume comes as its qcow2 file), a block volume's capacity."""
+    info_ = _active_pool(host, pool)
+    vol = volume_info(caller, host, pool, name)
+    length = vol.capacity
+    if info_.type in FILE_TYPES and vol.path:
+        trusted_format(vol, info_.type)
+        with contextlib.suppress(OSError):
+            length = os.stat(vol.path).st_size
+    return vol, length
+
+
+@audited("volume.download", target=lambda a: _target(a["pool"], a["name"]))
+def download_data(caller: Caller, host: Host, pool: str, name: str, sink: Writer,
+                  length: int, progress: Progress | None = None) -> int:
+    """Send the volume's first ``length`` bytes (:func:`download_size`) into ``sink``
+    through a libvirt stream (a response: never held whole in memory); the bytes."""
+    return host_pools.download(host, pool, name, sink, length, progress, limit=length)
 
 
 @audited("volume.download", target=lambda a: _target(a["pool"], a["name"]))
@@ -448,7 +572,7 @@ def download(caller: Caller, host: Host, pool: str, name: str, dest: Path, *,
     """Copy the volume's bytes (a qcow2 volume as its qcow2 file) to ``dest`` through a
     libvirt stream; written to a temporary file and renamed when complete. The bytes."""
     info_ = _active_pool(host, pool)
-    vol = volume_info(caller, host, pool, name)
+    vol, length = download_size(caller, host, pool, name)
     real = policy().image_path(dest, trusted=caller.trusted_paths, what="download target")
     if real.exists() and not overwrite:
         raise AlreadyExistsError(f"{real} exists", hint="choose another file, or pass "
@@ -456,16 +580,11 @@ def download(caller: Caller, host: Host, pool: str, name: str, dest: Path, *,
     if not real.parent.is_dir():
         raise NotFoundError(f"directory {real.parent} does not exist",
                             hint="create it first")
-    length = vol.capacity
-    if info_.type in FILE_TYPES and vol.path:
-        with contextlib.suppress(OSError):
-            length = os.stat(vol.path).st_size
     fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", dir=real.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with os.fdopen(fd, "wb", buffering=0) as fh:
             got = host_pools.download(host, pool, name, fh, length, progress)
-            fh.flush()
-            os.fsync(fh.fileno())
+            os.fdatasync(fh.fileno())
         os.replace(tmp, real)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -1,0 +1,65 @@
+"""The qcow2 header reader that vets uploads (kvmops.storage.qcow2), on headers made by
+qemu-img: a plain image, one with a backing file, one with an external data file, an
+encrypted one, version 2, and bytes that are no qcow2 at all."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kvmops.storage import qcow2
+
+
+def _make(path: Path, *args: str) -> bytes:
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", *args, str(path), "16M"],
+                   check=True, capture_output=True)
+    data = path.read_bytes()
+    head = data[:qcow2.V3_MIN_HEADER]
+    return data[:qcow2.needed(head)]
+
+
+def test_plain_image(tmp_path: Path) -> None:
+    header = qcow2.parse(_make(tmp_path / "a.qcow2"))
+    assert (header.version, header.virtual_size, header.cluster_bits) == (3, 16 << 20, 16)
+    assert not (header.backing or header.data_file or header.encrypted)
+
+
+def test_version_2(tmp_path: Path) -> None:
+    header = qcow2.parse(_make(tmp_path / "a.qcow2", "-o", "compat=0.10"))
+    assert header.version == 2 and not header.backing
+
+
+def test_backing_file(tmp_path: Path) -> None:
+    base = tmp_path / "base.raw"
+    base.write_bytes(b"")
+    header = qcow2.parse(_make(tmp_path / "a.qcow2", "-F", "raw", "-b", str(base)))
+    assert header.backing and not header.data_file
+
+
+def test_external_data_file(tmp_path: Path) -> None:
+    header = qcow2.parse(_make(tmp_path / "a.qcow2", "-o",
+                               f"data_file={tmp_path / 'data.raw'}"))
+    assert header.data_file and not header.backing
+
+
+def test_data_file_extension_alone_counts(tmp_path: Path) -> None:
+    """The data-file name extension without the incompatible bit is refused too."""
+    head = bytearray(_make(tmp_path / "a.qcow2", "-o", f"data_file={tmp_path / 'd.raw'}"))
+    head[72:80] = bytes(8)
+    assert qcow2.parse(bytes(head)).data_file
+
+
+def test_encrypted(tmp_path: Path) -> None:
+    header = qcow2.parse(_make(tmp_path / "a.qcow2", "--object",
+                               "secret,id=s0,data=password", "-o",
+                               "encrypt.format=luks,encrypt.key-secret=s0"))
+    assert header.encrypted
+
+
+@pytest.mark.parametrize("data", [b"", b"QFI", b"\x00" * 512, b"QFI\xfb" + b"\x00" * 100,
+                                  b"QFI\xfb\x00\x00\x00\x03" + b"\x00" * 12 + b"\x00\x00\x00\x10"])
+def test_not_qcow2(data: bytes) -> None:
+    with pytest.raises(qcow2.HeaderError):
+        qcow2.parse(data)
