@@ -1,4 +1,4 @@
-"""`kvmops dev`: developer tools (the tiny test guest)."""
+"""`kvmops dev`: developer tools (the tiny test guest, a namespaced second host)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import typer
 
 from kvmops.cli import output
 
-app = typer.Typer(help="Developer tools: build the tiny test guest.", no_args_is_help=True)
+app = typer.Typer(help="Developer tools: the tiny test guest, a second host.",
+                  no_args_is_help=True)
 
 
 @app.command("build-guest")
@@ -65,3 +66,67 @@ def fake_sriov_cmd(
     else:
         output.info(f"PF '{found.name}' ({found.driver}, PCI {found.pci}) with "
                     f"{found.numvfs}/{found.totalvfs} VFs in {directory.absolute()}")
+
+
+second_host_app = typer.Typer(
+    help="A second libvirtd in its own network namespace, for migration tests "
+         "(qemu+tcp://10.250.0.2/system; unauthenticated: root and QEMU only).",
+    no_args_is_help=True)
+app.add_typer(second_host_app, name="second-host")
+
+_NAME_OPTION = typer.Option("kvmops-h2", "--name",
+                            help="Its name (network namespace, hostname): kvmops-...")
+
+
+@second_host_app.command("up")
+def second_host_up_cmd(
+    name: str = _NAME_OPTION,
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Start the second host; the last line printed is its libvirt URI.
+
+    A network namespace with a veth 10.250.0.1 (here) <-> 10.250.0.2 (there), libvirtd
+    listening on TCP 10.250.0.2 and on its unix socket, its own images directory.
+    Already up: prints the same, starts nothing.
+    """
+    from kvmops.testing import secondhost
+
+    host, started = secondhost.up(name)
+    if json_out:
+        output.print_json({**host.summary(), "started": started})
+        return
+    if not started:
+        output.info(f"second host {host.name} is already up")
+    output.print_fields([("netns", host.netns), ("address", host.tcp_address),
+                         ("host address", secondhost.HOST_ADDRESS),
+                         ("unix uri", host.unix_uri), ("images dir", host.images_dir)])
+    typer.echo(host.uri)
+
+
+@second_host_app.command("down")
+def second_host_down_cmd(name: str = _NAME_OPTION) -> None:
+    """Remove the second host with everything on it.
+
+    Its VMs (and their disks), networks, processes, namespace, veth, images directory
+    and state.
+    """
+    from kvmops.testing import secondhost
+
+    removed = secondhost.down(name)
+    output.info(f"removed second host {name}" if removed else f"no second host {name}")
+
+
+@second_host_app.command("status")
+def second_host_status_cmd(
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """The second hosts on this machine (test ones included), and whether they answer."""
+    from kvmops.testing import secondhost
+
+    hosts = [{**host.summary(), "answers": host.answers()} for host in secondhost.status()]
+    if json_out:
+        output.print_json(hosts)
+        return
+    output.print_table(["NAME", "URI", "ANSWERS", "IMAGES DIR"],
+                       [(h["name"], h["uri"], "yes" if h["answers"] else "no",
+                         h["images_dir"]) for h in hosts])

@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "host": ("kvmops.cli.host:app", "Facts about this host."),
     "vm": ("kvmops.cli.vm:app", "Create, start, stop and inspect VMs."),
     "image": ("kvmops.cli.image:app", "Create, inspect, convert and snapshot disk images."),
-    "dev": ("kvmops.cli.dev:app", "Developer tools: build the tiny test guest."),
+    "dev": ("kvmops.cli.dev:app", "Developer tools: the tiny test guest, a second host."),
     "guest": ("kvmops.cli.guest:app", "Talk to the guest agent (qemu-ga) inside a VM."),
     "backup": ("kvmops.cli.backup:app", "Online backups, restore, verify and retention."),
     "snapshot": ("kvmops.cli.snapshot:app",

@@ -24,6 +24,9 @@ from pathlib import Path
 TEST_PREFIX = "kvmops-test-"
 NSHOST_ROOT = Path("/run/kvmops-test-nshost")
 NAMESPACES_FILE = "namespaces"
+#: A state directory's list of nftables tables (``inet``) it added in the machine's own
+#: namespace (kvmops.testing.secondhost: the guard of a second host's veth), deleted with it.
+NFT_TABLES_FILE = "nft-tables"
 
 
 def netns_pids(name: str) -> list[int]:
@@ -61,11 +64,12 @@ def _signal_and_wait(pids: list[int], sig: signal.Signals, wait: float) -> list[
 
 
 def stop_namespace_processes(names: list[str], first: int | None = None,
-                             grace: float = 10.0) -> None:
+                             grace: float = 10.0, prefix: str = TEST_PREFIX) -> None:
     """End every process in the test network namespaces ``names``: ``first`` (the
-    namespaced libvirtd) alone first, then the rest with SIGTERM, then SIGKILL."""
+    namespaced libvirtd) alone first, then the rest with SIGTERM, then SIGKILL.
+    ``prefix``: the names' required prefix (``kvmops-`` for a ``dev second-host``)."""
     for name in names:
-        if not name.startswith(TEST_PREFIX):
+        if not name.startswith(prefix):
             raise ValueError(f"refusing to stop processes outside a test namespace: {name!r}")
     inside = {pid for name in names for pid in netns_pids(name)}
     if first is not None and first in inside:
@@ -83,15 +87,23 @@ def _pidfile(path: Path) -> int | None:
     return None
 
 
-def remove_ns_host(state: Path) -> list[str]:
+def remove_ns_host(state: Path, prefix: str = TEST_PREFIX) -> list[str]:
     """Kill what runs in the namespaces of the state directory ``state``, delete the
-    namespaces and the directory; return the namespaces deleted."""
-    if not state.name.startswith(TEST_PREFIX):
-        raise ValueError(f"refusing to remove a namespaced host outside the test prefix: {state}")
+    namespaces (their veths go with them), the nftables tables it lists and the
+    directory; return the namespaces deleted. ``prefix``: what every name must start with
+    (the test prefix, or ``kvmops-`` for a ``dev second-host``)."""
+    if not prefix.startswith("kvmops-") or not state.name.startswith(prefix):
+        raise ValueError(f"refusing to remove a namespaced host outside {prefix!r}: {state}")
     listed = state / NAMESPACES_FILE
     names = listed.read_text().split() if listed.is_file() else [state.name]
-    names = [name for name in names if name.startswith(TEST_PREFIX)]
-    stop_namespace_processes(names, first=_pidfile(state / "run" / "libvirtd.pid"))
+    names = [name for name in names if name.startswith(prefix)]
+    stop_namespace_processes(names, first=_pidfile(state / "run" / "libvirtd.pid"),
+                             prefix=prefix)
+    tables = state / NFT_TABLES_FILE
+    for table in tables.read_text().split() if tables.is_file() else []:
+        if table.startswith(prefix):
+            subprocess.run(["nft", "delete", "table", "inet", table], capture_output=True,
+                           check=False, timeout=30)
     deleted = []
     for name in names:
         if Path("/run/netns", name).exists():

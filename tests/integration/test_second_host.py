@@ -1,0 +1,101 @@
+"""``kvmops dev second-host`` (issue 12's test bed, kvmops.testing.secondhost): ``up``
+starts a namespaced second libvirtd and prints ``qemu+tcp://10.250.0.2/system`` on its
+last line; that daemon lists no VMs, takes a tiny VM created through the URI (not seen by
+the machine's libvirtd), answers a second ``up`` without a second daemon, and ``down``
+removes everything: VM, disk, process, namespace, veth, nftables guard, images directory,
+state. Only 10.250.0.1/24 <-> 10.250.0.2/24 is used; the name has the session prefix, so
+``make clean-test`` removes what a crashed run left. No guest boots."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from kvmops.devguest.build import GuestImage
+from kvmops.host.connection import Host
+from kvmops.testing import netns, secondhost
+from tests.conftest import SESSION_PREFIX, assert_one_line_error, run_cli
+
+URI = "qemu+tcp://10.250.0.2/system"
+
+
+def _virsh(uri: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["virsh", "-c", uri, *args], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def _connect_as(uid: int) -> str:
+    """Open a TCP connection to the second libvirtd's port as ``uid``: what happened."""
+    code = ("import socket\n"
+            "socket.create_connection(('10.250.0.2', 16509), 10).close()\n"
+            "print('connected')\n")
+    proc = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                           "/usr/bin/python3", "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    return proc.stdout + proc.stderr
+
+
+def test_second_host_up_vm_down(tiny_guest: GuestImage, host: Host) -> None:
+    name = f"{SESSION_PREFIX}h2"
+    vm = f"{SESSION_PREFIX}h2vm"
+    try:
+        started = run_cli("dev", "second-host", "up", "--name", name)
+        assert started.code == 0, started.stderr
+        assert started.stdout.splitlines()[-1] == URI
+        info = json.loads(run_cli("dev", "second-host", "up", "--name", name,
+                                  "--json").stdout)
+        assert info["started"] is False and info["uri"] == URI
+        assert info["netns"] == name and info["address"] == "10.250.0.2"
+        pid = info["libvirtd_pid"]
+        assert pid in netns.netns_pids(name)
+        images = Path(info["images_dir"])
+        assert images.is_dir() and name in images.name
+        # Idempotent: the same daemon still, and its URI last again.
+        again = run_cli("dev", "second-host", "up", "--name", name)
+        assert again.code == 0 and again.stdout.splitlines()[-1] == URI, again.stderr
+        assert secondhost.load(name) is not None
+        assert secondhost.load(name).libvirtd_pid == pid  # type: ignore[union-attr]
+        # Only one second host can hold 10.250.0.0/24: another is refused, naming it.
+        assert_one_line_error(run_cli("dev", "second-host", "up", "--name", f"{name}x"),
+                              4, "10.250.0.0/24", name)
+        # The daemon takes no authentication: only root (and QEMU's user) reach it.
+        assert _connect_as(0).strip() == "connected"
+        assert "ConnectionRefusedError" in _connect_as(65534)
+        listed = _virsh(URI, "list", "--all", "--name")
+        assert listed.returncode == 0 and listed.stdout.strip() == "", listed
+        assert _virsh(URI, "hostname").stdout.strip() == name
+        status = json.loads(run_cli("dev", "second-host", "status", "--json").stdout)
+        assert [h["answers"] for h in status if h["name"] == name] == [True]
+
+        created = run_cli(
+            "vm", "create", vm, "--memory", "256M", "--vcpus", "1",
+            "--kernel", str(tiny_guest.kernel), "--initrd", str(tiny_guest.initrd),
+            "--cmdline", "console=ttyS0", "--disk", "size=64M",
+            "--images-dir", str(images), env={"KVMOPS_URI": URI})
+        assert created.code == 0, created.stderr
+        on_second = json.loads(run_cli("vm", "list", "--json",
+                                       env={"KVMOPS_URI": URI}).stdout)
+        assert [v["name"] for v in on_second] == [vm]
+        assert vm not in [d.name for d in host.all_domains()]
+        disks = list(images.iterdir())
+        assert disks, "the VM's disk is in the second host's images directory"
+        veth = info["host_veth"]
+        assert Path("/sys/class/net", veth).exists()
+    finally:
+        removed = run_cli("dev", "second-host", "down", "--name", name)
+    assert removed.code == 0, removed.stderr
+    assert not Path("/run/netns", name).exists()
+    assert not netns.alive(pid)
+    assert not Path("/sys/class/net", veth).exists()
+    assert not images.exists()
+    assert not secondhost.state_dir(name).exists()
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True,
+                            timeout=30, check=True).stdout
+    assert name not in tables
+    assert _virsh(URI, "uri").returncode != 0
+    status = json.loads(run_cli("dev", "second-host", "status", "--json").stdout)
+    assert name not in [h["name"] for h in status]
+    # A second down finds nothing, says so, and succeeds.
+    again = run_cli("dev", "second-host", "down", "--name", name)
+    assert again.code == 0 and "no second host" in again.stderr + again.stdout
