@@ -121,6 +121,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     from kvmops.api.routes import pools  # storage pools and volumes
 
     api.include_router(pools.router)
+    from kvmops.api.routes import bridges  # host bridges over an uplink (admin)
+
+    api.include_router(bridges.router)
     app.include_router(api)
 
     web = optional_module("kvmops.web")

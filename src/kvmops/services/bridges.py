@@ -288,8 +288,11 @@ def _default_gateway(snapshot: UplinkSnapshot) -> str | None:
     return gateways[0].gateway if gateways else None
 
 
-def find_target(snapshot: UplinkSnapshot, verify: str | None, env: dict[str, str]) -> Target:
-    """The host whose reachability the change must keep, and the next hop to it."""
+def find_target(snapshot: UplinkSnapshot, verify: str | None, env: dict[str, str],
+                client: str | None = None) -> Target:
+    """The host whose reachability the change must keep, and the next hop to it.
+    ``client``: the address of an API client the change runs for (it replaces the SSH
+    session of ``env``: the server's environment says nothing about the caller)."""
     uplink = snapshot.link.name
     notes: list[str] = []
     if verify is not None:
@@ -304,12 +307,14 @@ def find_target(snapshot: UplinkSnapshot, verify: str | None, env: dict[str, str
                 "its answer would prove nothing about the change",
                 hint=f"name a host reached through {uplink} (e.g. its gateway)")
         return Target(address, "--verify", route.get("gateway") or address, True, notes)
-    client = session_client(env)
+    source, whose = ("api client", "this API client") if client is not None else (
+        "ssh session", "this SSH session's client")
+    client = client if client is not None else session_client(env)
     if client is not None:
         route = kernel.route_get(client)
         if route is not None and route.get("dev") == uplink:
-            return Target(client, "ssh session", route.get("gateway") or client, True, notes)
-        notes.append(f"this SSH session's client {client} is reached through "
+            return Target(client, source, route.get("gateway") or client, True, notes)
+        notes.append(f"{whose} {client} is reached through "
                      f"{(route or {}).get('dev', 'no route')}, not {uplink}: the change does "
                      "not carry it")
     gateway = _default_gateway(snapshot)
@@ -460,6 +465,7 @@ def create_over_uplink(
     confirm_timeout: float | None = None, confirm: Callable[[float], bool] | None = None,
     dry_run: bool = False, host: Any = None, autostart: bool = False,
     report: Callable[[str], None] = lambda _line: None, env: dict[str, str] | None = None,
+    client: str | None = None,
 ) -> BridgeResult:
     """Create bridge ``bridge`` (default ``name``) over ``uplink`` without losing the
     host: see the module's doc. ``host`` (a libvirt connection) defines libvirt network
@@ -482,7 +488,8 @@ def create_over_uplink(
                                               "('kvmops net delete NAME')")
         check_uplink(kernel.link(uplink), uplink, bridge, bridge_exists=kernel.exists(bridge))
         before = kernel.snapshot(uplink)
-        target = find_target(before, verify, dict(os.environ) if env is None else env)
+        target = find_target(before, verify, dict(os.environ) if env is None else env,
+                             client)
         steps = plan_create(before, bridge)
         result = BridgeResult(name=name, bridge=bridge, uplink=uplink,
                               plan=[str(s) for s in steps], verify_target=target.address,
@@ -613,6 +620,7 @@ def remove_bridge(
     verify_timeout: float = DEFAULT_VERIFY_TIMEOUT, confirm_timeout: float | None = None,
     confirm: Callable[[float], bool] | None = None, dry_run: bool = False, host: Any = None,
     report: Callable[[str], None] = lambda _line: None, env: dict[str, str] | None = None,
+    client: str | None = None,
 ) -> UnbridgeResult:
     """The inverse of :func:`create_over_uplink`: the bridge's addresses and routes back
     onto its one port (the uplink), the bridge removed; checked, confirmed and rolled back
@@ -635,7 +643,8 @@ def remove_bridge(
                                                      "NAME': it names the VMs using them)")
         snap = BridgeSnapshot(bridge=kernel.snapshot(bridge), port=kernel.snapshot(port),
                               options=kernel.bridge_options(bridge))
-        target = find_target(snap.bridge, verify, dict(os.environ) if env is None else env)
+        target = find_target(snap.bridge, verify, dict(os.environ) if env is None else env,
+                             client)
         steps = plan_unbridge(snap)
         result = UnbridgeResult(bridge=bridge, port=port, plan=[str(s) for s in steps],
                                 verify_target=target.address, verify_source=target.source,
@@ -661,6 +670,68 @@ def remove_bridge(
     return result
 
 
+@dataclass
+class HostInterface:
+    """A link of the host, and whether it can be the uplink of a new bridge."""
+
+    name: str
+    kind: str | None
+    mac: str
+    mtu: int
+    up: bool
+    master: str | None
+    addresses: list[str]
+    uplink_ok: bool
+    why_not: str | None = None
+
+
+def host_interfaces(caller: Caller) -> list[HostInterface]:
+    """The host's links (loopback left out), for choosing an uplink (the web form)."""
+    from kvmops.network.uplink import parse_link
+
+    found = []
+    for data in kernel.ip("-details", "addr", "show", json_out=True) or []:
+        link = parse_link(data)
+        if link.link_type == "loopback":
+            continue
+        why = None
+        try:
+            check_uplink(link, link.name, "", bridge_exists=False)
+        except KvmopsError as err:
+            why = err.message
+        found.append(HostInterface(
+            name=link.name, kind=link.kind, mac=link.mac, mtu=link.mtu, up=link.up,
+            master=link.master, uplink_ok=why is None, why_not=why,
+            addresses=[f"{a.get('local')}/{a.get('prefixlen')}"
+                       for a in data.get("addr_info") or [] if a.get("local")]))
+    return found
+
+
+@dataclass
+class PendingRecord:
+    bridge: str
+    uplink: str | None
+    kind: str
+    created: float | None
+    pid: int | None
+
+
+def pending_records(caller: Caller) -> list[PendingRecord]:
+    """The rollback records left by changes that did not finish, with what they undo
+    (an unreadable one is listed with kind 'unreadable')."""
+    found = []
+    for bridge in pending():
+        try:
+            data = _read_record(bridge) or {}
+            kind = str(data.get("kind") or "create")
+        except StateError:
+            data, kind = {}, "unreadable"
+        found.append(PendingRecord(
+            bridge=bridge, uplink=data.get("uplink"), kind=kind,
+            created=data.get("created"), pid=data.get("pid")))
+    return found
+
+
 @audited("net.rollback", target="bridge")
 def rollback(caller: Caller, bridge: str) -> RollbackResult:
     """Restore the uplink of an unfinished ``net create --uplink`` from its record (after
@@ -681,15 +752,22 @@ def rollback(caller: Caller, bridge: str) -> RollbackResult:
                          hint="run the command there ('ip netns exec NS kvmops net "
                               f"rollback {bridge}')")
     pid = int(record.get("pid") or 0)
-    if pid and _owner_running(pid):
-        raise StateError(f"kvmops (pid {pid}) is still applying bridge '{bridge}'; it rolls "
-                         "back by itself when its check fails or it is stopped",
-                         hint=f"wait for it, or stop it ('kill {pid}')")
     guard = int(record.get("guard_pid") or 0)
-    if guard and _owner_running(guard):
-        raise StateError(f"the guard of bridge '{bridge}' (pid {guard}) is restoring "
-                         f"{uplink}", hint="wait a few seconds, then look again")
-    with _exclusive():
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(_exclusive())
+        except StateError:
+            # The owner holds the lock while it applies. A live owner without it (a
+            # kvmops server whose job ended with differences left) no longer applies.
+            if pid and _owner_running(pid):
+                raise StateError(f"kvmops (pid {pid}) is still applying bridge '{bridge}'; "
+                                 "it rolls back by itself when its check fails or it is "
+                                 "stopped", hint=f"wait for it, or stop it ('kill {pid}')"
+                                 ) from None
+            raise
+        if guard and _owner_running(guard):
+            raise StateError(f"the guard of bridge '{bridge}' (pid {guard}) is restoring "
+                             f"{uplink}", hint="wait a few seconds, then look again")
         if _read_record(bridge) != record:
             raise StateError(f"the rollback record of bridge '{bridge}' changed meanwhile",
                              hint=f"look again: 'kvmops net rollback {bridge}'")
