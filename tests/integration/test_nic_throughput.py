@@ -100,11 +100,58 @@ print(json.dumps({"total": total, "counted": counted, "seconds": seconds, "eof":
 """
 
 
+#: The source: connect to the guest (retrying until its ``nc -l`` listens), send
+#: ``warmup`` bytes and wait until the guest acknowledged them (the socket's send queue,
+#: TIOCOUTQ, is empty), then time ``count`` bytes until acknowledged. Runs in the namespace.
+SOURCE = r"""
+import fcntl, json, socket, struct, sys, termios, time
+host, port = sys.argv[1], int(sys.argv[2])
+warmup, count, limit = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+deadline = time.monotonic() + limit
+while True:
+    try:
+        s = socket.create_connection((host, port), timeout=2)
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.3)
+s.settimeout(1.0)
+chunk = bytes(1 << 16)
+
+
+def unacked():
+    return struct.unpack("i", fcntl.ioctl(s.fileno(), termios.TIOCOUTQ, bytes(4)))[0]
+
+
+def send(n):
+    sent = 0
+    while sent < n and time.monotonic() < deadline:
+        try:
+            sent += s.send(chunk[:min(n - sent, len(chunk))])
+        except socket.timeout:
+            pass
+    while unacked() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return sent - unacked()
+
+
+warm = send(warmup)
+start = time.monotonic()
+counted = send(count)
+seconds = time.monotonic() - start
+s.close()
+print(json.dumps({"total": warm + counted, "counted": counted, "seconds": seconds,
+                  "eof": counted == count}))
+"""
+
+
 @dataclass
 class Lab:
     vm: str
     mac: str
     tap: str
+    ip: str
 
 
 @dataclass
@@ -141,14 +188,16 @@ def _wait_agent(vm: str, deadline: float) -> None:
         time.sleep(2)
 
 
-def _wait_ipv4(vm: str, mac: str, deadline: float) -> None:
-    """Until the guest's NIC has its DHCP lease (``guest ip``)."""
+def _wait_ipv4(vm: str, mac: str, deadline: float) -> str:
+    """The guest NIC's DHCP address, once ``guest ip`` shows it."""
     while True:
         for iface in _json("guest", "ip", vm, "--json"):
-            if (iface["mac"] or "").lower() == mac.lower() and any(
-                    a["family"] == "ipv4" and ipaddress.ip_address(a["address"])
-                    in ipaddress.ip_network("192.168.239.0/24") for a in iface["addresses"]):
-                return
+            if (iface["mac"] or "").lower() != mac.lower():
+                continue
+            for a in iface["addresses"]:
+                if a["family"] == "ipv4" and ipaddress.ip_address(
+                        a["address"]) in ipaddress.ip_network("192.168.239.0/24"):
+                    return str(a["address"])
         assert time.monotonic() < deadline, f"no IPv4 lease on {vm}'s NIC {mac}"
         time.sleep(2)
 
@@ -190,8 +239,8 @@ def lab(vm_factory: Callable[..., str], host: Host) -> Iterator[Lab]:
         assert len(nics) == 1 and nics[0]["host_device"], nics
         deadline = time.monotonic() + BOOT_TIMEOUT
         _wait_agent(vm, deadline)
-        _wait_ipv4(vm, nics[0]["mac"], deadline)
-        yield Lab(vm, nics[0]["mac"], nics[0]["host_device"])
+        ip = _wait_ipv4(vm, nics[0]["mac"], deadline)
+        yield Lab(vm, nics[0]["mac"], nics[0]["host_device"], ip)
     finally:
         _remove_namespace()
         if vm:
@@ -203,7 +252,7 @@ def lab(vm_factory: Callable[..., str], host: Host) -> Iterator[Lab]:
     assert NETNS not in _sh("ip", "netns", "list")
 
 
-def _transfer(lab: Lab, nbytes: int, warmup: int) -> Transfer:
+def _transfer_out(lab: Lab, nbytes: int, warmup: int) -> Transfer:
     """Send ``nbytes`` from the guest to the sink; what the sink counted after
     ``warmup`` bytes. Bounded: the sink and the guest's nc stop after TRANSFER_LIMIT s."""
     sink = subprocess.Popen(
@@ -233,30 +282,68 @@ def _transfer(lab: Lab, nbytes: int, warmup: int) -> Transfer:
             sink.wait(timeout=30)
 
 
-def _unlimited_transfer(lab: Lab) -> Transfer:
-    return _transfer(lab, 24 << 20, 2 << 20)
+def _transfer_in(lab: Lab, nbytes: int, warmup: int) -> Transfer:
+    """Send ``nbytes`` from the namespace to the guest's busybox ``nc -l``; the source
+    counts what the guest's kernel acknowledged after ``warmup`` bytes and the time until
+    it did. Bounded: both ends stop after TRANSFER_LIMIT s."""
+    listener = subprocess.Popen(
+        [sys.executable, "-m", "kvmops.cli.main", "guest", "exec", lab.vm, "--timeout",
+         str(TRANSFER_LIMIT + 30), "--", "/bin/sh", "-c",
+         f"timeout {TRANSFER_LIMIT} nc -l -p {SINK_PORT} >/dev/null"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        sent = subprocess.run(
+            ["ip", "netns", "exec", NETNS, sys.executable, "-c", SOURCE, lab.ip,
+             str(SINK_PORT), str(warmup), str(nbytes - warmup), str(TRANSFER_LIMIT)],
+            capture_output=True, text=True, timeout=TRANSFER_LIMIT + 60, check=False)
+        assert sent.returncode == 0, sent.stderr
+        _out, err = listener.communicate(timeout=TRANSFER_LIMIT + 60)
+        found = json.loads(sent.stdout.strip().splitlines()[-1])
+        result = Transfer(found["total"], found["counted"], found["seconds"], found["eof"])
+        assert result.total >= warmup and result.counted > 0, (result, err)
+        return result
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait(timeout=30)
 
 
-def _limited_transfer(lab: Lab, average: int) -> Transfer:
+#: The two directions, named after libvirt's <bandwidth> children: outbound is traffic
+#: from the guest (to the sink), inbound traffic to the guest (from the namespace).
+DIRECTIONS = ("outbound", "inbound")
+_TRANSFERS = {"outbound": _transfer_out, "inbound": _transfer_in}
+
+
+def _unlimited_transfer(lab: Lab, direction: str) -> Transfer:
+    return _TRANSFERS[direction](lab, 24 << 20, 2 << 20)
+
+
+def _limited_transfer(lab: Lab, direction: str, average: int) -> Transfer:
     """About eight seconds at the limit: one second of warm-up, then counted."""
     per_second = average * TC_KBPS
-    return _transfer(lab, per_second * 8, per_second)
+    return _TRANSFERS[direction](lab, per_second * 8, per_second)
 
 
 @pytest.fixture(scope="module")
-def unlimited(lab: Lab) -> float:
-    """The guest's unlimited throughput in Mbit/s (measured once per module)."""
-    figure = _unlimited_transfer(lab).mbit
-    print(f"\nunlimited guest->sink: {figure:.1f} Mbit/s")
+def unlimited(lab: Lab) -> Callable[[str], float]:
+    """The guest's unlimited throughput in Mbit/s per direction, measured once."""
+    figures: dict[str, float] = {}
+
+    def figure(direction: str) -> float:
+        if direction not in figures:
+            figures[direction] = _unlimited_transfer(lab, direction).mbit
+            print(f"\nunlimited {direction}: {figures[direction]:.1f} Mbit/s")
+        return figures[direction]
+
     return figure
 
 
 def _average_for(unlimited_mbit: float) -> int:
     """The limit in libvirt's unit (tc kbps): at most 8 Mbit/s and a sixth of what the
-    guest sends unlimited, so that 'unlimited ≥ 3x the limit' holds with room to spare."""
+    guest moves unlimited, so that 'unlimited ≥ 3x the limit' holds with room to spare."""
     average = min(MAX_AVERAGE, int(unlimited_mbit * 1e6 / 6 / 8 / TC_KBPS))
     assert average >= 64, (
-        f"the guest sends only {unlimited_mbit:.2f} Mbit/s unlimited: under 3x any sensible "
+        f"the guest moves only {unlimited_mbit:.2f} Mbit/s unlimited: under 3x any sensible "
         f"limit (0.5 Mbit/s and more), so a limit cannot be told apart (host overloaded?)")
     return average
 
@@ -274,10 +361,10 @@ def _assert_limited(measured: Transfer, average: int, unlimited_mbit: float,
         f"{measured.mbit:.2f} Mbit/s")
 
 
-def _restored(lab: Lab, average: int, what: str) -> None:
+def _restored(lab: Lab, direction: str, average: int, what: str) -> None:
     """With the limit removed the guest is fast again (≥ 3x the limit)."""
     limit = average * TC_KBPS * 8 / 1e6
-    again = _unlimited_transfer(lab).mbit
+    again = _unlimited_transfer(lab, direction).mbit
     print(f"{what} removed: {again:.1f} Mbit/s")
     assert again >= 3 * limit, (
         f"{what} removed, yet only {again:.2f} Mbit/s (limit was {limit:.2f})")
@@ -286,7 +373,7 @@ def _restored(lab: Lab, average: int, what: str) -> None:
 def _probe_kernel() -> dict[str, bool]:
     """The tc calls libvirt makes for <bandwidth>, on a scratch veth pair: outbound is
     an ingress qdisc with a u32 filter that polices (act_police); inbound an htb root,
-    an htb class and an sfq leaf (sch_sfq)."""
+    an htb class, an sfq leaf (sch_sfq) and an fw filter."""
     subprocess.run(["ip", "link", "del", PROBE_A], capture_output=True, check=False)
     _sh("ip", "link", "add", PROBE_A, "type", "veth", "peer", "name", PROBE_B)
     try:
@@ -304,63 +391,84 @@ def _probe_kernel() -> dict[str, bool]:
                   "rate", "1000kbps")
         sfq = tc("qdisc", "add", "dev", PROBE_A, "parent", "1:1", "handle", "2:", "sfq",
                  "perturb", "10")
-        return {"police": police, "sfq": sfq}
+        fw = tc("filter", "add", "dev", PROBE_A, "parent", "1:0", "protocol", "all", "prio",
+                "1", "handle", "1", "fw", "flowid", "1")
+        return {"outbound": police, "inbound": sfq and fw}
     finally:
         subprocess.run(["ip", "link", "del", PROBE_A], capture_output=True, check=False)
 
 
-def _bandwidth(lab: Lab) -> tuple[str | None, str | None]:
+def _bandwidth(lab: Lab) -> dict[str, str | None]:
     nics = [n for n in _json("vm", "nic", "list", lab.vm, "--json") if n["mac"] == lab.mac]
     assert len(nics) == 1, nics
-    return nics[0]["outbound"], nics[0]["inbound"]
+    return {d: nics[0][d] for d in DIRECTIONS}
 
 
-def test_outbound_limit_through_kvmops_is_measured_or_refused(lab: Lab,
-                                                              unlimited: float) -> None:
-    """A kernel with act_police: the limit set by ``vm nic update --outbound`` holds the
-    guest's transfer within ±25 % (unlimited ≥ 3x faster) and ``none`` lifts it. A kernel
-    without (this machine): kvmops refuses in one line and nothing changed."""
-    average = _average_for(unlimited)
+def _libvirt_rule(lab: Lab, direction: str) -> bool:
+    """Whether libvirt's tc rule for ``direction`` is on the guest's tap."""
+    if direction == "outbound":
+        return "police" in _sh("tc", "filter", "show", "dev", lab.tap, "parent", "ffff:")
+    return "htb" in _sh("tc", "qdisc", "show", "dev", lab.tap)
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_limit_through_kvmops_is_measured_or_refused(lab: Lab, direction: str,
+                                                     unlimited: Callable[[str], float]
+                                                     ) -> None:
+    """A kernel with the tc pieces libvirt uses (act_police for outbound, sch_sfq for
+    inbound): the limit set by ``vm nic update --outbound/--inbound`` holds the transfer
+    within ±25 % (unlimited ≥ 3x faster) and ``none`` lifts it. A kernel without (this
+    machine): kvmops refuses in one line, nothing changed, the guest is as fast as before."""
+    fast = unlimited(direction)
+    average = _average_for(fast)
     burst = max(64, average // 4)  # KiB: a quarter second at the limit
     kernel = _probe_kernel()
-    result = run_cli("vm", "nic", "update", lab.vm, lab.mac, "--outbound",
+    result = run_cli("vm", "nic", "update", lab.vm, lab.mac, f"--{direction}",
                      f"{average},,{burst}", "--json")
-    if kernel["police"]:
+    none = {"outbound": None, "inbound": None}
+    if kernel[direction]:
         assert result.code == 0, result.stderr
         try:
-            assert _bandwidth(lab) == (f"{average},,{burst}", None)
-            assert "police" in _sh("tc", "filter", "show", "dev", lab.tap, "parent", "ffff:")
-            _assert_limited(_limited_transfer(lab, average), average, unlimited,
-                            "kvmops outbound limit")
+            assert _bandwidth(lab) == {**none, direction: f"{average},,{burst}"}
+            assert _libvirt_rule(lab, direction)
+            _assert_limited(_limited_transfer(lab, direction, average), average, fast,
+                            f"kvmops {direction} limit")
         finally:
-            cleared = run_cli("vm", "nic", "update", lab.vm, lab.mac, "--outbound", "none")
+            cleared = run_cli("vm", "nic", "update", lab.vm, lab.mac, f"--{direction}",
+                              "none")
         assert cleared.code == 0, cleared.stderr
-        assert _bandwidth(lab) == (None, None)
-        assert "police" not in _sh("tc", "filter", "show", "dev", lab.tap, "parent", "ffff:")
-        _restored(lab, average, "kvmops outbound limit")
+        assert _bandwidth(lab) == none
+        assert not _libvirt_rule(lab, direction)
+        _restored(lab, direction, average, f"kvmops {direction} limit")
         return
     assert_one_line_error(result, 6, f"NIC {lab.mac}", "lacks the tc police action")
-    assert _bandwidth(lab) == (None, None)
-    assert "police" not in _sh("tc", "filter", "show", "dev", lab.tap, "parent", "ffff:")
-    # Nothing was left half-applied: the guest still sends at full speed.
-    _restored(lab, average, "refused kvmops outbound limit")
+    assert _bandwidth(lab) == none
+    assert not _libvirt_rule(lab, direction)
+    # Nothing was left half-applied: the guest still moves data at full speed.
+    _restored(lab, direction, average, f"refused kvmops {direction} limit")
 
 
-def test_measurement_method_against_a_kernel_shaper(lab: Lab, unlimited: float) -> None:
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_measurement_method_against_a_kernel_shaper(lab: Lab, direction: str,
+                                                    unlimited: Callable[[str], float]
+                                                    ) -> None:
     """Calibration of the harness, not kvmops' limit: a tbf shaper set by the test with
-    ``tc`` on the sink's bridge port (the egress that carries the guest's traffic to the
-    sink, as libvirt's outbound limit does) at the rate the kvmops test uses; the same
-    transfer measures it within ±25 %, unlimited is ≥ 3x faster, and without the shaper
-    the speed comes back. Runs on every kernel (tbf is everywhere)."""
-    average = _average_for(unlimited)
-    _sh("tc", "qdisc", "add", "dev", PORT_HOST, "root", "tbf", "rate", f"{average}kbps",
+    ``tc`` at the rate the kvmops test uses, on the egress that carries the transfer
+    (outbound: the sink's bridge port, as the guest's traffic leaves the bridge there;
+    inbound: the guest's tap, where libvirt puts its inbound htb). The same transfer
+    measures it within ±25 %, unlimited is ≥ 3x faster, and without the shaper the speed
+    comes back. Runs on every kernel (tbf is everywhere)."""
+    fast = unlimited(direction)
+    average = _average_for(fast)
+    dev = PORT_HOST if direction == "outbound" else lab.tap
+    _sh("tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", f"{average}kbps",
         "burst", "32kb", "latency", "100ms")
     try:
-        assert "tbf" in _sh("tc", "qdisc", "show", "dev", PORT_HOST)
-        _assert_limited(_limited_transfer(lab, average), average, unlimited,
-                        "tbf shaper (calibration)")
+        assert "tbf" in _sh("tc", "qdisc", "show", "dev", dev)
+        _assert_limited(_limited_transfer(lab, direction, average), average, fast,
+                        f"tbf shaper, {direction} (calibration)")
     finally:
-        subprocess.run(["tc", "qdisc", "del", "dev", PORT_HOST, "root"],
+        subprocess.run(["tc", "qdisc", "del", "dev", dev, "root"],
                        capture_output=True, timeout=30, check=False)
-    assert "tbf" not in _sh("tc", "qdisc", "show", "dev", PORT_HOST)
-    _restored(lab, average, "tbf shaper (calibration)")
+    assert "tbf" not in _sh("tc", "qdisc", "show", "dev", dev)
+    _restored(lab, direction, average, f"tbf shaper, {direction} (calibration)")
