@@ -18,8 +18,10 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +33,7 @@ import pytest
 
 from kvmops.testing import cleanup
 from tests.conftest import SESSION_PREFIX, run_cli
+from tests.integration.browser import CHROMIUM, chromium_page, log_in
 from tests.integration.test_bridge_uplink import _ip_json, _settled, _sh, _state
 
 pytestmark = pytest.mark.integration
@@ -318,3 +321,89 @@ def test_below_admin_is_refused_and_audited(served: NsServer, role: str) -> None
     refused = {(r["method"], r["path"], r["status_code"], r["address"]) for r in rows}
     assert ("POST", "/api/v1/host/bridges", 403, CLIENT_IP) in refused, rows
     assert ("POST", f"/api/v1/host/bridges/{BRIDGE}/unbridge", 403, CLIENT_IP) in refused
+
+
+# --------------------------------------------------------------------------- web UI
+@contextlib.contextmanager
+def _forwarder(pool: ThreadPoolExecutor) -> Iterator[str]:
+    """A TCP relay from 127.0.0.1 (where Chromium runs) into namespace B, then through the
+    uplink to the server: the server sees 192.168.240.1, so the checked route is real."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.5)
+    stop = threading.Event()
+
+    def pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                near, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                far = pool.submit(socket.create_connection, (SERVER_IP, PORT), 30).result(60)
+            except OSError:
+                near.close()
+                continue
+            for a, b in ((near, far), (far, near)):
+                threading.Thread(target=pump, args=(a, b), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(10)
+        listener.close()
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="chromium missing: run scripts/setup-host.sh")
+def test_the_networks_page_form_dry_runs_and_applies(served: NsServer) -> None:
+    pytest.importorskip("playwright.sync_api")
+    before = _state(NS_A)
+    added = run_cli("user", "add", "webadmin", "--role", "admin", "--password-stdin", "--db",
+                    served.db, input="web-admin-1\n")
+    assert added.code == 0, added.stderr
+    with _forwarder(served.pool) as url, chromium_page() as page:
+        log_in(page, url, "webadmin", "web-admin-1")
+        page.goto(url + "/networks")
+        page.wait_for_selector(f"#bridge-create select[name=uplink] option[value={UPLINK}]",
+                               state="attached")
+        page.fill("#bridge-create input[name=name]", BRIDGE)
+        page.uncheck("#bridge-create input[name=define]")
+        page.click("#bridge-dry-run")
+        page.wait_for_selector("#bridge-status:has-text('dry run: nothing changed')")
+        steps = page.inner_text("#bridge-steps")
+        assert f"check after the change: {CLIENT_IP} (api client)" in steps, steps
+        assert BRIDGE in steps and _state(NS_A) == before
+
+        # A host that never answers: the job fails, the page says it was rolled back.
+        page.fill("#bridge-create input[name=verify]", ABSENT)
+        page.fill("#bridge-create input[name=verify_timeout]", "2")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#bridge-create button[type=submit]")
+        page.wait_for_selector("#bridge-status[data-outcome=error]", timeout=120_000)
+        assert "rolled back" in page.inner_text("#bridge-status")
+        _settled(NS_A)
+        assert _state(NS_A) == before
+
+        # This browser's own route checked: kept, and the page (through it) says so.
+        page.fill("#bridge-create input[name=verify]", "")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#bridge-create button[type=submit]")
+        page.wait_for_selector("#bridge-status[data-outcome=ok]", timeout=120_000)
+        text = page.inner_text("#bridge-status")
+        assert f"kept: bridge '{BRIDGE}' over '{UPLINK}', {CLIENT_IP} answered" in text, text
+        assert "check passed" in page.inner_text("#bridge-steps")
+        assert _ip_json(NS_A, "route", "get", CLIENT_IP)[0]["dev"] == BRIDGE
+    assert "Traceback" not in served.log.read_text()
