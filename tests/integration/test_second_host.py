@@ -4,7 +4,8 @@ last line; that daemon lists no VMs, takes a tiny VM created through the URI (no
 the machine's libvirtd), answers a second ``up`` without a second daemon, and ``down``
 removes everything: VM, disk, process, namespace, veth, nftables guard, images directory,
 state. Only 10.250.0.1/24 <-> 10.250.0.2/24 is used; the name has the session prefix, so
-``make clean-test`` removes what a crashed run left. No guest boots."""
+``make clean-test`` removes what a crashed run left. One guest boots, to prove the test
+bed carries a live migration each way."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from kvmops.devguest.build import GuestImage
 from kvmops.host.connection import Host
 from kvmops.testing import netns, secondhost
 from tests.conftest import SESSION_PREFIX, assert_one_line_error, run_cli
+from tests.integration.conftest import remove_vm
+from tests.integration.nshost import second_host
 
 URI = "qemu+tcp://10.250.0.2/system"
 
@@ -99,3 +102,43 @@ def test_second_host_up_vm_down(tiny_guest: GuestImage, host: Host) -> None:
     # A second down finds nothing, says so, and succeeds.
     again = run_cli("dev", "second-host", "down", "--name", name)
     assert again.code == 0 and "no second host" in again.stderr + again.stdout
+
+
+def test_live_migration_both_ways_over_the_test_bed(tiny_guest: GuestImage, host: Host
+                                                    ) -> None:
+    """The test bed carries migrations (own host UUID, migration_host, the guard lets
+    QEMU's user through): a tiny guest booted on the second host moves to the machine's
+    libvirtd and back (shared storage: the same file system, hence --unsafe), its RAM
+    intact (a file in its RAM root file system), defined only where it runs. The way back
+    needs no listening machine libvirtd: virsh drives it and names tcp://10.250.0.1."""
+    vm = f"{SESSION_PREFIX}h2mig"
+    with second_host(f"{SESSION_PREFIX}h2m") as h2:
+        assert h2.uri == URI
+        try:
+            created = h2.run_cli(
+                "vm", "create", vm, "--memory", "256M", "--vcpus", "1",
+                "--kernel", str(tiny_guest.kernel), "--initrd", str(tiny_guest.initrd),
+                "--cmdline", "console=ttyS0", "--disk", "size=64M",
+                "--images-dir", h2.images_dir)
+            assert created.code == 0, created.stderr
+            started = h2.run_cli("vm", "start", vm, "--wait-agent", "240")
+            assert started.code == 0, (started.stderr, h2.log_tail())
+            marked = h2.run_cli("guest", "exec", vm, "--", "sh", "-c",
+                                "echo ram-survived > /tmp/marker")
+            assert marked.code == 0, marked.stderr
+            moved = _virsh(URI, "migrate", "--live", "--unsafe", "--persistent",
+                           "--undefinesource", vm, "qemu:///system", "tcp://10.250.0.1")
+            assert moved.returncode == 0, (moved.stderr, h2.log_tail())
+            assert vm in [d.name for d in host.all_domains()]
+            assert _virsh(URI, "list", "--all", "--name").stdout.strip() == ""
+            read = run_cli("guest", "exec", vm, "--", "cat", "/tmp/marker")
+            assert read.code == 0 and read.stdout.strip() == "ram-survived", read
+            back = _virsh(host.uri, "migrate", "--live", "--unsafe", "--persistent",
+                          "--undefinesource", vm, URI)
+            assert back.returncode == 0, (back.stderr, h2.log_tail())
+            assert vm not in [d.name for d in host.all_domains()]
+            read = h2.run_cli("guest", "exec", vm, "--", "cat", "/tmp/marker")
+            assert read.code == 0 and read.stdout.strip() == "ram-survived", read
+        finally:
+            if vm in [d.name for d in host.all_domains()]:  # stopped half-way back
+                remove_vm(host, vm)
