@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from tests.integration.api_server import ApiServer, wait_job
 from tests.integration.conftest import remove_vm
 
 NAME = f"{SESSION_PREFIX}apipool"
+MIB = 1024 * 1024
 
 
 @pytest.fixture
@@ -166,3 +169,99 @@ def test_cli_changes_and_refusals_are_audited(api: ApiServer, pool_name: str,
                                    (user, "pool.create", pool_name, 0),
                                    (user, "volume.create", f"{pool_name}/v.raw", 0),
                                    (user, "pool.delete", pool_name, 0)]), mine
+
+
+def _refused_before_the_body(api: ApiServer, request_line: str, length: int) -> str:
+    """An operator's request announcing ``length`` bytes, none sent: the whole answer
+    (it must come without the body)."""
+    host, port = api.url.removeprefix("http://").split(":")
+    head = (f"{request_line} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            f"{api.tokens['operator']}\r\nContent-Length: {length}\r\n"
+            "Connection: close\r\n\r\n")
+    answer = b""
+    with socket.create_connection((host, int(port)), timeout=60) as conn:
+        conn.sendall(head.encode())
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return answer.decode("latin-1")
+
+
+def _chunks(data: bytes, size: int = 64 * 1024) -> Iterator[bytes]:
+    """A request body sent as it is produced (with its Content-Length: not chunked)."""
+    for start in range(0, len(data), size):
+        yield data[start:start + size]
+
+
+def test_volume_data_upload_and_download(api: ApiServer, pool_name: str, images_dir: Path
+                                         ) -> None:
+    """``PUT``/``GET .../volumes/{volume}/data``: an operator's upload is read back byte
+    for byte, with job progress; a viewer may do neither (a download is the disk's
+    contents); a body longer than the volume (413), a wrong format (422), a qcow2 naming
+    a backing file (403) are refused before a byte is written; all of it audited."""
+    target = images_dir / f"{pool_name}-data"
+    raw_url = f"/pools/{pool_name}/volumes/v.raw/data"
+    data = os.urandom(3 * MIB + 4096)
+    with api.client("viewer") as viewer, api.client("operator") as operator, \
+            api.client("admin") as admin:
+        made = admin.post("/pools", json={"name": pool_name, "type": "dir",
+                                          "target": str(target), "build": True})
+        assert made.status_code == 201, made.text
+        for vol in ({"name": "v.raw", "size": "4M", "format": "raw"},
+                    {"name": "v.qcow2", "size": "16M", "format": "qcow2"}):
+            created = operator.post(f"/pools/{pool_name}/volumes", json=vol)
+            assert created.status_code == 201, created.text
+
+        denied = viewer.put(raw_url, params={"format": "raw"}, content=b"x")
+        assert denied.status_code == 403 and "operator" in denied.json()["error"]
+        assert viewer.get(raw_url).status_code == 403
+        up = operator.put(raw_url, params={"format": "raw"}, content=_chunks(data),
+                          headers={"Content-Length": str(len(data)),
+                                   "Content-Type": "application/octet-stream"})
+        assert up.status_code == 200, up.text
+        assert (up.json()["name"], up.json()["format"]) == ("v.raw", "raw")
+        job = wait_job(operator, up.headers["X-Job-Id"])
+        assert (job["kind"], job["state"], job["progress"]["done"], job["progress"]["total"]
+                ) == ("volume.upload", "succeeded", len(data), len(data)), job
+        down = operator.get(raw_url)
+        assert down.status_code == 200, down.text
+        assert down.headers["content-disposition"] == 'attachment; filename="v.raw"'
+        assert int(down.headers["content-length"]) == 4 * MIB
+        assert down.content[:len(data)] == data
+        assert down.content[len(data):] == bytes(4 * MIB - len(data))
+        assert wait_job(operator, down.headers["X-Job-Id"])["state"] == "succeeded"
+
+        # Refusals: before one byte reaches the volume, each one line.
+        big = _refused_before_the_body(api, f"PUT /api/v1{raw_url}?format=raw", 4 * MIB + 1)
+        assert big.startswith("HTTP/1.1 413") and "resize the volume" in big, big
+        wrong = operator.put(raw_url, params={"format": "qcow2"}, content=b"x" * 512)
+        assert wrong.status_code == 422 and "is raw; the file is qcow2" in wrong.text
+        assert operator.put(raw_url, content=b"x").status_code == 422  # format named
+        backed = images_dir / f"{SESSION_PREFIX}api-backed.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+                        "/etc/hostname", str(backed), "8M"], check=True, capture_output=True)
+        refused = operator.put(f"/pools/{pool_name}/volumes/v.qcow2/data",
+                               params={"format": "qcow2"}, content=backed.read_bytes())
+        assert refused.status_code == 403 and "backing or data file" in refused.text
+        assert "\n" not in refused.json()["error"]
+        assert operator.get(raw_url).content[:len(data)] == data  # unchanged
+
+        # A qcow2 file goes into a qcow2 volume and comes back as its qcow2 file.
+        plain = images_dir / f"{SESSION_PREFIX}api-plain.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(plain), "16M"],
+                       check=True, capture_output=True)
+        qcow = operator.put(f"/pools/{pool_name}/volumes/v.qcow2/data",
+                            params={"format": "qcow2"}, content=plain.read_bytes())
+        assert qcow.status_code == 200, qcow.text
+        back = operator.get(f"/pools/{pool_name}/volumes/v.qcow2/data").content
+        assert back[:plain.stat().st_size] == plain.read_bytes()
+        for path in (backed, plain):
+            path.unlink()
+        entries = admin.get("/audit?limit=300").json()
+    rows = {(e["user"], e["action"], e["target"], e["status_code"]) for e in entries}
+    raw = f"{pool_name}/v.raw"
+    for row in [("op", "upload_volume_data", raw, 200), ("op", "download_volume_data", raw, 200),
+                ("view", "upload_volume_data", pool_name, 403),
+                ("view", "download_volume_data", pool_name, 403),
+                ("op", "upload_volume_data", raw, 413),
+                ("op", "upload_volume_data", f"{pool_name}/v.qcow2", 403)]:
+        assert row in rows, (row, sorted(r for r in rows if pool_name in (r[2] or "")))

@@ -1,12 +1,13 @@
 """ASGI middleware writing one audit row per request that matters.
 
-Recorded: every state-changing request on any path (API and web forms), every
-refused request whatever its method (401, 403, 413, 429), and every read of a
-guest through its agent. A row holds who (the authenticated user, or the name
-given to log-in), from where (the client address), what (the route's function
-name, method and path), the target (what the route put in ``request.state.target``,
-else the ``name``/``user``/``job_id`` path parameter), when, the status code and the
-job id of a 202. Bodies are never recorded, so passwords and tokens never reach the log.
+Recorded: every state-changing request on any path (API and web forms), every refused
+request whatever its method (401, 403, 413, 429), every read of a guest through its
+agent, and every download of a volume's data. A row holds who (the authenticated
+user, or the name given to log-in), from where (the client address), what (the
+route's function name, method and path), the target (what the route put in
+``request.state.target``, else the ``name``/``user``/``job_id`` path parameter),
+when, the status code and the job id of a 202. Bodies are never recorded, so
+passwords and tokens never reach the log.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from kvmops.services.database import Store
 log = logging.getLogger("kvmops.api")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _GUEST_READ = re.compile(r"^/api/v1/(ui/)?vms/[^/]+/guest")
+_VOLUME_READ = re.compile(r"^/api/v1/pools/[^/]+/volumes/[^/]+/data$")  # disk contents
 _STATIC = ("/static/", "/favicon")
 
 
@@ -38,7 +40,8 @@ def client_of(scope: Scope) -> str | None:
 def wanted(method: str, path: str, status: int) -> bool:
     if path.startswith(_STATIC):
         return status in DENIED
-    return method not in SAFE_METHODS or status in DENIED or bool(_GUEST_READ.match(path))
+    return (method not in SAFE_METHODS or status in DENIED or bool(_GUEST_READ.match(path))
+            or bool(_VOLUME_READ.match(path)))
 
 
 def via_of(path: str) -> str:

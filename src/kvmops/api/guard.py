@@ -4,7 +4,8 @@ before a body is read, and security headers on every response.
 * **Size**: a ``Content-Length`` over the route's limit is answered 413 before one
   byte of the body is read; a body without a length is counted as it arrives and
   cut off at the limit. Limits: log-in forms 16 KiB, guest file pushes the
-  transfer limit in base64 plus 64 KiB, everything else ``max_body``.
+  transfer limit in base64 plus 64 KiB, volume data the volume's size (checked by its
+  route), everything else ``max_body``.
 * **Authentication first**: an API request with a body must carry a valid token
   or session before its body is read or parsed (401 otherwise). The principal
   found is kept in the request state for the route's own check.
@@ -38,6 +39,10 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"same-origin"),
 ]
 _PUSH = re.compile(r"^/api/v1/vms/[^/]+/guest/push$")
+# Volume data: the route refuses a Content-Length over the volume's own size before it
+# reads a byte, and reads no more than that length (kvmops.api.routes.pools).
+_VOLUME_DATA = re.compile(r"^/api/v1/pools/[^/]+/volumes/[^/]+/data$")
+VOLUME_DATA_LIMIT = 1 << 50
 _OPEN_API = frozenset({"/api/v1/login", "/api/v1/health"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 SESSION_COOKIE = "kvmops_session"
@@ -90,6 +95,8 @@ class RequestGuard:
             return LOGIN_LIMIT
         if _PUSH.match(path):
             return self.push_limit
+        if _VOLUME_DATA.match(path):
+            return VOLUME_DATA_LIMIT
         return self.max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

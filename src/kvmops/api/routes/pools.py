@@ -1,20 +1,41 @@
 """Storage pools and their volumes (viewer reads; operator starts, stops, refreshes and
-manages volumes; admin creates and deletes pools: a pool names host directories,
-devices and remote storage)."""
+manages volumes, and uploads and downloads their data: a download hands out a disk's
+contents; admin creates and deletes pools: a pool names host directories, devices and
+remote storage).
+
+Volume data (``PUT``/``GET .../volumes/{volume}/data``) goes through libvirt streams
+in a job (``volume.upload``/``volume.download``: byte progress in ``GET /jobs/{id}``
+and the ``job`` events; the ``X-Job-Id`` header names it): the request body is passed
+to libvirt as it arrives and the volume's bytes to the response as libvirt sends
+them, never held whole in memory.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal, TypeVar
 
-from fastapi import APIRouter
+import anyio
+from anyio.lowlevel import current_token
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
+from fastapi.responses import StreamingResponse
 from pydantic import Field
+from starlette.requests import ClientDisconnect
 
-from kvmops.api.deps import AdminCaller, HostDep, OperatorCaller, ViewerCaller
+from kvmops.api.context import ApiContext
+from kvmops.api.deps import AdminCaller, Ctx, HostDep, LongRequest, OperatorCaller, ViewerCaller
 from kvmops.api.routes.common import Body, Message
+from kvmops.api.runner import JobContext
+from kvmops.errors import CancelledError, KvmopsError, StorageError
 from kvmops.services import pools as service
 from kvmops.services.pools import PoolInfo, VolumeInfo
+from kvmops.services.session import open_connection
 from kvmops.sizes import parse_size
+
+T = TypeVar("T")
 
 router = APIRouter(prefix="/pools", tags=["storage pools"])
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
@@ -151,3 +172,207 @@ def delete_volume(caller: OperatorCaller, host: HostDep, name: str = NamePath,
                   volume: str = VolumePath) -> Message:
     service.delete_volume(caller, host, name, volume)
     return Message(message=f"volume '{volume}' deleted from storage pool '{name}'")
+
+
+# ------------------------------------------------------------------ volume data
+DataFormat = Query(..., pattern="^(raw|qcow2)$",
+                   description="the data's format, which must be the volume's (raw or "
+                               "qcow2; always named, never probed)")
+_DISCONNECTED = "the client closed the connection before the transfer ended"
+
+
+class _RequestBody:
+    """The request body as a blocking reader for the job's thread: each ``read`` waits
+    for the next parts from the event loop; at most one read's worth is held."""
+
+    def __init__(self, request: Request, token: Any) -> None:
+        self._parts = request.stream().__aiter__()
+        self._token = token
+        self._buffer = bytearray()
+        self._ended = False
+
+    async def _next(self) -> bytes | None:
+        try:
+            return await self._parts.__anext__()
+        except StopAsyncIteration:
+            return None
+        except ClientDisconnect:
+            raise StorageError(_DISCONNECTED, hint="upload again") from None
+
+    def read(self, size: int = -1, /) -> bytes:
+        want = size if size >= 0 else 1 << 62
+        while len(self._buffer) < want and not self._ended:
+            part = anyio.from_thread.run(self._next, token=self._token)
+            if part is None:
+                self._ended = True
+            else:
+                self._buffer += part
+        out = bytes(self._buffer[:want])
+        del self._buffer[:want]
+        return out
+
+
+class _Slot:
+    """One long-request slot, released once (by the job or the response, whichever
+    ends last)."""
+
+    def __init__(self, ctx: ApiContext, user: str) -> None:
+        self._stack = contextlib.ExitStack()
+        self._stack.enter_context(ctx.long_requests.hold(user))
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            self._stack.close()
+
+
+async def _job(ctx: ApiContext, kind: str, target: str, user: str,
+               work: Callable[[JobContext], T], response: Response) -> T:
+    """Run ``work`` as a job (its progress in the job row and events) and wait for it:
+    the request that carries the data stays open while the job runs."""
+    token = current_token()
+    done = anyio.Event()
+    outcome: dict[str, Any] = {}
+
+    def run(job: JobContext) -> T:
+        try:
+            outcome["value"] = work(job)
+            return outcome["value"]  # type: ignore[no-any-return]
+        except BaseException as err:
+            outcome["error"] = err
+            raise
+        finally:
+            anyio.from_thread.run_sync(done.set, token=token)
+
+    view = ctx.runner.submit(kind, target, user, run)
+    response.headers["X-Job-Id"] = view.id
+    while not done.is_set():
+        with anyio.move_on_after(1.0):
+            await done.wait()
+        if not done.is_set() and not any(c.id == view.id for c in ctx.runner.active()):
+            raise CancelledError(f"job {view.id} ({kind}) ended before it started",
+                                 hint="it was cancelled, or the server is stopping")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]  # type: ignore[no-any-return]
+
+
+@router.put("/{name}/volumes/{volume}/data", response_model=VolumeInfo,
+            dependencies=[LongRequest],
+            openapi_extra={"requestBody": {"required": True, "content": {
+                "application/octet-stream": {"schema": {"type": "string",
+                                                        "format": "binary"}}}}})
+async def upload_volume_data(caller: OperatorCaller, ctx: Ctx, host: HostDep,
+                             request: Request, response: Response,
+                             format: str = DataFormat, name: str = NamePath,
+                             volume: str = VolumePath) -> VolumeInfo:
+    """Write the request body (``Content-Length`` bytes of ``format``) into the volume
+    from its start: the checks of ``kvmops volume upload`` (the volume's format, no VM
+    using it, a qcow2 naming no backing or data file and not larger than the volume);
+    a body longer than the volume is refused (413) before a byte is read."""
+    request.state.target = f"{name}/{volume}"
+    declared = request.headers.get("content-length")
+    if declared is None or not declared.isdigit():
+        raise HTTPException(411, "send the data with a Content-Length header (the volume "
+                                 "data is not accepted chunked)")
+    length = int(declared)
+    vol = await anyio.to_thread.run_sync(service.check_upload, caller, host, name, volume,
+                                         format, 0)
+    limit = service.upload_limit(vol, format)
+    if length > limit:
+        raise HTTPException(413, f"the upload is {length} bytes; volume '{volume}' of pool "
+                                 f"'{name}' holds {vol.capacity}"
+                                 + (f" (a qcow2 file up to {limit})" if format == "qcow2"
+                                    else "") + ": resize the volume first or upload less")
+    body = _RequestBody(request, current_token())
+
+    def work(job: JobContext) -> VolumeInfo:
+        with open_connection(ctx.settings.uri) as own:
+            return service.upload_data(caller, own, name, volume, body, length, format,
+                                       progress=job.bytes)
+
+    return await _job(ctx, "volume.upload", f"{name}/{volume}", caller.name, work, response)
+
+
+@router.get("/{name}/volumes/{volume}/data", response_class=StreamingResponse,
+            responses={200: {"content": {"application/octet-stream": {}},
+                             "description": "the volume's bytes (a qcow2 volume as its "
+                                            "qcow2 file)"}})
+async def download_volume_data(caller: OperatorCaller, ctx: Ctx, host: HostDep,
+                               request: Request, name: str = NamePath,
+                               volume: str = VolumePath) -> StreamingResponse:
+    """The volume's bytes as an attachment (``Content-Length``: a file volume's file
+    size, a block volume's capacity), read through a libvirt stream as they are sent."""
+    request.state.target = f"{name}/{volume}"
+    _vol, length = await anyio.to_thread.run_sync(service.download_size, caller, host,
+                                                  name, volume)
+    slot = _Slot(ctx, caller.name)
+    token = current_token()
+    send, receive = anyio.create_memory_object_stream[bytes](4)
+
+    class Sink:
+        def write(self, data: bytes, /) -> int:
+            try:
+                anyio.from_thread.run(send.send, data, token=token)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                raise StorageError(_DISCONNECTED, hint="download again") from None
+            return len(data)
+
+    failed: list[BaseException] = []
+
+    def work(job: JobContext) -> int:
+        try:
+            with open_connection(ctx.settings.uri) as own:
+                return service.download_data(caller, own, name, volume, Sink(), length,
+                                             progress=job.bytes)
+        except BaseException as err:
+            failed.append(err)
+            raise
+        finally:
+            with contextlib.suppress(KvmopsError, RuntimeError):
+                anyio.from_thread.run_sync(send.close, token=token)
+            slot.release()
+
+    try:
+        view = ctx.runner.submit("volume.download", f"{name}/{volume}", caller.name, work)
+    except BaseException:
+        slot.release()
+        raise
+
+    # The first bytes (or the job's end) before the answer starts: a refusal that comes
+    # before any data (libvirt's, a lost connection) is a one-line error, not a 200 cut
+    # short.
+    first: bytes | None = None
+    try:
+        while True:
+            with anyio.move_on_after(1.0) as waited:
+                try:
+                    first = await receive.receive()
+                except anyio.EndOfStream:
+                    first = None
+            if not waited.cancelled_caught:
+                break
+            if not any(c.id == view.id for c in ctx.runner.active()):
+                raise CancelledError(f"job {view.id} (volume.download) ended before it "
+                                     "started", hint="it was cancelled, or the server is "
+                                                     "stopping")
+        if first is None and failed:
+            raise failed[0]
+    except BaseException:
+        slot.release()
+        receive.close()
+        raise
+
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            async with receive:
+                if first:
+                    yield first
+                async for chunk in receive:
+                    yield chunk
+        finally:
+            slot.release()
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream", headers={
+        "Content-Length": str(length), "X-Job-Id": view.id,
+        "Content-Disposition": f'attachment; filename="{volume}"'})
