@@ -142,3 +142,30 @@ def test_live_migration_both_ways_over_the_test_bed(tiny_guest: GuestImage, host
         finally:
             if vm in [d.name for d in host.all_domains()]:  # stopped half-way back
                 remove_vm(host, vm)
+
+
+def test_crashed_second_host_is_removed_by_clean_test() -> None:
+    """A test second host never taken down (its run crashed): ``make clean-test``'s part
+    for namespaced hosts removes its processes, namespace, veth and nftables guard."""
+    name = f"{SESSION_PREFIX}crash2-h2"
+    crashed, started = secondhost.up(name)
+    try:
+        assert started
+        pids = netns.netns_pids(name)
+        assert crashed.libvirtd_pid in pids
+    except BaseException:
+        secondhost.remove(crashed)
+        raise
+    removed = netns.remove_ns_hosts(prefix=f"{SESSION_PREFIX}crash2-")
+    assert removed == [name]
+    assert not [pid for pid in pids if netns.alive(pid)]
+    assert not Path("/run/netns", name).exists()
+    assert not Path("/sys/class/net", crashed.host_veth).exists()
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True,
+                            timeout=30, check=True).stdout
+    assert name not in tables
+    assert not crashed.state.exists()
+    # Its images directory is under the test image directory, which clean-test empties of
+    # test-prefixed entries.
+    assert Path(crashed.images_dir).parent == secondhost.TEST_IMAGES_ROOT
+    Path(crashed.images_dir).rmdir()
