@@ -55,6 +55,12 @@ PAGES.pools = () => {
                  "volume '" + body.name + "' created");
     });
   }
+  for (const form of document.querySelectorAll("form.volume-upload")) {
+    form.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      volumeUpload(form);
+    });
+  }
   const create = document.getElementById("pool-create");
   if (!create) return;  /* only an admin's page has the pool form */
   create.addEventListener("submit", (ev) => {
@@ -70,3 +76,61 @@ PAGES.pools = () => {
                "pool '" + body.name + "' created");
   });
 };
+
+/* Upload a file into a volume: PUT .../data with the file as the body (the browser
+   streams it; the server passes it to libvirt as it arrives), the CSRF token as every
+   change, and the bar fed by the upload's own progress events. */
+function volumeUpload(form) {
+  const file = form.querySelector("input[type=file]").files[0];
+  if (!file) return;
+  const pool = form.dataset.pool, vol = form.dataset.volume;
+  const fmt = form.querySelector("select[name=format]").value;
+  const button = form.querySelector("button[type=submit]");
+  const box = form.querySelector(".job-progress");
+  const bar = box.querySelector("progress"), pct = box.querySelector(".pct");
+  if (file.size > Number(form.dataset.capacity) && fmt === "raw") {
+    poolError("the file is " + K.fmtBytes(file.size) + "; volume '" + vol + "' holds " +
+              K.fmtBytes(Number(form.dataset.capacity)) + ": resize the volume first");
+    return;
+  }
+  poolError("");
+  button.disabled = true;
+  box.hidden = false;
+  bar.value = 0;
+  pct.textContent = "0%";
+  const xhr = new XMLHttpRequest();
+  xhr.open("PUT", "/api/v1/pools/" + encodeURIComponent(pool) + "/volumes/" +
+           encodeURIComponent(vol) + "/data?format=" + encodeURIComponent(fmt));
+  xhr.setRequestHeader("X-CSRF-Token", K.csrf);
+  xhr.setRequestHeader("Content-Type", "application/octet-stream");
+  xhr.upload.addEventListener("progress", (e) => {
+    if (!e.lengthComputable) return;
+    const p = Math.floor((100 * e.loaded) / e.total);
+    bar.value = p;
+    pct.textContent = p + "%";
+  });
+  const failed = (message) => {
+    poolError(message);
+    button.disabled = false;
+    box.hidden = true;
+  };
+  xhr.addEventListener("load", () => {
+    if (xhr.status === 401) {
+      location.href = "/login?next=" + encodeURIComponent(location.pathname);
+      return;
+    }
+    if (xhr.status >= 200 && xhr.status < 300) {
+      bar.value = 100;
+      pct.textContent = "100%";
+      form.dataset.uploaded = "yes";
+      K.toast(file.name + " uploaded into volume '" + vol + "'", "ok");
+      location.reload();
+      return;
+    }
+    let message = xhr.status + " " + xhr.statusText;
+    try { message = JSON.parse(xhr.responseText).error || message; } catch (e) { /* text */ }
+    failed(message);
+  });
+  xhr.addEventListener("error", () => failed("the upload failed: the server cannot be reached"));
+  xhr.send(file);
+}
