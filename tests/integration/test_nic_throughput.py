@@ -1,27 +1,32 @@
-"""A vNIC's outbound bandwidth limit measured with a transfer through a real tiny guest.
+"""vNIC bandwidth limits measured with transfers through a real tiny guest.
 
-The harness: one booted guest on an isolated test network (192.168.239.0/24) sends a
-bounded stream (``dd if=/dev/zero | nc`` with the guest's busybox) to a Python TCP sink
-in a network namespace the test made, attached to the network's bridge by a veth pair.
-The sink counts the bytes and the time after a warm-up; the figure is bytes * 8 / seconds.
-The traffic never leaves the isolated bridge.
+The harness: one booted guest on an isolated test network (192.168.239.0/24) and a
+network namespace the test made, attached to the network's bridge by a veth pair; the
+traffic never leaves the isolated bridge. Bounded transfers, timed after a warm-up, give
+bytes * 8 / seconds:
+- outbound (from the guest, libvirt's ``<outbound>``): a Python client in the namespace
+  fetches a file from the guest's busybox httpd (sendfile: hundreds of Mbit/s even under
+  TCG) and counts what arrives;
+- inbound (to the guest, ``<inbound>``): a Python source in the namespace sends to the
+  guest's busybox ``nc -l`` and times what the guest's kernel acknowledged (the socket's
+  send queue drained).
 
-What the tests assert, on any host:
-- The limit through kvmops (``vm nic update VM MAC --outbound AVG,,BURST``) on a kernel
-  with tc's police action (act_police, which libvirt's outbound rule uses): the measured
-  throughput is within ±25 % of the limit, unlimited is at least 3x faster, and removing
-  the limit brings the speed back. On a kernel without it (this development machine:
-  libvirt's tc call fails) kvmops refuses in one line and the NIC is unchanged; the
-  limit itself cannot be measured there.
-- The measurement method, calibrated against a kernel shaper this kernel has: a tbf
-  qdisc at the same rate on the sink's bridge port (its egress carries the guest's
-  traffic to the sink: the same direction as libvirt's outbound limit), set with ``tc``
-  by the test itself. This proves the harness measures a known limit correctly (±25 %,
-  unlimited ≥ 3x); it is not kvmops' limit.
+What the tests assert, on any host, for each direction:
+- The limit through kvmops (``vm nic update VM MAC --outbound/--inbound AVG,,BURST``) on
+  a kernel with the tc pieces libvirt uses (act_police for outbound, sch_sfq for
+  inbound): the measured throughput is within ±25 % of the limit, unlimited is at least
+  3x faster, and ``none`` brings the speed back. On a kernel without them (this
+  development machine: libvirt's tc call fails) kvmops refuses in one line, the NIC is
+  unchanged and as fast as before; the limit itself cannot be measured there.
+- The measurement method, calibrated against a kernel shaper every kernel has: a tbf
+  qdisc at the same rate, set with ``tc`` by the test itself on the egress that carries
+  the transfer (outbound: the namespace's bridge port; inbound: the guest's tap). This
+  proves the harness measures a known limit correctly (±25 %, unlimited ≥ 3x); it is
+  not kvmops' limit.
 
-The limit is chosen from the measured unlimited figure (TCG guests are slow): 8 Mbit/s,
-lower when the guest cannot send six times that. The network, the namespace (with its
-veths and tc rules) and the VM are removed even when a test fails."""
+The limit is 8 Mbit/s, lower when the guest moves less than six times that unlimited
+(TCG guests are slow under load). The network, the namespace (with its veths), the tc
+rules and the VM are removed even when a test fails."""
 
 from __future__ import annotations
 
@@ -44,8 +49,10 @@ from tests.conftest import SESSION_PREFIX, assert_one_line_error, run_cli
 from tests.integration.conftest import remove_vm
 
 BRIDGE_IP = "192.168.239.1"
-SINK_IP = "192.168.239.2"
-SINK_PORT = 5239
+NS_IP = "192.168.239.2"
+NC_PORT = 5239  # the guest's nc -l (inbound)
+HTTPD_PORT = 8239  # the guest's busybox httpd (outbound)
+BLOB_MIB = 32  # the file the guest serves, in its RAM
 DHCP_RANGE = "192.168.239.10-192.168.239.50"
 BOOT_TIMEOUT = 240.0  # TCG boots slower under load; a deadline, never an assertion on time
 TRANSFER_LIMIT = 30  # seconds a transfer may last at most (the sink stops counting then)
@@ -60,25 +67,22 @@ NETNS = f"{SESSION_PREFIX}thr-sink"
 PORT_HOST, PORT_NS = f"{_TAG}th", f"{_TAG}tn"
 PROBE_A, PROBE_B = f"{_TAG}tp", f"{_TAG}tq"
 
-#: The sink: accept one connection, count bytes after ``warmup`` bytes until EOF or the
-#: deadline, print what it counted (JSON). Runs in the namespace.
-SINK = r"""
+#: The fetcher: GET the guest's blob from its busybox httpd, count the bytes after
+#: ``warmup`` until ``nbytes`` arrived (then close), EOF or the deadline; print what it
+#: counted (JSON). Runs in the namespace.
+FETCH = r"""
 import json, socket, sys, time
-host, port, warmup, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-srv = socket.socket()
-srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind((host, port))
-srv.listen(1)
-srv.settimeout(limit)
-print("ready", flush=True)
-conn, _ = srv.accept()
+host, port = sys.argv[1], int(sys.argv[2])
+warmup, nbytes, limit = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+deadline = time.monotonic() + limit
+conn = socket.create_connection((host, port), timeout=10)
+conn.sendall(b"GET /blob HTTP/1.0\r\n\r\n")
 conn.settimeout(1.0)
 buf = bytearray(1 << 18)
 total = counted = 0
 start = last = None
 eof = False
-deadline = time.monotonic() + limit
-while time.monotonic() < deadline:
+while total < nbytes and time.monotonic() < deadline:
     try:
         n = conn.recv_into(buf)
     except socket.timeout:
@@ -229,7 +233,7 @@ def lab(vm_factory: Callable[..., str], host: Host) -> Iterator[Lab]:
         _sh("ip", "link", "add", PORT_HOST, "type", "veth", "peer", "name", PORT_NS,
             "netns", NETNS)
         _sh("ip", "link", "set", PORT_HOST, "master", bridge, "up")
-        _sh("ip", "-n", NETNS, "addr", "add", f"{SINK_IP}/24", "dev", PORT_NS)
+        _sh("ip", "-n", NETNS, "addr", "add", f"{NS_IP}/24", "dev", PORT_NS)
         _sh("ip", "-n", NETNS, "link", "set", PORT_NS, "up")
         _sh("ip", "-n", NETNS, "link", "set", "lo", "up")
         vm = vm_factory("--nic", f"network={network}")
@@ -240,6 +244,13 @@ def lab(vm_factory: Callable[..., str], host: Host) -> Iterator[Lab]:
         deadline = time.monotonic() + BOOT_TIMEOUT
         _wait_agent(vm, deadline)
         ip = _wait_ipv4(vm, nics[0]["mac"], deadline)
+        # busybox httpd sends with sendfile(): the guest sends at hundreds of Mbit/s
+        # (a `dd | nc` pipe manages 5-20 under TCG, too close to any limit).
+        served = run_cli("guest", "exec", vm, "--", "/bin/sh", "-c",
+                         f"mkdir -p /tmp/www && dd if=/dev/zero of=/tmp/www/blob bs=1M"
+                         f" count={BLOB_MIB} 2>/dev/null && httpd -p {HTTPD_PORT} -h /tmp/www"
+                         " </dev/null >/dev/null 2>&1")
+        assert served.code == 0, served.stderr
         yield Lab(vm, nics[0]["mac"], nics[0]["host_device"], ip)
     finally:
         _remove_namespace()
@@ -253,33 +264,19 @@ def lab(vm_factory: Callable[..., str], host: Host) -> Iterator[Lab]:
 
 
 def _transfer_out(lab: Lab, nbytes: int, warmup: int) -> Transfer:
-    """Send ``nbytes`` from the guest to the sink; what the sink counted after
-    ``warmup`` bytes. Bounded: the sink and the guest's nc stop after TRANSFER_LIMIT s."""
-    sink = subprocess.Popen(
-        ["ip", "netns", "exec", NETNS, sys.executable, "-c", SINK, SINK_IP, str(SINK_PORT),
-         str(warmup), str(TRANSFER_LIMIT)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert sink.stdout is not None
-        assert sink.stdout.readline().strip() == "ready", sink.stderr
-        blocks = -(-nbytes // 65536)
-        sent = run_cli("guest", "exec", lab.vm, "--timeout", str(TRANSFER_LIMIT + 30), "--",
-                       "/bin/sh", "-c",
-                       f"dd if=/dev/zero bs=65536 count={blocks} 2>/dev/null"
-                       f" | timeout {TRANSFER_LIMIT} nc {SINK_IP} {SINK_PORT}",
-                       timeout=TRANSFER_LIMIT + 60)
-        out, err = sink.communicate(timeout=TRANSFER_LIMIT + 30)
-        assert sink.returncode == 0, err
-        found = json.loads(out.strip().splitlines()[-1])
-        result = Transfer(found["total"], found["counted"], found["seconds"], found["eof"])
-        # Cut short (the guest's timeout, or a broken connection): the rate is still bytes
-        # over time, but say what happened.
-        assert result.total >= warmup and result.counted > 0, (result, sent.stderr)
-        return result
-    finally:
-        if sink.poll() is None:
-            sink.kill()
-            sink.wait(timeout=30)
+    """Fetch ``nbytes`` of the guest's blob from its httpd into the namespace; what arrived
+    after ``warmup`` bytes, and in how long. Bounded: the fetcher stops after
+    TRANSFER_LIMIT s."""
+    assert nbytes <= BLOB_MIB << 20, nbytes
+    fetched = subprocess.run(
+        ["ip", "netns", "exec", NETNS, sys.executable, "-c", FETCH, lab.ip,
+         str(HTTPD_PORT), str(warmup), str(nbytes), str(TRANSFER_LIMIT)],
+        capture_output=True, text=True, timeout=TRANSFER_LIMIT + 60, check=False)
+    assert fetched.returncode == 0, fetched.stderr
+    found = json.loads(fetched.stdout.strip().splitlines()[-1])
+    result = Transfer(found["total"], found["counted"], found["seconds"], found["eof"])
+    assert result.total >= warmup and result.counted > 0, result
+    return result
 
 
 def _transfer_in(lab: Lab, nbytes: int, warmup: int) -> Transfer:
@@ -289,12 +286,12 @@ def _transfer_in(lab: Lab, nbytes: int, warmup: int) -> Transfer:
     listener = subprocess.Popen(
         [sys.executable, "-m", "kvmops.cli.main", "guest", "exec", lab.vm, "--timeout",
          str(TRANSFER_LIMIT + 30), "--", "/bin/sh", "-c",
-         f"timeout {TRANSFER_LIMIT} nc -l -p {SINK_PORT} >/dev/null"],
+         f"timeout {TRANSFER_LIMIT} nc -l -p {NC_PORT} >/dev/null"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         sent = subprocess.run(
             ["ip", "netns", "exec", NETNS, sys.executable, "-c", SOURCE, lab.ip,
-             str(SINK_PORT), str(warmup), str(nbytes - warmup), str(TRANSFER_LIMIT)],
+             str(NC_PORT), str(warmup), str(nbytes - warmup), str(TRANSFER_LIMIT)],
             capture_output=True, text=True, timeout=TRANSFER_LIMIT + 60, check=False)
         assert sent.returncode == 0, sent.stderr
         _out, err = listener.communicate(timeout=TRANSFER_LIMIT + 60)
@@ -472,3 +469,4 @@ def test_measurement_method_against_a_kernel_shaper(lab: Lab, direction: str,
                        capture_output=True, timeout=30, check=False)
     assert "tbf" not in _sh("tc", "qdisc", "show", "dev", dev)
     _restored(lab, direction, average, f"tbf shaper, {direction} (calibration)")
+
