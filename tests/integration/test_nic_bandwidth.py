@@ -4,7 +4,7 @@ its tc rules on the VM's tap (outbound: an ingress policing filter; inbound: an 
 shaper); ``none`` removes the limit and the rules. A VLAN on a NIC of a plain (non-Open
 vSwitch) network is refused in one line before libvirt sees it.
 
-Not here: the throughput measurement through the guest (left for the bandwidth bench).
+The throughput measurement through a guest: tests/integration/test_nic_throughput.py.
 The network carries SESSION_PREFIX and 192.168.245.0/24 (no other test uses it); it and
 the VM are removed even when a test fails."""
 
