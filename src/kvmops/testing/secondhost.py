@@ -234,8 +234,19 @@ class NamespacedHost:
         return ""
 
 
+_TOOLS_HINT = "install iproute2, util-linux and nftables (scripts/setup-host.sh)"
+
+
+def _run(argv: list[str], input: str | None = None) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(argv, input=input, capture_output=True, text=True, timeout=60,
+                              check=False)
+    except FileNotFoundError:
+        raise StateError(f"{argv[0]} is not installed", hint=_TOOLS_HINT) from None
+
+
 def _sh(*argv: str) -> None:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    proc = _run(list(argv))
     if proc.returncode != 0:
         raise StateError(f"{shlex.join(argv)} failed ({proc.returncode}): "
                          f"{proc.stderr.strip()}")
@@ -298,8 +309,7 @@ def _guard(table: str, veth: str) -> None:
              f'    oifname "{veth}" meta skuid != {{ {uids} }} reject\n  }}\n'
              f"  chain forward {{ type filter hook forward priority -10; policy accept;\n"
              f'    oifname "{veth}" drop\n    iifname "{veth}" drop\n  }}\n}}\n')
-    proc = subprocess.run(["nft", "-f", "-"], input=rules, capture_output=True, text=True,
-                          timeout=30, check=False)
+    proc = _run(["nft", "-f", "-"], input=rules)
     if proc.returncode != 0:
         raise StateError(f"could not add the nftables guard of {veth}: {proc.stderr.strip()}")
 
@@ -354,6 +364,8 @@ def start(netns: str, *, layout: str = "upstream", libvirtd_conf: str = "",
         tcp_address=ADDRESS if second else "",
         images_dir=str(images_dir_for(netns)) if second else "")
     prefix = _prefix_of(netns)
+    if second:
+        _check_subnet_free()
     state.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     if state.exists():  # left by a crashed run
         remove_ns_host(state, prefix=prefix)
@@ -475,25 +487,34 @@ def _lock() -> Iterator[None]:
 
 def up(name: str = DEFAULT_NAME) -> tuple[NamespacedHost, bool]:
     """Start the second host ``name`` unless it runs already (then return it as it is);
-    the host and whether it was started now. A record whose libvirtd no longer answers
-    is removed and started again; another second host holding 10.250.0.0/24 is an
-    error naming it."""
+    the host and whether it was started now. One whose libvirtd no longer answers is an
+    error (``down`` removes it); one gone with its namespace (a reboot) is started
+    afresh; another second host holding 10.250.0.0/24 is an error naming it."""
     check_name(name)
     with _lock():
         found = load(name)
         if found is not None and found.host_veth and found.answers():
             return found, False
-        if found is not None or state_dir(name).exists():
+        if found is not None and Path("/run/netns", name).exists():
+            # Its VM definitions live in its state: never wiped behind the operator's back.
+            raise StateError(f"second host {name} exists but its libvirtd does not answer",
+                             hint=f"see {found.state}/log/libvirtd.log; 'kvmops dev "
+                                  f"second-host down --name {name}' removes it with "
+                                  "everything on it, then 'up' again")
+        if found is not None or state_dir(name).exists():  # gone with a reboot or crash
             remove(found or NamespacedHost(netns=name, state=state_dir(name)))
-        holder = _subnet_in_use()
-        if holder is not None:
-            owner = next((h.netns for h in status() if h.host_veth == holder), None)
-            raise AlreadyExistsError(
-                f"{SUBNET} is in use on {holder}"
-                + (f" by the second host {owner}" if owner else ""),
-                hint=f"remove it first: 'kvmops dev second-host down --name {owner}'"
-                if owner else "a second host needs 10.250.0.1/24 on the machine")
         return start(name, layout="host"), True
+
+
+def _check_subnet_free() -> None:
+    holder = _subnet_in_use()
+    if holder is not None:
+        owner = next((h.netns for h in status() if h.host_veth == holder), None)
+        raise AlreadyExistsError(
+            f"{SUBNET} is in use on {holder}"
+            + (f" by the second host {owner}" if owner else ""),
+            hint=f"remove it first: 'kvmops dev second-host down --name {owner}'"
+            if owner else "a second host needs 10.250.0.1/24 on the machine")
 
 
 def down(name: str = DEFAULT_NAME) -> bool:
