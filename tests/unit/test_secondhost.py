@@ -62,3 +62,11 @@ def test_summary_of_a_second_host() -> None:
     upstream = secondhost.NamespacedHost(netns="kvmops-test-n", state=Path("/s"),
                                          upstream="kvmops-test-n-up")
     assert upstream.uri == upstream.unix_uri
+
+
+def test_guard_lets_qemus_user_through(tmp_path: Path) -> None:
+    conf = tmp_path / "qemu.conf"
+    conf.write_text('#user = "nobody"\nuser = "+4242"\n')
+    assert secondhost._qemu_uids(conf) == [0, 4242]
+    conf.write_text('user = "root"\n')
+    assert secondhost._qemu_uids(conf) == [0]

@@ -293,11 +293,21 @@ def _wait_ready(host: NamespacedHost) -> None:
         time.sleep(0.5)
 
 
-def _qemu_uids() -> list[int]:
-    """Root and the user QEMU runs as (its migration stream goes to a second host)."""
+def _qemu_uids(qemu_conf: Path = Path("/etc/libvirt/qemu.conf")) -> list[int]:
+    """Root and the user QEMU runs as (qemu.conf's ``user``, Debian's libvirt-qemu by
+    default): its migration stream goes to a second host."""
+    user = "libvirt-qemu"
+    with contextlib.suppress(OSError):
+        for line in qemu_conf.read_text().splitlines():
+            found = re.match(r'^\s*user\s*=\s*"([^"]+)"', line)
+            if found:
+                user = found.group(1)
+                break
     uids = [0]
-    with contextlib.suppress(KeyError):
-        uids.append(pwd.getpwnam("libvirt-qemu").pw_uid)
+    with contextlib.suppress(KeyError, ValueError):
+        uid = int(user[1:]) if user.startswith("+") else pwd.getpwnam(user).pw_uid
+        if uid not in uids:
+            uids.append(uid)
     return uids
 
 
