@@ -515,7 +515,9 @@ def _upload(caller: Caller, host: Host, pool: str, name: str, source: Reader, le
     record(vol.path, info_.type, fmt)
     with contextlib.suppress(KvmopsError):
         host_pools.refresh(host, pool)
-    return volume_info(caller, host, pool, name)
+    done = parse_volume(host_pools.volume_xml(host, pool, name), pool)
+    done.used_by = []  # checked above: no VM uses it (no second scan of every VM)
+    return done
 
 
 @audited("volume.upload", target=lambda a: _target(a["pool"], a["name"]))
@@ -548,14 +550,21 @@ def upload_data(caller: Caller, host: Host, pool: str, name: str, data: Reader, 
 def download_size(caller: Caller, host: Host, pool: str, name: str) -> tuple[VolumeInfo, int]:
     """The volume and how many bytes a download of it carries: a file volume's file
     size (a qcow2 volume comes as its qcow2 file), a block volume's capacity."""
+    _pool, vol, length = _download_size(host, pool, name)
+    return vol, length
+
+
+def _download_size(host: Host, pool: str, name: str) -> tuple[PoolInfo, VolumeInfo, int]:
     info_ = _active_pool(host, pool)
-    vol = volume_info(caller, host, pool, name)
+    check_volume_name(name)
+    # Who uses the volume does not matter to a read: no scan of every VM's definition.
+    vol = parse_volume(host_pools.volume_xml(host, pool, name), pool)
     length = vol.capacity
     if info_.type in FILE_TYPES and vol.path:
         trusted_format(vol, info_.type)
         with contextlib.suppress(OSError):
             length = os.stat(vol.path).st_size
-    return vol, length
+    return info_, vol, length
 
 
 @audited("volume.download", target=lambda a: _target(a["pool"], a["name"]))
@@ -571,8 +580,7 @@ def download(caller: Caller, host: Host, pool: str, name: str, dest: Path, *,
              overwrite: bool = False, progress: Progress | None = None) -> int:
     """Copy the volume's bytes (a qcow2 volume as its qcow2 file) to ``dest`` through a
     libvirt stream; written to a temporary file and renamed when complete. The bytes."""
-    info_ = _active_pool(host, pool)
-    vol, length = download_size(caller, host, pool, name)
+    info_, vol, length = _download_size(host, pool, name)
     real = policy().image_path(dest, trusted=caller.trusted_paths, what="download target")
     if real.exists() and not overwrite:
         raise AlreadyExistsError(f"{real} exists", hint="choose another file, or pass "
