@@ -70,16 +70,17 @@ class Client:
     def _in_b(self, fn: Callable[[], T]) -> T:
         return self.pool.submit(fn).result(timeout=120)
 
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    def request(self, method: str, path: str, body: Any = None,
+                headers: dict[str, str] | None = None) -> tuple[int, Any]:
         def go() -> tuple[int, Any]:
             if self.conn is None:
                 self.conn = http.client.HTTPConnection(SERVER_IP, PORT, timeout=60)
-            headers = {"Authorization": f"Bearer {self.token}"}
+            sent = {"Authorization": f"Bearer {self.token}", **(headers or {})}
             data = None
             if body is not None:
                 data = json.dumps(body)
-                headers["Content-Type"] = "application/json"
-            self.conn.request(method, "/api/v1" + path, body=data, headers=headers)
+                sent["Content-Type"] = "application/json"
+            self.conn.request(method, "/api/v1" + path, body=data, headers=sent)
             response = self.conn.getresponse()
             raw = response.read()
             return response.status, json.loads(raw) if raw else None
@@ -212,9 +213,10 @@ def served(tmp_path: Path) -> Iterator[NsServer]:
         _remove_namespaces()
 
 
-def _create(client: Client, **extra: Any) -> tuple[int, Any]:
+def _create(client: Client, headers: dict[str, str] | None = None, **extra: Any
+            ) -> tuple[int, Any]:
     return client.request("POST", "/host/bridges", {"name": BRIDGE, "uplink": UPLINK,
-                                                   "define": False, **extra})
+                                                   "define": False, **extra}, headers)
 
 
 # ----------------------------------------------------------------------------- tests
@@ -224,7 +226,8 @@ def test_a_passing_change_keeps_the_clients_connection(served: NsServer) -> None
     status, interfaces = admin.request("GET", "/host/interfaces")
     assert status == 200, interfaces
     assert {(i["name"], i["uplink_ok"]) for i in interfaces} == {(UPLINK, True)}
-    status, plan = _create(admin, dry_run=True)
+    # X-Forwarded-For from a peer that is no configured proxy changes nothing.
+    status, plan = _create(admin, {"X-Forwarded-For": "192.0.2.9"}, dry_run=True)
     assert status == 200, plan
     assert (plan["dry_run"], plan["verify_source"], plan["verify_target"]) == (
         True, "api client", CLIENT_IP)

@@ -179,3 +179,30 @@ def test_changes_are_audited_but_dry_runs_are_not(fake: FakeKernel,
     fake.answers = True
     bridges.create_over_uplink(cli, "br0", "eth0", env={})
     assert rows == [("net.create", "br0", 5), ("net.create", "br0", 0)]
+
+
+def test_an_api_client_takes_the_place_of_the_ssh_session(fake: FakeKernel) -> None:
+    """From the server, the caller's session is the HTTP client: its route is checked, and
+    the server's own environment (an SSH session that started it) is not the caller's."""
+    ssh = {"SSH_CONNECTION": "192.168.233.50 1 192.168.233.2 22"}
+    routed = _create(dry_run=True, client="10.9.9.9", env=ssh)
+    assert (routed.verify_source, routed.verify_target, routed.next_hop) == (
+        "api client", "10.9.9.9", "192.168.233.1")
+    local = _create(dry_run=True, client="127.0.0.1", env=ssh)  # a proxy on the host
+    assert (local.verify_source, local.next_hop) == ("default gateway", "192.168.233.1")
+    assert local.notes[0].startswith("this API client 127.0.0.1 is reached through lo")
+    assert _create(dry_run=True, client="10.9.9.9", verify="192.168.233.50"
+                   ).verify_source == "--verify"
+    assert fake.ran == []
+
+
+@pytest.mark.parametrize(("peer", "expected"), [
+    (("192.168.240.1", 5), "192.168.240.1"), (("::ffff:192.0.2.7", 5), "192.0.2.7"),
+    (("fe80::1%eth0", 5), "fe80::1"), (("testclient", 5), None), (None, None)])
+def test_the_api_session_address_is_the_peer(peer: tuple[str, int] | None,
+                                             expected: str | None) -> None:
+    from starlette.requests import Request
+
+    from kvmops.api.routes.bridges import session_address
+
+    assert session_address(Request({"type": "http", "client": peer, "headers": []})) == expected
