@@ -304,6 +304,28 @@ def test_a_server_killed_mid_change_is_restored_by_the_guard(served: NsServer) -
     assert f"process {served.proc.pid} ended before finishing bridge '{BRIDGE}'" in guard_log
 
 
+def test_a_server_stopped_mid_change_finishes_its_rollback_first(served: NsServer) -> None:
+    """SIGTERM (systemctl stop) while the check waits: the server is not killed under the
+    change; its job thread ends it (rolled back) before the process exits."""
+    before = _state(NS_A)
+    admin = served.client("admin")
+    status, started = _create(admin, verify=ABSENT, verify_timeout=8)
+    assert status == 202, started
+    deadline = time.monotonic() + 60
+    while not served.record.exists():
+        assert time.monotonic() < deadline and served.proc.poll() is None, \
+            served.log.read_text()
+        time.sleep(0.1)
+    served.proc.send_signal(signal.SIGTERM)
+    served.proc.wait(90)
+    assert not served.record.exists(), served.log.read_text()
+    _settled(NS_A)
+    assert _state(NS_A) == before
+    guard_log = served.record.with_suffix(".guard.log")
+    assert "restored" not in (guard_log.read_text() if guard_log.exists() else "")
+    assert "Traceback" not in served.log.read_text(), served.log.read_text()
+
+
 @pytest.mark.parametrize("role", ["viewer", "operator"])
 def test_below_admin_is_refused_and_audited(served: NsServer, role: str) -> None:
     before = _state(NS_A)
