@@ -211,7 +211,9 @@ def test_init_starts_dhcpv6_only_on_the_router_advertisements_flags() -> None:
     assert "*M*) mode=--ia_na ;;" in script and "*O*) mode=--inform6 ;;" in script
     assert f"--noipv6rs $mode -t {build.DHCP6_TIMEOUT_S} \"$1\"" in script
     # per NIC, in the background: the boot never waits for it
-    assert 'dhcp6_start "$1" >/dev/null 2>&1 </dev/null &' in script
+    assert 'dhcp6_start "$1" >"/run/dhcp6.$1.log" 2>&1 </dev/null &' in script
+    # probes one at a time (they share dhcpcd's pid file), the wait bounded
+    assert "mkdir /run/dhcp6-probe.lock" in script and 'while [ "$i" -lt 90 ]' in script
 
 
 def _hook(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -267,7 +269,10 @@ def test_initramfs_has_the_dhcpv6_client_its_config_and_hook(tmp_path: Path) -> 
     for path in (build.DHCP6_CLIENT, "/etc/dhcpcd.conf", build.DHCP6_HOOK, "/var/lib/dhcpcd"):
         assert path.lstrip("/") in names, path
     assert b"\x7fELF-dhcpcd" in cpio and build.DHCPCD_CONF.encode() in cpio
-    assert "ipv6only" in build.DHCPCD_CONF.splitlines()
+    conf = build.DHCPCD_CONF.splitlines()
+    assert "ipv6only" in conf
+    # dhcpcd asks for no DHCPv6 option it is not told to: the name servers must be named
+    assert "option dhcp6_name_servers, dhcp6_domain_search" in conf
 
 
 def _cpio_names(data: bytes) -> set[str]:

@@ -67,6 +67,8 @@ DHCPCD_CONF = (
     "# dhcp6_start (the kernel does router advertisements and SLAAC, busybox udhcpc\n"
     "# IPv4). No privilege-separation user exists here: dhcpcd runs without it.\n"
     "ipv6only\n"
+    "# ask for these (without, a reply carries none; the event script applies them)\n"
+    "option dhcp6_name_servers, dhcp6_domain_search\n"
 )
 AGENT_PORT = "org.qemu.guest_agent.0"
 DATA_LABEL = "kvmopsfs"
@@ -315,8 +317,8 @@ def collect_inputs(kernel: tuple[str, str] | None = None, dhcp6_version: str | N
             )
     package, version = kernel or kernel_package()
     libs = qemu_ga_libraries()
-    templates = hashlib.sha256(
-        json.dumps(_templates(), sort_keys=True).encode()).hexdigest()
+    templates = hashlib.sha256(json.dumps(
+        {**_templates(), "dhcpcd.conf": DHCPCD_CONF}, sort_keys=True).encode()).hexdigest()
     return BuildInputs(
         kernel_package=package,
         kernel_version=version,

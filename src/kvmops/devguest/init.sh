@@ -39,11 +39,21 @@ ip link set lo up 2>/dev/null
 # kernel's SLAAC untouched); then, for M (managed), a lease of an address, for O only
 # (other configuration), an information request; without either flag (SLAAC only, or
 # no IPv6 router at all) nothing more runs. Each step gives up after its timeout; a
-# leased address is renewed by the dhcpcd left running.
+# leased address is renewed by the dhcpcd left running. dhcpcd's messages go to
+# /run/dhcp6.NIC.log.
 dhcp6_start() {
     command -v dhcpcd >/dev/null 2>&1 || return 0
     rm -f "/run/ra6.$1"
+    # One probe at a time: 'dhcpcd --test' runs share a pid file (a second one exits at
+    # once). Bounded: a probe ends within its timeout, and the wait gives up after 90 s.
+    locked=0 i=0
+    while [ "$i" -lt 90 ]; do
+        if mkdir /run/dhcp6-probe.lock 2>/dev/null; then locked=1; break; fi
+        i=$((i + 1))
+        sleep 1
+    done
     dhcpcd -f /etc/dhcpcd.conf -c @@DHCP6_HOOK@@ -6 --test -t @@RA_TIMEOUT@@ "$1"
+    [ "$locked" = 1 ] && rmdir /run/dhcp6-probe.lock
     case "$(cat "/run/ra6.$1" 2>/dev/null)" in
         *M*) mode=--ia_na ;;
         *O*) mode=--inform6 ;;
@@ -63,7 +73,7 @@ net_up() {
     ip link set "$1" up || say "ip link set $1 up failed"
     udhcpc -f -i "$1" -s /usr/share/udhcpc/default.script -t 4 -T 2 -A 3 \
         -p "/run/udhcpc.$1.pid" >/dev/null 2>&1 </dev/null &
-    dhcp6_start "$1" >/dev/null 2>&1 </dev/null &
+    dhcp6_start "$1" >"/run/dhcp6.$1.log" 2>&1 </dev/null &
     say "network $1 up ($(cat "/sys/class/net/$1/address" 2>/dev/null))"
 }
 net_scan() {

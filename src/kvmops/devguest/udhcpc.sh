@@ -16,8 +16,12 @@ case "$1" in
             done
         fi
         if [ -n "$dns" ]; then
-            : > /etc/resolv.conf
-            for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
+            # this lease's servers; IPv6 ones (from DHCPv6, dhcp6.sh) stay
+            {
+                for d in $dns; do echo "nameserver $d"; done
+                grep '^nameserver .*:' /etc/resolv.conf 2>/dev/null
+            } > /etc/resolv.conf.new
+            mv /etc/resolv.conf.new /etc/resolv.conf
         fi
         echo "kvmops-guest: dhcp $interface $ip/${mask:-24}" > /dev/console 2>/dev/null
         ;;
