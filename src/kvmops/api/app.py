@@ -47,9 +47,10 @@ def optional_module(name: str) -> ModuleType | None:
 
 def _startup(ctx: ApiContext) -> None:
     ctx.store.migrate()
-    count = job_service.recover(ctx.store)
+    count = job_service.recover(ctx.store, shared=ctx.shared)
     if count:
         log.warning("%d job(s) of an earlier server run marked interrupted", count)
+    ctx.start_scale_out()
     ctx.start_events()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import Request
 
@@ -10,9 +11,9 @@ from kvmops.api.events import EventHub
 from kvmops.api.limits import SlotLimiter
 from kvmops.api.runner import JobRunner
 from kvmops.api.settings import ApiSettings
-from kvmops.api.throttle import LoginThrottle
+from kvmops.api.throttle import LoginThrottle, SharedLoginThrottle
 from kvmops.services import sriov
-from kvmops.services.database import open_database
+from kvmops.services.database import EventChannel, event_channel, open_database, shared
 from kvmops.services.session import Connection, EventWatch, SharedConnection, watch_lifecycle
 from kvmops.services.vms import DomainTypeCache, VmListCache
 
@@ -25,11 +26,18 @@ class ApiContext:
         self.store = open_database(settings.db_url)
         sriov.use_database(self.store)  # for the VF steps of NIC and VM use cases
         self.hub = EventHub()
-        self.runner = JobRunner(self.store, self.hub, settings.workers)
+        # PostgreSQL: other servers may share the database (job queue, events, throttle)
+        self.shared = shared(self.store)
+        self.runner = JobRunner(self.store, self.hub, settings.workers, shared=self.shared,
+                                lease=settings.job_lease)
+        self.channel: EventChannel | None = None
         self.domain_types = DomainTypeCache()
         self.vm_list = VmListCache(self.domain_types)
         self.domain_events: EventWatch | None = None
-        self.login_throttle = LoginThrottle(settings.login_max_failures, settings.login_window)
+        self.login_throttle: LoginThrottle = (
+            SharedLoginThrottle(self.store, settings.login_max_failures, settings.login_window)
+            if self.shared else
+            LoginThrottle(settings.login_max_failures, settings.login_window))
         self.long_requests = SlotLimiter(settings.long_per_user, settings.long_total)
         self.initial_admin_password: str | None = None
         self._connection = SharedConnection(settings.uri)
@@ -37,6 +45,27 @@ class ApiContext:
     def host(self) -> Connection:
         """The server's one shared libvirt connection, opened again after a libvirtd restart."""
         return self._connection.get()
+
+    def start_scale_out(self) -> None:
+        """Shared database: events cross to the other servers' clients (LISTEN/NOTIFY)
+        and this server claims queued jobs."""
+        if not self.shared:
+            return
+
+        def received(kind: str, data: dict[str, Any]) -> None:
+            self.hub.deliver(kind, data)
+            if kind == "job" and data.get("state") == "queued":
+                self.runner.wake()
+            elif kind == "domain":
+                self.vm_list.invalidate()
+
+        self.channel = event_channel(self.store, self.runner.instance, received)
+        self.hub.relay = self.channel.send
+        self.channel.start()
+        self.runner.start()
+        log.info("server instance %s on a shared database: queued jobs, events and the "
+                 "log-in throttle are shared with the other servers on it",
+                 self.runner.instance)
 
     def start_events(self) -> None:
         """libvirt life cycle events into the hub and the caches; after a libvirtd restart
@@ -71,6 +100,9 @@ class ApiContext:
 
     def close(self) -> None:
         self.hub.close()
+        self.hub.relay = None
+        if self.channel is not None:
+            self.channel.stop()
         if self.domain_events is not None:
             self.domain_events.stop()
         self.runner.shutdown()

@@ -4,6 +4,11 @@ Publishers (job runner threads, the libvirt event loop thread) call
 :meth:`EventHub.publish` from any thread; each SSE client owns an asyncio
 queue filled through its loop's ``call_soon_threadsafe``. A slow client loses
 its oldest events rather than blocking anyone.
+
+With several servers on one PostgreSQL database, :attr:`EventHub.relay` sends each
+event to the other instances too (LISTEN/NOTIFY, :mod:`kvmops.services.database`), and
+their events come in through :meth:`EventHub.deliver`: an SSE client of any instance
+sees the events of all.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ class EventHub:
         self._subs: set[Subscriber] = set()
         self._ids = itertools.count(1)
         self.closed = False
+        #: Sends an event to the other server instances (None: this server is alone).
+        self.relay: Callable[[str, dict[str, Any]], None] | None = None
 
     def subscribe(self) -> Subscriber:
         sub = Subscriber(asyncio.get_running_loop())
@@ -60,7 +67,16 @@ class EventHub:
             return len(self._subs)
 
     def publish(self, kind: str, data: dict[str, Any]) -> None:
-        """Send one event to every client (callable from any thread)."""
+        """Send one event to every client (callable from any thread), of every
+        instance when there are several."""
+        data = {"time": datetime.now(UTC).isoformat(), **data}
+        self.deliver(kind, data)
+        relay = self.relay
+        if relay is not None:
+            relay(kind, data)
+
+    def deliver(self, kind: str, data: dict[str, Any]) -> None:
+        """Send one event to this server's clients only (one another instance raised)."""
         item = (next(self._ids), kind, {"time": datetime.now(UTC).isoformat(), **data})
         with self._lock:
             subs = list(self._subs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -11,6 +12,10 @@ class ApiSettings:
     db_url: str | None = None  # None: sqlite under the state dir
     uri: str | None = None  # libvirt URI, None: KVMOPS_URI / qemu:///system
     workers: int = 4  # job threads
+    # PostgreSQL (several servers): seconds without a lease renewal after which the
+    # other servers mark a server's running jobs abandoned (interrupted)
+    job_lease: float = field(default_factory=lambda: float(
+        os.environ.get("KVMOPS_JOB_LEASE", "30")))
     session_ttl: timedelta = timedelta(hours=12)
     secure_cookies: bool | None = None  # None: Secure when the request came over https
     events: bool = True  # libvirt life cycle events into the SSE stream

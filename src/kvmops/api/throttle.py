@@ -7,7 +7,9 @@ failure in the window has aged out. The correct password does not bypass a
 refusal, otherwise the limit would tell a guesser when they hit it. A successful
 log-in clears the pair's count.
 
-Counts live in the server process: one ``kvmops serve`` is one throttle.
+Counts live in the server process (:class:`LoginThrottle`, one ``kvmops serve`` on
+SQLite), or in the database (:class:`SharedLoginThrottle`, several servers on one
+PostgreSQL database count together: spreading guesses over them gains nothing).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from starlette.requests import Request
 
@@ -85,6 +88,31 @@ class LoginThrottle:
             by_age = sorted(self._failures, key=lambda k: self._failures[k][-1])
             for key in by_age[: len(by_age) // 2]:
                 del self._failures[key]
+
+
+class SharedLoginThrottle(LoginThrottle):
+    """The same limits, counted in the database every server instance shares."""
+
+    def __init__(self, store: Store, max_failures: int = 5, window: float = 300.0) -> None:
+        super().__init__(max_failures, window)
+        self.store = store
+
+    def retry_after(self, user: str, address: str) -> int | None:
+        now = datetime.now(UTC)
+        wait = 0.0
+        for (name, addr), limit in self._keys(user, address):
+            times = auth.login_failures(self.store, name, addr, self.window)
+            if len(times) >= limit:
+                oldest = times[len(times) - limit]
+                wait = max(wait, (oldest - now).total_seconds() + self.window)
+        return max(1, math.ceil(wait)) if wait > 0 else None
+
+    def failed(self, user: str, address: str) -> None:
+        auth.record_login_failure(self.store, [key for key, _ in self._keys(user, address)],
+                                  self.window)
+
+    def succeeded(self, user: str, address: str) -> None:
+        auth.clear_login_failures(self.store, user, address)
 
 
 class LoginThrottled(Exception):

@@ -6,15 +6,16 @@ HTTP side (cookies, headers, status codes) and the log-in throttle.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from kvmops.store import users
 from kvmops.store.db import Store
 from kvmops.store.users import MIN_PASSWORD, ROLES, Principal, Role
 
 __all__ = ["MIN_PASSWORD", "ROLES", "Principal", "Role", "authenticate_session",
-           "authenticate_token", "change_password", "check_password", "end_session",
-           "role_allows", "start_session"]
+           "authenticate_token", "change_password", "check_password", "clear_login_failures",
+           "end_session", "login_failures", "record_login_failure", "role_allows",
+           "start_session"]
 
 
 def role_allows(role: str, needed: Role) -> bool:
@@ -55,3 +56,23 @@ def change_password(store: Store, name: str, old_password: str, new_password: st
         return False
     users.set_password(store, name, new_password)
     return True
+
+
+def login_failures(store: Store, name: str, address: str, window: float) -> list[datetime]:
+    """Failed log-ins of key (name, address) in the last ``window`` seconds, oldest
+    first (the throttle shared by every server on one database)."""
+    from kvmops.store import throttle
+
+    return throttle.failures(store, name, address, window)
+
+
+def record_login_failure(store: Store, keys: list[tuple[str, str]], window: float) -> None:
+    from kvmops.store import throttle
+
+    throttle.record(store, keys, window)
+
+
+def clear_login_failures(store: Store, name: str, address: str) -> None:
+    from kvmops.store import throttle
+
+    throttle.clear(store, name, address)

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 from kvmops.store import db as store_db
 from kvmops.store.db import Store
+from kvmops.store.notify import EventChannel, Receiver
 
-__all__ = ["PreparedDatabase", "Store", "migrated", "open_database", "prepare_for_server"]
+__all__ = ["EventChannel", "PreparedDatabase", "Store", "event_channel", "migrated",
+           "open_database", "prepare_for_server", "shared"]
 
 
 def open_database(url: str | None) -> Store:
@@ -48,3 +50,16 @@ def prepare_for_server(url: str | None) -> PreparedDatabase:
     finally:
         store.close()
     return PreparedDatabase(url=store_db.safe_url(store.url), initial_admin_password=password)
+
+
+def shared(store: Store) -> bool:
+    """Several servers may share this database (PostgreSQL): jobs are claimed from the
+    queue, events cross instances, the log-in throttle counts in the database. SQLite
+    is the embedded database of one server."""
+    return not store.is_sqlite
+
+
+def event_channel(store: Store, origin: str, receive: Receiver) -> EventChannel:
+    """Events to and from the other servers on ``store`` (PostgreSQL LISTEN/NOTIFY);
+    ``origin`` names this server, ``receive`` gets the others' events. Call start()."""
+    return EventChannel(store, origin, receive)

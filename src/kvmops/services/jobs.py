@@ -197,11 +197,36 @@ if TYPE_CHECKING:
     from kvmops.store.jobs import JobView as JobView  # loaded on use: see __getattr__
 
 
-def create(store: Store, kind: str, target: str | None, user: str | None) -> JobView:
-    """A ``queued`` row for a job the server is about to run."""
+def create(store: Store, kind: str, target: str | None, user: str | None, *,
+           params: dict[str, Any] | None = None, instance: str | None = None) -> JobView:
+    """A ``queued`` row for a job the server ``instance`` is about to run, or (with
+    ``params`` and no instance) one any server on the database may claim."""
     from kvmops.store import jobs as job_store
 
-    return job_store.create(store, kind, target, user)
+    return job_store.create(store, kind, target, user, params=params, instance=instance)
+
+
+def claim(store: Store, instance: str, kinds: list[str] | None = None
+          ) -> tuple[JobView, dict[str, Any]] | None:
+    """The oldest job queued for any server, now running on ``instance`` (each queued job
+    is claimed exactly once: ``SELECT ... FOR UPDATE SKIP LOCKED``)."""
+    from kvmops.store import jobs as job_store
+
+    return job_store.claim(store, instance, kinds)
+
+
+def heartbeat(store: Store, instance: str) -> int:
+    """Renew the lease of the jobs ``instance`` runs."""
+    from kvmops.store import jobs as job_store
+
+    return job_store.heartbeat(store, instance)
+
+
+def reap_abandoned(store: Store, lease: float, exclude: str | None = None) -> list[str]:
+    """Jobs of a server that stopped renewing their lease become ``interrupted``."""
+    from kvmops.store import jobs as job_store
+
+    return job_store.reap_abandoned(store, lease, exclude)
 
 
 def update(store: Store, job_id: str, **fields: Any) -> None:
@@ -246,10 +271,12 @@ def cancel(caller: Caller, store: Store, job_id: str) -> JobView:
     return request_cancel(store, job_id)
 
 
-def recover(store: Store, reason: str = "the kvmops server stopped while the job ran"
-            ) -> int:
+def recover(store: Store, reason: str = "the kvmops server stopped while the job ran",
+            *, instance: str | None = None, shared: bool = False) -> int:
     """At server start: jobs an earlier server left active, and jobs of commands that
-    died, become ``interrupted``; running commands' jobs are left to them."""
+    died, become ``interrupted``; running commands' jobs are left to them. ``shared``
+    (several servers on one PostgreSQL): only rows no server holds, or with
+    ``instance`` only that server's (it stops); other servers' jobs expire by lease."""
     from kvmops.store import jobs as job_store
 
-    return job_store.mark_interrupted(store, reason)
+    return job_store.mark_interrupted(store, reason, instance=instance, shared=shared)

@@ -9,15 +9,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, func, select, update
 
 from kvmops.errors import NotFoundError
 from kvmops.jobstate import ACTIVE_STATES, FINAL_STATES, JobState
 from kvmops.store.db import Store
 from kvmops.store.models import Job
 
-__all__ = ["ACTIVE_STATES", "FINAL_STATES", "JobState", "JobView", "create", "get",
-           "list_jobs", "mark_interrupted", "request_cancel", "update_job"]
+__all__ = ["ACTIVE_STATES", "FINAL_STATES", "JobState", "JobView", "claim", "create", "get",
+           "heartbeat", "list_jobs", "mark_interrupted", "reap_abandoned", "request_cancel",
+           "update_job"]
 
 
 class JobView(BaseModel):
@@ -35,6 +36,8 @@ class JobView(BaseModel):
     error: str | None
     error_kind: str | None
     cancel_requested: bool
+    #: The server instance running (or that ran) the job: host:pid:server-id (scale-out).
+    instance: str | None = None
 
 
 def view(job: Job) -> JobView:
@@ -48,17 +51,76 @@ def view(job: Job) -> JobView:
         finished_at=job.finished_at, progress=progress, message=job.message,
         result=json.loads(job.result) if job.result else None, error=job.error,
         error_kind=job.error_kind, cancel_requested=job.cancel_requested,
+        instance=job.instance,
     )
 
 
-def create(store: Store, kind: str, target: str | None, user: str | None) -> JobView:
+def create(store: Store, kind: str, target: str | None, user: str | None, *,
+           params: dict[str, Any] | None = None, instance: str | None = None) -> JobView:
+    """A ``queued`` row. ``instance``: the server that runs it (it holds the lease from
+    now on); ``params`` without an instance: a job any server may :func:`claim`."""
+    now = datetime.now(UTC)
     job = Job(id=str(uuid.uuid4()), kind=kind, target=target, state=JobState.QUEUED.value,
-              created_by=user,
-              cancel_requested=False, created_at=datetime.now(UTC))
+              created_by=user, cancel_requested=False, created_at=now,
+              params=json.dumps(params) if params is not None else None,
+              instance=instance, heartbeat_at=now if instance else None)
     with store.session() as db:
         db.add(job)
         db.flush()
         return view(job)
+
+
+def claim(store: Store, instance: str, kinds: list[str] | None = None
+          ) -> tuple[JobView, dict[str, Any]] | None:
+    """The oldest queued job nobody runs yet, now running on ``instance``, with its
+    parameters; None when there is none. ``FOR UPDATE SKIP LOCKED``: two servers
+    claiming at once lock different rows, so each job is claimed exactly once (a
+    second claim of the same row finds it no longer queued)."""
+    query = (select(Job).where(Job.state == JobState.QUEUED.value, Job.instance.is_(None),
+                               Job.params.is_not(None), Job.cancel_requested.is_(False))
+             .order_by(Job.created_at).limit(1).with_for_update(skip_locked=True))
+    if kinds is not None:
+        query = query.where(Job.kind.in_(kinds))
+    with store.session() as db:
+        job = db.scalars(query).first()
+        if job is None:
+            return None
+        job.instance = instance
+        job.state = JobState.RUNNING.value
+        job.started_at = datetime.now(UTC)
+        job.heartbeat_at = func.now() if not store.is_sqlite else datetime.now(UTC)
+        db.flush()
+        db.refresh(job)
+        return view(job), json.loads(job.params or "{}")
+
+
+def heartbeat(store: Store, instance: str) -> int:
+    """Renew the lease of every active job of ``instance`` (database time)."""
+    with store.session() as db:
+        result = db.execute(update(Job).where(Job.instance == instance,
+                                              Job.state.in_(ACTIVE_STATES))
+                            .values(heartbeat_at=func.now()))
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
+def reap_abandoned(store: Store, lease: float, exclude: str | None = None) -> list[str]:
+    """Jobs whose server stopped renewing their lease for ``lease`` seconds (it died or
+    lost the database) become ``interrupted`` (error kind ``Abandoned``): they are never
+    run again silently. PostgreSQL only (database time on both sides)."""
+    stale = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, float(lease))
+    with store.session() as db:
+        query = select(Job).where(Job.state.in_(ACTIVE_STATES), Job.instance.is_not(None),
+                                  Job.heartbeat_at < stale).with_for_update(skip_locked=True)
+        if exclude is not None:
+            query = query.where(Job.instance != exclude)
+        rows = db.scalars(query).all()
+        for job in rows:
+            job.state = JobState.INTERRUPTED.value
+            job.finished_at = datetime.now(UTC)
+            job.error = (f"abandoned: the kvmops server {job.instance} running it stopped "
+                         f"renewing its lease ({lease:g} s); it was not run again")
+            job.error_kind = "Abandoned"
+        return [job.id for job in rows]
 
 
 def _alive(pid: int) -> bool:
@@ -124,6 +186,12 @@ def request_cancel(store: Store, job_id: str) -> JobView:
             raise NotFoundError(f"job '{job_id}' not found")
         if job.state in ACTIVE_STATES:
             job.cancel_requested = True
+        if (job.state == JobState.QUEUED.value and job.params is not None
+                and job.instance is None):  # queued for any server: nobody runs it yet
+            job.state = JobState.CANCELLED.value
+            job.finished_at = datetime.now(UTC)
+            job.error = f"job {job.id} ({job.kind}) was cancelled before it started"
+            job.error_kind = "JobCancelled"
         db.flush()
         return view(job)
 
@@ -134,13 +202,22 @@ def cancel_requested(store: Store, job_id: str) -> bool:
         return bool(db.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
-def mark_interrupted(store: Store, reason: str = "the kvmops server stopped while the job ran"
-                     ) -> int:
+def mark_interrupted(store: Store, reason: str = "the kvmops server stopped while the job ran",
+                     *, instance: str | None = None, shared: bool = False) -> int:
     """Jobs left queued/running by a previous server process never finished: say so.
-    Jobs of ``kvmops`` commands (with a pid) are left to their process while it lives."""
+    Jobs of ``kvmops`` commands (with a pid) are left to their process while it lives.
+
+    ``shared`` (several servers on one database): only jobs of ``instance`` (this
+    server stopping) or, without an instance, rows no server holds and none may claim;
+    the jobs of other live servers and the queue stay (see :func:`reap_abandoned`)."""
+    where: list[ColumnElement[bool]] = [Job.state.in_(ACTIVE_STATES), Job.pid.is_(None)]
+    if instance is not None:
+        where.append(Job.instance == instance)
+    elif shared:
+        where += [Job.instance.is_(None), Job.params.is_(None)]
     with store.session() as db:
         result = db.execute(
-            update(Job).where(Job.state.in_(ACTIVE_STATES), Job.pid.is_(None))
+            update(Job).where(*where)
             .values(state=JobState.INTERRUPTED.value, finished_at=datetime.now(UTC), error=reason,
                     error_kind="Interrupted"))
         count = int(getattr(result, "rowcount", 0) or 0)

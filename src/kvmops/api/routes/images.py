@@ -6,16 +6,17 @@ else raw -- never probed."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
 
 from kvmops.api.deps import Ctx, OperatorCaller, ViewerCaller
 from kvmops.api.routes.common import Body, JobAccepted, accepted
-from kvmops.api.runner import JobContext
+from kvmops.api.runner import JobContext, queued_kind
 from kvmops.api.validators import AbsolutePath, ImageSize
 from kvmops.errors import ValidationError
 from kvmops.services import images
+from kvmops.services.caller import Caller
 from kvmops.services.images import CheckResult, ImageInfo
 
 router = APIRouter(prefix="/images", tags=["images"])
@@ -69,11 +70,14 @@ def convert(caller: OperatorCaller, body: ConvertBody, ctx: Ctx, request: Reques
             response: Response) -> JobAccepted:
     request.state.target = str(body.destination)
     images.check_convert(caller, body.source, body.destination, source_fmt=body.source_format)
+    return accepted(ctx.runner.enqueue("image.convert", str(body.destination), caller,
+                                       body.model_dump(mode="json")), response)
 
-    def run(job: JobContext) -> ImageInfo:
-        return images.convert(caller, body.source, body.destination, body.format,
-                              source_fmt=body.source_format, compress=body.compress,
-                              progress=job.percent)
 
-    return accepted(ctx.runner.submit("image.convert", str(body.destination), caller.name,
-                                      run), response)
+@queued_kind("image.convert")
+def run_convert(job: JobContext, caller: Caller, params: dict[str, Any]) -> ImageInfo:
+    """A conversion, on whichever server claimed it (the paths pass its path policy)."""
+    body = ConvertBody.model_validate(params)
+    return images.convert(caller, body.source, body.destination, body.format,
+                          source_fmt=body.source_format, compress=body.compress,
+                          progress=job.percent)
