@@ -155,9 +155,20 @@ def test_cli_changes_and_refusals_are_audited(api: ApiServer, pool_name: str,
     created = run_cli("pool", "create", pool_name, "--type", "dir", "--target", target,
                       "--build", env=env)
     assert created.code == 0, created.stderr
-    made = run_cli("volume", "create", pool_name, "v.raw", "--size", "8M", "--format",
+    made = run_cli("volume", "create", pool_name, "cli.raw", "--size", "8M", "--format",
                    "raw", env=env)
     assert made.code == 0, made.stderr
+    # A command's transfer is a job too (kvmops job list, GET /jobs), with its bytes.
+    source = images_dir / f"{pool_name}-cli-up.raw"
+    source.write_bytes(os.urandom(MIB + 3))
+    uploaded = run_cli("volume", "upload", pool_name, "cli.raw", str(source), "--format",
+                       "raw", env=env)
+    source.unlink()
+    assert uploaded.code == 0, uploaded.stderr
+    with api.client("viewer") as viewer:
+        jobs = viewer.get("/jobs", params={"target": f"{pool_name}/cli.raw"}).json()
+    assert [(j["kind"], j["state"], j["progress"]["done"]) for j in jobs] == [
+        ("volume.upload", "succeeded", MIB + 3)], jobs
     deleted = run_cli("pool", "delete", pool_name, env=env)
     assert deleted.code == 0, deleted.stderr
     with api.client("admin") as admin:
@@ -167,7 +178,8 @@ def test_cli_changes_and_refusals_are_audited(api: ApiServer, pool_name: str,
     user = pwd.getpwuid(os.geteuid()).pw_name
     assert sorted(mine) == sorted([(user, "pool.create", pool_name, 21),
                                    (user, "pool.create", pool_name, 0),
-                                   (user, "volume.create", f"{pool_name}/v.raw", 0),
+                                   (user, "volume.create", f"{pool_name}/cli.raw", 0),
+                                   (user, "volume.upload", f"{pool_name}/cli.raw", 0),
                                    (user, "pool.delete", pool_name, 0)]), mine
 
 

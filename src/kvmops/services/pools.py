@@ -37,6 +37,7 @@ from kvmops.host.connection import Host
 from kvmops.paths import policy
 from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
+from kvmops.services.jobs import track
 from kvmops.storage import qcow2
 from kvmops.storage.model import (
     BLOCK_TYPES,
@@ -505,13 +506,27 @@ def _check_qcow2(source: Reader, length: int, vol: VolumeInfo, what: str) -> byt
     return head
 
 
+def _both(job: Progress, progress: Progress | None) -> Progress:
+    """Progress to the command's job row (``kvmops job list``, the API's jobs) and to
+    its bar."""
+    if progress is None:
+        return job
+
+    def report(done: int, total: int) -> None:
+        job(done, total)
+        progress(done, total)
+
+    return report
+
+
 def _upload(caller: Caller, host: Host, pool: str, name: str, source: Reader, length: int,
             fmt: str, what: str, progress: Progress | None) -> VolumeInfo:
     info_, vol = _checked_upload(caller, host, pool, name, fmt, length)
     fmt = check_format(fmt, "uploaded file")
     if fmt == "qcow2":
         source = _Prefixed(_check_qcow2(source, length, vol, what), source)
-    host_pools.upload(host, pool, name, source, length, progress)
+    with track(caller, "volume.upload", _target(pool, name)) as job:
+        host_pools.upload(host, pool, name, source, length, _both(job.bytes, progress))
     record(vol.path, info_.type, fmt)
     with contextlib.suppress(KvmopsError):
         host_pools.refresh(host, pool)
@@ -590,8 +605,10 @@ def download(caller: Caller, host: Host, pool: str, name: str, dest: Path, *,
                             hint="create it first")
     fd, tmp = tempfile.mkstemp(prefix=f".{real.name}.", dir=real.parent)
     try:
-        with os.fdopen(fd, "wb", buffering=0) as fh:
-            got = host_pools.download(host, pool, name, fh, length, progress)
+        with os.fdopen(fd, "wb", buffering=0) as fh, \
+                track(caller, "volume.download", _target(pool, name)) as job:
+            got = host_pools.download(host, pool, name, fh, length,
+                                      _both(job.bytes, progress))
             os.fdatasync(fh.fileno())
         os.replace(tmp, real)
     except BaseException:
