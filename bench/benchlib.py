@@ -67,15 +67,15 @@ def defined_vms(prefix: str, count: int) -> Iterator[libvirt.virConnect]:
 
 
 @contextlib.contextmanager
-def bench_server(workdir: Path) -> Iterator[tuple[str, str]]:
-    """A real ``kvmops serve`` on a free loopback port with a viewer ``bench``
+def bench_server(workdir: Path, role: str = "viewer") -> Iterator[tuple[str, str]]:
+    """A real ``kvmops serve`` on a free loopback port with a user ``bench`` of ``role``
     (password ``bench-password``); yields (base URL, API token)."""
     from kvmops.store import Store, users
 
     db = f"sqlite:///{workdir / 'bench.db'}"
     store = Store(db)
     store.migrate()
-    users.add_user(store, "bench", "viewer", "bench-password")
+    users.add_user(store, "bench", role, "bench-password")
     token = users.new_token(store, "bench")
     store.close()
     port = free_port()
