@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,15 +27,16 @@ from tests.conftest import SESSION_PREFIX, run_cli
 from tests.integration.api_server import ApiServer, start_server, wait_job
 
 JOBS = 50
+LEASE = {"KVMOPS_JOB_LEASE": "6"}  # seconds: a killed server's jobs expire soon
 
 
 @pytest.fixture(scope="module")
 def pair(pg_url: str, workdir: Path, images_dir: Path) -> Iterator[tuple[ApiServer, ApiServer]]:
     """Servers A and B on the same database, allowed the same image directory."""
     args = ("--allow-dir", str(images_dir), "--log-format", "json")  # JSON: INFO lines too
-    a = start_server(pg_url, workdir, *args)
+    a = start_server(pg_url, workdir, *args, extra_env=LEASE)
     try:
-        b = start_server(pg_url, workdir, *args)
+        b = start_server(pg_url, workdir, *args, extra_env=LEASE)
         try:
             _users(a)  # users of the shared database serve both
             b.tokens = a.tokens
@@ -82,6 +84,50 @@ def _collect(server: ApiServer, out: list[dict[str, Any]], ready: threading.Even
                 if want(kind, data):
                     seen.set()
                     return
+
+
+def test_claims_are_exclusive_and_dead_instances_jobs_are_abandoned(pg_url: str) -> None:
+    """The queue itself: claims from many threads at once take each job once; a job
+    whose server stopped renewing its lease is interrupted (Abandoned), one whose
+    server beats is left alone. (First in this file: no server runs on the database
+    yet, whose own reaping would race this one.)"""
+    store = Store(pg_url)
+    store.migrate()
+    kind = f"test.{uuid.uuid4().hex[:8]}"  # no server knows it: only this test claims
+    try:
+        ids = {job_store.create(store, kind, f"t{i}", "admin", params={"i": i}).id
+               for i in range(40)}
+
+        def drain(worker: int) -> list[str]:
+            got: list[str] = []
+            while (claimed := job_store.claim(store, f"w{worker}", [kind])) is not None:
+                got.append(claimed[0].id)
+                assert claimed[0].instance == f"w{worker}" and claimed[1]["i"] >= 0
+            return got
+
+        with ThreadPoolExecutor(4) as pool:
+            taken = [job_id for got in pool.map(drain, range(4)) for job_id in got]
+        assert sorted(taken) == sorted(ids)  # every job, none twice
+
+        dead, alive = sorted(ids)[:2]
+        with store.session() as db:
+            db.execute(update(Job).where(Job.id == dead).values(
+                heartbeat_at=datetime.now(UTC) - timedelta(hours=1)))
+        job_store.heartbeat(store, job_store.get(store, alive).instance or "")
+        gone = job_store.reap_abandoned(store, 30)
+        assert dead in gone and alive not in gone
+        reaped = job_store.get(store, dead)
+        assert (reaped.state, reaped.error_kind) == ("interrupted", "Abandoned")
+        assert "was not run again" in (reaped.error or "")
+        assert job_store.get(store, alive).state == "running"
+        # a job queued for any server and cancelled before anyone claimed it never runs
+        queued = job_store.create(store, kind, "later", "admin", params={"i": -1})
+        assert job_store.request_cancel(store, queued.id).state == "cancelled"
+        assert job_store.claim(store, "w9", [kind]) is None
+    finally:
+        with store.session() as db:
+            db.execute(update(Job).where(Job.kind == kind).values(state="cancelled"))
+        store.close()
 
 
 def test_fifty_jobs_on_two_servers_each_run_exactly_once(
@@ -194,44 +240,37 @@ def test_login_on_one_server_is_valid_on_the_other_and_throttle_counts_both(
             assert 1 <= int(refused.headers["Retry-After"]) <= 300
 
 
-def test_claims_are_exclusive_and_dead_instances_jobs_are_abandoned(pg_url: str) -> None:
-    """The queue itself: claims from many threads at once take each job once; a job
-    whose server stopped renewing its lease is interrupted (Abandoned), one whose
-    server beats is left alone."""
+def test_jobs_of_a_killed_server_are_abandoned_by_the_others(
+        pair: tuple[ApiServer, ApiServer], pg_url: str, workdir: Path) -> None:
+    """Server C runs a job (its row names C) and is killed: C renewed the lease while it
+    lived; afterwards A or B marks the job interrupted (Abandoned) -- it is not run
+    again."""
+    a, _b = pair
+    c = start_server(pg_url, workdir, "--log-format", "json", extra_env=LEASE)
     store = Store(pg_url)
-    store.migrate()
-    kind = f"test.{uuid.uuid4().hex[:8]}"  # no server knows it: only this test claims
     try:
-        ids = {job_store.create(store, kind, f"t{i}", "admin", params={"i": i}).id
-               for i in range(40)}
-
-        def drain(worker: int) -> list[str]:
-            got: list[str] = []
-            while (claimed := job_store.claim(store, f"w{worker}", [kind])) is not None:
-                got.append(claimed[0].id)
-                assert claimed[0].instance == f"w{worker}" and claimed[1]["i"] >= 0
-            return got
-
-        with ThreadPoolExecutor(4) as pool:
-            taken = [job_id for got in pool.map(drain, range(4)) for job_id in got]
-        assert sorted(taken) == sorted(ids)  # every job, none twice
-
-        dead, alive = sorted(ids)[:2]
+        name = _instance(c)
+        job = job_store.create(store, "image.convert", "/nowhere", "admin", instance=name)
+        job_store.update_job(store, job.id, state="running")
         with store.session() as db:
-            db.execute(update(Job).where(Job.id == dead).values(
-                heartbeat_at=datetime.now(UTC) - timedelta(hours=1)))
-        job_store.heartbeat(store, job_store.get(store, alive).instance or "")
-        gone = job_store.reap_abandoned(store, 30)
-        assert dead in gone and alive not in gone
-        reaped = job_store.get(store, dead)
-        assert (reaped.state, reaped.error_kind) == ("interrupted", "Abandoned")
-        assert "was not run again" in (reaped.error or "")
-        assert job_store.get(store, alive).state == "running"
-        # a job queued for any server and cancelled before anyone claimed it never runs
-        queued = job_store.create(store, kind, "later", "admin", params={"i": -1})
-        assert job_store.request_cancel(store, queued.id).state == "cancelled"
-        assert job_store.claim(store, "w9", [kind]) is None
+            first = db.get(Job, job.id)
+            assert first is not None and first.heartbeat_at is not None
+            created_beat = first.heartbeat_at
+        deadline = time.monotonic() + 60  # C renews the lease of its job
+        while job_store.get(store, job.id).state == "running" and time.monotonic() < deadline:
+            with store.session() as db:
+                row = db.get(Job, job.id)
+                if row is not None and row.heartbeat_at and row.heartbeat_at > created_beat:
+                    break
+            time.sleep(0.5)
+        assert job_store.get(store, job.id).state == "running"
+        c.proc.kill()  # no clean shutdown: nothing of C marks its job
+        c.proc.wait(30)
+        with a.client("viewer") as client:
+            seen = wait_job(client, job.id, timeout=120)
+        assert (seen["state"], seen["error_kind"], seen["instance"]) == (
+            "interrupted", "Abandoned", name)
+        assert name in seen["error"] and "not run again" in seen["error"]
     finally:
-        with store.session() as db:
-            db.execute(update(Job).where(Job.kind == kind).values(state="cancelled"))
+        c.stop()
         store.close()
