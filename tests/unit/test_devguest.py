@@ -212,7 +212,10 @@ def test_init_starts_dhcpv6_only_on_the_router_advertisements_flags() -> None:
     assert f"--noipv6rs $mode -t {build.DHCP6_TIMEOUT_S} \"$1\"" in script
     # per NIC, in the background: the boot never waits for it
     assert 'dhcp6_start "$1" >"/run/dhcp6.$1.log" 2>&1 </dev/null &' in script
-    # probes one at a time (they share dhcpcd's pid file), the wait bounded
+    # after qemu-ga's start; probes one at a time (they share dhcpcd's pid file), the
+    # wait bounded
+    body = script.split("dhcp6_start() {", 1)[1]
+    assert body.index("sleep 2") < body.index("--test")
     assert "mkdir /run/dhcp6-probe.lock" in script and 'while [ "$i" -lt 90 ]' in script
 
 

@@ -44,6 +44,7 @@ ip link set lo up 2>/dev/null
 dhcp6_start() {
     command -v dhcpcd >/dev/null 2>&1 || return 0
     rm -f "/run/ra6.$1"
+    sleep 2   # let qemu-ga start first: dhcpcd's start costs CPU under TCG
     # One probe at a time: 'dhcpcd --test' runs share a pid file (a second one exits at
     # once). Bounded: a probe ends within its timeout, and the wait gives up after 90 s.
     locked=0 i=0
