@@ -20,7 +20,7 @@ import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from kvmops.errors import (
     AlreadyExistsError,
@@ -590,6 +590,31 @@ def download_data(caller: Caller, host: Host, pool: str, name: str, sink: Writer
     return host_pools.download(host, pool, name, sink, length, progress, limit=length)
 
 
+class _WrittenBack:
+    """A file that asks the kernel to start writing back each WRITEBACK bytes once
+    written (``posix_fadvise`` DONTNEED: write-back begins, clean pages leave the page
+    cache): the closing fdatasync then waits for the last few MiB instead of the whole
+    volume, and a large download does not push the host's cache out."""
+
+    WRITEBACK = 8 * 1024 * 1024
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh = fh
+        self.fd = fh.fileno()
+        self.written = 0
+        self.started = 0
+
+    def write(self, data: bytes, /) -> int:
+        count = self.fh.write(data)
+        self.written += len(data)
+        if self.written - self.started >= self.WRITEBACK:
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(self.fd, self.started, self.written - self.started,
+                                 os.POSIX_FADV_DONTNEED)
+            self.started = self.written
+        return count if count is not None else len(data)
+
+
 @audited("volume.download", target=lambda a: _target(a["pool"], a["name"]))
 def download(caller: Caller, host: Host, pool: str, name: str, dest: Path, *,
              overwrite: bool = False, progress: Progress | None = None) -> int:
@@ -607,7 +632,7 @@ def download(caller: Caller, host: Host, pool: str, name: str, dest: Path, *,
     try:
         with os.fdopen(fd, "wb", buffering=0) as fh, \
                 track(caller, "volume.download", _target(pool, name)) as job:
-            got = host_pools.download(host, pool, name, fh, length,
+            got = host_pools.download(host, pool, name, _WrittenBack(fh), length,
                                       _both(job.bytes, progress))
             os.fdatasync(fh.fileno())
         os.replace(tmp, real)
