@@ -179,6 +179,7 @@ DataFormat = Query(..., pattern="^(raw|qcow2)$",
                    description="the data's format, which must be the volume's (raw or "
                                "qcow2; always named, never probed)")
 _DISCONNECTED = "the client closed the connection before the transfer ended"
+_RESPONSE_PART = 1024 * 1024
 
 
 class _RequestBody:
@@ -191,22 +192,23 @@ class _RequestBody:
         self._buffer = bytearray()
         self._ended = False
 
-    async def _next(self) -> bytes | None:
-        try:
-            return await self._parts.__anext__()
-        except StopAsyncIteration:
-            return None
-        except ClientDisconnect:
-            raise StorageError(_DISCONNECTED, hint="upload again") from None
+    async def _fill(self, want: int) -> None:
+        """In the event loop (the reading thread waits meanwhile): parts of the body
+        until ``want`` bytes are buffered or it ends. One hop per read, not per part."""
+        while len(self._buffer) < want:
+            try:
+                part = await self._parts.__anext__()
+            except StopAsyncIteration:
+                self._ended = True
+                return
+            except ClientDisconnect:
+                raise StorageError(_DISCONNECTED, hint="upload again") from None
+            self._buffer += part
 
     def read(self, size: int = -1, /) -> bytes:
         want = size if size >= 0 else 1 << 62
-        while len(self._buffer) < want and not self._ended:
-            part = anyio.from_thread.run(self._next, token=self._token)
-            if part is None:
-                self._ended = True
-            else:
-                self._buffer += part
+        if len(self._buffer) < want and not self._ended:
+            anyio.from_thread.run(self._fill, want, token=self._token)
         out = bytes(self._buffer[:want])
         del self._buffer[:want]
         return out
@@ -308,23 +310,43 @@ async def download_volume_data(caller: OperatorCaller, ctx: Ctx, host: HostDep,
                                                   name, volume)
     slot = _Slot(ctx, caller.name)
     token = current_token()
-    send, receive = anyio.create_memory_object_stream[bytes](4)
+    send, receive = anyio.create_memory_object_stream[bytes](2)
 
     class Sink:
+        """Bytes to the response in parts of about 1 MiB (one hop to the event loop
+        each, not one per libvirt packet)."""
+
+        def __init__(self) -> None:
+            self.parts: list[bytes] = []
+            self.held = 0
+
         def write(self, data: bytes, /) -> int:
+            self.parts.append(data)
+            self.held += len(data)
+            if self.held >= _RESPONSE_PART:
+                self.flush()
+            return len(data)
+
+        def flush(self) -> None:
+            if not self.parts:
+                return
+            data = b"".join(self.parts)
+            self.parts, self.held = [], 0
             try:
                 anyio.from_thread.run(send.send, data, token=token)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                 raise StorageError(_DISCONNECTED, hint="download again") from None
-            return len(data)
 
     failed: list[BaseException] = []
 
     def work(job: JobContext) -> int:
         try:
+            sink = Sink()
             with open_connection(ctx.settings.uri) as own:
-                return service.download_data(caller, own, name, volume, Sink(), length,
-                                             progress=job.bytes)
+                got = service.download_data(caller, own, name, volume, sink, length,
+                                            progress=job.bytes)
+            sink.flush()
+            return got
         except BaseException as err:
             failed.append(err)
             raise
