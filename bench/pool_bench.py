@@ -192,7 +192,8 @@ def section(results: dict[int, dict[str, dict[str, list[float]]]], runs: int) ->
         "(redrawn at most every 0.1 s: redrawing it per packet had cost a third of an "
         "upload), and writes a download to a temporary file it fdatasyncs before the "
         "rename (cp and virsh do not sync: kvmops keeps that for a download that is "
-        "complete or absent after a crash).",
+        "complete or absent after a crash), with the kernel's write-back started every "
+        "8 MiB (posix_fadvise) so that the sync waits for the last few MiB only.",
     ])
 
 
