@@ -189,13 +189,14 @@ class _RequestBody:
     def __init__(self, request: Request, token: Any) -> None:
         self._parts = request.stream().__aiter__()
         self._token = token
-        self._buffer = bytearray()
+        self._held: list[bytes] = []  # parts received and not yet read
+        self._count = 0  # their bytes
         self._ended = False
 
     async def _fill(self, want: int) -> None:
         """In the event loop (the reading thread waits meanwhile): parts of the body
-        until ``want`` bytes are buffered or it ends. One hop per read, not per part."""
-        while len(self._buffer) < want:
+        until ``want`` bytes are held or it ends. One hop per read, not per part."""
+        while self._count < want:
             try:
                 part = await self._parts.__anext__()
             except StopAsyncIteration:
@@ -203,15 +204,20 @@ class _RequestBody:
                 return
             except ClientDisconnect:
                 raise StorageError(_DISCONNECTED, hint="upload again") from None
-            self._buffer += part
+            self._held.append(part)
+            self._count += len(part)
 
     def read(self, size: int = -1, /) -> bytes:
         want = size if size >= 0 else 1 << 62
-        if len(self._buffer) < want and not self._ended:
+        if self._count < want and not self._ended:
             anyio.from_thread.run(self._fill, want, token=self._token)
-        out = bytes(self._buffer[:want])
-        del self._buffer[:want]
-        return out
+        data = b"".join(self._held)  # one part: no copy
+        self._held.clear()
+        if len(data) > want:
+            self._held.append(data[want:])
+            data = data[:want]
+        self._count = len(self._held[0]) if self._held else 0
+        return data
 
 
 class _Slot:
