@@ -175,8 +175,13 @@ def update_job(store: Store, job_id: str, **fields: Any) -> None:
         fields["state"] = fields["state"].value
     if "result" in fields and fields["result"] is not None:
         fields["result"] = json.dumps(fields["result"], default=str)
+    query = update(Job).where(Job.id == job_id)
+    if "state" in fields and JobState(fields["state"]).final:
+        # a final state is never overwritten: a job another server marked abandoned
+        # (its lease ran out) stays so even if its own server finishes it after all
+        query = query.where(Job.state.in_(ACTIVE_STATES))
     with store.session() as db:
-        db.execute(update(Job).where(Job.id == job_id).values(**fields))
+        db.execute(query.values(**fields))
 
 
 def request_cancel(store: Store, job_id: str) -> JobView:
