@@ -183,27 +183,42 @@ _RESPONSE_PART = 1024 * 1024
 
 
 class _RequestBody:
-    """The request body as a blocking reader for the job's thread: each ``read`` waits
-    for the next parts from the event loop; at most one read's worth is held."""
+    """The request body as a blocking reader for the job's thread. :meth:`pump` runs in
+    the event loop and receives the body ahead into a small queue (PREFETCH parts, each
+    at most uvicorn's 64 KiB) while the job sends the previous parts to libvirt: the
+    socket and libvirt work at once, and at most about a MiB is held."""
+
+    PREFETCH = 16
 
     def __init__(self, request: Request, token: Any) -> None:
-        self._parts = request.stream().__aiter__()
+        self._request = request
         self._token = token
+        self._send, self._receive = anyio.create_memory_object_stream[bytes](self.PREFETCH)
         self._held: list[bytes] = []  # parts received and not yet read
         self._count = 0  # their bytes
         self._ended = False
+        self._disconnected = False
+
+    async def pump(self) -> None:
+        async with self._send:
+            try:
+                async for part in self._request.stream():
+                    if part:
+                        await self._send.send(part)
+            except ClientDisconnect:
+                self._disconnected = True
 
     async def _fill(self, want: int) -> None:
-        """In the event loop (the reading thread waits meanwhile): parts of the body
-        until ``want`` bytes are held or it ends. One hop per read, not per part."""
+        """In the event loop (the reading thread waits meanwhile): queued parts until
+        ``want`` bytes are held or the body ends. One hop per read, not per part."""
         while self._count < want:
             try:
-                part = await self._parts.__anext__()
-            except StopAsyncIteration:
+                part = await self._receive.receive()
+            except anyio.EndOfStream:
                 self._ended = True
+                if self._disconnected:
+                    raise StorageError(_DISCONNECTED, hint="upload again") from None
                 return
-            except ClientDisconnect:
-                raise StorageError(_DISCONNECTED, hint="upload again") from None
             self._held.append(part)
             self._count += len(part)
 
@@ -299,7 +314,18 @@ async def upload_volume_data(caller: OperatorCaller, ctx: Ctx, host: HostDep,
             return service.upload_data(caller, own, name, volume, body, length, format,
                                        progress=job.bytes)
 
-    return await _job(ctx, "volume.upload", f"{name}/{volume}", caller.name, work, response)
+    failed: Exception | None = None
+    async with anyio.create_task_group() as group:
+        group.start_soon(body.pump)
+        try:
+            result = await _job(ctx, "volume.upload", f"{name}/{volume}", caller.name, work,
+                                response)
+        except Exception as err:  # raised below, once the pump is stopped
+            failed = err
+        group.cancel_scope.cancel()  # a refused upload: the rest of the body is not read
+    if failed is not None:
+        raise failed
+    return result
 
 
 @router.get("/{name}/volumes/{volume}/data", response_class=StreamingResponse,
