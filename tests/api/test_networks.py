@@ -79,7 +79,7 @@ def test_network_life_cycle_with_role_checks(api: ApiServer, network_name: str) 
     ({"dhcp": "192.168.247.10-192.168.247.50"}, "outside the subnet 192.168.248.0/24"),
     ({"ipv6": "fd00:248::1/56"}, "SLAAC needs a /64"),
     ({"bridge": "a-bridge-name-too-long"}, "at most 15"),
-    ({"ipv6_mode": "dhcpv6-stateless"}, "cannot be expressed in libvirt"),
+    ({"ipv6_mode": "dhcpv6-stateless", "ipv6": "fd00:248::1/56"}, "SLAAC needs a /64"),
 ])
 def test_bad_network_is_refused_naming_the_value(api: ApiServer, network_name: str,
                                                  change: dict[str, str], fragment: str

@@ -171,13 +171,30 @@ def test_delete_is_refused_while_a_vm_uses_the_network(
     assert deleted.code == 0, deleted.stderr
 
 
+def test_stateless_dhcpv6_network(net_name: Callable[[str], str]) -> None:
+    """libvirt's dnsmasq gets the ra-stateless range beside its own ra-only line (the
+    guest side, RA flags and name server: tests/integration/test_dhcpv6.py)."""
+    name = net_name("dhcp6s")
+    created = run_cli("net", "create", name, "--ipv6", "fd00:241::1/64", "--ipv6-mode",
+                      "dhcpv6-stateless", "--json")
+    assert created.code == 0, created.stderr
+    info = json.loads(created.stdout)
+    assert (info["ipv6"], info["ipv6_mode"], info["dhcp6"]) == (
+        "fd00:241::1/64", "dhcpv6-stateless", None)
+    conf = (DNSMASQ_DIR / f"{name}.conf").read_text()
+    assert "dhcp-range=fd00:241::,ra-stateless,64" in conf
+    assert json.loads(run_cli("net", "info", name, "--json").stdout)["ipv6_mode"] == (
+        "dhcpv6-stateless")
+    assert run_cli("net", "delete", name).code == 0
+
+
 @pytest.mark.parametrize(("args", "code", "fragments"), [
     (["--ipv4", "192.168.241.1/24", "--dhcp", "192.168.99.10-192.168.99.20"], 2,
      ["192.168.99.10-192.168.99.20", "outside the subnet 192.168.241.0/24"]),
     (["--bridge", "kvmops-bridge-16"], 2, ["kvmops-bridge-16", "at most 15"]),
     (["--ipv6", "fd00:241::1/48"], 2, ["SLAAC needs a /64"]),
-    (["--ipv6", "fd00:241::1/64", "--ipv6-mode", "dhcpv6-stateless"], 6,
-     ["dhcpv6-stateless", "libvirt"]),
+    (["--ipv6", "fd00:241::1/64", "--ipv6-mode", "dhcpv6-stateless", "--dhcp6",
+      "fd00:241::10-fd00:241::20"], 2, ["not for --ipv6-mode dhcpv6-stateless"]),
     (["--mode", "bridge", "--bridge", "kvmopsnobr0"], 3, ["kvmopsnobr0", "does not exist"]),
 ])
 def test_bad_input_is_one_line(net_name: Callable[[str], str], args: list[str], code: int,

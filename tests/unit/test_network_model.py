@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from lxml import etree
 
-from kvmops.errors import UnsupportedError, ValidationError
+from kvmops.errors import ValidationError
 from kvmops.network.model import NetworkInfo, NetworkSpec, check_overlaps, parse_network
 
 ISOLATED: dict[str, Any] = {"name": "lab", "ipv4": "192.168.251.1/24",
@@ -115,11 +115,24 @@ def test_options_that_need_another() -> None:
         NetworkSpec(name="x", mode="bridge", bridge="br0", ipv4="192.168.251.1/24")
 
 
-def test_stateless_dhcpv6_is_refused_as_unsupported() -> None:
-    with pytest.raises(UnsupportedError) as caught:
-        NetworkSpec(name="x", ipv6="fd00:251::1/64", ipv6_mode="dhcpv6-stateless")
-    assert "libvirt's network XML" in str(caught.value)
-    assert "use slaac" in str(caught.value)
+def test_stateless_dhcpv6_adds_one_dnsmasq_option_from_the_prefix() -> None:
+    """libvirt's XML has no stateless-DHCPv6 element: one dnsmasq option carries it,
+    written from the validated prefix only; it needs a /64 and takes no range."""
+    spec = NetworkSpec(name="x", ipv6="fd00:251::1/64", ipv6_mode="dhcpv6-stateless")
+    root = spec.to_element()
+    ns = "{http://libvirt.org/schemas/network/dnsmasq/1.0}"
+    assert [o.get("value") for o in root.iter(f"{ns}option")] == [
+        "dhcp-range=fd00:251::,ra-stateless,64"]
+    assert root.find("ip[@family='ipv6']/dhcp") is None
+    assert parse_network(spec.to_xml()).ipv6_mode == "dhcpv6-stateless"
+    with pytest.raises(ValidationError, match="SLAAC needs a /64"):
+        NetworkSpec(name="x", ipv6="fd00:251::1/80", ipv6_mode="dhcpv6-stateless")
+    with pytest.raises(ValidationError, match="not for --ipv6-mode dhcpv6-stateless"):
+        NetworkSpec(name="x", ipv6="fd00:251::1/64", ipv6_mode="dhcpv6-stateless",
+                    dhcp6="fd00:251::10-fd00:251::20")
+    # An option naming another prefix (someone's hand edit) is not read as stateless.
+    other = spec.to_xml().replace("fd00:251::,", "fd00:999::,")
+    assert parse_network(other).ipv6_mode == "slaac"
 
 
 def test_overlap_with_another_network_names_it() -> None:
@@ -143,6 +156,8 @@ def test_overlap_with_another_network_names_it() -> None:
                 dhcp="192.168.250.2-192.168.250.254", ipv6="fd00:250::1/64",
                 ipv6_mode="dhcpv6-stateful", forward_dev="eth0"),
     NetworkSpec(name="r1", mode="route", bridge="virbr9", ipv6="fd00:249::1/64"),
+    NetworkSpec(name="s1", ipv4="192.168.248.1/24", ipv6="fd00:248::1/64",
+                ipv6_mode="dhcpv6-stateless"),
     NetworkSpec(name="b1", mode="bridge", bridge="br0"),
     NetworkSpec(name="o1", mode="ovs", bridge="ovsbr0"),
 ], ids=lambda s: s.name)
@@ -181,6 +196,8 @@ def test_parse_reads_libvirts_own_forms() -> None:
                 dhcp="192.168.250.2-192.168.250.254", ipv6="fd00:250::1/64",
                 ipv6_mode="dhcpv6-stateful", forward_dev="eth0"),
     NetworkSpec(name="r1", mode="route", bridge="virbr9", ipv6="fd00:249::1/64"),
+    NetworkSpec(name="s1", ipv4="192.168.248.1/24", ipv6="fd00:248::1/64",
+                ipv6_mode="dhcpv6-stateless"),
     NetworkSpec(name="b1", mode="bridge", bridge="br0"),
     NetworkSpec(name="o1", mode="ovs", bridge="ovsbr0"),
 ], ids=lambda s: s.name)

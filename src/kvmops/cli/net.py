@@ -40,8 +40,8 @@ def create_cmd(
                                          "fd00:251::1/64."),
     ipv6_mode: str | None = typer.Option(None, "--ipv6-mode",
                                          help="slaac (default: router advertisements, a /64),"
-                                              " dhcpv6-stateful, or dhcpv6-stateless (not "
-                                              "expressible in libvirt: refused)."),
+                                              " dhcpv6-stateful (addresses from a range) "
+                                              "or dhcpv6-stateless (SLAAC + DHCPv6 for DNS)."),
     dhcp6: str | None = typer.Option(None, "--dhcp6",
                                      help="Stateful DHCPv6 range START-END (default "
                                           "PREFIX::1000-PREFIX::1fff)."),

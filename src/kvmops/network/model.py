@@ -25,9 +25,12 @@ IPv6 address assignment: libvirt writes dnsmasq's configuration from the XML
 - **dhcpv6-stateful**: the ``<ip>`` with ``<dhcp><range>``: ``dhcp-range=START,END,LEN``:
   RAs with the managed (M) flag; guests lease an address from the range.
 - **dhcpv6-stateless** (SLAAC addresses, other configuration such as DNS by DHCPv6: the
-  O flag, dnsmasq's ``ra-stateless``) has no form in libvirt's network XML (only raw
-  dnsmasq options in libvirt's ``dnsmasq:options`` namespace, which libvirt itself calls
-  unsupported): kvmops refuses it with one line.
+  O flag) has no element of its own in libvirt's network XML, so kvmops adds one dnsmasq
+  option through libvirt's ``dnsmasq:options`` namespace: ``dhcp-range=PREFIX::,
+  ra-stateless,64``, written only from the validated prefix. libvirt keeps its
+  ``ra-only`` line beside it; dnsmasq then advertises the prefix with the autonomous
+  and the O flag (checked by a router solicitation in the tests) and answers DHCPv6
+  information requests, never address requests.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from typing import Literal, get_args
 
 from lxml import etree
 
-from kvmops.errors import UnsupportedError, ValidationError
+from kvmops.errors import ValidationError
 
 Mode = Literal["nat", "route", "isolated", "bridge", "ovs"]
 Ipv6Mode = Literal["slaac", "dhcpv6-stateful", "dhcpv6-stateless"]
@@ -234,11 +237,6 @@ class NetworkSpec:
         if mode not in IPV6_MODES:
             raise ValidationError(f"unknown --ipv6-mode '{mode}'",
                                   hint=f"use one of {', '.join(IPV6_MODES)}")
-        if mode == "dhcpv6-stateless":
-            raise UnsupportedError(
-                "--ipv6-mode dhcpv6-stateless cannot be expressed in libvirt's network XML "
-                "(libvirt's dnsmasq sends either RA-only or stateful DHCPv6)",
-                hint="use slaac (addresses from router advertisements) or dhcpv6-stateful")
         iface = self.ipv6_interface
         assert iface is not None
         ip = iface.ip
@@ -246,7 +244,7 @@ class NetworkSpec:
             raise ValidationError(f"--ipv6 {self.ipv6} cannot be a network's address",
                                   hint="use a unique local /64 such as fd00:251::1/64")
         prefix = iface.network.prefixlen
-        if mode == "slaac":
+        if mode in ("slaac", "dhcpv6-stateless"):
             if prefix != 64:
                 raise ValidationError(
                     f"--ipv6 {self.ipv6}: SLAAC needs a /64 prefix (guests build their "
@@ -254,7 +252,7 @@ class NetworkSpec:
                     hint="use a /64, or --ipv6-mode dhcpv6-stateful for another length")
             if self.dhcp6 is not None:
                 raise ValidationError("--dhcp6 is a stateful DHCPv6 range: not for "
-                                      "--ipv6-mode slaac",
+                                      f"--ipv6-mode {mode}",
                                       hint="add --ipv6-mode dhcpv6-stateful, or leave "
                                            "--dhcp6 out")
             return
@@ -339,6 +337,11 @@ class NetworkSpec:
             if self.effective_ipv6_mode == "dhcpv6-stateful":
                 start, end = self.dhcp6_range
                 _sub(_sub(ip, "dhcp"), "range", start=str(start), end=str(end))
+            elif self.effective_ipv6_mode == "dhcpv6-stateless":
+                options = etree.SubElement(root, f"{{{DNSMASQ_NS}}}options",
+                                           nsmap={"dnsmasq": DNSMASQ_NS})
+                etree.SubElement(options, f"{{{DNSMASQ_NS}}}option",
+                                 value=_stateless_range(v6.network))
         return root
 
     def to_xml(self) -> str:
@@ -402,6 +405,15 @@ class NetworkInfo:
         return found
 
 
+#: libvirt's namespace for raw dnsmasq options in a network's XML.
+DNSMASQ_NS = "http://libvirt.org/schemas/network/dnsmasq/1.0"
+
+
+def _stateless_range(net: ipaddress.IPv6Network) -> str:
+    """dnsmasq's stateless-DHCPv6 range for a /64 (RAs with the A and O flags)."""
+    return f"dhcp-range={net.network_address},ra-stateless,{net.prefixlen}"
+
+
 def _prefix_of(ip: etree._Element) -> int | None:
     prefix = ip.get("prefix")
     if prefix is not None and prefix.isdigit():
@@ -453,7 +465,15 @@ def parse_network(xml: str | bytes, *, active: bool = False, persistent: bool = 
             info.ipv6 = f"{address}/{prefix}"
             info.dhcp6 = _range_text(ip)
             info.ipv6_mode = "dhcpv6-stateful" if info.dhcp6 else "slaac"
+            if info.dhcp6 is None and _stateless_range(
+                    ipaddress.IPv6Interface(info.ipv6).network) in _dnsmasq_options(root):
+                info.ipv6_mode = "dhcpv6-stateless"
     return info
+
+
+def _dnsmasq_options(root: etree._Element) -> list[str]:
+    return [o.get("value", "") for o in
+            root.findall(f"{{{DNSMASQ_NS}}}options/{{{DNSMASQ_NS}}}option")]
 
 
 def _sub(parent: etree._Element, tag: str, text: str | None = None, **attrs: str
