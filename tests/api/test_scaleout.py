@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from subprocess import run
 from typing import Any
 
 import httpx
@@ -186,6 +187,7 @@ def test_fifty_jobs_on_two_servers_each_run_exactly_once(
 def test_event_raised_on_one_server_reaches_sse_client_of_the_other(
         pair: tuple[ApiServer, ApiServer], images_dir: Path) -> None:
     a, b = pair
+    vm = f"{SESSION_PREFIX}scale-ev"
     source = images_dir / f"{SESSION_PREFIX}scale-ev.qcow2"
     target = images_dir / f"{SESSION_PREFIX}scale-ev.raw"
     events: list[dict[str, Any]] = []
@@ -213,10 +215,29 @@ def test_event_raised_on_one_server_reaches_sse_client_of_the_other(
         while not queued(job_id) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert len(queued(job_id)) == 1, [e for e in events if e["sse"] == "job"]
+
+        # A and B watch the same libvirtd: each raises a VM's events itself, and what the
+        # other relays is dropped -- B's client sees each event once, not twice
+        xml = (f"<domain type='qemu'><name>{vm}</name><memory unit='MiB'>64</memory>"
+               "<os><type>hvm</type></os></domain>")
+        run(["virsh", "-c", "qemu:///system", "define", "/dev/stdin"], input=xml,
+            check=True, capture_output=True, text=True, timeout=60)
+        run(["virsh", "-c", "qemu:///system", "undefine", vm], check=True,
+            capture_output=True, text=True, timeout=60)
+        mine = [e for e in list(events) if e["sse"] == "domain" and e.get("vm") == vm]
+        deadline = time.monotonic() + 60
+        while len({e["event"] for e in mine}) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            mine = [e for e in list(events) if e["sse"] == "domain" and e.get("vm") == vm]
+        time.sleep(2)  # a duplicate relayed from A would arrive meanwhile
+        mine = [e for e in list(events) if e["sse"] == "domain" and e.get("vm") == vm]
+        assert sorted(e["event"] for e in mine) == ["defined", "undefined"], mine
     finally:
         stop.set()
         source.unlink(missing_ok=True)
         target.unlink(missing_ok=True)
+        run(["virsh", "-c", "qemu:///system", "undefine", vm], capture_output=True,
+            timeout=60)
     reader.join(20)
 
 

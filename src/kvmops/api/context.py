@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import Request
 
@@ -18,6 +21,21 @@ from kvmops.services.session import Connection, EventWatch, SharedConnection, wa
 from kvmops.services.vms import DomainTypeCache, VmListCache
 
 log = logging.getLogger("kvmops.api")
+#: Events of a libvirt host (every server watching that host raises them itself).
+HOST_EVENTS = ("domain", "host")
+
+
+def libvirt_identity(uri: str | None) -> str:
+    """Which libvirt daemon a server watches: a remote URI names it; a local one
+    (``qemu:///system``) is the daemon of this machine."""
+    uri = uri or os.environ.get("KVMOPS_URI") or "qemu:///system"
+    return uri if urlsplit(uri).hostname else f"{socket.gethostname()}{uri}"
+
+
+def relayed_twice(kind: str, data: dict[str, Any], mine: str) -> bool:
+    """An event another server relayed that this server's own libvirt watch raised too
+    (both watch the same daemon): its clients already have it."""
+    return kind in HOST_EVENTS and data.get("libvirt") == mine
 
 
 class ApiContext:
@@ -31,6 +49,7 @@ class ApiContext:
         self.runner = JobRunner(self.store, self.hub, settings.workers, shared=self.shared,
                                 lease=settings.job_lease)
         self.channel: EventChannel | None = None
+        self.libvirt = libvirt_identity(settings.uri)  # tags its domain and host events
         self.domain_types = DomainTypeCache()
         self.vm_list = VmListCache(self.domain_types)
         self.domain_events: EventWatch | None = None
@@ -53,6 +72,8 @@ class ApiContext:
             return
 
         def received(kind: str, data: dict[str, Any]) -> None:
+            if relayed_twice(kind, data, self.libvirt):
+                return
             self.hub.deliver(kind, data)
             if kind == "job" and data.get("state") == "queued":
                 self.runner.wake()
@@ -77,7 +98,8 @@ class ApiContext:
             self.vm_list.invalidate()
             if kind in ("defined", "undefined"):
                 self.domain_types.invalidate(uuid)
-            self.hub.publish("domain", {"vm": name, "event": kind, "detail": detail})
+            self.hub.publish("domain", {"vm": name, "event": kind, "detail": detail,
+                                        "libvirt": self.libvirt})
 
         def connection(up: bool) -> None:
             log.warning("libvirt life cycle events: %s", "subscribed again" if up else
@@ -88,7 +110,7 @@ class ApiContext:
             self.domain_types.invalidate()
             self.vm_list.invalidate()
             self.hub.publish("host", {"event": "libvirt-reconnected" if up
-                                      else "libvirt-disconnected"})
+                                      else "libvirt-disconnected", "libvirt": self.libvirt})
 
         self._list_age, self._types_ttl = self.vm_list.max_age, self.domain_types.ttl
         watch = watch_lifecycle(self.settings.uri, changed, connection)
