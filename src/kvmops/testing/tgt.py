@@ -56,10 +56,26 @@ def _listening(port: int) -> bool:
 def start_target(iqn: str, backing: Path, size: int) -> Target:
     """Start a ``tgtd`` on 127.0.0.1 with target ``iqn`` and LUN 1 on the file
     ``backing`` (made sparse, ``size`` bytes), open to initiators from 127.0.0.1 only.
-    Stopped again (and nothing left) when a step fails."""
+    Stopped again (and nothing left) when a step fails. A ``tgtd`` that exits at once
+    (its port or management socket taken by a parallel test between the check and its
+    bind) is started again on fresh ones, at most three times."""
     RUN_DIR.mkdir(mode=0o700, exist_ok=True)
     with open(backing, "wb") as fh:
         fh.truncate(size)
+    for attempt in range(3):
+        try:
+            return _start(iqn, backing)
+        except _TgtdExited:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+class _TgtdExited(RuntimeError):
+    """``tgtd`` ended while starting."""
+
+
+def _start(iqn: str, backing: Path) -> Target:
     port = free_port()
     control = 20000 + os.getpid() % 20000
     while (RUN_DIR / f"{control}.pid").exists() or Path(f"/var/run/tgtd/socket.{control}"
@@ -76,7 +92,7 @@ def start_target(iqn: str, backing: Path, size: int) -> Target:
         while not (_tgtadm(control, "--op", "show", "--mode", "target").returncode == 0
                    and _listening(port)):
             if proc.poll() is not None:
-                raise RuntimeError(f"tgtd exited with {proc.returncode}")
+                raise _TgtdExited(f"tgtd exited with {proc.returncode}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"tgtd did not listen on {PORTAL_HOST}:{port}")
             time.sleep(0.2)
