@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
 from kvmops.api.context import libvirt_identity, relayed_twice
+from kvmops.api.settings import ApiSettings
+from kvmops.errors import ValidationError
 from kvmops.store.notify import MAX_PAYLOAD, decode, encode
 
 
@@ -42,3 +46,14 @@ def test_relayed_domain_events_of_the_same_daemon_are_dropped() -> None:
     assert relayed_twice("domain", {"vm": "v", "libvirt": local}, local)
     assert not relayed_twice("domain", {"vm": "v", "libvirt": remote}, local)
     assert not relayed_twice("job", {"id": "j", "libvirt": local}, local)
+
+
+def test_job_lease_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KVMOPS_JOB_LEASE", raising=False)
+    assert ApiSettings().job_lease == 30.0
+    monkeypatch.setenv("KVMOPS_JOB_LEASE", "6")
+    assert ApiSettings().job_lease == 6.0
+    for bad in ("abc", "0", "-5"):
+        monkeypatch.setenv("KVMOPS_JOB_LEASE", bad)
+        with pytest.raises(ValidationError, match="KVMOPS_JOB_LEASE"):
+            ApiSettings()

@@ -7,6 +7,22 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 
+def job_lease_from_env() -> float:
+    """``KVMOPS_JOB_LEASE`` (seconds, default 30): how long the other servers wait for a
+    server's lease renewal before they mark its running jobs abandoned."""
+    from kvmops.errors import ValidationError
+
+    text = os.environ.get("KVMOPS_JOB_LEASE", "30")
+    try:
+        lease = float(text)
+    except ValueError:
+        lease = 0.0
+    if not 1.0 <= lease <= 86400.0:
+        raise ValidationError(f"KVMOPS_JOB_LEASE={text}: not a lease in seconds",
+                              hint="give 1 to 86400 seconds (default 30)")
+    return lease
+
+
 @dataclass
 class ApiSettings:
     db_url: str | None = None  # None: sqlite under the state dir
@@ -14,8 +30,7 @@ class ApiSettings:
     workers: int = 4  # job threads
     # PostgreSQL (several servers): seconds without a lease renewal after which the
     # other servers mark a server's running jobs abandoned (interrupted)
-    job_lease: float = field(default_factory=lambda: float(
-        os.environ.get("KVMOPS_JOB_LEASE", "30")))
+    job_lease: float = field(default_factory=lambda: job_lease_from_env())
     session_ttl: timedelta = timedelta(hours=12)
     secure_cookies: bool | None = None  # None: Secure when the request came over https
     events: bool = True  # libvirt life cycle events into the SSE stream
