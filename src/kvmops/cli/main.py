@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "events": ("kvmops.cli.events:register",
                "Print QMP events with their timestamps as QEMU sends them."),
     "serve": ("kvmops.cli.serve:register", "Run the REST API server (OpenAPI docs at /docs)."),
-    "host": ("kvmops.cli.host:app", "Facts about this host."),
+    "host": ("kvmops.cli.host:app", "Facts about this host; the hosts kvmops manages."),
     "vm": ("kvmops.cli.vm:app", "Create, start, stop and inspect VMs."),
     "image": ("kvmops.cli.image:app", "Create, inspect, convert and snapshot disk images."),
     "dev": ("kvmops.cli.dev:app", "Developer tools: the tiny test guest, a second host."),

@@ -198,3 +198,18 @@ class SriovAllocation(Base):
     trust: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, nullable=False)
     created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class HostRow(Base):
+    """A libvirt host kvmops manages besides the local one (which is implicit: ``local``,
+    the configured URI, never stored)."""
+
+    __tablename__ = "hosts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    uri: Mapped[str] = mapped_column(String(1024), nullable=False)
+    labels: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON object
+    added_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, nullable=False)
+    added_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_seen: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)

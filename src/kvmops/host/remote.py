@@ -1,0 +1,123 @@
+"""Connections to the hosts kvmops manages (the local one and the ones ``host add``
+stored), and the health facts ``host list``/``host info`` show.
+
+A remote connection gets libvirt's keepalive (5 s interval, 3 missed answers): with it
+a host that vanishes is noticed by the connection instead of a call hanging on a dead
+TCP socket. Keepalive needs libvirt's event loop, which is started first (a daemon
+thread; idempotent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import libvirt
+
+from kvmops.host.connection import Host, translate, version_text
+
+KEEPALIVE_INTERVAL_S = 5
+KEEPALIVE_COUNT = 3
+
+
+def is_remote(uri: str) -> bool:
+    """A URI naming a host over the network (not the local daemon's socket)."""
+    parts = urlsplit(uri)
+    return bool(parts.hostname) or parts.scheme in ("qemu+ssh", "qemu+tls", "qemu+tcp")
+
+
+def open_remote(uri: str) -> Host:
+    """A connection to ``uri`` (HostUnavailableError naming libvirt's reason); remote
+    ones with keepalive. The caller closes it."""
+    host = Host(uri)
+    if is_remote(uri):
+        from kvmops.host.events import ensure_event_loop
+
+        ensure_event_loop()
+        with contextlib.suppress(libvirt.libvirtError):
+            host.conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
+    return host
+
+
+@dataclass
+class Summary:
+    """What a host list shows: a few calls, one of them the bulk domain listing."""
+
+    hostname: str
+    libvirt_version: str
+    qemu_version: str
+    vms_running: int
+    vms_defined: int
+
+
+@dataclass
+class Health(Summary):
+    """What ``host info`` adds: accelerator, CPU, memory, storage pool space."""
+
+    accelerator: str  # kvm or tcg, from the domain capabilities
+    cpu_model: str | None
+    cpus: int
+    memory_total: int  # bytes
+    memory_free: int | None  # bytes: free + buffers + cache
+    pools_active: int
+    pool_capacity: int  # bytes, active pools
+    pool_available: int
+
+
+def _summary(host: Host) -> Summary:
+    domains = host.conn.listAllDomains(0)
+    running = sum(1 for d in domains if d.isActive())
+    return Summary(hostname=str(host.conn.getHostname()),
+                   libvirt_version=version_text(host.conn.getLibVersion()),
+                   qemu_version=version_text(host.conn.getVersion()),
+                   vms_running=running, vms_defined=len(domains))
+
+
+def summary(host: Host) -> Summary:
+    """Host name, versions, VM counts (libvirt errors become kvmops errors)."""
+    try:
+        return _summary(host)
+    except libvirt.libvirtError as err:
+        raise translate(err, f"reading host {host.uri}") from err
+
+
+def accelerator(host: Host) -> str:
+    """kvm when libvirt offers KVM domains on that host (its domain capabilities), else
+    tcg (QEMU's emulation)."""
+    try:
+        host.conn.getDomainCapabilities(None, None, None, "kvm", 0)
+    except libvirt.libvirtError:
+        return "tcg"
+    return "kvm"
+
+
+def cpu_model(capabilities: str) -> str | None:
+    """The host CPU model of a capabilities XML."""
+    host = re.search(r"<host>(.*?)</host>", capabilities, re.S)
+    if host is None:
+        return None
+    cpu = re.search(r"<cpu>.*?<model>([^<]+)</model>", host.group(1), re.S)
+    return cpu.group(1).strip() if cpu else None
+
+
+def health(host: Host) -> Health:
+    """Everything ``host info`` shows about one host."""
+    try:
+        base = _summary(host)
+        node = host.conn.getInfo()
+        capacity = available = active = 0
+        for pool in host.conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+            with contextlib.suppress(libvirt.libvirtError):
+                _state, cap, _alloc, avail = pool.info()
+                capacity += int(cap)
+                available += int(avail)
+                active += 1
+        return Health(**vars(base), accelerator=accelerator(host),
+                      cpu_model=cpu_model(str(host.conn.getCapabilities())),
+                      cpus=int(node[2]), memory_total=host.memory_total(),
+                      memory_free=host.memory_available(), pools_active=active,
+                      pool_capacity=capacity, pool_available=available)
+    except libvirt.libvirtError as err:
+        raise translate(err, f"reading host {host.uri}") from err
