@@ -169,3 +169,61 @@ def test_crashed_second_host_is_removed_by_clean_test() -> None:
     # test-prefixed entries.
     assert Path(crashed.images_dir).parent == secondhost.TEST_IMAGES_ROOT
     Path(crashed.images_dir).rmdir()
+
+
+def test_hosts_add_list_info_remove_across_two_daemons(tiny_guest: GuestImage,
+                                                       tmp_path: Path) -> None:
+    """``host add/list/info/remove`` (issue 12 item 1) with the second daemon and a host
+    that never answers (10.250.0.9: inside the test bed's /24, nobody there): the list
+    shows the second host reachable with its VM counts, the other unreachable with the
+    reason, each on its own; ``local`` is always listed and cannot be removed."""
+    env = {"KVMOPS_DB": f"sqlite:///{tmp_path / 'hosts.db'}"}
+    vm = f"{SESSION_PREFIX}h2hvm"
+    gone = "qemu+tcp://10.250.0.9/system"
+    with second_host(f"{SESSION_PREFIX}h2h") as h2:
+        created = h2.run_cli(
+            "vm", "create", vm, "--memory", "256M", "--vcpus", "1",
+            "--kernel", str(tiny_guest.kernel), "--initrd", str(tiny_guest.initrd),
+            "--cmdline", "console=ttyS0", "--disk", "size=64M",
+            "--images-dir", h2.images_dir)
+        assert created.code == 0, created.stderr
+        added = run_cli("host", "add", "h2", URI, "--label", "rack=r1", "--json", env=env)
+        assert added.code == 0, added.stderr
+        entry = json.loads(added.stdout)
+        assert entry["reachable"] is True and entry["vms_defined"] == 1
+        assert entry["hostname"] == h2.netns and entry["labels"] == {"rack": "r1"}
+        assert_one_line_error(run_cli("host", "add", "h2", URI, env=env), 4, "'h2'")
+        # Checked first: a host that does not answer is not added.
+        assert_one_line_error(run_cli("host", "add", "gone", gone, env=env), 7,
+                              "host 'gone'", gone, "--no-check")
+        assert run_cli("host", "add", "gone", gone, "--no-check", env=env).code == 0
+        assert_one_line_error(run_cli("host", "add", "evil",
+                                      "qemu+ssh://-oProxyCommand=id/system", env=env),
+                              2, "not an option")
+
+        listed = run_cli("host", "list", "--json", "--timeout", "2", env=env)
+        assert listed.code == 0, listed.stderr
+        hosts = {h["name"]: h for h in json.loads(listed.stdout)}
+        assert list(hosts) == ["local", "gone", "h2"]
+        assert hosts["local"]["reachable"] is True
+        assert hosts["h2"]["uri"] == URI and hosts["h2"]["reachable"] is True
+        assert (hosts["h2"]["vms_defined"], hosts["h2"]["vms_running"]) == (1, 0)
+        assert hosts["gone"]["reachable"] is False and hosts["gone"]["error"]
+        assert hosts["gone"]["vms_defined"] is None
+
+        info = json.loads(run_cli("host", "info", "h2", "--json", env=env).stdout)
+        assert info["reachable"] is True and info["accelerator"] in ("kvm", "tcg")
+        assert info["libvirt_version"] and info["qemu_version"] and info["cpus"] >= 1
+        assert info["memory_total"] > 0 and info["last_seen"]
+        assert (info["vms_defined"], info["vms_running"]) == (1, 0)
+        text = run_cli("host", "info", "h2", env=env)
+        assert text.code == 0 and "Reachable:" in text.stdout and URI in text.stdout
+
+        assert_one_line_error(run_cli("host", "remove", "local", env=env), 5, "local")
+        for name in ("h2", "gone"):
+            removed = run_cli("host", "remove", name, env=env)
+            assert removed.code == 0, removed.stderr
+        names = [h["name"] for h in json.loads(run_cli("host", "list", "--json",
+                                                       env=env).stdout)]
+        assert names == ["local"]
+        assert_one_line_error(run_cli("host", "info", "h2", env=env), 3, "'h2'")
