@@ -10,7 +10,9 @@ address (from the upstream namespace)."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
+from typing import Any
 
 from kvmops.host.connection import Host
 from kvmops.testing import netns
@@ -74,3 +76,31 @@ def test_nshost_listening_on_tcp_answers_from_the_upstream() -> None:
         assert answered.returncode == 0, answered.stderr
         assert answered.stdout.strip() == uri
     assert not tcp.state.exists()
+
+
+def test_libvirts_default_network_is_disabled_and_removed(nshost: NsHost) -> None:
+    """libvirt's shipped ``default`` NAT network (virbr0, 192.168.122.0/24), defined,
+    autostarted and running on the namespaced libvirtd (so the machine's own stays as
+    it is): ``net autostart --disable``, ``net stop`` and ``net delete`` take it away."""
+    shipped = Path("/usr/share/libvirt/networks/default.xml")
+    assert shipped.exists(), "libvirt's default network file is missing"
+    for step in (["net-define", str(shipped)], ["net-autostart", "default"],
+                 ["net-start", "default"]):
+        done = subprocess.run(["virsh", "-c", nshost.uri, *step], capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+
+    def default() -> dict[str, Any]:
+        """``default`` in ``net list --json``; {} when it is gone."""
+        listed = nshost.run_cli("net", "list", "--json")
+        assert listed.code == 0, listed.stderr
+        return next((n for n in json.loads(listed.stdout) if n["name"] == "default"), {})
+
+    assert default()["active"] is True
+    assert nshost.run_cli("net", "autostart", "default", "--disable").code == 0
+    assert default()["autostart"] is False
+    assert nshost.run_cli("net", "stop", "default").code == 0
+    assert default()["active"] is False
+    assert "virbr0" not in nshost.run("ip", "-o", "link", "show").stdout
+    assert nshost.run_cli("net", "delete", "default").code == 0
+    assert default() == {}
