@@ -125,6 +125,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     from kvmops.api.routes import bridges  # host bridges over an uplink (admin)
 
     api.include_router(bridges.router)
+    from kvmops.api.routes import hosts  # the libvirt hosts this server manages
+
+    api.include_router(hosts.router)
     app.include_router(api)
 
     web = optional_module("kvmops.web")
