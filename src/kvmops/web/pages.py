@@ -367,6 +367,18 @@ def sriov_page(request: Request, user: PageUser) -> Response:
                             pfs=sriov.list_pfs(caller, store), root=root, simulated=simulated)
 
 
+# ------------------------------------------------------------------ hosts
+@router.get("/hosts", response_class=HTMLResponse)
+def hosts_page(request: Request, user: PageUser) -> Response:
+    """Every host with whether it answered in time, as ``kvmops host list``; admins get
+    the add/remove controls (calls to /api/v1/hosts)."""
+    from kvmops.services import hosts  # the hosts model: only for this page
+
+    found = hosts.list_hosts(_caller(request, user), context(request).store)
+    return templates.render(request, "hosts.html", user, title="Hosts", hosts=found,
+                            deadline=hosts.DEFAULT_DEADLINE_S)
+
+
 # ------------------------------------------------------------------ jobs
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 
