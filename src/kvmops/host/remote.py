@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import libvirt
 
+from kvmops.errors import HostUnavailableError
 from kvmops.host.connection import Host, translate, version_text
 
 KEEPALIVE_INTERVAL_S = 5
@@ -39,6 +42,62 @@ def open_remote(uri: str) -> Host:
         with contextlib.suppress(libvirt.libvirtError):
             host.conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
     return host
+
+
+class Pool:
+    """One open connection per URI, reused while it is alive and opened again when it
+    is not (a host that went away and came back). A URI is used by one caller at a
+    time: a caller that finds an earlier attempt still waiting on a host that does not
+    answer gives up after ``wait`` seconds instead of opening yet another connection."""
+
+    def __init__(self, opener: Callable[[str], Host] = open_remote, wait: float = 30.0
+                 ) -> None:
+        self._open = opener
+        self._wait = wait
+        self._hosts: dict[str, Host] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    @contextlib.contextmanager
+    def connection(self, uri: str) -> Iterator[Host]:
+        with self._guard:
+            lock = self._locks.setdefault(uri, threading.Lock())
+        if not lock.acquire(timeout=self._wait):
+            raise HostUnavailableError(f"{uri}: an earlier connection attempt is still "
+                                       "waiting for an answer",
+                                       hint="is the host up and its libvirtd reachable?")
+        try:
+            host = self._hosts.pop(uri, None)
+            if host is not None and not host.alive():
+                host.close()
+                host = None
+            if host is None:
+                host = self._open(uri)
+            try:
+                yield host
+            except BaseException:  # the connection may be what failed: not kept
+                host.close()
+                raise
+            self._hosts[uri] = host
+        finally:
+            lock.release()
+
+    def drop(self, uri: str) -> None:
+        """Close the connection to ``uri`` (a host removed), if one is open and idle."""
+        with self._guard:
+            lock = self._locks.get(uri)
+        if lock is None or not lock.acquire(timeout=self._wait):
+            return
+        try:
+            host = self._hosts.pop(uri, None)
+            if host is not None:
+                host.close()
+        finally:
+            lock.release()
+
+
+#: The process's connections to managed hosts (``host list``/``host info``).
+POOL = Pool()
 
 
 @dataclass

@@ -262,14 +262,14 @@ def _find(db: str | Store | None, name: str) -> _Known:
 def _probe_summary(uri: str) -> Summary:
     from kvmops.host import remote
 
-    with remote.open_remote(uri) as conn:
+    with remote.POOL.connection(uri) as conn:
         return remote.summary(conn)
 
 
 def _probe_health(uri: str) -> Health:
     from kvmops.host import remote
 
-    with remote.open_remote(uri) as conn:
+    with remote.POOL.connection(uri) as conn:
         return remote.health(conn)
 
 
@@ -392,4 +392,9 @@ def remove_host(caller: Caller, name: str, db: str | Store | None = None) -> Non
     if name == LOCAL:
         raise StateError("the local host cannot be removed",
                          hint="it is the configured libvirt URI ('kvmops config')")
+    uri = _with_store(db, lambda store: store_hosts.get(store, name)).uri
     _with_store(db, lambda store: store_hosts.remove(store, name))
+    if uri not in {k.uri for k in _known(db)}:  # no other name for the same daemon
+        from kvmops.host import remote
+
+        remote.POOL.drop(uri)
