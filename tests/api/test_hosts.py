@@ -6,6 +6,8 @@ exist at a time.)"""
 
 from __future__ import annotations
 
+import socket
+
 from tests.integration.api_server import ApiServer
 
 CLOSED = "qemu+tcp://127.0.0.1:1/system"  # nothing listens on port 1
@@ -62,3 +64,25 @@ def test_hosts_roles_listing_and_audit(api: ApiServer) -> None:
         assert expected in actions, (expected, actions)
     # Refused before the body is read: who and what, without the target.
     assert ("view", "add_host", 403) in {(u, a, c) for u, a, _t, c in actions}
+
+
+def test_a_host_that_never_answers_is_listed_by_the_deadline(api: ApiServer) -> None:
+    """A socket that takes connections and never replies (the kernel's listen backlog):
+    libvirt would wait on it; the list reports it at the deadline, with the local host
+    reachable next to it, and ``host info`` does the same."""
+    name = "apihost-silent"
+    with socket.socket() as silent, api.client("admin") as admin:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        uri = f"qemu+tcp://127.0.0.1:{silent.getsockname()[1]}/system"
+        added = admin.post("/hosts", json={"name": name, "uri": uri, "check": False})
+        assert added.status_code == 201, added.text
+        try:
+            listed = admin.get("/hosts", params={"timeout": 1})
+            assert listed.status_code == 200, listed.text
+            hosts = {h["name"]: h for h in listed.json()}
+            assert hosts["local"]["reachable"] is True
+            assert hosts[name]["reachable"] is False
+            assert hosts[name]["error"] == "did not answer within 1 s"
+        finally:
+            assert admin.delete(f"/hosts/{name}").status_code == 200

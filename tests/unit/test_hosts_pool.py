@@ -80,9 +80,14 @@ def test_a_caller_behind_a_hanging_attempt_gives_up_and_drop_closes() -> None:
                 pool.connection("qemu+tcp://slow/system"):
             pass
         assert len(opener.opened) == 1
+        pool.drop("qemu+tcp://slow/system")  # does not wait for the hanging attempt
+        assert not opener.opened[0].closed
     finally:
         release.set()
         worker.join(60)
+    assert opener.opened[0].closed  # closed when its user was done, not kept
+    with pool.connection("qemu+tcp://slow/system") as fresh:
+        assert fresh is opener.opened[1]  # type: ignore[comparison-overlap]
     pool.drop("qemu+tcp://slow/system")
-    assert opener.opened[0].closed
+    assert opener.opened[1].closed
     pool.drop("qemu+tcp://never/system")  # nothing open: nothing to do

@@ -56,6 +56,7 @@ class Pool:
         self._wait = wait
         self._hosts: dict[str, Host] = {}
         self._locks: dict[str, threading.Lock] = {}
+        self._dropped: set[str] = set()
         self._guard = threading.Lock()
 
     @contextlib.contextmanager
@@ -78,16 +79,28 @@ class Pool:
             except BaseException:  # the connection may be what failed: not kept
                 host.close()
                 raise
-            self._hosts[uri] = host
+            with self._guard:
+                dropped = uri in self._dropped
+                self._dropped.discard(uri)
+            if dropped:
+                host.close()
+            else:
+                self._hosts[uri] = host
         finally:
+            with self._guard:
+                self._dropped.discard(uri)  # also when opening failed
             lock.release()
 
     def drop(self, uri: str) -> None:
-        """Close the connection to ``uri`` (a host removed), if one is open and idle."""
+        """Close the connection to ``uri`` (a host removed) without waiting: one in use
+        is closed when its user is done."""
         with self._guard:
             lock = self._locks.get(uri)
-        if lock is None or not lock.acquire(timeout=self._wait):
-            return
+            if lock is None:
+                return
+            if not lock.acquire(blocking=False):
+                self._dropped.add(uri)
+                return
         try:
             host = self._hosts.pop(uri, None)
             if host is not None:

@@ -363,7 +363,7 @@ def add_host(caller: Caller, name: str, uri: str, db: str | Store | None = None,
         outcome = gather(tasks, deadline)[name]
         if outcome.value is None:
             raise HostUnavailableError(
-                f"host '{name}' ({uri}) did not answer: {outcome.error}",
+                f"host '{name}' ({uri}) cannot be reached: {outcome.error}",
                 hint="check the URI, the network and that libvirtd listens there; "
                      "or add it anyway with --no-check")
         summary = outcome.value
