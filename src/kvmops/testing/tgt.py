@@ -36,6 +36,10 @@ class Target:
         return "unit:0:0:1"
 
 
+#: The management ports (``tgtd -C``) test targets use: tgtd takes 0..32767.
+CONTROL_FIRST, CONTROL_LAST = 20000, 32767
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((PORTAL_HOST, 0))
@@ -57,8 +61,8 @@ def start_target(iqn: str, backing: Path, size: int) -> Target:
     """Start a ``tgtd`` on 127.0.0.1 with target ``iqn`` and LUN 1 on the file
     ``backing`` (made sparse, ``size`` bytes), open to initiators from 127.0.0.1 only.
     Stopped again (and nothing left) when a step fails. A ``tgtd`` that exits at once
-    (its port or management socket taken by a parallel test between the check and its
-    bind) is started again on fresh ones, at most three times."""
+    (its port taken by a parallel test between the check and its bind) is started
+    again on a fresh one, at most three times; its last words are in the error."""
     RUN_DIR.mkdir(mode=0o700, exist_ok=True)
     with open(backing, "wb") as fh:
         fh.truncate(size)
@@ -77,14 +81,17 @@ class _TgtdExited(RuntimeError):
 
 def _start(iqn: str, backing: Path) -> Target:
     port = free_port()
-    control = 20000 + os.getpid() % 20000
+    # tgtd refuses a management port above 32767 (exit 34, "out of range").
+    control = CONTROL_FIRST + os.getpid() % (CONTROL_LAST - CONTROL_FIRST)
     while (RUN_DIR / f"{control}.pid").exists() or Path(f"/var/run/tgtd/socket.{control}"
                                                          ).exists():
-        control += 1
-    proc = subprocess.Popen(
-        ["tgtd", "-f", "-C", str(control), "--iscsi", f"portal={PORTAL_HOST}:{port}"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+        control = control + 1 if control < CONTROL_LAST else CONTROL_FIRST
+    log = RUN_DIR / f"{control}.log"
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(
+            ["tgtd", "-f", "-C", str(control), "--iscsi", f"portal={PORTAL_HOST}:{port}"],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            start_new_session=True)
     (RUN_DIR / f"{control}.pid").write_text(f"{proc.pid} {iqn}\n")
     target = Target(iqn=iqn, port=port, control=control, backing=backing, pid=proc.pid)
     try:
@@ -92,7 +99,8 @@ def _start(iqn: str, backing: Path) -> Target:
         while not (_tgtadm(control, "--op", "show", "--mode", "target").returncode == 0
                    and _listening(port)):
             if proc.poll() is not None:
-                raise _TgtdExited(f"tgtd exited with {proc.returncode}")
+                said = log.read_text(errors="replace").strip().splitlines()[-3:]
+                raise _TgtdExited(f"tgtd exited with {proc.returncode}: {' / '.join(said)}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"tgtd did not listen on {PORTAL_HOST}:{port}")
             time.sleep(0.2)
@@ -140,6 +148,7 @@ def _stop(pid: int, control: int) -> None:
                         break
                     time.sleep(0.1)
     (RUN_DIR / f"{control}.pid").unlink(missing_ok=True)
+    (RUN_DIR / f"{control}.log").unlink(missing_ok=True)
     Path(f"/var/run/tgtd/socket.{control}").unlink(missing_ok=True)
     Path(f"/var/run/tgtd/socket.{control}.lock").unlink(missing_ok=True)
 
