@@ -119,9 +119,9 @@ def test_claims_are_exclusive_and_dead_instances_jobs_are_abandoned(scale_pg: st
         assert sorted(taken) == sorted(ids)  # every job, none twice
 
         dead, alive = sorted(ids)[:2]
-        with store.session() as db:
+        with store.session() as db:  # its own instance: the alive one's heartbeat skips it
             db.execute(update(Job).where(Job.id == dead).values(
-                heartbeat_at=datetime.now(UTC) - timedelta(hours=1)))
+                instance="w-dead", heartbeat_at=datetime.now(UTC) - timedelta(hours=1)))
         job_store.heartbeat(store, job_store.get(store, alive).instance or "")
         gone = job_store.reap_abandoned(store, 30)
         assert dead in gone and alive not in gone
