@@ -495,15 +495,7 @@ def create_over_uplink(
                               plan=[str(s) for s in steps], verify_target=target.address,
                               verify_source=target.source, next_hop=target.next_hop,
                               dry_run=dry_run, notes=list(target.notes))
-        report(f"now: {describe(before)}")
-        for note in target.notes:
-            report(f"note: {note}")
-        if target.address is not None:
-            report(f"check after the change: {target.address} ({target.source}) through next "
-                   f"hop {target.next_hop} must answer on {bridge} within {verify_timeout:g} s")
-        report(f"plan ({len(steps)} steps):")
-        for step in steps:
-            report(f"  {step}    # {step.why}")
+        _report_plan(report, describe(before), target, bridge, verify_timeout, steps)
         if dry_run:
             return result
         change = _Change(what=f"bridge '{bridge}' over '{uplink}'",
@@ -650,15 +642,7 @@ def remove_bridge(
                                 verify_target=target.address, verify_source=target.source,
                                 next_hop=target.next_hop, dry_run=dry_run,
                                 notes=list(target.notes))
-        report(f"now: {describe(snap.bridge)}")
-        for note in target.notes:
-            report(f"note: {note}")
-        if target.address is not None:
-            report(f"check after the change: {target.address} ({target.source}) through next "
-                   f"hop {target.next_hop} must answer on {port} within {verify_timeout:g} s")
-        report(f"plan ({len(steps)} steps):")
-        for step in steps:
-            report(f"  {step}    # {step.why}")
+        _report_plan(report, describe(snap.bridge), target, port, verify_timeout, steps)
         if dry_run:
             return result
         change = _Change(what=f"removing bridge '{bridge}' (back to '{port}')",
@@ -789,3 +773,17 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--guard":
         sys.exit(_guard(Path(sys.argv[2]), int(sys.argv[3])))
     sys.exit("usage: python -m kvmops.services.bridges --guard RECORD FD")
+
+
+def _report_plan(report: Callable[[str], None], now: str, target: Any, device: str,
+                 verify_timeout: float, steps: list[Any]) -> None:
+    """Tell the state now, the check to come and the plan, step by step with its why."""
+    report(f"now: {now}")
+    for note in target.notes:
+        report(f"note: {note}")
+    if target.address is not None:
+        report(f"check after the change: {target.address} ({target.source}) through next "
+               f"hop {target.next_hop} must answer on {device} within {verify_timeout:g} s")
+    report(f"plan ({len(steps)} steps):")
+    for step in steps:
+        report(f"  {step}    # {step.why}")
