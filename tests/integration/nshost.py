@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -59,7 +60,10 @@ from kvmops.testing import secondhost
 from kvmops.testing.secondhost import NamespacedHost
 from tests.conftest import CliResult, run_cli
 
-__all__ = ["NsHost", "ns_host", "second_host", "start", "stop"]
+#: Which 10.250.N.0/24 the tests' second hosts use (parallel runs on one machine differ).
+SECOND_HOST_INDEX = int(os.environ.get("KVMOPS_TEST_H2_INDEX", "0"))
+
+__all__ = ["SECOND_HOST_INDEX", "NsHost", "ns_host", "second_host", "start", "stop"]
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ def _wrap(host: NamespacedHost) -> NsHost:
 
 
 def start(netns: str, *, libvirtd_conf: str = "", listen: bool = False,
-          layout: str = "upstream") -> NsHost:
+          layout: str = "upstream", index: int | None = None) -> NsHost:
     """Start a namespaced libvirtd in a new network namespace ``netns`` (test prefix)
     with an upstream peer namespace ``netns-up`` (``layout="host"``: a second host on
     10.250.0.2, see kvmops.testing.secondhost). ``libvirtd_conf`` is appended to its
@@ -87,7 +91,8 @@ def start(netns: str, *, libvirtd_conf: str = "", listen: bool = False,
     if not secondhost.is_test_name(netns):
         raise ValueError(f"a namespaced test host needs the test prefix: {netns!r}")
     return _wrap(secondhost.start(netns, layout=layout, libvirtd_conf=libvirtd_conf,
-                                  listen=listen))
+                                  listen=listen,
+                                  index=SECOND_HOST_INDEX if index is None else index))
 
 
 def stop(host: NamespacedHost) -> None:
@@ -109,5 +114,6 @@ def ns_host(netns: str, *, libvirtd_conf: str = "", listen: bool = False,
 
 
 def second_host(netns: str) -> contextlib.AbstractContextManager[NsHost]:
-    """Issue 12's second host (``layout="host"``): ``uri`` is qemu+tcp://10.250.0.2/system."""
+    """Issue 12's second host (``layout="host"``): ``uri`` is qemu+tcp://10.250.N.2/system
+    with N = ``KVMOPS_TEST_H2_INDEX`` (default 0: parallel runs pick different ones)."""
     return ns_host(netns, layout="host")

@@ -18,9 +18,12 @@ from kvmops.host.connection import Host
 from kvmops.testing import netns, secondhost
 from tests.conftest import SESSION_PREFIX, assert_one_line_error, run_cli
 from tests.integration.conftest import remove_vm
-from tests.integration.nshost import second_host
+from tests.integration.nshost import SECOND_HOST_INDEX, second_host
 
-URI = "qemu+tcp://10.250.0.2/system"
+N = SECOND_HOST_INDEX  # 10.250.N.0/24: parallel runs on one machine use different N
+ADDRESS = f"10.250.{N}.2"
+URI = f"qemu+tcp://{ADDRESS}/system"
+UP = ("dev", "second-host", "up", "--index", str(N))
 
 
 def _virsh(uri: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -31,7 +34,7 @@ def _virsh(uri: str, *args: str) -> subprocess.CompletedProcess[str]:
 def _connect_as(uid: int) -> str:
     """Open a TCP connection to the second libvirtd's port as ``uid``: what happened."""
     code = ("import socket\n"
-            "socket.create_connection(('10.250.0.2', 16509), 10).close()\n"
+            f"socket.create_connection(('{ADDRESS}', 16509), 10).close()\n"
             "print('connected')\n")
     proc = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                            "/usr/bin/python3", "-c", code], capture_output=True, text=True,
@@ -43,25 +46,25 @@ def test_second_host_up_vm_down(tiny_guest: GuestImage, host: Host) -> None:
     name = f"{SESSION_PREFIX}h2"
     vm = f"{SESSION_PREFIX}h2vm"
     try:
-        started = run_cli("dev", "second-host", "up", "--name", name)
+        started = run_cli(*UP, "--name", name)
         assert started.code == 0, started.stderr
         assert started.stdout.splitlines()[-1] == URI
-        info = json.loads(run_cli("dev", "second-host", "up", "--name", name,
+        info = json.loads(run_cli(*UP, "--name", name,
                                   "--json").stdout)
         assert info["started"] is False and info["uri"] == URI
-        assert info["netns"] == name and info["address"] == "10.250.0.2"
+        assert info["netns"] == name and info["address"] == ADDRESS
         pid = info["libvirtd_pid"]
         assert pid in netns.netns_pids(name)
         images = Path(info["images_dir"])
         assert images.is_dir() and name in images.name
         # Idempotent: the same daemon still, and its URI last again.
-        again = run_cli("dev", "second-host", "up", "--name", name)
+        again = run_cli(*UP, "--name", name)
         assert again.code == 0 and again.stdout.splitlines()[-1] == URI, again.stderr
         assert secondhost.load(name) is not None
         assert secondhost.load(name).libvirtd_pid == pid  # type: ignore[union-attr]
-        # Only one second host can hold 10.250.0.0/24: another is refused, naming it.
-        assert_one_line_error(run_cli("dev", "second-host", "up", "--name", f"{name}x"),
-                              4, "10.250.0.0/24", name)
+        # Only one second host can hold 10.250.N.0/24: another is refused, naming it.
+        assert_one_line_error(run_cli(*UP, "--name", f"{name}x"),
+                              4, f"10.250.{N}.0/24", name)
         # The daemon takes no authentication: only root (and QEMU's user) reach it.
         assert _connect_as(0).strip() == "connected"
         assert "ConnectionRefusedError" in _connect_as(65534)
@@ -127,7 +130,7 @@ def test_live_migration_both_ways_over_the_test_bed(tiny_guest: GuestImage, host
                                 "echo ram-survived > /tmp/marker")
             assert marked.code == 0, marked.stderr
             moved = _virsh(URI, "migrate", "--live", "--unsafe", "--persistent",
-                           "--undefinesource", vm, "qemu:///system", "tcp://10.250.0.1")
+                           "--undefinesource", vm, "qemu:///system", f"tcp://10.250.{N}.1")
             assert moved.returncode == 0, (moved.stderr, h2.log_tail())
             assert vm in [d.name for d in host.all_domains()]
             assert _virsh(URI, "list", "--all", "--name").stdout.strip() == ""
@@ -174,12 +177,12 @@ def test_crashed_second_host_is_removed_by_clean_test() -> None:
 def test_hosts_add_list_info_remove_across_two_daemons(tiny_guest: GuestImage,
                                                        tmp_path: Path) -> None:
     """``host add/list/info/remove`` (issue 12 item 1) with the second daemon and a host
-    that never answers (10.250.0.9: inside the test bed's /24, nobody there): the list
+    that never answers (10.250.N.9: inside the test bed's /24, nobody there): the list
     shows the second host reachable with its VM counts, the other unreachable with the
     reason, each on its own; ``local`` is always listed and cannot be removed."""
     env = {"KVMOPS_DB": f"sqlite:///{tmp_path / 'hosts.db'}"}
     vm = f"{SESSION_PREFIX}h2hvm"
-    gone = "qemu+tcp://10.250.0.9/system"
+    gone = f"qemu+tcp://10.250.{N}.9/system"
     with second_host(f"{SESSION_PREFIX}h2h") as h2:
         created = h2.run_cli(
             "vm", "create", vm, "--memory", "256M", "--vcpus", "1",

@@ -81,6 +81,8 @@ _NAME_OPTION = typer.Option("kvmops-h2", "--name",
 @second_host_app.command("up")
 def second_host_up_cmd(
     name: str = _NAME_OPTION,
+    index: int = typer.Option(0, "--index", min=0, max=63,
+                              help="Use 10.250.INDEX.0/24 (several second hosts at once)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Start the second host; the last line printed is its libvirt URI.
@@ -91,14 +93,14 @@ def second_host_up_cmd(
     """
     from kvmops.testing import secondhost
 
-    host, started = secondhost.up(name)
+    host, started = secondhost.up(name, index)
     if json_out:
         output.print_json({**host.summary(), "started": started})
         return
     if not started:
         output.info(f"second host {host.name} is already up")
     output.print_fields([("netns", host.netns), ("address", host.tcp_address),
-                         ("host address", secondhost.HOST_ADDRESS),
+                         ("host address", host.host_address or secondhost.HOST_ADDRESS),
                          ("unix uri", host.unix_uri), ("images dir", host.images_dir)])
     typer.echo(host.uri)
 

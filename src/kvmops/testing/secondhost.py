@@ -84,10 +84,20 @@ STATE_ROOT = Path("/run/kvmops/second-hosts")  # state of non-test second hosts
 IMAGES_ROOT = Path("/var/lib/kvmops/second-hosts")
 TEST_IMAGES_ROOT = Path("/var/lib/kvmops/test-images")  # the tests' allowed image directory
 RECORD = "host.json"  # in the state directory: what :func:`load` reads back
-HOST_ADDRESS = "10.250.0.1"  # the machine's end of a second host's veth
-ADDRESS = "10.250.0.2"  # the second host's end, where its libvirtd listens
+HOST_ADDRESS = "10.250.0.1"  # the machine's end of a second host's veth (index 0)
+ADDRESS = "10.250.0.2"  # the second host's end, where its libvirtd listens (index 0)
 PREFIXLEN = 24
 SUBNET = "10.250.0.0/24"
+MAX_INDEX = 63  # second host N uses 10.250.N.0/24 (N = 0 by default)
+
+
+def subnet_of(index: int) -> tuple[str, str, str]:
+    """(subnet, machine address, second host address) of second host number ``index``:
+    several can run at once (parallel test runs), each on its own /24."""
+    if not 0 <= index <= MAX_INDEX:
+        raise ValidationError(f"second host index {index} is out of range",
+                              hint=f"use 0..{MAX_INDEX}")
+    return f"10.250.{index}.0/24", f"10.250.{index}.1", f"10.250.{index}.2"
 LIBVIRT_TCP_PORT = 16509
 # What the namespaced libvirtd gets privately (host path -> state subdirectory).
 PRIVATE_DIRS = {
@@ -145,6 +155,7 @@ class NamespacedHost:
     upstream: str = ""  # upstream layout: the peer namespace behind ``uplink``
     host_veth: str = ""  # host layout: the machine-side veth
     tcp_address: str = ""  # where libvirtd listens on TCP (host layout: ADDRESS)
+    host_address: str = ""  # host layout: the machine's end of the veth (HOST_ADDRESS)
     images_dir: str = ""  # host layout: its own images directory
     outside4: str = "192.168.234.2"  # upstream layout: the namespace's uplink address
     upstream4: str = "192.168.234.1"  # upstream layout: the peer's (default route)
@@ -185,7 +196,8 @@ class NamespacedHost:
         """``dev second-host up/status --json``."""
         return {"name": self.netns, "uri": self.uri, "unix_uri": self.unix_uri,
                 "netns": self.netns, "address": self.tcp_address or self.outside4,
-                "host_address": HOST_ADDRESS if self.host_veth else self.upstream4,
+                "host_address": (self.host_address or HOST_ADDRESS) if self.host_veth
+                else self.upstream4,
                 "host_veth": self.host_veth or None, "images_dir": self.images_dir or None,
                 "libvirtd_pid": self.libvirtd_pid, "state_dir": str(self.state)}
 
@@ -324,10 +336,10 @@ def _guard(table: str, veth: str) -> None:
         raise StateError(f"could not add the nftables guard of {veth}: {proc.stderr.strip()}")
 
 
-def _subnet_in_use() -> str | None:
-    """The machine-side device with an address in 10.250.0.0/24 (another second host's
+def _subnet_in_use(subnet: str = SUBNET) -> str | None:
+    """The machine-side device with an address in ``subnet`` (another second host's
     veth, or something else), if any."""
-    proc = subprocess.run(["ip", "-j", "-4", "addr", "show", "to", SUBNET],
+    proc = subprocess.run(["ip", "-j", "-4", "addr", "show", "to", subnet],
                           capture_output=True, text=True, timeout=30, check=False)
     with contextlib.suppress(ValueError):
         for link in json.loads(proc.stdout or "[]"):
@@ -354,7 +366,7 @@ def load(name: str) -> NamespacedHost | None:
 
 
 def start(netns: str, *, layout: str = "upstream", libvirtd_conf: str = "",
-          listen: bool = False) -> NamespacedHost:
+          listen: bool = False, index: int = 0) -> NamespacedHost:
     """Start a namespaced libvirtd in a new network namespace ``netns`` (``kvmops-``
     prefix; state under ``NSHOST_ROOT`` for test names). ``layout="upstream"``: a peer
     namespace ``netns-up``; ``libvirtd_conf`` is appended to libvirtd.conf (e.g.
@@ -368,14 +380,16 @@ def start(netns: str, *, layout: str = "upstream", libvirtd_conf: str = "",
         raise ValueError(f"an upstream-layout namespaced host is for tests: {netns!r}")
     state = state_dir(netns)
     second = layout == "host"
+    subnet, machine_end, address = subnet_of(index)
     host = NamespacedHost(
         netns=netns, state=state, upstream="" if second else f"{netns}-up",
         host_veth=host_veth_for(netns) if second else "",
-        tcp_address=ADDRESS if second else "",
+        tcp_address=address if second else "",
+        host_address=machine_end if second else "",
         images_dir=str(images_dir_for(netns)) if second else "")
     prefix = _prefix_of(netns)
     if second:
-        _check_subnet_free()
+        _check_subnet_free(subnet, machine_end)
     state.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     if state.exists():  # left by a crashed run
         remove_ns_host(state, prefix=prefix)
@@ -384,8 +398,8 @@ def start(netns: str, *, layout: str = "upstream", libvirtd_conf: str = "",
     qemu: dict[str, str] = {}
     if second:
         libvirtd.update({"listen_tls": "0", "listen_tcp": "1", "auth_tcp": '"none"',
-                         "listen_addr": f'"{ADDRESS}"'})
-        qemu = {"migration_host": f'"{ADDRESS}"', "migration_address": f'"{ADDRESS}"'}
+                         "listen_addr": f'"{address}"'})
+        qemu = {"migration_host": f'"{address}"', "migration_address": f'"{address}"'}
         listen = True
     try:
         names = [host.netns] + ([host.upstream] if host.upstream else [])
@@ -446,8 +460,9 @@ def _link_to_machine(host: NamespacedHost) -> None:
     _sh("sysctl", "-qw", f"net.ipv6.conf.{veth}.disable_ipv6=1")
     _sh("ip", "netns", "exec", host.netns, "sysctl", "-qw",
         f"net.ipv6.conf.{UPLINK}.disable_ipv6=1")
-    _sh("ip", "addr", "add", f"{HOST_ADDRESS}/{PREFIXLEN}", "dev", veth)
-    _sh("ip", "-n", host.netns, "addr", "add", f"{ADDRESS}/{PREFIXLEN}", "dev", UPLINK)
+    _sh("ip", "addr", "add", f"{host.host_address}/{PREFIXLEN}", "dev", veth)
+    _sh("ip", "-n", host.netns, "addr", "add", f"{host.tcp_address}/{PREFIXLEN}", "dev",
+        UPLINK)
     _sh("ip", "link", "set", "dev", veth, "up")
     _sh("ip", "-n", host.netns, "link", "set", "dev", UPLINK, "up")
 
@@ -495,11 +510,11 @@ def _lock() -> Iterator[None]:
         yield
 
 
-def up(name: str = DEFAULT_NAME) -> tuple[NamespacedHost, bool]:
+def up(name: str = DEFAULT_NAME, index: int = 0) -> tuple[NamespacedHost, bool]:
     """Start the second host ``name`` unless it runs already (then return it as it is);
     the host and whether it was started now. One whose libvirtd no longer answers is an
     error (``down`` removes it); one gone with its namespace (a reboot) is started
-    afresh; another second host holding 10.250.0.0/24 is an error naming it."""
+    afresh; another second host holding 10.250.INDEX.0/24 is an error naming it."""
     check_name(name)
     with _lock():
         found = load(name)
@@ -513,18 +528,19 @@ def up(name: str = DEFAULT_NAME) -> tuple[NamespacedHost, bool]:
                                   "everything on it, then 'up' again")
         if found is not None or state_dir(name).exists():  # gone with a reboot or crash
             remove(found or NamespacedHost(netns=name, state=state_dir(name)))
-        return start(name, layout="host"), True
+        return start(name, layout="host", index=index), True
 
 
-def _check_subnet_free() -> None:
-    holder = _subnet_in_use()
+def _check_subnet_free(subnet: str = SUBNET, machine_end: str = HOST_ADDRESS) -> None:
+    holder = _subnet_in_use(subnet)
     if holder is not None:
         owner = next((h.netns for h in status() if h.host_veth == holder), None)
         raise AlreadyExistsError(
-            f"{SUBNET} is in use on {holder}"
+            f"{subnet} is in use on {holder}"
             + (f" by the second host {owner}" if owner else ""),
-            hint=f"remove it first: 'kvmops dev second-host down --name {owner}'"
-            if owner else "a second host needs 10.250.0.1/24 on the machine")
+            hint=f"remove it first: 'kvmops dev second-host down --name {owner}', or "
+                 "use another --index" if owner
+            else f"a second host needs {machine_end}/24 on the machine")
 
 
 def down(name: str = DEFAULT_NAME) -> bool:
