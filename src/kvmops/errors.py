@@ -225,6 +225,19 @@ class TooManyRequestsError(KvmopsError):
     http_status = 429
 
 
+class MigrationBlockedError(StateError):
+    """The migration preflight found blockers (all named in the one message, each with
+    its remedy); nothing was changed. ``blockers`` holds them for the API."""
+
+    exit_code = 24
+    http_status = 409
+
+    def __init__(self, message: str, *, blockers: list[object] | None = None,
+                 hint: str | None = None) -> None:
+        self.blockers = list(blockers or [])
+        super().__init__(message, hint=hint)
+
+
 class CancelledError(KvmopsError):
     """The operation was interrupted (Ctrl-C, a cancel request) and cleaned up after."""
 
