@@ -114,8 +114,8 @@ def rewrite_disk_paths(xml: str, paths: dict[str, str]) -> str:
         if source is None:
             raise StateError(f"disk {dev} has no source to rewrite")
         source.set("file", paths[dev])
-        for attr in ("index",):
-            source.attrib.pop(attr, None)
+        if "index" in source.attrib:
+            del source.attrib["index"]
         for backing in disk.findall("backingStore"):
             disk.remove(backing)
     return etree.tostring(root, encoding="unicode")
@@ -185,7 +185,7 @@ def _esc(text: str) -> str:
 
 # --------------------------------------------------------------------------- the job
 def _flags(req: LiveRequest) -> int:
-    flags = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST
+    flags: int = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST
     if req.copy_disks:
         flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
     if req.auto_converge:
@@ -447,8 +447,22 @@ def is_running(host: Host, vm: str) -> bool:
         return False
 
 
-def remove_source_file(path: str) -> None:
-    """Delete a copied disk's file on the source (the caller checked the path policy)."""
+def remove_source_volume(source: Host, path: str) -> bool:
+    """Delete a copied disk's file on the source through its storage pool (works for a
+    remote source); False when no pool of the source holds it."""
+    try:
+        vol = source.conn.storageVolLookupByPath(path)
+    except libvirt.libvirtError:
+        return False
+    try:
+        vol.delete(0)
+    except libvirt.libvirtError:
+        return False
+    return True
+
+
+def remove_local_file(path: str) -> None:
+    """Delete a copied disk's file on this machine (the caller checked the path policy)."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
 

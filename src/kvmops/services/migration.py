@@ -1,0 +1,412 @@
+"""``kvmops vm migrate``: move a VM to another host.
+
+A running VM migrates live (:mod:`kvmops.host.migration`: libvirt's ``migrate3``,
+client-driven, the data stream straight from QEMU to QEMU); a shut-off one is copied by
+the cold migration (:mod:`kvmops.services.coldmigration`; libvirt's migrate is never
+used on a shut-off VM). Either way the preflight (:mod:`kvmops.services.migration_checks`)
+runs first and refuses with every blocker at once.
+
+Order of a live migration, so that a failure at any point leaves the VM whole on the
+source: the copied disks' volumes are created on the target; the VM migrates with
+``PERSIST_DEST`` (never ``UNDEFINE_SOURCE``); only when the target domain runs and is
+persistent are the checkpoints redefined there, the source definition removed, and the
+copied disks' files on the source deleted (only files in an allowed images directory of
+this machine, or volumes of a storage pool of the source; others are left and named in
+the result's notes). A cancel or a failure aborts the job (the VM keeps running on the
+source) and removes what was made on the target: a half-defined domain, the created
+volumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from kvmops.errors import MigrationBlockedError, NotFoundError, StateError, ValidationError
+from kvmops.migration.model import (
+    Blocker,
+    CancelledFn,
+    Kind,
+    MigrationOptions,
+    MigrationProgress,
+    MigrationResult,
+    Preflight,
+    ProgressFn,
+)
+from kvmops.services import hosts
+from kvmops.services.audit import audited
+from kvmops.services.caller import Caller
+from kvmops.services.jobs import track
+
+if TYPE_CHECKING:
+    from kvmops.host.connection import Host
+
+__all__ = ["Blocker", "MigrationOptions", "MigrationProgress", "MigrationResult",
+           "Preflight", "check", "migrate", "migration_address"]
+
+#: A host label naming the address other hosts' QEMU reach this host's QEMU at.
+ADDRESS_LABEL = "migration-address"
+
+
+# --------------------------------------------------------------------------- validation
+def validate(options: MigrationOptions) -> None:
+    if options.bandwidth_mib is not None and not 1 <= options.bandwidth_mib <= 1_000_000:
+        raise ValidationError(f"invalid bandwidth {options.bandwidth_mib} MiB/s",
+                              hint="give 1..1000000 MiB/s")
+    if options.max_downtime_ms is not None and not 1 <= options.max_downtime_ms <= 600_000:
+        raise ValidationError(f"invalid max downtime {options.max_downtime_ms} ms",
+                              hint="give 1..600000 ms")
+    if options.target_pool is not None and not options.copy_storage:
+        raise ValidationError("--target-pool needs --copy-storage",
+                              hint="add --copy-storage, or leave out --target-pool")
+    hosts.validate_name(options.target)
+
+
+# --------------------------------------------------------------------------- addresses
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _route_address(peer: str) -> str | None:
+    """This machine's address on the route to ``peer`` (no packet is sent)."""
+    try:
+        infos = socket.getaddrinfo(peer, 16509, proto=socket.IPPROTO_UDP)
+    except OSError:
+        return None
+    for family, _, _, _, addr in infos:
+        with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            return str(s.getsockname()[0])
+    return None
+
+
+def migration_address(source_uri: str, target_uri: str, label: str | None = None
+                      ) -> str | None:
+    """Where the source's QEMU sends the migration stream (``tcp://ADDRESS``): the
+    target host's ``migration-address`` label; else the host of the target's URI; else
+    (the target is this machine on its unix socket) this machine's address on the route
+    to the source host. None: libvirt's default (the target's host name)."""
+    if label:
+        return f"tcp://{_bracket(label)}"
+    target_host = urlsplit(target_uri).hostname
+    if target_host:
+        return f"tcp://{_bracket(target_host)}"
+    source_host = urlsplit(source_uri).hostname
+    if source_host:
+        local = _route_address(source_host)
+        if local:
+            return f"tcp://{_bracket(local)}"
+    return None
+
+
+def _label(caller: Caller, name: str) -> str | None:
+    try:
+        known = hosts._find(None, name)  # the host record with its labels
+    except Exception:  # no database: no labels
+        return None
+    return (known.labels or {}).get(ADDRESS_LABEL)
+
+
+# --------------------------------------------------------------------------- connections
+@contextlib.contextmanager
+def _connections(caller: Caller, source: str, target: str
+                 ) -> Iterator[tuple[Host, Host, str, str]]:
+    """Own connections to both hosts (not the shared pool: a migration holds them for
+    minutes, and the pool lends a URI to one caller at a time)."""
+    from kvmops.host import remote
+
+    src_uri = hosts.uri_of(caller, source)
+    dst_uri = hosts.uri_of(caller, target)
+    src = remote.open_remote(src_uri)
+    try:
+        if dst_uri == src_uri:
+            yield src, src, src_uri, dst_uri
+            return
+        dst = remote.open_remote(dst_uri)
+        try:
+            yield src, dst, src_uri, dst_uri
+        finally:
+            dst.close()
+    finally:
+        src.close()
+
+
+def _kind_of(src: Host, vm: str) -> Kind:
+    from kvmops.host import migration as live
+
+    src.domain(vm)  # NotFoundError naming the source
+    return "live" if live.is_running(src, vm) else "cold"
+
+
+def _basic_preflight(src: Host, dst: Host, vm: str, options: MigrationOptions, *,
+                     source_name: str, kind: Kind) -> Preflight:
+    """The checks this module needs itself (used when the preflight module is absent)."""
+    found = Preflight(vm=vm, source=source_name, target=options.target, kind=kind)
+    if src.uri == dst.uri:
+        found.blockers.append(Blocker("same-host", f"'{vm}' is on host "
+                                      f"'{options.target}' already",
+                                      "name another host with --to"))
+    elif dst.has_domain(vm):
+        found.blockers.append(Blocker("name-clash", f"a VM named '{vm}' exists on host "
+                                      f"'{options.target}'",
+                                      "rename or remove it there first"))
+    return found
+
+
+def _preflight(caller: Caller, src: Host, dst: Host, vm: str, options: MigrationOptions,
+               *, source_name: str, kind: Kind) -> Preflight:
+    try:
+        from kvmops.services import migration_checks  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return _basic_preflight(src, dst, vm, options, source_name=source_name, kind=kind)
+    result: Preflight = migration_checks.preflight(caller, src, dst, vm, options,
+                                                   source_name=source_name, kind=kind)
+    # The two checks this use case relies on, whatever the preflight module does.
+    basic = _basic_preflight(src, dst, vm, options, source_name=source_name, kind=kind)
+    codes = {b.code for b in result.blockers}
+    result.blockers.extend(b for b in basic.blockers if b.code not in codes)
+    return result
+
+
+def refuse(found: Preflight) -> MigrationBlockedError:
+    """Every blocker in one line, each with its remedy."""
+    parts = [f"{b.code}: {b.message} ({b.remedy})" for b in found.blockers]
+    return MigrationBlockedError(
+        f"cannot migrate '{found.vm}' from '{found.source}' to '{found.target}': "
+        + "; ".join(parts), blockers=list(found.blockers),
+        hint="fix each blocker named, then run it again (--dry-run checks only)")
+
+
+def check(caller: Caller, vm: str, options: MigrationOptions, *,
+          source: str | None = None) -> Preflight:
+    """The preflight alone (``--dry-run``, the API's preflight): never refuses."""
+    validate(options)
+    source_name = source or hosts.LOCAL
+    with _connections(caller, source_name, options.target) as (src, dst, _, _):
+        kind = _kind_of(src, vm)
+        return _preflight(caller, src, dst, vm, options, source_name=source_name,
+                          kind=kind)
+
+
+def plan_lines(found: Preflight, options: MigrationOptions) -> list[str]:
+    """What the migration would do, for ``--dry-run``."""
+    lines = [f"{found.kind} migration of '{found.vm}' from '{found.source}' to "
+             f"'{found.target}'"]
+    if options.copy_storage:
+        pool = options.target_pool or "(the pool holding the same directory)"
+        lines.append(f"copy local disks into pool {pool} on '{found.target}'")
+    else:
+        lines.append("disks stay on shared storage")
+    for what, value in (("bandwidth", options.bandwidth_mib and
+                         f"{options.bandwidth_mib} MiB/s"),
+                        ("max downtime", options.max_downtime_ms and
+                         f"{options.max_downtime_ms} ms"),
+                        ("auto-converge", options.auto_converge and "on"),
+                        ("post-copy", options.postcopy and "after 3 memory passes")):
+        if value:
+            lines.append(f"{what}: {value}")
+    lines.extend(f"warning: {w}" for w in found.warnings)
+    lines.extend(f"blocker {b.code}: {b.message} ({b.remedy})" for b in found.blockers)
+    return lines
+
+
+# --------------------------------------------------------------------------- the use case
+@audited("vm.migrate", target="vm")
+def migrate(caller: Caller, vm: str, options: MigrationOptions, *,
+            source: str | None = None, progress: ProgressFn | None = None,
+            cancelled: CancelledFn | None = None) -> MigrationResult:
+    """Migrate ``vm`` from host ``source`` (None: this machine) to ``options.target``.
+    MigrationBlockedError lists every blocker; CancelledError after a cancel (the VM
+    still on the source)."""
+    validate(options)
+    source_name = source or hosts.LOCAL
+    with _connections(caller, source_name, options.target) as (src, dst, src_uri,
+                                                                dst_uri):
+        kind = _kind_of(src, vm)
+        if progress is not None:
+            progress(MigrationProgress(phase="preflight"))
+        found = _preflight(caller, src, dst, vm, options, source_name=source_name,
+                           kind=kind)
+        if not found.ok:
+            raise refuse(found)
+        if options.dry_run:
+            return MigrationResult(vm=vm, source=source_name, target=options.target,
+                                   kind=kind, seconds=0.0,
+                                   notes=["dry run: nothing changed",
+                                          *plan_lines(found, options)])
+        if kind == "cold":
+            from kvmops.services import (  # type: ignore[attr-defined,unused-ignore]
+                coldmigration,  # owned by the cold migration
+            )
+
+            done: MigrationResult = coldmigration.cold_migrate(caller, vm, options, source=source,
+                                              progress=progress, cancelled=cancelled)
+            return done
+        label = _label(caller, options.target)
+        return _live(caller, src, dst, vm, options, found, source_name=source_name,
+                     migrate_uri=migration_address(src_uri, dst_uri, label),
+                     progress=progress, cancelled=cancelled)
+
+
+def _job_report(job: Any, report: MigrationProgress) -> None:
+    if report.data_total:
+        job.bytes(report.data_processed or 0, report.data_total)
+    parts = [report.phase]
+    if report.iteration is not None:
+        parts.append(f"iteration {report.iteration}")
+    if report.data_remaining is not None:
+        parts.append(f"remaining {report.data_remaining} B")
+    if report.dirty_rate is not None:
+        parts.append(f"dirty {report.dirty_rate} {report.dirty_rate_unit or ''}".strip())
+    if report.expected_downtime_ms is not None:
+        parts.append(f"downtime ~{report.expected_downtime_ms} ms")
+    if report.data_total and report.data_processed is not None:
+        job.percent(min(99.0, 100.0 * report.data_processed / report.data_total),
+                    ", ".join(parts))
+
+
+def _live(caller: Caller, src: Host, dst: Host, vm: str, options: MigrationOptions,
+          found: Preflight, *, source_name: str, migrate_uri: str | None,
+          progress: ProgressFn | None, cancelled: CancelledFn | None) -> MigrationResult:
+    from kvmops.host import migration as live
+
+    started = time.monotonic()
+    asked = threading.Event()
+    notes = list(found.warnings)
+
+    def is_cancelled() -> bool:
+        if not asked.is_set() and cancelled is not None and cancelled():
+            asked.set()
+        return asked.is_set()
+
+    with track(caller, "vm.migrate", vm, on_cancel=asked.set) as job:
+        dom = src.domain(vm)
+        uuid = live.domain_uuid(src, vm)
+        live_xml = live.migratable_xml(dom)
+        req = live.LiveRequest(migrate_uri=migrate_uri, bandwidth_mib=options.bandwidth_mib,
+                               auto_converge=options.auto_converge,
+                               postcopy=options.postcopy,
+                               max_downtime_ms=options.max_downtime_ms)
+        created: list[str] = []
+        moved: dict[str, tuple[str, str]] = {}  # target dev -> (source path, target path)
+
+        def report(update: MigrationProgress) -> None:
+            _job_report(job, update)
+            if progress is not None:
+                progress(update)
+
+        try:
+            if options.copy_storage:
+                moved = _prepare_copies(src, dst, dom, live_xml, options, created)
+                paths = {dev: new for dev, (_, new) in moved.items()}
+                req.copy_disks = list(moved)
+                req.dest_xml = live.rewrite_disk_paths(live_xml, paths)
+                req.persist_xml = live.rewrite_disk_paths(
+                    live.migratable_xml(dom, inactive=True), paths)
+            else:
+                # Storage both hosts reach (the preflight said so): libvirt recognises
+                # only cluster file systems as shared, hence UNSAFE for the cache check.
+                req.unsafe = True
+            outcome = live.run_live(src, dst, vm, req, progress=report,
+                                    cancelled=is_cancelled)
+        except BaseException:
+            _clean_target(dst, vm, uuid, created)
+            raise
+        if not live.wait_gone(lambda: live.target_ready(dst, vm), 30):
+            raise StateError(f"'{vm}' migrated but does not run persistently on "
+                             f"'{options.target}'; its source definition is kept",
+                             hint=f"check it: kvmops vm info {vm} --host {options.target}")
+        try:
+            names = live.handover_checkpoints(src.domain(vm), dst)
+            if names:
+                notes.append(f"checkpoints redefined on '{options.target}': "
+                             f"{', '.join(names)}")
+        except Exception as err:  # the VM moved; only the backup chain is affected
+            notes.append(f"checkpoints not carried over ({err}); the next backup is a "
+                         "full one")
+        live.undefine_source(src, vm)
+        for _, (old, _new) in moved.items():
+            notes.append(_remove_source_copy(src, source_name, old))
+        result = MigrationResult(
+            vm=vm, source=source_name, target=options.target, kind="live",
+            seconds=round(time.monotonic() - started, 2), downtime_ms=outcome.downtime_ms,
+            data_transferred=outcome.data_transferred,
+            disks=[d.path for d in live.disks(live.migratable_xml(dst.domain(vm)))
+                   if d.path],
+            notes=notes + (["switched to post-copy"] if outcome.postcopy_started else []))
+        job.result = result
+        return result
+
+
+def _prepare_copies(src: Host, dst: Host, dom: Any, live_xml: str,
+                    options: MigrationOptions, created: list[str]
+                    ) -> dict[str, tuple[str, str]]:
+    """Create the target volumes for the copied disks (appended to ``created`` as they
+    are made, for the cleanup); ``dev -> (source path, target path)``."""
+    from kvmops.host import migration as live
+
+    moved: dict[str, tuple[str, str]] = {}
+    for disk in live.copied_disks(live_xml):
+        assert disk.path is not None
+        pool = options.target_pool or _pool_holding(dst, os.path.dirname(disk.path))
+        directory = live.pool_dir(dst, pool)
+        name = os.path.basename(disk.path)
+        path = live.create_volume(dst, pool, name, live.capacity(dom, disk.path),
+                                  disk.format or "raw")
+        created.append(path)
+        if os.path.dirname(path) != directory.rstrip("/"):
+            raise StateError(f"volume {name} landed at {path}, outside pool {pool}")
+        moved[disk.target] = (disk.path, path)
+    return moved
+
+
+def _pool_holding(dst: Host, directory: str) -> str:
+    from kvmops.host import pools
+
+    for state in pools.all_pools(dst):
+        with contextlib.suppress(Exception):
+            from kvmops.host import migration as live
+
+            if state.active and live.pool_dir(dst, state.name).rstrip("/") == \
+                    directory.rstrip("/"):
+                return state.name
+    raise NotFoundError(f"no running directory pool for {directory} on {dst.uri}",
+                        hint="name the target's pool for the copied disks with "
+                             "--target-pool POOL")
+
+
+def _clean_target(dst: Host, vm: str, uuid: str, created: list[str]) -> None:
+    """Remove what a failed or cancelled migration made on the target."""
+    from kvmops.host import migration as live
+
+    with contextlib.suppress(Exception):
+        live.remove_target_definition(dst, vm, uuid)
+    if live.target_ready(dst, vm):
+        return  # it runs there: nothing of it is removed
+    for path in created:
+        with contextlib.suppress(Exception):
+            live.delete_volume_path(dst, path)
+
+
+def _remove_source_copy(src: Host, source_name: str, path: str) -> str:
+    """Delete a copied disk's source file: a volume of a pool of the source, or (on this
+    machine) a file in an allowed images directory; other files are kept."""
+    from kvmops.host import migration as live
+    from kvmops.host.remote import is_remote
+    from kvmops.paths import policy
+
+    if not is_remote(src.uri) and policy().in_image_dirs(Path(path)):
+        if not live.remove_source_volume(src, path):
+            live.remove_local_file(path)
+        return f"removed the source copy {path} on '{source_name}'"
+    if is_remote(src.uri) and live.remove_source_volume(src, path):
+        return f"removed the source copy {path} (a pool volume) on '{source_name}'"
+    return (f"kept the source copy {path} on '{source_name}' (outside the allowed images "
+            "directories); remove it when no longer needed")
