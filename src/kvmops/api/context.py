@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Collection
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,7 +18,8 @@ from kvmops.api.settings import ApiSettings
 from kvmops.api.throttle import LoginThrottle, SharedLoginThrottle
 from kvmops.services import sriov
 from kvmops.services.database import EventChannel, event_channel, open_database, shared
-from kvmops.services.session import Connection, EventWatch, SharedConnection, watch_lifecycle
+from kvmops.services.hostevents import LOCAL, HostWatches
+from kvmops.services.session import Connection, SharedConnection
 from kvmops.services.vms import DomainTypeCache, VmListCache
 
 log = logging.getLogger("kvmops.api")
@@ -32,10 +34,12 @@ def libvirt_identity(uri: str | None) -> str:
     return uri if urlsplit(uri).hostname else f"{socket.gethostname()}{uri}"
 
 
-def relayed_twice(kind: str, data: dict[str, Any], mine: str) -> bool:
+def relayed_twice(kind: str, data: dict[str, Any], mine: str | Collection[str]) -> bool:
     """An event another server relayed that this server's own libvirt watch raised too
-    (both watch the same daemon): its clients already have it."""
-    return kind in HOST_EVENTS and data.get("libvirt") == mine
+    (both watch the same daemon): its clients already have it. ``mine``: the daemon(s)
+    this server watches."""
+    watched = {mine} if isinstance(mine, str) else mine
+    return kind in HOST_EVENTS and data.get("libvirt") in watched
 
 
 class ApiContext:
@@ -52,7 +56,8 @@ class ApiContext:
         self.libvirt = libvirt_identity(settings.uri)  # tags its domain and host events
         self.domain_types = DomainTypeCache()
         self.vm_list = VmListCache(self.domain_types)
-        self.domain_events: EventWatch | None = None
+        #: one life cycle watch per known host (the local one and every added one)
+        self.host_events: HostWatches | None = None
         self.login_throttle: LoginThrottle = (
             SharedLoginThrottle(self.store, settings.login_max_failures, settings.login_window)
             if self.shared else
@@ -72,7 +77,7 @@ class ApiContext:
             return
 
         def received(kind: str, data: dict[str, Any]) -> None:
-            if relayed_twice(kind, data, self.libvirt):
+            if relayed_twice(kind, data, self.watched_daemons()):
                 return
             self.hub.deliver(kind, data)
             if kind == "job" and data.get("state") == "queued":
@@ -88,45 +93,73 @@ class ApiContext:
                  "log-in throttle are shared with the other servers on it",
                  self.runner.instance)
 
+    def watched_daemons(self) -> set[str]:
+        """The libvirt daemons whose events this server raises itself."""
+        mine = {self.libvirt}
+        if self.host_events is not None:
+            mine |= {libvirt_identity(uri) for uri in self.host_events.subscribed_uris()}
+        return mine
+
+    def host_events_state(self, name: str) -> str | None:
+        """``subscribed`` / ``down: REASON`` for host ``name`` (None: not watched)."""
+        return None if self.host_events is None else self.host_events.state(name)
+
     def start_events(self) -> None:
-        """libvirt life cycle events into the hub and the caches; after a libvirtd restart
-        the watch subscribes again by itself, and the caches expire meanwhile."""
+        """libvirt life cycle events of every known host into the hub (tagged ``host``)
+        and the caches; after a libvirtd restart a watch subscribes again by itself (a
+        remote host that is down: with a backoff), and the caches expire meanwhile."""
         if not self.settings.events:
             return
 
-        def changed(name: str, uuid: str, kind: str, detail: int) -> None:
+        def identity(host: str) -> str:
+            if host == LOCAL or self.host_events is None:
+                return self.libvirt
+            uri = self.host_events.uri(host)
+            return libvirt_identity(uri) if uri else host
+
+        def changed(host: str, name: str, uuid: str, kind: str, detail: int) -> None:
             self.vm_list.invalidate()
             if kind in ("defined", "undefined"):
                 self.domain_types.invalidate(uuid)
             self.hub.publish("domain", {"vm": name, "event": kind, "detail": detail,
-                                        "libvirt": self.libvirt})
+                                        "libvirt": identity(host), "host": host})
 
-        def connection(up: bool) -> None:
-            log.warning("libvirt life cycle events: %s", "subscribed again" if up else
-                        "connection to libvirtd lost; re-subscribing")
-            # without events the caches must expire on their own
-            self.vm_list.max_age = self._list_age if up else 0.0
-            self.domain_types.ttl = self._types_ttl if up else 5.0
-            self.domain_types.invalidate()
+        def connection(host: str, up: bool, error: str | None) -> None:
+            if host == LOCAL:
+                log.warning("libvirt life cycle events: %s", "subscribed again" if up else
+                            f"connection to libvirtd lost ({error}); re-subscribing")
+                # without events the caches must expire on their own
+                self.vm_list.max_age = self._list_age if up else 0.0
+                self.domain_types.ttl = self._types_ttl if up else 5.0
+                self.domain_types.invalidate()
+            else:
+                log.warning("libvirt life cycle events of host %s: %s", host,
+                            "subscribed" if up else f"down ({error}); retrying")
             self.vm_list.invalidate()
-            self.hub.publish("host", {"event": "libvirt-reconnected" if up
-                                      else "libvirt-disconnected", "libvirt": self.libvirt})
+            event: dict[str, Any] = {"event": "libvirt-reconnected" if up
+                                     else "libvirt-disconnected",
+                                     "libvirt": identity(host), "host": host}
+            if error:
+                event["error"] = error
+            self.hub.publish("host", event)
 
         self._list_age, self._types_ttl = self.vm_list.max_age, self.domain_types.ttl
-        watch = watch_lifecycle(self.settings.uri, changed, connection)
-        self.domain_events = watch
-        if not watch.start():
-            log.warning("libvirt life cycle events unavailable for now (%s); retrying",
-                        watch.error)
-            connection(False)
+        self.host_events = HostWatches(changed, connection, store=self.store,
+                                       local_uri=self.settings.uri)
+        self.host_events.start()
+
+    def hosts_changed(self) -> None:
+        """A host was added or removed here: watch it / stop watching it now."""
+        if self.host_events is not None:
+            self.host_events.sync()
 
     def close(self) -> None:
         self.hub.close()
         self.hub.relay = None
         if self.channel is not None:
             self.channel.stop()
-        if self.domain_events is not None:
-            self.domain_events.stop()
+        if self.host_events is not None:
+            self.host_events.stop()
         self.runner.shutdown()
         self._connection.close()
         self.store.close()

@@ -116,6 +116,9 @@ class LifecycleWatch:
     """
 
     RETRY_S = 1.0
+    #: Retries back off from RETRY_S, doubling up to this (a host that is down for long
+    #: is asked every RETRY_MAX_S seconds, not every second).
+    RETRY_MAX_S = 1.0
 
     def __init__(self, uri: str | None, on_event: LifecycleCallback,
                  on_connection: Callable[[bool], None] | None = None) -> None:
@@ -133,8 +136,14 @@ class LifecycleWatch:
     def active(self) -> bool:
         return self._conn is not None
 
-    def start(self) -> bool:
-        """Subscribe; when libvirtd is not reachable, keep trying in the background."""
+    def start(self, *, background: bool = False) -> bool:
+        """Subscribe; when libvirtd is not reachable, keep trying in the background.
+        ``background``: do not wait for the first attempt either (a remote host that does
+        not answer must not hold up whoever starts the watch)."""
+        if background:
+            self.error = "subscribing"
+            self._reconnect_later(first=0.0)
+            return False
         if self._subscribe():
             return True
         self._reconnect_later()
@@ -150,8 +159,16 @@ class LifecycleWatch:
             self.error = str(err)
             return False
         with self._lock:
-            self._conn, self._callback, self.error = conn, callback, None
-        return True
+            if not self._stopped.is_set():
+                self._conn, self._callback, self.error = conn, callback, None
+                return True
+        # stopped while the attempt was under way: nobody wants this subscription
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.unregisterCloseCallback()
+            conn.domainEventDeregisterAny(callback)
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+        return False
 
     def _on_lifecycle(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, event: int,
                       detail: int, _opaque: object) -> None:
@@ -164,22 +181,25 @@ class LifecycleWatch:
     def _closed(self, _conn: libvirt.virConnect, _reason: int, _opaque: object) -> None:
         with self._lock:
             self._conn = self._callback = None
+            self.error = "connection to libvirtd lost"
         if self.on_connection is not None:
             with contextlib.suppress(Exception):
                 self.on_connection(False)
         self._reconnect_later()
 
-    def _reconnect_later(self) -> None:
+    def _reconnect_later(self, first: float | None = None) -> None:
         with self._lock:
             if self._reconnecting or self._stopped.is_set():
                 return
             self._reconnecting = True
-        threading.Thread(target=self._reconnect, name="kvmops-events-reconnect",
-                         daemon=True).start()
+        threading.Thread(target=self._reconnect, args=(first,),
+                         name="kvmops-events-reconnect", daemon=True).start()
 
-    def _reconnect(self) -> None:
+    def _reconnect(self, first: float | None = None) -> None:
+        delay = self.RETRY_S if first is None else first
         try:
-            while not self._stopped.wait(self.RETRY_S):
+            while not self._stopped.wait(delay):
+                delay = min(max(delay, self.RETRY_S) * 2, max(self.RETRY_MAX_S, self.RETRY_S))
                 if self._subscribe():
                     if self.on_connection is not None:
                         with contextlib.suppress(Exception):
