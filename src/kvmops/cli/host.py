@@ -161,3 +161,52 @@ def remove_cmd(name: str = typer.Argument(..., help="The host to forget.")) -> N
     """Forget a host (its daemon and VMs are not touched; 'local' cannot be removed)."""
     hosts_service.remove_host(Caller.local(), name)
     info(f"host '{name}' removed")
+
+
+@app.command("evacuate")
+def evacuate_cmd(
+    name: str = typer.Argument(..., help="The host to empty of running VMs."),
+    parallel: int = typer.Option(2, "--parallel", min=1, max=16,
+                                 help="Migrations at once."),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="Show the plan (VM -> host, why; blockers) only."),
+    copy_storage: bool = typer.Option(False, "--copy-storage",
+                                      help="Copy the VMs' local disks to their targets."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Migrate every running VM of host NAME to the other hosts, placed by room (memory,
+    vCPUs, networks, pool space); the plan is shown first. Exits non-zero when a VM
+    could not move (the others still do)."""
+    from kvmops.services import evacuate as evacuate_service
+
+    def show_plan(plan: evacuate_service.EvacuationReport) -> None:
+        if json_out:
+            return
+        for line in plan.notes:
+            info(line)
+        for other, why in plan.unreachable.items():
+            info(f"host {other}: unreachable ({why})")
+        for item in plan.vms:
+            info(f"plan: {item.line()}")
+            if item.target is None or item.status == "blocked":
+                for line in item.hosts:
+                    info(f"  {line}")
+        if plan.staying:
+            info(f"not running, staying on {plan.host}: {', '.join(plan.staying)}")
+
+    report = evacuate_service.evacuate(
+        Caller.local(), name, parallel=parallel, dry_run=dry_run,
+        copy_storage=copy_storage, on_plan=show_plan,
+        note=None if json_out else lambda line: info(f"  {line}"))
+    if json_out:
+        print_json(report)
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(report.counts().items()))
+    if not json_out:
+        info(f"{'plan' if report.dry_run else 'evacuation'} of host '{name}': "
+             f"{counts or 'nothing to move'}")
+    if not report.dry_run and not report.ok:
+        stuck = [item.vm for item in report.vms if item.status != "moved"]
+        raise KvmopsError(f"{len(stuck)} of {len(report.vms)} VMs did not leave host "
+                          f"'{name}': {', '.join(stuck)}",
+                          hint="see each VM's line above for why; fix it and run "
+                               "'kvmops host evacuate' again")
