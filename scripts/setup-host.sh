@@ -33,6 +33,31 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
+# openssh-server/client: the second host's sshd for qemu+ssh (kvmops dev second-host up
+# --ssh starts its own, in the second host's namespaces). Installing it must not start
+# sshd on this machine's port 22: no service starts during its install (a policy-rc.d,
+# unless one is there already), and under systemd the ssh service stays disabled.
+new_sshd=
+dpkg-query -W -f='${Status}' openssh-server 2>/dev/null | grep -q 'install ok installed' ||
+  new_sshd=1
+if [ -n "$new_sshd" ] || ! command -v ssh >/dev/null; then
+  say "installing openssh-server openssh-client (not started)"
+  export DEBIAN_FRONTEND=noninteractive
+  own_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d
+    own_policy=1
+  fi
+  rc=0
+  apt-get install -y -q openssh-server openssh-client ||
+    { apt-get update -q && apt-get install -y -q openssh-server openssh-client; } || rc=$?
+  [ -z "$own_policy" ] || rm -f /usr/sbin/policy-rc.d
+  [ "$rc" = 0 ] || { echo "setup-host.sh: could not install openssh-server" >&2; exit 1; }
+  if [ -n "$new_sshd" ] && [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; then
+    systemctl disable ssh >/dev/null 2>&1 || true
+  fi
+fi
+
 # Python environment.
 stamp="$VENV/.kvmops-installed"
 if [ ! -x "$VENV/bin/python" ]; then

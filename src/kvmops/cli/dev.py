@@ -83,6 +83,9 @@ def second_host_up_cmd(
     name: str = _NAME_OPTION,
     index: int = typer.Option(0, "--index", min=0, max=63,
                               help="Use 10.250.INDEX.0/24 (several second hosts at once)."),
+    ssh: bool = typer.Option(False, "--ssh",
+                             help="Also an sshd on its address for qemu+ssh (a generated "
+                                  "key; the qemu+ssh URI is printed last)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Start the second host; the last line printed is its libvirt URI.
@@ -93,7 +96,7 @@ def second_host_up_cmd(
     """
     from kvmops.testing import secondhost
 
-    host, started = secondhost.up(name, index)
+    host, started = secondhost.up(name, index, ssh=ssh)
     if json_out:
         output.print_json({**host.summary(), "started": started})
         return
@@ -101,8 +104,10 @@ def second_host_up_cmd(
         output.info(f"second host {host.name} is already up")
     output.print_fields([("netns", host.netns), ("address", host.tcp_address),
                          ("host address", host.host_address or secondhost.HOST_ADDRESS),
-                         ("unix uri", host.unix_uri), ("images dir", host.images_dir)])
-    typer.echo(host.uri)
+                         ("unix uri", host.unix_uri), ("images dir", host.images_dir)]
+                        + ([("tcp uri", host.uri), ("ssh key", str(host.client_key)),
+                            ("known hosts", str(host.known_hosts))] if ssh else []))
+    typer.echo(host.ssh_uri if ssh else host.uri)
 
 
 @second_host_app.command("down")

@@ -33,12 +33,15 @@ def is_remote(uri: str) -> bool:
 
 def open_remote(uri: str) -> Host:
     """A connection to ``uri`` (HostUnavailableError naming libvirt's reason); remote
-    ones with keepalive. The caller closes it."""
-    host = Host(uri)
-    if is_remote(uri):
+    ones with keepalive. The caller closes it. The event loop is registered before the
+    connection opens: libvirt refuses keepalive on one opened without it."""
+    remote = is_remote(uri)
+    if remote:
         from kvmops.host.events import ensure_event_loop
 
         ensure_event_loop()
+    host = Host(uri)
+    if remote:
         with contextlib.suppress(libvirt.libvirtError):
             host.conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
     return host

@@ -110,6 +110,8 @@ def remove_ns_host(state: Path, prefix: str = TEST_PREFIX) -> list[str]:
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False,
                            timeout=30)
             deleted.append(name)
+    for name in names:  # a second host's ssh client drop-in (secondhost.start_ssh)
+        Path("/etc/ssh/ssh_config.d", f"{name}.conf").unlink(missing_ok=True)
     shutil.rmtree(state, ignore_errors=True)
     return deleted
 

@@ -41,6 +41,18 @@ daemon when the client drives the migration (not peer-to-peer): kvmops on the ma
 opens both daemons (``unix_uri``/``qemu:///system``) and passes the migration URI
 ``tcp://10.250.0.1``. A peer-to-peer migration back would need the machine's libvirtd to
 listen (``--listen`` or libvirtd-tcp.socket: a restart of it), which this never does.
+
+``up --ssh`` (:func:`start_ssh`) adds an sshd on 10.250.N.2:22 for the ``qemu+ssh``
+transport. It runs in libvirtd's network *and* mount namespaces (``nsenter -t
+LIBVIRTD_PID -m -n -u``), so the ``virt-ssh-helper`` (or ``nc``) libvirt's ssh transport
+starts there reaches the second host's /run/libvirt/libvirt-sock, not the machine's. Its
+host key, a client key (ed25519), ``authorized_keys`` (key only, ``restrict``: no pty, no
+forwarding) and ``known_hosts`` are under the state directory's ``ssh/``. libvirt's
+``ssh`` transport runs the ``ssh`` binary and ignores the URI's ``known_hosts`` (that one
+is for the libssh/libssh2 transports), so the host key is verified through an ssh client
+drop-in ``/etc/ssh/ssh_config.d/NAME.conf`` (``Host 10.250.N.2``: that ``known_hosts``,
+``StrictHostKeyChecking yes``), removed with the host; root's ~/.ssh is never written.
+The URI is ``qemu+ssh://root@10.250.N.2/system?keyfile=STATE/ssh/client_ed25519``.
 """
 
 from __future__ import annotations
@@ -163,6 +175,7 @@ class NamespacedHost:
     upstream6: str = "fd00:234::1"
     prefix4: int = 24
     prefix6: int = 64
+    ssh: bool = False  # host layout: an sshd on tcp_address:22 (:func:`start_ssh`)
 
     @property
     def name(self) -> str:
@@ -182,6 +195,32 @@ class NamespacedHost:
         return f"qemu+tcp://{self.tcp_address}/system" if self.tcp_address else ""
 
     @property
+    def ssh_dir(self) -> Path:
+        return self.state / "ssh"
+
+    @property
+    def client_key(self) -> Path:
+        """The private key ``qemu+ssh`` logs in with (its ``keyfile``)."""
+        return self.ssh_dir / "client_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.ssh_dir / "known_hosts"
+
+    @property
+    def ssh_uri(self) -> str:
+        """``qemu+ssh://root@ADDRESS/system?keyfile=...`` once :func:`start_ssh` ran."""
+        if not (self.ssh and self.tcp_address):
+            return ""
+        return f"qemu+ssh://root@{self.tcp_address}/system?keyfile={self.client_key}"
+
+    @property
+    def sshd_pid(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError):
+            return int((self.ssh_dir / "sshd.pid").read_text().strip())
+        return None
+
+    @property
     def uri(self) -> str:
         """``tcp_uri`` for a second host (``dev second-host up``), else ``unix_uri``."""
         return self.tcp_uri if self.host_veth and self.tcp_address else self.unix_uri
@@ -199,7 +238,10 @@ class NamespacedHost:
                 "host_address": (self.host_address or HOST_ADDRESS) if self.host_veth
                 else self.upstream4,
                 "host_veth": self.host_veth or None, "images_dir": self.images_dir or None,
-                "libvirtd_pid": self.libvirtd_pid, "state_dir": str(self.state)}
+                "libvirtd_pid": self.libvirtd_pid, "state_dir": str(self.state),
+                "ssh_uri": self.ssh_uri or None,
+                "ssh_key": str(self.client_key) if self.ssh else None,
+                "known_hosts": str(self.known_hosts) if self.ssh else None}
 
     def answers(self) -> bool:
         """Does its libvirtd answer on the unix socket?"""
@@ -467,10 +509,105 @@ def _link_to_machine(host: NamespacedHost) -> None:
     _sh("ip", "-n", host.netns, "link", "set", "dev", UPLINK, "up")
 
 
+SSHD = Path("/usr/sbin/sshd")
+SSH_CONFIG_DIR = Path("/etc/ssh/ssh_config.d")  # Debian's ssh_config includes *.conf
+SSH_PORT = 22
+_SSH_HINT = "install openssh-server and openssh-client (scripts/setup-host.sh)"
+
+
+def ssh_client_config(name: str) -> Path:
+    """The ssh client drop-in that verifies second host ``name``'s host key."""
+    return SSH_CONFIG_DIR / f"{check_name(name)}.conf"
+
+
+def _sshd_config(host: NamespacedHost) -> str:
+    ssh = host.ssh_dir
+    return "\n".join([
+        "# kvmops second host: the qemu+ssh transport only (key login as root)",
+        f"ListenAddress {host.tcp_address}:{SSH_PORT}",
+        f"HostKey {ssh / 'ssh_host_ed25519_key'}",
+        f"AuthorizedKeysFile {ssh / 'authorized_keys'}",
+        f"PidFile {ssh / 'sshd.pid'}",
+        "AllowUsers root", "PermitRootLogin prohibit-password",
+        "PubkeyAuthentication yes", "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no", "UsePAM no", "PermitUserEnvironment no",
+        "X11Forwarding no", "AllowTcpForwarding no", "AllowAgentForwarding no",
+        "AllowStreamLocalForwarding no", "PermitTunnel no", "PrintMotd no",
+        "LogLevel ERROR", ""])
+
+
+def _wait_port(host: NamespacedHost, port: int) -> None:
+    import socket
+
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            socket.create_connection((host.tcp_address, port), timeout=5).close()
+            return
+        except OSError as err:
+            if time.monotonic() >= deadline:
+                raise HostUnavailableError(
+                    f"the sshd of second host {host.netns} does not answer on "
+                    f"{host.tcp_address}:{port} within {START_TIMEOUT:.0f} s: {err}"
+                ) from None
+            time.sleep(0.3)
+
+
+def start_ssh(host: NamespacedHost) -> NamespacedHost:
+    """An sshd for ``qemu+ssh`` in the second host's namespaces (module docstring): its
+    keys and config under ``state/ssh``, listening on ``tcp_address:22`` only; the
+    client drop-in that pins its host key. Returns the host with ``ssh=True`` (recorded);
+    a host whose sshd runs already is returned as it is."""
+    if not (host.host_veth and host.tcp_address):
+        raise ValidationError(f"{host.netns} is not a second host (no veth to the machine)",
+                              hint="start it with 'kvmops dev second-host up'")
+    if host.ssh and host.sshd_pid and Path(f"/proc/{host.sshd_pid}").exists():
+        return host
+    pid = host.libvirtd_pid
+    if pid is None or not Path(f"/proc/{pid}").exists():
+        raise StateError(f"the libvirtd of second host {host.netns} is not running",
+                         hint=f"'kvmops dev second-host down --name {host.netns}', then up")
+    if not SSHD.exists() or shutil.which("ssh-keygen") is None:
+        raise StateError("sshd or ssh-keygen is not installed", hint=_SSH_HINT)
+    ssh = host.ssh_dir
+    shutil.rmtree(ssh, ignore_errors=True)  # a half-made earlier attempt
+    ssh.mkdir(mode=0o700)
+    for key, comment in (("ssh_host_ed25519_key", f"{host.netns} host"),
+                         ("client_ed25519", f"kvmops client of {host.netns}")):
+        _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment,
+            "-f", str(ssh / key))
+    client_pub = (ssh / "client_ed25519.pub").read_text().strip()
+    (ssh / "authorized_keys").write_text(f"restrict {client_pub}\n")
+    host_pub = " ".join((ssh / "ssh_host_ed25519_key.pub").read_text().split()[:2])
+    host.known_hosts.write_text(f"{host.tcp_address} {host_pub}\n")
+    config = ssh / "sshd_config"
+    config.write_text(_sshd_config(host))
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation
+    enter = ["nsenter", "-t", str(pid), "-m", "-n", "-u", "--"]
+    _sh(*enter, str(SSHD), "-t", "-f", str(config))
+    _sh(*enter, str(SSHD), "-f", str(config))
+    _wait_port(host, SSH_PORT)
+    SSH_CONFIG_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+    drop_in = ssh_client_config(host.netns)
+    tmp = drop_in.with_name(f".{drop_in.name}.tmp")
+    tmp.write_text(f"# kvmops second host {host.netns}: removed with it\n"
+                   f"Host {host.tcp_address}\n"
+                   f"    UserKnownHostsFile {host.known_hosts}\n"
+                   "    GlobalKnownHostsFile /dev/null\n"
+                   "    StrictHostKeyChecking yes\n")
+    tmp.replace(drop_in)
+    started = dataclasses.replace(host, ssh=True)
+    _write_record(started)
+    return started
+
+
 def remove(host: NamespacedHost) -> None:
     """Kill what runs in its namespaces, delete them (their veths), its nftables guard,
-    its images directory and its state directory. Safe on a half-made host."""
+    its ssh client drop-in, its images directory and its state directory. Safe on a
+    half-made host."""
     remove_ns_host(host.state, prefix=_prefix_of(host.netns))
+    with contextlib.suppress(OSError, ValidationError):
+        ssh_client_config(host.netns).unlink(missing_ok=True)
     if host.host_veth and Path("/sys/class/net", host.host_veth).exists():
         subprocess.run(["ip", "link", "delete", host.host_veth], capture_output=True,
                        check=False, timeout=30)
@@ -510,25 +647,35 @@ def _lock() -> Iterator[None]:
         yield
 
 
-def up(name: str = DEFAULT_NAME, index: int = 0) -> tuple[NamespacedHost, bool]:
+def up(name: str = DEFAULT_NAME, index: int = 0, *, ssh: bool = False
+       ) -> tuple[NamespacedHost, bool]:
     """Start the second host ``name`` unless it runs already (then return it as it is);
     the host and whether it was started now. One whose libvirtd no longer answers is an
     error (``down`` removes it); one gone with its namespace (a reboot) is started
-    afresh; another second host holding 10.250.INDEX.0/24 is an error naming it."""
+    afresh; another second host holding 10.250.INDEX.0/24 is an error naming it.
+    ``ssh``: with an sshd for ``qemu+ssh`` too (:func:`start_ssh`)."""
     check_name(name)
     with _lock():
-        found = load(name)
-        if found is not None and found.host_veth and found.answers():
-            return found, False
-        if found is not None and Path("/run/netns", name).exists():
-            # Its VM definitions live in its state: never wiped behind the operator's back.
-            raise StateError(f"second host {name} exists but its libvirtd does not answer",
-                             hint=f"see {found.state}/log/libvirtd.log; 'kvmops dev "
-                                  f"second-host down --name {name}' removes it with "
-                                  "everything on it, then 'up' again")
-        if found is not None or state_dir(name).exists():  # gone with a reboot or crash
-            remove(found or NamespacedHost(netns=name, state=state_dir(name)))
-        return start(name, layout="host", index=index), True
+        host, started = _up(name, index)
+        if ssh:
+            host = start_ssh(host)
+        return host, started
+
+
+def _up(name: str, index: int) -> tuple[NamespacedHost, bool]:
+    """:func:`up` under the lock, without the sshd."""
+    found = load(name)
+    if found is not None and found.host_veth and found.answers():
+        return found, False
+    if found is not None and Path("/run/netns", name).exists():
+        # Its VM definitions live in its state: never wiped behind the operator's back.
+        raise StateError(f"second host {name} exists but its libvirtd does not answer",
+                         hint=f"see {found.state}/log/libvirtd.log; 'kvmops dev "
+                              f"second-host down --name {name}' removes it with "
+                              "everything on it, then 'up' again")
+    if found is not None or state_dir(name).exists():  # gone with a reboot or crash
+        remove(found or NamespacedHost(netns=name, state=state_dir(name)))
+    return start(name, layout="host", index=index), True
 
 
 def _check_subnet_free(subnet: str = SUBNET, machine_end: str = HOST_ADDRESS) -> None:
