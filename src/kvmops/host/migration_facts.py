@@ -1,0 +1,283 @@
+"""The facts the migration preflight judges, read through libvirt from both hosts.
+
+Source: the VM's XML (live when it runs, else its definition), its block jobs, its domain
+job (a backup), its snapshots with memory, the networks its NICs join (a network that
+hands out VFs), each disk's allocation. Target: its networks, host interfaces, storage
+pools, defined VMs (names and UUIDs), free memory, domain capabilities (CPU), libvirt's
+CPU compare of the VM's CPU, and for each disk or cdrom path whether one of its pools
+holds the same path (storage both hosts share, or an image that is present there).
+
+Reads only, except a refresh of a target pool whose directory holds a path kvmops looks
+for (so a file put there since the pool's last scan is seen).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import libvirt
+from lxml import etree
+
+from kvmops.host.connection import Host, call
+from kvmops.migration.cpu import HostCpu, host_cpu, host_model_xml, parse_domain_cpu
+from kvmops.migration.preflight import (
+    MigrationFacts,
+    PoolFact,
+    TargetFacts,
+    VmFacts,
+    parse_domain,
+    passthrough_devices,
+)
+
+__all__ = ["gather", "host_uuid", "target_facts", "vm_facts"]
+
+_BLOCK_JOBS = {
+    getattr(libvirt, "VIR_DOMAIN_BLOCK_JOB_TYPE_PULL", 1): "pull",
+    getattr(libvirt, "VIR_DOMAIN_BLOCK_JOB_TYPE_COPY", 2): "copy",
+    getattr(libvirt, "VIR_DOMAIN_BLOCK_JOB_TYPE_COMMIT", 3): "commit",
+    getattr(libvirt, "VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT", 4): "active commit",
+    getattr(libvirt, "VIR_DOMAIN_BLOCK_JOB_TYPE_BACKUP", 5): "backup",
+}
+_OPERATIONS = {
+    getattr(libvirt, "VIR_DOMAIN_JOB_OPERATION_START", 1): "start",
+    getattr(libvirt, "VIR_DOMAIN_JOB_OPERATION_SAVE", 2): "save",
+    getattr(libvirt, "VIR_DOMAIN_JOB_OPERATION_RESTORE", 3): "restore",
+    getattr(libvirt, "VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN", 4): "incoming migration",
+    getattr(libvirt, "VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT", 5): "migration",
+    getattr(libvirt, "VIR_DOMAIN_JOB_OPERATION_SNAPSHOT", 6): "snapshot",
+    getattr(libvirt, "VIR_DOMAIN_JOB_OPERATION_SNAPSHOT_REVERT", 7): "snapshot revert",
+    getattr(libvirt, "VIR_DOMAIN_JOB_OPERATION_DUMP", 8): "dump",
+    getattr(libvirt, "VIR_DOMAIN_JOB_OPERATION_BACKUP", 9): "backup",
+}
+_RUNNING_JOBS = (libvirt.VIR_DOMAIN_JOB_BOUNDED, libvirt.VIR_DOMAIN_JOB_UNBOUNDED)
+
+
+def _parse(xml: str) -> etree._Element:
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    return etree.fromstring(xml.encode(), parser)
+
+
+def host_uuid(host: Host) -> str | None:
+    """The host's UUID from its capabilities (two connections, one host: same UUID)."""
+    try:
+        return _parse(host.capabilities()).findtext("host/uuid")
+    except Exception:
+        return None
+
+
+def _job(raw: Any) -> str | None:
+    """The domain's running job (a backup, a migration ...), None when there is none."""
+    try:
+        stats = raw.jobStats(0)
+    except libvirt.libvirtError:
+        return None
+    if stats.get("type") not in _RUNNING_JOBS:
+        return None
+    op = stats.get("operation")
+    return _OPERATIONS.get(op, "job") if op is not None else "job"
+
+
+def _memory_snapshots(raw: Any) -> tuple[list[tuple[str, str]], int]:
+    found: list[tuple[str, str]] = []
+    snaps = call("listing snapshots", raw.listAllSnapshots, 0)
+    for snap in snaps:
+        with contextlib.suppress(libvirt.libvirtError, etree.XMLSyntaxError):
+            root = _parse(snap.getXMLDesc(0))
+            memory = root.find("memory")
+            kind = memory.get("snapshot") if memory is not None else None
+            state = root.findtext("state") or ""
+            if kind in ("internal", "external"):
+                found.append((snap.getName(), kind))
+            elif memory is None and state in ("running", "paused", "pmsuspended"):
+                found.append((snap.getName(), "internal"))  # before <memory> was written
+    return found, len(snaps)
+
+
+def _source_network_is_vf_pool(source: Host, name: str) -> bool:
+    try:
+        xml = source.network(name).XMLDesc(0)
+    except Exception:
+        return False
+    forward = _parse(xml).find("forward")
+    return forward is not None and forward.get("mode") == "hostdev"
+
+
+def vm_facts(source: Host, vm: str, *, live: bool) -> VmFacts:
+    """The VM's facts on the source (its live XML while it runs, else its definition;
+    the running guest's jobs and snapshots only with ``live``)."""
+    domain = source.lookup(vm)
+    active = domain.is_active()
+    xml = domain.xml()
+    facts = parse_domain(xml)
+    facts.active = active
+    raw = domain.raw
+    if active and domain.is_persistent():
+        now = set(passthrough_devices(xml))
+        facts.config_only_devices = [d for d in passthrough_devices(domain.xml(inactive=True))
+                                     if d not in now]
+    for nic in facts.nics:
+        if nic.type == "network" and nic.source:
+            nic.vf_network = _source_network_is_vf_pool(source, nic.source)
+    for disk in facts.disks:
+        if disk.type == "volume" and disk.pool:
+            with contextlib.suppress(libvirt.libvirtError, AttributeError):
+                src = _parse(xml).find(f"devices/disk/target[@dev='{disk.target}']/../source")
+                vol = source.conn.storagePoolLookupByName(disk.pool).storageVolLookupByName(
+                    src.get("volume") if src is not None else "")
+                disk.path = vol.path()
+        if disk.path and disk.device in ("disk", "lun"):
+            with contextlib.suppress(libvirt.libvirtError):
+                _capacity, allocation, physical = raw.blockInfo(disk.target, 0)
+                disk.size = int(max(allocation, physical if not active else 0))
+    if live and active:
+        for disk in facts.disks:
+            with contextlib.suppress(Exception):
+                job = raw.blockJobInfo(disk.target, 0)
+                if job:
+                    facts.block_jobs[disk.target] = _BLOCK_JOBS.get(job.get("type"), "job")
+        facts.job = _job(raw)
+    facts.memory_snapshots, facts.snapshots = _memory_snapshots(raw)
+    return facts
+
+
+def _pools(target: Host) -> tuple[dict[str, PoolFact], list[Any]]:
+    pools: dict[str, PoolFact] = {}
+    handles = call("listing storage pools", target.conn.listAllStoragePools, 0)
+    for pool in handles:
+        with contextlib.suppress(libvirt.libvirtError, etree.XMLSyntaxError):
+            active = bool(pool.isActive())
+            info = pool.info()
+            path = _parse(pool.XMLDesc(0)).findtext("target/path")
+            pools[pool.name()] = PoolFact(name=pool.name(), active=active,
+                                          available=int(info[3]) if active else None,
+                                          path=path)
+    return pools, handles
+
+
+def _pool_holding(target: Host, path: str, pools: dict[str, PoolFact], handles: list[Any]
+                  ) -> str | None:
+    """The target pool that has a volume at ``path`` (None: none does)."""
+    try:
+        return str(target.conn.storageVolLookupByPath(path).storagePoolLookupByVolume().name())
+    except libvirt.libvirtError:
+        pass
+    real = os.path.normpath(path)
+    for handle in handles:
+        fact = pools.get(handle.name())
+        if fact is None or not fact.active or not fact.path:
+            continue
+        if os.path.dirname(real) != os.path.normpath(fact.path):
+            continue
+        with contextlib.suppress(libvirt.libvirtError):
+            handle.refresh(0)  # a file put there since the pool's last scan
+            return str(target.conn.storageVolLookupByPath(path)
+                       .storagePoolLookupByVolume().name())
+    return None
+
+
+def _interfaces(target: Host) -> set[str] | None:
+    try:
+        return {i.name() for i in target.conn.listAllInterfaces(0)}
+    except libvirt.libvirtError:
+        pass
+    try:  # no interface driver: the node devices of class net
+        devices = target.conn.listAllDevices(libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_NET)
+        return {str(_parse(d.XMLDesc(0)).findtext("capability/interface")) for d in devices}
+    except libvirt.libvirtError:
+        return None
+
+
+def _domcaps(host: Host, arch: str | None, machine: str | None, virt: str | None
+             ) -> str | None:
+    try:
+        return str(host.conn.getDomainCapabilities(None, arch, machine, virt, 0))
+    except libvirt.libvirtError:
+        return None
+
+
+def target_facts(target: Host, vm: VmFacts, *, domain_xml: str) -> TargetFacts:
+    """What the target has for ``vm`` (paths of its disks resolved against its pools)."""
+    facts = TargetFacts()
+    for net in call("listing networks", target.conn.listAllNetworks, 0):
+        with contextlib.suppress(libvirt.libvirtError, etree.XMLSyntaxError):
+            facts.networks[net.name()] = bool(net.isActive())
+            forward = _parse(net.XMLDesc(0)).find("forward")
+            if forward is not None and forward.get("mode") == "hostdev":
+                facts.hostdev_networks.append(net.name())
+    facts.interfaces = _interfaces(target)
+    facts.pools, handles = _pools(target)
+    for dom in call("listing VMs", target.conn.listAllDomains, 0):
+        with contextlib.suppress(libvirt.libvirtError):
+            facts.domains[dom.name()] = dom.UUIDString()
+    facts.free_memory = target.memory_available()
+    for disk in vm.disks:
+        if disk.path and disk.type != "network":
+            disk.on_target = _pool_holding(target, disk.path, facts.pools, handles)
+    if vm.active and vm.cpu is not None:
+        root = _parse(domain_xml)
+        os_type = root.find("os/type")
+        arch = os_type.get("arch") if os_type is not None else None
+        machine = os_type.get("machine") if os_type is not None else None
+        virt = root.get("type")
+        caps = _domcaps(target, arch, machine, virt)
+        facts.cpu = host_cpu(caps) if caps else None
+        if vm.cpu.xml and vm.cpu.mode in ("custom", "host-model"):
+            facts.cpu_verdict = _compare(target, arch, machine, virt, vm.cpu.xml)
+    return facts
+
+
+def _compare(target: Host, arch: str | None, machine: str | None, virt: str | None,
+             cpu_xml: str) -> str | None:
+    """libvirt's verdict on the target (None: compatible, or it cannot tell)."""
+    try:
+        verdict = target.conn.compareHypervisorCPU(None, arch, machine, virt, cpu_xml, 0)
+    except libvirt.libvirtError:
+        return None
+    if verdict != libvirt.VIR_CPU_COMPARE_INCOMPATIBLE:
+        return None
+    try:
+        target.conn.compareHypervisorCPU(
+            None, arch, machine, virt, cpu_xml,
+            libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE)
+    except libvirt.libvirtError as err:
+        return (err.get_error_message() or str(err)).strip()
+    return "libvirt says the CPU is incompatible"
+
+
+def _baseline(target: Host, source_cpu: HostCpu, target_cpu: HostCpu, root: etree._Element
+              ) -> str | None:
+    """libvirt's baseline of both hosts' host-model CPUs, computed on the target."""
+    cpus = [x for x in (host_model_xml(source_cpu), host_model_xml(target_cpu)) if x]
+    if len(cpus) != 2:
+        return None
+    os_type = root.find("os/type")
+    try:
+        xml = target.conn.baselineHypervisorCPU(
+            None, os_type.get("arch") if os_type is not None else None,
+            os_type.get("machine") if os_type is not None else None, root.get("type"),
+            cpus, 0)
+    except libvirt.libvirtError:
+        return None
+    found = parse_domain_cpu(f"<domain>{xml}</domain>")
+    return found.model if found else None
+
+
+def gather(source: Host, target: Host, vm: str, *, live: bool) -> MigrationFacts:
+    """Everything the preflight rules read, from both hosts."""
+    domain = source.lookup(vm)
+    xml = domain.xml()
+    facts = vm_facts(source, vm, live=live)
+    there = target_facts(target, facts, domain_xml=xml)
+    result = MigrationFacts(vm=facts, target=there)
+    if there.cpu is not None and (there.cpu_verdict or facts.cpu is not None):
+        root = _parse(xml)
+        os_type = root.find("os/type")
+        caps = _domcaps(source, os_type.get("arch") if os_type is not None else None,
+                        os_type.get("machine") if os_type is not None else None,
+                        root.get("type"))
+        result.source_cpu = host_cpu(caps) if caps else None
+        if there.cpu_verdict and result.source_cpu is not None:
+            result.baseline_cpu = _baseline(target, result.source_cpu, there.cpu, root)
+    return result
