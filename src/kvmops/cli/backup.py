@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from kvmops.cli.common import JsonOption, UriOption, from_cwd
+from kvmops.cli.common import HostFilesOption, HostOption, JsonOption, UriOption, from_cwd, on_host
 from kvmops.cli.output import (
     LazyBar,
     info,
@@ -49,6 +49,7 @@ def create_cmd(
                                      help="Copy rate limit in MiB/s (e.g. 50) or with a unit."),
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
+    host_name: str | None = HostFilesOption,
     socket: Path | None = typer.Option(
         None, "--socket", metavar="PATH",
         help="QMP unix socket of a QEMU started by hand (no libvirt); VM is then only the "
@@ -58,6 +59,7 @@ def create_cmd(
         help="With --socket: qemu-ga socket, to freeze the guest's file systems."),
 ) -> None:
     """Back up a VM; without a type: incremental when a valid chain exists, else full."""
+    uri = on_host(uri, host_name, socket=socket)
     chosen = [t for t, on in ((BackupType.FULL, full), (BackupType.INCREMENTAL, incremental),
                               (BackupType.DIFFERENTIAL, differential)) if on]
     if len(chosen) > 1:
@@ -138,8 +140,10 @@ def restore_cmd(
                                            callback=from_cwd),
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
+    host_name: str | None = HostFilesOption,
 ) -> None:
     """Restore one point of a VM's backups (each disk flattened into one qcow2)."""
+    uri = on_host(uri, host_name)
     caller = Caller.local()
     if sum(x is not None and x is not False for x in (to, new_vm, in_place)) != 1:
         raise ValidationError("give exactly one of --to DIR, --new-vm NAME, --in-place")
@@ -225,8 +229,10 @@ def jobs_cmd(json_out: bool = JsonOption) -> None:
 
 @app.command("cancel")
 def cancel_cmd(vm: str = typer.Argument(..., help="VM name."),
-               uri: str | None = UriOption) -> None:
+               uri: str | None = UriOption,
+               host_name: str | None = HostOption) -> None:
     """Cancel the running backup of a VM (nothing of it is published)."""
+    uri = on_host(uri, host_name)
     info(backups.cancel(Caller.local(), uri, vm))
 
 

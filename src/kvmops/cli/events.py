@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from kvmops.cli.common import UriOption
+from kvmops.cli.common import HostOption, UriOption, on_host
 from kvmops.cli.qmp import SocketOption, TcpOption
 from kvmops.errors import OperationTimeoutError, ValidationError
 from kvmops.services.caller import Caller
@@ -39,12 +39,14 @@ def events_cmd(
     socket: Path | None = SocketOption,
     tcp: str | None = TcpOption,
     uri: str | None = UriOption,
+    host_name: str | None = HostOption,
 ) -> None:
     """Print QMP events with their timestamps as QEMU sends them.
 
     With --event and no --follow it ends after the first matching event;
     otherwise it runs until Ctrl-C or --timeout.
     """
+    uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     if socket is not None and tcp is not None:
         raise ValidationError("give either --socket or --tcp, not both")
     if (vm is None) == (socket is None and tcp is None):

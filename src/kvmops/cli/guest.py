@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from kvmops.cli import quick
-from kvmops.cli.common import JsonOption, UriOption
+from kvmops.cli.common import HostOption, JsonOption, UriOption, on_host
 from kvmops.cli.output import byte_progress, info, print_fields, print_json, print_table, warn
 from kvmops.errors import StorageError, ValidationError
 from kvmops.services.caller import Caller
@@ -58,8 +58,10 @@ def _split_target(args: list[str], socket: str | None, tcp: str | None, rest: in
 
 @app.command("ping")
 def ping_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
-             tcp: str | None = TcpOption, uri: str | None = UriOption) -> None:
+             tcp: str | None = TcpOption, uri: str | None = UriOption,
+             host_name: str | None = HostOption) -> None:
     """Check that the guest agent answers."""
+    uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     with _agent(vm, socket, tcp, uri) as ch:
         ch.ping()
         info(f"guest agent of {ch.target} answers")
@@ -68,8 +70,10 @@ def ping_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
 @app.command("info")
 def info_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
              tcp: str | None = TcpOption, json_out: bool = JsonOption,
-             uri: str | None = UriOption) -> None:
+             uri: str | None = UriOption,
+             host_name: str | None = HostOption) -> None:
     """Agent version, supported and disabled commands."""
+    uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     with _agent(vm, socket, tcp, uri) as ch:
         result = ch.info()
     if json_out:
@@ -82,8 +86,10 @@ def info_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
 @app.command("osinfo")
 def osinfo_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
                tcp: str | None = TcpOption, json_out: bool = JsonOption,
-               uri: str | None = UriOption) -> None:
+               uri: str | None = UriOption,
+               host_name: str | None = HostOption) -> None:
     """Guest operating system (os-release and uname)."""
+    uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     with _agent(vm, socket, tcp, uri) as ch:
         result = ch.osinfo()
     if json_out:
@@ -96,8 +102,10 @@ def osinfo_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
 @app.command("hostname")
 def hostname_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
                  tcp: str | None = TcpOption, json_out: bool = JsonOption,
-                 uri: str | None = UriOption) -> None:
+                 uri: str | None = UriOption,
+                 host_name: str | None = HostOption) -> None:
     """The guest's host name."""
+    uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     with _agent(vm, socket, tcp, uri) as ch:
         name = ch.hostname()
     if json_out:
@@ -109,9 +117,11 @@ def hostname_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
 @app.command("ip")
 def ip_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
            tcp: str | None = TcpOption, json_out: bool = JsonOption,
-           uri: str | None = UriOption) -> None:
+           uri: str | None = UriOption,
+           host_name: str | None = HostOption) -> None:
     """Network interfaces and their addresses: the guest agent's and, for a VM, the DHCP
     leases of its libvirt networks (each address says which: agent or lease)."""
+    uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     from kvmops.errors import GuestAgentError
     from kvmops.services import nics
 
@@ -142,8 +152,10 @@ def ip_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
 @app.command("users")
 def users_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
               tcp: str | None = TcpOption, json_out: bool = JsonOption,
-              uri: str | None = UriOption) -> None:
+              uri: str | None = UriOption,
+              host_name: str | None = HostOption) -> None:
     """Users logged in to the guest."""
+    uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     with _agent(vm, socket, tcp, uri) as ch:
         result = ch.users()
     if json_out:
@@ -157,8 +169,10 @@ def users_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
 @app.command("fsinfo")
 def fsinfo_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
                tcp: str | None = TcpOption, json_out: bool = JsonOption,
-               uri: str | None = UriOption) -> None:
+               uri: str | None = UriOption,
+               host_name: str | None = HostOption) -> None:
     """Mounted file systems of the guest."""
+    uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     with _agent(vm, socket, tcp, uri) as ch:
         result = ch.fsinfo()
     if json_out:
@@ -178,8 +192,10 @@ def time_cmd(vm: str | None = VmArg,
                                                     "2024-05-01T12:00:00Z."),
              sync: bool = typer.Option(False, "--sync", help="Set the guest clock from the host."),
              socket: str | None = SocketOption, tcp: str | None = TcpOption,
-             json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
+             json_out: bool = JsonOption, uri: str | None = UriOption,
+             host_name: str | None = HostOption) -> None:
     """Show the guest clock, or set it (--set ISO | --sync)."""
+    uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     if set_to and sync:
         raise ValidationError("give --set or --sync, not both")
     when = None
@@ -205,8 +221,10 @@ def time_cmd(vm: str | None = VmArg,
 @app.command("vcpus")
 def vcpus_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
               tcp: str | None = TcpOption, json_out: bool = JsonOption,
-              uri: str | None = UriOption) -> None:
+              uri: str | None = UriOption,
+              host_name: str | None = HostOption) -> None:
     """The guest's logical CPUs."""
+    uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     with _agent(vm, socket, tcp, uri) as ch:
         result = ch.vcpus()
     if json_out:
@@ -227,8 +245,10 @@ def exec_cmd(args: list[str] = typer.Argument(..., metavar="[VM] -- CMD [ARGS]..
                                                help="Feed this file to the command's stdin "
                                                     "('-' for our stdin)."),
              socket: str | None = SocketOption, tcp: str | None = TcpOption,
-             uri: str | None = UriOption) -> None:
+             uri: str | None = UriOption,
+             host_name: str | None = HostOption) -> None:
     """Run a command in the guest: its stdout, stderr and exit code become ours."""
+    uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     raise typer.Exit(quick.guest_exec(args, timeout=timeout, stdin=stdin, socket=socket,
                                       tcp=tcp, uri=uri))
 
@@ -250,8 +270,10 @@ def push_cmd(args: list[str] = typer.Argument(..., metavar="[VM] LOCAL REMOTE",
              mode: str | None = typer.Option(None, "--mode", help="File mode, e.g. 0600."),
              owner: str | None = typer.Option(None, "--owner", help="USER or USER:GROUP."),
              socket: str | None = SocketOption, tcp: str | None = TcpOption,
-             json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
+             json_out: bool = JsonOption, uri: str | None = UriOption,
+             host_name: str | None = HostOption) -> None:
     """Copy a local file into the guest (verified, then renamed into place)."""
+    uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     vm, (local, remote) = _split_target(args, socket, tcp, 2,
                                         "kvmops guest push VM LOCAL REMOTE")
     with _agent(vm, socket, tcp, uri) as ch:
@@ -270,8 +292,10 @@ def push_cmd(args: list[str] = typer.Argument(..., metavar="[VM] LOCAL REMOTE",
 def pull_cmd(args: list[str] = typer.Argument(..., metavar="[VM] REMOTE LOCAL",
                                               show_default=False),
              socket: str | None = SocketOption, tcp: str | None = TcpOption,
-             json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
+             json_out: bool = JsonOption, uri: str | None = UriOption,
+             host_name: str | None = HostOption) -> None:
     """Copy a file out of the guest (written to a temporary file, fsync'd, renamed)."""
+    uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     vm, (remote, local) = _split_target(args, socket, tcp, 2,
                                         "kvmops guest pull VM REMOTE LOCAL")
     with _agent(vm, socket, tcp, uri) as ch:
@@ -325,8 +349,10 @@ def ssh_add_cmd(args: list[str] = typer.Argument(None, metavar="[VM] [KEY]...",
                 key_file: Path | None = typer.Option(None, "--file", "-f",
                                                      help="Read keys from this file."),
                 socket: str | None = SocketOption, tcp: str | None = TcpOption,
-                uri: str | None = UriOption) -> None:
+                uri: str | None = UriOption,
+                host_name: str | None = HostOption) -> None:
     """Add keys to ~USER/.ssh/authorized_keys (a key already there is not duplicated)."""
+    uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     _change_keys(Guest.ssh_key_add, args, user, key_file, socket, tcp, uri)
 
 
@@ -337,16 +363,20 @@ def ssh_remove_cmd(args: list[str] = typer.Argument(None, metavar="[VM] [KEY]...
                    key_file: Path | None = typer.Option(None, "--file", "-f",
                                                         help="Read keys from this file."),
                    socket: str | None = SocketOption, tcp: str | None = TcpOption,
-                   uri: str | None = UriOption) -> None:
+                   uri: str | None = UriOption,
+                   host_name: str | None = HostOption) -> None:
     """Remove keys from ~USER/.ssh/authorized_keys (other keys are kept)."""
+    uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     _change_keys(Guest.ssh_key_remove, args, user, key_file, socket, tcp, uri)
 
 
 @ssh_app.command("list")
 def ssh_list_cmd(vm: str | None = VmArg, user: str = UserOption,
                  socket: str | None = SocketOption, tcp: str | None = TcpOption,
-                 json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
+                 json_out: bool = JsonOption, uri: str | None = UriOption,
+                 host_name: str | None = HostOption) -> None:
     """The authorized keys of a guest user."""
+    uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     with _agent(vm, socket, tcp, uri) as ch:
         keys = ch.ssh_key_list(user)
     if json_out:
@@ -363,8 +393,10 @@ def password_cmd(vm: str | None = VmArg, user: str = UserOption,
                  crypted: bool = typer.Option(False, "--crypted",
                                               help="The password is already a crypt(3) hash."),
                  socket: str | None = SocketOption, tcp: str | None = TcpOption,
-                 uri: str | None = UriOption) -> None:
+                 uri: str | None = UriOption,
+                 host_name: str | None = HostOption) -> None:
     """Set a guest user's password (prompted twice, hidden, unless --password-stdin)."""
+    uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
@@ -380,8 +412,10 @@ def fsfreeze_cmd(vm: str | None = VmArg,
                  mountpoint: list[str] = typer.Option([], "--mountpoint",
                                                       help="Freeze only this; repeatable."),
                  socket: str | None = SocketOption, tcp: str | None = TcpOption,
-                 uri: str | None = UriOption) -> None:
+                 uri: str | None = UriOption,
+                 host_name: str | None = HostOption) -> None:
     """Freeze the guest's file systems (for a consistent snapshot)."""
+    uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     with _agent(vm, socket, tcp, uri) as ch:
         count = ch.fsfreeze(mountpoint or None)
     info(f"{count} file system(s) frozen on {ch.target}")
@@ -389,8 +423,10 @@ def fsfreeze_cmd(vm: str | None = VmArg,
 
 @app.command("fsthaw")
 def fsthaw_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
-               tcp: str | None = TcpOption, uri: str | None = UriOption) -> None:
+               tcp: str | None = TcpOption, uri: str | None = UriOption,
+               host_name: str | None = HostOption) -> None:
     """Thaw the guest's frozen file systems."""
+    uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     with _agent(vm, socket, tcp, uri) as ch:
         count = ch.fsthaw()
     info(f"{count} file system(s) thawed on {ch.target}")
@@ -399,8 +435,10 @@ def fsthaw_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
 @app.command("fsstatus")
 def fsstatus_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
                  tcp: str | None = TcpOption, json_out: bool = JsonOption,
-                 uri: str | None = UriOption) -> None:
+                 uri: str | None = UriOption,
+                 host_name: str | None = HostOption) -> None:
     """Whether the guest's file systems are frozen or thawed."""
+    uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     with _agent(vm, socket, tcp, uri) as ch:
         status = ch.fsstatus()
     if json_out:
@@ -414,8 +452,10 @@ def fstrim_cmd(vm: str | None = VmArg,
                minimum: int | None = typer.Option(None, "--minimum",
                                                   help="Minimum free range to discard (bytes)."),
                socket: str | None = SocketOption, tcp: str | None = TcpOption,
-               json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
+               json_out: bool = JsonOption, uri: str | None = UriOption,
+               host_name: str | None = HostOption) -> None:
     """Discard unused blocks of the guest's file systems."""
+    uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     with _agent(vm, socket, tcp, uri) as ch:
         result = ch.fstrim(minimum)
     if json_out:
@@ -430,8 +470,10 @@ def fstrim_cmd(vm: str | None = VmArg,
 def shutdown_cmd(vm: str | None = VmArg,
                  halt: bool = typer.Option(False, "--halt", help="Halt instead of power off."),
                  socket: str | None = SocketOption, tcp: str | None = TcpOption,
-                 uri: str | None = UriOption) -> None:
+                 uri: str | None = UriOption,
+                 host_name: str | None = HostOption) -> None:
     """Ask the guest agent to power the guest off (returns once the request is sent)."""
+    uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     with _agent(vm, socket, tcp, uri) as ch:
         ch.shutdown("halt" if halt else "powerdown")
     info(f"shutdown requested through the guest agent of {ch.target}")
@@ -439,8 +481,10 @@ def shutdown_cmd(vm: str | None = VmArg,
 
 @app.command("reboot")
 def reboot_cmd(vm: str | None = VmArg, socket: str | None = SocketOption,
-               tcp: str | None = TcpOption, uri: str | None = UriOption) -> None:
+               tcp: str | None = TcpOption, uri: str | None = UriOption,
+               host_name: str | None = HostOption) -> None:
     """Ask the guest agent to reboot the guest."""
+    uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     with _agent(vm, socket, tcp, uri) as ch:
         ch.reboot()
     info(f"reboot requested through the guest agent of {ch.target}")

@@ -6,7 +6,7 @@ import time
 
 import typer
 
-from kvmops.cli.common import JsonOption, UriOption, connect
+from kvmops.cli.common import HostOption, JsonOption, UriOption, connect, on_host
 from kvmops.cli.output import info, print_fields, print_json, print_table
 from kvmops.services import networks as service
 from kvmops.services.caller import Caller
@@ -80,9 +80,21 @@ def create_cmd(
                                    help="--uplink: create the bridge only, no libvirt network."),
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
+    host_name: str | None = HostOption,
 ) -> None:
     """Create (define and start) a network."""
-    if uplink is not None or verify or dry_run or no_define or confirm_timeout is not None:
+    uplink_form = uplink is not None or verify or dry_run or no_define \
+        or confirm_timeout is not None
+    if host_name is not None and (uplink_form or create_bridge):
+        from kvmops.errors import ValidationError
+
+        raise ValidationError(
+            f"--host cannot be used with {'--create-bridge' if create_bridge else '--uplink'}"
+            " (it changes the network interfaces of the machine running kvmops)",
+            hint="run kvmops on that host for its bridges, then 'net create --host NAME "
+                 "--mode bridge --bridge BR' here")
+    uri = on_host(uri, host_name)
+    if uplink_form:
         from kvmops.cli import netbridge
 
         netbridge.create(name, mode=mode, uplink=uplink, bridge=bridge, verify=verify,
@@ -107,8 +119,10 @@ def create_cmd(
 
 
 @app.command("list")
-def list_cmd(json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
+def list_cmd(json_out: bool = JsonOption, uri: str | None = UriOption,
+             host_name: str | None = HostOption) -> None:
     """Every libvirt network, active or not."""
+    uri = on_host(uri, host_name)
     with connect(uri) as host:
         nets = service.list_networks(Caller.local(), host)
     if json_out:
@@ -122,8 +136,10 @@ def list_cmd(json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
 
 @app.command("info")
 def info_cmd(name: str = NameArg, json_out: bool = JsonOption,
-             uri: str | None = UriOption) -> None:
+             uri: str | None = UriOption,
+             host_name: str | None = HostOption) -> None:
     """One network: mode, bridge, addresses, DHCP, and the VMs that use it."""
+    uri = on_host(uri, host_name)
     with connect(uri) as host:
         net = service.info(Caller.local(), host, name)
     if json_out:
@@ -141,24 +157,30 @@ def info_cmd(name: str = NameArg, json_out: bool = JsonOption,
 
 
 @app.command("start")
-def start_cmd(name: str = NameArg, uri: str | None = UriOption) -> None:
+def start_cmd(name: str = NameArg, uri: str | None = UriOption,
+              host_name: str | None = HostOption) -> None:
     """Start a defined network."""
+    uri = on_host(uri, host_name)
     with connect(uri) as host:
         net = service.start(Caller.local(), host, name)
     info(f"network '{net.name}' started (bridge {net.bridge or '-'})")
 
 
 @app.command("stop")
-def stop_cmd(name: str = NameArg, uri: str | None = UriOption) -> None:
+def stop_cmd(name: str = NameArg, uri: str | None = UriOption,
+             host_name: str | None = HostOption) -> None:
     """Stop a network (refused while a running VM uses it)."""
+    uri = on_host(uri, host_name)
     with connect(uri) as host:
         service.stop(Caller.local(), host, name)
     info(f"network '{name}' stopped")
 
 
 @app.command("delete")
-def delete_cmd(name: str = NameArg, uri: str | None = UriOption) -> None:
+def delete_cmd(name: str = NameArg, uri: str | None = UriOption,
+               host_name: str | None = HostOption) -> None:
     """Stop and remove a network (refused while a VM uses it, naming the VMs)."""
+    uri = on_host(uri, host_name)
     with connect(uri) as host:
         service.delete(Caller.local(), host, name)
     info(f"network '{name}' deleted")
@@ -170,8 +192,10 @@ def autostart_cmd(
     disable: bool = typer.Option(False, "--disable",
                                  help="Do not start it with libvirtd (e.g. 'default')."),
     uri: str | None = UriOption,
+    host_name: str | None = HostOption,
 ) -> None:
     """Start a network when libvirtd starts (or, with --disable, no longer)."""
+    uri = on_host(uri, host_name)
     with connect(uri) as host:
         service.set_autostart(Caller.local(), host, name, not disable)
     info(f"network '{name}' autostart {'disabled' if disable else 'enabled'}")
@@ -179,8 +203,10 @@ def autostart_cmd(
 
 @app.command("leases")
 def leases_cmd(name: str = NameArg, json_out: bool = JsonOption,
-               uri: str | None = UriOption) -> None:
+               uri: str | None = UriOption,
+               host_name: str | None = HostOption) -> None:
     """The DHCP leases (IPv4 and DHCPv6) of an active network."""
+    uri = on_host(uri, host_name)
     with connect(uri) as host:
         found = service.leases(Caller.local(), host, name)
     if json_out:

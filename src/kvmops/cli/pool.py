@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from kvmops.cli.common import JsonOption, UriOption, connect
+from kvmops.cli.common import HostOption, JsonOption, UriOption, connect, on_host
 from kvmops.cli.output import info, print_fields, print_json, print_table
 from kvmops.services import pools as service
 from kvmops.services.caller import Caller
@@ -14,6 +14,13 @@ app = typer.Typer(help="Storage pools: dir, fs, iscsi-direct, netfs, logical, rb
                   no_args_is_help=True)
 
 NameArg = typer.Argument(..., help="Pool name.")
+#: pool create's --host has named the storage server (iscsi-direct, netfs) since before
+#: hosts were added, so the host the pool is created on is --on-host there.
+PoolHostOption = typer.Option(None, "--on-host", metavar="NAME",
+                              help="Create the pool on this host of 'kvmops host list' "
+                                   "(default: the local host; --host elsewhere); not with "
+                                   "--connect. Paths are checked on the machine running "
+                                   "kvmops.")
 
 
 def _yes(value: bool) -> str:
@@ -65,8 +72,10 @@ def create_cmd(
     no_start: bool = typer.Option(False, "--no-start", help="Only define the pool."),
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
+    host_name: str | None = PoolHostOption,
 ) -> None:
     """Create (define, optionally build, and start) a storage pool."""
+    uri = on_host(uri, host_name)
     one = len(device) == 1 and pool_type != "logical"
     spec = service.PoolSpec(
         name=name, type=pool_type, target=target, device=device[0] if one else None,
@@ -84,8 +93,10 @@ def create_cmd(
 
 
 @app.command("list")
-def list_cmd(json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
+def list_cmd(json_out: bool = JsonOption, uri: str | None = UriOption,
+             host_name: str | None = HostOption) -> None:
     """Every storage pool, active or not."""
+    uri = on_host(uri, host_name)
     with connect(uri) as conn:
         pools = service.list_pools(Caller.local(), conn)
     if json_out:
@@ -99,8 +110,10 @@ def list_cmd(json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
 
 @app.command("info")
 def info_cmd(name: str = NameArg, json_out: bool = JsonOption,
-             uri: str | None = UriOption) -> None:
+             uri: str | None = UriOption,
+             host_name: str | None = HostOption) -> None:
     """One pool: type, source, target, sizes, volume count."""
+    uri = on_host(uri, host_name)
     with connect(uri) as conn:
         pool = service.info(Caller.local(), conn, name)
     if json_out:
@@ -121,32 +134,40 @@ def info_cmd(name: str = NameArg, json_out: bool = JsonOption,
 
 
 @app.command("refresh")
-def refresh_cmd(name: str = NameArg, uri: str | None = UriOption) -> None:
+def refresh_cmd(name: str = NameArg, uri: str | None = UriOption,
+                host_name: str | None = HostOption) -> None:
     """Read the pool's volumes again (files or LUNs added outside libvirt)."""
+    uri = on_host(uri, host_name)
     with connect(uri) as conn:
         pool = service.refresh(Caller.local(), conn, name)
     info(f"storage pool '{name}' refreshed ({pool.volumes} volume(s))")
 
 
 @app.command("start")
-def start_cmd(name: str = NameArg, uri: str | None = UriOption) -> None:
+def start_cmd(name: str = NameArg, uri: str | None = UriOption,
+              host_name: str | None = HostOption) -> None:
     """Start a defined pool (an fs pool mounts its device; iscsi-direct logs in)."""
+    uri = on_host(uri, host_name)
     with connect(uri) as conn:
         service.start(Caller.local(), conn, name)
     info(f"storage pool '{name}' started")
 
 
 @app.command("stop")
-def stop_cmd(name: str = NameArg, uri: str | None = UriOption) -> None:
+def stop_cmd(name: str = NameArg, uri: str | None = UriOption,
+             host_name: str | None = HostOption) -> None:
     """Stop a pool (refused while a VM uses its volumes)."""
+    uri = on_host(uri, host_name)
     with connect(uri) as conn:
         service.stop(Caller.local(), conn, name)
     info(f"storage pool '{name}' stopped")
 
 
 @app.command("delete")
-def delete_cmd(name: str = NameArg, uri: str | None = UriOption) -> None:
+def delete_cmd(name: str = NameArg, uri: str | None = UriOption,
+               host_name: str | None = HostOption) -> None:
     """Stop and remove a pool's definition (its data stays; refused while VMs use it)."""
+    uri = on_host(uri, host_name)
     with connect(uri) as conn:
         service.delete(Caller.local(), conn, name)
     info(f"storage pool '{name}' deleted (its data was left in place)")
@@ -157,8 +178,10 @@ def autostart_cmd(
     name: str = NameArg,
     disable: bool = typer.Option(False, "--disable", help="Do not start it with libvirtd."),
     uri: str | None = UriOption,
+    host_name: str | None = HostOption,
 ) -> None:
     """Start a pool when libvirtd starts (or, with --disable, no longer)."""
+    uri = on_host(uri, host_name)
     with connect(uri) as conn:
         service.set_autostart(Caller.local(), conn, name, not disable)
     info(f"storage pool '{name}' autostart {'disabled' if disable else 'enabled'}")

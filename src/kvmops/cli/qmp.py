@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from kvmops.cli.common import UriOption
+from kvmops.cli.common import HostOption, UriOption, on_host
 from kvmops.errors import ValidationError
 from kvmops.services.caller import Caller
 from kvmops.services.monitor import open_monitor, parse_command
@@ -47,8 +47,10 @@ def qmp_cmd(
     socket: Path | None = SocketOption,
     tcp: str | None = TcpOption,
     uri: str | None = UriOption,
+    host_name: str | None = HostOption,
 ) -> None:
     """Run one QMP command and print its return value as JSON (or HMP text with --hmp)."""
+    uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     if hmp is not None and list_commands:
         raise ValidationError("give either --hmp or --list, not both")
     if socket is not None and tcp is not None:

@@ -26,21 +26,70 @@ if TYPE_CHECKING:
     from kvmops.services.vms import VmInfo
 
 URI_ENV = "KVMOPS_URI"  # as UriOption's envvar (kvmops.cli.common)
+ALL_HOSTS = "all"  # ``vm list --host all``
 
 
-def vm_list(json_out: bool, uri: str | None) -> None:
-    """``kvmops vm list``."""
+def host_uri(uri: str | None, host: str | None, *, connect_given: bool,
+             local_only: str | None = None, all_ok: bool = False) -> str | None:
+    """The libvirt URI a command opens: host ``host``'s of ``kvmops host list`` (``local``:
+    the configured one), else ``uri`` (--connect or KVMOPS_URI; None: the configured).
+    ``connect_given``: --connect was on the command line (KVMOPS_URI is a default that
+    --host overrides); ``local_only``: an option naming a socket on this machine."""
+    if host is None:
+        return uri
+    if connect_given:
+        raise ValidationError("--host and --connect both name the host",
+                              hint="give one of them: --host NAME of 'kvmops host list', "
+                                   "or --connect URI")
+    if local_only:
+        raise ValidationError(f"--host cannot be used with {local_only} (a QEMU socket on "
+                              "this machine)", hint="name the VM instead of the socket, or "
+                                                    "drop --host")
+    if host == ALL_HOSTS:
+        if all_ok:
+            return None
+        raise ValidationError("--host all is for 'kvmops vm list' only",
+                              hint="name one host of 'kvmops host list'")
+    from kvmops.services.hosts import uri_of
+
+    return uri_of(Caller.local(), host)
+
+
+def vm_list(json_out: bool, uri: str | None, host: str | None = None) -> None:
+    """``kvmops vm list``: the VMs at ``uri``; ``host`` is the --host name given (each
+    VM's ``host``), ``all``: every host's VMs, asked at once."""
     from kvmops.services import vms
     from kvmops.services.session import connect
 
-    with connect(uri) as host:
-        found = vms.list_vms(Caller.local(), host)
+    if host == ALL_HOSTS:
+        _vm_list_all(json_out)
+        return
+    with connect(uri) as conn:
+        found = vms.list_vms(Caller.local(), conn)
+    for vm in found:
+        vm.host = host
     if json_out:
         print_json(found)
         return
     print_table(["Name", "State", "vCPUs", "Memory", "Accel", "Autostart"],
                 [(vm.name, vm.state, vm.vcpus, format_size(vm.memory), vm.accelerator,
                   "yes" if vm.autostart else "no") for vm in found])
+
+
+def _vm_list_all(json_out: bool) -> None:
+    """``kvmops vm list --host all``: every host asked at once, each under a deadline; a
+    host that does not answer is one warning line and does not delay the others."""
+    from kvmops.services.hosts import vms_on_hosts
+
+    found = vms_on_hosts(Caller.local())
+    for name, error in found.unreachable.items():
+        warn(f"host '{name}' is unreachable, its VMs are not listed: {error}")
+    if json_out:
+        print_json(found.vms)
+        return
+    print_table(["Host", "Name", "State", "vCPUs", "Memory", "Accel", "Autostart"],
+                [(vm.host, vm.name, vm.state, vm.vcpus, format_size(vm.memory),
+                  vm.accelerator, "yes" if vm.autostart else "no") for vm in found.vms])
 
 
 def vm_info(name: str, json_out: bool, uri: str | None) -> None:
@@ -142,12 +191,16 @@ def _uri(found: dict[str, str | bool]) -> str | None:
     return str(given) if given else (os.environ.get(URI_ENV) or None)
 
 
-def _done(command: Callable[..., None], *args: object) -> Callable[[], int]:
-    def run() -> int:
-        command(*args)
-        return 0
+def _target(found: dict[str, str | bool], all_ok: bool = False) -> str | None:
+    """The URI of ``--host NAME`` (resolved when the command runs) or of ``_uri``."""
+    host = found.get("--host")
+    return host_uri(_uri(found), str(host) if host else None, all_ok=all_ok,
+                    connect_given=bool(found.get("--connect", found.get("-c"))))
 
-    return run
+
+def _ran(command: Callable[..., None], *args: object) -> int:
+    command(*args)
+    return 0
 
 
 def quick_command(args: Sequence[str]) -> Callable[[], int] | None:
@@ -155,19 +208,20 @@ def quick_command(args: Sequence[str]) -> Callable[[], int] | None:
     if len(args) < 2:
         return None
     group, command, words = args[0], args[1], args[2:]
-    uri_options = {"--connect", "-c"}
+    uri_options = {"--connect", "-c", "--host"}
     if (group, command) == ("vm", "list"):
         parsed = _options(words, {"--json"}, uri_options)
         if parsed is None or parsed[0]:
             return None
         found = parsed[1]
-        return _done(vm_list, bool(found.get("--json")), _uri(found))
+        host = () if "--host" not in found else (str(found["--host"]),)
+        return lambda: _ran(vm_list, bool(found.get("--json")), _target(found, True), *host)
     if (group, command) == ("vm", "info"):
         parsed = _options(words, {"--json"}, uri_options)
         if parsed is None or len(parsed[0]) != 1:
             return None
         (name,), found = parsed
-        return _done(vm_info, name, bool(found.get("--json")), _uri(found))
+        return lambda: _ran(vm_info, name, bool(found.get("--json")), _target(found))
     if (group, command) == ("guest", "exec") and "--" in words:
         split = words.index("--")
         parsed = _options(words[:split], set(), {*uri_options, "--timeout"})
@@ -180,5 +234,5 @@ def quick_command(args: Sequence[str]) -> Callable[[], int] | None:
         except ValueError:
             return None
         return lambda: guest_exec([vm, *argv], timeout=timeout, stdin=None, socket=None,
-                                  tcp=None, uri=_uri(found))
+                                  tcp=None, uri=_target(found))
     return None

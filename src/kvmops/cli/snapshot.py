@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from kvmops.cli.common import JsonOption, UriOption, connect
+from kvmops.cli.common import HostOption, JsonOption, UriOption, connect, on_host
 from kvmops.cli.output import info, print_fields, print_json, print_table, warn
 from kvmops.services import snapshots as service
 from kvmops.services.caller import Caller
@@ -33,8 +33,10 @@ def create_cmd(
     description: str | None = typer.Option(None, "--description", help="Free text."),
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
+    host_name: str | None = HostOption,
 ) -> None:
     """Take a snapshot of a VM."""
+    uri = on_host(uri, host_name)
     request = service.CreateRequest(vm=vm, name=name, memory=memory, disk_only=disk_only,
                                     quiesce=quiesce, description=description)
     with connect(uri) as host:
@@ -55,8 +57,10 @@ def list_cmd(
     as_tree: bool = typer.Option(False, "--tree", help="Show parents and children."),
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
+    host_name: str | None = HostOption,
 ) -> None:
     """Snapshots of a VM, oldest first."""
+    uri = on_host(uri, host_name)
     with connect(uri) as host:
         snaps = service.list_snapshots(Caller.local(), host, vm)
     if json_out:
@@ -81,8 +85,10 @@ def info_cmd(
     name: str = typer.Argument(..., help="Snapshot name."),
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
+    host_name: str | None = HostOption,
 ) -> None:
     """Details of one snapshot."""
+    uri = on_host(uri, host_name)
     with connect(uri) as host:
         snap = service.info(Caller.local(), host, vm, name)
     if json_out:
@@ -114,8 +120,10 @@ def revert_cmd(
                                     "snapshot)."),
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
+    host_name: str | None = HostOption,
 ) -> None:
     """Return a VM to a snapshot (ends its backup chain: the next backup is a full)."""
+    uri = on_host(uri, host_name)
     with connect(uri) as host:
         result = service.revert(Caller.local(), host, vm, name, running=running,
                                 paused=paused, force=force, note=warn)
@@ -134,8 +142,10 @@ def delete_cmd(
     children: bool = typer.Option(False, "--children", help="Delete its children too."),
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
+    host_name: str | None = HostOption,
 ) -> None:
     """Delete a snapshot (an external one is merged into its image by a block commit)."""
+    uri = on_host(uri, host_name)
     with connect(uri) as host:
         result = service.delete(Caller.local(), host, vm, name, children=children,
                                 note=warn)

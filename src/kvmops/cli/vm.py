@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING
 import typer
 
 from kvmops.cli import quick, vmconfig, vmdisk, vmnic
-from kvmops.cli.common import JsonOption, UriOption, connect, from_cwd
+from kvmops.cli.common import (
+    HostFilesOption,
+    HostOption,
+    JsonOption,
+    UriOption,
+    connect,
+    from_cwd,
+    on_host,
+)
 from kvmops.cli.output import (
     info,
     percent_progress,
@@ -73,8 +81,10 @@ def create_cmd(
                                     "has or its new disks more than the free space."),
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
+    host_name: str | None = HostFilesOption,
 ) -> None:
     """Define a new VM (new disks are qcow2 with metadata preallocation)."""
+    uri = on_host(uri, host_name)
     from kvmops.services.vms import CreateRequest, DiskRequest, NicSpec
 
     request = CreateRequest(
@@ -96,16 +106,21 @@ def create_cmd(
 
 
 @app.command("list")
-def list_cmd(json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
+def list_cmd(json_out: bool = JsonOption, uri: str | None = UriOption,
+             host_name: str | None = typer.Option(
+                 None, "--host", metavar="NAME",
+                 help="List this host's VMs (a name of 'kvmops host list'; default: the "
+                      "local host); 'all': every host's, with a HOST column, hosts not "
+                      "answering in time named on stderr.")) -> None:
     """All defined VMs with state, vCPUs, memory, accelerator and autostart."""
-    quick.vm_list(json_out, uri)
+    quick.vm_list(json_out, on_host(uri, host_name, all_ok=True), host_name)
 
 
 @app.command("info")
 def info_cmd(name: str = NameArg, json_out: bool = JsonOption,
-             uri: str | None = UriOption) -> None:
+             uri: str | None = UriOption, host_name: str | None = HostOption) -> None:
     """State, accelerator, guest agent, disks and NICs of one VM."""
-    quick.vm_info(name, json_out, uri)
+    quick.vm_info(name, json_out, on_host(uri, host_name))
 
 
 @app.command("start")
@@ -117,8 +132,10 @@ def start_cmd(
     wait_agent: float | None = typer.Option(
         None, "--wait-agent", help="Wait up to this many seconds for the guest agent."),
     uri: str | None = UriOption,
+    host_name: str | None = HostOption,
 ) -> None:
     """Start a VM."""
+    uri = on_host(uri, host_name)
     with connect(uri) as host:
         vms.start(Caller.local(), host, name, paused=paused,
                   discard_managed_save=discard_managed_save, wait_agent=wait_agent)
@@ -132,8 +149,10 @@ def shutdown_cmd(
     timeout: float = typer.Option(60.0, help="Seconds to wait for the VM to stop."),
     no_wait: bool = typer.Option(False, "--no-wait", help="Send the request and return."),
     uri: str | None = UriOption,
+    host_name: str | None = HostOption,
 ) -> None:
     """Shut a VM down gracefully and wait until it is off."""
+    uri = on_host(uri, host_name)
     with connect(uri) as host:
         vms.shutdown(Caller.local(), host, name, mode="agent" if agent else "acpi",
                      timeout=timeout, wait=not no_wait)
@@ -141,7 +160,9 @@ def shutdown_cmd(
 
 
 def _simple(action: str, fn_name: str, done: str, help_text: str) -> None:
-    def command(name: str = NameArg, uri: str | None = UriOption) -> None:
+    def command(name: str = NameArg, uri: str | None = UriOption,
+                host_name: str | None = HostOption) -> None:
+        uri = on_host(uri, host_name)
         with connect(uri) as host:
             getattr(vms, fn_name)(Caller.local(), host, name)
         info(f"VM '{name}' {done}")
@@ -159,8 +180,10 @@ _simple("resume", "resume", "resumed", "Resume a paused VM.")
 @app.command("reboot")
 def reboot_cmd(name: str = NameArg,
                agent: bool = typer.Option(False, "--agent", help="Reboot through the guest agent."),
-               uri: str | None = UriOption) -> None:
+               uri: str | None = UriOption,
+               host_name: str | None = HostOption) -> None:
     """Reboot a VM (ACPI by default)."""
+    uri = on_host(uri, host_name)
     with connect(uri) as host:
         vms.reboot(Caller.local(), host, name, mode="agent" if agent else "acpi")
     info(f"VM '{name}' reboot requested")
@@ -172,8 +195,10 @@ def undefine_cmd(
     remove_storage: bool = typer.Option(False, "--remove-storage",
                                         help="Also delete the VM's disk images."),
     uri: str | None = UriOption,
+    host_name: str | None = HostOption,
 ) -> None:
     """Remove a shut-off VM's definition (and with --remove-storage its disks)."""
+    uri = on_host(uri, host_name)
     with connect(uri) as host:
         result = vms.undefine(Caller.local(), host, name, remove_storage=remove_storage)
     for kept in result.kept:
@@ -188,8 +213,10 @@ def console_cmd(
     force: bool = typer.Option(False, "--force",
                                help="Take the console over from another session."),
     uri: str | None = UriOption,
+    host_name: str | None = HostOption,
 ) -> None:
     """Attach to a running VM's serial console, like 'virsh console'; Ctrl-] leaves."""
+    uri = on_host(uri, host_name)
     from kvmops.cli.terminal import attach
 
     reason = attach(uri, name, force=force)
@@ -200,8 +227,10 @@ def console_cmd(
 @app.command("autostart")
 def autostart_cmd(name: str = NameArg,
                   state: str = typer.Argument(..., help="on or off"),
-                  uri: str | None = UriOption) -> None:
+                  uri: str | None = UriOption,
+                  host_name: str | None = HostOption) -> None:
     """Start the VM when libvirtd starts (on) or not (off)."""
+    uri = on_host(uri, host_name)
     if state not in ("on", "off"):
         raise typer.BadParameter("use 'on' or 'off'", param_hint="STATE")
     with connect(uri) as host:
@@ -213,8 +242,10 @@ def autostart_cmd(name: str = NameArg,
 def dumpxml_cmd(name: str = NameArg,
                 inactive: bool = typer.Option(False, "--inactive",
                                               help="The persistent definition, not the live one."),
-                uri: str | None = UriOption) -> None:
+                uri: str | None = UriOption,
+                host_name: str | None = HostOption) -> None:
     """Print the VM's libvirt domain XML."""
+    uri = on_host(uri, host_name)
     with connect(uri) as host:
         xml = vms.dumpxml(Caller.local(), host, name, inactive=inactive)
     typer.echo(xml.rstrip("\n"))
@@ -226,8 +257,10 @@ def clone_cmd(source: str = NameArg,
               images_dir: Path | None = typer.Option(None, help="Where the copied disks go.",
                                                   callback=from_cwd),
               json_out: bool = JsonOption,
-              uri: str | None = UriOption) -> None:
+              uri: str | None = UriOption,
+              host_name: str | None = HostFilesOption) -> None:
     """Copy a shut-off VM with its disks (new UUID and MACs)."""
+    uri = on_host(uri, host_name)
     with connect(uri) as host, percent_progress() as progress:
         tasks: dict[str, object] = {}
 
@@ -247,3 +280,7 @@ def clone_cmd(source: str = NameArg,
 app.add_typer(vmdisk.app, name="disk")
 app.add_typer(vmnic.app, name="nic")
 vmconfig.register(app)
+
+from kvmops.cli import migrate as _migrate  # noqa: E402  (vm migrate)
+
+_migrate.register(app)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from kvmops.cli.common import JsonOption, UriOption, connect
+from kvmops.cli.common import HostOption, JsonOption, UriOption, connect, on_host
 from kvmops.cli.output import info, print_json, warn
 
 if TYPE_CHECKING:
@@ -26,8 +26,10 @@ def register(app: typer.Typer) -> None:
     @app.command("setvcpus")
     def setvcpus_cmd(name: str = NameArg,
                      count: int = typer.Argument(..., min=1, help="Number of vCPUs."),
-                     json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
+                     json_out: bool = JsonOption, uri: str | None = UriOption,
+                     host_name: str | None = HostOption) -> None:
         """Set the VM's vCPUs (a running VM gets them at its next start)."""
+        uri = on_host(uri, host_name)
         from kvmops.services import vm_config
         from kvmops.services.caller import Caller
 
@@ -41,8 +43,10 @@ def register(app: typer.Typer) -> None:
                                                         "is MiB."),
                    force: bool = typer.Option(False, "--force",
                                               help="Allow more than the host has."),
-                   json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
+                   json_out: bool = JsonOption, uri: str | None = UriOption,
+                   host_name: str | None = HostOption) -> None:
         """Set the VM's memory (a running VM gets it at its next start)."""
+        uri = on_host(uri, host_name)
         from kvmops.services import vm_config
         from kvmops.services.caller import Caller
         from kvmops.sizes import parse_memory

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from kvmops.cli.common import JsonOption, UriOption, connect, from_cwd
+from kvmops.cli.common import (
+    HostFilesOption,
+    HostOption,
+    JsonOption,
+    UriOption,
+    connect,
+    from_cwd,
+    on_host,
+)
 from kvmops.cli.output import info, print_json, print_table
 from kvmops.errors import ValidationError
 from kvmops.services.caller import Caller
@@ -40,8 +48,10 @@ def _where(live: bool, config: bool) -> str:
 def list_cmd(name: str = NameArg,
              inactive: bool = typer.Option(False, "--inactive",
                                            help="The persistent definition, not the live VM."),
-             json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
+             json_out: bool = JsonOption, uri: str | None = UriOption,
+             host_name: str | None = HostOption) -> None:
     """Disks with image, format, size and QEMU node/device names."""
+    uri = on_host(uri, host_name)
     from kvmops.services import disks as disk_service
 
     with connect(uri) as host:
@@ -74,8 +84,10 @@ def attach_cmd(
     config_only: bool = ConfigOnly,
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
+    host_name: str | None = HostFilesOption,
 ) -> None:
     """Attach a disk: hot-plugged into a running VM and kept in its definition."""
+    uri = on_host(uri, host_name)
     from kvmops.services import disks as disk_service
 
     live, persistent = _scope(live_only, config_only)
@@ -104,8 +116,10 @@ def detach_cmd(
     config_only: bool = ConfigOnly,
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
+    host_name: str | None = HostOption,
 ) -> None:
     """Detach a disk (the guest must release it) and optionally delete its image."""
+    uri = on_host(uri, host_name)
     from kvmops.services import disks as disk_service
 
     live, persistent = _scope(live_only, config_only)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from kvmops.cli.common import JsonOption, UriOption, connect
+from kvmops.cli.common import HostOption, JsonOption, UriOption, connect, on_host
 from kvmops.cli.output import info, print_json, print_table
 from kvmops.errors import ValidationError
 from kvmops.services.caller import Caller
@@ -58,8 +58,10 @@ def _where(live: bool, config: bool) -> str:
 
 @app.command("list")
 def list_cmd(name: str = NameArg, json_out: bool = JsonOption,
-             uri: str | None = UriOption) -> None:
+             uri: str | None = UriOption,
+             host_name: str | None = HostOption) -> None:
     """NICs with MAC, source, model, link state, host tap and where they are."""
+    uri = on_host(uri, host_name)
     from kvmops.services import nics
 
     with connect(uri) as host:
@@ -107,8 +109,10 @@ def add_cmd(
     config_only: bool = ConfigOnly,
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
+    host_name: str | None = HostOption,
 ) -> None:
     """Add a NIC: hot-plugged into a running VM and kept in its definition."""
+    uri = on_host(uri, host_name)
     from kvmops.services import nics
     from kvmops.services.nics import Rate, Vlan
 
@@ -149,8 +153,10 @@ def remove_cmd(
     config_only: bool = ConfigOnly,
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
+    host_name: str | None = HostOption,
 ) -> None:
     """Remove a NIC (hot-unplug from a running VM, and from its definition)."""
+    uri = on_host(uri, host_name)
     from kvmops.services import nics
 
     live, persistent = _scope(live_only, config_only)
@@ -172,8 +178,10 @@ def set_link_cmd(
     config_only: bool = ConfigOnly,
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
+    host_name: str | None = HostOption,
 ) -> None:
     """Set a NIC's link up or down (live: the guest sees the carrier change)."""
+    uri = on_host(uri, host_name)
     from kvmops.services import nics
 
     if state not in ("up", "down"):
@@ -201,8 +209,10 @@ def update_cmd(
     config_only: bool = ConfigOnly,
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
+    host_name: str | None = HostOption,
 ) -> None:
     """Change a NIC's bandwidth limits or VLAN (live: applied to the running VM at once)."""
+    uri = on_host(uri, host_name)
     from kvmops.services import nics
     from kvmops.services.nics import Rate, Vlan
 

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import typer
 
-from kvmops.cli.common import JsonOption, UriOption, connect, from_cwd
+from kvmops.cli.common import (
+    HostFilesOption,
+    HostOption,
+    JsonOption,
+    UriOption,
+    connect,
+    from_cwd,
+    on_host,
+)
 from kvmops.cli.output import LazyBar, info, print_fields, print_json, print_table
 from kvmops.services import pools as service
 from kvmops.services.caller import Caller
@@ -25,8 +33,10 @@ FormatOption = typer.Option(..., "--format", help="raw or qcow2 (always named)."
 def create_cmd(pool: str = PoolArg, name: str = VolArg,
                size: str = typer.Option(..., "--size", help="Capacity, e.g. 64M or 10G."),
                fmt: str = FormatOption, json_out: bool = JsonOption,
-               uri: str | None = UriOption) -> None:
+               uri: str | None = UriOption,
+               host_name: str | None = HostOption) -> None:
     """Create a volume of the named format."""
+    uri = on_host(uri, host_name)
     spec = service.VolumeSpec(name=name, capacity=parse_size(size, what="volume size"),
                               format=fmt)
     with connect(uri) as conn:
@@ -40,8 +50,10 @@ def create_cmd(pool: str = PoolArg, name: str = VolArg,
 
 @app.command("list")
 def list_cmd(pool: str = PoolArg, json_out: bool = JsonOption,
-             uri: str | None = UriOption) -> None:
+             uri: str | None = UriOption,
+             host_name: str | None = HostOption) -> None:
     """The volumes of an active pool, with the VMs that use them."""
+    uri = on_host(uri, host_name)
     with connect(uri) as conn:
         vols = service.list_volumes(Caller.local(), conn, pool)
     if json_out:
@@ -55,8 +67,10 @@ def list_cmd(pool: str = PoolArg, json_out: bool = JsonOption,
 
 @app.command("info")
 def info_cmd(pool: str = PoolArg, name: str = VolArg, json_out: bool = JsonOption,
-             uri: str | None = UriOption) -> None:
+             uri: str | None = UriOption,
+             host_name: str | None = HostOption) -> None:
     """One volume."""
+    uri = on_host(uri, host_name)
     with connect(uri) as conn:
         vol = service.volume_info(Caller.local(), conn, pool, name)
     if json_out:
@@ -74,8 +88,10 @@ def clone_cmd(pool: str = PoolArg, source: str = typer.Argument(..., help="Volum
               fmt: str | None = typer.Option(None, "--format",
                                              help="The copy's format (default: the "
                                                   "source's recorded one)."),
-              json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
+              json_out: bool = JsonOption, uri: str | None = UriOption,
+              host_name: str | None = HostOption) -> None:
     """Copy a volume within its pool."""
+    uri = on_host(uri, host_name)
     with connect(uri) as conn:
         vol = service.clone_volume(Caller.local(), conn, pool, source, name, fmt)
     if json_out:
@@ -90,8 +106,10 @@ def resize_cmd(pool: str = PoolArg, name: str = VolArg,
                shrink: bool = typer.Option(False, "--shrink",
                                            help="Allow a smaller size (data past it is "
                                                 "lost)."),
-               json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
+               json_out: bool = JsonOption, uri: str | None = UriOption,
+               host_name: str | None = HostOption) -> None:
     """Grow (or with --shrink, shrink) a volume."""
+    uri = on_host(uri, host_name)
     capacity = parse_size(size, what="volume size")
     with connect(uri) as conn:
         vol = service.resize_volume(Caller.local(), conn, pool, name, capacity,
@@ -103,8 +121,10 @@ def resize_cmd(pool: str = PoolArg, name: str = VolArg,
 
 
 @app.command("delete")
-def delete_cmd(pool: str = PoolArg, name: str = VolArg, uri: str | None = UriOption) -> None:
+def delete_cmd(pool: str = PoolArg, name: str = VolArg, uri: str | None = UriOption,
+               host_name: str | None = HostOption) -> None:
     """Delete a volume no VM uses (its data is gone)."""
+    uri = on_host(uri, host_name)
     with connect(uri) as conn:
         service.delete_volume(Caller.local(), conn, pool, name)
     info(f"volume '{name}' deleted from pool '{pool}'")
@@ -113,8 +133,10 @@ def delete_cmd(pool: str = PoolArg, name: str = VolArg, uri: str | None = UriOpt
 @app.command("upload")
 def upload_cmd(pool: str = PoolArg, name: str = VolArg,
                file: Path = typer.Argument(..., help="The file to write into the volume."),
-               fmt: str = FormatOption, uri: str | None = UriOption) -> None:
+               fmt: str = FormatOption, uri: str | None = UriOption,
+               host_name: str | None = HostFilesOption) -> None:
     """Write a file of the named format into a volume of that format (libvirt stream)."""
+    uri = on_host(uri, host_name)
     source = from_cwd(file)
     assert source is not None
     with connect(uri) as conn, LazyBar(f"upload {name}") as bar:
@@ -128,8 +150,10 @@ def download_cmd(pool: str = PoolArg, name: str = VolArg,
                  file: Path = typer.Argument(..., help="Where to write the volume's bytes."),
                  overwrite: bool = typer.Option(False, "--overwrite",
                                                 help="Replace an existing file."),
-                 uri: str | None = UriOption) -> None:
+                 uri: str | None = UriOption,
+                 host_name: str | None = HostFilesOption) -> None:
     """Copy a volume's bytes into a file (libvirt stream; written whole, then renamed)."""
+    uri = on_host(uri, host_name)
     dest = from_cwd(file)
     assert dest is not None
     with connect(uri) as conn, LazyBar(f"download {name}") as bar:

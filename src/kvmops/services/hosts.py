@@ -34,12 +34,16 @@ from kvmops.services.caller import Caller
 
 if TYPE_CHECKING:
     from kvmops.host.remote import Health, Summary
+    from kvmops.services.vms import VmListItem
     from kvmops.store.db import Store
 
 T = TypeVar("T")
 
 LOCAL = "local"
 DEFAULT_DEADLINE_S = 3.0
+#: Words that --host takes besides host names.
+RESERVED = {"all": "every host", "auto": "the host placement picks"}
+LIST_DEADLINE_S = 5.0  # a VM list of every host (``vm list --host all``)
 ADD_DEADLINE_S = 15.0
 SCHEMES = ("qemu+ssh", "qemu+tls", "qemu+tcp", "qemu+unix", "qemu")
 #: libvirt URI parameters a host URI may carry (no netcat=/command=/proxy=: programs).
@@ -287,6 +291,12 @@ def uri_of(caller: Caller, name: str | None, db: str | Store | None = None) -> s
     return _find(db, name or LOCAL).uri
 
 
+def known_hosts(db: str | Store | None = None) -> list[tuple[str, str, bool]]:
+    """Every host's name, URI and whether it is the local one (``local`` first),
+    without asking any of them."""
+    return [(k.name, k.uri, k.local) for k in _known(db)]
+
+
 # --------------------------------------------------------------------------- use cases
 def list_hosts(caller: Caller, db: str | Store | None = None, *,
                deadline: float = DEFAULT_DEADLINE_S,
@@ -332,6 +342,47 @@ def host_info(caller: Caller, name: str, db: str | Store | None = None, *,
     return result
 
 
+@dataclass
+class HostsVms(Record):
+    """The VMs of several hosts (each with its ``host``), and the hosts that did not
+    answer in time, by name, with the reason."""
+
+    vms: list[VmListItem]
+    unreachable: dict[str, str] = field(default_factory=dict)
+
+
+def _vms_at(caller: Caller, name: str, uri: str) -> list[VmListItem]:
+    from kvmops.host import remote
+    from kvmops.services import vms
+
+    with remote.POOL.connection(uri) as conn:
+        found = vms.list_vms(caller, conn)
+    for vm in found:
+        vm.host = name
+    return found
+
+
+def vms_on_hosts(caller: Caller, names: list[str] | None = None,
+                 db: str | Store | None = None, *,
+                 deadline: float = LIST_DEADLINE_S) -> HostsVms:
+    """The VM list of every host (or of ``names``), asked at once, each under
+    ``deadline``: a host that does not answer in time is in ``unreachable`` and does not
+    delay the others. VMs by host (in ``host list`` order), then by name."""
+    known = _known(db) if names is None else [_find(db, validate_name(n)) for n in names]
+    outcomes = gather({k.name: functools.partial(_vms_at, caller, k.name, k.uri)
+                       for k in known}, deadline)
+    result = HostsVms(vms=[])
+    for k in known:
+        outcome = outcomes[k.name]
+        if outcome.value is None:
+            result.unreachable[k.name] = outcome.error or "no answer"
+        else:
+            result.vms.extend(outcome.value)
+    _mark_seen(db, [k.name for k in known if outcomes[k.name].value is not None],
+               datetime.now(UTC))
+    return result
+
+
 def _labels(labels: dict[str, str] | None) -> dict[str, str]:
     found = dict(labels or {})
     for key, value in found.items():
@@ -354,6 +405,9 @@ def add_host(caller: Caller, name: str, uri: str, db: str | Store | None = None,
     if name == LOCAL:
         raise StateError("the local host is always present as 'local'",
                          hint="choose another name for a remote host")
+    if name in RESERVED:
+        raise ValidationError(f"host name '{name}' is reserved (--host {name} means "
+                              f"{RESERVED[name]})", hint="choose another name")
     validate_uri(uri)
     wanted = _labels(labels)
     summary: Summary | None = None
@@ -396,5 +450,7 @@ def remove_host(caller: Caller, name: str, db: str | Store | None = None) -> Non
     _with_store(db, lambda store: store_hosts.remove(store, name))
     if uri not in {k.uri for k in _known(db)}:  # no other name for the same daemon
         from kvmops.host import remote
+        from kvmops.services.session import CONNECTIONS
 
         remote.POOL.drop(uri)
+        CONNECTIONS.drop(uri)

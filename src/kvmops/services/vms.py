@@ -205,6 +205,7 @@ class VmListItem(Record):
     accelerator: str
     autostart: bool
     persistent: bool
+    host: str | None = None  # the kvmops host it is on (set where more than one is asked)
 
 
 class _RootFound(Exception):
