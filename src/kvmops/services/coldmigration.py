@@ -1,0 +1,552 @@
+"""Cold migration: a shut-off VM moves to another host by copying its disks -- never
+with libvirt's migrate, which is for running VMs (on a shut-off one it can lose the VM
+on both hosts).
+
+The order is what keeps the source safe: every check first (all blockers named at
+once, each with its remedy); then each disk file is copied as its bytes into a new
+volume of the target's pool (created with the format the VM's XML names and the disk's
+size -- nothing probes a format), hashed while sent, and read back on the target and
+compared byte for byte; then the VM's persistent XML, rewritten through the typed model
+for the new paths (UUID, MACs and the rest kept), is defined on the target and read back.
+Only then is the VM undefined on the source and its disk files removed there (when they
+lie in an allowed image directory and no other VM on the source uses them; kept and
+named in the notes otherwise). An interruption before that point -- ``cancelled()``, an
+error, Ctrl-C -- removes what was made on the target (volumes, definition) and leaves
+the source as it was; a killed process leaves at most a volume on the target, which a
+retry names (and never overwrites).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lxml import etree
+
+from kvmops.errors import (
+    AlreadyExistsError,
+    KvmopsError,
+    NotFoundError,
+    StateError,
+    StorageError,
+    UnsupportedError,
+    ValidationError,
+)
+from kvmops.host import pools as host_pools
+from kvmops.host import transfer
+from kvmops.host.connection import Host
+from kvmops.migration.model import (
+    Blocker,
+    CancelledFn,
+    MigrationOptions,
+    MigrationProgress,
+    MigrationResult,
+    ProgressFn,
+)
+from kvmops.paths import is_within, policy
+from kvmops.services.caller import Caller
+from kvmops.sizes import format_size
+from kvmops.storage import qcow2
+from kvmops.storage.model import FILE_TYPES, VOLUME_RE, parse_pool
+from kvmops.vm.domxml import DomainDocument, OwnedFile
+
+__all__ = ["DEFAULT_POOL", "DiskMove", "cold_migrate", "plan_volume_names", "rewrite_xml",
+           "volume_xml"]
+
+log = logging.getLogger(__name__)
+
+#: The target pool when the operator names none (libvirt's usual one).
+DEFAULT_POOL = "default"
+PROGRESS_INTERVAL = 0.2  # seconds between progress reports of one phase
+# How many first bytes of a qcow2 disk are read for its header (the first cluster, 2 MiB
+# at most: QEMU's largest; usually 64 KiB).
+_HEAD = 1 << qcow2.MAX_CLUSTER_BITS
+
+
+@dataclass
+class DiskMove:
+    """One disk file to copy: where it is, as what, and where it goes."""
+
+    target: str  # the VM's device name (vda)
+    source: str  # its file on the source host
+    fmt: str  # <driver type>: raw or qcow2
+    length: int = 0  # bytes of the file
+    capacity: int = 0  # the disk's size as the guest sees it
+    volume: str = ""  # its volume name in the target pool
+    path: str = ""  # its file on the target host
+    sha256: str = ""
+
+
+@dataclass
+class _Plan:
+    vm: str
+    uuid: str
+    xml: str
+    pool: str
+    pool_dir: str
+    moves: list[DiskMove] = field(default_factory=list)
+    blockers: list[Blocker] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- pure parts
+def volume_xml(name: str, capacity: int, fmt: str) -> str:
+    """libvirt's ``<volume>`` for a copied disk: the format named, never probed, and the
+    disk's exact size (a raw volume is then exactly as long as the file it receives)."""
+    root = etree.Element("volume")
+    etree.SubElement(root, "name").text = name
+    etree.SubElement(root, "capacity", unit="bytes").text = str(capacity)
+    etree.SubElement(root, "allocation", unit="bytes").text = "0"
+    target = etree.SubElement(root, "target")
+    etree.SubElement(target, "format", type=fmt)
+    if fmt == "qcow2":
+        etree.SubElement(target, "compat").text = "1.1"
+    return etree.tostring(root, encoding="unicode")
+
+
+def plan_volume_names(vm: str, moves: list[DiskMove]) -> None:
+    """Give each disk its volume name in the target pool: its file's name, or -- when
+    that is not a volume name or two disks share it -- ``VM-DEV.FORMAT``."""
+    used: set[str] = set()
+    for move in moves:
+        name = os.path.basename(move.source)
+        if not VOLUME_RE.match(name) or name in used:
+            name = f"{vm}-{move.target}.{move.fmt}"
+        used.add(name)
+        move.volume = name
+
+
+def rewrite_xml(xml: str, moves: list[DiskMove]) -> str:
+    """The VM's persistent XML for the target: each copied disk at its new file (the
+    format kept; a recorded backing chain dropped), and kvmops' owned-files record naming
+    the copies (kvmops made them, so ``vm delete --remove-storage`` may remove them there)
+    instead of the source's files. Everything else -- UUID, MACs, devices -- is kept."""
+    doc = DomainDocument(xml)
+    for move in moves:
+        doc.point_disk(move.target, move.path, move.fmt)
+    doc.set_owned_files([OwnedFile(m.path, m.fmt) for m in moves])
+    return doc.to_xml()
+
+
+def check_copy(move: DiskMove, sent: transfer.Digest, read_back: transfer.Digest) -> None:
+    """The target's bytes are the source's, all of them (StorageError otherwise)."""
+    if sent.length != move.length:
+        raise StorageError(f"disk {move.target} ({move.source}): {sent.length} of "
+                           f"{move.length} bytes were sent", hint="was the disk changed "
+                           "while it was copied? the VM must stay shut off; try again")
+    if read_back != sent:
+        raise StorageError(
+            f"disk {move.target}: the copy at {move.path} differs from {move.source} "
+            f"(sha256 {read_back.sha256[:16]}…, {read_back.length} bytes; sent "
+            f"{sent.sha256[:16]}…, {sent.length} bytes)",
+            hint="the copy was removed and the source left as it was; check the target's "
+                 "storage and try again")
+
+
+def refusal(vm: str, blockers: list[Blocker]) -> KvmopsError:
+    """One error naming every blocker, with every remedy (the first's kind of error)."""
+    kinds: dict[str, type[KvmopsError]] = {
+        "name-clash": AlreadyExistsError, "pool": NotFoundError, "same-host": ValidationError,
+        "backing-file": UnsupportedError, "disk": UnsupportedError}
+    cls = kinds.get(blockers[0].code, StateError)
+    what = "; ".join(b.message for b in blockers)
+    remedies = "; ".join(dict.fromkeys(b.remedy for b in blockers))
+    return cls(f"cannot migrate VM '{vm}' cold: {what}", hint=remedies)
+
+
+# --------------------------------------------------------------------------- plumbing
+@contextlib.contextmanager
+def _connect(uri: str) -> Iterator[Host]:
+    """A connection of this migration's own (a remote one with keepalive)."""
+    from kvmops.host import remote
+
+    host = remote.open_remote(uri)
+    try:
+        yield host
+    finally:
+        host.close()
+
+
+def _is_local(uri: str) -> bool:
+    from kvmops.host import remote
+
+    return not remote.is_remote(uri)
+
+
+class _Reporter:
+    """Progress of one phase over every disk, at most every PROGRESS_INTERVAL."""
+
+    def __init__(self, progress: ProgressFn | None, phase: str, total: int) -> None:
+        self.progress = progress
+        self.phase = phase
+        self.total = total
+        self.base = 0
+        self.next = 0.0
+
+    def disk(self, base: int) -> Callable[[int], None]:
+        self.base = base
+        return self.tick
+
+    def tick(self, done: int) -> None:
+        now = time.monotonic()
+        if now >= self.next:
+            self.next = now + PROGRESS_INTERVAL
+            self.report(self.base + done)
+
+    def report(self, processed: int) -> None:
+        if self.progress is not None:
+            self.progress(MigrationProgress(
+                phase=self.phase, data_total=self.total, data_processed=processed,
+                data_remaining=max(self.total - processed, 0)))
+
+
+def _say(progress: ProgressFn | None, phase: str) -> None:
+    if progress is not None:
+        progress(MigrationProgress(phase=phase))
+
+
+# --------------------------------------------------------------------------- checks
+def _plan(src: Host, dst: Host, vm: str, options: MigrationOptions, *, src_local: bool
+          ) -> _Plan:
+    domain = src.lookup(vm)
+    blockers: list[Blocker] = []
+    xml = domain.config_xml(what=f"reading VM '{vm}'")
+    doc = DomainDocument(xml)
+    state = domain.state()
+    if state != "shut off":
+        blockers.append(Blocker("state", f"VM '{vm}' is {state}, not shut off",
+                                f"shut it down first ('kvmops vm shutdown {vm}'), or "
+                                "migrate it live (without --cold)"))
+    if not domain.is_persistent():
+        blockers.append(Blocker("state", f"VM '{vm}' is transient", "define it first"))
+    elif domain.has_managed_save():
+        blockers.append(Blocker("state", f"VM '{vm}' has a saved memory state",
+                                f"start it and shut it down, or discard the state "
+                                f"('virsh managedsave-remove {vm}')"))
+    snapshots = domain.snapshots()
+    if snapshots:
+        blockers.append(Blocker("snapshot", f"VM '{vm}' has {len(snapshots)} snapshot(s) "
+                                f"({', '.join(s.name for s in snapshots[:3])})",
+                                f"delete them first ('kvmops snapshot delete {vm} NAME'): "
+                                "snapshots do not move with a cold migration"))
+    plan = _Plan(vm=vm, uuid=domain.uuid(), xml=xml, pool=options.target_pool or DEFAULT_POOL,
+                 pool_dir="", blockers=blockers)
+    with contextlib.suppress(KvmopsError):
+        if domain.checkpoints():
+            plan.notes.append("the VM's backup checkpoints stay behind: its next backup "
+                              "is a full one")
+    for dev in doc.host_devices():
+        blockers.append(Blocker("hostdev", f"VM '{vm}' has host device {dev}",
+                                "detach it first (a host device belongs to its host)"))
+    _check_target(dst, doc, plan)
+    _check_disks(src, dst, doc, plan, src_local=src_local)
+    spec = doc.spec()
+    for what, path in (("kernel", spec.kernel), ("initrd", spec.initrd)):
+        if path:
+            plan.notes.append(f"{what} {path} is not copied: the target must have it "
+                              "at that path")
+    if doc.uses_pflash():
+        plan.notes.append("UEFI variables (NVRAM) are not copied: the target starts from "
+                          "its firmware's template")
+    return plan
+
+
+def _check_target(dst: Host, doc: DomainDocument, plan: _Plan) -> None:
+    vm, blockers = plan.vm, plan.blockers
+    if dst.has_domain(vm):
+        blockers.append(Blocker("name-clash", f"host {dst.uri} has a VM named '{vm}'",
+                                "rename or remove that VM first"))
+    else:
+        from kvmops.host.errors import call
+
+        with contextlib.suppress(KvmopsError):
+            other = call("looking up a UUID", dst.conn.lookupByUUIDString, plan.uuid)
+            blockers.append(Blocker("name-clash", f"VM '{other.name()}' on {dst.uri} has "
+                                    f"the UUID of '{vm}' ({plan.uuid})",
+                                    "remove that VM first (is it an earlier copy?)"))
+    networks = set(dst.network_names())
+    for nic in doc.nics():
+        if nic.kind == "network" and nic.source not in networks:
+            blockers.append(Blocker("network", f"network '{nic.source}' does not exist on "
+                                    f"{dst.uri}", f"create it there first ('kvmops net "
+                                    f"create {nic.source} ...' with --host)"))
+    try:
+        state = host_pools.pool(dst, plan.pool)
+    except NotFoundError:
+        remedy = ("name a pool of the target with --target-pool (see 'kvmops pool list "
+                  "--host TARGET')") if plan.pool == DEFAULT_POOL else (
+            "create it there first, or name another with --target-pool")
+        blockers.append(Blocker("pool", f"storage pool '{plan.pool}' does not exist on "
+                                f"{dst.uri}", remedy))
+        return
+    info = parse_pool(state.xml, active=state.active)
+    if info.type not in FILE_TYPES or not info.target:
+        blockers.append(Blocker("pool", f"storage pool '{plan.pool}' on {dst.uri} is "
+                                f"{info.type}: disks are copied into file pools",
+                                "name a dir, fs or netfs pool with --target-pool"))
+    elif not state.active:
+        blockers.append(Blocker("pool", f"storage pool '{plan.pool}' on {dst.uri} is not "
+                                "active", f"start it ('kvmops pool start {plan.pool}' "
+                                "with --host)"))
+    else:
+        plan.pool_dir = info.target
+        with contextlib.suppress(KvmopsError):
+            host_pools.refresh(dst, plan.pool)
+
+
+def _check_disks(src: Host, dst: Host, doc: DomainDocument, plan: _Plan, *,
+                 src_local: bool) -> None:
+    vm, blockers = plan.vm, plan.blockers
+    files = doc.disk_files()
+    kinds = doc.disk_device_kinds()
+    for disk, kind in zip(doc.disks(), kinds, strict=True):
+        if disk.source is None:
+            continue  # an empty CD-ROM drive
+        if kind == "cdrom":
+            blockers.append(Blocker("cdrom", f"CD-ROM {disk.target} holds {disk.source}",
+                                    f"eject it first ('kvmops vm cdrom {vm} --eject' or "
+                                    "'virsh change-media')"))
+            continue
+        if disk.target not in files:
+            blockers.append(Blocker("disk", f"disk {disk.target} ({disk.source}) is not a "
+                                    "file", "cold migration copies file disks: detach it "
+                                    "(or move its data into a file disk) first"))
+            continue
+        path, fmt = files[disk.target]
+        if fmt not in ("raw", "qcow2"):
+            blockers.append(Blocker("disk", f"disk {disk.target} ({path}) is {fmt}",
+                                    "convert it to qcow2 or raw first"))
+            continue
+        move = DiskMove(target=disk.target, source=path, fmt=fmt)
+        try:
+            with transfer.open_disk(src, path, local=src_local) as source:
+                move.length = move.capacity = source.length
+                if fmt == "qcow2":
+                    head = source.head(_HEAD)
+                    problem = _qcow2_problem(move, head)
+                    if problem is not None:
+                        blockers.append(problem)
+                        continue
+        except NotFoundError as err:
+            blockers.append(Blocker("disk", f"disk {disk.target}: {err.message}",
+                                    "fix the VM's definition or restore the file"))
+            continue
+        plan.moves.append(move)
+    plan_volume_names(vm, plan.moves)
+    if not plan.pool_dir:
+        return
+    for move in plan.moves:
+        move.path = os.path.join(plan.pool_dir, move.volume)
+        if host_pools.volume_exists(dst, plan.pool, move.volume):
+            blockers.append(Blocker(
+                "name-clash", f"volume '{move.volume}' exists in pool '{plan.pool}' on "
+                f"{dst.uri}", f"delete it if it is a leftover of an interrupted migration "
+                f"('kvmops volume delete {plan.pool} {move.volume}' with --host), or name "
+                "another --target-pool"))
+    needed = sum(m.length for m in plan.moves)
+    info = host_pools.pool(dst, plan.pool)
+    available = parse_pool(info.xml, active=info.active).available
+    if available is not None and needed > available:
+        blockers.append(Blocker("pool", f"pool '{plan.pool}' on {dst.uri} has "
+                                f"{format_size(available)} free; the disks need "
+                                f"{format_size(needed)}", "free space there, or name "
+                                "another --target-pool"))
+
+
+def _qcow2_problem(move: DiskMove, head: bytes) -> Blocker | None:
+    what = f"disk {move.target} ({move.source})"
+    try:
+        header = qcow2.parse(head)
+    except qcow2.HeaderError as err:
+        return Blocker("disk", f"{what} is not a qcow2 file kvmops can read: {err}",
+                       "check its format in the VM's definition")
+    if header.backing:
+        return Blocker("backing-file", f"{what} has a backing file",
+                       "flatten it first (e.g. 'qemu-img convert -f qcow2 -O qcow2 IN OUT' "
+                       "and point the disk at OUT): chains are not copied")
+    if header.data_file:
+        return Blocker("disk", f"{what} keeps its data in an external data file",
+                       "convert it into a plain qcow2 file first")
+    move.capacity = header.virtual_size
+    return None
+
+
+# --------------------------------------------------------------------------- the move
+def cold_migrate(caller: Caller, vm: str, options: MigrationOptions, *,
+                 source: str | None = None, progress: ProgressFn | None = None,
+                 cancelled: CancelledFn | None = None) -> MigrationResult:
+    """Move the shut-off VM ``vm`` from host ``source`` (a host name; default the local
+    one) to ``options.target`` by copying its disks (see the module's doc). With
+    ``options.dry_run`` only the checks run."""
+    from kvmops.services import hosts
+
+    started = time.monotonic()
+    source_name = source or hosts.LOCAL
+    src_uri = hosts.uri_of(caller, source_name)
+    dst_uri = hosts.uri_of(caller, options.target)
+    if src_uri == dst_uri:
+        raise refusal(vm, [Blocker("same-host", f"hosts '{source_name}' and "
+                                   f"'{options.target}' are the same ({src_uri})",
+                                   "name another host with --to")])
+    src_local = _is_local(src_uri)
+    _say(progress, "preflight")
+    with _connect(src_uri) as src, _connect(dst_uri) as dst:
+        plan = _plan(src, dst, vm, options, src_local=src_local)
+        if plan.blockers:
+            raise refusal(vm, plan.blockers)
+        result = MigrationResult(vm=vm, source=source_name, target=options.target,
+                                 kind="cold", seconds=0.0,
+                                 disks=[m.path for m in plan.moves], notes=plan.notes)
+        if options.dry_run:
+            result.notes.append(f"dry run: {len(plan.moves)} disk(s), "
+                                f"{format_size(sum(m.length for m in plan.moves))} would be "
+                                f"copied into pool '{plan.pool}'; nothing was changed")
+            result.seconds = time.monotonic() - started
+            return result
+        _move(src, dst, plan, src_local=src_local, dst_local=_is_local(dst_uri),
+              progress=progress, cancelled=cancelled)
+        result.disks = [m.path for m in plan.moves]
+        result.data_transferred = sum(m.length for m in plan.moves)
+        _say(progress, "cleanup")
+        result.notes += _remove_source(src, plan, src_local=src_local)
+    result.seconds = time.monotonic() - started
+    _say(progress, "done")
+    return result
+
+
+def _move(src: Host, dst: Host, plan: _Plan, *, src_local: bool, dst_local: bool,
+          progress: ProgressFn | None, cancelled: CancelledFn | None) -> None:
+    """Copy, verify, define on the target, undefine on the source; before the source is
+    touched anything going wrong removes what the target got."""
+    created: list[DiskMove] = []
+    defined = False
+    total = sum(m.length for m in plan.moves)
+    try:
+        copying = _Reporter(progress, "copy", total)
+        done = 0
+        for move in plan.moves:
+            _stop_if(cancelled)
+            path = host_pools.create_volume(dst, plan.pool, volume_xml(
+                move.volume, move.capacity, move.fmt))
+            created.append(move)
+            move.path = path
+            if dst_local:
+                from kvmops.images import records
+
+                records.record_format(Path(path), move.fmt)
+            with transfer.open_disk(src, move.source, local=src_local) as disk:
+                if disk.length != move.length:
+                    raise StorageError(f"disk {move.target} ({move.source}) changed size "
+                                       "since it was checked", hint="the VM must stay "
+                                       "shut off while it migrates; try again")
+                sent = transfer.send(disk, dst, plan.pool, move.volume,
+                                     tick=copying.disk(done), stop=cancelled)
+            move.sha256 = sent.sha256
+            done += move.length
+            copying.report(done)
+            _verify(dst, move, sent, dst_local=dst_local, progress=progress,
+                    cancelled=cancelled)
+        _stop_if(cancelled)
+        _say(progress, "define")
+        dst.define_domain(rewrite_xml(plan.xml, plan.moves))
+        defined = True
+        _check_definition(dst, plan)
+        _stop_if(cancelled)
+        _say(progress, "switch-over")
+        domain = src.lookup(plan.vm)
+        if domain.state() != "shut off" or domain.config_xml() != plan.xml:
+            raise StateError(f"VM '{plan.vm}' was started or changed on the source while "
+                             "its disks were copied", hint="the copy on the target was "
+                             "removed; shut it down and migrate again")
+        domain.undefine()
+    except BaseException as err:
+        _undo(dst, plan, created, defined, err)
+        raise
+
+
+def _verify(dst: Host, move: DiskMove, sent: transfer.Digest, *, dst_local: bool,
+            progress: ProgressFn | None, cancelled: CancelledFn | None) -> None:
+    checking = _Reporter(progress, "verify", move.length)
+    with transfer.open_disk(dst, move.path, local=dst_local) as copy:
+        got = transfer.digest(copy, tick=checking.disk(0), stop=cancelled)
+    check_copy(move, sent, got)
+
+
+def _check_definition(dst: Host, plan: _Plan) -> None:
+    """The target's definition names the copies, and each is there as long as sent."""
+    doc = DomainDocument(dst.lookup(plan.vm).config_xml(what=f"reading VM '{plan.vm}'"))
+    files = doc.disk_files()
+    for move in plan.moves:
+        if files.get(move.target) != (move.path, move.fmt):
+            raise StorageError(f"VM '{plan.vm}' on {dst.uri}: disk {move.target} is "
+                               f"{files.get(move.target)}, not {(move.path, move.fmt)}",
+                               hint="the target's definition was removed; try again")
+        volume = transfer.volume_at(dst, move.path)
+        if volume is None:
+            raise StorageError(f"VM '{plan.vm}' on {dst.uri}: {move.path} is gone",
+                               hint="the target's definition was removed; try again")
+
+
+def _stop_if(cancelled: CancelledFn | None) -> None:
+    if cancelled is not None and cancelled():
+        from kvmops.errors import CancelledError
+
+        raise CancelledError("cold migration cancelled",
+                             hint="the copy on the target was removed; the VM is unchanged "
+                                  "on the source")
+
+
+def _undo(dst: Host, plan: _Plan, created: list[DiskMove], defined: bool,
+          err: BaseException) -> None:
+    """Remove what the target got (never raises: ``err`` is what the caller hears)."""
+    if defined:
+        try:
+            dst.lookup(plan.vm).undefine()
+        except (KvmopsError, OSError) as failed:
+            log.warning("cold migration of %s: removing its definition on %s failed: %s",
+                        plan.vm, dst.uri, failed)
+    for move in created:
+        try:
+            host_pools.delete_volume(dst, plan.pool, move.volume)
+        except (KvmopsError, OSError) as failed:
+            log.warning("cold migration of %s: removing volume %s of pool %s on %s "
+                        "failed: %s", plan.vm, move.volume, plan.pool, dst.uri, failed)
+    log.info("cold migration of %s stopped (%s): the target's copies were removed",
+             plan.vm, err)
+
+
+def _remove_source(src: Host, plan: _Plan, *, src_local: bool) -> list[str]:
+    """Remove the source's disk files that may go (see the module's doc); the notes."""
+    rules = policy()
+    others: dict[str, str] = {}
+    with contextlib.suppress(KvmopsError):
+        for domain in src.all_domains():
+            with contextlib.suppress(KvmopsError):
+                doc = DomainDocument(domain.config_xml())
+                for path, _fmt in doc.disk_files().values():
+                    others.setdefault(path, domain.name)
+    notes, removed = [], []
+    for move in plan.moves:
+        path = move.source
+        allowed = rules.in_image_dirs(Path(path)) if src_local else any(
+            is_within(Path(os.path.normpath(path)), d) for d in rules.image_dirs)
+        if not allowed:
+            notes.append(f"{path} kept on the source: outside the allowed image directories")
+            continue
+        if path in others:
+            notes.append(f"{path} kept on the source: VM '{others[path]}' uses it")
+            continue
+        try:
+            with transfer.open_disk(src, path, local=src_local) as disk:
+                disk.delete()
+            removed.append(path)
+        except (KvmopsError, OSError) as err:
+            notes.append(f"{path} kept on the source: removing it failed ({err})")
+    if removed:
+        notes.append(f"removed from the source: {', '.join(removed)}")
+    return notes
