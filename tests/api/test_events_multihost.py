@@ -55,8 +55,9 @@ def server(h2: NsHost, workdir: Path) -> Iterator[ApiServer]:
 def _collect(server: ApiServer, out: list[dict[str, Any]], ready: threading.Event,
              stop: threading.Event) -> None:
     headers = {"Authorization": f"Bearer {server.tokens['viewer']}"}
-    with contextlib.suppress(httpx.HTTPError), httpx.stream("GET", server.url + "/api/v1/events", headers=headers,
-                      timeout=httpx.Timeout(180, read=180)) as response:
+    with contextlib.suppress(httpx.HTTPError), httpx.stream(
+            "GET", server.url + "/api/v1/events", headers=headers,
+            timeout=httpx.Timeout(180, read=180)) as response:
         kind = None
         for line in response.iter_lines():
             if line.startswith(": connected"):
