@@ -14,13 +14,13 @@ import hmac
 from collections.abc import Callable, Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 
 from kvmops.api.context import ApiContext, get_context
 from kvmops.api.throttle import client_address
 from kvmops.errors import KvmopsError
-from kvmops.services import auth
+from kvmops.services import auth, fleet
 from kvmops.services.auth import Principal, Role
 from kvmops.services.caller import Caller
 from kvmops.services.checks import validate_name
@@ -116,11 +116,40 @@ def long_request(ctx: Ctx, principal: Annotated[Principal, Depends(authenticate)
 LongRequest = Depends(long_request)
 
 
-def host_dep(ctx: Ctx) -> Connection:
-    return ctx.host()
+HOST_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def host_name(host: Annotated[str | None, Query(
+        pattern=HOST_PATTERN, max_length=64,
+        description="the host to act on (a name of GET /api/v1/hosts); default: the "
+                    "local host")] = None) -> str | None:
+    """The ``host`` query parameter (None: the local host)."""
+    return host
+
+
+HostName = Annotated[str | None, Depends(host_name)]
+
+
+def host_dep(ctx: Ctx, name: HostName) -> Connection:
+    """The connection to the host ``?host=`` names (the local one by default): 404 for
+    an unknown host, 503 when it does not answer in time."""
+    if fleet.is_local(name):
+        return ctx.host()
+    return fleet.connection(Caller(name="api", via="api"), name, ctx.store)
 
 
 HostDep = Annotated[Connection, Depends(host_dep)]
+
+
+def host_uri_dep(ctx: Ctx, name: HostName) -> str | None:
+    """The libvirt URI of the host ``?host=`` names (the server's by default; 404 for an
+    unknown host): for jobs and sessions that open a connection of their own."""
+    if fleet.is_local(name):
+        return ctx.settings.uri
+    return fleet.uri_of(Caller(name="api", via="api"), name, ctx.store)
+
+
+HostUri = Annotated[str | None, Depends(host_uri_dep)]
 
 
 def vm_name(name: str) -> str:

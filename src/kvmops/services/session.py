@@ -18,8 +18,8 @@ from kvmops.host.connection import Host
 #: An open libvirt connection; faces only pass it on to service functions.
 Connection = Host
 
-__all__ = ["Connection", "EventWatch", "SharedConnection", "connect", "network_names",
-           "open_connection", "watch_lifecycle"]
+__all__ = ["CONNECTIONS", "Connection", "EventWatch", "HostConnections", "SharedConnection",
+           "connect", "network_names", "open_connection", "watch_lifecycle"]
 
 
 def open_connection(uri: str | None) -> Connection:
@@ -42,8 +42,10 @@ class SharedConnection:
     """One connection shared by a server's threads (libvirt connections are thread-safe),
     opened again when libvirtd went away since the last use."""
 
-    def __init__(self, uri: str | None) -> None:
+    def __init__(self, uri: str | None,
+                 opener: Callable[[str | None], Host] | None = None) -> None:
         self.uri = uri
+        self._open: Callable[[str | None], Host] = opener or Host
         self._host: Host | None = None
         self._lock = threading.Lock()
 
@@ -54,7 +56,7 @@ class SharedConnection:
                 if host.alive():
                     return host
                 host.close()
-            self._host = Host(self.uri)
+            self._host = self._open(self.uri)
             return self._host
 
     def close(self) -> None:
@@ -63,6 +65,55 @@ class SharedConnection:
                 with contextlib.suppress(Exception):
                     self._host.close()
                 self._host = None
+
+
+def _open_remote(uri: str | None) -> Host:
+    from kvmops.host.remote import open_remote  # keepalive: a vanished host is noticed
+
+    return open_remote(uri or "")
+
+
+class HostConnections:
+    """The server's shared connections to the other hosts, one per URI (a request that
+    names ``?host=``). A host that does not answer within ``deadline`` seconds is
+    HostUnavailableError at once: the attempt goes on in its own thread, and a
+    connection it opens later is kept for the next request."""
+
+    def __init__(self) -> None:
+        self._shared: dict[str, SharedConnection] = {}
+        self._lock = threading.Lock()
+
+    def get(self, uri: str, deadline: float, name: str | None = None) -> Connection:
+        from kvmops.errors import HostUnavailableError
+        from kvmops.services.hosts import gather
+
+        with self._lock:
+            shared = self._shared.get(uri)
+            if shared is None:
+                shared = self._shared[uri] = SharedConnection(uri, _open_remote)
+        outcome = gather({uri: shared.get}, deadline)[uri]
+        if outcome.value is None:
+            raise HostUnavailableError(f"host '{name or uri}' ({uri}) cannot be reached: "
+                                       f"{outcome.error}",
+                                       hint=f"see 'kvmops host info {name or 'NAME'}'; is "
+                                            "its libvirtd up and reachable?")
+        return outcome.value
+
+    def drop(self, uri: str) -> None:
+        with self._lock:
+            shared = self._shared.pop(uri, None)
+        if shared is not None:  # never waits for an attempt hanging on a silent host
+            threading.Thread(target=shared.close, name="kvmops-host-drop", daemon=True).start()
+
+    def close(self) -> None:
+        with self._lock:
+            found, self._shared = list(self._shared.values()), {}
+        for shared in found:
+            shared.close()
+
+
+#: The process's shared connections to managed hosts other than its own.
+CONNECTIONS = HostConnections()
 
 
 class EventWatch(Protocol):

@@ -7,7 +7,7 @@ import anyio
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from kvmops.api.deps import Ctx, HostDep, Operator, Viewer, VmNameDep
+from kvmops.api.deps import HostDep, Operator, Viewer, VmNameDep
 from kvmops.api.routes.common import Body, Message
 from kvmops.services import web_views as views
 from kvmops.web.keys import CTRL_ALT_DEL, MAX_TEXT, text_to_keys
@@ -32,9 +32,8 @@ def stats(_: Viewer, name: VmNameDep, host: HostDep) -> views.Stats:
 
 
 @router.get("/vms/{name}/guest", response_model=views.GuestDetails)
-async def guest(_: Viewer, name: VmNameDep, ctx: Ctx) -> views.GuestDetails:
+async def guest(_: Viewer, name: VmNameDep, host: HostDep) -> views.GuestDetails:
     """Guest IPs (agent, else DHCP lease, else ARP) and the OS the agent reports."""
-    host = ctx.host()
     return await anyio.to_thread.run_sync(views.guest_details, host, name)
 
 

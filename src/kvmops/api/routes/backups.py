@@ -11,7 +11,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Response
 from pydantic import Field, model_validator
 
-from kvmops.api.deps import Ctx, OperatorCaller, ViewerCaller, VmNameDep
+from kvmops.api.deps import Ctx, HostUri, OperatorCaller, ViewerCaller, VmNameDep
 from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
 from kvmops.api.runner import JobCancelled, JobContext
 from kvmops.api.validators import AbsolutePath, Rate, VmName
@@ -125,12 +125,12 @@ def run_backup_process(job: JobContext, request: dict[str, Any]) -> dict[str, An
 
 @router.post("/vms/{name}/backups", status_code=202, response_model=JobAccepted)
 def create_backup(caller: OperatorCaller, name: VmNameDep, body: BackupBody, ctx: Ctx,
-                  response: Response) -> JobAccepted:
+                  uri: HostUri, response: Response) -> JobAccepted:
     repo = backups.repository(caller, body.repo)
     request = {"user": caller.name, "vm": name, "repo": str(repo), "mode": body.mode,
                "disks": body.disks,
                "exclude": body.exclude, "freeze": body.freeze, "speed": body.speed,
-               "compress": body.compress, "uri": ctx.settings.uri}
+               "compress": body.compress, "uri": uri}
     return accepted(ctx.runner.submit("backup.create", name, caller.name,
                                       lambda job: run_backup_process(job, request)), response)
 
@@ -146,14 +146,14 @@ def list_backups(caller: ViewerCaller, name: VmNameDep,
 
 @router.post("/vms/{name}/backups/restore", status_code=202, response_model=JobAccepted)
 def restore(caller: OperatorCaller, name: VmNameDep, body: RestoreBody, ctx: Ctx,
-            response: Response) -> JobAccepted:
+            uri: HostUri, response: Response) -> JobAccepted:
     backups.check_restore(caller, body.repo, to=body.to, images_dir=body.images_dir)
 
     def run(job: JobContext) -> RestoreResult:
         def progress(label: str, pct: float) -> None:
             job.percent(pct, f"restoring {label}")
 
-        return backups.restore(caller, ctx.settings.uri, body.repo, name,
+        return backups.restore(caller, uri, body.repo, name,
                                body.at, to=body.to, new_vm=body.new_vm,
                                in_place=body.in_place, images_dir=body.images_dir,
                                progress=progress)
@@ -191,7 +191,7 @@ def prune_backups(caller: OperatorCaller, name: VmNameDep, body: PruneBody, ctx:
 
 
 @router.post("/vms/{name}/backups/cancel", response_model=Message)
-def cancel(caller: OperatorCaller, name: VmNameDep, ctx: Ctx) -> Message:
+def cancel(caller: OperatorCaller, name: VmNameDep, ctx: Ctx, uri: HostUri) -> Message:
     mine = ctx.runner.active(kind="backup.create", target=name)
     if mine:
         for job in mine:
@@ -201,7 +201,7 @@ def cancel(caller: OperatorCaller, name: VmNameDep, ctx: Ctx) -> Message:
     running = [j for j in backups.running() if j.vm == name]
     if running and running[0].pid == os.getpid():  # never signal ourselves
         raise ValidationError(f"the backup of VM '{name}' runs inside this server")
-    return Message(message=backups.cancel(caller, ctx.settings.uri, name))
+    return Message(message=backups.cancel(caller, uri, name))
 
 
 

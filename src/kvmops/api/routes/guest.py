@@ -12,7 +12,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field, field_validator
 
-from kvmops.api.deps import Ctx, LongRequest, Operator, VmNameDep
+from kvmops.api.deps import Ctx, HostUri, LongRequest, Operator, VmNameDep
 from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
 from kvmops.services.caller import Caller
 from kvmops.services.guest import Guest, open_guest
@@ -21,9 +21,10 @@ router = APIRouter(prefix="/vms/{name}/guest", tags=["guest"], dependencies=[Lon
 
 
 @contextmanager
-def _agent(ctx: Any, name: str) -> Iterator[Guest]:
+def _agent(uri: str | None, name: str) -> Iterator[Guest]:
+    """The guest agent of VM ``name`` on the host ``?host=`` names (``uri``)."""
     # The request is audited by the middleware; the use case only needs the face.
-    with open_guest(Caller(name="api", via="api"), name, uri=ctx.settings.uri) as guest:
+    with open_guest(Caller(name="api", via="api"), name, uri=uri) as guest:
         yield guest
 
 
@@ -110,39 +111,39 @@ class FreezeBody(Body):
 
 
 @router.get("/ping", response_model=Message)
-def ping(_: Operator, name: VmNameDep, ctx: Ctx) -> Message:
-    with _agent(ctx, name) as ch:
+def ping(_: Operator, name: VmNameDep, uri: HostUri) -> Message:
+    with _agent(uri, name) as ch:
         ch.ping()
     return Message(message=f"guest agent of VM '{name}' answers")
 
 
 @router.get("/info")
-def info(_: Operator, name: VmNameDep, ctx: Ctx) -> dict[str, Any]:
-    with _agent(ctx, name) as ch:
+def info(_: Operator, name: VmNameDep, uri: HostUri) -> dict[str, Any]:
+    with _agent(uri, name) as ch:
         return {"agent": ch.info().model_dump(mode="json", by_alias=True),
                 "os": ch.osinfo().model_dump(mode="json", by_alias=True),
                 "hostname": ch.hostname()}
 
 
 @router.get("/interfaces")
-def interfaces(_: Operator, name: VmNameDep, ctx: Ctx) -> list[dict[str, Any]]:
-    with _agent(ctx, name) as ch:
+def interfaces(_: Operator, name: VmNameDep, uri: HostUri) -> list[dict[str, Any]]:
+    with _agent(uri, name) as ch:
         return [i.model_dump(mode="json", by_alias=True) for i in ch.interfaces()]
 
 
 @router.post("/exec", response_model=ExecOut | JobAccepted,
              responses={202: {"model": JobAccepted, "description": "background: a job"}})
-def exec_(user: Operator, name: VmNameDep, body: ExecBody, ctx: Ctx, response: Response
-          ) -> ExecOut | JobAccepted:
+def exec_(user: Operator, name: VmNameDep, body: ExecBody, ctx: Ctx, uri: HostUri,
+          response: Response) -> ExecOut | JobAccepted:
     if body.background:
         return accepted(ctx.runner.submit("guest.exec", name, user.name,
-                                          lambda _job: _run_exec(ctx, name, body)), response)
-    return _run_exec(ctx, name, body)
+                                          lambda _job: _run_exec(ctx, uri, name, body)), response)
+    return _run_exec(ctx, uri, name, body)
 
 
-def _run_exec(ctx: Any, name: str, body: ExecBody) -> ExecOut:
+def _run_exec(ctx: Any, uri: str | None, name: str, body: ExecBody) -> ExecOut:
     stdin = _b64(body.stdin_b64, "stdin_b64") if body.stdin_b64 else None
-    with _agent(ctx, name) as ch:
+    with _agent(uri, name) as ch:
         res = ch.exec(body.argv, stdin=stdin, timeout=body.timeout, env=body.env)
     return ExecOut(pid=res.pid, exit_code=res.exit_code, signal=res.signal,
                    stdout_b64=base64.b64encode(res.stdout).decode(),
@@ -153,7 +154,7 @@ def _run_exec(ctx: Any, name: str, body: ExecBody) -> ExecOut:
 
 
 @router.post("/push")
-def push(_: Operator, name: VmNameDep, body: PushBody, ctx: Ctx) -> dict[str, Any]:
+def push(_: Operator, name: VmNameDep, body: PushBody, ctx: Ctx, uri: HostUri) -> dict[str, Any]:
     data = _b64(body.content_b64, "content_b64")
     if len(data) > ctx.settings.max_transfer:
         from kvmops.errors import ValidationError
@@ -161,61 +162,61 @@ def push(_: Operator, name: VmNameDep, body: PushBody, ctx: Ctx) -> dict[str, An
         raise ValidationError(f"content_b64: {len(data)} bytes is more than the "
                               f"{ctx.settings.max_transfer} bytes allowed through the API",
                               hint="use 'kvmops guest push' for big files")
-    with _agent(ctx, name) as ch:
+    with _agent(uri, name) as ch:
         result = ch.write_bytes(data, body.path, mode=body.mode, owner=body.owner)
     return result.model_dump(mode="json")
 
 
 @router.post("/pull", response_model=PullOut)
-def pull(_: Operator, name: VmNameDep, body: GuestPath, ctx: Ctx) -> PullOut:
-    with _agent(ctx, name) as ch:
+def pull(_: Operator, name: VmNameDep, body: GuestPath, ctx: Ctx, uri: HostUri) -> PullOut:
+    with _agent(uri, name) as ch:
         data = ch.read_bytes(body.path, limit=ctx.settings.max_transfer)
     return PullOut(path=body.path, size=len(data), content_b64=base64.b64encode(data).decode())
 
 
 @router.get("/ssh-keys")
-def ssh_keys(_: Operator, name: VmNameDep, ctx: Ctx,
+def ssh_keys(_: Operator, name: VmNameDep, uri: HostUri,
              user: str = Query(min_length=1, max_length=64,
                                pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*\$?$")) -> dict[str, Any]:
-    with _agent(ctx, name) as ch:
+    with _agent(uri, name) as ch:
         return {"user": user, "keys": ch.ssh_key_list(user)}
 
 
 @router.post("/ssh-keys")
-def ssh_key_add(_: Operator, name: VmNameDep, body: SshKeysBody, ctx: Ctx) -> dict[str, Any]:
-    with _agent(ctx, name) as ch:
+def ssh_key_add(_: Operator, name: VmNameDep, body: SshKeysBody, uri: HostUri) -> dict[str, Any]:
+    with _agent(uri, name) as ch:
         return {"user": body.user, "keys": ch.ssh_key_add(body.user, body.keys)}
 
 
 @router.post("/ssh-keys/remove")
-def ssh_key_remove(_: Operator, name: VmNameDep, body: SshKeysBody, ctx: Ctx
+def ssh_key_remove(_: Operator, name: VmNameDep, body: SshKeysBody, uri: HostUri
                    ) -> dict[str, Any]:
-    with _agent(ctx, name) as ch:
+    with _agent(uri, name) as ch:
         return {"user": body.user, "keys": ch.ssh_key_remove(body.user, body.keys)}
 
 
 @router.post("/password", response_model=Message)
-def password(_: Operator, name: VmNameDep, body: PasswordBody, ctx: Ctx) -> Message:
-    with _agent(ctx, name) as ch:
+def password(_: Operator, name: VmNameDep, body: PasswordBody, uri: HostUri) -> Message:
+    with _agent(uri, name) as ch:
         ch.set_password(body.user, body.password, crypted=body.crypted)
     return Message(message=f"password of '{body.user}' set in VM '{name}'")
 
 
 @router.post("/fsfreeze")
-def fsfreeze(_: Operator, name: VmNameDep, ctx: Ctx, body: FreezeBody | None = None
+def fsfreeze(_: Operator, name: VmNameDep, uri: HostUri, body: FreezeBody | None = None
              ) -> dict[str, Any]:
     body = body or FreezeBody()
-    with _agent(ctx, name) as ch:
+    with _agent(uri, name) as ch:
         return {"frozen": ch.fsfreeze(body.mountpoints, timeout=body.timeout)}
 
 
 @router.post("/fsthaw")
-def fsthaw(_: Operator, name: VmNameDep, ctx: Ctx) -> dict[str, Any]:
-    with _agent(ctx, name) as ch:
+def fsthaw(_: Operator, name: VmNameDep, uri: HostUri) -> dict[str, Any]:
+    with _agent(uri, name) as ch:
         return {"thawed": ch.fsthaw()}
 
 
 @router.get("/fsfreeze")
-def fsstatus(_: Operator, name: VmNameDep, ctx: Ctx) -> dict[str, Literal["frozen", "thawed"]]:
-    with _agent(ctx, name) as ch:
+def fsstatus(_: Operator, name: VmNameDep, uri: HostUri) -> dict[str, Literal["frozen", "thawed"]]:
+    with _agent(uri, name) as ch:
         return {"status": ch.fsstatus()}

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import Field
 
-from kvmops.api.deps import Admin, Ctx, LongRequest, VmNameDep
+from kvmops.api.deps import Admin, HostUri, LongRequest, VmNameDep
 from kvmops.api.routes.common import Body
 
 router = APIRouter(prefix="/vms/{name}", tags=["monitor"], dependencies=[LongRequest])
@@ -22,21 +22,21 @@ class HmpBody(Body):
     command: str = Field(min_length=1, max_length=4096)
 
 
-def _open(ctx: Any, name: str) -> Any:
+def _open(uri: str | None, name: str) -> Any:
     from kvmops.services.caller import Caller
     from kvmops.services.monitor import open_monitor
 
     # The request is audited by the middleware; the use case only needs the face.
-    return open_monitor(Caller(name="api", via="api"), name, uri=ctx.settings.uri)
+    return open_monitor(Caller(name="api", via="api"), name, uri=uri)
 
 
 @router.post("/qmp")
-def qmp(_: Admin, name: VmNameDep, body: QmpBody, ctx: Ctx) -> dict[str, Any]:
-    with _open(ctx, name) as mon:
+def qmp(_: Admin, name: VmNameDep, body: QmpBody, uri: HostUri) -> dict[str, Any]:
+    with _open(uri, name) as mon:
         return {"return": mon.execute(body.execute, body.arguments)}
 
 
 @router.post("/hmp")
-def hmp(_: Admin, name: VmNameDep, body: HmpBody, ctx: Ctx) -> dict[str, Any]:
-    with _open(ctx, name) as mon:
+def hmp(_: Admin, name: VmNameDep, body: HmpBody, uri: HostUri) -> dict[str, Any]:
+    with _open(uri, name) as mon:
         return {"output": mon.hmp(body.command)}

@@ -310,7 +310,7 @@ async def upload_volume_data(caller: OperatorCaller, ctx: Ctx, host: HostDep,
     body = _RequestBody(request, current_token())
 
     def work(job: JobContext) -> VolumeInfo:
-        with open_connection(ctx.settings.uri) as own:
+        with open_connection(host.uri) as own:
             return service.upload_data(caller, own, name, volume, body, length, format,
                                        progress=job.bytes)
 
@@ -374,7 +374,7 @@ async def download_volume_data(caller: OperatorCaller, ctx: Ctx, host: HostDep,
     def work(job: JobContext) -> int:
         try:
             sink = Sink()
-            with open_connection(ctx.settings.uri) as own:
+            with open_connection(host.uri) as own:
                 got = service.download_data(caller, own, name, volume, sink, length,
                                             progress=job.bytes)
             sink.flush()

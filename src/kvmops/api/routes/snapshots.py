@@ -10,6 +10,7 @@ from pydantic import Field
 from kvmops.api.deps import (
     Ctx,
     HostDep,
+    HostUri,
     LongRequest,
     OperatorCaller,
     ViewerCaller,
@@ -53,13 +54,13 @@ def snapshot_info(caller: ViewerCaller, name: VmNameDep, host: HostDep,
 
 @router.post("", status_code=202, response_model=JobAccepted)
 def create_snapshot(caller: OperatorCaller, name: VmNameDep, body: SnapshotBody, ctx: Ctx,
-                    response: Response) -> JobAccepted:
+                    uri: HostUri, response: Response) -> JobAccepted:
     req = service.CreateRequest(vm=name, name=body.name, memory=body.memory,
                                 disk_only=body.disk_only, quiesce=body.quiesce,
                                 description=body.description)
 
     def run(job: JobContext) -> SnapshotInfo:
-        with open_connection(ctx.settings.uri) as host:
+        with open_connection(uri) as host:
             return service.create(caller, host, name, req, note=job.note)
 
     return accepted(ctx.runner.submit("snapshot.create", name, caller.name, run), response)
@@ -75,11 +76,12 @@ def revert(caller: OperatorCaller, name: VmNameDep, host: HostDep,
 
 
 @router.delete("/{snapshot}", status_code=202, response_model=JobAccepted)
-def delete_snapshot(caller: OperatorCaller, name: VmNameDep, ctx: Ctx, response: Response,
+def delete_snapshot(caller: OperatorCaller, name: VmNameDep, ctx: Ctx, uri: HostUri,
+                    response: Response,
                     snapshot: str = PathParam(pattern=_SNAP),
                     children: bool = Query(False)) -> JobAccepted:
     def run(job: JobContext) -> DeleteResult:
-        with open_connection(ctx.settings.uri) as host:
+        with open_connection(uri) as host:
             return service.delete(caller, host, name, snapshot, children=children,
                                   note=job.note)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Literal
 
@@ -9,10 +10,11 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from pydantic import Field, model_validator
 
-from kvmops.api.context import ApiContext
 from kvmops.api.deps import (
     Ctx,
     HostDep,
+    HostName,
+    HostUri,
     LongRequest,
     OperatorCaller,
     ViewerCaller,
@@ -21,7 +23,7 @@ from kvmops.api.deps import (
 from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
 from kvmops.api.runner import JobContext
 from kvmops.api.validators import AbsolutePath, ImageSize, MacAddress, MemorySize, VmName
-from kvmops.services import vms
+from kvmops.services import fleet, vms
 from kvmops.services.nics import Vlan
 from kvmops.services.session import Connection, open_connection
 from kvmops.services.vms import (
@@ -151,14 +153,43 @@ class AutostartBody(Body):
     enabled: bool
 
 
-def _own_host(ctx: ApiContext) -> Connection:
+def _own_host(uri: str | None) -> Connection:
     """Jobs get their own connection: they may outlive a reconnect of the shared one."""
-    return open_connection(ctx.settings.uri)
+    return open_connection(uri)
 
 
-@router.get("", response_model=list[VmListItem])
-def list_all(caller: ViewerCaller, ctx: Ctx, host: HostDep) -> list[VmListItem]:
-    return ctx.vm_list.get(host, caller)
+#: ``?host=all``: the hosts that did not answer in time, ``NAME: reason; ...``.
+UNREACHABLE_HEADER = "X-Kvmops-Unreachable"
+ALL_HOSTS = "all"
+
+
+def _header_text(text: str) -> str:
+    return "".join(c if " " <= c <= "~" and c != ";" else " " for c in text)[:300]
+
+
+@router.get("", response_model=list[VmListItem], responses={200: {"headers": {
+    UNREACHABLE_HEADER: {"description": "with host=all: the hosts that did not answer "
+                                        "within the deadline, 'NAME: reason; ...'",
+                         "schema": {"type": "string"}}}}})
+def list_all(caller: ViewerCaller, ctx: Ctx, response: Response, name: HostName
+             ) -> list[VmListItem]:
+    """Every VM of the local host, of ``?host=NAME``, or with ``?host=all`` of every
+    host (asked at once, each within a deadline; one that does not answer is named in
+    the X-Kvmops-Unreachable header and the others are listed). Each VM has its
+    ``host``."""
+
+    def local() -> list[VmListItem]:
+        return ctx.vm_list.get(ctx.host(), caller)
+
+    if name == ALL_HOSTS:
+        found = fleet.list_all_vms(caller, db=ctx.store, local=local)
+        if found.unreachable:
+            response.headers[UNREACHABLE_HEADER] = "; ".join(
+                f"{gone.host}: {_header_text(gone.error)}" for gone in found.unreachable)
+        return found.vms
+    if fleet.is_local(name):
+        return [dataclasses.replace(vm, host=fleet.LOCAL) for vm in local()]
+    return fleet.host_vms(caller, name, ctx.store)
 
 
 @router.get("/{name}", response_model=VmInfo)
@@ -169,7 +200,7 @@ def get_vm(caller: ViewerCaller, name: VmNameDep, host: HostDep) -> VmInfo:
 @router.post("", status_code=201, response_model=VmInfo | JobAccepted,
              responses={202: {"model": JobAccepted, "description": "a disk is created: job"}})
 def create_vm(caller: OperatorCaller, body: CreateVmBody, ctx: Ctx, host: HostDep,
-              request: Request, response: Response) -> VmInfo | JobAccepted:
+              uri: HostUri, request: Request, response: Response) -> VmInfo | JobAccepted:
     request.state.target = body.name  # the audit row names the new VM
     req, _notes = vms.check_create(caller, body.request())
     if not any(d.size is not None for d in req.disks):
@@ -179,7 +210,7 @@ def create_vm(caller: OperatorCaller, body: CreateVmBody, ctx: Ctx, host: HostDe
         return info
 
     def run(job: JobContext) -> VmInfo:
-        with _own_host(ctx) as own:
+        with _own_host(uri) as own:
             return vms.create(caller, own, req, progress=job.note)
 
     return accepted(ctx.runner.submit("vm.create", req.name, caller.name, run), response)
@@ -245,11 +276,11 @@ def undefine(caller: OperatorCaller, name: VmNameDep, ctx: Ctx, host: HostDep,
 
 @router.post("/{name}/clone", status_code=202, response_model=JobAccepted)
 def clone(caller: OperatorCaller, name: VmNameDep, body: CloneBody, ctx: Ctx,
-          response: Response) -> JobAccepted:
+          uri: HostUri, response: Response) -> JobAccepted:
     vms.check_clone(caller, body.images_dir)
 
     def run(job: JobContext) -> VmInfo:
-        with _own_host(ctx) as own:
+        with _own_host(uri) as own:
             return vms.clone(caller, own, name, body.new_name, images_dir=body.images_dir,
                              progress=lambda label, pct: job.percent(pct, label))
 
