@@ -29,13 +29,11 @@ from pathlib import Path
 from lxml import etree
 
 from kvmops.errors import (
-    AlreadyExistsError,
     KvmopsError,
+    MigrationBlockedError,
     NotFoundError,
     StateError,
     StorageError,
-    UnsupportedError,
-    ValidationError,
 )
 from kvmops.host import pools as host_pools
 from kvmops.host import transfer
@@ -148,15 +146,12 @@ def check_copy(move: DiskMove, sent: transfer.Digest, read_back: transfer.Digest
                  "storage and try again")
 
 
-def refusal(vm: str, blockers: list[Blocker]) -> KvmopsError:
-    """One error naming every blocker, with every remedy (the first's kind of error)."""
-    kinds: dict[str, type[KvmopsError]] = {
-        "name-clash": AlreadyExistsError, "pool": NotFoundError, "same-host": ValidationError,
-        "backing-file": UnsupportedError, "disk": UnsupportedError}
-    cls = kinds.get(blockers[0].code, StateError)
-    what = "; ".join(b.message for b in blockers)
-    remedies = "; ".join(dict.fromkeys(b.remedy for b in blockers))
-    return cls(f"cannot migrate VM '{vm}' cold: {what}", hint=remedies)
+def refusal(vm: str, blockers: list[Blocker]) -> MigrationBlockedError:
+    """One error naming every blocker, each with its remedy (``blockers`` for the API)."""
+    parts = [f"{b.code}: {b.message} ({b.remedy})" for b in blockers]
+    return MigrationBlockedError(f"cannot migrate VM '{vm}' cold: " + "; ".join(parts),
+                                 blockers=list(blockers),
+                                 hint="fix each blocker named, then run it again")
 
 
 # --------------------------------------------------------------------------- plumbing

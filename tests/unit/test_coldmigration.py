@@ -1,0 +1,232 @@
+"""Cold migration's pure parts (kvmops.services.coldmigration): the target volume's XML
+(format named, exact size), volume names, the XML rewritten for the target's paths (UUID,
+MACs and other devices kept, owned files naming the copies), the qcow2 header checks,
+the refusal naming every blocker, and -- with fakes for both hosts -- a copy whose read
+back differs or a cancel: the target's volumes are removed, nothing is defined there and
+the source is never touched."""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from kvmops.errors import CancelledError, MigrationBlockedError, StorageError
+from kvmops.host import pools as host_pools
+from kvmops.host import transfer
+from kvmops.host.transfer import Digest
+from kvmops.migration.model import Blocker
+from kvmops.services import coldmigration as cm
+from kvmops.services.coldmigration import DiskMove
+from kvmops.vm.domxml import DomainDocument, parse_xml
+
+DOMAIN = """<domain type='qemu'>
+  <name>web1</name>
+  <uuid>8d0e3c1e-8c5b-4d4e-9d3e-0a1b2c3d4e5f</uuid>
+  <metadata><kvmops:vm xmlns:kvmops="https://kvmops.dev/xmlns/vm/1">
+    <kvmops:file path="/src/images/web1.qcow2" format="qcow2"/>
+  </kvmops:vm></metadata>
+  <memory unit='KiB'>262144</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type><kernel>/boot/vmlinuz</kernel></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' cache='none'/>
+      <source file='/src/images/web1.qcow2'/>
+      <backingStore/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='/other/data.img'/>
+      <target dev='vdb' bus='virtio'/>
+    </disk>
+    <disk type='file' device='cdrom'>
+      <driver name='qemu' type='raw'/>
+      <target dev='sda' bus='sata'/>
+      <readonly/>
+    </disk>
+    <interface type='network'>
+      <mac address='52:54:00:12:34:56'/>
+      <source network='default'/>
+      <model type='virtio'/>
+    </interface>
+  </devices>
+</domain>"""
+
+
+def _moves() -> list[DiskMove]:
+    return [DiskMove("vda", "/src/images/web1.qcow2", "qcow2", 200, 64 << 20, "web1.qcow2",
+                     "/dst/pool/web1.qcow2"),
+            DiskMove("vdb", "/other/data.img", "raw", 100, 100, "data.img",
+                     "/dst/pool/data.img")]
+
+
+def test_volume_xml_names_the_format_and_the_exact_size() -> None:
+    root = parse_xml(cm.volume_xml("web1.qcow2", 67108864, "qcow2"))
+    assert root.findtext("name") == "web1.qcow2"
+    assert root.find("capacity").get("unit") == "bytes"  # type: ignore[union-attr]
+    assert root.findtext("capacity") == "67108864"
+    assert root.find("target/format").get("type") == "qcow2"  # type: ignore[union-attr]
+    raw = parse_xml(cm.volume_xml("d.img", 123, "raw"))
+    assert raw.findtext("capacity") == "123" and raw.find("target/compat") is None
+
+
+def test_volume_names_are_file_names_unless_clashing_or_invalid() -> None:
+    moves = [DiskMove("vda", "/a/disk.qcow2", "qcow2"), DiskMove("vdb", "/b/disk.qcow2",
+                                                                 "qcow2"),
+             DiskMove("vdc", "/c/bad name.img", "raw")]
+    cm.plan_volume_names("web1", moves)
+    assert [m.volume for m in moves] == ["disk.qcow2", "web1-vdb.qcow2", "web1-vdc.raw"]
+
+
+def test_rewritten_xml_points_at_the_copies_and_keeps_the_rest() -> None:
+    doc = DomainDocument(cm.rewrite_xml(DOMAIN, _moves()))
+    assert doc.disk_files() == {"vda": ("/dst/pool/web1.qcow2", "qcow2"),
+                                "vdb": ("/dst/pool/data.img", "raw")}
+    assert [o.path for o in doc.owned_files()] == ["/dst/pool/web1.qcow2",
+                                                  "/dst/pool/data.img"]
+    root = parse_xml(doc.to_xml())
+    assert root.findtext("uuid") == "8d0e3c1e-8c5b-4d4e-9d3e-0a1b2c3d4e5f"
+    assert doc.interface_macs() == ["52:54:00:12:34:56"]
+    assert root.find("devices/disk/backingStore") is None
+    assert doc.disk_device_kinds() == ["disk", "disk", "cdrom"]
+    assert doc.spec().kernel == "/boot/vmlinuz"
+    assert "/src/images" not in doc.to_xml()
+
+
+def _qcow2_head(*, backing: bool = False, size: int = 64 << 20) -> bytes:
+    head = bytearray(1 << 16)
+    struct.pack_into(">4sIQIIQI", head, 0, b"QFI\xfb", 3, 512 if backing else 0,
+                     8 if backing else 0, 16, size, 0)
+    struct.pack_into(">I", head, 100, 104)
+    return bytes(head)
+
+
+def test_qcow2_header_gives_the_size_and_a_backing_file_blocks() -> None:
+    move = DiskMove("vda", "/x/a.qcow2", "qcow2", length=200_000)
+    assert cm._qcow2_problem(move, _qcow2_head(size=1 << 30)) is None
+    assert move.capacity == 1 << 30
+    blocker = cm._qcow2_problem(move, _qcow2_head(backing=True))
+    assert blocker is not None and blocker.code == "backing-file"
+    assert "flatten" in blocker.remedy
+    bad = cm._qcow2_problem(move, b"\0" * 512)
+    assert bad is not None and bad.code == "disk" and "not a qcow2" in bad.message
+
+
+def test_check_copy_wants_every_byte_equal() -> None:
+    move = _moves()[1]
+    sent = Digest("a" * 64, 100)
+    cm.check_copy(move, sent, Digest("a" * 64, 100))
+    with pytest.raises(StorageError, match=r"differs from /other/data\.img"):
+        cm.check_copy(move, sent, Digest("b" * 64, 100))
+    with pytest.raises(StorageError, match="differs"):
+        cm.check_copy(move, sent, Digest("a" * 64, 101))
+    with pytest.raises(StorageError, match="99 of 100 bytes"):
+        cm.check_copy(move, Digest("a" * 64, 99), Digest("a" * 64, 99))
+
+
+def test_refusal_names_every_blocker_with_its_remedy() -> None:
+    err = cm.refusal("web1", [Blocker("state", "VM 'web1' is running", "shut it down"),
+                              Blocker("snapshot", "VM 'web1' has 1 snapshot(s)",
+                                      "delete them")])
+    assert isinstance(err, MigrationBlockedError) and len(err.blockers) == 2
+    text = str(err)
+    assert "\n" not in text
+    for part in ("is running", "shut it down", "snapshot(s)", "delete them"):
+        assert part in text
+
+
+# --------------------------------------------------------------------------- with fakes
+class _Untouchable:
+    """The source host: a migration that stops before the switch-over never uses it."""
+
+    uri = "qemu+tcp://source/system"
+
+    def lookup(self, name: str) -> Any:
+        raise AssertionError("the source was touched")
+
+
+class _Target:
+    uri = "qemu+tcp://target/system"
+
+    def __init__(self) -> None:
+        self.defined: list[str] = []
+
+    def define_domain(self, xml: str) -> None:
+        self.defined.append(xml)
+
+
+class _Disk:
+    def __init__(self, path: str, length: int) -> None:
+        self.path = path
+        self.length = length
+
+
+@pytest.fixture
+def fake_storage(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """host_pools and transfer replaced: volumes created and deleted are recorded."""
+    seen: dict[str, list[str]] = {"created": [], "deleted": []}
+
+    def create_volume(host: Any, pool: str, xml: str) -> str:
+        name = parse_xml(xml).findtext("name") or ""
+        seen["created"].append(name)
+        return f"/dst/pool/{name}"
+
+    def delete_volume(host: Any, pool: str, name: str) -> None:
+        seen["deleted"].append(name)
+
+    @contextlib.contextmanager
+    def open_disk(host: Any, path: str, *, local: bool) -> Iterator[_Disk]:
+        yield _Disk(path, 100 if path.endswith(".img") else 200)
+
+    def send(source: _Disk, target: Any, pool: str, volume: str, **_: Any) -> Digest:
+        return Digest("a" * 64, source.length)
+
+    monkeypatch.setattr(host_pools, "create_volume", create_volume)
+    monkeypatch.setattr(host_pools, "delete_volume", delete_volume)
+    monkeypatch.setattr(transfer, "open_disk", open_disk)
+    monkeypatch.setattr(transfer, "send", send)
+    return seen
+
+
+def _plan() -> Any:
+    moves = _moves()
+    for move in moves:
+        move.path = ""
+    return cm._Plan(vm="web1", uuid="u", xml=DOMAIN, pool="p", pool_dir="/dst/pool",
+                    moves=moves)
+
+
+def test_a_read_back_that_differs_removes_the_copies(fake_storage: dict[str, list[str]],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transfer, "digest",
+                        lambda disk, **_: Digest("f" * 64, disk.length))
+    target = _Target()
+    with pytest.raises(StorageError, match="differs"):
+        cm._move(_Untouchable(), target, _plan(), src_local=False,  # type: ignore[arg-type]
+                 dst_local=False, progress=None, cancelled=None)
+    assert fake_storage["created"] == ["web1.qcow2"]
+    assert fake_storage["deleted"] == ["web1.qcow2"]
+    assert target.defined == []
+
+
+def test_a_cancel_after_the_copies_removes_them_all(fake_storage: dict[str, list[str]],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transfer, "digest",
+                        lambda disk, **_: Digest("a" * 64, disk.length))
+    asked = []
+
+    def cancelled() -> bool:
+        asked.append(1)
+        return len(fake_storage["created"]) == 2 and len(asked) > 2
+
+    target = _Target()
+    with pytest.raises(CancelledError):
+        cm._move(_Untouchable(), target, _plan(), src_local=False,  # type: ignore[arg-type]
+                 dst_local=False, progress=None, cancelled=cancelled)
+    assert fake_storage["created"] == ["web1.qcow2", "data.img"]
+    assert sorted(fake_storage["deleted"]) == ["data.img", "web1.qcow2"]
+    assert target.defined == []
