@@ -128,6 +128,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     from kvmops.api.routes import hosts  # the libvirt hosts this server manages
 
     api.include_router(hosts.router)
+    from kvmops.api.routes import migration  # vm migrate (a job) and its preflight
+
+    api.include_router(migration.router)
     app.include_router(api)
 
     web = optional_module("kvmops.web")

@@ -284,7 +284,11 @@ def run_live(source: Host, target: Host, vm: str, req: LiveRequest, *,
                     dom.migrateStartPostCopy(0)
                     postcopy_started = True
             if progress is not None:
-                progress(progress_of(stats, postcopy=postcopy_started))
+                try:
+                    progress(progress_of(stats, postcopy=postcopy_started))
+                except CancelledError:  # a job runner that raises on cancel
+                    aborted = "cancelled"
+                    _abort(dom)
     except KeyboardInterrupt:
         aborted = "interrupted"
         _abort(dom)
@@ -307,7 +311,8 @@ def run_live(source: Host, target: Host, vm: str, req: LiveRequest, *,
         report = progress_of(done or last, postcopy=postcopy_started)
         report.phase = "done"
         report.data_remaining = 0
-        progress(report)
+        with contextlib.suppress(CancelledError):  # too late: the VM has moved
+            progress(report)
     return LiveOutcome(downtime_ms=_int(done.get("downtime")) if done else None,
                        data_transferred=_int((done or last).get("data_processed")),
                        postcopy_started=postcopy_started)

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from kvmops.host.connection import Host
 
 __all__ = ["Blocker", "MigrationOptions", "MigrationProgress", "MigrationResult",
-           "Preflight", "check", "migrate", "migration_address"]
+           "Preflight", "check", "describe", "migrate", "migration_address"]
 
 #: A host label naming the address other hosts' QEMU reach this host's QEMU at.
 ADDRESS_LABEL = "migration-address"
@@ -215,6 +215,31 @@ def plan_lines(found: Preflight, options: MigrationOptions) -> list[str]:
     lines.extend(f"warning: {w}" for w in found.warnings)
     lines.extend(f"blocker {b.code}: {b.message} ({b.remedy})" for b in found.blockers)
     return lines
+
+
+def _size(num: int | None) -> str:
+    if num is None:
+        return "?"
+    value = float(num)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(num)
+
+
+def describe(report: MigrationProgress) -> str:
+    """The progress line's text: phase, remaining, dirty rate, iteration, downtime."""
+    parts = [report.phase]
+    if report.data_remaining is not None:
+        parts.append(f"{_size(report.data_remaining)} left")
+    if report.dirty_rate is not None:
+        parts.append(f"dirty {report.dirty_rate} {report.dirty_rate_unit or ''}".strip())
+    if report.iteration is not None:
+        parts.append(f"pass {report.iteration}")
+    if report.expected_downtime_ms is not None:
+        parts.append(f"downtime ~{report.expected_downtime_ms} ms")
+    return ", ".join(parts)
 
 
 # --------------------------------------------------------------------------- the use case
