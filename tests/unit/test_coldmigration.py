@@ -123,6 +123,8 @@ def test_check_copy_wants_every_byte_equal() -> None:
     with pytest.raises(StorageError, match=r"differs from /other/data\.img"):
         cm.check_copy(move, sent, Digest("b" * 64, 100))
     with pytest.raises(StorageError, match="differs"):
+        cm.check_copy(move, sent, Digest("a" * 64, 99))
+    with pytest.raises(StorageError, match="is 101 bytes"):
         cm.check_copy(move, sent, Digest("a" * 64, 101))
     with pytest.raises(StorageError, match="99 of 100 bytes"):
         cm.check_copy(move, Digest("a" * 64, 99), Digest("a" * 64, 99))
@@ -208,8 +210,8 @@ def test_a_read_back_that_differs_removes_the_copies(fake_storage: dict[str, lis
     with pytest.raises(StorageError, match="differs"):
         cm._move(_Untouchable(), target, _plan(), src_local=False,  # type: ignore[arg-type]
                  dst_local=False, progress=None, cancelled=None)
-    assert fake_storage["created"] == ["web1.qcow2"]
-    assert fake_storage["deleted"] == ["web1.qcow2"]
+    assert fake_storage["created"] == ["web1.qcow2", "data.img"]
+    assert sorted(fake_storage["deleted"]) == ["data.img", "web1.qcow2"]
     assert target.defined == []
 
 

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,6 +137,15 @@ def check_copy(move: DiskMove, sent: transfer.Digest, read_back: transfer.Digest
         raise StorageError(f"disk {move.target} ({move.source}): {sent.length} of "
                            f"{move.length} bytes were sent", hint="was the disk changed "
                            "while it was copied? the VM must stay shut off; try again")
+    if read_back.length > sent.length:
+        # libvirt's upload writes over the new volume and never truncates it: a fresh
+        # qcow2 volume longer than the source file (one made with small clusters) keeps
+        # its tail.
+        raise StorageError(
+            f"disk {move.target}: the copy at {move.path} is {read_back.length} bytes, "
+            f"{move.source} {sent.length}", hint="the copy was removed and the source left "
+            "as it was; convert the disk to qcow2 with the default cluster size "
+            "('qemu-img convert -f qcow2 -O qcow2 IN OUT') and try again")
     if read_back != sent:
         raise StorageError(
             f"disk {move.target}: the copy at {move.path} differs from {move.source} "
@@ -180,14 +189,11 @@ class _Reporter:
         self.progress = progress
         self.phase = phase
         self.total = total
-        self.base = 0
+        self.base = 0  # the bytes of the disks done before the current one
         self.next = 0.0
 
-    def disk(self, base: int) -> Callable[[int], None]:
-        self.base = base
-        return self.tick
-
     def tick(self, done: int) -> None:
+        """``done`` bytes of the current disk."""
         now = time.monotonic()
         if now >= self.next:
             self.next = now + PROGRESS_INTERVAL
@@ -419,11 +425,11 @@ def _move(src: Host, dst: Host, plan: _Plan, *, src_local: bool, dst_local: bool
     """Copy, verify, define on the target, undefine on the source; before the source is
     touched anything going wrong removes what the target got."""
     created: list[DiskMove] = []
+    sent: list[transfer.Digest] = []
     defined = False
     total = sum(m.length for m in plan.moves)
     try:
         copying = _Reporter(progress, "copy", total)
-        done = 0
         for move in plan.moves:
             _stop_if(cancelled)
             path = host_pools.create_volume(dst, plan.pool, volume_xml(
@@ -439,13 +445,19 @@ def _move(src: Host, dst: Host, plan: _Plan, *, src_local: bool, dst_local: bool
                     raise StorageError(f"disk {move.target} ({move.source}) changed size "
                                        "since it was checked", hint="the VM must stay "
                                        "shut off while it migrates; try again")
-                sent = transfer.send(disk, dst, plan.pool, move.volume,
-                                     tick=copying.disk(done), stop=cancelled)
-            move.sha256 = sent.sha256
-            done += move.length
-            copying.report(done)
-            _verify(dst, move, sent, dst_local=dst_local, progress=progress,
-                    cancelled=cancelled)
+                sent.append(transfer.send(disk, dst, plan.pool, move.volume,
+                                          tick=copying.tick, stop=cancelled))
+            move.sha256 = sent[-1].sha256
+            copying.base += move.length
+            copying.report(copying.base)
+        checking = _Reporter(progress, "verify", total)
+        for move, digest in zip(plan.moves, sent, strict=True):
+            with transfer.open_disk(dst, move.path, local=dst_local) as copy:
+                got = transfer.digest(copy, tick=checking.tick,
+                                      stop=cancelled)
+            check_copy(move, digest, got)
+            checking.base += move.length
+            checking.report(checking.base)
         _stop_if(cancelled)
         _say(progress, "define")
         dst.define_domain(rewrite_xml(plan.xml, plan.moves))
@@ -462,14 +474,6 @@ def _move(src: Host, dst: Host, plan: _Plan, *, src_local: bool, dst_local: bool
     except BaseException as err:
         _undo(dst, plan, created, defined, err)
         raise
-
-
-def _verify(dst: Host, move: DiskMove, sent: transfer.Digest, *, dst_local: bool,
-            progress: ProgressFn | None, cancelled: CancelledFn | None) -> None:
-    checking = _Reporter(progress, "verify", move.length)
-    with transfer.open_disk(dst, move.path, local=dst_local) as copy:
-        got = transfer.digest(copy, tick=checking.disk(0), stop=cancelled)
-    check_copy(move, sent, got)
 
 
 def _check_definition(dst: Host, plan: _Plan) -> None:
@@ -531,17 +535,17 @@ def _remove_source(src: Host, plan: _Plan, *, src_local: bool) -> list[str]:
         allowed = rules.in_image_dirs(Path(path)) if src_local else any(
             is_within(Path(os.path.normpath(path)), d) for d in rules.image_dirs)
         if not allowed:
-            notes.append(f"{path} kept on the source: outside the allowed image directories")
+            notes.append(f"kept on the source: {path} (outside the allowed image directories)")
             continue
         if path in others:
-            notes.append(f"{path} kept on the source: VM '{others[path]}' uses it")
+            notes.append(f"kept on the source: {path} (VM '{others[path]}' uses it)")
             continue
         try:
             with transfer.open_disk(src, path, local=src_local) as disk:
                 disk.delete()
             removed.append(path)
         except (KvmopsError, OSError) as err:
-            notes.append(f"{path} kept on the source: removing it failed ({err})")
+            notes.append(f"kept on the source: {path} (removing it failed: {err})")
     if removed:
         notes.append(f"removed from the source: {', '.join(removed)}")
     return notes
