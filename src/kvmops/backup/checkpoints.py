@@ -15,6 +15,7 @@ from kvmops.backup.run import NoteFn
 from kvmops.errors import KvmopsError
 from kvmops.host import backupjobs
 from kvmops.host.backupjobs import DomainHandle
+from kvmops.host.connection import Host
 from kvmops.vm.checkpoints import delete_checkpoint, is_kvmops, node_bitmaps, owned_by
 from kvmops.vm.domxml import DiskSpec, DomainSpec
 
@@ -53,6 +54,20 @@ def offline_checkpoint_xml(name: str, backup_id: str, spec: DomainSpec, with_bit
             etree.SubElement(disks, "disk", name=disk.target, checkpoint="no")
     root.append(etree.fromstring(domain_xml.encode()))
     return etree.tostring(root, encoding="unicode")
+
+
+def host_identity(host: Host) -> tuple[str, str]:
+    """The libvirt host's name and its capabilities' host UUID (what tells a migrated VM:
+    two daemons migrate between each other only with different UUIDs)."""
+    try:
+        uuid = etree.fromstring(host.capabilities().encode()).findtext("host/uuid") or ""
+    except (etree.XMLSyntaxError, ValueError):
+        uuid = ""
+    try:
+        name = host.hostname()
+    except KvmopsError:
+        name = ""
+    return name or uuid, uuid
 
 
 def bitmap_trust(domain: DomainHandle) -> TrustFn:

@@ -14,6 +14,11 @@ The invariants this module keeps:
 * Before an incremental the parent checkpoint's bitmaps are checked in QEMU
   (present, recording, not inconsistent); if they cannot be trusted the backup
   becomes a full, and the output and the manifest say why.
+* After a live migration the chain goes on where the VM now runs when the parent's
+  checkpoint (handed over by the migration, or redefined here from the repository's
+  copy) and its bitmaps (in the qcow2 on shared storage, or migrated with the disks)
+  are there; otherwise the backup is a full with a note saying the VM moved. Each
+  manifest records the host it was taken on (``host``, ``host_uuid``).
 
 The run itself (signals, events, clean-up, manifest) is :mod:`kvmops.backup.run`'s,
 the plan :mod:`kvmops.backup.plan`'s, libvirt's calls :mod:`kvmops.host.backupjobs`'.
@@ -36,13 +41,21 @@ from kvmops.backup.checkpoints import (
     bitmap_trust,
     checkpoint_xml,
     ensure_checkpoint_metadata,
+    host_identity,
     prune_checkpoints,
     recover,
 )
 from kvmops.backup.files import finish_files
 from kvmops.backup.model import BackupType, Consistency, Manifest
 from kvmops.backup.offline import run_offline_backup
-from kvmops.backup.plan import BackupRequest, Plan, plan_backup, select_disks
+from kvmops.backup.plan import (
+    BackupRequest,
+    Plan,
+    migration_note,
+    moved_since,
+    plan_backup,
+    select_disks,
+)
 from kvmops.backup.repository import Repository
 from kvmops.backup.run import (
     BackupRun,
@@ -201,9 +214,23 @@ def _run_online(host: Host, domain: DomainHandle, repo: Repository, req: BackupR
         problem = ensure_checkpoint_metadata(domain, repo, vm, checkpoint, say)
         return problem or trust(checkpoint, target)
 
-    plan = plan_backup(vm, disks, repo.manifests(vm), req.mode, trusted)
+    untrusted: list[str] = []
+
+    def trusted_here(checkpoint: str, target: str) -> str | None:
+        problem = trusted(checkpoint, target)
+        if problem:
+            untrusted.append(target)
+        return problem
+
+    here, here_uuid = host_identity(host)
+    manifests = repo.manifests(vm)
+    plan = plan_backup(vm, disks, manifests, req.mode, trusted_here)
     for message in plan.notes:
         say(message)
+    last = moved_since(manifests, here_uuid)
+    moved = migration_note(vm, last, here, plan, bool(untrusted)) if last else None
+    if moved:
+        say(moved)
 
     run = BackupRun(repo, vm, progress=progress)
     cp_name = checkpoint_name(run.backup_id, repo.identity())
@@ -234,6 +261,7 @@ def _run_online(host: Host, domain: DomainHandle, repo: Repository, req: BackupR
             transport="libvirt", disks=records, notes=say.messages, domain_xml=xml,
             qemu_version=version_text(host.qemu_version()),
             libvirt_version=version_text(host.libvirt_version()),
+            host=here, host_uuid=here_uuid,
         ))
     prune_checkpoints(domain, repo, vm, say)
     return manifest

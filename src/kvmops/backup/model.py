@@ -51,6 +51,10 @@ class Manifest(BaseModel):
     qemu_version: str = ""
     libvirt_version: str = ""
     duration_s: float = 0.0
+    # The libvirt host the VM ran on (hostname, capabilities' host UUID): the next backup
+    # tells when the VM has been migrated since (empty in older manifests).
+    host: str = ""
+    host_uuid: str = ""
 
     def disk(self, target: str) -> DiskRecord:
         for disk in self.disks:

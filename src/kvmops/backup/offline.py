@@ -14,7 +14,12 @@ import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kvmops.backup.checkpoints import kvmops_checkpoint_names, offline_checkpoint_xml, recover
+from kvmops.backup.checkpoints import (
+    host_identity,
+    kvmops_checkpoint_names,
+    offline_checkpoint_xml,
+    recover,
+)
 from kvmops.backup.model import BackupType, Consistency, DiskRecord, Manifest
 from kvmops.backup.plan import BackupRequest, select_disks
 from kvmops.backup.repository import Repository, sha256_file
@@ -33,6 +38,7 @@ def run_offline_backup(host: Host, domain: DomainHandle, repo: Repository, req: 
                        say: NoteFn, progress: ProgressFn | None = None) -> Manifest:
     """Back up the shut-off VM ``domain``; the caller holds the VM's backup lock."""
     vm = req.vm
+    here, here_uuid = host_identity(host)
     recover(domain, repo, vm, say)
     xml = backupjobs.inactive_xml(domain)
     spec = DomainSpec.from_xml(xml)
@@ -102,5 +108,6 @@ def run_offline_backup(host: Host, domain: DomainHandle, repo: Repository, req: 
             disks=records, notes=[], domain_xml=xml,
             qemu_version=version_text(host.qemu_version()),
             libvirt_version=version_text(host.libvirt_version()),
+            host=here, host_uuid=here_uuid,
         ))
     return manifest

@@ -123,6 +123,34 @@ def plan_backup(
     return Plan(kind, parent, parent.checkpoint if parent else None, plans, notes)
 
 
+def moved_since(manifests: list[Manifest], host_uuid: str) -> Manifest | None:
+    """The newest complete backup when it was taken on a host other than ``host_uuid``
+    (the VM was migrated since), else None (also for manifests that predate the host
+    record)."""
+    complete = [m for m in manifests if m.complete]
+    if not complete or not host_uuid or not complete[-1].host_uuid:
+        return None
+    return complete[-1] if complete[-1].host_uuid != host_uuid else None
+
+
+def migration_note(vm: str, last: Manifest, here: str, plan: Plan, untrusted: bool
+                   ) -> str | None:
+    """What a backup taken after a migration says about its chain: continued (the
+    checkpoint and its bitmaps came along, handed over or redefined), or a full because
+    the change tracking stayed behind (``untrusted``: a parent's checkpoint or bitmap was
+    missing or unusable here)."""
+    moved = (f"VM '{vm}' was migrated from host {last.host or last.host_uuid} to {here} "
+             f"since backup {last.id}")
+    if plan.type is not BackupType.FULL and plan.base_checkpoint:
+        return (f"{moved}: its checkpoint {plan.base_checkpoint} and dirty bitmaps are on "
+                f"this host, so this {plan.type.value} backup continues the chain")
+    if untrusted:
+        return (f"{moved} and the change tracking of that backup did not come along (its "
+                "checkpoint or dirty bitmap is missing or unusable here): this backup is a "
+                "full one; the next incremental continues from it")
+    return None
+
+
 def checkpoints_to_keep(manifests: list[Manifest]) -> set[str]:
     """The checkpoints (bitmaps) a repository's future backups need: the newest complete
     backup's and the newest full's."""
