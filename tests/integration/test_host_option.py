@@ -1,7 +1,8 @@
 """``--host NAME`` against a real second host (a namespaced libvirtd on TCP, added with
 ``kvmops host add`` in a database of this module's own): a tiny VM created, started and
-asked about with ``--host``, a command run in it through its agent, its networks, pools
-and snapshots listed there and not here, ``vm list --host all`` with both hosts' VMs
+asked about with ``--host``, a command run in it through its agent, a full backup into
+a repository here, its networks, pools and snapshots listed there and not here,
+``vm list --host all`` with both hosts' VMs
 (a ``host`` key each), and -- the second libvirtd stopped (SIGSTOP: it accepts and never
 answers) -- the local VMs still listed with one warning line for the other host."""
 
@@ -57,7 +58,8 @@ def _names(listed: object) -> list[str]:
 
 
 def test_commands_act_on_the_named_host(bed: Bed, tiny_guest: GuestImage, host: Host,
-                                        vm_factory: Callable[..., str]) -> None:
+                                        vm_factory: Callable[..., str],
+                                        backups_dir: Path) -> None:
     local_vm = vm_factory()  # shut off: listed, never booted
     created = bed.cli("vm", "create", VM, "--memory", "256M", "--vcpus", "1",
                       "--kernel", str(tiny_guest.kernel), "--initrd", str(tiny_guest.initrd),
@@ -98,6 +100,15 @@ def test_commands_act_on_the_named_host(bed: Bed, tiny_guest: GuestImage, host: 
 
     assert bed.json("snapshot", "list", VM, "--host", H2) == []
     assert_one_line_error(bed.cli("snapshot", "list", VM), 3, VM)
+    # A backup: QEMU there writes into the repository here (the same file system).
+    repo = backups_dir / f"{SESSION_PREFIX}hopt"
+    backup = bed.cli("backup", "create", VM, "--repo", str(repo), "--full", "--json",
+                     "--host", H2)
+    assert backup.code == 0, backup.stderr
+    manifest = json.loads(backup.stdout)
+    assert manifest["type"] == "full" and manifest["vm"] == VM
+    verified = bed.cli("backup", "verify", VM, "--repo", str(repo))
+    assert verified.code == 0, verified.stderr
     xml = bed.cli("vm", "dumpxml", VM, "--host", H2)
     assert xml.code == 0 and f"<name>{VM}</name>" in xml.stdout, xml.stderr
     destroyed = bed.cli("vm", "destroy", VM, "--host", H2)

@@ -35,7 +35,8 @@ def state(tmp_path: Path) -> dict[str, str]:
 
 def test_resolution_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     asked: list[str | None] = []
-    monkeypatch.setattr(hosts, "uri_of", lambda caller, name: asked.append(name) or "qemu+tcp://h/system")
+    monkeypatch.setattr(hosts, "uri_of",
+                        lambda caller, name: asked.append(name) or "qemu+tcp://h/system")
     assert quick.host_uri("test:///x", None, connect_given=True) == "test:///x"
     assert quick.host_uri(None, None, connect_given=False) is None
     assert quick.host_uri("test:///env", "h2", connect_given=False) == "qemu+tcp://h/system"
