@@ -31,7 +31,8 @@ from kvmops.migration.preflight import (
     passthrough_devices,
 )
 
-__all__ = ["gather", "host_uuid", "target_facts", "vm_facts"]
+__all__ = ["baseline_model", "cpu_verdict", "gather", "host_uuid", "target_facts",
+           "vm_facts"]
 
 _BLOCK_JOBS = {
     getattr(libvirt, "VIR_DOMAIN_BLOCK_JOB_TYPE_PULL", 1): "pull",
@@ -224,13 +225,14 @@ def target_facts(target: Host, vm: VmFacts, *, domain_xml: str) -> TargetFacts:
         caps = _domcaps(target, arch, machine, virt)
         facts.cpu = host_cpu(caps) if caps else None
         if vm.cpu.xml and vm.cpu.mode in ("custom", "host-model"):
-            facts.cpu_verdict = _compare(target, arch, machine, virt, vm.cpu.xml)
+            facts.cpu_verdict = cpu_verdict(target, arch, machine, virt, vm.cpu.xml)
     return facts
 
 
-def _compare(target: Host, arch: str | None, machine: str | None, virt: str | None,
+def cpu_verdict(target: Host, arch: str | None, machine: str | None, virt: str | None,
              cpu_xml: str) -> str | None:
-    """libvirt's verdict on the target (None: compatible, or it cannot tell)."""
+    """Why ``target`` cannot give a guest the CPU ``cpu_xml``, by libvirt's
+    ``virConnectCompareHypervisorCPU`` there (None: it can, or libvirt cannot tell)."""
     try:
         verdict = target.conn.compareHypervisorCPU(None, arch, machine, virt, cpu_xml, 0)
     except libvirt.libvirtError:
@@ -246,18 +248,15 @@ def _compare(target: Host, arch: str | None, machine: str | None, virt: str | No
     return "libvirt says the CPU is incompatible"
 
 
-def _baseline(target: Host, source_cpu: HostCpu, target_cpu: HostCpu, root: etree._Element
-              ) -> str | None:
-    """libvirt's baseline of both hosts' host-model CPUs, computed on the target."""
-    cpus = [x for x in (host_model_xml(source_cpu), host_model_xml(target_cpu)) if x]
-    if len(cpus) != 2:
+def baseline_model(target: Host, cpus: list[HostCpu], arch: str | None,
+                   machine: str | None, virt: str | None) -> str | None:
+    """libvirt's baseline (``virConnectBaselineHypervisorCPU``, computed on ``target``)
+    of the hosts' host-model CPUs: the model of the richest CPU all of them can run."""
+    xmls = [x for x in (host_model_xml(c) for c in cpus) if x]
+    if not xmls or len(xmls) != len(cpus):
         return None
-    os_type = root.find("os/type")
     try:
-        xml = target.conn.baselineHypervisorCPU(
-            None, os_type.get("arch") if os_type is not None else None,
-            os_type.get("machine") if os_type is not None else None, root.get("type"),
-            cpus, 0)
+        xml = target.conn.baselineHypervisorCPU(None, arch, machine, virt, xmls, 0)
     except libvirt.libvirtError:
         return None
     found = parse_domain_cpu(f"<domain>{xml}</domain>")
@@ -279,5 +278,12 @@ def gather(source: Host, target: Host, vm: str, *, live: bool) -> MigrationFacts
                         root.get("type"))
         result.source_cpu = host_cpu(caps) if caps else None
         if there.cpu_verdict and result.source_cpu is not None:
-            result.baseline_cpu = _baseline(target, result.source_cpu, there.cpu, root)
+            model = baseline_model(
+                target, [result.source_cpu, there.cpu],
+                os_type.get("arch") if os_type is not None else None,
+                os_type.get("machine") if os_type is not None else None, root.get("type"))
+            # Suggested by name only when both hosts run that model as it is (a baseline
+            # with features disabled is not); else the rules name a model both list.
+            if model and there.cpu.models.get(model) and result.source_cpu.models.get(model):
+                result.baseline_cpu = model
     return result
