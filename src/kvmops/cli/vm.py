@@ -81,10 +81,18 @@ def create_cmd(
                                     "has or its new disks more than the free space."),
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
-    host_name: str | None = HostFilesOption,
+    host_name: str | None = typer.Option(
+        None, "--host", metavar="NAME|auto",
+        help="Create it on this host of 'kvmops host list' (default: the local host); "
+             "auto: on the host with the most room that has what the VM needs (memory, "
+             "vCPUs, pool space, its networks), saying why. Not with --connect. File "
+             "paths are on the machine running kvmops."),
 ) -> None:
     """Define a new VM (new disks are qcow2 with metadata preallocation)."""
-    uri = on_host(uri, host_name)
+    from kvmops.services import placement
+
+    auto = host_name == placement.AUTO
+    uri = on_host(uri, "local" if auto else host_name)  # auto: checked as a name is
     from kvmops.services.vms import CreateRequest, DiskRequest, NicSpec
 
     request = CreateRequest(
@@ -96,6 +104,12 @@ def create_cmd(
         nics=[NicSpec.parse(n) for n in nic],
         agent=not no_agent, images_dir=images_dir, accelerator=accel, start=start, force=force,
     )
+    if auto:
+        placed, uri = placement.place_request(Caller.local(), request)
+        if not json_out:
+            info(f"placed on {placed.host}: {placed.reason}")
+            for line in placed.lines():
+                info(f"  {line}")
     with connect(uri) as host:
         result = vms.create(Caller.local(), host, request, progress=info, note=warn)
     if json_out:
