@@ -9,7 +9,9 @@ a VM of the same name defined on the target, host devices and VF NICs (in the de
 of a shut-off VM: never started, so the PCI addresses need not exist), a running block job
 (a block copy that stays mirroring), a running backup (pull mode: it lasts until
 aborted), a snapshot with memory (internal, of the running guest), the same libvirt host
-on both ends; libvirt's CPU compare and baseline on the target. What the two daemons
+on both ends; libvirt's CPU compare and baseline on the target; and end to end through
+``kvmops vm migrate --dry-run``, the VF remedy naming a kvmops SR-IOV pool of the target
+(this machine, with a simulated PF). What the two daemons
 cannot differ in (CPU models, free memory) is in tests/unit/test_migration_preflight.py.
 One guest boots for the module."""
 
@@ -31,7 +33,7 @@ from kvmops.migration.cpu import host_cpu
 from kvmops.migration.model import MigrationOptions, Preflight
 from kvmops.services.caller import Caller
 from kvmops.services.migration_checks import preflight
-from tests.conftest import SESSION_PREFIX
+from tests.conftest import SESSION_PREFIX, assert_one_line_error, run_cli
 from tests.integration.nshost import NsHost, second_host
 
 DATA = Path(__file__).parents[1] / "unit" / "data" / "migration"
@@ -304,3 +306,36 @@ def test_cpu_compare_and_baseline_on_the_target(target: Host) -> None:
     caps = [host_cpu((DATA / f).read_text())
             for f in ("domcaps-qemu.xml", "domcaps-qemu-older.xml")]
     assert migration_facts.baseline_model(target, caps, "x86_64", None, "qemu")
+
+
+# --------------------------------------------------------------------------- end to end
+def test_vf_remedy_names_a_free_vf_pool_of_the_target(target: Host, h2: NsHost,
+                                                      tmp_path: Path) -> None:
+    """``kvmops vm migrate VM --host h2 --to local --dry-run``: a shut-off VM on the
+    second host holds a VF; this machine (the target) has a kvmops SR-IOV pool (a
+    simulated PF): the one-line refusal offers detach -> migrate -> a VF of that pool."""
+    env = {"KVMOPS_SYSFS_ROOT": str(tmp_path / "sys"),
+           "KVMOPS_DB": f"sqlite:///{tmp_path / 'k.db'}"}
+    pool = f"{SESSION_PREFIX}pfvfs"
+    for args in (("dev", "fake-sriov", str(tmp_path / "sys"), "--pf", "kvtpfeth0", "--vfs",
+                  "2", "--driver", "ixgbe", "--bus", "120"),
+                 ("sriov", "pool", "create", pool, "--pf", "kvtpfeth0"),
+                 ("host", "add", "h2", h2.uri)):
+        done = run_cli(*args, env=env)
+        assert done.code == 0, done.stderr
+    vm = f"{SESSION_PREFIX}pfvf"
+    target.conn.defineXML(
+        f"<domain type='qemu'><name>{vm}</name><memory>65536</memory><os><type "
+        "arch='x86_64'>hvm</type></os><devices><interface type='hostdev' managed='yes'>"
+        f"<mac address='{VF_MAC}'/><source><address type='pci' domain='0x0000' bus='0x7e' "
+        "slot='0x02' function='0x1'/></source></interface></devices></domain>")
+    try:
+        refused = run_cli("vm", "migrate", vm, "--host", "h2", "--to", "local", "--dry-run",
+                          env=env)
+        assert_one_line_error(
+            refused, 24, f"vf: NIC {VF_MAC} of VM '{vm}' is an SR-IOV VF (PCI 0000:7e:02.1) "
+            "of host h2", f"detach the VF ('kvmops vm nic remove {vm} {VF_MAC}'), migrate, "
+            f"attach a free VF from the target's pool {pool} ('kvmops vm nic add {vm} "
+            f"--vf-pool {pool} --host local')")
+    finally:
+        target.conn.lookupByName(vm).undefine()
