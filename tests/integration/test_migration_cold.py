@@ -24,7 +24,7 @@ from kvmops.host.connection import Host
 from kvmops.migration.model import MigrationOptions, MigrationProgress
 from kvmops.services.caller import Caller
 from kvmops.services.coldmigration import cold_migrate
-from tests.conftest import SESSION_PREFIX, run_cli
+from tests.conftest import SESSION_PREFIX, assert_one_line_error, run_cli
 from tests.integration.conftest import remove_vm
 from tests.integration.nshost import NsHost, second_host
 
@@ -117,8 +117,14 @@ def test_cold_migration_there_and_back(vm_factory: Callable[..., str], host: Hos
     uuid = _virsh(host.uri, "domuuid", vm).strip()
     seen: list[MigrationProgress] = []
 
-    result = cold_migrate(Caller.local(), vm, MigrationOptions(target="h2", target_pool=pool),
-                          progress=seen.append)
+    # Not on storage both hosts see: refused without --copy-storage, naming the remedy.
+    assert_one_line_error(run_cli("vm", "migrate", vm, "--to", "h2",
+                                  env={"KVMOPS_DB": hosts_db}),
+                          24, "local-disk", str(source_disk), "--copy-storage")
+    assert vm in _names(host.uri) and _sha256(source_disk) == digest
+
+    result = cold_migrate(Caller.local(), vm, MigrationOptions(
+        target="h2", copy_storage=True, target_pool=pool), progress=seen.append)
 
     target_disk = Path(pool_dir) / source_disk.name
     assert result.kind == "cold" and (result.source, result.target) == ("local", "h2")
@@ -148,15 +154,18 @@ def test_cold_migration_there_and_back(vm_factory: Callable[..., str], host: Hos
     assert read.stdout.split() == ["ab"], read.stdout
     assert h2.run_cli("vm", "destroy", vm).code == 0
 
-    # Back (the second host's pool volume read through its libvirt) once shut off.
+    # Back with vm migrate (the second host's pool volume read through its libvirt).
     digest = _sha256(target_disk)
     try:
-        back = cold_migrate(Caller.local(), vm, MigrationOptions(target="local",
-                                                                 target_pool=pool),
-                            source="h2")
+        moved = run_cli("vm", "migrate", vm, "--to", "local", "--host", "h2",
+                        "--copy-storage", "--target-pool", pool, "--json",
+                        env={"KVMOPS_DB": hosts_db})
+        assert moved.code == 0, moved.stderr
+        back = json.loads(moved.stdout)
+        assert (back["kind"], back["source"], back["target"]) == ("cold", "h2", "local")
         assert vm in _names(host.uri) and vm not in _names(h2.uri)
-        assert _disk_of(host.uri, vm) == Path(back.disks[0])
-        assert _sha256(Path(back.disks[0])) == digest
+        assert _disk_of(host.uri, vm) == Path(back["disks"][0])
+        assert _sha256(Path(back["disks"][0])) == digest
         assert not target_disk.exists()
     finally:
         if vm not in _names(host.uri):
@@ -185,13 +194,14 @@ def test_cancelled_copy_leaves_the_source_untouched(tiny_guest: GuestImage, host
     started = h2.run_cli("vm", "start", vm)
     assert started.code == 0, started.stderr
     with pytest.raises(StateError, match=r"is running, not shut off.*shut it down"):
-        cold_migrate(Caller.local(), vm, MigrationOptions(target="local", target_pool=pool),
-                     source="h2")
+        cold_migrate(Caller.local(), vm, MigrationOptions(
+            target="local", copy_storage=True, target_pool=pool), source="h2")
     assert h2.run_cli("vm", "destroy", vm).code == 0
 
     with pytest.raises(CancelledError):
-        cold_migrate(Caller.local(), vm, MigrationOptions(target="local", target_pool=pool),
-                     source="h2", progress=seen.append, cancelled=cancelled)
+        cold_migrate(Caller.local(), vm, MigrationOptions(
+            target="local", copy_storage=True, target_pool=pool), source="h2",
+            progress=seen.append, cancelled=cancelled)
     assert [p.phase for p in seen if p.phase in ("copy", "verify", "define")][-1] == "copy"
     assert (_virsh(h2.uri, "dumpxml", "--inactive", vm), _sha256(disk)) == before
     assert vm in _names(h2.uri) and vm not in _names(host.uri)
@@ -199,3 +209,35 @@ def test_cancelled_copy_leaves_the_source_untouched(tiny_guest: GuestImage, host
     assert not host_pools.volume_exists(host, pool, disk.name)
     assert not [p for p in _virsh(h2.uri, "pool-list", "--all", "--name").split()
                 if p.startswith("kvmops-xfer-")]
+
+
+def test_shared_storage_moves_only_the_definition(tiny_guest: GuestImage, host: Host,
+                                                  h2: NsHost, hosts_db: str,
+                                                  pools: tuple[str, str], images_dir: Path
+                                                  ) -> None:
+    """Without --copy-storage a disk both hosts see (a pool over its directory on each)
+    stays where it is: only the definition moves, and the file is neither copied nor
+    removed."""
+    pool, _ = pools
+    shared = images_dir / "coldpool"  # the machine's pool's directory
+    made = h2.run_cli("pool", "create", f"{pool}s", "--type", "dir", "--target", str(shared))
+    assert made.code == 0, made.stderr
+    vm = f"{SESSION_PREFIX}colds"
+    try:
+        created = run_cli(
+            "vm", "create", vm, "--memory", "256M", "--vcpus", "1",
+            "--kernel", str(tiny_guest.kernel), "--initrd", str(tiny_guest.initrd),
+            "--cmdline", "console=ttyS0", "--disk", "size=64M", "--images-dir", str(shared))
+        assert created.code == 0, created.stderr
+        disk = _disk_of(host.uri, vm)
+        digest = _sha256(disk)
+        moved = run_cli("vm", "migrate", vm, "--to", "h2", "--json",
+                        env={"KVMOPS_DB": hosts_db})
+        assert moved.code == 0, moved.stderr
+        result = json.loads(moved.stdout)
+        assert (result["kind"], result["data_transferred"]) == ("cold", None)
+        assert result["disks"] == [str(disk)]
+        assert vm in _names(h2.uri) and vm not in _names(host.uri)
+        assert _disk_of(h2.uri, vm) == disk and _sha256(disk) == digest
+    finally:
+        remove_vm(host, vm)

@@ -295,3 +295,13 @@ def digest(disk: Disk, *, tick: Tick | None = None, stop: Stop | None = None) ->
                 tick(got)
             _check(stop, f"verifying {disk.path}")
     return Digest(hasher.hexdigest(), got)
+
+
+def length_at(host: Host, path: str) -> int | None:
+    """The size of the file ``path`` as ``host``'s libvirt sees it through its pools
+    (None: no active pool there holds it)."""
+    volume = volume_at(host, path)
+    if volume is None:
+        return None
+    flags = getattr(libvirt, "VIR_STORAGE_VOL_GET_PHYSICAL", 1)
+    return int(call(f"reading volume {path} on {host.uri}", volume.infoFlags, flags)[2])

@@ -1,19 +1,23 @@
-"""Cold migration: a shut-off VM moves to another host by copying its disks -- never
-with libvirt's migrate, which is for running VMs (on a shut-off one it can lose the VM
-on both hosts).
+"""Cold migration: a shut-off VM moves to another host -- never with libvirt's migrate,
+which is for running VMs (on a shut-off one it can lose the VM on both hosts).
 
-The order is what keeps the source safe: every check first (all blockers named at
-once, each with its remedy); then each disk file is copied as its bytes into a new
-volume of the target's pool (created with the format the VM's XML names and the disk's
-size -- nothing probes a format), hashed while sent, and read back on the target and
-compared byte for byte; then the VM's persistent XML, rewritten through the typed model
-for the new paths (UUID, MACs and the rest kept), is defined on the target and read back.
-Only then is the VM undefined on the source and its disk files removed there (when they
-lie in an allowed image directory and no other VM on the source uses them; kept and
-named in the notes otherwise). An interruption before that point -- ``cancelled()``, an
-error, Ctrl-C -- removes what was made on the target (volumes, definition) and leaves
-the source as it was; a killed process leaves at most a volume on the target, which a
-retry names (and never overwrites).
+With ``--copy-storage`` its disks are copied, and the order is what keeps the source
+safe: every check first (all blockers named at once, each with its remedy); then each
+disk file is copied as its bytes into a new volume of the target's pool (created with
+the format the VM's XML names and the disk's size -- nothing probes a format), hashed
+while sent; then every copy is read back on the target and compared byte for byte; then
+the VM's persistent XML, rewritten through the typed model for the new paths (UUID,
+MACs and the rest kept), is defined on the target and read back. Only then is the VM
+undefined on the source and its disk files removed there (when they lie in an allowed
+image directory and no other VM on the source uses them; kept and named in the notes
+otherwise). An interruption before that point -- ``cancelled()``, an error, Ctrl-C --
+removes what was made on the target (volumes, definition) and leaves the source as it
+was; a killed process leaves at most a volume on the target, which a retry names (and
+never overwrites).
+
+Without ``--copy-storage`` the disks must already be where both hosts see them (a
+volume of an active pool on the target at the same path, as long as the source's file):
+only the definition moves, checked the same way.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from kvmops.errors import (
     NotFoundError,
     StateError,
     StorageError,
+    ValidationError,
 )
 from kvmops.host import pools as host_pools
 from kvmops.host import transfer
@@ -87,6 +92,7 @@ class _Plan:
     xml: str
     pool: str
     pool_dir: str
+    shared: bool = False  # no --copy-storage: the disks stay where both hosts see them
     moves: list[DiskMove] = field(default_factory=list)
     blockers: list[Blocker] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -236,7 +242,7 @@ def _plan(src: Host, dst: Host, vm: str, options: MigrationOptions, *, src_local
                                 f"delete them first ('kvmops snapshot delete {vm} NAME'): "
                                 "snapshots do not move with a cold migration"))
     plan = _Plan(vm=vm, uuid=domain.uuid(), xml=xml, pool=options.target_pool or DEFAULT_POOL,
-                 pool_dir="", blockers=blockers)
+                 pool_dir="", shared=not options.copy_storage, blockers=blockers)
     with contextlib.suppress(KvmopsError):
         if domain.checkpoints():
             plan.notes.append("the VM's backup checkpoints stay behind: its next backup "
@@ -276,6 +282,8 @@ def _check_target(dst: Host, doc: DomainDocument, plan: _Plan) -> None:
             blockers.append(Blocker("network", f"network '{nic.source}' does not exist on "
                                     f"{dst.uri}", f"create it there first ('kvmops net "
                                     f"create {nic.source} ...' with --host)"))
+    if plan.shared:
+        return
     try:
         state = host_pools.pool(dst, plan.pool)
     except NotFoundError:
@@ -308,6 +316,8 @@ def _check_disks(src: Host, dst: Host, doc: DomainDocument, plan: _Plan, *,
     for disk, kind in zip(doc.disks(), kinds, strict=True):
         if disk.source is None:
             continue  # an empty CD-ROM drive
+        if kind == "cdrom" and plan.shared and transfer.volume_at(dst, disk.source):
+            continue  # on storage the target sees too: left as it is
         if kind == "cdrom":
             blockers.append(Blocker("cdrom", f"CD-ROM {disk.target} holds {disk.source}",
                                     f"eject it first ('kvmops vm cdrom {vm} --eject' or "
@@ -330,7 +340,10 @@ def _check_disks(src: Host, dst: Host, doc: DomainDocument, plan: _Plan, *,
                 if fmt == "qcow2":
                     head = source.head(_HEAD)
                     problem = _qcow2_problem(move, head)
-                    if problem is not None:
+                    if problem is not None and plan.shared and problem.code == "backing-file":
+                        plan.notes.append(f"{problem.message}: the target must reach its "
+                                          "chain at the same paths")
+                    elif problem is not None:
                         blockers.append(problem)
                         continue
         except NotFoundError as err:
@@ -338,6 +351,9 @@ def _check_disks(src: Host, dst: Host, doc: DomainDocument, plan: _Plan, *,
                                     "fix the VM's definition or restore the file"))
             continue
         plan.moves.append(move)
+    if plan.shared:
+        _check_shared(dst, plan)
+        return
     plan_volume_names(vm, plan.moves)
     if not plan.pool_dir:
         return
@@ -357,6 +373,28 @@ def _check_disks(src: Host, dst: Host, doc: DomainDocument, plan: _Plan, *,
                                 f"{format_size(available)} free; the disks need "
                                 f"{format_size(needed)}", "free space there, or name "
                                 "another --target-pool"))
+
+
+def _check_shared(dst: Host, plan: _Plan) -> None:
+    """Without --copy-storage each disk must be a file the target sees as well: a volume
+    of an active pool there, as long as the source's."""
+    for move in plan.moves:
+        move.path = move.source
+        length = transfer.length_at(dst, move.source)
+        if length is None:
+            plan.blockers.append(Blocker(
+                "local-disk", f"disk {move.target} ({move.source}) of VM '{plan.vm}' is not "
+                f"on storage {dst.uri} shares (no active pool there holds it)",
+                "add --copy-storage to copy it (into --target-pool), or define a pool over "
+                "its directory on the target"))
+        elif length != move.length:
+            plan.blockers.append(Blocker(
+                "local-disk", f"disk {move.target}: {move.source} is {length} bytes on "
+                f"{dst.uri} and {move.length} here: not the same file",
+                "add --copy-storage to copy it"))
+    if plan.moves:
+        plan.notes.append("the disks stay on storage both hosts share: "
+                          + ", ".join(m.source for m in plan.moves))
 
 
 def _qcow2_problem(move: DiskMove, head: bytes) -> Blocker | None:
@@ -394,6 +432,9 @@ def cold_migrate(caller: Caller, vm: str, options: MigrationOptions, *,
         raise refusal(vm, [Blocker("same-host", f"hosts '{source_name}' and "
                                    f"'{options.target}' are the same ({src_uri})",
                                    "name another host with --to")])
+    if options.target_pool is not None and not options.copy_storage:
+        raise ValidationError("--target-pool needs --copy-storage",
+                              hint="add --copy-storage, or leave out --target-pool")
     src_local = _is_local(src_uri)
     _say(progress, "preflight")
     with _connect(src_uri) as src, _connect(dst_uri) as dst:
@@ -404,7 +445,8 @@ def cold_migrate(caller: Caller, vm: str, options: MigrationOptions, *,
                                  kind="cold", seconds=0.0,
                                  disks=[m.path for m in plan.moves], notes=plan.notes)
         if options.dry_run:
-            result.notes.append(f"dry run: {len(plan.moves)} disk(s), "
+            result.notes.append("dry run: nothing was changed" if plan.shared else
+                                f"dry run: {len(plan.moves)} disk(s), "
                                 f"{format_size(sum(m.length for m in plan.moves))} would be "
                                 f"copied into pool '{plan.pool}'; nothing was changed")
             result.seconds = time.monotonic() - started
@@ -412,9 +454,10 @@ def cold_migrate(caller: Caller, vm: str, options: MigrationOptions, *,
         _move(src, dst, plan, src_local=src_local, dst_local=_is_local(dst_uri),
               progress=progress, cancelled=cancelled)
         result.disks = [m.path for m in plan.moves]
-        result.data_transferred = sum(m.length for m in plan.moves)
-        _say(progress, "cleanup")
-        result.notes += _remove_source(src, plan, src_local=src_local)
+        if not plan.shared:
+            result.data_transferred = sum(m.length for m in plan.moves)
+            _say(progress, "cleanup")
+            result.notes += _remove_source(src, plan, src_local=src_local)
     result.seconds = time.monotonic() - started
     _say(progress, "done")
     return result
@@ -430,7 +473,7 @@ def _move(src: Host, dst: Host, plan: _Plan, *, src_local: bool, dst_local: bool
     total = sum(m.length for m in plan.moves)
     try:
         copying = _Reporter(progress, "copy", total)
-        for move in plan.moves:
+        for move in [] if plan.shared else plan.moves:
             _stop_if(cancelled)
             path = host_pools.create_volume(dst, plan.pool, volume_xml(
                 move.volume, move.capacity, move.fmt))
@@ -451,7 +494,7 @@ def _move(src: Host, dst: Host, plan: _Plan, *, src_local: bool, dst_local: bool
             copying.base += move.length
             copying.report(copying.base)
         checking = _Reporter(progress, "verify", total)
-        for move, digest in zip(plan.moves, sent, strict=True):
+        for move, digest in zip(created, sent, strict=True):
             with transfer.open_disk(dst, move.path, local=dst_local) as copy:
                 got = transfer.digest(copy, tick=checking.tick,
                                       stop=cancelled)
@@ -460,7 +503,7 @@ def _move(src: Host, dst: Host, plan: _Plan, *, src_local: bool, dst_local: bool
             checking.report(checking.base)
         _stop_if(cancelled)
         _say(progress, "define")
-        dst.define_domain(rewrite_xml(plan.xml, plan.moves))
+        dst.define_domain(plan.xml if plan.shared else rewrite_xml(plan.xml, plan.moves))
         defined = True
         _check_definition(dst, plan)
         _stop_if(cancelled)
