@@ -5,14 +5,17 @@ others. ``local`` (the server's own libvirt URI) is always there."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi import Path as PathParam
 from pydantic import Field
 
-from kvmops.api.deps import AdminCaller, Ctx, ViewerCaller
-from kvmops.api.routes.common import Body, Message
+from kvmops.api.deps import AdminCaller, Ctx, OperatorCaller, ViewerCaller
+from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
+from kvmops.api.runner import JobContext
+from kvmops.errors import CancelledError
 from kvmops.services import hosts as service
 from kvmops.services.hosts import HostEntry, HostHealth
 
@@ -76,3 +79,49 @@ def remove_host(caller: AdminCaller, ctx: Ctx, name: str = NamePath) -> Message:
     service.remove_host(caller, name, ctx.store)
     ctx.hosts_changed()  # its life cycle watch stops
     return Message(message=f"host '{name}' removed")
+
+
+class EvacuateBody(Body):
+    dry_run: bool = Field(False, description="the plan only (VM -> host, why; blockers)")
+    parallel: int = Field(2, ge=1, le=16, description="migrations at once")
+    copy_storage: bool = Field(False, description="copy the VMs' local disks")
+
+
+@router.post("/{name}/evacuate", status_code=202, response_model=JobAccepted)
+def evacuate(caller: OperatorCaller, ctx: Ctx, body: EvacuateBody, response: Response,
+             name: str = NamePath) -> JobAccepted:
+    """Migrate every running VM of the host to the others, placed by room (a job; its
+    result is the report: per VM the target and why, moved or why not). ``dry_run``:
+    the plan only, nothing changes."""
+    from kvmops.services import evacuate as evacuation
+    from kvmops.services import migration
+
+    service.uri_of(caller, service.validate_name(name), ctx.store)  # 404 before a job
+
+    def run(job: JobContext) -> evacuation.EvacuationReport:
+        moving: list[int] = [0, 0]  # VMs to move, VMs done
+
+        def planned(plan: evacuation.EvacuationReport) -> None:
+            moving[0] = sum(1 for item in plan.vms if item.status == "planned")
+            for item in plan.vms:
+                job.note(f"plan: {item.line()}")
+
+        def progress(vm: str, update: migration.MigrationProgress) -> None:
+            with contextlib.suppress(CancelledError):  # seen through ``cancelled``
+                job.note(f"{vm}: {migration.describe(update)}")
+
+        def noted(line: str) -> None:
+            if ": migrating to " not in line:
+                moving[1] += 1
+            with contextlib.suppress(CancelledError):
+                if moving[0]:
+                    job.percent(100.0 * moving[1] / moving[0], line)
+                else:
+                    job.note(line)
+
+        return evacuation.evacuate(caller, name, ctx.store, parallel=body.parallel,
+                                   dry_run=body.dry_run, copy_storage=body.copy_storage,
+                                   on_plan=planned, progress=progress, note=noted,
+                                   cancelled=job.cancelled.is_set)
+
+    return accepted(ctx.runner.submit("host.evacuate", name, caller.name, run), response)
