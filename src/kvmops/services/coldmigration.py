@@ -128,7 +128,7 @@ def plan_volume_names(vm: str, moves: list[DiskMove]) -> None:
 def rewrite_xml(xml: str, moves: list[DiskMove]) -> str:
     """The VM's persistent XML for the target: each copied disk at its new file (the
     format kept; a recorded backing chain dropped), and kvmops' owned-files record naming
-    the copies (kvmops made them, so ``vm delete --remove-storage`` may remove them there)
+    the copies (kvmops made them, so ``vm undefine --remove-storage`` may remove them there)
     instead of the source's files. Everything else -- UUID, MACs, devices -- is kept."""
     doc = DomainDocument(xml)
     for move in moves:
