@@ -1,0 +1,117 @@
+"""Evacuation's moves (kvmops.services.evacuate) with the plan and the migration faked:
+at most ``parallel`` migrations at once, VMs that are blocked or have no room are not
+attempted, a failure is reported for its VM while the others move, a cancel stops new
+ones, ``dry_run`` moves nothing; the report's lines."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from kvmops.errors import HypervisorError
+from kvmops.migration.model import Blocker, MigrationOptions, MigrationResult
+from kvmops.services import evacuate as evacuation
+from kvmops.services import migration
+from kvmops.services.caller import Caller
+from kvmops.services.evacuate import EvacuationItem, EvacuationReport
+
+
+def _plan(names: list[str], extra: list[EvacuationItem] | None = None) -> EvacuationReport:
+    report = EvacuationReport(host="src", dry_run=True, parallel=2, copy_storage=False)
+    report.vms = [EvacuationItem(vm=n, target="dst", reason="the most room: ...",
+                                 status="planned") for n in names] + list(extra or [])
+    return report
+
+
+class FakeMigrations:
+    """migration.migrate stand-in: counts how many run at once; fails ``bad``."""
+
+    def __init__(self, bad: set[str] | None = None, hold: float = 0.05) -> None:
+        self.bad = bad or set()
+        self.hold = hold
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+        self.calls: list[tuple[str, str, str | None]] = []
+
+    def __call__(self, caller: Caller, vm: str, options: MigrationOptions, *,
+                 source: str | None = None, progress: Any = None, cancelled: Any = None
+                 ) -> MigrationResult:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.calls.append((vm, options.target, source))
+        try:
+            time.sleep(self.hold)  # overlap with the others, if they may run
+            if vm in self.bad:
+                raise HypervisorError(f"migration of '{vm}' failed: connection reset")
+            return MigrationResult(vm=vm, source=source or "local", target=options.target,
+                                   kind="live", seconds=1.5, downtime_ms=42)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeMigrations:
+    found = FakeMigrations(bad={"vm3"})
+    monkeypatch.setattr(migration, "migrate", found)
+    return found
+
+
+def _evacuate(monkeypatch: pytest.MonkeyPatch, plan: EvacuationReport, **kwargs: Any
+              ) -> EvacuationReport:
+    monkeypatch.setattr(evacuation, "plan_evacuation", lambda *a, **k: plan)
+    return evacuation.evacuate(Caller(name="test"), "src", **kwargs)
+
+
+def test_at_most_parallel_at_once_blocked_skipped_failures_reported(
+        monkeypatch: pytest.MonkeyPatch, fake: FakeMigrations) -> None:
+    blocked = EvacuationItem(vm="pinned", target="dst", reason="r", status="blocked",
+                             blockers=[Blocker("hostdev", "a host device", "detach it")])
+    homeless = EvacuationItem(vm="huge", target=None, reason="no host has room: ...",
+                              status="no-room")
+    lines: list[str] = []
+    planned: list[EvacuationReport] = []
+    report = _evacuate(monkeypatch, _plan([f"vm{i}" for i in range(6)], [blocked, homeless]),
+                       parallel=2, on_plan=planned.append, note=lines.append)
+    assert planned == [report]
+    assert fake.most == 2
+    assert sorted(c[0] for c in fake.calls) == [f"vm{i}" for i in range(6)]
+    assert {(c[1], c[2]) for c in fake.calls} == {("dst", "src")}
+    status = {item.vm: item.status for item in report.vms}
+    assert status == {"vm0": "moved", "vm1": "moved", "vm2": "moved", "vm3": "failed",
+                      "vm4": "moved", "vm5": "moved", "pinned": "blocked", "huge": "no-room"}
+    assert not report.ok and report.dry_run is False
+    assert report.counts() == {"moved": 5, "failed": 1, "blocked": 1, "no-room": 1}
+    by_vm = {item.vm: item for item in report.vms}
+    assert by_vm["vm0"].line() == "vm0 -> dst: moved in 1.5 s, downtime 42 ms"
+    assert by_vm["vm3"].line() == ("vm3 -> dst: failed: migration of 'vm3' failed: "
+                                   "connection reset")
+    assert by_vm["pinned"].line() == "pinned -> dst: blocked: hostdev: a host device (detach it)"
+    assert by_vm["huge"].line() == "huge -> -: no-room (no host has room: ...)"
+    assert "vm0: migrating to dst" in lines and by_vm["vm3"].line() in lines
+
+
+def test_one_at_a_time(monkeypatch: pytest.MonkeyPatch, fake: FakeMigrations) -> None:
+    report = _evacuate(monkeypatch, _plan(["a", "b", "c"]), parallel=1)
+    assert fake.most == 1 and report.ok
+
+
+def test_dry_run_moves_nothing(monkeypatch: pytest.MonkeyPatch, fake: FakeMigrations) -> None:
+    report = _evacuate(monkeypatch, _plan(["a", "b"]), dry_run=True)
+    assert fake.calls == [] and report.dry_run is True and report.ok
+    assert [item.line() for item in report.vms] == [
+        "a -> dst: planned (the most room: ...)", "b -> dst: planned (the most room: ...)"]
+
+
+def test_cancel_starts_no_new_migration(monkeypatch: pytest.MonkeyPatch,
+                                        fake: FakeMigrations) -> None:
+    report = _evacuate(monkeypatch, _plan(["a", "b", "c"]), parallel=1,
+                       cancelled=lambda: len(fake.calls) >= 1)
+    assert [c[0] for c in fake.calls] == ["a"]
+    assert [item.status for item in report.vms] == ["moved", "cancelled", "cancelled"]
+    assert report.vms[1].error == "cancelled before it started"
