@@ -26,7 +26,7 @@ HostFilesOption = typer.Option(None, "--host", metavar="NAME",
 
 
 def on_host(uri: str | None, host: str | None, *, socket: object = None,
-            tcp: object = None, all_ok: bool = False) -> str | None:
+            tcp: object = None, all_ok: bool = False, option: str = "--host") -> str | None:
     """The libvirt URI a command opens: ``--host NAME``'s (one function resolves it:
     kvmops.services.hosts.uri_of), else ``--connect``/KVMOPS_URI's (None: the configured
     one). ``--host`` with ``--connect`` on the command line, or with a hand-started
@@ -36,7 +36,7 @@ def on_host(uri: str | None, host: str | None, *, socket: object = None,
 
     local_only = "--socket" if socket else "--tcp" if tcp else None
     return host_uri(uri, host, connect_given=_connect_given(), local_only=local_only,
-                    all_ok=all_ok)
+                    all_ok=all_ok, option=option)
 
 
 def _connect_given() -> bool:

@@ -75,7 +75,7 @@ def create_cmd(
     host_name: str | None = PoolHostOption,
 ) -> None:
     """Create (define, optionally build, and start) a storage pool."""
-    uri = on_host(uri, host_name)
+    uri = on_host(uri, host_name, option="--on-host")
     one = len(device) == 1 and pool_type != "logical"
     spec = service.PoolSpec(
         name=name, type=pool_type, target=target, device=device[0] if one else None,

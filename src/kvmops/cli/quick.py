@@ -30,21 +30,23 @@ ALL_HOSTS = "all"  # ``vm list --host all``
 
 
 def host_uri(uri: str | None, host: str | None, *, connect_given: bool,
-             local_only: str | None = None, all_ok: bool = False) -> str | None:
+             local_only: str | None = None, all_ok: bool = False,
+             option: str = "--host") -> str | None:
     """The libvirt URI a command opens: host ``host``'s of ``kvmops host list`` (``local``:
     the configured one), else ``uri`` (--connect or KVMOPS_URI; None: the configured).
     ``connect_given``: --connect was on the command line (KVMOPS_URI is a default that
-    --host overrides); ``local_only``: an option naming a socket on this machine."""
+    --host overrides); ``local_only``: an option naming a socket on this machine;
+    ``option``: how the command spells --host."""
     if host is None:
         return uri
     if connect_given:
-        raise ValidationError("--host and --connect both name the host",
-                              hint="give one of them: --host NAME of 'kvmops host list', "
+        raise ValidationError(f"{option} and --connect both name the host",
+                              hint=f"give one of them: {option} NAME of 'kvmops host list', "
                                    "or --connect URI")
     if local_only:
-        raise ValidationError(f"--host cannot be used with {local_only} (a QEMU socket on "
+        raise ValidationError(f"{option} cannot be used with {local_only} (a QEMU socket on "
                               "this machine)", hint="name the VM instead of the socket, or "
-                                                    "drop --host")
+                                                    f"drop {option}")
     if host == ALL_HOSTS:
         if all_ok:
             return None
