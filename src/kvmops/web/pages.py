@@ -15,12 +15,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 
-from kvmops.api.deps import CSRF_COOKIE, SESSION_COOKIE
+from kvmops.api.deps import CSRF_COOKIE, HOST_PATTERN, SESSION_COOKIE
 from kvmops.api.guard import CSP
 from kvmops.api.throttle import LoginThrottled, attempt_login, client_address
 from kvmops.config import settings
 from kvmops.errors import KvmopsError
-from kvmops.services import audit, auth, session
+from kvmops.services import audit, auth, fleet, session
 from kvmops.services import networks as net_service
 from kvmops.services import users as user_service
 from kvmops.services import vms as vm_service
@@ -74,6 +74,22 @@ router = APIRouter(route_class=PageRoute, include_in_schema=False)
 
 def _vm(name: str) -> str:
     return views.check_name(name)
+
+
+#: ``?host=NAME`` on a VM's pages: the host the VM is on (default: the local host).
+HostParam = Query(None, pattern=HOST_PATTERN, max_length=64)
+
+
+def _on_host(request: Request, user: Principal, host: str | None) -> session.Connection:
+    """The connection to host ``host`` (the server's own for the local host): an
+    unknown host is a 404 page, one that does not answer a 503 page."""
+    ctx = context(request)
+    return fleet.connection(_caller(request, user), host, ctx.store, local=ctx.host)
+
+
+def _remote(host: str | None) -> str | None:
+    """The host name a VM page carries in its links and API calls (None: local)."""
+    return None if fleet.is_local(host) else host
 
 
 # ------------------------------------------------------------------ log-in
@@ -170,9 +186,10 @@ def dashboard(request: Request, user: PageUser) -> Response:
     active = [j for state in ("running", "queued")
               for j in views.list_jobs(ctx.store, state=state, limit=50)]
     recent = views.list_jobs(ctx.store, limit=8)
+    health = fleet.health_of_all(_caller(request, user), ctx.store)
     return templates.render(request, "dashboard.html", user, title="Dashboard", host=info,
                             counts=state_counts([vm.state for vm in vms]), total=len(vms),
-                            jobs=active, recent=recent)
+                            jobs=active, recent=recent, hosts=health)
 
 
 @router.get("/host", response_class=HTMLResponse)
@@ -183,10 +200,19 @@ def host_health(request: Request, user: PageUser) -> Response:
 
 # ------------------------------------------------------------------ VMs
 @router.get("/vms", response_class=HTMLResponse)
-def vm_list(request: Request, user: PageUser) -> Response:
+def vm_list(request: Request, user: PageUser,
+            host: str | None = Query(None, pattern=HOST_PATTERN, max_length=64)
+            ) -> Response:
+    """The VMs of every host (``?host=NAME``: of one), all hosts asked at once; a host
+    that does not answer within the deadline is a banner row, the others are listed."""
     ctx = context(request)
-    vms = ctx.vm_list.get(ctx.host())
-    return templates.render(request, "vms.html", user, title="Virtual machines", vms=vms)
+    caller = _caller(request, user)
+    chosen = None if host in (None, "", "all") else host
+    found = fleet.list_all_vms(caller, db=ctx.store, only=None if chosen is None else [chosen],
+                               local=lambda: ctx.vm_list.get(ctx.host()))
+    return templates.render(request, "vms.html", user, title="Virtual machines",
+                            vms=found.vms, unreachable=found.unreachable,
+                            hosts=fleet.host_names(ctx.store), chosen=chosen or "all")
 
 
 @router.get("/create", response_class=HTMLResponse)
@@ -201,15 +227,15 @@ def create_form(request: Request, user: PageOperator) -> Response:
 
 
 @router.get("/vms/{name}", response_class=HTMLResponse)
-def vm_detail(request: Request, name: str, user: PageUser) -> Response:
+def vm_detail(request: Request, name: str, user: PageUser, host: str | None = HostParam
+              ) -> Response:
     ctx = context(request)
-    host = ctx.host()
-    vm = views.vm_info(host, name)
+    vm = views.vm_info(_on_host(request, user, host), name)
     recorder = request.app.state.kvmops_web_events
     jobs = views.list_jobs(ctx.store, target=vm.name, limit=10)
     return templates.render(request, "vm.html", user, title=vm.name, vm=vm,
                             events=recorder.recent(vm.name), jobs=jobs,
-                            images_dirs=views.image_dirs())
+                            images_dirs=views.image_dirs(), vm_host=_remote(host))
 
 
 @router.get("/vms/{name}/console", response_class=HTMLResponse)
@@ -235,31 +261,32 @@ def serial(request: Request, name: str, user: PageOperator) -> Response:
 
 @router.get("/vms/{name}/xml", response_class=HTMLResponse)
 def vm_xml(request: Request, name: str, user: PageUser,
-           inactive: bool = Query(False)) -> Response:
+           inactive: bool = Query(False), host: str | None = HostParam) -> Response:
     """The domain XML as ``kvmops vm dumpxml`` (``--inactive``: the definition)."""
-    ctx = context(request)
-    host = ctx.host()
-    vm = views.vm_info(host, name)
-    xml = vm_service.dumpxml(_caller(request, user), host, vm.name, inactive=inactive)
+    conn = _on_host(request, user, host)
+    vm = views.vm_info(conn, name)
+    xml = vm_service.dumpxml(_caller(request, user), conn, vm.name, inactive=inactive)
     return templates.render(request, "xml.html", user, title=f"{vm.name} XML", vm=vm,
-                            xml=xml, inactive=inactive)
+                            xml=xml, inactive=inactive, vm_host=_remote(host))
 
 
 @router.get("/vms/{name}/guest", response_class=HTMLResponse)
-def guest_page(request: Request, name: str, user: PageOperator) -> Response:
+def guest_page(request: Request, name: str, user: PageOperator,
+               host: str | None = HostParam) -> Response:
     """Guest agent actions: run a command, freeze and thaw file systems."""
-    ctx = context(request)
-    vm = views.vm_info(ctx.host(), name)
-    return templates.render(request, "guest.html", user, title=f"{vm.name} guest", vm=vm)
+    vm = views.vm_info(_on_host(request, user, host), name)
+    return templates.render(request, "guest.html", user, title=f"{vm.name} guest", vm=vm,
+                            vm_host=_remote(host))
 
 
 @router.get("/vms/{name}/snapshots", response_class=HTMLResponse)
-def snapshots(request: Request, name: str, user: PageUser) -> Response:
-    ctx = context(request)
-    vm = views.vm_info(ctx.host(), name)
-    items = views.snapshot_tree(ctx.host(), vm.name)
+def snapshots(request: Request, name: str, user: PageUser, host: str | None = HostParam
+              ) -> Response:
+    conn = _on_host(request, user, host)
+    vm = views.vm_info(conn, name)
+    items = views.snapshot_tree(conn, vm.name)
     return templates.render(request, "snapshots.html", user, title=f"{vm.name} snapshots",
-                            vm=vm, tree=items)
+                            vm=vm, tree=items, vm_host=_remote(host))
 
 
 # ------------------------------------------------------------------ backups
@@ -377,6 +404,33 @@ def hosts_page(request: Request, user: PageUser) -> Response:
     found = hosts.list_hosts(_caller(request, user), context(request).store)
     return templates.render(request, "hosts.html", user, title="Hosts", hosts=found,
                             deadline=hosts.DEFAULT_DEADLINE_S)
+
+
+@router.get("/hosts/{name}", response_class=HTMLResponse)
+def host_page(request: Request, name: str, user: PageUser) -> Response:
+    """One host: its health as ``kvmops host info`` and its VMs (asked at once, each
+    under its deadline: an unreachable host shows why, with no VM list)."""
+    from kvmops.services import hosts
+
+    ctx = context(request)
+    caller = _caller(request, user)
+    hosts.validate_name(name)
+    hosts.uri_of(caller, name, ctx.store)  # an unknown host: 404
+    jobs: dict[str, Any] = {
+        "health": lambda: hosts.host_info(caller, name, ctx.store,
+                                          deadline=fleet.LIST_DEADLINE_S),
+        "vms": lambda: fleet.list_all_vms(caller, db=ctx.store, only=[name],
+                                          local=lambda: ctx.vm_list.get(ctx.host())),
+    }
+    got = hosts.gather(jobs, fleet.LIST_DEADLINE_S + 0.5)
+    health = got["health"].value or hosts.HostHealth(
+        name=name, uri=hosts.uri_of(caller, name, ctx.store), local=name == hosts.LOCAL,
+        reachable=False, error=got["health"].error)
+    listed = got["vms"].value
+    return templates.render(request, "host_page.html", user, title=f"Host {name}",
+                            h=health, vms=listed.vms if listed else [],
+                            unreachable=listed.unreachable if listed else [],
+                            vms_error=got["vms"].error)
 
 
 # ------------------------------------------------------------------ jobs

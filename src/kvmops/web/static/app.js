@@ -7,7 +7,13 @@ const K = (() => {
   const meta = document.querySelector('meta[name="csrf-token"]');
   const csrf = meta ? meta.content : "";
 
+  /* A VM page of a VM on another host (body data-host): its VM calls name that host. */
+  function onHost(url, host) {
+    if (!host || host === "local" || !/^\/api\/v1\/(ui\/)?vms\/[^?]/.test(url) || /[?&]host=/.test(url)) return url;
+    return url + (url.includes("?") ? "&" : "?") + "host=" + encodeURIComponent(host);
+  }
   async function api(method, url, body) {
+    url = onHost(url, document.body.dataset.host);
     const opts = { method, headers: { "X-CSRF-Token": csrf }, credentials: "same-origin" };
     if (body !== undefined) {
       opts.headers["Content-Type"] = "application/json";
@@ -117,7 +123,7 @@ const K = (() => {
     return (i ? n.toFixed(1) : Math.round(n)) + " " + units[i];
   }
 
-  return { api, toast, on, connected, watchJob, fmtBytes, csrf };
+  return { api, toast, on, connected, watchJob, fmtBytes, csrf, onHost };
 })();
 
 /* ------------------------------------------------------------ VM states */
@@ -173,8 +179,8 @@ function wireActions(root) {
     if (verb === "destroy" && !confirm("Force VM '" + name + "' off? Unsaved guest data is lost.")) return;
     b.disabled = true;
     try {
-      const r = await K.api("POST", "/api/v1/vms/" + encodeURIComponent(name) + "/" + verb,
-                            body === null ? undefined : body);
+      const r = await K.api("POST", K.onHost("/api/v1/vms/" + encodeURIComponent(name) + "/" + verb,
+                                             bar.dataset.host), body === null ? undefined : body);
       K.toast(r.data.message || verb + " done", "ok");
       if (verb === "shutdown") watchShutdown(name, body.mode === "agent" ? "agent" : "ACPI");
     } catch (err) {
@@ -191,13 +197,16 @@ function liveStates(onUnknown) {
   K.on("error", () => { if (status) status.textContent = "reconnecting…"; });
   K.on("domain", (ev) => {
     const state = EVENT_STATE[ev.event];
-    const targets = document.querySelectorAll('[data-vm="' + CSS.escape(ev.vm) + '"], [data-vm-page="' + CSS.escape(ev.vm) + '"]');
+    /* an event names its host: a VM of the same name on another host is not this one */
+    const pageHost = document.body.dataset.host || "local";
+    const sameHost = (el) => !ev.host || (el.closest("[data-host]") ? el.closest("[data-host]").dataset.host : pageHost) === ev.host;
+    const targets = [...document.querySelectorAll('[data-vm="' + CSS.escape(ev.vm) + '"], [data-vm-page="' + CSS.escape(ev.vm) + '"]')].filter(sameHost);
     if (state) {
       targets.forEach((el) => applyState(el, state));
-      document.querySelectorAll('[data-vm-state="' + CSS.escape(ev.vm) + '"]').forEach((el) => {
+      [...document.querySelectorAll('[data-vm-state="' + CSS.escape(ev.vm) + '"]')].filter(sameHost).forEach((el) => {
         el.textContent = state; el.className = stateClass(state);
       });
-      document.querySelectorAll('.actions[data-actions-for="' + CSS.escape(ev.vm) + '"]').forEach((bar) => applyActions(bar, state));
+      [...document.querySelectorAll('.actions[data-actions-for="' + CSS.escape(ev.vm) + '"]')].filter(sameHost).forEach((bar) => applyActions(bar, state));
     }
     if (onUnknown && (ev.event === "defined" || ev.event === "undefined")) onUnknown(ev);
   });
@@ -209,6 +218,8 @@ const PAGES = {};
 PAGES.vms = () => {
   const tbody = document.getElementById("vm-rows");
   wireActions(tbody);
+  const hostFilter = document.getElementById("host-filter");
+  if (hostFilter) hostFilter.addEventListener("change", () => hostFilter.form.submit());
   const filter = document.getElementById("vm-filter");
   filter.addEventListener("input", () => {
     const q = filter.value.trim().toLowerCase();
@@ -220,7 +231,7 @@ PAGES.vms = () => {
     else if (!row) {
       // a new VM: render the page's list again (one request, triggered by the event)
       try {
-        const html = (await (await fetch("/vms", { credentials: "same-origin" })).text());
+        const html = (await (await fetch("/vms" + location.search, { credentials: "same-origin" })).text());
         const doc = new DOMParser().parseFromString(html, "text/html");
         const fresh = doc.getElementById("vm-rows");
         if (fresh) { tbody.innerHTML = fresh.innerHTML; wireActionsState(tbody); }
@@ -228,6 +239,11 @@ PAGES.vms = () => {
     }
     document.getElementById("vm-total").textContent = tbody.querySelectorAll("tr[data-vm]").length;
   });
+};
+PAGES.host_page = () => {
+  const tbody = document.getElementById("vm-rows");
+  if (tbody) wireActions(tbody);
+  liveStates(null);
 };
 function wireActionsState(root) {
   root.querySelectorAll(".actions[data-actions-for]").forEach((bar) => applyActions(bar, bar.dataset.state));
@@ -1417,6 +1433,14 @@ PAGES.users = () => {
 };
 
 document.addEventListener("DOMContentLoaded", () => {
+  /* A VM page of a VM on another host: its tabs and links stay on that host. */
+  const vmHost = document.body.dataset.host;
+  if (vmHost) {
+    document.querySelectorAll('a[href^="/vms/"]').forEach((a) => {
+      const href = a.getAttribute("href");
+      if (!/[?&]host=/.test(href)) a.setAttribute("href", href + (href.includes("?") ? "&" : "?") + "host=" + encodeURIComponent(vmHost));
+    });
+  }
   const init = PAGES[document.body.dataset.page];
   if (init) init();
 });
