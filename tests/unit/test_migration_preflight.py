@@ -345,9 +345,74 @@ def test_cpu_none_or_topology_only() -> None:
                             "</cpu></domain>") is None
 
 
+def test_cpu_target_without_a_model_list_is_left_to_libvirt() -> None:
+    bare = host_cpu("<domainCapabilities><cpu><mode name='custom' supported='no'/></cpu>"
+                    "</domainCapabilities>")
+    cpu = parse_domain_cpu("<domain><cpu mode='custom'><model>Westmere</model></cpu></domain>")
+    assert cpu is not None and bare.models == {} and cpu_problems(cpu, bare) == []
+
+
 def test_baseline_is_a_model_both_run() -> None:
     source, older = host_cpu(SOURCE_CAPS), host_cpu(OLDER_CAPS)
     assert suggest_baseline(source, source) == "Westmere"
     assert suggest_baseline(source, older) == "Penryn"
     nothing = host_cpu(OLDER_CAPS.replace("usable='yes'", "usable='no'"))
     assert suggest_baseline(source, nothing) is None
+
+
+# --------------------------------------------------------------------------- use case
+class _FakeConn:
+    """A connection for the use case's own decisions (the facts are patched)."""
+
+    def __init__(self, uri: str, uuid: str, alive: bool = True) -> None:
+        self.uri, self.uuid, self._alive = uri, uuid, alive
+
+    def lookup(self, name: str) -> None:
+        return None
+
+    def alive(self) -> bool:
+        return self._alive
+
+
+def _service(monkeypatch: pytest.MonkeyPatch, target: _FakeConn,
+             gather: object) -> Preflight:
+    from kvmops.host import migration_facts
+    from kvmops.services import migration_checks
+    from kvmops.services.caller import Caller
+
+    monkeypatch.setattr(migration_facts, "host_uuid", lambda conn: conn.uuid)
+    monkeypatch.setattr(migration_facts, "gather", gather)
+    return migration_checks.preflight(
+        Caller.local(), _FakeConn("qemu:///system", "u1"), target,  # type: ignore[arg-type]
+        "web1", MigrationOptions(target="h2"), source_name="h1", kind="live")
+
+
+def test_use_case_same_host_unreachable_and_facts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvmops.errors import HostUnavailableError, NotFoundError
+
+    def never(*args: object, **kw: object) -> MigrationFacts:
+        raise AssertionError("not asked")
+
+    same = _service(monkeypatch, _FakeConn("qemu+tcp://h2/system", "u1"), never)
+    assert [b.code for b in same.blockers] == ["same-host"] and "u1" in same.blockers[0].message
+
+    def lost(*args: object, **kw: object) -> MigrationFacts:
+        raise HostUnavailableError("listing networks: lost the connection to libvirtd")
+
+    gone = _service(monkeypatch, _FakeConn("qemu+tcp://h2/system", "u2", alive=False), lost)
+    assert [b.code for b in gone.blockers] == ["unreachable"]
+    assert "host h2 does not answer" in gone.blockers[0].message
+
+    def missing(*args: object, **kw: object) -> MigrationFacts:
+        raise NotFoundError("VM 'web1' not found")
+
+    with pytest.raises(NotFoundError):
+        _service(monkeypatch, _FakeConn("qemu+tcp://h2/system", "u2"), missing)
+
+    def facts(*args: object, **kw: object) -> MigrationFacts:
+        assert kw == {"live": True}
+        return MigrationFacts(vm=_vm(), target=_target(networks={}))
+
+    found = _service(monkeypatch, _FakeConn("qemu+tcp://h2/system", "u2"), facts)
+    assert (found.vm, found.source, found.target, found.kind) == ("web1", "h1", "h2", "live")
+    assert [b.code for b in found.blockers] == ["network"]

@@ -122,12 +122,10 @@ def vm_facts(source: Host, vm: str, *, live: bool) -> VmFacts:
         if nic.type == "network" and nic.source:
             nic.vf_network = _source_network_is_vf_pool(source, nic.source)
     for disk in facts.disks:
-        if disk.type == "volume" and disk.pool:
-            with contextlib.suppress(libvirt.libvirtError, AttributeError):
-                src = _parse(xml).find(f"devices/disk/target[@dev='{disk.target}']/../source")
-                vol = source.conn.storagePoolLookupByName(disk.pool).storageVolLookupByName(
-                    src.get("volume") if src is not None else "")
-                disk.path = vol.path()
+        if disk.type == "volume" and disk.pool and disk.volume:
+            with contextlib.suppress(libvirt.libvirtError):
+                disk.path = str(source.conn.storagePoolLookupByName(disk.pool)
+                                .storageVolLookupByName(disk.volume).path())
         if disk.path and disk.device in ("disk", "lun"):
             with contextlib.suppress(libvirt.libvirtError):
                 _capacity, allocation, physical = raw.blockInfo(disk.target, 0)

@@ -113,7 +113,7 @@ def cpu_problems(cpu: DomainCpu, target: HostCpu) -> list[str]:
     problems: list[str] = []
     if cpu.mode not in ("custom", "host-model"):
         return problems
-    if cpu.model:
+    if cpu.model and target.models:  # no custom-mode list: libvirt's compare decides
         if cpu.model not in target.models:
             problems.append(f"CPU model '{cpu.model}' is unknown there")
         elif not target.models[cpu.model]:

@@ -40,6 +40,7 @@ class DiskFact:
     readonly: bool = False
     shareable: bool = False
     pool: str | None = None  # type='volume': the source pool
+    volume: str | None = None  # type='volume': the volume in it
     size: int | None = None  # bytes a copy moves (allocation), when known
     on_target: str | None = None  # the target's pool that holds the same path
 
@@ -181,11 +182,11 @@ def parse_domain(xml: str) -> VmFacts:
         src = d.find("source")
         dtype = d.get("type", "file")
         path = None
-        pool = None
+        pool = volume = None
         if src is not None:
             path = src.get("file") or src.get("dev") or src.get("dir")
             if dtype == "volume":
-                pool = src.get("pool")
+                pool, volume = src.get("pool"), src.get("volume")
                 path = None
             elif dtype == "network":
                 path = None
@@ -193,7 +194,8 @@ def parse_domain(xml: str) -> VmFacts:
         disks.append(DiskFact(target=target.get("dev", "?") if target is not None else "?",
                               device=d.get("device", "disk"), type=dtype, path=path,
                               readonly=d.find("readonly") is not None,
-                              shareable=d.find("shareable") is not None, pool=pool))
+                              shareable=d.find("shareable") is not None, pool=pool,
+                              volume=volume))
     nics = []
     for n in root.findall("devices/interface"):
         ntype = n.get("type", "?")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 
-from kvmops.errors import HostUnavailableError, KvmopsError
+from kvmops.errors import KvmopsError
 from kvmops.host import migration_facts
 from kvmops.migration.model import Blocker, Kind, MigrationOptions, Preflight
 from kvmops.migration.preflight import check
@@ -43,8 +43,9 @@ def preflight(caller: Caller, source: Connection, target: Connection, vm: str,
     """The blockers of migrating VM ``vm`` from ``source`` (host ``source_name``) to
     ``target`` (host ``options.target``) as ``kind`` (live or cold) with ``options``.
 
-    A VM missing on the source is an error (NotFoundError); a target that stops answering
-    is one blocker (``unreachable``); the same libvirt host on both ends is ``same-host``.
+    A VM missing on the source is an error (NotFoundError); a host that stops answering
+    while asked is one blocker (``unreachable``); the same libvirt host on both ends is
+    ``same-host``.
     """
     target_name = options.target
     result = Preflight(vm=vm, source=source_name, target=target_name, kind=kind)
@@ -58,12 +59,13 @@ def preflight(caller: Caller, source: Connection, target: Connection, vm: str,
                 "--to ('kvmops host list')"))
             return result
         facts = migration_facts.gather(source, target, vm, live=kind == "live")
-    except HostUnavailableError as err:
-        if not target.alive():
-            result.blockers.append(Blocker(
-                code="unreachable", message=f"host {target_name} does not answer: {err}",
-                remedy=f"check it with 'kvmops host info {target_name}'"))
-            return result
+    except KvmopsError as err:
+        for conn, name in ((target, target_name), (source, source_name)):
+            if not conn.alive():  # it went away while asked: say which one
+                result.blockers.append(Blocker(
+                    code="unreachable", message=f"host {name} does not answer: {err}",
+                    remedy=f"check it with 'kvmops host info {name}', then run it again"))
+                return result
         raise
     facts.target.sriov_pools = _sriov_pools(caller, target)
     return check(facts, options, source=source_name, target=target_name, kind=kind)
