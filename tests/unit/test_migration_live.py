@@ -118,3 +118,106 @@ def test_refusal_names_every_blocker_with_its_remedy() -> None:
 def test_options_are_checked(options: MigrationOptions, what: str) -> None:
     with pytest.raises(ValidationError, match=what):
         migration.validate(options)
+
+
+class _FakeDom:
+    """A virDomain whose migrate3 runs until it finishes (after ``passes`` polls), is
+    aborted, or switches to post-copy; its job stats count memory passes."""
+
+    def __init__(self, passes: int = 1000) -> None:
+        import threading
+
+        self.passes = passes
+        self.polls = 0
+        self.calls: list[str] = []
+        self.done = threading.Event()
+        self.aborted = False
+
+    def migrate3(self, dconn: object, params: dict[str, object], flags: int) -> object:
+        self.calls.append("migrate3")
+        self.done.wait(30)
+        if self.aborted:
+            raise libvirt.libvirtError("operation aborted: migration out job: canceled by client")
+        return self
+
+    def jobStats(self, flags: int = 0) -> dict[str, int]:
+        if flags:
+            return {"type": 3, "downtime": 42, "data_processed": 1000}
+        self.polls += 1
+        if self.polls >= self.passes:
+            self.done.set()
+        return {"type": 2, "data_total": 1000, "data_processed": 10 * self.polls,
+                "data_remaining": 1000 - 10 * self.polls, "memory_iteration": self.polls}
+
+    def migrateSetMaxDowntime(self, ms: int, flags: int) -> None:
+        self.calls.append(f"downtime {ms}")
+
+    def migrateStartPostCopy(self, flags: int) -> None:
+        self.calls.append("postcopy")
+        self.done.set()
+
+    def abortJob(self) -> None:
+        self.calls.append("abort")
+        self.aborted = True
+        self.done.set()
+
+
+class _FakeHost:
+    uri = "qemu:///system"
+    conn = object()
+
+    def __init__(self, dom: _FakeDom) -> None:
+        self.dom = dom
+
+    def domain(self, name: str) -> _FakeDom:
+        return self.dom
+
+
+@pytest.fixture
+def fast_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(live, "POLL_S", 0.01)
+
+
+def test_run_live_reports_sets_downtime_and_finishes(fast_poll: None) -> None:
+    from kvmops.migration.model import MigrationProgress
+
+    dom = _FakeDom(passes=3)
+    seen: list[MigrationProgress] = []
+    out = live.run_live(_FakeHost(dom), _FakeHost(dom), "v",  # type: ignore[arg-type]
+                        live.LiveRequest(max_downtime_ms=300), progress=seen.append)
+    assert (out.downtime_ms, out.data_transferred, out.postcopy_started) == (42, 1000, False)
+    assert dom.calls.count("downtime 300") == 1 and "abort" not in dom.calls
+    assert seen[0].iteration == 1 and seen[-1].phase == "done"
+
+
+def test_run_live_escalates_to_postcopy_after_three_passes(fast_poll: None) -> None:
+    dom = _FakeDom()
+    out = live.run_live(_FakeHost(dom), _FakeHost(dom), "v",  # type: ignore[arg-type]
+                        live.LiveRequest(postcopy=True))
+    assert out.postcopy_started and dom.calls == ["migrate3", "postcopy"]
+    assert dom.polls == live.POSTCOPY_AFTER_ITERATIONS
+
+
+def test_run_live_cancel_aborts_the_job(fast_poll: None) -> None:
+    from kvmops.errors import CancelledError
+
+    dom = _FakeDom()
+    with pytest.raises(CancelledError, match="keeps running"):
+        live.run_live(_FakeHost(dom), _FakeHost(dom), "v",  # type: ignore[arg-type]
+                      live.LiveRequest(), cancelled=lambda: dom.polls >= 2)
+    assert dom.calls.count("abort") == 1
+
+
+def test_run_live_progress_that_raises_cancel_aborts(fast_poll: None) -> None:
+    """The API's job context raises CancelledError from a progress report."""
+    from kvmops.errors import CancelledError
+
+    dom = _FakeDom()
+
+    def progress(_: object) -> None:
+        raise CancelledError("job cancelled")
+
+    with pytest.raises(CancelledError):
+        live.run_live(_FakeHost(dom), _FakeHost(dom), "v",  # type: ignore[arg-type]
+                      live.LiveRequest(), progress=progress)
+    assert "abort" in dom.calls
