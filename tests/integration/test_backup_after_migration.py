@@ -7,13 +7,15 @@ from the host the VM runs on).
 One tiny guest boots; it moves M -> H2 -> M -> H2 (virsh, client-driven):
 
 1. full backup on M;
-2. -> H2 *without* a checkpoint hand-over: the qcow2's persistent bitmap came along,
-   libvirt there has no checkpoint; the backup (``--host h2``) redefines it from the
-   repository's copy and takes an incremental that restores to the guest's disk hash;
+2. -> H2 with ``--copy-storage-all`` into H2's images directory and *without* a
+   checkpoint hand-over: libvirt migrates the disk's dirty bitmap with the data (verified
+   here), libvirt there has no checkpoint; the backup (``--host h2``) redefines it from
+   the repository's copy and takes an incremental that restores to the guest's disk hash;
 3. -> M *with* the hand-over (``handover_checkpoints``, what ``kvmops vm migrate`` calls):
    the incremental continues from the handed-over checkpoint (nothing redefined) and
    restores correctly;
-4. -> H2 with the bitmaps dropped on arrival (a disk that came without them): the backup
+4. -> H2 (shared storage: the persistent bitmaps travel in the qcow2) with the bitmaps
+   dropped on arrival (a disk that came without them): the backup
    is a full, with a note naming the migration (CLI warning, JSON ``notes``, job record),
    and restores correctly.
 """
@@ -24,7 +26,9 @@ import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import libvirt
 from lxml import etree
 
 from kvmops.host.connection import Host
@@ -85,16 +89,24 @@ def _checkpoints(conn: Host, vm: str) -> list[str]:
     return sorted(c.getName() for c in conn.domain(vm).listAllCheckpoints(0))
 
 
-def _drop_bitmaps(h2: NsHost, vm: str) -> list[str]:
-    """Remove every kvmops dirty bitmap from the VM's disks in QEMU on H2 (a disk that
-    arrived without its bitmaps); the names removed."""
+def _nodes(h2: NsHost, vm: str) -> list[dict[str, Any]]:
     listed = h2.run_cli("qmp", vm, json.dumps({"execute": "query-named-block-nodes",
                                                "arguments": {"flat": True}}))
     assert listed.code == 0, listed.stderr
     nodes = json.loads(listed.stdout)
-    nodes = nodes.get("return", nodes) if isinstance(nodes, dict) else nodes
+    return list(nodes.get("return", nodes) if isinstance(nodes, dict) else nodes)
+
+
+def _bitmaps(h2: NsHost, vm: str) -> list[str]:
+    """The dirty bitmaps of the VM's disks in QEMU on H2."""
+    return [b["name"] for node in _nodes(h2, vm) for b in node.get("dirty-bitmaps") or []]
+
+
+def _drop_bitmaps(h2: NsHost, vm: str) -> list[str]:
+    """Remove every kvmops dirty bitmap from the VM's disks in QEMU on H2 (a disk that
+    arrived without its bitmaps); the names removed."""
     removed = []
-    for node in nodes:
+    for node in _nodes(h2, vm):
         for bitmap in node.get("dirty-bitmaps") or []:
             if bitmap["name"].startswith(CHECKPOINT_PREFIX):
                 gone = h2.run_cli("qmp", vm, json.dumps(
@@ -102,6 +114,7 @@ def _drop_bitmaps(h2: NsHost, vm: str) -> list[str]:
                      "arguments": {"node": node["node-name"], "name": bitmap["name"]}}))
                 assert gone.code == 0, gone.stderr
                 removed.append(bitmap["name"])
+    assert not [b for b in _bitmaps(h2, vm) if b.startswith(CHECKPOINT_PREFIX)]
     return removed
 
 
@@ -120,11 +133,24 @@ def test_backup_chain_across_migrations(vm_factory: Callable[..., str], host: Ho
         full, _ = _backup(vm, repo_dir)
         assert full["type"] == "full" and full["host_uuid"] == machine_uuid
 
-        # 2. To H2 without a hand-over: no checkpoint there, the bitmap in the qcow2.
-        moved = _virsh(host.uri, "migrate", "--live", "--unsafe", "--persistent",
-                       "--undefinesource", vm, h2.uri)
+        # 2. To H2 copying the disk, without a hand-over: no checkpoint there; the bitmap
+        # came with the data.
+        source = host.domain(vm).XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)
+        old = str(etree.fromstring(source.encode()).xpath(
+            "string(devices/disk[target/@dev='vda']/source/@file)"))
+        assert old.endswith(".qcow2")
+        new = f"{h2.images_dir}/{vm}-vda.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", new, "64M"], check=True)
+        dest_xml = tmp_path / "dest.xml"
+        dest_xml.write_text(source.replace(old, new))
+        moved = _virsh(host.uri, "migrate", "--live", "--copy-storage-all", "--persistent",
+                       "--undefinesource", "--xml", str(dest_xml), "--persistent-xml",
+                       str(dest_xml), vm, h2.uri, f"tcp://{h2.tcp_address}")
         assert moved.returncode == 0, (moved.stderr, h2.log_tail())
         assert _checkpoints(there, vm) == []
+        assert full["checkpoint"] in _bitmaps(h2, vm)
+        assert etree.fromstring(there.domain(vm).XMLDesc(0).encode()).xpath(
+            "string(devices/disk[target/@dev='vda']/source/@file)") == new
         digest = _write(vm, h2.uri, 4)
         inc1, warned = _backup(vm, repo_dir, env=env, host="h2")
         assert inc1["type"] == "incremental" and inc1["parent"] == full["id"], inc1
