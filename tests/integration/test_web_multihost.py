@@ -117,6 +117,10 @@ def test_hosts_on_the_dashboard_vm_list_vm_page_and_host_page(
         assert head.locator("[data-field=state]").first.inner_text() == "shut off"
         page.goto(f"{server.url}/vms/{remote_vm}")  # not on the local host
         assert "not found" in page.inner_text("main")
+        page.goto(f"{server.url}/vms/{remote_vm}/backups?host={H2}")
+        assert page.locator(f"[data-vm-page='{remote_vm}']").count() == 1
+        page.goto(f"{server.url}/vms/{remote_vm}/console?host={H2}")  # through this machine
+        assert "not available in the web UI" in page.inner_text("main")
 
         # the Hosts page links to each host's page: health and its VMs
         page.goto(server.url + "/hosts")

@@ -87,6 +87,14 @@ def _on_host(request: Request, user: Principal, host: str | None) -> session.Con
     return fleet.connection(_caller(request, user), host, ctx.store, local=ctx.host)
 
 
+def _local_only(host: str | None, what: str) -> None:
+    """Pages that reach a VM through this machine (its VNC or serial console) are for
+    the local host's VMs only: a VM of the same name here is not the one asked for."""
+    if not fleet.is_local(host):
+        raise PageError(501, f"{what} of a VM on another host ('{host}') is not available "
+                             "in the web UI; use 'virsh -c URI console' on that host")
+
+
 def _remote(host: str | None) -> str | None:
     """The host name a VM page carries in its links and API calls (None: local)."""
     return None if fleet.is_local(host) else host
@@ -239,7 +247,9 @@ def vm_detail(request: Request, name: str, user: PageUser, host: str | None = Ho
 
 
 @router.get("/vms/{name}/console", response_class=HTMLResponse)
-def console(request: Request, name: str, user: PageOperator) -> Response:
+def console(request: Request, name: str, user: PageOperator,
+            host: str | None = HostParam) -> Response:
+    _local_only(host, "the console")
     ctx = context(request)
     vm = views.vm_info(ctx.host(), name)
     return templates.render(request, "console.html", user, title=f"{vm.name} console", vm=vm,
@@ -247,7 +257,9 @@ def console(request: Request, name: str, user: PageOperator) -> Response:
 
 
 @router.get("/vms/{name}/serial", response_class=HTMLResponse)
-def serial(request: Request, name: str, user: PageOperator) -> Response:
+def serial(request: Request, name: str, user: PageOperator,
+           host: str | None = HostParam) -> Response:
+    _local_only(host, "the serial console")
     ctx = context(request)
     vm = views.vm_info(ctx.host(), name)
     response = templates.render(request, "serial.html", user, title=f"{vm.name} serial console",
@@ -302,14 +314,15 @@ def _caller(request: Request, user: Principal) -> Caller:
 
 @router.get("/vms/{name}/backups", response_class=HTMLResponse)
 def backups(request: Request, name: str, user: PageUser,
-            repo: str | None = Query(None, max_length=4096)) -> Response:
-    ctx = context(request)
-    vm = views.vm_info(ctx.host(), name)
+            repo: str | None = Query(None, max_length=4096),
+            host: str | None = HostParam) -> Response:
+    vm = views.vm_info(_on_host(request, user, host), name)
     chosen = _repo_choice(request, repo)
     found = views.backup_points(_caller(request, user), chosen, vm.name)
     response = templates.render(request, "backups.html", user, title=f"{vm.name} backups",
                                 vm=vm, repo=chosen, problem=found.problem,
-                                timeline=found.timeline, points=found.points)
+                                timeline=found.timeline, points=found.points,
+                                vm_host=_remote(host))
     if repo:
         response.set_cookie(REPO_COOKIE, repo, max_age=365 * 86400, httponly=True,
                             samesite="strict", path="/")
