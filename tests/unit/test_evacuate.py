@@ -5,13 +5,15 @@ ones, ``dry_run`` moves nothing; the report's lines."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from typing import Any
 
 import pytest
 
-from kvmops.errors import HypervisorError
+from kvmops.errors import CancelledError, HypervisorError
 from kvmops.migration.model import Blocker, MigrationOptions, MigrationResult
 from kvmops.services import evacuate as evacuation
 from kvmops.services import migration
@@ -115,3 +117,26 @@ def test_cancel_starts_no_new_migration(monkeypatch: pytest.MonkeyPatch,
     assert [c[0] for c in fake.calls] == ["a"]
     assert [item.status for item in report.vms] == ["moved", "cancelled", "cancelled"]
     assert report.vms[1].error == "cancelled before it started"
+
+
+def test_ctrl_c_cancels_the_running_migration_and_starts_no_new_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def migrate(caller: Caller, vm: str, options: MigrationOptions, *,
+                source: str | None = None, progress: Any = None, cancelled: Any = None
+                ) -> MigrationResult:
+        calls.append(vm)
+        os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C in the terminal
+        deadline = time.monotonic() + 30
+        while not cancelled() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        raise CancelledError(f"migration of '{vm}' cancelled: it still runs on 'src'")
+
+    monkeypatch.setattr(migration, "migrate", migrate)
+    lines: list[str] = []
+    report = _evacuate(monkeypatch, _plan(["a", "b"]), parallel=1, note=lines.append)
+    assert calls == ["a"]
+    assert [item.status for item in report.vms] == ["cancelled", "cancelled"]
+    assert "still runs on 'src'" in (report.vms[0].error or "")
+    assert "cancelling: no new migration starts, the running ones abort" in lines

@@ -17,6 +17,7 @@ wants to know up front which VMs will remain, not after half of them moved.
 from __future__ import annotations
 
 import contextlib
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -224,7 +225,11 @@ def evacuate(caller: Caller, host_name: str, db: str | Store | None = None, *,
     report.dry_run = False
     from kvmops.services import migration  # the live migration's use case (lazy)
 
-    stop = cancelled or (lambda: False)
+    interrupted = threading.Event()  # Ctrl-C: as a cancel
+
+    def stop() -> bool:
+        return interrupted.is_set() or (cancelled is not None and cancelled())
+
     lock = threading.Lock()
 
     def tell(text: str) -> None:
@@ -263,9 +268,22 @@ def evacuate(caller: Caller, host_name: str, db: str | Store | None = None, *,
             item.seconds = time.monotonic() - started
         tell(item.line())
 
-    movable = [item for item in report.vms if item.status == "planned"]
-    with ThreadPoolExecutor(max_workers=parallel,
-                            thread_name_prefix="kvmops-evacuate") as pool:
-        for future in [pool.submit(move, item) for item in movable]:
-            future.result()
+    def on_sigint(_signum: int, _frame: object) -> None:  # Ctrl-C: a cancel
+        if not interrupted.is_set():
+            interrupted.set()
+            tell("cancelling: no new migration starts, the running ones abort")
+
+    # A handler (not KeyboardInterrupt, which may land inside the executor's own code)
+    # in the main thread only: the command line's; API jobs run in worker threads.
+    previous = (signal.signal(signal.SIGINT, on_sigint)
+                if threading.current_thread() is threading.main_thread() else None)
+    try:
+        movable = [item for item in report.vms if item.status == "planned"]
+        with ThreadPoolExecutor(max_workers=parallel,
+                                thread_name_prefix="kvmops-evacuate") as pool:
+            for future in [pool.submit(move, item) for item in movable]:
+                future.result()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     return report
