@@ -29,6 +29,7 @@ from tests.integration.conftest import remove_vm
 from tests.integration.nshost import NsHost, second_host
 
 PATTERN = "0xab"  # the known bytes: 64 KiB of them at 1 MiB into the disk
+OLD = "0x11"  # what the same bytes were at the VM's snapshot
 OFFSET, LENGTH = 1024 * 1024, 64 * 1024
 
 
@@ -111,6 +112,11 @@ def test_cold_migration_there_and_back(vm_factory: Callable[..., str], host: Hos
     pool, pool_dir = pools
     vm = vm_factory()
     source_disk = _disk_of(host.uri, vm)
+    # An internal snapshot (inside the qcow2 file) of older bytes moves along.
+    wrote = _qemu_io(source_disk, f"write -P {OLD} {OFFSET} {LENGTH}")
+    assert wrote.returncode == 0, wrote.stderr
+    snap = run_cli("snapshot", "create", vm, "s1")
+    assert snap.code == 0, snap.stderr
     wrote = _qemu_io(source_disk, f"write -P {PATTERN} {OFFSET} {LENGTH}")
     assert wrote.returncode == 0, wrote.stderr
     digest = _sha256(source_disk)
@@ -137,6 +143,10 @@ def test_cold_migration_there_and_back(vm_factory: Callable[..., str], host: Hos
     assert not source_disk.exists()
     assert any(f"removed from the source: {source_disk}" in n for n in result.notes)
     assert any("kernel" in n for n in result.notes)
+    assert any("internal snapshot(s) moved with the disks: s1" in n for n in result.notes)
+    assert _virsh(h2.uri, "snapshot-list", vm, "--name").split() == ["s1"]
+    assert _virsh(h2.uri, "snapshot-current", vm, "--name").strip() == "s1"
+    assert str(target_disk) in _virsh(h2.uri, "snapshot-dumpxml", vm, "s1")
     phases = [p.phase for p in seen]
     assert "copy" in phases and "verify" in phases and phases[-1] == "done"
     copied = [p for p in seen if p.phase == "copy"]
@@ -167,6 +177,11 @@ def test_cold_migration_there_and_back(vm_factory: Callable[..., str], host: Hos
         assert _disk_of(host.uri, vm) == Path(back["disks"][0])
         assert _sha256(Path(back["disks"][0])) == digest
         assert not target_disk.exists()
+        # The snapshot came back too, and reverting to it gives its bytes.
+        reverted = run_cli("snapshot", "revert", vm, "s1")
+        assert reverted.code == 0, reverted.stderr
+        assert _qemu_io(Path(back["disks"][0]),
+                        f"read -P {OLD} {OFFSET} {LENGTH}").returncode == 0
     finally:
         if vm not in _names(host.uri):
             with contextlib.suppress(Exception):

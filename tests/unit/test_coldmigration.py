@@ -21,7 +21,7 @@ from kvmops.host.transfer import Digest
 from kvmops.migration.model import Blocker
 from kvmops.services import coldmigration as cm
 from kvmops.services.coldmigration import DiskMove
-from kvmops.vm.domxml import DomainDocument, parse_xml
+from kvmops.vm.domxml import DomainDocument, SnapshotDocument, parse_xml
 
 DOMAIN = """<domain type='qemu'>
   <name>web1</name>
@@ -232,3 +232,56 @@ def test_a_cancel_after_the_copies_removes_them_all(fake_storage: dict[str, list
     assert fake_storage["created"] == ["web1.qcow2", "data.img"]
     assert sorted(fake_storage["deleted"]) == ["data.img", "web1.qcow2"]
     assert target.defined == []
+
+
+# --------------------------------------------------------------------------- snapshots
+def _snapshot(name: str, parent: str | None, *, external: bool = False) -> str:
+    disk = ("<disk name='vda' snapshot='external' type='file'><source file='/src/images/"
+            f"web1.{name}'/></disk>" if external else "<disk name='vda' snapshot='internal'/>")
+    return (f"<domainsnapshot><name>{name}</name><state>shutoff</state>"
+            + (f"<parent><name>{parent}</name></parent>" if parent else "")
+            + f"<memory snapshot='no'/><disks>{disk}</disks>{DOMAIN}</domainsnapshot>")
+
+
+class _Snap:
+    def __init__(self, xml: str) -> None:
+        self._xml = xml
+        self.name = parse_xml(xml).findtext("name")
+
+    def xml(self) -> str:
+        return self._xml
+
+
+class _Domain:
+    def __init__(self, *xmls: str) -> None:
+        self.found = [_Snap(x) for x in xmls]
+
+    def snapshots(self) -> list[_Snap]:
+        return self.found
+
+    def current_snapshot(self) -> str:
+        return "b"
+
+
+def test_internal_snapshots_move_parents_first_external_ones_block() -> None:
+    plan = _plan()
+    cm._check_snapshots(_Domain(_snapshot("c", "b"), _snapshot("b", "a"),  # type: ignore[arg-type]
+                                _snapshot("a", None)), plan)
+    assert [n for n, _x in plan.snapshots] == ["a", "b", "c"]
+    assert plan.current_snapshot == "b" and not plan.blockers
+    assert "3 internal snapshot(s)" in plan.notes[-1]
+    plan = _plan()
+    external = _Domain(_snapshot("x", None, external=True))
+    cm._check_snapshots(external, plan)  # type: ignore[arg-type]
+    assert [b.code for b in plan.blockers] == ["snapshot"]
+    assert "external" in plan.blockers[0].message and "snapshot delete" in plan.blockers[0].remedy
+
+
+def test_a_snapshot_names_the_copies_after_move_files() -> None:
+    doc = SnapshotDocument(_snapshot("a", None))
+    doc.move_files({"/src/images/web1.qcow2": "/dst/pool/web1.qcow2"})
+    inner = doc.domain()
+    assert inner is not None
+    assert inner.disk_files()["vda"] == ("/dst/pool/web1.qcow2", "qcow2")
+    assert inner.disk_files()["vdb"] == ("/other/data.img", "raw")  # not moved: unchanged
+    assert [o.path for o in inner.owned_files()] == ["/dst/pool/web1.qcow2"]

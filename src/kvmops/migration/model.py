@@ -37,7 +37,8 @@ class Blocker(Record):
     ``code`` is stable (scripts and tests match it): ``hostdev``, ``vf``, ``cpu``,
     ``network``, ``bridge``, ``pool``, ``local-disk``, ``memory``, ``block-job``,
     ``backup``, ``memory-snapshot``, ``cdrom``, ``name-clash``, ``state``,
-    ``same-host``, ``unreachable``.
+    ``same-host``, ``unreachable``; cold migration adds ``snapshot`` (an external one),
+    ``backing-file`` and ``disk`` (a disk it cannot copy).
     """
 
     code: str

@@ -42,7 +42,7 @@ from kvmops.errors import (
 )
 from kvmops.host import pools as host_pools
 from kvmops.host import transfer
-from kvmops.host.connection import Host
+from kvmops.host.connection import Domain, Host
 from kvmops.migration.model import (
     Blocker,
     CancelledFn,
@@ -56,7 +56,7 @@ from kvmops.services.caller import Caller
 from kvmops.sizes import format_size
 from kvmops.storage import qcow2
 from kvmops.storage.model import FILE_TYPES, VOLUME_RE, parse_pool
-from kvmops.vm.domxml import DomainDocument, OwnedFile
+from kvmops.vm.domxml import DomainDocument, OwnedFile, SnapshotDocument
 
 __all__ = ["DEFAULT_POOL", "DiskMove", "cold_migrate", "plan_volume_names", "rewrite_xml",
            "volume_xml"]
@@ -94,6 +94,8 @@ class _Plan:
     pool_dir: str
     shared: bool = False  # no --copy-storage: the disks stay where both hosts see them
     moves: list[DiskMove] = field(default_factory=list)
+    snapshots: list[tuple[str, str]] = field(default_factory=list)  # (name, XML), parents first
+    current_snapshot: str | None = None
     blockers: list[Blocker] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -235,14 +237,9 @@ def _plan(src: Host, dst: Host, vm: str, options: MigrationOptions, *, src_local
         blockers.append(Blocker("state", f"VM '{vm}' has a saved memory state",
                                 f"start it and shut it down, or discard the state "
                                 f"('virsh managedsave-remove {vm}')"))
-    snapshots = domain.snapshots()
-    if snapshots:
-        blockers.append(Blocker("snapshot", f"VM '{vm}' has {len(snapshots)} snapshot(s) "
-                                f"({', '.join(s.name for s in snapshots[:3])})",
-                                f"delete them first ('kvmops snapshot delete {vm} NAME'): "
-                                "snapshots do not move with a cold migration"))
     plan = _Plan(vm=vm, uuid=domain.uuid(), xml=xml, pool=options.target_pool or DEFAULT_POOL,
                  pool_dir="", shared=not options.copy_storage, blockers=blockers)
+    _check_snapshots(domain, plan)
     with contextlib.suppress(KvmopsError):
         if domain.checkpoints():
             plan.notes.append("the VM's backup checkpoints stay behind: its next backup "
@@ -261,6 +258,39 @@ def _plan(src: Host, dst: Host, vm: str, options: MigrationOptions, *, src_local
         plan.notes.append("UEFI variables (NVRAM) are not copied: the target starts from "
                           "its firmware's template")
     return plan
+
+
+def _check_snapshots(domain: Domain, plan: _Plan) -> None:
+    """Internal snapshots live inside the qcow2 files (copied with their bytes): their
+    metadata moves too. External ones (overlays, memory files) block."""
+    found = {}
+    for snap in domain.snapshots():
+        doc = SnapshotDocument(snap.xml())
+        external = [d.target for d in doc.disks() if d.mode == "external"]
+        if external or doc.memory_mode == "external":
+            plan.blockers.append(Blocker(
+                "snapshot", f"snapshot '{doc.name}' of VM '{plan.vm}' is external "
+                f"({'disks ' + ', '.join(external) if external else 'its memory file'})",
+                f"delete it first ('kvmops snapshot delete {plan.vm} {doc.name}'): "
+                "external snapshots do not move with a cold migration"))
+            continue
+        found[doc.name] = (doc.parent, snap.xml())
+    ordered: list[tuple[str, str]] = []
+    placed: set[str] = set()
+    while len(ordered) < len(found):  # parents before children
+        ready = [n for n, (parent, _x) in sorted(found.items())
+                 if n not in placed and (parent is None or parent in placed
+                                         or parent not in found)]
+        if not ready:
+            break
+        for name in ready:
+            ordered.append((name, found[name][1]))
+            placed.add(name)
+    plan.snapshots = ordered
+    plan.current_snapshot = domain.current_snapshot()
+    if ordered:
+        plan.notes.append(f"{len(ordered)} internal snapshot(s) moved with the disks: "
+                          f"{', '.join(n for n, _x in ordered)}")
 
 
 def _check_target(dst: Host, doc: DomainDocument, plan: _Plan) -> None:
@@ -505,6 +535,7 @@ def _move(src: Host, dst: Host, plan: _Plan, *, src_local: bool, dst_local: bool
         _say(progress, "define")
         dst.define_domain(plan.xml if plan.shared else rewrite_xml(plan.xml, plan.moves))
         defined = True
+        _redefine_snapshots(dst, plan)
         _check_definition(dst, plan)
         _stop_if(cancelled)
         _say(progress, "switch-over")
@@ -519,9 +550,30 @@ def _move(src: Host, dst: Host, plan: _Plan, *, src_local: bool, dst_local: bool
         raise
 
 
+def _redefine_snapshots(dst: Host, plan: _Plan) -> None:
+    """The source's snapshot metadata on the target, naming the copies."""
+    if not plan.snapshots:
+        return
+    moved = {m.source: m.path for m in plan.moves}
+    domain = dst.lookup(plan.vm)
+    for name, xml in plan.snapshots:
+        doc = SnapshotDocument(xml)
+        doc.move_files(moved)
+        domain.redefine_snapshot(doc.to_xml(), current=name == plan.current_snapshot,
+                                 what=f"defining snapshot '{name}' of VM '{plan.vm}' on "
+                                      f"{dst.uri}")
+
+
 def _check_definition(dst: Host, plan: _Plan) -> None:
-    """The target's definition names the copies, and each is there as long as sent."""
-    doc = DomainDocument(dst.lookup(plan.vm).config_xml(what=f"reading VM '{plan.vm}'"))
+    """The target's definition names the copies, each is there, and so are the
+    snapshots."""
+    domain = dst.lookup(plan.vm)
+    there = sorted(s.name for s in domain.snapshots())
+    if there != sorted(n for n, _x in plan.snapshots):
+        raise StorageError(f"VM '{plan.vm}' on {dst.uri} has snapshots {there}, not "
+                           f"{sorted(n for n, _x in plan.snapshots)}",
+                           hint="the target's definition was removed; try again")
+    doc = DomainDocument(domain.config_xml(what=f"reading VM '{plan.vm}'"))
     files = doc.disk_files()
     for move in plan.moves:
         if files.get(move.target) != (move.path, move.fmt):

@@ -1161,3 +1161,19 @@ class SnapshotDocument:
             if source is None:
                 source = etree.SubElement(el, "source")
             source.set("file", path)
+
+    def move_files(self, moved: dict[str, str]) -> None:
+        """Name each file of ``moved`` (old path -> new path) by its new path wherever the
+        snapshot names it: the disks of the VM's definitions inside it (``<domain>``,
+        ``<inactiveDomain>``, with their owned-files records) and its ``<disks>`` (a cold
+        migration's copies)."""
+        for where in ("domain", "inactiveDomain"):
+            for el in self._root.findall(f"{where}/devices/disk/source"):
+                if el.get("file") in moved:
+                    el.set("file", moved[el.get("file", "")])
+            for el in self._root.iterfind(f"{where}/metadata//{{{METADATA_NS}}}file"):
+                if el.get("path") in moved:
+                    el.set("path", moved[el.get("path", "")])
+        for el in self._root.findall("disks/disk/source"):
+            if el.get("file") in moved:
+                el.set("file", moved[el.get("file", "")])
