@@ -7,7 +7,8 @@ boots), destroyed and undefined on the second daemon comes out of the server's
 second libvirtd frozen (SIGSTOP) is noticed by libvirt's keepalive and shown
 ``down: REASON`` with a ``host`` event, and after SIGCONT the watch subscribes again by
 itself. Removing the host stops its watch (a VM defined while it is gone raises nothing);
-adding it again watches it again at once."""
+adding it again watches it again at once. ``kvmops events --lifecycle --host all`` on the
+same database prints the same VM's events, each line naming the host."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +29,7 @@ import libvirt
 import pytest
 
 from kvmops.devguest.build import GuestImage
-from tests.conftest import SESSION_PREFIX, run_cli
+from tests.conftest import REPO, SESSION_PREFIX, run_cli
 from tests.integration.api_server import ApiServer, add_users, start_server
 from tests.integration.nshost import NsHost, second_host
 
@@ -103,6 +106,7 @@ def test_second_hosts_life_cycle_events_reach_the_stream_tagged_with_its_name(
     vm, gone_vm, back_vm = (f"{SESSION_PREFIX}evvm", f"{SESSION_PREFIX}evgone",
                             f"{SESSION_PREFIX}evback")
     conn = libvirt.open(h2.uri)
+    follow: subprocess.Popen[str] | None = None
 
     def of(name: str) -> list[dict[str, Any]]:
         return [e for e in list(events) if e["sse"] == "domain" and e.get("vm") == name]
@@ -115,6 +119,16 @@ def test_second_hosts_life_cycle_events_reach_the_stream_tagged_with_its_name(
             assert admin.get("/hosts/local").json()["events"] == "subscribed"
             reader.start()
             assert ready.wait(30)
+            follow = subprocess.Popen(
+                [sys.executable, "-m", "kvmops.cli.main", "events", "--lifecycle", "--host",
+                 "all", "--json", "--follow", "--timeout", "300", "--quiet"],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                env={**os.environ, "KVMOPS_DB": server.db})
+            lines: list[dict[str, Any]] = []
+            threading.Thread(target=lambda: lines.extend(
+                json.loads(line) for line in follow.stdout or ()), daemon=True).start()
+            _until("the CLI subscribed to h2", lambda: any(
+                e["host"] == H2 and e["event"] == "subscribed" for e in list(lines)))
 
             dom = conn.defineXML(_domain_xml(vm, tiny_guest))
             dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
@@ -128,6 +142,13 @@ def test_second_hosts_life_cycle_events_reach_the_stream_tagged_with_its_name(
                 "defined", "started", "suspended", "stopped", "undefined"], kinds
             assert {e["host"] for e in mine} == {H2}
             assert {e["libvirt"] for e in mine} == {h2.uri}
+            _until("the CLI's undefined line", lambda: any(
+                e.get("vm") == vm and e["event"] == "undefined" for e in list(lines)))
+            follow.send_signal(signal.SIGINT)
+            assert follow.wait(30) == 0, follow.stderr.read() if follow.stderr else ""
+            printed = [e for e in lines if e.get("vm") == vm]
+            assert [e["event"] for e in printed] == [e["event"] for e in mine], printed
+            assert {e["host"] for e in printed} == {H2}
 
             # the second libvirtd stops answering: keepalive notices, the watch is down
             pid = h2.libvirtd_pid
@@ -161,6 +182,9 @@ def test_second_hosts_life_cycle_events_reach_the_stream_tagged_with_its_name(
             assert of(gone_vm) == []
     finally:
         stop.set()
+        if follow is not None and follow.poll() is None:
+            follow.kill()
+            follow.wait(10)
         for name in (vm, gone_vm, back_vm):
             try:
                 dom = conn.lookupByName(name)

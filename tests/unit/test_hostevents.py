@@ -5,6 +5,7 @@ host/events.LifecycleWatch; the scale-out de-duplication over several daemons.""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
@@ -158,3 +159,40 @@ def test_relayed_events_of_any_watched_daemon_are_dropped() -> None:
     assert relayed_twice("host", {"libvirt": "box/qemu:///system"}, mine)
     assert not relayed_twice("domain", {"libvirt": "qemu+tcp://10.250.7.3/system"}, mine)
     assert relayed_twice("domain", {"libvirt": "box/qemu:///system"}, "box/qemu:///system")
+
+
+def test_follow_lifecycle_merges_the_hosts_events_into_one_queue() -> None:
+    from kvmops.services.caller import Caller
+    from kvmops.services.hostevents import follow_lifecycle
+
+    made: list[FakeWatch] = []
+
+    def factory(uri: str, on_event: Callable[[str, str, str, int], None],
+                on_connection: Callable[[bool], None]) -> FakeWatch:
+        made.append(FakeWatch(uri, on_event, on_connection, up=True))
+        return made[-1]
+
+    with follow_lifecycle(Caller.local(), None, local_uri="qemu:///system",
+                          factory=factory) as (next_event, hosts):
+        assert hosts == ["local"] and [w.uri for w in made] == ["qemu:///system"]
+        assert next_event(0.01) is None
+        made[0].on_event("vm1", "u1", "started", 1)
+        made[0].on_connection(False)
+        first, second = next_event(1), next_event(1)
+    assert first is not None and second is not None
+    assert first.to_dict()["host"] == "local" and first.vm == "vm1"
+    assert first.event == "started" and first.detail == 1
+    assert (second.host, second.event) == ("local", "down")
+    assert made[0].stopped  # the watch ends with the block
+
+
+def test_events_lifecycle_lines() -> None:
+    from kvmops.cli.events import format_lifecycle
+    from kvmops.services.hostevents import HostEvent
+
+    started = HostEvent(host="h2", event="started", vm="web1", uuid="u", detail=0)
+    assert format_lifecycle(started, False).endswith("  h2  started  web1")
+    data = json.loads(format_lifecycle(started, True))
+    assert data["host"] == "h2" and data["vm"] == "web1" and data["event"] == "started"
+    down = HostEvent(host="h2", event="down", error="connection to libvirtd lost")
+    assert format_lifecycle(down, False).endswith("  h2  down  connection to libvirtd lost")

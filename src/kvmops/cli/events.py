@@ -1,4 +1,5 @@
-"""``kvmops events``: watch a VM's (or a hand-started QEMU's) QMP events."""
+"""``kvmops events``: watch a VM's (or a hand-started QEMU's) QMP events, or with
+``--lifecycle`` libvirt's VM life cycle events of one host or of every host."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from kvmops.cli.common import HostOption, UriOption, on_host
 from kvmops.cli.qmp import SocketOption, TcpOption
 from kvmops.errors import OperationTimeoutError, ValidationError
 from kvmops.services.caller import Caller
+from kvmops.services.hostevents import HostEvent
 from kvmops.services.monitor import MonitorEvent, normalize_event_names, open_monitor
 
 
@@ -40,12 +42,27 @@ def events_cmd(
     tcp: str | None = TcpOption,
     uri: str | None = UriOption,
     host_name: str | None = HostOption,
+    lifecycle: bool = typer.Option(
+        False, "--lifecycle", help="libvirt's VM life cycle events (defined, started, "
+                                   "stopped ...) of the host instead of one VM's QMP "
+                                   "events; with --host all: of every host, each line "
+                                   "naming its host."),
 ) -> None:
     """Print QMP events with their timestamps as QEMU sends them.
 
     With --event and no --follow it ends after the first matching event;
-    otherwise it runs until Ctrl-C or --timeout.
+    otherwise it runs until Ctrl-C or --timeout. With --lifecycle: libvirt's life
+    cycle events of the host (--host NAME, or all), a host lost or back as ``down`` /
+    ``subscribed``.
     """
+    if lifecycle:
+        if vm is not None or socket is not None or tcp is not None:
+            raise ValidationError("--lifecycle watches hosts, not one VM or QEMU",
+                                  hint="drop the VM name / --socket / --tcp, or --lifecycle")
+        _lifecycle(host_name, uri if host_name is None else on_host(uri, host_name,
+                                                                     all_ok=True),
+                   event, follow, timeout, json_out, quiet)
+        return
     uri = on_host(uri, host_name, socket=socket, tcp=tcp)
     if socket is not None and tcp is not None:
         raise ValidationError("give either --socket or --tcp, not both")
@@ -79,6 +96,63 @@ def events_cmd(
         what = " or ".join(sorted(names)) if names else "any"
         raise OperationTimeoutError(
             f"no {what} event from {target} within {timeout:g}s",
+            hint="nothing matching happened; check the event name or wait longer")
+
+
+def format_lifecycle(event: HostEvent, as_json: bool) -> str:
+    """One line: JSON or ``TIMESTAMP  HOST  EVENT  VM`` (a host's ``down``: the reason)."""
+    if as_json:
+        return json.dumps(event.to_dict(), separators=(",", ":"))
+    stamp = event.time.astimezone().isoformat(sep=" ", timespec="milliseconds")
+    what = event.vm if event.vm is not None else (event.error or "")
+    return f"{stamp}  {event.host}  {event.event}  {what}".rstrip()
+
+
+def _lifecycle(host: str | None, uri: str | None, event: list[str], follow: bool,
+               timeout: float | None, json_out: bool, quiet: bool) -> None:
+    import time
+
+    from kvmops.services.hostevents import LIFECYCLE_NAMES, follow_lifecycle
+
+    if timeout is not None and timeout <= 0:
+        raise ValidationError(f"--timeout must be positive, got {timeout:g}")
+    names = {e.strip().lower() for e in event if e.strip()} or None
+    if names is not None and names - set(LIFECYCLE_NAMES):
+        raise ValidationError(f"unknown life cycle event(s): "
+                              f"{', '.join(sorted(names - set(LIFECYCLE_NAMES)))}",
+                              hint=f"use {', '.join(LIFECYCLE_NAMES)}")
+    stop_after_first = names is not None and not follow
+    end = None if timeout is None else time.monotonic() + timeout
+    matched = 0
+    try:
+        with follow_lifecycle(Caller.local(), host, local_uri=uri) as (next_event, hosts):
+            if not quiet:
+                what = ", ".join(sorted(names)) if names else "all"
+                sys.stderr.write(f"listening for {what} life cycle events of "
+                                 f"{', '.join(hosts)}"
+                                 f"{f' for {timeout:g}s' if timeout else ''} "
+                                 f"(Ctrl-C to stop)\n")
+                sys.stderr.flush()
+            while True:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                item = next_event(left)
+                if item is None:
+                    continue
+                if names is not None and item.event not in names:
+                    continue
+                sys.stdout.write(format_lifecycle(item, json_out) + "\n")
+                sys.stdout.flush()
+                matched += 1
+                if stop_after_first:
+                    break
+    except KeyboardInterrupt:
+        return
+    if matched == 0 and timeout is not None:
+        what = " or ".join(sorted(names)) if names else "any"
+        raise OperationTimeoutError(
+            f"no {what} life cycle event within {timeout:g}s",
             hint="nothing matching happened; check the event name or wait longer")
 
 

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from kvmops.store.db import Store
 
 LOCAL = "local"
+#: libvirt's life cycle events by name, and a followed host lost or back.
+LIFECYCLE_NAMES = ("defined", "undefined", "started", "suspended", "resumed", "stopped",
+                   "shutdown", "pmsuspended", "crashed", "down", "subscribed")
 #: A watched host that is down is asked again after 1, 2, 4 ... at most this many seconds.
 RETRY_MAX_S = 30.0
 RESYNC_S = 15.0
@@ -235,16 +238,20 @@ class HostEvent(Record):
 
 @contextlib.contextmanager
 def follow_lifecycle(caller: Caller, host: str | None = None, db: str | Store | None = None,
-                     *, factory: WatchFactory | None = None
-                     ) -> Iterator[Callable[[float | None], HostEvent | None]]:
-    """Watch the life cycle events of ``host`` (None: the local one; ``all``: every known
-    host) for the length of the block; it gets a function returning the next event, or
-    None when ``timeout`` seconds pass first."""
+                     *, local_uri: str | None = None, factory: WatchFactory | None = None
+                     ) -> Iterator[tuple[Callable[[float | None], HostEvent | None],
+                                         list[str]]]:
+    """Watch the life cycle events of ``host`` (None: the local one, at ``local_uri`` when
+    given; ``all``: every known host) for the length of the block; it gets a function
+    returning the next event (or None when ``timeout`` seconds pass first) and the names
+    of the hosts watched."""
     from kvmops.host.events import EventQueue
     from kvmops.services import hosts as host_service
 
     if host == "all":
-        names = _known_from(db, None)()
+        names = _known_from(db, local_uri)()
+    elif host is None and local_uri is not None:
+        names = {LOCAL: local_uri}
     else:
         name = host or LOCAL
         host_service.validate_name(name)
@@ -260,6 +267,6 @@ def follow_lifecycle(caller: Caller, host: str | None = None, db: str | Store | 
     watches = HostWatches(event, state, known=lambda: names, factory=factory, resync_s=0)
     watches.sync()
     try:
-        yield queue.get
+        yield queue.get, list(names)
     finally:
         watches.stop()
