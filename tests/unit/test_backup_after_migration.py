@@ -21,6 +21,10 @@ def test_moved_since_compares_the_newest_complete_backup_host() -> None:
     full = on(manifest(0, BackupType.FULL, None), A, "host-a")
     assert moved_since([full], A) is None
     assert moved_since([full], B) == full
+    assert moved_since([full], B, "host-b") == full
+    # The same host name with another UUID: a daemon that made up a temporary UUID at
+    # its restart (no SMBIOS UUID), not a migration.
+    assert moved_since([full], B, "host-a") is None
     assert moved_since([], B) is None
     assert moved_since([full], "") is None  # host unknown here: no claim
     older = manifest(0, BackupType.FULL, None)  # before manifests recorded the host

@@ -227,7 +227,7 @@ def _run_online(host: Host, domain: DomainHandle, repo: Repository, req: BackupR
     plan = plan_backup(vm, disks, manifests, req.mode, trusted_here)
     for message in plan.notes:
         say(message)
-    last = moved_since(manifests, here_uuid)
+    last = moved_since(manifests, here_uuid, here)
     moved = migration_note(vm, last, here, plan, bool(untrusted)) if last else None
     if moved:
         say(moved)

@@ -123,14 +123,19 @@ def plan_backup(
     return Plan(kind, parent, parent.checkpoint if parent else None, plans, notes)
 
 
-def moved_since(manifests: list[Manifest], host_uuid: str) -> Manifest | None:
-    """The newest complete backup when it was taken on a host other than ``host_uuid``
-    (the VM was migrated since), else None (also for manifests that predate the host
-    record)."""
+def moved_since(manifests: list[Manifest], host_uuid: str, host: str = ""
+                ) -> Manifest | None:
+    """The newest complete backup when it was taken on a host other than this one (the
+    VM was migrated since), else None (also for manifests that predate the host record).
+    Both the host UUID and the name must differ: libvirt makes up a temporary host UUID
+    at each start where SMBIOS has none, so a restarted daemon is not a move."""
     complete = [m for m in manifests if m.complete]
     if not complete or not host_uuid or not complete[-1].host_uuid:
         return None
-    return complete[-1] if complete[-1].host_uuid != host_uuid else None
+    last = complete[-1]
+    if last.host_uuid == host_uuid or (host and last.host == host):
+        return None
+    return last
 
 
 def migration_note(vm: str, last: Manifest, here: str, plan: Plan, untrusted: bool
