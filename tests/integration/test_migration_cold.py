@@ -246,6 +246,12 @@ def test_shared_storage_moves_only_the_definition(tiny_guest: GuestImage, host: 
         assert created.code == 0, created.stderr
         disk = _disk_of(host.uri, vm)
         digest = _sha256(disk)
+        # A copy into the pool that holds the disk itself is refused (never "deleted").
+        assert_one_line_error(run_cli("vm", "migrate", vm, "--to", "h2", "--copy-storage",
+                                      "--target-pool", f"{pool}s",
+                                      env={"KVMOPS_DB": hosts_db}),
+                              24, "the target sees the disk itself",
+                              "leave out --copy-storage")
         moved = run_cli("vm", "migrate", vm, "--to", "h2", "--json",
                         env={"KVMOPS_DB": hosts_db})
         assert moved.code == 0, moved.stderr

@@ -389,7 +389,13 @@ def _check_disks(src: Host, dst: Host, doc: DomainDocument, plan: _Plan, *,
         return
     for move in plan.moves:
         move.path = os.path.join(plan.pool_dir, move.volume)
-        if host_pools.volume_exists(dst, plan.pool, move.volume):
+        if os.path.normpath(move.path) == os.path.normpath(move.source):
+            blockers.append(Blocker(
+                "name-clash", f"disk {move.target} ({move.source}) is in pool '{plan.pool}' "
+                f"of {dst.uri} already: the target sees the disk itself",
+                "leave out --copy-storage (the disk is on storage both hosts share), or "
+                "name another --target-pool"))
+        elif host_pools.volume_exists(dst, plan.pool, move.volume):
             blockers.append(Blocker(
                 "name-clash", f"volume '{move.volume}' exists in pool '{plan.pool}' on "
                 f"{dst.uri}", f"delete it if it is a leftover of an interrupted migration "
