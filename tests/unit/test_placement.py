@@ -4,6 +4,11 @@ and an unreachable host; several VMs placed at once take their share as they go.
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
+import pytest
+
 from kvmops.migration.placement import (
     DiskNeed,
     HostFacts,
@@ -161,3 +166,72 @@ def test_plan_counts_vcpus_and_names_of_vms_already_planned() -> None:
     placed = plan(hosts, vms, vcpu_ratio=2)
     assert [p.host for p in placed] == ["a", "a", None]
     assert "vCPUs: 2 running + 1 > 2" in placed[2].reason
+
+
+# --------------------------------------------------------------------------- the use case
+def test_needs_of_a_create_request(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from kvmops.services import placement as service
+    from kvmops.services.vms import CreateRequest, DiskRequest, NicSpec
+
+    req = CreateRequest(name="web", memory=GiB, vcpus=2, network="blue",
+                        nics=[NicSpec(kind="network", source="red"),
+                              NicSpec(kind="bridge", source="br0"),
+                              NicSpec(kind="network", source="blue")],
+                        disks=[DiskRequest(size=64 * MiB),
+                               DiskRequest(pool="fast", size=GiB),
+                               DiskRequest(pool="fast", volume="old"),
+                               DiskRequest(path=tmp_path / "x.qcow2")],
+                        images_dir=tmp_path)
+    needs = service.needs_of(req)
+    assert (needs.vm, needs.memory, needs.vcpus) == ("web", GiB, 2)
+    assert needs.networks == ["blue", "red"]
+    assert needs.disks == [DiskNeed(64 * MiB, directory=str(tmp_path)),
+                           DiskNeed(GiB, pool="fast")]
+
+
+def test_vcpu_ratio_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvmops.errors import ValidationError
+    from kvmops.services.placement import vcpu_ratio
+
+    monkeypatch.delenv("KVMOPS_VCPU_RATIO", raising=False)
+    assert vcpu_ratio() == 16.0
+    monkeypatch.setenv("KVMOPS_VCPU_RATIO", "4")
+    assert vcpu_ratio() == 4.0
+    for bad in ("0", "many", "-2", "5000"):
+        monkeypatch.setenv("KVMOPS_VCPU_RATIO", bad)
+        with pytest.raises(ValidationError, match="KVMOPS_VCPU_RATIO"):
+            vcpu_ratio()
+
+
+def test_place_asks_every_host_and_a_silent_one_is_unreachable(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvmops.host.capacity import Room
+    from kvmops.services import hosts
+    from kvmops.services import placement as service
+    from kvmops.services.caller import Caller
+
+    known = [hosts._Known("local", "qemu:///system", True),
+             hosts._Known("big", "qemu+tcp://big/system", False),
+             hosts._Known("hung", "qemu+tcp://hung/system", False)]
+    monkeypatch.setattr(hosts, "_known", lambda db: known)
+    release = threading.Event()
+
+    def probe(uri: str) -> Room:
+        if "hung" in uri:
+            release.wait(30)
+        free = 20 * GiB if "big" in uri else 2 * GiB
+        return Room(cpus=4, memory_total=32 * GiB, memory_free=free, vcpus_running=1,
+                    vms_running=1, networks={"default": True})
+
+    monkeypatch.setattr(service, "_probe_room", probe)
+    monkeypatch.delenv("KVMOPS_VCPU_RATIO", raising=False)
+    try:
+        placed = service.place(Caller(name="t"), Needs(vm="x", memory=4 * GiB,
+                                                       networks=["default"]),
+                               deadline=0.5)
+    finally:
+        release.set()
+    assert placed.host == "big"
+    reasons = {v.host: v.reason for v in placed.verdicts}
+    assert reasons["hung"] == "unreachable (did not answer within 0.5 s)"
+    assert reasons["local"].startswith("memory: needs 4.0 GiB")
