@@ -395,6 +395,6 @@ def check(facts: MigrationFacts, options: MigrationOptions, *, source: str, targ
                   f"memory ({where}) on host {source}", f"delete it ('kvmops snapshot "
                   f"delete {name} {snap}'), or revert and migrate the VM cold")
     elif not live and vm.snapshots:
-        warnings.append(f"the {vm.snapshots} snapshot(s) of VM '{name}' stay on host "
-                        f"{source} (their metadata does not move)")
+        warnings.append(f"the {vm.snapshots} snapshot(s) of VM '{name}' move with its "
+                        "disks when internal (external ones refuse the cold migration)")
     return result
