@@ -47,6 +47,7 @@ from kvmops.services.jobs import track
 
 if TYPE_CHECKING:
     from kvmops.host.connection import Host
+    from kvmops.store.db import Store
 
 __all__ = ["Blocker", "MigrationOptions", "MigrationProgress", "MigrationResult",
            "Preflight", "check", "describe", "migrate", "migration_address"]
@@ -106,9 +107,9 @@ def migration_address(source_uri: str, target_uri: str, label: str | None = None
     return None
 
 
-def _label(caller: Caller, name: str) -> str | None:
+def _label(caller: Caller, name: str, db: str | Store | None = None) -> str | None:
     try:
-        known = hosts._find(None, name)  # the host record with its labels
+        known = hosts._find(db, name)  # the host record with its labels
     except Exception:  # no database: no labels
         return None
     return (known.labels or {}).get(ADDRESS_LABEL)
@@ -116,14 +117,14 @@ def _label(caller: Caller, name: str) -> str | None:
 
 # --------------------------------------------------------------------------- connections
 @contextlib.contextmanager
-def _connections(caller: Caller, source: str, target: str
+def _connections(caller: Caller, source: str, target: str, db: str | Store | None = None
                  ) -> Iterator[tuple[Host, Host, str, str]]:
     """Own connections to both hosts (not the shared pool: a migration holds them for
     minutes, and the pool lends a URI to one caller at a time)."""
     from kvmops.host import remote
 
-    src_uri = hosts.uri_of(caller, source)
-    dst_uri = hosts.uri_of(caller, target)
+    src_uri = hosts.uri_of(caller, source, db)
+    dst_uri = hosts.uri_of(caller, target, db)
     src = remote.open_remote(src_uri)
     try:
         if dst_uri == src_uri:
@@ -185,11 +186,11 @@ def refuse(found: Preflight) -> MigrationBlockedError:
 
 
 def check(caller: Caller, vm: str, options: MigrationOptions, *,
-          source: str | None = None) -> Preflight:
+          source: str | None = None, db: str | Store | None = None) -> Preflight:
     """The preflight alone (``--dry-run``, the API's preflight): never refuses."""
     validate(options)
     source_name = source or hosts.LOCAL
-    with _connections(caller, source_name, options.target) as (src, dst, _, _):
+    with _connections(caller, source_name, options.target, db) as (src, dst, _, _):
         kind = _kind_of(src, vm)
         return _preflight(caller, src, dst, vm, options, source_name=source_name,
                           kind=kind)
@@ -246,14 +247,15 @@ def describe(report: MigrationProgress) -> str:
 @audited("vm.migrate", target="vm")
 def migrate(caller: Caller, vm: str, options: MigrationOptions, *,
             source: str | None = None, progress: ProgressFn | None = None,
-            cancelled: CancelledFn | None = None) -> MigrationResult:
-    """Migrate ``vm`` from host ``source`` (None: this machine) to ``options.target``.
+            cancelled: CancelledFn | None = None, db: str | Store | None = None) -> MigrationResult:
+    """Migrate ``vm`` from host ``source`` (None: this machine) to ``options.target``
+    (host names of ``db``, default the configured database; the API passes its own).
     MigrationBlockedError lists every blocker; CancelledError after a cancel (the VM
     still on the source)."""
     validate(options)
     source_name = source or hosts.LOCAL
-    with _connections(caller, source_name, options.target) as (src, dst, src_uri,
-                                                                dst_uri):
+    with _connections(caller, source_name, options.target, db) as (src, dst, src_uri,
+                                                                    dst_uri):
         kind = _kind_of(src, vm)
         if progress is not None:
             progress(MigrationProgress(phase="preflight"))
@@ -274,7 +276,7 @@ def migrate(caller: Caller, vm: str, options: MigrationOptions, *,
             done: MigrationResult = coldmigration.cold_migrate(caller, vm, options, source=source,
                                               progress=progress, cancelled=cancelled)
             return done
-        label = _label(caller, options.target)
+        label = _label(caller, options.target, db)
         return _live(caller, src, dst, vm, options, found, source_name=source_name,
                      migrate_uri=migration_address(src_uri, dst_uri, label),
                      progress=progress, cancelled=cancelled)

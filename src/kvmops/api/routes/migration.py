@@ -62,13 +62,15 @@ def migrate(caller: OperatorCaller, name: VmNameDep, body: MigrateBody, ctx: Ctx
 
     def run(job: JobContext) -> MigrationResult:
         return migration.migrate(caller, name, options, source=host,
-                                 progress=_reporter(job), cancelled=job.cancelled.is_set)
+                                 progress=_reporter(job), cancelled=job.cancelled.is_set,
+                                 db=ctx.store)
 
     return accepted(ctx.runner.submit("vm.migrate", name, caller.name, run), response)
 
 
 @router.post("/vms/{name}/migrate/preflight", response_model=Preflight)
-def preflight(caller: OperatorCaller, name: VmNameDep, body: MigrateBody,
+def preflight(caller: OperatorCaller, name: VmNameDep, body: MigrateBody, ctx: Ctx,
               host: str | None = HostQuery) -> Preflight:
     """Every blocker the migration would meet, each with its remedy; nothing changes."""
-    return migration.check(caller, name, body.options(dry_run=True), source=host)
+    return migration.check(caller, name, body.options(dry_run=True), source=host,
+                           db=ctx.store)
