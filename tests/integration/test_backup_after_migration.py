@@ -17,7 +17,9 @@ One tiny guest boots; it moves M -> H2 -> M -> H2 (virsh, client-driven):
 4. -> H2 (shared storage: the persistent bitmaps travel in the qcow2) with the bitmaps
    dropped on arrival (a disk that came without them): the backup
    is a full, with a note naming the migration (CLI warning, JSON ``notes``, job record),
-   and restores correctly.
+   and restores correctly; shut off there, an offline backup through the remote
+   connection is refused (qemu-img on this machine cannot tell the host's image from a
+   local file at the same path).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from lxml import etree
 from kvmops.host.connection import Host
 from kvmops.host.migration import handover_checkpoints
 from kvmops.vm.checkpoints import CHECKPOINT_PREFIX
-from tests.conftest import SESSION_PREFIX, CliResult, run_cli
+from tests.conftest import SESSION_PREFIX, CliResult, assert_one_line_error, run_cli
 from tests.integration.backup_util import image_hash
 from tests.integration.nshost import SECOND_HOST_INDEX, NsHost, second_host
 
@@ -202,3 +204,10 @@ def test_backup_chain_across_migrations(vm_factory: Callable[..., str], host: Ho
         assert inc3["type"] == "incremental" and inc3["parent"] == full2["id"]
         assert _restored(vm, repo_dir, str(inc3["id"]), tmp_path / "r4") == digest
         assert vm not in [d.name for d in host.all_domains()]
+        # Shut off on another host: no offline backup (qemu-img here cannot tell that
+        # host's image from a file of the same path here).
+        stopped = _cli("vm", "destroy", vm, "--host", "h2", env=env)
+        assert stopped.code == 0, stopped.stderr
+        assert_one_line_error(
+            _cli("backup", "create", vm, "--repo", str(repo_dir), "--host", "h2", env=env),
+            6, "is shut off", "qemu-img on this machine", "start the VM")

@@ -74,6 +74,7 @@ from kvmops.errors import (
 from kvmops.host import backupjobs
 from kvmops.host.backupjobs import DomainHandle, JobState
 from kvmops.host.connection import Host, call, version_text
+from kvmops.host.remote import is_remote
 from kvmops.vm.checkpoints import (
     checkpoint_name,
     delete_checkpoint,
@@ -185,6 +186,16 @@ def run_backup(host: Host, req: BackupRequest, *, progress: ProgressFn | None = 
     domain = host.domain(req.vm)
     with exclusive(repo, req.vm):
         if state_name(domain) not in ("running", "idle", "paused"):
+            if is_remote(host.uri):
+                # qemu-img here would read whatever file has that path on this machine:
+                # the VM's image only on shared storage, and nothing can tell that apart
+                # from another VM's image at the same path.
+                raise UnsupportedError(
+                    f"VM '{req.vm}' on {host.uri} is shut off: an offline backup reads its "
+                    "images with qemu-img on this machine, which cannot tell that host's "
+                    "files from its own at the same path",
+                    hint="start the VM (its host's QEMU then writes the backup), or run "
+                         "kvmops on that host")
             return run_offline_backup(host, domain, repo, req, say, progress)
         return _run_online(host, domain, repo, req, progress, say)
 
