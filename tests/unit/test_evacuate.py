@@ -140,3 +140,66 @@ def test_ctrl_c_cancels_the_running_migration_and_starts_no_new_one(
     assert [item.status for item in report.vms] == ["cancelled", "cancelled"]
     assert "still runs on 'src'" in (report.vms[0].error or "")
     assert "cancelling: no new migration starts, the running ones abort" in lines
+
+
+# --------------------------------------------------------------------------- the plan
+def test_plan_places_again_around_preflight_blockers(monkeypatch: pytest.MonkeyPatch
+                                                     ) -> None:
+    """A VM blocked on its best host goes to the next one that passes; a VM blocked
+    everywhere is tried on three hosts at most and takes no room; the others go by
+    room."""
+    import contextlib
+
+    from kvmops.host.capacity import VmTake
+    from kvmops.migration.model import Preflight
+    from kvmops.migration.placement import HostFacts
+    from kvmops.services import hosts, placement
+
+    GiB = 1024**3
+    takes = [VmTake(name=n, running=True, memory=GiB, vcpus=1) for n in ("v1", "v2", "v3")]
+
+    @contextlib.contextmanager
+    def source(uri: str) -> Any:
+        yield takes, ["off1"]
+
+    def facts(caller: Caller, db: Any = None, *, deadline: float = 5, exclude: Any = ()
+              ) -> list[HostFacts]:
+        assert "src" in exclude
+        return [HostFacts(name=n, reachable=True, cpus=8, memory_total=64 * GiB,
+                          memory_free=free * GiB)
+                for n, free in (("a", 40), ("b", 30), ("c", 20), ("d", 10))]
+
+    checks: list[tuple[str, str]] = []
+
+    def check(caller: Caller, vm: str, options: MigrationOptions, *,
+              source: str | None = None) -> Preflight:
+        assert source == "src" and options.dry_run
+        checks.append((vm, options.target))
+        found = Preflight(vm=vm, source="src", target=options.target, kind="live")
+        if vm == "v1" and options.target == "a":
+            found.blockers.append(Blocker("local-disk", "disk vda is local", "copy it"))
+        if vm == "v2":
+            found.blockers.append(Blocker("hostdev", "a host device", "detach it"))
+        return found
+
+    monkeypatch.setattr(hosts, "uri_of", lambda caller, name, db=None: f"qemu+tcp://{name}/x")
+    monkeypatch.setattr(evacuation, "_known", lambda db: [("src", "qemu+tcp://src/x", False)])
+    monkeypatch.setattr(evacuation, "_source", source)
+    monkeypatch.setattr(placement, "facts", facts)
+    monkeypatch.setattr(migration, "check", check)
+    monkeypatch.delenv("KVMOPS_VCPU_RATIO", raising=False)
+
+    report = evacuation.plan_evacuation(Caller(name="t"), "src")
+    by_vm = {item.vm: item for item in report.vms}
+    assert report.staying == ["off1"] and report.dry_run
+    assert by_vm["v3"].status == "planned" and by_vm["v3"].target == "a"
+    assert by_vm["v1"].status == "planned" and by_vm["v1"].target == "b"
+    assert by_vm["v1"].notes == ["not a: local-disk: disk vda is local"]
+    assert "a: rejected: preflight: local-disk" in by_vm["v1"].hosts
+    v2 = by_vm["v2"]
+    assert (v2.status, v2.target) == ("blocked", "a")
+    assert [b.code for b in v2.blockers] == ["hostdev"]
+    assert v2.line() == "v2 -> a: blocked: hostdev: a host device (detach it)"
+    assert len([c for c in checks if c[0] == "v2"]) == evacuation.MAX_TRIES
+    assert "d: rejected: not tried (blocked on 3 hosts)" in v2.hosts
+    assert not report.ok

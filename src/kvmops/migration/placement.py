@@ -76,6 +76,8 @@ class Needs(Record):
     networks: list[str] = field(default_factory=list)
     disks: list[DiskNeed] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)  # hosts not to use (the source)
+    #: hosts rejected for a reason found elsewhere (host -> reason: the preflight's)
+    avoid: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -164,6 +166,8 @@ def judge(facts: HostFacts, needs: Needs, *, vcpu_ratio: float = DEFAULT_VCPU_RA
         return Verdict(facts.name, False, "the VM's own host")
     if not facts.reachable:
         return Verdict(facts.name, False, f"unreachable ({facts.error or 'no answer'})")
+    if facts.name in needs.avoid:
+        return Verdict(facts.name, False, needs.avoid[facts.name])
     problems: list[str] = []
     if needs.vm in facts.vms:
         problems.append(f"a VM named '{needs.vm}' exists there")

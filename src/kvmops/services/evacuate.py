@@ -3,8 +3,9 @@
 First the plan: each running VM (memory, vCPUs, the networks it joins, and with
 ``copy_storage`` its disks' sizes) is placed among the other reachable hosts by
 kvmops.migration.placement (biggest first, each taking its share of the chosen host),
-then the migration preflight runs for each VM and its target, so the plan names every
-VM that cannot move with its blockers. ``dry_run`` stops there. Otherwise the VMs that
+then the migration preflight runs for each VM and its target; a VM it blocks is placed
+again without that host (on at most MAX_TRIES hosts), so the plan names every VM that
+cannot move with its blockers. ``dry_run`` stops there. Otherwise the VMs that
 can move are migrated live by kvmops.services.migration, at most ``parallel`` at once;
 the report says per VM moved (with its time and downtime) or why not. VMs that are not
 running stay where they are (named in the report); a VM that cannot be placed or is
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from kvmops.store.db import Store
 
 MAX_PARALLEL = 16
+#: Hosts a VM is preflighted on before it counts as blocked everywhere.
+MAX_TRIES = 3
 
 Status = Literal["planned", "blocked", "no-room", "moved", "failed", "cancelled"]
 
@@ -141,24 +144,18 @@ def _source(uri: str) -> Iterator[tuple[list[VmTake], list[str]]]:
         conn.close()
 
 
-def _preflight(caller: Caller, item: EvacuationItem, source: str, copy_storage: bool
-               ) -> None:
-    """The migration preflight for the VM and its target: blockers mark it blocked."""
+def _preflight(caller: Caller, vm: str, target: str, source: str, copy_storage: bool
+               ) -> tuple[list[Blocker], list[str]]:
+    """The migration preflight for the VM and a target: (blockers, warnings)."""
     from kvmops.services import migration  # the live migration's use case (lazy)
 
-    assert item.target is not None
     try:
-        found = migration.check(caller, item.vm, MigrationOptions(
-            target=item.target, copy_storage=copy_storage, dry_run=True), source=source)
+        found = migration.check(caller, vm, MigrationOptions(
+            target=target, copy_storage=copy_storage, dry_run=True), source=source)
     except KvmopsError as err:
-        item.status = "blocked"
-        item.blockers = [Blocker("unreachable", err.message,
-                                 err.hint or "check the host, then run it again")]
-        return
-    item.notes.extend(found.warnings)
-    if found.blockers:
-        item.status = "blocked"
-        item.blockers = list(found.blockers)
+        return [Blocker("unreachable", err.message,
+                        err.hint or "check the host, then run it again")], []
+    return list(found.blockers), list(found.warnings)
 
 
 def plan_evacuation(caller: Caller, host_name: str, db: str | Store | None = None, *,
@@ -185,17 +182,53 @@ def plan_evacuation(caller: Caller, host_name: str, db: str | Store | None = Non
         report.unreachable = {h.name: h.error or "no answer"
                               for h in others if not h.reachable}
         wanted = [_needs(t, host_name, same, copy_storage) for t in running]
-        placed = plan(others, wanted, vcpu_ratio=placement.vcpu_ratio(),
-                      memory_reserve=DEFAULT_MEMORY_RESERVE)
+        ratio = placement.vcpu_ratio()
+        # A VM the preflight blocks on its host is placed again without that host (the
+        # next by room may take it), until every VM has a host it may go to or none.
+        checked: dict[tuple[str, str], tuple[list[Blocker], list[str]]] = {}
+        first: dict[str, tuple[str, list[Blocker]]] = {}  # VM -> its first blocked host
+        for _round in range(len(others) + 1):
+            placed = plan(others, wanted, vcpu_ratio=ratio,
+                          memory_reserve=DEFAULT_MEMORY_RESERVE)
+            if not preflight:
+                break
+            again = False
+            for needs, where in zip(wanted, placed, strict=True):
+                if where.host is None:
+                    continue
+                key = (needs.vm, where.host)
+                if key not in checked:
+                    checked[key] = _preflight(caller, needs.vm, where.host, host_name,
+                                              copy_storage)
+                blockers = checked[key][0]
+                if blockers:
+                    first.setdefault(needs.vm, (where.host, blockers))
+                    needs.avoid[where.host] = "preflight: " + ", ".join(
+                        dict.fromkeys(b.code for b in blockers))
+                    if len(needs.avoid) >= MAX_TRIES:  # blocked wherever it goes
+                        for other in others:
+                            needs.avoid.setdefault(other.name, f"not tried (blocked on "
+                                                   f"{MAX_TRIES} hosts)")
+                    again = True
+            if not again:
+                break
     for take, where in zip(running, placed, strict=True):
         item = EvacuationItem(vm=take.name, target=where.host, reason=where.reason,
                               status="planned" if where.host else "no-room",
                               memory=take.memory, vcpus=take.vcpus, hosts=where.lines())
+        if where.host is not None:
+            blockers, warnings = checked.get((take.name, where.host), ([], []))
+            item.notes.extend(warnings)
+            if blockers:  # only when the rounds ran out
+                item.status, item.blockers = "blocked", blockers
+        elif take.name in first:  # every host that had room is blocked: say the first's
+            item.target, item.blockers = first[take.name]
+            item.status = "blocked"
+        if take.name in first and item.target != first[take.name][0]:
+            blocked_at, blockers = first[take.name]
+            item.notes.append(f"not {blocked_at}: " + "; ".join(
+                f"{b.code}: {b.message}" for b in blockers))
         report.vms.append(item)
-    if preflight:
-        for item in report.vms:
-            if item.target is not None:
-                _preflight(caller, item, host_name, copy_storage)
     return report
 
 
