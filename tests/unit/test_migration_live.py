@@ -221,3 +221,20 @@ def test_run_live_progress_that_raises_cancel_aborts(fast_poll: None) -> None:
         live.run_live(_FakeHost(dom), _FakeHost(dom), "v",  # type: ignore[arg-type]
                       live.LiveRequest(), progress=progress)
     assert "abort" in dom.calls
+
+
+def test_run_live_ctrl_c_aborts_the_job(fast_poll: None) -> None:
+    """Ctrl-C at the command line reaches the polling thread: the job is aborted and the
+    VM stays on the source (CancelledError, exit code 130)."""
+    from kvmops.errors import CancelledError
+
+    dom = _FakeDom()
+
+    def progress(_: object) -> None:
+        if dom.polls >= 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(CancelledError, match="interrupted") as caught:
+        live.run_live(_FakeHost(dom), _FakeHost(dom), "v",  # type: ignore[arg-type]
+                      live.LiveRequest(), progress=progress)
+    assert caught.value.exit_code == 130 and dom.calls.count("abort") == 1
