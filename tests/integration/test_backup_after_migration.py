@@ -4,16 +4,17 @@ on the same file system (shared storage: the image and the repository are reacha
 both hosts' QEMU at the same paths; libvirt's push-mode backup writes into the repository
 from the host the VM runs on).
 
-One tiny guest boots; it moves M -> H2 -> M -> H2 (virsh, client-driven):
+One tiny guest boots; it moves M -> H2 -> M -> H2 (virsh, client-driven, except the
+way back, which is kvmops'):
 
 1. full backup on M;
 2. -> H2 with ``--copy-storage-all`` into H2's images directory and *without* a
    checkpoint hand-over: libvirt migrates the disk's dirty bitmap with the data (verified
    here), libvirt there has no checkpoint; the backup (``--host h2``) redefines it from
    the repository's copy and takes an incremental that restores to the guest's disk hash;
-3. -> M *with* the hand-over (``handover_checkpoints``, what ``kvmops vm migrate`` calls):
-   the incremental continues from the handed-over checkpoint (nothing redefined) and
-   restores correctly;
+3. -> M with ``kvmops vm migrate VM --to local --host h2``, which hands the checkpoints
+   over: the incremental continues from the handed-over checkpoint (nothing redefined)
+   and restores correctly;
 4. -> H2 (shared storage: the persistent bitmaps travel in the qcow2) with the bitmaps
    dropped on arrival (a disk that came without them): the backup
    is a full, with a note naming the migration (CLI warning, JSON ``notes``, job record),
@@ -24,6 +25,7 @@ One tiny guest boots; it moves M -> H2 -> M -> H2 (virsh, client-driven):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from collections.abc import Callable
@@ -34,13 +36,12 @@ import libvirt
 from lxml import etree
 
 from kvmops.host.connection import Host
-from kvmops.host.migration import handover_checkpoints
 from kvmops.vm.checkpoints import CHECKPOINT_PREFIX
 from tests.conftest import SESSION_PREFIX, CliResult, assert_one_line_error, run_cli
 from tests.integration.backup_util import image_hash
-from tests.integration.nshost import SECOND_HOST_INDEX, NsHost, second_host
+from tests.integration.nshost import NsHost, second_host
 
-MACHINE_FROM_H2 = f"tcp://10.250.{SECOND_HOST_INDEX}.1"
+SHARED = f"{SESSION_PREFIX}bkmshared"  # a pool here over H2's images directory
 
 
 def _virsh(uri: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -122,6 +123,18 @@ def _drop_bitmaps(h2: NsHost, vm: str) -> list[str]:
 
 def test_backup_chain_across_migrations(vm_factory: Callable[..., str], host: Host,
                                         repo_dir: Path, tmp_path: Path) -> None:
+    try:
+        _chain_across_migrations(vm_factory, host, repo_dir, tmp_path)
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):  # the pool, not its directory
+            shared = host.conn.storagePoolLookupByName(SHARED)
+            with contextlib.suppress(libvirt.libvirtError):
+                shared.destroy()
+            shared.undefine()
+
+
+def _chain_across_migrations(vm_factory: Callable[..., str], host: Host, repo_dir: Path,
+                             tmp_path: Path) -> None:
     vm = vm_factory(start=True)
     env = {"KVMOPS_DB": f"sqlite:///{tmp_path / 'kvmops.db'}"}
     machine_uuid = _uuid(host)
@@ -163,14 +176,18 @@ def test_backup_chain_across_migrations(vm_factory: Callable[..., str], host: Ho
         assert "continues the chain" in notes and "continues the chain" in warned
         assert _restored(vm, repo_dir, str(inc1["id"]), tmp_path / "r1") == digest
 
-        # 3. Back to the machine, checkpoints handed over as 'kvmops vm migrate' does.
-        back = _virsh(h2.uri, "migrate", "--live", "--unsafe", "--persistent", vm,
-                      "qemu:///system", MACHINE_FROM_H2)
-        assert back.returncode == 0, (back.stderr, h2.log_tail())
-        handed = handover_checkpoints(there.domain(vm), host)
-        assert inc1["checkpoint"] in handed
-        dropped = _virsh(h2.uri, "undefine", vm, "--checkpoints-metadata")
-        assert dropped.returncode == 0, dropped.stderr
+        # 3. Back to the machine with 'kvmops vm migrate' (shared storage: a pool over
+        # H2's images directory here too), which hands the checkpoints over.
+        pool = run_cli("pool", "create", SHARED, "--type", "dir", "--target",
+                       h2.images_dir, env=env)
+        assert pool.code == 0, pool.stderr
+        back = run_cli("vm", "migrate", vm, "--to", "local", "--host", "h2", "--json",
+                       env=env, timeout=600)
+        assert back.code == 0, (back.stderr, h2.log_tail())
+        handed = [n for n in json.loads(back.stdout)["notes"]
+                  if "checkpoints redefined on 'local'" in n]
+        assert handed and str(inc1["checkpoint"]) in handed[0]
+        assert vm not in [d.name for d in there.all_domains()]
         assert inc1["checkpoint"] in _checkpoints(host, vm)
         digest = _write(vm, host.uri, 20)
         inc2, _ = _backup(vm, repo_dir)
