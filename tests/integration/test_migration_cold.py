@@ -107,8 +107,8 @@ def _create_on(h2: NsHost, tiny_guest: GuestImage, vm: str) -> None:
 
 
 def test_cold_migration_there_and_back(vm_factory: Callable[..., str], host: Host,
-                                       h2: NsHost, hosts_db: str,
-                                       pools: tuple[str, str]) -> None:
+                                       h2: NsHost, hosts_db: str, pools: tuple[str, str],
+                                       repo_dir: Path) -> None:
     pool, pool_dir = pools
     vm = vm_factory()
     source_disk = _disk_of(host.uri, vm)
@@ -119,6 +119,12 @@ def test_cold_migration_there_and_back(vm_factory: Callable[..., str], host: Hos
     assert snap.code == 0, snap.stderr
     wrote = _qemu_io(source_disk, f"write -P {PATTERN} {OFFSET} {LENGTH}")
     assert wrote.returncode == 0, wrote.stderr
+    # A backup's checkpoint (its dirty bitmap is in the qcow2 file) moves too.
+    backup = run_cli("backup", "create", vm, "--repo", str(repo_dir), "--full", "--json")
+    assert backup.code == 0, backup.stderr
+    full = json.loads(backup.stdout)["id"]
+    checkpoints = _virsh(host.uri, "checkpoint-list", vm, "--name").split()
+    assert checkpoints
     digest = _sha256(source_disk)
     uuid = _virsh(host.uri, "domuuid", vm).strip()
     seen: list[MigrationProgress] = []
@@ -147,6 +153,8 @@ def test_cold_migration_there_and_back(vm_factory: Callable[..., str], host: Hos
     assert _virsh(h2.uri, "snapshot-list", vm, "--name").split() == ["s1"]
     assert _virsh(h2.uri, "snapshot-current", vm, "--name").strip() == "s1"
     assert str(target_disk) in _virsh(h2.uri, "snapshot-dumpxml", vm, "s1")
+    assert _virsh(h2.uri, "checkpoint-list", vm, "--name").split() == checkpoints
+    assert any("checkpoints redefined on the target" in n for n in result.notes)
     phases = [p.phase for p in seen]
     assert "copy" in phases and "verify" in phases and phases[-1] == "done"
     copied = [p for p in seen if p.phase == "copy"]
@@ -162,6 +170,12 @@ def test_cold_migration_there_and_back(vm_factory: Callable[..., str], host: Hos
                       "2>/dev/null | od -An -tx1 -v | tr -s ' \\n' '\\n\\n' | sort -u")
     assert read.code == 0, read.stderr
     assert read.stdout.split() == ["ab"], read.stdout
+    # The backup chain goes on there: the next backup is an incremental one.
+    later = run_cli("backup", "create", vm, "--host", "h2", "--repo", str(repo_dir),
+                    "--incremental", "--json", env={"KVMOPS_DB": hosts_db})
+    assert later.code == 0, later.stderr
+    made = json.loads(later.stdout)
+    assert (made["type"], made["parent"]) == ("incremental", full), later.stdout
     assert h2.run_cli("vm", "destroy", vm).code == 0
 
     # Back with vm migrate (the second host's pool volume read through its libvirt).

@@ -240,10 +240,6 @@ def _plan(src: Host, dst: Host, vm: str, options: MigrationOptions, *, src_local
     plan = _Plan(vm=vm, uuid=domain.uuid(), xml=xml, pool=options.target_pool or DEFAULT_POOL,
                  pool_dir="", shared=not options.copy_storage, blockers=blockers)
     _check_snapshots(domain, plan)
-    with contextlib.suppress(KvmopsError):
-        if domain.checkpoints():
-            plan.notes.append("the VM's backup checkpoints stay behind: its next backup "
-                              "is a full one")
     for dev in doc.host_devices():
         blockers.append(Blocker("hostdev", f"VM '{vm}' has host device {dev}",
                                 "detach it first (a host device belongs to its host)"))
@@ -550,6 +546,9 @@ def _move(src: Host, dst: Host, plan: _Plan, *, src_local: bool, dst_local: bool
             raise StateError(f"VM '{plan.vm}' was started or changed on the source while "
                              "its disks were copied", hint="the copy on the target was "
                              "removed; shut it down and migrate again")
+        carried = _handover_checkpoints(domain, dst)
+        if carried:
+            plan.notes.append(carried)
         domain.undefine()
     except BaseException as err:
         _undo(dst, plan, created, defined, err)
@@ -568,6 +567,22 @@ def _redefine_snapshots(dst: Host, plan: _Plan) -> None:
         domain.redefine_snapshot(doc.to_xml(), current=name == plan.current_snapshot,
                                  what=f"defining snapshot '{name}' of VM '{plan.vm}' on "
                                       f"{dst.uri}")
+
+
+def _handover_checkpoints(domain: Domain, dst: Host) -> str | None:
+    """The backup checkpoints redefined on the target (their dirty bitmaps are inside
+    the qcow2 files, copied with them, or on the shared storage), so the next backup
+    there continues the chain; what happened, for the notes. A refusal only costs the
+    chain: the next backup is then a full one."""
+    from kvmops.host import migration as live
+
+    try:
+        names = live.handover_checkpoints(domain.raw, dst)
+    except Exception as err:  # the chain only: never the migration
+        return f"checkpoints not carried over ({err}); the next backup is a full one"
+    if not names:
+        return None
+    return f"checkpoints redefined on the target: {', '.join(names)}"
 
 
 def _check_definition(dst: Host, plan: _Plan) -> None:
