@@ -101,10 +101,12 @@ def test_qemu_ssh_second_host(tiny_guest: GuestImage, tmp_path: Path) -> None:
         listed = run_cli("vm", "list", "--json", env={**env, "KVMOPS_URI": uri})
         assert listed.code == 0, listed.stderr
         assert [v["name"] for v in json.loads(listed.stdout)] == [vm]
-        if "--host" in run_cli("vm", "list", "--help").stdout:  # host selection landed
-            by_name = run_cli("vm", "list", "--host", "h2ssh", "--json", env=env)
-            assert by_name.code == 0, by_name.stderr
-            assert [v["name"] for v in json.loads(by_name.stdout)] == [vm]
+        by_name = run_cli("vm", "list", "--host", "h2ssh", "--json", env=env)
+        assert by_name.code == 0, by_name.stderr
+        assert [v["name"] for v in json.loads(by_name.stdout)] == [vm]
+        info = run_cli("vm", "info", vm, "--host", "h2ssh", "--json", env=env)
+        assert info.code == 0, info.stderr
+        assert json.loads(info.stdout)["name"] == vm
 
         # Pooled connections over ssh: keepalive on, and a dropped ssh session (the sshd
         # child serving it killed) is noticed and the connection opened again.
