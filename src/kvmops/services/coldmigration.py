@@ -230,7 +230,7 @@ def _plan(src: Host, dst: Host, vm: str, options: MigrationOptions, *, src_local
     if state != "shut off":
         blockers.append(Blocker("state", f"VM '{vm}' is {state}, not shut off",
                                 f"shut it down first ('kvmops vm shutdown {vm}'), or "
-                                "migrate it live (without --cold)"))
+                                "start it and let 'kvmops vm migrate' move it live"))
     if not domain.is_persistent():
         blockers.append(Blocker("state", f"VM '{vm}' is transient", "define it first"))
     elif domain.has_managed_save():
