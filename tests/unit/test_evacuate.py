@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from kvmops.errors import CancelledError, HypervisorError
+from kvmops.errors import CancelledError, HypervisorError, ValidationError
 from kvmops.migration.model import Blocker, MigrationOptions, MigrationResult
 from kvmops.services import evacuate as evacuation
 from kvmops.services import migration
@@ -38,6 +38,7 @@ class FakeMigrations:
         self.running = 0
         self.most = 0
         self.calls: list[tuple[str, str, str | None]] = []
+        self.options: list[MigrationOptions] = []
 
     def __call__(self, caller: Caller, vm: str, options: MigrationOptions, *,
                  source: str | None = None, progress: Any = None, cancelled: Any = None
@@ -46,6 +47,7 @@ class FakeMigrations:
             self.running += 1
             self.most = max(self.most, self.running)
             self.calls.append((vm, options.target, source))
+            self.options.append(options)
         try:
             time.sleep(self.hold)  # overlap with the others, if they may run
             if vm in self.bad:
@@ -98,9 +100,15 @@ def test_at_most_parallel_at_once_blocked_skipped_failures_reported(
     assert "vm0: migrating to dst" in lines and by_vm["vm3"].line() in lines
 
 
-def test_one_at_a_time(monkeypatch: pytest.MonkeyPatch, fake: FakeMigrations) -> None:
-    report = _evacuate(monkeypatch, _plan(["a", "b", "c"]), parallel=1)
+def test_one_at_a_time_with_the_migration_options(monkeypatch: pytest.MonkeyPatch,
+                                                  fake: FakeMigrations) -> None:
+    report = _evacuate(monkeypatch, _plan(["a", "b", "c"]), parallel=1, bandwidth_mib=50,
+                       auto_converge=True, copy_storage=True)
     assert fake.most == 1 and report.ok
+    assert {(o.bandwidth_mib, o.auto_converge, o.copy_storage) for o in fake.options} == {
+        (50, True, True)}
+    with pytest.raises(ValidationError, match="bandwidth 0"):
+        _evacuate(monkeypatch, _plan(["a"]), bandwidth_mib=0)
 
 
 def test_dry_run_moves_nothing(monkeypatch: pytest.MonkeyPatch, fake: FakeMigrations) -> None:

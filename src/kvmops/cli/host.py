@@ -172,6 +172,11 @@ def evacuate_cmd(
                                  help="Show the plan (VM -> host, why; blockers) only."),
     copy_storage: bool = typer.Option(False, "--copy-storage",
                                       help="Copy the VMs' local disks to their targets."),
+    bandwidth: int | None = typer.Option(None, "--bandwidth", min=1, max=1_000_000,
+                                         help="MiB/s cap for each migration."),
+    auto_converge: bool = typer.Option(False, "--auto-converge",
+                                       help="Throttle a guest's vCPUs when its memory "
+                                            "stays dirty."),
     json_out: bool = JsonOption,
 ) -> None:
     """Migrate every running VM of host NAME to the other hosts, placed by room (memory,
@@ -196,7 +201,8 @@ def evacuate_cmd(
 
     report = evacuate_service.evacuate(
         Caller.local(), name, parallel=parallel, dry_run=dry_run,
-        copy_storage=copy_storage, on_plan=show_plan,
+        copy_storage=copy_storage, bandwidth_mib=bandwidth, auto_converge=auto_converge,
+        on_plan=show_plan,
         note=None if json_out else lambda line: info(f"  {line}"))
     if json_out:
         print_json(report)

@@ -240,6 +240,7 @@ def _known(db: str | Store | None) -> list[tuple[str, str, bool]]:
 @audited("host.evacuate", target="host_name")
 def evacuate(caller: Caller, host_name: str, db: str | Store | None = None, *,
              parallel: int = 2, dry_run: bool = False, copy_storage: bool = False,
+             bandwidth_mib: int | None = None, auto_converge: bool = False,
              deadline: float = placement.DEFAULT_DEADLINE_S,
              on_plan: Callable[[EvacuationReport], None] | None = None,
              progress: Callable[[str, MigrationProgress], None] | None = None,
@@ -248,7 +249,11 @@ def evacuate(caller: Caller, host_name: str, db: str | Store | None = None, *,
     """Plan (``on_plan`` hears it), then unless ``dry_run`` migrate every VM that can
     move, ``parallel`` at once; ``progress`` hears each VM's migration progress, ``note``
     a line when one starts and ends; after ``cancelled`` no new one starts and the
-    running ones are cancelled (their VMs stay on the source)."""
+    running ones are cancelled (their VMs stay on the source). ``bandwidth_mib`` and
+    ``auto_converge`` apply to each migration (as ``vm migrate``'s options)."""
+    if bandwidth_mib is not None and not 1 <= bandwidth_mib <= 1_000_000:
+        raise ValidationError(f"invalid bandwidth {bandwidth_mib} MiB/s",
+                              hint="give 1..1000000 MiB/s")
     report = plan_evacuation(caller, host_name, db, parallel=parallel,
                              copy_storage=copy_storage, deadline=deadline)
     if on_plan is not None:
@@ -285,7 +290,9 @@ def evacuate(caller: Caller, host_name: str, db: str | Store | None = None, *,
         try:
             result = migration.migrate(
                 caller, item.vm, MigrationOptions(target=item.target,
-                                                  copy_storage=copy_storage),
+                                                  copy_storage=copy_storage,
+                                                  bandwidth_mib=bandwidth_mib,
+                                                  auto_converge=auto_converge),
                 source=host_name, progress=report_progress, cancelled=stop)
         except KvmopsError as err:
             item.status = "cancelled" if stop() else "failed"

@@ -85,6 +85,9 @@ class EvacuateBody(Body):
     dry_run: bool = Field(False, description="the plan only (VM -> host, why; blockers)")
     parallel: int = Field(2, ge=1, le=16, description="migrations at once")
     copy_storage: bool = Field(False, description="copy the VMs' local disks")
+    bandwidth_mib: int | None = Field(default=None, ge=1, le=1_000_000,
+                                      description="MiB/s cap for each migration")
+    auto_converge: bool = False
 
 
 @router.post("/{name}/evacuate", status_code=202, response_model=JobAccepted)
@@ -121,6 +124,8 @@ def evacuate(caller: OperatorCaller, ctx: Ctx, body: EvacuateBody, response: Res
 
         return evacuation.evacuate(caller, name, ctx.store, parallel=body.parallel,
                                    dry_run=body.dry_run, copy_storage=body.copy_storage,
+                                   bandwidth_mib=body.bandwidth_mib,
+                                   auto_converge=body.auto_converge,
                                    on_plan=planned, progress=progress, note=noted,
                                    cancelled=job.cancelled.is_set)
 
