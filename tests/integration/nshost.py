@@ -60,8 +60,19 @@ from kvmops.testing import secondhost
 from kvmops.testing.secondhost import NamespacedHost
 from tests.conftest import CliResult, run_cli
 
-#: Which 10.250.N.0/24 the tests' second hosts use (parallel runs on one machine differ).
-SECOND_HOST_INDEX = int(os.environ.get("KVMOPS_TEST_H2_INDEX", "0"))
+
+def _second_host_index() -> int:
+    """``KVMOPS_TEST_H2_INDEX`` when set (parallel runs on one machine pick different
+    ones), else the pytest-xdist worker's number (gw1 -> 1): two workers' second hosts
+    never share a subnet."""
+    if os.environ.get("KVMOPS_TEST_H2_INDEX"):
+        return int(os.environ["KVMOPS_TEST_H2_INDEX"])
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+
+
+#: Which 10.250.N.0/24 the tests' second hosts use.
+SECOND_HOST_INDEX = _second_host_index()
 
 __all__ = ["SECOND_HOST_INDEX", "NsHost", "ns_host", "second_host", "start", "stop"]
 
