@@ -415,9 +415,14 @@ def handover_checkpoints(source_dom: Any, target_conn: Any) -> list[str]:
 def undefine_source(source: Host, vm: str) -> None:
     """Remove the (now shut off) source definition, with its checkpoint and snapshot
     metadata (the data went along with the VM)."""
-    dom = source.domain(vm)
+    try:
+        dom = source.conn.lookupByName(vm)
+    except libvirt.libvirtError:
+        return  # a transient VM leaves nothing behind on its source
     if dom.isActive():
         raise StateError(f"VM '{vm}' still runs on {source.uri}; its definition stays")
+    if not dom.isPersistent():
+        return
     flags = (libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
              | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
              | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE

@@ -29,7 +29,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from kvmops.errors import MigrationBlockedError, NotFoundError, StateError, ValidationError
+from kvmops.errors import (
+    CancelledError,
+    MigrationBlockedError,
+    NotFoundError,
+    StateError,
+    ValidationError,
+)
 from kvmops.migration.model import (
     Blocker,
     CancelledFn,
@@ -343,6 +349,11 @@ def _live(caller: Caller, src: Host, dst: Host, vm: str, options: MigrationOptio
                 req.unsafe = True
             outcome = live.run_live(src, dst, vm, req, progress=report,
                                     cancelled=is_cancelled)
+        except CancelledError as err:
+            _clean_target(dst, vm, uuid, created)
+            raise CancelledError(f"migration of '{vm}' to '{options.target}' cancelled: "
+                                 f"the VM keeps running on '{source_name}'",
+                                 hint="run it again when ready") from err
         except BaseException:
             _clean_target(dst, vm, uuid, created)
             raise
