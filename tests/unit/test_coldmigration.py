@@ -191,6 +191,7 @@ def fake_storage(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     monkeypatch.setattr(host_pools, "delete_volume", delete_volume)
     monkeypatch.setattr(transfer, "open_disk", open_disk)
     monkeypatch.setattr(transfer, "send", send)
+    monkeypatch.setattr(transfer, "length_at", lambda host, path: 196_624)
     return seen
 
 

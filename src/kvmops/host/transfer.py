@@ -14,13 +14,15 @@ the copy can be compared byte for byte. Nothing here reads a format from bytes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import itertools
 import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
 
 import libvirt
 
@@ -35,23 +37,92 @@ Tick = Callable[[int], None]
 Stop = Callable[[], bool]
 
 TRANSIENT_PREFIX = "kvmops-xfer-"
+#: The last bytes of a file are sent as data even when they are a hole, so the target
+#: file reaches its full length whatever the receiving side does with a final hole.
+TAIL = 64 * 1024
+_ZEROS = bytes(CHUNK)
+#: A disk's content in order: bytes, or the length of a hole (zeros not stored).
+Segment = bytes | int
 
 
 @dataclass(frozen=True)
 class Digest:
-    """What a disk's bytes are: their SHA-256 (hex) and how many there are."""
+    """What a disk's bytes are: their SHA-256 (hex, holes hashed as the zeros they
+    read as) and how many there are; ``wire``: the bytes a copy sent as data (holes
+    are not sent)."""
 
     sha256: str
     length: int
+    wire: int = field(default=0, compare=False)
 
 
-class _Reader(Protocol):
-    def read(self, size: int, /) -> bytes: ...
+def _zeros(count: int) -> Iterator[memoryview]:
+    view = memoryview(_ZEROS)
+    while count > 0:
+        part = min(count, CHUNK)
+        yield view[:part]
+        count -= part
+
+
+def _file_segments(fd: int, length: int) -> Iterator[Segment]:
+    """A local file's data and holes (SEEK_DATA/SEEK_HOLE; all data where the file
+    system cannot tell)."""
+    pos = 0
+    sparse = True
+    while pos < length:
+        end = length
+        if sparse:
+            try:
+                data_at = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as err:
+                if err.errno == errno.ENXIO:  # no data after pos: a hole to the end
+                    yield length - pos
+                    return
+                sparse = False  # EINVAL, EOPNOTSUPP: read it all
+                data_at = pos
+            if data_at > pos:
+                hole = min(data_at, length) - pos
+                yield hole
+                pos += hole
+                continue
+            if sparse:
+                end = min(os.lseek(fd, pos, os.SEEK_HOLE), length)
+        os.lseek(fd, pos, os.SEEK_SET)
+        while pos < end:
+            chunk = os.read(fd, min(CHUNK, end - pos))
+            if not chunk:
+                raise StorageError(f"the file ended after {pos} of {length} bytes",
+                                   hint="was the disk changed while it was read? (the VM "
+                                        "must stay shut off)")
+            yield chunk
+            pos += len(chunk)
+
+
+def _stream_segments(stream: Any, what: str, *, sparse: bool) -> Iterator[Segment]:
+    """A download stream's data and (``sparse``) holes, to its end."""
+    stop_at_hole = getattr(libvirt, "VIR_STREAM_RECV_STOP_AT_HOLE", 1)
+    while True:
+        if sparse:
+            data = call(what, stream.recvFlags, CHUNK, stop_at_hole)
+        else:
+            data = call(what, stream.recv, CHUNK)
+        if isinstance(data, int):
+            if data == -3:  # a hole here
+                hole = int(call(what, stream.recvHole, 0))
+                if hole:
+                    yield hole
+                continue
+            if data == -2:  # would block: never on a blocking stream
+                continue
+            raise StorageError(f"{what}: the stream failed")
+        if not data:
+            return
+        yield bytes(data)
 
 
 class Disk:
     """A disk file on a host, opened by :func:`open_disk`: its length, its first bytes,
-    its bytes in order (:meth:`reader`), and its removal."""
+    its content in order with its holes (:meth:`segments`), and its removal."""
 
     path: str
     length: int
@@ -59,7 +130,7 @@ class Disk:
     def head(self, size: int) -> bytes:
         raise NotImplementedError
 
-    def reader(self) -> contextlib.AbstractContextManager[_Reader]:
+    def segments(self) -> contextlib.AbstractContextManager[Iterator[Segment]]:
         raise NotImplementedError
 
     def delete(self) -> None:
@@ -83,9 +154,9 @@ class _LocalDisk(Disk):
             return fh.read(size)
 
     @contextlib.contextmanager
-    def reader(self) -> Iterator[_Reader]:
+    def segments(self) -> Iterator[Iterator[Segment]]:
         with open(self.path, "rb", buffering=0) as fh:
-            yield fh
+            yield _file_segments(fh.fileno(), self.length)
 
     def delete(self) -> None:
         if self.volume is not None:
@@ -155,8 +226,22 @@ class _VolumeDisk(Disk):
                 got += len(part)
         return b"".join(parts)[:size]
 
-    def reader(self) -> contextlib.AbstractContextManager[_Reader]:
-        return self._download(self.length)
+    @contextlib.contextmanager
+    def segments(self) -> Iterator[Iterator[Segment]]:
+        what = f"reading {self.path} on {self.host.uri}"
+        flags = getattr(libvirt, "VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM", 0)
+        stream = call(what, self.host.conn.newStream, 0)
+        call(what, self.volume.download, stream, 0, self.length, flags)
+        found = _stream_segments(stream, what, sparse=bool(flags))
+        try:
+            yield found
+            for _rest in found:  # to the end: a stream is finished only there
+                pass
+            call(what, stream.finish)
+        except BaseException:
+            with contextlib.suppress(libvirt.libvirtError):
+                stream.abort()
+            raise
 
     def delete(self) -> None:
         call(f"deleting {self.path} on {self.host.uri}", self.volume.delete, 0)
@@ -237,12 +322,14 @@ def _check(stop: Stop | None, what: str) -> None:
         raise CancelledError(f"{what}: cancelled")
 
 
-def send(source: Disk, target: Host, pool: str, volume: str, *, tick: Tick | None = None,
-         stop: Stop | None = None) -> Digest:
-    """Copy every byte of ``source`` into the volume ``volume`` of ``pool`` on ``target``
-    (created by the caller, at least as long); their digest as sent. ``stop`` is asked
-    after every chunk (CancelledError; the target volume is left for the caller to
-    delete)."""
+def send(source: Disk, target: Host, pool: str, volume: str, *, dense_until: int,
+         tick: Tick | None = None, stop: Stop | None = None) -> Digest:
+    """Copy ``source`` into the volume ``volume`` of ``pool`` on ``target`` (created by
+    the caller) through a sparse stream: its holes are not sent, except below
+    ``dense_until`` (where the new volume's file already holds bytes, e.g. a fresh
+    qcow2 header: zeros overwrite them) and in the last TAIL bytes. Their digest as
+    sent. ``stop`` is asked after every chunk (CancelledError; the target volume is left
+    for the caller to delete)."""
     what = f"copying {source.path} to volume '{volume}' of pool '{pool}' on {target.uri}"
     try:
         vol = target.conn.storagePoolLookupByName(pool).storageVolLookupByName(volume)
@@ -250,47 +337,88 @@ def send(source: Disk, target: Host, pool: str, volume: str, *, tick: Tick | Non
         raise translate(err, what) from err
     length = source.length
     hasher = hashlib.sha256()
+    flags = getattr(libvirt, "VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM", 0)
     stream = call(what, target.conn.newStream, 0)
-    call(what, vol.upload, stream, 0, length, 0)
-    sent = 0
+    call(what, vol.upload, stream, 0, length, flags)
+    pos = wire = 0
+
+    def data(chunk: bytes | memoryview) -> None:
+        nonlocal wire
+        view = memoryview(chunk)
+        while view:
+            written = call(what, stream.send, view.tobytes())
+            if written < 0:
+                raise StorageError(f"{what}: the stream refused the data")
+            view = view[written:]
+            wire += written
+
     try:
-        with source.reader() as reader:
-            while sent < length:
-                chunk = reader.read(min(CHUNK, length - sent))
-                if not chunk:
-                    raise StorageError(f"{what}: the source ended after {sent} of {length} "
-                                       "bytes", hint="was the disk changed while it was "
-                                       "copied? (the VM must stay shut off)")
-                hasher.update(chunk)
-                data = chunk
-                while data:
-                    written = call(what, stream.send, data)
-                    if written < 0:
-                        raise StorageError(f"{what}: the stream refused the data")
-                    data = data[written:]
-                sent += len(chunk)
+        with source.segments() as segments:
+            for segment in segments:
+                if isinstance(segment, int):
+                    hole = min(segment, length - pos)
+                    for part in _zeros(hole):
+                        hasher.update(part)
+                    for _start, size, as_data in _hole_parts(pos, hole, length, dense_until,
+                                                            sparse=bool(flags)):
+                        if as_data:
+                            for part in _zeros(size):
+                                data(part)
+                        else:
+                            call(what, stream.sendHole, size, 0)
+                    pos += hole
+                else:
+                    if pos + len(segment) > length:
+                        raise StorageError(f"{what}: the source grew while it was copied",
+                                           hint="the VM must stay shut off; try again")
+                    hasher.update(segment)
+                    data(segment)
+                    pos += len(segment)
                 if tick is not None:
-                    tick(sent)
+                    tick(pos)
                 _check(stop, what)
+        if pos != length:
+            raise StorageError(f"{what}: the source ended after {pos} of {length} bytes",
+                               hint="was the disk changed while it was copied? (the VM "
+                                    "must stay shut off)")
         call(what, stream.finish)
     except BaseException:
         with contextlib.suppress(libvirt.libvirtError):
             stream.abort()
         raise
-    return Digest(hasher.hexdigest(), sent)
+    return Digest(hasher.hexdigest(), pos, wire)
+
+
+def _hole_parts(pos: int, hole: int, length: int, dense_until: int, *, sparse: bool
+                ) -> list[tuple[int, int, bool]]:
+    """How a hole at ``pos`` goes out: (start, size, as zeros?) parts -- zeros below
+    ``dense_until`` and in the file's last TAIL bytes (or all of it on a stream that is
+    not sparse), a hole in between."""
+    end = pos + hole
+    if not sparse:
+        return [(pos, hole, True)] if hole else []
+    cuts = sorted({pos, end, min(max(dense_until, pos), end), max(min(length - TAIL, end),
+                                                                      pos)})
+    parts = []
+    for start, stop in itertools.pairwise(cuts):
+        if stop > start:
+            parts.append((start, stop - start, start < dense_until or start >= length - TAIL))
+    return parts
 
 
 def digest(disk: Disk, *, tick: Tick | None = None, stop: Stop | None = None) -> Digest:
-    """The SHA-256 of every byte of ``disk`` as its host reads it now."""
+    """The SHA-256 of ``disk``'s content as its host reads it now (holes as zeros)."""
     hasher = hashlib.sha256()
     got = 0
-    with disk.reader() as reader:
-        while True:
-            chunk = reader.read(CHUNK)
-            if not chunk:
-                break
-            hasher.update(chunk)
-            got += len(chunk)
+    with disk.segments() as segments:
+        for segment in segments:
+            if isinstance(segment, int):
+                for part in _zeros(segment):
+                    hasher.update(part)
+                got += segment
+            else:
+                hasher.update(segment)
+                got += len(segment)
             if tick is not None:
                 tick(got)
             _check(stop, f"verifying {disk.path}")

@@ -83,6 +83,7 @@ class DiskMove:
     volume: str = ""  # its volume name in the target pool
     path: str = ""  # its file on the target host
     sha256: str = ""
+    wire: int = 0  # bytes sent as data (its holes were not sent)
 
 
 @dataclass
@@ -487,7 +488,7 @@ def cold_migrate(caller: Caller, vm: str, options: MigrationOptions, *,
               progress=progress, cancelled=cancelled)
         result.disks = [m.path for m in plan.moves]
         if not plan.shared:
-            result.data_transferred = sum(m.length for m in plan.moves)
+            result.data_transferred = sum(m.wire for m in plan.moves)
             _say(progress, "cleanup")
             result.notes += _remove_source(src, plan, src_local=src_local)
     result.seconds = time.monotonic() - started
@@ -521,8 +522,9 @@ def _move(src: Host, dst: Host, plan: _Plan, *, src_local: bool, dst_local: bool
                                        "since it was checked", hint="the VM must stay "
                                        "shut off while it migrates; try again")
                 sent.append(transfer.send(disk, dst, plan.pool, move.volume,
+                                          dense_until=_written(dst, move),
                                           tick=copying.tick, stop=cancelled))
-            move.sha256 = sent[-1].sha256
+            move.sha256, move.wire = sent[-1].sha256, sent[-1].wire
             copying.base += move.length
             copying.report(copying.base)
         checking = _Reporter(progress, "verify", total)
@@ -583,6 +585,16 @@ def _handover_checkpoints(domain: Domain, dst: Host) -> str | None:
     if not names:
         return None
     return f"checkpoints redefined on the target: {', '.join(names)}"
+
+
+def _written(dst: Host, move: DiskMove) -> int:
+    """How far the new volume's file holds bytes of its own, which the copy must
+    overwrite even where the source has a hole: none for raw (created sparse), the fresh
+    qcow2 metadata for qcow2 (all of it, when libvirt does not tell its size)."""
+    if move.fmt == "raw":
+        return 0
+    length = transfer.length_at(dst, move.path)
+    return move.length if length is None else length
 
 
 def _check_definition(dst: Host, plan: _Plan) -> None:
