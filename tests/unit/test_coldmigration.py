@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from kvmops.host import pools as host_pools
 from kvmops.host import transfer
 from kvmops.host.transfer import Digest
 from kvmops.migration.model import Blocker
+from kvmops.paths import PathPolicy
 from kvmops.services import coldmigration as cm
 from kvmops.services.coldmigration import DiskMove
 from kvmops.vm.domxml import DomainDocument, SnapshotDocument, parse_xml
@@ -286,3 +288,78 @@ def test_a_snapshot_names_the_copies_after_move_files() -> None:
     assert inner.disk_files()["vda"] == ("/dst/pool/web1.qcow2", "qcow2")
     assert inner.disk_files()["vdb"] == ("/other/data.img", "raw")  # not moved: unchanged
     assert [o.path for o in inner.owned_files()] == ["/dst/pool/web1.qcow2"]
+
+
+# --------------------------------------------------------------------------- the source
+class _Other:
+    name = "other"
+
+    def __init__(self, disk: str) -> None:
+        self.disk = disk
+
+    def config_xml(self) -> str:
+        return (f"<domain><name>other</name><devices><disk type='file' device='disk'>"
+                f"<driver name='qemu' type='raw'/><source file='{self.disk}'/>"
+                "<target dev='vda'/></disk></devices></domain>")
+
+
+class _Source:
+    uri = "qemu+tcp://source/system"
+
+    def __init__(self, *others: _Other) -> None:
+        self.others = list(others)
+
+    def all_domains(self) -> list[_Other]:
+        return self.others
+
+
+@pytest.fixture
+def deletions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[str]:
+    """Image directory /src/images (and tmp_path); open_disk records deletions."""
+    deleted: list[str] = []
+
+    class _Gone:
+        def __init__(self, path: str) -> None:
+            self.path = path
+
+        def delete(self) -> None:
+            deleted.append(self.path)
+
+    @contextlib.contextmanager
+    def open_disk(host: Any, path: str, *, local: bool) -> Iterator[_Gone]:
+        yield _Gone(path)
+
+    rules = PathPolicy(image_dirs=(Path("/src/images"), tmp_path), backup_dirs=(),
+                       state_dir=Path("/var/lib/kvmops/state"), images_dir=tmp_path)
+    monkeypatch.setattr(cm, "policy", lambda: rules)
+    monkeypatch.setattr(transfer, "open_disk", open_disk)
+    return deleted
+
+
+def test_a_remote_source_loses_only_the_files_kvmops_made_for_the_vm(
+        deletions: list[str]) -> None:
+    plan = _plan()  # vda: /src/images/web1.qcow2 (owned), vdb: /other/data.img
+    plan.moves.append(DiskMove("vdc", "/src/images/imported.img", "raw"))
+    plan.moves.append(DiskMove("vdd", "/src/images/shared.img", "raw"))
+    notes = cm._remove_source(_Source(_Other("/src/images/shared.img")),  # type: ignore[arg-type]
+                              plan, src_local=False)
+    assert deletions == ["/src/images/web1.qcow2"]
+    text = "\n".join(notes)
+    assert "kept on the source: /other/data.img (outside the allowed image" in text
+    assert "kept on the source: /src/images/imported.img (kvmops did not create it" in text
+    assert "kept on the source: /src/images/shared.img (VM 'other' uses it)" in text
+    assert notes[-1] == "removed from the source: /src/images/web1.qcow2"
+
+
+def test_a_local_source_keeps_a_file_another_vm_has_as_backing_file(
+        deletions: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import kvmops.vm.ownership as ownership
+
+    base, mine = tmp_path / "base.img", tmp_path / "mine.img"
+    monkeypatch.setattr(ownership, "files_of_other_vms",
+                        lambda host, vm, rules: {base: "child"})
+    plan = _plan()
+    plan.moves = [DiskMove("vda", str(base), "raw"), DiskMove("vdb", str(mine), "raw")]
+    notes = cm._remove_source(_Source(), plan, src_local=True)  # type: ignore[arg-type]
+    assert deletions == [str(mine)]  # local: any file in the image directories may go
+    assert f"kept on the source: {base} (VM 'child' uses it)" in notes

@@ -648,7 +648,11 @@ def _undo(dst: Host, plan: _Plan, created: list[DiskMove], defined: bool,
 
 
 def _remove_source(src: Host, plan: _Plan, *, src_local: bool) -> list[str]:
-    """Remove the source's disk files that may go (see the module's doc); the notes."""
+    """Remove the source's disk files that may go; the notes. A file goes when it lies in
+    an allowed image directory and no other VM of the source uses it: on this machine
+    no other VM's disk chain holds it (backing files followed); on another host, whose
+    files kvmops cannot read, it must moreover be a file kvmops created for this VM (its
+    owned-files record: never an imported image another VM may have as backing file)."""
     rules = policy()
     others: dict[str, str] = {}
     with contextlib.suppress(KvmopsError):
@@ -657,23 +661,35 @@ def _remove_source(src: Host, plan: _Plan, *, src_local: bool) -> list[str]:
                 doc = DomainDocument(domain.config_xml())
                 for path, _fmt in doc.disk_files().values():
                     others.setdefault(path, domain.name)
+    chains: dict[Path, str] = {}
+    if src_local:
+        from kvmops.vm.ownership import files_of_other_vms
+
+        with contextlib.suppress(KvmopsError):
+            chains = files_of_other_vms(src, plan.vm, rules)
+    owned = {f.path for f in DomainDocument(plan.xml).owned_files()}
     notes, removed = [], []
     for move in plan.moves:
         path = move.source
         allowed = rules.in_image_dirs(Path(path)) if src_local else any(
             is_within(Path(os.path.normpath(path)), d) for d in rules.image_dirs)
+        user = others.get(path)
+        if user is None and src_local:
+            user = chains.get(Path(os.path.realpath(path)))
         if not allowed:
             notes.append(f"kept on the source: {path} (outside the allowed image directories)")
-            continue
-        if path in others:
-            notes.append(f"kept on the source: {path} (VM '{others[path]}' uses it)")
-            continue
-        try:
-            with transfer.open_disk(src, path, local=src_local) as disk:
-                disk.delete()
-            removed.append(path)
-        except (KvmopsError, OSError) as err:
-            notes.append(f"kept on the source: {path} (removing it failed: {err})")
+        elif user is not None:
+            notes.append(f"kept on the source: {path} (VM '{user}' uses it)")
+        elif not src_local and path not in owned:
+            notes.append(f"kept on the source: {path} (kvmops did not create it for VM "
+                         f"'{plan.vm}': an imported image may back another VM's disk)")
+        else:
+            try:
+                with transfer.open_disk(src, path, local=src_local) as disk:
+                    disk.delete()
+                removed.append(path)
+            except (KvmopsError, OSError) as err:
+                notes.append(f"kept on the source: {path} (removing it failed: {err})")
     if removed:
         notes.append(f"removed from the source: {', '.join(removed)}")
     return notes
