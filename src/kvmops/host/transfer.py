@@ -6,9 +6,10 @@ when the source host is this machine, else through the source's libvirt -- the s
 volume of a pool that holds the file, or, when none does, of a *transient* dir pool made
 for the file's directory for the length of the read (destroyed again; a transient pool
 does not outlive its libvirtd). The bytes go into a volume the caller created in the
-target's pool (``storageVol.upload``); SHA-256 is computed while they are sent, and
-:func:`digest` reads a volume back (downloaded, or the file itself on this machine) so
-the copy can be compared byte for byte. Nothing here reads a format from bytes.
+target's pool (``storageVol.upload``) through sparse streams: the file's holes are not
+sent (:func:`send`). SHA-256 is computed while the content is sent, and :func:`digest`
+reads a volume back (downloaded, or the file itself on this machine) so the copy can be
+compared byte for byte. Nothing here reads a format from bytes.
 """
 
 from __future__ import annotations
