@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from dataclasses import dataclass
 from typing import Literal
 
 from fastapi import APIRouter, Query, Request, Response
@@ -23,8 +24,9 @@ from kvmops.api.deps import (
 from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
 from kvmops.api.runner import JobContext
 from kvmops.api.validators import AbsolutePath, ImageSize, MacAddress, MemorySize, VmName
-from kvmops.services import fleet, vms
+from kvmops.services import fleet, placement, vms
 from kvmops.services.nics import Vlan
+from kvmops.services.placement import Placement
 from kvmops.services.session import Connection, open_connection
 from kvmops.services.vms import (
     Accelerator,
@@ -197,21 +199,55 @@ def get_vm(caller: ViewerCaller, name: VmNameDep, host: HostDep) -> VmInfo:
     return vms.info(caller, host, name)
 
 
-@router.post("", status_code=201, response_model=VmInfo | JobAccepted,
-             responses={202: {"model": JobAccepted, "description": "a disk is created: job"}})
-def create_vm(caller: OperatorCaller, body: CreateVmBody, ctx: Ctx, host: HostDep,
-              uri: HostUri, request: Request, response: Response) -> VmInfo | JobAccepted:
+@dataclass
+class CreatedVm(VmInfo):
+    """The new VM, the host it was created on, and -- with ``host=auto`` -- where
+    placement put it and why (every host's verdict, as ``vm create --host auto``
+    prints)."""
+
+    host: str | None = None
+    placement: Placement | None = None
+
+
+def _placement_note(placed: Placement) -> str:
+    return f"placed on {placed.host}: {placed.reason}"
+
+
+@router.post("", status_code=201, response_model=CreatedVm | JobAccepted,
+             responses={202: {"model": JobAccepted, "description": "a disk is created: job "
+                                                                   "(its result: the VM)"},
+                        409: {"description": "host=auto: no host can take the VM (every "
+                                             "host's reason in the message)"}})
+def create_vm(caller: OperatorCaller, body: CreateVmBody, ctx: Ctx, name: HostName,
+              request: Request, response: Response) -> CreatedVm | JobAccepted:
+    """Define a new VM on the local host, on ``?host=NAME``, or with ``?host=auto`` on
+    the host placement picks (memory, vCPUs, pool space, the VM's networks): the
+    answer's ``placement`` says which and why; none fits: 409 naming every host's
+    reason. A new disk makes it a job."""
     request.state.target = body.name  # the audit row names the new VM
     req, _notes = vms.check_create(caller, body.request())
+    placed: Placement | None = None
+    if name == placement.AUTO:  # a refusal: StateError (409) naming every host's reason
+        placed, _uri = placement.place_request(caller, req, ctx.store)
+        name = placed.host
+    where = name or fleet.LOCAL
+    uri = ctx.settings.uri if fleet.is_local(name) else fleet.uri_of(caller, name, ctx.store)
+
+    def created(vm: VmInfo) -> CreatedVm:
+        return CreatedVm(**vars(vm), host=where, placement=placed)
+
     if not any(d.size is not None for d in req.disks):
-        info = vms.create(caller, host, req)
+        host = fleet.connection(caller, name, ctx.store, local=ctx.host)
+        vm = vms.create(caller, host, req)
         ctx.domain_types.invalidate()
         ctx.vm_list.invalidate()
-        return info
+        return created(vm)
 
-    def run(job: JobContext) -> VmInfo:
+    def run(job: JobContext) -> CreatedVm:
+        if placed is not None:
+            job.note(_placement_note(placed))
         with _own_host(uri) as own:
-            return vms.create(caller, own, req, progress=job.note)
+            return created(vms.create(caller, own, req, progress=job.note))
 
     return accepted(ctx.runner.submit("vm.create", req.name, caller.name, run), response)
 
