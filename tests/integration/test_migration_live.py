@@ -147,6 +147,17 @@ def test_shared_storage_both_ways(bed: tuple[NsHost, dict[str, str]], host: Host
     _survived(env, None)
 
 
+def _writer(env: dict[str, str], *, start: bool) -> None:
+    """A guest process rewriting 24 MiB of its RAM file system without end (a migration
+    at 1 MiB/s never converges), started or stopped."""
+    command = ("setsid sh -c 'while :; do dd if=/dev/urandom of=/tmp/dirty bs=1M "
+               "count=24 2>/dev/null; done' </dev/null >/dev/null 2>&1 & "
+               "echo $! > /tmp/writer.pid") if start else \
+        "kill $(cat /tmp/writer.pid); rm -f /tmp/dirty"
+    done = run_cli("guest", "exec", VM, "--", "sh", "-c", command, env=env)
+    assert done.code == 0, done.stderr
+
+
 def _job(env: dict[str, str]) -> dict[str, Any] | None:
     listed = run_cli("job", "list", "--target", VM, "--json", env=env)
     assert listed.code == 0, listed.stderr
@@ -160,11 +171,7 @@ def test_cancel_leaves_the_vm_on_the_source(bed: tuple[NsHost, dict[str, str]],
                                             host: Host) -> None:
     h2, env = bed
     assert _where(host, h2) == (True, False)
-    writer = run_cli("guest", "exec", VM, "--", "sh", "-c",
-                     "setsid sh -c 'while :; do dd if=/dev/urandom of=/tmp/dirty bs=1M "
-                     "count=24 2>/dev/null; done' </dev/null >/dev/null 2>&1 & "
-                     "echo $! > /tmp/writer.pid", env=env)
-    assert writer.code == 0, writer.stderr
+    _writer(env, start=True)
     proc = subprocess.Popen(
         [sys.executable, "-m", "kvmops.cli.main", "vm", "migrate", VM, "--to", "h2",
          "--bandwidth", "1", "--json"], cwd=REPO, text=True,
@@ -190,9 +197,7 @@ def test_cancel_leaves_the_vm_on_the_source(bed: tuple[NsHost, dict[str, str]],
     assert "keeps running" in err and "Traceback" not in err, err
     assert _where(host, h2) == (True, False)
     assert host.lookup(VM).is_active()
-    stopped = run_cli("guest", "exec", VM, "--", "sh", "-c",
-                      "kill $(cat /tmp/writer.pid); rm -f /tmp/dirty", env=env)
-    assert stopped.code == 0, stopped.stderr
+    _writer(env, start=False)
     _survived(env, None)
     jobs = json.loads(run_cli("job", "list", "--target", VM, "--json", env=env).stdout)
     assert [j["state"] for j in jobs if j["id"] == job["id"]] == ["cancelled"]
@@ -230,8 +235,9 @@ def test_copy_storage_into_the_targets_pool(bed: tuple[NsHost, dict[str, str]],
 
 def test_web_migrate_dialog(bed: tuple[NsHost, dict[str, str]], host: Host) -> None:
     """The VM page's Migrate dialog: the hosts of the server's database offered, the
-    preflight's verdict listed, the migration run as a job followed to its end; then
-    home again from the command line."""
+    preflight's verdict listed; a migration cancelled through the page (the API's job
+    cancel: the VM stays on the machine), then one run as a job followed to its end;
+    then home again from the command line."""
     pytest.importorskip("playwright.sync_api")
     from tests.integration.browser import CHROMIUM, chromium_page, log_in, web_server
 
@@ -252,6 +258,22 @@ def test_web_migrate_dialog(bed: tuple[NsHost, dict[str, str]], host: Host) -> N
         page.wait_for_selector("#migrate-checks li")
         checks = page.inner_text("#migrate-checks")
         assert "live migration to 'h2' may run" in checks, (checks, server.log.read_text())
+        # First cancelled (1 MiB/s, memory kept dirty): the job's cancel through the API.
+        _writer(env, start=True)
+        page.fill("#migrate-dialog input[name=bandwidth_mib]", "1")
+        page.click("#migrate-go")
+        # The job's progress on the page (libvirt's job stats: "memory, 250.1 MiB left, ...")
+        page.wait_for_selector("#migrate-status [data-field=message]:has-text('left')",
+                               timeout=300_000)
+        page.click("#migrate-cancel")
+        page.wait_for_selector("#migrate-status[data-state=cancelled]", timeout=300_000)
+        assert _where(host, h2) == (True, False) and host.lookup(VM).is_active()
+        _writer(env, start=False)
+        # Then for real.
+        page.click("#migrate-btn")
+        page.wait_for_selector("#migrate-dialog select[name=to] option[value=h2]",
+                               state="attached")
+        page.fill("#migrate-dialog input[name=bandwidth_mib]", "")
         page.click("#migrate-go")
         page.wait_for_selector("#migrate-status[data-state=succeeded]", timeout=300_000)
         assert "migrated to 'h2'" in page.inner_text("#migrate-status")
