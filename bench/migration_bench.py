@@ -176,6 +176,15 @@ def guest(env: dict[str, str], *cmd: str) -> str:
         time.sleep(1)
 
 
+def passes(env: dict[str, str]) -> int | None:
+    """How many passes the writer has made (None: the guest agent did not answer within
+    a minute): read after each move, it shows whether the guest still runs."""
+    try:
+        return int(guest(env, "wc", "-l", "/tmp/kb-ts").split()[0])
+    except SystemExit:
+        return None
+
+
 def step(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
@@ -196,8 +205,10 @@ def cleanup(h2_uri: str | None) -> None:
 
 def readme_section(r: dict[str, Any]) -> str:
     def row(label: str, f: dict[str, Any]) -> str:
+        alive = f.get("writer_passes")
         return (f"| {label} | {f['wall_s']} | {f['elapsed_s']} | {f['downtime_ms']} | "
-                f"{f['sent_mib']} | {f['iterations']} | {f['dirty_mib_s']} |")
+                f"{f['sent_mib']} | {f['iterations']} | {f['dirty_mib_s'] or '-'} | "
+                f"{'no answer' if alive is None else alive} |")
 
     rows = []
     for n, rnd in enumerate(r["rounds"], 1):
@@ -219,10 +230,12 @@ rewritten (guest time); longest gap between two passes {w['max_gap_ms']} ms, med
 {w['median_gap_ms']} ms (the guest's clock stops while it is paused, so the gap does not
 measure the downtime).
 Figures from libvirt's completed-job statistics on the target ("libvirt s": the job's
-elapsed time; "passes": memory iterations; "dirty MiB/s": the dirty rate QEMU measured).
+elapsed time; "passes": memory iterations; "dirty MiB/s": the highest dirty rate QEMU
+reported during the job; "writer": the writer's pass count read through the guest agent
+on the target right after the move, i.e. the guest still runs).
 
-| round: command | wall s | libvirt s | downtime ms | sent MiB | passes | dirty MiB/s |
-| --- | ---: | ---: | ---: | ---: | ---: | ---: |
+| round: command | wall s | libvirt s | downtime ms | sent MiB | passes | dirty MiB/s | writer |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |
 {table}
 
 {r['summary']}
@@ -277,9 +290,11 @@ def main() -> int:
                          "virsh migrate")
                 rnd["virsh"] = figures(time.perf_counter() - start, job_stats(h2_uri),
                                        dirty.max_mib_s)
+                rnd["virsh"]["writer_passes"] = passes({"KVMOPS_URI": h2_uri})
                 step(f"virsh: {rnd['virsh']}")
                 back_to_local(h2_uri, h2_address)
-                step("back")
+                rnd["back_after_virsh_passes"] = passes({})
+                step(f"back: {rnd['back_after_virsh_passes']} passes")
                 start = time.perf_counter()
                 with DirtyRate(LOCAL) as dirty:
                     done = run([*KVMOPS, "vm", "migrate", VM, "--to", "h2", "--json"],
@@ -287,10 +302,13 @@ def main() -> int:
                 wall = time.perf_counter() - start
                 if done.returncode == 0:
                     rnd["kvmops"] = figures(wall, job_stats(h2_uri), dirty.max_mib_s)
+                    rnd["kvmops"]["writer_passes"] = passes({"KVMOPS_URI": h2_uri})
                     step(f"kvmops: {rnd['kvmops']}")
                     with contextlib.suppress(ValueError):
                         rnd["kvmops_result"] = json.loads(done.stdout)
                     back_to_local(h2_uri, h2_address)
+                    rnd["back_after_kvmops_passes"] = passes({})
+                    step(f"back: {rnd['back_after_kvmops_passes']} passes")
                 else:
                     rnd["kvmops_error"] = (done.stderr or done.stdout).strip()[-400:]
                     step(f"kvmops failed: {rnd['kvmops_error']}")
