@@ -41,8 +41,8 @@ class FakeMigrations:
         self.options: list[MigrationOptions] = []
 
     def __call__(self, caller: Caller, vm: str, options: MigrationOptions, *,
-                 source: str | None = None, progress: Any = None, cancelled: Any = None
-                 ) -> MigrationResult:
+                 source: str | None = None, progress: Any = None, cancelled: Any = None,
+                 db: Any = None) -> MigrationResult:
         with self.lock:
             self.running += 1
             self.most = max(self.most, self.running)
@@ -132,8 +132,8 @@ def test_ctrl_c_cancels_the_running_migration_and_starts_no_new_one(
     calls: list[str] = []
 
     def migrate(caller: Caller, vm: str, options: MigrationOptions, *,
-                source: str | None = None, progress: Any = None, cancelled: Any = None
-                ) -> MigrationResult:
+                source: str | None = None, progress: Any = None, cancelled: Any = None,
+                db: Any = None) -> MigrationResult:
         calls.append(vm)
         os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C in the terminal
         deadline = time.monotonic() + 30
@@ -180,7 +180,7 @@ def test_plan_places_again_around_preflight_blockers(monkeypatch: pytest.MonkeyP
     checks: list[tuple[str, str]] = []
 
     def check(caller: Caller, vm: str, options: MigrationOptions, *,
-              source: str | None = None) -> Preflight:
+              source: str | None = None, db: Any = None) -> Preflight:
         assert source == "src" and options.dry_run
         checks.append((vm, options.target))
         found = Preflight(vm=vm, source="src", target=options.target, kind="live")

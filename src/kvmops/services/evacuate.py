@@ -144,14 +144,15 @@ def _source(uri: str) -> Iterator[tuple[list[VmTake], list[str]]]:
         conn.close()
 
 
-def _preflight(caller: Caller, vm: str, target: str, source: str, copy_storage: bool
-               ) -> tuple[list[Blocker], list[str]]:
-    """The migration preflight for the VM and a target: (blockers, warnings)."""
+def _preflight(caller: Caller, vm: str, target: str, source: str, copy_storage: bool,
+               db: str | Store | None = None) -> tuple[list[Blocker], list[str]]:
+    """The migration preflight for the VM and a target: (blockers, warnings); host names
+    are those of ``db`` (the API's own database, not the configured one)."""
     from kvmops.services import migration  # the live migration's use case (lazy)
 
     try:
         found = migration.check(caller, vm, MigrationOptions(
-            target=target, copy_storage=copy_storage, dry_run=True), source=source)
+            target=target, copy_storage=copy_storage, dry_run=True), source=source, db=db)
     except KvmopsError as err:
         return [Blocker("unreachable", err.message,
                         err.hint or "check the host, then run it again")], []
@@ -199,7 +200,7 @@ def plan_evacuation(caller: Caller, host_name: str, db: str | Store | None = Non
                 key = (needs.vm, where.host)
                 if key not in checked:
                     checked[key] = _preflight(caller, needs.vm, where.host, host_name,
-                                              copy_storage)
+                                              copy_storage, db)
                 blockers = checked[key][0]
                 if blockers:
                     first.setdefault(needs.vm, (where.host, blockers))
@@ -293,7 +294,7 @@ def evacuate(caller: Caller, host_name: str, db: str | Store | None = None, *,
                                                   copy_storage=copy_storage,
                                                   bandwidth_mib=bandwidth_mib,
                                                   auto_converge=auto_converge),
-                source=host_name, progress=report_progress, cancelled=stop)
+                source=host_name, progress=report_progress, cancelled=stop, db=db)
         except KvmopsError as err:
             item.status = "cancelled" if stop() else "failed"
             item.error = err.message
