@@ -230,7 +230,7 @@ def create_form(request: Request, user: PageOperator) -> Response:
     with contextlib.suppress(Exception):
         networks = session.network_names(ctx.host())
     return templates.render(request, "create.html", user, title="Create a VM",
-                            networks=networks,
+                            networks=networks, hosts=fleet.host_names(ctx.store),
                             allowed=views.image_dirs())
 
 

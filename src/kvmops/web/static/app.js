@@ -814,8 +814,60 @@ function stats(vmUrl) {
   tick();
 }
 
+/* The create page's host select: the network list follows the host (with "auto":
+   every host's networks, each named with the hosts that have it). */
+function createHostNetworks(form) {
+  const hostSel = form.querySelector('select[name="host"]');
+  const netSel = form.querySelector('select[name="network"]');
+  if (!hostSel || !netSel) return;
+  const names = [...hostSel.options].map((o) => o.value).filter((v) => v !== "auto");
+  hostSel.addEventListener("change", async () => {
+    const chosen = hostSel.value;
+    const asked = chosen === "auto" ? names : [chosen];
+    const found = new Map();  // network -> hosts
+    await Promise.all(asked.map(async (h) => {
+      try {
+        const q = h === "local" ? "" : "?host=" + encodeURIComponent(h);
+        (await K.api("GET", "/api/v1/networks" + q)).data.forEach((n) => {
+          found.set(n.name, (found.get(n.name) || []).concat([h]));
+        });
+      } catch (err) { /* a host not answering: its networks are not offered */ }
+    }));
+    const keep = netSel.value;
+    netSel.replaceChildren(new Option("none", ""));
+    [...found.keys()].sort().forEach((n) => {
+      const label = chosen === "auto" ? n + " (" + found.get(n).join(", ") + ")" : n;
+      netSel.appendChild(new Option(label, n, false, n === keep));
+    });
+  });
+}
+
+/* After a placed creation: where and why (every host's verdict), a link to the VM. */
+function showPlaced(vm, link) {
+  const box = document.getElementById("placed");
+  if (!box || !vm.placement) return false;
+  const p = vm.placement;
+  box.querySelector('[data-field="host"]').textContent = p.host;
+  box.querySelector('[data-field="reason"]').textContent = p.reason;
+  const list = box.querySelector('[data-field="verdicts"]');
+  list.replaceChildren();
+  p.verdicts.forEach((v) => {
+    const li = document.createElement("li");
+    li.dataset.host = v.host;
+    li.dataset.fits = v.fits ? "true" : "false";
+    li.className = v.fits ? "" : "muted";
+    li.textContent = v.host + ": " + (v.fits ? "fits" : "rejected") + ": " + v.reason;
+    list.appendChild(li);
+  });
+  box.querySelector('[data-field="link"]').href = link;
+  box.hidden = false;
+  box.scrollIntoView({ block: "nearest" });
+  return true;
+}
+
 PAGES.create = () => {
   const form = document.getElementById("create-vm");
+  createHostNetworks(form);
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const f = new FormData(form);
@@ -833,11 +885,15 @@ PAGES.create = () => {
     const button = form.querySelector("button[type=submit]");
     const status = form.querySelector('[data-field="status"]');
     const bar = form.querySelector("progress");
+    const host = get("host") || "local";
+    const url = "/api/v1/vms" + (host === "local" ? "" : "?host=" + encodeURIComponent(host));
     button.disabled = true;
-    status.textContent = "creating…";
+    status.textContent = host === "auto" ? "placing…" : "creating…";
+    document.getElementById("placed").hidden = true;
     try {
       await K.connected();
-      const r = await K.api("POST", "/api/v1/vms", body);
+      const r = await K.api("POST", url, body);
+      let vm = r.data;
       if (r.status === 202) {
         bar.hidden = false;
         const job = await K.watchJob(r.data.job_id, (pct, msg) => {
@@ -845,9 +901,19 @@ PAGES.create = () => {
           if (msg) status.textContent = msg;
         });
         if (job.state !== "succeeded") throw new Error(job.error || "creation " + job.state);
+        vm = job.result || {};
       }
-      K.toast("VM '" + body.name + "' created", "ok");
-      location.href = "/vms/" + encodeURIComponent(body.name);
+      const on = vm.host || (host === "auto" ? "local" : host);
+      const link = "/vms/" + encodeURIComponent(body.name) +
+        (on === "local" ? "" : "?host=" + encodeURIComponent(on));
+      K.toast("VM '" + body.name + "' created" + (on === "local" ? "" : " on " + on), "ok");
+      if (showPlaced(vm, link)) {
+        status.textContent = "created on " + on;
+        bar.hidden = true;
+        button.disabled = false;
+        return;
+      }
+      location.href = link;
     } catch (err) {
       status.textContent = "";
       bar.hidden = true;
