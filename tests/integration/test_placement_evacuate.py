@@ -83,6 +83,15 @@ def test_create_host_auto_places_on_the_host_with_the_network(
     assert any(line.startswith("  h2: fits: ") for line in lines), lines
     assert vm in _virsh_names(h2.uri, "--all")
     assert vm not in [d.name for d in host.all_domains()]
+    # --json: the VM with where and why (as POST /api/v1/vms?host=auto answers)
+    shown = bed.cli(*_create_args(tiny_guest, f"{vm}j", h2.images_dir), "--host", "auto",
+                    "--nic", f"network={NETWORK}", "--json")
+    assert shown.code == 0, shown.stderr
+    made_json = json.loads(shown.stdout)
+    assert (made_json["name"], made_json["host"]) == (f"{vm}j", "h2")
+    assert made_json["placement"]["host"] == "h2"
+    assert {v["host"]: v["fits"] for v in made_json["placement"]["verdicts"]} == {
+        "h2": True, "local": False}
 
     # Nowhere to go: one line naming every host's reason, nothing created.
     refused = bed.cli(*_create_args(tiny_guest, f"{vm}x", h2.images_dir), "--host", "auto",

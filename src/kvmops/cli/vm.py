@@ -104,6 +104,7 @@ def create_cmd(
         nics=[NicSpec.parse(n) for n in nic],
         agent=not no_agent, images_dir=images_dir, accelerator=accel, start=start, force=force,
     )
+    placed = None
     if auto:
         placed, uri = placement.place_request(Caller.local(), request)
         if not json_out:
@@ -111,9 +112,11 @@ def create_cmd(
             for line in placed.lines():
                 info(f"  {line}")
     with connect(uri) as host:
-        result = vms.create(Caller.local(), host, request, progress=info, note=warn)
-    if json_out:
-        print_json(result)
+        result = vms.create(Caller.local(), host, request,
+                            progress=None if json_out else info, note=warn)  # stdout: JSON
+    if json_out:  # auto: where and why, as POST /api/v1/vms?host=auto answers
+        print_json(result if placed is None else
+                   {**vars(result), "host": placed.host, "placement": placed})
     else:
         info(f"VM '{name}' defined ({result.accelerator}, {result.state}); "
              f"disks: {', '.join(d.source or '-' for d in result.disks) or 'none'}")
