@@ -16,7 +16,7 @@ from kvmops.api.limits import SlotLimiter
 from kvmops.api.runner import JobRunner
 from kvmops.api.settings import ApiSettings
 from kvmops.api.throttle import LoginThrottle, SharedLoginThrottle
-from kvmops.services import sriov
+from kvmops.services import hosts, sriov
 from kvmops.services.database import EventChannel, event_channel, open_database, shared
 from kvmops.services.hostevents import LOCAL, HostWatches
 from kvmops.services.session import Connection, SharedConnection
@@ -47,6 +47,8 @@ class ApiContext:
         self.settings = settings
         self.store = open_database(settings.db_url)
         sriov.use_database(self.store)  # for the VF steps of NIC and VM use cases
+        # host names (--host, migrate/evacuate targets) resolve in this server's database
+        hosts.use_database(self.store)
         self.hub = EventHub()
         # PostgreSQL: other servers may share the database (job queue, events, throttle)
         self.shared = shared(self.store)
@@ -162,6 +164,8 @@ class ApiContext:
             self.host_events.stop()
         self.runner.shutdown()
         self._connection.close()
+        for service in (hosts, sriov):  # an in-process test may open another server
+            service.use_database(None)
         self.store.close()
 
 
