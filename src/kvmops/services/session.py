@@ -11,15 +11,14 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Protocol
 
 from kvmops.host.connection import Host
 
 #: An open libvirt connection; faces only pass it on to service functions.
 Connection = Host
 
-__all__ = ["CONNECTIONS", "Connection", "EventWatch", "HostConnections", "SharedConnection",
-           "connect", "network_names", "open_connection", "watch_lifecycle"]
+__all__ = ["CONNECTIONS", "Connection", "HostConnections", "SharedConnection",
+           "connect", "network_names", "open_connection"]
 
 
 def open_connection(uri: str | None) -> Connection:
@@ -114,25 +113,6 @@ class HostConnections:
 
 #: The process's shared connections to managed hosts other than its own.
 CONNECTIONS = HostConnections()
-
-
-class EventWatch(Protocol):
-    """A running event subscription: ``error`` says why it is down, if it is."""
-
-    error: str | None
-
-    def start(self) -> bool: ...
-
-    def stop(self) -> None: ...
-
-
-def watch_lifecycle(uri: str | None, changed: Callable[[str, str, str, int], None],
-                    connection: Callable[[bool], None]) -> EventWatch:
-    """A subscription to libvirt's life cycle events that subscribes again by itself after
-    a libvirtd restart (``connection(False)`` / ``connection(True)`` tell the caller)."""
-    from kvmops.host.events import LifecycleWatch  # only servers watch: keep the CLI light
-
-    return LifecycleWatch(uri, changed, connection)
 
 
 def network_names(conn: Connection) -> list[str]:
