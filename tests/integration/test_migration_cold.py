@@ -133,6 +133,10 @@ def test_cold_migration_there_and_back(vm_factory: Callable[..., str], host: Hos
     assert_one_line_error(run_cli("vm", "migrate", vm, "--to", "h2",
                                   env={"KVMOPS_DB": hosts_db}),
                           24, "local-disk", str(source_disk), "--copy-storage")
+    # --dry-run names the cold rules too (the preflight is their one place).
+    assert_one_line_error(run_cli("vm", "migrate", vm, "--to", "h2", "--dry-run",
+                                  env={"KVMOPS_DB": hosts_db}),
+                          24, "local-disk", str(source_disk), "--copy-storage")
     assert vm in _names(host.uri) and _sha256(source_disk) == digest
 
     result = cold_migrate(Caller.local(), vm, MigrationOptions(

@@ -1,7 +1,8 @@
 """Cold migration's pure parts (kvmops.services.coldmigration): the target volume's XML
 (format named, exact size), volume names, the XML rewritten for the target's paths (UUID,
-MACs and other devices kept, owned files naming the copies), the qcow2 header checks,
-the refusal naming every blocker, and -- with fakes for both hosts -- a copy whose read
+MACs and other devices kept, owned files naming the copies), the qcow2 header facts and
+the preflight's rules on them (the one place of the blocker rules), the refusal naming
+every blocker, and -- with fakes for both hosts -- a copy whose read
 back differs or a cancel: the target's volumes are removed, nothing is defined there and
 the source is never touched."""
 
@@ -18,8 +19,17 @@ import pytest
 from kvmops.errors import CancelledError, MigrationBlockedError, StorageError
 from kvmops.host import pools as host_pools
 from kvmops.host import transfer
+from kvmops.host.migration_facts import qcow2_facts, snapshot_kind
 from kvmops.host.transfer import Digest
-from kvmops.migration.model import Blocker
+from kvmops.migration.model import Blocker, MigrationOptions
+from kvmops.migration.preflight import (
+    DiskFact,
+    MigrationFacts,
+    PoolFact,
+    TargetFacts,
+    VmFacts,
+    check,
+)
 from kvmops.paths import PathPolicy
 from kvmops.services import coldmigration as cm
 from kvmops.services.coldmigration import DiskMove
@@ -107,15 +117,32 @@ def _qcow2_head(*, backing: bool = False, size: int = 64 << 20) -> bytes:
     return bytes(head)
 
 
+def _cold(disk: DiskFact, *, copy: bool = True) -> list[Blocker]:
+    """The preflight's blockers of a cold migration of a VM with ``disk``."""
+    vm = VmFacts(name="web1", uuid="u", active=False, memory=0, disks=[disk])
+    target = TargetFacts(pools={"p": PoolFact("p", True, 1 << 40, "/dst/pool", "dir")})
+    return check(MigrationFacts(vm=vm, target=target),
+                 MigrationOptions(target="h2", copy_storage=copy,
+                                  target_pool="p" if copy else None),
+                 source="h1", target="h2", kind="cold").blockers
+
+
 def test_qcow2_header_gives_the_size_and_a_backing_file_blocks() -> None:
-    move = DiskMove("vda", "/x/a.qcow2", "qcow2", length=200_000)
-    assert cm._qcow2_problem(move, _qcow2_head(size=1 << 30)) is None
-    assert move.capacity == 1 << 30
-    blocker = cm._qcow2_problem(move, _qcow2_head(backing=True))
-    assert blocker is not None and blocker.code == "backing-file"
-    assert "flatten" in blocker.remedy
-    bad = cm._qcow2_problem(move, b"\0" * 512)
-    assert bad is not None and bad.code == "disk" and "not a qcow2" in bad.message
+    def disk(head: bytes) -> DiskFact:
+        found = DiskFact("vda", "disk", "file", "/x/a.qcow2", fmt="qcow2", length=200_000)
+        qcow2_facts(found, head)
+        return found
+
+    sized = disk(_qcow2_head(size=1 << 30))
+    assert sized.capacity == 1 << 30 and _cold(sized) == []
+    [blocker] = _cold(disk(_qcow2_head(backing=True)))
+    assert blocker.code == "backing-file" and "flatten" in blocker.remedy
+    [bad] = _cold(disk(b"\0" * 512))
+    assert bad.code == "disk" and "not a qcow2" in bad.message
+    # On storage both hosts share (no copy) a backing file is a warning only.
+    shared = disk(_qcow2_head(backing=True))
+    shared.on_target = "p"
+    assert _cold(shared, copy=False) == []
 
 
 def test_check_copy_wants_every_byte_equal() -> None:
@@ -268,16 +295,20 @@ class _Domain:
 
 def test_internal_snapshots_move_parents_first_external_ones_block() -> None:
     plan = _plan()
-    cm._check_snapshots(_Domain(_snapshot("c", "b"), _snapshot("b", "a"),  # type: ignore[arg-type]
-                                _snapshot("a", None)), plan)
+    cm._plan_snapshots(_Domain(_snapshot("c", "b"), _snapshot("b", "a"),  # type: ignore[arg-type]
+                               _snapshot("a", None)), plan)
     assert [n for n, _x in plan.snapshots] == ["a", "b", "c"]
-    assert plan.current_snapshot == "b" and not plan.blockers
-    assert "3 internal snapshot(s)" in plan.notes[-1]
-    plan = _plan()
-    external = _Domain(_snapshot("x", None, external=True))
-    cm._check_snapshots(external, plan)  # type: ignore[arg-type]
-    assert [b.code for b in plan.blockers] == ["snapshot"]
-    assert "external" in plan.blockers[0].message and "snapshot delete" in plan.blockers[0].remedy
+    assert plan.current_snapshot == "b"
+    assert snapshot_kind(_snapshot("a", None)) == ("a", None)
+    assert snapshot_kind(_snapshot("x", None, external=True)) == ("x", "disks vda")
+    vm = VmFacts(name="web1", uuid="u", active=False, memory=0,
+                 external_snapshots=[("x", "disks vda")], internal_snapshots=["a", "b"])
+    found = check(MigrationFacts(vm=vm, target=TargetFacts()), MigrationOptions(target="h2"),
+                  source="h1", target="h2", kind="cold")
+    [blocker] = found.blockers
+    assert blocker.code == "snapshot" and "external" in blocker.message
+    assert "snapshot delete" in blocker.remedy
+    assert found.warnings == ["2 internal snapshot(s) moved with the disks: a, b"]
 
 
 def test_a_snapshot_names_the_copies_after_move_files() -> None:

@@ -185,7 +185,53 @@ def test_local_disk_without_copy_storage() -> None:
     assert "h1" in message and "--copy-storage" in _run(vm).blockers[0].remedy
     assert _run(vm, copy_storage=True).ok
     vm.active = False
-    assert _run(vm, kind="cold").ok  # a cold migration copies the disks
+    # Cold: without --copy-storage only the definition moves, so the disk must be
+    # shared too; with it the disk is copied (into --target-pool, else 'default').
+    assert "--copy-storage" in _run(vm, kind="cold").blockers[0].remedy
+    assert _codes(_run(vm, kind="cold")) == ["local-disk"]
+    assert _run(vm, kind="cold", copy_storage=True, target_pool="fast").ok
+    assert "'default'" in _only(_run(vm, kind="cold", copy_storage=True), "pool")
+
+
+def test_cold_only_rules() -> None:
+    """State (persistent, no saved memory), disks a copy cannot take, the copy's pool
+    (a file pool with room), a leftover volume or the disk itself in that pool, and a
+    shared disk that is not the same file on the target."""
+    def cold(vm: VmFacts, target: TargetFacts | None = None, **options: object
+             ) -> Preflight:
+        options.setdefault("copy_storage", True)
+        options.setdefault("target_pool", "fast")
+        return _run(vm, target, kind="cold", **options)
+
+    def disk(**kw: object) -> DiskFact:
+        base: dict[str, object] = {"target": "vda", "device": "disk", "type": "file",
+                                   "path": "/local/web1.qcow2", "fmt": "qcow2",
+                                   "length": GIB}
+        base.update(kw)
+        return DiskFact(**base)  # type: ignore[arg-type]
+
+    off = {"active": False}
+    assert cold(_vm(disks=[disk()], **off)).ok
+    assert "transient" in _only(cold(_vm(persistent=False, **off)), "state")
+    assert "saved memory" in _only(cold(_vm(managed_save=True, **off)), "state")
+    assert "running, not shut off" in _only(cold(_vm()), "state")
+    assert "is not a file" in _only(cold(_vm(disks=[disk(type="block")], **off)), "disk")
+    assert "is vmdk" in _only(cold(_vm(disks=[disk(fmt="vmdk")], **off)), "disk")
+    assert "not found" in _only(cold(_vm(disks=[disk(unreadable="disk file x not found")],
+                                         **off)), "disk")
+    assert "data file" in _only(cold(_vm(disks=[disk(data_file=True)], **off)), "disk")
+    big = _vm(disks=[disk(length=200 * GIB)], **off)
+    assert "need" in _only(cold(big), "pool")
+    ceph = _target(pools={"fast": PoolFact("fast", True, GIB, None, "rbd")})
+    assert "file pools" in _only(cold(_vm(disks=[disk()], **off), ceph), "pool")
+    left = _target(volumes={"fast": {"web1.qcow2"}})
+    message = _only(cold(_vm(disks=[disk()], **off), left), "name-clash")
+    assert "volume 'web1.qcow2' exists in pool 'fast'" in message
+    itself = _vm(disks=[disk(path="/fast/web1.qcow2")], **off)
+    assert "the target sees the disk itself" in _only(cold(itself), "name-clash")
+    other = _vm(disks=[disk(on_target="shared", length_on_target=GIB + 1)], **off)
+    assert "not the same file" in _only(cold(other, copy_storage=False, target_pool=None),
+                                        "local-disk")
 
 
 def test_memory_on_the_target() -> None:

@@ -7,8 +7,13 @@ pools, defined VMs (names and UUIDs), free memory, domain capabilities (CPU), li
 CPU compare of the VM's CPU, and for each disk or cdrom path whether one of its pools
 holds the same path (storage both hosts share, or an image that is present there).
 
+A cold migration (:func:`cold_facts`) reads more: each disk file's length and, for
+qcow2, its header (the guest's size, a backing or data file: nothing probes a format), the
+size of the same path on the target, the VM's persistence, saved state and snapshot kinds,
+and the volume names of the pool the copy goes to.
+
 Reads only, except a refresh of a target pool whose directory holds a path kvmops looks
-for (so a file put there since the pool's last scan is seen).
+for (so a file put there since the pool's last scan is seen), and of the copy's pool.
 """
 
 from __future__ import annotations
@@ -20,19 +25,28 @@ from typing import Any
 import libvirt
 from lxml import etree
 
+from kvmops.errors import KvmopsError, NotFoundError
+from kvmops.host import transfer
 from kvmops.host.connection import Host, call
 from kvmops.migration.cpu import HostCpu, host_cpu, host_model_xml, parse_domain_cpu
 from kvmops.migration.preflight import (
+    DiskFact,
     MigrationFacts,
     PoolFact,
     TargetFacts,
     VmFacts,
+    copied_disks,
     parse_domain,
     passthrough_devices,
 )
+from kvmops.storage import qcow2
 
-__all__ = ["baseline_model", "cpu_verdict", "gather", "host_uuid", "target_facts",
-           "vm_facts"]
+__all__ = ["baseline_model", "cold_facts", "cpu_verdict", "gather", "host_uuid",
+           "qcow2_facts", "read_disk_file", "snapshot_kind", "target_facts", "vm_facts"]
+
+# How many first bytes of a qcow2 disk are read for its header (the first cluster, 2 MiB
+# at most: QEMU's largest; usually 64 KiB).
+_HEAD = 1 << qcow2.MAX_CLUSTER_BITS
 
 _BLOCK_JOBS = {
     getattr(libvirt, "VIR_DOMAIN_BLOCK_JOB_TYPE_PULL", 1): "pull",
@@ -148,10 +162,11 @@ def _pools(target: Host) -> tuple[dict[str, PoolFact], list[Any]]:
         with contextlib.suppress(libvirt.libvirtError, etree.XMLSyntaxError):
             active = bool(pool.isActive())
             info = pool.info()
-            path = _parse(pool.XMLDesc(0)).findtext("target/path")
+            root = _parse(pool.XMLDesc(0))
             pools[pool.name()] = PoolFact(name=pool.name(), active=active,
                                           available=int(info[3]) if active else None,
-                                          path=path)
+                                          path=root.findtext("target/path"),
+                                          type=root.get("type"))
     return pools, handles
 
 
@@ -285,3 +300,74 @@ def gather(source: Host, target: Host, vm: str, *, live: bool) -> MigrationFacts
             if model and there.cpu.models.get(model) and result.source_cpu.models.get(model):
                 result.baseline_cpu = model
     return result
+
+
+# --------------------------------------------------------------------------- cold
+def qcow2_facts(disk: DiskFact, head: bytes) -> None:
+    """What the first bytes of the qcow2 file ``disk`` say: the guest's size, a backing
+    or data file, or why the header cannot be read."""
+    try:
+        header = qcow2.parse(head)
+    except qcow2.HeaderError as err:
+        disk.header_error = str(err)
+        return
+    disk.backing, disk.data_file = header.backing, header.data_file
+    disk.capacity = header.virtual_size
+
+
+def read_disk_file(host: Host, disk: DiskFact, *, local: bool) -> None:
+    """The file of ``disk`` on ``host`` (``local``: this machine): its length, and for
+    qcow2 its header's facts; a missing file is ``unreadable``."""
+    if disk.path is None:
+        return
+    try:
+        with transfer.open_disk(host, disk.path, local=local) as found:
+            disk.length = disk.capacity = found.length
+            if disk.fmt == "qcow2":
+                qcow2_facts(disk, found.head(_HEAD))
+    except NotFoundError as err:
+        disk.unreadable = err.message
+
+
+def snapshot_kind(xml: str) -> tuple[str, str | None]:
+    """A snapshot's name, and what makes it external (None: internal)."""
+    root = _parse(xml)
+    external = [d.get("name", "?") for d in root.findall("disks/disk")
+                if d.get("snapshot") == "external"]
+    memory = root.find("memory")
+    if external:
+        return root.findtext("name") or "?", "disks " + ", ".join(external)
+    if memory is not None and memory.get("snapshot") == "external":
+        return root.findtext("name") or "?", "its memory file"
+    return root.findtext("name") or "?", None
+
+
+def cold_facts(source: Host, target: Host, facts: MigrationFacts, *,
+               pool: str | None) -> None:
+    """Add to ``facts`` what only a cold migration reads (see the module's doc);
+    ``pool``: the target's pool the disks are copied into (None: no copy)."""
+    from kvmops.host import remote
+
+    vm = facts.vm
+    domain = source.lookup(vm.name)
+    vm.persistent = domain.is_persistent()
+    vm.managed_save = vm.persistent and domain.has_managed_save()
+    for snap in domain.snapshots():
+        with contextlib.suppress(KvmopsError, libvirt.libvirtError, etree.XMLSyntaxError):
+            name, external = snapshot_kind(snap.xml())
+            if external:
+                vm.external_snapshots.append((name, external))
+            else:
+                vm.internal_snapshots.append(name)
+    local = not remote.is_remote(source.uri)
+    for disk in copied_disks(vm):
+        if disk.type == "file":
+            read_disk_file(source, disk, local=local)
+        if pool is None and disk.on_target is not None and disk.path:
+            disk.length_on_target = transfer.length_at(target, disk.path)
+    found = facts.target.pools.get(pool or "")
+    if pool is not None and found is not None and found.active:
+        with contextlib.suppress(libvirt.libvirtError):
+            handle = target.conn.storagePoolLookupByName(pool)
+            handle.refresh(0)
+            facts.target.volumes[pool] = {str(n) for n in handle.listVolumes()}

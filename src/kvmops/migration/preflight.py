@@ -12,11 +12,18 @@ migration; it is a warning (the VM would not start on the target later).
 Live-only rules (they concern the running guest): state (must run), CPU, memory, block
 jobs, a running backup, snapshots with memory, local disks without ``--copy-storage``.
 Cold migration copies the disks of a shut-off VM: name clash, host devices, networks,
-bridges, pools and cdrom images apply to both.
+bridges, pools and cdrom images apply to both. Cold-only rules (the one place for them:
+:mod:`kvmops.services.coldmigration` only plans the copy): state (shut off, persistent,
+no saved memory), external snapshots, disks it cannot copy (not a file, another format,
+missing, a backing or data file), the copy's pool (a file pool with room, ``default``
+unless ``--target-pool``), a volume of the same name left there or the disk itself in
+that pool; without ``--copy-storage`` every disk on storage the target sees, as long.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from lxml import etree
@@ -24,9 +31,14 @@ from lxml import etree
 from kvmops.migration.cpu import DomainCpu, HostCpu, cpu_problems, parse_domain_cpu
 from kvmops.migration.model import Blocker, Kind, MigrationOptions, Preflight
 from kvmops.sizes import format_size
+from kvmops.storage.model import FILE_TYPES, VOLUME_RE
 
-__all__ = ["DiskFact", "HostdevFact", "MigrationFacts", "NicFact", "PoolFact",
-           "TargetFacts", "VmFacts", "check", "parse_domain"]
+__all__ = ["DEFAULT_POOL", "DiskFact", "HostdevFact", "MigrationFacts", "NicFact", "PoolFact",
+           "TargetFacts", "VmFacts", "check", "copied_disks", "copy_pool", "parse_domain",
+           "volume_names"]
+
+#: The pool a cold migration copies into when the operator names none (libvirt's usual).
+DEFAULT_POOL = "default"
 
 
 @dataclass
@@ -43,6 +55,15 @@ class DiskFact:
     volume: str | None = None  # type='volume': the volume in it
     size: int | None = None  # bytes a copy moves (allocation), when known
     on_target: str | None = None  # the target's pool that holds the same path
+    fmt: str = "raw"  # <driver type> (what a copy creates: never probed)
+    # Read from the file for a cold migration (host side: migration_facts.read_disk_file):
+    length: int | None = None  # bytes of the file
+    capacity: int | None = None  # the disk's size as the guest sees it
+    backing: bool = False  # a qcow2 file naming a backing file
+    data_file: bool = False  # a qcow2 file keeping its data in an external file
+    unreadable: str | None = None  # why the file cannot be read (missing ...)
+    header_error: str | None = None  # why its qcow2 header cannot be parsed
+    length_on_target: int | None = None  # the same path's size as the target sees it
 
     @property
     def local(self) -> bool:
@@ -86,6 +107,11 @@ class VmFacts:
     job: str | None = None  # the running domain job ("backup", "migration out" ...)
     memory_snapshots: list[tuple[str, str]] = field(default_factory=list)  # (name, kind)
     snapshots: int = 0
+    # Read for a cold migration:
+    persistent: bool = True
+    managed_save: bool = False
+    external_snapshots: list[tuple[str, str]] = field(default_factory=list)  # (name, what)
+    internal_snapshots: list[str] = field(default_factory=list)  # names
 
 
 @dataclass
@@ -96,6 +122,7 @@ class PoolFact:
     active: bool
     available: int | None  # bytes
     path: str | None
+    type: str | None = None  # dir, fs, netfs, logical ... (None: not known)
 
 
 @dataclass
@@ -111,6 +138,7 @@ class TargetFacts:
     cpu: HostCpu | None = None  # from its domain capabilities
     cpu_verdict: str | None = None  # libvirt's compare: why incompatible (None: fine)
     sriov_pools: list[str] = field(default_factory=list)  # kvmops SR-IOV pools there
+    volumes: dict[str, set[str]] = field(default_factory=dict)  # cold copy's pool -> names
 
 
 @dataclass
@@ -191,11 +219,13 @@ def parse_domain(xml: str) -> VmFacts:
             elif dtype == "network":
                 path = None
         target = d.find("target")
+        driver = d.find("driver")
         disks.append(DiskFact(target=target.get("dev", "?") if target is not None else "?",
                               device=d.get("device", "disk"), type=dtype, path=path,
                               readonly=d.find("readonly") is not None,
                               shareable=d.find("shareable") is not None, pool=pool,
-                              volume=volume))
+                              volume=volume, fmt=(driver.get("type") if driver is not None
+                                                  else None) or "raw"))
     nics = []
     for n in root.findall("devices/interface"):
         ntype = n.get("type", "?")
@@ -222,6 +252,36 @@ def passthrough_devices(xml: str) -> list[str]:
             + [f"VF NIC {n.mac} ({n.pci})" for n in facts.nics if n.type == "hostdev"])
 
 
+def copied_disks(vm: VmFacts) -> list[DiskFact]:
+    """The disks a cold migration moves: every disk and lun with a source other than the
+    network (cdroms and floppies stay: their images must be present on the target)."""
+    return [d for d in vm.disks
+            if d.device in ("disk", "lun") and d.path is not None and d.type != "network"]
+
+
+def copy_pool(options: MigrationOptions, kind: Kind) -> str | None:
+    """The target's pool the disks are copied into (None: nothing is copied into a pool
+    named here; a live copy without ``--target-pool`` uses the pool of the same path)."""
+    if not options.copy_storage:
+        return None
+    return options.target_pool or (DEFAULT_POOL if kind == "cold" else None)
+
+
+def volume_names(vm: str, disks: Sequence[tuple[str, str, str]]) -> list[str]:
+    """Each copied disk's volume name in the target pool, for ``(device, file, format)``:
+    its file's name, or -- when that is not a volume name or two disks share it --
+    ``VM-DEV.FORMAT``."""
+    used: set[str] = set()
+    names = []
+    for device, path, fmt in disks:
+        name = os.path.basename(path)
+        if not VOLUME_RE.match(name) or name in used:
+            name = f"{vm}-{device}.{fmt}"
+        used.add(name)
+        names.append(name)
+    return names
+
+
 # --------------------------------------------------------------------------- rules
 def _size(value: int | None) -> str:
     return format_size(value) if value is not None else "?"
@@ -235,6 +295,9 @@ def _vf_remedy(vm: str, mac: str, target: str, pools: list[str]) -> str:
                 + (f" (pools on {target}: {', '.join(pools)})" if len(pools) > 1 else ""))
     return (detach + f"then give it a VF of host {target} (it has no SR-IOV pool: "
             f"create one there with 'kvmops sriov pool create')")
+
+
+_Block = Callable[[str, str, str], None]
 
 
 def check(facts: MigrationFacts, options: MigrationOptions, *, source: str, target: str,
@@ -257,9 +320,16 @@ def check(facts: MigrationFacts, options: MigrationOptions, *, source: str, targ
               "a running VM", f"start it first, or migrate it shut off (cold): 'kvmops vm "
               f"migrate {name} --to {target}' moves a shut-off VM cold")
     if not live and vm.active:
-        block("state", f"VM '{name}' is running on host {source}: a cold migration moves a "
-              "shut-off VM", f"shut it down first ('kvmops vm shutdown {name}'), or migrate it "
-              "live")
+        block("state", f"VM '{name}' is running, not shut off (host {source}): a cold "
+              "migration moves a shut-off VM", f"shut it down first ('kvmops vm shutdown "
+              f"{name}'), or leave it running and let 'kvmops vm migrate {name} --to "
+              f"{target}' move it live")
+    if not live and not vm.persistent:
+        block("state", f"VM '{name}' is transient on host {source}", "define it first")
+    elif not live and vm.managed_save:
+        block("state", f"VM '{name}' has a saved memory state on host {source}",
+              f"start it and shut it down, or discard the state ('virsh managedsave-remove "
+              f"{name}')")
 
     # Name clash ------------------------------------------------------------------------
     if name in there.domains:
@@ -336,26 +406,53 @@ def check(facts: MigrationFacts, options: MigrationOptions, *, source: str, targ
 
     # Storage ---------------------------------------------------------------------------
     moving = [d for d in vm.disks if d.local and not d.readonly and d.device in ("disk", "lun")]
-    if options.target_pool and (not live or options.copy_storage):
-        pool = there.pools.get(options.target_pool)
+    cold_copy = not live and options.copy_storage
+    copies = [] if live else _cold_disks(vm, options, block, warnings, source=source,
+                                         target=target)
+    named_pool = copy_pool(options, kind) or (options.target_pool if not live else None)
+    usable = None  # the copy's pool, when it can take the copies
+    if named_pool:
+        pool = there.pools.get(named_pool)
         if pool is None:
             have = ", ".join(sorted(there.pools)) or "none"
-            block("pool", f"storage pool '{options.target_pool}' does not exist on host "
-                  f"{target}", f"create it there ('kvmops pool create {options.target_pool} "
+            block("pool", f"storage pool '{named_pool}' does not exist on host "
+                  f"{target}", f"create it there ('kvmops pool create {named_pool} "
                   f"--host {target} ...'), or name another with --target-pool (host "
                   f"{target} has: {have})")
+        elif cold_copy and pool.type is not None and (pool.type not in FILE_TYPES
+                                                      or not pool.path):
+            block("pool", f"storage pool '{pool.name}' on host {target} is {pool.type}: "
+                  "disks are copied into file pools", "name a dir, fs or netfs pool with "
+                  "--target-pool")
         elif not pool.active:
             block("pool", f"storage pool '{pool.name}' is not active on host {target}",
                   f"start it ('kvmops pool start {pool.name} --host {target}')")
         else:
-            need = sum(d.size or 0 for d in moving)
+            usable = pool
+            need = (sum(d.length or 0 for d in copies) if cold_copy
+                    else sum(d.size or 0 for d in moving))
             if pool.available is not None and need > pool.available:
                 block("pool", f"storage pool '{pool.name}' on host {target} has "
                       f"{_size(pool.available)} free, the disks of VM '{name}' need "
                       f"{_size(need)}", "free space in it, or name another with "
                       "--target-pool")
+    if cold_copy and usable is not None and usable.path:
+        names = volume_names(name, [(d.target, d.path or "", d.fmt) for d in copies])
+        for disk, volume in zip(copies, names, strict=True):
+            if os.path.normpath(os.path.join(usable.path, volume)) == os.path.normpath(
+                    disk.path or ""):
+                block("name-clash", f"disk {disk.target} ({disk.path}) is in pool "
+                      f"'{usable.name}' of host {target} already: the target sees the disk "
+                      "itself", "leave out --copy-storage (the disk is on storage both "
+                      "hosts share), or name another --target-pool")
+            elif volume in there.volumes.get(usable.name, set()):
+                block("name-clash", f"volume '{volume}' exists in pool '{usable.name}' on "
+                      f"host {target}", f"delete it if it is a leftover of an interrupted "
+                      f"migration ('kvmops volume delete {usable.name} {volume} --host "
+                      f"{target}'), or name another --target-pool")
     for disk in vm.disks:
-        if disk.pool and not options.target_pool and disk.pool not in there.pools:
+        if (disk.pool and not options.target_pool and not cold_copy
+                and disk.pool not in there.pools):
             block("pool", f"storage pool '{disk.pool}' (disk {disk.target} of VM '{name}') "
                   f"does not exist on host {target}", "create it there, or copy the disk "
                   "to another pool: --copy-storage --target-pool POOL")
@@ -394,7 +491,64 @@ def check(facts: MigrationFacts, options: MigrationOptions, *, source: str, targ
             block("memory-snapshot", f"snapshot '{snap}' of VM '{name}' holds the guest's "
                   f"memory ({where}) on host {source}", f"delete it ('kvmops snapshot "
                   f"delete {name} {snap}'), or revert and migrate the VM cold")
-    elif not live and vm.snapshots:
-        warnings.append(f"the {vm.snapshots} snapshot(s) of VM '{name}' move with its "
-                        "disks when internal (external ones refuse the cold migration)")
+    elif not live:
+        for snap, what in vm.external_snapshots:
+            block("snapshot", f"snapshot '{snap}' of VM '{name}' is external ({what})",
+                  f"delete it first ('kvmops snapshot delete {name} {snap}'): external "
+                  "snapshots do not move with a cold migration")
+        if vm.internal_snapshots:
+            warnings.append(f"{len(vm.internal_snapshots)} internal snapshot(s) moved with "
+                            f"the disks: {', '.join(vm.internal_snapshots)}")
+        elif vm.snapshots > len(vm.external_snapshots):
+            warnings.append(f"the {vm.snapshots} snapshot(s) of VM '{name}' move with its "
+                            "disks when internal (external ones refuse the cold migration)")
     return result
+
+
+def _cold_disks(vm: VmFacts, options: MigrationOptions, block: _Block,
+                warnings: list[str], *, source: str, target: str) -> list[DiskFact]:
+    """The cold migration's disk rules; the disks it can copy. Copying (``--copy-storage``)
+    takes raw or qcow2 files it can read, without a backing or data file; without it each
+    disk must be a file the target sees at the same path, as long (a backing chain must
+    then be reachable there: a warning)."""
+    name = vm.name
+    fine = []
+    for disk in copied_disks(vm):
+        what = f"disk {disk.target} ({disk.path})"
+        if disk.type != "file":
+            block("disk", f"{what} is not a file", "cold migration copies file disks: detach "
+                  "it (or move its data into a file disk) first")
+        elif disk.fmt not in ("raw", "qcow2"):
+            block("disk", f"{what} is {disk.fmt}", "convert it to qcow2 or raw first")
+        elif disk.unreadable:
+            block("disk", f"disk {disk.target}: {disk.unreadable}", "fix the VM's definition "
+                  "or restore the file")
+        elif disk.header_error:
+            block("disk", f"{what} is not a qcow2 file kvmops can read: "
+                  f"{disk.header_error}", "check its format in the VM's definition")
+        elif disk.backing and options.copy_storage:
+            block("backing-file", f"{what} has a backing file", "flatten it first (e.g. "
+                  "'qemu-img convert -f qcow2 -O qcow2 IN OUT' and point the disk at OUT): "
+                  "chains are not copied")
+        elif disk.data_file:
+            block("disk", f"{what} keeps its data in an external data file",
+                  "convert it into a plain qcow2 file first")
+        else:
+            fine.append(disk)
+    if options.copy_storage:
+        return fine
+    for disk in fine:
+        if disk.on_target is None:
+            block("local-disk", f"disk {disk.target} ({disk.path}) of VM '{name}' is local to "
+                  f"host {source}: host {target} has no storage pool holding it",
+                  "add --copy-storage (and --target-pool POOL) to copy it, or put the disk "
+                  f"on storage both hosts share (a pool on host {target} over the same path)")
+        elif (disk.length is not None and disk.length_on_target is not None
+              and disk.length != disk.length_on_target):
+            block("local-disk", f"disk {disk.target}: {disk.path} is "
+                  f"{disk.length_on_target} bytes on host {target} and {disk.length} on "
+                  f"host {source}: not the same file", "add --copy-storage to copy it")
+        elif disk.backing:
+            warnings.append(f"disk {disk.target} ({disk.path}) has a backing file: host "
+                            f"{target} must reach its chain at the same paths")
+    return []

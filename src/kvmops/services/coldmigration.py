@@ -2,7 +2,10 @@
 which is for running VMs (on a shut-off one it can lose the VM on both hosts).
 
 With ``--copy-storage`` its disks are copied, and the order is what keeps the source
-safe: every check first (all blockers named at once, each with its remedy); then each
+safe: the preflight first (:mod:`kvmops.services.migration_checks`, the one place of the
+blocker rules: all named at once, each with its remedy; this module only plans the copy
+-- paths, sizes, formats -- and checks again right before the switch-over that the VM
+is still shut off and unchanged); then each
 disk file is copied as its bytes into a new volume of the target's pool (created with
 the format the VM's XML names and the disk's size -- nothing probes a format), hashed
 while sent; then every copy is read back on the target and compared byte for byte; then
@@ -17,7 +20,7 @@ never overwrites).
 
 Without ``--copy-storage`` the disks must already be where both hosts see them (a
 volume of an active pool on the target at the same path, as long as the source's file):
-only the definition moves, checked the same way.
+only the definition moves (the preflight checks that too).
 """
 
 from __future__ import annotations
@@ -35,13 +38,11 @@ from lxml import etree
 from kvmops.errors import (
     KvmopsError,
     MigrationBlockedError,
-    NotFoundError,
     StateError,
     StorageError,
-    ValidationError,
 )
+from kvmops.host import migration_facts, transfer
 from kvmops.host import pools as host_pools
-from kvmops.host import transfer
 from kvmops.host.connection import Domain, Host
 from kvmops.migration.model import (
     Blocker,
@@ -49,13 +50,20 @@ from kvmops.migration.model import (
     MigrationOptions,
     MigrationProgress,
     MigrationResult,
+    Preflight,
     ProgressFn,
+)
+from kvmops.migration.preflight import (
+    DEFAULT_POOL,
+    copied_disks,
+    copy_pool,
+    parse_domain,
+    volume_names,
 )
 from kvmops.paths import is_within, policy
 from kvmops.services.caller import Caller
 from kvmops.sizes import format_size
-from kvmops.storage import qcow2
-from kvmops.storage.model import FILE_TYPES, VOLUME_RE, parse_pool
+from kvmops.storage.model import parse_pool
 from kvmops.vm.domxml import DomainDocument, OwnedFile, SnapshotDocument
 
 __all__ = ["DEFAULT_POOL", "DiskMove", "cold_migrate", "plan_volume_names", "rewrite_xml",
@@ -63,12 +71,7 @@ __all__ = ["DEFAULT_POOL", "DiskMove", "cold_migrate", "plan_volume_names", "rew
 
 log = logging.getLogger(__name__)
 
-#: The target pool when the operator names none (libvirt's usual one).
-DEFAULT_POOL = "default"
 PROGRESS_INTERVAL = 0.2  # seconds between progress reports of one phase
-# How many first bytes of a qcow2 disk are read for its header (the first cluster, 2 MiB
-# at most: QEMU's largest; usually 64 KiB).
-_HEAD = 1 << qcow2.MAX_CLUSTER_BITS
 
 
 @dataclass
@@ -97,7 +100,6 @@ class _Plan:
     moves: list[DiskMove] = field(default_factory=list)
     snapshots: list[tuple[str, str]] = field(default_factory=list)  # (name, XML), parents first
     current_snapshot: str | None = None
-    blockers: list[Blocker] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -117,14 +119,10 @@ def volume_xml(name: str, capacity: int, fmt: str) -> str:
 
 
 def plan_volume_names(vm: str, moves: list[DiskMove]) -> None:
-    """Give each disk its volume name in the target pool: its file's name, or -- when
-    that is not a volume name or two disks share it -- ``VM-DEV.FORMAT``."""
-    used: set[str] = set()
-    for move in moves:
-        name = os.path.basename(move.source)
-        if not VOLUME_RE.match(name) or name in used:
-            name = f"{vm}-{move.target}.{move.fmt}"
-        used.add(name)
+    """Give each disk its volume name in the target pool (the preflight's
+    :func:`~kvmops.migration.preflight.volume_names`, which checks them)."""
+    names = volume_names(vm, [(m.target, m.source, m.fmt) for m in moves])
+    for move, name in zip(moves, names, strict=True):
         move.volume = name
 
 
@@ -220,32 +218,47 @@ def _say(progress: ProgressFn | None, phase: str) -> None:
         progress(MigrationProgress(phase=phase))
 
 
-# --------------------------------------------------------------------------- checks
+# --------------------------------------------------------------------------- the plan
 def _plan(src: Host, dst: Host, vm: str, options: MigrationOptions, *, src_local: bool
           ) -> _Plan:
+    """What the copy needs -- each disk's file, format, length and size, its volume and
+    path in the target pool; the internal snapshots in order -- and the notes. The
+    blocker rules are the preflight's (it ran first): what it refused is not looked at
+    again here, except a disk file that went away or a pool that changed since."""
     domain = src.lookup(vm)
-    blockers: list[Blocker] = []
     xml = domain.config_xml(what=f"reading VM '{vm}'")
     doc = DomainDocument(xml)
-    state = domain.state()
-    if state != "shut off":
-        blockers.append(Blocker("state", f"VM '{vm}' is {state}, not shut off",
-                                f"shut it down first ('kvmops vm shutdown {vm}'), or "
-                                "start it and let 'kvmops vm migrate' move it live"))
-    if not domain.is_persistent():
-        blockers.append(Blocker("state", f"VM '{vm}' is transient", "define it first"))
-    elif domain.has_managed_save():
-        blockers.append(Blocker("state", f"VM '{vm}' has a saved memory state",
-                                f"start it and shut it down, or discard the state "
-                                f"('virsh managedsave-remove {vm}')"))
-    plan = _Plan(vm=vm, uuid=domain.uuid(), xml=xml, pool=options.target_pool or DEFAULT_POOL,
-                 pool_dir="", shared=not options.copy_storage, blockers=blockers)
-    _check_snapshots(domain, plan)
-    for dev in doc.host_devices():
-        blockers.append(Blocker("hostdev", f"VM '{vm}' has host device {dev}",
-                                "detach it first (a host device belongs to its host)"))
-    _check_target(dst, doc, plan)
-    _check_disks(src, dst, doc, plan, src_local=src_local)
+    plan = _Plan(vm=vm, uuid=domain.uuid(), xml=xml,
+                 pool=copy_pool(options, "cold") or DEFAULT_POOL, pool_dir="",
+                 shared=not options.copy_storage)
+    _plan_snapshots(domain, plan)
+    for disk in copied_disks(parse_domain(xml)):
+        if disk.type != "file" or disk.path is None:
+            continue  # shared storage only (a copy refuses it): left as it is
+        move = DiskMove(target=disk.target, source=disk.path, fmt=disk.fmt)
+        if not plan.shared:
+            migration_facts.read_disk_file(src, disk, local=src_local)
+            if disk.length is None:
+                raise StorageError(f"disk {disk.target}: {disk.unreadable}",
+                                   hint="fix the VM's definition or restore the file")
+            move.length = disk.length
+            move.capacity = disk.capacity or disk.length
+        plan.moves.append(move)
+    if plan.shared:
+        for move in plan.moves:
+            move.path = move.source
+        if plan.moves:
+            plan.notes.append("the disks stay on storage both hosts share: "
+                              + ", ".join(m.source for m in plan.moves))
+    else:
+        state = host_pools.pool(dst, plan.pool)
+        plan.pool_dir = parse_pool(state.xml, active=state.active).target or ""
+        if not plan.pool_dir:
+            raise StorageError(f"storage pool '{plan.pool}' on {dst.uri} has no directory",
+                               hint="name a dir, fs or netfs pool with --target-pool")
+        plan_volume_names(vm, plan.moves)
+        for move in plan.moves:
+            move.path = os.path.join(plan.pool_dir, move.volume)
     spec = doc.spec()
     for what, path in (("kernel", spec.kernel), ("initrd", spec.initrd)):
         if path:
@@ -257,19 +270,14 @@ def _plan(src: Host, dst: Host, vm: str, options: MigrationOptions, *, src_local
     return plan
 
 
-def _check_snapshots(domain: Domain, plan: _Plan) -> None:
-    """Internal snapshots live inside the qcow2 files (copied with their bytes): their
-    metadata moves too. External ones (overlays, memory files) block."""
+def _plan_snapshots(domain: Domain, plan: _Plan) -> None:
+    """The internal snapshots (inside the qcow2 files, copied with their bytes), parents
+    first: their metadata is redefined on the target. External ones are the preflight's
+    blockers."""
     found = {}
     for snap in domain.snapshots():
         doc = SnapshotDocument(snap.xml())
-        external = [d.target for d in doc.disks() if d.mode == "external"]
-        if external or doc.memory_mode == "external":
-            plan.blockers.append(Blocker(
-                "snapshot", f"snapshot '{doc.name}' of VM '{plan.vm}' is external "
-                f"({'disks ' + ', '.join(external) if external else 'its memory file'})",
-                f"delete it first ('kvmops snapshot delete {plan.vm} {doc.name}'): "
-                "external snapshots do not move with a cold migration"))
+        if any(d.mode == "external" for d in doc.disks()) or doc.memory_mode == "external":
             continue
         found[doc.name] = (doc.parent, snap.xml())
     ordered: list[tuple[str, str]] = []
@@ -285,195 +293,35 @@ def _check_snapshots(domain: Domain, plan: _Plan) -> None:
             placed.add(name)
     plan.snapshots = ordered
     plan.current_snapshot = domain.current_snapshot()
-    if ordered:
-        plan.notes.append(f"{len(ordered)} internal snapshot(s) moved with the disks: "
-                          f"{', '.join(n for n, _x in ordered)}")
-
-
-def _check_target(dst: Host, doc: DomainDocument, plan: _Plan) -> None:
-    vm, blockers = plan.vm, plan.blockers
-    if dst.has_domain(vm):
-        blockers.append(Blocker("name-clash", f"host {dst.uri} has a VM named '{vm}'",
-                                "rename or remove that VM first"))
-    else:
-        from kvmops.host.errors import call
-
-        with contextlib.suppress(KvmopsError):
-            other = call("looking up a UUID", dst.conn.lookupByUUIDString, plan.uuid)
-            blockers.append(Blocker("name-clash", f"VM '{other.name()}' on {dst.uri} has "
-                                    f"the UUID of '{vm}' ({plan.uuid})",
-                                    "remove that VM first (is it an earlier copy?)"))
-    networks = set(dst.network_names())
-    for nic in doc.nics():
-        if nic.kind == "network" and nic.source not in networks:
-            blockers.append(Blocker("network", f"network '{nic.source}' does not exist on "
-                                    f"{dst.uri}", f"create it there first ('kvmops net "
-                                    f"create {nic.source} ...' with --host)"))
-    if plan.shared:
-        return
-    try:
-        state = host_pools.pool(dst, plan.pool)
-    except NotFoundError:
-        remedy = ("name a pool of the target with --target-pool (see 'kvmops pool list "
-                  "--host TARGET')") if plan.pool == DEFAULT_POOL else (
-            "create it there first, or name another with --target-pool")
-        blockers.append(Blocker("pool", f"storage pool '{plan.pool}' does not exist on "
-                                f"{dst.uri}", remedy))
-        return
-    info = parse_pool(state.xml, active=state.active)
-    if info.type not in FILE_TYPES or not info.target:
-        blockers.append(Blocker("pool", f"storage pool '{plan.pool}' on {dst.uri} is "
-                                f"{info.type}: disks are copied into file pools",
-                                "name a dir, fs or netfs pool with --target-pool"))
-    elif not state.active:
-        blockers.append(Blocker("pool", f"storage pool '{plan.pool}' on {dst.uri} is not "
-                                "active", f"start it ('kvmops pool start {plan.pool}' "
-                                "with --host)"))
-    else:
-        plan.pool_dir = info.target
-        with contextlib.suppress(KvmopsError):
-            host_pools.refresh(dst, plan.pool)
-
-
-def _check_disks(src: Host, dst: Host, doc: DomainDocument, plan: _Plan, *,
-                 src_local: bool) -> None:
-    vm, blockers = plan.vm, plan.blockers
-    files = doc.disk_files()
-    kinds = doc.disk_device_kinds()
-    for disk, kind in zip(doc.disks(), kinds, strict=True):
-        if disk.source is None:
-            continue  # an empty CD-ROM drive
-        if kind == "cdrom" and plan.shared and transfer.volume_at(dst, disk.source):
-            continue  # on storage the target sees too: left as it is
-        if kind == "cdrom":
-            blockers.append(Blocker("cdrom", f"CD-ROM {disk.target} holds {disk.source}",
-                                    f"eject it first ('kvmops vm cdrom {vm} --eject' or "
-                                    "'virsh change-media')"))
-            continue
-        if disk.target not in files:
-            blockers.append(Blocker("disk", f"disk {disk.target} ({disk.source}) is not a "
-                                    "file", "cold migration copies file disks: detach it "
-                                    "(or move its data into a file disk) first"))
-            continue
-        path, fmt = files[disk.target]
-        if fmt not in ("raw", "qcow2"):
-            blockers.append(Blocker("disk", f"disk {disk.target} ({path}) is {fmt}",
-                                    "convert it to qcow2 or raw first"))
-            continue
-        move = DiskMove(target=disk.target, source=path, fmt=fmt)
-        try:
-            with transfer.open_disk(src, path, local=src_local) as source:
-                move.length = move.capacity = source.length
-                if fmt == "qcow2":
-                    head = source.head(_HEAD)
-                    problem = _qcow2_problem(move, head)
-                    if problem is not None and plan.shared and problem.code == "backing-file":
-                        plan.notes.append(f"{problem.message}: the target must reach its "
-                                          "chain at the same paths")
-                    elif problem is not None:
-                        blockers.append(problem)
-                        continue
-        except NotFoundError as err:
-            blockers.append(Blocker("disk", f"disk {disk.target}: {err.message}",
-                                    "fix the VM's definition or restore the file"))
-            continue
-        plan.moves.append(move)
-    if plan.shared:
-        _check_shared(dst, plan)
-        return
-    plan_volume_names(vm, plan.moves)
-    if not plan.pool_dir:
-        return
-    for move in plan.moves:
-        move.path = os.path.join(plan.pool_dir, move.volume)
-        if os.path.normpath(move.path) == os.path.normpath(move.source):
-            blockers.append(Blocker(
-                "name-clash", f"disk {move.target} ({move.source}) is in pool '{plan.pool}' "
-                f"of {dst.uri} already: the target sees the disk itself",
-                "leave out --copy-storage (the disk is on storage both hosts share), or "
-                "name another --target-pool"))
-        elif host_pools.volume_exists(dst, plan.pool, move.volume):
-            blockers.append(Blocker(
-                "name-clash", f"volume '{move.volume}' exists in pool '{plan.pool}' on "
-                f"{dst.uri}", f"delete it if it is a leftover of an interrupted migration "
-                f"('kvmops volume delete {plan.pool} {move.volume}' with --host), or name "
-                "another --target-pool"))
-    needed = sum(m.length for m in plan.moves)
-    info = host_pools.pool(dst, plan.pool)
-    available = parse_pool(info.xml, active=info.active).available
-    if available is not None and needed > available:
-        blockers.append(Blocker("pool", f"pool '{plan.pool}' on {dst.uri} has "
-                                f"{format_size(available)} free; the disks need "
-                                f"{format_size(needed)}", "free space there, or name "
-                                "another --target-pool"))
-
-
-def _check_shared(dst: Host, plan: _Plan) -> None:
-    """Without --copy-storage each disk must be a file the target sees as well: a volume
-    of an active pool there, as long as the source's."""
-    for move in plan.moves:
-        move.path = move.source
-        length = transfer.length_at(dst, move.source)
-        if length is None:
-            plan.blockers.append(Blocker(
-                "local-disk", f"disk {move.target} ({move.source}) of VM '{plan.vm}' is not "
-                f"on storage {dst.uri} shares (no active pool there holds it)",
-                "add --copy-storage to copy it (into --target-pool), or define a pool over "
-                "its directory on the target"))
-        elif length != move.length:
-            plan.blockers.append(Blocker(
-                "local-disk", f"disk {move.target}: {move.source} is {length} bytes on "
-                f"{dst.uri} and {move.length} here: not the same file",
-                "add --copy-storage to copy it"))
-    if plan.moves:
-        plan.notes.append("the disks stay on storage both hosts share: "
-                          + ", ".join(m.source for m in plan.moves))
-
-
-def _qcow2_problem(move: DiskMove, head: bytes) -> Blocker | None:
-    what = f"disk {move.target} ({move.source})"
-    try:
-        header = qcow2.parse(head)
-    except qcow2.HeaderError as err:
-        return Blocker("disk", f"{what} is not a qcow2 file kvmops can read: {err}",
-                       "check its format in the VM's definition")
-    if header.backing:
-        return Blocker("backing-file", f"{what} has a backing file",
-                       "flatten it first (e.g. 'qemu-img convert -f qcow2 -O qcow2 IN OUT' "
-                       "and point the disk at OUT): chains are not copied")
-    if header.data_file:
-        return Blocker("disk", f"{what} keeps its data in an external data file",
-                       "convert it into a plain qcow2 file first")
-    move.capacity = header.virtual_size
-    return None
-
 
 # --------------------------------------------------------------------------- the move
 def cold_migrate(caller: Caller, vm: str, options: MigrationOptions, *,
                  source: str | None = None, progress: ProgressFn | None = None,
-                 cancelled: CancelledFn | None = None) -> MigrationResult:
+                 cancelled: CancelledFn | None = None,
+                 checked: Preflight | None = None) -> MigrationResult:
     """Move the shut-off VM ``vm`` from host ``source`` (a host name; default the local
-    one) to ``options.target`` by copying its disks (see the module's doc). With
-    ``options.dry_run`` only the checks run."""
-    from kvmops.services import hosts
+    one) to ``options.target`` by copying its disks (see the module's doc). The
+    preflight (:mod:`kvmops.services.migration_checks`) runs first unless ``checked``
+    is its answer already (``vm migrate`` ran it). With ``options.dry_run`` only the
+    checks run."""
+    from kvmops.services import hosts, migration_checks
+    from kvmops.services.migration import validate
 
     started = time.monotonic()
+    validate(options)
     source_name = source or hosts.LOCAL
     src_uri = hosts.uri_of(caller, source_name)
     dst_uri = hosts.uri_of(caller, options.target)
-    if src_uri == dst_uri:
-        raise refusal(vm, [Blocker("same-host", f"hosts '{source_name}' and "
-                                   f"'{options.target}' are the same ({src_uri})",
-                                   "name another host with --to")])
-    if options.target_pool is not None and not options.copy_storage:
-        raise ValidationError("--target-pool needs --copy-storage",
-                              hint="add --copy-storage, or leave out --target-pool")
     src_local = _is_local(src_uri)
     _say(progress, "preflight")
     with _connect(src_uri) as src, _connect(dst_uri) as dst:
+        found = checked if checked is not None and checked.kind == "cold" else (
+            migration_checks.preflight(caller, src, dst, vm, options,
+                                       source_name=source_name, kind="cold"))
+        if found.blockers:
+            raise refusal(vm, found.blockers)
         plan = _plan(src, dst, vm, options, src_local=src_local)
-        if plan.blockers:
-            raise refusal(vm, plan.blockers)
+        plan.notes[:0] = found.warnings
         result = MigrationResult(vm=vm, source=source_name, target=options.target,
                                  kind="cold", seconds=0.0,
                                  disks=[m.path for m in plan.moves], notes=plan.notes)

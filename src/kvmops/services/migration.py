@@ -280,7 +280,8 @@ def migrate(caller: Caller, vm: str, options: MigrationOptions, *,
             )
 
             done: MigrationResult = coldmigration.cold_migrate(caller, vm, options, source=source,
-                                              progress=progress, cancelled=cancelled)
+                                              progress=progress, cancelled=cancelled,
+                                              checked=found)
             return done
         label = _label(caller, options.target, db)
         return _live(caller, src, dst, vm, options, found, source_name=source_name,

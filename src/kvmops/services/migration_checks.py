@@ -3,7 +3,9 @@ once, each naming the object and the host, with its remedy (issue 12 item 3).
 
 The facts come from both hosts through libvirt (:mod:`kvmops.host.migration_facts`), the
 rules are pure (:mod:`kvmops.migration.preflight`). ``vm migrate`` (live and cold) and
-``vm migrate --dry-run`` run it first; it changes nothing.
+``vm migrate --dry-run`` run it first, and so does a cold migration called alone
+(:func:`kvmops.services.coldmigration.cold_migrate`): it is the one place for the
+blocker rules. It changes nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import contextlib
 from kvmops.errors import KvmopsError
 from kvmops.host import migration_facts
 from kvmops.migration.model import Blocker, Kind, MigrationOptions, Preflight
-from kvmops.migration.preflight import check
+from kvmops.migration.preflight import check, copy_pool
 from kvmops.services.caller import Caller
 from kvmops.services.session import Connection
 
@@ -59,6 +61,9 @@ def preflight(caller: Caller, source: Connection, target: Connection, vm: str,
                 "--to ('kvmops host list')"))
             return result
         facts = migration_facts.gather(source, target, vm, live=kind == "live")
+        if kind == "cold":
+            migration_facts.cold_facts(source, target, facts,
+                                       pool=copy_pool(options, kind))
     except KvmopsError as err:
         for conn, name in ((target, target_name), (source, source_name)):
             if not conn.alive():  # it went away while asked: say which one
