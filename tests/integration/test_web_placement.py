@@ -96,8 +96,19 @@ def test_create_host_select_and_evacuate_dialog(h2: NsHost, tiny_guest: GuestIma
             assert there.get_attribute("data-fits") == "true"
             assert there.inner_text().startswith(f"{H2}: fits: ")
             assert PLACED in _names(h2.uri) and PLACED not in _names(settings().uri)
-            placed.locator("[data-field=link]").click()
-            page.wait_for_url(f"{server.url}/vms/{PLACED}?host={H2}")
+            link = placed.locator("[data-field=link]")
+            assert link.get_attribute("href") == f"/vms/{PLACED}?host={H2}"
+            # nowhere to go (the name is taken there, the network missing here): the
+            # refusal names every host's reason and stays on the page
+            page.click("#create-vm button[type=submit]")
+            refused = page.locator("#create-vm [data-field=status].error-text")
+            refused.wait_for(timeout=WAIT_MS)
+            assert placed.is_hidden()
+            text = refused.inner_text()
+            assert text.startswith(f"no host can take VM '{PLACED}': "), text
+            assert f"local: rejected: network {NETWORK} not present" in text, text
+            assert f"{H2}: rejected: a VM named '{PLACED}' exists there" in text, text
+            page.goto(f"{server.url}/vms/{PLACED}?host={H2}")  # the placed panel's link
             assert page.locator(f"[data-vm-page='{PLACED}']").count() == 1
 
             # A named host: created there, its page opened with ?host=

@@ -888,6 +888,7 @@ PAGES.create = () => {
     const host = get("host") || "local";
     const url = "/api/v1/vms" + (host === "local" ? "" : "?host=" + encodeURIComponent(host));
     button.disabled = true;
+    status.classList.remove("error-text");
     status.textContent = host === "auto" ? "placing…" : "creating…";
     document.getElementById("placed").hidden = true;
     try {
@@ -915,7 +916,8 @@ PAGES.create = () => {
       }
       location.href = link;
     } catch (err) {
-      status.textContent = "";
+      status.textContent = err.message;  // stays: a refused placement names every host
+      status.classList.add("error-text");
       bar.hidden = true;
       K.toast(err.message, "error");
       button.disabled = false;
