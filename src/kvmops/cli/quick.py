@@ -79,13 +79,14 @@ def vm_list(json_out: bool, uri: str | None, host: str | None = None) -> None:
 
 
 def _vm_list_all(json_out: bool) -> None:
-    """``kvmops vm list --host all``: every host asked at once, each under a deadline; a
-    host that does not answer is one warning line and does not delay the others."""
-    from kvmops.services.hosts import vms_on_hosts
+    """``kvmops vm list --host all``: every host asked at once, each under a deadline (a
+    remote host with one bulk statistics call: the API's list, services.fleet); a host
+    that does not answer is one warning line and does not delay the others."""
+    from kvmops.services import fleet, hosts
 
-    found = vms_on_hosts(Caller.local())
-    for name, error in found.unreachable.items():
-        warn(f"host '{name}' is unreachable, its VMs are not listed: {error}")
+    found = fleet.list_all_vms(Caller.local(), hosts.LIST_DEADLINE_S)
+    for gone in found.unreachable:
+        warn(f"host '{gone.host}' is unreachable, its VMs are not listed: {gone.error}")
     if json_out:
         print_json(found.vms)
         return

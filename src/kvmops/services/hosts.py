@@ -34,7 +34,6 @@ from kvmops.services.caller import Caller
 
 if TYPE_CHECKING:
     from kvmops.host.remote import Health, Summary
-    from kvmops.services.vms import VmListItem
     from kvmops.store.db import Store
 
 T = TypeVar("T")
@@ -43,7 +42,7 @@ LOCAL = "local"
 DEFAULT_DEADLINE_S = 3.0
 #: Words that --host takes besides host names.
 RESERVED = {"all": "every host", "auto": "the host placement picks"}
-LIST_DEADLINE_S = 5.0  # a VM list of every host (``vm list --host all``)
+LIST_DEADLINE_S = 5.0  # ``vm list --host all`` (the CLI waits longer than a page)
 ADD_DEADLINE_S = 15.0
 SCHEMES = ("qemu+ssh", "qemu+tls", "qemu+tcp", "qemu+unix", "qemu")
 #: libvirt URI parameters a host URI may carry (no netcat=/command=/proxy=: programs).
@@ -339,47 +338,6 @@ def host_info(caller: Caller, name: str, db: str | Store | None = None, *,
         for key, value in vars(outcome.value).items():
             setattr(result, key, value)
         _mark_seen(db, [k.name], now)
-    return result
-
-
-@dataclass
-class HostsVms(Record):
-    """The VMs of several hosts (each with its ``host``), and the hosts that did not
-    answer in time, by name, with the reason."""
-
-    vms: list[VmListItem]
-    unreachable: dict[str, str] = field(default_factory=dict)
-
-
-def _vms_at(caller: Caller, name: str, uri: str) -> list[VmListItem]:
-    from kvmops.host import remote
-    from kvmops.services import vms
-
-    with remote.POOL.connection(uri) as conn:
-        found = vms.list_vms(caller, conn)
-    for vm in found:
-        vm.host = name
-    return found
-
-
-def vms_on_hosts(caller: Caller, names: list[str] | None = None,
-                 db: str | Store | None = None, *,
-                 deadline: float = LIST_DEADLINE_S) -> HostsVms:
-    """The VM list of every host (or of ``names``), asked at once, each under
-    ``deadline``: a host that does not answer in time is in ``unreachable`` and does not
-    delay the others. VMs by host (in ``host list`` order), then by name."""
-    known = _known(db) if names is None else [_find(db, validate_name(n)) for n in names]
-    outcomes = gather({k.name: functools.partial(_vms_at, caller, k.name, k.uri)
-                       for k in known}, deadline)
-    result = HostsVms(vms=[])
-    for k in known:
-        outcome = outcomes[k.name]
-        if outcome.value is None:
-            result.unreachable[k.name] = outcome.error or "no answer"
-        else:
-            result.vms.extend(outcome.value)
-    _mark_seen(db, [k.name for k in known if outcomes[k.name].value is not None],
-               datetime.now(UTC))
     return result
 
 
