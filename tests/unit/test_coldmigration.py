@@ -1,10 +1,10 @@
 """Cold migration's pure parts (kvmops.services.coldmigration): the target volume's XML
 (format named, exact size), volume names, the XML rewritten for the target's paths (UUID,
 MACs and other devices kept, owned files naming the copies), the qcow2 header facts and
-the preflight's rules on them (the one place of the blocker rules), the refusal naming
-every blocker, and -- with fakes for both hosts -- a copy whose read
-back differs or a cancel: the target's volumes are removed, nothing is defined there and
-the source is never touched."""
+the preflight's rules on them (the one place of the blocker rules; the refusal is vm
+migrate's, tests/unit/test_migration_live.py), and -- with fakes for both hosts -- a copy
+whose read back differs or a cancel: the target's volumes are removed, nothing is
+defined there and the source is never touched."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from kvmops.errors import CancelledError, MigrationBlockedError, StorageError
+from kvmops.errors import CancelledError, StorageError
 from kvmops.host import pools as host_pools
 from kvmops.host import transfer
 from kvmops.host.migration_facts import qcow2_facts, snapshot_kind
@@ -157,17 +157,6 @@ def test_check_copy_wants_every_byte_equal() -> None:
         cm.check_copy(move, sent, Digest("a" * 64, 101))
     with pytest.raises(StorageError, match="99 of 100 bytes"):
         cm.check_copy(move, Digest("a" * 64, 99), Digest("a" * 64, 99))
-
-
-def test_refusal_names_every_blocker_with_its_remedy() -> None:
-    err = cm.refusal("web1", [Blocker("state", "VM 'web1' is running", "shut it down"),
-                              Blocker("snapshot", "VM 'web1' has 1 snapshot(s)",
-                                      "delete them")])
-    assert isinstance(err, MigrationBlockedError) and len(err.blockers) == 2
-    text = str(err)
-    assert "\n" not in text
-    for part in ("is running", "shut it down", "snapshot(s)", "delete them"):
-        assert part in text
 
 
 # --------------------------------------------------------------------------- with fakes

@@ -37,7 +37,6 @@ from lxml import etree
 
 from kvmops.errors import (
     KvmopsError,
-    MigrationBlockedError,
     StateError,
     StorageError,
 )
@@ -45,7 +44,6 @@ from kvmops.host import migration_facts, transfer
 from kvmops.host import pools as host_pools
 from kvmops.host.connection import Domain, Host
 from kvmops.migration.model import (
-    Blocker,
     CancelledFn,
     MigrationOptions,
     MigrationProgress,
@@ -160,14 +158,6 @@ def check_copy(move: DiskMove, sent: transfer.Digest, read_back: transfer.Digest
             f"{sent.sha256[:16]}…, {sent.length} bytes)",
             hint="the copy was removed and the source left as it was; check the target's "
                  "storage and try again")
-
-
-def refusal(vm: str, blockers: list[Blocker]) -> MigrationBlockedError:
-    """One error naming every blocker, each with its remedy (``blockers`` for the API)."""
-    parts = [f"{b.code}: {b.message} ({b.remedy})" for b in blockers]
-    return MigrationBlockedError(f"cannot migrate VM '{vm}' cold: " + "; ".join(parts),
-                                 blockers=list(blockers),
-                                 hint="fix each blocker named, then run it again")
 
 
 # --------------------------------------------------------------------------- plumbing
@@ -305,7 +295,7 @@ def cold_migrate(caller: Caller, vm: str, options: MigrationOptions, *,
     is its answer already (``vm migrate`` ran it). With ``options.dry_run`` only the
     checks run."""
     from kvmops.services import hosts, migration_checks
-    from kvmops.services.migration import validate
+    from kvmops.services.migration import refuse, validate
 
     started = time.monotonic()
     validate(options)
@@ -319,7 +309,7 @@ def cold_migrate(caller: Caller, vm: str, options: MigrationOptions, *,
             migration_checks.preflight(caller, src, dst, vm, options,
                                        source_name=source_name, kind="cold"))
         if found.blockers:
-            raise refusal(vm, found.blockers)
+            raise refuse(found)
         plan = _plan(src, dst, vm, options, src_local=src_local)
         plan.notes[:0] = found.warnings
         result = MigrationResult(vm=vm, source=source_name, target=options.target,

@@ -152,34 +152,14 @@ def _kind_of(src: Host, vm: str) -> Kind:
     return "live" if live.is_running(src, vm) else "cold"
 
 
-def _basic_preflight(src: Host, dst: Host, vm: str, options: MigrationOptions, *,
-                     source_name: str, kind: Kind) -> Preflight:
-    """The checks this module needs itself (used when the preflight module is absent)."""
-    found = Preflight(vm=vm, source=source_name, target=options.target, kind=kind)
-    if src.uri == dst.uri:
-        found.blockers.append(Blocker("same-host", f"'{vm}' is on host "
-                                      f"'{options.target}' already",
-                                      "name another host with --to"))
-    elif dst.has_domain(vm):
-        found.blockers.append(Blocker("name-clash", f"a VM named '{vm}' exists on host "
-                                      f"'{options.target}'",
-                                      "rename or remove it there first"))
-    return found
-
-
 def _preflight(caller: Caller, src: Host, dst: Host, vm: str, options: MigrationOptions,
                *, source_name: str, kind: Kind) -> Preflight:
-    try:
-        from kvmops.services import migration_checks  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return _basic_preflight(src, dst, vm, options, source_name=source_name, kind=kind)
-    result: Preflight = migration_checks.preflight(caller, src, dst, vm, options,
-                                                   source_name=source_name, kind=kind)
-    # The two checks this use case relies on, whatever the preflight module does.
-    basic = _basic_preflight(src, dst, vm, options, source_name=source_name, kind=kind)
-    codes = {b.code for b in result.blockers}
-    result.blockers.extend(b for b in basic.blockers if b.code not in codes)
-    return result
+    """The preflight (:mod:`kvmops.services.migration_checks`: the one place of the
+    blocker rules, live and cold)."""
+    from kvmops.services import migration_checks
+
+    return migration_checks.preflight(caller, src, dst, vm, options,
+                                      source_name=source_name, kind=kind)
 
 
 def refuse(found: Preflight) -> MigrationBlockedError:
