@@ -29,6 +29,12 @@ os.environ["KVMOPS_BACKUP_DIRS"] = os.pathsep.join(["/var/lib/kvmops/backups",
 # rest, so that the two workers end together instead of one running a long file alone at
 # the end; in one process the order stays pytest-randomly's.
 LONG_FILES = (
+    "integration/test_backup_after_migration.py",
+    "integration/test_migration_live.py",
+    "integration/test_placement_evacuate.py",
+    "integration/test_host_option.py",
+    "integration/test_migration_preflight.py",
+    "api/test_events_multihost.py",
     "integration/test_backup_libvirt.py",
     "integration/test_snapshot.py",
     "integration/test_web_ui.py",
