@@ -50,6 +50,7 @@ from kvmops.services import hosts
 from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
 from kvmops.services.jobs import track
+from kvmops.sizes import format_size
 
 if TYPE_CHECKING:
     from kvmops.host.connection import Host
@@ -204,22 +205,11 @@ def plan_lines(found: Preflight, options: MigrationOptions) -> list[str]:
     return lines
 
 
-def _size(num: int | None) -> str:
-    if num is None:
-        return "?"
-    value = float(num)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(num)
-
-
 def describe(report: MigrationProgress) -> str:
     """The progress line's text: phase, remaining, dirty rate, iteration, downtime."""
     parts = [report.phase]
     if report.data_remaining is not None:
-        parts.append(f"{_size(report.data_remaining)} left")
+        parts.append(f"{format_size(report.data_remaining)} left")
     if report.dirty_rate is not None:
         parts.append(f"dirty {report.dirty_rate} {report.dirty_rate_unit or ''}".strip())
     if report.iteration is not None:
