@@ -19,13 +19,13 @@ for (so a file put there since the pool's last scan is seen), and of the copy's 
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Any
 
 import libvirt
 from lxml import etree
 
 from kvmops.errors import KvmopsError, NotFoundError
+from kvmops.host import pools as host_pools
 from kvmops.host import transfer
 from kvmops.host.connection import Host, call
 from kvmops.migration.cpu import HostCpu, host_cpu, host_model_xml, parse_domain_cpu
@@ -155,10 +155,9 @@ def vm_facts(source: Host, vm: str, *, live: bool) -> VmFacts:
     return facts
 
 
-def _pools(target: Host) -> tuple[dict[str, PoolFact], list[Any]]:
+def _pools(target: Host) -> dict[str, PoolFact]:
     pools: dict[str, PoolFact] = {}
-    handles = call("listing storage pools", target.conn.listAllStoragePools, 0)
-    for pool in handles:
+    for pool in call("listing storage pools", target.conn.listAllStoragePools, 0):
         with contextlib.suppress(libvirt.libvirtError, etree.XMLSyntaxError):
             active = bool(pool.isActive())
             info = pool.info()
@@ -167,28 +166,7 @@ def _pools(target: Host) -> tuple[dict[str, PoolFact], list[Any]]:
                                           available=int(info[3]) if active else None,
                                           path=root.findtext("target/path"),
                                           type=root.get("type"))
-    return pools, handles
-
-
-def _pool_holding(target: Host, path: str, pools: dict[str, PoolFact], handles: list[Any]
-                  ) -> str | None:
-    """The target pool that has a volume at ``path`` (None: none does)."""
-    try:
-        return str(target.conn.storageVolLookupByPath(path).storagePoolLookupByVolume().name())
-    except libvirt.libvirtError:
-        pass
-    real = os.path.normpath(path)
-    for handle in handles:
-        fact = pools.get(handle.name())
-        if fact is None or not fact.active or not fact.path:
-            continue
-        if os.path.dirname(real) != os.path.normpath(fact.path):
-            continue
-        with contextlib.suppress(libvirt.libvirtError):
-            handle.refresh(0)  # a file put there since the pool's last scan
-            return str(target.conn.storageVolLookupByPath(path)
-                       .storagePoolLookupByVolume().name())
-    return None
+    return pools
 
 
 def _interfaces(target: Host) -> set[str] | None:
@@ -221,14 +199,14 @@ def target_facts(target: Host, vm: VmFacts, *, domain_xml: str) -> TargetFacts:
             if forward is not None and forward.get("mode") == "hostdev":
                 facts.hostdev_networks.append(net.name())
     facts.interfaces = _interfaces(target)
-    facts.pools, handles = _pools(target)
+    facts.pools = _pools(target)
     for dom in call("listing VMs", target.conn.listAllDomains, 0):
         with contextlib.suppress(libvirt.libvirtError):
             facts.domains[dom.name()] = dom.UUIDString()
     facts.free_memory = target.memory_available()
     for disk in vm.disks:
         if disk.path and disk.type != "network":
-            disk.on_target = _pool_holding(target, disk.path, facts.pools, handles)
+            disk.on_target = host_pools.pool_holding(target, disk.path)
     if vm.active and vm.cpu is not None:
         root = _parse(domain_xml)
         os_type = root.find("os/type")

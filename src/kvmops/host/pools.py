@@ -5,12 +5,14 @@ through libvirt streams (upload, download). Errors translated in :mod:`kvmops.ho
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import libvirt
+from lxml import etree
 
 from kvmops.errors import NotFoundError, StorageError
 from kvmops.host.connection import Host
@@ -120,10 +122,56 @@ def exists(host: Host, name: str) -> bool:
     return True
 
 
+def _target_dir(handle: Any) -> str | None:
+    """A pool's target directory, normalised (None: the pool has none)."""
+    root = etree.fromstring(str(handle.XMLDesc(0)).encode(), etree.XMLParser(
+        resolve_entities=False, no_network=True))
+    path = root.findtext("target/path")
+    return os.path.normpath(path) if path else None
+
+
+def _pool_in(host: Host, directory: str) -> Any | None:
+    """The active pool whose target directory is ``directory`` (a libvirt handle)."""
+    want = os.path.normpath(directory)
+    flags = libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE
+    for handle in call("listing storage pools", host.conn.listAllStoragePools, flags) or []:
+        with contextlib.suppress(libvirt.libvirtError, etree.XMLSyntaxError):
+            if _target_dir(handle) == want:
+                return handle
+    return None
+
+
+def pool_in_directory(host: Host, directory: str) -> str | None:
+    """The name of the active pool whose target directory is ``directory`` (None: none)."""
+    handle = _pool_in(host, directory)
+    return None if handle is None else str(handle.name())
+
+
+def volume_at(host: Host, path: str) -> Any | None:
+    """The storage volume whose file is ``path``, if an active pool holds it (the pool of
+    that directory is refreshed once when it does not list the file yet: a file put there
+    since the pool's last scan)."""
+    with contextlib.suppress(libvirt.libvirtError):
+        return host.conn.storageVolLookupByPath(path)
+    handle = _pool_in(host, os.path.dirname(path))
+    if handle is not None:
+        with contextlib.suppress(libvirt.libvirtError):
+            handle.refresh(0)
+            return handle.storageVolLookupByName(os.path.basename(path))
+    return None
+
+
+def pool_holding(host: Host, path: str) -> str | None:
+    """The name of the active pool that holds the file ``path`` (None: none does)."""
+    volume = volume_at(host, path)
+    if volume is not None:
+        with contextlib.suppress(libvirt.libvirtError):
+            return str(volume.storagePoolLookupByVolume().name())
+    return None
+
+
 def supported_types(host: Host) -> set[str] | None:
     """The pool types this libvirtd has a backend for (None when it cannot say)."""
-    from lxml import etree
-
     get = getattr(host.conn, "getStoragePoolCapabilities", None)
     if get is None:
         return None

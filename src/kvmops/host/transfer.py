@@ -19,7 +19,6 @@ import errno
 import hashlib
 import itertools
 import os
-import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ import libvirt
 from kvmops.errors import CancelledError, NotFoundError, StorageError
 from kvmops.host.connection import Host
 from kvmops.host.errors import call, translate
-from kvmops.host.pools import CHUNK
+from kvmops.host.pools import CHUNK, volume_at
 
 #: Told the bytes done so far of one disk (called for every chunk: throttle it yourself).
 Tick = Callable[[int], None]
@@ -246,32 +245,6 @@ class _VolumeDisk(Disk):
 
     def delete(self) -> None:
         call(f"deleting {self.path} on {self.host.uri}", self.volume.delete, 0)
-
-
-def _pool_dirs(host: Host) -> list[tuple[Any, str]]:
-    """(pool, its target directory) of the active pools that have one."""
-    found = []
-    flags = libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE
-    for pool in call("listing storage pools", host.conn.listAllStoragePools, flags) or []:
-        with contextlib.suppress(libvirt.libvirtError):
-            match = re.search(r"<target>\s*<path>([^<]+)</path>", str(pool.XMLDesc(0)))
-            if match:
-                found.append((pool, match.group(1).strip()))
-    return found
-
-
-def volume_at(host: Host, path: str) -> Any | None:
-    """The storage volume whose file is ``path``, if an active pool holds it (a pool of
-    that directory is refreshed once when it does not list the file yet)."""
-    with contextlib.suppress(libvirt.libvirtError):
-        return host.conn.storageVolLookupByPath(path)
-    directory = os.path.dirname(path)
-    for pool, target in _pool_dirs(host):
-        if os.path.normpath(target) == os.path.normpath(directory):
-            with contextlib.suppress(libvirt.libvirtError):
-                pool.refresh(0)
-                return pool.storageVolLookupByName(os.path.basename(path))
-    return None
 
 
 @contextlib.contextmanager

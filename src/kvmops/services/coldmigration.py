@@ -451,7 +451,7 @@ def _check_definition(dst: Host, plan: _Plan) -> None:
             raise StorageError(f"VM '{plan.vm}' on {dst.uri}: disk {move.target} is "
                                f"{files.get(move.target)}, not {(move.path, move.fmt)}",
                                hint="the target's definition was removed; try again")
-        volume = transfer.volume_at(dst, move.path)
+        volume = host_pools.volume_at(dst, move.path)
         if volume is None:
             raise StorageError(f"VM '{plan.vm}' on {dst.uri}: {move.path} is gone",
                                hint="the target's definition was removed; try again")

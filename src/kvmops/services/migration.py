@@ -364,7 +364,7 @@ def _prepare_copies(src: Host, dst: Host, dom: Any, live_xml: str,
     moved: dict[str, tuple[str, str]] = {}
     for disk in live.copied_disks(live_xml):
         assert disk.path is not None
-        pool = options.target_pool or _pool_holding(dst, os.path.dirname(disk.path))
+        pool = options.target_pool or _directory_pool(dst, os.path.dirname(disk.path))
         directory = live.pool_dir(dst, pool)
         name = os.path.basename(disk.path)
         path = live.create_volume(dst, pool, name, live.capacity(dom, disk.path),
@@ -376,16 +376,14 @@ def _prepare_copies(src: Host, dst: Host, dom: Any, live_xml: str,
     return moved
 
 
-def _pool_holding(dst: Host, directory: str) -> str:
+def _directory_pool(dst: Host, directory: str) -> str:
+    """The target's pool for a copied disk without --target-pool: the running pool of
+    the disk's directory there."""
     from kvmops.host import pools
 
-    for state in pools.all_pools(dst):
-        with contextlib.suppress(Exception):
-            from kvmops.host import migration as live
-
-            if state.active and live.pool_dir(dst, state.name).rstrip("/") == \
-                    directory.rstrip("/"):
-                return state.name
+    found = pools.pool_in_directory(dst, directory)
+    if found is not None:
+        return found
     raise NotFoundError(f"no running directory pool for {directory} on {dst.uri}",
                         hint="name the target's pool for the copied disks with "
                              "--target-pool POOL")
