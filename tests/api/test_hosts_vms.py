@@ -140,6 +140,14 @@ def test_an_unreachable_host_is_named_and_the_others_are_listed(
             hosts = {vm["host"] for vm in every.json()}
             assert H2 in hosts and DOWN not in hosts and SILENT not in hosts
             assert remote_vm in {vm["name"] for vm in every.json() if vm["host"] == H2}
+            # the next list remembers them: answered at once, asked again aside
+            again = admin.get("/vms", params={"host": "all"})
+            assert again.status_code == 200, again.text
+            gone = dict(part.split(": ", 1)
+                        for part in again.headers["X-Kvmops-Unreachable"].split("; "))
+            assert set(gone) == {DOWN, SILENT}, gone
+            assert all(why.startswith("not answering since ") for why in gone.values()), gone
+            assert H2 in {vm["host"] for vm in again.json()}
 
             for name in (DOWN, SILENT):
                 one = admin.get("/vms", params={"host": name})

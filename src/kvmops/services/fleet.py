@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from kvmops.errors import HostUnavailableError
 from kvmops.records import Record
-from kvmops.services import hosts
+from kvmops.services import hosts, reachability
 from kvmops.services.caller import Caller
 from kvmops.services.session import CONNECTIONS, Connection
 from kvmops.services.vms import DomainTypeCache, VmListItem, list_vms
@@ -142,22 +142,37 @@ def list_all_vms(caller: Caller, deadline: float = LIST_DEADLINE_S,
                 hosts.uri_of(caller, name, db)  # NotFoundError naming it
         known = [by_name[name] for name in wanted]
 
+    memory = reachability.REACHABILITY
+
     def task(name: str, uri: str, is_here: bool) -> Callable[[], list[VmListItem]]:
         if is_here:
             def here() -> list[VmListItem]:
                 found = local() if local is not None else _local_vms(caller, uri)
                 return [dataclasses.replace(vm, host=name) for vm in found]
             return here
-        return lambda: _remote_vms(name, uri, deadline)
+        return lambda: memory.ask(uri, lambda: _remote_vms(name, uri, deadline))
 
-    outcomes = hosts.gather({name: task(name, uri, is_here) for name, uri, is_here in known},
-                            deadline)
-    result = AllVms(vms=[], hosts=[name for name, _uri, _here in known])
+    # a remote host that failed lately is answered for at once, and asked again aside
+    down = {name: gone for name, uri, is_here in known
+            if not is_here and (gone := memory.down(uri)) is not None}
     for name, uri, _here in known:
+        if name in down:
+            memory.recheck(uri, functools.partial(
+                _remote_vms, name, uri, reachability.PROBE_DEADLINE_S))
+    outcomes = hosts.gather({name: task(name, uri, is_here) for name, uri, is_here in known
+                             if name not in down}, deadline)
+    result = AllVms(vms=[], hosts=[name for name, _uri, _here in known])
+    for name, uri, is_here in known:
+        if name in down:
+            result.unreachable.append(Unreachable(host=name, uri=uri,
+                                                  error=down[name].message()))
+            continue
         outcome = outcomes[name]
         if outcome.value is None:
             error = (outcome.error or "no answer").removeprefix(
                 f"host '{name}' ({uri}) cannot be reached: ")
+            if not is_here:
+                memory.timed_out(uri, error)
             result.unreachable.append(Unreachable(host=name, uri=uri, error=error))
         else:
             result.vms.extend(outcome.value)
@@ -170,12 +185,33 @@ def health_of_all(caller: Caller, db: str | Store | None = None, *,
     ...), all asked at once; a host that does not answer within ``deadline`` seconds is
     unreachable with the reason (the dashboard)."""
     known = hosts.known_hosts(db)
-    outcomes = hosts.gather({name: functools.partial(hosts.host_info, caller, name, db,
-                                                     deadline=deadline)
-                             for name, _uri, _here in known}, deadline + 0.5)
+    memory = reachability.REACHABILITY
+
+    def failure(health: hosts.HostHealth) -> str | None:
+        return None if health.reachable else (health.error or "no answer")
+
+    def ask(name: str, uri: str, is_here: bool) -> Callable[[], hosts.HostHealth]:
+        info = functools.partial(hosts.host_info, caller, name, db, deadline=deadline)
+        return info if is_here else lambda: memory.ask(uri, info, failure)
+
+    down = {name: gone for name, uri, is_here in known
+            if not is_here and (gone := memory.down(uri)) is not None}
+    for name, uri, _here in known:
+        if name in down:
+            memory.recheck(uri, functools.partial(
+                hosts.host_info, caller, name, db,
+                deadline=reachability.PROBE_DEADLINE_S), failure)
+    outcomes = hosts.gather({name: ask(name, uri, is_here) for name, uri, is_here in known
+                             if name not in down}, deadline + 0.5)
     found = []
     for name, uri, is_here in known:
+        if name in down:
+            found.append(hosts.HostHealth(name=name, uri=uri, local=False, reachable=False,
+                                          error=down[name].message()))
+            continue
         outcome = outcomes[name]
+        if outcome.value is None and not is_here:
+            memory.timed_out(uri, outcome.error or "no answer")
         found.append(outcome.value if outcome.value is not None else hosts.HostHealth(
             name=name, uri=uri, local=is_here, reachable=False,
             error=outcome.error or "no answer"))

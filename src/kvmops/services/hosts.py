@@ -12,6 +12,9 @@ known set of query parameters, and no part that a shell or ssh could take as syn
 or as an option (libvirt's ssh transport runs ``ssh HOST ...``; a host name such as
 ``-oProxyCommand=...`` would be an option, and ``netcat=``/``command=`` name programs).
 
+A remote host that failed lately is answered for at once by a server's lists, while one
+background probe asks it again (:mod:`kvmops.services.reachability`).
+
 Roles (API/web): viewers list and read; admins add and remove. The command line is
 root.
 """
@@ -301,9 +304,28 @@ def list_hosts(caller: Caller, db: str | Store | None = None, *,
                deadline: float = DEFAULT_DEADLINE_S,
                probe: Callable[[str], Summary] | None = None) -> list[HostEntry]:
     """Every host (``local`` first) with whether it answered within ``deadline``."""
+    from kvmops.services import reachability
+
     known = _known(db)
     ask: Callable[[str], Summary] = probe or _probe_summary
-    outcomes = gather({k.name: functools.partial(ask, k.uri) for k in known}, deadline)
+    memory = reachability.REACHABILITY
+    # a remote host that failed lately is answered for at once, and asked again aside
+    down = {k.name: gone for k in known
+            if not k.local and (gone := memory.down(k.uri)) is not None}
+    for k in known:
+        if k.name in down:
+            memory.recheck(k.uri, functools.partial(ask, k.uri))
+
+    def task(k: _Known) -> Callable[[], Summary]:
+        call = functools.partial(ask, k.uri)
+        return call if k.local else functools.partial(memory.ask, k.uri, call)
+
+    outcomes = gather({k.name: task(k) for k in known if k.name not in down}, deadline)
+    for k in known:
+        if k.name in down:
+            outcomes[k.name] = Outcome(error=down[k.name].message())
+        elif outcomes[k.name].value is None and not k.local:
+            memory.timed_out(k.uri, outcomes[k.name].error or "no answer")
     now = datetime.now(UTC)
     entries = []
     for k in known:
@@ -379,6 +401,9 @@ def add_host(caller: Caller, name: str, uri: str, db: str | Store | None = None,
                 hint="check the URI, the network and that libvirtd listens there; "
                      "or add it anyway with --no-check")
         summary = outcome.value
+        from kvmops.services.reachability import REACHABILITY
+
+        REACHABILITY.answered(uri)  # it answers now: the lists include it again
     row = _with_store(db, lambda store: store_hosts.add(store, name, uri, wanted,
                                                         caller.name))
     entry = HostEntry(name=row.name, uri=row.uri, local=False,
@@ -408,7 +433,9 @@ def remove_host(caller: Caller, name: str, db: str | Store | None = None) -> Non
     _with_store(db, lambda store: store_hosts.remove(store, name))
     if uri not in {k.uri for k in _known(db)}:  # no other name for the same daemon
         from kvmops.host import remote
+        from kvmops.services.reachability import REACHABILITY
         from kvmops.services.session import CONNECTIONS
 
         remote.POOL.drop(uri)
         CONNECTIONS.drop(uri)
+        REACHABILITY.forget(uri)
