@@ -4,7 +4,7 @@ registered host that nobody answers for, against ``virsh list --all`` of both ho
     .venv/bin/python bench/multihost_bench.py [--vms 100] [--repeat 7] [--index 7]
                                               [--write-readme]
 
-Starts the second host (``kvmops dev second-host up --index N --name kvmops-bench7``:
+Starts the second host (``kvmops dev second-host up --index N --name kvmops-benchN``:
 a namespaced libvirtd at ``qemu+tcp://10.250.N.2/system``), defines ``--vms`` minimal
 VMs ``kvmops-bench-mh-N`` (never started) on the local libvirtd and as many on the
 second host, starts ``kvmops serve`` (SQLite) and registers the second host and a host
@@ -85,15 +85,18 @@ def defined_on(uri: str, count: int) -> Iterator[libvirt.virConnect]:
         conn.close()
 
 
-def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    """Median seconds of ``repeat`` calls (after one warm-up call) and the last result."""
+def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any, float]:
+    """Median seconds of ``repeat`` calls (after one warm-up call), the last result and
+    the warm-up call's seconds."""
+    start = time.perf_counter()
     result = fn()
+    first = time.perf_counter() - start
     took = []
     for _ in range(repeat):
         start = time.perf_counter()
         result = fn()
         took.append(time.perf_counter() - start)
-    return statistics.median(took), result
+    return statistics.median(took), result, first
 
 
 def log_in(url: str) -> dict[str, str]:
@@ -186,8 +189,10 @@ def measure(lists: Lists, uris: list[str], repeat: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, fn in (("virsh", lambda: virsh_both(uris)), ("api", lists.api_list),
                     ("page", lists.page_list), ("cli", lists.cli_list)):
-        seconds, (counts, gone) = timed(fn, repeat if key != "cli" else max(3, repeat // 2))
-        out[key] = {"s": round(seconds, 3), "counts": counts, "unreachable": gone}
+        seconds, (counts, gone), first = timed(fn, repeat if key != "cli" else
+                                               max(3, repeat // 2))
+        out[key] = {"s": round(seconds, 3), "counts": counts, "unreachable": gone,
+                    "first_s": round(first, 3)}
     return out
 
 
@@ -243,8 +248,8 @@ def main() -> int:
                               "load": round(os.getloadavg()[0], 1), "vms": args.vms,
                               "repeat": args.repeat, "ghost_uri": ghost_uri}
     try:
-        with second_host(args.index) as h2_uri, defined_on(local_uri, args.vms), \
-                defined_on(h2_uri, args.vms), \
+        with second_host(args.index, f"kvmops-bench{args.index}") as h2_uri, \
+                defined_on(local_uri, args.vms), defined_on(h2_uri, args.vms), \
                 bench_server(workdir, role="admin") as (url, token):
             db = f"sqlite:///{workdir / 'bench.db'}"
             admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"},
@@ -278,16 +283,20 @@ def main() -> int:
                                          host_service.DEFAULT_DEADLINE_S)
         added_s = {k: result["three"][k]["s"] - result["two"][k]["s"]
                    for k in ("api", "page", "cli")}
-        worst = max(added_s.values())
+        worst = max(added_s["api"], added_s["page"])
         result["added_s"] = {k: round(v, 3) for k, v in added_s.items()}
         result["verdict"] = (
-            f"With ghost registered the lists take at most {worst:+.2f} s more "
-            f"(API {added_s['api']:+.2f}, page {added_s['page']:+.2f}, CLI "
+            f"With ghost registered the server's lists take at most {worst:+.2f} s more "
+            f"(API {added_s['api']:+.2f}, page {added_s['page']:+.2f} s; the CLI "
             f"{added_s['cli']:+.2f} s), against {result['ghost_s']:.1f} s for asking ghost "
             f"alone and a {result['deadline']:g} s deadline (API, page): "
-            + ("the unreachable host does not add its time-out."
+            + ("the unreachable host does not add its time-out to the server's lists"
                if worst < min(result["ghost_s"], result["deadline"]) / 2 else
-               "the unreachable host still delays the list (see the figures)."))
+               "the unreachable host still delays the server's lists (see the figures)")
+            + f"; only the first list after ghost was added waited for it (API warm-up "
+            f"{result['three']['api']['first_s'] * 1000:.0f} ms: a host never seen gets "
+            "the deadline once). The CLI, a process per command with no memory, still "
+            "waits for ghost's connection to fail or its deadline.")
         print(json.dumps(result, indent=2, default=str))
         if args.write_readme:
             write_marked_section(BEGIN, END, readme_section(result)
