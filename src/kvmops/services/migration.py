@@ -260,20 +260,12 @@ def migrate(caller: Caller, vm: str, options: MigrationOptions, *,
 
 
 def _job_report(job: Any, report: MigrationProgress) -> None:
+    """The job's bytes and percent, its message the progress line (:func:`describe`)."""
     if report.data_total:
         job.bytes(report.data_processed or 0, report.data_total)
-    parts = [report.phase]
-    if report.iteration is not None:
-        parts.append(f"iteration {report.iteration}")
-    if report.data_remaining is not None:
-        parts.append(f"remaining {report.data_remaining} B")
-    if report.dirty_rate is not None:
-        parts.append(f"dirty {report.dirty_rate} {report.dirty_rate_unit or ''}".strip())
-    if report.expected_downtime_ms is not None:
-        parts.append(f"downtime ~{report.expected_downtime_ms} ms")
-    if report.data_total and report.data_processed is not None:
-        job.percent(min(99.0, 100.0 * report.data_processed / report.data_total),
-                    ", ".join(parts))
+        if report.data_processed is not None:
+            job.percent(min(99.0, 100.0 * report.data_processed / report.data_total),
+                        describe(report))
 
 
 def _live(caller: Caller, src: Host, dst: Host, vm: str, options: MigrationOptions,
