@@ -1,7 +1,9 @@
 """kvmops.host.pools' one lookup of "which pool holds this directory or file" (the live
 copy's target pool, the preflight's shared-storage fact, the cold copy's volumes) against
 a fake libvirt connection: a file put there since the pool's last scan is found after one
-refresh of the pool of its directory, paths compare normalised, other pools are left."""
+refresh of the pool of its directory, paths compare normalised, other pools are left.
+Also read_exactly (a qcow2 header from an upload or a download stream that gives less
+than asked at a time)."""
 
 from __future__ import annotations
 
@@ -97,3 +99,17 @@ def test_the_pool_of_a_directory_compares_paths_normalised() -> None:
     host = _host(_Pool("bare", None, set()), _Pool("images", "/var/lib/images/", set()))
     assert pools.pool_in_directory(host, "/var/lib//images") == "images"
     assert pools.pool_in_directory(host, "/var/lib") is None
+
+
+def test_read_exactly_gathers_short_reads_and_stops_at_the_end() -> None:
+    data = iter([b"ab", b"c", b"defg", b""])
+    asked: list[int] = []
+
+    def read(size: int) -> bytes:
+        asked.append(size)
+        return next(data)[:size]
+
+    assert pools.read_exactly(read, 5) == b"abcde"
+    assert asked == [5, 3, 2]
+    short = [b"xy", b""]
+    assert pools.read_exactly(lambda size: short.pop(0), 10) == b"xy"

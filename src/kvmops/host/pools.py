@@ -52,6 +52,19 @@ class _Ticker:
             self.progress(done, total)
 
 
+def read_exactly(read: Callable[[int], bytes], size: int) -> bytes:
+    """``size`` bytes from ``read`` (fewer only at the end of its data): one read may
+    return less than asked."""
+    parts, got = [], 0
+    while got < size:
+        part = read(size - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
 @dataclass(frozen=True)
 class PoolState:
     """One pool: its definition (the persistent one when there is one) and state."""

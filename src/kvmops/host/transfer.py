@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import itertools
 import os
@@ -29,7 +30,7 @@ import libvirt
 from kvmops.errors import CancelledError, NotFoundError, StorageError
 from kvmops.host.connection import Host
 from kvmops.host.errors import call, translate
-from kvmops.host.pools import CHUNK, volume_at
+from kvmops.host.pools import CHUNK, read_exactly, volume_at
 
 #: Told the bytes done so far of one disk (called for every chunk: throttle it yourself).
 Tick = Callable[[int], None]
@@ -188,6 +189,21 @@ class _StreamReader:
             return bytes(data)
 
 
+@contextlib.contextmanager
+def _read_to_the_end(stream: Any, what: str, rest: Iterator[object]) -> Iterator[None]:
+    """Finish a download ``stream`` after the body, ``rest`` (what is left of it) read
+    first: a stream is finished only at its end; abort it when the body fails."""
+    try:
+        yield
+        for _rest in rest:
+            pass
+        call(what, stream.finish)
+    except BaseException:
+        with contextlib.suppress(libvirt.libvirtError):
+            stream.abort()
+        raise
+
+
 class _VolumeDisk(Disk):
     """A volume of a pool on a host that may be another machine (read through libvirt)."""
 
@@ -199,32 +215,13 @@ class _VolumeDisk(Disk):
         info = call(f"reading volume {path}", volume.infoFlags, flags)
         self.length = int(info[2])  # the file's size (not libvirt's guess of a capacity)
 
-    @contextlib.contextmanager
-    def _download(self, limit: int) -> Iterator[_StreamReader]:
+    def head(self, size: int) -> bytes:
         what = f"reading {self.path} on {self.host.uri}"
         stream = call(what, self.host.conn.newStream, 0)
-        call(what, self.volume.download, stream, 0, limit, 0)
+        call(what, self.volume.download, stream, 0, min(size, self.length) or 1, 0)
         reader = _StreamReader(stream, what)
-        try:
-            yield reader
-            while reader.read(CHUNK):  # to the end: a stream is finished only there
-                pass
-            call(what, stream.finish)
-        except BaseException:
-            with contextlib.suppress(libvirt.libvirtError):
-                stream.abort()
-            raise
-
-    def head(self, size: int) -> bytes:
-        parts, got = [], 0
-        with self._download(min(size, self.length) or 1) as reader:
-            while got < size:
-                part = reader.read(size - got)
-                if not part:
-                    break
-                parts.append(part)
-                got += len(part)
-        return b"".join(parts)[:size]
+        with _read_to_the_end(stream, what, iter(functools.partial(reader.read, CHUNK), b"")):
+            return read_exactly(reader.read, size)
 
     @contextlib.contextmanager
     def segments(self) -> Iterator[Iterator[Segment]]:
@@ -233,15 +230,8 @@ class _VolumeDisk(Disk):
         stream = call(what, self.host.conn.newStream, 0)
         call(what, self.volume.download, stream, 0, self.length, flags)
         found = _stream_segments(stream, what, sparse=bool(flags))
-        try:
+        with _read_to_the_end(stream, what, found):
             yield found
-            for _rest in found:  # to the end: a stream is finished only there
-                pass
-            call(what, stream.finish)
-        except BaseException:
-            with contextlib.suppress(libvirt.libvirtError):
-                stream.abort()
-            raise
 
     def delete(self) -> None:
         call(f"deleting {self.path} on {self.host.uri}", self.volume.delete, 0)

@@ -455,17 +455,6 @@ def _checked_upload(caller: Caller, host: Host, pool: str, name: str, fmt: str, 
     return info_, vol
 
 
-def _read_exactly(source: Reader, size: int) -> bytes:
-    parts, got = [], 0
-    while got < size:
-        part = source.read(size - got)
-        if not part:
-            break
-        parts.append(part)
-        got += len(part)
-    return b"".join(parts)
-
-
 class _Prefixed:
     """``head`` (bytes already read from ``rest``), then the rest."""
 
@@ -483,8 +472,8 @@ class _Prefixed:
 def _check_qcow2(source: Reader, length: int, vol: VolumeInfo, what: str) -> bytes:
     """Read the qcow2 header of an upload and refuse what :mod:`kvmops.storage.qcow2`
     finds; the bytes read (they are sent first)."""
-    head = _read_exactly(source, min(length, qcow2.V3_MIN_HEADER))
-    head += _read_exactly(source, min(length, qcow2.needed(head)) - len(head))
+    head = host_pools.read_exactly(source.read, min(length, qcow2.V3_MIN_HEADER))
+    head += host_pools.read_exactly(source.read, min(length, qcow2.needed(head)) - len(head))
     try:
         header = qcow2.parse(head)
     except qcow2.HeaderError as err:
