@@ -185,3 +185,20 @@ def test_a_late_answer_is_not_remembered_as_a_time_out() -> None:
     memory.timed_out(FLAKY, "did not answer within 3 s")  # nothing in flight: ignored
     assert memory.down(FLAKY) is None
     assert memory.recheck(FLAKY, lambda: 1)
+
+
+def test_a_lost_event_watch_marks_the_host_and_its_return_clears_it(
+        fresh_reachability: reachability.Reachability) -> None:
+    from tests.unit.test_hostevents import Bed
+
+    bed = Bed({"local": "qemu:///system", "h2": FLAKY})
+    bed.hub.start()
+    watch = bed.watch(FLAKY)
+    watch.up, watch.error = False, "connection to libvirtd lost"
+    watch.on_connection(False)
+    down = fresh_reachability.down(FLAKY)
+    assert down is not None and down.reason == "connection to libvirtd lost"
+    watch.up, watch.error = True, None
+    watch.on_connection(True)
+    assert fresh_reachability.down(FLAKY) is None
+    bed.hub.stop()

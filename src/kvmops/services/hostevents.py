@@ -4,7 +4,10 @@ The server watches the local libvirtd and every host added with ``host add``
 (:class:`HostWatches`): a watch starts when the server starts or the host is added, and
 stops when it is removed. A host that is down is asked again with a backoff (1 s,
 doubling up to 30 s); its state (``subscribed`` or ``down: REASON``) is shown by
-``GET /api/v1/hosts`` and ``host info`` as ``events``. Every event names its host.
+``GET /api/v1/hosts`` and ``host info`` as ``events``. Every event names its host. A
+watch that loses its host, or gets it back, tells the lists' memory
+(:mod:`kvmops.services.reachability`): the next list answers at once for a lost host and
+includes a host that is back.
 
 Hosts added or removed elsewhere (the CLI on the same database, another server on a
 shared PostgreSQL) are picked up by a re-read of the host table every
@@ -174,9 +177,16 @@ class HostWatches:
 
     def _state_fn(self, host: str) -> Callable[[bool], None]:
         def fn(up: bool) -> None:
+            from kvmops.services import reachability
+
+            entry = self._entries.get(host)
+            error = entry.watch.error if entry is not None and entry.watch else None
+            if entry is not None:  # the lists answer at once for a host known lost
+                if up:
+                    reachability.REACHABILITY.answered(entry.uri)
+                else:
+                    reachability.REACHABILITY.failed(entry.uri, error or "events lost")
             if self.on_state is not None:
-                entry = self._entries.get(host)
-                error = entry.watch.error if entry is not None and entry.watch else None
                 self.on_state(host, up, None if up else error)
 
         return fn
