@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -50,6 +50,29 @@ class _Ticker:
         if final or now >= self.next:
             self.next = now + PROGRESS_INTERVAL
             self.progress(done, total)
+
+
+@contextlib.contextmanager
+def finishing(stream: Any, what: str) -> Iterator[None]:
+    """A libvirt stream finished when the block ends (a download's read to its end
+    first: a stream is finished only there), aborted when the block fails."""
+    try:
+        yield
+        call(what, stream.finish)
+    except BaseException:
+        with contextlib.suppress(libvirt.libvirtError):
+            stream.abort()
+        raise
+
+
+def send_all(stream: Any, data: bytes | memoryview, what: str) -> None:
+    """All of ``data`` into a libvirt ``stream`` (one send may take less)."""
+    rest = bytes(data)
+    while rest:
+        written = call(what, stream.send, rest)
+        if written < 0:
+            raise StorageError(f"{what}: the stream refused the data")
+        rest = rest[written:]
 
 
 def read_exactly(read: Callable[[int], bytes], size: int) -> bytes:
@@ -308,26 +331,15 @@ def upload(host: Host, pool: str, name: str, source: Source, length: int,
     call(what, vol.upload, stream, 0, length, 0)
     sent = 0
     tick = _Ticker(progress)
-    send = stream.send
-    try:
+    with finishing(stream, what):
         while sent < length:
             chunk = source.read(min(CHUNK, length - sent))
             if not chunk:
                 raise StorageError(f"{what}: the source ended after {sent} of {length} "
                                    "bytes", hint="was the file changed while it was sent?")
-            data = chunk
-            while data:
-                written = call(what, send, data)
-                if written < 0:
-                    raise StorageError(f"{what}: the stream refused the data")
-                data = data[written:]
+            send_all(stream, chunk, what)
             sent += len(chunk)
             tick(sent, length, final=sent >= length)
-        call(what, stream.finish)
-    except BaseException:
-        with contextlib.suppress(libvirt.libvirtError):
-            stream.abort()
-        raise
     return sent
 
 
@@ -343,7 +355,7 @@ def download(host: Host, pool: str, name: str, sink: Sink, total: int,
     got = 0
     tick = _Ticker(progress)
     recv, write = stream.recv, sink.write
-    try:
+    with finishing(stream, what):
         while True:
             data = call(what, recv, CHUNK)
             if isinstance(data, int):  # -2: would block (never, on a blocking stream)
@@ -356,11 +368,6 @@ def download(host: Host, pool: str, name: str, sink: Sink, total: int,
             got += len(data)
             tick(got, max(total, got))
         tick(got, max(total, got), final=True)
-        call(what, stream.finish)
-    except BaseException:
-        with contextlib.suppress(libvirt.libvirtError):
-            stream.abort()
-        raise
     return got
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import hashlib
 import itertools
 import os
@@ -30,7 +29,7 @@ import libvirt
 from kvmops.errors import CancelledError, NotFoundError, StorageError
 from kvmops.host.connection import Host
 from kvmops.host.errors import call, translate
-from kvmops.host.pools import CHUNK, read_exactly, volume_at
+from kvmops.host.pools import CHUNK, finishing, read_exactly, send_all, volume_at
 
 #: Told the bytes done so far of one disk (called for every chunk: throttle it yourself).
 Tick = Callable[[int], None]
@@ -189,21 +188,6 @@ class _StreamReader:
             return bytes(data)
 
 
-@contextlib.contextmanager
-def _read_to_the_end(stream: Any, what: str, rest: Iterator[object]) -> Iterator[None]:
-    """Finish a download ``stream`` after the body, ``rest`` (what is left of it) read
-    first: a stream is finished only at its end; abort it when the body fails."""
-    try:
-        yield
-        for _rest in rest:
-            pass
-        call(what, stream.finish)
-    except BaseException:
-        with contextlib.suppress(libvirt.libvirtError):
-            stream.abort()
-        raise
-
-
 class _VolumeDisk(Disk):
     """A volume of a pool on a host that may be another machine (read through libvirt)."""
 
@@ -220,8 +204,11 @@ class _VolumeDisk(Disk):
         stream = call(what, self.host.conn.newStream, 0)
         call(what, self.volume.download, stream, 0, min(size, self.length) or 1, 0)
         reader = _StreamReader(stream, what)
-        with _read_to_the_end(stream, what, iter(functools.partial(reader.read, CHUNK), b"")):
-            return read_exactly(reader.read, size)
+        with finishing(stream, what):
+            head = read_exactly(reader.read, size)
+            while reader.read(CHUNK):  # to the end: a stream is finished only there
+                pass
+        return head
 
     @contextlib.contextmanager
     def segments(self) -> Iterator[Iterator[Segment]]:
@@ -230,8 +217,10 @@ class _VolumeDisk(Disk):
         stream = call(what, self.host.conn.newStream, 0)
         call(what, self.volume.download, stream, 0, self.length, flags)
         found = _stream_segments(stream, what, sparse=bool(flags))
-        with _read_to_the_end(stream, what, found):
+        with finishing(stream, what):
             yield found
+            for _rest in found:  # to the end: a stream is finished only there
+                pass
 
     def delete(self) -> None:
         call(f"deleting {self.path} on {self.host.uri}", self.volume.delete, 0)
@@ -308,15 +297,10 @@ def send(source: Disk, target: Host, pool: str, volume: str, *, dense_until: int
 
     def data(chunk: bytes | memoryview) -> None:
         nonlocal wire
-        view = memoryview(chunk)
-        while view:
-            written = call(what, stream.send, view.tobytes())
-            if written < 0:
-                raise StorageError(f"{what}: the stream refused the data")
-            view = view[written:]
-            wire += written
+        send_all(stream, chunk, what)
+        wire += len(chunk)
 
-    try:
+    with finishing(stream, what):
         with source.segments() as segments:
             for segment in segments:
                 if isinstance(segment, int):
@@ -345,11 +329,6 @@ def send(source: Disk, target: Host, pool: str, volume: str, *, dense_until: int
             raise StorageError(f"{what}: the source ended after {pos} of {length} bytes",
                                hint="was the disk changed while it was copied? (the VM "
                                     "must stay shut off)")
-        call(what, stream.finish)
-    except BaseException:
-        with contextlib.suppress(libvirt.libvirtError):
-            stream.abort()
-        raise
     return Digest(hasher.hexdigest(), pos, wire)
 
 
