@@ -2,15 +2,19 @@
 copy's target pool, the preflight's shared-storage fact, the cold copy's volumes) against
 a fake libvirt connection: a file put there since the pool's last scan is found after one
 refresh of the pool of its directory, paths compare normalised, other pools are left.
-Also read_exactly (a qcow2 header from an upload or a download stream that gives less
-than asked at a time)."""
+Also the stream helpers the volume upload/download and the cold migration share:
+read_exactly (less than asked at a time), send_all (a send that takes less), receive
+(would-block retried, a failure refused), finishing (finish at the end, abort on a
+failure)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import libvirt
+import pytest
 
+from kvmops.errors import StorageError
 from kvmops.host import pools
 
 
@@ -113,3 +117,47 @@ def test_read_exactly_gathers_short_reads_and_stops_at_the_end() -> None:
     assert asked == [5, 3, 2]
     short = [b"xy", b""]
     assert pools.read_exactly(lambda size: short.pop(0), 10) == b"xy"
+
+
+class _Stream:
+    def __init__(self, answers: list[Any] | None = None, takes: int = 3) -> None:
+        self.answers, self.takes = answers or [], takes
+        self.sent: list[bytes] = []
+        self.ended = ""
+
+    def send(self, data: bytes) -> int:
+        self.sent.append(data[:self.takes])
+        return min(len(data), self.takes)
+
+    def recv(self, size: int) -> Any:
+        return self.answers.pop(0)
+
+    def finish(self) -> None:
+        self.ended = "finished"
+
+    def abort(self) -> None:
+        self.ended = "aborted"
+
+
+def test_send_all_sends_the_rest_after_a_short_send() -> None:
+    stream = _Stream(takes=3)
+    pools.send_all(stream, memoryview(b"abcdefg"), "sending")
+    assert stream.sent == [b"abc", b"def", b"g"]
+
+
+def test_receive_retries_would_block_and_refuses_a_failed_stream() -> None:
+    stream = _Stream([-2, b"data", b"", -1])
+    assert pools.receive(stream, "reading", 8) == b"data"
+    assert pools.receive(stream, "reading", 8) == b""
+    with pytest.raises(StorageError, match="reading: the stream failed"):
+        pools.receive(stream, "reading", 8)
+
+
+def test_finishing_finishes_at_the_end_and_aborts_on_a_failure() -> None:
+    done = _Stream()
+    with pools.finishing(done, "copying"):
+        pass
+    failed = _Stream()
+    with pytest.raises(KeyboardInterrupt), pools.finishing(failed, "copying"):
+        raise KeyboardInterrupt
+    assert (done.ended, failed.ended) == ("finished", "aborted")

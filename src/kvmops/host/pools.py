@@ -75,6 +75,16 @@ def send_all(stream: Any, data: bytes | memoryview, what: str) -> None:
         rest = rest[written:]
 
 
+def receive(stream: Any, what: str, size: int) -> bytes:
+    """At most ``size`` bytes of a download ``stream`` (b"": its end)."""
+    while True:
+        data = call(what, stream.recv, size)
+        if not isinstance(data, int):
+            return bytes(data)
+        if data != -2:  # -2: would block (never, on a blocking stream)
+            raise StorageError(f"{what}: the stream failed")
+
+
 def read_exactly(read: Callable[[int], bytes], size: int) -> bytes:
     """``size`` bytes from ``read`` (fewer only at the end of its data): one read may
     return less than asked."""
@@ -354,16 +364,9 @@ def download(host: Host, pool: str, name: str, sink: Sink, total: int,
     call(what, vol.download, stream, 0, limit, 0)
     got = 0
     tick = _Ticker(progress)
-    recv, write = stream.recv, sink.write
+    write = sink.write
     with finishing(stream, what):
-        while True:
-            data = call(what, recv, CHUNK)
-            if isinstance(data, int):  # -2: would block (never, on a blocking stream)
-                if data == -2:
-                    continue
-                raise StorageError(f"{what}: the stream failed")
-            if not data:
-                break
+        while data := receive(stream, what, CHUNK):
             write(data)
             got += len(data)
             tick(got, max(total, got))

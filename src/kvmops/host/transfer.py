@@ -29,7 +29,14 @@ import libvirt
 from kvmops.errors import CancelledError, NotFoundError, StorageError
 from kvmops.host.connection import Host
 from kvmops.host.errors import call, translate
-from kvmops.host.pools import CHUNK, finishing, read_exactly, send_all, volume_at
+from kvmops.host.pools import (
+    CHUNK,
+    finishing,
+    read_exactly,
+    receive,
+    send_all,
+    volume_at,
+)
 
 #: Told the bytes done so far of one disk (called for every chunk: throttle it yourself).
 Tick = Callable[[int], None]
@@ -177,15 +184,9 @@ class _StreamReader:
     def read(self, size: int, /) -> bytes:
         if self.ended:
             return b""
-        while True:
-            data = call(self.what, self.stream.recv, size)
-            if isinstance(data, int):
-                if data == -2:  # would block: never on a blocking stream
-                    continue
-                raise StorageError(f"{self.what}: the stream failed")
-            if not data:
-                self.ended = True
-            return bytes(data)
+        data = receive(self.stream, self.what, size)
+        self.ended = not data
+        return data
 
 
 class _VolumeDisk(Disk):
