@@ -5,7 +5,10 @@ once (a thread each, :func:`kvmops.services.hosts.gather`) under a deadline, a r
 host with one bulk statistics call (:func:`kvmops.host.inventory.bulk_vms`: a few round
 trips whatever its number of VMs), the local host as ``vm list`` (per-VM info, cached by
 the server). A host that does not answer in time is listed as unreachable with the
-reason; it never delays the others or the page beyond the deadline.
+reason; it never delays the others or the page beyond the deadline. A remote host that
+failed lately (:mod:`kvmops.services.reachability`) is not waited for at all: it is
+listed unreachable at once ("not answering since ...") while one background probe asks
+it again; a host never asked before gets the deadline once.
 
 The faces never import ``kvmops.host``: they ask :func:`connection` for the shared
 connection of a named host (``local`` or None: the server's own one).
