@@ -89,10 +89,10 @@ def test_the_next_list_answers_at_once_for_a_silent_host_one_call_in_flight(
     first = fleet.list_all_vms(CALLER, 0.3, local=lambda: [])
     assert _errors(first) == {"silent": "did not answer within 0.3 s"}
     assert fakes.calls["silent"] == [0.3]
-    # the next lists (a deadline they would have to wait out) ask silent nothing: its
-    # first call still hangs, it is the one in flight
+    # the next lists (a long deadline: waiting would show in the reason) ask silent
+    # nothing: its first call still hangs, it is the one in flight
     for _ in range(2):
-        again = fleet.list_all_vms(CALLER, 600, local=lambda: [])
+        again = fleet.list_all_vms(CALLER, WAIT, local=lambda: [])
         assert re.fullmatch(r"not answering since \d\d:\d\d:\d\d UTC: did not answer "
                             r"within 0\.3 s; checking again in the background",
                             _errors(again)["silent"]), again.unreachable
@@ -104,7 +104,7 @@ def test_the_next_list_answers_at_once_for_a_silent_host_one_call_in_flight(
     _settled(fresh_reachability, SILENT)
     down = fresh_reachability.down(SILENT)
     assert down is not None and down.reason == "late failure"
-    later = fleet.list_all_vms(CALLER, 600, local=lambda: [])
+    later = fleet.list_all_vms(CALLER, WAIT, local=lambda: [])
     assert _errors(later)["silent"].endswith(": late failure; checking again in the "
                                              "background")
     _settled(fresh_reachability, SILENT)
@@ -118,18 +118,18 @@ def test_the_background_probe_brings_the_host_back(
     assert _errors(first) == {"flaky": "No route to host"}
     fakes.failing = False  # it answers from now on, once the gate opens
     fakes.called.clear()
-    second = fleet.list_all_vms(CALLER, 600, local=lambda: [], only=["flaky"])
+    second = fleet.list_all_vms(CALLER, WAIT, local=lambda: [], only=["flaky"])
     assert _errors(second)["flaky"].endswith(": No route to host; checking again in "
                                              "the background")
     assert fakes.called.wait(WAIT)  # the probe runs, held at the gate
-    third = fleet.list_all_vms(CALLER, 600, local=lambda: [], only=["flaky"])
+    third = fleet.list_all_vms(CALLER, WAIT, local=lambda: [], only=["flaky"])
     assert "flaky" in _errors(third)
     assert fakes.calls["flaky"] == [5, reachability.PROBE_DEADLINE_S]  # one probe only
     with pytest.raises(HostUnavailableError, match="not answering since"):
-        fleet.host_vms(CALLER, "flaky", deadline=600)
+        fleet.host_vms(CALLER, "flaky", deadline=WAIT)
     fakes.gate.set()
     _settled(fresh_reachability, FLAKY)
-    back = fleet.list_all_vms(CALLER, 600, local=lambda: [], only=["flaky"])
+    back = fleet.list_all_vms(CALLER, WAIT, local=lambda: [], only=["flaky"])
     assert back.unreachable == [] and [vm.host for vm in back.vms] == ["flaky"]
     assert fresh_reachability.down(FLAKY) is None
 
@@ -156,7 +156,7 @@ def test_host_list_and_dashboard_health_answer_at_once_for_a_failed_host(
     listed = {h.name: h for h in hosts.list_hosts(CALLER, deadline=5, probe=probe)}
     assert not listed["flaky"].reachable and listed["flaky"].error == "cannot connect: refused"
     answering.set()
-    again = {h.name: h for h in hosts.list_hosts(CALLER, deadline=600, probe=probe)}
+    again = {h.name: h for h in hosts.list_hosts(CALLER, deadline=WAIT, probe=probe)}
     assert (again["flaky"].error or "").startswith("not answering since ")
     _settled(fresh_reachability, FLAKY)  # the background probe answered
     assert asked.count(FLAKY) == 2 and fresh_reachability.down(FLAKY) is None
@@ -172,10 +172,10 @@ def test_host_list_and_dashboard_health_answer_at_once_for_a_failed_host(
     health = {h.name: h for h in fleet.health_of_all(CALLER, deadline=5)}
     assert not health["flaky"].reachable and health["flaky"].error == "refused"
     answering.set()
-    health = {h.name: h for h in fleet.health_of_all(CALLER, deadline=600)}
+    health = {h.name: h for h in fleet.health_of_all(CALLER, deadline=WAIT)}
     assert (health["flaky"].error or "").startswith("not answering since ")
     _settled(fresh_reachability, FLAKY)
-    health = {h.name: h for h in fleet.health_of_all(CALLER, deadline=600)}
+    health = {h.name: h for h in fleet.health_of_all(CALLER, deadline=WAIT)}
     assert health["flaky"].reachable and health["local"].reachable
 
 
