@@ -29,7 +29,6 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,18 +160,6 @@ def check_copy(move: DiskMove, sent: transfer.Digest, read_back: transfer.Digest
 
 
 # --------------------------------------------------------------------------- plumbing
-@contextlib.contextmanager
-def _connect(uri: str) -> Iterator[Host]:
-    """A connection of this migration's own (a remote one with keepalive)."""
-    from kvmops.host import remote
-
-    host = remote.open_remote(uri)
-    try:
-        yield host
-    finally:
-        host.close()
-
-
 def _is_local(uri: str) -> bool:
     from kvmops.host import remote
 
@@ -295,16 +282,14 @@ def cold_migrate(caller: Caller, vm: str, options: MigrationOptions, *,
     is its answer already (``vm migrate`` ran it). With ``options.dry_run`` only the
     checks run."""
     from kvmops.services import hosts, migration_checks
-    from kvmops.services.migration import refuse, validate
+    from kvmops.services.migration import connections, refuse, validate
 
     started = time.monotonic()
     validate(options)
     source_name = source or hosts.LOCAL
-    src_uri = hosts.uri_of(caller, source_name)
-    dst_uri = hosts.uri_of(caller, options.target)
-    src_local = _is_local(src_uri)
     _say(progress, "preflight")
-    with _connect(src_uri) as src, _connect(dst_uri) as dst:
+    with connections(caller, source_name, options.target) as (src, dst, src_uri, dst_uri):
+        src_local = _is_local(src_uri)
         found = checked if checked is not None and checked.kind == "cold" else (
             migration_checks.preflight(caller, src, dst, vm, options,
                                        source_name=source_name, kind="cold"))

@@ -124,26 +124,20 @@ def _label(caller: Caller, name: str, db: str | Store | None = None) -> str | No
 
 # --------------------------------------------------------------------------- connections
 @contextlib.contextmanager
-def _connections(caller: Caller, source: str, target: str, db: str | Store | None = None
-                 ) -> Iterator[tuple[Host, Host, str, str]]:
-    """Own connections to both hosts (not the shared pool: a migration holds them for
-    minutes, and the pool lends a URI to one caller at a time)."""
+def connections(caller: Caller, source: str, target: str, db: str | Store | None = None
+                ) -> Iterator[tuple[Host, Host, str, str]]:
+    """Own connections to both hosts, by name (one when they are the same), and their
+    URIs: not the shared pool, a migration holds them for minutes and the pool lends a
+    URI to one caller at a time (remote ones with keepalive)."""
     from kvmops.host import remote
 
     src_uri = hosts.uri_of(caller, source, db)
     dst_uri = hosts.uri_of(caller, target, db)
-    src = remote.open_remote(src_uri)
-    try:
-        if dst_uri == src_uri:
-            yield src, src, src_uri, dst_uri
-            return
-        dst = remote.open_remote(dst_uri)
-        try:
-            yield src, dst, src_uri, dst_uri
-        finally:
-            dst.close()
-    finally:
-        src.close()
+    with contextlib.ExitStack() as stack:
+        src = stack.enter_context(contextlib.closing(remote.open_remote(src_uri)))
+        dst = src if dst_uri == src_uri else stack.enter_context(
+            contextlib.closing(remote.open_remote(dst_uri)))
+        yield src, dst, src_uri, dst_uri
 
 
 def _kind_of(src: Host, vm: str) -> Kind:
@@ -177,7 +171,7 @@ def check(caller: Caller, vm: str, options: MigrationOptions, *,
     """The preflight alone (``--dry-run``, the API's preflight): never refuses."""
     validate(options)
     source_name = source or hosts.LOCAL
-    with _connections(caller, source_name, options.target, db) as (src, dst, _, _):
+    with connections(caller, source_name, options.target, db) as (src, dst, _, _):
         kind = _kind_of(src, vm)
         return _preflight(caller, src, dst, vm, options, source_name=source_name,
                           kind=kind)
@@ -230,7 +224,7 @@ def migrate(caller: Caller, vm: str, options: MigrationOptions, *,
     still on the source)."""
     validate(options)
     source_name = source or hosts.LOCAL
-    with _connections(caller, source_name, options.target, db) as (src, dst, src_uri,
+    with connections(caller, source_name, options.target, db) as (src, dst, src_uri,
                                                                     dst_uri):
         kind = _kind_of(src, vm)
         if progress is not None:
