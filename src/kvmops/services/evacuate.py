@@ -128,8 +128,7 @@ def _needs(take: VmTake, source: str, exclude: list[str], copy_storage: bool) ->
 def _source(uri: str) -> Iterator[tuple[list[VmTake], list[str]]]:
     from kvmops.host import capacity, remote
 
-    conn = remote.open_remote(uri)
-    try:
+    with contextlib.closing(remote.open_remote(uri)) as conn:
         running, staying = [], []
         for domain in conn.all_domains():
             try:
@@ -140,8 +139,6 @@ def _source(uri: str) -> Iterator[tuple[list[VmTake], list[str]]]:
             except KvmopsError:  # gone while listed
                 continue
         yield running, sorted(staying)
-    finally:
-        conn.close()
 
 
 def _preflight(caller: Caller, vm: str, target: str, source: str, copy_storage: bool,
