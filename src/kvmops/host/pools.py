@@ -1,6 +1,8 @@
 """libvirt storage pools and volumes behind typed calls: define, build, start, stop,
-refresh, undefine, autostart, volumes (create, clone, resize, delete), and volume data
-through libvirt streams (upload, download). Errors translated in :mod:`kvmops.host.errors`."""
+refresh, undefine, autostart, volumes (create, clone, resize, delete), the one lookup of
+the pool or volume holding a directory or file (:func:`volume_at`), and volume data
+through libvirt streams (upload, download; the stream helpers the cold migration shares).
+Errors translated in :mod:`kvmops.host.errors`."""
 
 from __future__ import annotations
 
