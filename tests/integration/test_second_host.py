@@ -151,7 +151,7 @@ def test_crashed_second_host_is_removed_by_clean_test() -> None:
     """A test second host never taken down (its run crashed): ``make clean-test``'s part
     for namespaced hosts removes its processes, namespace, veth and nftables guard."""
     name = f"{SESSION_PREFIX}crash2-h2"
-    crashed, started = secondhost.up(name)
+    crashed, started = secondhost.up(name, N)
     try:
         assert started
         pids = netns.netns_pids(name)
