@@ -115,6 +115,12 @@ const K = (() => {
     });
   }
 
+  /* Ask the server to cancel a job (a failure is a toast: the job goes on). */
+  async function cancelJob(id) {
+    try { await api("POST", "/api/v1/jobs/" + encodeURIComponent(id) + "/cancel"); }
+    catch (err) { toast(err.message, "error"); }
+  }
+
   function fmtBytes(n) {
     if (n === null || n === undefined) return "–";
     const units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -123,7 +129,7 @@ const K = (() => {
     return (i ? n.toFixed(1) : Math.round(n)) + " " + units[i];
   }
 
-  return { api, toast, on, connected, watchJob, fmtBytes, csrf, onHost };
+  return { api, toast, on, connected, watchJob, cancelJob, fmtBytes, csrf, onHost };
 })();
 
 /* ------------------------------------------------------------ VM states */

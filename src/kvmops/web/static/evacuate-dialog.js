@@ -130,9 +130,5 @@ document.addEventListener("DOMContentLoaded", () => {
     }
   });
 
-  cancel.addEventListener("click", async () => {
-    if (!jobId) return;
-    try { await K.api("POST", "/api/v1/jobs/" + encodeURIComponent(jobId) + "/cancel"); }
-    catch (err) { K.toast(err.message, "error"); }
-  });
+  cancel.addEventListener("click", () => { if (jobId) K.cancelJob(jobId); });
 });
