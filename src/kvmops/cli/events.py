@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import typer
 
 from kvmops.cli.common import HostOption, UriOption, on_host
 from kvmops.cli.qmp import SocketOption, TcpOption
-from kvmops.errors import OperationTimeoutError, ValidationError
+from kvmops.errors import KvmopsError, OperationTimeoutError, ValidationError
 from kvmops.services.caller import Caller
 from kvmops.services.hostevents import HostEvent
 from kvmops.services.monitor import MonitorEvent, normalize_event_names, open_monitor
@@ -79,11 +80,7 @@ def events_cmd(
             target = channel.target
             channel.listen()
             if not quiet:
-                what = ", ".join(sorted(names)) if names else "all"
-                sys.stderr.write(f"listening for {what} events from {channel.target}"
-                                 f"{f' for {timeout:g}s' if timeout else ''} "
-                                 f"(Ctrl-C to stop)\n")
-                sys.stderr.flush()
+                _say_listening(names, f"events from {channel.target}", timeout)
             for item in channel.events(names, timeout):
                 sys.stdout.write(format_event(item, json_out) + "\n")
                 sys.stdout.flush()
@@ -93,11 +90,23 @@ def events_cmd(
     except KeyboardInterrupt:
         return
     if matched == 0 and timeout is not None:
-        what = " or ".join(sorted(names)) if names else "any"
-        raise OperationTimeoutError(
-            f"no {what} event from {target} within {timeout:g}s",
-            hint="nothing matching happened; check the event name or wait longer")
+        raise _nothing_matched(names, f"event from {target}", timeout)
 
+
+
+def _say_listening(names: AbstractSet[str] | None, what: str, timeout: float | None) -> None:
+    """The one stderr line before following: which events, from where, for how long."""
+    which = ", ".join(sorted(names)) if names else "all"
+    sys.stderr.write(f"listening for {which} {what}"
+                     f"{f' for {timeout:g}s' if timeout else ''} (Ctrl-C to stop)\n")
+    sys.stderr.flush()
+
+
+def _nothing_matched(names: AbstractSet[str] | None, what: str, timeout: float) -> KvmopsError:
+    which = " or ".join(sorted(names)) if names else "any"
+    return OperationTimeoutError(
+        f"no {which} {what} within {timeout:g}s",
+        hint="nothing matching happened; check the event name or wait longer")
 
 def format_lifecycle(event: HostEvent, as_json: bool) -> str:
     """One line: JSON or ``TIMESTAMP  HOST  EVENT  VM`` (a host's ``down``: the reason)."""
@@ -127,12 +136,7 @@ def _lifecycle(host: str | None, uri: str | None, event: list[str], follow: bool
     try:
         with follow_lifecycle(Caller.local(), host, local_uri=uri) as (next_event, hosts):
             if not quiet:
-                what = ", ".join(sorted(names)) if names else "all"
-                sys.stderr.write(f"listening for {what} life cycle events of "
-                                 f"{', '.join(hosts)}"
-                                 f"{f' for {timeout:g}s' if timeout else ''} "
-                                 f"(Ctrl-C to stop)\n")
-                sys.stderr.flush()
+                _say_listening(names, f"life cycle events of {', '.join(hosts)}", timeout)
             while True:
                 left = None if end is None else end - time.monotonic()
                 if left is not None and left <= 0:
@@ -150,10 +154,7 @@ def _lifecycle(host: str | None, uri: str | None, event: list[str], follow: bool
     except KeyboardInterrupt:
         return
     if matched == 0 and timeout is not None:
-        what = " or ".join(sorted(names)) if names else "any"
-        raise OperationTimeoutError(
-            f"no {what} life cycle event within {timeout:g}s",
-            hint="nothing matching happened; check the event name or wait longer")
+        raise _nothing_matched(names, "life cycle event", timeout)
 
 
 def register(app: typer.Typer) -> None:
