@@ -196,8 +196,8 @@ def _say(progress: ProgressFn | None, phase: str) -> None:
 
 
 # --------------------------------------------------------------------------- the plan
-def _plan(src: Host, dst: Host, vm: str, options: MigrationOptions, *, src_local: bool
-          ) -> _Plan:
+def _plan(src: Host, dst: Host, vm: str, options: MigrationOptions, *, src_local: bool,
+          trusted_paths: bool = False) -> _Plan:
     """What the copy needs -- each disk's file, format, length and size, its volume and
     path in the target pool; the internal snapshots in order -- and the notes. The
     blocker rules are the preflight's (it ran first): what it refused is not looked at
@@ -214,6 +214,9 @@ def _plan(src: Host, dst: Host, vm: str, options: MigrationOptions, *, src_local
             continue  # shared storage only (a copy refuses it): left as it is
         move = DiskMove(target=disk.target, source=disk.path, fmt=disk.fmt)
         if not plan.shared:
+            if src_local:  # read by this process, as root: only where images may be
+                policy().image_path(disk.path, trusted=trusted_paths,
+                                    what=f"disk {disk.target} of VM '{vm}'")
             migration_facts.read_disk_file(src, disk, local=src_local)
             if disk.length is None:
                 raise StorageError(f"disk {disk.target}: {disk.unreadable}",
@@ -295,7 +298,8 @@ def cold_migrate(caller: Caller, vm: str, options: MigrationOptions, *,
                                        source_name=source_name, kind="cold"))
         if found.blockers:
             raise refuse(found)
-        plan = _plan(src, dst, vm, options, src_local=src_local)
+        plan = _plan(src, dst, vm, options, src_local=src_local,
+                     trusted_paths=caller.trusted_paths)
         plan.notes[:0] = found.warnings
         result = MigrationResult(vm=vm, source=source_name, target=options.target,
                                  kind="cold", seconds=0.0,
