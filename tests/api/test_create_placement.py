@@ -17,7 +17,7 @@ import pytest
 from kvmops.config import settings
 from kvmops.devguest.build import GuestImage
 from tests.conftest import SESSION_PREFIX
-from tests.integration.api_server import ApiServer, add_users, start_server, wait_job
+from tests.integration.api_server import ApiServer, server_with_host, wait_job
 from tests.integration.nshost import NsHost, second_host
 
 H2 = "cph2"
@@ -40,17 +40,10 @@ def server(h2: NsHost, workdir: Path) -> Iterator[ApiServer]:
     guest_dir = settings().cache_dir / "guest"
     # The machine's libvirtd runs other tests' guests: the vCPU limit must not depend
     # on how many run right now (as in tests/integration/test_placement_evacuate.py).
-    srv = start_server(f"sqlite:///{workdir / 'create-placement.db'}", workdir,
-                       "--allow-dir", str(guest_dir), "--allow-dir", h2.images_dir,
-                       extra_env={"KVMOPS_VCPU_RATIO": "64"})
-    try:
-        add_users(srv)
-        with srv.client("admin") as admin:
-            added = admin.post("/hosts", json={"name": H2, "uri": h2.uri})
-            assert added.status_code == 201, added.text
+    with server_with_host(f"sqlite:///{workdir / 'create-placement.db'}", workdir, H2,
+                          h2.uri, "--allow-dir", str(guest_dir), "--allow-dir",
+                          h2.images_dir, extra_env={"KVMOPS_VCPU_RATIO": "64"}) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def _body(name: str, guest: GuestImage, network: str) -> dict[str, object]:

@@ -10,13 +10,12 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-import libvirt
 import pytest
 
 from kvmops.devguest.build import GuestImage
 from tests.conftest import SESSION_PREFIX
-from tests.integration.api_server import ApiServer, add_users, start_server
-from tests.integration.nshost import SECOND_HOST_INDEX, NsHost, second_host
+from tests.integration.api_server import ApiServer, server_with_host
+from tests.integration.nshost import SECOND_HOST_INDEX, NsHost, defined_vm, second_host
 
 H2 = "hvh2"
 DOWN = "hvdown"  # an address of this test's own /24 that nothing answers on
@@ -33,37 +32,17 @@ def h2() -> Iterator[NsHost]:
 
 @pytest.fixture(scope="module")
 def server(h2: NsHost, workdir: Path) -> Iterator[ApiServer]:
-    srv = start_server(f"sqlite:///{workdir / 'hosts-vms.db'}", workdir)
-    try:
-        add_users(srv)
-        with srv.client("admin") as admin:
-            added = admin.post("/hosts", json={"name": H2, "uri": h2.uri})
-            assert added.status_code == 201, added.text
+    with server_with_host(f"sqlite:///{workdir / 'hosts-vms.db'}", workdir, H2,
+                          h2.uri) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
 def remote_vm(h2: NsHost, tiny_guest: GuestImage) -> Iterator[str]:
     """A VM defined on the second host only (started paused by the test: nothing boots)."""
-    name = f"{SESSION_PREFIX}hvvm"
-    conn = libvirt.open(h2.uri)
-    try:
-        conn.defineXML(f"""<domain type='qemu'><name>{name}</name>
-<memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type>
-<kernel>{tiny_guest.kernel}</kernel><initrd>{tiny_guest.initrd}</initrd></os>
-<devices><serial type='pty'/></devices></domain>""")
+    with defined_vm(h2.uri, f"{SESSION_PREFIX}hvvm", str(tiny_guest.kernel),
+                    str(tiny_guest.initrd)) as name:
         yield name
-    finally:
-        try:
-            dom = conn.lookupByName(name)
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-        except libvirt.libvirtError:
-            pass
-        conn.close()
 
 
 def _one_line(response: object) -> str:

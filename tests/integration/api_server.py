@@ -82,6 +82,22 @@ def start_server(db: str, workdir: Path, *args: str, extra_env: dict[str, str] |
     return ApiServer(url=url, db=db, proc=proc, log=log, admin_password=password)
 
 
+@contextlib.contextmanager
+def server_with_host(db: str, workdir: Path, host: str, uri: str, *args: str,
+                     extra_env: dict[str, str] | None = None) -> Iterator[ApiServer]:
+    """A server (:func:`start_server`) with its users (:func:`add_users`) and the host
+    ``host`` at ``uri`` added through the API; stopped afterwards."""
+    srv = start_server(db, workdir, *args, extra_env=extra_env)
+    try:
+        add_users(srv)
+        with srv.client("admin") as admin:
+            added = admin.post("/hosts", json={"name": host, "uri": uri})
+            assert added.status_code == 201, added.text
+        yield srv
+    finally:
+        srv.stop()
+
+
 def add_users(server: ApiServer) -> None:
     """admin (exists), operator and viewer users, each with an API token."""
     for name, role in (("op", "operator"), ("view", "viewer")):

@@ -74,7 +74,7 @@ def _second_host_index() -> int:
 #: Which 10.250.N.0/24 the tests' second hosts use.
 SECOND_HOST_INDEX = _second_host_index()
 
-__all__ = ["SECOND_HOST_INDEX", "NsHost", "ns_host", "second_host", "start", "stop"]
+__all__ = ["SECOND_HOST_INDEX", "NsHost", "defined_vm", "ns_host", "second_host", "start", "stop"]
 
 
 @dataclass(frozen=True)
@@ -122,6 +122,30 @@ def ns_host(netns: str, *, libvirtd_conf: str = "", listen: bool = False,
         yield host
     finally:
         stop(host)
+
+
+@contextlib.contextmanager
+def defined_vm(uri: str, name: str, kernel: str, initrd: str) -> Iterator[str]:
+    """A tiny VM defined (not started) on the libvirtd at ``uri``, removed afterwards:
+    for listing and state tests that need no boot (start it paused)."""
+    import libvirt
+
+    conn = libvirt.open(uri)
+    try:
+        conn.defineXML(f"""<domain type='qemu'><name>{name}</name>
+<memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type>
+<kernel>{kernel}</kernel><initrd>{initrd}</initrd></os>
+<devices><serial type='pty'/></devices></domain>""")
+        yield name
+    finally:
+        try:
+            dom = conn.lookupByName(name)
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+        except libvirt.libvirtError:
+            pass
+        conn.close()
 
 
 def second_host(netns: str) -> contextlib.AbstractContextManager[NsHost]:

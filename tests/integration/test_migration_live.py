@@ -183,11 +183,13 @@ def test_cancel_leaves_the_vm_on_the_source(bed: tuple[NsHost, dict[str, str]],
         env={**_environ(), **env})
     try:
         job = None
+        deadline = time.monotonic() + 180
         while proc.poll() is None:  # until the job shows data moving
             job = _job(env)
             moved = (job or {}).get("progress") or {}
             if job is not None and (moved.get("done") or 0) > 0:
                 break
+            assert time.monotonic() < deadline, f"the migration job shows no data: {job}"
             time.sleep(0.5)
         assert job is not None and proc.poll() is None, proc.communicate()
         cancelled = run_cli("job", "cancel", str(job["id"]), env=env)

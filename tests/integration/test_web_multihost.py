@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import libvirt
 import pytest
 
 from kvmops.devguest.build import GuestImage
 from tests.conftest import SESSION_PREFIX, run_cli
-from tests.integration.nshost import SECOND_HOST_INDEX, NsHost, second_host
+from tests.integration.nshost import SECOND_HOST_INDEX, NsHost, defined_vm, second_host
 
 H2 = "mwh2"
 DOWN = "mwdown"  # an address of this test's own /24 that nothing answers on
@@ -29,23 +28,9 @@ def h2() -> Iterator[NsHost]:
 @pytest.fixture(scope="module")
 def remote_vm(h2: NsHost, tiny_guest: GuestImage) -> Iterator[str]:
     """A VM defined on the second host only (started paused: nothing boots)."""
-    name = f"{SESSION_PREFIX}mwvm"
-    conn = libvirt.open(h2.uri)
-    try:
-        conn.defineXML(f"""<domain type='qemu'><name>{name}</name>
-<memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type>
-<kernel>{tiny_guest.kernel}</kernel><initrd>{tiny_guest.initrd}</initrd></os>
-<devices><serial type='pty'/></devices></domain>""")
+    with defined_vm(h2.uri, f"{SESSION_PREFIX}mwvm", str(tiny_guest.kernel),
+                    str(tiny_guest.initrd)) as name:
         yield name
-    finally:
-        try:
-            dom = conn.lookupByName(name)
-            if dom.isActive():
-                dom.destroy()
-            dom.undefine()
-        except libvirt.libvirtError:
-            pass
-        conn.close()
 
 
 def test_hosts_on_the_dashboard_vm_list_vm_page_and_host_page(
