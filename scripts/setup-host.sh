@@ -58,6 +58,35 @@ if [ -n "$new_sshd" ] || ! command -v ssh >/dev/null; then
   fi
 fi
 
+# prometheus (+ promtool) and Debian's prometheus-libvirt-exporter (kumina's): the tests
+# and bench/metrics_bench.py start their own on free loopback ports. Installing them must
+# not leave the packaged services on :9090/:9177: no service starts during the install (a
+# policy-rc.d, unless one is there already), no recommends (node-exporter would serve
+# :9100), under systemd both stay disabled and stopped.
+prom_missing=()
+for p in prometheus prometheus-libvirt-exporter; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
+    prom_missing+=("$p")
+done
+if [ ${#prom_missing[@]} -gt 0 ]; then
+  say "installing ${prom_missing[*]} (not started)"
+  export DEBIAN_FRONTEND=noninteractive
+  own_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d
+    own_policy=1
+  fi
+  rc=0
+  apt-get install -y -q --no-install-recommends "${prom_missing[@]}" ||
+    { apt-get update -q && apt-get install -y -q --no-install-recommends \
+        "${prom_missing[@]}"; } || rc=$?
+  [ -z "$own_policy" ] || rm -f /usr/sbin/policy-rc.d
+  [ "$rc" = 0 ] || { echo "setup-host.sh: could not install ${prom_missing[*]}" >&2; exit 1; }
+  if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; then
+    systemctl disable --now prometheus prometheus-libvirt-exporter >/dev/null 2>&1 || true
+  fi
+fi
+
 # Python environment.
 stamp="$VENV/.kvmops-installed"
 if [ ! -x "$VENV/bin/python" ]; then
