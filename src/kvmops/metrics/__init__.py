@@ -1,0 +1,1 @@
+"""Metrics: pure computations over statistics snapshots (rates) and their exposition."""
