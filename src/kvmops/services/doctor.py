@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import json
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -54,6 +57,8 @@ class DoctorReport(BaseModel):
     ok: bool  # no check failed (warnings allowed)
     failed: int
     warnings: int
+    host: str | None = None  # the kvmops host name ("local": this machine) when known
+    checked_at: datetime | None = None
 
 
 def _check(name: str, status: Status, detail: str, hint: str | None = None) -> Check:
@@ -311,8 +316,10 @@ def check_vms(host: Host) -> list[Check]:
     return checks
 
 
-def run_doctor(uri: str | None = None, *, host: Host | None = None) -> DoctorReport:
-    """All checks; ``host`` reuses an open connection (the API), else one is opened."""
+def run_doctor(uri: str | None = None, *, host: Host | None = None,
+               host_name: str | None = None) -> DoctorReport:
+    """All checks; ``host`` reuses an open connection (the API), else one is opened.
+    With ``host_name`` (a kvmops host name) the report is kept as that host's last."""
     cfg = settings()
     checks: list[Check] = []
     own: Host | None = None
@@ -343,7 +350,51 @@ def run_doctor(uri: str | None = None, *, host: Host | None = None) -> DoctorRep
     finally:
         if own is not None:
             own.close()
-    return summarize(host.uri if host else (uri or cfg.uri), checks)
+    report = summarize(host.uri if host else (uri or cfg.uri), checks)
+    report.checked_at = datetime.now(UTC)
+    if host_name is not None:
+        report.host = host_name
+        save_report(report, host_name)
+    return report
+
+
+# ------------------------------------------------------------------ the last report
+LOCAL = "local"
+
+
+def _report_path(host_name: str) -> Path:
+    from kvmops.services.hosts import validate_name
+
+    return settings().state_dir / "doctor" / f"{validate_name(host_name)}.json"
+
+
+def save_report(report: DoctorReport, host_name: str) -> None:
+    """Keep ``report`` as ``host_name``'s last (atomic: a reader sees the old or the new).
+    A state directory that cannot be written loses the memory, never the report."""
+    path = _report_path(host_name)
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(report.model_dump_json())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def last_report(host_name: str | None = None) -> DoctorReport | None:
+    """The last report kept for ``host_name`` (``None``: this machine, ``local``);
+    ``None`` when the doctor has not run there (or its record is unreadable)."""
+    try:
+        text = _report_path(host_name or LOCAL).read_text()
+        return DoctorReport.model_validate(json.loads(text))
+    except (OSError, ValueError, KvmopsError):
+        return None
 
 
 def _guarded(group: Callable[[Host], list[Check]], host: Host) -> list[Check]:

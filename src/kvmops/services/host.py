@@ -15,7 +15,11 @@ def info(caller: Caller, host: Host, *, reprobe: bool = False) -> HostInfo:
     return host_info(host, refresh_probe=reprobe)
 
 
-def doctor(caller: Caller, *, uri: str | None = None, host: Host | None = None
-           ) -> DoctorReport:
-    """Can this host run, back up and snapshot VMs? (``host``: an open connection.)"""
-    return run_doctor(uri, host=host)
+def doctor(caller: Caller, *, uri: str | None = None, host: Host | None = None,
+           host_name: str | None = None) -> DoctorReport:
+    """Can this host run, back up and snapshot VMs? (``host``: an open connection.)
+    With neither ``uri`` nor ``host`` it is this machine's (``local``); the report is
+    kept as ``host_name``'s last when that is known."""
+    if host_name is None and uri is None and host is None:
+        host_name = "local"
+    return run_doctor(uri, host=host, host_name=host_name)

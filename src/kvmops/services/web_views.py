@@ -75,7 +75,7 @@ def host_summary(host: Host) -> HostInfo:
 
 
 def doctor(host: Host) -> DoctorReport:
-    return run_doctor(host=host)
+    return run_doctor(host=host, host_name="local")
 
 
 def image_dirs() -> list[str]:

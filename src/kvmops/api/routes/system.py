@@ -84,7 +84,7 @@ def host(caller: ViewerCaller, host: HostDep) -> HostInfo:
 @router.get("/host/doctor", response_model=DoctorReport)
 def host_doctor(caller: ViewerCaller, host: HostDep) -> DoctorReport:
     """The host checks of ``kvmops host doctor`` (200 also when checks fail: see ``ok``)."""
-    return host_service.doctor(caller, host=host)
+    return host_service.doctor(caller, host=host, host_name="local")
 
 
 def _secure(request: Request, ctx: Ctx) -> bool:
