@@ -211,6 +211,22 @@ if [ ! -f "$XTERM_DST/xterm.js" ] || ! grep -q "\"version\": \"$XTERM_VERSION\""
   rm -rf "$XTERM_DST"
   mv "$XTERM_DST.tmp" "$XTERM_DST"
 fi
+# uPlot for the live charts (VM page, dashboard, bench history), served locally as well.
+UPLOT_VERSION=1.6.30
+UPLOT_SRC=build/uplot/node_modules/uplot
+UPLOT_DST=src/kvmops/web/static/uplot
+if [ ! -f "$UPLOT_DST/uPlot.iife.min.js" ] || ! grep -q "\"version\": \"$UPLOT_VERSION\"" "$UPLOT_DST/package.json" 2>/dev/null; then
+  say "installing uplot $UPLOT_VERSION (npm)"
+  mkdir -p build/uplot
+  npm install --prefix build/uplot --no-audit --no-fund --no-save --loglevel=error \
+    "uplot@$UPLOT_VERSION" >/dev/null
+  rm -rf "$UPLOT_DST.tmp"
+  mkdir -p "$UPLOT_DST.tmp"
+  cp "$UPLOT_SRC/dist/uPlot.iife.min.js" "$UPLOT_SRC/dist/uPlot.min.css" "$UPLOT_SRC/package.json" \
+    "$UPLOT_SRC/LICENSE" "$UPLOT_DST.tmp/"
+  rm -rf "$UPLOT_DST"
+  mv "$UPLOT_DST.tmp" "$UPLOT_DST"
+fi
 # The tiny test guest the tests boot (skipped at once when its inputs are unchanged; a new
 # guest build -- e.g. networking added -- is rebuilt here, not in the first test).
 say "tiny test guest in ${KVMOPS_GUEST_DIR:-/var/cache/kvmops/guest}"
