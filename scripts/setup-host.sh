@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 PACKAGES=(qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-dev pkg-config
           qemu-guest-agent busybox-static cpio xz-utils e2fsprogs postgresql
           chromium openvswitch-switch tgt qemu-block-extra
-          libvirt-daemon-driver-storage-iscsi-direct iproute2 nftables)
+          libvirt-daemon-driver-storage-iscsi-direct iproute2 nftables
+          fio sysbench)  # fio, sysbench: copied with their libraries into the tiny guest's
+                         # tools.ext4 (fio's own server service is installed disabled)
 VENV=${KVMOPS_VENV:-.venv}
 say() { printf '[setup] %s\n' "$*"; }
 
