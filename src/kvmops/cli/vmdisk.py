@@ -132,3 +132,64 @@ def detach_cmd(
         return
     info(f"disk {target} detached from VM '{name}' ({_where(result.live, result.config)})"
          + (f"; removed {result.image}" if result.removed_storage else ""))
+
+
+def _limit_cell(key: str, value: int) -> str:
+    if not value:
+        return "-"
+    return f"{format_size(value)}/s" if key.endswith("bytes_sec") else f"{value}/s"
+
+
+@app.command("iotune")
+def iotune_cmd(
+    name: str = NameArg,
+    target: str = typer.Argument(..., help="Disk target, e.g. vdb."),
+    total_iops: int | None = typer.Option(None, "--total-iops", min=0,
+                                          help="Read+write operations per second (0: none)."),
+    read_iops: int | None = typer.Option(None, "--read-iops", min=0,
+                                         help="Read operations per second (0: none)."),
+    write_iops: int | None = typer.Option(None, "--write-iops", min=0,
+                                          help="Write operations per second (0: none)."),
+    total_bytes_sec: str | None = typer.Option(None, "--total-bytes-sec", metavar="SIZE",
+                                               help="Read+write bytes per second, e.g. 50M "
+                                                    "(0: none)."),
+    read_bytes_sec: str | None = typer.Option(None, "--read-bytes-sec", metavar="SIZE",
+                                              help="Read bytes per second (0: none)."),
+    write_bytes_sec: str | None = typer.Option(None, "--write-bytes-sec", metavar="SIZE",
+                                               help="Write bytes per second (0: none)."),
+    config_only: bool = ConfigOnly,
+    json_out: bool = JsonOption,
+    uri: str | None = UriOption,
+    host_name: str | None = HostOption,
+) -> None:
+    """Show a disk's I/O limits, or change them (live on a running VM and in its
+    definition; 0 removes a limit; a total replaces read/write limits and back)."""
+    uri = on_host(uri, host_name)
+    from kvmops.services import iotune as iotune_service
+
+    def rate(text: str | None, what: str) -> int | None:
+        return None if text is None else parse_size(text, what=what)
+
+    changes = {"total_iops": total_iops, "read_iops": read_iops, "write_iops": write_iops,
+               "total_bytes_sec": rate(total_bytes_sec, "--total-bytes-sec"),
+               "read_bytes_sec": rate(read_bytes_sec, "--read-bytes-sec"),
+               "write_bytes_sec": rate(write_bytes_sec, "--write-bytes-sec")}
+    with connect(uri) as host:
+        if all(v is None for v in changes.values()):
+            result = iotune_service.get_iotune(Caller.local(), host, name, target,
+                                               inactive=config_only)
+            changed = False
+        else:
+            result = iotune_service.set_iotune(Caller.local(), host, name, target, changes,
+                                               config_only=config_only)
+            changed = True
+    if json_out:
+        print_json(result)
+        return
+    if changed:
+        info(f"I/O limits of disk {target} of VM '{name}' set "
+             f"({_where(result.live, result.config)}): {result.limits.describe()}")
+        return
+    limits = result.limits.model_dump()
+    print_table(["Limit", "Value"], [(key, _limit_cell(key, value))
+                                     for key, value in limits.items()])

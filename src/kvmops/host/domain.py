@@ -335,6 +335,14 @@ class Domain:
     def detach_device(self, xml: str, *, live: bool, config: bool, what: str) -> None:
         call(what, self._raw.detachDeviceFlags, xml, _affect(live, config))
 
+    def set_block_iotune(self, target: str, limits: Mapping[str, int], *, live: bool,
+                         config: bool, what: str) -> None:
+        """A disk's I/O limits (``virDomainSetBlockIoTune``; libvirt's parameter names,
+        0 removes a limit). libvirt takes each group -- bytes, iops -- whole: give all
+        three of a group you change."""
+        call(what, self._raw.setBlockIoTune, target, {k: int(v) for k, v in limits.items()},
+             _affect(live, config))
+
     def update_device(self, xml: str, *, live: bool, config: bool, what: str) -> None:
         """Change a device in place (e.g. a NIC's ``<link state>``)."""
         call(what, self._raw.updateDeviceFlags, xml, _affect(live, config))

@@ -76,6 +76,9 @@ class DiskSpec:
     storage_node_name: str | None = None  # QEMU protocol node below node_name, live XML
     pool: str | None = None  # a volume of a block storage pool: <disk type='volume'>
     volume: str | None = None
+    io: str | None = None  # <driver io>: native, threads, io_uring (None: QEMU's default)
+    # <iotune> limits by libvirt's names (total_iops_sec, read_bytes_sec ...); 0s absent
+    iotune: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -547,6 +550,8 @@ def disk_element(disk: DiskSpec) -> etree._Element:
     driver = _sub(el, "driver", name="qemu", type=disk.fmt)
     if disk.cache:
         driver.set("cache", disk.cache)
+    if disk.io:
+        driver.set("io", disk.io)
     if kind == "volume":
         _sub(el, "source", pool=str(disk.pool), volume=str(disk.volume))
     elif disk.source:
@@ -554,7 +559,31 @@ def disk_element(disk: DiskSpec) -> etree._Element:
     _sub(el, "target", dev=disk.target, bus=disk.bus)
     if disk.readonly or disk.device == "cdrom":
         _sub(el, "readonly")
+    set_iotune(el, disk.iotune)
     return el
+
+
+def set_iotune(disk: etree._Element, limits: dict[str, int]) -> None:
+    """Replace a ``<disk>``'s ``<iotune>`` by ``limits`` (libvirt's element names; a 0
+    is no limit and is left out; none left: no ``<iotune>``)."""
+    for old in disk.findall("iotune"):
+        disk.remove(old)
+    wanted = {k: v for k, v in limits.items() if v}
+    if wanted:
+        tune = etree.SubElement(disk, "iotune")
+        for key, value in wanted.items():
+            etree.SubElement(tune, key).text = str(int(value))
+
+
+def parse_iotune(disk: etree._Element) -> dict[str, int]:
+    """A ``<disk>``'s ``<iotune>`` numbers (the non-zero ones), by element name."""
+    tune = disk.find("iotune")
+    found: dict[str, int] = {}
+    for child in tune if tune is not None else ():
+        text = (child.text or "").strip()
+        if isinstance(child.tag, str) and text.isdigit() and int(text):
+            found[child.tag] = int(text)
+    return found
 
 
 def disk_xml(disk: DiskSpec) -> str:
@@ -600,6 +629,8 @@ def parse_disk(el: etree._Element) -> DiskSpec:
         storage_node_name=storage,
         pool=source.get("pool") if source is not None else None,
         volume=source.get("volume") if source is not None else None,
+        io=driver.get("io") if driver is not None else None,
+        iotune=parse_iotune(el),
     )
 
 
@@ -971,6 +1002,14 @@ class DomainDocument:
             driver.set("type", fmt)
         for backing in el.findall("backingStore"):
             el.remove(backing)
+
+    def set_disk_iotune(self, target: str, limits: dict[str, int]) -> None:
+        """Disk ``target``'s I/O limits (libvirt's ``<iotune>`` names; 0: none)."""
+        el = self._disk(target)
+        if el is None:
+            raise NotFoundError(f"VM '{self.name}' has no disk {target}",
+                                hint=f"see 'kvmops vm disk list {self.name}'")
+        set_iotune(el, limits)
 
     def set_disk_format(self, target: str, fmt: str) -> None:
         """The format libvirt opens disk ``target``'s image as (``<driver type>``)."""
