@@ -186,4 +186,6 @@ class BackupRun:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        jobs.record_event(vm, "completed", backup_id=backup_id, type=kind)
+        # The repository: the metrics find the manifest (disks, size, chain) from here.
+        jobs.record_event(vm, "completed", backup_id=backup_id, type=kind,
+                          repo=str(self.repo.root))

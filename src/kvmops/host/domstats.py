@@ -225,8 +225,8 @@ def parse_record(name: str, uuid: str, record: Mapping[str, Any], *,
     for i in range(_count(record, "block.count")):
         p = f"block.{i}."
         target = record.get(p + "name")
-        if not isinstance(target, str) or (p + "backingIndex") in record:
-            continue  # a backing image of a chain (VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING)
+        if not isinstance(target, str):
+            continue
         path = record.get(p + "path")
         blocks.append(BlockStat(
             target=target, path=path if isinstance(path, str) else None,
@@ -542,3 +542,26 @@ def previous_of(snapshot: HostStats | None) -> dict[str, DomainStats]:
 
 def iter_running(stats: HostStats) -> Iterable[DomainStats]:
     return (d for d in stats.domains if d.active)
+
+
+# Cheap extras of a host and a guest ---------------------------------------------------
+def agent_ping(host: Host, uuid: str, timeout_s: int = 1) -> bool:
+    """Does the guest agent of domain ``uuid`` answer a guest-ping within ``timeout_s``?
+    (False for no agent, a silent one, a domain that is gone.) The call takes libvirt's
+    agent job, not the domain's: a domain busy with another job still answers."""
+    import libvirt_qemu
+
+    try:
+        dom = host.conn.lookupByUUIDString(uuid)
+        libvirt_qemu.qemuAgentCommand(dom, '{"execute":"guest-ping"}', max(1, timeout_s), 0)
+    except libvirt.libvirtError:
+        return False
+    return True
+
+
+def memory_bytes(host: Host) -> int | None:
+    """The host's memory (None when libvirt did not say)."""
+    try:
+        return host.memory_total()
+    except Exception:  # a lost connection: the metric is left out
+        return None
