@@ -139,4 +139,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             web.register(app)
         elif hasattr(web, "router"):
             app.include_router(web.router)
+    from kvmops.api.routes import diagnostics  # vm nmi, reset, screenshot, dump (a job)
+
+    api.include_router(diagnostics.router)
     return app

@@ -301,3 +301,7 @@ vmconfig.register(app)
 from kvmops.cli import migrate as _migrate  # noqa: E402  (vm migrate)
 
 _migrate.register(app)
+
+from kvmops.cli import diagnostics as _diagnostics  # noqa: E402  (vm nmi/reset/screenshot/dump)
+
+_diagnostics.register(app)
