@@ -213,3 +213,26 @@ class HostRow(Base):
     added_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, nullable=False)
     added_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     last_seen: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class BenchRun(Base):
+    """One benchmark run inside a VM's guest (fio, sysbench): its parameters, parsed
+    metrics (JSON objects) and the VM's configuration when it ran, so runs compare."""
+
+    __tablename__ = "bench_runs"
+    __table_args__ = (Index("ix_bench_runs_vm_kind", "vm", "kind"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vm: Mapped[str] = mapped_column(String(255), nullable=False)
+    vm_uuid: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    host: Mapped[str] = mapped_column(String(64), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # fio, sysbench
+    test: Mapped[str] = mapped_column(String(32), nullable=False)  # randread, cpu ...
+    params: Mapped[str] = mapped_column(Text, nullable=False)  # JSON
+    config: Mapped[str] = mapped_column(Text, nullable=False)  # JSON
+    metrics: Mapped[str] = mapped_column(Text, nullable=False)  # JSON
+    score: Mapped[float] = mapped_column(Float, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow,
+                                                 nullable=False)
+    duration_s: Mapped[float] = mapped_column(Float, nullable=False)
+    created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
