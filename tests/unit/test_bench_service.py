@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,8 +79,8 @@ def test_store_history_compares_same_parameters_only(tmp_path: Path) -> None:
     store.migrate()
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     fio = FioParams(target="/dev/vdb", runtime=3).checked().identity()
-    common = {"vm": "v1", "vm_uuid": None, "host": "local", "duration_s": 4.0,
-              "created_by": "root"}
+    common: dict[str, Any] = {"vm": "v1", "vm_uuid": None, "host": "local",
+                              "duration_s": 4.0, "created_by": "root"}
     from kvmops.store import bench as store_bench
 
     first = store_bench.add(store, kind="fio", test="randread", params=fio,
