@@ -31,6 +31,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "events": ("kvmops.cli.events:register",
                "Print QMP events with their timestamps as QEMU sends them."),
     "serve": ("kvmops.cli.serve:register", "Run the REST API server (OpenAPI docs at /docs)."),
+    "exporter": ("kvmops.cli.exporter:register",
+                 "Serve Prometheus metrics of the VMs of this host (or of every host kvmops "
+                 "manages)."),
     "host": ("kvmops.cli.host:app", "Facts about this host; the hosts kvmops manages."),
     "vm": ("kvmops.cli.vm:app", "Create, start, stop and inspect VMs."),
     "image": ("kvmops.cli.image:app", "Create, inspect, convert and snapshot disk images."),
