@@ -31,6 +31,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "events": ("kvmops.cli.events:register",
                "Print QMP events with their timestamps as QEMU sends them."),
     "serve": ("kvmops.cli.serve:register", "Run the REST API server (OpenAPI docs at /docs)."),
+    "top": ("kvmops.cli.top:register",
+            "A live, sortable table of the VMs like virt-top: CPU %, memory, disk and "
+            "network rates."),
     "exporter": ("kvmops.cli.exporter:register",
                  "Serve Prometheus metrics of the VMs of this host (or of every host kvmops "
                  "manages)."),
@@ -54,6 +57,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "Volumes of storage pools: create, clone, resize, upload, download."),
     "config": ("kvmops.cli.config:app",
                "The effective configuration and where each value comes from."),
+    "monitoring": ("kvmops.cli.monitoring:app",
+                   "Print the shipped Prometheus alert rules and Grafana dashboard."),
     "completion": ("kvmops.cli.completion:register",
                    "Print the shell completion script for bash, zsh or fish."),
 }
