@@ -22,6 +22,7 @@ from kvmops.devguest.build import GuestImage, build_guest
 from kvmops.host.connection import Host
 from kvmops.vm import lifecycle
 from tests.conftest import SESSION_PREFIX, TEST_BACKUPS, TEST_IMAGES, run_cli
+from tests.integration.guest_tools import ToolsVm, boot_tools_vm
 from tests.integration.nshost import NsHost, ns_host
 
 _counter = itertools.count(1)
@@ -174,6 +175,14 @@ def backup_guest(running_vm: str, host: Host) -> Iterator[str]:
         if checkpoint.getName() not in before:
             with contextlib.suppress(libvirt.libvirtError):
                 checkpoint.delete(0)
+
+
+@pytest.fixture(scope="module")
+def tools_vm(vm_factory: Callable[..., str], host: Host, tiny_guest: GuestImage,
+             images_dir: Path) -> Iterator[ToolsVm]:
+    """A booted tiny guest with fio and sysbench on its PATH (the tools disk attached
+    read-only) and a raw scratch disk (tests/integration/guest_tools.py); one per module."""
+    yield from boot_tools_vm(vm_factory, host, tiny_guest, images_dir)
 
 
 @pytest.fixture(scope="session")

@@ -157,7 +157,8 @@ def booted(guest_image: GuestImage, tmp_path: Path) -> Iterator[Booted]:
 
 
 def test_build_is_cached(guest_image: GuestImage) -> None:
-    for path in (guest_image.kernel, guest_image.initrd, guest_image.data_disk):
+    for path in (guest_image.kernel, guest_image.initrd, guest_image.data_disk,
+                 guest_image.tools):
         assert path.stat().st_size > 0
         assert path.stat().st_mode & 0o777 == 0o644
     assert guest_image.kernel.parent.stat().st_mode & 0o777 == 0o755

@@ -316,6 +316,7 @@ def test_inputs_hash_is_stable_and_sensitive() -> None:
         {"files": (("/usr/sbin/qemu-ga", 101, 1),)},
         {"templates": "abd"},
         {"dhcp6_version": "9.4.1-25"},
+        {"tools_versions": "fio 3.33-4\nsysbench 1.0.20+ds-5\n"},
         {"builder_version": build.BUILDER_VERSION + "x"},
     ]
     digests = {build.inputs_hash(replace(base, **change)) for change in changes}  # type: ignore[arg-type]
@@ -324,7 +325,7 @@ def test_inputs_hash_is_stable_and_sensitive() -> None:
 
 
 def _fake_outputs(out_dir: Path, digest: str) -> None:
-    for name in ("vmlinuz", "initrd.img", "data.ext4"):
+    for name in ("vmlinuz", "initrd.img", "data.ext4", "tools.ext4"):
         (out_dir / name).write_bytes(b"x")
     stamp = {"hash": digest, "apt_key": build.apt_state_key(),
              "inputs": build.inputs_hash_payload(_inputs())}

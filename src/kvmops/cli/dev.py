@@ -16,7 +16,7 @@ app = typer.Typer(help="Developer tools: the tiny test guest, a second host.",
 @app.command("build-guest")
 def build_guest_cmd(
     directory: Path = typer.Argument(
-        ..., metavar="DIR", help="Where to write vmlinuz, initrd.img and data.ext4."
+        ..., metavar="DIR", help="Where to write vmlinuz, initrd.img, data.ext4 and tools.ext4."
     ),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the inputs are unchanged."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -33,6 +33,7 @@ def build_guest_cmd(
         "kernel": str(image.kernel),
         "initrd": str(image.initrd),
         "data_disk": str(image.data_disk),
+        "tools": str(image.tools),
         "seconds": round(time.monotonic() - started, 1),
     }
     if json_out:

@@ -16,6 +16,9 @@ Outputs, all in one directory (mode 0755, files 0644 so libvirt-qemu can read th
                  asks for it
 ``data.ext4``    a 32 MiB ext4 image labelled ``kvmopsfs``; the guest mounts a disk
                  with that label (never ``vda``) at ``/data``
+``tools.ext4``   fio and sysbench with their libraries, label ``kvmopstools``
+                 (``kvmops.devguest.tools``): attached read-only, the guest mounts it
+                 on ``/opt/kvmops-tools`` and puts ``fio``/``sysbench`` in ``/usr/bin``
 ``.kvmops-guest.stamp``  hash of the inputs; a build with the same inputs is skipped
 
 The guest boots in seconds under TCG, prints ``kvmops-guest: ...`` markers on the
@@ -43,12 +46,13 @@ from importlib import resources
 from pathlib import Path
 
 from kvmops.config import settings
-from kvmops.devguest import kmod
+from kvmops.devguest import kmod, tools
 from kvmops.devguest.cpio import Archive
 from kvmops.errors import KvmopsError, UnsupportedError
 
 # Bump when the guest's content changes in a way the other inputs do not capture.
-BUILDER_VERSION = "3"  # 2: virtio_net/8021q, DHCP and SLAAC; 3: DHCPv6 (dhcpcd)
+BUILDER_VERSION = "4"  # 2: virtio_net/8021q, DHCP and SLAAC; 3: DHCPv6 (dhcpcd);
+# 4: /init mounts the tools disk (tools.ext4: fio, sysbench)
 
 KERNEL_META_PACKAGE = "linux-image-amd64"
 QEMU_GA = "/usr/sbin/qemu-ga"
@@ -100,6 +104,15 @@ class GuestImage:
     kernel: Path  # DIR/vmlinuz
     initrd: Path  # DIR/initrd.img
     data_disk: Path  # DIR/data.ext4: small ext4 image (label kvmopsfs) to attach as a 2nd disk
+    tools: Path  # DIR/tools.ext4: fio and sysbench (label kvmopstools), to attach read-only
+
+
+def guest_paths(directory: Path | None = None) -> GuestImage:
+    """Where the tiny guest's files are (default: ``<cache_dir>/guest``, what the tests
+    and ``setup-host.sh`` build); nothing is built or checked."""
+    out_dir = Path(directory) if directory is not None else settings().cache_dir / "guest"
+    return GuestImage(out_dir / "vmlinuz", out_dir / "initrd.img", out_dir / "data.ext4",
+                      out_dir / tools.TOOLS_NAME)
 
 
 @dataclass(frozen=True)
@@ -113,6 +126,7 @@ class BuildInputs:
     files: tuple[tuple[str, int, int], ...]  # (host path, size, mtime) of copied binaries
     templates: str  # sha256 of the shell scripts shipped in this package
     dhcp6_version: str = ""  # candidate version of DHCP6_PACKAGE
+    tools_versions: str = ""  # installed versions of the tools disk's packages
     builder_version: str = BUILDER_VERSION
 
     def digest(self) -> str:
@@ -129,6 +143,7 @@ def inputs_hash(inputs: BuildInputs) -> str:
         "files": [list(f) for f in inputs.files],
         "templates": inputs.templates,
         "dhcp6_version": inputs.dhcp6_version,
+        "tools_versions": inputs.tools_versions,
         "builder_version": inputs.builder_version,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -259,6 +274,27 @@ def qemu_ga_libraries() -> list[str]:
     return libraries(QEMU_GA, QEMU_GA_PACKAGE)
 
 
+def _need_tools() -> None:
+    for tool in tools.TOOLS:
+        if not os.path.isfile(tool.binary):
+            raise MissingToolError(
+                f"cannot build the test guest's tools disk: {tool.binary} is missing",
+                hint=f"apt-get install {tool.package} (or run scripts/setup-host.sh)",
+            )
+
+
+def tools_libraries() -> list[str]:
+    """The libraries of every tool on the tools disk (each once), the loader included."""
+    _need_tools()
+    return merge_libraries(*(libraries(t.binary, t.package) for t in tools.TOOLS))
+
+
+def tools_versions() -> dict[str, str]:
+    """Installed version of each tools-disk package."""
+    _need_tools()
+    return {t.package: _pkg_version(t.package) for t in tools.TOOLS}
+
+
 def _templates() -> dict[str, str]:
     base = resources.files("kvmops.devguest")
     return {name: base.joinpath(name).read_text() for name in
@@ -272,6 +308,8 @@ def render_init(template: str, modules: Sequence[str], *, moddir: str = GUEST_MO
         "MODDIR": moddir,
         "AGENT_PORT": AGENT_PORT,
         "DATA_LABEL": DATA_LABEL,
+        "TOOLS_LABEL": tools.TOOLS_LABEL,
+        "TOOLS_MOUNT": tools.TOOLS_MOUNT,
         "DHCP6_HOOK": DHCP6_HOOK,
         "RA_TIMEOUT": str(DHCP6_RA_TIMEOUT_S),
         "DHCP6_TIMEOUT": str(DHCP6_TIMEOUT_S),
@@ -317,6 +355,7 @@ def collect_inputs(kernel: tuple[str, str] | None = None, dhcp6_version: str | N
             )
     package, version = kernel or kernel_package()
     libs = qemu_ga_libraries()
+    tool_files = [t.binary for t in tools.TOOLS] + tools_libraries()
     templates = hashlib.sha256(json.dumps(
         {**_templates(), "dhcpcd.conf": DHCPCD_CONF}, sort_keys=True).encode()).hexdigest()
     return BuildInputs(
@@ -324,9 +363,11 @@ def collect_inputs(kernel: tuple[str, str] | None = None, dhcp6_version: str | N
         kernel_version=version,
         qemu_ga_version=_pkg_version(QEMU_GA_PACKAGE),
         busybox_version=_pkg_version(BUSYBOX_PACKAGE),
-        files=tuple(_file_sig(p) for p in [QEMU_GA, BUSYBOX, *libs]),
+        files=tuple(_file_sig(p) for p in merge_libraries([QEMU_GA, BUSYBOX, *libs],
+                                                          tool_files)),
         templates=templates,
         dhcp6_version=dhcp6_version or candidate_version(DHCP6_PACKAGE),
+        tools_versions=tools.versions_text(tools_versions()),
     )
 
 
@@ -361,7 +402,8 @@ def _stamped_versions(out_dir: Path) -> tuple[tuple[str, str], str] | None:
 
 def is_current(out_dir: Path, digest: str) -> bool:
     """The stamp matches and every output exists."""
-    outputs = (out_dir / "vmlinuz", out_dir / "initrd.img", out_dir / "data.ext4")
+    outputs = (out_dir / "vmlinuz", out_dir / "initrd.img", out_dir / "data.ext4",
+               out_dir / tools.TOOLS_NAME)
     return read_stamp(out_dir) == digest and all(p.is_file() for p in outputs)
 
 
@@ -610,7 +652,7 @@ def build_guest(out_dir: Path, *, force: bool = False, progress: Progress | None
 
 
 def _build(out_dir: Path, force: bool, progress: Progress | None) -> GuestImage:
-    image = GuestImage(out_dir / "vmlinuz", out_dir / "initrd.img", out_dir / "data.ext4")
+    image = guest_paths(out_dir)
 
     if not force:
         stamped = _stamped_versions(out_dir)
@@ -647,6 +689,11 @@ def _build(out_dir: Path, force: bool, progress: Progress | None) -> GuestImage:
             write_atomic(image.initrd, gzip.compress(cpio, compresslevel=6, mtime=0))
             _note(progress, "writing data.ext4")
             build_data_disk(image.data_disk, work)
+            _note(progress, f"writing {tools.TOOLS_NAME} "
+                            f"({', '.join(t.name for t in tools.TOOLS)})")
+            tools.build_tools_disk(image.tools, work, tools_libraries(), tools_versions(),
+                                   _run,
+                                   _need_tool("mkfs.ext4", "e2fsprogs"))
         _write_stamp(out_dir, digest, inputs, order, apt_key)
     _note(progress, f"guest ready in {out_dir}")
     return image
@@ -668,5 +715,6 @@ def inputs_hash_payload(inputs: BuildInputs) -> dict[str, object]:
         "qemu_ga_version": inputs.qemu_ga_version,
         "busybox_version": inputs.busybox_version,
         "dhcp6_version": inputs.dhcp6_version,
+        "tools_versions": inputs.tools_versions,
         "builder_version": inputs.builder_version,
     }

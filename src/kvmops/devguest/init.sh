@@ -129,6 +129,30 @@ mount_data() {
 }
 mount_data
 
+# The tools disk (tools.ext4: fio, sysbench; attached read-only, shared by VMs): mounted
+# read-only on @@TOOLS_MOUNT@@ and each of its bin/* linked into /usr/bin, on qemu-ga's
+# PATH (the wrappers run the disk's own loader and libraries). Found by its label.
+mount_tools() {
+    for s in /sys/block/vd?; do
+        [ -e "$s" ] || continue
+        d=${s##*/}
+        [ "$d" = vda ] && continue   # never touch vda
+        [ -b "/dev/$d" ] || continue
+        [ "$(ext_label "/dev/$d")" = "@@TOOLS_LABEL@@" ] || continue
+        mkdir -p @@TOOLS_MOUNT@@
+        if ! mount -t ext4 -o ro "/dev/$d" @@TOOLS_MOUNT@@; then
+            say "mounting /dev/$d on @@TOOLS_MOUNT@@ failed"
+            return 0
+        fi
+        for t in @@TOOLS_MOUNT@@/bin/*; do
+            [ -e "$t" ] && [ ! -e "/usr/bin/${t##*/}" ] && ln -s "$t" "/usr/bin/${t##*/}"
+        done
+        say "mounted /dev/$d (ro) on @@TOOLS_MOUNT@@: $(cd @@TOOLS_MOUNT@@/bin && echo *)"
+        return 0
+    done
+}
+mount_tools
+
 i=0
 while :; do
     link_ports
