@@ -30,6 +30,7 @@ from kvmops.api.guard import RequestGuard, SecurityHeaders
 from kvmops.api.settings import ApiSettings
 from kvmops.paths import policy
 from kvmops.services import jobs as job_service
+from kvmops.services import sampler
 
 log = logging.getLogger("kvmops.api")
 API_PREFIX = "/api/v1"
@@ -71,9 +72,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(_startup, ctx)
+        # the live charts' sampler (KVMOPS_SAMPLE_INTERVAL, 0: off)
+        live = sampler.start(settings.sample_interval)
         try:
             yield
         finally:
+            if live is not None:
+                await anyio.to_thread.run_sync(sampler.stop)
             await anyio.to_thread.run_sync(ctx.close)
 
     app = FastAPI(title="kvmops", version=kvmops.__version__, lifespan=lifespan,
@@ -113,6 +118,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                    nics):
         api.include_router(module.router)
     api.include_router(sriov.router)
+    from kvmops.api.routes import samples  # the live charts' series
+
+    api.include_router(samples.router)
     for extra, router_module in (("kvmops.vm.disks", "kvmops.api.routes.disks"),
                                  ("kvmops.snapshot", "kvmops.api.routes.snapshots")):
         if optional_module(extra) is not None:

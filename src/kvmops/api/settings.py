@@ -23,6 +23,13 @@ def job_lease_from_env() -> float:
     return lease
 
 
+def sample_interval_from_env() -> float:
+    """``KVMOPS_SAMPLE_INTERVAL`` (seconds between two chart points, 0: no sampler)."""
+    from kvmops.services.sampler import interval_from_env
+
+    return interval_from_env()
+
+
 @dataclass
 class ApiSettings:
     db_url: str | None = None  # None: sqlite under the state dir
@@ -41,5 +48,8 @@ class ApiSettings:
     max_body: int = 1024 * 1024  # request bodies (bytes), guest pushes excepted
     long_per_user: int = 4  # concurrent long requests (guest agent, QMP) per user
     long_total: int = 16  # ... and for everybody together
+    # seconds between two points of the live charts' sampler (0: off);
+    # KVMOPS_SAMPLE_INTERVAL, default 10
+    sample_interval: float = field(default_factory=lambda: sample_interval_from_env())
     # Proxies whose X-Forwarded-For/-Proto are believed (none by default).
     forwarded_allow_ips: list[str] = field(default_factory=list)
