@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from kvmops.cli import quick
+from kvmops.cli.bench import app as bench_app
 from kvmops.cli.common import HostOption, JsonOption, UriOption, on_host
 from kvmops.cli.output import byte_progress, info, print_fields, print_json, print_table, warn
 from kvmops.errors import StorageError, ValidationError
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Talk to the guest agent (qemu-ga) inside a VM.", no_args_is_help=True)
 ssh_app = typer.Typer(help="Manage a guest user's SSH authorized keys.", no_args_is_help=True)
 app.add_typer(ssh_app, name="ssh-key")
+app.add_typer(bench_app, name="bench")
 
 VmArg = typer.Argument(None, help="VM name (or use --socket/--tcp).", show_default=False)
 SocketOption = typer.Option(None, "--socket", metavar="PATH",

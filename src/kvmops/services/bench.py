@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from kvmops.store.db import Store
 
 __all__ = ["FIO_RW", "IOENGINES", "SYSBENCH_TESTS", "FioParams", "HistoryEntry",
-           "SysbenchParams", "compare", "config_changes", "fio_argv", "get_run", "history",
-           "run_fio", "run_sysbench", "sysbench_argv"]
+           "StoredRun", "SysbenchParams", "compare", "config_changes", "fio_argv", "get_run",
+           "history", "run_fio", "run_sysbench", "sysbench_argv"]
 
 Kind = Literal["fio", "sysbench"]
 FIO_RW = ("randread", "randwrite", "read", "write", "randrw")
@@ -158,6 +158,14 @@ def sysbench_argv(params: SysbenchParams) -> list[str]:
                 str(params.threads)]
     return ["/bin/sh", "-c", _RUN, "kvmops-bench", "sysbench", params.test,
             f"--time={params.time}", f"--threads={params.threads}", "run"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "StoredRun":  # a stored run's record; loading it loads SQLAlchemy
+        from kvmops.store.bench import StoredRun
+
+        return StoredRun
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------------ the VM's side
