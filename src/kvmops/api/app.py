@@ -93,6 +93,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                        max_transfer=settings.max_transfer)
     app.add_middleware(AuditMiddleware, store=lambda: ctx.store)
     app.add_middleware(SecurityHeaders)
+    from kvmops.api.routes.metrics import RequestLatency  # kvmops_api_request_duration_seconds
+
+    app.add_middleware(RequestLatency)
 
     @app.get("/docs", include_in_schema=False, response_class=HTMLResponse)
     async def docs() -> HTMLResponse:
@@ -140,6 +143,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     api.include_router(migration.router)
     app.include_router(api)
+    from kvmops.api.routes import metrics  # GET /metrics (Prometheus, viewer)
+
+    app.include_router(metrics.router)
 
     web = optional_module("kvmops.web")
     if web is not None:
