@@ -14,7 +14,9 @@ from tests.conftest import run_cli
 
 EXPECTED = {"libvirtd", "virtlogd", "qemu", "qemu-img", "accelerator", "images-dir",
             "state-dir", "path-policy", "backup-jobs", "io-limits", "backup-api", "snapshots",
-            "memory", "guest-agents", "bridge-rollbacks", "openvswitch"}
+            "memory", "guest-agents", "bridge-rollbacks", "openvswitch", "nested", "iommu",
+            "hugepages", "thp", "ksm", "numa-balancing", "sriov", "disk-scheduler",
+            "managed-save", "kvm-guest", "tcg-guest"}
 
 
 def doctor(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict[str, Any], str]:
