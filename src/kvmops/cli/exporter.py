@@ -81,10 +81,10 @@ def _open_store(db: str | None) -> Any:
     """The database (migrated) for the host list and the job series; None when there is
     none to be had (the exporter then covers this machine without job series)."""
     from kvmops.config import settings
-    from kvmops.store.db import Store
+    from kvmops.services.database import open_database
 
     with contextlib.suppress(Exception):
-        store = Store(db or settings().db)
+        store = open_database(db or settings().db)
         if not store.at_head():
             store.migrate()
         return store
