@@ -142,6 +142,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     from kvmops.api.routes import migration  # vm migrate (a job) and its preflight
 
     api.include_router(migration.router)
+    from kvmops.api.routes import bench  # guest bench (a job, history), disk iotune
+
+    api.include_router(bench.router)
     app.include_router(api)
     from kvmops.api.routes import metrics  # GET /metrics (Prometheus, viewer)
 
