@@ -10,9 +10,15 @@
      (or null for a gap) per label. unit: "percent", "bytes", "bytes/s", "count", or
      any short text shown after the number.
    KCharts.live(el, url, specs, everyMs) -> {refresh(), stop()}
-     fetches url (JSON {times: [...], series: {key: [...]}}) now and every everyMs,
-     one chart per spec {title, unit, keys: [[key, label], ...]} in el.
+     fetches url (JSON {times: [...], series: {key: [...]}, interval_s}) now and every
+     everyMs (default: the answer's interval_s, at least 2 s), one chart per spec
+     {title, unit, keys: [[key, label], ...]} in el.
    KCharts.format(unit, value) -> text.
+   KCharts.VM / KCharts.HOST: the specs of the sampler's VM and host series.
+
+   Markup alone works too: <div data-live-charts="vm|host" data-url="..."> fills itself
+   when the page loads; a <select data-chart-host> next to a host chart set (same
+   parent) switches data-url's {host} between the hosts it offers.
 
    Each chart's element carries data-points (how many non-null values it shows), so
    tests and scripts can tell an empty chart from a drawn one. Without uPlot (not
@@ -105,6 +111,7 @@ const KCharts = (() => {
     });
     let timer = null;
     let stopped = false;
+    let every = everyMs;
     async function refresh() {
       let data;
       try {
@@ -116,6 +123,7 @@ const KCharts = (() => {
         el.dataset.error = String(err.message || err);
         return;
       }
+      if (!everyMs && data.interval_s) every = Math.max(2000, data.interval_s * 1000);
       const series = data.series || {};
       for (const { spec, chart: c } of charts) {
         c.update(data.times || [], spec.keys.map((k) => series[k[0]] || []));
@@ -124,11 +132,50 @@ const KCharts = (() => {
     }
     function loop() {
       if (stopped) return;
-      timer = setTimeout(async () => { if (!document.hidden) await refresh(); loop(); }, everyMs || 10000);
+      timer = setTimeout(async () => { if (!document.hidden) await refresh(); loop(); }, every || 10000);
     }
     refresh().then(loop);
-    return { refresh, stop() { stopped = true; if (timer) clearTimeout(timer); } };
+    return {
+      refresh,
+      stop() {
+        stopped = true;
+        if (timer) clearTimeout(timer);
+        charts.forEach((c) => c.chart.destroy());
+      },
+    };
   }
 
-  return { chart, live, format };
+  const VM = [
+    { title: "CPU (% of the host)", unit: "percent", keys: [["cpu_percent", ""]] },
+    { title: "Memory", unit: "bytes", keys: [["memory_bytes", ""]] },
+    { title: "Disk", unit: "bytes/s", keys: [["disk_read_bps", "read"], ["disk_write_bps", "write"]] },
+    { title: "Network", unit: "bytes/s", keys: [["net_rx_bps", "rx"], ["net_tx_bps", "tx"]] },
+  ];
+  const HOST = [
+    { title: "CPU (all CPUs)", unit: "percent", keys: [["cpu_percent", ""]] },
+    { title: "Memory", unit: "bytes", keys: [["memory_used_bytes", "used"], ["memory_total_bytes", "total"]] },
+    { title: "Disk (VMs)", unit: "bytes/s", keys: [["disk_read_bps", "read"], ["disk_write_bps", "write"]] },
+    { title: "Network (VMs)", unit: "bytes/s", keys: [["net_rx_bps", "rx"], ["net_tx_bps", "tx"]] },
+  ];
+
+  function auto(el) {
+    const specs = el.dataset.liveCharts === "host" ? HOST : VM;
+    const select = el.parentElement && el.parentElement.querySelector("select[data-chart-host]");
+    let current = null;
+    const start = () => {
+      if (current) current.stop();
+      el.replaceChildren();
+      const host = select ? select.value : "local";
+      el.dataset.host = host;
+      current = live(el, el.dataset.url.replace("{host}", encodeURIComponent(host)), specs);
+    };
+    if (select) select.addEventListener("change", start);
+    start();
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    document.querySelectorAll("[data-live-charts]").forEach(auto);
+  });
+
+  return { chart, live, format, VM, HOST };
 })();
