@@ -29,10 +29,10 @@ from kvmops.records import Record
 from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
 from kvmops.sizes import format_size, parse_size
+from kvmops.store.bench import StoredRun
 
 if TYPE_CHECKING:
     from kvmops.host.connection import Host
-    from kvmops.store.bench import StoredRun
     from kvmops.store.db import Store
 
 __all__ = ["FIO_RW", "IOENGINES", "SYSBENCH_TESTS", "FioParams", "HistoryEntry",
@@ -158,14 +158,6 @@ def sysbench_argv(params: SysbenchParams) -> list[str]:
                 str(params.threads)]
     return ["/bin/sh", "-c", _RUN, "kvmops-bench", "sysbench", params.test,
             f"--time={params.time}", f"--threads={params.threads}", "run"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "StoredRun":  # a stored run's record; loading it loads SQLAlchemy
-        from kvmops.store.bench import StoredRun
-
-        return StoredRun
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ------------------------------------------------------------------------ the VM's side
