@@ -194,7 +194,8 @@ def test_jobs_and_doctor() -> None:
 def _manifest(backup_id: str, parent: str | None, notes: list[str]) -> Manifest:
     kind = BackupType.FULL if parent is None else BackupType.INCREMENTAL
     disk = DiskRecord(target="vda", file="vda.qcow2", source="/img/a.qcow2",
-                      type=kind, parent=parent, virtual_size=1 << 26, bytes_written=1000, sha256="x")
+                      type=kind, parent=parent, virtual_size=1 << 26, bytes_written=1000,
+                      sha256="x")
     return Manifest(id=backup_id, vm="a", time=datetime(2026, 12, 1, 15, 0, tzinfo=UTC),
                     type=kind, parent=parent, checkpoint=None,
                     consistency=Consistency("crash"), disks=[disk], notes=notes)
