@@ -178,11 +178,11 @@ def backup_guest(running_vm: str, host: Host) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def tools_vm(vm_factory: Callable[..., str], host: Host, tiny_guest: GuestImage,
-             images_dir: Path) -> Iterator[ToolsVm]:
+def tools_vm(vm_factory: Callable[..., str], tiny_guest: GuestImage, images_dir: Path
+             ) -> Iterator[ToolsVm]:
     """A booted tiny guest with fio and sysbench on its PATH (the tools disk attached
     read-only) and a raw scratch disk (tests/integration/guest_tools.py); one per module."""
-    yield from boot_tools_vm(vm_factory, host, tiny_guest, images_dir)
+    yield from boot_tools_vm(vm_factory, tiny_guest, images_dir)
 
 
 @pytest.fixture(scope="session")

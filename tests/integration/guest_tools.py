@@ -16,9 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvmops.devguest.build import GuestImage
-from kvmops.host.connection import Host
-from kvmops.vm import disks
-from kvmops.vm.domxml import DiskSpec, disk_xml
 from tests.conftest import run_cli
 from tests.integration.backup_util import guest_sh
 
@@ -36,20 +33,17 @@ class ToolsVm:
     scratch_dev: str  # the scratch disk in the guest, e.g. /dev/vdc (fio --filename)
 
 
-def attach_tools_disk(host: Host, vm: str, tools: Path) -> str:
-    """Add the tools disk, read-only, to shut-off ``vm``'s definition; its target.
+def attach_tools_disk(vm: str, tools: Path) -> str:
+    """Add the tools disk, read-only, to ``vm``'s definition (before it starts: the
+    guest looks for it at boot); its target.
 
     Read-only, so VMs share the one file (QEMU takes only a shared lock), and a guest
-    build renaming a new image over it never changes what a running VM reads. No
-    cache mode: the file may live where O_DIRECT is refused.
+    build renaming a new image over it never changes what a running VM reads.
     """
-    used = [d.target for d in disks.list_disks(host, vm, inactive=True)]
-    target = disks.next_free_target(used)
-    xml = disk_xml(DiskSpec(target=target, source=str(tools), fmt="raw", cache=None,
-                            readonly=True))
-    host.lookup(vm).attach_device(xml, live=False, config=True,
-                                  what=f"attaching the tools disk to VM '{vm}'")
-    return target
+    result = run_cli("vm", "disk", "attach", vm, "--image", str(tools), "--format", "raw",
+                     "--readonly", "--config-only", "--json")
+    assert result.code == 0, result.stderr
+    return str(json.loads(result.stdout)["target"])
 
 
 def _scratch_dev(vm: str) -> str:
@@ -61,8 +55,8 @@ def _scratch_dev(vm: str) -> str:
     return found[0]
 
 
-def boot_tools_vm(vm_factory: Callable[..., str], host: Host, tiny_guest: GuestImage,
-                  images_dir: Path) -> Iterator[ToolsVm]:
+def boot_tools_vm(vm_factory: Callable[..., str], tiny_guest: GuestImage, images_dir: Path
+                  ) -> Iterator[ToolsVm]:
     """Create, set up and boot the VM; the scratch file is removed after (the VM itself
     by vm_factory's scope)."""
     name = vm_factory()
@@ -71,7 +65,7 @@ def boot_tools_vm(vm_factory: Callable[..., str], host: Host, tiny_guest: GuestI
         fh.truncate(SCRATCH_MIB * 1024 * 1024)
     scratch.chmod(0o644)
     try:
-        tools_target = attach_tools_disk(host, name, tiny_guest.tools)
+        tools_target = attach_tools_disk(name, tiny_guest.tools)
         attached = run_cli("vm", "disk", "attach", name, "--image", str(scratch), "--format",
                            "raw", "--json")
         assert attached.code == 0, attached.stderr

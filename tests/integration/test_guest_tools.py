@@ -2,15 +2,19 @@
 
 One booted guest for the module (``tools_vm``): the read-only tools disk mounted by
 /init, ``fio``/``sysbench`` found by name by guest-exec, a short fio job on the raw
-scratch disk with JSON output, a sysbench cpu run.
+scratch disk with JSON output, a sysbench cpu run; the read-only image shared by
+another VM (``vm disk attach --readonly``), a writable attach of it refused.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 
-from tests.conftest import run_cli
+from kvmops.devguest.build import GuestImage
+from kvmops.errors import StateError
+from tests.conftest import assert_one_line_error, run_cli
 from tests.integration.backup_util import guest_sh
 from tests.integration.guest_tools import ToolsVm
 
@@ -50,3 +54,15 @@ def test_sysbench_cpu_run(tools_vm: ToolsVm) -> None:
     out = _exec(tools_vm.name, "sysbench", "cpu", "run", "--time=2")
     match = re.search(r"events per second:\s*([0-9.]+)", out)
     assert match and float(match.group(1)) > 0, out
+
+
+def test_a_read_only_image_is_shared_a_writable_attach_refused(
+        tools_vm: ToolsVm, vm_factory: Callable[..., str], tiny_guest: GuestImage) -> None:
+    other = vm_factory()  # shut off: only its definition changes
+    refused = run_cli("vm", "disk", "attach", other, "--image", str(tiny_guest.tools),
+                      "--format", "raw")
+    assert_one_line_error(refused, StateError.exit_code, "in use by running VM(s)", tools_vm.name)
+    shared = run_cli("vm", "disk", "attach", other, "--image", str(tiny_guest.tools),
+                     "--format", "raw", "--readonly", "--json")
+    assert shared.code == 0, shared.stderr
+    assert json.loads(shared.stdout)["readonly"] is True

@@ -80,6 +80,9 @@ def attach_cmd(
                                "qcow2."),
     images_dir: Path | None = typer.Option(None, "--images-dir",
                                            help="Where a new image goes.", callback=from_cwd),
+    readonly: bool = typer.Option(False, "--readonly",
+                                  help="The guest cannot write it; running VMs may share "
+                                       "an image they all read read-only."),
     live_only: bool = LiveOnly,
     config_only: bool = ConfigOnly,
     json_out: bool = JsonOption,
@@ -95,7 +98,7 @@ def attach_cmd(
     with connect(uri) as host:
         disk = disk_service.attach(Caller.local(), host, name, image=image, size=size_bytes,
                                    bus=bus, fmt=fmt, images_dir=images_dir, target=target,
-                                   live=live, persistent=persistent)
+                                   live=live, persistent=persistent, readonly=readonly)
     if json_out:
         print_json(disk)
         return

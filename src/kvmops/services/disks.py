@@ -28,7 +28,7 @@ def list_disks(caller: Caller, host: Host, vm: str, *, inactive: bool = False
 def attach(caller: Caller, host: Host, vm: str, *, image: Path | None = None,
            size: int | None = None, bus: str = "virtio", fmt: str | None = None,
            images_dir: Path | None = None, target: str | None = None, live: bool = True,
-           persistent: bool = True) -> DiskInfo:
+           persistent: bool = True, readonly: bool = False) -> DiskInfo:
     rules = policy()
     path: Path | None = None
     if image is not None:
@@ -38,7 +38,7 @@ def attach(caller: Caller, host: Host, vm: str, *, image: Path | None = None,
         if image is None else None
     attached = disks.attach(host, vm, image=path, size=size, bus=bus, fmt=fmt,
                             images_dir=directory, target=target, live=live,
-                            persistent=persistent)
+                            persistent=persistent, readonly=readonly)
     if path is not None and fmt is not None:
         # From now on the guest writes it: remember how it is read, never its bytes' claim.
         records.record_format(path, fmt)

@@ -218,12 +218,13 @@ def list_disks(host: Host, vm: str, *, inactive: bool = False, use_qmp: bool = T
 # ------------------------------------------------------------------ attach
 def attach(host: Host, vm: str, *, image: Path | None = None, size: int | None = None,
            bus: str = "virtio", fmt: str | None = None, images_dir: Path | None = None,
-           target: str | None = None, live: bool = True, persistent: bool = True
-           ) -> DiskInfo:
+           target: str | None = None, live: bool = True, persistent: bool = True,
+           readonly: bool = False) -> DiskInfo:
     """Add a disk: an existing ``image`` or a new qcow2 of ``size`` bytes.
 
     Into the running VM (``live``) and its definition (``persistent``); a
-    shut-off VM only gets the definition change. Returns the new disk.
+    shut-off VM only gets the definition change. Returns the new disk. A ``readonly``
+    image may be shared with running VMs that read it read-only too (a tools disk).
     """
     if (image is None) == (size is None):
         raise ValidationError("give exactly one of an image (--image) or a size (--size)")
@@ -277,6 +278,8 @@ def attach(host: Host, vm: str, *, image: Path | None = None, size: int | None =
                     raise AlreadyExistsError(
                         f"image {path} is already attached to VM '{vm}' as {disk.target}")
         others = [name for name in vms_using(path) if name != vm]
+        if readonly:
+            others = [name for name in others if not _reads_only(host, name, resolved)]
         if others:
             raise StateError(f"image {path} is in use by running VM(s) {', '.join(others)}",
                              hint="detach it there first; two VMs writing one image "
@@ -291,7 +294,8 @@ def attach(host: Host, vm: str, *, image: Path | None = None, size: int | None =
         qemuimg.create(path, size, fmt=fmt)
         created = path
 
-    xml = disk_xml(DiskSpec(target=target, source=str(path), fmt=fmt, bus=bus))
+    xml = disk_xml(DiskSpec(target=target, source=str(path), fmt=fmt, bus=bus,
+                            readonly=readonly))
     try:
         if bus == "scsi":
             _ensure_scsi_controller(domain, vm, in_live and not live_doc.has_controller("scsi"),
@@ -309,6 +313,16 @@ def attach(host: Host, vm: str, *, image: Path | None = None, size: int | None =
         if attached.target == target:
             return attached
     raise StorageError(f"disk {target} was attached to VM '{vm}' but is not in its XML")
+
+
+def _reads_only(host: Host, vm: str, image: Path) -> bool:
+    """Running ``vm`` has ``image`` only as read-only disks (vanished: nothing to fear)."""
+    try:
+        live = DomainDocument(host.lookup(vm).xml())
+    except KvmopsError:
+        return True
+    return all(d.readonly for d in live.disks()
+               if d.source and Path(d.source).resolve() == image)
 
 
 def _ensure_scsi_controller(domain: Domain, vm: str, live: bool, config: bool) -> None:
