@@ -474,12 +474,12 @@ def test_clean_test_removes_left_namespaces() -> None:
 def test_host_doctor_names_a_left_rollback_record(tmp_path: Path) -> None:
     state = tmp_path / "state"
     env = {"KVMOPS_STATE_DIR": str(state)}
-    result = run_cli("host", "doctor", "--json", env=env)
+    result = run_cli("host", "doctor", "--json", "--no-probe", env=env)
     checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
     assert checks["bridge-rollbacks"]["status"] == "ok", checks["bridge-rollbacks"]
     (state / "bridges").mkdir(parents=True)
     (state / "bridges" / f"{BRIDGE}.json").write_text("{}")
-    result = run_cli("host", "doctor", "--json", env=env)
+    result = run_cli("host", "doctor", "--json", "--no-probe", env=env)
     check = {c["name"]: c for c in json.loads(result.stdout)["checks"]}["bridge-rollbacks"]
     assert check["status"] == "warn" and BRIDGE in check["detail"], check
     assert "kvmops net rollback BRIDGE" in check["hint"]

@@ -20,7 +20,7 @@ from tests.conftest import assert_one_line_error, run_cli
 
 DOWN = "qemu+tcp://127.0.0.1:1/system"  # nothing listens on port 1: refused at once
 #: Commands with --connect that act on this machine only (no --host, on purpose).
-LOCAL_ONLY = {"host info", "host doctor", "sriov reconcile", "net unbridge", "serve"}
+LOCAL_ONLY = {"host info", "sriov reconcile", "net unbridge", "serve"}
 #: Commands whose --host means something else (pool create: the storage server).
 ON_HOST = {"pool create"}
 

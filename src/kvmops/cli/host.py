@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from kvmops.cli.common import JsonOption, UriOption, connect
+from kvmops.cli.common import HostOption, JsonOption, UriOption, connect, on_host
 from kvmops.cli.output import info, print_fields, print_json, print_table
 from kvmops.errors import KvmopsError
 from kvmops.services import host as host_service
@@ -51,9 +51,22 @@ _MARKS = {Status.OK: "ok", Status.WARN: "warn", Status.FAIL: "FAIL"}
 
 
 @app.command("doctor")
-def doctor_cmd(json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
-    """Check that this host can run, back up and snapshot VMs; exit 1 if a check fails."""
-    report = host_service.doctor(Caller.local(), uri=uri)
+def doctor_cmd(
+    json_out: bool = JsonOption,
+    uri: str | None = UriOption,
+    host: str | None = HostOption,
+    no_probe: bool = typer.Option(False, "--no-probe",
+                                  help="Start no probe guests (they take 10-40 s); show "
+                                       "their last results."),
+) -> None:
+    """Check that this host can run, back up and snapshot VMs; exit 1 if a check fails.
+    With --host NAME (another host): its libvirt-side checks. The report is kept as the
+    host's last (the web UI's host page, GET /api/v1/hosts/NAME/doctor)."""
+    if host is not None:
+        on_host(uri, host)  # --host with --connect is a usage error
+        report = host_service.doctor_of(Caller.local(), host, probes=not no_probe)
+    else:
+        report = host_service.doctor(Caller.local(), uri=uri, probes=not no_probe)
     if json_out:
         print_json(report)
     else:

@@ -646,7 +646,8 @@ def run_doctor(uri: str | None = None, *, host: Host | None = None,
     With ``host_name`` (a kvmops host name) the report is kept as that host's last.
 
     A remote URI gets the libvirt-side checks only (this machine's files say nothing
-    about it); ``probes`` starts the probe guests (this machine only). libvirtd must
+    about it); ``probes`` starts the probe guests (this machine only; without, their
+    last results are carried over from the last report). libvirtd must
     answer within ``deadline_s`` or its checks are skipped with the advice."""
     from kvmops.host.doctor import answer_within
     from kvmops.host.remote import is_remote
@@ -683,6 +684,8 @@ def run_doctor(uri: str | None = None, *, host: Host | None = None,
             if probes and not remote:
                 groups.append(("kvm-guest", lambda: probe_checks(
                     connected, cfg.state_dir / "doctor")))
+            elif not remote:
+                groups.append(("kvm-guest", lambda: _last_probes(host_name)))
             for name, group in groups:
                 checks.extend(_guarded(name, group))
     finally:
@@ -694,6 +697,21 @@ def run_doctor(uri: str | None = None, *, host: Host | None = None,
         report.host = host_name
         save_report(report, host_name)
     return report
+
+
+PROBE_CHECKS = ("kvm-guest", "tcg-guest")
+
+
+def _last_probes(host_name: str | None) -> list[Check]:
+    """The probe guests' checks of the last full report (a run without probes), marked
+    with their time; none when there is no such report."""
+    last = last_report(host_name) if host_name else None
+    if last is None:
+        return []
+    when = last.checked_at.strftime(" (probed %Y-%m-%d %H:%M UTC)") if last.checked_at else ""
+    return [c.model_copy(update={"detail": c.detail.split(" (probed ")[0] + when})
+            if " (probed " not in c.detail else c
+            for c in last.checks if c.name in PROBE_CHECKS]
 
 
 #: A root with no libvirt directories (another libvirtd's files are not ours to read).

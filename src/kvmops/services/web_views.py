@@ -25,7 +25,7 @@ from kvmops.host.info import HostInfo, host_info
 from kvmops.paths import policy
 from kvmops.services import backups as backup_service
 from kvmops.services.caller import Caller
-from kvmops.services.doctor import DoctorReport, run_doctor
+from kvmops.services.doctor import DoctorReport, last_report, run_doctor
 from kvmops.vm import lifecycle
 from kvmops.vm.domxml import DomainSpec, validate_name
 from kvmops.vm.lifecycle import VmInfo
@@ -33,7 +33,8 @@ from kvmops.vm.lifecycle import VmInfo
 __all__ = ["BackupPoints", "Chain", "DiskTimeline", "GuestAddress", "GuestDetails",
            "ImageFile", "Point", "Stats", "backup_points", "build_timeline", "check_name",
            "check_network_name",
-           "doctor", "guest_details", "host_summary", "image_dirs", "image_files", "list_jobs",
+           "doctor", "guest_details", "host_summary", "image_dirs", "image_files", "last_doctor",
+           "list_jobs",
            "merge_addresses", "newest_first", "send_keys", "snapshot_tree", "stats", "vm_info",
            "vnc_port"]
 
@@ -75,7 +76,12 @@ def host_summary(host: Host) -> HostInfo:
 
 
 def doctor(host: Host) -> DoctorReport:
-    return run_doctor(host=host, host_name="local")
+    return run_doctor(host=host, host_name="local", probes=False)
+
+
+def last_doctor(host_name: str) -> DoctorReport | None:
+    """The host's last doctor report (the host page), None when it never ran there."""
+    return last_report(host_name)
 
 
 def image_dirs() -> list[str]:

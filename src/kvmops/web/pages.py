@@ -443,7 +443,7 @@ def host_page(request: Request, name: str, user: PageUser) -> Response:
     return templates.render(request, "host_page.html", user, title=f"Host {name}",
                             h=health, vms=listed.vms if listed else [],
                             unreachable=listed.unreachable if listed else [],
-                            vms_error=got["vms"].error)
+                            vms_error=got["vms"].error, doctor=views.last_doctor(name))
 
 
 # ------------------------------------------------------------------ jobs

@@ -16,7 +16,9 @@ from kvmops.api.deps import AdminCaller, Ctx, OperatorCaller, ViewerCaller
 from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
 from kvmops.api.runner import JobContext
 from kvmops.errors import CancelledError
+from kvmops.services import host as host_service
 from kvmops.services import hosts as service
+from kvmops.services.host import DoctorReport
 from kvmops.services.hosts import HostEntry, HostHealth
 
 router = APIRouter(prefix="/hosts", tags=["hosts"])
@@ -79,6 +81,24 @@ def remove_host(caller: AdminCaller, ctx: Ctx, name: str = NamePath) -> Message:
     service.remove_host(caller, name, ctx.store)
     ctx.hosts_changed()  # its life cycle watch stops
     return Message(message=f"host '{name}' removed")
+
+
+@router.get("/{name}/doctor", response_model=DoctorReport)
+def last_doctor(caller: ViewerCaller, ctx: Ctx, name: str = NamePath) -> DoctorReport:
+    """The host's last doctor report (``kvmops host doctor``, or POST here); 404 when the
+    doctor never ran there."""
+    return host_service.last_doctor(caller, name, ctx.store)
+
+
+@router.post("/{name}/doctor", response_model=DoctorReport)
+def run_doctor(caller: OperatorCaller, ctx: Ctx, name: str = NamePath,
+               probes: bool = Query(True, description="start the probe guests (this "
+                                                      "machine only; 10-40 s)")
+               ) -> DoctorReport:
+    """Run the doctor on the host now (operators and admins: it starts probe guests) and
+    keep the report as its last; 200 also when checks fail (see ``ok``). ``local``: every
+    check; another host: its libvirt-side checks."""
+    return host_service.doctor_of(caller, name, ctx.store, probes=probes)
 
 
 class EvacuateBody(Body):

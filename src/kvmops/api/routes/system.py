@@ -83,8 +83,10 @@ def host(caller: ViewerCaller, host: HostDep) -> HostInfo:
 
 @router.get("/host/doctor", response_model=DoctorReport)
 def host_doctor(caller: ViewerCaller, host: HostDep) -> DoctorReport:
-    """The host checks of ``kvmops host doctor`` (200 also when checks fail: see ``ok``)."""
-    return host_service.doctor(caller, host=host, host_name="local")
+    """The host checks of ``kvmops host doctor`` (200 also when checks fail: see ``ok``);
+    the probe guests' checks are the last run's (``POST /api/v1/hosts/local/doctor``
+    starts them)."""
+    return host_service.doctor(caller, host=host, host_name="local", probes=False)
 
 
 def _secure(request: Request, ctx: Ctx) -> bool:
