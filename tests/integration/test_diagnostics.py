@@ -180,7 +180,7 @@ def test_api_screenshot_is_png_for_a_viewer(server: ApiServer, guest: str) -> No
 
 
 def test_api_dump_is_a_job_in_an_allowed_directory(server: ApiServer, guest: str,
-                                                   images_dir: Path) -> None:
+                                                   fresh_vm: str, images_dir: Path) -> None:
     target = images_dir / "diag-api.core"
     body = {"file": str(target), "memory_only": True}
     with server.client("viewer") as view, server.client("operator") as op:
@@ -192,6 +192,9 @@ def test_api_dump_is_a_job_in_an_allowed_directory(server: ApiServer, guest: str
         bad = op.post(f"/vms/{guest}/dump", json={**body, "format": "kdump-zlib",
                                                   "memory_only": False})
         assert bad.status_code == 422, bad.text
+        off = op.post(f"/vms/{fresh_vm}/dump", json=body)
+        assert off.status_code == 409, off.text  # at once, not as a failed job
+        assert "shut off" in off.json()["error"]
         started = op.post(f"/vms/{guest}/dump", json=body)
         assert started.status_code == 202, started.text
         assert started.json()["kind"] == "vm.dump"

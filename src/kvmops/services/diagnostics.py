@@ -211,6 +211,17 @@ def default_dump_path(name: str, fmt: str = "elf") -> Path:
     return policy().images_dir / f"{name}-{stamp}.{suffix}"
 
 
+def check_dumpable(caller: Caller, host: Host, name: str) -> Domain:
+    """The VM exists, runs, and its host is this machine (the API checks it before it
+    starts the job)."""
+    if remote.is_remote(host.uri):
+        raise UnsupportedError(
+            f"cannot dump VM '{name}' from here: its host ({host.uri}) writes the dump "
+            "file on its own disks, out of reach of this machine",
+            hint="run 'kvmops vm dump' on that host")
+    return _active_domain(host, name, "dump", ACTIVE)
+
+
 @audited("vm.dump", target="name")
 def dump(caller: Caller, host: Host, name: str, path: Path, *, fmt: str = "elf",
          memory_only: bool = False, live: bool = False, force: bool = False,
@@ -221,12 +232,7 @@ def dump(caller: Caller, host: Host, name: str, path: Path, *, fmt: str = "elf",
     from kvmops.host import diagnostics
 
     real = check_dump(caller, path, fmt=fmt, memory_only=memory_only, force=force)
-    if remote.is_remote(host.uri):
-        raise UnsupportedError(
-            f"cannot dump VM '{name}' from here: its host ({host.uri}) writes the dump "
-            "file on its own disks, out of reach of this machine",
-            hint="run 'kvmops vm dump' on that host")
-    domain = _active_domain(host, name, "dump", ACTIVE)
+    domain = check_dumpable(caller, host, name)
     memory = domain.stats().max_memory
     free = shutil.disk_usage(real.parent).free
     if fmt == "elf" and free < memory:

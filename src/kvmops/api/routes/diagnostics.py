@@ -60,8 +60,8 @@ def screenshot(caller: ViewerCaller, name: VmNameDep, host: HostDep,
 
 
 @router.post("/{name}/dump", status_code=202, response_model=JobAccepted)
-def dump(caller: OperatorCaller, name: VmNameDep, ctx: Ctx, uri: HostUri, response: Response,
-         body: DumpBody | None = None) -> JobAccepted:
+def dump(caller: OperatorCaller, name: VmNameDep, ctx: Ctx, host: HostDep, uri: HostUri,
+         response: Response, body: DumpBody | None = None) -> JobAccepted:
     """Dump the VM's memory to a file on its host: a job (``vm.dump``) with byte
     progress; its result names the file and its size."""
     body = body or DumpBody()
@@ -69,6 +69,7 @@ def dump(caller: OperatorCaller, name: VmNameDep, ctx: Ctx, uri: HostUri, respon
         name, body.format)
     diagnostics.check_dump(caller, path, fmt=body.format, memory_only=body.memory_only,
                            force=body.force)  # a bad request fails now, not in the job
+    diagnostics.check_dumpable(caller, host, name)  # so does a VM that is off or missing
 
     def run(job: JobContext) -> DumpResult:
         with open_connection(uri) as own:
