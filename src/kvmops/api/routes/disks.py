@@ -29,6 +29,7 @@ class AttachBody(Body):
     target: str | None = Field(default=None, pattern=_TARGET)
     live: bool = True
     persistent: bool = True
+    readonly: bool = False  # the guest cannot write it; read-only users may share it
 
     @model_validator(mode="after")
     def one_source(self) -> AttachBody:
@@ -48,7 +49,8 @@ def attach(caller: OperatorCaller, name: VmNameDep, body: AttachBody, host: Host
            ) -> DiskInfo:
     return disk_service.attach(caller, host, name, image=body.image, size=body.size,
                                bus=body.bus, fmt=body.format, images_dir=body.images_dir,
-                               target=body.target, live=body.live, persistent=body.persistent)
+                               target=body.target, live=body.live, persistent=body.persistent,
+                               readonly=body.readonly)
 
 
 @router.delete("/{target}", response_model=DetachResult, dependencies=_LONG)
