@@ -15,7 +15,6 @@ charts); :func:`track` turns consecutive snapshots into rates for ``kvmops top``
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import os
@@ -153,41 +152,32 @@ _CALLER = Caller(name="sampler", role="viewer", via="api")
 
 def read_host(host_name: str, *, deadline_s: float = DEADLINE_S,
               caller: Caller = _CALLER) -> Reading:
-    """One reading of a host (``local`` or an added host's name)."""
-    from kvmops.host import nodestats, remote
-    from kvmops.services import hosts
+    """One reading of a host (``local`` or an added host's name): the bulk statistics
+    (:func:`kvmops.services.stats.host_stats`) and the host counters, both on the host's
+    shared connection."""
+    from kvmops.host import nodestats
+    from kvmops.services import stats as stats_service
 
-    stats = _host_stats(caller, host_name, deadline_s)
+    stats = stats_service.host_stats(caller, host_name, deadline_s=deadline_s)
     node: NodeLike | None = None
-    try:
-        with remote.POOL.connection(hosts.uri_of(caller, host_name)) as conn:
+    if stats.up:
+        try:
+            _uri, conn = stats_service.connection_of(caller, host_name, deadline_s)
             node = nodestats.node_stats(conn)
-    except KvmopsError as err:
-        log.debug("host counters of %s: %s", host_name, err)
+        except KvmopsError as err:
+            log.debug("host counters of %s: %s", host_name, err)
     return Reading(stats=stats, node=node)
 
 
-def _host_stats(caller: Caller, host_name: str, deadline_s: float) -> HostStatsLike:
-    try:
-        stats_service = importlib.import_module("kvmops.services.stats")
-    except ModuleNotFoundError:  # TEMPORARY: until services.stats (helper A) lands
-        from kvmops.host import domstats, remote
-        from kvmops.services import hosts
-
-        with remote.POOL.connection(hosts.uri_of(caller, host_name)) as conn:
-            return domstats.collect(conn, deadline_s=deadline_s)
-    result: HostStatsLike = stats_service.host_stats(caller, host_name, deadline_s=deadline_s)
-    return result
-
-
-def agent_states(caller: Caller, host_name: str) -> dict[str, str | None]:
+def agent_states(caller: Caller, host_name: str, *, deadline_s: float = DEADLINE_S
+                 ) -> dict[str, str | None]:
     """The guest agent channel state (``connected``/``disconnected``/None: no channel)
     of each running VM of a host."""
-    from kvmops.host import nodestats, remote
-    from kvmops.services import hosts
+    from kvmops.host import nodestats
+    from kvmops.services import stats as stats_service
 
-    with remote.POOL.connection(hosts.uri_of(caller, host_name)) as conn:
-        return nodestats.agent_states(conn)
+    _uri, conn = stats_service.connection_of(caller, host_name, deadline_s)
+    return nodestats.agent_states(conn)
 
 
 def _known_hosts() -> list[str]:
