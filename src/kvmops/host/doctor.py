@@ -86,28 +86,31 @@ class Answer:
     timed_out: bool = False
 
 
-def answer_within(deadline_s: float, uri: str | None = None, host: Host | None = None
-                  ) -> Answer:
-    """Open ``uri`` (or use ``host``) and read both versions, all within ``deadline_s``."""
-    def ask() -> tuple[Host, int, int]:
+def answer_within(deadline_s: float, uri: str | None = None, host: Host | None = None,
+                  *, qemu_deadline_s: float = 60.0) -> Answer:
+    """Open ``uri`` (or use ``host``) and read libvirt's version within ``deadline_s``
+    (the daemon answers that itself); then QEMU's, which a fresh libvirtd answers only
+    after probing QEMU's capabilities (seconds), within ``qemu_deadline_s`` (0 when
+    not)."""
+    def ask() -> tuple[Host, int]:
         opened = host
         if opened is None:
             from kvmops.host.remote import open_remote
 
             opened = open_remote(uri) if uri else Host(None)
         try:
-            return opened, opened.libvirt_version(), opened.qemu_version()
+            return opened, opened.libvirt_version()
         except BaseException:
             if host is None:
                 opened.close()
             raise
 
-    def close_late(value: tuple[Host, int, int]) -> None:
+    def close_late(value: tuple[Host, int]) -> None:
         if host is None:
             value[0].close()
 
     try:
-        opened, lib, qemu = within(deadline_s, ask, close_late)
+        opened, lib = within(deadline_s, ask, close_late)
     except Late:
         return Answer(host=None, timed_out=True)
     except KvmopsError as err:
@@ -115,6 +118,9 @@ def answer_within(deadline_s: float, uri: str | None = None, host: Host | None =
     except libvirt.libvirtError as err:
         return Answer(host=None, error=HostUnavailableError(
             (err.get_error_message() or str(err)).strip()))
+    qemu = 0
+    with contextlib.suppress(Late, KvmopsError, libvirt.libvirtError):
+        qemu = within(qemu_deadline_s, opened.qemu_version)
     return Answer(host=opened, libvirt_version=lib, qemu_version=qemu)
 
 

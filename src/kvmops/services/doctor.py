@@ -665,9 +665,10 @@ def run_doctor(uri: str | None = None, *, host: Host | None = None,
         checks.append(_check("libvirtd", Status.FAIL, err.message if err else "no answer",
                              err.hint if err else None))
     else:
+        qemu = version_text(answer.qemu_version) if answer.qemu_version else "?"
         checks.append(_check("libvirtd", Status.OK,
                              f"libvirt {version_text(answer.libvirt_version)} at "
-                             f"{connected.uri}, QEMU {version_text(answer.qemu_version)}"))
+                             f"{connected.uri}, QEMU {qemu}"))
     try:
         if not remote:
             checks.extend(_machine_checks(cfg))
