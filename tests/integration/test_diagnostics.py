@@ -22,9 +22,11 @@ import pytest
 from PIL import Image
 
 from kvmops.config import settings
-from tests.conftest import assert_one_line_error, run_cli
+from kvmops.devguest.build import GuestImage
+from tests.conftest import SESSION_PREFIX, assert_one_line_error, run_cli
 from tests.integration.api_server import ApiServer, add_users, start_server, wait_job
 from tests.integration.browser import CHROMIUM, chromium_page, log_in
+from tests.integration.nshost import defined_vm, second_host
 
 MIB = 1024 * 1024
 GUEST_RAM = 256 * MIB  # vm_factory's --memory
@@ -97,6 +99,10 @@ def test_memory_only_dump_is_an_elf_core_of_the_guest_ram(guest: str, images_dir
     assert report["size"] == target.stat().st_size
     _assert_elf_core(target)
     _no_temp_files(images_dir)
+    jobs = json.loads(run_cli("job", "list", "--target", guest, "--json").stdout)  # its row
+    row = next(j for j in jobs if j["kind"] == "vm.dump" and j["target"] == guest)
+    assert row["state"] == "succeeded" and row["result"]["path"] == str(target), row
+    assert row["progress"]["done"] == row["progress"]["total"] >= GUEST_RAM, row
     # an existing file is refused, and kept as it was; --force replaces it
     assert_one_line_error(run_cli("vm", "dump", guest, str(target), "--memory-only"), 4,
                           str(target), "already exists", "--force")
@@ -151,6 +157,30 @@ def test_one_line_errors(fresh_vm: str, guest: str, images_dir: Path) -> None:
                                   "--memory-only"), 3, "does not exist")
     assert_one_line_error(run_cli("vm", "dump", guest, off, "--format", "kdump-zlib"), 2,
                           "--memory-only")
+
+
+def test_host_option_acts_on_the_second_host(tiny_guest: GuestImage, images_dir: Path,
+                                             tmp_path: Path) -> None:
+    """``--host NAME``: the commands reach the VM there (started paused: nothing boots);
+    a dump is refused for a host over the network (its libvirtd would write the file on
+    its own disks)."""
+    env = {"KVMOPS_DB": f"sqlite:///{tmp_path / 'hosts.db'}"}
+    with second_host(f"{SESSION_PREFIX}dgh") as h2, defined_vm(
+            h2.uri, f"{SESSION_PREFIX}dgvm", str(tiny_guest.kernel),
+            str(tiny_guest.initrd)) as vm:
+        assert run_cli("host", "add", "h2", h2.uri, env=env).code == 0
+        assert run_cli("vm", "nmi", vm, env=env).code == 3  # not on this host
+        assert_one_line_error(run_cli("vm", "nmi", vm, "--host", "h2", env=env), 5,
+                              "shut off")
+        started = run_cli("vm", "start", vm, "--paused", "--host", "h2", env=env)
+        assert started.code == 0, started.stderr
+        for verb in ("nmi", "reset"):
+            done = run_cli("vm", verb, vm, "--host", "h2", env=env)
+            assert done.code == 0, (verb, done.stderr)
+        assert_one_line_error(
+            run_cli("vm", "dump", vm, str(images_dir / "diag-h2.core"), "--memory-only",
+                    "--host", "h2", env=env), 6, "on its own disks", "on that host")
+        assert not (images_dir / "diag-h2.core").exists()
 
 
 # --------------------------------------------------------------------------- API

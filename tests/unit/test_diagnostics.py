@@ -5,6 +5,7 @@ and the atomic publication of a written file."""
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,15 @@ import libvirt
 import pytest
 from PIL import Image
 
-from kvmops.errors import AlreadyExistsError, PathRefusedError, StorageError, ValidationError
+from kvmops.errors import (
+    AlreadyExistsError,
+    CancelledError,
+    PathRefusedError,
+    StorageError,
+    ValidationError,
+)
 from kvmops.host import diagnostics as host_diag
+from kvmops.host.domain import Domain
 from kvmops.services import diagnostics
 from kvmops.services.caller import Caller
 
@@ -116,3 +124,63 @@ def test_default_dump_name_says_what_it_holds() -> None:
     assert diagnostics.default_dump_path("web1").suffix == ".core"
     assert diagnostics.default_dump_path("web1", "kdump-zlib").suffix == ".kdump"
     assert diagnostics.default_dump_path("web1", "win-dmp").suffix == ".dmp"
+
+
+class _DumpingDomain:
+    """A virDomain whose core dump runs until it ends by itself (``finish_after`` s) or
+    is aborted; ``abortable`` False answers abortJob as libvirt does for a memory-only
+    dump."""
+
+    def __init__(self, *, abortable: bool, finish_after: float = 10.0) -> None:
+        self.abortable = abortable
+        self.finish_after = finish_after
+        self.aborted = threading.Event()
+        self.abort_calls = 0
+
+    def name(self) -> str:
+        return "fake"
+
+    def coreDumpWithFormat(self, path: str, fmt: int, flags: int) -> int:
+        if self.aborted.wait(self.finish_after):
+            raise libvirt.libvirtError("operation aborted: job 'domain core dump' canceled")
+        return 0
+
+    def jobStats(self, flags: int) -> dict[str, Any]:
+        return {"type": libvirt.VIR_DOMAIN_JOB_BOUNDED, "memory_total": 100,
+                "memory_processed": 10}
+
+    def abortJob(self) -> int:
+        self.abort_calls += 1
+        if not self.abortable:
+            raise libvirt.libvirtError("cannot abort memory-only dump")
+        self.aborted.set()
+        return 0
+
+
+def test_a_cancelled_dump_aborts_libvirts_job() -> None:
+    raw = _DumpingDomain(abortable=True)
+    seen: list[host_diag.DumpProgress] = []
+    with pytest.raises(CancelledError, match="cancelled"):
+        host_diag.core_dump(Domain(raw), "/nonexistent/x", progress=seen.append,
+                            cancelled=lambda: bool(seen))
+    assert raw.aborted.is_set() and raw.abort_calls == 1
+    assert seen[0] == host_diag.DumpProgress(10, 100)
+
+
+def test_a_dump_libvirt_cannot_abort_ends_and_still_counts_as_cancelled() -> None:
+    raw = _DumpingDomain(abortable=False, finish_after=1.0)
+    with pytest.raises(CancelledError):  # the service then removes the finished file
+        host_diag.core_dump(Domain(raw), "/nonexistent/x", memory_only=True,
+                            cancelled=lambda: True)
+    assert raw.abort_calls == 1 and not raw.aborted.is_set()
+
+
+def test_a_progress_callback_raising_cancel_aborts_too() -> None:
+    raw = _DumpingDomain(abortable=True)
+
+    def progress(update: host_diag.DumpProgress) -> None:
+        raise CancelledError("job cancelled")
+
+    with pytest.raises(CancelledError):
+        host_diag.core_dump(Domain(raw), "/nonexistent/x", progress=progress)
+    assert raw.aborted.is_set()

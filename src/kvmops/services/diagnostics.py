@@ -18,6 +18,7 @@ import io
 import os
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,11 +41,14 @@ from kvmops.paths import policy
 from kvmops.records import Record
 from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
+from kvmops.services.jobs import track
 from kvmops.sizes import format_size
 
 DumpFormat = Literal["elf", "kdump-zlib", "kdump-lzo", "kdump-snappy", "win-dmp"]
 DUMP_FORMATS: tuple[str, ...] = ("elf", "kdump-zlib", "kdump-lzo", "kdump-snappy", "win-dmp")
-RUNNING = frozenset({"running", "idle"})
+#: What a dump without memory_only holds: QEMU's saved VM state (a migration stream,
+#: "QEVM"), which crash(8) reads as a "kvmdump".
+WHOLE_STATE = "qemu-state"
 #: NMI and reset act on a guest whose vCPUs may be stopped too (a hung guest paused by
 #: an I/O error still takes them).
 ACTIVE = frozenset({"running", "idle", "paused", "in shutdown", "pmsuspended"})
@@ -241,27 +245,36 @@ def dump(caller: Caller, host: Host, name: str, path: Path, *, fmt: str = "elf",
                            hint="free some space or name a file on another file system")
     tmp = _temp_name(real)
     started = time.monotonic()
-
     total = [0]  # the guest memory the job counts (the file may be smaller: compressed)
+    asked = threading.Event()  # ``kvmops job cancel`` of the command's job row
 
-    def report(update: diagnostics.DumpProgress) -> None:
-        total[0] = update.total or total[0]
-        if progress is not None:
-            progress(update.processed, update.total)
+    with track(caller, "vm.dump", name, on_cancel=asked.set) as job:
+        def report(update: diagnostics.DumpProgress) -> None:
+            total[0] = update.total or total[0]
+            job.bytes(update.processed, update.total)
+            if progress is not None:
+                progress(update.processed, update.total)
 
-    try:
-        diagnostics.core_dump(domain, str(tmp), fmt=fmt,  # type: ignore[arg-type]
-                              memory_only=memory_only, live=live, progress=report,
-                              cancelled=cancelled)
-        if not tmp.is_file():
-            raise StorageError(f"dumping VM '{name}': libvirt reported success but wrote "
-                               f"no {tmp}")
-        size = tmp.stat().st_size
-        if progress is not None:
-            progress(total[0] or size, total[0] or size)
-        _publish(tmp, real, force=force, what="dump file")
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return DumpResult(vm=name, path=str(real), size=size, format=fmt,
-                      memory_only=memory_only, seconds=round(time.monotonic() - started, 3))
+        def stop() -> bool:
+            return asked.is_set() or (cancelled is not None and cancelled())
+
+        try:
+            diagnostics.core_dump(domain, str(tmp), fmt=fmt,  # type: ignore[arg-type]
+                                  memory_only=memory_only, live=live, progress=report,
+                                  cancelled=stop)
+            if not tmp.is_file():
+                raise StorageError(f"dumping VM '{name}': libvirt reported success but "
+                                   f"wrote no {tmp}")
+            size = tmp.stat().st_size
+            if progress is not None:
+                progress(total[0] or size, total[0] or size)
+            _publish(tmp, real, force=force, what="dump file")
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        result = DumpResult(vm=name, path=str(real), size=size,
+                            format=fmt if memory_only else WHOLE_STATE,
+                            memory_only=memory_only,
+                            seconds=round(time.monotonic() - started, 3))
+        job.result = result
+    return result
