@@ -216,3 +216,44 @@ def test_last_report_per_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert doctor.last_report("h2") is None  # unreadable: as if never run
     assert sorted(p.name for p in (tmp_path / "doctor").iterdir()) == ["h2.json",
                                                                         "local.json"]
+
+
+class FrozenHost:
+    """A connection whose libvirtd accepted and then says nothing (until released)."""
+
+    uri = "qemu+tcp://10.250.99.2/system"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def libvirt_version(self) -> int:
+        self.release.wait(30)
+        return 9_000_000
+
+
+def test_a_frozen_libvirtd_is_one_failed_check(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KVMOPS_STATE_DIR", str(tmp_path))
+    frozen = FrozenHost()
+    try:
+        report = doctor.run_doctor(host=frozen, host_name="h2", deadline_s=0.2)  # type: ignore[arg-type]
+    finally:
+        frozen.release.set()
+    assert [c.name for c in report.checks] == ["libvirtd"]  # remote: libvirt side only
+    assert report.checks[0].status is Status.FAIL and not report.ok
+    assert report.checks[0].hint and f"virsh -c {frozen.uri} version" in report.checks[0].hint
+    kept = doctor.last_report("h2")
+    assert kept is not None and kept.host == "h2" and kept.failed == 1
+
+
+def test_last_doctor_of_a_host_that_never_ran(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvmops.errors import NotFoundError
+    from kvmops.services import host as host_service
+    from kvmops.services.caller import Caller
+
+    monkeypatch.setenv("KVMOPS_STATE_DIR", str(tmp_path))
+    with pytest.raises(NotFoundError, match="no doctor report for host 'local'"):
+        host_service.last_doctor(Caller.local(), "local")
+    doctor.save_report(doctor.summarize("qemu:///system", []), "local")
+    assert host_service.last_doctor(Caller.local(), "local").failed == 0
