@@ -18,10 +18,11 @@ import pytest
 
 from kvmops.backup.jobs import JobRecord
 from kvmops.config import settings
+from kvmops.devguest.build import GuestImage
 from kvmops.host.connection import Host
 from kvmops.host.doctor import PROBE_PREFIX
 from tests.conftest import SESSION_PREFIX, run_cli
-from tests.integration.nshost import second_host
+from tests.integration.nshost import defined_vm, second_host
 
 EXPECTED = {"libvirtd", "virtlogd", "qemu", "qemu-img", "accelerator", "images-dir",
             "state-dir", "path-policy", "backup-jobs", "io-limits", "backup-api", "snapshots",
@@ -123,31 +124,53 @@ def test_vm_without_agent_and_stale_backup_job(vm_factory: Callable[..., str]) -
         record.unlink(missing_ok=True)
 
 
-def test_frozen_libvirtd_fails_its_check_with_the_advice() -> None:
-    """Only a second host's libvirtd is frozen (SIGSTOP), never the machine's."""
-    with second_host(f"{SESSION_PREFIX}doc") as h2:
-        answering = h2.run_cli("host", "doctor", "--json")
-        checks = checks_of(json.loads(answering.stdout))
+def test_second_host_managed_save_and_frozen_libvirtd(tiny_guest: GuestImage,
+                                                      tmp_path: Path) -> None:
+    """``--host NAME``: the libvirt-side checks, a managed-save image with a broken header
+    found through libvirt; a frozen libvirtd (SIGSTOP) is a failed check with the advice.
+    Only a second host's libvirtd is frozen, never the machine's."""
+    env = {"KVMOPS_DB": f"sqlite:///{tmp_path / 'hosts.db'}",
+           "KVMOPS_STATE_DIR": str(tmp_path / "state")}
+    with second_host(f"{SESSION_PREFIX}doc") as h2, defined_vm(
+            h2.uri, f"{SESSION_PREFIX}docvm", str(tiny_guest.kernel),
+            str(tiny_guest.initrd)) as vm:
+        assert run_cli("host", "add", "h2", h2.uri, env=env).code == 0
+        code, report, stderr = doctor("--host", "h2", env=env)
+        checks = checks_of(report)
+        assert code == (0 if report["ok"] else 1), stderr
         assert set(checks) == REMOTE, checks  # another host: the libvirt side only
         assert checks["libvirtd"]["status"] == "ok", checks["libvirtd"]
+        assert checks["managed-save"]["status"] == "ok", checks["managed-save"]
+        with h2.connect() as conn:  # a managed save of the paused VM, header broken
+            domain = conn.lookup(vm)
+            domain.start(paused=True)
+            domain.raw.managedSave(0)
+        image = h2.state / "lib" / "qemu" / "save" / f"{vm}.save"
+        with image.open("r+b") as fh:
+            fh.write(b"\0" * 16)  # libvirt's magic
+        _code, report, _stderr = doctor("--host", "h2", env=env)
+        saved = checks_of(report)["managed-save"]
+        assert saved["status"] == "warn" and f"{vm}: its header cannot be read" in \
+            saved["detail"], saved
         pid = h2.libvirtd_pid
         assert pid is not None
         os.kill(pid, signal.SIGSTOP)
         try:
-            frozen = h2.run_cli("host", "doctor", "--json", timeout=120)
+            code, report, _stderr = doctor("--host", "h2", env=env)
         finally:
             os.kill(pid, signal.SIGCONT)
-        report = json.loads(frozen.stdout)
         checks = checks_of(report)
-        assert frozen.code == 1 and not report["ok"]
+        assert code == 1 and not report["ok"]
         assert set(checks) == {"libvirtd"}  # the checks that need it are skipped
         libvirtd = checks["libvirtd"]
         assert libvirtd["status"] == "fail" and "did not answer within" in libvirtd["detail"]
         for advice in (f"virsh -c {h2.uri} version", "libvirtd's log", "restart",
                        "running VMs keep running"):
             assert advice in libvirtd["hint"], libvirtd
-        again = h2.run_cli("host", "doctor", "--json")  # thawed: answers again
-        assert checks_of(json.loads(again.stdout))["libvirtd"]["status"] == "ok"
+        kept = json.loads((tmp_path / "state" / "doctor" / "h2.json").read_text())
+        assert kept["failed"] == 1 and kept["host"] == "h2"  # the last report is h2's
+        with h2.connect() as conn:  # thawed: answers again; the broken image removed
+            conn.lookup(vm).remove_managed_save()
 
 
 # ------------------------------------------------------------------ the host page
