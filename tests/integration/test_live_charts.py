@@ -2,19 +2,25 @@
 module): ``top --once --json`` lists it running with a numeric CPU %, a guest burning
 CPU shows more than when idle; the server's sampler fills
 ``GET /api/v1/vms/{name}/samples`` and ``/hosts/{name}/samples``; the VM page and
-the dashboard draw their charts with data points in a real headless Chromium."""
+the dashboard draw their charts with data points in a real headless Chromium; with a
+second host (``KVMOPS_TEST_H2_INDEX``) ``top --host all`` lists both hosts' VMs and the
+sampler keeps that host's series too."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import assert_one_line_error, run_cli
+from kvmops.devguest.build import GuestImage
+from tests.conftest import SESSION_PREFIX, assert_one_line_error, run_cli
+from tests.integration.api_server import server_with_host
+from tests.integration.nshost import defined_vm, second_host
 
 SAMPLE_ENV = {"KVMOPS_SAMPLE_INTERVAL": "1"}
 BUSY = "timeout 60 sh -c 'while :; do :; done' >/dev/null 2>&1 & echo $! > /tmp/busy.pid"
@@ -137,3 +143,34 @@ def test_vm_page_and_dashboard_draw_charts(charts_server: tuple[Any, str],
         assert [t.split(" ")[0] for t in titles] == ["CPU", "Memory", "Disk", "Network"]
         memory = page.locator("#charts .chart").nth(1)
         assert int(memory.get_attribute("data-points") or 0) >= 1
+
+
+def test_top_and_the_sampler_cover_every_host(guest: str, tiny_guest: GuestImage,
+                                              tmp_path: Path) -> None:
+    """A second host with a VM started paused (nothing boots there)."""
+    env = {"KVMOPS_DB": f"sqlite:///{tmp_path / 'hosts.db'}"}
+    with second_host(f"{SESSION_PREFIX}lch") as h2, defined_vm(
+            h2.uri, f"{SESSION_PREFIX}lcvm", str(tiny_guest.kernel),
+            str(tiny_guest.initrd)) as vm:
+        assert run_cli("host", "add", "h2", h2.uri, env=env).code == 0
+        started = run_cli("vm", "start", vm, "--paused", "--host", "h2", env=env)
+        assert started.code == 0, started.stderr
+        listed = run_cli("top", "--once", "--json", "--host", "all", env=env)
+        assert listed.code == 0 and "warning" not in listed.stderr, listed.stderr
+        rows = {(row["host"], row["name"]): row for row in json.loads(listed.stdout)}
+        assert rows[("local", guest)]["state"] == "running"
+        assert rows[("h2", vm)]["state"] == "paused"
+        assert ("local", vm) not in rows and ("h2", guest) not in rows
+
+        workdir = tmp_path / "server"
+        workdir.mkdir()
+        with server_with_host(f"sqlite:///{workdir / 'kvmops.db'}", workdir, "h2", h2.uri,
+                              extra_env=SAMPLE_ENV) as server, \
+                server.client("viewer") as view:
+            there = wait_samples(view, "/hosts/h2/samples", "memory_used_bytes")
+            assert there["name"] == "h2" and there["series"]["vms_running"][-1] == 0
+            paused = view.get(f"/vms/{vm}/samples", params={"host": "h2"})
+            assert paused.status_code == 200, paused.text
+            assert paused.json()["times"] == []  # only running VMs add points
+            assert view.get(f"/vms/{guest}/samples", params={"host": "h2"}).status_code == 404
+            assert view.get(f"/vms/{guest}/samples").status_code == 200

@@ -152,3 +152,14 @@ def test_interval_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
         sampler.interval_from_env()
     monkeypatch.delenv("KVMOPS_SAMPLE_INTERVAL")
     assert sampler.interval_from_env() == 10.0
+
+
+def test_a_timed_out_reading_gives_no_rates_and_the_next_spans_both() -> None:
+    s = Sampler(interval_s=1, window_s=10)
+    s.add("h", reading(0, Dom("a", 0, cpu_time_ns=0)))
+    # stale: the old values again, marked timed out (its job was held)
+    s.add("h", reading(1, Dom("a", 1, cpu_time_ns=0, timed_out=True)))
+    s.add("h", reading(2, Dom("a", 2, cpu_time_ns=10**9)))
+    series = s.vm_series("h", "a")
+    assert series is not None
+    assert series.series["cpu_percent"] == [None, None, pytest.approx(50.0)]

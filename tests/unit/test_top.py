@@ -65,3 +65,19 @@ def test_once_checks_its_arguments_before_waiting() -> None:
         service.once(Caller(name="t"), None, delay_s=0)
     with pytest.raises(ValidationError, match="sort"):
         service.once(Caller(name="t"), None, sort="nope")
+
+
+def test_once_reads_again_for_a_vm_that_was_busy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A running VM whose second reading timed out gets its rates from a third."""
+    readings = iter([
+        reading(0.0, Dom("vm1", 0.0, cpu_time_ns=0), Dom("vm2", 0.0, cpu_time_ns=0)),
+        reading(1.0, Dom("vm1", 1.0, cpu_time_ns=0, timed_out=True),
+                Dom("vm2", 1.0, cpu_time_ns=10**8)),
+        reading(2.0, Dom("vm1", 2.0, cpu_time_ns=10**9), Dom("vm2", 2.0, timed_out=True)),
+    ])
+    monkeypatch.setattr(service, "hosts_of", lambda caller, host: ["local"])
+    monkeypatch.setattr(sampler, "read_host", lambda name, **kw: next(readings))
+    monkeypatch.setattr(sampler, "agent_states", lambda caller, name: {})
+    snap = service.once(Caller(name="t"), None, delay_s=0.01, sort="name")
+    assert [(r.name, r.cpu_percent) for r in snap.rows] == [
+        ("vm1", pytest.approx(50.0)), ("vm2", pytest.approx(10.0))]

@@ -102,20 +102,30 @@ class Samples:
 # --------------------------------------------------------------------------- rates
 @dataclass
 class Tracker:
-    """Consecutive readings of one host turned into rates (the previous reading kept)."""
+    """Consecutive readings of one host turned into rates.
+
+    Each VM's last *fresh* values are kept: a reading where the VM did not answer in
+    time (``timed_out``: its job was held, e.g. by another statistics call, and the
+    values are the old ones) gives no rates for that VM, and the next fresh reading's
+    rates span both intervals.
+    """
 
     previous: dict[str, DomainStatsRow] = field(default_factory=dict)
     node: NodeLike | None = None
 
     def step(self, reading: Reading) -> tuple[list[VmRates], tuple[Value, ...]]:
-        """The VMs' rates since the last reading and the host's point (``HOST_KEYS``)."""
+        """The VMs' rates since their last fresh reading and the host's point
+        (``HOST_KEYS``)."""
         node = reading.node
         cpus = node.cpus if node is not None else None
         out: list[VmRates] = []
         current: dict[str, DomainStatsRow] = {}
         for dom in reading.stats.domains:
-            current[dom.name] = dom
             prev = self.previous.get(dom.name)
+            if not dom.timed_out:
+                current[dom.name] = dom
+            elif prev is not None:
+                current[dom.name] = prev
             interval = dom.collected_at - prev.collected_at if prev is not None else 0.0
             out.append(rates(prev, dom, interval, host_cpus=cpus))
         host_cpu: Value = None

@@ -137,5 +137,28 @@ def once(caller: Caller, host: str | None = None, *, delay_s: float = 1.0,
     session.refresh()
     time.sleep(delay_s)
     snap = session.refresh()
+    # A running VM busy with another statistics call (or a job) at either reading has
+    # no rates yet: a few more readings give it its rates since its last fresh one.
+    for _ in range(EXTRA_READINGS):
+        if not _waiting(snap.rows):
+            break
+        time.sleep(min(delay_s, 1.0))
+        snap = _merged(snap, session.refresh())
     snap.rows = sort_rows(snap.rows, sort, reverse=reverse)
     return snap
+
+
+EXTRA_READINGS = 3
+
+
+def _waiting(rows: list[TopRow]) -> bool:
+    return any(row.state == "running" and row.cpu_percent is None for row in rows)
+
+
+def _merged(before: TopSnapshot, after: TopSnapshot) -> TopSnapshot:
+    """``after``, where a VM has no CPU figure there but had one ``before``: the row
+    of ``before``."""
+    known = {(row.host, row.name): row for row in before.rows if row.cpu_percent is not None}
+    rows = [known.get((row.host, row.name), row) if row.cpu_percent is None else row
+            for row in after.rows]
+    return TopSnapshot(rows=rows, at=after.at, errors=after.errors)
