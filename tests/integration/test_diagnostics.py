@@ -177,6 +177,9 @@ def test_host_option_acts_on_the_second_host(tiny_guest: GuestImage, images_dir:
         for verb in ("nmi", "reset"):
             done = run_cli("vm", verb, vm, "--host", "h2", env=env)
             assert done.code == 0, (verb, done.stderr)
+        assert_one_line_error(  # that VM has a serial console only
+            run_cli("vm", "screenshot", vm, str(tmp_path / "h2.png"), "--host", "h2",
+                    env=env), 5, "no video device", "kvmops vm console")
         assert_one_line_error(
             run_cli("vm", "dump", vm, str(images_dir / "diag-h2.core"), "--memory-only",
                     "--host", "h2", env=env), 6, "on its own disks", "on that host")

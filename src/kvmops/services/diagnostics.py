@@ -128,7 +128,13 @@ def screenshot(caller: Caller, host: Host, name: str, screen: int = 0
     from kvmops.host import diagnostics
 
     domain = _active_domain(host, name, "take a screenshot of", ACTIVE)
-    mime, data = diagnostics.screenshot(domain, screen)
+    try:
+        mime, data = diagnostics.screenshot(domain, screen)
+    except StateError as err:
+        if "no screens" not in err.message:
+            raise
+        raise StateError(err.message, hint="the VM has no video device; read its serial "
+                                           f"console: 'kvmops vm console {name}'") from err
     return to_png(mime, data)
 
 
