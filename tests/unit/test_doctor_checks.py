@@ -55,12 +55,16 @@ def test_hugepages(tmp_path: Path) -> None:
     put(tmp_path, "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages", "0\n")
     assert doctor.check_hugepages(tmp_path).status is Status.OK
     put(tmp_path, "proc/meminfo", meminfo(512, 512))
+    assert doctor.check_hugepages(tmp_path).status is Status.WARN  # /proc/meminfo alone
     put(tmp_path, "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages", "512\n")
+    put(tmp_path, "sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages", "512\n")
+    put(tmp_path, "sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages", "2\n")
+    put(tmp_path, "sys/kernel/mm/hugepages/hugepages-1048576kB/free_hugepages", "2\n")
     idle = doctor.check_hugepages(tmp_path)
-    assert idle.status is Status.WARN and "1.0 GiB reserved" in idle.detail, idle.detail
-    put(tmp_path, "proc/meminfo", meminfo(512, 12))
+    assert idle.status is Status.WARN and "3.0 GiB reserved" in idle.detail, idle.detail
+    put(tmp_path, "sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages", "12\n")
     used = doctor.check_hugepages(tmp_path)
-    assert used.status is Status.OK and "24.0 MiB free" in used.detail, used.detail
+    assert used.status is Status.OK and "2.0 GiB free" in used.detail, used.detail
 
 
 @pytest.mark.parametrize(("text", "status"), [

@@ -342,18 +342,21 @@ def check_hugepages(root: Path = Path("/")) -> Check:
     pages nobody uses are memory the host and THP cannot have."""
     info = _meminfo(root)
     sizes = []
+    free = 0
     for directory in sorted((root / "sys/kernel/mm/hugepages").glob("hugepages-*kB")):
         count = _int_of(_read(directory / "nr_hugepages")) or 0
         size_kib = _int_of(directory.name.removeprefix("hugepages-").removesuffix("kB"))
         if count and size_kib:
             sizes.append((count, size_kib))
+            free += (_int_of(_read(directory / "free_hugepages")) or 0) * size_kib * 1024
     total = sum(count * size for count, size in sizes) * 1024
-    if not total:
-        total = info.get("HugePages_Total", 0) * info.get("Hugepagesize", 0) * 1024
+    if not total:  # no per-size directories: the default size's in /proc/meminfo
+        page = info.get("Hugepagesize", 0) * 1024
+        total = info.get("HugePages_Total", 0) * page
+        free = info.get("HugePages_Free", 0) * page
     if not total:
         return _check("hugepages", Status.OK,
                       "none reserved: guest memory is normal pages (THP where enabled)")
-    free = info.get("HugePages_Free", 0) * info.get("Hugepagesize", 0) * 1024
     listed = ", ".join(f"{count} x {format_size(size * 1024)}" for count, size in sizes)
     detail = (f"{format_size(total)} reserved ({listed or 'default size'}), "
               f"{format_size(free)} free")
