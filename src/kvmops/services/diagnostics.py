@@ -107,6 +107,7 @@ def to_png(mime: str, data: bytes) -> tuple[bytes, int, int]:
     """The screen as PNG with its size: QEMU's PNG as it is (checked), its PPM converted
     (Pillow)."""
     from PIL import Image, UnidentifiedImageError
+    from PIL.Image import DecompressionBombError
 
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -116,7 +117,7 @@ def to_png(mime: str, data: bytes) -> tuple[bytes, int, int]:
                 return data, width, height
             out = io.BytesIO()
             image.convert("RGB").save(out, format="PNG", optimize=False)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except (UnidentifiedImageError, DecompressionBombError, OSError, ValueError) as err:
         raise StorageError(f"the screenshot ({mime}, {len(data)} bytes) is not an image "
                            f"Pillow reads: {err}") from None
     return out.getvalue(), width, height
