@@ -21,8 +21,8 @@ from kvmops.services.caller import Caller
 #: key -> sort name (virt-top's P, M, N and a few more); R turns the order round, q quits
 KEYS = {"p": "cpu", "c": "cpu", "m": "memory", "r": "disk_read", "w": "disk_write",
         "x": "net_rx", "t": "net_tx", "n": "name", "s": "state", "h": "host", "a": "agent"}
-HELP_LINE = ("sort: [P]cpu [M]em [R]ead [W]rite r[X] [T]x [N]ame [S]tate [H]ost [A]gent  "
-             "[shift-R] reverse  [Q]uit")
+HELP_LINE = ("P cpu  M mem  R/W disk  X/T net  N name  S state  H host  A agent  "
+             "shift-R reverse  q quit")
 
 
 def register(app: typer.Typer) -> None:
@@ -153,6 +153,13 @@ def _live(caller: Caller, host: str | None, sort: str, reverse: bool, delay: flo
     service.sort_rows([], sort)  # a bad --sort fails at once
     session = service.TopSession(caller, host)
     snap = session.refresh()  # no rates yet: the next refresh has them
+    if not output.console.is_terminal:  # piped: one table per refresh, like virt-top --stream
+        while True:
+            time.sleep(delay)
+            snap = session.refresh()
+            snap.rows = service.sort_rows(snap.rows, sort, reverse=reverse)
+            output.console.print(_table(snap, "", reverse))
+            output.console.file.flush()
     with _keys() as fd, Live(_table(snap, sort, reverse), console=output.console,
                              auto_refresh=False, screen=fd is not None) as live:
         deadline = time.monotonic() + min(delay, 1.0)
