@@ -11,15 +11,20 @@ sysbench 2 s): TCG is slow. Results go to a database of the module's own (``--db
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import REPO, assert_one_line_error, run_cli
+from tests.integration.api_server import add_users
+from tests.integration.browser import chromium_page, web_server
 from tests.integration.guest_tools import ToolsVm
 
 LIMIT_IOPS = 25  # far below what the scratch disk does unthrottled, even under TCG
+WEB_USER, WEB_PASSWORD = "benchop", "bench-password-1"
+SHOTS = REPO / "test-output" / "screenshots"
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +112,71 @@ def test_a_guest_without_the_tools_names_the_package(running_vm: str, tmp_path: 
     assert_one_line_error(result, 3, "sysbench is not installed", "'sysbench' package")
     empty = run_cli("guest", "bench", "history", running_vm, "--db", db)
     assert empty.code == 0 and "no benchmark runs" in empty.stdout + empty.stderr
+
+
+def _job(client: Any, job_id: str) -> dict[str, Any]:
+    """The job once it ended (bounded: a sysbench run of seconds, TCG's start-up)."""
+    deadline = time.monotonic() + 300
+    while True:
+        job: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
+        if job["state"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
+            return job
+        time.sleep(0.5)
+
+
+def test_api_iotune_bench_job_history_and_the_guest_page(tools_vm: ToolsVm) -> None:
+    vm, target = tools_vm.name, tools_vm.scratch_target
+    with web_server("kvmops-bench-", [(WEB_USER, "operator", WEB_PASSWORD)]) as server:
+        add_users(server)
+        with server.client("viewer") as view, server.client("operator") as op:
+            shown = view.get(f"/vms/{vm}/disks/{target}/iotune")
+            assert shown.status_code == 200, shown.text
+            assert view.put(f"/vms/{vm}/disks/{target}/iotune",
+                            json={"read_iops": 40}).status_code == 403
+            changed = op.put(f"/vms/{vm}/disks/{target}/iotune", json={"read_iops": 40})
+            assert changed.status_code == 200, changed.text
+            assert changed.json()["live"] and changed.json()["limits"]["read_iops"] == 40
+            both = op.put(f"/vms/{vm}/disks/{target}/iotune",
+                          json={"total_iops": 5, "read_iops": 5})
+            assert both.status_code == 422 and "cannot both be set" in both.text
+            assert op.put(f"/vms/{vm}/disks/{target}/iotune",
+                          json={"read_iops": 0}).status_code == 200
+
+            refused = op.post(f"/vms/{vm}/bench", json={"kind": "fio", "rw": "randwrite",
+                                                        "target": tools_vm.scratch_dev})
+            assert refused.status_code == 422 and "--overwrite" in refused.text
+            assert view.post(f"/vms/{vm}/bench", json={"kind": "sysbench"}).status_code == 403
+            started = op.post(f"/vms/{vm}/bench", json={"kind": "sysbench", "test": "cpu",
+                                                        "time": 2})
+            assert started.status_code == 202, started.text
+            job = _job(op, started.json()["job_id"])
+            assert job["state"] == "succeeded", job
+            assert job["result"]["metrics"]["events_per_s"] > 0
+            history = view.get(f"/vms/{vm}/bench").json()
+            assert [(e["run"]["kind"], e["run"]["id"]) for e in history] == [
+                ("sysbench", job["result"]["id"])]
+            one = view.get(f"/vms/{vm}/bench/{job['result']['id']}")
+            assert one.status_code == 200 and one.json()["test"] == "cpu"
+
+        with chromium_page() as page:
+            page.goto(server.url + "/login")
+            page.fill("input[name=username]", WEB_USER)
+            page.fill("input[name=password]", WEB_PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_url(server.url + "/")
+            page.goto(f"{server.url}/vms/{vm}/guest")
+            rows = page.locator("#bench-table tbody tr")
+            rows.first.wait_for(timeout=60_000)
+            assert rows.count() == 1 and "sysbench cpu" in rows.first.inner_text()
+            # a run from the page: the form starts the job, the table grows when it ends
+            page.select_option("#bench-form select[name=bench]", "sysbench cpu")
+            page.fill("#bench-form input[name=seconds]", "2")
+            page.click("#bench-form button[type=submit]")
+            page.locator("#guest-bench[data-state=succeeded]").wait_for(timeout=300_000)
+            page.locator("#bench-table tbody tr").nth(1).wait_for(timeout=60_000)
+            newest = rows.first.inner_text()
+            assert "sysbench cpu" in newest and "%" in newest  # compared with the first
+            chart = page.locator("[data-bench-chart]")
+            assert chart.get_attribute("data-points") == "2"
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            page.locator("#guest-bench").screenshot(path=str(SHOTS / "guest-bench.png"))
