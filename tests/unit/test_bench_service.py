@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from kvmops.errors import NotFoundError, ValidationError
+from kvmops.agent.channel import AgentChannel
+from kvmops.errors import (
+    CancelledError,
+    GuestCommandError,
+    NotFoundError,
+    OperationTimeoutError,
+    ValidationError,
+)
 from kvmops.services import bench
 from kvmops.services.bench import FioParams, SysbenchParams
 from kvmops.services.caller import Caller
@@ -109,3 +119,127 @@ def test_store_history_compares_same_parameters_only(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="unknown benchmark kind"):
         bench.history(caller, "v1", kind="iperf", db=store)
     store.close()
+
+
+# ------------------------------------------------------------ a run against fakes
+class FakeChannel(AgentChannel):
+    """guest-exec answers: the benchmark (pid 7) ends with ``exit_code`` and ``stdout``
+    after ``polls`` status calls (None: never); every argv started is kept."""
+
+    target = "VM 'v1'"
+
+    def __init__(self, exit_code: int, stdout: str = "", polls: int | None = 1) -> None:
+        self.exit_code, self.stdout, self.polls = exit_code, stdout, polls
+        self.started: list[list[str]] = []
+
+    def execute(self, command: str, arguments: dict[str, Any] | None = None, *,
+                timeout: float = 30.0) -> Any:
+        args = arguments or {}
+        if command == "guest-exec":
+            self.started.append([args["path"], *args["arg"]])
+            return {"pid": 7 if len(self.started) == 1 else 8}
+        assert command == "guest-exec-status"
+        if self.polls is None or self.polls > 0:
+            self.polls = None if self.polls is None else self.polls - 1
+            return {"exited": False}
+        return {"exited": True, "exitcode": self.exit_code,
+                "out-data": base64.b64encode(self.stdout.encode()).decode()}
+
+    def execute_no_reply(self, command: str, arguments: dict[str, Any] | None = None, *,
+                         timeout: float = 3.0) -> None:
+        raise AssertionError(command)
+
+
+class FakeDomain:
+    def stats(self) -> Any:
+        return SimpleNamespace(vcpus=2, memory=512 * 1024 * 1024)
+
+    def xml(self, **_: Any) -> str:
+        return ("<domain><name>v1</name><devices><disk type='file' device='disk'>"
+                "<driver name='qemu' type='raw' cache='none' io='native'/>"
+                "<source file='/x.raw'/><target dev='vdb' bus='virtio'/>"
+                "<iotune><total_iops_sec>50</total_iops_sec></iotune></disk>"
+                "</devices></domain>")
+
+    def uuid(self) -> str:
+        return "00000000-0000-0000-0000-000000000001"
+
+
+class FakeHost:
+    def lookup(self, name: str) -> FakeDomain:
+        return FakeDomain()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    db = Store(f"sqlite:///{tmp_path / 'k.db'}")
+    db.migrate()
+    yield db
+    db.close()
+
+
+def _with(monkeypatch: pytest.MonkeyPatch, channel: FakeChannel) -> None:
+    import kvmops.services.guest as guest_service
+
+    monkeypatch.setattr(guest_service, "open_agent", lambda *a, **k: channel)
+    monkeypatch.setattr("kvmops.services.bench.time.sleep", lambda s: None)
+
+
+def test_a_sysbench_run_is_parsed_and_stored_with_the_config(
+        monkeypatch: pytest.MonkeyPatch, store: Store) -> None:
+    text = (Path(__file__).parent / "data" / "bench" / "sysbench-cpu.txt").read_text()
+    channel = FakeChannel(0, text, polls=2)
+    _with(monkeypatch, channel)
+    seen: list[tuple[float, float]] = []
+    run = bench.run_sysbench(Caller(name="t", via="api"), FakeHost(), "v1",  # type: ignore[arg-type]
+                             SysbenchParams(test="cpu", time=2), db=store,
+                             progress=lambda done, total: seen.append((done, total)))
+    assert run.score == 2046.72 and run.kind == "sysbench" and run.test == "cpu"
+    assert run.config["vcpus"] == 2 and run.config["memory_bytes"] == 512 * 1024 * 1024
+    assert run.config["disks"]["vdb"] == {"cache": "none", "io": "native", "iotune": {
+        "total_iops": 50, "read_iops": 0, "write_iops": 0, "total_bytes_sec": 0,
+        "read_bytes_sec": 0, "write_bytes_sec": 0}}
+    assert len(seen) == 2 and all(total == 2.0 for _, total in seen)
+    assert channel.started[0][:2] == ["/bin/sh", "-c"]
+    assert bench.get_run(Caller(name="t", via="api"), run.id, db=store).score == 2046.72
+
+
+def test_a_missing_tool_names_its_package(monkeypatch: pytest.MonkeyPatch,
+                                          store: Store) -> None:
+    _with(monkeypatch, FakeChannel(127))
+    with pytest.raises(NotFoundError, match="fio is not installed in the guest of VM 'v1'; "
+                                            "install the 'fio' package"):
+        bench.run_fio(Caller(name="t", via="api"), FakeHost(), "v1", FioParams(),  # type: ignore[arg-type]
+                      db=store)
+    assert bench.history(Caller(name="t", via="api"), "v1", db=store) == []
+
+
+def test_a_failing_tool_is_one_guest_command_error(monkeypatch: pytest.MonkeyPatch,
+                                                   store: Store) -> None:
+    _with(monkeypatch, FakeChannel(1, "fio: failed to open /dev/vdz\n"))
+    with pytest.raises(GuestCommandError, match=r"fio failed in VM 'v1' \(exit 1\): fio: "
+                                                "failed to open /dev/vdz"):
+        bench.run_fio(Caller(name="t", via="api"), FakeHost(), "v1",  # type: ignore[arg-type]
+                      FioParams(target="/dev/vdz"), db=store)
+
+
+def test_a_cancelled_or_overdue_run_is_killed_in_the_guest(
+        monkeypatch: pytest.MonkeyPatch, store: Store) -> None:
+    channel = FakeChannel(0, polls=None)
+    _with(monkeypatch, channel)
+
+    def cancel(done: float, total: float) -> None:
+        raise CancelledError("job cancelled")
+
+    with pytest.raises(CancelledError):
+        bench.run_sysbench(Caller(name="t", via="api"), FakeHost(), "v1",  # type: ignore[arg-type]
+                           SysbenchParams(), db=store, progress=cancel)
+    assert channel.started[-1] == ["kill", "7"]
+
+    channel = FakeChannel(0, polls=None)
+    _with(monkeypatch, channel)
+    monkeypatch.setattr(bench, "DEADLINE_MARGIN", -1.0)  # past due at the first look
+    with pytest.raises(OperationTimeoutError, match="did not finish within 0s"):
+        bench.run_sysbench(Caller(name="t", via="api"), FakeHost(), "v1",  # type: ignore[arg-type]
+                           SysbenchParams(time=1), db=store)
+    assert channel.started[-1] == ["kill", "7"]

@@ -71,3 +71,70 @@ def test_merge_a_total_replaces_sides_and_back() -> None:
 def test_merge_refuses(changes: dict[str, int], words: str) -> None:
     with pytest.raises(ValidationError, match=words):
         merge(IoTune(), changes)
+
+
+class FakeDomain:
+    """What kvmops.vm.iotune asks of a domain; records the changes."""
+
+    def __init__(self, running: bool, persistent: bool = True) -> None:
+        self.running, self.persistent = running, persistent
+        self.set_calls: list[tuple[str, dict[str, int], bool, bool]] = []
+        self.defined: list[str] = []
+
+    def is_active(self) -> bool:
+        return self.running
+
+    def is_persistent(self) -> bool:
+        return self.persistent
+
+    def xml(self, *, inactive: bool = False, what: str | None = None) -> str:
+        return DOMAIN
+
+    def set_block_iotune(self, target: str, limits: dict[str, int], *, live: bool,
+                         config: bool, what: str) -> None:
+        self.set_calls.append((target, dict(limits), live, config))
+
+    def redefine(self, xml: str, what: str | None = None) -> None:
+        self.defined.append(xml)
+
+
+class FakeHost:
+    def __init__(self, domain: FakeDomain) -> None:
+        self.domain = domain
+
+    def lookup(self, name: str) -> FakeDomain:
+        return self.domain
+
+
+def test_apply_running_sets_every_limit_live_and_in_the_definition() -> None:
+    from kvmops.vm import iotune
+
+    domain = FakeDomain(running=True)
+    result = iotune.apply(FakeHost(domain), "t", "vdb", {"read_iops": 30})  # type: ignore[arg-type]
+    assert domain.set_calls == [("vdb", {
+        "total_iops_sec": 0, "read_iops_sec": 30, "write_iops_sec": 0,
+        "total_bytes_sec": 0, "read_bytes_sec": 1048576, "write_bytes_sec": 0}, True, True)]
+    assert (result.live, result.config, domain.defined) == (True, True, [])
+
+
+def test_apply_shut_off_or_config_only_redefines() -> None:
+    from kvmops.vm import iotune
+
+    for domain, config_only in ((FakeDomain(running=False), False),
+                                (FakeDomain(running=True), True)):
+        result = iotune.apply(FakeHost(domain), "t", "vdc", {"write_bytes_sec": 4096},  # type: ignore[arg-type]
+                              config_only=config_only)
+        assert domain.set_calls == [] and (result.live, result.config) == (False, True)
+        disk = DomainDocument(domain.defined[0]).find_disk("vdc")
+        assert disk is not None and disk.iotune == {"write_bytes_sec": 4096}
+
+
+def test_apply_refusals() -> None:
+    from kvmops.errors import NotFoundError
+    from kvmops.vm import iotune
+
+    with pytest.raises(ValidationError, match="transient"):
+        iotune.apply(FakeHost(FakeDomain(running=True, persistent=False)), "t", "vdb",  # type: ignore[arg-type]
+                     {"total_iops": 1}, config_only=True)
+    with pytest.raises(NotFoundError, match="VM 't' has no disk vdz"):
+        iotune.apply(FakeHost(FakeDomain(running=True)), "t", "vdz", {"total_iops": 1})  # type: ignore[arg-type]

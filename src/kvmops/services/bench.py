@@ -11,6 +11,7 @@ way.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from kvmops.agent.benchparse import parse_fio, parse_sysbench
 from kvmops.errors import (
     AgentTimeoutError,
+    CancelledError,
     GuestCommandError,
     NotFoundError,
     OperationTimeoutError,
@@ -32,6 +34,7 @@ from kvmops.sizes import format_size, parse_size
 from kvmops.store.bench import StoredRun
 
 if TYPE_CHECKING:
+    from kvmops.agent.channel import AgentChannel
     from kvmops.host.connection import Host
     from kvmops.store.db import Store
 
@@ -186,23 +189,27 @@ def _guest_run(caller: Caller, vm: str, uri: str | None, argv: Sequence[str], to
     with open_guest(caller, vm, uri=uri) as guest:
         pid = guest.exec_start(list(argv))
         started = time.monotonic()
-        while True:
-            try:
-                result = process.exec_status(guest.channel, pid)
-            except AgentTimeoutError as err:
-                raise AgentTimeoutError(
-                    f"guest agent of VM '{vm}' stopped answering while {tool} ran "
-                    f"(pid {pid})", hint=f"{tool} may still run in the guest") from err
-            elapsed = time.monotonic() - started
-            if result is not None:
-                break
-            if progress is not None:
-                progress(min(elapsed, expected_s), expected_s)
-            if elapsed > deadline_s:
-                raise OperationTimeoutError(
-                    f"{tool} in VM '{vm}' did not finish within {deadline_s:g}s "
-                    f"(guest pid {pid})", hint=f"stop it with 'kill {pid}' in the guest")
-            time.sleep(0.5)
+        try:
+            while True:
+                try:
+                    result = process.exec_status(guest.channel, pid)
+                except AgentTimeoutError as err:
+                    raise AgentTimeoutError(
+                        f"guest agent of VM '{vm}' stopped answering while {tool} ran "
+                        f"(pid {pid})", hint=f"{tool} may still run in the guest") from err
+                elapsed = time.monotonic() - started
+                if result is not None:
+                    break
+                if progress is not None:
+                    progress(min(elapsed, expected_s), expected_s)  # may cancel the job
+                if elapsed > deadline_s:
+                    raise OperationTimeoutError(
+                        f"{tool} in VM '{vm}' did not finish within {deadline_s:g}s "
+                        f"(guest pid {pid})", hint=f"stop it with 'kill {pid}' in the guest")
+                time.sleep(0.5)
+        except (KeyboardInterrupt, CancelledError, OperationTimeoutError):
+            _stop(guest.channel, pid)
+            raise
     stdout = result.stdout.decode("utf-8", "replace")
     stderr = result.stderr.decode("utf-8", "replace")
     if result.exit_code == NOT_FOUND_EXIT:
@@ -218,6 +225,15 @@ def _guest_run(caller: Caller, vm: str, uri: str | None, argv: Sequence[str], to
             else f"exit {result.exit_code}"
         raise GuestCommandError(f"{tool} failed in VM '{vm}' ({ended}): {detail}")
     return stdout, stderr
+
+
+def _stop(channel: AgentChannel, pid: int) -> None:
+    """Best effort: end a benchmark the caller gave up on (cancelled, interrupted, past
+    its deadline) so it does not go on loading the guest."""
+    from kvmops.agent import process
+
+    with contextlib.suppress(Exception):
+        process.exec_start(channel, ["kill", str(pid)])
 
 
 def _store_run(caller: Caller, db: str | Store | None, **fields: Any) -> StoredRun:
