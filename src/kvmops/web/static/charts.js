@@ -33,7 +33,8 @@ const KCharts = (() => {
     let v = Math.abs(value);
     while (v >= base && i < units.length - 1) { v /= base; i++; }
     const sign = value < 0 ? "-" : "";
-    return sign + (v >= 100 || i === 0 ? v.toFixed(0) : v.toFixed(1)) + " " + units[i];
+    const digits = Number.isInteger(v) || v >= 100 ? 0 : v >= 10 && i === 0 ? 0 : 1;
+    return sign + v.toFixed(digits) + " " + units[i];
   }
 
   function format(unit, value) {
@@ -68,13 +69,15 @@ const KCharts = (() => {
       body.classList.add("error-text");
       return { update() {}, destroy() {} };
     }
-    const width = () => Math.max(200, Math.floor(el.clientWidth || 320));
+    const height = opts.height || 160;
+    const width = () => Math.max(160, Math.floor(body.clientWidth || 300));
     const plot = new uPlot({
       width: width(),
-      height: opts.height || 160,
+      height,
       legend: { show: labels.length > 1 || !!labels[0] },
       cursor: { drag: { x: false, y: false } },
-      scales: { y: { range: (u, min, max) => [Math.min(0, min ?? 0), Math.max(max ?? 1, opts.unit === "percent" ? 1 : 1e-9)] } },
+      /* from 0 (or below), and at least 1 unit high: a flat 0 line shows as 0, not as noise */
+      scales: { y: { range: (u, min, max) => [Math.min(0, min ?? 0), Math.max(max ?? 1, 1)] } },
       axes: [
         {},
         { size: 70, values: (u, ticks) => ticks.map((t) => format(opts.unit, t)) },
@@ -87,28 +90,30 @@ const KCharts = (() => {
         value: (u, v) => format(opts.unit, v),
       }))),
     }, [[], ...labels.map(() => [])], body);
+    /* the plot follows its box's width (grid cells settle after the first layout) */
     let lastWidth = width();
-    const onResize = () => {
+    const resized = new ResizeObserver(() => {
       const w = width();
-      if (w !== lastWidth) { lastWidth = w; plot.setSize({ width: w, height: opts.height || 160 }); }
-    };
-    window.addEventListener("resize", onResize);
+      if (w !== lastWidth) { lastWidth = w; plot.setSize({ width: w, height }); }
+    });
+    resized.observe(body);
     return {
       update(times, columns) {
         const cols = labels.map((_, i) => (columns[i] || []).map((v) => (v === undefined ? null : v)));
         plot.setData([times.slice(), ...cols]);
         el.dataset.points = String(points(cols));
       },
-      destroy() { window.removeEventListener("resize", onResize); plot.destroy(); },
+      destroy() { resized.disconnect(); plot.destroy(); },
     };
   }
 
   function live(el, url, specs, everyMs) {
-    const charts = specs.map((spec) => {
-      const box = document.createElement("div");
-      el.appendChild(box);
-      return { spec, chart: chart(box, { title: spec.title, unit: spec.unit, labels: spec.keys.map((k) => k[1]) }) };
-    });
+    /* every box in the grid first, so that each plot starts at its cell's width */
+    const boxes = specs.map(() => el.appendChild(document.createElement("div")));
+    const charts = specs.map((spec, i) => ({
+      spec,
+      chart: chart(boxes[i], { title: spec.title, unit: spec.unit, labels: spec.keys.map((k) => k[1]) }),
+    }));
     let timer = null;
     let stopped = false;
     let every = everyMs;
