@@ -16,6 +16,7 @@ from PIL import Image
 from kvmops.errors import (
     AlreadyExistsError,
     CancelledError,
+    HypervisorError,
     PathRefusedError,
     StorageError,
     ValidationError,
@@ -184,3 +185,15 @@ def test_a_progress_callback_raising_cancel_aborts_too() -> None:
     with pytest.raises(CancelledError):
         host_diag.core_dump(Domain(raw), "/nonexistent/x", progress=progress)
     assert raw.aborted.is_set()
+
+
+def test_libvirts_format_refusals_say_what_to_use_instead() -> None:
+    lzo = diagnostics._with_hint(ValidationError(
+        "dumping VM 'x': invalid argument: unsupported dumpformat 'kdump-lzo' for this QEMU "
+        "binary"), "kdump-lzo")
+    assert isinstance(lzo, ValidationError) and "built without kdump-lzo" in str(lzo)
+    win = diagnostics._with_hint(HypervisorError(
+        "dumping VM 'x': operation failed: win-dump: invalid vmcoreinfo note size"), "win-dmp")
+    assert "vmcoreinfo device" in str(win)
+    other = HypervisorError("dumping VM 'x': something else")
+    assert diagnostics._with_hint(other, "elf") is other

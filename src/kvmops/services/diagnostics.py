@@ -28,6 +28,7 @@ from typing import Literal
 
 from kvmops.errors import (
     AlreadyExistsError,
+    HypervisorError,
     NotFoundError,
     StateError,
     StorageError,
@@ -233,6 +234,18 @@ def check_dumpable(caller: Caller, host: Host, name: str) -> Domain:
     return _active_domain(host, name, "dump", ACTIVE)
 
 
+def _with_hint(err: ValidationError | HypervisorError, fmt: str
+               ) -> ValidationError | HypervisorError:
+    """libvirt's refusals of a format, with what to do instead."""
+    if "unsupported dumpformat" in err.message:
+        return ValidationError(err.message, hint=f"this host's QEMU was built without "
+                                                 f"{fmt}; use kdump-zlib or elf")
+    if "vmcoreinfo" in err.message and fmt == "win-dmp":
+        return HypervisorError(err.message, hint="win-dmp needs a Windows guest with the "
+                                                 "vmcoreinfo device and its driver; use elf")
+    return err
+
+
 @audited("vm.dump", target="name")
 def dump(caller: Caller, host: Host, name: str, path: Path, *, fmt: str = "elf",
          memory_only: bool = False, live: bool = False, force: bool = False,
@@ -266,9 +279,12 @@ def dump(caller: Caller, host: Host, name: str, path: Path, *, fmt: str = "elf",
             return asked.is_set() or (cancelled is not None and cancelled())
 
         try:
-            diagnostics.core_dump(domain, str(tmp), fmt=fmt,  # type: ignore[arg-type]
-                                  memory_only=memory_only, live=live, progress=report,
-                                  cancelled=stop)
+            try:
+                diagnostics.core_dump(domain, str(tmp), fmt=fmt,  # type: ignore[arg-type]
+                                      memory_only=memory_only, live=live, progress=report,
+                                      cancelled=stop)
+            except (ValidationError, HypervisorError) as err:
+                raise _with_hint(err, fmt) from err
             if not tmp.is_file():
                 raise StorageError(f"dumping VM '{name}': libvirt reported success but "
                                    f"wrote no {tmp}")
