@@ -114,8 +114,9 @@ def test_store_history_compares_same_parameters_only(tmp_path: Path) -> None:
     assert [e.run.kind for e in bench.history(caller, "v1", kind="sysbench", db=store)] == \
         ["sysbench"]
     assert bench.get_run(caller, first.id, db=store).metrics == {"iops": 400.0}
-    with pytest.raises(NotFoundError, match="benchmark run 999 not found"):
-        bench.get_run(caller, 999, db=store)
+    for missing in (999, 0, 10**30):
+        with pytest.raises(NotFoundError, match=f"benchmark run {missing} not found"):
+            bench.get_run(caller, missing, db=store)
     with pytest.raises(ValidationError, match="unknown benchmark kind"):
         bench.history(caller, "v1", kind="iperf", db=store)
     store.close()

@@ -350,6 +350,9 @@ def history(caller: Caller, vm: str, *, kind: str | None = None,
 def get_run(caller: Caller, run_id: int, *, db: str | Store | None = None) -> StoredRun:
     from kvmops.store import bench as store_bench
 
+    if not 1 <= run_id < 2**63:  # no row has it (and a database integer cannot hold it)
+        raise NotFoundError(f"benchmark run {run_id} not found",
+                            hint="see 'kvmops guest bench history VM' for the runs")
     return _with_store(db, lambda store: store_bench.get(store, run_id))
 
 
