@@ -15,6 +15,7 @@ charts); :func:`track` turns consecutive snapshots into rates for ``kvmops top``
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -223,8 +224,10 @@ class Sampler:
 
     # ---- taking samples
     def sample_once(self) -> None:
-        """One reading of every host into the buffers (a host that fails is skipped and
-        keeps its earlier points)."""
+        """One reading of every host into the buffers, the hosts read at once (a host
+        that fails or does not answer in time is skipped and keeps its earlier points)."""
+        from kvmops.services.hosts import gather
+
         try:
             names = self._hosts()
         except KvmopsError as err:
@@ -233,18 +236,13 @@ class Sampler:
         with self._lock:
             for gone in set(self._host) - set(names):
                 self._drop_host(gone)
-        for name in names:
-            if self._stop.is_set():
-                return
-            try:
-                reading = self._read(name)
-            except KvmopsError as err:
-                log.debug("sampler: host %s: %s", name, err)
-                continue
-            except Exception:  # a sampler thread must outlive any one bad reading
-                log.exception("sampler: host %s", name)
-                continue
-            self.add(name, reading)
+        outcomes = gather({name: functools.partial(self._read, name) for name in names},
+                          DEADLINE_S * 2 + 5)
+        for name, outcome in outcomes.items():
+            if outcome.value is None:
+                log.debug("sampler: host %s: %s", name, outcome.error)
+            elif not self._stop.is_set():
+                self.add(name, outcome.value)
 
     def add(self, host: str, reading: Reading) -> None:
         """Put one reading of ``host`` into the buffers."""
