@@ -81,3 +81,16 @@ def test_once_reads_again_for_a_vm_that_was_busy(monkeypatch: pytest.MonkeyPatch
     snap = service.once(Caller(name="t"), None, delay_s=0.01, sort="name")
     assert [(r.name, r.cpu_percent) for r in snap.rows] == [
         ("vm1", pytest.approx(50.0)), ("vm2", pytest.approx(10.0))]
+
+
+def test_with_several_hosts_one_down_is_noted_and_the_others_listed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    down = sampler.Reading(stats=Stats(collected_at=0.0, domains=(), up=False,
+                                       error="connection refused"), node=None)
+    monkeypatch.setattr(service, "hosts_of", lambda caller, host: ["local", "far"])
+    monkeypatch.setattr(sampler, "read_host", lambda name, **kw: down if name == "far"
+                        else reading(0.0, Dom("vm1", 0.0)))
+    monkeypatch.setattr(sampler, "agent_states", lambda caller, name: {})
+    snap = service.TopSession(Caller(name="t"), "all").refresh()
+    assert [(r.host, r.name) for r in snap.rows] == [("local", "vm1")]
+    assert snap.errors == {"far": "host far: connection refused"}
