@@ -34,9 +34,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "top": ("kvmops.cli.top:register",
             "A live, sortable table of the VMs like virt-top: CPU %, memory, disk and "
             "network rates."),
-    "top": ("kvmops.cli.top:register",
-            "A live, sortable table of the VMs like virt-top: CPU %, memory, disk and "
-            "network rates."),
     "exporter": ("kvmops.cli.exporter:register",
                  "Serve Prometheus metrics of the VMs of this host (or of every host kvmops "
                  "manages)."),
