@@ -148,7 +148,7 @@ def _live(caller: Caller, host: str | None, sort: str, reverse: bool, delay: flo
     from kvmops.errors import ValidationError
 
     if not 0.1 <= delay <= 3600:
-        raise ValidationError(f"--delay {delay}: not a number of seconds",
+        raise ValidationError(f"--delay {delay:g}: out of range",
                               hint="give 0.1 to 3600 seconds")
     service.sort_rows([], sort)  # a bad --sort fails at once
     session = service.TopSession(caller, host)

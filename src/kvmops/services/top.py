@@ -130,7 +130,7 @@ def once(caller: Caller, host: str | None = None, *, delay_s: float = 1.0,
          sort: str = DEFAULT_SORT, reverse: bool = False) -> TopSnapshot:
     """Two readings ``delay_s`` apart, the rows sorted: ``top --once``."""
     if not 0 < delay_s <= 3600:
-        raise ValidationError(f"delay {delay_s}: not a number of seconds",
+        raise ValidationError(f"delay {delay_s:g} s: out of range",
                               hint="give more than 0 and at most 3600 seconds")
     sort_rows([], sort)  # a bad sort key fails before the wait
     session = TopSession(caller, host)
