@@ -162,10 +162,12 @@ def stack(running_vm: str, vm_factory: Callable[..., str], host: Host,
     finally:
         for proc in procs:
             _stop(proc)
-        if nic_vm:
+        if nic_vm:  # before its network, which refuses to go while a VM uses it
             with contextlib.suppress(libvirt.libvirtError):
                 host.domain(nic_vm).destroy()
-        run_cli("net", "delete", net)
+            run_cli("vm", "undefine", nic_vm, "--remove-storage")
+        deleted = run_cli("net", "delete", net)
+        assert deleted.code == 0, deleted.stderr
 
 
 def test_promql_returns_the_guests_series(stack: Stack) -> None:
@@ -187,7 +189,8 @@ def test_promql_returns_the_guests_series(stack: Stack) -> None:
     assert _value(one(f'libvirt_domain_state_code{{job="kvmops",domain="{vm}"}}')) == 1
     state = one(f'kvmops_domain_state{{domain="{vm}"}} == 1')
     assert state["metric"]["state"] == "running", state
-    assert _value(one(f'libvirt_domain_timed_out{{domain="{vm}"}}')) == 0
+    # 1 for a moment when the domain's QEMU was busy with another call (NOWAIT)
+    assert _value(one(f'libvirt_domain_timed_out{{domain="{vm}"}} == 0')) == 0
     assert _value(one(f'libvirt_domain_block_stats_read_bytes_total{{job="kvmops",'
                       f'domain="{vm}",target_device="vda"}}')) > 0
     assert _value(one(f'libvirt_domain_vcpu_time_seconds_total{{domain="{vm}",vcpu="0"}}')) > 0
@@ -263,9 +266,11 @@ def test_kumina_series_are_a_subset_of_kvmops(stack: Stack) -> None:
         first_after = min(i for i, (t, _) in enumerate(theirs) if t >= at)
         before, after = theirs[last_before - 1][1], theirs[first_after + 1][1]
         name = labels["__name__"]
-        if "domain" not in labels:  # host-wide: other sessions' VMs come and go
-            if name == "libvirt_up" and not value == before == 1:
-                mismatches.append((labels, value, before))
+        if "domain" not in labels:
+            # host-wide: other sessions' VMs come and go, and kumina's scrape fails
+            # (libvirt_up 0) when one vanishes under it
+            if name == "libvirt_up" and value != 1:
+                mismatches.append((labels, value))
             continue
         if name.endswith("_total"):
             slack = 0.011 if "seconds" in name else 0  # kumina: 10 ms steps
