@@ -167,6 +167,7 @@ class FakeConn:
     def __init__(self, domains: list[FakeDomain], stuck: threading.Event | None = None
                  ) -> None:
         self.domains, self.stuck = domains, stuck
+        self.list_stuck: threading.Event | None = None
 
     def getAllDomainStats(self, _groups: int, _flags: int
                           ) -> list[tuple[FakeDomain, dict[str, Any]]]:
@@ -175,7 +176,12 @@ class FakeConn:
         return [(d, d.record) for d in self.domains if not d.gone]
 
     def listAllDomains(self, _flags: int) -> list[FakeDomain]:
+        if self.list_stuck is not None:
+            self.list_stuck.wait(30)
         return list(self.domains)
+
+    def getLibVersion(self) -> int:
+        return 9000000
 
     def domainListGetStats(self, doms: list[FakeDomain], _groups: int,
                            _flags: int) -> list[tuple[FakeDomain, dict[str, Any]]]:
@@ -222,7 +228,36 @@ def test_a_held_domain_is_timed_out_with_its_previous_values() -> None:
     assert set(by_name) == {"a", "b", "c"}  # the vanished one is skipped, not an error
     assert by_name["a"].timed_out and by_name["a"].blocks == before.blocks
     assert not by_name["b"].timed_out
-    assert by_name["c"].timed_out and by_name["c"].state_name == "running"
+    # never answered and no previous values: reported, stale, its state unknown
+    assert by_name["c"].timed_out and by_name["c"].state_name == "nostate"
+
+
+def test_a_listing_held_by_a_domain_lock_reports_the_previous_snapshot() -> None:
+    before = parse_record("a", UUID_A, RUNNING, collected_at=1.0)
+    stuck = threading.Event()
+    try:
+        conn = FakeConn([FakeDomain("a", UUID_A, RUNNING)], stuck=stuck)
+        conn.list_stuck = stuck
+        result = _collect(conn, deadline=1.0, previous={UUID_A: before, "a": before})
+    finally:
+        stuck.set()
+    assert result.up  # the host answers; the domains' lock is what is held
+    (only,) = result.domains
+    assert only.timed_out and only.cpu_time_ns == before.cpu_time_ns
+
+
+def test_known_domains_are_asked_one_by_one_while_the_listing_waits() -> None:
+    conn = FakeConn([FakeDomain("a", UUID_A, RUNNING), FakeDomain("b", UUID_B, SHUTOFF)])
+    first = _collect(conn)
+    assert [d.timed_out for d in first.domains] == [False, False]
+    stuck = threading.Event()
+    try:
+        conn.stuck = conn.list_stuck = stuck  # a domain being started holds its lock
+        result = _collect(conn, deadline=1.0, previous=domstats.previous_of(first))
+    finally:
+        stuck.set()
+    assert result.up
+    assert [(d.name, d.timed_out) for d in result.domains] == [("a", False), ("b", False)]
 
 
 def test_an_unreachable_host_is_down_not_an_exception() -> None:

@@ -333,6 +333,28 @@ def in_thread(fn: Callable[[], T], name: str = "kvmops-stats") -> Future[T]:
     return future
 
 
+_INFLIGHT: dict[tuple[Any, ...], Future[Any]] = {}
+_INFLIGHT_LOCK = threading.Lock()
+
+
+def shared_call(key: tuple[Any, ...], fn: Callable[[], T], name: str = "kvmops-stats"
+                ) -> Future[T]:
+    """``fn()`` in a thread, unless a call with the same ``key`` is still running: then
+    that one's future. A call stuck in libvirt (a held domain lock, a stopped QEMU) is
+    joined by the next scrapes instead of being issued again: the calls waiting in
+    libvirtd stay bounded (its worker threads are few) however often it is scraped."""
+    with _INFLIGHT_LOCK:
+        running = _INFLIGHT.get(key)
+        if running is not None and not running.done():
+            return running
+        future = in_thread(fn, name)
+        _INFLIGHT[key] = future
+        if len(_INFLIGHT) > 4096:  # forget finished calls (vanished domains)
+            for old in [k for k, f in _INFLIGHT.items() if f.done()]:
+                del _INFLIGHT[old]
+        return future
+
+
 def _wait(future: Future[T], until: float) -> T | None:
     """The result by the monotonic time ``until`` (None when late or failed)."""
     try:
@@ -372,56 +394,115 @@ def _identity(dom: Any) -> tuple[str, str] | None:
         return None
 
 
+#: Shares of the deadline: the bulk call, the listing, the per-domain calls, the host's
+#: own answer (a call that takes no domain's lock), the extras (iotune, jobs).
+BULK_SHARE, LIST_SHARE, ONE_SHARE, ALIVE_SHARE, EXTRAS_SHARE = 0.5, 0.65, 0.85, 0.9, 0.95
+
+#: The domain handles of each connection's last answer (by uuid): when the bulk call is
+#: late, the known domains are asked at once while the listing (which waits for the lock
+#: of a domain being started, say) is still under way.
+_HANDLES: dict[str, dict[str, Any]] = {}
+_HANDLES_LOCK = threading.Lock()
+
+
+def _token(conn: Any) -> str:
+    """A key of its own for a connection object (``id()`` may be reused after it is
+    closed and a new one opened)."""
+    token = getattr(conn, "_kvmops_stats_token", None)
+    if token is None:
+        token = f"{id(conn):x}-{time.monotonic_ns():x}"
+        with contextlib.suppress(AttributeError):
+            conn._kvmops_stats_token = token
+    return str(token)
+
+
+def _remember(conn: Any, handles: Mapping[str, Any]) -> None:
+    with _HANDLES_LOCK:
+        _HANDLES[_token(conn)] = dict(handles)
+
+
+def _known(conn: Any) -> dict[str, Any]:
+    with _HANDLES_LOCK:
+        return dict(_HANDLES.get(_token(conn), {}))
+
+
 def collect(host: Host, *, deadline_s: float,
             previous: Mapping[str, DomainStats] | None = None) -> HostStats:
     """Every VM's statistics on ``host`` within ``deadline_s`` seconds (see the module
     doc). ``previous`` maps uuid (or name) to the last snapshot's values. A host that
-    does not answer is ``up=False`` with the error, never an exception."""
+    does not answer is ``up=False`` with the error, never an exception.
+
+    When not even the domain list comes in time (libvirt waits for the lock of a domain
+    being started, say) but the host itself answers, the domains known from the last
+    call are asked one by one; those that do not answer are stale (``timed_out``)."""
     started = time.monotonic()
-    until = started + deadline_s
+
+    def by(share: float) -> float:
+        return started + deadline_s * share
+
     collected_at = time.time()
     conn = host.conn
-    bulk = in_thread(lambda: _bulk(conn), "kvmops-stats-bulk")
-    # Leave part of the budget for the per-domain fallback and the extras.
-    records = _wait(bulk, started + deadline_s * 0.5)
+    key = _token(conn)
+    bulk = shared_call((key, "bulk"), lambda: _bulk(conn), "kvmops-stats-bulk")
+    records = _wait(bulk, by(BULK_SHARE))
     domains: list[DomainStats] = []
     if records is None and bulk.done():
         err = bulk.exception()
         if isinstance(err, libvirt.libvirtError) and connection_lost(err):
             return HostStats(host_uri=host.uri, up=False, error=_message(err),
                              duration_s=time.monotonic() - started, collected_at=collected_at)
+    handles: dict[str, Any] = {}
     if records is not None:
         for dom, record in records:
             ident = _identity(dom)
             if ident is None:
                 continue
+            handles[ident[1]] = dom
             domains.append(_parsed(ident, record, collected_at, previous))
-        handles = {ident[1]: dom for dom, _ in records if (ident := _identity(dom))}
     else:
-        listed = _wait(in_thread(lambda: list(conn.listAllDomains(0)), "kvmops-stats-list"),
-                       until)
-        if listed is None:
+        alive = shared_call((key, "alive"), conn.getLibVersion, "kvmops-stats-alive")
+        listing = shared_call((key, "list"), lambda: list(conn.listAllDomains(0)),
+                              "kvmops-stats-list")
+        asked: dict[str, tuple[tuple[str, str], Future[Records]]] = {}
+
+        def ask(doms: Iterable[Any]) -> None:
+            for dom in doms:
+                ident = _identity(dom)
+                if ident is None or ident[1] in asked:
+                    continue
+                handles[ident[1]] = dom
+                asked[ident[1]] = (ident, shared_call((key, "one", ident[1]),
+                                                      functools.partial(_one, conn, dom)))
+
+        ask(_known(conn).values())
+        listed = _wait(listing, by(LIST_SHARE))
+        if listed is not None:
+            ask(listed)
+            gone = set(asked) - {i[1] for d in listed if (i := _identity(d))}
+        elif _wait(alive, by(ALIVE_SHARE)) is None:
             return HostStats(host_uri=host.uri, up=False,
                              error=f"libvirt did not answer within {deadline_s:g} s",
-                             duration_s=time.monotonic() - started, collected_at=collected_at)
-        handles = {}
-        asked = []
-        for dom in listed:
-            ident = _identity(dom)
-            if ident is None:
-                continue
-            handles[ident[1]] = dom
-            asked.append((ident, dom, in_thread(functools.partial(_one, conn, dom))))
-        fallback_until = started + deadline_s * 0.8
-        for ident, dom, future in asked:
-            answer = _wait(future, fallback_until)
+                             duration_s=time.monotonic() - started,
+                             collected_at=collected_at)
+        else:  # the host answers, its list does not: the last snapshot's other domains
+            gone = set()
+            seen = set(asked)
+            for before in (previous or {}).values():
+                if before.uuid not in seen:
+                    seen.add(before.uuid)
+                    domains.append(replace(before, timed_out=True, collected_at=collected_at))
+        for uuid, (ident, future) in asked.items():
+            answer = _wait(future, by(ONE_SHARE))
             if answer:
                 domains.append(_parsed(ident, answer[0][1], collected_at, previous))
                 continue
-            if answer is not None or (future.done() and _domain_gone(future.exception())):
+            if uuid in gone or answer is not None or (
+                    future.done() and _domain_gone(future.exception())):
+                handles.pop(uuid, None)
                 continue  # undefined meanwhile
-            domains.append(_unanswered(ident, dom, collected_at, previous))
-    domains = _extras(conn, domains, handles, until)
+            domains.append(_unanswered(ident, collected_at, previous))
+    _remember(conn, handles)
+    domains = _extras(key, domains, handles, by(EXTRAS_SHARE), previous)
     return HostStats(host_uri=host.uri, up=True, error=None,
                      duration_s=time.monotonic() - started, collected_at=collected_at,
                      domains=tuple(sorted(domains, key=lambda d: d.name)))
@@ -440,16 +521,14 @@ def _parsed(ident: tuple[str, str], record: Mapping[str, Any], collected_at: flo
     return stats
 
 
-def _unanswered(ident: tuple[str, str], dom: Any, collected_at: float,
+def _unanswered(ident: tuple[str, str], collected_at: float,
                 previous: Mapping[str, DomainStats] | None) -> DomainStats:
-    """A domain whose statistics did not come in time: its previous values (or an
-    empty record with the state, which libvirt gives without QEMU)."""
-    state, reason = 0, 0
-    with contextlib.suppress(libvirt.libvirtError):
-        state, reason = dom.state(0)[:2]
-    current = parse_record(ident[0], ident[1], {"state.state": state, "state.reason": reason},
-                           collected_at=collected_at)
-    return stale(current, _lookup(previous, *ident))
+    """A domain whose statistics did not come in time: its previous values (without
+    any: an empty record; asking its state would wait for its lock too)."""
+    found = _lookup(previous, *ident)
+    if found is not None:
+        return replace(found, timed_out=True, collected_at=collected_at)
+    return parse_record(ident[0], ident[1], {}, collected_at=collected_at, timed_out=True)
 
 
 # Extras: iotune limits and job progress ---------------------------------------------
@@ -496,43 +575,68 @@ def block_job(target: str, info: Mapping[str, Any]) -> JobProgress | None:
         disk=target)
 
 
-def _domain_extras(dom: Any, stats: DomainStats) -> DomainStats:
-    xml = dom.XMLDesc(0)
-    iotune, bridges = parse_iotune(xml)
-    nets = tuple(replace(n, bridge=bridges.get(n.target)) for n in stats.nets)
+Extras = tuple[tuple[Iotune, ...], dict[str, str], tuple[JobProgress, ...]]
+
+
+def _domain_extras(dom: Any, targets: tuple[str, ...]) -> Extras:
+    """A running domain's iotune limits, NIC bridges and jobs."""
+    iotune, bridges = parse_iotune(dom.XMLDesc(0))
     jobs: list[JobProgress] = []
-    if not stats.timed_out:
+    with contextlib.suppress(libvirt.libvirtError):
+        control = dom.controlInfo(0)
+        if control and control[0] == libvirt.VIR_DOMAIN_CONTROL_JOB:
+            job = job_from_stats(dom.jobStats(0))
+            if job is not None:
+                jobs.append(job)
+    for target in targets:
         with contextlib.suppress(libvirt.libvirtError):
-            control = dom.controlInfo(0)
-            if control and control[0] == libvirt.VIR_DOMAIN_CONTROL_JOB:
-                job = job_from_stats(dom.jobStats(0))
-                if job is not None:
-                    jobs.append(job)
-        for block in stats.blocks:
-            with contextlib.suppress(libvirt.libvirtError):
-                found = block_job(block.target, dom.blockJobInfo(block.target, 0))
-                if found is not None:
-                    jobs.append(found)
-    return replace(stats, iotune=iotune, nets=nets, jobs=tuple(jobs))
+            found = block_job(target, dom.blockJobInfo(target, 0))
+            if found is not None:
+                jobs.append(found)
+    return iotune, bridges, tuple(jobs)
 
 
-def _extras(conn: libvirt.virConnect, domains: Iterable[DomainStats],
-            handles: Mapping[str, Any], until: float) -> list[DomainStats]:
+def _with_extras(stats: DomainStats, extras: Extras) -> DomainStats:
+    iotune, bridges, jobs = extras
+    return replace(stats, iotune=iotune, jobs=jobs,
+                   nets=tuple(replace(n, bridge=bridges.get(n.target)) for n in stats.nets))
+
+
+def _extras(key: str, domains: Iterable[DomainStats], handles: Mapping[str, Any],
+            until: float, previous: Mapping[str, DomainStats] | None) -> list[DomainStats]:
     """The running domains with their iotune limits, bridges and jobs, each asked in
-    parallel and waited for until ``until`` (late: the domain as it is)."""
-    asked: list[tuple[DomainStats, Future[DomainStats] | None]] = []
+    parallel and waited for until ``until`` (late: the previous ones, so that a
+    series' labels -- the source bridge -- do not change with a slow answer)."""
+    asked: list[tuple[DomainStats, Future[Extras] | None]] = []
     for stats in domains:
         dom = handles.get(stats.uuid)
-        if dom is None or not stats.active:
+        if dom is None or not stats.active or stats.timed_out:
+            # a stale domain's live XML would wait for its held job: the last extras
             asked.append((stats, None))
             continue
-        asked.append((stats, in_thread(functools.partial(_domain_extras, dom, stats),
-                                       "kvmops-stats-extras")))
+        targets = tuple(b.target for b in stats.blocks)
+        asked.append((stats, shared_call((key, "extras", stats.uuid, targets),
+                                         functools.partial(_domain_extras, dom, targets),
+                                         "kvmops-stats-extras")))
     result = []
     for stats, future in asked:
-        done = _wait(future, until) if future is not None else None
-        result.append(done if done is not None else stats)
+        extras = _wait(future, until) if future is not None else None
+        if extras is not None:
+            result.append(_with_extras(stats, extras))
+        elif stats.active:
+            result.append(_previous_extras(stats, _lookup(previous, stats.name, stats.uuid)))
+        else:
+            result.append(stats)
     return result
+
+
+def _previous_extras(stats: DomainStats, before: DomainStats | None) -> DomainStats:
+    if before is None:
+        return stats
+    bridges = {n.target: n.bridge for n in before.nets}
+    return replace(stats, iotune=before.iotune, jobs=before.jobs,
+                   nets=tuple(replace(n, bridge=n.bridge or bridges.get(n.target))
+                              for n in stats.nets))
 
 
 def previous_of(snapshot: HostStats | None) -> dict[str, DomainStats]:

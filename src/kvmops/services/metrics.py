@@ -257,40 +257,43 @@ class MetricsSource:
                       jobs=self._jobs(), doctor=tuple(self._doctor(names)))
 
     def _host(self, name: str) -> HostSample:
+        from kvmops.errors import KvmopsError
+        from kvmops.host.domstats import shared_call
         from kvmops.services import stats
 
         started = time.monotonic()
-        snapshot = stats.host_stats(self.caller, name, deadline_s=self.deadline_s,
-                                    db=self.db)
+        try:
+            uri, conn = stats.connection_of(self.caller, name, self.deadline_s, self.db)
+        except KvmopsError as err:
+            return HostSample(host=name, up=False, duration_s=time.monotonic() - started,
+                              error=err.message)
+        extras = shared_call((uri, id(self), "host"),
+                             functools.partial(self._host_extras, uri, conn),
+                             "kvmops-metrics-host")
+        remaining = max(0.2, self.deadline_s - (time.monotonic() - started))
+        snapshot = stats.host_stats(self.caller, name, deadline_s=remaining, db=self.db)
         if not snapshot.up:
             return HostSample(host=name, up=False, duration_s=time.monotonic() - started,
                               error=snapshot.error)
-        uri, conn = stats.connection_of(self.caller, name, self.deadline_s, self.db)
         agents = self.agents.answers(uri, conn, snapshot.domains)
-        memory, pools = self._host_extras(uri, conn, started)
+        try:  # late or failed: the pools known, no memory figure
+            memory, pools = extras.result(timeout=max(
+                0.0, started + self.deadline_s * 0.97 - time.monotonic()))
+        except Exception:
+            memory, pools = None, self._pools.get(uri, ())
         return HostSample(host=name, up=True, duration_s=time.monotonic() - started,
                           domains=snapshot.domains, memory_bytes=memory, pools=pools,
                           agents=agents)
 
-    def _host_extras(self, uri: str, conn: Any, started: float
-                     ) -> tuple[int | None, tuple[PoolSample, ...]]:
-        """The host's memory and pools, waited for until the deadline (late: the last
-        pools known)."""
-        from kvmops.host.domstats import in_thread, memory_bytes
+    def _host_extras(self, uri: str, conn: Any) -> tuple[int | None, tuple[PoolSample, ...]]:
+        """The host's memory and active pools (kept for a scrape they are late for)."""
+        from kvmops.host.domstats import memory_bytes
         from kvmops.services import pools
 
-        def read() -> tuple[int | None, tuple[PoolSample, ...]]:
-            found = tuple(PoolSample(p.name, p.capacity, p.available)
-                          for p in pools.list_pools(self.caller, conn) if p.active)
-            self._pools[uri] = found
-            return memory_bytes(conn), found
-
-        future = in_thread(read, "kvmops-metrics-host")
-        try:
-            return future.result(timeout=max(0.0, started + self.deadline_s
-                                             - time.monotonic()))
-        except Exception:  # late or failed: the pools known, no memory figure
-            return None, self._pools.get(uri, ())
+        found = tuple(PoolSample(p.name, p.capacity, p.available)
+                      for p in pools.list_pools(self.caller, conn) if p.active)
+        self._pools[uri] = found
+        return memory_bytes(conn), found
 
     def _backups(self, hosts_of: Mapping[str, str]) -> list[BackupSample]:
         return backup_samples(self._events(), hosts_of, self.manifests.get)
