@@ -244,7 +244,8 @@ def test_api_dump_is_a_job_in_an_allowed_directory(server: ApiServer, guest: str
 
 # --------------------------------------------------------------------------- web
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="chromium missing: run scripts/setup-host.sh")
-def test_vm_page_shows_the_screenshot_thumbnail(server: ApiServer, guest: str) -> None:
+def test_vm_page_shows_the_screenshot_thumbnail(server: ApiServer, guest: str,
+                                                images_dir: Path) -> None:
     with chromium_page() as page:
         log_in(page, server.url, "op", "password-op")
         page.goto(f"{server.url}/vms/{guest}")
@@ -258,3 +259,9 @@ def test_vm_page_shows_the_screenshot_thumbnail(server: ApiServer, guest: str) -
             "() => !document.getElementById('screenshot-refresh').disabled")
         page.click("#nmi-btn")
         page.locator(".toast", has_text="NMI injected").wait_for()
+        target = images_dir / "diag-web.core"  # the dump dialog: a job, its progress
+        page.click("#dump-btn")
+        page.fill("#dump-dialog input[name=file]", str(target))
+        page.click("#dump-go")
+        page.locator("#dump-status", has_text="written to " + str(target)).wait_for()
+        _assert_elf_core(target)
