@@ -9,7 +9,7 @@ from pathlib import Path
 
 BENCHES = ["agent_bench.py", "api_bench.py", "ui_bench.py", "backup_bench.py", "cli_startup.py",
            "net_bench.py", "nic_bench.py", "pool_bench.py", "multihost_bench.py",
-           "migration_bench.py"]
+           "migration_bench.py", "metrics_bench.py"]
 
 
 def main() -> int:
