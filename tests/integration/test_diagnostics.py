@@ -161,9 +161,9 @@ def test_one_line_errors(fresh_vm: str, guest: str, images_dir: Path) -> None:
 
 def test_host_option_acts_on_the_second_host(tiny_guest: GuestImage, images_dir: Path,
                                              tmp_path: Path) -> None:
-    """``--host NAME``: the commands reach the VM there (started paused: nothing boots);
-    a dump is refused for a host over the network (its libvirtd would write the file on
-    its own disks)."""
+    """``--host NAME`` and the API's ``?host=``: the commands reach the VM there (started
+    paused: nothing boots); a dump is refused for a host over the network (its libvirtd
+    would write the file on its own disks)."""
     env = {"KVMOPS_DB": f"sqlite:///{tmp_path / 'hosts.db'}"}
     with second_host(f"{SESSION_PREFIX}dgh") as h2, defined_vm(
             h2.uri, f"{SESSION_PREFIX}dgvm", str(tiny_guest.kernel),
@@ -184,6 +184,25 @@ def test_host_option_acts_on_the_second_host(tiny_guest: GuestImage, images_dir:
             run_cli("vm", "dump", vm, str(images_dir / "diag-h2.core"), "--memory-only",
                     "--host", "h2", env=env), 6, "on its own disks", "on that host")
         assert not (images_dir / "diag-h2.core").exists()
+        # the API's ?host= reaches it too
+        srv = start_server(f"sqlite:///{tmp_path / 'api.db'}", tmp_path, "--allow-dir",
+                           str(images_dir))
+        try:
+            add_users(srv)
+            with srv.client("admin") as admin, srv.client("operator") as op:
+                added = admin.post("/hosts", json={"name": "h2", "uri": h2.uri})
+                assert added.status_code == 201, added.text
+                assert op.post(f"/vms/{vm}/nmi").status_code == 404  # not on this host
+                there = op.post(f"/vms/{vm}/nmi", params={"host": "h2"})
+                assert there.status_code == 200, there.text
+                shot = op.get(f"/vms/{vm}/screenshot", params={"host": "h2"})
+                assert shot.status_code == 409 and "no video device" in shot.json()["error"]
+                dump = op.post(f"/vms/{vm}/dump", params={"host": "h2"},
+                               json={"file": str(images_dir / "diag-h2.core"),
+                                     "memory_only": True})
+                assert dump.status_code == 501 and "on that host" in dump.json()["error"]
+        finally:
+            srv.stop()
 
 
 # --------------------------------------------------------------------------- API
