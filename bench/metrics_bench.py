@@ -215,6 +215,9 @@ def render(kvmops: Side, kumina: Side, defined: int, running: int, rounds: int,
     def ratio(f: float, g: float) -> str:
         return f"{f / g:.2f}" if g > 0 else "-"
 
+    def per_k(values: Sequence[float], side: Side) -> str:
+        return f"{statistics.median(values) * 1000 * 1000 / max(side.series, 1):.0f}"
+
     kv_med, ku_med = statistics.median(kvmops.wall), statistics.median(kumina.wall)
     lines = [
         "## Prometheus scrapes (`bench/metrics_bench.py`)",
@@ -237,6 +240,12 @@ def render(kvmops: Side, kumina: Side, defined: int, running: int, rounds: int,
         f"{ratio(p95(kvmops.wall), p95(kumina.wall))} | "
         f"{ratio(statistics.mean(kvmops.cpu), statistics.mean(kumina.cpu))} | "
         f"{ratio(statistics.mean(kvmops.libvirtd), statistics.mean(kumina.libvirtd))} |",
+        "",
+        "Per 1000 series returned: exporter CPU "
+        + ", ".join(f"{side.name} {per_k(side.cpu, side)}" for side in (kvmops, kumina))
+        + " ms; scrape time "
+        + ", ".join(f"{side.name} {per_k(side.wall, side)}" for side in (kvmops, kumina))
+        + " ms (medians).",
         "",
         "Series leave out each exporter's own runtime series (go_, python_, process_). "
         "kumina asks libvirt per domain (info, then block and interface stats per device, "
