@@ -405,6 +405,14 @@ _HANDLES: dict[str, dict[str, Any]] = {}
 _HANDLES_LOCK = threading.Lock()
 
 
+LATE = "libvirt did not answer within"
+
+
+def late(stats: HostStats) -> bool:
+    """Was the host down only for being late (not for a lost connection)?"""
+    return not stats.up and (stats.error or "").startswith(LATE)
+
+
 def _token(conn: Any) -> str:
     """A key of its own for a connection object (``id()`` may be reused after it is
     closed and a new one opened)."""

@@ -271,7 +271,8 @@ class MetricsSource:
                              functools.partial(self._host_extras, uri, conn),
                              "kvmops-metrics-host")
         remaining = max(0.2, self.deadline_s - (time.monotonic() - started))
-        snapshot = stats.host_stats(self.caller, name, deadline_s=remaining, db=self.db)
+        snapshot = stats.host_stats(self.caller, name, deadline_s=remaining, db=self.db,
+                                    connection=(uri, conn))
         if not snapshot.up:
             return HostSample(host=name, up=False, duration_s=time.monotonic() - started,
                               error=snapshot.error)

@@ -9,6 +9,7 @@ that cannot be reached is ``up=False`` with the reason, never an exception.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -44,21 +45,33 @@ def connection_of(caller: Caller, host_name: str | None, deadline_s: float,
 
 
 def host_stats(caller: Caller, host_name: str | None, *, deadline_s: float = 5.0,
-               db: str | Store | None = None) -> HostStats:
+               db: str | Store | None = None,
+               connection: tuple[str, Connection] | None = None) -> HostStats:
     """Every VM's statistics on host ``host_name`` (None: this machine) within
-    ``deadline_s`` seconds; a host that cannot be reached is ``up=False``."""
+    ``deadline_s`` seconds; a host that cannot be reached is ``up=False``.
+    ``connection`` is the (URI, connection) the caller already has for it.
+
+    The shared connection is checked (a call that takes no domain's lock) when it is
+    handed out: when libvirt then answers nothing more within the deadline (a busy
+    libvirtd, domains' locks held by starts and stops), the host counts as up and every
+    domain of the last snapshot is reported stale (``timed_out``)."""
     started = time.monotonic()
     try:
-        uri, conn = connection_of(caller, host_name, deadline_s, db)
+        uri, conn = connection or connection_of(caller, host_name, deadline_s, db)
     except KvmopsError as err:
         return _down(host_name or "local", err.message, started)
     remaining = max(0.2, deadline_s - (time.monotonic() - started))
     with _LOCK:
-        previous = domstats.previous_of(_PREVIOUS.get(uri))
-    stats = domstats.collect(conn, deadline_s=remaining, previous=previous)
+        before = _PREVIOUS.get(uri)
+    stats = domstats.collect(conn, deadline_s=remaining,
+                             previous=domstats.previous_of(before))
     if stats.up:
         with _LOCK:
             _PREVIOUS[uri] = stats
+    elif before is not None and domstats.late(stats):  # the connection was just checked
+        return dataclasses.replace(
+            stats, up=True, error=None, duration_s=time.monotonic() - started,
+            domains=tuple(dataclasses.replace(d, timed_out=True) for d in before.domains))
     return stats
 
 
