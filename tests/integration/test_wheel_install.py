@@ -21,7 +21,9 @@ from tests.conftest import REPO
 ASSETS = ("kvmops/web/templates/base.html", "kvmops/web/static/app.js",
           "kvmops/web/static/swagger/swagger-ui-bundle.js",
           "kvmops/web/static/xterm/xterm.js", "kvmops/web/static/novnc/core/rfb.js",
-          "kvmops/devguest/init.sh", "kvmops/store/migrations/env.py", "kvmops/py.typed")
+          "kvmops/devguest/init.sh", "kvmops/store/migrations/env.py", "kvmops/py.typed",
+          "kvmops/metrics/content/kvmops-alerts.rules.yml",
+          "kvmops/metrics/content/kvmops-grafana-dashboard.json")
 
 
 def _run(argv: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
@@ -71,6 +73,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(tmp_path: Path) -> None:
     assert "libvirt" in text and "QEMU" in text
     assert "complete -o default -F _kvmops_completion kvmops" in _run(
         [kvmops_bin, "completion", "bash"], cwd=tmp_path).stdout
+    assert "KvmopsVMCrashed" in _run([kvmops_bin, "monitoring", "rules"], cwd=tmp_path).stdout
 
     # The installed package finds its web assets where the server looks for them.
     site = Path(installed_file).parent
