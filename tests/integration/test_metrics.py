@@ -26,7 +26,10 @@ from kvmops.host.connection import Host
 from tests.conftest import SESSION_PREFIX
 from tests.integration.api_server import free_port
 
-DEADLINE_S = 2.0
+#: The exporter's deadline (its default); the churn test's is shorter: its scrapes that
+#: wait for a domain being started or destroyed end sooner.
+DEADLINE_S = 5.0
+CHURN_DEADLINE_S = 2.0
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 
@@ -61,14 +64,13 @@ def guest(vm_factory: Callable[..., str]) -> str:
     return vm_factory(start=True)
 
 
-@pytest.fixture(scope="module")
-def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exporter]:
+@contextlib.contextmanager
+def running_exporter(*args: str) -> Iterator[Exporter]:
+    """``kvmops exporter`` on a free port with ``args``, stopped afterwards."""
     port = free_port()
-    db = tmp_path_factory.mktemp("exporter") / "kvmops.db"
     proc = subprocess.Popen(
         [sys.executable, "-m", "kvmops.cli.main", "exporter", "--listen",
-         f"127.0.0.1:{port}", "--host", "local", "--deadline", str(DEADLINE_S),
-         "--db", f"sqlite:///{db}"],
+         f"127.0.0.1:{port}", *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert proc.stdout is not None
@@ -84,11 +86,31 @@ def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exporter]:
             proc.wait()
 
 
+@pytest.fixture(scope="module")
+def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exporter]:
+    db = tmp_path_factory.mktemp("exporter") / "kvmops.db"
+    with running_exporter("--host", "local", "--deadline", str(DEADLINE_S),
+                          "--db", f"sqlite:///{db}") as started:
+        yield started
+
+
+def scrape_until(exporter: Exporter, done: Callable[[Samples], bool]) -> Samples:
+    """Scrapes until ``done`` holds (at most 30, half a second apart): the first scrape
+    of a loaded host may find the guest stale, the agent's first answer comes later."""
+    for _ in range(30):
+        samples = exporter.scrape()
+        if done(samples):
+            break
+        time.sleep(0.5)
+    return samples
+
+
 def test_exporter_serves_the_guest_series(exporter: Exporter, guest: str, host: Host
                                           ) -> None:
     uuid = host.domain(guest).UUIDString()
     me = {"domain": guest, "uuid": uuid, "host": "local"}
-    samples = exporter.scrape()
+    samples = scrape_until(
+        exporter, lambda s: _value(s, "libvirt_domain_timed_out", **me) == 0.0)
     assert _value(samples, "libvirt_up", host="local") == 1.0
     assert _value(samples, "kvmops_host_up", host="local") == 1.0
     assert _value(samples, "libvirt_domain_state_code", **me) == 1.0
@@ -111,12 +133,9 @@ def test_exporter_serves_the_guest_series(exporter: Exporter, guest: str, host: 
                if labels["state"] in ("running", "paused", "blocked")]
     assert _value(samples, "libvirt_domains_number", host="local") == len(running)
     # the guest agent is pinged in the background: a later scrape has its answer
-    for _ in range(60):
-        agent = _value(exporter.scrape(), "kvmops_guest_agent_responsive", **me)
-        if agent is not None:
-            break
-        time.sleep(0.5)
-    assert agent == 1.0
+    later = scrape_until(
+        exporter, lambda s: _value(s, "kvmops_guest_agent_responsive", **me) is not None)
+    assert _value(later, "kvmops_guest_agent_responsive", **me) == 1.0
 
 
 def _qemu_pid(name: str) -> int:
@@ -136,7 +155,8 @@ def test_a_stopped_qemu_is_timed_out_within_the_deadline(exporter: Exporter, gue
                                                          host: Host) -> None:
     uuid = host.domain(guest).UUIDString()
     me = {"domain": guest, "uuid": uuid, "host": "local"}
-    before = exporter.scrape()
+    before = scrape_until(
+        exporter, lambda s: _value(s, "libvirt_domain_timed_out", **me) == 0.0)
     assert _value(before, "libvirt_domain_timed_out", **me) == 0.0
     cpu_before = _value(before, "libvirt_domain_info_cpu_time_seconds_total", **me)
     held: list[BaseException | tuple[int, ...]] = []
@@ -164,11 +184,9 @@ def test_a_stopped_qemu_is_timed_out_within_the_deadline(exporter: Exporter, gue
         duration = _value(samples, "kvmops_scrape_duration_seconds", host="local")
         assert duration is not None and duration <= DEADLINE_S
     # once the QEMU runs again the guest answers again
-    for _ in range(60):
-        if _value(exporter.scrape(), "libvirt_domain_timed_out", **me) == 0.0:
-            break
-        time.sleep(0.5)
-    assert _value(exporter.scrape(), "libvirt_domain_timed_out", **me) == 0.0
+    after = scrape_until(
+        exporter, lambda s: _value(s, "libvirt_domain_timed_out", **me) == 0.0)
+    assert _value(after, "libvirt_domain_timed_out", **me) == 0.0
 
 
 def _tiny_xml(name: str, domain_type: str, guest_image: GuestImage) -> str:
@@ -180,7 +198,7 @@ def _tiny_xml(name: str, domain_type: str, guest_image: GuestImage) -> str:
 </domain>"""
 
 
-def test_500_scrapes_while_vms_come_and_go(exporter: Exporter, guest: str, host: Host,
+def test_500_scrapes_while_vms_come_and_go(tmp_path: Path, guest: str, host: Host,
                                            tiny_guest: GuestImage) -> None:
     domain_type = etree.fromstring(host.domain(guest).XMLDesc(0).encode()).get("type", "qemu")
     names = [f"{SESSION_PREFIX}churn{i}" for i in range(2)]
@@ -207,6 +225,10 @@ def test_500_scrapes_while_vms_come_and_go(exporter: Exporter, guest: str, host:
                         errors.append(str(err))
                         stop.wait(0.2)
 
+    stack = contextlib.ExitStack()
+    exporter = stack.enter_context(running_exporter(
+        "--host", "local", "--deadline", str(CHURN_DEADLINE_S),
+        "--db", f"sqlite:///{tmp_path / 'kvmops.db'}"))
     worker = threading.Thread(target=churn, daemon=True)
     worker.start()
     failed: list[str] = []
@@ -235,6 +257,7 @@ def test_500_scrapes_while_vms_come_and_go(exporter: Exporter, guest: str, host:
     finally:
         stop.set()
         worker.join(60)
+        stack.close()
         with Host(host.uri) as own:
             for name in names:
                 with contextlib.suppress(libvirt.libvirtError):
@@ -245,3 +268,23 @@ def test_500_scrapes_while_vms_come_and_go(exporter: Exporter, guest: str, host:
     assert failed == []
     assert cycles[0] >= 4, errors[-3:]  # VMs really came and went meanwhile
     assert seen_churn[0] > 0  # and scrapes saw them
+
+
+def test_unreachable_hosts_are_down_not_a_failed_scrape(tmp_path: Path, guest: str) -> None:
+    """Every managed host is exported; one refusing connections and one that never
+    answers (a black-holed address) are ``libvirt_up 0`` while this host's series
+    come as usual."""
+    from kvmops.services.database import migrated
+    from kvmops.store import hosts as store_hosts
+
+    db = f"sqlite:///{tmp_path / 'hosts.db'}"
+    with migrated(db) as store:
+        store_hosts.add(store, "refusing", "qemu+tcp://127.0.0.1:1/system", {}, "test")
+        store_hosts.add(store, "silent", "qemu+tcp://192.0.2.1/system", {}, "test")
+    with running_exporter("--deadline", str(DEADLINE_S), "--db", db) as exporter:
+        samples = scrape_until(exporter, lambda s: _value(
+            s, "libvirt_domain_state_code", domain=guest, host="local") is not None)
+    for name, up in (("local", 1.0), ("refusing", 0.0), ("silent", 0.0)):
+        assert _value(samples, "libvirt_up", host=name) == up, name
+        assert _value(samples, "kvmops_host_up", host=name) == up, name
+    assert _value(samples, "libvirt_domain_state_code", domain=guest, host="local") == 1.0
