@@ -246,3 +246,12 @@ def test_backup_sample_renders_a_success() -> None:
     assert samples["kvmops_backup_last_size_bytes"][0][1] == 5.0
     assert samples["kvmops_backup_last_time_seconds"] == [
         ({"domain": "a", "host": "local", "disk": "vda"}, 10.0)]
+
+
+def test_no_agent_series_for_a_vm_without_an_agent_channel() -> None:
+    host = _host()
+    without = host.domains[0].__class__(**{**host.domains[0].__dict__,
+                                           "agent_channel": False})
+    _text, samples, _families = _render(Scrape(hosts=(_host(domains=(without,),
+                                                            agents={UUID_A: False}),)))
+    assert "kvmops_guest_agent_responsive" not in samples  # nothing to alert on

@@ -109,6 +109,10 @@ def test_parse_iotune_and_bridges() -> None:
                                               "read_iops_sec": 100}),)
     assert bridges == {"vnet3": "br0", "vnet4": "default"}
     assert domstats.parse_iotune("<not xml") == ((), {})
+    assert not domstats.has_agent_channel(xml)
+    assert domstats.has_agent_channel(
+        "<domain><devices><channel type='unix'><target type='virtio' "
+        "name='org.qemu.guest_agent.0' state='connected'/></channel></devices></domain>")
 
 
 def test_job_progress() -> None:

@@ -171,6 +171,8 @@ class DomainStats:
     collected_at: float
     iotune: tuple[Iotune, ...] = ()
     jobs: tuple[JobProgress, ...] = ()
+    #: has a guest agent channel (None: not known; the live XML was not read)
+    agent_channel: bool | None = None
 
     @property
     def active(self) -> bool:
@@ -313,6 +315,16 @@ def parse_iotune(xml: str) -> tuple[tuple[Iotune, ...], dict[str, str]]:
         if bridge:
             bridges[target.get("dev", "")] = bridge
     return tuple(limits), bridges
+
+
+def has_agent_channel(xml: str) -> bool:
+    """Does the domain XML have a guest agent channel (``org.qemu.guest_agent.0``)?"""
+    try:
+        root = etree.fromstring(xml.encode(), parser=etree.XMLParser(resolve_entities=False))
+    except etree.XMLSyntaxError:
+        return False
+    return any(t.get("name") == "org.qemu.guest_agent.0"
+               for t in root.iterfind("./devices/channel/target"))
 
 
 # Calls under a deadline -------------------------------------------------------------
@@ -583,12 +595,13 @@ def block_job(target: str, info: Mapping[str, Any]) -> JobProgress | None:
         disk=target)
 
 
-Extras = tuple[tuple[Iotune, ...], dict[str, str], tuple[JobProgress, ...]]
+Extras = tuple[tuple[Iotune, ...], dict[str, str], tuple[JobProgress, ...], bool]
 
 
 def _domain_extras(dom: Any, targets: tuple[str, ...]) -> Extras:
     """A running domain's iotune limits, NIC bridges and jobs."""
-    iotune, bridges = parse_iotune(dom.XMLDesc(0))
+    xml = dom.XMLDesc(0)
+    iotune, bridges = parse_iotune(xml)
     jobs: list[JobProgress] = []
     with contextlib.suppress(libvirt.libvirtError):
         control = dom.controlInfo(0)
@@ -601,12 +614,12 @@ def _domain_extras(dom: Any, targets: tuple[str, ...]) -> Extras:
             found = block_job(target, dom.blockJobInfo(target, 0))
             if found is not None:
                 jobs.append(found)
-    return iotune, bridges, tuple(jobs)
+    return iotune, bridges, tuple(jobs), has_agent_channel(xml)
 
 
 def _with_extras(stats: DomainStats, extras: Extras) -> DomainStats:
-    iotune, bridges, jobs = extras
-    return replace(stats, iotune=iotune, jobs=jobs,
+    iotune, bridges, jobs, agent = extras
+    return replace(stats, iotune=iotune, jobs=jobs, agent_channel=agent,
                    nets=tuple(replace(n, bridge=bridges.get(n.target)) for n in stats.nets))
 
 
@@ -643,6 +656,7 @@ def _previous_extras(stats: DomainStats, before: DomainStats | None) -> DomainSt
         return stats
     bridges = {n.target: n.bridge for n in before.nets}
     return replace(stats, iotune=before.iotune, jobs=before.jobs,
+                   agent_channel=before.agent_channel,
                    nets=tuple(replace(n, bridge=n.bridge or bridges.get(n.target))
                               for n in stats.nets))
 

@@ -154,7 +154,7 @@ def _domain(out: _Families, h: str, d: DomainStats, agent: bool | None) -> None:
     _put(out.gauge("libvirt_domain_info_virtual_cpus",
                    "Number of virtual CPUs for the domain.", DOMAIN),
          labels, d.vcpus_current)
-    if agent is not None and d.active:
+    if agent is not None and d.active and d.agent_channel is not False:
         out.gauge("kvmops_guest_agent_responsive",
                   "1 when the guest agent answered its last ping.",
                   DOMAIN).add_metric(labels, 1.0 if agent else 0.0)

@@ -72,7 +72,7 @@ class AgentProbes:
         now = time.monotonic()
         found: dict[str, bool] = {}
         for dom in domains:
-            if not dom.active:
+            if not dom.active or dom.agent_channel is False:  # no agent to ask
                 continue
             key = (uri, dom.uuid)
             with self._lock:
