@@ -15,7 +15,7 @@ import yaml
 from kvmops.errors import ValidationError
 from kvmops.services import monitoring
 from tests import promql
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import REPO, assert_one_line_error, run_cli
 
 RULE_NAMES = {"KvmopsVMCrashed", "KvmopsVMPausedOnIOError", "KvmopsGuestAgentSilent",
               "KvmopsBackupFailed", "KvmopsBackupTooOld", "KvmopsBitmapInconsistent",
@@ -188,3 +188,10 @@ def test_every_metric_the_content_uses_is_exported() -> None:
     assert {"libvirt_domain_interface_stats_receive_bytes_total",
             "libvirt_domain_job_progress_ratio", "kvmops_pool_capacity_bytes",
             "kvmops_backup_chain_length", "kvmops_job_duration_seconds_bucket"} <= exported
+
+
+def test_the_docs_list_every_alert() -> None:
+    page = (REPO / "docs" / "concepts" / "observability.md").read_text()
+    section = page.split("## Prometheus and Grafana", 1)[1]
+    for rule in promql.rules():
+        assert f"| `{rule['alert']}` |" in section, rule["alert"]
