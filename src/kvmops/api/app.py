@@ -145,6 +145,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     from kvmops.api.routes import bench  # guest bench (a job, history), disk iotune
 
     api.include_router(bench.router)
+    from kvmops.api.routes import diagnostics  # vm nmi, reset, screenshot, dump (a job)
+
+    api.include_router(diagnostics.router)
     app.include_router(api)
     from kvmops.api.routes import metrics  # GET /metrics (Prometheus, viewer)
 
@@ -156,7 +159,4 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             web.register(app)
         elif hasattr(web, "router"):
             app.include_router(web.router)
-    from kvmops.api.routes import diagnostics  # vm nmi, reset, screenshot, dump (a job)
-
-    api.include_router(diagnostics.router)
     return app
