@@ -32,7 +32,7 @@ from kvmops.host.connection import Host
 from kvmops.services import monitoring
 from tests import promql
 from tests.conftest import REPO, SESSION_PREFIX, run_cli
-from tests.integration.api_server import free_port
+from tests.integration.api_server import ApiServer, add_users, free_port, start_server
 
 SCRAPE_S = 2
 WAIT_S = 90  # for series to appear: scrapes, rule evaluations (bounded, not timed)
@@ -43,12 +43,14 @@ CORE_PANELS = ("Host answering", "VMs running", "VMs defined",
                "Memory: RAM and committed to running VMs", "CPU used by VMs (cores)",
                "Statistics call duration", "VM CPU (% of its vCPUs)", "VM memory",
                "VM disk throughput", "VM disk IOPS", "VM network throughput",
-               "VM network packets", "vCPU delay (waiting for a host CPU)", "VM states")
+               "VM network packets", "vCPU delay (waiting for a host CPU)",
+               "API latency p50 / p95 / p99", "API requests by status", "VM states")
 
 
 @dataclass
 class Stack:
     prometheus: str  # base URL
+    server: ApiServer  # kvmops serve, scraped as job kvmops-server with a viewer's token
     vm: str  # booted, agent answering
     nic_vm: str  # paused, one NIC on ``bridge``
     bridge: str
@@ -124,6 +126,7 @@ def stack(running_vm: str, vm_factory: Callable[..., str], host: Host,
     net = f"{SESSION_PREFIX}prom"
     procs: list[subprocess.Popen[bytes]] = []
     nic_vm = ""
+    server: ApiServer | None = None
     created = run_cli("net", "create", net, "--mode", "isolated")
     assert created.code == 0, created.stderr
     try:
@@ -138,6 +141,9 @@ def stack(running_vm: str, vm_factory: Callable[..., str], host: Host,
         kumina = f"127.0.0.1:{ports['kumina']}"
         _start(["prometheus-libvirt-exporter", f"--web.listen-address={kumina}"],
                work / "kumina.log", f"http://{kumina}/metrics", procs)
+        server = start_server(f"sqlite:///{work / 'api.db'}", work)
+        add_users(server)
+        (work / "viewer-token").write_text(server.tokens["viewer"])
         (work / monitoring.RULES_FILE).write_text(monitoring.alert_rules())
         config = {
             "global": {"scrape_interval": f"{SCRAPE_S}s", "scrape_timeout": f"{SCRAPE_S}s",
@@ -145,14 +151,17 @@ def stack(running_vm: str, vm_factory: Callable[..., str], host: Host,
             "rule_files": [str(work / monitoring.RULES_FILE)],
             "scrape_configs": [
                 {"job_name": "kvmops", "static_configs": [{"targets": [kvmops]}]},
-                {"job_name": "kumina", "static_configs": [{"targets": [kumina]}]}]}
+                {"job_name": "kumina", "static_configs": [{"targets": [kumina]}]},
+                {"job_name": "kvmops-server",  # as docs/concepts/observability.md says
+                 "authorization": {"credentials_file": str(work / "viewer-token")},
+                 "static_configs": [{"targets": [server.url.removeprefix("http://")]}]}]}
         (work / "prometheus.yml").write_text(yaml.safe_dump(config))
         url = f"http://127.0.0.1:{ports['prometheus']}"
         _start(["prometheus", f"--config.file={work / 'prometheus.yml'}",
                 f"--storage.tsdb.path={work / 'data'}",
                 f"--web.listen-address=127.0.0.1:{ports['prometheus']}"],
                work / "prometheus.log", f"{url}/-/ready", procs)
-        stack = Stack(url, running_vm, nic_vm, bridge,
+        stack = Stack(url, server, running_vm, nic_vm, bridge,
                       {name: host.domain(name).UUIDString() for name in (running_vm, nic_vm)})
         for job in ("kvmops", "kumina"):
             for name in (running_vm, nic_vm):
@@ -162,6 +171,8 @@ def stack(running_vm: str, vm_factory: Callable[..., str], host: Host,
     finally:
         for proc in procs:
             _stop(proc)
+        if server is not None:
+            server.stop()
         if nic_vm:  # before its network, which refuses to go while a VM uses it
             with contextlib.suppress(libvirt.libvirtError):
                 host.domain(nic_vm).destroy()
@@ -187,26 +198,28 @@ def test_promql_returns_the_guests_series(stack: Stack) -> None:
     assert _value(one(f'libvirt_domain_info_maximum_memory_bytes{{job="kvmops",'
                       f'domain="{vm}"}}')) == 256 * 2**20
     assert _value(one(f'libvirt_domain_state_code{{job="kvmops",domain="{vm}"}}')) == 1
-    state = one(f'kvmops_domain_state{{domain="{vm}"}} == 1')
+    state = one(f'kvmops_domain_state{{job="kvmops",domain="{vm}"}} == 1')
     assert state["metric"]["state"] == "running", state
     # 1 for a moment when the domain's QEMU was busy with another call (NOWAIT)
-    assert _value(one(f'libvirt_domain_timed_out{{domain="{vm}"}} == 0')) == 0
+    assert _value(one(f'libvirt_domain_timed_out{{job="kvmops",domain="{vm}"}} == 0')) == 0
     assert _value(one(f'libvirt_domain_block_stats_read_bytes_total{{job="kvmops",'
                       f'domain="{vm}",target_device="vda"}}')) > 0
-    assert _value(one(f'libvirt_domain_vcpu_time_seconds_total{{domain="{vm}",vcpu="0"}}')) > 0
-    assert _value(one(f'libvirt_domain_memory_stats_rss_bytes{{domain="{vm}"}}')) > 0
+    assert _value(one(f'libvirt_domain_vcpu_time_seconds_total{{job="kvmops",domain="{vm}",'
+                      'vcpu="0"}')) > 0
+    assert _value(one(f'libvirt_domain_memory_stats_rss_bytes{{job="kvmops",domain="{vm}"}}')) > 0
     stack.wait_for("an answering agent", lambda: stack.query(
         f'kvmops_guest_agent_responsive{{domain="{vm}",uuid="{uuid}"}} == 1'))
-    paused = one(f'kvmops_domain_state{{domain="{stack.nic_vm}"}} == 1')
+    paused = one(f'kvmops_domain_state{{job="kvmops",domain="{stack.nic_vm}"}} == 1')
     assert (paused["metric"]["state"], paused["metric"]["reason"]) == ("paused", "user")
     nic = one(f'libvirt_domain_interface_stats_receive_bytes_total{{job="kvmops",'
               f'domain="{stack.nic_vm}"}}')
     assert nic["metric"]["source_bridge"] == stack.bridge
     assert nic["metric"]["target_device"].startswith("vnet")
-    assert _value(one('kvmops_host_up{host="local"}')) == 1
-    assert _value(one('kvmops_host_memory_bytes{host="local"}')) > 2**30
+    assert _value(one('kvmops_host_up{job="kvmops",host="local"}')) == 1
+    assert _value(one('kvmops_host_memory_bytes{job="kvmops",host="local"}')) > 2**30
     stack.wait_for("both targets up", lambda: {
-        s["metric"]["job"]: _value(s) for s in stack.query("up")} == {"kvmops": 1, "kumina": 1})
+        s["metric"]["job"]: _value(s) for s in stack.query("up")} == {"kvmops": 1, "kumina": 1,
+                                                        "kvmops-server": 1})
 
 
 def _samples(stack: Stack, selector: str, at: float) -> dict[tuple[tuple[str, str], ...],
@@ -351,3 +364,17 @@ def test_a_crashed_vm_fires_its_alert(stack: Stack, vm_factory: Callable[..., st
     assert alert["labels"]["severity"] == "critical" and alert["labels"]["host"] == "local"
     assert name in alert["annotations"]["summary"]
     assert domain.state() == [libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_CRASHED]
+
+
+def test_the_server_is_scraped_with_a_viewer_token(stack: Stack) -> None:
+    """The docs' scrape job for ``kvmops serve``: its /metrics with a viewer's token has
+    the same VM series as the exporter, and its own API latency histogram."""
+    vm = stack.vm
+    with stack.server.client("viewer") as client:
+        assert client.get("/vms").status_code == 200
+    stack.wait_for("the server's series of the VM", lambda: stack.query(
+        f'libvirt_domain_info_virtual_cpus{{job="kvmops-server",domain="{vm}"}} == 1'))
+    routes = stack.wait_for("the API latency of GET /api/v1/vms", lambda: stack.query(
+        'kvmops_api_request_duration_seconds_count{job="kvmops-server",method="GET",'
+        'route="/api/v1/vms",status="200"} > 0'))
+    assert routes[0]["metric"]["route"] == "/api/v1/vms"
