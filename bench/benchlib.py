@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import libvirt
 
+from kvmops.testing.procs import stop_process
+
 REPO = Path(__file__).resolve().parent.parent
 
 def write_marked_section(begin: str, end: str, section: str) -> None:
@@ -95,9 +97,5 @@ def bench_server(workdir: Path, role: str = "viewer") -> Iterator[tuple[str, str
             time.sleep(0.2)
         yield url, token
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, signal.SIGINT)
         log.close()

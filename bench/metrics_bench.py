@@ -32,7 +32,6 @@ import contextlib
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,8 @@ from pathlib import Path
 
 import httpx
 from benchlib import REPO, defined_vms, free_port, write_marked_section
+
+from kvmops.testing.procs import stop_process
 
 KVMOPS = str(Path(sys.executable).parent / "kvmops")
 GUEST = Path("/var/cache/kvmops/guest")
@@ -126,12 +127,7 @@ def server(argv: list[str], url: str, log: Path) -> Iterator[int]:
             time.sleep(0.2)
         yield proc.pid
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         out.close()
 
 

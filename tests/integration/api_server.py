@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from kvmops.testing.procs import stop_process
 from tests.conftest import REPO, run_cli
 
 PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
@@ -44,13 +45,7 @@ class ApiServer:
         return httpx.Client(base_url=self.url + "/api/v1", headers=headers, timeout=120)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, signal.SIGINT)
 
 
 def start_server(db: str, workdir: Path, *args: str, extra_env: dict[str, str] | None = None

@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kvmops.devguest.build import GuestImage
 from kvmops.host.connection import Host
+from kvmops.testing.procs import stop_process
 from tests.conftest import SESSION_PREFIX
 from tests.integration.api_server import free_port
 
@@ -78,12 +79,7 @@ def running_exporter(*args: str) -> Iterator[Exporter]:
         assert "serving metrics on" in line, line + proc.stdout.read()
         yield Exporter(f"http://127.0.0.1:{port}/metrics", proc)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @pytest.fixture(scope="module")

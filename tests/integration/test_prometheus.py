@@ -30,6 +30,7 @@ import yaml
 
 from kvmops.host.connection import Host
 from kvmops.services import monitoring
+from kvmops.testing.procs import stop_process
 from tests import promql
 from tests.conftest import REPO, SESSION_PREFIX, run_cli
 from tests.integration.api_server import ApiServer, add_users, free_port, start_server
@@ -107,16 +108,6 @@ def _start(argv: list[str], log: Path, url: str, procs: list[subprocess.Popen[by
         time.sleep(0.2)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
 def stack(running_vm: str, vm_factory: Callable[..., str], host: Host,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
@@ -170,7 +161,7 @@ def stack(running_vm: str, vm_factory: Callable[..., str], host: Host,
         yield stack
     finally:
         for proc in procs:
-            _stop(proc)
+            stop_process(proc)
         if server is not None:
             server.stop()
         if nic_vm:  # before its network, which refuses to go while a VM uses it
