@@ -2,38 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import pytest
 
 from kvmops.metrics.rates import VmRates, cpu_percent, rate, rates
-
-
-@dataclass(frozen=True)
-class Block:
-    target: str
-    rd_bytes: int | None
-    wr_bytes: int | None
-
-
-@dataclass(frozen=True)
-class Net:
-    target: str
-    rx_bytes: int | None
-    tx_bytes: int | None
-
-
-@dataclass(frozen=True)
-class Dom:
-    name: str = "vm1"
-    state_name: str = "running"
-    cpu_time_ns: int | None = 0
-    current_memory_kib: int | None = 262144
-    balloon: Mapping[str, int] = field(default_factory=dict)
-    blocks: tuple[Block, ...] = ()
-    nets: tuple[Net, ...] = ()
-    timed_out: bool = False
+from tests.unit.domstats_factory import Block, Dom, Net
 
 
 def test_cpu_percent_is_share_of_the_whole_host_like_virt_top() -> None:

@@ -4,41 +4,14 @@ host-level points (CPU of the host, memory in use, summed VM rates)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 
 from kvmops.errors import HostUnavailableError, ValidationError
 from kvmops.services import sampler
 from kvmops.services.sampler import HOST_KEYS, VM_KEYS, Reading, Sampler
-
-
-@dataclass(frozen=True)
-class Block:
-    target: str
-    rd_bytes: int | None
-    wr_bytes: int | None
-
-
-@dataclass(frozen=True)
-class Net:
-    target: str
-    rx_bytes: int | None
-    tx_bytes: int | None
-
-
-@dataclass(frozen=True)
-class Dom:
-    name: str
-    collected_at: float
-    cpu_time_ns: int | None = 0
-    state_name: str = "running"
-    current_memory_kib: int | None = 1024
-    balloon: Mapping[str, int] = field(default_factory=dict)
-    blocks: tuple[Block, ...] = ()
-    nets: tuple[Net, ...] = ()
-    timed_out: bool = False
+from tests.unit.domstats_factory import Block, Dom, Net
 
 
 @dataclass(frozen=True)
