@@ -10,7 +10,8 @@ from kvmops.services import sampler
 from kvmops.services import top as service
 from kvmops.services.caller import Caller
 from kvmops.services.top import TopRow, sort_rows
-from tests.unit.test_sampler import Dom, Node, Stats, reading
+from tests.unit.domstats_factory import Dom
+from tests.unit.test_sampler import Node, Stats, reading
 
 
 def rows() -> list[TopRow]:
