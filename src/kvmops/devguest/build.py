@@ -611,20 +611,8 @@ def build_data_disk(path: Path, work: Path) -> None:
     content = work / "data-root"
     content.mkdir()
     (content / "kvmops-data.txt").write_text("kvmops tiny guest data disk\n")
-    tmp = path.parent / f".{path.name}.tmp"
-    tmp.unlink(missing_ok=True)
-    with open(tmp, "wb") as fh:
-        fh.truncate(DATA_SIZE_MIB * 1024 * 1024)
-    try:
-        _run([mkfs, "-q", "-F", "-L", DATA_LABEL, "-E", "root_owner=0:0", "-d", str(content),
-              str(tmp)], f"mkfs.ext4 of {path} failed")
-        os.chmod(tmp, 0o644)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    tools.write_ext4_image(path, DATA_SIZE_MIB, [mkfs, "-q", "-F", "-L", DATA_LABEL, "-E",
+                                                 "root_owner=0:0", "-d", str(content)], _run)
 
 
 # --------------------------------------------------------------------------- entry point

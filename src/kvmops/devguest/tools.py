@@ -137,15 +137,22 @@ def build_tools_disk(path: Path, work: Path, libs: Sequence[str], versions: Mapp
     content = work / "tools-root"
     content.mkdir()
     size = image_size_mib(stage(content, tools, libs, versions))
+    # no journal: the guest only ever mounts it read-only; -m 0: nothing reserved
+    write_ext4_image(path, size, [mkfs, "-q", "-F", "-L", TOOLS_LABEL, "-O", "^has_journal",
+                                  "-m", "0", "-E", "root_owner=0:0", "-d", str(content)], run)
+
+
+def write_ext4_image(path: Path, size_mib: int, mkfs_argv: Sequence[str],
+                     run: Callable[[Sequence[str], str], str]) -> None:
+    """``mkfs_argv`` (mkfs.ext4 and its options, without the image) run on a sparse
+    ``size_mib`` temp file renamed over ``path``: the old image or the new one, never
+    half of one; a failed mkfs leaves the old image."""
     tmp = path.parent / f".{path.name}.tmp"
     tmp.unlink(missing_ok=True)
     with open(tmp, "wb") as fh:
-        fh.truncate(size * 1024 * 1024)
+        fh.truncate(size_mib * 1024 * 1024)
     try:
-        # no journal: the guest only ever mounts it read-only; -m 0: nothing reserved
-        run([mkfs, "-q", "-F", "-L", TOOLS_LABEL, "-O", "^has_journal", "-m", "0",
-             "-E", "root_owner=0:0", "-d", str(content), str(tmp)],
-            f"mkfs.ext4 of {path} failed")
+        run([*mkfs_argv, str(tmp)], f"mkfs.ext4 of {path} failed")
         os.chmod(tmp, 0o644)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
