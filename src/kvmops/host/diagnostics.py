@@ -21,6 +21,7 @@ import libvirt
 from kvmops.errors import CancelledError, StorageError
 from kvmops.host.domain import Domain
 from kvmops.host.errors import call, translate
+from kvmops.host.jobwatch import running_job_stats, watch_job
 
 DumpFormat = Literal["elf", "kdump-zlib", "kdump-lzo", "kdump-snappy", "win-dmp"]
 #: kvmops' format names -> libvirt's (``virsh dump --format`` spells them the same,
@@ -107,29 +108,15 @@ def core_dump(domain: Domain, path: str, *, fmt: DumpFormat = "elf",
 
     thread = threading.Thread(target=worker, name=f"dump-{domain.name}", daemon=True)
     thread.start()
-    aborted: str | None = None
-    try:
-        while thread.is_alive():
-            thread.join(POLL_S)
-            if not thread.is_alive():
-                break
-            if aborted is None and cancelled is not None and cancelled():
-                aborted = "cancelled"
-                _abort(raw)
-                continue
-            if progress is not None and aborted is None:
-                stats = job_progress(raw)
-                if stats is not None:
-                    try:
-                        progress(stats)
-                    except CancelledError:  # a job runner raising on cancel
-                        aborted = "cancelled"
-                        _abort(raw)
-    except KeyboardInterrupt:
-        aborted = "interrupted"
-        _abort(raw)
-        thread.join(ABORT_WAIT_S)
-    thread.join()
+
+    def tick(active: bool) -> None:
+        if progress is not None and active:
+            stats = job_progress(raw)
+            if stats is not None:
+                progress(stats)
+
+    aborted = watch_job(thread, raw, poll_s=POLL_S, abort_wait_s=ABORT_WAIT_S,
+                        cancelled=cancelled, tick=tick)
     error = outcome.get("error")
     if aborted is not None:  # (libvirt cannot abort a memory-only dump: it ran to its end)
         raise CancelledError(f"dump of VM '{domain.name}' {aborted}; the VM runs on",
@@ -143,19 +130,11 @@ def core_dump(domain: Domain, path: str, *, fmt: DumpFormat = "elf",
 def job_progress(raw: Any) -> DumpProgress | None:
     """The running dump job's progress from ``jobStats``: ``memory_*`` for a
     memory-only dump, ``data_*`` for a whole-state one; None between jobs."""
-    try:
-        stats = dict(raw.jobStats(0))
-    except libvirt.libvirtError:
-        return None
-    if stats.get("type") in (None, libvirt.VIR_DOMAIN_JOB_NONE):
+    stats = running_job_stats(raw)
+    if not stats:
         return None
     for prefix in ("memory", "data"):
         total = stats.get(f"{prefix}_total")
         if total:
             return DumpProgress(int(stats.get(f"{prefix}_processed") or 0), int(total))
     return DumpProgress(0, 0)
-
-
-def _abort(raw: Any) -> None:
-    with contextlib.suppress(libvirt.libvirtError):
-        raw.abortJob()

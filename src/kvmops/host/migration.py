@@ -30,6 +30,7 @@ from lxml import etree
 from kvmops.errors import CancelledError, HypervisorError, StateError
 from kvmops.host.connection import Host
 from kvmops.host.errors import call, error_text, translate
+from kvmops.host.jobwatch import running_job_stats, watch_job
 from kvmops.migration.model import MigrationProgress
 from kvmops.migration.preflight import DiskFact, parse_domain
 
@@ -227,42 +228,29 @@ def run_live(source: Host, target: Host, vm: str, req: LiveRequest, *,
     thread.start()
     downtime_set = False
     postcopy_started = False
-    aborted: str | None = None
     last: dict[str, Any] = {}
-    try:
-        while thread.is_alive():
-            thread.join(POLL_S)
-            if not thread.is_alive():
-                break
-            if aborted is None and cancelled is not None and cancelled():
-                aborted = "cancelled"
-                _abort(dom)
-                continue
-            stats = _job_stats(dom)
-            if not stats or stats.get("type") in (None, libvirt.VIR_DOMAIN_JOB_NONE):
-                continue
-            last = stats
-            if req.max_downtime_ms and not downtime_set:
-                with contextlib.suppress(libvirt.libvirtError):
-                    dom.migrateSetMaxDowntime(int(req.max_downtime_ms), 0)
-                    downtime_set = True
-            if (req.postcopy and not postcopy_started
-                    and (stats.get("memory_iteration") or 0) >= POSTCOPY_AFTER_ITERATIONS
-                    and not _storage_copying(stats)):
-                with contextlib.suppress(libvirt.libvirtError):
-                    dom.migrateStartPostCopy(0)
-                    postcopy_started = True
-            if progress is not None:
-                try:
-                    progress(progress_of(stats, postcopy=postcopy_started))
-                except CancelledError:  # a job runner that raises on cancel
-                    aborted = "cancelled"
-                    _abort(dom)
-    except KeyboardInterrupt:
-        aborted = "interrupted"
-        _abort(dom)
-        thread.join(ABORT_WAIT_S)
-    thread.join()
+
+    def tick(active: bool) -> None:
+        nonlocal last, downtime_set, postcopy_started
+        stats = running_job_stats(dom)
+        if not stats:
+            return
+        last = stats
+        if req.max_downtime_ms and not downtime_set:
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.migrateSetMaxDowntime(int(req.max_downtime_ms), 0)
+                downtime_set = True
+        if (req.postcopy and not postcopy_started
+                and (stats.get("memory_iteration") or 0) >= POSTCOPY_AFTER_ITERATIONS
+                and not _storage_copying(stats)):
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.migrateStartPostCopy(0)
+                postcopy_started = True
+        if progress is not None:
+            progress(progress_of(stats, postcopy=postcopy_started))
+
+    aborted = watch_job(thread, dom, poll_s=POLL_S, abort_wait_s=ABORT_WAIT_S,
+                        cancelled=cancelled, tick=tick)
     error = outcome.get("error")
     if aborted is not None:
         if error is None:
@@ -295,13 +283,6 @@ def _storage_copying(stats: dict[str, Any]) -> bool:
     return bool(stats.get("disk_total")) and (stats.get("disk_remaining") or 0) > 0
 
 
-def _job_stats(dom: Any) -> dict[str, Any]:
-    try:
-        return dict(dom.jobStats(0))
-    except libvirt.libvirtError:
-        return {}
-
-
 def _completed_stats(target_dom: Any, source_dom: Any) -> dict[str, Any]:
     """The finished job's stats (with the measured downtime): the source keeps them."""
     for dom in (source_dom, target_dom):
@@ -312,11 +293,6 @@ def _completed_stats(target_dom: Any, source_dom: Any) -> dict[str, Any]:
             if stats:
                 return stats
     return {}
-
-
-def _abort(dom: Any) -> None:
-    with contextlib.suppress(libvirt.libvirtError):
-        dom.abortJob()
 
 
 def _migration_error(err: libvirt.libvirtError, vm: str) -> HypervisorError:
