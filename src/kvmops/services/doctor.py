@@ -16,7 +16,6 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from kvmops.config import Settings, settings
+from kvmops.devguest.build import write_atomic
 from kvmops.errors import KvmopsError
 from kvmops.host.accel import Accelerator, probe
 from kvmops.host.connection import Host, version_text
@@ -764,17 +764,7 @@ def save_report(report: DoctorReport, host_name: str) -> None:
     path = _report_path(host_name)
     with contextlib.suppress(OSError):
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(report.model_dump_json())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, report.model_dump_json().encode(), mode=0o600)
 
 
 def last_report(host_name: str | None = None) -> DoctorReport | None:
