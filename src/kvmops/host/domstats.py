@@ -25,7 +25,7 @@ import contextlib
 import functools
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -204,6 +204,15 @@ def _count(record: Mapping[str, Any], key: str) -> int:
     return _int(record, key) or 0
 
 
+def _devices(record: Mapping[str, Any], kind: str) -> Iterator[tuple[str, str]]:
+    """``(key prefix, target)`` of each ``block``/``net`` device with a name."""
+    for i in range(_count(record, f"{kind}.count")):
+        p = f"{kind}.{i}."
+        target = record.get(p + "name")
+        if isinstance(target, str):
+            yield p, target
+
+
 _BALLOON_SKIP = {"current", "maximum"}
 
 
@@ -224,11 +233,7 @@ def parse_record(name: str, uuid: str, record: Mapping[str, Any], *,
         for i in range(_count(record, "vcpu.maximum"))
         if f"vcpu.{i}.state" in record or f"vcpu.{i}.time" in record)
     blocks = []
-    for i in range(_count(record, "block.count")):
-        p = f"block.{i}."
-        target = record.get(p + "name")
-        if not isinstance(target, str):
-            continue
+    for p, target in _devices(record, "block"):
         path = record.get(p + "path")
         blocks.append(BlockStat(
             target=target, path=path if isinstance(path, str) else None,
@@ -240,11 +245,7 @@ def parse_record(name: str, uuid: str, record: Mapping[str, Any], *,
             allocation=_int(record, p + "allocation"),
             capacity=_int(record, p + "capacity"), physical=_int(record, p + "physical")))
     nets = []
-    for i in range(_count(record, "net.count")):
-        p = f"net.{i}."
-        target = record.get(p + "name")
-        if not isinstance(target, str):
-            continue
+    for p, target in _devices(record, "net"):
         nets.append(NetStat(
             target=target,
             rx_bytes=_int(record, p + "rx.bytes"), rx_pkts=_int(record, p + "rx.pkts"),
