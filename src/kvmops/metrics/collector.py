@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -43,25 +43,28 @@ IOTUNE = {
 }
 
 
+_Family = TypeVar("_Family", GaugeMetricFamily, CounterMetricFamily)
+
+
 class _Families:
     """Metric families by name, made on first use (help, type, labels)."""
 
     def __init__(self) -> None:
         self._found: dict[str, Metric] = {}
 
-    def gauge(self, name: str, doc: str, labels: Sequence[str]) -> GaugeMetricFamily:
+    def _family(self, kind: type[_Family], name: str, doc: str, labels: Sequence[str]
+                ) -> _Family:
         family = self._found.get(name)
         if family is None:
-            family = self._found[name] = GaugeMetricFamily(name, doc, labels=list(labels))
-        assert isinstance(family, GaugeMetricFamily)
+            family = self._found[name] = kind(name, doc, labels=list(labels))
+        assert isinstance(family, kind)
         return family
 
+    def gauge(self, name: str, doc: str, labels: Sequence[str]) -> GaugeMetricFamily:
+        return self._family(GaugeMetricFamily, name, doc, labels)
+
     def counter(self, name: str, doc: str, labels: Sequence[str]) -> CounterMetricFamily:
-        family = self._found.get(name)
-        if family is None:
-            family = self._found[name] = CounterMetricFamily(name, doc, labels=list(labels))
-        assert isinstance(family, CounterMetricFamily)
-        return family
+        return self._family(CounterMetricFamily, name, doc, labels)
 
     def add(self, family: Metric) -> None:
         self._found[family.name] = family
