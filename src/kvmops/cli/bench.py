@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -70,6 +70,18 @@ def _latency(run: StoredRun) -> str:
             f"{m.get('latency_max_ms', 0):g}/{m.get('latency_p95_ms', 0):g} ms")
 
 
+def _run_and_show(uri: str | None, what: str, json_out: bool,
+                  start: Callable[[Any, Callable[[float, float], None]], StoredRun]) -> None:
+    """``start(host, progress)`` on a connection to ``uri`` with a progress bar for
+    ``what``; its stored run printed as JSON or as fields."""
+    with connect(uri) as host, _progress(what) as progress:
+        run = start(host, progress)
+    if json_out:
+        print_json(run)
+        return
+    _print_run(run)
+
+
 def _print_run(run: StoredRun) -> None:
     m = run.metrics
     rows: list[tuple[str, object]] = [
@@ -126,13 +138,9 @@ def fio_cmd(vm: str = VmArg,
                              size=bench.parse_bytes(size, "--size"), runtime=runtime,
                              target=target, ioengine=ioengine, direct=direct,
                              overwrite=overwrite)
-    with connect(uri) as host, _progress(f"fio {rw} in {vm}") as progress:
-        run = bench.run_fio(Caller.local(), host, vm, params, uri=uri,
-                            host_name=_host_name(host_name), progress=progress, db=db)
-    if json_out:
-        print_json(run)
-        return
-    _print_run(run)
+    _run_and_show(uri, f"fio {rw} in {vm}", json_out, lambda host, progress: bench.run_fio(
+        Caller.local(), host, vm, params, uri=uri, host_name=_host_name(host_name),
+        progress=progress, db=db))
 
 
 @app.command("sysbench")
@@ -151,13 +159,10 @@ def sysbench_cmd(vm: str = VmArg,
 
     params = bench.SysbenchParams(test=test, time=time_s, threads=threads,
                                   size=bench.parse_bytes(size, "--size"))
-    with connect(uri) as host, _progress(f"sysbench {test} in {vm}") as progress:
-        run = bench.run_sysbench(Caller.local(), host, vm, params, uri=uri,
-                                 host_name=_host_name(host_name), progress=progress, db=db)
-    if json_out:
-        print_json(run)
-        return
-    _print_run(run)
+    _run_and_show(uri, f"sysbench {test} in {vm}", json_out,
+                  lambda host, progress: bench.run_sysbench(
+                      Caller.local(), host, vm, params, uri=uri,
+                      host_name=_host_name(host_name), progress=progress, db=db))
 
 
 def _change(entry: HistoryEntry) -> str:
