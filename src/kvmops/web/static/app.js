@@ -121,6 +121,25 @@ const K = (() => {
     catch (err) { toast(err.message, "error"); }
   }
 
+  /* POST a job and follow it in a dialog's status box ({status, msg, cancel}): its progress
+     bar and message, the cancel button shown while it runs; started(id) learns the job's id
+     (for that button). The finished job, or an Error "<what> <state>: <error>". */
+  async function runJobIn(box, path, body, what, started) {
+    await connected();
+    const r = await api("POST", path, body);
+    started(r.data.job_id);
+    box.cancel.hidden = false;
+    const job = await watchJob(r.data.job_id, (pct, m) => {
+      if (pct !== null) box.status.querySelector("progress").value = pct;
+      if (m) box.msg.textContent = m;
+    });
+    box.status.dataset.state = job.state;
+    box.cancel.hidden = true;
+    if (job.state !== "succeeded") throw new Error(what + " " + job.state + ": " + (job.error || ""));
+    box.status.querySelector("progress").value = 100;
+    return job;
+  }
+
   function fmtBytes(n) {
     if (n === null || n === undefined) return "–";
     const units = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -129,7 +148,7 @@ const K = (() => {
     return (i ? n.toFixed(1) : Math.round(n)) + " " + units[i];
   }
 
-  return { api, toast, on, connected, watchJob, cancelJob, fmtBytes, csrf, onHost };
+  return { api, toast, on, connected, watchJob, cancelJob, runJobIn, fmtBytes, csrf, onHost };
 })();
 
 /* ------------------------------------------------------------ VM states */

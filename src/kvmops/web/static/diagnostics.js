@@ -82,18 +82,8 @@ document.addEventListener("DOMContentLoaded", () => {
     status.querySelector("progress").value = 0;
     msg.textContent = "dumping…";
     try {
-      await K.connected();
-      const r = await K.api("POST", vmApi + "/dump", body);
-      jobId = r.data.job_id;
-      cancel.hidden = false;
-      const job = await K.watchJob(jobId, (pct, m) => {
-        if (pct !== null) status.querySelector("progress").value = pct;
-        if (m) msg.textContent = m;
-      });
-      status.dataset.state = job.state;
-      cancel.hidden = true;
-      if (job.state !== "succeeded") throw new Error("dump " + job.state + ": " + (job.error || ""));
-      status.querySelector("progress").value = 100;
+      const job = await K.runJobIn({ status, msg, cancel }, vmApi + "/dump", body, "dump",
+                                   (id) => { jobId = id; });
       msg.textContent = "written to " + job.result.path + " (" + K.fmtBytes(job.result.size) + ")";
       K.toast("VM '" + name + "' dumped to " + job.result.path, "ok");
     } catch (err) {

@@ -72,18 +72,8 @@ document.addEventListener("DOMContentLoaded", () => {
     status.dataset.state = "running";
     msg.textContent = "migrating to '" + b.to + "'…";
     try {
-      await K.connected();
-      const r = await K.api("POST", vmApi + "/migrate", b);
-      jobId = r.data.job_id;
-      cancel.hidden = false;
-      const job = await K.watchJob(jobId, (pct, m) => {
-        if (pct !== null) status.querySelector("progress").value = pct;
-        if (m) msg.textContent = m;
-      });
-      status.dataset.state = job.state;
-      cancel.hidden = true;
-      if (job.state !== "succeeded") throw new Error("migration " + job.state + ": " + (job.error || ""));
-      status.querySelector("progress").value = 100;
+      await K.runJobIn({ status, msg, cancel }, vmApi + "/migrate", b, "migration",
+                       (id) => { jobId = id; });
       msg.textContent = "migrated to '" + b.to + "'";
       K.toast("VM '" + name + "' migrated to '" + b.to + "'", "ok");
     } catch (err) {
