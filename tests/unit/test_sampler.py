@@ -4,6 +4,7 @@ host-level points (CPU of the host, memory in use, summed VM rates)."""
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -111,6 +112,10 @@ def test_the_thread_samples_and_stops() -> None:
     s.start()
     try:
         assert called.wait(30)
+        for _ in range(300):  # the round puts its reading in after read() returns
+            if "local/a" in s.sizes():
+                break
+            time.sleep(0.1)
     finally:
         s.stop()
     assert s._thread is None

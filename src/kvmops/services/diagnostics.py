@@ -289,8 +289,10 @@ def dump(caller: Caller, host: Host, name: str, path: Path, *, fmt: str = "elf",
                 raise StorageError(f"dumping VM '{name}': libvirt reported success but "
                                    f"wrote no {tmp}")
             size = tmp.stat().st_size
+            done = total[0] or size  # libvirt's last poll may predate the job's end
+            job.bytes(done, done)
             if progress is not None:
-                progress(total[0] or size, total[0] or size)
+                progress(done, done)
             _publish(tmp, real, force=force, what="dump file")
         finally:
             with contextlib.suppress(FileNotFoundError):
