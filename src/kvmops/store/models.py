@@ -236,3 +236,68 @@ class BenchRun(Base):
                                                  nullable=False)
     duration_s: Mapped[float] = mapped_column(Float, nullable=False)
     created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class BackupSchedule(Base):
+    """A backup schedule: one VM (or every VM carrying ``tag``), a repository (a
+    directory or a remote URL), a cron expression, retention, every Nth backup a full.
+    ``key_file`` is the path of an encrypted repository's key file, never the key."""
+
+    __tablename__ = "backup_schedules"
+    __table_args__ = (Index("ix_backup_schedules_vm", "vm"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    vm: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    tag: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    host: Mapped[str] = mapped_column(String(64), nullable=False, default="local")
+    repo: Mapped[str] = mapped_column(String(1024), nullable=False)
+    cron: Mapped[str] = mapped_column(String(128), nullable=False)
+    timezone: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    keep_last: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    keep_hourly: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    keep_daily: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    keep_weekly: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    keep_monthly: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    keep_yearly: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    full_every: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    compress: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    key_file: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, nullable=False)
+    created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class BackupScheduleRun(Base):
+    """One run of a schedule for one VM at one due time; (schedule, vm, due) is unique:
+    the row is the claim, so one server of several runs a slot. A failed attempt keeps
+    the row (``attempt``, ``next_attempt_at``) until it succeeds or is reported failed."""
+
+    __tablename__ = "backup_schedule_runs"
+    __table_args__ = (
+        UniqueConstraint("schedule_id", "vm", "due_at", name="uq_backup_schedule_runs_slot"),
+        Index("ix_backup_schedule_runs_result", "result"),
+        Index("ix_backup_schedule_runs_vm", "vm"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    schedule_id: Mapped[int] = mapped_column(ForeignKey("backup_schedules.id",
+                                                        ondelete="CASCADE"), nullable=False)
+    vm: Mapped[str] = mapped_column(String(255), nullable=False)
+    host: Mapped[str] = mapped_column(String(64), nullable=False)
+    repo: Mapped[str] = mapped_column(String(1024), nullable=False)
+    due_at: Mapped[datetime] = mapped_column(UtcDateTime(), nullable=False)
+    trigger: Mapped[str] = mapped_column(String(8), nullable=False)  # cron, manual
+    # queued, running, retrying, ok, failed, skipped
+    result: Mapped[str] = mapped_column(String(16), nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    claimed_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, nullable=False)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    instance: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    kind: Mapped[str | None] = mapped_column(String(16), nullable=True)  # full, incremental
+    backup_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    pruned: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
