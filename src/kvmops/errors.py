@@ -17,7 +17,8 @@ these at one boundary each and kept as ``__cause__``.
     ├── StorageError             qemu-img or file system failure
     ├── OperationTimeoutError    waited, and it did not happen
     ├── BackupError              backup not completed (BackupInconsistentError: repo broken,
-    │                            TamperedError: a manifest failed its authentication)
+    │                            TamperedError: a manifest failed its authentication,
+    │                            KeyRequiredError: no key, or not the repository's key)
     ├── PathRefusedError         a path outside the allowed directories (or in the state dir)
     ├── ConfigError              the configuration is invalid (exit 78, EX_CONFIG)
     ├── TooManyRequestsError     a concurrency limit was reached
@@ -201,6 +202,13 @@ class TamperedError(BackupInconsistentError):
 
     exit_code = 22
     http_status = 409
+
+
+class KeyRequiredError(BackupError):
+    """The repository is encrypted and no key, or not its key, was given."""
+
+    exit_code = 25
+    http_status = 403
 
 
 class PathRefusedError(KvmopsError):
