@@ -10,6 +10,7 @@ the repository is verified after the merge.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -37,15 +38,23 @@ RETIRED_PREFIX = ".retired-"
 
 class RetentionPolicy(BaseModel):
     keep_last: int = 0
+    keep_hourly: int = 0
     keep_daily: int = 0
     keep_weekly: int = 0
+    keep_monthly: int = 0
+    keep_yearly: int = 0
+
+    def _counts(self) -> tuple[int, ...]:
+        return (self.keep_last, self.keep_hourly, self.keep_daily, self.keep_weekly,
+                self.keep_monthly, self.keep_yearly)
 
     def validate_policy(self) -> None:
-        if min(self.keep_last, self.keep_daily, self.keep_weekly) < 0:
+        if min(self._counts()) < 0:
             raise ValidationError("retention counts must not be negative")
-        if not (self.keep_last or self.keep_daily or self.keep_weekly):
+        if not any(self._counts()):
             raise ValidationError("a retention policy that keeps nothing is refused",
-                                  hint="give --keep-last, --keep-daily or --keep-weekly >= 1")
+                                  hint="give --keep-last, --keep-hourly, --keep-daily, "
+                                       "--keep-weekly, --keep-monthly or --keep-yearly >= 1")
 
 
 class PrunePlan(BaseModel):
@@ -75,6 +84,10 @@ def _bucket_keep(manifests: list[Manifest], count: int, key: Callable[[datetime]
         reasons.setdefault(manifest.id, f"{label} {bucket}")
 
 
+def _strftime(time: datetime, fmt: str) -> str:
+    return time.strftime(fmt)
+
+
 def plan_prune(manifests: list[Manifest], policy: RetentionPolicy) -> PrunePlan:
     """Pure: which backups stay, which go, and which kept ones must be re-parented."""
     policy.validate_policy()
@@ -82,12 +95,17 @@ def plan_prune(manifests: list[Manifest], policy: RetentionPolicy) -> PrunePlan:
     reasons: dict[str, str] = {}
     for manifest in complete[-policy.keep_last:] if policy.keep_last else []:
         reasons[manifest.id] = "last"
-    if policy.keep_daily:
-        _bucket_keep(complete, policy.keep_daily, lambda t: t.strftime("%Y-%m-%d"), "daily",
-                     reasons)
-    if policy.keep_weekly:
-        _bucket_keep(complete, policy.keep_weekly, lambda t: t.strftime("%G-W%V"), "weekly",
-                     reasons)
+    buckets: list[tuple[int, str, str]] = [
+        (policy.keep_hourly, "%Y-%m-%dT%H", "hourly"),
+        (policy.keep_daily, "%Y-%m-%d", "daily"),
+        (policy.keep_weekly, "%G-W%V", "weekly"),
+        (policy.keep_monthly, "%Y-%m", "monthly"),
+        (policy.keep_yearly, "%Y", "yearly"),
+    ]
+    for count, fmt, label in buckets:
+        if count:
+            _bucket_keep(complete, count, functools.partial(_strftime, fmt=fmt), label,
+                         reasons)
     keep = [m.id for m in complete if m.id in reasons]
     remove = [m.id for m in complete if m.id not in reasons]
     by_id = {m.id: m for m in complete}
