@@ -12,10 +12,21 @@ file key               environment             meaning (default as root)
 ``state_dir``          ``KVMOPS_STATE_DIR``    database, manifest key, job records
                                                (``/var/lib/kvmops/state``)
 ``cache_dir``          ``KVMOPS_CACHE_DIR``    build caches (``/var/cache/kvmops``)
+``backup_work_dir``    ``KVMOPS_BACKUP_WORK_DIR`` where backups into store-backed (sealed,
+                                               remote) repositories are written before
+                                               sealing (``/var/lib/kvmops/backup-work``)
 ``db``                 ``KVMOPS_DB``           database URL of ``kvmops serve`` (sqlite in
                                                the state directory)
 ``log_format``         ``KVMOPS_LOG_FORMAT``   ``text`` or ``json`` (one object a line) for
                                                ``kvmops serve``'s log (``text``)
+``remote_repositories``  ``KVMOPS_REMOTE_REPOSITORIES``  URL prefixes (``sftp://``, ``s3://``)
+                                               API callers may use as repositories
+                                               (space-separated in the environment)
+``ssh_identity``       ``KVMOPS_SSH_IDENTITY``  SSH private key of sftp:// repositories
+                                               (default: ~/.ssh/id_*)
+``ssh_known_hosts``    ``KVMOPS_SSH_KNOWN_HOSTS``  their host keys (~/.ssh/known_hosts)
+``s3_credentials``     ``KVMOPS_S3_CREDENTIALS``  an AWS-style credentials file for s3://
+                                               repositories (default: AWS_* variables)
 =====================  ======================  =========================================
 
 Lists in the environment are separated by ``:``. ``KVMOPS_CONFIG`` names another
@@ -36,10 +47,13 @@ from kvmops.errors import ConfigError
 
 DEFAULT_CONFIG = Path("/etc/kvmops/config.toml")
 _KEYS = {"uri", "images_dir", "image_dirs", "backup_dirs", "state_dir", "cache_dir", "db",
-         "log_format"}
+         "log_format", "backup_work_dir"}
+_KEYS |= {"remote_repositories", "ssh_identity", "ssh_known_hosts", "s3_credentials"}
 _ENV = ("KVMOPS_CONFIG", "KVMOPS_URI", "LIBVIRT_DEFAULT_URI", "KVMOPS_IMAGES_DIR",
         "KVMOPS_IMAGE_DIRS", "KVMOPS_BACKUP_DIRS", "KVMOPS_STATE_DIR", "KVMOPS_CACHE_DIR",
-        "KVMOPS_DB", "KVMOPS_LOG_FORMAT")
+        "KVMOPS_DB", "KVMOPS_LOG_FORMAT", "KVMOPS_BACKUP_WORK_DIR")
+_ENV += ("KVMOPS_REMOTE_REPOSITORIES", "KVMOPS_SSH_IDENTITY", "KVMOPS_SSH_KNOWN_HOSTS",
+         "KVMOPS_S3_CREDENTIALS")
 LOG_FORMATS = ("text", "json")
 
 
@@ -54,6 +68,12 @@ class Settings:
     db: str | None = None
     config_file: Path | None = None  # the file read, if any
     log_format: str = "text"
+    backup_work_dir: Path = Path("/var/lib/kvmops/backup-work")
+    # Remote repositories (kvmops.backup.remote): the API's allow-list, SSH and S3 access.
+    remote_repositories: tuple[str, ...] = ()
+    ssh_identity: Path | None = None
+    ssh_known_hosts: Path | None = None
+    s3_credentials: Path | None = None
 
     @property
     def backup_dir(self) -> Path:
@@ -162,7 +182,27 @@ def _load(env: tuple[str | None, ...], stamp: tuple[str, float]) -> Settings:
         db=str(db) if db else None,
         config_file=path if data else None,
         log_format=str(log_format),
+        backup_work_dir=pick("backup_work_dir", "KVMOPS_BACKUP_WORK_DIR", f"{base}/backup-work"),
+        **_remote_settings(values, data, source),
     )
+
+
+def _remote_settings(values: dict[str, str | None], data: dict[str, Any], source: str
+                     ) -> dict[str, Any]:
+    """The remote-repository keys (see kvmops.backup.remote)."""
+    found: dict[str, Any] = {}
+    env = values["KVMOPS_REMOTE_REPOSITORIES"]
+    listed = env.split() if env else data.get("remote_repositories", [])
+    if not isinstance(listed, list) or not all(isinstance(u, str) for u in listed):
+        raise ConfigError(f"{source}: remote_repositories must be a list of URLs")
+    found["remote_repositories"] = tuple(listed)
+    for key in ("ssh_identity", "ssh_known_hosts", "s3_credentials"):
+        env_name = "KVMOPS_" + key.upper()
+        if values[env_name]:
+            found[key] = _path_value(values[env_name], env_name, "environment")
+        elif key in data:
+            found[key] = _path_value(data[key], key, source)
+    return found
 
 
 def settings() -> Settings:
@@ -175,7 +215,12 @@ def settings() -> Settings:
 _ENV_OF = {"uri": ("KVMOPS_URI",), "images_dir": ("KVMOPS_IMAGES_DIR",),
            "image_dirs": ("KVMOPS_IMAGE_DIRS",), "backup_dirs": ("KVMOPS_BACKUP_DIRS",),
            "state_dir": ("KVMOPS_STATE_DIR",), "cache_dir": ("KVMOPS_CACHE_DIR",),
-           "db": ("KVMOPS_DB",), "log_format": ("KVMOPS_LOG_FORMAT",)}
+           "db": ("KVMOPS_DB",), "log_format": ("KVMOPS_LOG_FORMAT",),
+           "backup_work_dir": ("KVMOPS_BACKUP_WORK_DIR",),
+           "remote_repositories": ("KVMOPS_REMOTE_REPOSITORIES",),
+           "ssh_identity": ("KVMOPS_SSH_IDENTITY",),
+           "ssh_known_hosts": ("KVMOPS_SSH_KNOWN_HOSTS",),
+           "s3_credentials": ("KVMOPS_S3_CREDENTIALS",)}
 
 
 def explain() -> tuple[Settings, Path, list[tuple[str, object, str]]]:
