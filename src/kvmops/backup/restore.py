@@ -111,14 +111,20 @@ def restore_to_dir(repo_path: Path, vm: str, at: str | None, to: Path,
     return RestoreResult(vm=vm, backup_id=point.id, disks=disks)
 
 
+MakeDisk = Callable[[Repository, str, Manifest, dict[str, Manifest], str, Path], RestoredDisk]
+
+
 def restore_new_vm(host: Host, repo_path: Path, vm: str, at: str | None, new_name: str,
-                   images_dir: Path | None = None, progress: ProgressFn | None = None
-                   ) -> RestoreResult:
+                   images_dir: Path | None = None, progress: ProgressFn | None = None, *,
+                   make_disk: MakeDisk | None = None,
+                   finish_xml: Callable[[str], str] | None = None) -> RestoreResult:
     """Define a new VM from the backed-up VM with restored disks.
 
     The definition is rebuilt through the typed model (:mod:`kvmops.vm.rebuild`), never
     defined from the stored XML: what the model does not know, and files outside the
-    allowed image directories, are dropped and listed in the result.
+    allowed image directories, are dropped and listed in the result. ``make_disk``
+    (default: flatten the chain) makes each disk file, ``finish_xml`` adjusts the built
+    definition before it is defined (instant recovery: overlays on the chain).
     """
     validate_name(new_name)
     if host.has_domain(new_name):
@@ -154,14 +160,18 @@ def restore_new_vm(host: Host, repo_path: Path, vm: str, at: str | None, new_nam
             if disk.device != "disk" or disk.target not in old_disks:
                 continue
             dst = target_dir / f"{new_name}-{disk.target}.qcow2"
-            restored.append(_flatten(repo, vm, point, by_id, disk.target, dst, progress))
+            if make_disk is None:
+                restored.append(_flatten(repo, vm, point, by_id, disk.target, dst, progress))
+            else:
+                restored.append(make_disk(repo, vm, point, by_id, disk.target, dst))
             bus = disk.bus if disk.bus in ("virtio", "scsi", "sata", "ide") else "virtio"
             disks.append(DiskSpec(target=disk.target, source=str(dst), fmt="qcow2", bus=bus))
         built = rebuild(point.domain_xml, new_name, domain_type=probe().accelerator.domain_type,
                         disks=disks, file_ok=file_ok, network_ok=networks.__contains__,
                         bridge_ok=lambda name: Path("/sys/class/net", name, "bridge").is_dir())
         built.spec.owned_files = [OwnedFile(item.path, "qcow2") for item in restored]
-        host.define(built.spec.to_xml())
+        xml = built.spec.to_xml()
+        host.define(finish_xml(xml) if finish_xml is not None else xml)
     except BaseException:
         for item in restored:
             with contextlib.suppress(OSError):
