@@ -205,7 +205,9 @@ def test_resized_disk_between_backups(vm_factory: Callable[..., str], repo_dir: 
         time.sleep(0.5)
     digest = write_random(vm, 70, 4)  # beyond the old end
     after = backup(vm, repo_dir)
-    assert after["type"] == "incremental"
+    # its only disk was resized: a full of its own, said in the notes
+    assert after["type"] == "full"
+    assert any("resized" in n for n in after["notes"])  # type: ignore[union-attr]
     assert after["disks"][0]["virtual_size"] == 96 * 1024 * 1024  # type: ignore[index]
     assert restore_hash(vm, repo_dir, str(after["id"]), tmp_path / "r") == digest
 

@@ -235,7 +235,8 @@ def _run_online(host: Host, domain: DomainHandle, repo: Repository, req: BackupR
 
     here, here_uuid = host_identity(host)
     manifests = repo.manifests(vm)
-    plan = plan_backup(vm, disks, manifests, req.mode, trusted_here)
+    sizes = backupjobs.disk_sizes(domain, [d.target for d in disks])
+    plan = plan_backup(vm, disks, manifests, req.mode, trusted_here, sizes)
     for message in plan.notes:
         say(message)
     last = moved_since(manifests, here_uuid, here)

@@ -4,7 +4,7 @@ differential per repository, each disk's parent, and which checkpoints to keep. 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,12 +69,16 @@ def plan_backup(
     manifests: list[Manifest],
     requested: BackupType | None,
     trusted: TrustFn,
+    sizes: Mapping[str, int] | None = None,
 ) -> Plan:
     """Decide the backup type and each disk's parent.
 
     ``manifests`` are one repository's: each repository's chain continues on its own.
     ``trusted(checkpoint, target)`` returns None when that disk's bitmap for the
-    checkpoint can be trusted, else the reason it cannot.
+    checkpoint can be trusted, else the reason it cannot. ``sizes`` are the disks'
+    virtual sizes now: a disk resized since the parent gets a full of its own (its
+    bitmap's new area and a shrunk end are not worth trusting), while the other disks'
+    chains go on; a disk added since gets a full, one removed since ends its chain there.
     """
     notes: list[str] = []
     complete = [m for m in manifests if m.complete]
@@ -108,6 +112,12 @@ def plan_backup(
             if previous is None:
                 notes.append(f"disk {disk.target} is not in backup {parent.id}: "
                              "it gets its own full backup")
+            elif (sizes is not None and sizes.get(disk.target) is not None
+                  and sizes[disk.target] != previous.virtual_size):
+                notes.append(f"disk {disk.target} was resized from "
+                             f"{_mib(previous.virtual_size)} to {_mib(sizes[disk.target])} "
+                             f"since backup {parent.id}: it gets its own full backup (the "
+                             "other disks' chains go on)")
             else:
                 assert parent.checkpoint is not None
                 reason = trusted(parent.checkpoint, disk.target)
@@ -118,9 +128,19 @@ def plan_backup(
                                  f"cannot be trusted ({reason}); taking a full backup")
         plans.append(DiskPlan(disk, mode, disk_parent, checkpoint=bitmap_capable))
 
+    if parent is not None and kind is not BackupType.FULL:
+        now = {d.target for d in disks}
+        for gone in sorted(d.target for d in parent.disks if d.target not in now):
+            notes.append(f"disk {gone} of backup {parent.id} is not in this backup (removed "
+                         f"from the VM or not selected): its chain ends at {parent.id}, "
+                         "where it can still be restored")
     if kind is not BackupType.FULL and all(p.mode is BackupType.FULL for p in plans):
         kind, parent = BackupType.FULL, None
     return Plan(kind, parent, parent.checkpoint if parent else None, plans, notes)
+
+
+def _mib(size: int) -> str:
+    return f"{size / 1048576:g} MiB"
 
 
 def moved_since(manifests: list[Manifest], host_uuid: str, host: str = ""

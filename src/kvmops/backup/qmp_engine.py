@@ -655,7 +655,8 @@ def _run(channel: MonitorChannel, repo: Repository, req: QmpBackupRequest,
         say(message)
     nodes = channel.execute("query-named-block-nodes", {"flat": True}) or []
     plan = plan_backup(vm, [d.spec() for d in disks], repo.manifests(vm), req.mode,
-                       trust_function(nodes, disks))
+                       trust_function(nodes, disks),
+                       {d.target: d.virtual_size for d in disks if d.virtual_size})
     for message in plan.notes:
         say(message)
 

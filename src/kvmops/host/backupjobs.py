@@ -230,6 +230,19 @@ def inactive_xml(domain: DomainHandle) -> str:
     return str(call("reading XML", _raw(domain).XMLDesc, libvirt.VIR_DOMAIN_XML_INACTIVE))
 
 
+def disk_sizes(domain: DomainHandle, targets: list[str]) -> dict[str, int]:
+    """The disks' virtual sizes now (what the guest sees; a live resize shows at once);
+    a disk libvirt cannot size is left out."""
+    sizes: dict[str, int] = {}
+    for target in targets:
+        try:
+            sizes[target] = int(call(f"reading the size of disk {target}",
+                                     _raw(domain).blockInfo, target, 0)[0])
+        except KvmopsError:
+            continue
+    return sizes
+
+
 # ---------------------------------------------------------------- file systems
 @dataclass(frozen=True)
 class FreezeResult:
