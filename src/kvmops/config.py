@@ -27,6 +27,10 @@ file key               environment             meaning (default as root)
 ``ssh_known_hosts``    ``KVMOPS_SSH_KNOWN_HOSTS``  their host keys (~/.ssh/known_hosts)
 ``s3_credentials``     ``KVMOPS_S3_CREDENTIALS``  an AWS-style credentials file for s3://
                                                repositories (default: AWS_* variables)
+``schedule_*``         ``KVMOPS_SCHEDULE_*``   backup schedules: ``per_host`` (2) and
+                                               ``per_repository`` (1) concurrent backups,
+                                               ``retry_minutes`` ([1, 5, 15]), ``webhook``
+                                               (a URL POSTed a failed run as JSON)
 =====================  ======================  =========================================
 
 Lists in the environment are separated by ``:``. ``KVMOPS_CONFIG`` names another
@@ -49,11 +53,15 @@ DEFAULT_CONFIG = Path("/etc/kvmops/config.toml")
 _KEYS = {"uri", "images_dir", "image_dirs", "backup_dirs", "state_dir", "cache_dir", "db",
          "log_format", "backup_work_dir"}
 _KEYS |= {"remote_repositories", "ssh_identity", "ssh_known_hosts", "s3_credentials"}
-_ENV = ("KVMOPS_CONFIG", "KVMOPS_URI", "LIBVIRT_DEFAULT_URI", "KVMOPS_IMAGES_DIR",
+_KEYS |= {"schedule_per_host", "schedule_per_repository", "schedule_retry_minutes",
+          "schedule_webhook"}
+_ENV: tuple[str, ...] = ("KVMOPS_CONFIG", "KVMOPS_URI", "LIBVIRT_DEFAULT_URI", "KVMOPS_IMAGES_DIR",
         "KVMOPS_IMAGE_DIRS", "KVMOPS_BACKUP_DIRS", "KVMOPS_STATE_DIR", "KVMOPS_CACHE_DIR",
         "KVMOPS_DB", "KVMOPS_LOG_FORMAT", "KVMOPS_BACKUP_WORK_DIR")
 _ENV += ("KVMOPS_REMOTE_REPOSITORIES", "KVMOPS_SSH_IDENTITY", "KVMOPS_SSH_KNOWN_HOSTS",
          "KVMOPS_S3_CREDENTIALS")
+_ENV += ("KVMOPS_SCHEDULE_PER_HOST", "KVMOPS_SCHEDULE_PER_REPOSITORY",
+         "KVMOPS_SCHEDULE_RETRY_MINUTES", "KVMOPS_SCHEDULE_WEBHOOK")
 LOG_FORMATS = ("text", "json")
 
 
@@ -74,6 +82,11 @@ class Settings:
     ssh_identity: Path | None = None
     ssh_known_hosts: Path | None = None
     s3_credentials: Path | None = None
+    # Backup schedules (kvmops.services.schedules): limits, retry backoff, failure webhook.
+    schedule_per_host: int = 2
+    schedule_per_repository: int = 1
+    schedule_retry_minutes: tuple[float, ...] = (1.0, 5.0, 15.0)
+    schedule_webhook: str | None = None
 
     @property
     def backup_dir(self) -> Path:
@@ -184,6 +197,7 @@ def _load(env: tuple[str | None, ...], stamp: tuple[str, float]) -> Settings:
         log_format=str(log_format),
         backup_work_dir=pick("backup_work_dir", "KVMOPS_BACKUP_WORK_DIR", f"{base}/backup-work"),
         **_remote_settings(values, data, source),
+        **_schedule_settings(values, data, source),
     )
 
 
@@ -205,6 +219,43 @@ def _remote_settings(values: dict[str, str | None], data: dict[str, Any], source
     return found
 
 
+def _schedule_settings(values: dict[str, str | None], data: dict[str, Any], source: str
+                       ) -> dict[str, Any]:
+    """The backup-schedule keys (see kvmops.services.schedules)."""
+    found: dict[str, Any] = {}
+    for key in ("schedule_per_host", "schedule_per_repository"):
+        env_name = "KVMOPS_" + key.upper()
+        raw: object = values[env_name] if values[env_name] else data.get(key)
+        if raw is None:
+            continue
+        try:
+            number = int(str(raw))
+        except ValueError:
+            number = 0
+        if number < 1 or isinstance(raw, bool | float):
+            raise ConfigError(f"{env_name if values[env_name] else source + ': ' + key} "
+                              f"must be a whole number >= 1")
+        found[key] = number
+    env = values["KVMOPS_SCHEDULE_RETRY_MINUTES"]
+    retry: object = env.replace(",", " ").split() if env is not None \
+        else data.get("schedule_retry_minutes")
+    if retry is not None:
+        try:
+            minutes = tuple(float(m) for m in retry)  # type: ignore[attr-defined]
+        except (TypeError, ValueError):
+            minutes = (-1.0,)
+        if any(m < 0 for m in minutes):
+            raise ConfigError(f"{source}: schedule_retry_minutes must be a list of minutes "
+                              ">= 0 (KVMOPS_SCHEDULE_RETRY_MINUTES: space-separated)")
+        found["schedule_retry_minutes"] = minutes
+    webhook = values["KVMOPS_SCHEDULE_WEBHOOK"] or data.get("schedule_webhook")
+    if webhook:
+        if not isinstance(webhook, str) or not webhook.startswith(("http://", "https://")):
+            raise ConfigError(f"{source}: schedule_webhook must be an http(s):// URL")
+        found["schedule_webhook"] = webhook
+    return found
+
+
 def settings() -> Settings:
     """Current settings (the environment is read on each call; the file when it changed)."""
     return Settings.from_env()
@@ -220,7 +271,11 @@ _ENV_OF = {"uri": ("KVMOPS_URI",), "images_dir": ("KVMOPS_IMAGES_DIR",),
            "remote_repositories": ("KVMOPS_REMOTE_REPOSITORIES",),
            "ssh_identity": ("KVMOPS_SSH_IDENTITY",),
            "ssh_known_hosts": ("KVMOPS_SSH_KNOWN_HOSTS",),
-           "s3_credentials": ("KVMOPS_S3_CREDENTIALS",)}
+           "s3_credentials": ("KVMOPS_S3_CREDENTIALS",),
+           "schedule_per_host": ("KVMOPS_SCHEDULE_PER_HOST",),
+           "schedule_per_repository": ("KVMOPS_SCHEDULE_PER_REPOSITORY",),
+           "schedule_retry_minutes": ("KVMOPS_SCHEDULE_RETRY_MINUTES",),
+           "schedule_webhook": ("KVMOPS_SCHEDULE_WEBHOOK",)}
 
 
 def explain() -> tuple[Settings, Path, list[tuple[str, object, str]]]:
