@@ -68,6 +68,11 @@ def _point(repo: Repository, vm: str, at: str | None) -> tuple[Manifest, dict[st
     return point, {m.id: m for m in manifests}
 
 
+def resolve(repo_path: Path, vm: str, at: str | None) -> Manifest:
+    """The authenticated backup ``at`` names (id, id prefix, ISO time; None: newest)."""
+    return _point(Repository(repo_path), vm, at)[0]
+
+
 def checked_chain(repo: Repository, vm: str, point: Manifest, by_id: dict[str, Manifest],
                   target: str) -> tuple[Path, list[Manifest]]:
     """The top file of ``target`` at ``point``, after checking that its backing chain is
