@@ -1,0 +1,238 @@
+"""backup/seal.py: sealed repository files round-trip, and every change is caught."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from kvmops.backup import seal
+from kvmops.backup.seal import (
+    FRAME_SIZE,
+    HEADER_SIZE,
+    Sealing,
+    check_sealed,
+    seal_bytes,
+    seal_file,
+    unseal_bytes,
+    unseal_file,
+)
+from kvmops.errors import KeyRequiredError, TamperedError, UnsupportedError, ValidationError
+
+PLACE = "web1/backups/20261202T100000Z/vda.qcow2"
+KEY = bytes(range(32))
+SEALINGS = {
+    "plain": Sealing(),
+    "zstd": Sealing(compress_level=3),
+    "aes": Sealing(key=KEY),
+    "zstd+aes": Sealing(compress_level=3, key=KEY),
+}
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _frames(blob: bytes, tag_len: int) -> list[tuple[int, int]]:
+    """(offset, length) of each frame record of a sealed blob."""
+    spans, at = [], HEADER_SIZE
+    while at < len(blob):
+        stored = struct.unpack(">I", blob[at + 8:at + 12])[0]
+        length = 12 + stored + tag_len
+        spans.append((at, length))
+        at += length
+    return spans
+
+
+def _tag_len(sealing: Sealing) -> int:
+    return seal.GCM_TAG if sealing.key else seal.SHA_TAG
+
+
+@pytest.mark.parametrize("name", list(SEALINGS))
+@pytest.mark.parametrize("size", [0, 1, FRAME_SIZE, 2 * FRAME_SIZE, FRAME_SIZE + 1])
+def test_round_trip(tmp_path: Path, name: str, size: int) -> None:
+    sealing = SEALINGS[name]
+    data = os.urandom(size)
+    src = _write(tmp_path / "src", data)
+    made = seal_file(src, tmp_path / "sealed", sealing, PLACE)
+    assert made.plain_size == size
+    assert made.frames == max(1, -(-size // FRAME_SIZE))
+    assert made.stored_size == (tmp_path / "sealed").stat().st_size
+    assert check_sealed(tmp_path / "sealed", sealing, PLACE) == made
+    unseal_file(tmp_path / "sealed", tmp_path / "out", sealing, PLACE)
+    assert (tmp_path / "out").read_bytes() == data
+    assert unseal_bytes(seal_bytes(data, sealing, PLACE), sealing, PLACE) == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "sealed", "src"]
+
+
+def test_random_frames_are_stored_raw_and_text_compressed(tmp_path: Path) -> None:
+    random = os.urandom(2 * FRAME_SIZE)
+    made = seal_file(_write(tmp_path / "r", random), tmp_path / "rs", SEALINGS["zstd+aes"], PLACE)
+    assert made.stored_size == HEADER_SIZE + 2 * (12 + FRAME_SIZE + seal.GCM_TAG)
+    text = b"".join(b"line %d of a log file\n" % i for i in range(400_000))
+    made = seal_file(_write(tmp_path / "t", text), tmp_path / "ts", SEALINGS["zstd+aes"], PLACE)
+    assert made.stored_size < len(text) / 5
+    unseal_file(tmp_path / "ts", tmp_path / "to", SEALINGS["zstd+aes"], PLACE)
+    assert (tmp_path / "to").read_bytes() == text
+
+
+@pytest.mark.parametrize("name", ["plain", "zstd+aes"])
+def test_zero_frames_become_holes(tmp_path: Path, name: str) -> None:
+    sealing = SEALINGS[name]
+    head = os.urandom(100)
+    data = head + bytes(FRAME_SIZE - 100) + bytes(2 * FRAME_SIZE) + b"x" + bytes(FRAME_SIZE - 1) \
+        + bytes(FRAME_SIZE)
+    made = seal_file(_write(tmp_path / "src", data), tmp_path / "sealed", sealing, PLACE)
+    assert made.frames == 5
+    # frames 1, 2 and 4 are all zero: a record without payload each
+    assert made.stored_size < 2 * FRAME_SIZE + 5 * 64 + HEADER_SIZE
+    unseal_file(tmp_path / "sealed", tmp_path / "out", sealing, PLACE)
+    out = tmp_path / "out"
+    assert out.stat().st_size == len(data)
+    assert out.read_bytes() == data
+    assert out.stat().st_blocks * 512 <= 2 * FRAME_SIZE + 1024 * 1024  # holes, not zeros
+
+
+def test_parallel_equals_serial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("kvmops.backup.seal.secrets.token_bytes", lambda n: b"\x07" * n)
+    text = b"".join(b"row %d\n" % i for i in range(300_000))
+    data = os.urandom(FRAME_SIZE) + bytes(FRAME_SIZE) + text + os.urandom(12345)
+    src = _write(tmp_path / "src", data)
+    sealing = SEALINGS["zstd+aes"]
+    seal_file(src, tmp_path / "serial", sealing, PLACE, workers=1)
+    seal_file(src, tmp_path / "parallel", sealing, PLACE, workers=4)
+    assert (tmp_path / "serial").read_bytes() == (tmp_path / "parallel").read_bytes()
+    seen: list[tuple[int, int]] = []
+    unseal_file(tmp_path / "parallel", tmp_path / "out4", sealing, PLACE, workers=4,
+                progress=lambda done, total: seen.append((done, total)))
+    unseal_file(tmp_path / "serial", tmp_path / "out1", sealing, PLACE, workers=1)
+    assert (tmp_path / "out4").read_bytes() == (tmp_path / "out1").read_bytes() == data
+    stored = (tmp_path / "serial").stat().st_size
+    assert seen[-1] == (stored, stored)
+    assert [done for done, _total in seen] == sorted(done for done, _total in seen)
+
+
+def test_seal_progress_counts_plaintext(tmp_path: Path) -> None:
+    seen: list[tuple[int, int]] = []
+    size = 2 * FRAME_SIZE + 7
+    seal_file(_write(tmp_path / "src", os.urandom(size)), tmp_path / "sealed",
+              SEALINGS["aes"], PLACE, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(FRAME_SIZE, size), (2 * FRAME_SIZE, size), (size, size)]
+
+
+# ------------------------------------------------------------------ tampering
+def _sealed(tmp_path: Path, sealing: Sealing) -> bytes:
+    data = os.urandom(2 * FRAME_SIZE + 1000)
+    seal_file(_write(tmp_path / "src", data), tmp_path / "sealed", sealing, PLACE)
+    return (tmp_path / "sealed").read_bytes()
+
+
+def _assert_rejected(tmp_path: Path, blob: bytes, sealing: Sealing, *fragments: str,
+                     place: str = PLACE, error: type[Exception] = TamperedError) -> None:
+    """Refused by check, unseal (writing nothing) and unseal_bytes, one line naming it."""
+    bad = _write(tmp_path / "bad", blob)
+    with pytest.raises(error) as caught:
+        check_sealed(bad, sealing, place)
+    message = str(caught.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    with pytest.raises(error):
+        unseal_file(bad, tmp_path / "restored", sealing, place)
+    assert not (tmp_path / "restored").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp file left"
+    with pytest.raises(error):
+        unseal_bytes(blob, sealing, place)
+
+
+def _flip(blob: bytes, at: int) -> bytes:
+    return blob[:at] + bytes([blob[at] ^ 0x01]) + blob[at + 1:]
+
+
+@pytest.mark.parametrize("name", list(SEALINGS))
+def test_a_flipped_byte_anywhere_is_caught(tmp_path: Path, name: str) -> None:
+    sealing = SEALINGS[name]
+    blob = _sealed(tmp_path, sealing)
+    spans = _frames(blob, _tag_len(sealing))
+    assert len(spans) == 3
+    for at in (0, 11, 13, 20, 40, HEADER_SIZE - 1):  # magic, flags, frame size, id, check
+        _assert_rejected(tmp_path, _flip(blob, at), sealing, str(tmp_path / "bad"))
+    _assert_rejected(tmp_path, _flip(blob, 9), sealing, "format version 0",
+                     error=UnsupportedError)
+    for index, (start, length) in enumerate(spans):
+        for at in (start, start + 1, start + 5, start + 12, start + length // 2,
+                   start + length - 1):  # kind, last flag, length, payload, tag
+            _assert_rejected(tmp_path, _flip(blob, at), sealing, str(tmp_path / "bad"),
+                             f"frame {index}")
+
+
+@pytest.mark.parametrize("name", list(SEALINGS))
+def test_reordered_dropped_truncated_appended(tmp_path: Path, name: str) -> None:
+    sealing = SEALINGS[name]
+    blob = _sealed(tmp_path, sealing)
+    (s0, l0), (s1, l1), (s2, l2) = _frames(blob, _tag_len(sealing))
+    head = blob[:HEADER_SIZE]
+    frame = [blob[s0:s0 + l0], blob[s1:s1 + l1], blob[s2:s2 + l2]]
+    _assert_rejected(tmp_path, head + frame[1] + frame[0] + frame[2], sealing, "frame 0")
+    _assert_rejected(tmp_path, head + frame[0] + frame[1], sealing, "truncated")
+    _assert_rejected(tmp_path, head + frame[0] + frame[2], sealing, "frame 1")
+    _assert_rejected(tmp_path, blob + frame[2], sealing, "after the last frame")
+    _assert_rejected(tmp_path, blob + b"\x00", sealing, "after the last frame")
+    for cut in (0, 10, HEADER_SIZE, HEADER_SIZE + 5, s1 + 100, len(blob) - 1):
+        _assert_rejected(tmp_path, blob[:cut], sealing)
+    # the same frames under another file's header (same key, same place)
+    (tmp_path / "other").mkdir()
+    other = _sealed(tmp_path / "other", sealing)
+    _assert_rejected(tmp_path, other[:HEADER_SIZE] + blob[HEADER_SIZE:], sealing, "frame 0")
+
+
+@pytest.mark.parametrize("name", list(SEALINGS))
+def test_moved_to_another_place(tmp_path: Path, name: str) -> None:
+    sealing = SEALINGS[name]
+    blob = _sealed(tmp_path, sealing)
+    _assert_rejected(tmp_path, blob, sealing, "frame 0",
+                     place="web1/backups/20261202T100000Z/vdb.qcow2")
+    _assert_rejected(tmp_path, blob, sealing, "frame 0",
+                     place="web2/backups/20261202T100000Z/vda.qcow2")
+
+
+def test_wrong_key_missing_key_and_downgrade(tmp_path: Path) -> None:
+    blob = _sealed(tmp_path, SEALINGS["zstd+aes"])
+    _assert_rejected(tmp_path, blob, Sealing(compress_level=3, key=b"\x01" * 32),
+                     "another repository's key")
+    _assert_rejected(tmp_path, blob, Sealing(compress_level=3), "encrypted and no key",
+                     error=KeyRequiredError)
+    # a compression-only file put in place of an encrypted repository's file
+    plain = _sealed(tmp_path, SEALINGS["zstd"])
+    _assert_rejected(tmp_path, plain, SEALINGS["zstd+aes"], "not encrypted")
+    _assert_rejected(tmp_path, b"QFI\xfb" + bytes(200), SEALINGS["aes"], "not a kvmops sealed")
+
+
+def test_compression_only_detects_corruption(tmp_path: Path) -> None:
+    text = b"".join(b"entry %d\n" % i for i in range(1_000_000))
+    seal_file(_write(tmp_path / "src", text), tmp_path / "sealed", SEALINGS["zstd"], PLACE)
+    blob = (tmp_path / "sealed").read_bytes()
+    assert len(blob) < len(text) / 4
+    for at in range(HEADER_SIZE + 12, len(blob), max(1, len(blob) // 7)):
+        _assert_rejected(tmp_path, _flip(blob, at), SEALINGS["zstd"], "frame ")
+
+
+def test_seal_bytes_binds_place_and_key() -> None:
+    data = b'{"id": "20261202T100000Z"}'
+    blob = seal_bytes(data, SEALINGS["aes"], "web1/backups/X/manifest.json")
+    assert data not in blob
+    assert unseal_bytes(blob, SEALINGS["aes"], "web1/backups/X/manifest.json") == data
+    with pytest.raises(TamperedError, match=r"web1/backups/Y/manifest\.json"):
+        unseal_bytes(blob, SEALINGS["aes"], "web1/backups/Y/manifest.json")
+
+
+def test_sealing_validates_and_hides_its_key() -> None:
+    with pytest.raises(ValidationError):
+        Sealing(key=b"short")
+    with pytest.raises(ValidationError):
+        Sealing(compress_level=0)
+    assert Sealing().plain and not Sealing(compress_level=1).plain
+    assert KEY.hex() not in repr(SEALINGS["aes"]) and str(KEY) not in repr(SEALINGS["aes"])
