@@ -1,0 +1,295 @@
+"""Backup schedules with a fake clock and fake backups: due slots, one catch-up after
+downtime, no pile-up, retry with backoff then report, concurrency limits, full every N,
+the unique slot claim, the webhook."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kvmops.errors import PathRefusedError, ValidationError
+from kvmops.services import schedules as svc
+from kvmops.services.caller import Caller
+from kvmops.store import schedules as rows
+from kvmops.store.db import Store
+
+T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+ROOT = Caller(name="root", role="admin", via="cli", trusted_paths=True)
+
+
+class FakeClock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **kwargs: float) -> None:
+        self.now += timedelta(**kwargs)
+
+
+class FakeBackups:
+    """Records each job; fails the VMs in ``failing``; can hold jobs on a gate."""
+
+    def __init__(self) -> None:
+        self.jobs: list[svc.Job] = []
+        self.failing: set[str] = set()
+        self.gate: threading.Event | None = None
+        self.started = threading.Semaphore(0)
+        self.lock = threading.Lock()
+
+    def __call__(self, job: svc.Job) -> svc.Outcome:
+        with self.lock:
+            self.jobs.append(job)
+        self.started.release()
+        if self.gate is not None:
+            self.gate.wait(30)
+        if job.run.vm in self.failing:
+            return svc.Outcome(ok=False, error=f"VM '{job.run.vm}' not found")
+        n = len(self.jobs)
+        return svc.Outcome(ok=True, backup_id=f"b{n}", kind="full" if job.full else
+                           "incremental", pruned=0)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Store]:
+    store = Store(f"sqlite:///{tmp_path / 'kvmops.db'}")
+    store.migrate()
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+def scheduler(db: Store, clock: FakeClock, fake: FakeBackups, **cfg: Any) -> svc.Scheduler:
+    return svc.Scheduler(db, clock=clock, execute=fake,
+                         cfg=svc.SchedulerSettings(**{"retry_minutes": (1.0, 5.0, 15.0),
+                                                      **cfg}))
+
+
+def add(db: Store, clock: FakeClock, tmp_path: Path, vm: str = "vm1", **fields: Any
+        ) -> svc.ScheduleView:
+    spec = {"vm": vm, "repo": str(tmp_path / "repo"), "cron": "0 * * * *", "keep_last": 3,
+            **fields}
+    return svc.add(db, ROOT, svc.ScheduleSpec(**spec), clock=clock)
+
+
+def test_cron_slots() -> None:
+    assert svc.next_slot("0 * * * *", T0) == T0 + timedelta(hours=1)
+    assert svc.latest_slot("0 * * * *", T0, T0 + timedelta(minutes=59)) is None
+    assert svc.latest_slot("0 * * * *", T0, T0 + timedelta(hours=1)) == T0 + timedelta(hours=1)
+    assert svc.latest_slot("0 * * * *", T0, T0 + timedelta(hours=5, minutes=3)) \
+        == T0 + timedelta(hours=5)
+    # A time zone: 02:00 in Berlin is 01:00 UTC in winter.
+    assert svc.next_slot("0 2 * * *", T0, "Europe/Berlin") == datetime(2026, 12, 2, 1, 0,
+                                                                        tzinfo=UTC)
+    with pytest.raises(ValidationError, match="not a cron expression"):
+        svc.check_cron("every hour")
+
+
+def test_a_run_is_due_at_each_cron_time(db: Store, clock: FakeClock, tmp_path: Path) -> None:
+    fake = FakeBackups()
+    sched = scheduler(db, clock, fake)
+    schedule = add(db, clock, tmp_path)
+    clock.advance(minutes=30)
+    assert sched.run_due() == []
+    clock.advance(minutes=30)
+    first = sched.run_due()
+    assert [(r.due_at, r.result, r.attempt, r.backup_id) for r in first] == \
+        [(T0 + timedelta(hours=1), "ok", 1, "b1")]
+    assert sched.run_due() == []  # the slot is done: nothing twice
+    clock.advance(hours=1)
+    assert [r.due_at for r in sched.run_due()] == [T0 + timedelta(hours=2)]
+    assert [j.run.vm for j in fake.jobs] == ["vm1", "vm1"]
+    assert svc.get(db, schedule.id).last_run is not None
+
+
+def test_downtime_is_caught_up_once(db: Store, clock: FakeClock, tmp_path: Path) -> None:
+    fake = FakeBackups()
+    sched = scheduler(db, clock, fake)
+    add(db, clock, tmp_path)
+    clock.advance(hours=1)
+    sched.run_due()
+    clock.advance(hours=6, minutes=20)  # down over six slots
+    caught = sched.run_due()
+    assert [(r.due_at, r.result) for r in caught] == [(T0 + timedelta(hours=7), "ok")]
+    assert sched.run_due() == []
+    assert len(fake.jobs) == 2
+    assert len(svc.runs(db)) == 2  # no row per missed slot
+
+
+def test_no_pile_up_while_a_run_is_active(db: Store, clock: FakeClock, tmp_path: Path) -> None:
+    fake = FakeBackups()
+    fake.failing.add("vm1")
+    sched = scheduler(db, clock, fake, retry_minutes=(90.0,))
+    add(db, clock, tmp_path)
+    clock.advance(hours=1)
+    assert [r.result for r in sched.run_due()] == ["retrying"]
+    clock.advance(hours=1)  # the next slot while the first waits for its retry
+    touched = sched.run_due()
+    assert [r.result for r in touched] == ["skipped"]
+    assert "still retrying" in (touched[0].error or "")
+    assert len(fake.jobs) == 1
+
+
+def test_failure_retried_with_backoff_then_reported(db: Store, clock: FakeClock,
+                                                     tmp_path: Path) -> None:
+    fake = FakeBackups()
+    fake.failing.add("vm1")
+    received: list[dict[str, Any]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        sched = scheduler(db, clock, fake, webhook=url)
+        add(db, clock, tmp_path)
+        clock.advance(hours=1)
+        (run,) = sched.run_due()
+        assert (run.result, run.attempt) == ("retrying", 1)
+        assert run.next_attempt_at == clock.now + timedelta(minutes=1)
+        clock.advance(seconds=59)
+        assert sched.run_due() == []  # backoff not over
+        clock.advance(seconds=1)
+        (run,) = sched.run_due()
+        assert (run.attempt, run.next_attempt_at) == (2, clock.now + timedelta(minutes=5))
+        clock.advance(minutes=5)
+        (run,) = sched.run_due()
+        assert (run.attempt, run.next_attempt_at) == (3, clock.now + timedelta(minutes=15))
+        assert received == []
+        clock.advance(minutes=15)
+        (run,) = sched.run_due()
+        assert (run.result, run.attempt) == ("failed", 4)
+        assert run.error == "VM 'vm1' not found"
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(fake.jobs) == 4
+    assert [(r["event"], r["vm"], r["attempts"], r["error"]) for r in received] == \
+        [("backup.schedule.failed", "vm1", 4, "VM 'vm1' not found")]
+    from kvmops.services.audit import entries
+
+    audit = [(e.action, e.target, e.result) for e in entries(db)]
+    assert audit == [("backup.schedule.failed", "vm1", "failed")]
+
+
+def test_concurrency_limits_per_repository_and_host(db: Store, clock: FakeClock,
+                                                    tmp_path: Path) -> None:
+    fake = FakeBackups()
+    fake.gate = threading.Event()
+    sched = scheduler(db, clock, fake, per_host=2, per_repository=1)
+    add(db, clock, tmp_path, "a", repo=str(tmp_path / "r1"))
+    add(db, clock, tmp_path, "b", repo=str(tmp_path / "r1"))
+    add(db, clock, tmp_path, "c", repo=str(tmp_path / "r2"))
+    add(db, clock, tmp_path, "d", repo=str(tmp_path / "r3"))
+    clock.advance(hours=1)
+    try:
+        touched = sched.run_due(wait=False)
+        assert fake.started.acquire(timeout=10) and fake.started.acquire(timeout=10)
+        by_vm = {r.vm: r.result for r in touched}
+        # r1 takes one (a), b waits for r1; c takes the host's second; d waits for the host.
+        assert by_vm == {"a": "running", "b": "queued", "c": "running", "d": "queued"}
+        assert sched.run_due(wait=False) == []  # still over the limits
+    finally:
+        fake.gate.set()
+        sched.wait()
+    fake.gate = None
+    later = {r.vm: r.result for r in sched.run_due()}
+    assert later == {"b": "ok", "d": "ok"}
+    assert sorted(j.run.vm for j in fake.jobs) == ["a", "b", "c", "d"]
+
+
+def test_every_nth_backup_is_a_full(db: Store, clock: FakeClock, tmp_path: Path) -> None:
+    fake = FakeBackups()
+    sched = scheduler(db, clock, fake)
+    add(db, clock, tmp_path, full_every=3)
+    for _ in range(7):
+        clock.advance(hours=1)
+        sched.run_due()
+    assert [j.full for j in fake.jobs] == [True, False, False, True, False, False, True]
+
+
+def test_a_slot_is_claimed_once_by_several_schedulers(db: Store, clock: FakeClock,
+                                                      tmp_path: Path) -> None:
+    fake = FakeBackups()
+    one = scheduler(db, clock, fake)
+    two = scheduler(db, clock, fake)
+    schedule = add(db, clock, tmp_path)
+    clock.advance(hours=1)
+    assert len(one.claim_due(clock.now)) == 1
+    assert two.claim_due(clock.now) == []
+    row = rows.schedules(db)[0]
+    assert rows.insert_run(db, schedule=row, vm="vm1", due_at=clock.now, trigger="cron",
+                           result="queued", now=clock.now) is None
+    one.run_due()
+    two.run_due()
+    assert len(fake.jobs) == 1 and schedule.id == row.id
+
+
+def test_run_now_and_remove(db: Store, clock: FakeClock, tmp_path: Path) -> None:
+    fake = FakeBackups()
+    sched = scheduler(db, clock, fake)
+    schedule = add(db, clock, tmp_path)
+    (run,) = sched.run_now(schedule.id)
+    assert (run.trigger, run.result, run.due_at) == ("manual", "ok", T0)
+    clock.advance(hours=1)
+    assert [r.trigger for r in sched.run_due()] == ["cron"]  # a manual run moves no slot
+    svc.remove(db, ROOT, schedule.id)
+    assert svc.list_schedules(db) == [] and svc.runs(db) == []
+
+
+def test_add_checks_its_input(db: Store, clock: FakeClock, tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="keeps nothing"):
+        add(db, clock, tmp_path, keep_last=0, keep_daily=0)
+    with pytest.raises(ValidationError, match="one of them"):
+        add(db, clock, tmp_path, tag="web")
+    with pytest.raises(ValidationError, match="not a compression"):
+        add(db, clock, tmp_path, compress="gzip")
+    api = Caller(name="op", role="operator", via="api")
+    with pytest.raises(PathRefusedError):
+        svc.add(db, api, svc.ScheduleSpec(vm="vm1", repo="/etc", cron="@daily", keep_last=1))
+    with pytest.raises(PathRefusedError):
+        svc.add(db, api, svc.ScheduleSpec(vm="vm1", repo="sftp://u@example.org/x",
+                                          cron="@daily", keep_last=1))
+    with pytest.raises(PathRefusedError, match="key file"):
+        svc.check_key_file(api, "/etc/shadow")
+    ok = add(db, clock, tmp_path, compress="zstd:5", key_file="/etc/kvmops/k.key")
+    assert (ok.compress, ok.key_file) == ("zstd:5", "/etc/kvmops/k.key")
+    assert ok.next_due is not None
+
+
+def test_job_request_carries_the_key_file_path_never_a_key(db: Store, clock: FakeClock,
+                                                           tmp_path: Path) -> None:
+    key = tmp_path / "repo.key"
+    key.write_text("secret-words")
+    add(db, clock, tmp_path, key_file=str(key), compress="zstd", keep_daily=7)
+    row = rows.schedules(db)[0]
+    run = rows.insert_run(db, schedule=row, vm="vm1", due_at=T0, trigger="manual",
+                          result="queued", now=T0)
+    assert run is not None
+    request = svc.job_request(svc.Job(schedule=row, run=run, full=False, uri=None))
+    assert request["key_file"] == str(key) and "secret-words" not in json.dumps(request)
+    assert request["retention"]["keep_daily"] == 7
+    assert request["compress"] == "zstd"
+    # The database holds no key either.
+    assert b"secret-words" not in (tmp_path / "kvmops.db").read_bytes()
