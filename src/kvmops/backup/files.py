@@ -22,9 +22,11 @@ def finish_files(repo: Repository, vm: str, partial: Path, plan: Plan,
         if not path.is_file():
             raise BackupError(f"backup file {path} was not written for VM '{vm}'")
         if item.parent:
-            parent_file = repo.backups_dir(vm) / item.parent / f"{item.disk.target}.qcow2"
-            if not parent_file.is_file():
-                raise BackupError(f"parent backup file {parent_file} is missing")
+            # A store-backed repository keeps its files sealed in its store: only the
+            # parent's presence there is needed, the link is written all the same.
+            if not repo.has_file(vm, item.parent, f"{item.disk.target}.qcow2"):
+                raise BackupError(f"parent backup file {item.parent}/{item.disk.target}.qcow2"
+                                  f" is missing from {repo.location}")
             link_to_parent(path, item.parent, item.disk.target)
         if compress:
             compress_in_place(path, f"../{item.parent}/{item.disk.target}.qcow2"

@@ -31,7 +31,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +156,14 @@ class Repository:
             raise TamperedError(f"repository identity {path} is not valid")
         return value
 
+    @property
+    def location(self) -> str:
+        """The repository as the user names it (a directory, or a store's URL)."""
+        return str(self.root)
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
     def vm_dir(self, vm: str) -> Path:
         return self.root / vm
 
@@ -250,6 +258,18 @@ class Repository:
         """Write (and sign) ``manifest`` into ``directory``, to be published as its id."""
         place = f"{manifest.vm}/backups/{manifest.id}/{MANIFEST}"
         self.write_signed(directory / MANIFEST, manifest.model_dump_json(indent=2), place)
+
+    def has_file(self, vm: str, backup_id: str, name: str) -> bool:
+        """Does backup ``backup_id`` hold the file ``name`` (a parent of an incremental)?"""
+        return (self.backups_dir(vm) / backup_id / name).is_file()
+
+    @contextlib.contextmanager
+    def local_chains(self, vm: str, point: Manifest, by_id: dict[str, Manifest],
+                     targets: Iterable[str]) -> Iterator[Repository]:
+        """A repository whose files of ``targets``' chains at ``point`` are local: this
+        one (a store-backed repository opens them into a temporary directory)."""
+        del vm, point, by_id, targets
+        yield self
 
     def backup_dir(self, vm: str, backup_id: str) -> Path:
         path = self.backups_dir(vm) / backup_id

@@ -49,18 +49,25 @@ class RestoreResult(BaseModel):
                                description="parts of the stored definition not restored")
 
 
-def list_backups(repo_path: Path, vm: str) -> list[Manifest]:
-    return Repository(repo_path).manifests(vm)
+def opened(repo: Path | Repository) -> Repository:
+    """A repository directory as a plain :class:`Repository`; an opened one (plain or
+    store-backed: :func:`kvmops.backup.storerepo.open_repository`) as it is."""
+    return repo if isinstance(repo, Repository) else Repository(repo)
+
+
+def list_backups(repo_path: Path | Repository, vm: str) -> list[Manifest]:
+    return opened(repo_path).manifests(vm)
 
 
 def _point(repo: Repository, vm: str, at: str | None) -> tuple[Manifest, dict[str, Manifest]]:
     manifests, rejected = repo.scan(vm)
     if not manifests:
         if rejected:
-            raise TamperedError(f"no authentic backup of VM '{vm}' in {repo.root}: "
+            raise TamperedError(f"no authentic backup of VM '{vm}' in {repo.location}: "
                                 f"{rejected[0].reason}")
-        raise NotFoundError(f"no backups of VM '{vm}' in {repo.root}",
-                            hint=f"take one with 'kvmops backup create {vm} --repo {repo.root}'")
+        raise NotFoundError(f"no backups of VM '{vm}' in {repo.location}",
+                            hint=f"take one with 'kvmops backup create {vm} --repo "
+                                 f"{repo.location}'")
     if at is not None and any(r.backup_id == at for r in rejected):
         reason = next(r.reason for r in rejected if r.backup_id == at)
         raise TamperedError(f"backup {at} of VM '{vm}' is not used: {reason}")
@@ -101,25 +108,27 @@ def _flatten(repo: Repository, vm: str, point: Manifest, by_id: dict[str, Manife
     return RestoredDisk(target=target, path=str(dst), chain=[m.id for m in chain])
 
 
-def restore_to_dir(repo_path: Path, vm: str, at: str | None, to: Path,
+def restore_to_dir(repo_path: Path | Repository, vm: str, at: str | None, to: Path,
                    progress: ProgressFn | None = None) -> RestoreResult:
     """One flattened qcow2 per disk, named after its target: ``TO/vda.qcow2``."""
-    repo = Repository(repo_path)
+    repo = opened(repo_path)
     point, by_id = _point(repo, vm, at)
     to.mkdir(parents=True, exist_ok=True)
     for disk in point.disks:
         if (to / f"{disk.target}.qcow2").exists():
             raise AlreadyExistsError(f"{to / f'{disk.target}.qcow2'} already exists",
                                      hint="restore into an empty directory")
-    disks = [_flatten(repo, vm, point, by_id, d.target, to / f"{d.target}.qcow2", progress)
-             for d in point.disks]
+    with repo.local_chains(vm, point, by_id, [d.target for d in point.disks]) as local:
+        disks = [_flatten(local, vm, point, by_id, d.target, to / f"{d.target}.qcow2",
+                          progress) for d in point.disks]
     return RestoreResult(vm=vm, backup_id=point.id, disks=disks)
 
 
 MakeDisk = Callable[[Repository, str, Manifest, dict[str, Manifest], str, Path], RestoredDisk]
 
 
-def restore_new_vm(host: Host, repo_path: Path, vm: str, at: str | None, new_name: str,
+def restore_new_vm(host: Host, repo_path: Path | Repository, vm: str, at: str | None,
+                   new_name: str,
                    images_dir: Path | None = None, progress: ProgressFn | None = None, *,
                    make_disk: MakeDisk | None = None,
                    finish_xml: Callable[[str], str] | None = None) -> RestoreResult:
@@ -134,7 +143,7 @@ def restore_new_vm(host: Host, repo_path: Path, vm: str, at: str | None, new_nam
     validate_name(new_name)
     if host.has_domain(new_name):
         raise AlreadyExistsError(f"VM '{new_name}' already exists")
-    repo = Repository(repo_path)
+    repo = opened(repo_path)
     point, by_id = _point(repo, vm, at)
     if not point.domain_xml:
         raise ValidationError(f"backup {point.id} has no VM definition to restore from",
@@ -166,7 +175,9 @@ def restore_new_vm(host: Host, repo_path: Path, vm: str, at: str | None, new_nam
                 continue
             dst = target_dir / f"{new_name}-{disk.target}.qcow2"
             if make_disk is None:
-                restored.append(_flatten(repo, vm, point, by_id, disk.target, dst, progress))
+                with repo.local_chains(vm, point, by_id, [disk.target]) as local:
+                    restored.append(_flatten(local, vm, point, by_id, disk.target, dst,
+                                             progress))
             else:
                 restored.append(make_disk(repo, vm, point, by_id, disk.target, dst))
             bus = disk.bus if disk.bus in ("virtio", "scsi", "sata", "ide") else "virtio"
@@ -187,7 +198,7 @@ def restore_new_vm(host: Host, repo_path: Path, vm: str, at: str | None, new_nam
                          notes=notes, dropped=built.dropped)
 
 
-def restore_in_place(host: Host, repo_path: Path, vm: str, at: str | None,
+def restore_in_place(host: Host, repo_path: Path | Repository, vm: str, at: str | None,
                      progress: ProgressFn | None = None) -> RestoreResult:
     """Replace the disks of a shut-off VM with the backup's content."""
     domain = host.domain(vm)
@@ -197,7 +208,7 @@ def restore_in_place(host: Host, repo_path: Path, vm: str, at: str | None,
                          actual=state, required="shut off",
                          hint=f"shut it down first ('kvmops vm shutdown {vm}'), or restore "
                               "with --to")
-    repo = Repository(repo_path)
+    repo = opened(repo_path)
     point, by_id = _point(repo, vm, at)
     root = etree.fromstring(domain.XMLDesc(0).encode())
     sources: dict[str, Path] = {}
@@ -211,10 +222,11 @@ def restore_in_place(host: Host, repo_path: Path, vm: str, at: str | None,
         raise ValidationError(f"VM '{vm}' has no disk {', '.join(missing)} to restore into",
                               hint="restore with --to DIR or --new-vm instead")
     disks = []
-    with repo.lock(vm, "restore"):
+    with repo.lock(vm, "restore"), \
+            repo.local_chains(vm, point, by_id, [d.target for d in point.disks]) as local:
         for record in point.disks:
             dst = sources[record.target]
-            disks.append(_flatten(repo, vm, point, by_id, record.target, dst, progress,
+            disks.append(_flatten(local, vm, point, by_id, record.target, dst, progress,
                                   overwrite=True))
             if dst.suffix != ".qcow2":
                 _set_disk_format(host, vm, record.target)
@@ -258,12 +270,18 @@ class VerifyReport(BaseModel):
         return not self.problems
 
 
-def verify(repo_path: Path, vm: str | None = None, at: str | None = None,
+def verify(repo_path: Path | Repository, vm: str | None = None, at: str | None = None,
            checksums: bool = True) -> VerifyReport:
-    """Check every file of every chain: manifest, checksum, qemu-img check, backing link."""
-    repo = Repository(repo_path)
-    if not repo.root.is_dir():
-        raise NotFoundError(f"backup repository {repo.root} not found")
+    """Check every file of every chain: manifest, checksum, qemu-img check, backing link.
+
+    A store-backed repository's files are authenticated frame by frame as they are
+    opened (the seal's AEAD or digest) and then checked like local ones."""
+    from kvmops.backup.storerepo import StoreRepository
+
+    repo = opened(repo_path)
+    if not repo.exists():
+        raise NotFoundError(f"backup repository {repo.location} not found")
+    stored = repo if isinstance(repo, StoreRepository) else None
     vms = [vm] if vm else repo.vms()
     problems: list[VerifyProblem] = []
     backups = files = 0
@@ -278,7 +296,11 @@ def verify(repo_path: Path, vm: str | None = None, at: str | None = None,
             problems.append(VerifyProblem(vm=name, backup_id=item.backup_id, disk=None,
                                           problem=f"tampered: {item.reason}"))
         if vm and not manifests and not rejected:
-            raise NotFoundError(f"no backups of VM '{name}' in {repo.root}")
+            raise NotFoundError(f"no backups of VM '{name}' in {repo.location}")
+        if stored is not None:
+            problems += [VerifyProblem(vm=name, backup_id="-", disk=None,
+                                       problem=f"tampered: {problem}")
+                         for problem in stored.check_checkpoints(name)]
         by_id = {m.id: m for m in manifests}
         selected = manifests
         if at is not None:
@@ -289,11 +311,14 @@ def verify(repo_path: Path, vm: str | None = None, at: str | None = None,
             backups += 1
             for disk in manifest.disks:
                 files += 1
-                problem = _check_file(repo, name, manifest, disk.target, by_id, checksums)
+                problem = (_check_file(repo, name, manifest, disk.target, by_id, checksums)
+                           if stored is None else
+                           stored.check_stored(name, manifest, disk.target, by_id,
+                                               checksums, _check_file))
                 if problem:
                     problems.append(VerifyProblem(vm=name, backup_id=manifest.id,
                                                   disk=disk.target, problem=problem))
-    return VerifyReport(repo=str(repo.root), checked_backups=backups, checked_files=files,
+    return VerifyReport(repo=repo.location, checked_backups=backups, checked_files=files,
                         problems=problems)
 
 
@@ -326,7 +351,7 @@ def _check_file(repo: Repository, vm: str, manifest: Manifest, target: str,
                 f"{info.backing_filename or 'nothing'} ({info.backing_format or 'no format'})")
     if record.parent not in by_id:
         return f"parent backup {record.parent} of {path} is missing (chain broken)"
-    if not (path.parent / expected).is_file():
+    if not repo.has_file(vm, record.parent, f"{target}.qcow2"):
         return f"backing file {expected} of {path} is missing (chain broken)"
     return None
 

@@ -121,9 +121,15 @@ def plan_prune(manifests: list[Manifest], policy: RetentionPolicy) -> PrunePlan:
     return PrunePlan(keep=keep, remove=remove, rewrite=rewrite, reasons=reasons)
 
 
-def prune(repo_path: Path, vm: str, policy: RetentionPolicy, *, dry_run: bool = False,
-          note: Callable[[str], None] | None = None) -> PruneResult:
-    repo = Repository(repo_path)
+def prune(repo_path: Path | Repository, vm: str, policy: RetentionPolicy, *,
+          dry_run: bool = False, note: Callable[[str], None] | None = None) -> PruneResult:
+    """Apply ``policy`` to ``vm``'s backups (``repo_path``: a directory, or a repository
+    opened by :func:`kvmops.backup.storerepo.open_repository`)."""
+    repo = repo_path if isinstance(repo_path, Repository) else Repository(repo_path)
+    from kvmops.backup.storerepo import StoreRepository, prune_store
+
+    if isinstance(repo, StoreRepository):
+        return prune_store(repo, vm, policy, dry_run=dry_run, note=note)
     with repo.lock(vm, "prune"):
         recover_swaps(repo, vm)
         manifests, rejected = repo.scan(vm)
@@ -153,12 +159,12 @@ def prune(repo_path: Path, vm: str, policy: RetentionPolicy, *, dry_run: bool = 
         fsync_dir(repo.backups_dir(vm))
         for backup_id in plan.remove:
             shutil.rmtree(repo.backups_dir(vm) / f"{RETIRED_PREFIX}{backup_id}")
-        require_sound(verify(repo_path, vm))
+        require_sound(verify(repo, vm))
     return PruneResult(vm=vm, dry_run=False, plan=plan)
 
 
 def _rewrite(repo: Repository, vm: str, by_id: dict[str, Manifest], manifest: Manifest,
-             new_parent: str | None) -> None:
+             new_parent: str | None) -> Manifest:
     """Re-parent every disk of ``manifest`` onto ``new_parent`` in a staged copy."""
     current = repo.backups_dir(vm) / manifest.id
     staging = repo.backups_dir(vm) / f"{STAGING_PREFIX}{manifest.id}"
@@ -210,6 +216,7 @@ def _rewrite(repo: Repository, vm: str, by_id: dict[str, Manifest], manifest: Ma
 
 
 def _rebase(image: Path, chain_dir: Path, backing: str) -> None:
+    return updated
     """Safe rebase of a staged copy whose relative backing resolves from ``chain_dir``.
 
     The staged copy sits in a sibling directory, so ``../ID/vda.qcow2`` resolves to
