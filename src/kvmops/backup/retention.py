@@ -213,10 +213,10 @@ def _rewrite(repo: Repository, vm: str, by_id: dict[str, Manifest], manifest: Ma
     os.rename(staging, current)
     fsync_dir(current.parent)
     shutil.rmtree(retired)
+    return updated
 
 
 def _rebase(image: Path, chain_dir: Path, backing: str) -> None:
-    return updated
     """Safe rebase of a staged copy whose relative backing resolves from ``chain_dir``.
 
     The staged copy sits in a sibling directory, so ``../ID/vda.qcow2`` resolves to
