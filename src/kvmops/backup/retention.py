@@ -144,6 +144,9 @@ def prune(repo_path: Path | Repository, vm: str, policy: RetentionPolicy, *,
         plan = plan_prune(manifests, policy)
         if dry_run or not plan.remove:
             return PruneResult(vm=vm, dry_run=dry_run, plan=plan)
+        from kvmops.backup.mount import refuse_if_mounted  # a mounted chain is in use
+
+        refuse_if_mounted(repo.root, vm, "prune")
         by_id = {m.id: m for m in manifests}
         # Oldest first: a rewritten backup's new parent is always already final.
         for backup_id in plan.keep:

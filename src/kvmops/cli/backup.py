@@ -327,3 +327,8 @@ def key_import_cmd(
 
     text = sys.stdin.read() if str(file) == "-" else file.read_text()
     info(f"manifest key {backups.key_import(Caller.local(), text)} imported")
+
+
+from kvmops.cli import backup_files  # noqa: E402  (mount, umount, mounts, files, restore-file)
+
+backup_files.register(app)
