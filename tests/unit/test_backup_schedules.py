@@ -190,7 +190,8 @@ def test_failure_retried_with_backoff_then_reported(db: Store, clock: FakeClock,
     from kvmops.services.audit import entries
 
     audit = [(e.action, e.target, e.result) for e in entries(db)]
-    assert audit == [("backup.schedule.failed", "vm1", "failed")]
+    assert audit == [("backup.schedule.failed", "vm1", "failed"),
+                     ("backup.schedule.add", "vm1", "ok")]  # newest first
 
 
 def test_concurrency_limits_per_repository_and_host(db: Store, clock: FakeClock,
@@ -293,3 +294,28 @@ def test_job_request_carries_the_key_file_path_never_a_key(db: Store, clock: Fak
     assert request["compress"] == "zstd"
     # The database holds no key either.
     assert b"secret-words" not in (tmp_path / "kvmops.db").read_bytes()
+
+
+def test_the_shipped_systemd_units_verify(tmp_path: Path) -> None:
+    """``kvmops backup schedule systemd-units --install DIR`` writes a service + timer
+    pair systemd accepts (ExecStart pointed at this environment's kvmops)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.conftest import run_cli
+
+    assert shutil.which("systemd-analyze"), "systemd-analyze (package systemd) is needed"
+    result = run_cli("backup", "schedule", "systemd-units", "--install", str(tmp_path))
+    assert result.code == 0, result.stderr
+    service = tmp_path / "kvmops-backup-schedules.service"
+    timer = tmp_path / "kvmops-backup-schedules.timer"
+    assert "ExecStart=/usr/local/bin/kvmops backup schedule run-due" in service.read_text()
+    assert "OnCalendar=minutely" in timer.read_text()
+    kvmops_bin = Path(sys.executable).parent / "kvmops"
+    service.write_text(service.read_text().replace("/usr/local/bin/kvmops", str(kvmops_bin)))
+    proc = subprocess.run(["systemd-analyze", "verify", str(timer), str(service)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+    printed = run_cli("backup", "schedule", "systemd-units")
+    assert "# ---- kvmops-backup-schedules.timer" in printed.stdout

@@ -262,6 +262,9 @@ def events_cmd(vm: str | None = typer.Argument(None, help="Only this VM."),
                   e.get("error") or e.get("type") or "") for e in events])
 
 
+from kvmops.cli.backup_schedule import app as schedule_app  # noqa: E402
+
+app.add_typer(schedule_app, name="schedule")
 key_app = typer.Typer(help="The manifest key that authenticates repositories.",
                       no_args_is_help=True)
 app.add_typer(key_app, name="key")

@@ -45,6 +45,7 @@ from pydantic import BaseModel
 
 from kvmops.backup.retention import RetentionPolicy
 from kvmops.errors import KvmopsError, NotFoundError, PathRefusedError, ValidationError
+from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
 from kvmops.store import schedules as store
 from kvmops.store.db import Store
@@ -221,6 +222,8 @@ def check_compress(value: str | None) -> str | None:
     return value
 
 
+@audited("backup.schedule.add",
+         target=lambda a: a["spec"].vm or f"tag:{a['spec'].tag}", db_arg="store_")
 def add(store_: Store, caller: Caller, spec: ScheduleSpec, *, clock: Clock = utc_now
         ) -> ScheduleView:
     if (spec.vm is None) == (spec.tag is None):
@@ -255,6 +258,7 @@ def get(store_: Store, schedule_id: int) -> ScheduleView:
     return _view(store_, store.get(store_, schedule_id))
 
 
+@audited("backup.schedule.remove", target="schedule_id", db_arg="store_")
 def remove(store_: Store, caller: Caller, schedule_id: int) -> ScheduleView:
     row = store.remove(store_, schedule_id)
     return ScheduleView(**row.model_dump())
@@ -552,3 +556,52 @@ def execute_in_child(job: Job) -> Outcome:
     error = outcome.get("error") or (proc.stderr.strip().splitlines() or [""])[-1] \
         or f"backup process ended with code {proc.returncode}"
     return Outcome(ok=False, error=str(error))
+
+
+# For the command line ------------------------------------------------------------------------
+UNITS = ("kvmops-backup-schedules.service", "kvmops-backup-schedules.timer")
+
+
+def systemd_units() -> dict[str, str]:
+    """The service + timer pair that runs ``run-due`` every minute (package data)."""
+    from importlib import resources
+
+    base = resources.files("kvmops.services") / "units"
+    return {name: (base / name).read_text() for name in UNITS}
+
+
+def install_units(directory: Path) -> list[Path]:
+    """Write the units into ``directory`` (``/etc/systemd/system``), atomically."""
+    written: list[Path] = []
+    for name, content in systemd_units().items():
+        target = directory / name
+        tmp = target.with_name(f".{name}.tmp")
+        tmp.write_text(content)
+        os.replace(tmp, target)
+        written.append(target)
+    return written
+
+
+def parse_now(text: str | None) -> datetime | None:
+    """``--now`` as an ISO time (UTC when it names no zone)."""
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationError(f"'{text}' is not an ISO time",
+                              hint="e.g. 2026-12-02T02:00:00Z") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@audited("backup.schedule.run-now", target="schedule_id", db_arg="store_")
+def run_now(store_: Store, caller: Caller, schedule_id: int, *, wait: bool = True
+            ) -> list[RunView]:
+    """Run a schedule now, for every VM it covers (waits for the end unless not ``wait``)."""
+    return Scheduler(store_).run_now(schedule_id, wait=wait)
+
+
+def run_due(store_: Store, caller: Caller, *, now: datetime | None = None) -> list[RunView]:
+    """One pass: claim what is due at ``now`` (the clock by default), run it, wait."""
+    clock: Clock = (lambda: now) if now is not None else utc_now  # type: ignore[assignment,return-value]
+    return Scheduler(store_, clock=clock).run_due()
