@@ -36,7 +36,7 @@ from pathlib import Path
 
 from lxml import etree
 
-from kvmops.backup import jobs
+from kvmops.backup import fleecing, jobs
 from kvmops.backup.checkpoints import (
     bitmap_trust,
     checkpoint_xml,
@@ -204,12 +204,14 @@ def _run_online(host: Host, domain: DomainHandle, repo: Repository, req: BackupR
                 progress: ProgressFn | None, say: NoteLog) -> Manifest:
     vm = req.vm
     if backupjobs.active_backup_job(domain):
-        if not _orphaned_job_of(domain, repo, vm):
+        stale = fleecing.orphaned_run_dirs(domain, repo, vm)  # a killed fleecing run's
+        if not stale and not _orphaned_job_of(domain, repo, vm):
             raise StateError(f"a backup job is already running on VM '{vm}'",
                              hint=f"wait for it, or cancel it with 'kvmops backup cancel {vm}'")
         say("aborted the backup job of an interrupted kvmops run still writing into this "
             "repository")
         backupjobs.abort_backup(domain, vm)
+        fleecing.remove_run_dirs(stale)
     recover(domain, repo, vm, say)
     ensure_qemu_can_reach(repo.root)
     foreign = foreign_checkpoints(domain)
@@ -244,6 +246,9 @@ def _run_online(host: Host, domain: DomainHandle, repo: Repository, req: BackupR
     if moved:
         say(moved)
 
+    fleece = fleecing.choose(
+        fleecing.check_mode(req.fleecing), repo, vm, req.scratch_dir,
+        fleecing.scratch_need(domain, [d.disk.target for d in plan.disks]), say)
     run = BackupRun(repo, vm, progress=progress)
     cp_name = checkpoint_name(run.backup_id, repo.identity())
     created: list[str] = []  # the new checkpoint, once libvirt made it
@@ -253,16 +258,24 @@ def _run_online(host: Host, domain: DomainHandle, repo: Repository, req: BackupR
         return Cleanup(run.removed(f" and checkpoint {cp_name} deleted" if created else ""),
                        left)
 
-    with run.running(plan.type, clean_up) as partial:
-        backup = backup_xml(plan, partial)
+    with run.running(plan.type, clean_up, fleecing=fleece is not None) as partial:
         checkpoint = checkpoint_xml(cp_name, plan, spec.disks, f"kvmops backup {run.backup_id}")
-        with frozen(domain, req.freeze, say) as was_frozen:
-            backupjobs.begin_backup(domain, vm, backup, checkpoint,
-                                    base_checkpoint=plan.base_checkpoint, target_dir=partial)
-            created.append(cp_name)
-        if req.speed:
-            limit_speed(domain, req.speed)
-        wait_for_job(domain, run.report)
+        watch = fleecing.LatencyWatch(domain, [d.disk.target for d in plan.disks])
+        if fleece is not None:  # pull mode: old blocks to a local scratch, kvmops copies
+            was_frozen = fleecing.copy_point(
+                domain, vm, repo, plan, partial, checkpoint, fleece, run.backup_id,
+                lambda: frozen(domain, req.freeze, say), lambda: created.append(cp_name),
+                run.report, say)
+        else:
+            with frozen(domain, req.freeze, say) as was_frozen:
+                backupjobs.begin_backup(domain, vm, backup_xml(plan, partial), checkpoint,
+                                        base_checkpoint=plan.base_checkpoint,
+                                        target_dir=partial)
+                created.append(cp_name)
+            if req.speed:
+                limit_speed(domain, req.speed)
+            wait_for_job(domain, run.report)
+        watch.finish(repo, vm, run.backup_id, fleece is not None, say)
 
         records = finish_files(repo, vm, partial, plan, compress=req.compress)
         repo.save_checkpoint_xml(vm, cp_name, backupjobs.checkpoint_xml(domain, cp_name))

@@ -29,6 +29,8 @@ class BackupRequest:
     freeze: bool = True  # freeze file systems through the agent when it answers
     speed: int | None = None  # bytes per second for the copy, None for unlimited
     compress: bool = False  # store compressed qcow2 clusters
+    fleecing: str = "auto"  # auto, on, off: pull mode with a local scratch (backup/fleecing.py)
+    scratch_dir: Path | None = None  # the fleecing images' directory (None: the default)
 
 
 @dataclass

@@ -47,6 +47,14 @@ def create_cmd(
                                   help="Store compressed clusters (smaller, slower)."),
     speed: str | None = typer.Option(None, "--speed",
                                      help="Copy rate limit in MiB/s (e.g. 50) or with a unit."),
+    fleecing: bool | None = typer.Option(
+        None, "--fleecing/--no-fleecing",
+        help="Copy-before-write into a local scratch image (pull mode), so a slow "
+             "repository does not slow the guest's writes; neither: auto (see "
+             "docs/concepts/backup-fleecing.md)."),
+    scratch_dir: Path | None = typer.Option(
+        None, "--scratch-dir", metavar="DIR", callback=from_cwd,
+        help="Where the fleecing images go (local, with room for the disks' data)."),
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
     host_name: str | None = HostFilesOption,
@@ -70,6 +78,10 @@ def create_cmd(
     if agent_socket is not None and socket is None:
         raise ValidationError("--agent-socket goes with --socket",
                               hint="a libvirt VM's agent is found through libvirt")
+    if socket is not None and (fleecing or scratch_dir is not None):
+        raise ValidationError("--fleecing and --scratch-dir are for libvirt VMs",
+                              hint="a QEMU started by hand is backed up in push mode")
+    fleece = "auto" if fleecing is None else ("on" if fleecing else "off")
     with LazyBar(f"backup {vm}") as bar:
         if socket is not None:  # a hand-started QEMU, through its QMP socket
             manifest = backups.create_over_qmp(
@@ -81,7 +93,7 @@ def create_cmd(
             manifest = backups.create(
                 caller, uri, vm, repo, mode=mode, disks=disk, exclude=exclude,
                 freeze=not no_freeze, speed=rate, compress=compress, progress=bar.update,
-                note=warn)
+                note=warn, fleecing=fleece, scratch_dir=scratch_dir)
             label = f"VM '{vm}'"
         _report_backup(manifest, bar, json_out, label)
 

@@ -51,13 +51,20 @@ def create(caller: Caller, uri: str | None, vm: str, repo: str | Path, *,
            mode: BackupType | None = None, disks: list[str] | None = None,
            exclude: list[str] | None = None, freeze: bool = True, speed: int | None = None,
            compress: bool = False, progress: BytesFn | None = None,
-           note: NoteFn | None = None) -> Manifest:
-    """Back up a libvirt VM; ``speed`` in bytes per second (the faces parse MiB/s)."""
+           note: NoteFn | None = None, fleecing: str | None = None,
+           scratch_dir: str | Path | None = None) -> Manifest:
+    """Back up a libvirt VM; ``speed`` in bytes per second (the faces parse MiB/s);
+    ``fleecing`` auto (None), on or off; ``scratch_dir`` where fleecing images go."""
     from kvmops.backup.engine import BackupRequest, run_backup
+    from kvmops.backup.fleecing import check_mode
 
     request = BackupRequest(vm=vm, repo=repository(caller, repo), mode=mode,
                             disks=list(disks or []), exclude=list(exclude or []),
-                            freeze=freeze, speed=speed, compress=compress)
+                            freeze=freeze, speed=speed, compress=compress,
+                            fleecing=check_mode(fleecing),
+                            scratch_dir=None if scratch_dir is None else policy().image_path(
+                                scratch_dir, trusted=caller.trusted_paths,
+                                what="fleecing scratch directory"))
     with track(caller, "backup.create", vm, on_cancel=_cancel_self) as job, \
             Host(uri) as host:
         manifest = run_backup(host, request, progress=_both(progress, job.bytes),
