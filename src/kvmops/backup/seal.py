@@ -75,7 +75,7 @@ _KEEP_RATIO = 0.97
 _SAMPLE = 16 * 1024
 
 Progress = Callable[[int, int], None]
-_Opened = tuple[int, bytes | None, int]  # index, plaintext (None: zero), plain length
+_Opened = tuple[int, bytes | memoryview | None, int]  # index, plaintext (None: zero), plain length
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,8 @@ class _Codec:
     def _aad(self, index: int, frame_head: bytes) -> bytes:
         return self.digest + _INDEX.pack(index) + frame_head
 
-    def seal(self, index: int, data: bytes, last: bool) -> bytes:
+    def seal(self, index: int, data: bytes, last: bool) -> list[bytes]:
+        """The frame's record, in parts (joining 4 MiB would cost a copy)."""
         if data and _is_zero(data):
             kind, payload = K_ZERO, b""
         elif self.level is not None and data and _compressible(data):
@@ -183,13 +184,14 @@ class _Codec:
         aad = self._aad(index, head)
         if self.aead is not None:
             nonce = self.nonce_prefix + _INDEX.pack(index)
-            return head + self.aead.encrypt(nonce, payload, aad)
-        return head + payload + hashlib.sha256(aad + payload).digest()
+            return [head, self.aead.encrypt(nonce, payload, aad)]
+        return [head, payload, _sha(aad, payload)]
 
-    def open(self, index: int, head: bytes, body: bytes) -> bytes | None:
+    def open(self, index: int, head: bytes, body: bytes) -> bytes | memoryview | None:
         """The frame's plaintext (None: all zero), or ValueError saying why not."""
         kind, _flags, _zero, plain_len, _stored = _FRAME.unpack(head)
         aad = self._aad(index, head)
+        payload: bytes | memoryview
         if self.aead is not None:
             nonce = self.nonce_prefix + _INDEX.pack(index)
             try:
@@ -197,8 +199,9 @@ class _Codec:
             except InvalidTag:
                 raise ValueError("authentication failed (AES-GCM tag)") from None
         else:
-            payload, tag = body[:-SHA_TAG], body[-SHA_TAG:]
-            if not hmac.compare_digest(hashlib.sha256(aad + payload).digest(), tag):
+            view = memoryview(body)
+            payload, tag = view[:-SHA_TAG], body[-SHA_TAG:]
+            if not hmac.compare_digest(_sha(aad, payload), tag):
                 raise ValueError("checksum mismatch (SHA-256)")
         if kind == K_ZERO:
             return None
@@ -211,6 +214,12 @@ class _Codec:
                 raise ValueError("zstd data has the wrong length")
             return data
         return payload
+
+
+def _sha(aad: bytes, payload: bytes | memoryview) -> bytes:
+    digest = hashlib.sha256(aad)
+    digest.update(payload)
+    return digest.digest()
 
 
 def _new_header(sealing: Sealing) -> bytes:
@@ -404,15 +413,16 @@ def seal_file(src: Path, dst: Path, sealing: Sealing, place: str, *,
         counts = {"plain": 0, "stored": len(header), "frames": 0}
 
         def sink(result: object) -> None:
-            plain_len, record = cast(tuple[int, bytes], result)
-            out.write(record)
+            plain_len, record = cast(tuple[int, list[bytes]], result)
+            for part in record:
+                out.write(part)
+                counts["stored"] += len(part)
             counts["plain"] += plain_len
-            counts["stored"] += len(record)
             counts["frames"] += 1
             if progress:
                 progress(counts["plain"], max(total, counts["plain"]))
 
-        def seal_one(index: int, data: bytes, last: bool) -> tuple[int, bytes]:
+        def seal_one(index: int, data: bytes, last: bool) -> tuple[int, list[bytes]]:
             return len(data), codec.seal(index, data, last)
 
         jobs = ((seal_one, frame) for frame in _plain_frames(f))
@@ -480,7 +490,7 @@ def seal_bytes(data: bytes, sealing: Sealing, place: str) -> bytes:
     count = max(1, -(-len(data) // FRAME_SIZE))
     for index in range(count):
         chunk = data[index * FRAME_SIZE:(index + 1) * FRAME_SIZE]
-        parts.append(codec.seal(index, chunk, index == count - 1))
+        parts.extend(codec.seal(index, chunk, index == count - 1))
     return b"".join(parts)
 
 
