@@ -148,6 +148,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     from kvmops.api.routes import diagnostics  # vm nmi, reset, screenshot, dump (a job)
 
     api.include_router(diagnostics.router)
+    from kvmops.api.routes import backup_files  # file-level restore: files, restore-file
+
+    api.include_router(backup_files.router)
     app.include_router(api)
     from kvmops.api.routes import metrics  # GET /metrics (Prometheus, viewer)
 

@@ -252,10 +252,11 @@ def restore_file(caller: Caller, uri: str | None, repo: str | Path, vm: str,
                  into_guest: bool = False, guest_path: str | None = None,
                  disk: str | None = None, partition: int | None = None, force: bool = False,
                  key_file: Path | None = None, passphrase: str | None = None,
-                 progress: BytesFn | None = None, note: NoteFn | None = None
-                 ) -> RestoreFileResult:
+                 progress: BytesFn | None = None, note: NoteFn | None = None,
+                 trusted_to: bool = False) -> RestoreFileResult:
     """Copy ``path`` of a point to ``to/<basename>`` or, with ``into_guest``, into the
-    running guest at ``guest_path`` (default: the same path)."""
+    running guest at ``guest_path`` (default: the same path). ``trusted_to``: ``to`` was
+    chosen by kvmops itself (the API's download staging), not by the caller."""
     from kvmops.services.backups import existing_repository, restore_dir
 
     if into_guest == (to is not None):
@@ -263,7 +264,7 @@ def restore_file(caller: Caller, uri: str | None, repo: str | Path, vm: str,
     if guest_path is not None and not into_guest:
         raise ValidationError("--guest-path goes with --into-guest")
     checked = existing_repository(caller, repo)
-    target_dir = restore_dir(caller, to) if to is not None else None
+    target_dir = None if to is None else Path(to) if trusted_to else restore_dir(caller, to)
     with track(caller, "backup.restore-file", vm) as job:
         def report(done: int, total: int) -> None:
             job.bytes(done, total)
@@ -302,16 +303,16 @@ def _into_guest(caller: Caller, uri: str | None, vm: str, root: Path, path: str,
 
     if not remote.startswith("/") or remote.endswith("/"):
         raise ValidationError(f"guest path '{remote}' must be an absolute file path")
+    if guestfs.resolve(root, path).is_dir():
+        raise ValidationError(f"{path} is a directory: --into-guest copies one file",
+                              hint="restore it with --to DIR, then copy it in")
     stage = Path(tempfile.mkdtemp(prefix="restore-file-", dir=mount.mounts_dir()))
     try:
-        copied = guestfs.copy_out(root, path, stage, progress=progress)
-        if copied.kind != "file":
-            raise ValidationError(f"{path} is a directory: --into-guest copies one file",
-                                  hint="restore it with --to DIR, then copy it in")
-        digest = _sha256(Path(copied.path))
         with open_guest(caller, vm, uri=uri) as guest:
-            if not force:
+            if not force:  # before any copying
                 _refuse_existing(guest, vm, remote)
+            copied = guestfs.copy_out(root, path, stage, progress=progress)
+            digest = _sha256(Path(copied.path))
             guest.push(Path(copied.path), remote,
                        mode=guestfs.entry(Path(copied.path)).mode)
         return copied, digest, remote
