@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from pathlib import Path
@@ -113,6 +114,17 @@ def test_parallel_equals_serial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     stored = (tmp_path / "serial").stat().st_size
     assert seen[-1] == (stored, stored)
     assert [done for done, _total in seen] == sorted(done for done, _total in seen)
+
+
+def test_plaintext_sha256_while_streaming(tmp_path: Path) -> None:
+    data = os.urandom(1000) + bytes(2 * FRAME_SIZE) + b"tail"
+    seal_file(_write(tmp_path / "src", data), tmp_path / "sealed", SEALINGS["zstd"], PLACE)
+    want = hashlib.sha256(data).hexdigest()
+    assert check_sealed(tmp_path / "sealed", SEALINGS["zstd"], PLACE, sha256=True).sha256 == want
+    made = unseal_file(tmp_path / "sealed", tmp_path / "out", SEALINGS["zstd"], PLACE,
+                       sha256=True)
+    assert made.sha256 == want and made.plain_size == len(data)
+    assert check_sealed(tmp_path / "sealed", SEALINGS["zstd"], PLACE).sha256 is None
 
 
 def test_seal_progress_counts_plaintext(tmp_path: Path) -> None:

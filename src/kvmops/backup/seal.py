@@ -106,6 +106,7 @@ class SealedFile:
     plain_size: int     # bytes of plaintext
     stored_size: int    # bytes of the sealed file
     frames: int
+    sha256: str | None = None  # of the plaintext, when asked for (sha256=True)
 
 
 def default_workers() -> int:
@@ -431,15 +432,18 @@ def seal_file(src: Path, dst: Path, sealing: Sealing, place: str, *,
 
 
 def _open_all(src: Path, sealing: Sealing, place: str, sink: Callable[[object], None],
-              progress: Progress | None, workers: int | None) -> SealedFile:
+              progress: Progress | None, workers: int | None, sha256: bool) -> SealedFile:
     name = str(src)
+    digest = hashlib.sha256() if sha256 else None
     with _open_src(src) as f:
         total = os.fstat(f.fileno()).st_size
         codec = _read_header(_read_full(f, HEADER_SIZE), sealing, name, place)
         counts = {"plain": 0, "frames": 0}
 
         def counted(result: object) -> None:
-            _index, _data, plain_len = cast(_Opened, result)
+            _index, data, plain_len = cast(_Opened, result)
+            if digest is not None:
+                digest.update(memoryview(_ZEROS)[:plain_len] if data is None else data)
             counts["plain"] += plain_len
             counts["frames"] += 1
             sink(result)
@@ -449,15 +453,19 @@ def _open_all(src: Path, sealing: Sealing, place: str, sink: Callable[[object], 
         jobs = ((_open_checked, (codec, name, index, offset, head, body))
                 for index, offset, head, body in _sealed_frames(f, codec, name))
         _pipeline(jobs, counted, workers or default_workers())
-        return SealedFile(counts["plain"], f.tell(), counts["frames"])
+        return SealedFile(counts["plain"], f.tell(), counts["frames"],
+                          digest.hexdigest() if digest is not None else None)
 
 
 def unseal_file(src: Path, dst: Path, sealing: Sealing, place: str, *,
-                progress: Progress | None = None, workers: int | None = None) -> None:
+                progress: Progress | None = None, workers: int | None = None,
+                sha256: bool = False) -> SealedFile:
     """Check and open ``src`` into ``dst`` (atomic; all-zero frames become holes).
 
     Nothing is left at ``dst`` unless every frame authenticated. ``progress(done, total)``
-    in sealed bytes read. Raises TamperedError (file, frame, offset) or KeyRequiredError."""
+    in sealed bytes read; ``sha256``: also hash the plaintext as it streams (saves reading
+    the output again to compare with a manifest). Raises TamperedError (file, frame,
+    offset) or KeyRequiredError."""
     with _atomic_output(dst, "unsealing") as out:
         fd = out.fileno()
         position = {"at": 0}
@@ -472,14 +480,19 @@ def unseal_file(src: Path, dst: Path, sealing: Sealing, place: str, *,
                     view, at = view[written:], at + written
             position["at"] += plain_len
 
-        _open_all(src, sealing, place, sink, progress, workers)
+        made = _open_all(src, sealing, place, sink, progress, workers, sha256)
         os.ftruncate(fd, position["at"])  # trailing holes
+    return made
 
 
 def check_sealed(src: Path, sealing: Sealing, place: str, *,
-                 progress: Progress | None = None, workers: int | None = None) -> SealedFile:
-    """Authenticate every frame of ``src`` without writing anything (backup verify)."""
-    return _open_all(src, sealing, place, lambda _result: None, progress, workers)
+                 progress: Progress | None = None, workers: int | None = None,
+                 sha256: bool = False) -> SealedFile:
+    """Authenticate every frame of ``src`` without writing anything (backup verify).
+
+    ``sha256``: also the plaintext's SHA-256, to compare with the manifest's (what makes a
+    compression-only file tamper-evident, its frame checksums being unkeyed)."""
+    return _open_all(src, sealing, place, lambda _result: None, progress, workers, sha256)
 
 
 def seal_bytes(data: bytes, sealing: Sealing, place: str) -> bytes:
