@@ -150,6 +150,13 @@ def restore_cmd(
                                   help="Overwrite the (shut-off) VM's own disks."),
     images_dir: Path | None = typer.Option(None, help="Where --new-vm disks go.",
                                            callback=from_cwd),
+    instant: bool = typer.Option(False, "--instant", help="With --new-vm: start the VM at "
+                                 "once on overlays of the backup; the data moves in the "
+                                 "background (see 'backup instant')."),
+    bandwidth: str | None = typer.Option(None, "--bandwidth", help="With --instant: copy "
+                                         "rate limit in MiB/s (or with a unit)."),
+    detach: bool = typer.Option(False, "--detach",
+                                help="With --instant: do not follow the copy."),
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
     host_name: str | None = HostFilesOption,
@@ -157,6 +164,16 @@ def restore_cmd(
     """Restore one point of a VM's backups (each disk flattened into one qcow2)."""
     uri = on_host(uri, host_name)
     caller = Caller.local()
+    if instant:  # kvmops.cli.backup_instant
+        from kvmops.cli.backup_instant import instant_restore
+
+        if to is not None or in_place:
+            raise ValidationError("--instant restores as a new VM: give --new-vm, not "
+                                  "--to or --in-place")
+        return instant_restore(vm, repo, at, new_vm, images_dir, bandwidth, detach, None,
+                               json_out, uri)
+    if bandwidth is not None or detach:
+        raise ValidationError("--bandwidth and --detach go with --instant")
     if sum(x is not None and x is not False for x in (to, new_vm, in_place)) != 1:
         raise ValidationError("give exactly one of --to DIR, --new-vm NAME, --in-place")
     backups.check_restore(caller, repo, to=to, images_dir=images_dir)
@@ -277,6 +294,11 @@ def events_cmd(vm: str | None = typer.Argument(None, help="Only this VM."),
 from kvmops.cli.backup_schedule import app as schedule_app  # noqa: E402
 
 app.add_typer(schedule_app, name="schedule")
+
+from kvmops.cli.backup_instant import app as instant_app  # noqa: E402
+
+app.add_typer(instant_app, name="instant")
+
 key_app = typer.Typer(help="The manifest key that authenticates repositories.",
                       no_args_is_help=True)
 app.add_typer(key_app, name="key")
