@@ -118,8 +118,10 @@ def test_parallel_equals_serial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 def test_plaintext_sha256_while_streaming(tmp_path: Path) -> None:
     data = os.urandom(1000) + bytes(2 * FRAME_SIZE) + b"tail"
-    seal_file(_write(tmp_path / "src", data), tmp_path / "sealed", SEALINGS["zstd"], PLACE)
+    made = seal_file(_write(tmp_path / "src", data), tmp_path / "sealed", SEALINGS["zstd"],
+                     PLACE, sha256=True)
     want = hashlib.sha256(data).hexdigest()
+    assert made.sha256 == want
     assert check_sealed(tmp_path / "sealed", SEALINGS["zstd"], PLACE, sha256=True).sha256 == want
     made = unseal_file(tmp_path / "sealed", tmp_path / "out", SEALINGS["zstd"], PLACE,
                        sha256=True)

@@ -401,11 +401,14 @@ def _open_src(src: Path) -> BinaryIO:
 
 # ------------------------------------------------------------------ public
 def seal_file(src: Path, dst: Path, sealing: Sealing, place: str, *,
-              progress: Progress | None = None, workers: int | None = None) -> SealedFile:
+              progress: Progress | None = None, workers: int | None = None,
+              sha256: bool = False) -> SealedFile:
     """Seal ``src`` into ``dst`` (atomic: tmp, fsync, rename) for ``place``.
 
     ``progress(done, total)`` in plaintext bytes; ``workers`` threads (default: every
-    core)."""
+    core); ``sha256``: also hash the plaintext as it is read (for the manifest, without a
+    second pass over the file)."""
+    digest = hashlib.sha256() if sha256 else None
     header = _new_header(sealing)
     codec = _Codec(header, sealing, place)
     with _open_src(src) as f, _atomic_output(dst, "sealing") as out:
@@ -426,9 +429,15 @@ def seal_file(src: Path, dst: Path, sealing: Sealing, place: str, *,
         def seal_one(index: int, data: bytes, last: bool) -> tuple[int, list[bytes]]:
             return len(data), codec.seal(index, data, last)
 
-        jobs = ((seal_one, frame) for frame in _plain_frames(f))
-        _pipeline(jobs, sink, workers or default_workers())
-    return SealedFile(counts["plain"], counts["stored"], counts["frames"])
+        def frames() -> Iterator[tuple[Callable[..., object], tuple[object, ...]]]:
+            for frame in _plain_frames(f):
+                if digest is not None:
+                    digest.update(frame[1])  # releases the GIL: overlaps the workers
+                yield seal_one, frame
+
+        _pipeline(frames(), sink, workers or default_workers())
+    return SealedFile(counts["plain"], counts["stored"], counts["frames"],
+                      digest.hexdigest() if digest is not None else None)
 
 
 def _open_all(src: Path, sealing: Sealing, place: str, sink: Callable[[object], None],
