@@ -27,7 +27,7 @@ ORDER = ["viewer", "operator", "admin"]
 PARAMS = {"name": "kvmops-test-nosuchvm", "snapshot": "s1", "target": "vdb",
           "mac": "52:54:00:00:00:01",
           "job_id": "nonexistent", "user": "nobody", "volume": "v1", "pf": "kvtnopf0",
-          "bridge": "kvtnobr0", "run_id": "1"}
+          "bridge": "kvtnobr0", "run_id": "1", "schedule_id": "1"}
 _ROLE_DEP = re.compile(r"^(?:require|caller|page)_(viewer|operator|admin|user)$")
 
 

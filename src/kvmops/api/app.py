@@ -31,6 +31,7 @@ from kvmops.api.settings import ApiSettings
 from kvmops.paths import policy
 from kvmops.services import jobs as job_service
 from kvmops.services import sampler
+from kvmops.services import schedules as schedule_service
 
 log = logging.getLogger("kvmops.api")
 API_PREFIX = "/api/v1"
@@ -74,9 +75,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         await anyio.to_thread.run_sync(_startup, ctx)
         # the live charts' sampler (KVMOPS_SAMPLE_INTERVAL, 0: off)
         live = sampler.start(settings.sample_interval)
+        backup_scheduler = schedule_service.start_scheduler(ctx.store)  # KVMOPS_SCHEDULER=0
         try:
             yield
         finally:
+            await anyio.to_thread.run_sync(schedule_service.stop_scheduler, backup_scheduler)
             if live is not None:
                 await anyio.to_thread.run_sync(sampler.stop)
             await anyio.to_thread.run_sync(ctx.close)
@@ -139,6 +142,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     from kvmops.api.routes import hosts  # the libvirt hosts this server manages
 
     api.include_router(hosts.router)
+    from kvmops.api.routes import schedules as backup_schedules  # backup schedules
+
+    api.include_router(backup_schedules.router)
     from kvmops.api.routes import migration  # vm migrate (a job) and its preflight
 
     api.include_router(migration.router)

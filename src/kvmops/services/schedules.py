@@ -33,6 +33,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -605,3 +606,69 @@ def run_due(store_: Store, caller: Caller, *, now: datetime | None = None) -> li
     """One pass: claim what is due at ``now`` (the clock by default), run it, wait."""
     clock: Clock = (lambda: now) if now is not None else utc_now  # type: ignore[assignment,return-value]
     return Scheduler(store_, clock=clock).run_due()
+
+
+# In the server ---------------------------------------------------------------------------------
+TICK_S = 20.0
+
+
+class SchedulerThread:
+    """``kvmops serve``'s scheduler: a pass every ``tick`` seconds (runs started in the
+    background, limits counted in the database); :meth:`stop` ends the loop and waits up
+    to ``grace`` seconds for the backups in flight (a child left running past that is
+    reaped by a later pass once its heartbeat is stale)."""
+
+    def __init__(self, db: Store, tick: float = TICK_S) -> None:
+        self.scheduler = Scheduler(db)
+        self.tick = tick
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="kvmops-scheduler",
+                                        daemon=True)
+
+    def start(self) -> SchedulerThread:
+        self._thread.start()
+        log.info("backup scheduler started (a pass every %.0f s)", self.tick)
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.scheduler.cfg = SchedulerSettings.from_settings()
+                self.scheduler.run_due(wait=False)
+            except Exception:  # a bad pass (database down) must not end the scheduler
+                log.exception("backup scheduler pass failed")
+            self._stop.wait(self.tick)
+
+    def stop(self, grace: float = 20.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.tick + 5)
+        deadline = time.monotonic() + grace
+        for thread in list(self.scheduler._threads):
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        log.info("backup scheduler stopped")
+
+
+_live: SchedulerThread | None = None
+
+
+def start_scheduler(db: Store) -> SchedulerThread | None:
+    """Start the server's scheduler (``KVMOPS_SCHEDULER=0`` turns it off)."""
+    global _live
+    if os.environ.get("KVMOPS_SCHEDULER", "1") == "0":
+        return None
+    tick = float(os.environ.get("KVMOPS_SCHEDULER_TICK", TICK_S))
+    _live = SchedulerThread(db, tick).start()
+    return _live
+
+
+def stop_scheduler(thread: SchedulerThread | None) -> None:
+    global _live
+    if thread is not None:
+        thread.stop()
+    _live = None
+
+
+def run_now_background(store_: Store, caller: Caller, schedule_id: int) -> list[RunView]:
+    """The API's run-now: started (or queued behind a limit) and returned at once."""
+    scheduler = _live.scheduler if _live is not None else Scheduler(store_)
+    return scheduler.run_now(schedule_id, wait=False)
