@@ -116,13 +116,20 @@ def records() -> list[MountRecord]:
     return sorted(found, key=lambda r: r.created)
 
 
-def mounted_points(repo: Path, vm: str) -> list[MountRecord]:
+def repo_key(repo: str | Path) -> str:
+    """How a repository is named in the records: a local one by its real path, a remote
+    one by its URL."""
+    text = str(repo)
+    return text if "://" in text else os.path.realpath(text)
+
+
+def mounted_points(repo: str | Path, vm: str) -> list[MountRecord]:
     """Recorded mounts of ``vm``'s points in ``repo`` (its files are in use)."""
-    real = os.path.realpath(repo)
-    return [r for r in records() if r.repo == real and r.vm == vm]
+    key = repo_key(repo)
+    return [r for r in records() if r.repo == key and r.vm == vm]
 
 
-def refuse_if_mounted(repo: Path, vm: str, action: str) -> None:
+def refuse_if_mounted(repo: str | Path, vm: str, action: str) -> None:
     """Writers that rewrite or delete a VM's chain call this first (prune, rekey)."""
     found = mounted_points(repo, vm)
     if found:
@@ -350,10 +357,10 @@ def prepare_mountpoint(value: str | Path) -> tuple[Path, bool]:
     return path, True
 
 
-def new_record(*, vm: str, repo: Path, backup_id: str, disk: str, mountpoint: Path,
+def new_record(*, vm: str, repo: str | Path, backup_id: str, disk: str, mountpoint: Path,
                made: bool, temporary: bool = False) -> MountRecord:
     mount_id = secrets.token_hex(6)
-    return MountRecord(id=mount_id, vm=vm, repo=os.path.realpath(repo), backup_id=backup_id,
+    return MountRecord(id=mount_id, vm=vm, repo=repo_key(repo), backup_id=backup_id,
                        disk=disk, mountpoint=str(mountpoint),
                        work=str(mounts_dir() / mount_id), created=datetime.now(UTC),
                        temporary=temporary, owner_pid=os.getpid(), made_mountpoint=made)

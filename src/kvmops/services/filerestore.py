@@ -264,7 +264,8 @@ def restore_file(caller: Caller, uri: str | None, repo: str | Path, vm: str,
     if guest_path is not None and not into_guest:
         raise ValidationError("--guest-path goes with --into-guest")
     checked = existing_repository(caller, repo)
-    target_dir = None if to is None else Path(to) if trusted_to else restore_dir(caller, to)
+    if to is not None and not trusted_to:
+        check_to(caller, to)  # before any work; made only once the point opened
     with track(caller, "backup.restore-file", vm) as job:
         def report(done: int, total: int) -> None:
             job.bytes(done, total)
@@ -273,6 +274,8 @@ def restore_file(caller: Caller, uri: str | None, repo: str | Path, vm: str,
 
         with _temporary(checked, vm, at, disk, partition, key_file, passphrase) as (
                 record, root, number):
+            target_dir = None if to is None else Path(to) if trusted_to else \
+                restore_dir(caller, to)
             if target_dir is not None:
                 copied = guestfs.copy_out(root, path, target_dir, force=force,
                                           progress=report)
@@ -292,6 +295,16 @@ def restore_file(caller: Caller, uri: str | None, repo: str | Path, vm: str,
             files=copied.files, bytes=copied.bytes, sha256=digest, skipped=copied.skipped)
         job.result = result
     return result
+
+
+def check_to(caller: Caller, to: str | Path) -> Path:
+    """A restore target through the path policy, without creating anything."""
+    from kvmops.paths import policy
+
+    path = policy().image_path(to, trusted=caller.trusted_paths, what="restore directory")
+    if path.exists() and not path.is_dir():
+        raise ValidationError(f"restore directory {path} is not a directory")
+    return path
 
 
 def _into_guest(caller: Caller, uri: str | None, vm: str, root: Path, path: str,

@@ -73,11 +73,11 @@ def restore_file(caller: OperatorCaller, name: VmNameDep, backup_id: str,
                  ) -> JobAccepted:
     """Restore one file (or directory) of a point: a job; its result names what was
     written (and the sha256 of a file)."""
-    from kvmops.services.backups import existing_repository, restore_dir
+    from kvmops.services.backups import existing_repository
 
     existing_repository(caller, body.repo)  # checked before the job starts
     if body.to is not None:
-        restore_dir(caller, body.to)
+        filerestore.check_to(caller, body.to)
     at = _backup_id(backup_id)
 
     def run(job: JobContext) -> RestoreFileResult:
