@@ -4,7 +4,7 @@ and run by ``kvmops serve`` (or ``run-due`` from a systemd timer)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -12,9 +12,10 @@ from kvmops.cli.common import JsonOption
 from kvmops.cli.output import info, print_json, print_table, warn
 from kvmops.cli.serve import DbOption
 from kvmops.errors import BackupError, ValidationError
-from kvmops.services import schedules
 from kvmops.services.caller import Caller
-from kvmops.services.database import migrated
+
+if TYPE_CHECKING:  # loaded by the commands themselves: 'kvmops backup' starts quickly
+    from kvmops.services.schedules import RunView, ScheduleView
 
 app = typer.Typer(help="Backup schedules: cron, retention, catch-up, retries.",
                   no_args_is_help=True)
@@ -35,7 +36,7 @@ def _when(value: object) -> str:
     return f"{value:%Y-%m-%d %H:%M}" if value is not None else "-"
 
 
-def _run_rows(runs: list[schedules.RunView]) -> list[tuple[object, ...]]:
+def _run_rows(runs: list[RunView]) -> list[tuple[object, ...]]:
     return [(r.id, r.schedule_id, r.vm, _when(r.due_at), r.trigger, r.result, r.attempt,
              r.kind or "", r.backup_id or "", r.error or "") for r in runs]
 
@@ -74,6 +75,9 @@ def add_cmd(
     db: str | None = DbOption,
 ) -> None:
     """Add a schedule (a VM or --tag TAG; at least one --keep-* rule)."""
+    from kvmops.services import schedules
+    from kvmops.services.database import migrated
+
     spec = schedules.ScheduleSpec(
         vm=vm, tag=tag, repo=_repo(repo), cron=every, timezone=timezone,
         keep_last=keep_last, keep_hourly=keep_hourly, keep_daily=keep_daily,
@@ -93,6 +97,9 @@ def add_cmd(
 def list_cmd(vm: str | None = typer.Option(None, "--vm", help="Only this VM's schedules."),
              json_out: bool = JsonOption, db: str | None = DbOption) -> None:
     """The schedules, their next due time and last run."""
+    from kvmops.services import schedules
+    from kvmops.services.database import migrated
+
     with migrated(db) as store:
         views = schedules.list_schedules(store, vm)
     if json_out:
@@ -106,15 +113,20 @@ def list_cmd(vm: str | None = typer.Option(None, "--vm", help="Only this VM's sc
                  for v in views])
 
 
-def _keep_text(view: schedules.ScheduleView) -> str:
+def _keep_text(view: ScheduleView) -> str:
+    from kvmops.services.schedules import KEEP_FIELDS
+
     return " ".join(f"{k.removeprefix('keep_')}={getattr(view, k)}"
-                    for k in schedules.KEEP_FIELDS if getattr(view, k))
+                    for k in KEEP_FIELDS if getattr(view, k))
 
 
 @app.command("remove")
 def remove_cmd(schedule_id: int = typer.Argument(..., help="Schedule id."),
                db: str | None = DbOption) -> None:
     """Remove a schedule and its run history (the backups stay)."""
+    from kvmops.services import schedules
+    from kvmops.services.database import migrated
+
     with migrated(db) as store:
         gone = schedules.remove(store, Caller.local(), schedule_id)
     info(f"schedule {gone.id} removed ({gone.vm or 'tag ' + str(gone.tag)}); its backups "
@@ -125,6 +137,9 @@ def remove_cmd(schedule_id: int = typer.Argument(..., help="Schedule id."),
 def run_now_cmd(schedule_id: int = typer.Argument(..., help="Schedule id."),
                 json_out: bool = JsonOption, db: str | None = DbOption) -> None:
     """Run a schedule now (its retention follows a success); waits for the end."""
+    from kvmops.services import schedules
+    from kvmops.services.database import migrated
+
     with migrated(db) as store:
         runs = schedules.run_now(store, Caller.local(), schedule_id)
     if json_out:
@@ -144,6 +159,9 @@ def runs_cmd(schedule_id: int | None = typer.Argument(None, help="Schedule id (a
              limit: int = typer.Option(100, "--limit", min=1, max=10000),
              json_out: bool = JsonOption, db: str | None = DbOption) -> None:
     """Past and pending runs, newest first."""
+    from kvmops.services import schedules
+    from kvmops.services.database import migrated
+
     with migrated(db) as store:
         runs = schedules.runs(store, schedule_id, vm=vm, limit=limit)
     if json_out:
@@ -158,6 +176,9 @@ def run_due_cmd(now: str | None = typer.Option(None, "--now", metavar="ISO",
                                                     "replays); default: the clock."),
                 json_out: bool = JsonOption, db: str | None = DbOption) -> None:
     """Run what is due (the systemd timer calls this every minute); waits for the runs."""
+    from kvmops.services import schedules
+    from kvmops.services.database import migrated
+
     at = schedules.parse_now(now)
     with migrated(db) as store:
         runs = schedules.run_due(store, Caller.local(), now=at)
@@ -178,6 +199,8 @@ def units_cmd(install: Path | None = typer.Option(
         None, "--install", metavar="DIR",
         help="Write them into DIR (e.g. /etc/systemd/system) instead of printing.")) -> None:
     """The service + timer pair that runs 'run-due' every minute (no kvmops serve)."""
+    from kvmops.services import schedules
+
     if install is not None:
         if not install.is_dir():
             raise ValidationError(f"{install} is not a directory")
