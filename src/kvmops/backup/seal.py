@@ -132,7 +132,7 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 
 
 def _is_zero(data: bytes) -> bool:
-    return data == (_ZEROS if len(data) == FRAME_SIZE else bytes(len(data)))
+    return data == (_ZEROS if len(data) == len(_ZEROS) else bytes(len(data)))
 
 
 _ZEROS = bytes(FRAME_SIZE)
@@ -252,7 +252,7 @@ def _read_header(header: bytes, sealing: Sealing, name: str, place: str) -> _Cod
     if version != VERSION:
         raise UnsupportedError(f"sealed file {name} has format version {version}; this "
                                f"kvmops reads version {VERSION}", hint="upgrade kvmops")
-    if flags & ~(F_ZSTD | F_GCM) or not 1 <= frame_size <= 64 * 1024 * 1024:
+    if flags & ~(F_ZSTD | F_GCM) or not 1 <= frame_size <= len(_ZEROS):
         raise _tampered(name, "header is damaged (flags or frame size)")
     encrypted = bool(flags & F_GCM)
     if encrypted and sealing.key is None:
