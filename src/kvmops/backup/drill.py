@@ -50,6 +50,7 @@ class DrillRecord(BaseModel):
     restored: bool = False
     restore_s: float | None = None
     disks: dict[str, int] = Field(default_factory=dict)  # target -> restored file's bytes
+    dropped: list[str] = Field(default_factory=list)  # parts of the definition not restored
     booted: bool | None = None  # None: the drill did not boot (--no-boot)
     agent_s: float | None = None  # seconds from start to the guest agent's first answer
     check_command: list[str] = Field(default_factory=list)
@@ -62,6 +63,8 @@ class DrillRecord(BaseModel):
     def failure(self) -> str:
         """The one line saying why the drill failed."""
         if self.error:
+            if self.booted is False and self.dropped:
+                return f"{self.error} (not restored: {'; '.join(self.dropped)})"
             return self.error
         if not self.verified:
             return "the chain failed verification: " + ("; ".join(self.problems) or "?")
@@ -112,6 +115,7 @@ def run_drill(host: Host, repo: Path, vm: str, at: str | None, *, images_dir: Pa
         record.restore_s = round(time.monotonic() - t0, 3)
         record.restored = True
         record.disks = {d.target: os.path.getsize(d.path) for d in result.disks}
+        record.dropped = list(result.dropped)
         if boot:
             say(f"starting VM {name} and waiting for its guest agent")
             t0 = time.monotonic()
