@@ -98,3 +98,14 @@ def test_blockdev_chain_names_every_format_and_backing() -> None:
     assert '"backing": null' in nodes[1] and '"backing": "q0"' in nodes[3]
     assert all('"read-only": true' in n for n in nodes)
     assert all('"driver": "qcow2"' in n or '"driver": "file"' in n for n in nodes)
+
+
+def test_unsupported_contents_are_named_in_one_line() -> None:
+    from kvmops.backup.mount import _describe
+
+    lvm = _describe("LVM2_member", "disk vda partition 2")
+    assert "LVM" in lvm and "not supported on this kernel" in lvm and "\n" not in lvm
+    assert "LUKS" in _describe("crypto_LUKS", "disk vda")
+    assert "swap" in _describe("swap", "disk vda partition 3")
+    assert "no file system" in _describe("", "disk vdb")
+    assert "ntfs" in _describe("ntfs", "disk vda partition 1")

@@ -446,6 +446,16 @@ def find(mountpoint: str | Path) -> MountRecord:
                         hint="see 'kvmops backup mounts'")
 
 
+def owner_running(record: MountRecord) -> bool:
+    """Whether the kvmops process that made the record still runs (a temporary mount of
+    a 'files' or 'restore-file' in progress is its own to take down)."""
+    try:
+        cmdline = Path(f"/proc/{record.owner_pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"kvmops" in cmdline
+
+
 def alive(record: MountRecord) -> bool:
     """Whether the record's mounts are all still in place (False after a crash)."""
     return bool(record.filesystems) and all(

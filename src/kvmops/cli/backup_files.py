@@ -102,12 +102,13 @@ def mounts_cmd(json_out: bool = JsonOption) -> None:
     if json_out:
         print_json(rows)
         return
-    print_table(["Mount point", "VM", "Backup", "Disk", "File systems", "Alive", "Repository"],
+    print_table(["Mount point", "VM", "Backup", "Disk", "File systems", "Alive", "Kind",
+                 "Repository"],
                 [(r["mountpoint"], r["vm"], r["backup_id"], r["disk"],
                   ", ".join(f"{f['path']} ({f['fstype']})" for f in r["filesystems"]
                             if f["mounted"]) or "-",
-                  "yes" if r["alive"] else "no", r["repo"]) for r in rows
-                 if not r["temporary"] or r["alive"]])
+                  "yes" if r["alive"] else "no",
+                  "temporary" if r["temporary"] else "mount", r["repo"]) for r in rows])
 
 
 def files_cmd(

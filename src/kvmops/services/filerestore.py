@@ -167,11 +167,15 @@ def unmount_point(caller: Caller, mountpoint: str | Path) -> tuple[MountRecord, 
 
 @audited("backup.umount", target=None)
 def unmount_all(caller: Caller) -> list[tuple[MountRecord, list[str] | str]]:
-    """Every recorded mount taken down; a failure is reported and the others go on."""
+    """Every recorded mount taken down; a failure is reported and the others go on.
+    A temporary mount whose command still runs (a listing, a restore-file) is left to it."""
     from kvmops.errors import KvmopsError
 
     results: list[tuple[MountRecord, list[str] | str]] = []
     for record in mount.records():
+        if record.temporary and record.owner_pid != os.getpid() and \
+                mount.owner_running(record):
+            continue
         try:
             results.append((record, mount.unmount(record)))
         except KvmopsError as err:
