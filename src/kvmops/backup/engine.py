@@ -182,7 +182,7 @@ def run_backup(host: Host, req: BackupRequest, *, progress: ProgressFn | None = 
                note: NoteFn | None = None) -> Manifest:
     """Back up a running or shut-off VM into the repository; return the published manifest."""
     say = NoteLog(note)
-    repo = Repository(req.repo)
+    repo = req.repository or Repository(req.repo)
     domain = host.domain(req.vm)
     with exclusive(repo, req.vm):
         if state_name(domain) not in ("running", "idle", "paused"):

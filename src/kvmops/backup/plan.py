@@ -7,10 +7,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kvmops.backup.model import BackupType, Manifest
 from kvmops.errors import ValidationError
 from kvmops.vm.domxml import DiskSpec, DomainSpec
+
+if TYPE_CHECKING:
+    from kvmops.backup.repository import Repository
 
 # trusted(checkpoint, target): None when that disk's bitmap of the checkpoint can be
 # trusted, else the reason it cannot.
@@ -29,6 +33,9 @@ class BackupRequest:
     freeze: bool = True  # freeze file systems through the agent when it answers
     speed: int | None = None  # bytes per second for the copy, None for unlimited
     compress: bool = False  # store compressed qcow2 clusters
+    # The repository opened by the caller (a store-backed one: kvmops.backup.storerepo's
+    # prepare_repository); None: the plain repository at ``repo``.
+    repository: Repository | None = None
     fleecing: str = "auto"  # auto, on, off: pull mode with a local scratch (backup/fleecing.py)
     scratch_dir: Path | None = None  # the fleecing images' directory (None: the default)
 

@@ -119,6 +119,7 @@ class QmpBackupRequest:
     speed: int | None = None  # bytes per second per disk, None for unlimited
     job_timeout: float = 60.0  # how long a cancelled job may take to end
     compress: bool = False  # store compressed qcow2 clusters
+    repository: Repository | None = None  # opened by the caller (see BackupRequest)
 
 
 @dataclass(frozen=True)
@@ -631,7 +632,7 @@ def run_qmp_backup(req: QmpBackupRequest, *, progress: ProgressFn | None = None,
                    note: NoteFn | None = None) -> Manifest:
     """Back up the QEMU behind ``req.socket`` into the repository; return the manifest."""
     say = NoteLog(note)
-    repo = Repository(req.repo)
+    repo = req.repository or Repository(req.repo)
     with exclusive(repo, req.vm, "qmp"), open_monitor(socket=req.socket) as channel:
         return _run(channel, repo, req, progress, say)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
 
+from kvmops.backup.store import is_remote_url
 from kvmops.cli.common import HostFilesOption, HostOption, JsonOption, UriOption, from_cwd, on_host
 from kvmops.cli.output import (
     LazyBar,
@@ -22,8 +24,33 @@ from kvmops.services.caller import Caller
 from kvmops.sizes import format_size, parse_rate
 
 app = typer.Typer(help="Online backups, restore, verify and retention.", no_args_is_help=True)
-RepoOption = typer.Option(..., "--repo", help="Backup repository directory.",
-                          callback=from_cwd)
+
+
+def repo_location(value: str | None) -> str | None:
+    """``--repo``: a remote repository's URL as given, a directory made absolute."""
+    if value is None or is_remote_url(value):
+        return value
+    return str(from_cwd(Path(value)))
+
+
+RepoOption = typer.Option(..., "--repo", callback=repo_location,
+                          help="Backup repository: a directory, or an sftp:// or s3:// URL.")
+KeyFileOption = typer.Option(
+    None, "--key-file", metavar="FILE", callback=from_cwd,
+    help="The key file of an encrypted repository (kept away from the repository).")
+PassphraseOption = typer.Option(
+    False, "--passphrase-stdin",
+    help="Read an encrypted repository's passphrase from standard input (its first line).")
+
+
+def read_passphrase(wanted: bool) -> str | None:
+    """The passphrase on standard input's first line, when asked for."""
+    if not wanted:
+        return None
+    line = sys.stdin.readline().rstrip("\r\n")
+    if not line:
+        raise ValidationError("--passphrase-stdin: standard input holds no passphrase")
+    return line
 
 
 def register(root: typer.Typer) -> None:
@@ -33,7 +60,7 @@ def register(root: typer.Typer) -> None:
 @app.command("create")
 def create_cmd(
     vm: str = typer.Argument(..., help="VM name."),
-    repo: Path = RepoOption,
+    repo: str = RepoOption,
     full: bool = typer.Option(False, "--full", help="A new full backup (starts a chain)."),
     incremental: bool = typer.Option(False, "--incremental",
                                      help="Changes since the last backup."),
@@ -43,8 +70,16 @@ def create_cmd(
     exclude: list[str] = typer.Option([], "--exclude", help="Skip this disk; repeatable."),
     no_freeze: bool = typer.Option(False, "--no-freeze",
                                    help="Do not freeze guest file systems (crash-consistent)."),
-    compress: bool = typer.Option(False, "--compress",
-                                  help="Store compressed clusters (smaller, slower)."),
+    compress: str | None = typer.Option(
+        None, "--compress", flag_value="qcow2", metavar="[zstd[:LEVEL]]",
+        help="zstd[:LEVEL] (1-19, default 3): a zstd-compressed repository, chosen at its "
+             "first backup; bare --compress: qcow2's own compressed clusters."),
+    encrypt: bool = typer.Option(
+        False, "--encrypt", help="Encrypt the repository (AES-256-GCM) from its first "
+                                 "backup on; with --key-file FILE (made when missing) or "
+                                 "--passphrase-stdin, which every later command needs."),
+    key_file: Path | None = KeyFileOption,
+    passphrase_stdin: bool = PassphraseOption,
     speed: str | None = typer.Option(None, "--speed",
                                      help="Copy rate limit in MiB/s (e.g. 50) or with a unit."),
     fleecing: bool | None = typer.Option(
@@ -74,6 +109,7 @@ def create_cmd(
         raise ValidationError("give at most one of --full, --incremental, --differential")
     caller = Caller.local()
     mode = chosen[0] if chosen else None
+    passphrase = read_passphrase(passphrase_stdin)
     rate = _speed(speed) if speed else None
     if agent_socket is not None and socket is None:
         raise ValidationError("--agent-socket goes with --socket",
@@ -86,13 +122,15 @@ def create_cmd(
         if socket is not None:  # a hand-started QEMU, through its QMP socket
             manifest = backups.create_over_qmp(
                 caller, vm, repo, socket, agent_socket=agent_socket, mode=mode, disks=disk,
-                exclude=exclude, freeze=not no_freeze, speed=rate, compress=compress,
+                exclude=exclude, freeze=not no_freeze, speed=rate, compress=compress or False,
+                encrypt=encrypt, key_file=key_file, passphrase=passphrase,
                 progress=bar.update, note=warn)
             label = f"VM '{vm}' (QMP {socket})"
         else:
             manifest = backups.create(
                 caller, uri, vm, repo, mode=mode, disks=disk, exclude=exclude,
-                freeze=not no_freeze, speed=rate, compress=compress, progress=bar.update,
+                freeze=not no_freeze, speed=rate, compress=compress or False,
+                encrypt=encrypt, key_file=key_file, passphrase=passphrase, progress=bar.update,
                 note=warn, fleecing=fleece, scratch_dir=scratch_dir)
             label = f"VM '{vm}'"
         _report_backup(manifest, bar, json_out, label)
@@ -121,10 +159,13 @@ def _speed(text: str) -> int:
 
 
 @app.command("list")
-def list_cmd(vm: str = typer.Argument(..., help="VM name."), repo: Path = RepoOption,
-             json_out: bool = JsonOption) -> None:
+def list_cmd(vm: str = typer.Argument(..., help="VM name."), repo: str = RepoOption,
+             json_out: bool = JsonOption, key_file: Path | None = KeyFileOption,
+             passphrase_stdin: bool = PassphraseOption) -> None:
     """Backups of a VM in a repository, oldest first (authenticated ones only)."""
-    manifests, rejected = backups.list_backups(Caller.local(), repo, vm)
+    manifests, rejected = backups.list_backups(
+        Caller.local(), repo, vm, key_file=key_file,
+        passphrase=read_passphrase(passphrase_stdin))
     for item in rejected:
         warn(f"backup {item.backup_id} is not listed: {item.reason}")
     if json_out:
@@ -141,8 +182,10 @@ def list_cmd(vm: str = typer.Argument(..., help="VM name."), repo: Path = RepoOp
 @app.command("restore")
 def restore_cmd(
     vm: str = typer.Argument(..., help="VM whose backup to restore."),
-    repo: Path = RepoOption,
+    repo: str = RepoOption,
     at: str | None = typer.Option(None, "--at", help="Backup id (or prefix) or ISO time."),
+    key_file: Path | None = KeyFileOption,
+    passphrase_stdin: bool = PassphraseOption,
     to: Path | None = typer.Option(None, "--to", help="Write flattened images into DIR.",
                                       callback=from_cwd),
     new_vm: str | None = typer.Option(None, "--new-vm", help="Define a new VM from the backup."),
@@ -176,7 +219,9 @@ def restore_cmd(
         raise ValidationError("--bandwidth and --detach go with --instant")
     if sum(x is not None and x is not False for x in (to, new_vm, in_place)) != 1:
         raise ValidationError("give exactly one of --to DIR, --new-vm NAME, --in-place")
-    backups.check_restore(caller, repo, to=to, images_dir=images_dir)
+    passphrase = read_passphrase(passphrase_stdin)
+    backups.check_restore(caller, repo, to=to, images_dir=images_dir, key_file=key_file,
+                          passphrase=passphrase)
     with percent_progress() as progress:
         tasks: dict[str, object] = {}
 
@@ -187,7 +232,7 @@ def restore_cmd(
 
         result = backups.restore(caller, uri, repo, vm, at, to=to,
                                  new_vm=new_vm, in_place=in_place, images_dir=images_dir,
-                                 progress=report)
+                                 progress=report, key_file=key_file, passphrase=passphrase)
     if json_out:
         print_json(result)
         return
@@ -202,13 +247,17 @@ def restore_cmd(
 @app.command("verify")
 def verify_cmd(
     vm: str | None = typer.Argument(None, help="Only this VM."),
-    repo: Path = RepoOption,
+    repo: str = RepoOption,
     at: str | None = typer.Option(None, "--at", help="Only the chain of this point."),
-    quick: bool = typer.Option(False, "--quick", help="Skip the checksums."),
+    quick: bool = typer.Option(False, "--quick", help="Skip the checksums (a sealed "
+                               "repository's files are still authenticated)."),
     json_out: bool = JsonOption,
+    key_file: Path | None = KeyFileOption,
+    passphrase_stdin: bool = PassphraseOption,
 ) -> None:
     """Check every file of every chain; exit 0 only when all are sound."""
-    report = backups.verify(Caller.local(), repo, vm, at, checksums=not quick)
+    report = backups.verify(Caller.local(), repo, vm, at, checksums=not quick,
+                            key_file=key_file, passphrase=read_passphrase(passphrase_stdin))
     if json_out:
         print_json({**report.model_dump(mode="json"), "sound": report.sound})
     elif report.sound:
@@ -219,18 +268,21 @@ def verify_cmd(
 @app.command("prune")
 def prune_cmd(
     vm: str = typer.Argument(..., help="VM name."),
-    repo: Path = RepoOption,
+    repo: str = RepoOption,
     keep_last: int = typer.Option(0, "--keep-last", help="Keep the newest N backups."),
     keep_daily: int = typer.Option(0, "--keep-daily", help="Keep the newest of N days."),
     keep_weekly: int = typer.Option(0, "--keep-weekly", help="Keep the newest of N weeks."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; change nothing."),
     json_out: bool = JsonOption,
+    key_file: Path | None = KeyFileOption,
+    passphrase_stdin: bool = PassphraseOption,
 ) -> None:
     """Apply a retention policy; expired incrementals are merged so kept points stay whole."""
     policy = RetentionPolicy(keep_last=keep_last, keep_daily=keep_daily,
                              keep_weekly=keep_weekly)
     result = backups.prune_backups(Caller.local(), repo, vm, policy, dry_run=dry_run,
-                                   note=warn)
+                                   note=warn, key_file=key_file,
+                                   passphrase=read_passphrase(passphrase_stdin))
     if json_out:
         print_json(result)
         return
@@ -299,6 +351,59 @@ from kvmops.cli.backup_instant import app as instant_app  # noqa: E402
 
 app.add_typer(instant_app, name="instant")
 
+repo_app = typer.Typer(help="A repository's format, compression and encryption key.",
+                       no_args_is_help=True)
+app.add_typer(repo_app, name="repo")
+
+
+@repo_app.command("info")
+def repo_info_cmd(repo: str = RepoOption, json_out: bool = JsonOption) -> None:
+    """Format, compression, encryption and key id of a repository (never the key)."""
+    found = backups.repo_info(Caller.local(), repo)
+    if json_out:
+        print_json(found)
+        return
+    for label, key in (("repository", "repo"), ("id", "id"), ("format", "format"),
+                       ("store", "store"), ("compression", "compression"),
+                       ("encrypted", "encrypted"), ("cipher", "cipher"), ("kdf", "kdf"),
+                       ("key id", "key_id")):
+        value = found.get(key)
+        if key == "encrypted":
+            value = "yes" if value else "no"
+        if value is not None:
+            info(f"{label + ':':13} {value}")
+    info(f"{'VMs:':13} {', '.join(found.get('vms') or []) or '-'}")
+
+
+@repo_app.command("rekey")
+def repo_rekey_cmd(
+    repo: str = RepoOption,
+    key_file: Path | None = typer.Option(None, "--key-file", metavar="OLD",
+                                         callback=from_cwd, help="The current key file."),
+    new_key_file: Path | None = typer.Option(
+        None, "--new-key-file", metavar="NEW", callback=from_cwd,
+        help="The new key file (made when missing)."),
+    passphrase_stdin: bool = typer.Option(
+        False, "--passphrase-stdin", help="Read the passphrases from standard input: the "
+        "current one first (unless --key-file), then the new one (unless --new-key-file)."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Change an encrypted repository's key: the old key no longer opens it (no data is
+    rewritten; keep the new key file safe before you destroy the old one)."""
+    old = read_passphrase(passphrase_stdin and key_file is None)
+    new = read_passphrase(passphrase_stdin and new_key_file is None)
+    if (key_file is None and old is None) or (new_key_file is None and new is None):
+        raise ValidationError("give the current key (--key-file OLD) and the new one "
+                              "(--new-key-file NEW), or --passphrase-stdin")
+    found = backups.rekey(Caller.local(), repo, key_file=key_file, passphrase=old,
+                          new_key_file=new_key_file, new_passphrase=new)
+    if json_out:
+        print_json(found)
+        return
+    info(f"repository {found['repo']} now opens with the new key only "
+         f"(key id {found.get('key_id')})")
+
+
 key_app = typer.Typer(help="The manifest key that authenticates repositories.",
                       no_args_is_help=True)
 app.add_typer(key_app, name="key")
@@ -324,7 +429,7 @@ def key_rotate_cmd() -> None:
 
 @key_app.command("resign")
 def key_resign_cmd(
-    repo: Path = RepoOption,
+    repo: str = RepoOption,
     adopt_unsigned: bool = typer.Option(
         False, "--adopt-unsigned",
         help="Also sign manifests that carry no signature (written by an older kvmops): "

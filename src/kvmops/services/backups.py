@@ -16,7 +16,9 @@ from kvmops.backup.model import BackupType, Manifest
 from kvmops.backup.repository import Rejected, Repository
 from kvmops.backup.restore import RestoreResult, VerifyReport, require_sound
 from kvmops.backup.retention import PruneResult, RetentionPolicy, prune
-from kvmops.errors import NotFoundError, ValidationError
+from kvmops.backup.store import is_remote_url
+from kvmops.config import settings
+from kvmops.errors import NotFoundError, PathRefusedError, ValidationError
 from kvmops.host.connection import Host
 from kvmops.paths import policy
 from kvmops.services.audit import audited
@@ -50,7 +52,9 @@ def _both(first: Callable[..., None] | None, second: Callable[..., None]
 def create(caller: Caller, uri: str | None, vm: str, repo: str | Path, *,
            mode: BackupType | None = None, disks: list[str] | None = None,
            exclude: list[str] | None = None, freeze: bool = True, speed: int | None = None,
-           compress: bool = False, progress: BytesFn | None = None,
+           compress: bool | str = False, encrypt: bool = False,
+           key_file: str | Path | None = None, passphrase: str | None = None,
+           progress: BytesFn | None = None,
            note: NoteFn | None = None, fleecing: str | None = None,
            scratch_dir: str | Path | None = None) -> Manifest:
     """Back up a libvirt VM; ``speed`` in bytes per second (the faces parse MiB/s);
@@ -58,9 +62,11 @@ def create(caller: Caller, uri: str | None, vm: str, repo: str | Path, *,
     from kvmops.backup.engine import BackupRequest, run_backup
     from kvmops.backup.fleecing import check_mode
 
-    request = BackupRequest(vm=vm, repo=repository(caller, repo), mode=mode,
+    opened, qcow2 = prepare(caller, repo, compress=compress, encrypt=encrypt,
+                            key_file=key_file, passphrase=passphrase, note=note)
+    request = BackupRequest(vm=vm, repo=opened.root, repository=opened, mode=mode,
                             disks=list(disks or []), exclude=list(exclude or []),
-                            freeze=freeze, speed=speed, compress=compress,
+                            freeze=freeze, speed=speed, compress=qcow2,
                             fleecing=check_mode(fleecing),
                             scratch_dir=None if scratch_dir is None else policy().image_path(
                                 scratch_dir, trusted=caller.trusted_paths,
@@ -77,15 +83,19 @@ def create(caller: Caller, uri: str | None, vm: str, repo: str | Path, *,
 def create_over_qmp(caller: Caller, vm: str, repo: str | Path, socket: Path, *,
                     agent_socket: Path | None = None, mode: BackupType | None = None,
                     disks: list[str] | None = None, exclude: list[str] | None = None,
-                    freeze: bool = True, speed: int | None = None, compress: bool = False,
+                    freeze: bool = True, speed: int | None = None,
+                    compress: bool | str = False, encrypt: bool = False,
+                    key_file: str | Path | None = None, passphrase: str | None = None,
                     progress: BytesFn | None = None, note: NoteFn | None = None) -> Manifest:
     """Back up a hand-started QEMU through its QMP socket (``vm`` names it in ``repo``)."""
     from kvmops.backup.qmp_engine import QmpBackupRequest, run_qmp_backup
 
-    request = QmpBackupRequest(vm=vm, repo=repository(caller, repo), socket=socket,
+    opened, qcow2 = prepare(caller, repo, compress=compress, encrypt=encrypt,
+                            key_file=key_file, passphrase=passphrase, note=note)
+    request = QmpBackupRequest(vm=vm, repo=opened.root, repository=opened, socket=socket,
                                agent_socket=agent_socket, mode=mode, disks=list(disks or []),
                                exclude=list(exclude or []), freeze=freeze, speed=speed,
-                               compress=compress)
+                               compress=qcow2)
     with track(caller, "backup.create", vm, on_cancel=_cancel_self) as job:
         manifest = run_qmp_backup(request, progress=_both(progress, job.bytes),
                                   note=_both(note, job.note))
@@ -122,10 +132,89 @@ def existing_repository(caller: Caller, repo: str | Path) -> Path:
     return path
 
 
-def list_backups(caller: Caller, repo: str | Path, vm: str
+# Store-backed repositories (compressed, encrypted, remote) ------------------------------
+def location(caller: Caller, repo: str | Path) -> Path | str:
+    """Where a repository is: a directory through the path policy, or a remote URL (an
+    untrusted caller's only inside the settings' ``remote_repositories``)."""
+    if is_remote_url(str(repo)):
+        from kvmops.backup.remote import check_remote_url
+
+        return check_remote_url(str(repo), trusted=caller.trusted_paths)
+    return repository(caller, repo)
+
+
+def key_path(caller: Caller, key_file: str | Path | None) -> Path | None:
+    """A repository key file: any file for the command line; for an API caller only a
+    file of the server's key directory (``STATE_DIR/keys/repository/NAME``), so that a
+    caller can never make kvmops read a file of its choosing as a key."""
+    if key_file is None:
+        return None
+    if caller.trusted_paths:
+        return Path(key_file).absolute()
+    base = settings().state_dir / "keys" / "repository"
+    name = Path(key_file)
+    path = name if name.is_absolute() else base / name
+    real = Path(os.path.realpath(path))
+    if real.parent != Path(os.path.realpath(base)):
+        raise PathRefusedError(f"key file {key_file} is not in the server's key directory "
+                               f"{base}", hint="an admin puts repository key files there; "
+                                               "name one, or send a passphrase")
+    return real
+
+
+def prepare(caller: Caller, repo: str | Path, *, compress: bool | str = False,
+            encrypt: bool = False, key_file: str | Path | None = None,
+            passphrase: str | None = None, note: NoteFn | None = None
+            ) -> tuple[Repository, bool]:
+    """The repository a backup goes into (made compressed/encrypted on its first backup
+    when asked) and whether its qcow2 files are compressed the old way."""
+    from kvmops.backup.storerepo import parse_compress, prepare_repository
+
+    qcow2, zstd = parse_compress(compress)
+    opened = prepare_repository(location(caller, repo), compress=zstd, encrypt=encrypt,
+                                key_file=key_path(caller, key_file), passphrase=passphrase,
+                                note=note)
+    return opened, qcow2
+
+
+def open_existing(caller: Caller, repo: str | Path, *, key_file: str | Path | None = None,
+                  passphrase: str | None = None) -> Repository:
+    """An existing repository, opened: plain, or store-backed and unlocked with its key
+    (KeyRequiredError without it, before anything is written)."""
+    from kvmops.backup.storerepo import open_repository
+
+    where = location(caller, repo)
+    if isinstance(where, Path) and not where.is_dir():
+        raise NotFoundError(f"backup repository {where} does not exist",
+                            hint="check --repo (a backup creates it)")
+    return open_repository(where, key_file=key_path(caller, key_file), passphrase=passphrase)
+
+
+def repo_info(caller: Caller, repo: str | Path) -> dict[str, Any]:
+    """Format, compression, encryption and key id of a repository (never a key)."""
+    from kvmops.backup.storerepo import repo_info as read_info
+
+    return read_info(location(caller, repo))
+
+
+@audited("backup.repo.rekey", target="repo")
+def rekey(caller: Caller, repo: str | Path, *, key_file: str | Path | None = None,
+          passphrase: str | None = None, new_key_file: str | Path | None = None,
+          new_passphrase: str | None = None) -> dict[str, Any]:
+    """Change the key of an encrypted repository (its data key is re-wrapped)."""
+    from kvmops.backup.storerepo import rekey as rewrap
+
+    where = location(caller, repo)
+    rewrap(where, old_key_file=key_path(caller, key_file), old_passphrase=passphrase,
+           new_key_file=key_path(caller, new_key_file), new_passphrase=new_passphrase)
+    return repo_info(caller, repo)
+
+
+def list_backups(caller: Caller, repo: str | Path, vm: str, *,
+                 key_file: str | Path | None = None, passphrase: str | None = None
                  ) -> tuple[list[Manifest], list[Rejected]]:
     """Authenticated backups, oldest first, and the ones rejected (never used)."""
-    return Repository(existing_repository(caller, repo)).scan(vm)
+    return open_existing(caller, repo, key_file=key_file, passphrase=passphrase).scan(vm)
 
 
 def restore_dir(caller: Caller, to: str | Path) -> Path:
@@ -145,9 +234,12 @@ def restore_dir(caller: Caller, to: str | Path) -> Path:
 
 
 def check_restore(caller: Caller, repo: str | Path, *, to: str | Path | None = None,
-                  images_dir: str | Path | None = None) -> tuple[Path, Path | None, Path]:
-    """Every path of a restore, checked before any work (an API job checks first)."""
-    checked_repo = existing_repository(caller, repo)
+                  images_dir: str | Path | None = None, key_file: str | Path | None = None,
+                  passphrase: str | None = None) -> tuple[Path, Path | None, Path]:
+    """Every path of a restore, checked before any work (an API job checks first); a
+    store-backed repository is opened with its key before the target is made (its path
+    is then the work directory: restore through :func:`open_existing`)."""
+    checked_repo = open_existing(caller, repo, key_file=key_file, passphrase=passphrase).root
     target = restore_dir(caller, to) if to is not None else None
     directory = policy().new_images_dir(images_dir, trusted=caller.trusted_paths)
     return checked_repo, target, directory
@@ -157,11 +249,14 @@ def check_restore(caller: Caller, repo: str | Path, *, to: str | Path | None = N
 def restore(caller: Caller, uri: str | None, repo: str | Path, vm: str,
             at: str | None, *, to: str | Path | None = None, new_vm: str | None = None,
             in_place: bool = False, images_dir: str | Path | None = None,
-            progress: ProgressFn | None = None) -> RestoreResult:
+            progress: ProgressFn | None = None, key_file: str | Path | None = None,
+            passphrase: str | None = None) -> RestoreResult:
     if sum(x is not None and x is not False for x in (to, new_vm, in_place)) != 1:
         raise ValidationError("give exactly one of --to DIR, --new-vm NAME, --in-place")
-    checked_repo, target, directory = check_restore(caller, repo, to=to,
-                                                    images_dir=images_dir)
+    # Opened (and unlocked) before the target is made: without the key nothing is written.
+    checked_repo = open_existing(caller, repo, key_file=key_file, passphrase=passphrase)
+    target = restore_dir(caller, to) if to is not None else None
+    directory = policy().new_images_dir(images_dir, trusted=caller.trusted_paths)
     with track(caller, "backup.restore", vm) as job:
         def report(label: str, pct: float) -> None:
             job.percent(pct, f"restoring {label}")
@@ -182,15 +277,18 @@ def restore(caller: Caller, uri: str | None, repo: str | Path, vm: str,
 
 
 def verify(caller: Caller, repo: str | Path, vm: str | None = None, at: str | None = None,
-           *, checksums: bool = True) -> VerifyReport:
-    return restore_ops.verify(existing_repository(caller, repo), vm, at, checksums=checksums)
+           *, checksums: bool = True, key_file: str | Path | None = None,
+           passphrase: str | None = None) -> VerifyReport:
+    opened = open_existing(caller, repo, key_file=key_file, passphrase=passphrase)
+    return restore_ops.verify(opened, vm, at, checksums=checksums)
 
 
 @audited("backup.prune", target="vm")
 def prune_backups(caller: Caller, repo: str | Path, vm: str, rules: RetentionPolicy, *,
-                  dry_run: bool = False, note: Callable[[str], None] | None = None
+                  dry_run: bool = False, note: Callable[[str], None] | None = None,
+                  key_file: str | Path | None = None, passphrase: str | None = None
                   ) -> PruneResult:
-    checked = existing_repository(caller, repo)
+    checked = open_existing(caller, repo, key_file=key_file, passphrase=passphrase)
     if dry_run:  # changes nothing: no job
         return prune(checked, vm, rules, dry_run=True, note=note)
     with track(caller, "backup.prune", vm) as job:

@@ -1,0 +1,223 @@
+"""Store-backed repositories through the real stack: an encrypted (AES-256-GCM) repository
+from its first backup, zstd compression, tampering found by verify, key change, prune.
+
+One booted guest for the module; the encrypted chain (full + 2 incrementals, the guest
+writing between them) is made once and copied for the tests that change a repository.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from kvmops.errors import KeyRequiredError, NotFoundError
+from tests.conftest import assert_one_line_error, run_cli
+from tests.integration.backup_util import backup, disk_hash, guest_sh, image_hash, write_random
+
+QCOW2_MAGIC = b"QFI\xfb"
+
+
+@dataclass
+class Chain:
+    vm: str
+    repo: Path
+    key: Path
+    ids: list[str]
+    hashes: dict[str, str]  # backup id -> the guest's disk at that point
+
+
+def _cli_key(*args: str, key: Path | None) -> list[str]:
+    return [*args, "--key-file", str(key)] if key is not None else list(args)
+
+
+def restore_to(chain: Chain, backup_id: str, out: Path, key: Path | None,
+               repo: Path | None = None) -> str:
+    result = run_cli(*_cli_key("backup", "restore", chain.vm, "--repo",
+                               str(repo or chain.repo), "--at", backup_id, "--to", str(out),
+                               key=key))
+    assert result.code == 0, result.stderr
+    return image_hash(out / "vda.qcow2")
+
+
+def verify(repo: Path, vm: str, key: Path | None) -> tuple[int, str]:
+    result = run_cli(*_cli_key("backup", "verify", vm, "--repo", str(repo), "--json",
+                               key=key))
+    return result.code, result.stdout + result.stderr
+
+
+def stored_files(repo: Path) -> list[Path]:
+    return sorted(p for p in repo.rglob("*") if p.is_file() and not p.name.startswith(".")
+                  and p.suffix != ".hmac" and p.name != "lock")
+
+
+def copy_repo(chain: Chain, dst: Path) -> Path:
+    shutil.copytree(chain.repo, dst, symlinks=True)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def guest(vm_factory: Callable[..., str]) -> str:
+    return vm_factory(start=True)
+
+
+@pytest.fixture(scope="module")
+def chain(guest: str, backups_dir: Path, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[Chain]:
+    """An encrypted repository holding a full and two incrementals of ``guest``."""
+    repo = backups_dir / f"sealed-{os.getpid()}"
+    key = tmp_path_factory.mktemp("keys") / "repo.key"  # made by kvmops (0600)
+    hashes: dict[str, str] = {}
+    ids = []
+    first = backup(guest, repo, "--full", "--encrypt", "--key-file", str(key))
+    assert first["type"] == "full"
+    assert key.is_file() and key.stat().st_mode & 0o077 == 0
+    ids.append(str(first["id"]))
+    hashes[ids[-1]] = disk_hash(guest)
+    for seek in (3, 30):
+        expected = write_random(guest, seek, 2)
+        made = backup(guest, repo, "--incremental", "--key-file", str(key))
+        assert made["type"] == "incremental" and made["parent"] == ids[-1]
+        ids.append(str(made["id"]))
+        hashes[ids[-1]] = expected
+    yield Chain(guest, repo, key, ids, hashes)
+    shutil.rmtree(repo, ignore_errors=True)
+
+
+def test_encrypted_chain_lists_and_restores_with_the_key(chain: Chain, tmp_path: Path
+                                                         ) -> None:
+    result = run_cli("backup", "list", chain.vm, "--repo", str(chain.repo), "--json",
+                     "--key-file", str(chain.key))
+    assert result.code == 0, result.stderr
+    listed = json.loads(result.stdout)
+    assert [b["id"] for b in listed] == chain.ids
+    assert [b["type"] for b in listed] == ["full", "incremental", "incremental"]
+    for index, backup_id in enumerate(chain.ids):
+        assert restore_to(chain, backup_id, tmp_path / f"r{index}", chain.key) \
+            == chain.hashes[backup_id]
+    # Nothing readable is stored: no qcow2 header, no JSON manifest, and no plaintext
+    # left in the work directory.
+    data = [p for p in stored_files(chain.repo) if p.name == "vda.qcow2"]
+    assert len(data) == 3
+    for path in data:
+        assert path.read_bytes()[:4] != QCOW2_MAGIC
+    for path in chain.repo.rglob("manifest.json"):
+        with pytest.raises(ValueError):
+            json.loads(path.read_bytes())
+    info = run_cli("backup", "repo", "info", "--repo", str(chain.repo), "--json")
+    assert info.code == 0, info.stderr
+    described = json.loads(info.stdout)
+    assert described["encrypted"] is True and described["key_id"]
+    assert chain.key.read_bytes().hex() not in info.stdout
+
+
+def test_without_the_key_nothing_is_read_or_written(chain: Chain, tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong.key"
+    wrong.write_bytes(os.urandom(32))
+    wrong.chmod(0o600)
+    for key in (None, wrong):
+        listed = run_cli(*_cli_key("backup", "list", chain.vm, "--repo", str(chain.repo),
+                                   key=key))
+        assert_one_line_error(listed, KeyRequiredError.exit_code, str(chain.repo))
+        out = tmp_path / f"out-{'none' if key is None else 'wrong'}"
+        restored = run_cli(*_cli_key("backup", "restore", chain.vm, "--repo",
+                                     str(chain.repo), "--at", chain.ids[-1], "--to", str(out),
+                                     key=key))
+        assert_one_line_error(restored, KeyRequiredError.exit_code)
+        assert not out.exists()
+        code, text = verify(chain.repo, chain.vm, key)
+        assert code == KeyRequiredError.exit_code, text
+    missing = run_cli("backup", "restore", chain.vm, "--repo", str(chain.repo), "--to",
+                      str(tmp_path / "out-missing"), "--key-file", str(tmp_path / "nope.key"))
+    assert_one_line_error(missing, NotFoundError.exit_code, "nope.key")
+    assert not (tmp_path / "out-missing").exists()
+
+
+def test_a_flipped_byte_in_any_stored_file_fails_verify_naming_it(chain: Chain,
+                                                                  tmp_path: Path) -> None:
+    repo = copy_repo(chain, tmp_path / "repo")
+    code, text = verify(repo, chain.vm, chain.key)
+    assert code == 0, text
+    targets = [p for p in stored_files(repo) if p.name in ("vda.qcow2", "manifest.json")]
+    targets += [repo / "kvmops-repository.json"]
+    assert len(targets) == 7
+    for path in targets:
+        original = path.read_bytes()
+        flipped = bytearray(original)
+        flipped[len(flipped) // 2] ^= 0x01
+        path.write_bytes(bytes(flipped))
+        try:
+            code, text = verify(repo, chain.vm, chain.key)
+            assert code != 0, (path, text)
+            assert str(path.relative_to(repo)) in text, (path, text)
+        finally:
+            path.write_bytes(original)
+    code, text = verify(repo, chain.vm, chain.key)
+    assert code == 0, text
+
+
+def test_rekey_old_key_refused_new_key_restores(chain: Chain, tmp_path: Path) -> None:
+    repo = copy_repo(chain, tmp_path / "repo")
+    new_key = tmp_path / "new.key"
+    result = run_cli("backup", "repo", "rekey", "--repo", str(repo), "--key-file",
+                     str(chain.key), "--new-key-file", str(new_key))
+    assert result.code == 0, result.stderr
+    listed = run_cli("backup", "list", chain.vm, "--repo", str(repo), "--key-file",
+                     str(chain.key))
+    assert_one_line_error(listed, KeyRequiredError.exit_code)
+    assert restore_to(chain, chain.ids[1], tmp_path / "r", new_key, repo) \
+        == chain.hashes[chain.ids[1]]
+
+
+def test_prune_on_an_encrypted_repository_keeps_points_whole(chain: Chain, tmp_path: Path
+                                                            ) -> None:
+    repo = copy_repo(chain, tmp_path / "repo")
+    result = run_cli("backup", "prune", chain.vm, "--repo", str(repo), "--keep-last", "1",
+                     "--key-file", str(chain.key), "--json")
+    assert result.code == 0, result.stderr
+    plan = json.loads(result.stdout)["plan"]
+    assert plan["keep"] == [chain.ids[-1]] and plan["remove"] == chain.ids[:2]
+    listed = run_cli("backup", "list", chain.vm, "--repo", str(repo), "--key-file",
+                     str(chain.key), "--json")
+    kept = json.loads(listed.stdout)
+    assert [(b["id"], b["type"]) for b in kept] == [(chain.ids[-1], "full")]
+    assert not (repo / chain.vm / "backups" / chain.ids[0]).exists()
+    code, text = verify(repo, chain.vm, chain.key)
+    assert code == 0, text
+    assert restore_to(chain, chain.ids[-1], tmp_path / "r", chain.key, repo) \
+        == chain.hashes[chain.ids[-1]]
+
+
+def test_zstd_repository_round_trip_is_smaller(guest: str, backups_dir: Path,
+                                               tmp_path: Path) -> None:
+    # Compressible data: a repeated text over 16 MiB of the disk.
+    guest_sh(guest, "yes kvmops-zstd-test | dd of=/dev/vda bs=1M count=16 iflag=fullblock "
+                    "conv=fsync 2>/dev/null; sync")
+    expected = disk_hash(guest)
+    plain = backups_dir / f"plain-{os.getpid()}"
+    packed = backups_dir / f"zstd-{os.getpid()}"
+    try:
+        backup(guest, plain, "--full")
+        made = backup(guest, packed, "--full", "--compress", "zstd:3")
+        info = json.loads(run_cli("backup", "repo", "info", "--repo", str(packed),
+                                  "--json").stdout)
+        assert info["compression"] == "zstd:3" and info["encrypted"] is False
+        size = sum(p.stat().st_size for p in stored_files(packed) if p.suffix == ".qcow2")
+        plain_size = sum(p.stat().st_size for p in stored_files(plain)
+                         if p.suffix == ".qcow2")
+        assert size * 4 < plain_size, (size, plain_size)
+        out = tmp_path / "r"
+        result = run_cli("backup", "restore", guest, "--repo", str(packed), "--at",
+                         str(made["id"]), "--to", str(out))
+        assert result.code == 0, result.stderr
+        assert image_hash(out / "vda.qcow2") == expected
+        code, text = verify(packed, guest, None)
+        assert code == 0, text
+    finally:
+        shutil.rmtree(plain, ignore_errors=True)
+        shutil.rmtree(packed, ignore_errors=True)
