@@ -319,3 +319,34 @@ def test_the_shipped_systemd_units_verify(tmp_path: Path) -> None:
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
     printed = run_cli("backup", "schedule", "systemd-units")
     assert "# ---- kvmops-backup-schedules.timer" in printed.stdout
+
+
+def test_metrics_of_a_schedule(db: Store, clock: FakeClock, tmp_path: Path) -> None:
+    """The collector's series: the expected interval (what the overdue alert measures
+    by), the last run's time and result, the last success (creation before one)."""
+    from kvmops.metrics import collector
+    from kvmops.metrics.model import Scrape
+
+    fake = FakeBackups()
+    sched = scheduler(db, clock, fake, retry_minutes=())
+    schedule = add(db, clock, tmp_path, "ok-vm", cron="0 */6 * * *")
+    add(db, clock, tmp_path, "bad-vm", cron="@daily", repo=str(tmp_path / "r2"))
+    fake.failing.add("bad-vm")
+    (before, _) = svc.schedule_samples(db)
+    assert (before.interval_s, before.last_run_time, before.last_success) == (6 * 3600, None,
+                                                                             None)
+    assert before.last_success_time == T0.timestamp()  # its creation
+    clock.advance(days=1)
+    sched.run_due()
+    ok, bad = svc.schedule_samples(db)
+    assert (ok.schedule, ok.domain, ok.last_success) == (schedule.id, "ok-vm", True)
+    assert ok.last_success_time == ok.last_run_time == clock.now.timestamp()
+    assert (bad.domain, bad.interval_s, bad.last_success) == ("bad-vm", 86400, False)
+    assert bad.last_success_time == T0.timestamp()
+    series = {(s.name, s.labels.get("domain")): s.value
+              for family in collector.families(Scrape(schedules=(ok, bad)))
+              for s in family.samples}
+    assert series[("kvmops_backup_schedule_last_success", "bad-vm")] == 0.0
+    assert series[("kvmops_backup_schedule_interval_seconds", "ok-vm")] == 21600.0
+    assert series[("kvmops_backup_schedule_last_run_time_seconds", "ok-vm")] == \
+        clock.now.timestamp()

@@ -143,6 +143,7 @@ def _exported_names() -> set[str]:
         HostSample,
         JobsSample,
         PoolSample,
+        ScheduleSample,
         Scrape,
     )
 
@@ -170,7 +171,8 @@ def _exported_names() -> set[str]:
         backups=(BackupSample("vm", "local", 1.0, False, 10, {"vda": 1.0}, {"vda": 2},
                               {"vda": False}),),
         jobs=JobsSample({("backup.create", "running"): 1}, (("backup.create", "ok", 3.0),)),
-        doctor=(DoctorSample("local", (("kvm", "ok"),)),))
+        doctor=(DoctorSample("local", (("kvm", "ok"),)),),
+        schedules=(ScheduleSample(1, "vm", "local", 3600.0, 2.0, False, 1.0),))
     names = {sample.name for family in collector.families(scrape)
              for sample in family.samples}
     histogram = api.REQUEST_DURATION._name  # labelled, unobserved: no samples of its own

@@ -24,7 +24,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from kvmops.metrics.model import BackupSample, HostSample, JobsSample, Scrape
+from kvmops.metrics.model import BackupSample, HostSample, JobsSample, ScheduleSample, Scrape
 
 if TYPE_CHECKING:
     from kvmops.host.domstats import DomainStats
@@ -93,6 +93,7 @@ def families(scrape: Scrape) -> list[Metric]:
     for host in scrape.hosts:
         _host(out, host)
     _backups(out, scrape.backups)
+    _schedules(out, scrape.schedules)
     if scrape.jobs is not None:
         for family in _jobs(scrape.jobs):
             out.add(family)
@@ -317,6 +318,26 @@ def _backups(out: _Families, backups: Iterable[BackupSample]) -> None:
         _put(out.gauge("kvmops_backup_last_size_bytes",
                        "Bytes written by the VM's last completed backup (all disks).",
                        ("domain", "host")), [b.domain, b.host], b.last_size_bytes)
+
+
+def _schedules(out: _Families, schedules: Iterable[ScheduleSample]) -> None:
+    labels = ("schedule", "domain", "host")
+    for s in schedules:
+        values = [str(s.schedule), s.domain, s.host]
+        out.gauge("kvmops_backup_schedule_interval_seconds",
+                  "The expected time between two runs of the backup schedule.",
+                  labels).add_metric(values, s.interval_s)
+        out.gauge("kvmops_backup_schedule_last_success_time_seconds",
+                  "When the schedule's last successful run ended (its creation before "
+                  "one), Unix time.", labels).add_metric(values, s.last_success_time)
+        _put(out.gauge("kvmops_backup_schedule_last_run_time_seconds",
+                       "When the schedule's last finished run (ok or failed) ended, "
+                       "Unix time.", labels), values, s.last_run_time)
+        if s.last_success is not None:
+            out.gauge("kvmops_backup_schedule_last_success",
+                      "1 when the schedule's last finished run succeeded, 0 when it "
+                      "failed after its retries.", labels
+                      ).add_metric(values, 1.0 if s.last_success else 0.0)
 
 
 def _jobs(jobs: JobsSample) -> list[Metric]:

@@ -68,8 +68,24 @@ class DoctorSample:
 
 
 @dataclass(frozen=True)
+class ScheduleSample:
+    """A backup schedule for one VM (kvmops.services.schedules): its expected interval,
+    its last finished run and its last success (the schedule's creation when none, so
+    a schedule that never succeeds becomes overdue too)."""
+
+    schedule: int
+    domain: str
+    host: str
+    interval_s: float
+    last_run_time: float | None
+    last_success: bool | None  # of the last finished run: ok True, failed False
+    last_success_time: float
+
+
+@dataclass(frozen=True)
 class Scrape:
     hosts: tuple[HostSample, ...] = ()
     backups: tuple[BackupSample, ...] = ()
     jobs: JobsSample | None = None
     doctor: tuple[DoctorSample, ...] = ()
+    schedules: tuple[ScheduleSample, ...] = ()

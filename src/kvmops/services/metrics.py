@@ -36,6 +36,7 @@ from kvmops.metrics.model import (
     HostSample,
     JobsSample,
     PoolSample,
+    ScheduleSample,
     Scrape,
 )
 from kvmops.services.caller import Caller
@@ -254,7 +255,8 @@ class MetricsSource:
             for dom in sample.domains:
                 hosts_of.setdefault(dom.name, sample.host)
         return Scrape(hosts=tuple(samples), backups=tuple(self._backups(hosts_of)),
-                      jobs=self._jobs(), doctor=tuple(self._doctor(names)))
+                      jobs=self._jobs(), doctor=tuple(self._doctor(names)),
+                      schedules=tuple(self._schedules()))
 
     def _host(self, name: str) -> HostSample:
         from kvmops.errors import KvmopsError
@@ -325,6 +327,17 @@ class MetricsSource:
             return jobs_sample(store)
         except Exception:  # the database is not answering: no job series this time
             return None
+
+    def _schedules(self) -> list[ScheduleSample]:
+        store = self._store() if self._store is not None else None
+        if store is None:
+            return []
+        try:
+            from kvmops.services.schedules import schedule_samples
+
+            return schedule_samples(store)
+        except Exception:  # the database is not answering: no schedule series this time
+            return []
 
     def _doctor(self, names: Iterable[str]) -> list[DoctorSample]:
         try:

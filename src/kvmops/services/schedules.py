@@ -39,10 +39,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from kvmops.metrics.model import ScheduleSample
 
 from kvmops.backup.retention import RetentionPolicy
 from kvmops.errors import KvmopsError, NotFoundError, PathRefusedError, ValidationError
@@ -672,3 +675,33 @@ def run_now_background(store_: Store, caller: Caller, schedule_id: int) -> list[
     """The API's run-now: started (or queued behind a limit) and returned at once."""
     scheduler = _live.scheduler if _live is not None else Scheduler(store_)
     return scheduler.run_now(schedule_id, wait=False)
+
+
+# Metrics --------------------------------------------------------------------------------------
+def interval_s(row: ScheduleRow, now: datetime | None = None) -> float:
+    """The time between the schedule's next two slots (what 'overdue' is measured by)."""
+    first = next_slot(row.cron, now or utc_now(), row.timezone)
+    return (next_slot(row.cron, first, row.timezone) - first).total_seconds()
+
+
+def schedule_samples(db: Store) -> list[ScheduleSample]:
+    """One sample per enabled schedule and VM (for the Prometheus collector)."""
+    from kvmops.metrics.model import ScheduleSample
+
+    samples: list[ScheduleSample] = []
+    for row in store.schedules(db, enabled_only=True):
+        history = store.runs(db, schedule_id=row.id, limit=500)
+        vms = [row.vm] if row.vm else sorted({r.vm for r in history})
+        for vm in vms:
+            finished = [r for r in history if r.vm == vm and r.result in ("ok", "failed")
+                        and r.ended_at is not None]
+            finished.sort(key=lambda r: r.ended_at or row.created_at)
+            last = finished[-1] if finished else None
+            oks = [r for r in finished if r.result == "ok"]
+            success_at = oks[-1].ended_at if oks and oks[-1].ended_at else row.created_at
+            samples.append(ScheduleSample(
+                schedule=row.id, domain=vm, host=row.host, interval_s=interval_s(row),
+                last_run_time=last.ended_at.timestamp() if last and last.ended_at else None,
+                last_success=(last.result == "ok") if last else None,
+                last_success_time=success_at.timestamp()))
+    return samples
