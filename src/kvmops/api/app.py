@@ -54,6 +54,9 @@ def _startup(ctx: ApiContext) -> None:
         log.warning("%d job(s) of an earlier server run marked interrupted", count)
     ctx.start_scale_out()
     ctx.start_events()
+    from kvmops.api.routes.instant import resume_at_startup  # recoveries left pulling
+
+    resume_at_startup(ctx)
 
 
 DOCS_PAGE = """<!doctype html>
@@ -124,6 +127,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
                    nics):
         api.include_router(module.router)
     api.include_router(sriov.router)
+    api.include_router(importlib.import_module("kvmops.api.routes.instant").router)
     from kvmops.api.routes import samples  # the live charts' series
 
     api.include_router(samples.router)

@@ -444,3 +444,9 @@ def follow(host: Host, vm: str, *, progress: Callable[[InstantStatus], None] | N
                 + ("" if current.vm_running else " (the VM is not running)"),
                 hint=f"run 'kvmops backup instant resume {vm}'")
         time.sleep(poll_s)
+
+
+def cancel_by_name(uri: str | None, vm: str) -> InstantRecord:
+    """:func:`cancel` on its own connection (a cancelled API job)."""
+    with Host(uri) as host:
+        return cancel(host, vm)
