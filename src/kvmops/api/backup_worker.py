@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 
@@ -37,11 +36,12 @@ def main() -> int:
         current_job.set(raw.get("job_id"))  # the server's row: the backup lock names it
         caller = Caller(name=str(raw.get("user") or "api"), role="operator", via="api")
         manifest = backups.create(
-            caller, raw.get("uri"), raw["vm"], Path(raw["repo"]),
+            caller, raw.get("uri"), raw["vm"], raw["repo"],
             mode=BackupType(raw["mode"]) if raw.get("mode") else None,
             disks=list(raw.get("disks") or []), exclude=list(raw.get("exclude") or []),
             freeze=bool(raw.get("freeze", True)), speed=raw.get("speed"),
-            compress=bool(raw.get("compress", False)),
+            compress=raw.get("compress") or False, encrypt=bool(raw.get("encrypt")),
+            key_file=raw.get("key_file"), passphrase=raw.get("passphrase"),
             progress=lambda done, total: _emit({"progress": [done, total]}),
             note=lambda text: _emit({"note": text}))
         _emit({"result": manifest.model_dump(mode="json", exclude={"domain_xml"})})

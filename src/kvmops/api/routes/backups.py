@@ -6,15 +6,16 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response
-from pydantic import Field, model_validator
+from fastapi import APIRouter, Header, Query, Response
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
 
 from kvmops.api.deps import Ctx, HostUri, OperatorCaller, ViewerCaller, VmNameDep
 from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
 from kvmops.api.runner import JobCancelled, JobContext
-from kvmops.api.validators import AbsolutePath, Rate, VmName
+from kvmops.api.validators import AbsolutePath, Rate, VmName, check_path
+from kvmops.backup.store import is_remote_url
 from kvmops.errors import KvmopsError, ValidationError
 from kvmops.services import backups
 from kvmops.services.backups import (
@@ -28,19 +29,51 @@ from kvmops.services.backups import (
 router = APIRouter(tags=["backups"])
 
 
-class BackupBody(Body):
-    repo: AbsolutePath
+def _repo(value: object) -> str:
+    """A repository: a remote URL (checked against the allow-list by the service) or an
+    absolute directory (checked against the path policy by the service)."""
+    if isinstance(value, str) and is_remote_url(value):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("a repository is a directory or an sftp:// or s3:// URL")
+    return str(check_path(value))
+
+
+Repo = Annotated[str, BeforeValidator(_repo), Field(max_length=4096)]
+
+
+class RepoKey(Body):
+    """The key of an encrypted repository: never logged, audited or kept. Either the name
+    of a key file an admin put in the server's ``STATE_DIR/keys/repository/``, or a
+    passphrase sent in this body."""
+
+    key_file: str | None = Field(default=None, max_length=255,
+                                 description="a key file of the server's key directory")
+    passphrase: SecretStr | None = Field(default=None, max_length=1024,
+                                         description="the repository's passphrase")
+
+    def secret(self) -> dict[str, Any]:
+        return {"key_file": self.key_file,
+                "passphrase": self.passphrase.get_secret_value() if self.passphrase else None}
+
+
+class BackupBody(RepoKey):
+    repo: Repo
     mode: Literal["full", "incremental", "differential"] | None = None
     disks: list[str] = Field(default_factory=list, max_length=26)
     exclude: list[str] = Field(default_factory=list, max_length=26)
     freeze: bool = True
     speed: Rate | None = Field(default=None, description="per second, e.g. 50M; a bare "
                                "number is MiB/s (as at the command line)")
-    compress: bool = False
+    compress: bool | Annotated[str, Field(pattern=r"^(qcow2|zstd(:\d{1,2})?)$")] = Field(
+        default=False, description="true or qcow2: qcow2's compressed clusters; zstd or "
+                                   "zstd:LEVEL: a zstd repository (chosen at its first backup)")
+    encrypt: bool = Field(default=False, description="encrypt the repository from its first "
+                                                     "backup (with key_file or passphrase)")
 
 
-class RestoreBody(Body):
-    repo: AbsolutePath
+class RestoreBody(RepoKey):
+    repo: Repo
     at: str | None = Field(default=None, max_length=64, description="backup id; default the newest")
     to: AbsolutePath | None = Field(default=None, description="directory for flattened images")
     new_vm: VmName | None = None
@@ -55,15 +88,15 @@ class RestoreBody(Body):
         return self
 
 
-class VerifyBody(Body):
-    repo: AbsolutePath
+class VerifyBody(RepoKey):
+    repo: Repo
     vm: VmName | None = None
     at: str | None = Field(default=None, max_length=64)
     checksums: bool = True
 
 
-class PruneBody(Body):
-    repo: AbsolutePath
+class PruneBody(RepoKey):
+    repo: Repo
     keep_last: int = Field(default=0, ge=0, le=10000)
     keep_daily: int = Field(default=0, ge=0, le=10000)
     keep_weekly: int = Field(default=0, ge=0, le=10000)
@@ -126,28 +159,40 @@ def run_backup_process(job: JobContext, request: dict[str, Any]) -> dict[str, An
 @router.post("/vms/{name}/backups", status_code=202, response_model=JobAccepted)
 def create_backup(caller: OperatorCaller, name: VmNameDep, body: BackupBody, ctx: Ctx,
                   uri: HostUri, response: Response) -> JobAccepted:
-    repo = backups.repository(caller, body.repo)
+    repo = backups.location(caller, body.repo)
+    backups.key_path(caller, body.key_file)  # refused here, before the job
+    # To the child on its stdin only: the key material is in no job record or log.
     request = {"user": caller.name, "vm": name, "repo": str(repo), "mode": body.mode,
                "disks": body.disks,
                "exclude": body.exclude, "freeze": body.freeze, "speed": body.speed,
-               "compress": body.compress, "uri": uri}
+               "compress": body.compress, "encrypt": body.encrypt, **body.secret(),
+               "uri": uri}
     return accepted(ctx.runner.submit("backup.create", name, caller.name,
                                       lambda job: run_backup_process(job, request)), response)
 
 
 @router.get("/vms/{name}/backups", response_model=list[Manifest])
 def list_backups(caller: ViewerCaller, name: VmNameDep,
-                 repo: str = Query(description="repository directory", max_length=4096)
+                 repo: str = Query(description="repository directory or URL",
+                                   max_length=4096),
+                 key_file: str | None = Query(
+                     default=None, max_length=255,
+                     description="an encrypted repository's key file (server's key directory)"),
+                 passphrase: str | None = Header(
+                     default=None, alias="X-Kvmops-Repository-Passphrase", max_length=1024,
+                     description="an encrypted repository's passphrase (never in the URL)"),
                  ) -> list[Manifest]:
     """Authenticated backups, oldest first (rejected ones are reported by verify)."""
-    manifests, _rejected = backups.list_backups(caller, repo, name)
+    manifests, _rejected = backups.list_backups(caller, repo, name, key_file=key_file,
+                                                passphrase=passphrase)
     return [m.model_copy(update={"domain_xml": ""}) for m in manifests]
 
 
 @router.post("/vms/{name}/backups/restore", status_code=202, response_model=JobAccepted)
 def restore(caller: OperatorCaller, name: VmNameDep, body: RestoreBody, ctx: Ctx,
             uri: HostUri, response: Response) -> JobAccepted:
-    backups.check_restore(caller, body.repo, to=body.to, images_dir=body.images_dir)
+    backups.check_restore(caller, body.repo, to=body.to, images_dir=body.images_dir,
+                          **body.secret())
 
     def run(job: JobContext) -> RestoreResult:
         def progress(label: str, pct: float) -> None:
@@ -156,7 +201,7 @@ def restore(caller: OperatorCaller, name: VmNameDep, body: RestoreBody, ctx: Ctx
         return backups.restore(caller, uri, body.repo, name,
                                body.at, to=body.to, new_vm=body.new_vm,
                                in_place=body.in_place, images_dir=body.images_dir,
-                               progress=progress)
+                               progress=progress, **body.secret())
 
     return accepted(ctx.runner.submit("backup.restore", name, caller.name, run), response)
 
@@ -164,11 +209,12 @@ def restore(caller: OperatorCaller, name: VmNameDep, body: RestoreBody, ctx: Ctx
 @router.post("/backups/verify", status_code=202, response_model=JobAccepted)
 def verify(caller: OperatorCaller, body: VerifyBody, ctx: Ctx, response: Response
            ) -> JobAccepted:
-    backups.existing_repository(caller, body.repo)
+    backups.open_existing(caller, body.repo, **body.secret())
 
     def run(job: JobContext) -> dict[str, Any]:
         job.note(f"verifying {body.repo}")
-        report = backups.verify(caller, body.repo, body.vm, body.at, checksums=body.checksums)
+        report = backups.verify(caller, body.repo, body.vm, body.at, checksums=body.checksums,
+                                **body.secret())
         require_sound(report)
         return {**report.model_dump(mode="json"), "sound": report.sound}
 
@@ -181,11 +227,11 @@ def prune_backups(caller: OperatorCaller, name: VmNameDep, body: PruneBody, ctx:
                   response: Response) -> JobAccepted:
     policy = RetentionPolicy(keep_last=body.keep_last, keep_daily=body.keep_daily,
                              keep_weekly=body.keep_weekly)
-    backups.existing_repository(caller, body.repo)
+    backups.open_existing(caller, body.repo, **body.secret())
 
     def run(job: JobContext) -> PruneResult:
         return backups.prune_backups(caller, body.repo, name, policy, dry_run=body.dry_run,
-                                     note=job.note)
+                                     note=job.note, **body.secret())
 
     return accepted(ctx.runner.submit("backup.prune", name, caller.name, run), response)
 
