@@ -450,3 +450,18 @@ def cancel_by_name(uri: str | None, vm: str) -> InstantRecord:
     """:func:`cancel` on its own connection (a cancelled API job)."""
     with Host(uri) as host:
         return cancel(host, vm)
+
+
+def refuse_if_in_use(repo: str | Path, vm: str, touched: set[str], action: str) -> None:
+    """Writers that delete or rewrite backups of ``vm`` (prune) call this first: a
+    recovery that has not completed still reads its point's chain."""
+    used = sorted(pinned_backups(Path(repo), vm) & touched)
+    if used:
+        users = sorted(r.vm for r in all_records() if r.state is not InstantState.COMPLETED
+                       and r.source_vm == vm and set(used) & {b for d in r.disks
+                                                               for b in d.backups})
+        raise StateError(
+            f"cannot {action} VM '{vm}' in {repo}: backup {used[0]}"
+            + (f" (and {len(used) - 1} more)" if len(used) > 1 else "")
+            + f" is read by the instant recovery of VM '{', '.join(users)}'",
+            hint=f"let it complete ('kvmops backup instant resume {users[0] if users else ''}')")

@@ -147,6 +147,9 @@ def prune(repo_path: Path | Repository, vm: str, policy: RetentionPolicy, *,
         from kvmops.backup.mount import refuse_if_mounted  # a mounted chain is in use
 
         refuse_if_mounted(repo.root, vm, "prune")
+        from kvmops.backup.instant import refuse_if_in_use  # a recovery reads the chain
+
+        refuse_if_in_use(repo.root, vm, set(plan.remove) | set(plan.rewrite), "prune")
         by_id = {m.id: m for m in manifests}
         # Oldest first: a rewritten backup's new parent is always already final.
         for backup_id in plan.keep:
