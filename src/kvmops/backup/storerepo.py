@@ -626,7 +626,7 @@ def repo_info(repo: str | Path, keyring: Keyring | None = None) -> dict[str, Any
         "compression": config.compress,
         "encrypted": config.encryption is not None,
         "cipher": encryption.get("cipher", "aes-256-gcm") if config.encryption else None,
-        "kdf": encryption.get("kdf") if config.encryption else None,
+        "kdf": (encryption.get("kdf") or {}).get("name") if config.encryption else None,
         "key_id": encryption.get("key_id") if config.encryption else None,
         "vms": (Repository(store.root).vms()
                 if isinstance(store, LocalStore) and not config.sealed else _vms(store)),

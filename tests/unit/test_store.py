@@ -1,0 +1,252 @@
+"""backup/store.py (LocalStore, URL dispatch) and the pure logic of store-backed
+repositories (backup/storerepo.py) on a local store: no libvirt, no QEMU."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from kvmops.backup import store as store_mod
+from kvmops.backup.keys import Keyring
+from kvmops.backup.model import BackupType, Consistency, DiskRecord, Manifest
+from kvmops.backup.repository import Repository
+from kvmops.backup.store import LocalStore, is_remote_url, open_store, register_scheme
+from kvmops.backup.storerepo import (
+    RepoConfig,
+    StoreRepository,
+    open_repository,
+    parse_compress,
+    prepare_repository,
+    rekey,
+    repo_info,
+)
+from kvmops.errors import (
+    KeyRequiredError,
+    NotFoundError,
+    TamperedError,
+    UnsupportedError,
+    ValidationError,
+)
+
+
+# ---------------------------------------------------------------- LocalStore
+def test_local_store_objects_round_trip(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "s")
+    assert store.list("") == [] and store.size("a/b") is None
+    store.put_bytes("vm/backups/1/manifest.json", b"one")
+    store.put_bytes("vm/backups/2/manifest.json", b"two")
+    store.put_bytes("other/x", b"x")
+    (tmp_path / "s" / "vm" / ".hidden").write_bytes(b"h")  # temporaries are never listed
+    assert store.list("vm/") == ["vm/backups/1/manifest.json", "vm/backups/2/manifest.json"]
+    assert store.list("vm/backups/2") == ["vm/backups/2/manifest.json"]
+    assert store.list("") == ["other/x", "vm/backups/1/manifest.json",
+                              "vm/backups/2/manifest.json"]
+    assert store.get_bytes("vm/backups/2/manifest.json") == b"two"
+    assert store.size("other/x") == 1
+    store.put_bytes("other/x", b"replaced")
+    assert store.get_bytes("other/x") == b"replaced"
+    with pytest.raises(NotFoundError):
+        store.get_bytes("missing")
+
+
+def test_local_store_files_and_delete(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "s")
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(5 << 20))
+    seen: list[tuple[int, int]] = []
+    store.put_file("vm/backups/1/vda.qcow2", src, progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (5 << 20, 5 << 20)
+    dst = tmp_path / "dst"
+    store.get_file("vm/backups/1/vda.qcow2", dst)
+    assert dst.read_bytes() == src.read_bytes()
+    assert not [p for p in (tmp_path / "s").rglob(".*")]  # no temporary left
+    store.delete("vm/backups/1/vda.qcow2")
+    store.delete("vm/backups/1/vda.qcow2")  # missing is fine
+    assert not (tmp_path / "s" / "vm").exists()  # emptied directories go too
+    assert (tmp_path / "s").is_dir()
+    with pytest.raises(NotFoundError):
+        store.get_file("vm/backups/1/vda.qcow2", dst)
+
+
+@pytest.mark.parametrize("key", ["", "/abs", "a/../b", "a//b", "./a", "a/.."])
+def test_local_store_refuses_keys_leaving_it(tmp_path: Path, key: str) -> None:
+    with pytest.raises(ValidationError):
+        LocalStore(tmp_path).get_bytes(key)
+
+
+def test_open_store_dispatches_on_the_scheme(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isinstance(open_store(tmp_path), LocalStore)
+    local = open_store(f"file://{tmp_path}")
+    assert isinstance(local, LocalStore) and local.root == tmp_path
+    monkeypatch.setattr(store_mod, "_FACTORIES", {})
+    monkeypatch.setattr(store_mod, "_load_remote_backends", lambda: None)
+    with pytest.raises(UnsupportedError, match="no repository backend for 'nope://'"):
+        open_store("nope://host/x")
+    made = LocalStore(tmp_path / "made")
+    register_scheme("mem", lambda url: made)
+    assert open_store("mem://anything") is made
+    assert is_remote_url("s3://bucket/x") and is_remote_url("sftp://u@h/x")
+    assert not is_remote_url("/var/lib/kvmops/backups/r") and not is_remote_url("rel/dir")
+    assert not is_remote_url(f"file://{tmp_path}")
+
+
+# ---------------------------------------------------------------- options, identity
+@pytest.mark.parametrize(("value", "expected"), [
+    (False, (False, None)), (None, (False, None)), (True, (True, None)),
+    ("qcow2", (True, None)), ("zstd", (False, "zstd:3")), ("zstd:1", (False, "zstd:1")),
+    ("ZSTD:19", (False, "zstd:19")),
+])
+def test_parse_compress(value: bool | str | None, expected: tuple[bool, str | None]) -> None:
+    assert parse_compress(value) == expected
+
+
+@pytest.mark.parametrize("value", ["gzip", "zstd:0", "zstd:20", "zstd:", "zstd:x"])
+def test_parse_compress_refuses(value: str) -> None:
+    with pytest.raises(ValidationError):
+        parse_compress(value)
+
+
+def test_repo_config_round_trip_and_validation() -> None:
+    config = RepoConfig(id="0123abcd", compress="zstd:5", encryption={"k": 1}, format=2)
+    assert RepoConfig.parse(config.to_json().encode(), "R") == config
+    plain = RepoConfig.parse(b'{"id": "0123abcd"}', "R")
+    assert not plain.sealed and json.loads(plain.to_json()) == {"id": "0123abcd"}
+    for bad in (b"[]", b'{"id": "XYZ"}', b'{"id": "0123abcd", "compress": "lz4"}',
+                b'{"id": "0123abcd", "encryption": "yes"}', b"not json"):
+        with pytest.raises(TamperedError):
+            RepoConfig.parse(bad, "R")
+    with pytest.raises(ValidationError, match="newer"):
+        RepoConfig.parse(b'{"id": "0123abcd", "format": 99}', "R")
+
+
+# ---------------------------------------------------------------- store-backed repository
+def _manifest(vm: str, backup_id: str, parent: str | None = None) -> Manifest:
+    return Manifest(
+        id=backup_id, vm=vm, time=datetime(2026, 1, 1, tzinfo=UTC),
+        type=BackupType.INCREMENTAL if parent else BackupType.FULL, parent=parent,
+        checkpoint=None, consistency=Consistency.CRASH,
+        disks=[DiskRecord(target="vda", file="vda.qcow2", source="/x", parent=parent,
+                          type=BackupType.INCREMENTAL if parent else BackupType.FULL,
+                          virtual_size=1 << 20, bytes_written=1 << 20, sha256="s")])
+
+
+def _publish(repo: StoreRepository, manifest: Manifest, data: bytes) -> Path:
+    partial = repo.start_partial(manifest.vm, manifest.id)
+    (partial / "vda.qcow2").write_bytes(data)
+    repo.publish(manifest.vm, partial, manifest)
+    assert not partial.exists()  # the plaintext leaves the work directory
+    return partial
+
+
+@pytest.fixture
+def ring(tmp_path: Path) -> Keyring:
+    return Keyring(tmp_path / "ring")
+
+
+@pytest.fixture
+def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "work"
+    monkeypatch.setenv("KVMOPS_BACKUP_WORK_DIR", str(path))
+    return path
+
+
+def test_zstd_repository_publishes_sealed_and_reads_back(tmp_path: Path, ring: Keyring,
+                                                         work: Path) -> None:
+    root = tmp_path / "repo"
+    repo = prepare_repository(root, compress="zstd:3", keyring=ring)
+    assert isinstance(repo, StoreRepository) and repo.root == work / repo.identity()
+    data = b"kvmops " * 200_000
+    _publish(repo, _manifest("vm1", "20260101T000000.000001Z"), data)
+    stored = root / "vm1" / "backups" / "20260101T000000.000001Z" / "vda.qcow2"
+    assert stored.is_file() and stored.stat().st_size < len(data) // 10
+    again = open_repository(root, keyring=ring)
+    assert isinstance(again, StoreRepository) and again.vms() == ["vm1"]
+    manifests, rejected = again.scan("vm1")
+    assert [m.id for m in manifests] == ["20260101T000000.000001Z"] and not rejected
+    point = manifests[0]
+    with again.local_chains("vm1", point, {point.id: point}, ["vda"]) as view:
+        opened = view.backups_dir("vm1") / point.id / "vda.qcow2"
+        assert opened.read_bytes() == data
+    assert not opened.exists()
+    assert repo_info(root, ring)["compression"] == "zstd:3"
+    # A plain repository stays plain.
+    assert type(open_repository(tmp_path / "plain", keyring=ring)) is Repository
+
+
+def test_tampered_manifest_is_rejected_and_checkpoint_xml_round_trips(
+        tmp_path: Path, ring: Keyring, work: Path) -> None:
+    root = tmp_path / "repo"
+    repo = prepare_repository(root, compress="zstd", keyring=ring)
+    assert isinstance(repo, StoreRepository)
+    first, second = "20260101T000000.000001Z", "20260101T000000.000002Z"
+    _publish(repo, _manifest("vm1", first), b"a" * 1000)
+    _publish(repo, _manifest("vm1", second, parent=first), b"b" * 1000)
+    assert repo.has_file("vm1", first, "vda.qcow2")
+    path = root / "vm1" / "backups" / second / "manifest.json"
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 1
+    path.write_bytes(bytes(blob))
+    manifests, rejected = repo.scan("vm1")
+    assert [m.id for m in manifests] == [first]
+    assert [r.backup_id for r in rejected] == [second] and "manifest.json" in rejected[0].reason
+    repo.save_checkpoint_xml("vm1", "kvmops-x", "<domaincheckpoint/>")
+    assert repo.checkpoint_xml("vm1", "kvmops-x") == "<domaincheckpoint/>"
+    assert repo.check_checkpoints("vm1") == []
+    repo.remove_checkpoint_xml("vm1", "kvmops-x")
+    assert repo.checkpoint_xml("vm1", "kvmops-x") is None
+    repo.remove_backup(manifests[0])
+    assert not repo.has_file("vm1", first, "vda.qcow2") and repo.backup_ids("vm1") == [second]
+
+
+def test_encrypted_repository_needs_its_key(tmp_path: Path, ring: Keyring, work: Path
+                                           ) -> None:
+    root = tmp_path / "repo"
+    key = tmp_path / "k1"
+    repo = prepare_repository(root, encrypt=True, key_file=key, keyring=ring)  # key made
+    assert key.stat().st_mode & 0o077 == 0
+    assert isinstance(repo, StoreRepository) and repo.sealing.key is not None
+    data = os.urandom(100_000)
+    _publish(repo, _manifest("vm1", "20260101T000000.000001Z"), data)
+    assert data not in (root / "vm1" / "backups" / "20260101T000000.000001Z"
+                        / "vda.qcow2").read_bytes()
+    with pytest.raises(KeyRequiredError):
+        open_repository(root, keyring=ring)
+    wrong = tmp_path / "wrong"
+    wrong.write_bytes(os.urandom(32))
+    wrong.chmod(0o600)
+    with pytest.raises(KeyRequiredError):
+        open_repository(root, key_file=wrong, keyring=ring)
+    prepare_repository(tmp_path / "z", compress="zstd", keyring=ring)
+    with pytest.raises(ValidationError, match="not encrypted"):
+        prepare_repository(tmp_path / "z", encrypt=True, key_file=key, keyring=ring)
+    with pytest.raises(ValidationError, match="compressed with nothing"):
+        prepare_repository(root, compress="zstd:3", key_file=key, keyring=ring)
+    info = repo_info(root, ring)
+    assert info["encrypted"] is True and info["key_id"] and key.read_bytes().hex() \
+        not in json.dumps(info)
+    # Key change: the old key no longer opens it, the new one does (same data key).
+    new = tmp_path / "k2"
+    rekey(root, old_key_file=key, new_key_file=new, keyring=ring)
+    with pytest.raises(KeyRequiredError):
+        open_repository(root, key_file=key, keyring=ring)
+    reopened = open_repository(root, key_file=new, keyring=ring)
+    assert isinstance(reopened, StoreRepository)
+    assert [m.id for m in reopened.manifests("vm1")] == ["20260101T000000.000001Z"]
+
+
+def test_a_plain_repository_with_backups_is_not_turned_sealed(tmp_path: Path, ring: Keyring,
+                                                             work: Path) -> None:
+    root = tmp_path / "repo"
+    plain = Repository(root, ring)
+    plain.identity()
+    partial = plain.start_partial("vm1", "20260101T000000.000001Z")
+    (partial / "vda.qcow2").write_bytes(b"x")
+    plain.publish("vm1", partial, _manifest("vm1", "20260101T000000.000001Z"))
+    with pytest.raises(ValidationError, match="holds plain backups"):
+        prepare_repository(root, compress="zstd", keyring=ring)
+    assert type(prepare_repository(root, keyring=ring)) is Repository
