@@ -33,6 +33,7 @@ watch sees and the next run acts on.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -60,6 +61,8 @@ MODES = ("auto", "on", "off")
 DEGRADED_RATIO = 2.0  # guest write latency during / before a backup that calls for fleecing
 MIN_WRITES = 50  # fewer guest writes than this (before, or during) measure nothing
 RUN_PREFIX = "kvmops-fleece-"
+# NBD sockets live apart from the scratch: a unix socket's path has at most 107 bytes.
+SOCKET_ROOT = Path("/run/kvmops-fleece")
 # Dirty extents closer than this are copied as one run (fewer qemu-img calls; the gap's
 # data is the point's too, so copying it is correct, only a little larger).
 RUN_GAP = 1 << 20
@@ -275,7 +278,10 @@ class LatencyWatch:
         found = Latency(backup_id, ops, round(ns0 / ops0 / 1e6, 3), round(ns / ops / 1e6, 3))
         record = latency_record(repo, vm)
         record["fleecing" if fleeced else "push"] = {**asdict(found), "ratio": found.ratio}
-        _write_record(_record_path(repo, vm), record)
+        try:
+            _write_record(_record_path(repo, vm), record)
+        except OSError as err:  # a measurement never fails a backup
+            say(f"could not record the write latency of this backup: {err}")
         if found.ratio > DEGRADED_RATIO:
             say(f"the guest's writes were {found.ratio:.1f}x slower during this backup "
                 f"({found.writes} writes, QEMU's mean write time {found.during_ms} ms vs "
@@ -309,9 +315,15 @@ def orphaned_run_dirs(domain: DomainHandle, repo: Repository, vm: str) -> list[P
     return sorted(dirs)
 
 
+def socket_dir(run_dir: Path) -> Path:
+    """The run's short socket directory (named by a hash of the run directory's name)."""
+    return SOCKET_ROOT / hashlib.sha256(run_dir.name.encode()).hexdigest()[:16]
+
+
 def remove_run_dirs(dirs: Iterable[Path]) -> None:
     for directory in dirs:
         shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(socket_dir(directory), ignore_errors=True)
 
 
 def remove_stale(root: Path, repo: Repository, vm: str, keep: Path | None = None) -> None:
@@ -320,7 +332,7 @@ def remove_stale(root: Path, repo: Repository, vm: str, keep: Path | None = None
     with contextlib.suppress(OSError):
         for child in root.iterdir():
             if child != keep and pattern.fullmatch(child.name):
-                shutil.rmtree(child, ignore_errors=True)
+                remove_run_dirs([child])
 
 
 # ---------------------------------------------------------------- the pull job
@@ -400,8 +412,12 @@ def copy_point(domain: DomainHandle, vm: str, repo: Repository, plan: Plan, part
     remove_stale(root, repo, vm)
     run_dir = root / f"{run_dir_prefix(repo, vm)}{backup_id}"
     run_dir.mkdir()
-    run_dir.chmod(0o777)  # QEMU (libvirt-qemu) makes the socket here
-    socket = run_dir / "nbd.sock"
+    run_dir.chmod(0o777)  # libvirt makes the scratch files here for QEMU (libvirt-qemu)
+    sockets = socket_dir(run_dir)
+    SOCKET_ROOT.mkdir(mode=0o711, parents=True, exist_ok=True)
+    sockets.mkdir(exist_ok=True)
+    sockets.chmod(0o777)  # QEMU makes the socket
+    socket = sockets / "nbd.sock"
     scratch = {item.disk.target: run_dir / f"{item.disk.target}.qcow2" for item in plan.disks}
     say(f"fleecing: {fleece.reason}; scratch in {root}")
     try:
@@ -413,7 +429,7 @@ def copy_point(domain: DomainHandle, vm: str, repo: Repository, plan: Plan, part
                 on_begin()
             _copy_all(_plan_copies(repo, vm, plan, partial, socket), socket, progress)
     finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+        remove_run_dirs([run_dir])
     return was_frozen
 
 
