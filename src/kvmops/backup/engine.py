@@ -249,6 +249,9 @@ def _run_online(host: Host, domain: DomainHandle, repo: Repository, req: BackupR
     fleece = fleecing.choose(
         fleecing.check_mode(req.fleecing), repo, vm, req.scratch_dir,
         fleecing.scratch_need(domain, [d.disk.target for d in plan.disks]), say)
+    fleece = fleecing.choose(
+        fleecing.check_mode(req.fleecing), repo, vm, req.scratch_dir,
+        fleecing.scratch_need(domain, [d.disk.target for d in plan.disks]), say)
     run = BackupRun(repo, vm, progress=progress)
     cp_name = checkpoint_name(run.backup_id, repo.identity())
     created: list[str] = []  # the new checkpoint, once libvirt made it
@@ -265,7 +268,7 @@ def _run_online(host: Host, domain: DomainHandle, repo: Repository, req: BackupR
             was_frozen = fleecing.copy_point(
                 domain, vm, repo, plan, partial, checkpoint, fleece, run.backup_id,
                 lambda: frozen(domain, req.freeze, say), lambda: created.append(cp_name),
-                run.report, say)
+                run.report, say, req.speed)
         else:
             with frozen(domain, req.freeze, say) as was_frozen:
                 backupjobs.begin_backup(domain, vm, backup_xml(plan, partial), checkpoint,

@@ -404,9 +404,10 @@ class _Copy:
 def copy_point(domain: DomainHandle, vm: str, repo: Repository, plan: Plan, partial: Path,
                checkpoint_xml: str, fleece: Fleece, backup_id: str,
                freeze: Callable[[], AbstractContextManager[bool]], on_begin: Callable[[], None],
-               progress: ProgressFn, say: NoteFn) -> bool:
+               progress: ProgressFn, say: NoteFn, speed: int | None = None) -> bool:
     """Begin the pull job (frozen for its instant), copy each disk's point into
-    ``partial/TARGET.qcow2`` and end the job; returns whether the guest was frozen."""
+    ``partial/TARGET.qcow2`` and end the job; returns whether the guest was frozen.
+    ``speed`` (bytes/s) limits each qemu-img copy, as ``--speed`` does the push job."""
     root = fleece.scratch_root
     root.mkdir(mode=0o711, parents=True, exist_ok=True)
     remove_stale(root, repo, vm)
@@ -427,7 +428,8 @@ def copy_point(domain: DomainHandle, vm: str, repo: Repository, plan: Plan, part
                                         checkpoint_xml, base_checkpoint=plan.base_checkpoint,
                                         target_dir=run_dir)
                 on_begin()
-            _copy_all(_plan_copies(repo, vm, plan, partial, socket), socket, progress)
+            _copy_all(_plan_copies(repo, vm, plan, partial, socket), socket, progress,
+                      ["-r", str(speed)] if speed else [])
     finally:
         remove_run_dirs([run_dir])
     return was_frozen
@@ -469,7 +471,8 @@ def _plan_copies(repo: Repository, vm: str, plan: Plan, partial: Path, socket: P
     return copies
 
 
-def _copy_all(copies: list[_Copy], socket: Path, progress: ProgressFn) -> None:
+def _copy_all(copies: list[_Copy], socket: Path, progress: ProgressFn,
+              limit: list[str]) -> None:
     total = max(sum(c.bytes for c in copies), 1)
     done = 0
     progress(0, total)
@@ -478,7 +481,7 @@ def _copy_all(copies: list[_Copy], socket: Path, progress: ProgressFn) -> None:
             def full_progress(pct: float, base: int = done, size: int = copy.bytes) -> None:
                 progress(base + int(size * pct / 100), total)
 
-            _copy_full(copy, socket, full_progress)
+            _copy_full(copy, socket, full_progress, limit)
             done += copy.bytes
             progress(done, total)
             continue
@@ -488,7 +491,7 @@ def _copy_all(copies: list[_Copy], socket: Path, progress: ProgressFn) -> None:
                              what=f"creating {copy.dst.name}", path=copy.dst)
         for run in copy.runs:
             qemuimg.run_qemu_img(
-                ["convert", "-n", "-W", "-m", "8", "--image-opts",
+                ["convert", "-n", "-W", "-m", "8", *limit, "--image-opts",
                  nbd_source(socket, copy.target, run), "--target-image-opts",
                  qcow2_window(copy.dst, run)],
                 what=f"copying {run.length} bytes at {run.start} of disk {copy.target}",
@@ -497,14 +500,16 @@ def _copy_all(copies: list[_Copy], socket: Path, progress: ProgressFn) -> None:
             progress(done, total)
 
 
-def _copy_full(copy: _Copy, socket: Path, progress: Callable[[float], None]) -> None:
+def _copy_full(copy: _Copy, socket: Path, progress: Callable[[float], None],
+               limit: list[str]) -> None:
     parser = qemuimg.ProgressParser()
 
     def on_output(chunk: bytes) -> None:
         for value in parser.feed(chunk):
             progress(value)
 
-    qemuimg.run_qemu_img(["convert", "-p", "-W", "-m", "8", "-O", "qcow2", "--image-opts",
+    qemuimg.run_qemu_img(["convert", "-p", "-W", "-m", "8", *limit, "-O", "qcow2",
+                          "--image-opts",
                           nbd_source(socket, copy.target), str(copy.dst)],
                          what=f"copying disk {copy.target} out of the fleecing export",
                          path=copy.dst, on_output=on_output)
