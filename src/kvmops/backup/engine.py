@@ -249,9 +249,6 @@ def _run_online(host: Host, domain: DomainHandle, repo: Repository, req: BackupR
     fleece = fleecing.choose(
         fleecing.check_mode(req.fleecing), repo, vm, req.scratch_dir,
         fleecing.scratch_need(domain, [d.disk.target for d in plan.disks]), say)
-    fleece = fleecing.choose(
-        fleecing.check_mode(req.fleecing), repo, vm, req.scratch_dir,
-        fleecing.scratch_need(domain, [d.disk.target for d in plan.disks]), say)
     run = BackupRun(repo, vm, progress=progress)
     cp_name = checkpoint_name(run.backup_id, repo.identity())
     created: list[str] = []  # the new checkpoint, once libvirt made it
