@@ -14,7 +14,6 @@ from kvmops.errors import (
     AlreadyExistsError,
     KeyRequiredError,
     NotFoundError,
-    StorageError,
     TamperedError,
     ValidationError,
 )
@@ -107,7 +106,7 @@ def test_read_secret_refuses_bad_key_files(tmp_path: Path) -> None:
         read_secret(tmp_path, None)
     link = tmp_path / "link.key"
     link.symlink_to(shared)
-    with pytest.raises(StorageError):
+    with pytest.raises(ValidationError, match="symbolic link"):
         read_secret(link, None)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import hmac
 import json
@@ -62,6 +63,9 @@ def read_secret(key_file: Path | None, passphrase: str | None) -> bytes:
     except FileNotFoundError:
         raise NotFoundError(f"key file {path} does not exist") from None
     except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise ValidationError(f"key file {path} is a symbolic link",
+                                  hint="give the key file itself") from None
         raise StorageError(f"cannot read key file {path}: {err.strerror or err}") from err
     try:
         info = os.fstat(fd)
