@@ -49,6 +49,8 @@ LONG_FILES = (
     "integration/test_prometheus.py",
     "integration/test_guest_tools.py",
     "integration/test_backup_gaps.py",
+    "integration/test_backup_schedules.py",
+    "integration/test_web_backup_schedules.py",
     "integration/test_vm_lifecycle.py",
     "integration/test_image_cli.py",
     "integration/test_sriov.py",

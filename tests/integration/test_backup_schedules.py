@@ -1,0 +1,144 @@
+"""Backup schedules through the real stack: ``kvmops backup schedule`` with a fake clock
+(``run-due --now``) backing up a real VM (shut off: the offline engine, no guest boot
+under the fake clock's hours) into a real repository through the child-process worker."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import SESSION_PREFIX, run_cli
+from tests.integration.backup_util import list_backups
+
+
+@pytest.fixture
+def db_env(tmp_path: Path) -> dict[str, str]:
+    return {"KVMOPS_DB": f"sqlite:///{tmp_path / 'kvmops.db'}"}
+
+
+def cli_json(env: dict[str, str], *args: str) -> Any:
+    result = run_cli("backup", "schedule", *args, "--json", env=env)
+    assert result.code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def iso(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def next_hour() -> datetime:
+    """The first full hour after now: schedules added now have their first slot there."""
+    now = datetime.now(UTC)
+    return now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+
+
+@pytest.fixture(scope="module")
+def scheduled_vm(vm_factory: Callable[..., str]) -> str:
+    return vm_factory()
+
+
+def test_schedule_fires_catches_up_once_and_applies_retention(
+        scheduled_vm: str, repo_dir: Path, db_env: dict[str, str]) -> None:
+    vm = scheduled_vm
+    added = cli_json(db_env, "add", vm, "--repo", str(repo_dir), "--every", "0 * * * *",
+                     "--keep-last", "2", "--full-every", "3")
+    t = next_hour()
+    assert added["next_due"] == iso(t)
+    assert cli_json(db_env, "run-due", "--now", iso(t - timedelta(minutes=1))) == []
+
+    # The first slot fires: a full backup lands in the repository.
+    (first,) = cli_json(db_env, "run-due", "--now", iso(t + timedelta(minutes=1)))
+    assert (first["due_at"], first["result"], first["kind"]) == (iso(t), "ok", "full")
+    points = list_backups(vm, repo_dir)
+    assert [p["id"] for p in points] == [first["backup_id"]]
+    assert cli_json(db_env, "run-due", "--now", iso(t + timedelta(minutes=2))) == []
+
+    # Down from t+1min to t+4h05: four slots passed, exactly one catch-up run.
+    (caught,) = cli_json(db_env, "run-due", "--now", iso(t + timedelta(hours=4, minutes=5)))
+    assert (caught["due_at"], caught["result"]) == (iso(t + timedelta(hours=4)), "ok")
+    assert len(cli_json(db_env, "runs")) == 2
+    assert len(list_backups(vm, repo_dir)) == 2
+
+    # The third backup: retention (keep-last 2) removes the oldest point after it.
+    (third,) = cli_json(db_env, "run-due", "--now", iso(t + timedelta(hours=5)))
+    assert (third["result"], third["pruned"]) == ("ok", 1)
+    kept = list_backups(vm, repo_dir)
+    assert [p["id"] for p in kept] == [caught["backup_id"], third["backup_id"]]
+    assert first["backup_id"] not in {p["id"] for p in kept}
+    assert [p["type"] for p in kept] == [caught["kind"], third["kind"]]  # as recorded
+    verify = run_cli("backup", "verify", vm, "--repo", str(repo_dir))
+    assert verify.code == 0, verify.stderr
+
+    # run-now: a manual run with the same rules (a shut-off VM's backups are fulls:
+    # which backup the schedule asks to be a full is tests/unit/test_backup_schedules.py's).
+    (fourth,) = cli_json(db_env, "run-now", str(added["id"]))
+    assert (fourth["trigger"], fourth["result"], fourth["kind"]) == ("manual", "ok", "full")
+    assert [p["id"] for p in list_backups(vm, repo_dir)] == [third["backup_id"],
+                                                             fourth["backup_id"]]
+    runs = cli_json(db_env, "runs", str(added["id"]))  # newest slot first: the fake
+    assert [r["id"] for r in runs] == [third["id"], caught["id"], first["id"],  # clock
+                                       fourth["id"]]  # ran ahead of run-now's real one
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A loopback HTTP server recording the JSON POSTed to it."""
+    received: list[dict[str, Any]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/kvmops", received
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_failing_run_is_retried_then_reported(
+        repo_dir: Path, db_env: dict[str, str], tmp_path: Path,
+        webhook: tuple[str, list[dict[str, Any]]]) -> None:
+    url, received = webhook
+    env = {**db_env, "KVMOPS_SCHEDULE_WEBHOOK": url, "KVMOPS_SCHEDULE_RETRY_MINUTES": "1 5"}
+    missing = f"{SESSION_PREFIX}schedule-missing"
+    added = cli_json(env, "add", missing, "--repo", str(repo_dir), "--every", "@hourly",
+                     "--keep-daily", "7")
+    t = next_hour()
+    (run,) = cli_json(env, "run-due", "--now", iso(t))
+    assert (run["result"], run["attempt"]) == ("retrying", 1)
+    assert run["next_attempt_at"] == iso(t + timedelta(minutes=1))
+    assert missing in run["error"] and "not found" in run["error"]
+    assert cli_json(env, "run-due", "--now", iso(t + timedelta(seconds=30))) == []
+    (run,) = cli_json(env, "run-due", "--now", iso(t + timedelta(minutes=1)))
+    assert (run["result"], run["attempt"]) == ("retrying", 2)
+    assert received == []
+    (run,) = cli_json(env, "run-due", "--now", iso(t + timedelta(minutes=6)))
+    assert (run["result"], run["attempt"]) == ("failed", 3)
+    # Reported: the webhook got it, the audit log has it, nothing landed in the repo.
+    assert [(r["event"], r["schedule"], r["vm"], r["attempts"]) for r in received] == \
+        [("backup.schedule.failed", added["id"], missing, 3)]
+    assert "not found" in received[0]["error"]
+    with sqlite3.connect(tmp_path / "kvmops.db") as conn:
+        rows = conn.execute("SELECT action, target, result FROM audit_log WHERE action "
+                            "LIKE 'backup.schedule.%' ORDER BY id").fetchall()
+    assert rows == [("backup.schedule.add", missing, "ok"),
+                    ("backup.schedule.failed", missing, "failed")]
+    assert not (repo_dir / missing).exists()
+    # run-now of it exits non-zero naming the run's state.
+    result = run_cli("backup", "schedule", "run-now", str(added["id"]), env=env)
+    assert result.code != 0 and "not found" in result.stderr
