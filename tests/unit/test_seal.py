@@ -261,3 +261,44 @@ def test_sealing_validates_and_hides_its_key() -> None:
         Sealing(compress_level=0)
     assert Sealing().plain and not Sealing(compress_level=1).plain
     assert KEY.hex() not in repr(SEALINGS["aes"]) and str(KEY) not in repr(SEALINGS["aes"])
+
+
+def _independent_open(blob: bytes, key: bytes, place: str) -> bytes:
+    """docs/concepts/backup-encryption.md's format, read with nothing from kvmops: what an
+    auditor's own reader does (AES-GCM, HKDF, zstd from the usual libraries)."""
+    import hmac
+
+    import zstandard
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    domain = b"kvmops-seal-v1\x00"
+    magic, version, flags, _frame_size, file_id = struct.unpack(">8sHHI16s", blob[:32])
+    assert (magic, version, flags) == (b"KVMOSEAL", 1, 3)
+    check_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                     info=domain + b"header-check").derive(key)
+    assert hmac.new(check_key, domain + blob[:32], hashlib.sha256).digest()[:16] == blob[32:48]
+    file_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=file_id,
+                    info=domain + b"frames\x00" + place.encode()).derive(key)
+    digest = hashlib.sha256(domain + blob[:48] + b"\x00" + place.encode()).digest()
+    out, at, index, last = [], 48, 0, False
+    while not last:
+        head = blob[at:at + 12]
+        kind, frame_flags, _zero, plain_len, stored = struct.unpack(">BBHII", head)
+        last = bool(frame_flags & 1)
+        body = blob[at + 12:at + 12 + stored + 16]
+        aad = digest + index.to_bytes(8, "big") + head
+        payload = AESGCM(file_key).decrypt(file_id[12:] + index.to_bytes(8, "big"), body, aad)
+        out.append(bytes(plain_len) if kind == 2 else
+                   zstandard.ZstdDecompressor().decompress(payload) if kind == 1 else payload)
+        at, index = at + 12 + stored + 16, index + 1
+    assert at == len(blob)
+    return b"".join(out)
+
+
+def test_the_documented_format_is_what_is_written(tmp_path: Path) -> None:
+    text = b"".join(b"audit line %d\n" % i for i in range(400_000))
+    data = os.urandom(FRAME_SIZE) + bytes(FRAME_SIZE) + text
+    seal_file(_write(tmp_path / "src", data), tmp_path / "sealed", SEALINGS["zstd+aes"], PLACE)
+    assert _independent_open((tmp_path / "sealed").read_bytes(), KEY, PLACE) == data
