@@ -27,9 +27,10 @@ FILE_KIB = 1536
 
 
 def make_partitioned_disk(dst: Path, tmp: Path) -> None:
-    """64 MiB: an MBR with one Linux partition (1 MiB..end) holding ext4, as qcow2.
+    """64 MiB as qcow2: an MBR with partition 1 (1..48 MiB) holding ext4 and partition 2
+    (48 MiB..end) an LVM physical volume (named as unsupported, never mounted).
 
-    ``/data/escape`` climbs out of the file system; ``/data/etc-abs`` is absolute."""
+    ``/data/escape`` climbs out of the file system; ``/data/abs`` is absolute."""
     content = tmp / "content"
     (content / "data").mkdir(parents=True)
     (content / "data" / "hello.txt").write_text("hello from the backup\n")
@@ -39,9 +40,22 @@ def make_partitioned_disk(dst: Path, tmp: Path) -> None:
     with open(raw, "wb") as fh:
         fh.truncate(64 << 20)
     subprocess.run(["parted", "-s", str(raw), "mklabel", "msdos", "mkpart", "primary",
-                    "ext4", "1MiB", "100%"], check=True)
+                    "ext4", "1MiB", "48MiB", "mkpart", "primary", "48MiB", "100%"],
+                   check=True)
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(content), "-E", "offset=1048576",
-                    str(raw), "63M"], check=True)
+                    str(raw), "47M"], check=True)
+    pv = tmp / "pv.raw"  # pvcreate wants a block device: a loop device over a file
+    with open(pv, "wb") as fh:
+        fh.truncate(8 << 20)
+    loop = subprocess.run(["losetup", "--find", "--show", str(pv)], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    try:
+        subprocess.run(["pvcreate", "-q", "-ff", "-y", loop], capture_output=True, check=True)
+    finally:
+        subprocess.run(["losetup", "--detach", loop], check=True)
+    subprocess.run(["dd", f"if={pv}", f"of={raw}", "bs=1M", "seek=48", "conv=notrunc",
+                    "status=none"], check=True)
+    pv.unlink()
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(dst)],
                    check=True)
     raw.unlink()
@@ -165,6 +179,9 @@ def test_mount_umount_and_prune_refused_while_mounted(chain: Chain, tmp_path: Pa
     mounted = run_cli("backup", "mount", chain.vm, str(point), "--repo", str(chain.repo),
                       "--at", chain.ids[1])
     assert mounted.code == 0, mounted.stderr
+    assert "partition 2 holds LVM (LVM2_member): not supported on this kernel" in \
+        mounted.stderr
+    assert not (point / "p2").exists()
     try:
         import hashlib
 
