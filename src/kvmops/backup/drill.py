@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from kvmops.backup import restore as restore_ops
 from kvmops.backup.keys import Keyring, Signature
+from kvmops.backup.repository import Repository
 from kvmops.config import settings
 from kvmops.errors import KvmopsError, ValidationError
 from kvmops.host.connection import Host
@@ -86,7 +87,7 @@ def isolated(xml: str) -> str:
     return spec.to_xml()
 
 
-def run_drill(host: Host, repo: Path, vm: str, at: str | None, *, images_dir: Path,
+def run_drill(host: Host, repo: Repository, vm: str, at: str | None, *, images_dir: Path,
               boot: bool = True, timeout: float = 180.0, check: list[str] | None = None,
               note: NoteFn | None = None) -> DrillRecord:
     """Verify, restore, boot and check one point; always remove the drill VM."""
@@ -94,7 +95,7 @@ def run_drill(host: Host, repo: Path, vm: str, at: str | None, *, images_dir: Pa
 
     say = note or (lambda _message: None)
     started = time.monotonic()
-    record = DrillRecord(id=secrets.token_hex(6), vm=vm, repo=str(repo),
+    record = DrillRecord(id=secrets.token_hex(6), vm=vm, repo=repo.location,
                          started=datetime.now(UTC), host=os.uname().nodename,
                          check_command=list(check or []))
     name = drill_vm_name(vm, record.id)

@@ -11,7 +11,7 @@ from lxml import etree
 from pydantic import BaseModel, Field
 
 from kvmops.backup.model import Manifest, disk_chain, resolve_point
-from kvmops.backup.repository import Repository, sha256_file
+from kvmops.backup.repository import Repository, digest_matches
 from kvmops.errors import (
     AlreadyExistsError,
     BackupInconsistentError,
@@ -75,9 +75,9 @@ def _point(repo: Repository, vm: str, at: str | None) -> tuple[Manifest, dict[st
     return point, {m.id: m for m in manifests}
 
 
-def resolve(repo_path: Path, vm: str, at: str | None) -> Manifest:
+def resolve(repo_path: Path | Repository, vm: str, at: str | None) -> Manifest:
     """The authenticated backup ``at`` names (id, id prefix, ISO time; None: newest)."""
-    return _point(Repository(repo_path), vm, at)[0]
+    return _point(opened(repo_path), vm, at)[0]
 
 
 def checked_chain(repo: Repository, vm: str, point: Manifest, by_id: dict[str, Manifest],
@@ -328,7 +328,7 @@ def _check_file(repo: Repository, vm: str, manifest: Manifest, target: str,
     path = repo.backups_dir(vm) / manifest.id / record.file
     if not path.is_file():
         return f"file {path} is missing"
-    if checksums and sha256_file(path) != record.sha256:
+    if checksums and not digest_matches(path, record.sha256):
         return f"checksum of {path} does not match the manifest (file changed or corrupt)"
     try:
         # The header is read first, and check opens this file alone: a forged backing or

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from kvmops.cli.backup import repo_location
 from kvmops.cli.common import JsonOption, UriOption, from_cwd
 from kvmops.cli.output import info, print_json, print_table
 from kvmops.services import drills
@@ -19,8 +20,8 @@ def register(app: typer.Typer) -> None:
 
 def drill_cmd(
     vm: str = typer.Argument(..., help="VM whose backup to drill."),
-    repo: Path = typer.Option(..., "--repo", help="Backup repository directory.",
-                              callback=from_cwd),
+    repo: str = typer.Option(..., "--repo", callback=repo_location,
+                             help="Backup repository: a directory, or an sftp:// or s3:// URL."),
     at: str | None = typer.Option(None, "--at", help="Backup id (or prefix) or ISO time; "
                                   "default the newest."),
     boot: bool = typer.Option(True, "--boot/--no-boot",
@@ -31,16 +32,24 @@ def drill_cmd(
                                   "and for the check."),
     images_dir: Path | None = typer.Option(None, help="Where the drill's disks go (removed "
                                            "after).", callback=from_cwd),
+    key_file: Path | None = typer.Option(None, "--key-file", metavar="FILE", help="The "
+                                         "encrypted repository's key file.",
+                                         callback=from_cwd),
+    passphrase_stdin: bool = typer.Option(False, "--passphrase-stdin", help="Read the "
+                                          "encrypted repository's passphrase from stdin."),
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
 ) -> None:
     """Prove a point restores: verify its chain, restore it as an isolated VM (no network
     interfaces), boot it to its guest agent, run --check, remove it; the record is kept
     (signed) in 'backup drills'."""
+    from kvmops.cli.backup import read_passphrase
+
     argv = drills.parse_check(check)
     record = drills.drill(Caller.local(), uri, repo, vm, at, boot=boot, timeout=timeout,
                           check=argv, images_dir=images_dir,
-                          note=None if json_out else info)
+                          note=None if json_out else info, key_file=key_file,
+                          passphrase=read_passphrase(passphrase_stdin))
     if json_out:
         print_json(record.model_dump(mode="json"))
     elif record.ok:

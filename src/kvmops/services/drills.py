@@ -10,7 +10,7 @@ from kvmops.backup.drill import DrillLog, DrillRecord, parse_check, run_drill
 from kvmops.host.connection import Host
 from kvmops.paths import policy
 from kvmops.services.audit import audited
-from kvmops.services.backups import existing_repository
+from kvmops.services.backups import open_existing
 from kvmops.services.caller import Caller
 from kvmops.services.jobs import track
 
@@ -20,11 +20,12 @@ __all__ = ["DrillRecord", "drill", "history", "parse_check"]
 @audited("backup.drill", target="vm")
 def drill(caller: Caller, uri: str | None, repo: str | Path, vm: str, at: str | None = None,
           *, boot: bool = True, timeout: float = 180.0, check: list[str] | None = None,
-          images_dir: str | Path | None = None, note: Callable[[str], None] | None = None
+          images_dir: str | Path | None = None, note: Callable[[str], None] | None = None,
+          key_file: str | Path | None = None, passphrase: str | None = None
           ) -> DrillRecord:
     """Run one restore drill and keep its record (also when it fails: the record says
     why; the faces turn ``not record.ok`` into a non-zero exit / a failed job)."""
-    checked = existing_repository(caller, repo)
+    checked = open_existing(caller, repo, key_file=key_file, passphrase=passphrase)
     directory = policy().new_images_dir(images_dir, trusted=caller.trusted_paths)
     with track(caller, "backup.drill", vm) as job:
         def say(message: str) -> None:
