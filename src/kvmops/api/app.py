@@ -161,6 +161,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     from kvmops.api.routes import backup_files  # file-level restore: files, restore-file
 
     api.include_router(backup_files.router)
+    from kvmops.api.routes import drills  # restore drills (a job) and their signed log
+
+    api.include_router(drills.router)
     app.include_router(api)
     from kvmops.api.routes import metrics  # GET /metrics (Prometheus, viewer)
 

@@ -474,3 +474,7 @@ def key_import_cmd(
 from kvmops.cli import backup_files  # noqa: E402  (mount, umount, mounts, files, restore-file)
 
 backup_files.register(app)
+
+from kvmops.cli import backup_drill  # noqa: E402  (drill, drills)
+
+backup_drill.register(app)
