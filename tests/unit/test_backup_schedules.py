@@ -350,3 +350,13 @@ def test_metrics_of_a_schedule(db: Store, clock: FakeClock, tmp_path: Path) -> N
     assert series[("kvmops_backup_schedule_interval_seconds", "ok-vm")] == 21600.0
     assert series[("kvmops_backup_schedule_last_run_time_seconds", "ok-vm")] == \
         clock.now.timestamp()
+
+
+def test_a_tag_schedule_is_refused_until_vms_have_tags(db: Store, clock: FakeClock,
+                                                      tmp_path: Path) -> None:
+    from kvmops.errors import UnsupportedError
+
+    with pytest.raises(UnsupportedError, match="tags are not supported"):
+        svc.add(db, ROOT, svc.ScheduleSpec(tag="web", repo=str(tmp_path / "r"),
+                                           cron="@daily", keep_last=1), clock=clock)
+    assert svc.list_schedules(db) == []

@@ -48,7 +48,13 @@ if TYPE_CHECKING:
     from kvmops.metrics.model import ScheduleSample
 
 from kvmops.backup.retention import RetentionPolicy
-from kvmops.errors import KvmopsError, NotFoundError, PathRefusedError, ValidationError
+from kvmops.errors import (
+    KvmopsError,
+    NotFoundError,
+    PathRefusedError,
+    UnsupportedError,
+    ValidationError,
+)
 from kvmops.services.audit import audited
 from kvmops.services.caller import Caller
 from kvmops.store import schedules as store
@@ -232,6 +238,9 @@ def add(store_: Store, caller: Caller, spec: ScheduleSpec, *, clock: Clock = utc
         ) -> ScheduleView:
     if (spec.vm is None) == (spec.tag is None):
         raise ValidationError("give a VM or --tag TAG (one of them)")
+    if spec.tag is not None:
+        tagged_vms(ScheduleRow(id=0, **{**spec.model_dump(), "created_at": clock(),
+                                        "updated_at": clock(), "created_by": None}))
     if spec.full_every is not None and spec.full_every < 1:
         raise ValidationError("--full-every must be at least 1")
     spec = spec.model_copy(update={
@@ -525,9 +534,9 @@ def host_uri(db: Store, host: str) -> str | None:
 
 
 def tagged_vms(schedule: ScheduleRow) -> list[str]:
-    """The VMs carrying the schedule's tag."""
-    raise ValidationError(f"schedule {schedule.id}: VM tags are not supported yet",
-                          hint="add one schedule per VM")
+    """The VMs carrying the schedule's tag (VM tags do not exist in kvmops yet)."""
+    raise UnsupportedError(f"VM tags are not supported yet (tag '{schedule.tag}')",
+                           hint="add one schedule per VM")
 
 
 # The child process ---------------------------------------------------------------------------
