@@ -360,3 +360,24 @@ def test_a_tag_schedule_is_refused_until_vms_have_tags(db: Store, clock: FakeClo
         svc.add(db, ROOT, svc.ScheduleSpec(tag="web", repo=str(tmp_path / "r"),
                                            cron="@daily", keep_last=1), clock=clock)
     assert svc.list_schedules(db) == []
+
+
+def test_the_server_thread_runs_due_slots_and_stops(db: Store, clock: FakeClock,
+                                                    tmp_path: Path) -> None:
+    """kvmops serve's scheduler thread: a pass per tick runs what came due; stop() ends
+    the loop and waits for the backup in flight."""
+    fake = FakeBackups()
+    fake.gate = threading.Event()
+    thread = svc.SchedulerThread(db, tick=0.05, scheduler=scheduler(db, clock, fake))
+    add(db, clock, tmp_path)
+    thread.start()
+    try:
+        clock.advance(hours=1)
+        assert fake.started.acquire(timeout=30)  # the next pass started the backup
+        (run,) = svc.runs(db)
+        assert run.result == "running"
+    finally:
+        fake.gate.set()
+        thread.stop(grace=30)
+    assert not thread._thread.is_alive()
+    assert [(r.result, r.backup_id) for r in svc.runs(db)] == [("ok", "b1")]

@@ -630,8 +630,10 @@ class SchedulerThread:
     to ``grace`` seconds for the backups in flight (a child left running past that is
     reaped by a later pass once its heartbeat is stale)."""
 
-    def __init__(self, db: Store, tick: float = TICK_S) -> None:
-        self.scheduler = Scheduler(db)
+    def __init__(self, db: Store, tick: float = TICK_S, scheduler: Scheduler | None = None
+                 ) -> None:
+        self.scheduler = scheduler or Scheduler(db)
+        self._reload = scheduler is None  # the settings may change while it runs
         self.tick = tick
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kvmops-scheduler",
@@ -645,7 +647,8 @@ class SchedulerThread:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.scheduler.cfg = SchedulerSettings.from_settings()
+                if self._reload:
+                    self.scheduler.cfg = SchedulerSettings.from_settings()
                 self.scheduler.run_due(wait=False)
             except Exception:  # a bad pass (database down) must not end the scheduler
                 log.exception("backup scheduler pass failed")
