@@ -4,8 +4,13 @@ through the API is followed in its runs; changes are in the audit log."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import SESSION_PREFIX
 from tests.integration.api_server import ApiServer
@@ -62,3 +67,73 @@ def test_schedules_roles_run_now_and_audit(api: ApiServer, backups_dir: Path) ->
     actions = {(e["user"], e["action"], e["target"], e["status_code"]) for e in entries}
     assert {("op", "add_schedule", vm, 201), ("op", "run_now", str(sid), 202),
             ("op", "remove_schedule", str(sid), 200)} <= actions, actions
+
+
+@pytest.fixture
+def pg_schedules_db(pg_url: str) -> Iterator[str]:
+    """A database of its own in the session's PostgreSQL cluster (the servers of other
+    tests on pg_url run schedulers of their own)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from kvmops.store.db import normalize_url
+
+    name = f"kvmops_sched_{time.monotonic_ns()}"
+    admin = create_engine(normalize_url(pg_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_servers_on_postgresql_claim_each_slot_once(pg_schedules_db: str,
+                                                    tmp_path: Path) -> None:
+    """Several schedulers on one PostgreSQL database, racing on the same passes: each
+    slot is run once, and the repository limit holds across them (the advisory lock)."""
+    from kvmops.services import schedules as svc
+    from kvmops.store.db import Store
+    from tests.unit.test_backup_schedules import ROOT, T0, FakeBackups, FakeClock
+
+    store = Store(pg_schedules_db)
+    try:
+        store.migrate()
+        clock = FakeClock(T0)
+        for vm in ("a", "b", "c"):
+            svc.add(store, ROOT, svc.ScheduleSpec(vm=vm, repo=str(tmp_path / "repo"),
+                                                  cron="0 * * * *", keep_last=2),
+                    clock=clock)
+        fake = FakeBackups()
+        cfg = svc.SchedulerSettings(per_host=4, per_repository=1, retry_minutes=())
+        servers = [svc.Scheduler(store, clock=clock, execute=fake, cfg=cfg,
+                                 instance=f"server-{n}") for n in range(4)]
+        for hour in (1, 2):
+            clock.now = T0 + timedelta(hours=hour)
+            barrier = threading.Barrier(len(servers))
+
+            def one_pass(server: svc.Scheduler, barrier: threading.Barrier = barrier) -> None:
+                barrier.wait()
+                server.run_due(wait=False)
+
+            threads = [threading.Thread(target=one_pass, args=(s,)) for s in servers]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            started = sum(1 for r in svc.runs(store) if r.result == "running")
+            assert started <= 1  # one repository: one backup at a time, across servers
+            for server in servers:
+                server.wait()
+            while any(r.result in ("queued", "running") for r in svc.runs(store)):
+                for server in servers:
+                    server.run_due(wait=True)
+        runs = svc.runs(store)
+        assert sorted((r.vm, r.due_at.hour) for r in runs) == sorted(
+            (vm, (T0 + timedelta(hours=h)).hour) for vm in "abc" for h in (1, 2))
+        assert all(r.result == "ok" and r.attempt == 1 for r in runs)
+        assert len(fake.jobs) == 6  # each slot ran exactly once
+    finally:
+        store.close()
