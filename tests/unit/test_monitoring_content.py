@@ -20,7 +20,7 @@ from tests.conftest import REPO, assert_one_line_error, run_cli
 RULE_NAMES = {"KvmopsVMCrashed", "KvmopsVMPausedOnIOError", "KvmopsGuestAgentSilent",
               "KvmopsBackupFailed", "KvmopsBackupTooOld", "KvmopsBitmapInconsistent",
               "KvmopsHostMemoryOvercommitted", "KvmopsPoolSpaceLow", "KvmopsExporterDown",
-              "KvmopsDomainStatsTimedOut"}
+              "KvmopsDomainStatsTimedOut", "KvmopsRestoreDrillFailed"}
 
 
 def _promtool_check(path: Path) -> int:
@@ -140,6 +140,7 @@ def _exported_names() -> set[str]:
     from kvmops.metrics.model import (
         BackupSample,
         DoctorSample,
+        DrillSample,
         HostSample,
         JobsSample,
         PoolSample,
@@ -172,7 +173,8 @@ def _exported_names() -> set[str]:
                               {"vda": False}),),
         jobs=JobsSample({("backup.create", "running"): 1}, (("backup.create", "ok", 3.0),)),
         doctor=(DoctorSample("local", (("kvm", "ok"),)),),
-        schedules=(ScheduleSample(1, "vm", "local", 3600.0, 2.0, False, 1.0),))
+        schedules=(ScheduleSample(1, "vm", "local", 3600.0, 2.0, False, 1.0),),
+        drills=(DrillSample("vm", 1.0, False, 9.5),))
     names = {sample.name for family in collector.families(scrape)
              for sample in family.samples}
     histogram = api.REQUEST_DURATION._name  # labelled, unobserved: no samples of its own

@@ -24,7 +24,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from kvmops.metrics.model import BackupSample, HostSample, JobsSample, ScheduleSample, Scrape
+from kvmops.metrics.model import (
+    BackupSample,
+    DrillSample,
+    HostSample,
+    JobsSample,
+    ScheduleSample,
+    Scrape,
+)
 
 if TYPE_CHECKING:
     from kvmops.host.domstats import DomainStats
@@ -94,6 +101,7 @@ def families(scrape: Scrape) -> list[Metric]:
         _host(out, host)
     _backups(out, scrape.backups)
     _schedules(out, scrape.schedules)
+    _drills(out, scrape.drills)
     if scrape.jobs is not None:
         for family in _jobs(scrape.jobs):
             out.add(family)
@@ -338,6 +346,20 @@ def _schedules(out: _Families, schedules: Iterable[ScheduleSample]) -> None:
                       "1 when the schedule's last finished run succeeded, 0 when it "
                       "failed after its retries.", labels
                       ).add_metric(values, 1.0 if s.last_success else 0.0)
+
+
+def _drills(out: _Families, drills: Iterable[DrillSample]) -> None:
+    for d in drills:
+        out.gauge("kvmops_backup_drill_last_time_seconds",
+                  "When the VM's last restore drill started, Unix time.",
+                  ("domain",)).add_metric([d.domain], d.time)
+        out.gauge("kvmops_backup_drill_last_success",
+                  "1 when the VM's last restore drill passed (verified, restored, booted, "
+                  "checked), 0 when it failed.", ("domain",)
+                  ).add_metric([d.domain], 1.0 if d.success else 0.0)
+        _put(out.gauge("kvmops_backup_drill_agent_seconds",
+                       "Seconds from start to the guest agent of the VM's last restore "
+                       "drill.", ("domain",)), [d.domain], d.agent_s)
 
 
 def _jobs(jobs: JobsSample) -> list[Metric]:

@@ -83,9 +83,20 @@ class ScheduleSample:
 
 
 @dataclass(frozen=True)
+class DrillSample:
+    """A VM's last authentic restore drill (kvmops.backup.drill)."""
+
+    domain: str
+    time: float  # when it started, Unix time
+    success: bool
+    agent_s: float | None  # seconds from start to the restored guest's agent
+
+
+@dataclass(frozen=True)
 class Scrape:
     hosts: tuple[HostSample, ...] = ()
     backups: tuple[BackupSample, ...] = ()
     jobs: JobsSample | None = None
     doctor: tuple[DoctorSample, ...] = ()
     schedules: tuple[ScheduleSample, ...] = ()
+    drills: tuple[DrillSample, ...] = ()

@@ -33,6 +33,7 @@ from kvmops.metrics.collector import ScrapeCollector
 from kvmops.metrics.model import (
     BackupSample,
     DoctorSample,
+    DrillSample,
     HostSample,
     JobsSample,
     PoolSample,
@@ -256,7 +257,7 @@ class MetricsSource:
                 hosts_of.setdefault(dom.name, sample.host)
         return Scrape(hosts=tuple(samples), backups=tuple(self._backups(hosts_of)),
                       jobs=self._jobs(), doctor=tuple(self._doctor(names)),
-                      schedules=tuple(self._schedules()))
+                      schedules=tuple(self._schedules()), drills=tuple(self._drills()))
 
     def _host(self, name: str) -> HostSample:
         from kvmops.errors import KvmopsError
@@ -338,6 +339,16 @@ class MetricsSource:
             return schedule_samples(store)
         except Exception:  # the database is not answering: no schedule series this time
             return []
+
+    def _drills(self) -> list[DrillSample]:
+        from kvmops.services.drills import last_per_vm
+
+        try:
+            last = last_per_vm()
+        except OSError:  # the drill log is unreadable: no drill series this time
+            return []
+        return [DrillSample(domain=vm, time=r.started.timestamp(), success=r.ok,
+                            agent_s=r.agent_s) for vm, r in sorted(last.items())]
 
     def _doctor(self, names: Iterable[str]) -> list[DoctorSample]:
         try:
