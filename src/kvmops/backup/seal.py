@@ -75,7 +75,9 @@ _KEEP_RATIO = 0.97
 _SAMPLE = 16 * 1024
 
 Progress = Callable[[int, int], None]
-_Opened = tuple[int, bytes | memoryview | None, int]  # index, plaintext (None: zero), plain length
+# index, plaintext (None: all zero), plain length, buffers to give back once written
+_Opened = tuple[int, bytes | memoryview | None, int, tuple[bytearray, ...]]
+Buffer = bytes | bytearray
 
 
 @dataclass(frozen=True)
@@ -131,14 +133,40 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return _local.zd  # type: ignore[no-any-return]
 
 
-def _is_zero(data: bytes) -> bool:
-    return data == (_ZEROS if len(data) == len(_ZEROS) else bytes(len(data)))
-
-
 _ZEROS = bytes(FRAME_SIZE)
+_ZERO_VIEW = memoryview(_ZEROS)
+_SLACK = 65536 + 64  # a zstd frame may be a little larger than its input; tags
 
 
-def _compressible(data: bytes) -> bool:
+class _Pool:
+    """Frame buffers used again and again, by the one thread that reads and writes.
+
+    A fresh 4 MiB allocation per frame costs a page fault per 4 KiB page (the kernel
+    zeroes each one), more CPU than AES-GCM itself on a virtual machine."""
+
+    def __init__(self, size: int, reuse: bool = True) -> None:
+        self.size, self.reuse = size, reuse
+        self.free: list[bytearray] = []
+
+    def get(self) -> bytearray:
+        return self.free.pop() if self.free else bytearray(self.size)
+
+    def put(self, *buffers: bytearray) -> None:
+        if self.reuse:
+            self.free.extend(buffers)
+
+
+def _readinto_full(f: BinaryIO, buf: bytearray, size: int) -> int:
+    view, got = memoryview(buf)[:size], 0
+    while got < size:
+        n = f.readinto(view[got:])  # type: ignore[attr-defined]
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _compressible(data: memoryview) -> bool:
     """A cheap guess from four 16 KiB samples: worth compressing the whole frame?"""
     if len(data) <= 4 * _SAMPLE:
         return True
@@ -169,39 +197,49 @@ class _Codec:
     def _aad(self, index: int, frame_head: bytes) -> bytes:
         return self.digest + _INDEX.pack(index) + frame_head
 
-    def seal(self, index: int, data: bytes, last: bool) -> list[bytes]:
-        """The frame's record, in parts (joining 4 MiB would cost a copy)."""
-        if data and _is_zero(data):
+    def seal(self, index: int, buf: Buffer, n: int, last: bool, out: bytearray | None
+             ) -> list[bytes | memoryview]:
+        """The record of the frame ``buf[:n]``, in parts (joining 4 MiB would cost a
+        copy); the ciphertext goes into ``out`` (None: a new buffer)."""
+        data = memoryview(buf)[:n]
+        payload: bytes | memoryview
+        if n and buf.startswith(_ZERO_VIEW[:n]):  # memcmp, no copy
             kind, payload = K_ZERO, b""
-        elif self.level is not None and data and _compressible(data):
+        elif self.level is not None and n and _compressible(data):
             packed = _compressor(self.level).compress(data)
-            if len(packed) < len(data) * _KEEP_RATIO:
+            if len(packed) < n * _KEEP_RATIO:
                 kind, payload = K_ZSTD, packed
             else:
                 kind, payload = K_RAW, data
         else:
             kind, payload = K_RAW, data
-        head = _FRAME.pack(kind, LAST if last else 0, 0, len(data), len(payload))
+        head = _FRAME.pack(kind, LAST if last else 0, 0, n, len(payload))
         aad = self._aad(index, head)
         if self.aead is not None:
             nonce = self.nonce_prefix + _INDEX.pack(index)
-            return [head, self.aead.encrypt(nonce, payload, aad)]
+            size = len(payload) + GCM_TAG
+            target = memoryview(out if out is not None else bytearray(size))[:size]
+            self.aead.encrypt_into(nonce, payload, aad, target)
+            return [head, target]
         return [head, payload, _sha(aad, payload)]
 
-    def open(self, index: int, head: bytes, body: bytes) -> bytes | memoryview | None:
-        """The frame's plaintext (None: all zero), or ValueError saying why not."""
+    def open(self, index: int, head: bytes, body: memoryview, out: bytearray | None
+             ) -> bytes | memoryview | None:
+        """The frame's plaintext (None: all zero; else a view of ``out`` or new bytes),
+        or ValueError saying why not."""
         kind, _flags, _zero, plain_len, _stored = _FRAME.unpack(head)
         aad = self._aad(index, head)
         payload: bytes | memoryview
         if self.aead is not None:
             nonce = self.nonce_prefix + _INDEX.pack(index)
+            size = len(body) - GCM_TAG
+            payload = memoryview(out if out is not None else bytearray(size))[:size]
             try:
-                payload = self.aead.decrypt(nonce, body, aad)
+                self.aead.decrypt_into(nonce, body, aad, payload)
             except InvalidTag:
                 raise ValueError("authentication failed (AES-GCM tag)") from None
         else:
-            view = memoryview(body)
-            payload, tag = view[:-SHA_TAG], body[-SHA_TAG:]
+            payload, tag = body[:-SHA_TAG], body[-SHA_TAG:]
             if not hmac.compare_digest(_sha(aad, payload), tag):
                 raise ValueError("checksum mismatch (SHA-256)")
         if kind == K_ZERO:
@@ -312,22 +350,30 @@ def _read_full(f: BinaryIO, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _plain_frames(f: BinaryIO) -> Iterator[tuple[int, bytes, bool]]:
-    """(index, data, last) of a plaintext stream; at least one frame, even when empty."""
+def _plain_frames(f: BinaryIO, pool: _Pool) -> Iterator[tuple[int, bytearray, int, bool]]:
+    """(index, buffer, length, last) of a plaintext stream; at least one frame, even
+    when empty."""
     index = 0
-    current = _read_full(f, FRAME_SIZE)
+    buf = pool.get()
+    n = _readinto_full(f, buf, FRAME_SIZE)
     while True:
-        following = _read_full(f, FRAME_SIZE) if len(current) == FRAME_SIZE else b""
-        yield index, current, not following
-        if not following:
+        following, m = None, 0
+        if n == FRAME_SIZE:
+            following = pool.get()
+            m = _readinto_full(f, following, FRAME_SIZE)
+            if not m:
+                pool.put(following)
+        yield index, buf, n, not m
+        if not m or following is None:
             return
         index += 1
-        current = following
+        buf, n = following, m
 
 
-def _sealed_frames(f: BinaryIO, codec: _Codec, name: str
-                   ) -> Iterator[tuple[int, int, bytes, bytes]]:
-    """(index, offset, frame head, body) of a sealed stream, checked for structure."""
+def _sealed_frames(f: BinaryIO, codec: _Codec, name: str, pool: _Pool
+                   ) -> Iterator[tuple[int, int, bytes, memoryview, bytearray]]:
+    """(index, offset, frame head, body, its buffer) of a sealed stream, checked for
+    structure."""
     index, offset = 0, HEADER_SIZE
     while True:
         head = f.read(_FRAME.size)
@@ -345,11 +391,12 @@ def _sealed_frames(f: BinaryIO, codec: _Codec, name: str
                or (kind == K_ZSTD and stored > codec.frame_size + 65536))
         if bad:
             raise _tampered(name, f"{where}: frame header is damaged")
-        body = _read_full(f, stored + codec.tag_len)
-        if len(body) < stored + codec.tag_len:
+        buf = pool.get()
+        got = _readinto_full(f, buf, stored + codec.tag_len)
+        if got < stored + codec.tag_len:
             raise _tampered(name, f"truncated in {where}")
-        yield index, offset, head, body
-        offset += _FRAME.size + len(body)
+        yield index, offset, head, memoryview(buf)[:got], buf
+        offset += _FRAME.size + got
         index += 1
         if last:
             if f.read(1):
@@ -358,9 +405,9 @@ def _sealed_frames(f: BinaryIO, codec: _Codec, name: str
 
 
 def _open_checked(codec: _Codec, name: str, index: int, offset: int, head: bytes,
-                  body: bytes) -> _Opened:
+                  body: memoryview, buf: bytearray, out: bytearray) -> _Opened:
     try:
-        return index, codec.open(index, head, body), _FRAME.unpack(head)[3]
+        return index, codec.open(index, head, body, out), _FRAME.unpack(head)[3], (buf, out)
     except ValueError as err:
         raise _tampered(name, f"frame {index} at offset {offset}: {err} (changed, moved, "
                               f"reordered, or sealed for another place)") from None
@@ -411,29 +458,34 @@ def seal_file(src: Path, dst: Path, sealing: Sealing, place: str, *,
     digest = hashlib.sha256() if sha256 else None
     header = _new_header(sealing)
     codec = _Codec(header, sealing, place)
+    pool = _Pool(FRAME_SIZE + _SLACK)
     with _open_src(src) as f, _atomic_output(dst, "sealing") as out:
         total = os.fstat(f.fileno()).st_size
         out.write(header)
         counts = {"plain": 0, "stored": len(header), "frames": 0}
 
         def sink(result: object) -> None:
-            plain_len, record = cast(tuple[int, list[bytes]], result)
+            plain_len, record, buffers = cast(
+                tuple[int, list[bytes], tuple[bytearray, ...]], result)
             for part in record:
                 out.write(part)
                 counts["stored"] += len(part)
+            pool.put(*buffers)
             counts["plain"] += plain_len
             counts["frames"] += 1
             if progress:
                 progress(counts["plain"], max(total, counts["plain"]))
 
-        def seal_one(index: int, data: bytes, last: bool) -> tuple[int, list[bytes]]:
-            return len(data), codec.seal(index, data, last)
+        def seal_one(index: int, buf: bytearray, n: int, last: bool, target: bytearray
+                     ) -> tuple[int, list[bytes | memoryview], tuple[bytearray, ...]]:
+            return n, codec.seal(index, buf, n, last, target), (buf, target)
 
         def frames() -> Iterator[tuple[Callable[..., object], tuple[object, ...]]]:
-            for frame in _plain_frames(f):
+            for index, buf, n, last in _plain_frames(f, pool):
                 if digest is not None:
-                    digest.update(frame[1])  # releases the GIL: overlaps the workers
-                yield seal_one, frame
+                    # releases the GIL: overlaps the workers
+                    digest.update(memoryview(buf)[:n])
+                yield seal_one, (index, buf, n, last, pool.get())
 
         _pipeline(frames(), sink, workers or default_workers())
     return SealedFile(counts["plain"], counts["stored"], counts["frames"],
@@ -447,20 +499,22 @@ def _open_all(src: Path, sealing: Sealing, place: str, sink: Callable[[object], 
     with _open_src(src) as f:
         total = os.fstat(f.fileno()).st_size
         codec = _read_header(_read_full(f, HEADER_SIZE), sealing, name, place)
+        pool = _Pool(codec.frame_size + _SLACK)
         counts = {"plain": 0, "frames": 0}
 
         def counted(result: object) -> None:
-            _index, data, plain_len = cast(_Opened, result)
+            _index, data, plain_len, buffers = cast(_Opened, result)
             if digest is not None:
-                digest.update(memoryview(_ZEROS)[:plain_len] if data is None else data)
+                digest.update(_ZERO_VIEW[:plain_len] if data is None else data)
             counts["plain"] += plain_len
             counts["frames"] += 1
             sink(result)
+            pool.put(*buffers)
             if progress:
                 progress(f.tell(), total)
 
-        jobs = ((_open_checked, (codec, name, index, offset, head, body))
-                for index, offset, head, body in _sealed_frames(f, codec, name))
+        jobs = ((_open_checked, (codec, name, index, offset, head, body, buf, pool.get()))
+                for index, offset, head, body, buf in _sealed_frames(f, codec, name, pool))
         _pipeline(jobs, counted, workers or default_workers())
         return SealedFile(counts["plain"], f.tell(), counts["frames"],
                           digest.hexdigest() if digest is not None else None)
@@ -480,7 +534,7 @@ def unseal_file(src: Path, dst: Path, sealing: Sealing, place: str, *,
         position = {"at": 0}
 
         def sink(result: object) -> None:
-            _index, data, plain_len = cast(_Opened, result)
+            _index, data, plain_len, _buffers = cast(_Opened, result)
             if data is not None:
                 view = memoryview(data)
                 at = position["at"]
@@ -508,11 +562,11 @@ def seal_bytes(data: bytes, sealing: Sealing, place: str) -> bytes:
     """Seal a small object (manifest, checkpoint XML) held in memory."""
     header = _new_header(sealing)
     codec = _Codec(header, sealing, place)
-    parts = [header]
+    parts: list[bytes | memoryview] = [header]
     count = max(1, -(-len(data) // FRAME_SIZE))
     for index in range(count):
         chunk = data[index * FRAME_SIZE:(index + 1) * FRAME_SIZE]
-        parts.extend(codec.seal(index, chunk, index == count - 1))
+        parts.extend(codec.seal(index, chunk, len(chunk), index == count - 1, None))
     return b"".join(parts)
 
 
@@ -523,8 +577,10 @@ def unseal_bytes(blob: bytes, sealing: Sealing, place: str) -> bytes:
     name = place
     f = io.BytesIO(blob)
     codec = _read_header(_read_full(f, HEADER_SIZE), sealing, name, place)
-    parts = []
-    for index, offset, head, body in _sealed_frames(f, codec, name):
-        _i, data, plain_len = _open_checked(codec, name, index, offset, head, body)
+    pool = _Pool(codec.frame_size + _SLACK, reuse=False)  # the parts keep their buffers
+    parts: list[bytes | memoryview] = []
+    for index, offset, head, body, buf in _sealed_frames(f, codec, name, pool):
+        _i, data, plain_len, _buffers = _open_checked(codec, name, index, offset, head, body,
+                                                      buf, pool.get())
         parts.append(bytes(plain_len) if data is None else data)
     return b"".join(parts)
