@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -151,9 +152,14 @@ def _mountinfo() -> list[tuple[str, str]]:
                 sep = fields.index("-")
             except ValueError:
                 continue
-            point = fields[4].encode().decode("unicode_escape")
-            found.append((point, fields[sep + 2] if len(fields) > sep + 2 else ""))
+            found.append((_unescape(fields[4]),
+                          fields[sep + 2] if len(fields) > sep + 2 else ""))
     return found
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal (``\\040``)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def is_mounted(path: str | Path) -> bool:
@@ -367,12 +373,21 @@ def new_record(*, vm: str, repo: str | Path, backup_id: str, disk: str, mountpoi
 
 
 # ---------------------------------------------------------------- unmount
+def _gone(pid: int) -> bool:
+    """Exited: no process, or a zombie its (init-like) parent has not reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
+
+
 def _stop(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_WAIT_S
     while time.monotonic() < deadline:
-        if not Path(f"/proc/{pid}").exists():
+        if _gone(pid):
             return
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(pid, os.WNOHANG)
