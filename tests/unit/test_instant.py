@@ -84,3 +84,15 @@ def test_prune_refuses_a_chain_a_recovery_reads(tmp_path: Path) -> None:
     assert "'now'" in str(err.value) and "F" in str(err.value)
     instant.refuse_if_in_use("/repo", "web", {"I2", "X"}, "prune")  # completed: free
     instant.refuse_if_in_use("/other", "web", {"F"}, "prune")  # another repository
+
+
+def test_opened_copies_are_labelled_as_usual() -> None:
+    """A store-backed repository's chain is read from kvmops' own opened copies (0600):
+    libvirt must give them to libvirt-qemu, so no relabel='no' there."""
+    chain = [Path("/img/.n-backup/web/backups/F/vda.qcow2")]
+    root = etree.fromstring(instant.with_backing(XML, {"vda": chain}, relabel=True).encode())
+    store = root.find("devices/disk/backingStore")
+    assert store is not None
+    source = store.find("source")
+    assert source is not None and source.get("file") == str(chain[0])
+    assert source.find("seclabel") is None

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +35,7 @@ from pathlib import Path
 from lxml import etree
 from pydantic import BaseModel, Field
 
-from kvmops.backup.model import Manifest
+from kvmops.backup.model import Manifest, disk_chain
 from kvmops.backup.repository import Repository
 from kvmops.backup.restore import RestoredDisk, checked_chain, restore_new_vm
 from kvmops.config import settings
@@ -51,6 +52,7 @@ from kvmops.host.connection import Host
 from kvmops.host.domain import Domain
 from kvmops.images import qemuimg
 from kvmops.images.chain import inspect
+from kvmops.paths import policy
 from kvmops.vm.lifecycle import ensure_qemu_can_reach
 
 POLL_S = 0.5
@@ -85,6 +87,8 @@ class InstantRecord(BaseModel):
     message: str | None = None
     disks: list[InstantDisk] = []
     notes: list[str] = []
+    # A store-backed repository's chains, opened next to the images (removed at the end)
+    work_dir: str | None = None
 
 
 class DiskProgress(BaseModel):
@@ -184,9 +188,10 @@ def pinned_backups(repo: Path, vm: str) -> set[str]:
 
 
 # ------------------------------------------------------------------ definition
-def with_backing(xml: str, chains: dict[str, list[Path]]) -> str:
+def with_backing(xml: str, chains: dict[str, list[Path]], *, relabel: bool = False) -> str:
     """``xml`` with each disk's backing chain spelled out (formats named), every
-    repository file marked ``relabel='no'``: libvirt must not chown them."""
+    repository file marked ``relabel='no'``: libvirt must not chown them (``relabel``:
+    kvmops' own opened copies of a store-backed repository's files, labelled as usual)."""
     root = etree.fromstring(xml.encode())
     for disk in root.findall("devices/disk"):
         target = disk.find("target")
@@ -200,7 +205,8 @@ def with_backing(xml: str, chains: dict[str, list[Path]]) -> str:
             store = etree.Element("backingStore", type="file")
             etree.SubElement(store, "format", type="qcow2")
             src = etree.SubElement(store, "source", file=str(path))
-            etree.SubElement(src, "seclabel", model="dac", relabel="no")
+            if not relabel:
+                etree.SubElement(src, "seclabel", model="dac", relabel="no")
             parent.insert(index, store)
             parent, index = store, len(store)
         parent.insert(index, etree.Element("backingStore"))
@@ -233,19 +239,47 @@ def _readable_by_qemu(files: list[Path]) -> None:
                                hint=f"run 'chmod o+r {path}' (kvmops writes them 0644)")
 
 
-def prepare(host: Host, repo_path: Path, vm: str, at: str | None, new_name: str,
-            images_dir: Path | None, *, uri: str | None = None,
+def _opened_copy(repo: Repository, vm: str, point: Manifest, by_id: dict[str, Manifest],
+                 target: str, work: Path) -> Repository:
+    """A store-backed repository's chain of ``target`` opened (authenticated, decrypted)
+    into ``work``, a plain layout that outlives the command (QEMU reads it until the copy
+    ends); a plain repository is read in place."""
+    from kvmops.backup.storerepo import FetchedView, StoreRepository
+
+    if not isinstance(repo, StoreRepository):
+        return repo
+    work.mkdir(mode=0o711, exist_ok=True)  # libvirt-qemu may pass, not list
+    view = FetchedView(work, repo)
+    for manifest in disk_chain(by_id, point.id, target):
+        record = manifest.disk(target)
+        dst = view.backups_dir(vm) / manifest.id / record.file
+        for parent in reversed(dst.relative_to(work).parents):
+            (work / parent).mkdir(mode=0o711, exist_ok=True)
+        repo.get_data(repo.data_key(vm, manifest.id, record.file), dst)
+        dst.chmod(0o600)  # plaintext: libvirt gives it to libvirt-qemu for the VM alone
+    return view
+
+
+def prepare(host: Host, repo_path: Path | Repository, vm: str, at: str | None,
+            new_name: str, images_dir: Path | None, *, uri: str | None = None,
             bandwidth: int | None = None) -> InstantRecord:
     """Overlays on the point's chains and the new VM defined on them (not started)."""
     chains: dict[str, list[Path]] = {}
     made: list[InstantDisk] = []
+    target_dir = policy().new_images_dir(images_dir, trusted=True)
+    work = target_dir / f".{new_name}-backup"
+    copies = False
 
     def make_disk(repo: Repository, src_vm: str, point: Manifest,
                   by_id: dict[str, Manifest], target: str, dst: Path) -> RestoredDisk:
-        _top, chain = checked_chain(repo, src_vm, point, by_id, target)
-        files = [Path(os.path.realpath(repo.backups_dir(src_vm) / m.id / m.disk(target).file))
+        nonlocal copies
+        local = _opened_copy(repo, src_vm, point, by_id, target, work)
+        copies = local is not repo
+        _top, chain = checked_chain(local, src_vm, point, by_id, target)
+        files = [Path(os.path.realpath(local.backups_dir(src_vm) / m.id / m.disk(target).file))
                  for m in reversed(chain)]
-        _readable_by_qemu(files)
+        if not copies:
+            _readable_by_qemu(files)
         info = qemuimg.create(dst, None, "qcow2", backing=files[0], backing_fmt="qcow2")
         chains[target] = files
         made.append(InstantDisk(target=target, overlay=str(dst),
@@ -253,12 +287,20 @@ def prepare(host: Host, repo_path: Path, vm: str, at: str | None, new_name: str,
                                 backups=[m.id for m in chain], size=info.virtual_size))
         return RestoredDisk(target=target, path=str(dst), chain=[m.id for m in chain])
 
-    result = restore_new_vm(host, repo_path, vm, at, new_name, images_dir,
-                            make_disk=make_disk,
-                            finish_xml=lambda xml: with_backing(xml, chains))
-    record = InstantRecord(vm=new_name, source_vm=vm, repo=str(repo_path),
+    try:
+        result = restore_new_vm(host, repo_path, vm, at, new_name, target_dir,
+                                make_disk=make_disk,
+                                finish_xml=lambda xml: with_backing(xml, chains,
+                                                                    relabel=copies))
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    location = ((getattr(repo_path, "location", None) or repo_path.root)
+                if isinstance(repo_path, Repository) else repo_path)
+    record = InstantRecord(vm=new_name, source_vm=vm, repo=str(location),
                            backup_id=result.backup_id, uri=uri, bandwidth=bandwidth,
-                           disks=made, notes=result.notes)
+                           disks=made, notes=result.notes,
+                           work_dir=str(work) if copies else None)
     save(record)
     return record
 
@@ -283,7 +325,14 @@ def discard(host: Host, record: InstantRecord) -> None:
     for disk in record.disks:
         with contextlib.suppress(OSError):
             os.unlink(disk.overlay)
+    _drop_work(record)
     forget(record.vm)
+
+
+def _drop_work(record: InstantRecord) -> None:
+    """The opened copies of a store-backed repository's chains, once nothing reads them."""
+    if record.work_dir:
+        shutil.rmtree(record.work_dir, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ progress
@@ -316,6 +365,7 @@ def status(host: Host, record: InstantRecord) -> InstantStatus:
         record.state = InstantState.COMPLETED
         record.finished = datetime.now(UTC)
         record.message = "every disk is standalone"
+        _drop_work(record)
     return InstantStatus(record=record, vm_running=running, disks=disks,
                          done=sum(d.done for d in disks), total=sum(d.total for d in disks))
 
@@ -390,7 +440,7 @@ def _offline_pull(record: InstantRecord, disk: InstantDisk) -> None:
     if info.backing_filename:
         # The chain the overlay names is checked again before qemu-img follows it.
         found = [str(link.path) for link in inspect(
-            overlay, "qcow2", within=[Path(os.path.realpath(record.repo))],
+            overlay, "qcow2", within=[Path(os.path.realpath(record.work_dir or record.repo))],
             trusted_top=True, force_share=False).links[1:]]
         if found != disk.chain:
             raise BackupInconsistentError(

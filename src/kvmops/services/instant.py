@@ -12,10 +12,11 @@ from pathlib import Path
 
 from kvmops.backup import instant
 from kvmops.backup.instant import InstantRecord, InstantState, InstantStatus
-from kvmops.errors import KvmopsError, UnsupportedError
+from kvmops.errors import KvmopsError
 from kvmops.host.connection import Host
+from kvmops.paths import policy
 from kvmops.services.audit import audited
-from kvmops.services.backups import check_restore
+from kvmops.services.backups import open_existing
 from kvmops.services.caller import Caller
 from kvmops.services.jobs import CliJob, track
 
@@ -34,26 +35,21 @@ def _reporter(job: CliJob, progress: StatusFn | None) -> StatusFn:
     return report
 
 
-def _plain_only(key_file: str | Path | None) -> None:
-    if key_file is not None:
-        raise UnsupportedError(
-            "instant recovery reads a plain local repository's chain in place; this "
-            "repository needs a key",
-            hint="restore with --new-vm (a full restore) for now")
-
-
 @audited("backup.instant", target="new_vm")
 def start(caller: Caller, uri: str | None, repo: str | Path, vm: str, at: str | None,
           new_vm: str, *, images_dir: str | Path | None = None, bandwidth: int | None = None,
           detach: bool = False, key_file: str | Path | None = None,
-          progress: StatusFn | None = None, note: NoteFn | None = None) -> InstantStatus:
+          passphrase: str | None = None, progress: StatusFn | None = None,
+          note: NoteFn | None = None) -> InstantStatus:
     """Define ``new_vm`` on overlays of backup ``at`` of ``vm``, start it and pull the
     data into the overlays (``bandwidth`` bytes/s); follow until done unless ``detach``
-    (QEMU goes on alone: see :func:`resume`)."""
-    _plain_only(key_file)
-    checked_repo, _target, directory = check_restore(caller, repo, images_dir=images_dir)
+    (QEMU goes on alone: see :func:`resume`). A plain repository's chain is read in
+    place; a store-backed one's (encrypted, zstd, remote) is opened next to the images
+    first, with its key (without it nothing is written)."""
+    opened = open_existing(caller, repo, key_file=key_file, passphrase=passphrase)
+    directory = policy().new_images_dir(images_dir, trusted=caller.trusted_paths)
     with track(caller, "backup.instant", new_vm) as job, Host(uri) as host:
-        record = instant.prepare(host, checked_repo, vm, at, new_vm, directory, uri=uri,
+        record = instant.prepare(host, opened, vm, at, new_vm, directory, uri=uri,
                                  bandwidth=bandwidth)
         try:
             instant.start(host, record)

@@ -12,13 +12,14 @@ from pydantic import Field
 
 from kvmops.api.context import ApiContext
 from kvmops.api.deps import Ctx, HostUri, OperatorCaller, ViewerCaller, VmNameDep
+from kvmops.api.routes.backups import Repo, RepoKey
 from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
 from kvmops.api.runner import JobCancelled, JobContext
 from kvmops.api.validators import AbsolutePath, Rate, VmName
 from kvmops.backup import instant as instant_ops
 from kvmops.errors import KvmopsError
 from kvmops.services import instant
-from kvmops.services.backups import check_restore
+from kvmops.services.backups import open_existing
 from kvmops.services.caller import Caller
 from kvmops.services.instant import InstantStatus
 
@@ -26,8 +27,8 @@ router = APIRouter(tags=["backups"])
 log = logging.getLogger(__name__)
 
 
-class InstantBody(Body):
-    repo: AbsolutePath
+class InstantBody(RepoKey):
+    repo: Repo
     at: str | None = Field(default=None, max_length=64,
                            description="backup id; default the newest")
     new_vm: VmName
@@ -70,12 +71,12 @@ def start(caller: OperatorCaller, name: VmNameDep, body: InstantBody, ctx: Ctx,
           uri: HostUri, response: Response) -> JobAccepted:
     """Start ``new_vm`` at once on overlays of a backup point of VM ``name``; the job
     follows the background copy to its end (its progress in bytes)."""
-    check_restore(caller, body.repo, images_dir=body.images_dir)
+    open_existing(caller, body.repo, **body.secret())  # refused here, before the job
 
     def run(job: JobContext) -> dict[str, Any]:
         return _follow(job, uri, body.new_vm, lambda progress: instant.start(
             caller, uri, body.repo, name, body.at, body.new_vm, images_dir=body.images_dir,
-            bandwidth=body.bandwidth, progress=progress, note=job.note))
+            bandwidth=body.bandwidth, progress=progress, note=job.note, **body.secret()))
 
     return accepted(ctx.runner.submit("backup.instant", body.new_vm, caller.name, run),
                     response)
