@@ -193,15 +193,15 @@ def test_file_digest_is_chunked_and_sensitive(tmp_path: Path,
     path = tmp_path / "f.bin"
     path.write_bytes(data * 3)
     monkeypatch.setattr(repository, "HASH_PIECE", 1024 * 1024)  # three pieces
-    digest = repository.sha256_file(path)
+    digest = repository.sha256_64m_file(path)
     assert digest.startswith("sha256-64m:") and len(digest) == len("sha256-64m:") + 64
-    assert repository.sha256_file(path) == digest
+    assert repository.sha256_64m_file(path) == digest
     changed = bytearray(data * 3)
     changed[2 * 1024 * 1024 + 5] ^= 1
     path.write_bytes(bytes(changed))
-    assert repository.sha256_file(path) != digest
+    assert repository.sha256_64m_file(path) != digest
     path.write_bytes(data * 3 + b"x")
-    assert repository.sha256_file(path) != digest
+    assert repository.sha256_64m_file(path) != digest
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
-    assert repository.sha256_file(empty).startswith("sha256-64m:")
+    assert repository.sha256_64m_file(empty).startswith("sha256-64m:")

@@ -31,7 +31,7 @@ class DiskRecord(BaseModel):
     parent: str | None  # backup id holding this disk's previous link, None for a full
     virtual_size: int
     bytes_written: int  # allocated bytes of the backup file
-    sha256: str  # 'sha256-64m:HEX' (see repository.sha256_file)
+    sha256: str  # "blake3:HEX" (older: "sha256-64m:HEX", bare sha256); repository.digest_matches
 
 
 class Manifest(BaseModel):
