@@ -1,7 +1,8 @@
 """File-level restore benchmark: one file out of a backup point vs the whole disk.
 
 Same run, same machine, same backup point (an offline full backup of a shut-off VM whose
-1 GiB disk holds an MBR partition table and ext4 with DATA MiB of random files):
+disk of DATA + 512 MiB holds an MBR partition table and ext4 with DATA MiB of random
+files):
 
 1. ``kvmops backup restore-file`` of a 4 KiB file and of a 64 MiB file (the whole
    command: CLI start-up, chain check, qemu-storage-daemon FUSE export, loop device,
@@ -76,12 +77,13 @@ def make_disk(work: Path, data_mib: int) -> Path:
         left -= size
         index += 1
     raw = work / "disk.raw"
+    disk_mib = data_mib + 512
     with open(raw, "wb") as fh:
-        fh.truncate(1024 * MiB)
+        fh.truncate(disk_mib * MiB)
     subprocess.run(["parted", "-s", str(raw), "mklabel", "msdos", "mkpart", "primary",
                     "ext4", "1MiB", "100%"], check=True)
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(content), "-E", "offset=1048576",
-                    str(raw), "1023M"], check=True)
+                    str(raw), f"{disk_mib - 1}M"], check=True)
     image = work / "vda.qcow2"
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(image)],
                    check=True)
@@ -173,8 +175,10 @@ def main() -> None:
         "## File-level restore (`bench/file_restore_bench.py`)",
         "",
         f"{datetime.now(UTC):%Y-%m-%d}, {platform.node()}, {os.cpu_count()} cores, "
-        f"QEMU 7.2 qemu-storage-daemon; one offline full backup of a 1 GiB disk (MBR + ext4) "
-        f"holding {args.data_mib} MiB of random files; page cache warm; median of {RUNS}.",
+        f"QEMU 7.2 qemu-storage-daemon; one offline full backup of a "
+        f"{args.data_mib + 512} MiB disk (MBR + ext4) holding {args.data_mib} MiB of random "
+        f"files; page cache warm; median of {RUNS}; the host shared with other work (load "
+        f"{os.getloadavg()[0]:.0f}).",
         "",
         "| operation | time | vs whole-disk restore |",
         "| --- | --- | --- |",
