@@ -165,9 +165,19 @@ def test_too_few_writes_measure_nothing(repo: Repository) -> None:
     domain = FakeDomain()
     domain.write(1000, 0.5)
     watch = fleecing.LatencyWatch(domain, ["vda"])
-    domain.write(fleecing.MIN_WRITES - 1, 50.0)
+    domain.write(fleecing.MIN_WRITES - 1, 10.0)  # 0.49 s in all: noise
     assert watch.finish(repo, "vm1", "B1", False, lambda _m: None) is None
     assert fleecing.latency_record(repo, "vm1") == {}
+
+
+def test_a_few_stalled_writes_are_a_measurement(repo: Repository) -> None:
+    domain = FakeDomain()
+    domain.write(1000, 0.5)
+    watch = fleecing.LatencyWatch(domain, ["vda"])
+    domain.write(3, 3000.0)  # three writes that took 3 s each
+    found = watch.finish(repo, "vm1", "B1", False, lambda _m: None)
+    assert found is not None and found.ratio > 1000
+    assert fleecing.choose("auto", repo, "vm1", None, 0, lambda _m: None) is not None
 
 
 def test_no_room_for_the_scratch(repo: Repository, tmp_path: Path) -> None:

@@ -59,7 +59,8 @@ from kvmops.images import qemuimg
 
 MODES = ("auto", "on", "off")
 DEGRADED_RATIO = 2.0  # guest write latency during / before a backup that calls for fleecing
-MIN_WRITES = 50  # fewer guest writes than this (before, or during) measure nothing
+MIN_WRITES = 50  # fewer guest writes than this (before, or during) measure nothing...
+STALLED_NS = 1_000_000_000  # ...unless the guest's writes waited this long in all
 RUN_PREFIX = "kvmops-fleece-"
 # NBD sockets live apart from the scratch: a unix socket's path has at most 107 bytes.
 SOCKET_ROOT = Path("/run/kvmops-fleece")
@@ -273,7 +274,9 @@ class LatencyWatch:
                 continue
             ops0, ns0 = ops0 + first.operations, ns0 + first.total_ns
             ops, ns = ops + last.operations - first.operations, ns + last.total_ns - first.total_ns
-        if ops < MIN_WRITES or ops0 < MIN_WRITES:
+        # A backup that stalls the guest's writes lets few of them complete: a second spent
+        # waiting in writes is a measurement too.
+        if ops0 < MIN_WRITES or ops == 0 or (ops < MIN_WRITES and ns < STALLED_NS):
             return None
         found = Latency(backup_id, ops, round(ns0 / ops0 / 1e6, 3), round(ns / ops / 1e6, 3))
         record = latency_record(repo, vm)
