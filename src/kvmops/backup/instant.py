@@ -128,7 +128,7 @@ def save(record: InstantRecord) -> None:
     path = record_path(record.vm)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
         fh.write(record.model_dump_json(indent=2))
         fh.flush()
         os.fsync(fh.fileno())
@@ -161,8 +161,9 @@ def all_records() -> list[InstantRecord]:
 
 
 def forget(vm: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        record_path(vm).unlink()
+    for path in (record_path(vm), records_dir() / f".{vm}.lock"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 @contextlib.contextmanager
