@@ -142,3 +142,27 @@ def test_a_failing_run_is_retried_then_reported(
     # run-now of it exits non-zero naming the run's state.
     result = run_cli("backup", "schedule", "run-now", str(added["id"]), env=env)
     assert result.code != 0 and "not found" in result.stderr
+
+
+def test_a_tag_schedule_covers_the_vms_tagged(scheduled_vm: str, repo_dir: Path,
+                                              db_env: dict[str, str]) -> None:
+    """``vm tag add`` records the tag in the VM's definition; a ``--tag`` schedule backs
+    up each VM carrying it at the next slot."""
+    vm = scheduled_vm
+    tag = f"sched{SESSION_PREFIX.replace('-', '')}"[:60]
+    added = run_cli("vm", "tag", "add", vm, tag, "nightly")
+    assert added.code == 0, added.stderr
+    listed = run_cli("vm", "tag", "list", vm, "--json")
+    assert json.loads(listed.stdout) == {vm: sorted(["nightly", tag])}
+    schedule = cli_json(db_env, "add", "--tag", tag, "--repo", str(repo_dir), "--every",
+                        "@hourly", "--keep-last", "2")
+    assert (schedule["vm"], schedule["tag"]) == (None, tag)
+    t = next_hour()
+    (run,) = cli_json(db_env, "run-due", "--now", iso(t))
+    assert (run["vm"], run["result"]) == (vm, "ok")
+    assert [p["id"] for p in list_backups(vm, repo_dir)] == [run["backup_id"]]
+    removed = run_cli("vm", "tag", "remove", vm, tag)
+    assert removed.code == 0, removed.stderr
+    assert cli_json(db_env, "run-due", "--now", iso(t + timedelta(hours=1))) == []
+    by_tag = run_cli("vm", "tag", "list", "--tag", "nightly", "--json")
+    assert vm in json.loads(by_tag.stdout)

@@ -352,14 +352,36 @@ def test_metrics_of_a_schedule(db: Store, clock: FakeClock, tmp_path: Path) -> N
         clock.now.timestamp()
 
 
-def test_a_tag_schedule_is_refused_until_vms_have_tags(db: Store, clock: FakeClock,
+def test_a_tag_schedule_runs_each_vm_carrying_the_tag(db: Store, clock: FakeClock,
                                                       tmp_path: Path) -> None:
-    from kvmops.errors import UnsupportedError
-
-    with pytest.raises(UnsupportedError, match="tags are not supported"):
-        svc.add(db, ROOT, svc.ScheduleSpec(tag="web", repo=str(tmp_path / "r"),
+    """One run per VM with the tag at each slot (the VMs are looked up at each pass)."""
+    fake = FakeBackups()
+    tagged = {"nightly": ["web1", "web2"]}
+    sched = svc.Scheduler(db, clock=clock, execute=fake,
+                          resolve=lambda s: tagged.get(s.tag or "", []),
+                          cfg=svc.SchedulerSettings(per_repository=5, per_host=5))
+    svc.add(db, ROOT, svc.ScheduleSpec(tag="nightly", repo=str(tmp_path / "r"),
+                                       cron="@hourly", keep_last=1), clock=clock)
+    clock.advance(hours=1)
+    assert sorted((r.vm, r.result) for r in sched.run_due()) == [("web1", "ok"),
+                                                                 ("web2", "ok")]
+    tagged["nightly"] = ["web2", "web3"]
+    clock.advance(hours=1)
+    assert sorted(r.vm for r in sched.run_due()) == ["web2", "web3"]
+    with pytest.raises(ValidationError, match="not a tag"):
+        svc.add(db, ROOT, svc.ScheduleSpec(tag="a b", repo=str(tmp_path / "r"),
                                            cron="@daily", keep_last=1), clock=clock)
-    assert svc.list_schedules(db) == []
+
+
+def test_tags_live_in_kvmops_metadata_element() -> None:
+    from kvmops.vm import tags
+
+    xml = ("<domain><name>x</name><metadata><kvmopstags:tags xmlns:kvmopstags="
+           f"'{tags.TAGS_NS}'><kvmopstags:tag name='web'/><kvmopstags:tag name='a'/>"
+           "<kvmopstags:tag name='bad tag'/></kvmopstags:tags></metadata></domain>")
+    assert tags.parse_tags(xml) == ["a", "web"]
+    assert tags.parse_tags("<domain><name>x</name></domain>") == []
+    assert tags.tags_xml(["web", "a", "web"]) == '<tags><tag name="a"/><tag name="web"/></tags>'
 
 
 def test_the_server_thread_runs_due_slots_and_stops(db: Store, clock: FakeClock,

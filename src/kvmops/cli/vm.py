@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from kvmops.cli import quick, vmconfig, vmdisk, vmnic
+from kvmops.cli import quick, vmconfig, vmdisk, vmnic, vmtag
 from kvmops.cli.common import (
     HostFilesOption,
     HostOption,
@@ -296,6 +296,7 @@ def clone_cmd(source: str = NameArg,
 
 app.add_typer(vmdisk.app, name="disk")
 app.add_typer(vmnic.app, name="nic")
+app.add_typer(vmtag.app, name="tag")
 vmconfig.register(app)
 
 from kvmops.cli import migrate as _migrate  # noqa: E402  (vm migrate)

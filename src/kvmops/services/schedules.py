@@ -52,7 +52,6 @@ from kvmops.errors import (
     KvmopsError,
     NotFoundError,
     PathRefusedError,
-    UnsupportedError,
     ValidationError,
 )
 from kvmops.services.audit import audited
@@ -239,8 +238,9 @@ def add(store_: Store, caller: Caller, spec: ScheduleSpec, *, clock: Clock = utc
     if (spec.vm is None) == (spec.tag is None):
         raise ValidationError("give a VM or --tag TAG (one of them)")
     if spec.tag is not None:
-        tagged_vms(ScheduleRow(id=0, **{**spec.model_dump(), "created_at": clock(),
-                                        "updated_at": clock(), "created_by": None}))
+        from kvmops.vm.tags import check_tag
+
+        check_tag(spec.tag)
     if spec.full_every is not None and spec.full_every < 1:
         raise ValidationError("--full-every must be at least 1")
     spec = spec.model_copy(update={
@@ -330,7 +330,9 @@ class Scheduler:
     def targets(self, schedule: ScheduleRow) -> list[str]:
         if schedule.vm is not None:
             return [schedule.vm]
-        return (self.resolve or tagged_vms)(schedule)
+        if self.resolve is not None:
+            return self.resolve(schedule)
+        return tagged_vms(schedule, host_uri(self.db, schedule.host))
 
     def claim_due(self, now: datetime) -> list[RunRow]:
         """Insert the newest due slot of each schedule and VM (one, even after downtime);
@@ -533,10 +535,11 @@ def host_uri(db: Store, host: str) -> str | None:
     return hosts.get(db, host).uri
 
 
-def tagged_vms(schedule: ScheduleRow) -> list[str]:
-    """The VMs carrying the schedule's tag (VM tags do not exist in kvmops yet)."""
-    raise UnsupportedError(f"VM tags are not supported yet (tag '{schedule.tag}')",
-                           hint="add one schedule per VM")
+def tagged_vms(schedule: ScheduleRow, uri: str | None = None) -> list[str]:
+    """The VMs carrying the schedule's tag now (``kvmops vm tag``)."""
+    from kvmops.services import vm_tags
+
+    return vm_tags.vms_with_tag(uri, schedule.tag or "")
 
 
 # The child process ---------------------------------------------------------------------------
