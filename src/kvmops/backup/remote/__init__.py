@@ -27,9 +27,13 @@ from __future__ import annotations
 import posixpath
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from kvmops.errors import PathRefusedError, ValidationError
+
+if TYPE_CHECKING:
+    from kvmops.backup.store import ObjectStore
 
 SCHEMES = ("sftp", "s3")
 _PARAMS = {"sftp": ("identity", "known_hosts"), "s3": ("endpoint", "region", "profile")}
@@ -168,3 +172,27 @@ def check_remote_url(text: str, *, trusted: bool) -> str:
         return str(url)
     raise PathRefusedError(f"remote repository {url} is not in the allowed remote "
                            "repositories", hint=ALLOW_HINT)
+
+
+def _open_sftp(url: str) -> ObjectStore:
+    from kvmops.backup.remote.sftp import SftpStore
+
+    return SftpStore(url)
+
+
+def _open_s3(url: str) -> ObjectStore:
+    from kvmops.backup.remote.s3 import S3Store
+
+    return S3Store(url)
+
+
+def _register() -> None:
+    """Register the schemes with :mod:`kvmops.backup.store` (it imports this package on
+    the first remote URL); paramiko and boto3 load only when a store is opened."""
+    from kvmops.backup.store import register_scheme
+
+    register_scheme("sftp", _open_sftp)
+    register_scheme("s3", _open_s3)
+
+
+_register()
