@@ -403,3 +403,11 @@ def test_the_server_thread_runs_due_slots_and_stops(db: Store, clock: FakeClock,
         thread.stop(grace=30)
     assert not thread._thread.is_alive()
     assert [(r.result, r.backup_id) for r in svc.runs(db)] == [("ok", "b1")]
+
+
+def test_a_schedule_names_a_known_host(db: Store, clock: FakeClock, tmp_path: Path) -> None:
+    from kvmops.errors import NotFoundError
+
+    with pytest.raises(NotFoundError, match="nohost"):
+        add(db, clock, tmp_path, host="nohost")
+    assert add(db, clock, tmp_path).host == "local"

@@ -248,6 +248,7 @@ def add(store_: Store, caller: Caller, spec: ScheduleSpec, *, clock: Clock = utc
         "key_file": check_key_file(caller, spec.key_file),
         "compress": check_compress(spec.compress)})
     _zone(spec.timezone)
+    host_uri(store_, spec.host)  # a host kvmops knows (NotFoundError otherwise)
     spec.retention().validate_policy()  # a schedule without retention fills the disk
     row = store.add(store_, spec.model_dump(), caller.name, now=clock())
     return _view(store_, row)

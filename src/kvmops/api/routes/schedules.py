@@ -37,6 +37,8 @@ class ScheduleBody(Body):
     key_file: str | None = Field(None, max_length=1024,
                                  description="path of the repository's key file (in the "
                                              "state directory's keys/); never the key")
+    host: str = Field("local", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                      description="the host the VM runs on ('local': this server's)")
     enabled: bool = True
 
 
