@@ -42,6 +42,7 @@ def main() -> int:
             freeze=bool(raw.get("freeze", True)), speed=raw.get("speed"),
             compress=raw.get("compress") or False, encrypt=bool(raw.get("encrypt")),
             key_file=raw.get("key_file"), passphrase=raw.get("passphrase"),
+            fleecing=raw.get("fleecing"),
             progress=lambda done, total: _emit({"progress": [done, total]}),
             note=lambda text: _emit({"note": text}))
         _emit({"result": manifest.model_dump(mode="json", exclude={"domain_xml"})})

@@ -70,6 +70,10 @@ class BackupBody(RepoKey):
                                    "zstd:LEVEL: a zstd repository (chosen at its first backup)")
     encrypt: bool = Field(default=False, description="encrypt the repository from its first "
                                                      "backup (with key_file or passphrase)")
+    fleecing: Literal["auto", "on", "off"] = Field(
+        default="auto", description="copy-before-write into a local scratch image (libvirt "
+                                    "pull mode); auto: when the repository or a measured "
+                                    "slowdown calls for it (docs/concepts/backup-fleecing.md)")
 
 
 class RestoreBody(RepoKey):
@@ -166,7 +170,7 @@ def create_backup(caller: OperatorCaller, name: VmNameDep, body: BackupBody, ctx
                "disks": body.disks,
                "exclude": body.exclude, "freeze": body.freeze, "speed": body.speed,
                "compress": body.compress, "encrypt": body.encrypt, **body.secret(),
-               "uri": uri}
+               "uri": uri, "fleecing": body.fleecing}
     return accepted(ctx.runner.submit("backup.create", name, caller.name,
                                       lambda job: run_backup_process(job, request)), response)
 
