@@ -478,3 +478,7 @@ backup_files.register(app)
 from kvmops.cli import backup_drill  # noqa: E402  (drill, drills)
 
 backup_drill.register(app)
+
+from kvmops.cli import backup_replicate  # noqa: E402  (replicate)
+
+backup_replicate.register(app)
