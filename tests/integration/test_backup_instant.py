@@ -84,10 +84,10 @@ def _region(vm: str, skip_mib: int, count_mib: int) -> str:
                         "2>/dev/null | sha256sum").split()[0]
 
 
-def _wait_agent(host: Host, vm: str, follower: subprocess.Popen[str]) -> None:
+def _wait_agent(host: Host, vm: str, follower: subprocess.Popen[str] | None = None) -> None:
     deadline = time.monotonic() + BOOT_BOUND_S
     while not (host.has_domain(vm) and ping_agent(Domain.of(host.lookup(vm)), timeout=2)):
-        assert follower.poll() is None, follower.communicate()
+        assert follower is None or follower.poll() is None, follower.communicate()
         assert time.monotonic() < deadline, f"VM {vm} did not boot in {BOOT_BOUND_S}s"
         time.sleep(0.5)
 
@@ -194,3 +194,39 @@ def test_instant_recovery_boots_before_the_copy_ends(source_vm: str, host: Host,
         assert compare.returncode == 0, compare.stdout + compare.stderr
 
     assert _repo_state(repo_dir) == before  # never written, chowned or labelled
+
+
+def test_instant_recovery_from_an_encrypted_repository(source_vm: str, host: Host,
+                                                       repo_dir: Path, images_dir: Path,
+                                                       tmp_path: Path) -> None:
+    """The chain is opened (authenticated, decrypted) next to the images for QEMU, only
+    with the key, and removed when the copy ends."""
+    vm = source_vm
+    key = tmp_path / "repo.key"
+    write_random(vm, 30, 4)
+    expected = disk_hash(vm)
+    point = str(backup(vm, repo_dir, "--full", "--encrypt", "--key-file", str(key))["id"])
+    new = f"{SESSION_PREFIX}instx"
+    work = images_dir / f".{new}-backup"
+    args = ("backup", "restore", vm, "--repo", str(repo_dir), "--at", point, "--instant",
+            "--new-vm", new, "--images-dir", str(images_dir))
+
+    with _recovered(host, new):
+        refused = run_cli(*args)
+        assert refused.code != 0 and "Traceback" not in refused.stderr, refused.stderr
+        assert not host.has_domain(new) and not work.exists()
+        assert not (images_dir / f"{new}-vda.qcow2").exists()
+
+        started = run_cli(*args, "--key-file", str(key), "--detach", "--bandwidth", SLOW)
+        assert started.code == 0, started.stderr
+        assert work.is_dir()
+        _wait_agent(host, new)
+        job = _pull_job(host, new)
+        assert job.get("type") == libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_PULL, job
+        assert _region(new, 30, 4) == _region(vm, 30, 4)
+
+        done = run_cli("backup", "instant", "resume", new, "--bandwidth", "0", "--json")
+        assert done.code == 0, done.stderr
+        assert json.loads(done.stdout)["record"]["state"] == "completed"
+        assert not work.exists()  # the opened copies are gone with the copy's end
+        assert disk_hash(new) == expected
