@@ -445,11 +445,21 @@ class Scheduler:
 
     def _attempt(self, run: RunRow) -> None:
         try:
+            self._attempt_run(run)
+        except KvmopsError as err:  # the database failed: the heartbeat goes stale and a
+            log.warning("schedule run %s: %s", run.id, err)  # later pass retries it
+
+    def _attempt_run(self, run: RunRow) -> None:
+        try:
             schedule = store.get(self.db, run.schedule_id)
         except NotFoundError:
             return  # removed meanwhile (its runs went with it)
-        job = Job(schedule=schedule, run=run, full=self._full(schedule, run.vm),
-                  uri=host_uri(self.db, schedule.host))
+        try:
+            uri = host_uri(self.db, schedule.host)
+        except NotFoundError as err:  # the host was removed: a failed attempt
+            self._failed(run, str(err))
+            return
+        job = Job(schedule=schedule, run=run, full=self._full(schedule, run.vm), uri=uri)
         stop = threading.Event()
         beat = threading.Thread(target=self._beat, args=(run.id, stop), daemon=True)
         beat.start()
@@ -654,7 +664,9 @@ class SchedulerThread:
                 if self._reload:
                     self.scheduler.cfg = SchedulerSettings.from_settings()
                 self.scheduler.run_due(wait=False)
-            except Exception:  # a bad pass (database down) must not end the scheduler
+            except KvmopsError as err:  # the database is down or busy: the next pass
+                log.warning("backup scheduler pass failed: %s", err)
+            except Exception:  # a bug must not end the scheduler either
                 log.exception("backup scheduler pass failed")
             self._stop.wait(self.tick)
 
