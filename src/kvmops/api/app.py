@@ -164,6 +164,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     from kvmops.api.routes import drills  # restore drills (a job) and their signed log
 
     api.include_router(drills.router)
+    api.include_router(importlib.import_module("kvmops.api.routes.replication").router)
     app.include_router(api)
     from kvmops.api.routes import metrics  # GET /metrics (Prometheus, viewer)
 
