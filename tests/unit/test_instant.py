@@ -96,3 +96,24 @@ def test_opened_copies_are_labelled_as_usual() -> None:
     source = store.find("source")
     assert source is not None and source.get("file") == str(chain[0])
     assert source.find("seclabel") is None
+
+
+def test_serve_start_up_resumes_unfinished_recoveries() -> None:
+    """kvmops serve submits one job per recovery left pulling (none for the others)."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from kvmops.api.routes.instant import resume_at_startup
+
+    instant.save(_record("left"))
+    instant.save(_record("done", InstantState.COMPLETED))
+    instant.save(_record("stopped", InstantState.CANCELLED))
+    submitted: list[tuple[str, str | None, str | None]] = []
+
+    def submit(kind: str, target: str | None, user: str | None, fn: Any) -> None:
+        submitted.append((kind, target, user))
+
+    ctx = SimpleNamespace(settings=SimpleNamespace(uri=None),
+                          runner=SimpleNamespace(submit=submit))
+    assert resume_at_startup(ctx) == ["left"]  # type: ignore[arg-type]
+    assert submitted == [("backup.instant", "left", "kvmops-serve")]
