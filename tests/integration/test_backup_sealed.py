@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from kvmops.errors import KeyRequiredError, NotFoundError
+from kvmops.backup.storerepo import point_images
+from kvmops.errors import KeyRequiredError, NotFoundError, ValidationError
 from tests.conftest import assert_one_line_error, run_cli
 from tests.integration.backup_util import backup, disk_hash, guest_sh, image_hash, write_random
 
@@ -100,6 +101,12 @@ def test_encrypted_chain_lists_and_restores_with_the_key(chain: Chain, tmp_path:
     for index, backup_id in enumerate(chain.ids):
         assert restore_to(chain, backup_id, tmp_path / f"r{index}", chain.key) \
             == chain.hashes[backup_id]
+    # File-level restore and instant recovery open a point through point_images.
+    with point_images(chain.repo, chain.vm, chain.ids[1], key_file=chain.key) as (point,
+                                                                                    tops):
+        assert point.id == chain.ids[1] and list(tops) == ["vda"]
+        assert image_hash(tops["vda"]) == chain.hashes[chain.ids[1]]
+    assert not tops["vda"].exists()
     # Nothing readable is stored: no qcow2 header, no JSON manifest, and no plaintext
     # left in the work directory.
     data = [p for p in stored_files(chain.repo) if p.name == "vda.qcow2"]
@@ -221,3 +228,12 @@ def test_zstd_repository_round_trip_is_smaller(guest: str, backups_dir: Path,
     finally:
         shutil.rmtree(plain, ignore_errors=True)
         shutil.rmtree(packed, ignore_errors=True)
+
+
+def test_qcow2_compression_is_refused_on_a_sealed_repository(backups_dir: Path,
+                                                             tmp_path: Path) -> None:
+    repo = backups_dir / f"refused-{os.getpid()}"
+    result = run_cli("backup", "create", "no-such-vm", "--repo", str(repo), "--encrypt",
+                     "--key-file", str(tmp_path / "k"), "--compress")
+    assert_one_line_error(result, ValidationError.exit_code, "bare --compress")
+    assert not repo.exists() and not (tmp_path / "k").exists()

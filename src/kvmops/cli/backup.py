@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
+from typer.core import TyperCommand
 
 from kvmops.backup.store import is_remote_url
 from kvmops.cli.common import HostFilesOption, HostOption, JsonOption, UriOption, from_cwd, on_host
@@ -57,7 +59,20 @@ def register(root: typer.Typer) -> None:
     root.add_typer(app, name="backup")
 
 
-@app.command("create")
+class _BareCompress(TyperCommand):
+    """``--compress`` with an optional value: bare, it keeps its old meaning (qcow2's
+    compressed clusters); ``--compress zstd[:LEVEL]`` makes a zstd repository. (Typer
+    passes no flag value for a text option; click's parser takes it from here.)"""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if param.name == "compress":
+                param._flag_needs_value = True  # type: ignore[attr-defined]
+                param.flag_value = "qcow2"  # type: ignore[attr-defined]
+
+
+@app.command("create", cls=_BareCompress)
 def create_cmd(
     vm: str = typer.Argument(..., help="VM name."),
     repo: str = RepoOption,
@@ -213,8 +228,8 @@ def restore_cmd(
         if to is not None or in_place:
             raise ValidationError("--instant restores as a new VM: give --new-vm, not "
                                   "--to or --in-place")
-        return instant_restore(vm, repo, at, new_vm, images_dir, bandwidth, detach, None,
-                               json_out, uri)
+        return instant_restore(vm, Path(repo), at, new_vm, images_dir, bandwidth, detach,
+                               key_file, json_out, uri)
     if bandwidth is not None or detach:
         raise ValidationError("--bandwidth and --detach go with --instant")
     if sum(x is not None and x is not False for x in (to, new_vm, in_place)) != 1:

@@ -168,12 +168,21 @@ def prepare(caller: Caller, repo: str | Path, *, compress: bool | str = False,
             ) -> tuple[Repository, bool]:
     """The repository a backup goes into (made compressed/encrypted on its first backup
     when asked) and whether its qcow2 files are compressed the old way."""
-    from kvmops.backup.storerepo import parse_compress, prepare_repository
+    from kvmops.backup.storerepo import StoreRepository, parse_compress, prepare_repository
 
     qcow2, zstd = parse_compress(compress)
+    refused = ValidationError(
+        f"repository {repo} is store-backed (encrypted, zstd or remote): qcow2's compressed "
+        "clusters (bare --compress) are for plain repositories",
+        hint="leave --compress out, or make a zstd repository with --compress zstd at its "
+             "first backup")
+    if qcow2 and (encrypt or is_remote_url(str(repo))):
+        raise refused
     opened = prepare_repository(location(caller, repo), compress=zstd, encrypt=encrypt,
                                 key_file=key_path(caller, key_file), passphrase=passphrase,
                                 note=note)
+    if qcow2 and isinstance(opened, StoreRepository):
+        raise refused
     return opened, qcow2
 
 
