@@ -16,8 +16,8 @@ Scenarios, all in the same run (ratios against the idle run of that run):
   ``--fleecing auto`` after that push run, to show which mode it picks.
 
 Run as root: ``.venv/bin/python bench/latency_bench.py [--write-readme]``. Everything lives
-under /var/lib/kvmops/bench-latency (VM prefix ``kvmops-bench-lat-``) and is removed at the
-end, even on failure. Not part of the test suite.
+under /var/lib/kvmops/bench-latency and bench-latency-images (VM prefix
+``kvmops-bench-lat-``) and is removed at the end, even on failure. Not part of the tests.
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-BASE = Path("/var/lib/kvmops/bench-latency")
-os.environ["KVMOPS_IMAGE_DIRS"] = str(BASE / "images")
+BASE = Path("/var/lib/kvmops/bench-latency")  # repositories, the slow file system
+IMAGES = Path("/var/lib/kvmops/bench-latency-images")  # the VM's disk, the scratch
+os.environ["KVMOPS_IMAGE_DIRS"] = str(IMAGES)
 os.environ["KVMOPS_BACKUP_DIRS"] = str(BASE)
 
 from kvmops.agent.benchparse import parse_fio  # noqa: E402
@@ -104,9 +105,7 @@ def slow_mount(mbps: int) -> Iterator[tuple[Path, str]]:
 def guest_vm(tag: str) -> Iterator[str]:
     guest = build_guest(settings().cache_dir / "guest")
     name = f"{PREFIX}{tag}"
-    images = BASE / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    images.chmod(0o755)
+    images = IMAGES
     try:
         kvmops("vm", "create", name, "--memory", "256M", "--vcpus", "1", "--kernel",
                str(guest.kernel), "--initrd", str(guest.initrd), "--cmdline", "console=ttyS0",
@@ -158,10 +157,11 @@ def measure(name: str, vm: str, seconds: int, backup: list[str] | None = None,
 
 
 def run(seconds: int, slow_mbps: int) -> tuple[list[Result], str]:
-    if BASE.exists():
-        shutil.rmtree(BASE)
-    BASE.mkdir(parents=True)
-    BASE.chmod(0o755)
+    for d in (BASE, IMAGES):
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        d.chmod(0o755)
     tag = f"{os.getpid():x}"
     results: list[Result] = []
     with slow_mount(slow_mbps) as (slow, loop), guest_vm(tag) as vm:
@@ -169,7 +169,7 @@ def run(seconds: int, slow_mbps: int) -> tuple[list[Result], str]:
                f"dd if=/dev/urandom of=/dev/vda bs=1M count={DATA_MIB} conv=fsync")
         sh("virsh", "blkiotune", vm, "--device-write-bytes-sec",
            f"{loop},{slow_mbps * 1000000}", "--live")
-        local, scratch = BASE / "repo", BASE / "images" / "scratch"
+        local, scratch = BASE / "repo", IMAGES / "scratch"
         for d in (local, scratch):
             d.mkdir(mode=0o755)
         common = ["--full", "--disk", "vda", "--no-freeze"]
@@ -193,7 +193,8 @@ def run(seconds: int, slow_mbps: int) -> tuple[list[Result], str]:
                 shutil.rmtree(repo)
             results.append(measure(name, vm, seconds, ["--repo", str(repo), *common, *extra],
                                    is_slow))
-    shutil.rmtree(BASE, ignore_errors=True)
+    for d in (BASE, IMAGES):
+        shutil.rmtree(d, ignore_errors=True)
     return results, os.uname().nodename
 
 
@@ -238,16 +239,19 @@ def main() -> None:
         write_marked_section(BEGIN, END, section + "\n" + ANALYSIS)
 
 
-ANALYSIS = """When fleecing helps: only when copy-before-write would wait on something slow. On the
-local disk the push job's copy-before-write writes land in the page cache and cost about
-what the fleecing image's writes cost, so a throttled (`--speed`) backup to a local
-repository slows the guest's writes alike in both modes (both are dominated by QEMU's main
-loop sharing 2 cores with a TCG guest). With a repository whose writes are slow (a network
-file system, a busy or throttled disk), each push-mode copy-before-write queues behind the
-backup's own writes and the guest's writes stall for seconds, while with fleecing they go
-to the local scratch image and stay near idle; `--fleecing auto` picks fleecing there from
-the measured slowdown of the previous push run (QEMU's write counters), or at once for a
-network or FUSE file system."""
+ANALYSIS = """When fleecing helps: only when copy-before-write would wait on something slow. With
+a local repository the push job's copy-before-write writes land in the page cache and
+cost about what the fleecing image's writes cost, and fleecing adds the copy through the
+NBD socket (QEMU's main loop, shared with a TCG guest on 2 cores), so a throttled
+(`--speed`) backup into a local repository slows the guest's writes alike or a little less
+in push mode: there fleecing buys nothing. With a repository whose writes are slow (a
+network file system, a busy or throttled disk), each push-mode copy-before-write queues
+behind the backup's own writes and the guest's writes stall for seconds (a few writes per
+second complete), while with fleecing they go to the local scratch image and stay within
+a small factor of idle. `--fleecing auto` picks fleecing there from the slowdown the
+previous push run measured (QEMU's write counters; the "auto" row follows a second push
+run into that repository), or at once for a network or FUSE file system. The p99 of a
+TCG guest on a loaded 2-core machine is noisy (tens of ms idle): compare rows of one run."""
 
 
 if __name__ == "__main__":
