@@ -230,3 +230,53 @@ def test_instant_recovery_from_an_encrypted_repository(source_vm: str, host: Hos
         assert json.loads(done.stdout)["record"]["state"] == "completed"
         assert not work.exists()  # the opened copies are gone with the copy's end
         assert disk_hash(new) == expected
+
+
+def test_resume_of_a_stopped_vm_pulls_offline(host: Host, tiny_guest: GuestImage,
+                                              repo_dir: Path, images_dir: Path) -> None:
+    """QEMU stopped mid-pull (the VM was destroyed): resume copies the rest offline
+    (qemu-img rebase on the checked chain) and the definition loses the chain. No guest
+    boot is waited for: an offline backup of a disk holding a pattern."""
+    name = f"{SESSION_PREFIX}ioff"
+    image = images_dir / f"{name}-vda.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x3c 2M 12M", str(image)],
+                   check=True, capture_output=True)
+    new = f"{SESSION_PREFIX}ioff-new"
+    try:
+        made = run_cli("vm", "create", name, "--memory", "256M", "--vcpus", "1", "--kernel",
+                       str(tiny_guest.kernel), "--initrd", str(tiny_guest.initrd),
+                       "--cmdline", "console=ttyS0", "--disk", f"path={image},format=qcow2")
+        assert made.code == 0, made.stderr
+        vm = name
+        backup(vm, repo_dir, "--full")
+        before = _repo_state(repo_dir)
+        with _recovered(host, new):
+            started = run_cli("backup", "restore", vm, "--repo", str(repo_dir), "--instant",
+                              "--new-vm", new, "--images-dir", str(images_dir), "--detach",
+                              "--bandwidth", SLOW)
+            assert started.code == 0, started.stderr
+            assert _pull_job(host, new)
+            host.domain(new).destroy()  # QEMU and its pull are gone
+            listed = _instant_list()[new]
+            assert listed["record"]["state"] == "pulling" and not listed["vm_running"]
+
+            resumed = run_cli("backup", "instant", "resume", new, "--json")
+            assert resumed.code == 0, resumed.stderr
+            assert "offline" in resumed.stderr
+            assert json.loads(resumed.stdout)["record"]["state"] == "completed"
+            overlay = images_dir / f"{new}-vda.qcow2"
+            info = json.loads(subprocess.run(
+                ["qemu-img", "info", "-f", "qcow2", "--output=json", str(overlay)],
+                capture_output=True, text=True, check=True).stdout)
+            assert "backing-filename" not in info, info
+            config = host.domain(new).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            assert str(repo_dir) not in config
+            compare = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2",
+                                      str(overlay), str(image)], capture_output=True,
+                                     text=True)
+            assert compare.returncode == 0, compare.stdout + compare.stderr
+        assert _repo_state(repo_dir) == before
+    finally:
+        remove_vm(host, name)
+        image.unlink(missing_ok=True)
