@@ -187,8 +187,9 @@ def run(seconds: int, slow_mbps: int) -> tuple[list[Result], str]:
                  ["--scratch-dir", str(scratch)], True)):
             if name.endswith("auto"):  # auto acts on the last *push* run's measurement
                 shutil.rmtree(slow / "r", ignore_errors=True)
-                measure(f"{name.removesuffix(', auto')}, push (again)", vm, seconds,
-                        ["--repo", str(repo), *common, "--no-fleecing"], is_slow)
+                results.append(measure(f"{name.removesuffix(', auto')}, push (again)", vm,
+                                       seconds, ["--repo", str(repo), *common,
+                                                 "--no-fleecing"], is_slow))
             elif repo.exists():
                 shutil.rmtree(repo)
             results.append(measure(name, vm, seconds, ["--repo", str(repo), *common, *extra],
