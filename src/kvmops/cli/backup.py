@@ -228,8 +228,9 @@ def restore_cmd(
         if to is not None or in_place:
             raise ValidationError("--instant restores as a new VM: give --new-vm, not "
                                   "--to or --in-place")
-        return instant_restore(vm, Path(repo), at, new_vm, images_dir, bandwidth, detach,
-                               key_file, json_out, uri)
+        return instant_restore(vm, repo, at, new_vm, images_dir, bandwidth, detach,
+                               key_file, json_out, uri,
+                               passphrase=read_passphrase(passphrase_stdin))
     if bandwidth is not None or detach:
         raise ValidationError("--bandwidth and --detach go with --instant")
     if sum(x is not None and x is not False for x in (to, new_vm, in_place)) != 1:

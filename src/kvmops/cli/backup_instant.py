@@ -66,7 +66,8 @@ def _follow_hint(vm: str) -> None:
 
 def instant_restore(vm: str, repo: str | Path, at: str | None, new_vm: str | None,
                     images_dir: Path | None, bandwidth: str | None, detach: bool,
-                    key_file: Path | None, json_out: bool, uri: str | None) -> None:
+                    key_file: Path | None, json_out: bool, uri: str | None, *,
+                    passphrase: str | None = None) -> None:
     """``backup restore --instant`` (called from :mod:`kvmops.cli.backup`)."""
     name = new_vm or vm
     if new_vm is None:
@@ -77,7 +78,8 @@ def instant_restore(vm: str, repo: str | Path, at: str | None, new_vm: str | Non
     try:
         result = instant.start(Caller.local(), uri, repo, vm, at, name,
                                images_dir=images_dir, bandwidth=rate, detach=detach,
-                               key_file=key_file, progress=None if json_out else bar,
+                               key_file=key_file, passphrase=passphrase,
+                               progress=None if json_out else bar,
                                note=None if json_out else info)
     except KeyboardInterrupt:
         bar.close()
