@@ -2,9 +2,9 @@
 one file or directory out (to a host directory, or into the running guest through its
 agent), unmount -- the faces (CLI, API, web) call these.
 
-A point's chain is opened through :func:`kvmops.backup.storerepo.point_images` when the
-repository layer provides it (sealed or remote repositories), else straight from a
-plain local repository after :func:`kvmops.backup.restore.checked_chain` checked it.
+A point's chain is opened through :func:`kvmops.backup.storerepo.point_images`: a plain
+local repository's own files (read only) after :func:`kvmops.backup.restore.checked_chain`
+checked them, a sealed one's unsealed into a private work directory.
 """
 
 from __future__ import annotations
@@ -71,42 +71,24 @@ def _pick_disk(point: Manifest, disk: str | None) -> str:
 
 
 @contextlib.contextmanager
-def _local_point(repo: Path, vm: str, at: str | None, disk: str | None
-                 ) -> Iterator[tuple[Manifest, str, list[Path]]]:
-    from kvmops.backup.repository import Repository
-    from kvmops.backup.restore import _point, checked_chain
-
-    repository = Repository(repo)
-    point, by_id = _point(repository, vm, at)
-    target = _pick_disk(point, disk)
-    top, chain = checked_chain(repository, vm, point, by_id, target)
-    del top
-    files = [Path(os.path.realpath(repository.backups_dir(vm) / m.id / m.disk(target).file))
-             for m in chain]  # full first
-    yield point, target, files
-
-
-@contextlib.contextmanager
 def open_point(repo: Path, vm: str, at: str | None, disk: str | None, *,
                key_file: Path | None = None, passphrase: str | None = None
                ) -> Iterator[tuple[Manifest, str, list[Path]]]:
     """The point's manifest, the chosen disk and its checked chain (base first), local
     for the length of the block (read-only: the repository's own files when plain)."""
-    import importlib
-
-    try:  # the sealed/remote repository layer (issue 14), when this kvmops has it
-        point_images = importlib.import_module("kvmops.backup.storerepo").point_images
-    except (ImportError, AttributeError):
-        if key_file is not None or passphrase is not None:
-            raise ValidationError("--key-file: this kvmops cannot open sealed repositories "
-                                  "yet") from None
-        with _local_point(repo, vm, at, disk) as found:
-            yield found
-        return
+    from kvmops.backup.storerepo import point_images
     from kvmops.images.chain import inspect
 
-    with point_images(repo, vm, at, key_file=key_file, passphrase=passphrase,
-                      disks=[disk] if disk else None) as (point, tops):
+    with contextlib.ExitStack() as stack:
+        try:  # only the disk needed is opened (a sealed one is unsealed)
+            point, tops = stack.enter_context(point_images(
+                repo, vm, at, key_file=key_file, passphrase=passphrase,
+                disks=[disk or "vda"]))
+        except NotFoundError as err:
+            if disk is not None or "has no disk 'vda'" not in err.message:
+                raise
+            point, tops = stack.enter_context(point_images(
+                repo, vm, at, key_file=key_file, passphrase=passphrase))
         target = _pick_disk(point, disk)
         top = tops[target]
         within = [Path(os.path.realpath(top)).parent.parent]
