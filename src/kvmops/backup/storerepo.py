@@ -525,7 +525,7 @@ def prepare_repository(repo: str | Path, *, compress: str | None = None,
     lock = _identity_lock(store)
     with lock:
         config = read_config(store, keyring)
-        if config is not None and config.sealed:
+        if config is not None and (config.sealed or remote):  # remote: always a store
             if encrypt and config.encryption is None:
                 raise ValidationError(
                     f"repository {store.url} is not encrypted; encryption is chosen when a "
