@@ -95,8 +95,10 @@ class SftpStore:
         client = paramiko.SSHClient()
         try:
             client.load_host_keys(str(known))
-        except (OSError, paramiko.SSHException) as err:
-            raise ConfigError(f"cannot read known_hosts file {known}: {err}") from err
+        except Exception as err:  # paramiko raises InvalidHostKey (and more) on bad lines
+            raise ConfigError(f"cannot read known_hosts file {known}: "
+                              f"{type(err).__name__}: {str(err)[:200]}",
+                              hint="each line: [HOST]:PORT KEYTYPE BASE64KEY") from err
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         try:
             client.connect(
