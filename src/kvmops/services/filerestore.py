@@ -58,6 +58,25 @@ class RestoreFileResult(BaseModel):
 
 
 # ---------------------------------------------------------------- opening a point
+def where(caller: Caller, repo: str | Path) -> Path | str:
+    """The repository: a directory through the path policy (it must exist), or a remote
+    URL (an API caller's only when the settings allow it)."""
+    from kvmops.services.backups import location
+
+    found = location(caller, repo)
+    if isinstance(found, Path) and not found.is_dir():
+        raise NotFoundError(f"backup repository {found} does not exist",
+                            hint="check --repo (a backup creates it)")
+    return found
+
+
+def _key(caller: Caller, key_file: str | Path | None) -> Path | None:
+    """A key file: any for the command line, the server's key directory for the API."""
+    from kvmops.services.backups import key_path
+
+    return key_path(caller, key_file)
+
+
 def _pick_disk(point: Manifest, disk: str | None) -> str:
     targets = [d.target for d in point.disks]
     if disk is not None:
@@ -71,7 +90,7 @@ def _pick_disk(point: Manifest, disk: str | None) -> str:
 
 
 @contextlib.contextmanager
-def open_point(repo: Path, vm: str, at: str | None, disk: str | None, *,
+def open_point(repo: Path | str, vm: str, at: str | None, disk: str | None, *,
                key_file: Path | None = None, passphrase: str | None = None
                ) -> Iterator[tuple[Manifest, str, list[Path]]]:
     """The point's manifest, the chosen disk and its checked chain (base first), local
@@ -96,11 +115,11 @@ def open_point(repo: Path, vm: str, at: str | None, disk: str | None, *,
         yield point, target, [link.path for link in reversed(links)]
 
 
-def _persist_chain(files: list[Path], repo: Path, work: Path) -> list[Path]:
+def _persist_chain(files: list[Path], repo: Path | str, work: Path) -> list[Path]:
     """Files outside the repository (unsealed into a temporary directory) are linked or
     copied into the mount's work directory, so they outlive this process."""
-    real = os.path.realpath(repo)
-    if all(str(f).startswith(real + os.sep) for f in files):
+    real = os.path.realpath(repo) if isinstance(repo, Path) else None
+    if real is not None and all(str(f).startswith(real + os.sep) for f in files):
         return files
     keep = work / "chain"
     keep.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -120,11 +139,11 @@ def _persist_chain(files: list[Path], repo: Path, work: Path) -> list[Path]:
 @audited("backup.mount", target="vm")
 def mount_point(caller: Caller, repo: str | Path, vm: str, at: str | None,
                 mountpoint: str | Path, *, disk: str | None = None,
-                key_file: Path | None = None, passphrase: str | None = None) -> MountRecord:
+                key_file: str | Path | None = None, passphrase: str | None = None
+                ) -> MountRecord:
     """Expose a point read-only at ``mountpoint`` until :func:`unmount_point`."""
-    from kvmops.services.backups import existing_repository
-
-    checked = existing_repository(caller, repo)
+    checked = where(caller, repo)
+    key_file = _key(caller, key_file)
     path, made = mount.prepare_mountpoint(mountpoint)
     try:
         with open_point(checked, vm, at, disk, key_file=key_file,
@@ -193,7 +212,7 @@ def _which(record: MountRecord) -> str:
 
 
 @contextlib.contextmanager
-def _temporary(repo: Path, vm: str, at: str | None, disk: str | None,
+def _temporary(repo: Path | str, vm: str, at: str | None, disk: str | None,
                partition: int | None, key_file: Path | None, passphrase: str | None
                ) -> Iterator[tuple[MountRecord, Path, int | None]]:
     with open_point(repo, vm, at, disk, key_file=key_file,
@@ -210,12 +229,11 @@ def _temporary(repo: Path, vm: str, at: str | None, disk: str | None,
 
 def list_files(caller: Caller, repo: str | Path, vm: str, at: str | None, path: str, *,
                disk: str | None = None, partition: int | None = None,
-               key_file: Path | None = None, passphrase: str | None = None) -> FilesResult:
+               key_file: str | Path | None = None, passphrase: str | None = None
+               ) -> FilesResult:
     """A directory of the guest's file system at a point (mounted for the call)."""
-    from kvmops.services.backups import existing_repository
-
-    checked = existing_repository(caller, repo)
-    with _temporary(checked, vm, at, disk, partition, key_file, passphrase) as (
+    checked = where(caller, repo)
+    with _temporary(checked, vm, at, disk, partition, _key(caller, key_file), passphrase) as (
             record, root, number):
         entries = guestfs.list_dir(root, path)
     return FilesResult(vm=vm, backup_id=record.backup_id, disk=record.disk,
@@ -237,19 +255,20 @@ def restore_file(caller: Caller, uri: str | None, repo: str | Path, vm: str,
                  at: str | None, path: str, *, to: str | Path | None = None,
                  into_guest: bool = False, guest_path: str | None = None,
                  disk: str | None = None, partition: int | None = None, force: bool = False,
-                 key_file: Path | None = None, passphrase: str | None = None,
+                 key_file: str | Path | None = None, passphrase: str | None = None,
                  progress: BytesFn | None = None, note: NoteFn | None = None,
                  trusted_to: bool = False) -> RestoreFileResult:
     """Copy ``path`` of a point to ``to/<basename>`` or, with ``into_guest``, into the
     running guest at ``guest_path`` (default: the same path). ``trusted_to``: ``to`` was
     chosen by kvmops itself (the API's download staging), not by the caller."""
-    from kvmops.services.backups import existing_repository, restore_dir
+    from kvmops.services.backups import restore_dir
 
     if into_guest == (to is not None):
         raise ValidationError("give exactly one of --to DIR and --into-guest")
     if guest_path is not None and not into_guest:
         raise ValidationError("--guest-path goes with --into-guest")
-    checked = existing_repository(caller, repo)
+    checked = where(caller, repo)
+    key_file = _key(caller, key_file)
     if to is not None and not trusted_to:
         check_to(caller, to)  # before any work; made only once the point opened
     with track(caller, "backup.restore-file", vm) as job:

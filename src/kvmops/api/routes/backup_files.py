@@ -14,13 +14,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import FileResponse
 from pydantic import Field, model_validator
 from starlette.background import BackgroundTask
 
 from kvmops.api.deps import Ctx, HostUri, OperatorCaller, VmNameDep
-from kvmops.api.routes.common import Body, JobAccepted, accepted
+from kvmops.api.routes.backups import Repo, RepoKey
+from kvmops.api.routes.common import JobAccepted, accepted
 from kvmops.api.runner import JobContext
 from kvmops.api.validators import AbsolutePath
 from kvmops.errors import ValidationError
@@ -31,8 +32,8 @@ router = APIRouter(tags=["backups"])
 GuestPath = Field(max_length=4096, pattern=r"^/", description="absolute path in the guest")
 
 
-class RestoreFileBody(Body):
-    repo: AbsolutePath
+class RestoreFileBody(RepoKey):
+    repo: Repo
     path: str = GuestPath
     to: AbsolutePath | None = Field(default=None, description="writes TO/<basename of path>")
     into_guest: bool = False
@@ -54,16 +55,25 @@ def _backup_id(value: str) -> str:
     return value
 
 
+KeyFileQuery = Query(None, max_length=255,
+                     description="an encrypted repository's key file (server's key directory)")
+PassHeader = Header(None, alias="X-Kvmops-Repository-Passphrase", max_length=1024,
+                    description="an encrypted repository's passphrase (never in the URL)")
+
+
 @router.get("/vms/{name}/backups/{backup_id}/files", response_model=FilesResult)
 def list_files(caller: OperatorCaller, name: VmNameDep, backup_id: str,
-               repo: str = Query(max_length=4096, description="repository directory"),
+               repo: str = Query(max_length=4096, description="repository directory or URL"),
                path: str = Query("/", max_length=4096, pattern=r"^/"),
                disk: str | None = Query(None, max_length=32, pattern=r"^[a-z]+$"),
-               partition: int | None = Query(None, ge=1, le=128)) -> FilesResult:
+               partition: int | None = Query(None, ge=1, le=128),
+               key_file: str | None = KeyFileQuery,
+               passphrase: str | None = PassHeader) -> FilesResult:
     """A directory of the guest's file system at a backup point (operator: it mounts
     the point on the server's host for the call)."""
     return filerestore.list_files(caller, repo, name, _backup_id(backup_id), path,
-                                  disk=disk, partition=partition)
+                                  disk=disk, partition=partition, key_file=key_file,
+                                  passphrase=passphrase)
 
 
 @router.post("/vms/{name}/backups/{backup_id}/restore-file", status_code=202,
@@ -73,9 +83,7 @@ def restore_file(caller: OperatorCaller, name: VmNameDep, backup_id: str,
                  ) -> JobAccepted:
     """Restore one file (or directory) of a point: a job; its result names what was
     written (and the sha256 of a file)."""
-    from kvmops.services.backups import existing_repository
-
-    existing_repository(caller, body.repo)  # checked before the job starts
+    filerestore.where(caller, body.repo)  # checked before the job starts
     if body.to is not None:
         filerestore.check_to(caller, body.to)
     at = _backup_id(backup_id)
@@ -84,7 +92,8 @@ def restore_file(caller: OperatorCaller, name: VmNameDep, backup_id: str,
         return filerestore.restore_file(
             caller, uri, body.repo, name, at, body.path, to=body.to,
             into_guest=body.into_guest, guest_path=body.guest_path, disk=body.disk,
-            partition=body.partition, force=body.force, progress=job.bytes, note=job.note)
+            partition=body.partition, force=body.force, progress=job.bytes, note=job.note,
+            **body.secret())
 
     return accepted(ctx.runner.submit("backup.restore-file", name, caller.name, run),
                     response)
@@ -92,10 +101,12 @@ def restore_file(caller: OperatorCaller, name: VmNameDep, backup_id: str,
 
 @router.get("/vms/{name}/backups/{backup_id}/file", response_class=FileResponse)
 def download_file(caller: OperatorCaller, name: VmNameDep, backup_id: str,
-                  repo: str = Query(max_length=4096, description="repository directory"),
+                  repo: str = Query(max_length=4096, description="repository directory or URL"),
                   path: str = Query(max_length=4096, pattern=r"^/"),
                   disk: str | None = Query(None, max_length=32, pattern=r"^[a-z]+$"),
-                  partition: int | None = Query(None, ge=1, le=128)) -> FileResponse:
+                  partition: int | None = Query(None, ge=1, le=128),
+                  key_file: str | None = KeyFileQuery,
+                  passphrase: str | None = PassHeader) -> FileResponse:
     """Download one regular file of a point (copied out to a private staging file in
     the state directory, removed once sent)."""
     from kvmops.backup.mount import mounts_dir
@@ -104,7 +115,8 @@ def download_file(caller: OperatorCaller, name: VmNameDep, backup_id: str,
     try:
         result = filerestore.restore_file(caller, None, repo, name, _backup_id(backup_id),
                                           path, to=stage, disk=disk, partition=partition,
-                                          trusted_to=True)
+                                          trusted_to=True, key_file=key_file,
+                                          passphrase=passphrase)
         if result.kind != "file":
             raise ValidationError(f"{path} is a directory: download files one by one",
                                   hint="or restore the directory with restore-file")
