@@ -166,3 +166,28 @@ def test_a_tag_schedule_covers_the_vms_tagged(scheduled_vm: str, repo_dir: Path,
     assert cli_json(db_env, "run-due", "--now", iso(t + timedelta(hours=1))) == []
     by_tag = run_cli("vm", "tag", "list", "--tag", "nightly", "--json")
     assert vm in json.loads(by_tag.stdout)
+
+
+def test_a_schedule_into_a_compressed_encrypted_repository(
+        scheduled_vm: str, repo_dir: Path, db_env: dict[str, str], tmp_path: Path) -> None:
+    """The schedule stores the key file's path, never the key: its first run makes the
+    repository encrypted (and the key file), later runs and its prune open it with it."""
+    vm = scheduled_vm
+    key = tmp_path / "repo.key"
+    repo = repo_dir / "sealed"
+    schedule = cli_json(db_env, "add", vm, "--repo", str(repo), "--every", "@hourly",
+                        "--keep-last", "1", "--compress", "zstd:3", "--key-file", str(key))
+    assert schedule["key_file"] == str(key)
+    t = next_hour()
+    (first,) = cli_json(db_env, "run-due", "--now", iso(t))
+    assert first["result"] == "ok", first
+    secret = key.read_bytes()
+    assert secret and secret not in (tmp_path / "kvmops.db").read_bytes()
+    (second,) = cli_json(db_env, "run-due", "--now", iso(t + timedelta(hours=1)))
+    assert (second["result"], second["pruned"]) == ("ok", 1), second
+    without = run_cli("backup", "list", vm, "--repo", str(repo), "--json")
+    assert without.code != 0 and "key" in without.stderr
+    listed = run_cli("backup", "list", vm, "--repo", str(repo), "--key-file", str(key),
+                     "--json")
+    assert listed.code == 0, listed.stderr
+    assert [p["id"] for p in json.loads(listed.stdout)] == [second["backup_id"]]

@@ -54,7 +54,9 @@ def main() -> int:
         manifest = backups.create(
             caller, raw.get("uri"), raw["vm"], raw["repo"],
             mode=BackupType.FULL if raw.get("full") else None,
-            **_supported(backups.create, compress=raw.get("compress"), key_file=key_file))
+            # A key file means an encrypted repository: made so by its first backup.
+            **_supported(backups.create, compress=raw.get("compress"), key_file=key_file,
+                         encrypt=True if key_file else None))
         result: dict[str, Any] = {"id": manifest.id, "type": manifest.type.value,
                                   "pruned": None, "prune_error": None}
         if raw.get("retention"):
