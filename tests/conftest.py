@@ -39,6 +39,7 @@ LONG_FILES = (
     "integration/test_backup_fleecing.py",
     "integration/test_backup_files.py",
     "integration/test_backup_instant.py",
+    "integration/test_backup_remote.py",
     "integration/test_snapshot.py",
     "integration/test_web_ui.py",
     "integration/test_readme.py",
