@@ -127,12 +127,39 @@ def _remove_stale_namespaces() -> None:
         _run("ip", "netns", "delete", name, check=False)
 
 
+def _session_gone(name: str) -> bool:
+    """Was ``name`` (``kvmops-test-PID-...``) made by a test run that has ended?"""
+    match = re.match(rf"{TEST_PREFIX}([0-9a-f]+)-", name)
+    return match is not None and not Path(f"/proc/{int(match.group(1), 16)}").exists()
+
+
+def _remove_stale_files(kind: str) -> None:
+    """Temporary directories (``kvmops-test-PID-KIND-*``) of ended test runs, and for S3
+    the rclone that still serves one (a run killed before its clean-up)."""
+    tmp = Path(tempfile.gettempdir())
+    stale = [p for p in tmp.glob(f"{TEST_PREFIX}*-{kind}-*") if _session_gone(p.name)]
+    if not stale:
+        return
+    if kind == "s3":
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+                if b"serve" in argv and any(str(d).encode() in a for d in stale
+                                            for a in argv):
+                    os.kill(int(proc.name), signal.SIGKILL)
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def sshd_server() -> Iterator[SshServer]:
     """An sshd in a test network namespace (module docstring); removed at exit."""
     if not SSHD.exists() or shutil.which("ssh-keygen") is None:
         raise RuntimeError("openssh-server is not installed (scripts/setup-host.sh)")
     _remove_stale_namespaces()
+    _remove_stale_files("sshd")
     netns = f"{SESSION_PREFIX}sftp"
     tag = f"{os.getpid() % 0xFFFFF:x}"
     veth_host, veth_ns = f"kvs{tag}h", f"kvs{tag}n"
@@ -242,6 +269,7 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def s3_server() -> Iterator[S3Server]:
     """``rclone serve s3`` on the loopback (module docstring); removed at exit."""
+    _remove_stale_files("s3")
     rclone = rclone_binary()
     if rclone is None:
         raise RuntimeError("rclone is not installed (scripts/setup-host.sh installs "
