@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from kvmops.cli.backup import repo_location
-from kvmops.cli.common import JsonOption, UriOption, from_cwd
+from kvmops.cli.common import HostFilesOption, JsonOption, UriOption, from_cwd, on_host
 from kvmops.cli.output import info, print_json, print_table
 from kvmops.services import drills
 from kvmops.services.caller import Caller
@@ -39,12 +39,14 @@ def drill_cmd(
                                           "encrypted repository's passphrase from stdin."),
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
+    host_name: str | None = HostFilesOption,
 ) -> None:
     """Prove a point restores: verify its chain, restore it as an isolated VM (no network
     interfaces), boot it to its guest agent, run --check, remove it; the record is kept
     (signed) in 'backup drills'."""
     from kvmops.cli.backup import read_passphrase
 
+    uri = on_host(uri, host_name)
     argv = drills.parse_check(check)
     record = drills.drill(Caller.local(), uri, repo, vm, at, boot=boot, timeout=timeout,
                           check=argv, images_dir=images_dir,
