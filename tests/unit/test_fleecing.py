@@ -207,3 +207,29 @@ def test_stale_run_dirs_of_this_repo_and_vm_only(repo: Repository, tmp_path: Pat
         d.mkdir(parents=True)
     fleecing.remove_stale(root, repo, "vm1")
     assert not mine.exists() and other_vm.exists() and unrelated.exists()
+
+
+class PullJobDomain:
+    """backupGetXMLDesc of a running pull job whose scratch files lie in ``dirs``."""
+
+    def __init__(self, mode: str, dirs: list[Path]) -> None:
+        self.mode, self.dirs = mode, dirs
+
+    def backupGetXMLDesc(self, flags: int) -> str:
+        disks = "".join(f"<disk name='vd{i}' backup='yes'><scratch file='{d}/vd{i}.qcow2'/>"
+                        "</disk>" for i, d in enumerate(self.dirs))
+        return f"<domainbackup mode='{self.mode}'><disks>{disks}</disks></domainbackup>"
+
+
+def test_an_orphaned_pull_job_is_recognised_by_its_scratch_directory(
+        repo: Repository, tmp_path: Path) -> None:
+    run_dir = tmp_path / f"{fleecing.run_dir_prefix(repo, 'vm1')}20260101T000000.000000Z"
+    assert fleecing.orphaned_run_dirs(PullJobDomain("pull", [run_dir]), repo, "vm1") == [
+        run_dir]
+    # another VM's, another tool's, or a push job: not ours to abort
+    assert fleecing.orphaned_run_dirs(PullJobDomain("pull", [run_dir]), repo, "vm2") == []
+    assert fleecing.orphaned_run_dirs(PullJobDomain("pull", [tmp_path / "x"]), repo,
+                                      "vm1") == []
+    assert fleecing.orphaned_run_dirs(PullJobDomain("pull", [run_dir, tmp_path / "x"]),
+                                      repo, "vm1") == []
+    assert fleecing.orphaned_run_dirs(PullJobDomain("push", [run_dir]), repo, "vm1") == []

@@ -56,6 +56,7 @@ from kvmops.host import backupjobs
 from kvmops.host import fleecing as hostfleece
 from kvmops.host.backupjobs import DomainHandle
 from kvmops.images import qemuimg
+from kvmops.vm.lifecycle import ensure_qemu_can_reach
 
 MODES = ("auto", "on", "off")
 DEGRADED_RATIO = 2.0  # guest write latency during / before a backup that calls for fleecing
@@ -413,6 +414,7 @@ def copy_point(domain: DomainHandle, vm: str, repo: Repository, plan: Plan, part
     ``speed`` (bytes/s) limits each qemu-img copy, as ``--speed`` does the push job."""
     root = fleece.scratch_root
     root.mkdir(mode=0o711, parents=True, exist_ok=True)
+    ensure_qemu_can_reach(root)
     remove_stale(root, repo, vm)
     run_dir = root / f"{run_dir_prefix(repo, vm)}{backup_id}"
     run_dir.mkdir()
