@@ -45,7 +45,7 @@ from kvmops.backup.checkpoints import (
     prune_checkpoints,
     recover,
 )
-from kvmops.backup.files import finish_files
+from kvmops.backup.files import create_targets, finish_files
 from kvmops.backup.model import BackupType, Consistency, Manifest
 from kvmops.backup.offline import run_offline_backup
 from kvmops.backup.plan import (
@@ -273,10 +273,11 @@ def _run_online(host: Host, domain: DomainHandle, repo: Repository, req: BackupR
                 lambda: frozen(domain, req.freeze, say), lambda: created.append(cp_name),
                 run.report, say, req.speed)
         else:
+            reuse = create_targets(plan, partial, sizes)  # big clusters, parent links
             with frozen(domain, req.freeze, say) as was_frozen:
                 backupjobs.begin_backup(domain, vm, backup_xml(plan, partial), checkpoint,
                                         base_checkpoint=plan.base_checkpoint,
-                                        target_dir=partial)
+                                        target_dir=partial, reuse_targets=reuse)
                 created.append(cp_name)
             if req.speed:
                 limit_speed(domain, req.speed)

@@ -146,10 +146,13 @@ def backup_job_targets(domain: DomainHandle) -> list[str]:
 
 
 def begin_backup(domain: DomainHandle, vm: str, backup_xml: str, checkpoint_xml: str, *,
-                 base_checkpoint: str | None, target_dir: Path) -> None:
-    """``virDomainBackupBegin`` with its new checkpoint (atomically with the point in time)."""
+                 base_checkpoint: str | None, target_dir: Path,
+                 reuse_targets: bool = False) -> None:
+    """``virDomainBackupBegin`` with its new checkpoint (atomically with the point in time);
+    ``reuse_targets``: the push targets exist already (made by kvmops), libvirt opens them."""
+    flags = libvirt.VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL if reuse_targets else 0
     try:
-        _raw(domain).backupBegin(backup_xml, checkpoint_xml, 0)
+        _raw(domain).backupBegin(backup_xml, checkpoint_xml, flags)
     except libvirt.libvirtError as err:
         raise _begin_error(err, vm, base_checkpoint, target_dir) from err
 
