@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -94,6 +95,7 @@ def main() -> int:
     facts = machine_facts(work)
     load_before = os.getloadavg()
     best: dict[str, float] = {}
+    times: dict[str, list[float]] = {}
     stored: dict[str, int] = {}
     verify: dict[str, float] = {}
     seal_alone: dict[str, float] = {}
@@ -131,6 +133,7 @@ def main() -> int:
                                   "--no-freeze", *extra)
                     say(f"round {round_no + 1}: full backup, {name}: {seconds:.2f} s")
                     best[name] = min(best.get(name, float("inf")), seconds)
+                    times.setdefault(name, []).append(seconds)
                     stored[name] = tree_size(repo)
                     if round_no == args.rounds - 1:
                         keys = ["--key-file", str(key)] if "--encrypt" in extra else []
@@ -165,19 +168,22 @@ def main() -> int:
         f"{load_before[0]:.1f} / {load_after[0]:.1f} with other work on the host). A running "
         f"tiny guest (TCG), {args.disk_mib} MiB disk holding {args.data_mib} MiB of random "
         f"data; `kvmops backup create VM --repo NEW --full --no-freeze [options]` timed end "
-        f"to end (CLI start-up included), best of {args.rounds} alternating rounds, the "
+        f"to end (CLI start-up included), best and median of {args.rounds} alternating rounds, the "
         "source disk "
         "dropped from the page cache before each. Speed ratio = plain time / this time "
         "(target >= 0.8). seal_file alone: sealing the plain backup's qcow2 once more, page "
         "cache warm, as a sealed backup does with its work file.",
         "",
-        "| Repository | Full backup | MiB/s | Speed vs plain | Stored | verify | seal_file alone |",
-        "|---|---|---|---|---|---|---|",
+        "| Repository | Full backup (best) | MiB/s | Speed vs plain (best) | Median | Speed vs "
+        "plain (median) | Stored | verify | seal_file alone |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in CONFIGS:
         lines.append(
             f"| {name} | {best[name]:.2f} s | {data / MiB / best[name]:.0f} | "
-            f"{plain / best[name]:.2f} | {stored[name] / MiB:.0f} MiB | "
+            f"{plain / best[name]:.2f} | {statistics.median(times[name]):.2f} s | "
+            f"{statistics.median(times['plain']) / statistics.median(times[name]):.2f} | "
+            f"{stored[name] / MiB:.0f} MiB | "
             f"{verify.get(name, float('nan')):.2f} s | "
             f"{f'{seal_alone[name]:.2f} s' if name in seal_alone else '-'} |")
     section = "\n".join(lines)
