@@ -42,6 +42,7 @@ def s3() -> Iterator[S3Server]:
 def add_point(repo: Repository, index: int, parent: Manifest | None) -> Manifest:
     """A backup point of VM: a full (16 MiB qcow2) or an incremental over ``parent``,
     with MiB ``index`` written (a pattern per point)."""
+    repo.identity()  # made by the first backup, as the engines do
     backup_id = new_backup_id(START + timedelta(hours=index))
     partial = repo.start_partial(VM, backup_id)
     image = partial / "vda.qcow2"

@@ -200,7 +200,6 @@ def replicate(source: Repository, target: str | Path, vms: list[str] | None = No
             note(message)
 
     try:
-        source.identity()  # a plain repository of an older kvmops may have none yet
         ensure_replica_identity(src, dst, keyring)
         replica = open_repository(str(target), key_file=key_file, passphrase=passphrase,
                                   keyring=keyring)
