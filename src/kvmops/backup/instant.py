@@ -54,6 +54,7 @@ from kvmops.images import qemuimg
 from kvmops.images.chain import inspect
 from kvmops.paths import policy
 from kvmops.vm.lifecycle import ensure_qemu_can_reach
+from kvmops.vm.lifecycle import start as start_vm
 
 POLL_S = 0.5
 
@@ -308,8 +309,8 @@ def prepare(host: Host, repo_path: Path | Repository, vm: str, at: str | None,
 
 def start(host: Host, record: InstantRecord) -> None:
     """Start the recovered VM and a pull on each of its disks."""
+    start_vm(host, record.vm)  # as 'kvmops vm start' (its networks checked first)
     domain = host.lookup(record.vm)
-    domain.start(what=f"starting recovered VM '{record.vm}'")
     for disk in record.disks:
         blockpull.start_pull(domain, disk.target, record.bandwidth)
 
@@ -326,11 +327,11 @@ def discard(host: Host, record: InstantRecord) -> None:
     for disk in record.disks:
         with contextlib.suppress(OSError):
             os.unlink(disk.overlay)
-    _drop_work(record)
+    drop_work(record)
     forget(record.vm)
 
 
-def _drop_work(record: InstantRecord) -> None:
+def drop_work(record: InstantRecord) -> None:
     """The opened copies of a store-backed repository's chains, once nothing reads them."""
     if record.work_dir:
         shutil.rmtree(record.work_dir, ignore_errors=True)
@@ -366,7 +367,7 @@ def status(host: Host, record: InstantRecord) -> InstantStatus:
         record.state = InstantState.COMPLETED
         record.finished = datetime.now(UTC)
         record.message = "every disk is standalone"
-        _drop_work(record)
+        drop_work(record)
     return InstantStatus(record=record, vm_running=running, disks=disks,
                          done=sum(d.done for d in disks), total=sum(d.total for d in disks))
 

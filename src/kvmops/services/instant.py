@@ -147,15 +147,21 @@ def cancel(caller: Caller, uri: str | None, vm: str) -> InstantRecord:
 
 
 @audited("backup.instant.forget", target="vm")
-def forget(caller: Caller, vm: str) -> None:
-    """Drop a completed recovery's record."""
+def forget(caller: Caller, vm: str, uri: str | None = None) -> None:
+    """Drop the record of a recovery that completed, or whose VM was removed (nothing
+    reads its chain any more; a store-backed one's opened copies go with it)."""
     record = instant.load(vm)
     if record.state is not InstantState.COMPLETED:
-        from kvmops.errors import StateError
+        with Host(uri) as host:
+            exists = host.has_domain(vm)
+        if exists:
+            from kvmops.errors import StateError
 
-        raise StateError(f"the instant recovery of VM '{vm}' has not completed",
-                         actual=record.state.value, required="completed",
-                         hint="resume it, or remove the VM")
+            raise StateError(f"the instant recovery of VM '{vm}' has not completed",
+                             actual=record.state.value, required="completed",
+                             hint=f"resume it ('kvmops backup instant resume {vm}'), or "
+                                  "remove the VM first")
+        instant.drop_work(record)
     instant.forget(vm)
 
 
