@@ -179,3 +179,20 @@ def test_a_killed_run_leaves_its_job_and_the_next_run_cleans_up(
     assert restore_hash(guest, repo_dir, str(manifest["id"]), out) == at_point
     verified = run_cli("backup", "verify", guest, "--repo", str(repo_dir))
     assert verified.code == 0, verified.stderr
+
+
+def test_fleecing_into_a_sealed_repository(guest: str, repo_dir: Path, scratch: Path,
+                                           images_dir: Path) -> None:
+    """A zstd (store-backed) repository keeps its files sealed in its store, the parent
+    of an incremental too: the dirty extents are written as whole clusters onto a
+    stand-in, and the file is linked to the real parent; both points restore exactly."""
+    fleece = ("--disk", "vda", "--fleecing", "--scratch-dir", str(scratch))
+    h0 = write_random(guest, 0, 4)
+    full = backup(guest, repo_dir, "--full", "--compress", "zstd", *fleece)
+    h1 = write_random(guest, 33, 1)
+    inc = backup(guest, repo_dir, "--incremental", *fleece)
+    assert inc["type"] == "incremental" and inc["parent"] == full["id"]
+    assert leftovers(scratch) == []
+    for point, expected in ((full, h0), (inc, h1)):
+        out = images_dir / f"restore-{repo_dir.name}-sealed-{point['id']}"
+        assert restore_hash(guest, repo_dir, str(point["id"]), out) == expected, point["id"]

@@ -11,7 +11,13 @@ import pytest
 from lxml import etree
 
 from kvmops.backup import fleecing
-from kvmops.backup.fleecing import Extent, dirty_extents, export_size, plan_runs
+from kvmops.backup.fleecing import (
+    Extent,
+    align_runs,
+    dirty_extents,
+    export_size,
+    plan_runs,
+)
 from kvmops.backup.model import BackupType
 from kvmops.backup.plan import DiskPlan, Plan
 from kvmops.backup.repository import Repository
@@ -233,3 +239,12 @@ def test_an_orphaned_pull_job_is_recognised_by_its_scratch_directory(
     assert fleecing.orphaned_run_dirs(PullJobDomain("pull", [run_dir, tmp_path / "x"]),
                                       repo, "vm1") == []
     assert fleecing.orphaned_run_dirs(PullJobDomain("push", [run_dir]), repo, "vm1") == []
+
+
+def test_align_runs_covers_whole_clusters_within_the_disk() -> None:
+    runs = [Extent(K + 512, 100), Extent(3 * K, K), Extent(4 * K + 1, 10), Extent(10 * K, 5)]
+    assert align_runs(runs, K, 10 * K + 100) == [Extent(K, K), Extent(3 * K, 2 * K),
+                                                 Extent(10 * K, 100)]
+    for run in runs:  # every extent still covered
+        assert any(a.start <= run.start and run.end <= a.end
+                   for a in align_runs(runs, K, 10 * K + 100))

@@ -69,6 +69,7 @@ SOCKET_ROOT = Path("/run/kvmops-fleece")
 # data is the point's too, so copying it is correct, only a little larger).
 RUN_GAP = 1 << 20
 MAX_RUNS = 256
+CLUSTER = 64 * 1024  # the incremental's qcow2 cluster size; runs cover whole clusters
 # File systems whose writes cross a network or a user-space daemon.
 NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph", "glusterfs", "afs",
               "fuse", "fuseblk", "ocfs2", "gfs2", "davfs"}
@@ -130,6 +131,21 @@ def plan_runs(extents: list[Extent], *, gap: int = RUN_GAP, max_runs: int = MAX_
         if len(runs) <= max_runs:
             return runs
         gap = max(gap * 2, 1)
+
+
+def align_runs(runs: list[Extent], align: int, size: int) -> list[Extent]:
+    """Runs widened to whole ``align``-byte clusters (never past ``size``), neighbours that
+    then touch joined: each write covers whole clusters of the target, so nothing is ever
+    read from its backing file (the widened bytes are the point's too)."""
+    out: list[Extent] = []
+    for run in runs:
+        start = run.start // align * align
+        end = min(-(-run.end // align) * align, size)
+        if out and start <= out[-1].end:
+            out[-1] = Extent(out[-1].start, max(end, out[-1].end) - out[-1].start)
+        else:
+            out.append(Extent(start, end - start))
+    return out
 
 
 def export_size(entries: list[dict[str, Any]]) -> int:
@@ -433,7 +449,7 @@ def copy_point(domain: DomainHandle, vm: str, repo: Repository, plan: Plan, part
                                         checkpoint_xml, base_checkpoint=plan.base_checkpoint,
                                         target_dir=run_dir)
                 on_begin()
-            _copy_all(_plan_copies(repo, vm, plan, partial, socket), socket, progress,
+            _copy_all(_plan_copies(repo, vm, plan, partial, socket, run_dir), socket, progress,
                       ["-r", str(speed)] if speed else [])
     finally:
         remove_run_dirs([run_dir])
@@ -455,8 +471,8 @@ def _job(domain: DomainHandle, vm: str) -> Iterator[None]:
         backupjobs.abort_backup(domain, vm)
 
 
-def _plan_copies(repo: Repository, vm: str, plan: Plan, partial: Path, socket: Path
-                 ) -> list[_Copy]:
+def _plan_copies(repo: Repository, vm: str, plan: Plan, partial: Path, socket: Path,
+                 stand_ins: Path) -> list[_Copy]:
     copies = []
     for item in plan.disks:
         target = item.disk.target
@@ -468,11 +484,20 @@ def _plan_copies(repo: Repository, vm: str, plan: Plan, partial: Path, socket: P
             copies.append(_Copy(target, dst, export_size(entries), None, None))
             continue
         entries = dirty_map(socket, target, f"backup-{target}")
+        size = export_size(entries)
         parent = repo.backups_dir(vm) / item.parent / f"{target}.qcow2"
         if not parent.is_file():
-            raise BackupError(f"parent backup file {parent} is missing")
-        copies.append(_Copy(target, dst, export_size(entries),
-                            plan_runs(dirty_extents(entries)), parent))
+            if not repo.has_file(vm, item.parent, f"{target}.qcow2"):
+                raise BackupError(f"parent backup file {item.parent}/{target}.qcow2 is "
+                                  "missing from the repository")
+            # A store-backed repository keeps the parent sealed in its store: an empty
+            # stand-in of its size is the backing while whole clusters are written (see
+            # align_runs), and finish_files links the file to the real parent.
+            parent = stand_ins / f"parent-{target}.qcow2"
+            qemuimg.run_qemu_img(["create", "-q", "-f", "qcow2", str(parent), str(size)],
+                                 what=f"creating {parent.name}", path=parent)
+        runs = align_runs(plan_runs(dirty_extents(entries)), CLUSTER, size)
+        copies.append(_Copy(target, dst, size, runs, parent))
     return copies
 
 
@@ -491,8 +516,9 @@ def _copy_all(copies: list[_Copy], socket: Path, progress: ProgressFn,
             progress(done, total)
             continue
         assert copy.parent is not None
-        qemuimg.run_qemu_img(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-                              str(copy.parent), str(copy.dst), str(copy.size)],
+        qemuimg.run_qemu_img(["create", "-q", "-f", "qcow2", "-o", f"cluster_size={CLUSTER}",
+                              "-F", "qcow2", "-b", str(copy.parent), str(copy.dst),
+                              str(copy.size)],
                              what=f"creating {copy.dst.name}", path=copy.dst)
         for run in copy.runs:
             qemuimg.run_qemu_img(
