@@ -36,6 +36,7 @@ LONG_FILES = (
     "integration/test_migration_preflight.py",
     "api/test_events_multihost.py",
     "integration/test_backup_libvirt.py",
+    "integration/test_backup_sealed.py",
     "integration/test_backup_fleecing.py",
     "integration/test_backup_files.py",
     "integration/test_backup_instant.py",
