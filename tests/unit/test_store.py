@@ -201,6 +201,11 @@ def test_tampered_manifest_is_rejected_and_checkpoint_xml_round_trips(
     assert repo.checkpoint_xml("vm1", "kvmops-x") is None
     repo.remove_backup(manifests[0])
     assert not repo.has_file("vm1", first, "vda.qcow2") and repo.backup_ids("vm1") == [second]
+    # What a killed publish left (data, no manifest) goes before the next publish.
+    repo.store.put_bytes(f"vm1/backups/{first}/vda.qcow2", b"orphan")
+    _publish(repo, _manifest("vm1", "20260101T000000.000003Z"), b"c" * 1000)
+    assert repo.store.size(f"vm1/backups/{first}/vda.qcow2") is None
+    assert repo.backup_ids("vm1") == [second, "20260101T000000.000003Z"]
 
 
 def test_encrypted_repository_needs_its_key(tmp_path: Path, ring: Keyring, work: Path

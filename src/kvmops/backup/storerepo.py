@@ -365,6 +365,7 @@ class StoreRepository(Repository):
     # ------------------------------------------------------------ writing
     def publish(self, vm: str, partial: Path, manifest: Manifest) -> Path:
         """Seal every data file into the store, then the manifest; drop the plaintext."""
+        self.drop_orphans(vm)
         uploaded: list[str] = []
         try:
             for disk in manifest.disks:
@@ -380,6 +381,18 @@ class StoreRepository(Repository):
             raise
         shutil.rmtree(partial, ignore_errors=True)
         return partial
+
+    def drop_orphans(self, vm: str) -> list[str]:
+        """Delete the objects of ``vm``'s backups that have no manifest: what a killed
+        publish or prune left (never listed, never used). The caller holds the VM's lock."""
+        listed = set(self.backup_ids(vm))
+        orphans = []
+        for key in self.store.list(f"{vm}/backups/"):
+            parts = key.split("/")
+            if len(parts) == 4 and parts[2] not in listed:
+                orphans.append(key)
+                self.store.delete(key)
+        return orphans
 
     def save_checkpoint_xml(self, vm: str, name: str, xml: str) -> None:
         self.write_object(f"{vm}/checkpoints/{name}.xml", xml.encode())
@@ -668,6 +681,7 @@ def prune_store(repo: StoreRepository, vm: str, policy: RetentionPolicy, *,
     from kvmops.backup.retention import PruneResult, _rewrite, plan_prune
 
     with repo.lock(vm, "prune"):
+        repo.drop_orphans(vm)
         manifests, rejected = repo.scan(vm)
         if rejected:
             raise TamperedError(
