@@ -151,17 +151,17 @@ def main() -> None:
         f"median of {args.rounds} round(s), both kinds in every round, same point. Time "
         "from the command to the guest agent's first answer.",
         "",
-        "| restore | to guest agent | data copied at |",
+        "| restore | to guest agent | data in the final image |",
         "|---|---:|---:|",
         f"| full (`--new-vm`, then `vm start`) | {med(full_agent):.1f} s | "
-        f"{med(full_copy):.1f} s (before the boot) |",
+        f"after {med(full_copy):.1f} s (before the boot) |",
         f"| instant (`--instant --detach`) | {med(instant_agent):.1f} s | "
-        f"{med(instant_done):.1f} s (in the background, unlimited) |",
+        f"by {med(instant_done):.1f} s (background pull, unlimited; checked after the "
+        "agent answered) |",
         "",
-        f"Instant recovery answers {med(full_agent) / med(instant_agent):.2f}x sooner; the "
-        "boot itself (TCG, ~8-20 s under load) is the floor of both. The gap grows with "
-        "the data: the full restore copies it all before the boot, the instant one never "
-        "waits for it.",
+        f"Instant recovery answered {med(full_agent) / med(instant_agent):.2f}x sooner; "
+        "both include the TCG boot. The full restore's copy grows with the data, the "
+        "instant one never waits for it.",
     ])
     print(section)
     if not args.no_readme:
