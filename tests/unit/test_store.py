@@ -13,7 +13,7 @@ import pytest
 from kvmops.backup import store as store_mod
 from kvmops.backup.keys import Keyring
 from kvmops.backup.model import BackupType, Consistency, DiskRecord, Manifest
-from kvmops.backup.repository import Repository
+from kvmops.backup.repository import Repository, resign
 from kvmops.backup.store import LocalStore, is_remote_url, open_store, register_scheme
 from kvmops.backup.storerepo import (
     RepoConfig,
@@ -217,6 +217,7 @@ def test_encrypted_repository_needs_its_key(tmp_path: Path, ring: Keyring, work:
     assert isinstance(repo, StoreRepository) and repo.sealing.key is not None
     data = os.urandom(100_000)
     _publish(repo, _manifest("vm1", "20260101T000000.000001Z"), data)
+    repo.save_checkpoint_xml("vm1", "kvmops-c", "<domaincheckpoint/>")
     assert data not in (root / "vm1" / "backups" / "20260101T000000.000001Z"
                         / "vda.qcow2").read_bytes()
     with pytest.raises(KeyRequiredError):
@@ -242,6 +243,13 @@ def test_encrypted_repository_needs_its_key(tmp_path: Path, ring: Keyring, work:
     reopened = open_repository(root, key_file=new, keyring=ring)
     assert isinstance(reopened, StoreRepository)
     assert [m.id for m in reopened.manifests("vm1")] == ["20260101T000000.000001Z"]
+    # A manifest key rotation re-signs the sealed (binary) files as they are.
+    old_key = ring.current_id()
+    ring.rotate()
+    assert resign(Repository(root, ring)) == (3, [])  # identity, manifest, checkpoint
+    ring.retire(old_key or "")
+    assert [m.id for m in open_repository(root, key_file=new, keyring=ring).manifests("vm1")]\
+        == ["20260101T000000.000001Z"]
 
 
 def test_a_plain_repository_with_backups_is_not_turned_sealed(tmp_path: Path, ring: Keyring,

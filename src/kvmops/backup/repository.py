@@ -432,6 +432,7 @@ def resign(repo: Repository, *, adopt_unsigned: bool = False) -> tuple[int, list
                 problems.append(err.message)
                 continue
             data = path.read_bytes()
-        repo.write_signed(path, data.decode())
+        # The bytes stay as they are (a sealed repository's are binary): a new sidecar.
+        atomic_write(sig_path, repo.keyring.sign(repo.place(path), data).to_json())
         signed += 1
     return signed, problems
