@@ -302,3 +302,25 @@ def test_the_documented_format_is_what_is_written(tmp_path: Path) -> None:
     data = os.urandom(FRAME_SIZE) + bytes(FRAME_SIZE) + text
     seal_file(_write(tmp_path / "src", data), tmp_path / "sealed", SEALINGS["zstd+aes"], PLACE)
     assert _independent_open((tmp_path / "sealed").read_bytes(), KEY, PLACE) == data
+
+
+def test_without_o_direct_the_same_bytes_are_written(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file system without O_DIRECT (tmpfs) refuses the flag: sealing falls back to the
+    page cache and writes the same file (the last block's padding cut off either way)."""
+    monkeypatch.setattr("kvmops.backup.seal.secrets.token_bytes", lambda n: b"\x05" * n)
+    data = os.urandom(FRAME_SIZE + 4097)
+    src = _write(tmp_path / "src", data)
+    seal_file(src, tmp_path / "direct", SEALINGS["zstd+aes"], PLACE)
+    real_open = os.open
+
+    def no_direct(path: str, flags: int, mode: int = 0o777) -> int:
+        if flags & os.O_DIRECT:
+            raise OSError(22, "Invalid argument")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr("kvmops.backup.seal.os.open", no_direct)
+    seal_file(src, tmp_path / "buffered", SEALINGS["zstd+aes"], PLACE)
+    assert (tmp_path / "direct").read_bytes() == (tmp_path / "buffered").read_bytes()
+    unseal_file(tmp_path / "buffered", tmp_path / "out", SEALINGS["zstd+aes"], PLACE)
+    assert (tmp_path / "out").read_bytes() == data
