@@ -510,7 +510,10 @@ def open_repository(repo: str | Path, *, key_file: Path | str | None = None,
     store, remote = _split_location(repo)
     if not remote:
         assert isinstance(store, LocalStore)
-        if not (store.root / IDENTITY).is_file():
+        if not _claims_sealed(store.root / IDENTITY):
+            # A plain repository, exactly as before: its identity and manifests are
+            # authenticated where they are used. (An identity changed to claim "plain"
+            # gains nothing: a sealed manifest never passes as a plain one.)
             return Repository(store.root, keyring)
     config = read_config(store, keyring)
     if config is None:
@@ -521,6 +524,17 @@ def open_repository(repo: str | Path, *, key_file: Path | str | None = None,
         return Repository(store.root, keyring)
     return StoreRepository(store, config, unlock(config, store.url, key_file, passphrase),
                            keyring=keyring)
+
+
+def _claims_sealed(identity: Path) -> bool:
+    """Does a local identity file say (authenticated or not) that it is sealed?"""
+    try:
+        config = RepoConfig.parse(identity.read_bytes(), str(identity))
+        return config.sealed or (config.format or 0) >= FORMAT
+    except FileNotFoundError:
+        return False
+    except (KvmopsError, OSError):
+        return True  # unreadable: authenticated next, which says what is wrong
 
 
 def prepare_repository(repo: str | Path, *, compress: str | None = None,
