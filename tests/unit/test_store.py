@@ -27,6 +27,7 @@ from kvmops.backup.storerepo import (
 from kvmops.errors import (
     KeyRequiredError,
     NotFoundError,
+    PathRefusedError,
     TamperedError,
     UnsupportedError,
     ValidationError,
@@ -263,3 +264,20 @@ def test_a_plain_repository_with_backups_is_not_turned_sealed(tmp_path: Path, ri
     with pytest.raises(ValidationError, match="holds plain backups"):
         prepare_repository(root, compress="zstd", keyring=ring)
     assert type(prepare_repository(root, keyring=ring)) is Repository
+
+
+def test_api_callers_name_key_files_of_the_server_key_directory_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvmops.services.backups import key_path
+    from kvmops.services.caller import Caller
+
+    monkeypatch.setenv("KVMOPS_STATE_DIR", str(tmp_path / "state"))
+    base = tmp_path / "state" / "keys" / "repository"
+    api = Caller(name="u", role="operator", via="api")
+    assert key_path(api, None) is None
+    assert key_path(api, "site-a.key") == base / "site-a.key"
+    assert key_path(api, str(base / "site-a.key")) == base / "site-a.key"
+    for outside in ("/etc/shadow", "../../../etc/shadow", "sub/../../x.key"):
+        with pytest.raises(PathRefusedError):
+            key_path(api, outside)
+    assert key_path(Caller.local(), "/any/where.key") == Path("/any/where.key")
