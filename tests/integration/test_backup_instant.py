@@ -203,7 +203,7 @@ def test_instant_recovery_from_an_encrypted_repository(source_vm: str, host: Hos
     with the key, and removed when the copy ends."""
     vm = source_vm
     key = tmp_path / "repo.key"
-    write_random(vm, 30, 4)
+    write_random(vm, 30, 16)  # at SLOW the pull outlasts a boot under load
     expected = disk_hash(vm)
     point = str(backup(vm, repo_dir, "--full", "--encrypt", "--key-file", str(key))["id"])
     new = f"{SESSION_PREFIX}instx"
