@@ -281,3 +281,34 @@ def test_api_callers_name_key_files_of_the_server_key_directory_only(
         with pytest.raises(PathRefusedError):
             key_path(api, outside)
     assert key_path(Caller.local(), "/any/where.key") == Path("/any/where.key")
+
+
+def test_a_killed_prune_rewrite_is_finished_or_undone(tmp_path: Path, ring: Keyring,
+                                                      work: Path) -> None:
+    from kvmops.backup.repository import file_digest
+    from kvmops.backup.storerepo import PENDING
+
+    repo = prepare_repository(tmp_path / "repo", compress="zstd", keyring=ring)
+    assert isinstance(repo, StoreRepository)
+    first = "20260101T000000.000001Z"
+    old = tmp_path / "old"
+    old.write_bytes(b"o" * 5000)
+    new = tmp_path / "new"
+    new.write_bytes(b"n" * 5000)
+    original = _manifest("vm1", first).model_copy(update={"disks": [
+        _manifest("vm1", first).disks[0].model_copy(update={"sha256": file_digest(old)})]})
+    partial = repo.start_partial("vm1", first)
+    (partial / "vda.qcow2").write_bytes(old.read_bytes())
+    repo.publish("vm1", partial, original)
+    rewritten = original.model_copy(update={"notes": ["merged"], "disks": [
+        original.disks[0].model_copy(update={"sha256": file_digest(new)})]})
+    pending = repo.data_key("vm1", first, PENDING)
+    # Killed after the pending manifest, before the file: undone.
+    repo.write_object(pending, rewritten.model_dump_json().encode())
+    assert repo.finish_pending("vm1") == [] and repo.store.size(pending) is None
+    assert repo.load("vm1", first).notes == []
+    # Killed after the file, before the manifest: finished (by the next publish too).
+    repo.write_object(pending, rewritten.model_dump_json().encode())
+    repo.put_data(new, repo.data_key("vm1", first, "vda.qcow2"))
+    repo.drop_orphans("vm1")
+    assert repo.store.size(pending) is None and repo.load("vm1", first).notes == ["merged"]

@@ -47,6 +47,7 @@ from kvmops.backup.repository import (
     SIG_SUFFIX,
     Rejected,
     Repository,
+    digest_matches,
     sha256_file,
 )
 from kvmops.backup.seal import (
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
     from kvmops.backup.retention import PruneResult, RetentionPolicy
 
 FORMAT = 2  # store-backed (sealed files); a plain repository's identity has no format
+PENDING = "manifest.pending"  # a prune's rewritten manifest until its files are in place
 DEFAULT_ZSTD_LEVEL = 3
 _ZSTD = re.compile(r"^zstd(?::(\d{1,2}))?$")
 _MANIFEST_KEY = re.compile(r"^([^/]+)/backups/([^/.][^/]*)/manifest\.json$")
@@ -384,7 +386,9 @@ class StoreRepository(Repository):
 
     def drop_orphans(self, vm: str) -> list[str]:
         """Delete the objects of ``vm``'s backups that have no manifest: what a killed
-        publish or prune left (never listed, never used). The caller holds the VM's lock."""
+        publish or prune left (never listed, never used), after finishing or undoing a
+        killed prune's rewrite (:meth:`finish_pending`). The caller holds the VM's lock."""
+        self.finish_pending(vm)
         listed = set(self.backup_ids(vm))
         orphans = []
         for key in self.store.list(f"{vm}/backups/"):
@@ -393,6 +397,45 @@ class StoreRepository(Repository):
                 orphans.append(key)
                 self.store.delete(key)
         return orphans
+
+    def rewrite_backup(self, local: Path, updated: Manifest) -> None:
+        """Put a prune's rewritten backup (its files in ``local``) in place of the stored
+        one: the new manifest as pending first, then the files, then the manifest, then
+        the pending one goes; a kill in between is finished or undone by
+        :meth:`finish_pending`."""
+        vm = updated.vm
+        pending = self.data_key(vm, updated.id, PENDING)
+        self.write_object(pending, updated.model_dump_json(indent=2).encode())
+        for disk in updated.disks:
+            self.put_data(local / disk.file, self.data_key(vm, updated.id, disk.file))
+        self.write_object(self.data_key(vm, updated.id, MANIFEST),
+                          updated.model_dump_json(indent=2).encode())
+        self.delete_object(pending)
+
+    def finish_pending(self, vm: str) -> list[str]:
+        """A prune killed while rewriting a backup: when every stored file of it is the
+        rewritten one (its digest is the pending manifest's), the pending manifest is
+        put in place; otherwise the old files are still there and it is dropped."""
+        finished = []
+        for key in self.store.list(f"{vm}/backups/"):
+            parts = key.split("/")
+            if len(parts) != 4 or parts[3] != PENDING:
+                continue
+            try:
+                updated = Manifest.model_validate_json(self.read_object(key))
+                with self.scratch() as tmp:
+                    done = True
+                    for disk in updated.disks:
+                        self.get_data(self.data_key(vm, parts[2], disk.file), tmp / disk.file)
+                        done = done and digest_matches(tmp / disk.file, disk.sha256)
+            except (KvmopsError, ValueError):
+                done = False
+            if done and updated.id == parts[2] and updated.vm == vm:
+                self.write_object(self.data_key(vm, parts[2], MANIFEST),
+                                  updated.model_dump_json(indent=2).encode())
+                finished.append(parts[2])
+            self.delete_object(key)
+        return finished
 
     def save_checkpoint_xml(self, vm: str, name: str, xml: str) -> None:
         self.write_object(f"{vm}/checkpoints/{name}.xml", xml.encode())
@@ -717,11 +760,7 @@ def prune_store(repo: StoreRepository, vm: str, policy: RetentionPolicy, *,
                 for backup_id in rewrites:  # oldest first: a new parent is already final
                     new_parent = plan.rewrite[backup_id]
                     updated = _rewrite(view, vm, by_id, by_id[backup_id], new_parent)
-                    for disk in updated.disks:
-                        repo.put_data(view.backups_dir(vm) / backup_id / disk.file,
-                                      repo.data_key(vm, backup_id, disk.file))
-                    repo.write_object(repo.data_key(vm, backup_id, MANIFEST),
-                                      updated.model_dump_json(indent=2).encode())
+                    repo.rewrite_backup(view.backups_dir(vm) / backup_id, updated)
                     if note:
                         target = new_parent or "nothing (now a full)"
                         note(f"merged the expired backups below {backup_id} into it; "
