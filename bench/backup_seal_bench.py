@@ -17,6 +17,7 @@ lives under /var/lib/kvmops/bench and the backup directory with the prefix
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -156,6 +157,11 @@ def main() -> int:
         finally:
             cleanup(host, vm, work)
             shutil.rmtree(repos, ignore_errors=True)
+            # sealed repositories keep a per-VM lock in the work directory of each
+            for leftover in settings().backup_work_dir.glob(f"*/{vm}"):
+                shutil.rmtree(leftover, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    leftover.parent.rmdir()
     load_after = os.getloadavg()
     plain = best["plain"]
     data = args.data_mib * MiB
