@@ -20,7 +20,13 @@ from kvmops.backup.seal import (
     unseal_bytes,
     unseal_file,
 )
-from kvmops.errors import KeyRequiredError, TamperedError, UnsupportedError, ValidationError
+from kvmops.errors import (
+    KeyRequiredError,
+    StorageError,
+    TamperedError,
+    UnsupportedError,
+    ValidationError,
+)
 
 PLACE = "web1/backups/20261202T100000Z/vda.qcow2"
 KEY = bytes(range(32))
@@ -324,3 +330,16 @@ def test_without_o_direct_the_same_bytes_are_written(tmp_path: Path,
     assert (tmp_path / "direct").read_bytes() == (tmp_path / "buffered").read_bytes()
     unseal_file(tmp_path / "buffered", tmp_path / "out", SEALINGS["zstd+aes"], PLACE)
     assert (tmp_path / "out").read_bytes() == data
+
+
+def test_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _write(tmp_path / "src", os.urandom(FRAME_SIZE * 3))
+
+    def full(_fd: int, _data: object, _offset: int) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("kvmops.backup.seal.os.pwrite", full)
+    with pytest.raises(StorageError, match="No space left on device") as caught:
+        seal_file(src, tmp_path / "sealed", SEALINGS["aes"], PLACE)
+    assert str(tmp_path / "sealed") in str(caught.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

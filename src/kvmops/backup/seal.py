@@ -487,8 +487,11 @@ class _StagedWriter:
         os.ftruncate(self.fd, length)
 
     def close(self) -> None:
-        self.view.release()
-        self.stage.close()
+        # After a failure a traceback may still hold a slice of the stage: then the
+        # garbage collector frees it, and the original error is what the caller sees.
+        with contextlib.suppress(BufferError):
+            self.view.release()
+            self.stage.close()
 
 
 @contextlib.contextmanager
