@@ -38,6 +38,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
@@ -469,6 +470,11 @@ def _job(domain: DomainHandle, vm: str) -> Iterator[None]:
                                    "backup again")
     finally:
         backupjobs.abort_backup(domain, vm)
+        # libvirt tears the pull job down (export, scratch nodes, files) after the job
+        # stops showing: wait for that, so the checkpoint can be deleted right after.
+        deadline = time.monotonic() + 30
+        while hostfleece.pull_job_scratch(domain) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 def _plan_copies(repo: Repository, vm: str, plan: Plan, partial: Path, socket: Path,
