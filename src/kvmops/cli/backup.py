@@ -9,7 +9,6 @@ from typing import Any
 import typer
 from typer.core import TyperCommand
 
-from kvmops.backup.store import is_remote_url
 from kvmops.cli.common import HostFilesOption, HostOption, JsonOption, UriOption, from_cwd, on_host
 from kvmops.cli.output import (
     LazyBar,
@@ -30,7 +29,7 @@ app = typer.Typer(help="Online backups, restore, verify and retention.", no_args
 
 def repo_location(value: str | None) -> str | None:
     """``--repo``: a remote repository's URL as given, a directory made absolute."""
-    if value is None or is_remote_url(value):
+    if value is None or backups.is_remote_url(value):
         return value
     return str(from_cwd(Path(value)))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from kvmops.cli.common import JsonOption, UriOption
+from kvmops.cli.common import HostOption, JsonOption, UriOption, on_host
 from kvmops.cli.output import byte_progress, info, print_json, print_table, warn
 from kvmops.errors import ValidationError
 from kvmops.services import instant
@@ -91,8 +91,10 @@ def instant_restore(vm: str, repo: str | Path, at: str | None, new_vm: str | Non
 
 
 @app.command("list")
-def list_cmd(json_out: bool = JsonOption, uri: str | None = UriOption) -> None:
+def list_cmd(json_out: bool = JsonOption, uri: str | None = UriOption,
+             host_name: str | None = HostOption) -> None:
     """Instant recoveries and the progress of their background copy."""
+    uri = on_host(uri, host_name)
     found = instant.list_recoveries(uri)
     if json_out:
         print_json([{**s.model_dump(mode="json"), "percent": s.percent} for s in found])
@@ -112,8 +114,10 @@ def resume_cmd(
     detach: bool = typer.Option(False, "--detach", help="Do not follow the copy."),
     json_out: bool = JsonOption,
     uri: str | None = UriOption,
+    host_name: str | None = HostOption,
 ) -> None:
     """Re-attach to recoveries whose kvmops stopped; restart a pull QEMU lost."""
+    uri = on_host(uri, host_name)
     caller = Caller.local()
     rate = bandwidth_rate(bandwidth)
     if vm is None:
@@ -139,8 +143,9 @@ def resume_cmd(
 
 @app.command("cancel")
 def cancel_cmd(vm: str = typer.Argument(..., help="Recovered VM."),
-               uri: str | None = UriOption) -> None:
+               uri: str | None = UriOption, host_name: str | None = HostOption) -> None:
     """Stop the background copy; the VM keeps running, still reading the repository."""
+    uri = on_host(uri, host_name)
     record = instant.cancel(Caller.local(), uri, vm)
     info(f"the copy of VM '{vm}' is stopped; {record.message}")
 

@@ -26,7 +26,8 @@ from kvmops.services.caller import Caller
 from kvmops.services.jobs import track
 
 __all__ = ["BackupType", "JobRecord", "Manifest", "PruneResult", "RestoreResult",
-           "RetentionPolicy", "VerifyReport", "require_sound"]  # the faces' models
+           "RetentionPolicy", "VerifyReport", "is_remote_url",
+           "require_sound"]  # the faces' models
 ProgressFn = Callable[[str, float], None]
 BytesFn = Callable[[int, int], None]
 NoteFn = Callable[[str], None]

@@ -350,3 +350,8 @@ def _refuse_existing(guest: Any, vm: str, remote: str) -> None:
         return  # missing (or unreadable): the push decides
     raise AlreadyExistsError(f"{remote} already exists in the guest of VM '{vm}'",
                              hint="give --force to replace it")
+
+
+def staging_dir() -> Path:
+    """A private (0700) directory for a download's copy, in the state directory."""
+    return mount.mounts_dir()

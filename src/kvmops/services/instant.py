@@ -172,3 +172,18 @@ def _both(first: NoteFn | None, second: NoteFn) -> NoteFn:
             first(message)
 
     return call
+
+
+def stop_copy(uri: str | None, vm: str) -> None:
+    """Stop the pulls of ``vm`` (a cancelled API job): no audit of its own, the job's is."""
+    instant.cancel_by_name(uri, vm)
+
+
+def require_record(vm: str) -> InstantRecord:
+    """The recovery of ``vm`` (NotFoundError when there is none)."""
+    return instant.load(vm)
+
+
+def left_pulling() -> list[InstantRecord]:
+    """Recoveries an earlier kvmops left with their copy running (server start-up)."""
+    return [r for r in instant.all_records() if r.state is InstantState.PULLING]

@@ -109,9 +109,7 @@ def download_file(caller: OperatorCaller, name: VmNameDep, backup_id: str,
                   passphrase: str | None = PassHeader) -> FileResponse:
     """Download one regular file of a point (copied out to a private staging file in
     the state directory, removed once sent)."""
-    from kvmops.backup.mount import mounts_dir
-
-    stage = Path(tempfile.mkdtemp(prefix="download-", dir=mounts_dir()))
+    stage = Path(tempfile.mkdtemp(prefix="download-", dir=filerestore.staging_dir()))
     try:
         result = filerestore.restore_file(caller, None, repo, name, _backup_id(backup_id),
                                           path, to=stage, disk=disk, partition=partition,

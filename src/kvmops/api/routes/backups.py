@@ -15,7 +15,6 @@ from kvmops.api.deps import Ctx, HostUri, OperatorCaller, ViewerCaller, VmNameDe
 from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
 from kvmops.api.runner import JobCancelled, JobContext
 from kvmops.api.validators import AbsolutePath, Rate, VmName, check_path
-from kvmops.backup.store import is_remote_url
 from kvmops.errors import KvmopsError, ValidationError
 from kvmops.services import backups
 from kvmops.services.backups import (
@@ -32,7 +31,7 @@ router = APIRouter(tags=["backups"])
 def _repo(value: object) -> str:
     """A repository: a remote URL (checked against the allow-list by the service) or an
     absolute directory (checked against the path policy by the service)."""
-    if isinstance(value, str) and is_remote_url(value):
+    if isinstance(value, str) and backups.is_remote_url(value):
         return value
     if not isinstance(value, str):
         raise ValueError("a repository is a directory or an sftp:// or s3:// URL")

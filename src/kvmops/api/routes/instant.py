@@ -16,7 +16,6 @@ from kvmops.api.routes.backups import Repo, RepoKey
 from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
 from kvmops.api.runner import JobCancelled, JobContext
 from kvmops.api.validators import AbsolutePath, Rate, VmName
-from kvmops.backup import instant as instant_ops
 from kvmops.errors import KvmopsError
 from kvmops.services import instant
 from kvmops.services.backups import open_existing
@@ -59,7 +58,7 @@ def _follow(job: JobContext, uri: str | None, vm: str, start: Any) -> dict[str, 
         result: InstantStatus = start(progress)
     except JobCancelled:
         try:
-            instant_ops.cancel_by_name(uri, vm)
+            instant.stop_copy(uri, vm)
         except KvmopsError as err:
             log.warning("instant recovery of VM '%s' not cancelled: %s", vm, err)
         raise
@@ -91,7 +90,7 @@ def list_recoveries(caller: ViewerCaller, uri: HostUri) -> list[InstantView]:
 @router.post("/backups/instant/{name}/resume", status_code=202, response_model=JobAccepted)
 def resume(caller: OperatorCaller, name: VmNameDep, body: ResumeBody, ctx: Ctx,
            uri: HostUri, response: Response) -> JobAccepted:
-    instant_ops.load(name)  # 404 before a job is made
+    instant.require_record(name)  # 404 before a job is made
 
     def run(job: JobContext) -> dict[str, Any]:
         return _follow(job, uri, name, lambda progress: instant.resume(
@@ -114,13 +113,11 @@ def resume_at_startup(ctx: ApiContext) -> list[str]:
     uri = ctx.settings.uri
     started: list[str] = []
     try:
-        records = instant_ops.all_records()
+        records = instant.left_pulling()
     except OSError as err:  # the server starts anyway; 'backup instant resume' remains
         log.warning("instant recoveries not resumed: %s", err)
         return started
     for record in records:
-        if record.state is not instant_ops.InstantState.PULLING:
-            continue
         vm = record.vm
 
         def run(job: JobContext, vm: str = vm) -> dict[str, Any]:
