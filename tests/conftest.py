@@ -41,6 +41,8 @@ LONG_FILES = (
     "integration/test_backup_files.py",
     "integration/test_backup_instant.py",
     "integration/test_backup_remote.py",
+    "integration/test_backup_drill.py",
+    "integration/test_backup_disk_changes.py",
     "integration/test_snapshot.py",
     "integration/test_web_ui.py",
     "integration/test_readme.py",
