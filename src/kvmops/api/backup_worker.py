@@ -14,49 +14,34 @@ on stdout: ``{"progress": [done, total]}``, ``{"note": text}``, and finally
 
 from __future__ import annotations
 
-import json
-import sys
 from typing import Any
 
-
-def _emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj, default=str) + "\n")
-    sys.stdout.flush()
+from kvmops.services.child_worker import emit, run_child
 
 
-def main() -> int:
-    from kvmops.errors import KvmopsError
+def _run(raw: dict[str, Any]) -> dict[str, Any]:
     from kvmops.services import backups
     from kvmops.services.backups import BackupType
     from kvmops.services.caller import Caller
     from kvmops.services.jobs import current_job
 
-    try:
-        raw = json.loads(sys.stdin.readline())
-        current_job.set(raw.get("job_id"))  # the server's row: the backup lock names it
-        caller = Caller(name=str(raw.get("user") or "api"), role="operator", via="api")
-        manifest = backups.create(
-            caller, raw.get("uri"), raw["vm"], raw["repo"],
-            mode=BackupType(raw["mode"]) if raw.get("mode") else None,
-            disks=list(raw.get("disks") or []), exclude=list(raw.get("exclude") or []),
-            freeze=bool(raw.get("freeze", True)), speed=raw.get("speed"),
-            compress=raw.get("compress") or False, encrypt=bool(raw.get("encrypt")),
-            key_file=raw.get("key_file"), passphrase=raw.get("passphrase"),
-            fleecing=raw.get("fleecing"),
-            progress=lambda done, total: _emit({"progress": [done, total]}),
-            note=lambda text: _emit({"note": text}))
-        _emit({"result": manifest.model_dump(mode="json", exclude={"domain_xml"})})
-        return 0
-    except KvmopsError as err:
-        _emit({"error": str(err), "kind": type(err).__name__})
-        return 1
-    except KeyboardInterrupt:
-        _emit({"error": "backup interrupted", "kind": "JobCancelled"})
-        return 130
-    except Exception as err:
-        _emit({"error": f"internal error: {type(err).__name__}: {err}",
-               "kind": "InternalError"})
-        return 1
+    current_job.set(raw.get("job_id"))  # the server's row: the backup lock names it
+    caller = Caller(name=str(raw.get("user") or "api"), role="operator", via="api")
+    manifest = backups.create(
+        caller, raw.get("uri"), raw["vm"], raw["repo"],
+        mode=BackupType(raw["mode"]) if raw.get("mode") else None,
+        disks=list(raw.get("disks") or []), exclude=list(raw.get("exclude") or []),
+        freeze=bool(raw.get("freeze", True)), speed=raw.get("speed"),
+        compress=raw.get("compress") or False, encrypt=bool(raw.get("encrypt")),
+        key_file=raw.get("key_file"), passphrase=raw.get("passphrase"),
+        fleecing=raw.get("fleecing"),
+        progress=lambda done, total: emit({"progress": [done, total]}),
+        note=lambda text: emit({"note": text}))
+    return manifest.model_dump(mode="json", exclude={"domain_xml"})
+
+
+def main() -> int:
+    return run_child(_run)
 
 
 if __name__ == "__main__":

@@ -12,16 +12,11 @@ Protocol: one JSON object on stdin (``vm``, ``repo``, ``uri``, ``full``, ``compr
 from __future__ import annotations
 
 import inspect
-import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
-def _emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj, default=str) + "\n")
-    sys.stdout.flush()
+from kvmops.services.child_worker import run_child
 
 
 def _supported(fn: Callable[..., Any], **kwargs: Any) -> dict[str, Any]:
@@ -40,45 +35,36 @@ def _supported(fn: Callable[..., Any], **kwargs: Any) -> dict[str, Any]:
     return out
 
 
-def main() -> int:
+def _run(raw: dict[str, Any]) -> dict[str, Any]:
     from kvmops.errors import KvmopsError
     from kvmops.services import backups
     from kvmops.services.backups import BackupType, RetentionPolicy
     from kvmops.services.caller import Caller
 
-    try:
-        raw = json.loads(sys.stdin.readline())
-        caller = Caller(name=str(raw.get("user") or "scheduler"), role="admin", via="api",
-                        trusted_paths=True)  # the repository was checked when added
-        key_file = Path(raw["key_file"]) if raw.get("key_file") else None
-        manifest = backups.create(
-            caller, raw.get("uri"), raw["vm"], raw["repo"],
-            mode=BackupType.FULL if raw.get("full") else None,
-            # A key file means an encrypted repository: made so by its first backup.
-            **_supported(backups.create, compress=raw.get("compress"), key_file=key_file,
-                         encrypt=True if key_file else None))
-        result: dict[str, Any] = {"id": manifest.id, "type": manifest.type.value,
-                                  "pruned": None, "prune_error": None}
-        if raw.get("retention"):
-            try:
-                pruned = backups.prune_backups(
-                    caller, raw["repo"], raw["vm"], RetentionPolicy(**raw["retention"]),
-                    **_supported(backups.prune_backups, key_file=key_file))
-                result["pruned"] = len(pruned.plan.remove)
-            except KvmopsError as err:  # the backup stands; the next success prunes
-                result["prune_error"] = f"retention failed: {err}"
-        _emit({"result": result})
-        return 0
-    except KvmopsError as err:
-        _emit({"error": str(err), "kind": type(err).__name__})
-        return 1
-    except KeyboardInterrupt:
-        _emit({"error": "backup interrupted", "kind": "JobCancelled"})
-        return 130
-    except Exception as err:
-        _emit({"error": f"internal error: {type(err).__name__}: {err}",
-               "kind": "InternalError"})
-        return 1
+    caller = Caller(name=str(raw.get("user") or "scheduler"), role="admin", via="api",
+                    trusted_paths=True)  # the repository was checked when added
+    key_file = Path(raw["key_file"]) if raw.get("key_file") else None
+    manifest = backups.create(
+        caller, raw.get("uri"), raw["vm"], raw["repo"],
+        mode=BackupType.FULL if raw.get("full") else None,
+        # A key file means an encrypted repository: made so by its first backup.
+        **_supported(backups.create, compress=raw.get("compress"), key_file=key_file,
+                     encrypt=True if key_file else None))
+    result: dict[str, Any] = {"id": manifest.id, "type": manifest.type.value,
+                              "pruned": None, "prune_error": None}
+    if raw.get("retention"):
+        try:
+            pruned = backups.prune_backups(
+                caller, raw["repo"], raw["vm"], RetentionPolicy(**raw["retention"]),
+                **_supported(backups.prune_backups, key_file=key_file))
+            result["pruned"] = len(pruned.plan.remove)
+        except KvmopsError as err:  # the backup stands; the next success prunes
+            result["prune_error"] = f"retention failed: {err}"
+    return result
+
+
+def main() -> int:
+    return run_child(_run)
 
 
 if __name__ == "__main__":
