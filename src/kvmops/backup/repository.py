@@ -41,6 +41,7 @@ import blake3
 from kvmops.backup.keys import Keyring, Signature
 from kvmops.backup.model import Manifest
 from kvmops.errors import (
+    KeyRequiredError,
     KvmopsError,
     NotFoundError,
     StateError,
@@ -156,6 +157,28 @@ def digest_matches(path: Path, recorded: str) -> bool:
     return False
 
 
+def check_signature(keyring: Keyring, place: str, data: bytes, signature: Signature,
+                    where: Path | str) -> None:
+    """TamperedError unless ``signature`` authenticates ``data`` stored at ``place``."""
+    problem = keyring.check(place, data, signature)
+    if problem:
+        raise TamperedError(f"{where} failed authentication: {problem}",
+                            hint="it is never used; run 'kvmops backup verify'")
+
+
+def parse_manifest(data: bytes, vm: str, backup_id: str, where: Path | str) -> Manifest:
+    """The manifest in authenticated ``data``, which must describe where it lies."""
+    try:
+        manifest = Manifest.model_validate_json(data)
+    except ValueError as err:
+        raise StorageError(f"unreadable backup manifest {where}: {err}",
+                           hint="run 'kvmops backup verify'") from err
+    if manifest.vm != vm or manifest.id != backup_id:
+        raise TamperedError(f"manifest {where} describes backup {manifest.id} of VM "
+                            f"'{manifest.vm}', not where it lies")
+    return manifest
+
+
 @dataclass(frozen=True)
 class Rejected:
     """A published backup whose manifest failed authentication (never used)."""
@@ -250,27 +273,30 @@ class Repository:
                                      "adopt it with 'kvmops backup key adopt'") from None
         except (OSError, KvmopsError) as err:
             raise TamperedError(f"the signature of {path} is unreadable: {err}") from err
-        problem = self.keyring.check(self.place(path), data, signature)
-        if problem:
-            raise TamperedError(f"{path} failed authentication: {problem}",
-                                hint="it is never used; run 'kvmops backup verify'")
+        check_signature(self.keyring, self.place(path), data, signature, path)
         return data
 
     # ------------------------------------------------------------ reading
-    def scan(self, vm: str) -> tuple[list[Manifest], list[Rejected]]:
-        """Published backups, oldest first, and those whose manifest was rejected."""
+    def backup_ids(self, vm: str) -> list[str]:
+        """Ids of the published backups of ``vm`` (directories holding a manifest)."""
         base = self.backups_dir(vm)
         if not base.is_dir():
-            return [], []
+            return []
+        return [entry.name for entry in sorted(base.iterdir())
+                if not entry.name.startswith(".") and (entry / MANIFEST).is_file()]
+
+    def scan(self, vm: str) -> tuple[list[Manifest], list[Rejected]]:
+        """Published backups, oldest first, and those whose manifest was rejected (a
+        missing repository key is raised: it rejects nothing)."""
         found: list[Manifest] = []
         rejected: list[Rejected] = []
-        for entry in sorted(base.iterdir()):
-            if entry.name.startswith(".") or not (entry / MANIFEST).is_file():
-                continue
+        for backup_id in self.backup_ids(vm):
             try:
-                found.append(self.load(vm, entry.name))
+                found.append(self.load(vm, backup_id))
+            except KeyRequiredError:
+                raise
             except KvmopsError as err:
-                rejected.append(Rejected(vm, entry.name, err.message))
+                rejected.append(Rejected(vm, backup_id, err.message))
         return sorted(found, key=lambda m: m.id), rejected
 
     def manifests(self, vm: str) -> list[Manifest]:
@@ -285,16 +311,7 @@ class Repository:
     def load(self, vm: str, backup_id: str) -> Manifest:
         """One authenticated manifest (TamperedError if it fails)."""
         path = self.backups_dir(vm) / backup_id / MANIFEST
-        data = self.read_signed(path)
-        try:
-            manifest = Manifest.model_validate_json(data)
-        except ValueError as err:
-            raise StorageError(f"unreadable backup manifest {path}: {err}",
-                               hint="run 'kvmops backup verify'") from err
-        if manifest.vm != vm or manifest.id != backup_id:
-            raise TamperedError(f"manifest {path} describes backup {manifest.id} of VM "
-                                f"'{manifest.vm}', not where it lies")
-        return manifest
+        return parse_manifest(self.read_signed(path), vm, backup_id, path)
 
     def write_manifest(self, directory: Path, manifest: Manifest) -> None:
         """Write (and sign) ``manifest`` into ``directory``, to be published as its id."""

@@ -45,9 +45,10 @@ from kvmops.backup.repository import (
     IDENTITY,
     MANIFEST,
     SIG_SUFFIX,
-    Rejected,
     Repository,
+    check_signature,
     digest_matches,
+    parse_manifest,
     sha256_file,
 )
 from kvmops.backup.seal import (
@@ -172,10 +173,7 @@ def read_signed_object(store: ObjectStore, keyring: Keyring, key: str) -> bytes:
                             hint="it is never used") from None
     except (KvmopsError, UnicodeDecodeError) as err:
         raise TamperedError(f"the signature of {where} is unreadable: {err}") from err
-    problem = keyring.check(key, data, signature)
-    if problem:
-        raise TamperedError(f"{where} failed authentication: {problem}",
-                            hint="it is never used; run 'kvmops backup verify'")
+    check_signature(keyring, key, data, signature, where)
     return data
 
 
@@ -330,31 +328,9 @@ class StoreRepository(Repository):
                 ids.add(match.group(2))
         return sorted(ids)
 
-    def scan(self, vm: str) -> tuple[list[Manifest], list[Rejected]]:
-        found: list[Manifest] = []
-        rejected: list[Rejected] = []
-        for backup_id in self.backup_ids(vm):
-            try:
-                found.append(self.load(vm, backup_id))
-            except KeyRequiredError:
-                raise
-            except KvmopsError as err:
-                rejected.append(Rejected(vm, backup_id, err.message))
-        return sorted(found, key=lambda m: m.id), rejected
-
     def load(self, vm: str, backup_id: str) -> Manifest:
         key = self.data_key(vm, backup_id, MANIFEST)
-        data = self.read_object(key)
-        where = f"{self.store.url}/{key}"
-        try:
-            manifest = Manifest.model_validate_json(data)
-        except ValueError as err:
-            raise StorageError(f"unreadable backup manifest {where}: {err}",
-                               hint="run 'kvmops backup verify'") from err
-        if manifest.vm != vm or manifest.id != backup_id:
-            raise TamperedError(f"manifest {where} describes backup {manifest.id} of VM "
-                                f"'{manifest.vm}', not where it lies")
-        return manifest
+        return parse_manifest(self.read_object(key), vm, backup_id, f"{self.store.url}/{key}")
 
     def has_file(self, vm: str, backup_id: str, name: str) -> bool:
         return self.store.size(self.data_key(vm, backup_id, name)) is not None
