@@ -121,6 +121,29 @@ def plan_prune(manifests: list[Manifest], policy: RetentionPolicy) -> PrunePlan:
     return PrunePlan(keep=keep, remove=remove, rewrite=rewrite, reasons=reasons)
 
 
+def scan_for_prune(repo: Repository, vm: str, policy: RetentionPolicy
+                   ) -> tuple[dict[str, Manifest], PrunePlan]:
+    """``vm``'s backups by id and the plan; refused when any manifest was rejected."""
+    manifests, rejected = repo.scan(vm)
+    if rejected:
+        raise TamperedError(
+            f"not pruning VM '{vm}' in {repo.location}: backup {rejected[0].backup_id} "
+            f"failed authentication ({rejected[0].reason})",
+            hint="a chain with an untrusted link cannot be merged safely; run "
+                 "'kvmops backup verify' and remove or re-take the affected backups")
+    if not manifests:
+        raise NotFoundError(f"no backups of VM '{vm}' in {repo.location}")
+    return {m.id: m for m in manifests}, plan_prune(manifests, policy)
+
+
+def note_merged(note: Callable[[str], None] | None, backup_id: str,
+                new_parent: str | None) -> None:
+    if note:
+        target = new_parent or "nothing (now a full)"
+        note(f"merged the expired backups below {backup_id} into it; "
+             f"it now builds on {target}")
+
+
 def prune(repo_path: Path | Repository, vm: str, policy: RetentionPolicy, *,
           dry_run: bool = False, note: Callable[[str], None] | None = None) -> PruneResult:
     """Apply ``policy`` to ``vm``'s backups (``repo_path``: a directory, or a repository
@@ -132,16 +155,7 @@ def prune(repo_path: Path | Repository, vm: str, policy: RetentionPolicy, *,
         return prune_store(repo, vm, policy, dry_run=dry_run, note=note)
     with repo.lock(vm, "prune"):
         recover_swaps(repo, vm)
-        manifests, rejected = repo.scan(vm)
-        if rejected:
-            raise TamperedError(
-                f"not pruning VM '{vm}' in {repo.root}: backup {rejected[0].backup_id} failed "
-                f"authentication ({rejected[0].reason})",
-                hint="a chain with an untrusted link cannot be merged safely; run "
-                     "'kvmops backup verify' and remove or re-take the affected backups")
-        if not manifests:
-            raise NotFoundError(f"no backups of VM '{vm}' in {repo.root}")
-        plan = plan_prune(manifests, policy)
+        by_id, plan = scan_for_prune(repo, vm, policy)
         if dry_run or not plan.remove:
             return PruneResult(vm=vm, dry_run=dry_run, plan=plan)
         from kvmops.backup.mount import refuse_if_mounted  # a mounted chain is in use
@@ -150,15 +164,11 @@ def prune(repo_path: Path | Repository, vm: str, policy: RetentionPolicy, *,
         from kvmops.backup.instant import refuse_if_in_use  # a recovery reads the chain
 
         refuse_if_in_use(repo.root, vm, set(plan.remove) | set(plan.rewrite), "prune")
-        by_id = {m.id: m for m in manifests}
         # Oldest first: a rewritten backup's new parent is always already final.
         for backup_id in plan.keep:
             if backup_id in plan.rewrite:
                 _rewrite(repo, vm, by_id, by_id[backup_id], plan.rewrite[backup_id])
-                if note:
-                    target = plan.rewrite[backup_id] or "nothing (now a full)"
-                    note(f"merged the expired backups below {backup_id} into it; "
-                         f"it now builds on {target}")
+                note_merged(note, backup_id, plan.rewrite[backup_id])
         for backup_id in plan.remove:
             retire = repo.backups_dir(vm) / f"{RETIRED_PREFIX}{backup_id}"
             os.rename(repo.backups_dir(vm) / backup_id, retire)

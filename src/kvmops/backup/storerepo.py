@@ -711,23 +711,13 @@ def prune_store(repo: StoreRepository, vm: str, policy: RetentionPolicy, *,
     expired one are merged (as for a plain one) in opened copies, re-sealed and put back
     (files first, manifest last); expired backups are unlisted, then deleted."""
     from kvmops.backup.restore import require_sound, verify
-    from kvmops.backup.retention import PruneResult, _rewrite, plan_prune
+    from kvmops.backup.retention import PruneResult, _rewrite, note_merged, scan_for_prune
 
     with repo.lock(vm, "prune"):
         repo.drop_orphans(vm)
-        manifests, rejected = repo.scan(vm)
-        if rejected:
-            raise TamperedError(
-                f"not pruning VM '{vm}' in {repo.location}: backup {rejected[0].backup_id} "
-                f"failed authentication ({rejected[0].reason})",
-                hint="a chain with an untrusted link cannot be merged safely; run "
-                     "'kvmops backup verify' and remove or re-take the affected backups")
-        if not manifests:
-            raise NotFoundError(f"no backups of VM '{vm}' in {repo.location}")
-        plan = plan_prune(manifests, policy)
+        by_id, plan = scan_for_prune(repo, vm, policy)
         if dry_run or not plan.remove:
             return PruneResult(vm=vm, dry_run=dry_run, plan=plan)
-        by_id = {m.id: m for m in manifests}
         rewrites = [b for b in plan.keep if b in plan.rewrite]
         needed = {(m.id, d.target) for b in rewrites for d in by_id[b].disks
                   for m in disk_chain(by_id, b, d.target)}
@@ -737,10 +727,7 @@ def prune_store(repo: StoreRepository, vm: str, policy: RetentionPolicy, *,
                     new_parent = plan.rewrite[backup_id]
                     updated = _rewrite(view, vm, by_id, by_id[backup_id], new_parent)
                     repo.rewrite_backup(view.backups_dir(vm) / backup_id, updated)
-                    if note:
-                        target = new_parent or "nothing (now a full)"
-                        note(f"merged the expired backups below {backup_id} into it; "
-                             f"it now builds on {target}")
+                    note_merged(note, backup_id, new_parent)
         for backup_id in plan.remove:
             repo.remove_backup(by_id[backup_id])
         require_sound(verify(repo, vm))
