@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
+from benchlib import fsync_path
 
 from kvmops.agent import guest
 from kvmops.agent.channel import open_agent
@@ -222,14 +223,6 @@ class Recorder:
 def drop_caches() -> None:
     os.sync()
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[bytes]:

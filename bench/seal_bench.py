@@ -28,7 +28,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchlib import write_marked_section
+from benchlib import fsync_path, write_marked_section
 
 from kvmops.backup.seal import Sealing, check_sealed, seal_file, unseal_file
 
@@ -36,14 +36,6 @@ MiB = 1 << 20
 PLACE = "bench/backups/20261202T000000Z/vda.qcow2"
 KEY = os.urandom(32)
 BEGIN, END = "<!-- seal-bench:begin -->", "<!-- seal-bench:end -->"
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 CPU: list[float] = []  # CPU seconds of the last once(): this process's threads + children
