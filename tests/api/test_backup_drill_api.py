@@ -4,8 +4,6 @@ viewers, a failed drill fails its job and is recorded, viewers cannot start one.
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +12,9 @@ import pytest
 from kvmops.backup.repository import Repository
 from kvmops.devguest.build import GuestImage
 from kvmops.host.connection import Host
-from tests.conftest import SESSION_PREFIX, run_cli
+from tests.conftest import SESSION_PREFIX
 from tests.integration.api_server import ApiServer, wait_job
-from tests.integration.conftest import remove_vm
+from tests.integration.backup_util import offline_point
 
 pytestmark = pytest.mark.integration
 
@@ -26,19 +24,9 @@ def point(host: Host, tiny_guest: GuestImage, images_dir: Path, backups_dir: Pat
           ) -> Iterator[tuple[str, Path, str]]:
     """(VM, repository, backup id) of an offline full backup of a shut-off VM."""
     name = f"{SESSION_PREFIX}drapi"
-    repo = backups_dir / f"drapi-{time.monotonic_ns()}"
-    repo.mkdir(mode=0o755)
-    try:
-        made = run_cli("vm", "create", name, "--memory", "256M", "--vcpus", "1", "--kernel",
-                       str(tiny_guest.kernel), "--initrd", str(tiny_guest.initrd),
-                       "--cmdline", "console=ttyS0", "--disk", "size=16M", "--images-dir",
-                       str(images_dir))
-        assert made.code == 0, made.stderr
-        result = run_cli("backup", "create", name, "--repo", str(repo), "--full", "--json")
-        assert result.code == 0, result.stderr
-        yield name, repo, str(json.loads(result.stdout)["id"])
-    finally:
-        remove_vm(host, name)
+    with offline_point(host, tiny_guest, name, backups_dir, "--disk", "size=16M",
+                       "--images-dir", str(images_dir)) as (repo, backup_id):
+        yield name, repo, backup_id
 
 
 def test_drill_job_and_log(api: ApiServer, point: tuple[str, Path, str], images_dir: Path,
@@ -79,7 +67,7 @@ def test_drills_card_in_chromium(point: tuple[str, Path, str], images_dir: Path,
                                  backups_dir: Path, tiny_guest: GuestImage) -> None:
     """The backups page's 'Restore drills' card: run one (no boot), see it passed."""
     pytest.importorskip("playwright.sync_api")
-    from tests.integration.browser import CHROMIUM, LAPTOP, chromium_page, web_server
+    from tests.integration.browser import CHROMIUM, LAPTOP, chromium_page, log_in, web_server
 
     if not CHROMIUM.exists():
         pytest.fail("chromium missing: run scripts/setup-host.sh")
@@ -89,11 +77,7 @@ def test_drills_card_in_chromium(point: tuple[str, Path, str], images_dir: Path,
                     str(images_dir), "--allow-dir", str(tiny_guest.kernel.parent),
                     "--backup-dir", str(backups_dir)) as server, \
             chromium_page(LAPTOP) as page:
-        page.goto(server.url + "/login")
-        page.fill("input[name=username]", user)
-        page.fill("input[name=password]", password)
-        page.click("button[type=submit]")
-        page.wait_for_url(server.url + "/")
+        log_in(page, server.url, user, password)
         page.goto(f"{server.url}/vms/{vm}/backups?repo={repo}")
         page.locator("#drill-rows tr").first.wait_for(timeout=60_000)
         before = page.locator("#drill-rows tr[data-drill]").count()

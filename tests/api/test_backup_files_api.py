@@ -18,7 +18,7 @@ from kvmops.errors import KeyRequiredError
 from kvmops.host.connection import Host
 from tests.conftest import SESSION_PREFIX, assert_one_line_error, run_cli
 from tests.integration.api_server import ApiServer, wait_job
-from tests.integration.conftest import remove_vm
+from tests.integration.backup_util import offline_point
 from tests.integration.test_backup_files import make_partitioned_disk
 
 
@@ -29,18 +29,11 @@ def point(host: Host, tiny_guest: GuestImage, images_dir: Path, backups_dir: Pat
     name = f"{SESSION_PREFIX}frapi"
     image = images_dir / f"{name}-vda.qcow2"
     make_partitioned_disk(image, tmp_path_factory.mktemp("frapi"))
-    repo = backups_dir / f"frapi-{time.monotonic_ns()}"
-    repo.mkdir(mode=0o755)
     try:
-        made = run_cli("vm", "create", name, "--memory", "256M", "--vcpus", "1", "--kernel",
-                       str(tiny_guest.kernel), "--initrd", str(tiny_guest.initrd),
-                       "--cmdline", "console=ttyS0", "--disk", f"path={image},format=qcow2")
-        assert made.code == 0, made.stderr
-        result = run_cli("backup", "create", name, "--repo", str(repo), "--full", "--json")
-        assert result.code == 0, result.stderr
-        yield name, repo, str(json.loads(result.stdout)["id"])
+        with offline_point(host, tiny_guest, name, backups_dir,
+                           "--disk", f"path={image},format=qcow2") as (repo, backup_id):
+            yield name, repo, backup_id
     finally:
-        remove_vm(host, name)
         image.unlink(missing_ok=True)
         run_cli("backup", "umount", "--all")
 
@@ -86,7 +79,7 @@ def test_browse_files_dialog_in_chromium(point: tuple[str, Path, str], images_di
                                          backups_dir: Path) -> None:
     """The backups page's 'Browse files…': list the point, walk into /data, download."""
     pytest.importorskip("playwright.sync_api")
-    from tests.integration.browser import CHROMIUM, LAPTOP, chromium_page, web_server
+    from tests.integration.browser import CHROMIUM, LAPTOP, chromium_page, log_in, web_server
 
     if not CHROMIUM.exists():
         pytest.fail("chromium missing: run scripts/setup-host.sh")
@@ -95,11 +88,7 @@ def test_browse_files_dialog_in_chromium(point: tuple[str, Path, str], images_di
     with web_server("kvmops-frweb-", [(user, "operator", password)], "--allow-dir",
                     str(images_dir), "--backup-dir", str(backups_dir)) as server, \
             chromium_page(LAPTOP) as page:
-        page.goto(server.url + "/login")
-        page.fill("input[name=username]", user)
-        page.fill("input[name=password]", password)
-        page.click("button[type=submit]")
-        page.wait_for_url(server.url + "/")
+        log_in(page, server.url, user, password)
         page.goto(f"{server.url}/vms/{vm}/backups?repo={repo}")
         page.locator(f"#points-table button[data-browse='{backup_id}']").click()
         rows = page.locator("#files-rows tr")

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +16,9 @@ import pytest
 from kvmops.backup import instant
 from kvmops.devguest.build import GuestImage
 from kvmops.host.connection import Host
-from tests.conftest import SESSION_PREFIX, run_cli
+from tests.conftest import SESSION_PREFIX
 from tests.integration.api_server import ApiServer, wait_job
+from tests.integration.backup_util import offline_point
 from tests.integration.conftest import remove_vm
 
 
@@ -31,18 +31,11 @@ def point(host: Host, tiny_guest: GuestImage, images_dir: Path, backups_dir: Pat
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True)
     subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 1M 6M", str(image)],
                    check=True, capture_output=True)
-    repo = backups_dir / f"iapi-{time.monotonic_ns()}"
-    repo.mkdir(mode=0o755)
     try:
-        made = run_cli("vm", "create", name, "--memory", "256M", "--vcpus", "1", "--kernel",
-                       str(tiny_guest.kernel), "--initrd", str(tiny_guest.initrd),
-                       "--cmdline", "console=ttyS0", "--disk", f"path={image},format=qcow2")
-        assert made.code == 0, made.stderr
-        result = run_cli("backup", "create", name, "--repo", str(repo), "--full", "--json")
-        assert result.code == 0, result.stderr
-        yield name, repo, str(json.loads(result.stdout)["id"]), image
+        with offline_point(host, tiny_guest, name, backups_dir,
+                           "--disk", f"path={image},format=qcow2") as (repo, backup_id):
+            yield name, repo, backup_id, image
     finally:
-        remove_vm(host, name)
         image.unlink(missing_ok=True)
 
 

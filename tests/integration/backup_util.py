@@ -6,14 +6,39 @@ import contextlib
 import hashlib
 import json
 import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from kvmops.backup.repository import Repository
+from kvmops.devguest.build import GuestImage
 from kvmops.host.connection import Host
 from kvmops.vm.checkpoints import CHECKPOINT_PREFIX
 from tests.conftest import run_cli
 
 DISK_MIB = 64
+
+
+@contextlib.contextmanager
+def offline_point(host: Host, tiny_guest: GuestImage, name: str, backups_dir: Path,
+                  *disk: str) -> Iterator[tuple[Path, str]]:
+    """(new repository, backup id) of a full backup of a new shut-off VM ``name`` whose
+    disk is made by ``vm create``'s ``disk`` arguments; no guest boots. The VM is removed
+    at exit."""
+    from tests.integration.conftest import remove_vm  # conftest imports this module
+
+    repo = backups_dir / f"{name}-{time.monotonic_ns()}"
+    repo.mkdir(mode=0o755)
+    try:
+        made = run_cli("vm", "create", name, "--memory", "256M", "--vcpus", "1", "--kernel",
+                       str(tiny_guest.kernel), "--initrd", str(tiny_guest.initrd),
+                       "--cmdline", "console=ttyS0", *disk)
+        assert made.code == 0, made.stderr
+        result = run_cli("backup", "create", name, "--repo", str(repo), "--full", "--json")
+        assert result.code == 0, result.stderr
+        yield repo, str(json.loads(result.stdout)["id"])
+    finally:
+        remove_vm(host, name)
 
 
 def guest_sh(vm: str, script: str) -> str:
