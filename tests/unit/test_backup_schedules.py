@@ -8,7 +8,6 @@ import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from kvmops.services import schedules as svc
 from kvmops.services.caller import Caller
 from kvmops.store import schedules as rows
 from kvmops.store.db import Store
+from tests.webhook import webhook_server
 
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 ROOT = Caller(name="root", role="admin", via="cli", trusted_paths=True)
@@ -146,22 +146,7 @@ def test_failure_retried_with_backoff_then_reported(db: Store, clock: FakeClock,
                                                      tmp_path: Path) -> None:
     fake = FakeBackups()
     fake.failing.add("vm1")
-    received: list[dict[str, Any]] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    with webhook_server("/hook") as (url, received):
         sched = scheduler(db, clock, fake, webhook=url)
         add(db, clock, tmp_path)
         clock.advance(hours=1)
@@ -181,9 +166,6 @@ def test_failure_retried_with_backoff_then_reported(db: Store, clock: FakeClock,
         (run,) = sched.run_due()
         assert (run.result, run.attempt) == ("failed", 4)
         assert run.error == "VM 'vm1' not found"
-    finally:
-        server.shutdown()
-        server.server_close()
     assert len(fake.jobs) == 4
     assert [(r["event"], r["vm"], r["attempts"], r["error"]) for r in received] == \
         [("backup.schedule.failed", "vm1", 4, "VM 'vm1' not found")]
