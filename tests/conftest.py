@@ -5,10 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:  # remote_servers imports this module
+    from tests.integration.remote_servers import S3Server, SshServer
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_PREFIX = "kvmops-test-"
@@ -125,3 +130,21 @@ def assert_one_line_error(result: CliResult, code: int, *fragments: str) -> None
 @pytest.fixture
 def cli() -> type[CliResult]:
     return CliResult
+
+
+@pytest.fixture(scope="module")
+def sshd() -> Iterator[SshServer]:
+    """A real sshd in a test-made network namespace, one per test module."""
+    from tests.integration.remote_servers import sshd_server
+
+    with sshd_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    """A real S3-compatible server on loopback, one per test module."""
+    from tests.integration.remote_servers import s3_server
+
+    with s3_server() as server:
+        yield server

@@ -14,16 +14,10 @@ import pytest
 from kvmops.backup.repository import Repository
 from kvmops.backup.storerepo import open_repository
 from tests.integration.api_server import ApiServer, add_users, start_server, wait_job
-from tests.integration.remote_servers import S3Server, s3_server
+from tests.integration.remote_servers import S3Server
 from tests.unit.test_remote_replicate import VM, add_point
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with s3_server() as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

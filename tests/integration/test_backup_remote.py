@@ -8,28 +8,15 @@ after it; and replication of a local repository to S3, restored from the replica
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import assert_one_line_error, run_cli
 from tests.integration.backup_util import image_hash, write_random
-from tests.integration.remote_servers import S3Server, SshServer, s3_server, sshd_server
+from tests.integration.remote_servers import S3Server, SshServer
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def sshd() -> Iterator[SshServer]:
-    with sshd_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with s3_server() as server:
-        yield server
 
 
 class Remote:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,22 +20,10 @@ from kvmops.backup.repository import Repository, sha256_file
 from kvmops.backup.restore import restore_to_dir, verify
 from kvmops.backup.storerepo import open_repository
 from kvmops.errors import ValidationError
-from tests.integration.remote_servers import S3Server, SshServer, s3_server, sshd_server
+from tests.integration.remote_servers import S3Server, SshServer
 
 VM = "replvm"
 START = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def sshd() -> Iterator[SshServer]:
-    with sshd_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with s3_server() as server:
-        yield server
 
 
 def add_point(repo: Repository, index: int, parent: Manifest | None) -> Manifest:

@@ -17,21 +17,9 @@ from kvmops.backup.remote.s3 import S3Store
 from kvmops.backup.remote.sftp import SftpStore
 from kvmops.backup.store import ObjectStore, open_store
 from kvmops.errors import ConfigError, HostUnavailableError, NotFoundError, StorageError
-from tests.integration.remote_servers import S3Server, SshServer, s3_server, sshd_server
+from tests.integration.remote_servers import S3Server, SshServer
 
 MiB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def sshd() -> Iterator[SshServer]:
-    with sshd_server() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with s3_server() as server:
-        yield server
 
 
 @pytest.fixture
