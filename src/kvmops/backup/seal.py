@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from kvmops.backup.repository import fsync_dir
 from kvmops.errors import (
     KeyRequiredError,
     NotFoundError,
@@ -415,14 +416,6 @@ def _open_checked(codec: _Codec, name: str, index: int, offset: int, head: bytes
                               f"reordered, or sealed for another place)") from None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def _atomic_output(dst: Path, what: str) -> Iterator[BinaryIO]:
     tmp = dst.with_name(f".{dst.name}.{what}-{os.getpid()}-{threading.get_ident()}")
@@ -432,7 +425,7 @@ def _atomic_output(dst: Path, what: str) -> Iterator[BinaryIO]:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, dst)
-        _fsync_dir(dst.parent)
+        fsync_dir(dst.parent)
     except OSError as err:
         raise StorageError(f"cannot write {dst}: {err.strerror or err}") from err
     finally:
@@ -516,7 +509,7 @@ def _atomic_direct_output(dst: Path) -> Iterator[_StagedWriter]:
         finally:
             os.close(fd)
         os.replace(tmp, dst)
-        _fsync_dir(dst.parent)
+        fsync_dir(dst.parent)
     except OSError as err:
         raise StorageError(f"cannot write {dst}: {err.strerror or err}") from err
     finally:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Protocol, runtime_checkable
 
+from kvmops.backup.repository import fsync_dir
 from kvmops.errors import NotFoundError, StorageError, UnsupportedError, ValidationError
 
 Progress = Callable[[int, int], None]
@@ -118,14 +119,6 @@ def check_key(key: str) -> str:
     return key
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class LocalStore:
     """A directory as an object store: keys are relative paths below ``root``.
 
@@ -161,7 +154,7 @@ class LocalStore:
         finally:
             os.close(fd)
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
     # ------------------------------------------------------------ the protocol
     def list(self, prefix: str) -> list[str]:
