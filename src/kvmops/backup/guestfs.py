@@ -204,11 +204,7 @@ def _copy_tree(src: Path, dst: Path, total: int, done: list[int], result: CopyRe
     info = os.lstat(src)
     os.chmod(dst, stat.S_IMODE(info.st_mode) & 0o777)
     os.utime(dst, ns=(info.st_atime_ns, info.st_mtime_ns))
-    fd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(dst)
 
 
 def _remove(path: Path) -> None:

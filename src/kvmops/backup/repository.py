@@ -157,6 +157,23 @@ def digest_matches(path: Path, recorded: str) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def identity_lock(root: Path) -> Iterator[None]:
+    """Made the repository directory ``root``; held, two first backups into it make one
+    identity."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StorageError(f"cannot create backup repository {root}: "
+                           f"{err.strerror}") from err
+    fd = os.open(root / ".identity.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def check_signature(keyring: Keyring, place: str, data: bytes, signature: Signature,
                     where: Path | str) -> None:
     """TamperedError unless ``signature`` authenticates ``data`` stored at ``place``."""
@@ -201,18 +218,9 @@ class Repository:
         deletes only its own."""
         path = self.root / IDENTITY
         if not path.exists():
-            try:
-                self.root.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise StorageError(f"cannot create backup repository {self.root}: "
-                                   f"{err.strerror}") from err
-            fd = os.open(self.root / ".identity.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+            with identity_lock(self.root):
                 if not path.exists():
                     self.write_signed(path, json.dumps({"id": secrets.token_hex(4)}) + "\n")
-            finally:
-                os.close(fd)
         try:
             value = json.loads(self.read_signed(path)).get("id")
         except (ValueError, AttributeError) as err:

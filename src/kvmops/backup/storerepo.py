@@ -25,9 +25,7 @@ A plain local repository stays a plain :class:`Repository` (no change, no cost).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 import re
 import secrets
 import shutil
@@ -48,6 +46,7 @@ from kvmops.backup.repository import (
     Repository,
     check_signature,
     digest_matches,
+    identity_lock,
     parse_manifest,
     sha256_file,
 )
@@ -618,17 +617,8 @@ def _identity_lock(store: ObjectStore) -> Iterator[None]:
     if not isinstance(store, LocalStore):
         yield
         return
-    try:
-        store.root.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise StorageError(f"cannot create backup repository {store.root}: "
-                           f"{err.strerror}") from err
-    fd = os.open(store.root / ".identity.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with identity_lock(store.root):
         yield
-    finally:
-        os.close(fd)
 
 
 def rekey(repo: str | Path, *, old_key_file: Path | str | None = None,
