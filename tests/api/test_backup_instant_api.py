@@ -4,22 +4,19 @@ the list shows it completed, viewers are refused, an unknown recovery is a 404."
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from kvmops.backup import instant
 from kvmops.devguest.build import GuestImage
 from kvmops.host.connection import Host
 from tests.conftest import SESSION_PREFIX
 from tests.integration.api_server import ApiServer, wait_job
 from tests.integration.backup_util import offline_point
-from tests.integration.conftest import remove_vm
+from tests.integration.test_backup_instant import _recovered
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +41,7 @@ def test_instant_recovery_job(api: ApiServer, point: tuple[str, Path, str, Path]
     vm, repo, backup_id, image = point
     new = f"{SESSION_PREFIX}iapi-new"
     body = {"repo": str(repo), "at": backup_id, "new_vm": new, "images_dir": str(images_dir)}
-    try:
+    with _recovered(host, new):
         with api.client("operator") as op, api.client("viewer") as viewer:
             assert viewer.post(f"/vms/{vm}/backups/instant", json=body).status_code == 403
             assert op.post("/backups/instant/nosuch-vm/resume", json={}).status_code == 404
@@ -69,10 +66,3 @@ def test_instant_recovery_job(api: ApiServer, point: tuple[str, Path, str, Path]
         compare = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2",
                                   str(overlay), str(image)], capture_output=True, text=True)
         assert compare.returncode == 0, compare.stdout + compare.stderr
-    finally:
-        remove_vm(host, new)
-        with contextlib.suppress(Exception):
-            for disk in instant.load(new).disks:
-                with contextlib.suppress(OSError):
-                    os.unlink(disk.overlay)
-        instant.forget(new)
