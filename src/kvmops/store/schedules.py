@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session as OrmSession
 
 from kvmops.errors import NotFoundError
 from kvmops.store.db import Store
@@ -96,13 +97,17 @@ def add(store: Store, fields: dict[str, Any], created_by: str | None,
         return _schedule(row)
 
 
+def _schedule_row(db: OrmSession, schedule_id: int) -> BackupSchedule:
+    row = db.get(BackupSchedule, schedule_id)
+    if row is None:
+        raise NotFoundError(f"backup schedule {schedule_id} not found",
+                            hint="see 'kvmops backup schedule list' for the schedules")
+    return row
+
+
 def get(store: Store, schedule_id: int) -> ScheduleRow:
     with store.session() as db:
-        row = db.get(BackupSchedule, schedule_id)
-        if row is None:
-            raise NotFoundError(f"backup schedule {schedule_id} not found",
-                                hint="see 'kvmops backup schedule list' for the schedules")
-        return _schedule(row)
+        return _schedule(_schedule_row(db, schedule_id))
 
 
 def schedules(store: Store, *, vm: str | None = None, enabled_only: bool = False
@@ -118,10 +123,7 @@ def schedules(store: Store, *, vm: str | None = None, enabled_only: bool = False
 
 def remove(store: Store, schedule_id: int) -> ScheduleRow:
     with store.session() as db:
-        row = db.get(BackupSchedule, schedule_id)
-        if row is None:
-            raise NotFoundError(f"backup schedule {schedule_id} not found",
-                                hint="see 'kvmops backup schedule list' for the schedules")
+        row = _schedule_row(db, schedule_id)
         gone = _schedule(row)
         db.query(BackupScheduleRun).filter(
             BackupScheduleRun.schedule_id == schedule_id).delete()
