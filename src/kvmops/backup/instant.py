@@ -36,7 +36,7 @@ from lxml import etree
 from pydantic import BaseModel, Field
 
 from kvmops.backup.model import Manifest, disk_chain
-from kvmops.backup.repository import Repository
+from kvmops.backup.repository import Repository, fsync_dir
 from kvmops.backup.restore import RestoredDisk, checked_chain, restore_new_vm
 from kvmops.config import settings
 from kvmops.errors import (
@@ -134,11 +134,7 @@ def save(record: InstantRecord) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def load(vm: str) -> InstantRecord:
