@@ -27,7 +27,8 @@ ORDER = ["viewer", "operator", "admin"]
 PARAMS = {"name": "kvmops-test-nosuchvm", "snapshot": "s1", "target": "vdb",
           "mac": "52:54:00:00:00:01",
           "job_id": "nonexistent", "user": "nobody", "volume": "v1", "pf": "kvtnopf0",
-          "bridge": "kvtnobr0", "run_id": "1", "schedule_id": "1"}
+          "bridge": "kvtnobr0", "run_id": "1", "schedule_id": "1",
+          "backup_id": "20260101T000000.000000Z"}
 _ROLE_DEP = re.compile(r"^(?:require|caller|page)_(viewer|operator|admin|user)$")
 
 
@@ -47,8 +48,14 @@ def required_role(route: APIRoute | APIWebSocketRoute) -> str | None:
 
 def _all_routes() -> list[tuple[str, Any]]:
     """(full path, route) of every route, included routers flattened."""
+    from kvmops.services import hosts, sriov
+
     with tempfile.TemporaryDirectory(prefix="kvmops-matrix-") as work:
         app = create_app(ApiSettings(db_url=f"sqlite:///{Path(work)}/x.db", events=False))
+        # The app is never started nor closed: forget its database, which goes with the
+        # directory (later tests in this worker would find it as the server's).
+        for service in (hosts, sriov):
+            service.use_database(None)
     found: list[tuple[str, Any]] = []
     for route in app.routes:
         if hasattr(route, "effective_route_contexts"):  # an included router (FastAPI 0.16x)
