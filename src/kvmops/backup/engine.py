@@ -128,13 +128,25 @@ def wait_for_job(domain: DomainHandle, progress: ProgressFn | None, poll: float 
         if progress and final.total:
             progress(final.total, final.total)
         return
-    if not call(f"reading the state of VM '{name}'", domain.isActive):
+    grace = 0.0 if final.state is JobState.CANCELLED else 5.0
+    if _stopped_meanwhile(domain, name, grace):
         raise BackupError(f"VM '{name}' stopped while the backup ran; the backup is discarded",
                           hint="start the VM and run the backup again (or back it up shut off)")
     if final.state is JobState.CANCELLED:
         raise BackupError(f"backup of VM '{name}' was cancelled")
     detail = final.error or "see the VM's log in /var/log/libvirt/qemu"
     raise BackupError(f"backup job of VM '{name}' failed: {detail}")
+
+
+def _stopped_meanwhile(domain: DomainHandle, name: str, grace: float) -> bool:
+    """Whether the VM is gone; a job failed by QEMU's death can be seen before libvirt has
+    processed the end of the process, so a failed job waits a moment for it."""
+    deadline = time.monotonic() + grace
+    while call(f"reading the state of VM '{name}'", domain.isActive):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def limit_speed(domain: DomainHandle, speed: int) -> None:
