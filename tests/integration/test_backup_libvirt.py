@@ -441,6 +441,10 @@ def test_prune_merges_and_kept_points_restore(backup_guest: str, repo_dir: Path,
     plan = json.loads(dry.stdout)["plan"]
     assert plan["remove"] == ids[:3] and plan["keep"] == ids[3:]
     assert [b["id"] for b in list_backups(vm, repo_dir)] == ids  # dry run changed nothing
+    yearly = run_cli("backup", "prune", vm, "--repo", str(repo_dir), "--keep-yearly", "1",
+                     "--dry-run", "--json")  # the newest of this year (they are all of it)
+    assert yearly.code == 0, yearly.stderr
+    assert json.loads(yearly.stdout)["plan"]["keep"] == ids[-1:]
 
     result = run_cli("backup", "prune", vm, "--repo", str(repo_dir), "--keep-last", "2")
     assert result.code == 0, result.stderr

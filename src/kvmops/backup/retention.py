@@ -44,14 +44,14 @@ class RetentionPolicy(BaseModel):
     keep_monthly: int = 0
     keep_yearly: int = 0
 
-    def _counts(self) -> tuple[int, ...]:
+    def counts(self) -> tuple[int, ...]:
         return (self.keep_last, self.keep_hourly, self.keep_daily, self.keep_weekly,
                 self.keep_monthly, self.keep_yearly)
 
     def validate_policy(self) -> None:
-        if min(self._counts()) < 0:
+        if min(self.counts()) < 0:
             raise ValidationError("retention counts must not be negative")
-        if not any(self._counts()):
+        if not any(self.counts()):
             raise ValidationError("a retention policy that keeps nothing is refused",
                                   hint="give --keep-last, --keep-hourly, --keep-daily, "
                                        "--keep-weekly, --keep-monthly or --keep-yearly >= 1")

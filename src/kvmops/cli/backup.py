@@ -284,17 +284,25 @@ def verify_cmd(
 def prune_cmd(
     vm: str = typer.Argument(..., help="VM name."),
     repo: str = RepoOption,
-    keep_last: int = typer.Option(0, "--keep-last", help="Keep the newest N backups."),
-    keep_daily: int = typer.Option(0, "--keep-daily", help="Keep the newest of N days."),
-    keep_weekly: int = typer.Option(0, "--keep-weekly", help="Keep the newest of N weeks."),
+    keep_last: int = typer.Option(0, "--keep-last", min=0, help="Keep the newest N backups."),
+    keep_hourly: int = typer.Option(0, "--keep-hourly", min=0,
+                                    help="Keep the newest of N hours."),
+    keep_daily: int = typer.Option(0, "--keep-daily", min=0, help="Keep the newest of N days."),
+    keep_weekly: int = typer.Option(0, "--keep-weekly", min=0,
+                                    help="Keep the newest of N weeks."),
+    keep_monthly: int = typer.Option(0, "--keep-monthly", min=0,
+                                     help="Keep the newest of N months."),
+    keep_yearly: int = typer.Option(0, "--keep-yearly", min=0,
+                                    help="Keep the newest of N years."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go; change nothing."),
     json_out: bool = JsonOption,
     key_file: Path | None = KeyFileOption,
     passphrase_stdin: bool = PassphraseOption,
 ) -> None:
     """Apply a retention policy; expired incrementals are merged so kept points stay whole."""
-    policy = RetentionPolicy(keep_last=keep_last, keep_daily=keep_daily,
-                             keep_weekly=keep_weekly)
+    policy = RetentionPolicy(keep_last=keep_last, keep_hourly=keep_hourly,
+                             keep_daily=keep_daily, keep_weekly=keep_weekly,
+                             keep_monthly=keep_monthly, keep_yearly=keep_yearly)
     result = backups.prune_backups(Caller.local(), repo, vm, policy, dry_run=dry_run,
                                    note=warn, key_file=key_file,
                                    passphrase=read_passphrase(passphrase_stdin))

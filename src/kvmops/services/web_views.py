@@ -195,24 +195,27 @@ class BackupPoints(BaseModel):
     timeline: list[DiskTimeline] = Field(default_factory=list)
     points: list[Manifest] = Field(default_factory=list)  # newest first
     problem: str | None = None  # one line: what could not be read, what was rejected
+    repo_info: dict[str, Any] | None = None  # format, compression, encryption, key id
 
 
 def backup_points(caller: Caller, repo: str | Path, vm: str) -> BackupPoints:
     """The authenticated backups of ``vm`` in ``repo`` (none when it does not exist yet);
     a problem is said, never raised, so that the page still renders."""
+    info = None
     try:
         path = backup_service.repository(caller, repo)
         if not path.is_dir():
             return BackupPoints()
+        info = backup_service.repo_info(caller, path)
         manifests, rejected = backup_service.list_backups(caller, path, vm)
     except KvmopsError as err:
-        return BackupPoints(problem=str(err))
+        return BackupPoints(problem=str(err), repo_info=info)
     problem = None
     if rejected:
         problem = (f"{len(rejected)} backup(s) failed authentication and are not shown "
                    f"(first: {rejected[0].reason}); run verify")
     return BackupPoints(timeline=build_timeline(manifests), points=newest_first(manifests),
-                        problem=problem)
+                        problem=problem, repo_info=info)
 
 
 # ------------------------------------------------------------------ guest addresses

@@ -322,7 +322,7 @@ def backups(request: Request, name: str, user: PageUser,
     response = templates.render(request, "backups.html", user, title=f"{vm.name} backups",
                                 vm=vm, repo=chosen, problem=found.problem,
                                 timeline=found.timeline, points=found.points,
-                                vm_host=_remote(host))
+                                repo_info=found.repo_info, vm_host=_remote(host))
     if repo:
         response.set_cookie(REPO_COOKIE, repo, max_age=365 * 86400, httponly=True,
                             samesite="strict", path="/")

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Query, Response
 from pydantic import BeforeValidator, Field, SecretStr, model_validator
 
-from kvmops.api.deps import Ctx, HostUri, OperatorCaller, ViewerCaller, VmNameDep
+from kvmops.api.deps import AdminCaller, Ctx, HostUri, OperatorCaller, ViewerCaller, VmNameDep
 from kvmops.api.routes.common import Body, JobAccepted, Message, accepted
 from kvmops.api.runner import JobCancelled, JobContext
 from kvmops.api.validators import AbsolutePath, Rate, VmName, check_path
@@ -101,15 +101,42 @@ class VerifyBody(RepoKey):
 class PruneBody(RepoKey):
     repo: Repo
     keep_last: int = Field(default=0, ge=0, le=10000)
+    keep_hourly: int = Field(default=0, ge=0, le=10000)
     keep_daily: int = Field(default=0, ge=0, le=10000)
     keep_weekly: int = Field(default=0, ge=0, le=10000)
+    keep_monthly: int = Field(default=0, ge=0, le=10000)
+    keep_yearly: int = Field(default=0, ge=0, le=10000)
     dry_run: bool = False
 
     @model_validator(mode="after")
     def keeps_something(self) -> PruneBody:
-        if not (self.keep_last or self.keep_daily or self.keep_weekly):
-            raise ValueError("a policy that keeps nothing is refused: "
-                             "set keep_last, keep_daily or keep_weekly")
+        if not any(self.policy().counts()):
+            raise ValueError("a policy that keeps nothing is refused: set keep_last, "
+                             "keep_hourly, keep_daily, keep_weekly, keep_monthly or "
+                             "keep_yearly")
+        return self
+
+    def policy(self) -> RetentionPolicy:
+        return RetentionPolicy(keep_last=self.keep_last, keep_hourly=self.keep_hourly,
+                               keep_daily=self.keep_daily, keep_weekly=self.keep_weekly,
+                               keep_monthly=self.keep_monthly, keep_yearly=self.keep_yearly)
+
+
+class RekeyBody(RepoKey):
+    """The current key (``key_file`` or ``passphrase``) and the new one."""
+
+    repo: Repo
+    new_key_file: str | None = Field(default=None, max_length=255,
+                                     description="a key file of the server's key directory "
+                                                 "(made when missing)")
+    new_passphrase: SecretStr | None = Field(default=None, min_length=8, max_length=1024)
+
+    @model_validator(mode="after")
+    def both_keys(self) -> RekeyBody:
+        if self.key_file is None and self.passphrase is None:
+            raise ValueError("give the current key: key_file or passphrase")
+        if self.new_key_file is None and self.new_passphrase is None:
+            raise ValueError("give the new key: new_key_file or new_passphrase")
         return self
 
 
@@ -228,8 +255,7 @@ def verify(caller: OperatorCaller, body: VerifyBody, ctx: Ctx, response: Respons
 @router.post("/vms/{name}/backups/prune", status_code=202, response_model=JobAccepted)
 def prune_backups(caller: OperatorCaller, name: VmNameDep, body: PruneBody, ctx: Ctx,
                   response: Response) -> JobAccepted:
-    policy = RetentionPolicy(keep_last=body.keep_last, keep_daily=body.keep_daily,
-                             keep_weekly=body.keep_weekly)
+    policy = body.policy()
     backups.open_existing(caller, body.repo, **body.secret())
 
     def run(job: JobContext) -> PruneResult:
@@ -237,6 +263,24 @@ def prune_backups(caller: OperatorCaller, name: VmNameDep, body: PruneBody, ctx:
                                      note=job.note, **body.secret())
 
     return accepted(ctx.runner.submit("backup.prune", name, caller.name, run), response)
+
+
+@router.get("/backups/repo")
+def repo_info(caller: ViewerCaller,
+              repo: str = Query(description="repository directory or URL", max_length=4096),
+              ) -> dict[str, Any]:
+    """A repository's format, compression, encryption (cipher, KDF, key id: never a key)
+    and VMs, as `kvmops backup repo info`."""
+    return backups.repo_info(caller, repo)
+
+
+@router.post("/backups/repo/rekey")
+def repo_rekey(caller: AdminCaller, body: RekeyBody) -> dict[str, Any]:
+    """Re-wrap an encrypted repository's data key under a new key: the old key no longer
+    opens it (no data is rewritten)."""
+    return backups.rekey(caller, body.repo, **body.secret(), new_key_file=body.new_key_file,
+                         new_passphrase=(body.new_passphrase.get_secret_value()
+                                         if body.new_passphrase else None))
 
 
 @router.post("/vms/{name}/backups/cancel", response_model=Message)

@@ -1087,7 +1087,7 @@ PAGES.backups = () => {
     ev.preventDefault();
     const f = new FormData(prune);
     const body = { repo, dry_run: f.get("dry_run") !== null };
-    for (const k of ["keep_last", "keep_daily", "keep_weekly"]) body[k] = parseInt(f.get(k) || "0", 10);
+    for (const k of ["keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly"]) body[k] = parseInt(f.get(k) || "0", 10);
     if (!body.dry_run && !confirm("Delete the backups of VM '" + name + "' this policy does not keep?")) return;
     const button = prune.querySelector("button[type=submit]");
     button.disabled = true;
