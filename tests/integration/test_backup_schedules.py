@@ -1,6 +1,7 @@
 """Backup schedules through the real stack: ``kvmops backup schedule`` with a fake clock
-(``run-due --now``) backing up a real VM (shut off: the offline engine, no guest boot
-under the fake clock's hours) into a real repository through the child-process worker."""
+(``run-due --now``) backing up real VMs into real repositories through the child-process
+worker: a shut-off VM (the offline engine) and the session's running guest (libvirt's
+push engine: fulls and incrementals as --full-every asks)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import SESSION_PREFIX, run_cli
-from tests.integration.backup_util import list_backups
+from tests.integration.backup_util import list_backups, restore_hash, write_random
 from tests.webhook import webhook_server
 
 
@@ -175,3 +176,27 @@ def test_a_schedule_into_a_compressed_encrypted_repository(
                      "--json")
     assert listed.code == 0, listed.stderr
     assert [p["id"] for p in json.loads(listed.stdout)] == [second["backup_id"]]
+
+
+def test_a_schedule_of_a_running_vm_mixes_fulls_and_incrementals(
+        backup_guest: str, repo_dir: Path, db_env: dict[str, str], tmp_path: Path) -> None:
+    """The session's running guest (the libvirt engine): --full-every 2 makes the 1st and
+    3rd runs fulls and the 2nd an incremental on the 1st, each restoring to the guest's
+    disk as it was at its run."""
+    vm = backup_guest
+    added = cli_json(db_env, "add", vm, "--repo", str(repo_dir), "--every", "0 * * * *",
+                     "--keep-last", "5", "--full-every", "2")
+    t = next_hour()
+    assert added["next_due"] == iso(t)
+    runs, digests = [], []
+    for step in range(3):
+        digests.append(write_random(vm, 5 + 3 * step, 1))
+        (run,) = cli_json(db_env, "run-due", "--now", iso(t + timedelta(hours=step,
+                                                                        minutes=1)))
+        assert run["result"] == "ok", run
+        runs.append(run)
+    assert [r["kind"] for r in runs] == ["full", "incremental", "full"]
+    points = {p["id"]: p for p in list_backups(vm, repo_dir)}
+    assert points[runs[1]["backup_id"]]["parent"] == runs[0]["backup_id"]
+    for index, (run, digest) in enumerate(zip(runs, digests, strict=True)):
+        assert restore_hash(vm, repo_dir, run["backup_id"], tmp_path / f"r{index}") == digest
