@@ -7,13 +7,16 @@ upload that resumes (SFTP from the bytes there; S3 from the multipart parts ther
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from kvmops.backup.remote.s3 import S3Store
+from kvmops.backup.remote.s3 import S3Store, _in_flight
 from kvmops.backup.remote.sftp import SftpStore
 from kvmops.backup.store import ObjectStore, open_store
 from kvmops.errors import ConfigError, HostUnavailableError, NotFoundError, StorageError
@@ -131,14 +134,25 @@ def test_s3_multipart_cut_then_resumed(s3_env: S3Server, tmp_path: Path) -> None
                     multipart_min=6 * MiB, state_dir=state)
     src = _file(tmp_path / "disk", 17 * MiB + 5)
     store.put_bytes("vm/obj", b"previous")
+    cut_at: list[int] = []
+
+    def cut(done: int, total: int) -> None:
+        if done >= 10 * MiB:
+            cut_at.append(done)
+            raise Cut
+
     with pytest.raises(Cut):
-        store.put_file("vm/obj", src, _cut_after(10 * MiB))  # type: ignore[arg-type]
+        store.put_file("vm/obj", src, cut)
     assert store.get_bytes("vm/obj") == b"previous"  # not completed: the old object
     (saved,) = list(state.iterdir())
-    assert '"1"' in saved.read_text() and '"2"' in saved.read_text()
+    # the parts acknowledged before the cut are recorded (which ones: four go at once)
+    parts = [int(n) for n in json.loads(saved.read_text())["parts"]]
+    size = src.stat().st_size
+    assert sum(min(5 * MiB, size - (n - 1) * 5 * MiB) for n in parts) == cut_at[0]
+    assert len(parts) < 4
     starts: list[int] = []
     store.put_file("vm/obj", src, lambda d, t: starts.append(d))
-    assert starts[0] == 10 * MiB  # parts 1 and 2 were not sent again
+    assert starts[0] == cut_at[0]  # the recorded parts were not sent again
     out = tmp_path / "out"
     store.get_file("vm/obj", out)
     assert out.read_bytes() == src.read_bytes()
@@ -150,6 +164,60 @@ def test_s3_multipart_cut_then_resumed(s3_env: S3Server, tmp_path: Path) -> None
     assert store.abandon_uploads() == 1
     store.put_file("vm/obj2", src)
     assert store.size("vm/obj2") == src.stat().st_size
+    store.close()
+
+
+def test_in_flight_yields_every_result_and_stops_starting_when_the_consumer_stops() -> None:
+    assert sorted(_in_flight(lambda n: n * 10, list(range(1, 8)), 3)) == \
+        [10, 20, 30, 40, 50, 60, 70]
+    started: list[int] = []
+
+    def send(n: int) -> int:
+        started.append(n)
+        return n
+
+    with pytest.raises(Cut):
+        for _ in _in_flight(send, list(range(1, 50)), 2):
+            raise Cut
+    # the first two started at once, at most one more replaced the first result
+    assert len(started) <= 3
+
+    def fail(n: int) -> int:
+        if n == 2:
+            raise OSError("lost")
+        return n
+
+    with pytest.raises(OSError, match="lost"):
+        list(_in_flight(fail, [1, 2, 3], 1))
+
+
+def test_s3_parts_go_several_at_once(s3_env: S3Server, tmp_path: Path) -> None:
+    """Parts are sent ``parts_in_flight`` at a time (never more), and the object is whole."""
+    bucket = s3_env.bucket("kvmops-parallel")
+    store = S3Store(s3_env.url(bucket, "par"), part_size=5 * MiB, multipart_min=6 * MiB,
+                    state_dir=tmp_path / "state", parts_in_flight=3)
+    src = _file(tmp_path / "disk", 31 * MiB + 7)  # 7 parts
+    lock = threading.Lock()
+    now, most = [0], [0]
+    original = store.client.upload_part
+
+    def counted(**kwargs: object) -> object:
+        with lock:
+            now[0] += 1
+            most[0] = max(most[0], now[0])
+        try:
+            time.sleep(0.2)  # long enough for the others to start
+            return original(**kwargs)
+        finally:
+            with lock:
+                now[0] -= 1
+
+    store.client.upload_part = counted
+    store.put_file("vm/obj", src)
+    assert most[0] == 3
+    out = tmp_path / "out"
+    store.get_file("vm/obj", out)
+    assert out.read_bytes() == src.read_bytes()
     store.close()
 
 

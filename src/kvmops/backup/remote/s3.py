@@ -11,7 +11,8 @@ object visible at once, a failed one leaves the old. Files above ``MULTIPART_MIN
 up in parts of ``part_size`` (every PUT carries its Content-MD5); the upload's id and the
 ETags of the parts sent are kept in a state file in the local work directory
 (``WORK/s3-uploads/``) after each part, so an interrupted upload of the same file
-resumes with the next part (the parts the server lists are checked against the state).
+resumes with the parts not yet sent (the parts the server lists are checked against the
+state). ``parts_in_flight`` parts go at once, each in a thread of its own.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ import base64
 import configparser
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -35,10 +38,12 @@ from kvmops.backup.remote import RemoteUrl, parse_remote_url
 from kvmops.errors import ConfigError, HostUnavailableError, NotFoundError, StorageError
 
 ProgressFn = Callable[[int, int], None]
+T = TypeVar("T")
 MiB = 1 << 20
 MULTIPART_MIN = 64 * MiB  # files from this size go up in parts
 PART_SIZE = 64 * MiB  # S3 wants >= 5 MiB for every part but the last, <= 10000 parts
 MIN_PART = 5 * MiB
+PARTS_IN_FLIGHT = 4  # parts sent at once (each held in memory while it goes)
 CHUNK = MiB
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 
@@ -92,11 +97,34 @@ def _credentials(remote: RemoteUrl) -> dict[str, str]:
     return found
 
 
+def _in_flight(send: Callable[[int], T], items: list[int], width: int) -> Generator[T, None, None]:
+    """``send(item)`` for every item, ``width`` at a time in threads, yielding results as
+    they complete. When the consumer stops (an error, a Cut), no new item is started and
+    the ones in flight are waited for."""
+    with ThreadPoolExecutor(max_workers=width, thread_name_prefix="s3-part") as pool:
+        pending: set[Future[T]] = set()
+        queue = iter(items)
+        try:
+            for item in itertools.islice(queue, width):
+                pending.add(pool.submit(send, item))
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield future.result()
+                    following = next(queue, None)
+                    if following is not None:
+                        pending.add(pool.submit(send, following))
+        finally:
+            for future in pending:
+                future.cancel()
+
+
 class S3Store:
     """An :class:`kvmops.backup.store.ObjectStore` on S3."""
 
     def __init__(self, url: str, *, part_size: int = PART_SIZE,
-                 multipart_min: int = MULTIPART_MIN, state_dir: Path | None = None) -> None:
+                 multipart_min: int = MULTIPART_MIN, state_dir: Path | None = None,
+                 parts_in_flight: int = PARTS_IN_FLIGHT) -> None:
         self.remote: RemoteUrl = parse_remote_url(url)
         if self.remote.scheme != "s3":
             raise ValueError(f"not an s3 URL: {url}")
@@ -105,6 +133,7 @@ class S3Store:
         self.base = f"{self.remote.path}/" if self.remote.path else ""
         self.part_size = max(part_size, MIN_PART)
         self.multipart_min = multipart_min
+        self.parts_in_flight = max(1, parts_in_flight)
         self.state_dir = state_dir
         self._client: Any = None
         self._lock = threading.Lock()
@@ -333,20 +362,26 @@ class S3Store:
                        for n in state["parts"])
             if progress is not None:
                 progress(done, total)
-            with open(src, "rb") as fh:
-                for number in range(1, count + 1):
-                    if str(number) in state["parts"]:
-                        continue
-                    fh.seek((number - 1) * part_size)
-                    data = fh.read(part_size)
+            fd = os.open(src, os.O_RDONLY)
+            try:
+                def send(number: int) -> tuple[int, int, str]:
+                    data = os.pread(fd, part_size, (number - 1) * part_size)
                     reply = self.client.upload_part(
                         Bucket=self.bucket, Key=s3key, UploadId=state["upload_id"],
                         PartNumber=number, Body=data, ContentMD5=_md5(data))
-                    state["parts"][str(number)] = reply["ETag"]
-                    self._save_state(state_path, state)
-                    done += len(data)
-                    if progress is not None:
-                        progress(done, total)
+                    return number, len(data), str(reply["ETag"])
+
+                missing = [n for n in range(1, count + 1) if str(n) not in state["parts"]]
+                with contextlib.closing(_in_flight(send, missing, self.parts_in_flight)) as sent:
+                    for number, size, etag in sent:
+                        # recorded in the caller's thread as each part is acknowledged
+                        state["parts"][str(number)] = etag
+                        self._save_state(state_path, state)
+                        done += size
+                        if progress is not None:
+                            progress(done, total)
+            finally:
+                os.close(fd)
             self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=s3key, UploadId=state["upload_id"],
                 MultipartUpload={"Parts": [
