@@ -18,8 +18,9 @@ from kvmops.backup.model import BackupType, Consistency, DiskRecord, Manifest, n
 from kvmops.backup.replicate import ReplicateResult, plan, replicate
 from kvmops.backup.repository import Repository, sha256_file
 from kvmops.backup.restore import restore_to_dir, verify
-from kvmops.backup.storerepo import open_repository
+from kvmops.backup.storerepo import open_repository, refuse_replica, replica_source
 from kvmops.errors import ValidationError
+from tests.conftest import assert_one_line_error, run_cli
 from tests.integration.remote_servers import S3Server, SshServer
 
 VM = "replvm"
@@ -137,3 +138,14 @@ def test_local_to_s3_and_back(s3: S3Server, tmp_path: Path,
     assert restored_hash(back, inc.id, tmp_path / "r1") == \
         restored_hash(source.root, inc.id, tmp_path / "r2") == \
         restored_hash(url, inc.id, tmp_path / "r3")
+    # Both replicas are marked and refuse backups (their checkpoints are the source's);
+    # the source is no replica.
+    assert replica_source(url) == str(source.root) and replica_source(back) == url
+    assert replica_source(source.root) is None
+    with pytest.raises(ValidationError, match="is a replica of"):
+        refuse_replica(url)
+    before = sorted(str(p.relative_to(back)) for p in back.rglob("*"))
+    refused = run_cli("backup", "create", "kvmops-test-nosuchvm", "--repo", str(back))
+    assert_one_line_error(refused, ValidationError.exit_code, "is a replica of")
+    assert sorted(str(p.relative_to(back)) for p in back.rglob("*")) == before
+    assert Repository(back).scan(VM)[0][-1].id == inc.id

@@ -22,14 +22,15 @@ same manifest key as its source (on another host: ``kvmops backup key export/imp
   authenticated for a sealed repository, sha256 against the manifest, qemu-img check,
   backing link). A point that fails is unlisted again and the run stops.
 * **Identity**: a new replica gets the source's identity (id, compression, encryption
-  block); a repository with another identity is refused. A replica is for restores,
-  verify and prune -- back up into the source: both carry the same identity, which
-  names the VM's checkpoints.
+  block) and a signed replica mark; a repository with another identity is refused. A
+  replica is for restores, verify and prune -- a backup into it is refused (both carry
+  the same identity, which names the VM's checkpoints).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -115,7 +116,7 @@ def _copy_signed(src: ObjectStore, dst: ObjectStore, key: str) -> None:
 def ensure_replica_identity(src: ObjectStore, dst: ObjectStore, keyring: Keyring) -> str:
     """The replica's identity is the source's (copied to a new replica); a repository
     with another identity is refused. Returns the id."""
-    from kvmops.backup.storerepo import read_config
+    from kvmops.backup.storerepo import REPLICA_MARK, read_config, write_signed_object
 
     source = read_config(src, keyring)
     if source is None:
@@ -127,6 +128,8 @@ def ensure_replica_identity(src: ObjectStore, dst: ObjectStore, keyring: Keyring
             raise ValidationError(f"{dst.url} is not empty and not a kvmops repository",
                                   hint="replicate into an empty directory or prefix")
         _copy_signed(src, dst, IDENTITY)
+        write_signed_object(dst, keyring, REPLICA_MARK,
+                            json.dumps({"source": src.url, "id": source.id}).encode())
     elif existing.id != source.id:
         raise ValidationError(
             f"{dst.url} is repository {existing.id}, not a replica of {source.id} "

@@ -544,6 +544,37 @@ def open_repository(repo: str | Path, *, key_file: Path | str | None = None,
                            keyring=keyring)
 
 
+# ``backup replicate`` marks the replicas it makes (a signed object beside the identity):
+# a replica carries its source's identity, so the checkpoints a backup into it would make
+# and delete are the source's. It takes restores, verify, prune and further replication.
+REPLICA_MARK = "kvmops-replica-of.json"
+
+
+def replica_source(repo: str | Path, keyring: Keyring | None = None) -> str | None:
+    """The source's location when ``repo`` is a replica; None when it is not one."""
+    store, _remote = _split_location(repo)
+    try:
+        data = read_signed_object(store, keyring or Keyring(), REPLICA_MARK)
+    except NotFoundError:
+        return None
+    except TamperedError:
+        return "an unknown source (its replica mark fails authentication)"
+    try:
+        return str(json.loads(data)["source"])
+    except (ValueError, KeyError, TypeError):
+        return "an unknown source"
+
+
+def refuse_replica(repo: str | Path, keyring: Keyring | None = None) -> None:
+    """Backups go into a replica's source, never into the replica."""
+    source = replica_source(repo, keyring)
+    if source is not None:
+        raise ValidationError(
+            f"repository {repo} is a replica of {source}; backups go into the source",
+            hint="back up into the source repository (a replica takes restores, verify, "
+                 "prune and replication), or into a new --repo")
+
+
 def _claims_sealed(identity: Path) -> bool:
     """Does a local identity file say (authenticated or not) that it is sealed?"""
     try:
