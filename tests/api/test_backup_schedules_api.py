@@ -41,6 +41,11 @@ def test_schedules_roles_run_now_and_audit(api: ApiServer, backups_dir: Path) ->
         try:
             listed = viewer.get("/backup-schedules", params={"vm": vm})
             assert [s["id"] for s in listed.json()] == [sid], listed.text
+            # a VM not defined on the host: "covering" lists its own schedules only
+            covering = viewer.get("/backup-schedules", params={"covering": vm})
+            assert [s["id"] for s in covering.json()] == [sid], covering.text
+            assert viewer.get("/backup-schedules",
+                              params={"covering": "-bad name"}).status_code == 422
             assert viewer.get(f"/backup-schedules/{sid}").json()["keep_monthly"] == 12
             assert viewer.post(f"/backup-schedules/{sid}/run-now").status_code == 403
             started = operator.post(f"/backup-schedules/{sid}/run-now")

@@ -142,6 +142,13 @@ def test_a_tag_schedule_covers_the_vms_tagged(scheduled_vm: str, repo_dir: Path,
     schedule = cli_json(db_env, "add", "--tag", tag, "--repo", str(repo_dir), "--every",
                         "@hourly", "--keep-last", "2")
     assert (schedule["vm"], schedule["tag"]) == (None, tag)
+    own = cli_json(db_env, "add", vm, "--repo", str(repo_dir), "--every", "0 3 * * *",
+                   "--keep-last", "1")
+    # --vm: the VM's own; --covering: its own and its tags' (what the VM page shows)
+    assert [s["id"] for s in cli_json(db_env, "list", "--vm", vm)] == [own["id"]]
+    assert [s["id"] for s in cli_json(db_env, "list", "--covering", vm)] == \
+        [schedule["id"], own["id"]]
+    assert run_cli("backup", "schedule", "remove", str(own["id"]), env=db_env).code == 0
     t = next_hour()
     (run,) = cli_json(db_env, "run-due", "--now", iso(t))
     assert (run["vm"], run["result"]) == (vm, "ok")
@@ -149,6 +156,7 @@ def test_a_tag_schedule_covers_the_vms_tagged(scheduled_vm: str, repo_dir: Path,
     removed = run_cli("vm", "tag", "remove", vm, tag)
     assert removed.code == 0, removed.stderr
     assert cli_json(db_env, "run-due", "--now", iso(t + timedelta(hours=1))) == []
+    assert cli_json(db_env, "list", "--covering", vm) == []  # the tag is gone
     by_tag = run_cli("vm", "tag", "list", "--tag", "nightly", "--json")
     assert vm in json.loads(by_tag.stdout)
 

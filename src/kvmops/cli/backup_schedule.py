@@ -95,13 +95,17 @@ def add_cmd(
 
 @app.command("list")
 def list_cmd(vm: str | None = typer.Option(None, "--vm", help="Only this VM's schedules."),
+             covering: str | None = typer.Option(
+                 None, "--covering", metavar="VM",
+                 help="The schedules that back VM up: its own and its tags'."),
              json_out: bool = JsonOption, db: str | None = DbOption) -> None:
     """The schedules, their next due time and last run."""
     from kvmops.services import schedules
     from kvmops.services.database import migrated
 
     with migrated(db) as store:
-        views = schedules.list_schedules(store, vm)
+        views = (schedules.schedules_covering(store, covering) if covering is not None
+                 else schedules.list_schedules(store, vm))
     if json_out:
         print_json([v.model_dump(mode="json") for v in views])
         return

@@ -268,6 +268,18 @@ def list_schedules(store_: Store, vm: str | None = None) -> list[ScheduleView]:
     return [_view(store_, r) for r in store.schedules(store_, vm=vm)]
 
 
+def schedules_covering(store_: Store, vm: str, uri: str | None = None) -> list[ScheduleView]:
+    """The schedules that back ``vm`` up: its own and those of the tags it carries now
+    (a VM not defined on the host: its own only)."""
+    from kvmops.services import vm_tags
+
+    try:
+        tags = vm_tags.list_tags(uri, vm).get(vm, [])
+    except KvmopsError:
+        tags = []
+    return [_view(store_, r) for r in store.schedules(store_, vm=vm, tags=tags)]
+
+
 def get(store_: Store, schedule_id: int) -> ScheduleView:
     return _view(store_, store.get(store_, schedule_id))
 

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session as OrmSession
 
@@ -110,10 +110,13 @@ def get(store: Store, schedule_id: int) -> ScheduleRow:
         return _schedule(_schedule_row(db, schedule_id))
 
 
-def schedules(store: Store, *, vm: str | None = None, enabled_only: bool = False
-              ) -> list[ScheduleRow]:
+def schedules(store: Store, *, vm: str | None = None, enabled_only: bool = False,
+              tags: list[str] | None = None) -> list[ScheduleRow]:
+    """All schedules, or ``vm``'s own (with ``tags``: also those of these tags)."""
     query = select(BackupSchedule).order_by(BackupSchedule.id)
-    if vm is not None:
+    if vm is not None and tags:
+        query = query.where(or_(BackupSchedule.vm == vm, BackupSchedule.tag.in_(tags)))
+    elif vm is not None:
         query = query.where(BackupSchedule.vm == vm)
     if enabled_only:
         query = query.where(BackupSchedule.enabled.is_(True))

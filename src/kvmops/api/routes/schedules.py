@@ -8,7 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import Field
 
-from kvmops.api.deps import Ctx, OperatorCaller, ViewerCaller
+from kvmops.api.deps import Ctx, HostUri, OperatorCaller, ViewerCaller
 from kvmops.api.routes.common import Body, Message
 from kvmops.services import schedules as service
 from kvmops.services.schedules import RunView, ScheduleSpec, ScheduleView
@@ -43,10 +43,15 @@ class ScheduleBody(Body):
 
 
 @router.get("", response_model=list[ScheduleView])
-def list_schedules(caller: ViewerCaller, ctx: Ctx,
-                   vm: str | None = Query(None, pattern=_VM, description="only this VM's")
+def list_schedules(caller: ViewerCaller, ctx: Ctx, uri: HostUri,
+                   vm: str | None = Query(None, pattern=_VM, description="only this VM's"),
+                   covering: str | None = Query(
+                       None, pattern=_VM, description="the schedules that back this VM up: "
+                                                      "its own and its tags'"),
                    ) -> list[ScheduleView]:
     """The schedules with their next due time (UTC) and last run."""
+    if covering is not None:
+        return service.schedules_covering(ctx.store, covering, uri)
     return service.list_schedules(ctx.store, vm)
 
 

@@ -49,8 +49,9 @@
     for (const s of list) {
       const tr = el("tr");
       tr.dataset.schedule = s.id;
+      if (s.tag) tr.dataset.tag = s.tag;
       const last = s.last_run ? s.last_run.result + " " + when(s.last_run.due_at) : "–";
-      tr.append(el("td", s.id), el("td", s.repo), el("td", s.cron), el("td", keepText(s)),
+      tr.append(el("td", s.id), el("td", s.repo + (s.tag ? " (tag " + s.tag + ")" : "")), el("td", s.cron), el("td", keepText(s)),
                 el("td", when(s.next_due)));
       const lastTd = el("td");
       lastTd.append(el("span", last, "badge run-" + (s.last_run ? s.last_run.result : "none")));
@@ -102,7 +103,7 @@
   async function load() {
     try {
       const [list, past] = await Promise.all([
-        K.api("GET", base + "?vm=" + encodeURIComponent(vm)),
+        K.api("GET", base + "?covering=" + encodeURIComponent(vm)),
         K.api("GET", base + "/runs?limit=2000&vm=" + encodeURIComponent(vm))]);
       renderSchedules(list.data);
       runs = past.data;
