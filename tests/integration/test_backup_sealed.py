@@ -237,3 +237,18 @@ def test_qcow2_compression_is_refused_on_a_sealed_repository(backups_dir: Path,
                      "--key-file", str(tmp_path / "k"), "--compress")
     assert_one_line_error(result, ValidationError.exit_code, "bare --compress")
     assert not repo.exists() and not (tmp_path / "k").exists()
+
+
+def test_metrics_see_the_last_sealed_backup(chain: Chain) -> None:
+    """The metrics (kvmops_backup_last_success_time_seconds and the size) of a VM backed up
+    into a sealed repository come from the completed event's summary: its manifest is not
+    readable without the key."""
+    from kvmops.backup import jobs
+    from kvmops.services.metrics import _Manifests, backup_samples
+
+    events = jobs.read_events(None, limit=1_000_000)
+    completed = [e for e in events if e.get("vm") == chain.vm and e.get("event") == "completed"]
+    assert completed and completed[-1]["location"].startswith(str(chain.repo.parent))
+    (sample,) = backup_samples(events, {chain.vm: "local"}, _Manifests().get)
+    assert sample.last_success is True and (sample.last_size_bytes or 0) > 0
+    assert list(sample.disk_success_time) == ["vda"]

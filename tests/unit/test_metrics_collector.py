@@ -237,6 +237,26 @@ def test_backup_samples_from_events_and_the_last_manifest() -> None:
         samples["kvmops_backup_last_success_time_seconds"]
 
 
+def test_backup_samples_of_a_sealed_repository_come_from_the_event_summary() -> None:
+    """A sealed or remote repository's manifest is not read (a key, a network): the
+    completed event's summary gives the time, size and disks (no chain length)."""
+    note = "disk vdb: change tracking since 1 cannot be trusted (bitmap x is inconsistent)"
+    events = [{"time": "2026-12-01T15:00:10+00:00", "vm": "a", "event": "completed",
+               "backup_id": "2", "repo": "/work/abc", "location": "s3://b/p",
+               "summary": {"time": "2026-12-01T15:00:00+00:00", "bytes": 4096,
+                           "disks": ["vda", "vdb"], "notes": [note]}}]
+    (sample,) = backup_samples(events, {"a": "local"}, lambda *_: None)
+    when = datetime(2026, 12, 1, 15, tzinfo=UTC).timestamp()
+    assert sample.last_success is True and sample.last_size_bytes == 4096
+    assert sample.disk_success_time == {"vda": when, "vdb": when}
+    assert sample.bitmap_inconsistent == {"vda": False, "vdb": True}
+    assert sample.chain_length == {}
+    # neither a readable manifest nor a summary: no per-disk figures are made up
+    bare = [{**events[0], "summary": None}]
+    (sample,) = backup_samples(bare, {"a": "local"}, lambda *_: None)
+    assert sample.last_success is True and sample.disk_success_time == {}
+
+
 def test_backup_sample_renders_a_success() -> None:
     sample = BackupSample(domain="a", host="local", last_time=10.0, last_success=True,
                           last_size_bytes=5, disk_success_time={"vda": 10.0},

@@ -111,6 +111,7 @@ class BackupRun:
         self.progress = progress
         self.started = time.monotonic()
         self.partial: Path | None = None
+        self.published: Manifest | None = None
 
     def removed(self, extra: str = "") -> str:
         """The usual clean-up phrase: the partial directory, and ``extra``."""
@@ -130,6 +131,7 @@ class BackupRun:
         """Move the partial directory into place with its manifest (atomic)."""
         assert self.partial is not None
         self.repo.publish(self.vm, self.partial, manifest)
+        self.published = manifest
         return manifest
 
     @contextlib.contextmanager
@@ -186,6 +188,15 @@ class BackupRun:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        # The repository: the metrics find the manifest (disks, size, chain) from here.
+        # The repository: the metrics find the manifest (disks, size, chain) from here;
+        # the summary serves them where the manifest cannot be read without a key or a
+        # network round trip (a sealed or remote repository).
+        summary = None
+        if self.published is not None:
+            summary = {"time": self.published.time.isoformat(),
+                       "bytes": sum(d.bytes_written for d in self.published.disks),
+                       "disks": [d.target for d in self.published.disks],
+                       "notes": self.published.notes}
         jobs.record_event(vm, "completed", backup_id=backup_id, type=kind,
-                          repo=str(self.repo.root))
+                          repo=str(self.repo.root), location=self.repo.location,
+                          summary=summary)

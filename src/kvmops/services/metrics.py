@@ -168,17 +168,27 @@ def backup_samples(events: Iterable[Mapping[str, Any]], hosts_of: Mapping[str, s
         disk_times: dict[str, float] = {}
         chains: dict[str, int] = {}
         inconsistent: dict[str, bool] = {}
+        read = None
         if success is not None and success.get("repo") and success.get("backup_id"):
             read = manifest(str(success["repo"]), vm, str(success["backup_id"]))
-            if read is not None:
-                found, chains = read
-                size = sum(d.bytes_written for d in found.disks)
-                bad = {m.group(1) for note in found.notes
-                       if (m := _INCONSISTENT.match(note))}
-                for disk in found.disks:
-                    disk_times[disk.target] = found.time.timestamp()
-                    inconsistent[disk.target] = disk.target in bad
-        elif success is not None:  # an event from before events named the repository
+        summary = success.get("summary") if success is not None else None
+        if read is not None:
+            found, chains = read
+            size = sum(d.bytes_written for d in found.disks)
+            bad = {m.group(1) for note in found.notes if (m := _INCONSISTENT.match(note))}
+            for disk in found.disks:
+                disk_times[disk.target] = found.time.timestamp()
+                inconsistent[disk.target] = disk.target in bad
+        elif isinstance(summary, Mapping) and (when := _timestamp(summary.get("time"))):
+            # a sealed or remote repository: the figures the backup recorded (no chain)
+            size = int(summary.get("bytes") or 0)
+            notes = [str(n) for n in summary.get("notes") or []]
+            bad = {m.group(1) for note in notes if (m := _INCONSISTENT.match(note))}
+            for target in summary.get("disks") or []:
+                disk_times[str(target)] = when
+                inconsistent[str(target)] = str(target) in bad
+        elif success is not None and not (success.get("repo") and success.get("backup_id")):
+            # an event from before events named the repository
             when = _timestamp(success.get("time"))
             if when is not None:
                 disk_times = {"": when}
