@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from kvmops.backup import jobs
 from kvmops.devguest.build import BUILDER_VERSION, GuestImage
 from kvmops.host.connection import Host
 from tests.conftest import REPO, SESSION_PREFIX, run_cli
@@ -199,10 +200,13 @@ def test_vm_life_console_backup_restore_audit(web: ApiServer, browser_page: Any,
         # backup with a live progress bar, then restore as a new VM
         page.goto(f"{web.url}/vms/{name}/backups?repo={repo_dir}")
         page.fill("#backup-form input[name=speed]", "8M")
+        page.select_option("#backup-form select[name=fleecing]", "on")
         page.click("#backup-form button[type=submit]")
         # the job may report 100 % a moment before it ends: wait for its end, then the bar
         page.locator("#backup-progress[data-state=succeeded]").filter(
             has_text="backup: done").wait_for(timeout=WAIT_MS)
+        started = [e for e in jobs.read_events(name, limit=100) if e["event"] == "started"]
+        assert started[-1]["fleecing"] is True  # the form's choice reached the engine
         assert page.locator("#backup-progress [data-field=percent]").inner_text() == "100%"
         assert page.locator("#backup-progress progress").get_attribute("value") == "100"
         page.locator("#points-table tr[data-point]").first.wait_for()

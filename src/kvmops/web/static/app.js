@@ -1073,6 +1073,7 @@ PAGES.backups = () => {
     if (f.get("mode")) body.mode = f.get("mode");
     const speed = (f.get("speed") || "").toString().trim();
     if (speed) body.speed = speed;
+    if (f.get("fleecing") && f.get("fleecing") !== "auto") body.fleecing = f.get("fleecing");
     const button = form.querySelector("button[type=submit]");
     button.disabled = true;
     try {
