@@ -417,15 +417,19 @@ def _open_checked(codec: _Codec, name: str, index: int, offset: int, head: bytes
 
 
 @contextlib.contextmanager
-def _atomic_output(dst: Path, what: str) -> Iterator[BinaryIO]:
+def _atomic_output(dst: Path, what: str, durable: bool = True) -> Iterator[BinaryIO]:
+    """``dst`` appears whole or not at all; ``durable``: on disk too (fsync), which a
+    scratch copy read once and removed (verify, restore) does not need."""
     tmp = dst.with_name(f".{dst.name}.{what}-{os.getpid()}-{threading.get_ident()}")
     try:
         with open(tmp, "wb") as out:
             yield out
             out.flush()
-            os.fsync(out.fileno())
+            if durable:
+                os.fsync(out.fileno())
         os.replace(tmp, dst)
-        fsync_dir(dst.parent)
+        if durable:
+            fsync_dir(dst.parent)
     except OSError as err:
         raise StorageError(f"cannot write {dst}: {err.strerror or err}") from err
     finally:
@@ -603,14 +607,14 @@ def _open_all(src: Path, sealing: Sealing, place: str, sink: Callable[[object], 
 
 def unseal_file(src: Path, dst: Path, sealing: Sealing, place: str, *,
                 progress: Progress | None = None, workers: int | None = None,
-                sha256: bool = False) -> SealedFile:
+                sha256: bool = False, durable: bool = True) -> SealedFile:
     """Check and open ``src`` into ``dst`` (atomic; all-zero frames become holes).
 
     Nothing is left at ``dst`` unless every frame authenticated. ``progress(done, total)``
     in sealed bytes read; ``sha256``: also hash the plaintext as it streams (saves reading
     the output again to compare with a manifest). Raises TamperedError (file, frame,
-    offset) or KeyRequiredError."""
-    with _atomic_output(dst, "unsealing") as out:
+    offset) or KeyRequiredError. ``durable=False``: not fsynced (a scratch copy)."""
+    with _atomic_output(dst, "unsealing", durable) as out:
         fd = out.fileno()
         position = {"at": 0}
 

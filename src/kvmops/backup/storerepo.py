@@ -262,8 +262,10 @@ class StoreRepository(Repository):
             seal_file(src, sealed, self.sealing, key)
             self.store.put_file(key, sealed, progress)
 
-    def get_data(self, key: str, dst: Path, progress: ProgressFn | None = None) -> None:
-        """Fetch and open ``key`` into ``dst`` (every frame authenticated)."""
+    def get_data(self, key: str, dst: Path, progress: ProgressFn | None = None, *,
+                 durable: bool = True) -> None:
+        """Fetch and open ``key`` into ``dst`` (every frame authenticated); ``durable``:
+        fsynced (a copy a VM runs on), not for a scratch copy read once."""
         if self.sealing.plain:
             self.store.get_file(key, dst, progress)
             return
@@ -271,12 +273,12 @@ class StoreRepository(Repository):
             src = self.store.path(key)
             if not src.is_file():
                 raise NotFoundError(f"{self.store.url}/{key} does not exist")
-            unseal_file(src, dst, self.sealing, key, progress=progress)
+            unseal_file(src, dst, self.sealing, key, progress=progress, durable=durable)
             return
         with self.scratch() as tmp:
             sealed = tmp / "sealed"
             self.store.get_file(key, sealed, progress)
-            unseal_file(sealed, dst, self.sealing, key)
+            unseal_file(sealed, dst, self.sealing, key, durable=durable)
 
     def check_data(self, key: str) -> None:
         """Authenticate every frame of a stored data file without keeping the plaintext."""
@@ -454,7 +456,8 @@ class StoreRepository(Repository):
                 record = by_id[backup_id].disk(target)
                 dst = view.backups_dir(vm) / backup_id / record.file
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                self.get_data(self.data_key(vm, backup_id, record.file), dst)
+                # a scratch copy, read by verify/restore/mount and removed: no fsync
+                self.get_data(self.data_key(vm, backup_id, record.file), dst, durable=False)
             yield view
 
     # ------------------------------------------------------------ verify
