@@ -21,7 +21,7 @@ test: setup docs
 	@# either run failing fails the target, and both always run.
 	status=0; \
 	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder \
-	  -m "not serial" $(PYTEST_ARGS) || status=1; \
+	  --durations=40 -m "not serial" $(PYTEST_ARGS) || status=1; \
 	$(VENV)/bin/pytest -m serial $(PYTEST_ARGS) || status=1; \
 	exit $$status
 
