@@ -278,9 +278,10 @@ def test_pause_and_resume_running_backup(raw: RawQemu, repo_dir: Path) -> None:
         _wait_status(raw, "running")
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=120)
-    events = [e["event"] for e in json.loads(run_cli("backup", "events", NAME, "--json").stdout)]
-    assert events[-3:] == ["paused", "resumed", "cancelled"]
+        _out, err = proc.communicate(timeout=120)
+    recorded = json.loads(run_cli("backup", "events", NAME, "--json").stdout)
+    events = [e["event"] for e in recorded]
+    assert events[-3:] == ["paused", "resumed", "cancelled"], (recorded[-1], err)
     assert leftovers(raw, repo_dir) == {"jobs": [], "targets": [], "partials": []}
 
 

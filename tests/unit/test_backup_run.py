@@ -104,6 +104,26 @@ def test_sigterm_takes_the_clean_up_path_with_signals_held_off(repo: Repository)
     assert leftovers(repo) == []
 
 
+def test_sigterm_turned_into_another_error_on_the_way_up_is_still_a_cancel(
+        repo: Repository) -> None:
+    """Library code (a QMP call) may catch the interruption and raise its own error: the
+    run was still cancelled by the signal, and says so."""
+    from kvmops.backup.run import Interrupted
+
+    run = BackupRun(repo, VM)
+    hook = Recorder(run)
+    with pytest.raises(CancelledError, match=r"cancelled \(backup interrupted by signal "
+                                             r"SIGTERM\)"), \
+            run.running(BackupType.FULL, hook):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            pytest.fail("SIGTERM did not interrupt the run")
+        except Interrupted as err:
+            raise BackupError("the QMP connection was closed") from err
+    assert hook.calls == 1 and leftovers(repo) == []
+    assert events(run.backup_id) == ["started", "cancelled"]
+
+
 def test_a_failure_is_raised_as_it_is_after_the_clean_up(repo: Repository) -> None:
     run = BackupRun(repo, VM)
     hook = Recorder(run)

@@ -147,8 +147,17 @@ class BackupRun:
         vm, backup_id = self.vm, self.backup_id
         kind = BackupType(kind).value
         self.partial = self.repo.start_partial(vm, backup_id)
+        received: list[int] = []
+
+        def interrupt(signum: int, frame: FrameType | None) -> None:
+            # remembered: library code on the way up may catch Interrupted and raise its
+            # own error instead (seen under load inside a QMP call); the run still counts
+            # as cancelled
+            received.append(signum)
+            raise_interrupt(signum, frame)
+
         wanted: dict[signal.Signals, SignalHandler] = {
-            s: raise_interrupt for s in INTERRUPT_SIGNALS}
+            s: interrupt for s in INTERRUPT_SIGNALS}
         wanted.update(handlers or {})
         in_main = threading.current_thread() is threading.main_thread()
         previous = ({s: signal.getsignal(s) for s in {*wanted, signal.SIGINT}}
@@ -162,15 +171,18 @@ class BackupRun:
         except BaseException as err:
             for sig in previous:
                 signal.signal(sig, signal.SIG_IGN)  # the clean-up must run to its end
+            interrupted = is_interrupt(err) or bool(received)
+            reason = (interrupt_reason(err) if is_interrupt(err) or not received else
+                      f"backup interrupted by signal {signal.Signals(received[0]).name}")
             try:
                 cleanup = clean_up()
             finally:  # even when the engine's clean-up fails, nothing half-made stays
                 self.repo.discard_partial(self.partial)
-                jobs.record_event(vm, "cancelled" if is_interrupt(err) else "failed",
+                jobs.record_event(vm, "cancelled" if interrupted else "failed",
                                   backup_id=backup_id, error=str(err))
-            if is_interrupt(err) and not cleanup.left:
+            if interrupted and not cleanup.left:
                 raise CancelledError(
-                    f"backup of VM '{vm}' cancelled ({interrupt_reason(err)}): nothing was "
+                    f"backup of VM '{vm}' cancelled ({reason}): nothing was "
                     f"published; {cleanup.done}",
                     hint=f"the next backup of {vm} still holds every change since the last "
                          "complete one") from err
