@@ -37,14 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
-from benchlib import fsync_path
 
 from kvmops.agent import guest
 from kvmops.agent.channel import open_agent
 from kvmops.backup import engine, files
 from kvmops.backup.engine import BackupRequest, run_backup
 from kvmops.backup.model import BackupType, Manifest
-from kvmops.backup.repository import Repository
+from kvmops.backup.repository import Repository, fsync_file
 from kvmops.backup.restore import restore_to_dir
 from kvmops.config import settings
 from kvmops.devguest.build import build_guest
@@ -301,7 +300,7 @@ def make_source(work: Path, rec: Recorder) -> Path:
     os.truncate(raw, DISK_SIZE)
     run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(disk)])
     raw.unlink()
-    fsync_path(disk)
+    fsync_file(disk)
     return disk
 
 
@@ -314,7 +313,7 @@ def reference_convert(src: Path, dst: Path, rec: Recorder, options: list[str] | 
             run(["qemu-img", "convert", *(options or []), "-f", "qcow2", "-O", "qcow2",
                  str(src), str(dst)])
         with rec.phase("fsync"):
-            fsync_path(dst)
+            fsync_file(dst)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     phases = rec.take()
     total = next(p for p in phases if p.name == "total")
@@ -357,7 +356,7 @@ def pull_read(domain: libvirt.virDomain, work: Path, tag: str, reader: list[str]
                 uri = f"nbd+unix:///vda?socket={sock}"
                 run([a.replace("{uri}", uri).replace("{out}", str(out)) for a in reader])
             with rec.phase("fsync"):
-                fsync_path(out)
+                fsync_file(out)
     finally:
         with contextlib.suppress(libvirt.libvirtError):
             domain.abortJob()
@@ -388,7 +387,7 @@ def timed_copy(argv: list[str], dst: Path, rec: Recorder) -> Timed:
         with rec.phase(argv[0] if argv[0] == "cp" else " ".join(argv[:2])):
             run(argv)
         with rec.phase("fsync"):
-            fsync_path(dst)
+            fsync_file(dst)
     phases = rec.take()
     total = next(p for p in phases if p.name == "total")
     return Timed(total.seconds, phases, {"allocated": allocated(dst)})
@@ -989,7 +988,7 @@ def cl_source(work: Path, target: str) -> Path:
         fh.truncate(size)
     run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(disk)])
     raw.unlink()
-    fsync_path(disk)
+    fsync_file(disk)
     return disk
 
 
@@ -999,7 +998,7 @@ def cl_convert(src: Path, dst: Path, options: list[str]) -> float:
     started = time.monotonic()
     run(["qemu-img", "convert", "-U", *options, "-f", "qcow2", "-O", "qcow2", str(src),
          str(dst)])  # -U: the VM holds the image (it is idle: nothing writes)
-    fsync_path(dst)
+    fsync_file(dst)
     seconds = time.monotonic() - started
     dst.unlink()
     return seconds
@@ -1116,7 +1115,7 @@ def cl_bench(res: CLResults, work: Path, host: Host, vm: str, rounds: int,
         drop_caches()
         started = time.monotonic()
         restore_to_dir(repo, vm, None, out)
-        fsync_path(out / "vda.qcow2")
+        fsync_file(out / "vda.qcow2")
         res.add("restore", time.monotonic() - started)
         shutil.rmtree(out)
         say(f"  restore of full + 3 {res.series['restore'][-1]:.2f} s, convert of the full "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import subprocess
@@ -18,15 +17,6 @@ import libvirt
 from kvmops.testing.procs import stop_process
 
 REPO = Path(__file__).resolve().parent.parent
-
-def fsync_path(path: Path) -> None:
-    """Flush one file's data to disk (writers' timings include it)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def write_marked_section(begin: str, end: str, section: str) -> None:
     """Replace the text between ``begin`` and ``end`` in bench/README.md with ``section``

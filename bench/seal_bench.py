@@ -28,8 +28,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchlib import fsync_path, write_marked_section
+from benchlib import write_marked_section
 
+from kvmops.backup.repository import fsync_file
 from kvmops.backup.seal import Sealing, check_sealed, seal_file, unseal_file
 
 MiB = 1 << 20
@@ -54,7 +55,7 @@ def once(fn: Callable[[], object], out: Path | None) -> float:
     start = time.perf_counter()
     fn()
     if out is not None:
-        fsync_path(out)
+        fsync_file(out)
     CPU[:] = [cpu_now() - cpu]
     return time.perf_counter() - start
 
@@ -198,7 +199,7 @@ def main() -> int:
             for label, path, length in cases_by_data:
                 start = time.perf_counter()
                 made = seal_file(path, out, sealing, PLACE)
-                fsync_path(out)
+                fsync_file(out)
                 seconds = time.perf_counter() - start
                 level_rows.append((f"zstd:{level}", label, f"{made.stored_size / length:.3f}",
                                    mibs(length, seconds)))
