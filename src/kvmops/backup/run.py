@@ -172,8 +172,6 @@ class BackupRun:
             for sig in previous:
                 signal.signal(sig, signal.SIG_IGN)  # the clean-up must run to its end
             interrupted = is_interrupt(err) or bool(received)
-            reason = (interrupt_reason(err) if is_interrupt(err) or not received else
-                      f"backup interrupted by signal {signal.Signals(received[0]).name}")
             try:
                 cleanup = clean_up()
             finally:  # even when the engine's clean-up fails, nothing half-made stays
@@ -181,6 +179,8 @@ class BackupRun:
                 jobs.record_event(vm, "cancelled" if interrupted else "failed",
                                   backup_id=backup_id, error=str(err))
             if interrupted and not cleanup.left:
+                reason = (interrupt_reason(err) if is_interrupt(err) else
+                          f"backup interrupted by signal {signal.Signals(received[0]).name}")
                 raise CancelledError(
                     f"backup of VM '{vm}' cancelled ({reason}): nothing was "
                     f"published; {cleanup.done}",

@@ -553,11 +553,9 @@ def open_repository(repo: str | Path, *, key_file: Path | str | None = None,
 REPLICA_MARK = "kvmops-replica-of.json"
 
 
-def replica_source(repo: str | Path, keyring: Keyring | None = None) -> str | None:
-    """The source's location when ``repo`` is a replica; None when it is not one."""
-    store, _remote = _split_location(repo)
+def _replica_source_in(store: ObjectStore, keyring: Keyring) -> str | None:
     try:
-        data = read_signed_object(store, keyring or Keyring(), REPLICA_MARK)
+        data = read_signed_object(store, keyring, REPLICA_MARK)
     except NotFoundError:
         return None
     except TamperedError:
@@ -568,14 +566,32 @@ def replica_source(repo: str | Path, keyring: Keyring | None = None) -> str | No
         return "an unknown source"
 
 
-def refuse_replica(repo: str | Path, keyring: Keyring | None = None) -> None:
-    """Backups go into a replica's source, never into the replica."""
-    source = replica_source(repo, keyring)
+def _refuse_replica_in(store: ObjectStore, keyring: Keyring) -> None:
+    source = _replica_source_in(store, keyring)
     if source is not None:
         raise ValidationError(
-            f"repository {repo} is a replica of {source}; backups go into the source",
+            f"repository {store.url} is a replica of {source}; backups go into the source",
             hint="back up into the source repository (a replica takes restores, verify, "
                  "prune and replication), or into a new --repo")
+
+
+def replica_source(repo: str | Path, keyring: Keyring | None = None) -> str | None:
+    """The source's location when ``repo`` is a replica; None when it is not one."""
+    store, _remote = _split_location(repo)
+    try:
+        return _replica_source_in(store, keyring or Keyring())
+    finally:
+        store.close()
+
+
+def refuse_replica(repo: str | Path, keyring: Keyring | None = None) -> None:
+    """Backups go into a replica's source, never into the replica (``prepare_repository``
+    checks it on the store it opens)."""
+    store, _remote = _split_location(repo)
+    try:
+        _refuse_replica_in(store, keyring or Keyring())
+    finally:
+        store.close()
 
 
 def _claims_sealed(identity: Path) -> bool:
@@ -593,7 +609,8 @@ def prepare_repository(repo: str | Path, *, compress: str | None = None,
                        encrypt: bool = False, key_file: Path | str | None = None,
                        passphrase: str | None = None, keyring: Keyring | None = None,
                        note: Callable[[str], None] | None = None) -> Repository:
-    """The repository a backup goes into, made store-backed on first use when asked.
+    """The repository a backup goes into, made store-backed on first use when asked (a
+    replica made by ``backup replicate`` is refused).
 
     ``compress`` is a zstd spec (``zstd:3``) or None. A new repository records the
     compression and the encryption (a new data key wrapped by the secret) in its identity;
@@ -601,6 +618,11 @@ def prepare_repository(repo: str | Path, *, compress: str | None = None,
     """
     keyring = keyring or Keyring()
     store, remote = _split_location(repo)
+    try:
+        _refuse_replica_in(store, keyring)  # before the lock: nothing is written into it
+    except KvmopsError:
+        store.close()
+        raise
     lock = _identity_lock(store)
     with lock:
         config = read_config(store, keyring)

@@ -169,12 +169,7 @@ def prepare(caller: Caller, repo: str | Path, *, compress: bool | str = False,
             ) -> tuple[Repository, bool]:
     """The repository a backup goes into (made compressed/encrypted on its first backup
     when asked) and whether its qcow2 files are compressed the old way."""
-    from kvmops.backup.storerepo import (
-        StoreRepository,
-        parse_compress,
-        prepare_repository,
-        refuse_replica,
-    )
+    from kvmops.backup.storerepo import StoreRepository, parse_compress, prepare_repository
 
     qcow2, zstd = parse_compress(compress)
     refused = ValidationError(
@@ -184,9 +179,7 @@ def prepare(caller: Caller, repo: str | Path, *, compress: bool | str = False,
              "first backup")
     if qcow2 and (encrypt or is_remote_url(str(repo))):
         raise refused
-    where = location(caller, repo)
-    refuse_replica(where)
-    opened = prepare_repository(where, compress=zstd, encrypt=encrypt,
+    opened = prepare_repository(location(caller, repo), compress=zstd, encrypt=encrypt,
                                 key_file=key_path(caller, key_file), passphrase=passphrase,
                                 note=note)
     if qcow2 and isinstance(opened, StoreRepository):

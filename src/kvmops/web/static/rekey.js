@@ -23,8 +23,6 @@ document.addEventListener("DOMContentLoaded", () => {
       out.dataset.keyId = r.data.key_id || "";
       out.textContent = "The repository now opens with the new key only (key id " + r.data.key_id + ").";
       form.reset();
-      const info = document.getElementById("repo-info");
-      if (info) info.dataset.keyId = r.data.key_id || "";
       K.toast("repository key changed", "ok");
     } catch (err) {
       out.hidden = false;
