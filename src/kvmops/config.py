@@ -15,6 +15,11 @@ file key               environment             meaning (default as root)
 ``backup_work_dir``    ``KVMOPS_BACKUP_WORK_DIR`` where backups into store-backed (sealed,
                                                remote) repositories are written before
                                                sealing (``/var/lib/kvmops/backup-work``)
+``backup_ram_work_dir``  ``KVMOPS_BACKUP_RAM_WORK_DIR``  a tmpfs directory QEMU writes a
+                                               sealed repository's backup into when it fits
+                                               in a quarter of the free memory (one write
+                                               to disk instead of two); ``off`` never
+                                               (``/dev/shm/kvmops-backup-work``)
 ``db``                 ``KVMOPS_DB``           database URL of ``kvmops serve`` (sqlite in
                                                the state directory)
 ``log_format``         ``KVMOPS_LOG_FORMAT``   ``text`` or ``json`` (one object a line) for
@@ -51,7 +56,7 @@ from kvmops.errors import ConfigError
 
 DEFAULT_CONFIG = Path("/etc/kvmops/config.toml")
 _KEYS = {"uri", "images_dir", "image_dirs", "backup_dirs", "state_dir", "cache_dir", "db",
-         "log_format", "backup_work_dir"}
+         "log_format", "backup_work_dir", "backup_ram_work_dir"}
 _KEYS |= {"remote_repositories", "ssh_identity", "ssh_known_hosts", "s3_credentials"}
 _KEYS |= {"schedule_per_host", "schedule_per_repository", "schedule_retry_minutes",
           "schedule_webhook"}
@@ -60,6 +65,7 @@ _ENV: tuple[str, ...] = ("KVMOPS_CONFIG", "KVMOPS_URI", "LIBVIRT_DEFAULT_URI", "
         "KVMOPS_DB", "KVMOPS_LOG_FORMAT", "KVMOPS_BACKUP_WORK_DIR")
 _ENV += ("KVMOPS_REMOTE_REPOSITORIES", "KVMOPS_SSH_IDENTITY", "KVMOPS_SSH_KNOWN_HOSTS",
          "KVMOPS_S3_CREDENTIALS")
+_ENV += ("KVMOPS_BACKUP_RAM_WORK_DIR",)
 _ENV += ("KVMOPS_SCHEDULE_PER_HOST", "KVMOPS_SCHEDULE_PER_REPOSITORY",
          "KVMOPS_SCHEDULE_RETRY_MINUTES", "KVMOPS_SCHEDULE_WEBHOOK")
 LOG_FORMATS = ("text", "json")
@@ -77,6 +83,7 @@ class Settings:
     config_file: Path | None = None  # the file read, if any
     log_format: str = "text"
     backup_work_dir: Path = Path("/var/lib/kvmops/backup-work")
+    backup_ram_work_dir: Path | None = Path("/dev/shm/kvmops-backup-work")
     # Remote repositories (kvmops.backup.remote): the API's allow-list, SSH and S3 access.
     remote_repositories: tuple[str, ...] = ()
     ssh_identity: Path | None = None
@@ -196,9 +203,22 @@ def _load(env: tuple[str | None, ...], stamp: tuple[str, float]) -> Settings:
         config_file=path if data else None,
         log_format=str(log_format),
         backup_work_dir=pick("backup_work_dir", "KVMOPS_BACKUP_WORK_DIR", f"{base}/backup-work"),
+        backup_ram_work_dir=_ram_work_dir(values, data, source),
         **_remote_settings(values, data, source),
         **_schedule_settings(values, data, source),
     )
+
+
+def _ram_work_dir(values: dict[str, str | None], data: dict[str, Any], source: str
+                  ) -> Path | None:
+    """``backup_ram_work_dir``: a path, or ``off``/empty for none."""
+    env = values["KVMOPS_BACKUP_RAM_WORK_DIR"]
+    raw: object = env if env is not None else data.get("backup_ram_work_dir",
+                                                       "/dev/shm/kvmops-backup-work")
+    if raw in ("", "off", False):
+        return None
+    return _path_value(raw, "KVMOPS_BACKUP_RAM_WORK_DIR" if env is not None
+                       else "backup_ram_work_dir", "environment" if env is not None else source)
 
 
 def _remote_settings(values: dict[str, str | None], data: dict[str, Any], source: str
@@ -268,6 +288,7 @@ _ENV_OF = {"uri": ("KVMOPS_URI",), "images_dir": ("KVMOPS_IMAGES_DIR",),
            "state_dir": ("KVMOPS_STATE_DIR",), "cache_dir": ("KVMOPS_CACHE_DIR",),
            "db": ("KVMOPS_DB",), "log_format": ("KVMOPS_LOG_FORMAT",),
            "backup_work_dir": ("KVMOPS_BACKUP_WORK_DIR",),
+           "backup_ram_work_dir": ("KVMOPS_BACKUP_RAM_WORK_DIR",),
            "remote_repositories": ("KVMOPS_REMOTE_REPOSITORIES",),
            "ssh_identity": ("KVMOPS_SSH_IDENTITY",),
            "ssh_known_hosts": ("KVMOPS_SSH_KNOWN_HOSTS",),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from kvmops.backup.model import BackupType
 from kvmops.backup.storerepo import point_images
 from kvmops.errors import KeyRequiredError, NotFoundError, ValidationError
 from tests.conftest import assert_one_line_error, run_cli
@@ -252,3 +253,94 @@ def test_metrics_see_the_last_sealed_backup(chain: Chain) -> None:
     (sample,) = backup_samples(events, {chain.vm: "local"}, _Manifests().get)
     assert sample.last_success is True and (sample.last_size_bytes or 0) > 0
     assert list(sample.disk_success_time) == ["vda"]
+
+
+# ---------------------------------------------------------------- the memory work area
+def _sealed_backup_watching(guest: str, repo: Path, key: Path, ram: Path
+                            ) -> tuple[str, list[tuple[bool, list[str]]]]:
+    """Back up through the service layer; on each progress report, note whether the
+    partial directory is a link and what the memory work directory holds."""
+    from kvmops.backup.repository import PARTIAL_PREFIX
+    from kvmops.services import backups
+    from kvmops.services.caller import Caller
+
+    seen: list[tuple[bool, list[str]]] = []
+    roots: list[Path] = []  # the repository exists once the backup runs: opened once
+
+    def progress(_done: int, _total: int) -> None:
+        roots[:] = roots or [repo_work(repo, key)]
+        partials = list((roots[0] / guest / "backups").glob(f"{PARTIAL_PREFIX}*"))
+        linked = bool(partials) and all(p.is_symlink() for p in partials)
+        files = sorted(p.name for p in ram.rglob("*") if p.is_file()) if ram.is_dir() else []
+        seen.append((linked, files))
+
+    manifest = backups.create(Caller.local(), None, guest, repo, disks=["vda"],
+                              mode=BackupType.FULL, encrypt=True, key_file=key,
+                              progress=progress)
+    return manifest.id, seen
+
+
+def repo_work(repo: Path, key: Path) -> Path:
+    """The local work root of a store-backed repository (settings' backup_work_dir/ID)."""
+    from kvmops.backup.storerepo import open_repository
+    return open_repository(repo, key_file=key).root
+
+
+def test_a_sealed_backup_is_written_in_memory_when_it_fits(
+        guest: str, backups_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """QEMU's work file goes to the memory work directory (the disk then takes only the
+    sealed copy); nothing stays there after the backup; the backup restores right."""
+    ram = Path(f"/dev/shm/kvmops-test-ram-{os.getpid()}")
+    monkeypatch.setenv("KVMOPS_BACKUP_RAM_WORK_DIR", str(ram))
+    repo = backups_dir / f"ram-{os.getpid()}"
+    key = tmp_path / "repo.key"
+    try:
+        backup_id, seen = _sealed_backup_watching(guest, repo, key, ram)
+        assert seen and all(linked for linked, _files in seen), seen
+        assert any("vda.qcow2" in files for _linked, files in seen), seen
+        assert ram.is_dir() and not any(ram.iterdir())  # the work file went with the run
+        assert not list((repo_work(repo, key) / guest / "backups").glob(".partial-*"))
+        expected = disk_hash(guest)
+        out = tmp_path / "r"
+        result = run_cli("backup", "restore", guest, "--repo", str(repo), "--at", backup_id,
+                         "--to", str(out), "--key-file", str(key))
+        assert result.code == 0, result.stderr
+        assert image_hash(out / "vda.qcow2") == expected
+    finally:
+        shutil.rmtree(repo, ignore_errors=True)
+        shutil.rmtree(ram, ignore_errors=True)
+
+
+@pytest.mark.parametrize("case", ["too small", "planted", "off"])
+def test_a_sealed_backup_stays_on_disk_when_memory_is_not_safe(
+        guest: str, backups_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        case: str) -> None:
+    """A tmpfs with less room than the disks' size, a directory someone else could write
+    (world-writable, as a name planted in /dev/shm would be), or the setting off: the work
+    file is written on disk, and the backup is as good."""
+    import subprocess
+
+    ram = tmp_path / "ram"
+    mounted = False
+    if case == "too small":
+        ram.mkdir(mode=0o711)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0711",
+                        "kvmops-test-ram", str(ram)], check=True)
+        mounted = True
+    elif case == "planted":
+        ram.mkdir()
+        ram.chmod(0o777)
+    monkeypatch.setenv("KVMOPS_BACKUP_RAM_WORK_DIR", "off" if case == "off" else str(ram))
+    repo = backups_dir / f"disk-work-{os.getpid()}"
+    key = tmp_path / "repo.key"
+    try:
+        _backup_id, seen = _sealed_backup_watching(guest, repo, key, ram)
+        assert seen and not any(linked for linked, _files in seen), seen
+        assert not any(files for _linked, files in seen), seen
+        code, text = verify(repo, guest, key)
+        assert code == 0, text
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(ram)], check=False)
+        shutil.rmtree(repo, ignore_errors=True)

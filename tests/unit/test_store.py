@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -312,3 +313,73 @@ def test_a_killed_prune_rewrite_is_finished_or_undone(tmp_path: Path, ring: Keyr
     repo.put_data(new, repo.data_key("vm1", first, "vda.qcow2"))
     repo.drop_orphans("vm1")
     assert repo.store.size(pending) is None and repo.load("vm1", first).notes == ["merged"]
+
+
+# ---------------------------------------------------------------- memory work directory
+def test_partial_in_memory_when_it_fits_and_discarded_with_its_link(
+        tmp_path: Path, ring: Keyring, work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ram = tmp_path / "ram"
+    monkeypatch.setenv("KVMOPS_BACKUP_RAM_WORK_DIR", str(ram))
+    repo = prepare_repository(tmp_path / "repo", compress="zstd", keyring=ring)
+    assert isinstance(repo, StoreRepository)
+    # size unknown: on disk
+    on_disk = repo.start_partial("vm1", "20260101T000000.000001Z")
+    assert on_disk.is_dir() and not on_disk.is_symlink()
+    repo.discard_partial(on_disk)
+    # fits: a link to a private directory in the memory work directory
+    partial = repo.start_partial("vm1", "20260101T000000.000002Z", work_bytes=1 << 20)
+    assert partial.is_symlink() and partial.resolve().parent == ram
+    assert ram.stat().st_mode & 0o777 == 0o711
+    (partial / "vda.qcow2").write_bytes(b"x" * 1000)
+    target = partial.resolve()
+    assert repo.partials("vm1") == [partial]
+    repo.discard_partial(partial)
+    assert not partial.is_symlink() and not target.exists()
+    # does not fit (more than a quarter of the memory): on disk
+    huge = repo.start_partial("vm1", "20260101T000000.000003Z", work_bytes=1 << 50)
+    assert not huge.is_symlink()
+    repo.discard_partial(huge)
+    # published from memory: the sealed copy lands, the memory copy goes
+    manifest = _manifest("vm1", "20260101T000000.000004Z")
+    partial = repo.start_partial("vm1", manifest.id, work_bytes=1 << 20)
+    target = partial.resolve()
+    (partial / "vda.qcow2").write_bytes(b"kvmops " * 1000)
+    repo.publish("vm1", partial, manifest)
+    assert not partial.is_symlink() and not target.exists()
+    assert [m.id for m in repo.manifests("vm1")] == [manifest.id]
+
+
+def test_a_killed_runs_memory_partial_is_cleaned_even_after_a_reboot(
+        tmp_path: Path, ring: Keyring, work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ram = tmp_path / "ram"
+    monkeypatch.setenv("KVMOPS_BACKUP_RAM_WORK_DIR", str(ram))
+    repo = prepare_repository(tmp_path / "repo", compress="zstd", keyring=ring)
+    gone = repo.start_partial("vm1", "20260101T000000.000001Z", work_bytes=1 << 20)
+    shutil.rmtree(gone.resolve())  # the tmpfs emptied by a reboot: the link dangles
+    assert repo.partials("vm1") == [gone]
+    repo.discard_partial(gone)
+    assert not gone.is_symlink() and repo.partials("vm1") == []
+    # a link pointing anywhere but the memory work directory is only unlinked
+    elsewhere = tmp_path / "precious"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("keep")
+    odd = repo.partial_path("vm1", "20260101T000000.000002Z")
+    odd.symlink_to(elsewhere)
+    repo.discard_partial(odd)
+    assert not odd.is_symlink() and (elsewhere / "keep").read_text() == "keep"
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775])
+def test_a_memory_work_directory_others_can_write_is_not_used(
+        tmp_path: Path, ring: Keyring, work: Path, monkeypatch: pytest.MonkeyPatch,
+        mode: int) -> None:
+    ram = tmp_path / "ram"
+    ram.mkdir()
+    ram.chmod(mode)  # e.g. planted in the world-writable /dev/shm by someone else
+    monkeypatch.setenv("KVMOPS_BACKUP_RAM_WORK_DIR", str(ram))
+    repo = prepare_repository(tmp_path / "repo", compress="zstd", keyring=ring)
+    partial = repo.start_partial("vm1", "20260101T000000.000001Z", work_bytes=1 << 20)
+    assert not partial.is_symlink() and not any(ram.iterdir())
+    monkeypatch.setenv("KVMOPS_BACKUP_RAM_WORK_DIR", "off")
+    other = repo.start_partial("vm1", "20260101T000000.000002Z", work_bytes=1 << 20)
+    assert not other.is_symlink()

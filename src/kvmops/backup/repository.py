@@ -375,17 +375,23 @@ class Repository:
                 os.ftruncate(fd, 0)
             os.close(fd)
 
-    def start_partial(self, vm: str, backup_id: str) -> Path:
-        base = self.backups_dir(vm)
-        base.mkdir(parents=True, exist_ok=True)
-        # QEMU (libvirt-qemu) writes push-mode targets itself.
-        for directory in (self.root, self.vm_dir(vm), base):
-            with contextlib.suppress(OSError):
-                directory.chmod(directory.stat().st_mode | 0o711)
-        partial = base / f"{PARTIAL_PREFIX}{backup_id}"
+    def start_partial(self, vm: str, backup_id: str, work_bytes: int | None = None) -> Path:
+        """The directory a backup is written into; ``work_bytes`` (the most it may take)
+        lets a store-backed repository put it in memory."""
+        partial = self.partial_path(vm, backup_id)
         partial.mkdir()
         partial.chmod(0o777)
         return partial
+
+    def partial_path(self, vm: str, backup_id: str) -> Path:
+        """Where backup ``backup_id``'s partial directory goes (its parents made, and
+        traversable: QEMU, as libvirt-qemu, writes push-mode targets itself)."""
+        base = self.backups_dir(vm)
+        base.mkdir(parents=True, exist_ok=True)
+        for directory in (self.root, self.vm_dir(vm), base):
+            with contextlib.suppress(OSError):
+                directory.chmod(directory.stat().st_mode | 0o711)
+        return base / f"{PARTIAL_PREFIX}{backup_id}"
 
     def publish(self, vm: str, partial: Path, manifest: Manifest) -> Path:
         """fsync every file, write the manifest, then rename into place."""

@@ -137,16 +137,18 @@ class BackupRun:
     @contextlib.contextmanager
     def running(self, kind: BackupType | str, clean_up: Callable[[], Cleanup], *,
                 handlers: Mapping[signal.Signals, SignalHandler] | None = None,
-                **event: Any) -> Iterator[Path]:
+                work_bytes: int | None = None, **event: Any) -> Iterator[Path]:
         """Create the partial directory and run the engine's work inside the skeleton.
 
         ``clean_up`` undoes the engine's side (jobs, checkpoints, bitmaps) of a run that
         did not complete; ``handlers`` are extra signal handlers for the run (the QMP
-        engine's pause and resume); ``event`` goes into the started event.
+        engine's pause and resume); ``work_bytes`` bounds what the engine writes into the
+        partial directory (see Repository.start_partial); ``event`` goes into the started
+        event.
         """
         vm, backup_id = self.vm, self.backup_id
         kind = BackupType(kind).value
-        self.partial = self.repo.start_partial(vm, backup_id)
+        self.partial = self.repo.start_partial(vm, backup_id, work_bytes)
         received: list[int] = []
 
         def interrupt(signum: int, frame: FrameType | None) -> None:

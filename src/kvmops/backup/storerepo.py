@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import secrets
 import shutil
@@ -35,7 +36,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kvmops.backup import repokey
+from kvmops.backup import ramwork, repokey
 from kvmops.backup.keys import Keyring, Signature
 from kvmops.backup.model import Manifest, disk_chain
 from kvmops.backup.repository import (
@@ -342,6 +343,35 @@ class StoreRepository(Repository):
                             hint="use point_images() or restore it")
 
     # ------------------------------------------------------------ writing
+    def start_partial(self, vm: str, backup_id: str, work_bytes: int | None = None) -> Path:
+        """The usual partial directory -- or, when ``work_bytes`` fit in the memory work
+        directory (:mod:`kvmops.backup.ramwork`), a symbolic link to a directory there:
+        QEMU's work file then never reaches the disk, only the sealed copy does."""
+        ram = settings().backup_ram_work_dir
+        target = (ramwork.make_work_dir(ram, f"{self.config.id}-{backup_id}-", work_bytes)
+                  if ram is not None else None)
+        if target is None:
+            return super().start_partial(vm, backup_id)
+        partial = self.partial_path(vm, backup_id)
+        try:
+            partial.symlink_to(target, target_is_directory=True)
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        return partial
+
+    def discard_partial(self, partial: Path) -> None:
+        """Remove a partial backup; a link to the memory work directory goes with what it
+        points to (only there: a link elsewhere is only unlinked)."""
+        if not partial.is_symlink():
+            super().discard_partial(partial)
+            return
+        target = Path(os.readlink(partial))
+        ram = settings().backup_ram_work_dir
+        if ram is not None and target.parent == ram and not target.is_symlink():
+            shutil.rmtree(target, ignore_errors=True)
+        partial.unlink(missing_ok=True)
+
     def publish(self, vm: str, partial: Path, manifest: Manifest) -> Path:
         """Seal every data file into the store, then the manifest; drop the plaintext."""
         self.drop_orphans(vm)
@@ -358,7 +388,7 @@ class StoreRepository(Repository):
                 with contextlib.suppress(Exception):
                     self.store.delete(key)
             raise
-        shutil.rmtree(partial, ignore_errors=True)
+        self.discard_partial(partial)
         return partial
 
     def drop_orphans(self, vm: str) -> list[str]:
