@@ -125,9 +125,9 @@ def test_parallel_equals_serial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 def test_plaintext_sha256_while_streaming(tmp_path: Path) -> None:
     data = os.urandom(1000) + bytes(2 * FRAME_SIZE) + b"tail"
     made = seal_file(_write(tmp_path / "src", data), tmp_path / "sealed", SEALINGS["zstd"],
-                     PLACE, sha256=True)
+                     PLACE)
     want = hashlib.sha256(data).hexdigest()
-    assert made.sha256 == want
+    assert made.sha256 is None and made.plain_size == len(data)
     assert check_sealed(tmp_path / "sealed", SEALINGS["zstd"], PLACE, sha256=True).sha256 == want
     made = unseal_file(tmp_path / "sealed", tmp_path / "out", SEALINGS["zstd"], PLACE,
                        sha256=True)
@@ -343,3 +343,26 @@ def test_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monke
         seal_file(src, tmp_path / "sealed", SEALINGS["aes"], PLACE)
     assert str(tmp_path / "sealed") in str(caught.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+@pytest.mark.parametrize("change", ["grows", "shrinks"])
+def test_a_source_changing_size_while_sealed_is_an_error(tmp_path: Path,
+                                                        change: str) -> None:
+    """Frames are read by the workers at offsets from the size seen at the start: a file
+    that changed meanwhile must fail, never seal half of it."""
+    src = _write(tmp_path / "src", os.urandom(3 * FRAME_SIZE))
+
+    def meddle(done: int, _total: int) -> None:
+        if done == FRAME_SIZE:  # after the first frame
+            with open(src, "r+b") as fh:
+                if change == "grows":
+                    fh.seek(0, os.SEEK_END)
+                    fh.write(b"more")
+                else:
+                    fh.truncate(FRAME_SIZE + 10)
+
+    with pytest.raises(StorageError, match="grew" if change == "grows" else "shrank"):
+        seal_file(src, tmp_path / "sealed", SEALINGS["zstd+aes"], PLACE, progress=meddle,
+                  workers=1)
+    assert not (tmp_path / "sealed").exists()
+    assert not list(tmp_path.glob(".sealed*"))

@@ -383,3 +383,26 @@ def test_a_memory_work_directory_others_can_write_is_not_used(
     monkeypatch.setenv("KVMOPS_BACKUP_RAM_WORK_DIR", "off")
     other = repo.start_partial("vm1", "20260101T000000.000002Z", work_bytes=1 << 20)
     assert not other.is_symlink()
+
+
+@pytest.mark.parametrize("sealed", [True, False])
+def test_pending_digests_are_filled_when_published(tmp_path: Path, ring: Keyring,
+                                                   work: Path, sealed: bool) -> None:
+    """finish_files leaves a store-backed repository's digests to publish (hashed while
+    sealed); whatever repository publishes, no manifest is written with one pending."""
+    from kvmops.backup.repository import DIGEST_PENDING, blake3_file
+
+    repo = (prepare_repository(tmp_path / "repo", compress="zstd", keyring=ring) if sealed
+            else Repository(tmp_path / "plain", ring))
+    assert repo.digests_in_publish is sealed
+    manifest = _manifest("vm1", "20260101T000000.000001Z")
+    manifest.disks[0].sha256 = DIGEST_PENDING
+    data = os.urandom(3 << 20)
+    partial = repo.start_partial("vm1", manifest.id)
+    (partial / "vda.qcow2").write_bytes(data)
+    (tmp_path / "copy").write_bytes(data)
+    repo.publish("vm1", partial, manifest)
+    want = blake3_file(tmp_path / "copy")
+    assert manifest.disks[0].sha256 == want  # the caller's manifest (its JSON output)
+    (stored,) = repo.manifests("vm1")
+    assert stored.disks[0].sha256 == want

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kvmops.backup.model import BackupType, DiskRecord
 from kvmops.backup.plan import Plan
-from kvmops.backup.repository import Repository, sha256_file
+from kvmops.backup.repository import DIGEST_PENDING, Repository, sha256_file
 from kvmops.errors import BackupError
 from kvmops.images import qemuimg
 
@@ -39,7 +39,7 @@ def finish_files(repo: Repository, vm: str, partial: Path, plan: Plan,
             target=item.disk.target, file=path.name, source=item.disk.source or "",
             type=item.mode, parent=item.parent, virtual_size=info.virtual_size,
             bytes_written=info.actual_size or os.path.getsize(path),
-            sha256=sha256_file(path),
+            sha256=DIGEST_PENDING if repo.digests_in_publish else sha256_file(path),
         ))
     return records
 

@@ -205,8 +205,16 @@ class Rejected:
     reason: str
 
 
+# A disk record's digest left for ``publish`` to fill (see Repository.digests_in_publish).
+DIGEST_PENDING = ""
+
+
 class Repository:
     """A backup repository directory holding any number of VMs."""
+
+    # Whether publish() computes the data files' digests itself (finish_files then leaves
+    # them DIGEST_PENDING): a store-backed repository hashes while it seals.
+    digests_in_publish = False
 
     def __init__(self, root: Path, keyring: Keyring | None = None) -> None:
         self.root = root.absolute()
@@ -395,6 +403,9 @@ class Repository:
 
     def publish(self, vm: str, partial: Path, manifest: Manifest) -> Path:
         """fsync every file, write the manifest, then rename into place."""
+        for disk in manifest.disks:  # never written pending
+            if disk.sha256 == DIGEST_PENDING:
+                disk.sha256 = sha256_file(partial / disk.file)
         for child in partial.iterdir():
             fsync_file(child)
             child.chmod(0o644)

@@ -111,7 +111,7 @@ class SealedFile:
     plain_size: int     # bytes of plaintext
     stored_size: int    # bytes of the sealed file
     frames: int
-    sha256: str | None = None  # of the plaintext, when asked for (sha256=True)
+    sha256: str | None = None  # of the plaintext, when asked for (sha256=True in opening)
 
 
 def default_workers() -> int:
@@ -353,26 +353,6 @@ def _read_full(f: BinaryIO, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _plain_frames(f: BinaryIO, pool: _Pool) -> Iterator[tuple[int, bytearray, int, bool]]:
-    """(index, buffer, length, last) of a plaintext stream; at least one frame, even
-    when empty."""
-    index = 0
-    buf = pool.get()
-    n = _readinto_full(f, buf, FRAME_SIZE)
-    while True:
-        following, m = None, 0
-        if n == FRAME_SIZE:
-            following = pool.get()
-            m = _readinto_full(f, following, FRAME_SIZE)
-            if not m:
-                pool.put(following)
-        yield index, buf, n, not m
-        if not m or following is None:
-            return
-        index += 1
-        buf, n = following, m
-
-
 def _sealed_frames(f: BinaryIO, codec: _Codec, name: str, pool: _Pool
                    ) -> Iterator[tuple[int, int, bytes, memoryview, bytearray]]:
     """(index, offset, frame head, body, its buffer) of a sealed stream, checked for
@@ -441,21 +421,31 @@ _STAGE = 8 * 1024 * 1024
 
 
 class _StagedWriter:
-    """Appends the sealed records to a file opened with O_DIRECT, through a page-aligned
-    8 MiB staging buffer (the last block padded, then the file truncated to its size).
+    """Appends the sealed records to a file opened with O_DIRECT, through two page-aligned
+    8 MiB staging buffers (the last block padded, then the file truncated to its size).
 
     Measured in a sealed backup on the shared test host: buffered write() calls spent 80 %
     of the sealing time throttled on dirty pages (balance_dirty_pages), fsync 6 %; QEMU's
     own plain backup never meets that throttle. Direct writes skip the page cache (the
-    sealed file is not read again soon) and its throttle. Without O_DIRECT support (tmpfs)
-    the same code writes through the page cache."""
+    sealed file is not read again soon) and its throttle. A full stage is written by a
+    thread while the other one fills: the disk's time overlaps the reading and sealing
+    (768 MiB: 0.42 s of direct writes had run one after the other with 0.35 s of reading
+    and copying). Without O_DIRECT support (tmpfs) the same code writes through the page
+    cache."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.stage = mmap.mmap(-1, _STAGE)  # page-aligned, as O_DIRECT needs
-        self.view = memoryview(self.stage)
+        self.stages = [mmap.mmap(-1, _STAGE) for _ in range(2)]  # page-aligned (O_DIRECT)
+        self.views = [memoryview(stage) for stage in self.stages]
+        self.current = 0
         self.fill = 0
         self.offset = 0
+        self.pending: Future[None] | None = None
+        self.io = ThreadPoolExecutor(1, thread_name_prefix="seal-write")
+
+    @property
+    def view(self) -> memoryview:
+        return self.views[self.current]
 
     def write(self, data: bytes | memoryview) -> None:
         source = memoryview(data)
@@ -465,30 +455,49 @@ class _StagedWriter:
             self.fill += take
             source = source[take:]
             if self.fill == _STAGE:
-                self._put(_STAGE)
-                self.fill = 0
+                self._hand_over()
 
-    def _put(self, size: int) -> None:
+    def _hand_over(self) -> None:
+        """Write the full stage in the background and go on filling the other one."""
+        self._wait()
+        self.pending = self.io.submit(self._put, self.view, _STAGE, self.offset)
+        self.offset += _STAGE
+        self.current ^= 1
+        self.fill = 0
+
+    def _wait(self) -> None:
+        """The background write done (its error raised here)."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def _put(self, view: memoryview, size: int, offset: int) -> None:
         done = 0
         while done < size:
-            done += os.pwrite(self.fd, self.view[done:size], self.offset + done)
-        self.offset += size
+            done += os.pwrite(self.fd, view[done:size], offset + done)
 
     def finish(self) -> None:
         """Write the rest (padded to a whole block) and cut the file to its length."""
+        self._wait()
         length = self.offset + self.fill
         if self.fill:
             padded = -(-self.fill // _ALIGN) * _ALIGN
             self.view[self.fill:padded] = bytes(padded - self.fill)
-            self._put(padded)
+            self._put(self.view, padded, self.offset)
         os.ftruncate(self.fd, length)
 
+    def drain(self) -> None:
+        """Let no background write run on (before the file is closed)."""
+        self.io.shutdown(wait=True)
+
     def close(self) -> None:
-        # After a failure a traceback may still hold a slice of the stage: then the
+        self.drain()  # no write still uses a stage
+        # After a failure a traceback may still hold a slice of a stage: then the
         # garbage collector frees it, and the original error is what the caller sees.
         with contextlib.suppress(BufferError):
-            self.view.release()
-            self.stage.close()
+            for view, stage in zip(self.views, self.stages, strict=True):
+                view.release()
+                stage.close()
 
 
 @contextlib.contextmanager
@@ -511,6 +520,8 @@ def _atomic_direct_output(dst: Path) -> Iterator[_StagedWriter]:
             writer.finish()
             os.fsync(fd)
         finally:
+            if writer is not None:
+                writer.drain()
             os.close(fd)
         os.replace(tmp, dst)
         fsync_dir(dst.parent)
@@ -533,19 +544,20 @@ def _open_src(src: Path) -> BinaryIO:
 
 # ------------------------------------------------------------------ public
 def seal_file(src: Path, dst: Path, sealing: Sealing, place: str, *,
-              progress: Progress | None = None, workers: int | None = None,
-              sha256: bool = False) -> SealedFile:
+              progress: Progress | None = None, workers: int | None = None) -> SealedFile:
     """Seal ``src`` into ``dst`` (atomic: tmp, fsync, rename) for ``place``.
 
     ``progress(done, total)`` in plaintext bytes; ``workers`` threads (default: every
-    core); ``sha256``: also hash the plaintext as it is read (for the manifest, without a
-    second pass over the file)."""
-    digest = hashlib.sha256() if sha256 else None
+    core), each reading its own frames (``pread`` releases the GIL: one reading thread
+    was a fifth of the time). ``src`` must not change meanwhile (a size that did is an
+    error)."""
     header = _new_header(sealing)
     codec = _Codec(header, sealing, place)
     pool = _Pool(FRAME_SIZE + _SLACK)
     with _open_src(src) as f, _atomic_direct_output(dst) as out:
-        total = os.fstat(f.fileno()).st_size
+        fd = f.fileno()
+        total = os.fstat(fd).st_size
+        count = max(1, -(-total // FRAME_SIZE))  # at least one frame, even when empty
         out.write(header)
         counts = {"plain": 0, "stored": len(header), "frames": 0}
 
@@ -559,22 +571,34 @@ def seal_file(src: Path, dst: Path, sealing: Sealing, place: str, *,
             counts["plain"] += plain_len
             counts["frames"] += 1
             if progress:
-                progress(counts["plain"], max(total, counts["plain"]))
+                progress(counts["plain"], total)
 
-        def seal_one(index: int, buf: bytearray, n: int, last: bool, target: bytearray
+        def seal_one(index: int, buf: bytearray, target: bytearray
                      ) -> tuple[int, list[bytes | memoryview], tuple[bytearray, ...]]:
-            return n, codec.seal(index, buf, n, last, target), (buf, target)
+            offset = index * FRAME_SIZE
+            n = min(FRAME_SIZE, total - offset)
+            if _pread_full(fd, buf, n, offset) != n:
+                raise StorageError(f"{src} shrank while it was sealed")
+            return n, codec.seal(index, buf, n, index == count - 1, target), (buf, target)
 
         def frames() -> Iterator[tuple[Callable[..., object], tuple[object, ...]]]:
-            for index, buf, n, last in _plain_frames(f, pool):
-                if digest is not None:
-                    # releases the GIL: overlaps the workers
-                    digest.update(memoryview(buf)[:n])
-                yield seal_one, (index, buf, n, last, pool.get())
+            for index in range(count):
+                yield seal_one, (index, pool.get(), pool.get())
 
         _pipeline(frames(), sink, workers or default_workers())
-    return SealedFile(counts["plain"], counts["stored"], counts["frames"],
-                      digest.hexdigest() if digest is not None else None)
+        if os.fstat(fd).st_size != total:
+            raise StorageError(f"{src} grew while it was sealed")
+    return SealedFile(counts["plain"], counts["stored"], counts["frames"])
+
+
+def _pread_full(fd: int, buf: bytearray, size: int, offset: int) -> int:
+    view, got = memoryview(buf)[:size], 0
+    while got < size:
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if not n:
+            break
+        got += n
+    return got
 
 
 def _open_all(src: Path, sealing: Sealing, place: str, sink: Callable[[object], None],

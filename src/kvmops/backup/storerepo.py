@@ -32,6 +32,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ from kvmops.backup.keys import Keyring, Signature
 from kvmops.backup.model import Manifest, disk_chain
 from kvmops.backup.repository import (
     _REPO_ID,
+    DIGEST_PENDING,
     IDENTITY,
     MANIFEST,
     SIG_SUFFIX,
@@ -372,15 +374,26 @@ class StoreRepository(Repository):
             shutil.rmtree(target, ignore_errors=True)
         partial.unlink(missing_ok=True)
 
+    digests_in_publish = True
+
     def publish(self, vm: str, partial: Path, manifest: Manifest) -> Path:
-        """Seal every data file into the store, then the manifest; drop the plaintext."""
+        """Seal every data file into the store, then the manifest; drop the plaintext.
+
+        The digests finish_files left pending are computed here, each file's while it is
+        sealed (a thread beside the sealing workers: the sealing waits on the disk part of
+        the time), and filled into ``manifest``'s records before it is written."""
         self.drop_orphans(vm)
         uploaded: list[str] = []
         try:
-            for disk in manifest.disks:
-                key = self.data_key(vm, manifest.id, disk.file)
-                uploaded.append(key)
-                self.put_data(partial / disk.file, key)
+            with ThreadPoolExecutor(1, thread_name_prefix="digest") as hasher:
+                for disk in manifest.disks:
+                    key = self.data_key(vm, manifest.id, disk.file)
+                    uploaded.append(key)
+                    digest = (hasher.submit(sha256_file, partial / disk.file)
+                              if disk.sha256 == DIGEST_PENDING else None)
+                    self.put_data(partial / disk.file, key)
+                    if digest is not None:
+                        disk.sha256 = digest.result()
             self.write_object(self.data_key(vm, manifest.id, MANIFEST),
                               manifest.model_dump_json(indent=2).encode())
         except BaseException:
