@@ -253,6 +253,10 @@ def test_metrics_see_the_last_sealed_backup(chain: Chain) -> None:
     (sample,) = backup_samples(events, {chain.vm: "local"}, _Manifests().get)
     assert sample.last_success is True and (sample.last_size_bytes or 0) > 0
     assert list(sample.disk_success_time) == ["vda"]
+    # the chain's own events: its last backup (the second incremental) ends a chain of 3
+    own = [e for e in events if e.get("vm") == chain.vm and e.get("location") == str(chain.repo)]
+    (sample,) = backup_samples(own, {chain.vm: "local"}, _Manifests().get)
+    assert sample.chain_length == {"vda": 3}
 
 
 # ---------------------------------------------------------------- the memory work area

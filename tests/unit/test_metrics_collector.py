@@ -239,7 +239,8 @@ def test_backup_samples_from_events_and_the_last_manifest() -> None:
 
 def test_backup_samples_of_a_sealed_repository_come_from_the_event_summary() -> None:
     """A sealed or remote repository's manifest is not read (a key, a network): the
-    completed event's summary gives the time, size and disks (no chain length)."""
+    completed event's summary gives the time, size, disks and chain lengths (an event
+    written before summaries named chains has none)."""
     note = "disk vdb: change tracking since 1 cannot be trusted (bitmap x is inconsistent)"
     events = [{"time": "2026-12-01T15:00:10+00:00", "vm": "a", "event": "completed",
                "backup_id": "2", "repo": "/work/abc", "location": "s3://b/p",
@@ -251,6 +252,10 @@ def test_backup_samples_of_a_sealed_repository_come_from_the_event_summary() -> 
     assert sample.disk_success_time == {"vda": when, "vdb": when}
     assert sample.bitmap_inconsistent == {"vda": False, "vdb": True}
     assert sample.chain_length == {}
+    with_chains = [{**events[0], "summary": {**events[0]["summary"],  # type: ignore[dict-item]
+                                             "chains": {"vda": 3, "vdb": 1, "bad": "x"}}}]
+    (sample,) = backup_samples(with_chains, {"a": "local"}, lambda *_: None)
+    assert sample.chain_length == {"vda": 3, "vdb": 1}
     # neither a readable manifest nor a summary: no per-disk figures are made up
     bare = [{**events[0], "summary": None}]
     (sample,) = backup_samples(bare, {"a": "local"}, lambda *_: None)

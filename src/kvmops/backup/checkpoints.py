@@ -59,10 +59,7 @@ def offline_checkpoint_xml(name: str, backup_id: str, spec: DomainSpec, with_bit
 def host_identity(host: Host) -> tuple[str, str]:
     """The libvirt host's name and its capabilities' host UUID (what tells a migrated VM:
     two daemons migrate between each other only with different UUIDs)."""
-    try:
-        uuid = etree.fromstring(host.capabilities().encode()).findtext("host/uuid") or ""
-    except (etree.XMLSyntaxError, ValueError):
-        uuid = ""
+    uuid = host.host_uuid()
     try:
         name = host.hostname()
     except KvmopsError:

@@ -138,6 +138,7 @@ def wait_for_job(domain: DomainHandle, progress: ProgressFn | None, poll: float 
     interval = FIRST_POLL
     started = time.monotonic()
     copied = False
+    time.sleep(interval)  # a job that just began is running: no need to ask yet
     while True:
         info = backupjobs.job_info(domain)
         if info.state is JobState.NONE:
@@ -307,6 +308,7 @@ def _run_online(host: Host, domain: DomainHandle, repo: Repository, req: BackupR
                      fleecing=fleece is not None) as partial:
         checkpoint = checkpoint_xml(cp_name, plan, spec.disks, f"kvmops backup {run.backup_id}")
         watch = fleecing.LatencyWatch(domain, [d.disk.target for d in plan.disks])
+        reuse = False
         if fleece is not None:  # pull mode: old blocks to a local scratch, kvmops copies
             was_frozen = fleecing.copy_point(
                 domain, vm, repo, plan, partial, checkpoint, fleece, run.backup_id,
@@ -324,7 +326,8 @@ def _run_online(host: Host, domain: DomainHandle, repo: Repository, req: BackupR
             wait_for_job(domain, run.report)
         watch.finish(repo, vm, run.backup_id, fleece is not None, say)
 
-        records = finish_files(repo, vm, partial, plan, compress=req.compress)
+        records = finish_files(repo, vm, partial, plan, compress=req.compress,
+                               created=sizes if fleece is None and reuse else None)
         repo.save_checkpoint_xml(vm, cp_name, backupjobs.checkpoint_xml(domain, cp_name))
         manifest = run.publish(run.manifest(
             type=plan.type, parent=plan.parent.id if plan.parent else None,
@@ -334,7 +337,7 @@ def _run_online(host: Host, domain: DomainHandle, repo: Repository, req: BackupR
             qemu_version=version_text(host.qemu_version()),
             libvirt_version=version_text(host.libvirt_version()),
             host=here, host_uuid=here_uuid,
-        ))
+        ), history=manifests)
     prune_checkpoints(domain, repo, vm, say)
     return manifest
 

@@ -655,7 +655,8 @@ def _run(channel: MonitorChannel, repo: Repository, req: QmpBackupRequest,
     for message in skipped:
         say(message)
     nodes = channel.execute("query-named-block-nodes", {"flat": True}) or []
-    plan = plan_backup(vm, [d.spec() for d in disks], repo.manifests(vm), req.mode,
+    history = repo.manifests(vm)
+    plan = plan_backup(vm, [d.spec() for d in disks], history, req.mode,
                        trust_function(nodes, disks),
                        {d.target: d.virtual_size for d in disks if d.virtual_size})
     for message in plan.notes:
@@ -709,7 +710,7 @@ def _run(channel: MonitorChannel, repo: Repository, req: QmpBackupRequest,
                 consistency=Consistency.APPLICATION if was_frozen else Consistency.CRASH,
                 transport="qmp", disks=records, notes=say.messages,
                 qemu_version=_qemu_version(channel),
-            ))
+            ), history=history)
     except (ChannelError, OperationTimeoutError) as err:
         if isinstance(err, BackupError):
             raise

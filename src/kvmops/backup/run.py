@@ -27,7 +27,7 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,9 +36,9 @@ from typing import Any
 
 import kvmops
 from kvmops.backup import jobs
-from kvmops.backup.model import BackupType, Manifest, new_backup_id
+from kvmops.backup.model import BackupType, Manifest, disk_chain, new_backup_id
 from kvmops.backup.repository import Repository
-from kvmops.errors import CancelledError, HostUnavailableError
+from kvmops.errors import CancelledError, HostUnavailableError, KvmopsError
 
 ProgressFn = Callable[[int, int], None]
 NoteFn = Callable[[str], None]
@@ -112,6 +112,7 @@ class BackupRun:
         self.started = time.monotonic()
         self.partial: Path | None = None
         self.published: Manifest | None = None
+        self.chains: dict[str, int] = {}  # disk -> its chain's length at this backup
 
     def removed(self, extra: str = "") -> str:
         """The usual clean-up phrase: the partial directory, and ``extra``."""
@@ -127,11 +128,18 @@ class BackupRun:
         return Manifest(id=self.backup_id, vm=self.vm, tool_version=kvmops.__version__,
                         duration_s=round(time.monotonic() - self.started, 3), **fields)
 
-    def publish(self, manifest: Manifest) -> Manifest:
-        """Move the partial directory into place with its manifest (atomic)."""
+    def publish(self, manifest: Manifest, history: Iterable[Manifest] = ()) -> Manifest:
+        """Move the partial directory into place with its manifest (atomic).
+
+        ``history``: the VM's earlier backups in this repository (the plan's), from which
+        each disk's chain length is counted for the completed event's summary."""
         assert self.partial is not None
         self.repo.publish(self.vm, self.partial, manifest)
         self.published = manifest
+        known = {m.id: m for m in history} | {manifest.id: manifest}
+        for disk in manifest.disks:
+            with contextlib.suppress(KvmopsError):
+                self.chains[disk.target] = len(disk_chain(known, manifest.id, disk.target))
         return manifest
 
     @contextlib.contextmanager
@@ -210,7 +218,7 @@ class BackupRun:
             summary = {"time": self.published.time.isoformat(),
                        "bytes": sum(d.bytes_written for d in self.published.disks),
                        "disks": [d.target for d in self.published.disks],
-                       "notes": self.published.notes}
+                       "notes": self.published.notes, "chains": self.chains}
         jobs.record_event(vm, "completed", backup_id=backup_id, type=kind,
                           repo=str(self.repo.root), location=self.repo.location,
                           summary=summary)

@@ -33,6 +33,7 @@ class Host:
 
     def __init__(self, uri: str | None = None) -> None:
         self.uri = uri or settings().uri
+        self._host_uuid: str | None = None
         try:
             self.conn: libvirt.virConnect = libvirt.open(self.uri)
         except libvirt.libvirtError as err:
@@ -152,6 +153,19 @@ class Host:
 
     def capabilities(self) -> str:
         return str(call("reading capabilities", self.conn.getCapabilities))
+
+    def host_uuid(self) -> str:
+        """The host UUID of the capabilities ("" if none), read once per connection: it
+        does not change while libvirtd runs, and the capabilities cost a few ms each."""
+        if self._host_uuid is None:
+            from lxml import etree  # not at import: quick commands never load lxml
+
+            try:
+                root = etree.fromstring(self.capabilities().encode())
+                self._host_uuid = root.findtext("host/uuid") or ""
+            except (etree.XMLSyntaxError, ValueError):
+                self._host_uuid = ""
+        return self._host_uuid
 
     def network_names(self) -> list[str]:
         return [n.name() for n in call("listing networks", self.conn.listAllNetworks, 0)]

@@ -180,13 +180,16 @@ def backup_samples(events: Iterable[Mapping[str, Any]], hosts_of: Mapping[str, s
                 disk_times[disk.target] = found.time.timestamp()
                 inconsistent[disk.target] = disk.target in bad
         elif isinstance(summary, Mapping) and (when := _timestamp(summary.get("time"))):
-            # a sealed or remote repository: the figures the backup recorded (no chain)
+            # a sealed or remote repository: the figures the backup recorded
             size = int(summary.get("bytes") or 0)
             notes = [str(n) for n in summary.get("notes") or []]
             bad = {m.group(1) for note in notes if (m := _INCONSISTENT.match(note))}
             for target in summary.get("disks") or []:
                 disk_times[str(target)] = when
                 inconsistent[str(target)] = str(target) in bad
+            recorded = summary.get("chains")
+            if isinstance(recorded, Mapping):
+                chains = {str(t): n for t, n in recorded.items() if isinstance(n, int)}
         elif success is not None and not (success.get("repo") and success.get("backup_id")):
             # an event from before events named the repository
             when = _timestamp(success.get("time"))
