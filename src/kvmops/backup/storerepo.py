@@ -218,6 +218,8 @@ class StoreRepository(Repository):
     repository in messages (the directory or URL the user gave).
     """
 
+    digests_in_publish = True  # hashed while sealed (see publish)
+
     def __init__(self, store: ObjectStore, config: RepoConfig, sealing: Sealing, *,
                  keyring: Keyring | None = None, work_dir: Path | None = None) -> None:
         super().__init__((work_dir or settings().backup_work_dir) / config.id, keyring)
@@ -373,8 +375,6 @@ class StoreRepository(Repository):
         if ram is not None and target.parent == ram and not target.is_symlink():
             shutil.rmtree(target, ignore_errors=True)
         partial.unlink(missing_ok=True)
-
-    digests_in_publish = True
 
     def publish(self, vm: str, partial: Path, manifest: Manifest) -> Path:
         """Seal every data file into the store, then the manifest; drop the plaintext.
