@@ -80,6 +80,33 @@ def test_no_database_no_record_and_none_created(tmp_path: Path,
     direct._opened.clear()
 
 
+def test_a_fresh_hosts_first_command_creates_its_state_database(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No server has run yet: the state directory's database is created by the first
+    command, so its job and its audit row are there for ``kvmops job list``."""
+    state = tmp_path / "state"
+    monkeypatch.delenv("KVMOPS_DB", raising=False)
+    monkeypatch.setenv("KVMOPS_STATE_DIR", str(state))
+    direct._opened.clear()
+    try:
+        assert _start(Caller.local(), "web-1") == "started web-1"
+        with jobs.track(Caller.local(), "vm.dump", "web-1") as job:
+            job.bytes(1, 2)
+        assert job.id is not None
+        created = Store(direct.state_db_url())
+        try:
+            assert [(j.id, j.kind, j.state) for j in job_store.list_jobs(created)] == [
+                (job.id, "vm.dump", "succeeded")]
+            assert [r.action for r in audit.entries(created)] == ["vm.start"]
+        finally:
+            created.close()
+    finally:
+        for opened in direct._opened.values():
+            if opened is not None:
+                opened.close()
+        direct._opened.clear()
+
+
 def test_cli_job_runs_then_succeeds(store: Store) -> None:
     with jobs.track(Caller.local(), "backup.create", "web-1") as job:
         assert job.id is not None

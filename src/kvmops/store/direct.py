@@ -3,10 +3,11 @@ plain SQL, without SQLAlchemy's start-up cost (a command that changes state must
 as quick as the tool it replaces).
 
 The server owns the schema (it migrates at start); a command only writes rows into it.
-The database is *reachable* when it already exists with that schema: the configured
-URL (``db`` in the configuration, ``KVMOPS_DB``), else the SQLite file under the state
-directory. A command never creates it, and a database it cannot reach or write makes
-it silent: the command's own work does not depend on its records.
+The database is *reachable* when it exists with that schema: the configured URL (``db``
+in the configuration, ``KVMOPS_DB``), which a command never creates, else the SQLite
+file under the state directory, which the first command on a fresh host creates (its
+jobs and refusals are recorded before any server ran). A database it cannot reach or
+write makes it silent: the command's own work does not depend on its records.
 """
 
 from __future__ import annotations
@@ -156,11 +157,24 @@ def state_db(url: str | None = None) -> StateDb | None:
         return None
     if target not in _opened:
         try:
+            if url is None and not settings().db:
+                _create_host_database(target)
             _opened[target] = StateDb(target)
         except Exception as err:
             log.debug("state database %s not reachable: %s", target, err)
             _opened[target] = None
     return _opened[target]
+
+
+def _create_host_database(url: str) -> None:
+    """The host's own SQLite file, migrated, when no server has created it yet (a cost
+    paid once per host: SQLAlchemy and Alembic load only then)."""
+    if Path(url[len(_SQLITE):].split("?", 1)[0]).is_file():
+        return
+    from kvmops.store.db import migrated
+
+    with migrated(url):
+        pass
 
 
 @contextlib.contextmanager
