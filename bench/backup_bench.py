@@ -41,6 +41,7 @@ import libvirt
 from kvmops.agent import guest
 from kvmops.agent.channel import open_agent
 from kvmops.backup import engine, files
+from kvmops.backup import restore as restore_mod
 from kvmops.backup.engine import BackupRequest, run_backup
 from kvmops.backup.model import BackupType, Manifest
 from kvmops.backup.repository import Repository, fsync_file
@@ -953,10 +954,19 @@ CL_TIMERS: list[tuple[Any, str, str]] = [
     (Repository, "publish", "publish (fsync, manifest, rename)"),
     (engine, "prune_checkpoints", "prune checkpoints"),
 ]
+# the same for a restore (restore_to_dir)
+CL_RESTORE_TIMERS: list[tuple[Any, str, str]] = [
+    (restore_mod, "_point", "manifests read and authenticated"),
+    (restore_mod, "checked_chain", "chain checked against the manifests"),
+    (qemuimg, "convert", "qemu-img convert of the chain (+ fsync, rename)"),
+    (qemuimg, "run_qemu_img", "  the qemu-img process"),
+    (qemuimg, "info", "  qemu-img info"),
+]
 
 
 @contextlib.contextmanager
-def cl_instrumented(rec: Recorder) -> Iterator[None]:
+def cl_instrumented(rec: Recorder, timers: list[tuple[Any, str, str]] | None = None
+                    ) -> Iterator[None]:
     def wrap(label: str) -> Callable[[Any], Any]:
         def outer(original: Callable[..., Any]) -> Callable[..., Any]:
             def inner(*args: Any, **kwargs: Any) -> Any:
@@ -966,7 +976,7 @@ def cl_instrumented(rec: Recorder) -> Iterator[None]:
         return outer
 
     with contextlib.ExitStack() as stack:
-        for owner, name, label in CL_TIMERS:
+        for owner, name, label in CL_TIMERS if timers is None else timers:
             if hasattr(owner, name):
                 stack.enter_context(patched(owner, name, wrap(label)))
         yield
@@ -1114,9 +1124,16 @@ def cl_bench(res: CLResults, work: Path, host: Host, vm: str, rounds: int,
         out = work / f"{PREFIX}restore-{index}"
         drop_caches()
         started = time.monotonic()
-        restore_to_dir(repo, vm, None, out)
-        fsync_file(out / "vda.qcow2")
-        res.add("restore", time.monotonic() - started)
+        with cl_instrumented(rec, CL_RESTORE_TIMERS):
+            restore_to_dir(repo, vm, None, out)
+            with rec.phase("fsync (as the reference's)"):
+                fsync_file(out / "vda.qcow2")
+        total = time.monotonic() - started
+        res.add("restore", total)
+        phases: dict[str, float] = {}
+        for item in rec.take():
+            phases[item.name] = phases.get(item.name, 0.0) + item.seconds
+        res.add_phases("restore", total, phases)
         shutil.rmtree(out)
         say(f"  restore of full + 3 {res.series['restore'][-1]:.2f} s, convert of the full "
             f"{res.series['restore-ref-plain'][-1]:.2f} s")
@@ -1155,7 +1172,7 @@ def cl_rows(res: CLResults) -> list[tuple[str, ...]]:
 
 
 def cl_phase_rows(res: CLResults) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
-    keys = [k for k in ("full-vdb", "full-vda", "full-vdc", "inc-vdd", "inc-vdc")
+    keys = [k for k in ("full-vdb", "full-vda", "full-vdc", "inc-vdd", "inc-vdc", "restore")
             if k in res.phases]
     names: list[str] = []
     for key in keys:

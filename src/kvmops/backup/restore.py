@@ -24,7 +24,7 @@ from kvmops.errors import (
 from kvmops.host.accel import probe
 from kvmops.host.connection import Host
 from kvmops.images import qemuimg
-from kvmops.images.chain import inspect
+from kvmops.images.chain import read_expected
 from kvmops.paths import policy
 from kvmops.vm.domxml import DiskSpec, OwnedFile, validate_name
 from kvmops.vm.lifecycle import ensure_qemu_can_reach, state_name
@@ -87,11 +87,18 @@ def checked_chain(repo: Repository, vm: str, point: Manifest, by_id: dict[str, M
     chain = disk_chain(by_id, point.id, target)
     top = repo.backups_dir(vm) / point.id / point.disk(target).file
     root = Path(os.path.realpath(repo.root))
-    links = inspect(top, "qcow2", within=[root], force_share=False).links
     expected = [Path(os.path.realpath(repo.backups_dir(vm) / m.id / m.disk(target).file))
                 for m in reversed(chain)]
-    found = [link.path for link in links]
-    if found != expected or any(link.data_file is not None for link in links):
+    # every header at once (the files are known): each must name the next as its
+    # backing file, the last none
+    links = read_expected(expected, "qcow2", within=[root], force_share=False)
+    named = [link.backing for link in links]
+    if (named != [*expected[1:], None]
+            or any(link.data_file is not None for link in links)
+            or any(link.info.backing_format != "qcow2" for link in links[:-1])):
+        found, by_path = [expected[0]], {link.path: link.backing for link in links}
+        while (after := by_path.get(found[-1])) is not None and after not in found:
+            found.append(after)
         raise BackupInconsistentError(
             f"the chain of disk {target} at backup {point.id} of VM '{vm}' is not the one "
             f"its manifests describe ({' <- '.join(p.name for p in found)})",

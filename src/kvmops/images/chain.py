@@ -120,36 +120,70 @@ def _walk(path: str | os.PathLike[str], fmt: str, rules: PathPolicy,
     current, current_fmt = top, fmt
     rules.require_within(top, dirs, "image", trusted=trusted_top)
     while True:
-        qemuimg.require_format(current_fmt, str(current))
-        if current != top:
-            rules.check_reference(current, image=top, kind="backing file", within=dirs)
-        _regular(current, top, "image" if current == top else "backing file")
         if current in seen:
             raise ValidationError(f"the backing chain of {top} loops at {current}")
         if len(seen) >= MAX_DEPTH:
             raise ValidationError(f"the backing chain of {top} is deeper than {MAX_DEPTH}")
         seen.add(current)
-        image = qemuimg.info(current, current_fmt, force_share=force_share)
-        if image.encrypted:
-            raise UnsupportedError(f"image {current} is encrypted",
-                                   hint="kvmops holds no keys; decrypt it with qemu-img first")
-        data_file: Path | None = None
-        if image.data_file:
-            data_file = _reference(image.data_file, current, "data file")
-            rules.check_reference(data_file, image=current, kind="data file", within=dirs)
-            _regular(data_file, current, "data file")
-        backing: Path | None = None
-        if image.backing_filename:
-            backing = _reference(image.backing_filename, current, "backing file")
-            if not image.backing_format:
-                raise PathRefusedError(
-                    f"image {current} names backing file {backing} without its format",
-                    hint="QEMU would probe it; if you trust the image, record the format "
-                         f"with 'qemu-img rebase -u -b {backing} -F FORMAT {current}'")
-        yield Link(current, current_fmt, image, backing, data_file)
-        if backing is None:
+        link = _read_link(current, current_fmt, top, rules, dirs, force_share)
+        yield link
+        if link.backing is None:
             return
-        current, current_fmt = backing, str(image.backing_format)
+        current, current_fmt = link.backing, str(link.info.backing_format)
+
+
+def _read_link(current: Path, fmt: str, top: Path, rules: PathPolicy,
+               dirs: tuple[Path, ...], force_share: bool) -> Link:
+    """One link's header (``qemu-img info`` of that file alone), checked; the files it
+    names are resolved and checked, never opened."""
+    qemuimg.require_format(fmt, str(current))
+    if current != top:
+        rules.check_reference(current, image=top, kind="backing file", within=dirs)
+    _regular(current, top, "image" if current == top else "backing file")
+    image = qemuimg.info(current, fmt, force_share=force_share)
+    if image.encrypted:
+        raise UnsupportedError(f"image {current} is encrypted",
+                               hint="kvmops holds no keys; decrypt it with qemu-img first")
+    data_file: Path | None = None
+    if image.data_file:
+        data_file = _reference(image.data_file, current, "data file")
+        rules.check_reference(data_file, image=current, kind="data file", within=dirs)
+        _regular(data_file, current, "data file")
+    backing: Path | None = None
+    if image.backing_filename:
+        backing = _reference(image.backing_filename, current, "backing file")
+        if not image.backing_format:
+            raise PathRefusedError(
+                f"image {current} names backing file {backing} without its format",
+                hint="QEMU would probe it; if you trust the image, record the format "
+                     f"with 'qemu-img rebase -u -b {backing} -F FORMAT {current}'")
+    return Link(current, fmt, image, backing, data_file)
+
+
+def read_expected(paths: Sequence[Path], fmt: str, *, within: Sequence[Path],
+                  force_share: bool = True, rules: PathPolicy | None = None) -> list[Link]:
+    """The links of a chain whose files the caller already knows (a backup's, from its
+    authenticated manifests), top first: each header read and checked as
+    :func:`inspect` does, all at once (one ``qemu-img info`` each, in parallel). The
+    caller compares each link's ``backing`` with the next path: nothing here follows
+    a name a header gives."""
+    if not paths:
+        return []
+    rules = rules or policy()
+    dirs = tuple(within)
+    top = Path(os.path.realpath(paths[0]))
+    resolved = [Path(os.path.realpath(p)) for p in paths]
+    if len(set(resolved)) != len(resolved):
+        raise ValidationError(f"the backing chain of {top} names one file twice")
+    rules.require_within(top, dirs, "image", trusted=False)
+    if len(resolved) == 1:
+        return [_read_link(top, fmt, top, rules, dirs, force_share)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(8, len(resolved))) as pool:
+        reads = [pool.submit(_read_link, path, fmt, top, rules, dirs, force_share)
+                 for path in resolved]
+        return [read.result() for read in reads]
 
 
 @dataclass(frozen=True)
