@@ -154,6 +154,7 @@ def ring(tmp_path: Path) -> Keyring:
 def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "work"
     monkeypatch.setenv("KVMOPS_BACKUP_WORK_DIR", str(path))
+    monkeypatch.setenv("KVMOPS_STATE_DIR", str(tmp_path / "state"))  # backup-ram-roots
     return path
 
 
@@ -367,6 +368,31 @@ def test_a_killed_runs_memory_partial_is_cleaned_even_after_a_reboot(
     odd.symlink_to(elsewhere)
     repo.discard_partial(odd)
     assert not odd.is_symlink() and (elsewhere / "keep").read_text() == "keep"
+
+
+@pytest.mark.parametrize("now", ["off", "other"])
+def test_a_killed_runs_memory_partial_is_cleaned_after_the_setting_changed(
+        tmp_path: Path, ring: Keyring, work: Path, monkeypatch: pytest.MonkeyPatch,
+        now: str) -> None:
+    ram = tmp_path / "ram"
+    monkeypatch.setenv("KVMOPS_BACKUP_RAM_WORK_DIR", str(ram))
+    repo = prepare_repository(tmp_path / "repo", compress="zstd", keyring=ring)
+    left = repo.start_partial("vm1", "20260101T000000.000001Z", work_bytes=1 << 20)
+    target = left.resolve()
+    (left / "vda.qcow2").write_bytes(b"x" * 1000)  # then kill -9: nothing cleaned
+    monkeypatch.setenv("KVMOPS_BACKUP_RAM_WORK_DIR",
+                       "off" if now == "off" else str(tmp_path / "ram2"))
+    assert repo.partials("vm1") == [left]
+    repo.discard_partial(left)
+    assert not left.is_symlink() and not target.exists()
+    assert (tmp_path / "state" / "backup-ram-roots").read_text() == f"{ram}\n"
+    # a link into a directory kvmops never used is only unlinked, whatever its name
+    elsewhere = tmp_path / "precious"
+    (elsewhere / target.name).mkdir(parents=True)
+    odd = repo.partial_path("vm1", "20260101T000000.000002Z")
+    odd.symlink_to(elsewhere / target.name)
+    repo.discard_partial(odd)
+    assert not odd.is_symlink() and (elsewhere / target.name).is_dir()
 
 
 @pytest.mark.parametrize("mode", [0o777, 0o775])

@@ -365,14 +365,13 @@ class StoreRepository(Repository):
         return partial
 
     def discard_partial(self, partial: Path) -> None:
-        """Remove a partial backup; a link to the memory work directory goes with what it
-        points to (only there: a link elsewhere is only unlinked)."""
+        """Remove a partial backup; a link into a memory work directory kvmops used goes
+        with what it points to (only there: a link elsewhere is only unlinked)."""
         if not partial.is_symlink():
             super().discard_partial(partial)
             return
         target = Path(os.readlink(partial))
-        ram = settings().backup_ram_work_dir
-        if ram is not None and target.parent == ram and not target.is_symlink():
+        if ramwork.owns(target):  # also after the setting changed since the link was made
             shutil.rmtree(target, ignore_errors=True)
         partial.unlink(missing_ok=True)
 
