@@ -9,6 +9,7 @@ import time
 
 from lxml import etree
 
+from kvmops.backup.model import Manifest
 from kvmops.backup.plan import Plan, TrustFn, checkpoints_to_keep
 from kvmops.backup.repository import Repository
 from kvmops.backup.run import NoteFn
@@ -107,9 +108,10 @@ def kvmops_checkpoint_names(domain: DomainHandle) -> list[str]:
     return [n for n in backupjobs.checkpoint_names(domain) if is_kvmops(n)]
 
 
-def recover(domain: DomainHandle, repo: Repository, vm: str, say: NoteFn) -> None:
+def recover(domain: DomainHandle, repo: Repository, vm: str, say: NoteFn) -> list[Manifest]:
     """Clean up after a killed run: partial directories and this repository's orphan
-    checkpoints (another repository's checkpoints are never touched)."""
+    checkpoints (another repository's checkpoints are never touched). Returns the VM's
+    authenticated backups, read once for the run (it holds the VM's lock)."""
     manifests = repo.manifests(vm)
     complete = {m.checkpoint for m in manifests if m.complete and m.checkpoint}
     referenced = {m.checkpoint for m in manifests if m.checkpoint}
@@ -122,12 +124,15 @@ def recover(domain: DomainHandle, repo: Repository, vm: str, say: NoteFn) -> Non
             delete_checkpoint(domain, name, say)
             say(f"deleted checkpoint {name} of an unfinished backup (its changes are kept "
                 "in the previous checkpoint)")
+    return manifests
 
 
-def prune_checkpoints(domain: DomainHandle, repo: Repository, vm: str, say: NoteFn) -> None:
+def prune_checkpoints(domain: DomainHandle, repo: Repository, vm: str, say: NoteFn,
+                      known: list[Manifest] | None = None) -> None:
     """Keep only the checkpoints this repository's future backups need: the newest, and
-    the newest full's. Other repositories' checkpoints are theirs to keep."""
-    manifests = [m for m in repo.manifests(vm) if m.complete]
+    the newest full's. Other repositories' checkpoints are theirs to keep. ``known``:
+    the VM's backups when the caller has them (read under the lock it still holds)."""
+    manifests = [m for m in (repo.manifests(vm) if known is None else known) if m.complete]
     if not manifests:
         return
     keep = checkpoints_to_keep(manifests)

@@ -256,7 +256,7 @@ def _run_online(host: Host, domain: DomainHandle, repo: Repository, req: BackupR
             "repository")
         backupjobs.abort_backup(domain, vm)
         fleecing.remove_run_dirs(stale)
-    recover(domain, repo, vm, say)
+    manifests = recover(domain, repo, vm, say)
     ensure_qemu_can_reach(repo.root)
     foreign = foreign_checkpoints(domain)
     if foreign:
@@ -280,7 +280,6 @@ def _run_online(host: Host, domain: DomainHandle, repo: Repository, req: BackupR
         return problem
 
     here, here_uuid = host_identity(host)
-    manifests = repo.manifests(vm)
     sizes = backupjobs.disk_sizes(domain, [d.target for d in disks])
     plan = plan_backup(vm, disks, manifests, req.mode, trusted_here, sizes)
     for message in plan.notes:
@@ -338,7 +337,7 @@ def _run_online(host: Host, domain: DomainHandle, repo: Repository, req: BackupR
             libvirt_version=version_text(host.libvirt_version()),
             host=here, host_uuid=here_uuid,
         ), history=manifests)
-    prune_checkpoints(domain, repo, vm, say)
+    prune_checkpoints(domain, repo, vm, say, [*manifests, manifest])
     return manifest
 
 

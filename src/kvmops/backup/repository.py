@@ -72,14 +72,17 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: str) -> None:
+def atomic_write(path: Path, data: str, *, sync_dir: bool = True) -> None:
+    """``data`` into ``path`` through a fsynced temporary file renamed over it; the
+    directory is fsynced too unless the caller does it once for several files."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
 HASH_PIECE = 64 * 1024 * 1024
@@ -269,8 +272,10 @@ class Repository:
         """Write ``data`` and its signature atomically; ``place`` is where the file will
         end up when it is written in a staging directory renamed later."""
         signature = self.keyring.sign(place or self.place(path), data.encode())
-        atomic_write(path, data)
-        atomic_write(path.with_name(path.name + SIG_SUFFIX), signature.to_json())
+        atomic_write(path, data, sync_dir=False)
+        atomic_write(path.with_name(path.name + SIG_SUFFIX), signature.to_json(),
+                     sync_dir=False)
+        fsync_dir(path.parent)  # both names at once
 
     def read_signed(self, path: Path) -> bytes:
         """The file's bytes, or TamperedError when its signature is missing or wrong."""
