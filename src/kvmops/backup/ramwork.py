@@ -96,22 +96,14 @@ def known_roots() -> set[Path]:
 
 
 def _remember(directory: Path) -> None:
+    from kvmops.backup.repository import atomic_write
+
     remembered = _remembered()
     if directory in remembered:
         return
     path = _roots_file()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{ROOTS_FILE}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write("".join(f"{r}\n" for r in sorted(map(str, remembered | {directory}))))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, "".join(f"{r}\n" for r in sorted(map(str, remembered | {directory}))))
 
 
 def owns(target: Path) -> bool:
