@@ -63,3 +63,27 @@ def test_encrypted(tmp_path: Path) -> None:
 def test_not_qcow2(data: bytes) -> None:
     with pytest.raises(qcow2.HeaderError):
         qcow2.parse(data)
+
+
+@pytest.mark.parametrize("compat", ["1.1", "0.10"])
+@pytest.mark.parametrize("name", ["base.qcow2", "../dir/base.qcow2", "/abs/base.raw"])
+def test_backing_name_and_format_read_as_qemu_img_reads_them(tmp_path: Path, compat: str,
+                                                              name: str) -> None:
+    import json
+
+    fmt = "raw" if name.endswith(".raw") else "qcow2"
+    image = tmp_path / "a.qcow2"
+    header = qcow2.parse(_make(image, "-o", f"compat={compat}", "-u", "-F", fmt, "-b", name))
+    info = json.loads(subprocess.run(
+        ["qemu-img", "info", "--output=json", "-f", "qcow2", str(image)],
+        check=True, capture_output=True, text=True).stdout)
+    assert (header.backing_name, header.backing_format) == (
+        info["backing-filename"], info["backing-filename-format"]) == (name, fmt)
+
+
+def test_a_backing_format_qemu_would_not_read_is_none(tmp_path: Path) -> None:
+    head = bytearray(_make(tmp_path / "a.qcow2", "-u", "-F", "qcow2", "-b", "base.qcow2"))
+    at = head.index(bytes.fromhex("e2792aca"))
+    head[at:at + 4] = bytes(4)  # the extension list ends before the format
+    header = qcow2.parse(bytes(head))
+    assert header.backing_name == "base.qcow2" and header.backing_format is None

@@ -78,11 +78,12 @@ def test_a_point_in_a_chain_restores_every_links_data(repo: Repository, tmp_path
 
 def test_the_links_are_read_together_top_first(repo: Repository) -> None:
     paths = [repo.backups_dir(VM) / i / "vda.qcow2" for i in reversed(IDS)]
-    links = read_expected(paths, "qcow2", within=[repo.root.resolve()])
+    links = read_expected(paths, within=[repo.root.resolve()])
     assert [link.path for link in links] == [p.resolve() for p in paths]
     assert [link.backing for link in links] == [p.resolve() for p in paths[1:]] + [None]
+    assert [link.backing_format for link in links] == ["qcow2", "qcow2", None]
     with pytest.raises(ValidationError, match="twice"):
-        read_expected([paths[0], paths[0]], "qcow2", within=[repo.root.resolve()])
+        read_expected([paths[0], paths[0]], within=[repo.root.resolve()])
 
 
 @pytest.mark.parametrize("tamper", ["outside", "skip", "raw-format", "protocol", "data-file"])

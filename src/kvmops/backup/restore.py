@@ -89,13 +89,12 @@ def checked_chain(repo: Repository, vm: str, point: Manifest, by_id: dict[str, M
     root = Path(os.path.realpath(repo.root))
     expected = [Path(os.path.realpath(repo.backups_dir(vm) / m.id / m.disk(target).file))
                 for m in reversed(chain)]
-    # every header at once (the files are known): each must name the next as its
-    # backing file, the last none
-    links = read_expected(expected, "qcow2", within=[root], force_share=False)
+    # the headers of the files the manifests name: each must name the next as its
+    # backing file (qcow2), the last none
+    links = read_expected(expected, within=[root])
     named = [link.backing for link in links]
     if (named != [*expected[1:], None]
-            or any(link.data_file is not None for link in links)
-            or any(link.info.backing_format != "qcow2" for link in links[:-1])):
+            or any(link.backing_format != "qcow2" for link in links[:-1])):
         found, by_path = [expected[0]], {link.path: link.backing for link in links}
         while (after := by_path.get(found[-1])) is not None and after not in found:
             found.append(after)

@@ -34,6 +34,7 @@ from kvmops.images import qemuimg, records
 from kvmops.images.qemuimg import ImageInfo
 from kvmops.images.usage import attached_formats
 from kvmops.paths import PathPolicy, policy
+from kvmops.storage import qcow2
 
 MAX_DEPTH = 1024
 
@@ -160,30 +161,69 @@ def _read_link(current: Path, fmt: str, top: Path, rules: PathPolicy,
     return Link(current, fmt, image, backing, data_file)
 
 
-def read_expected(paths: Sequence[Path], fmt: str, *, within: Sequence[Path],
-                  force_share: bool = True, rules: PathPolicy | None = None) -> list[Link]:
-    """The links of a chain whose files the caller already knows (a backup's, from its
-    authenticated manifests), top first: each header read and checked as
-    :func:`inspect` does, all at once (one ``qemu-img info`` each, in parallel). The
-    caller compares each link's ``backing`` with the next path: nothing here follows
-    a name a header gives."""
-    if not paths:
-        return []
+@dataclass(frozen=True)
+class HeaderLink:
+    """A qcow2 file of a known chain, as its header names its backing file."""
+
+    path: Path  # resolved
+    backing: Path | None  # resolved
+    backing_format: str | None
+
+
+def _qcow2_header(path: Path) -> qcow2.Qcow2Header:
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            head = fh.read(qcow2.V3_MIN_HEADER)
+            head += fh.read(qcow2.needed(head) + qcow2.MAX_BACKING_NAME - len(head))
+        return qcow2.parse(head)
+    except qcow2.HeaderError as err:
+        raise ValidationError(f"image {path} is not a qcow2 file kvmops can read: {err}",
+                              hint="run 'kvmops backup verify'") from None
+    except OSError as err:
+        raise NotFoundError(f"cannot read image {path}: {err.strerror}") from None
+
+
+def read_expected(paths: Sequence[Path], *, within: Sequence[Path],
+                  rules: PathPolicy | None = None) -> list[HeaderLink]:
+    """The qcow2 links of a chain whose files the caller already knows (a backup's, from
+    its authenticated manifests), top first, each checked as :func:`inspect` checks a
+    link. Their headers are read here, a cluster each, without starting ``qemu-img``
+    (a cold start per link cost a restore more than its own checks); the fields QEMU
+    follows -- backing file name and format, data file, encryption -- are read as QEMU
+    reads them, and the caller compares each link's ``backing`` with the next path:
+    nothing here follows a name a header gives."""
     rules = rules or policy()
     dirs = tuple(within)
-    top = Path(os.path.realpath(paths[0]))
     resolved = [Path(os.path.realpath(p)) for p in paths]
     if len(set(resolved)) != len(resolved):
-        raise ValidationError(f"the backing chain of {top} names one file twice")
-    rules.require_within(top, dirs, "image", trusted=False)
-    if len(resolved) == 1:
-        return [_read_link(top, fmt, top, rules, dirs, force_share)]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=min(8, len(resolved))) as pool:
-        reads = [pool.submit(_read_link, path, fmt, top, rules, dirs, force_share)
-                 for path in resolved]
-        return [read.result() for read in reads]
+        raise ValidationError(f"the backing chain of {resolved[0]} names one file twice")
+    links: list[HeaderLink] = []
+    for current in resolved:
+        top = resolved[0]
+        if current == top:
+            rules.require_within(top, dirs, "image", trusted=False)
+        else:
+            rules.check_reference(current, image=top, kind="backing file", within=dirs)
+        _regular(current, top, "image" if current == top else "backing file")
+        header = _qcow2_header(current)
+        if header.encrypted:
+            raise UnsupportedError(f"image {current} is encrypted",
+                                   hint="kvmops holds no keys; decrypt it with qemu-img first")
+        if header.data_file:
+            raise PathRefusedError(f"image {current} names an external data file",
+                                   hint="a backup's files never do; run 'kvmops backup verify'")
+        backing: Path | None = None
+        if header.backing:
+            if header.backing_name is None:
+                raise ValidationError(f"image {current} names a backing file kvmops cannot "
+                                      "read", hint="run 'kvmops backup verify'")
+            backing = _reference(header.backing_name, current, "backing file")
+            if not header.backing_format:
+                raise PathRefusedError(
+                    f"image {current} names backing file {backing} without its format",
+                    hint="QEMU would probe it; run 'kvmops backup verify'")
+        links.append(HeaderLink(current, backing, header.backing_format))
+    return links
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ MAX_CLUSTER_BITS = 21  # 2 MiB: QEMU's limit
 EXT_END = 0
 EXT_DATA_FILE = 0x44415441
 EXT_ENCRYPTION = 0x0537BE77
+EXT_BACKING_FORMAT = 0xE2792ACA
+MAX_BACKING_NAME = 1023  # QEMU's limit
 INCOMPAT_DATA_FILE = 1 << 2
 
 
@@ -33,6 +35,11 @@ class Qcow2Header:
     backing: bool
     data_file: bool
     encrypted: bool
+    # the backing file's name and format as QEMU reads them (None: not there, or not
+    # within the bytes given; QEMU reads the format only from extensions that end
+    # before the name)
+    backing_name: str | None = None
+    backing_format: str | None = None
 
 
 class HeaderError(ValueError):
@@ -55,7 +62,7 @@ def parse(head: bytes) -> Qcow2Header:
     the file is shorter). HeaderError when they are not a qcow2 header."""
     if len(head) < V2_HEADER or head[:4] != MAGIC:
         raise HeaderError("it has no qcow2 header")
-    version, backing_offset, _backing_len, bits, size, crypt = struct.unpack_from(
+    version, backing_offset, backing_len, bits, size, crypt = struct.unpack_from(
         ">IQIIQI", head, 4)
     if version not in (2, 3):
         raise HeaderError(f"it is qcow2 version {version} (2 and 3 are known)")
@@ -73,6 +80,18 @@ def parse(head: bytes) -> Qcow2Header:
         if start < V3_MIN_HEADER or start % 8:
             raise HeaderError(f"its header length {start} is invalid")
     end = min(len(head), 1 << bits)
+    backing_name: str | None = None
+    if backing_offset:
+        if backing_offset > 1 << bits or backing_len > MAX_BACKING_NAME:
+            raise HeaderError("its backing file name lies outside its first cluster")
+        raw = head[backing_offset:backing_offset + backing_len]
+        if len(raw) == backing_len:
+            try:
+                backing_name = raw.decode()
+            except UnicodeDecodeError:
+                raise HeaderError("its backing file name is not UTF-8") from None
+    format_end = backing_offset or 1 << bits  # where QEMU stops reading extensions
+    formats: list[str] = []
     pos = start
     while pos + 8 <= end:  # the header extensions, up to the end marker
         kind, length = struct.unpack_from(">II", head, pos)
@@ -82,7 +101,10 @@ def parse(head: bytes) -> Qcow2Header:
             data_file = True
         elif kind == EXT_ENCRYPTION:
             encrypted = True
+        elif kind == EXT_BACKING_FORMAT and pos + 8 + length <= min(format_end, end):
+            formats.append(head[pos + 8:pos + 8 + length].decode("ascii", "replace"))
         pos += 8 + ((length + 7) & ~7)
     return Qcow2Header(version=version, cluster_bits=bits, virtual_size=size,
                        backing=backing_offset != 0, data_file=data_file,
-                       encrypted=encrypted)
+                       encrypted=encrypted, backing_name=backing_name,
+                       backing_format=formats[0] if len(formats) == 1 else None)
