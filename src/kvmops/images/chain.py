@@ -121,44 +121,36 @@ def _walk(path: str | os.PathLike[str], fmt: str, rules: PathPolicy,
     current, current_fmt = top, fmt
     rules.require_within(top, dirs, "image", trusted=trusted_top)
     while True:
+        qemuimg.require_format(current_fmt, str(current))
+        if current != top:
+            rules.check_reference(current, image=top, kind="backing file", within=dirs)
+        _regular(current, top, "image" if current == top else "backing file")
         if current in seen:
             raise ValidationError(f"the backing chain of {top} loops at {current}")
         if len(seen) >= MAX_DEPTH:
             raise ValidationError(f"the backing chain of {top} is deeper than {MAX_DEPTH}")
         seen.add(current)
-        link = _read_link(current, current_fmt, top, rules, dirs, force_share)
-        yield link
-        if link.backing is None:
+        image = qemuimg.info(current, current_fmt, force_share=force_share)
+        if image.encrypted:
+            raise UnsupportedError(f"image {current} is encrypted",
+                                   hint="kvmops holds no keys; decrypt it with qemu-img first")
+        data_file: Path | None = None
+        if image.data_file:
+            data_file = _reference(image.data_file, current, "data file")
+            rules.check_reference(data_file, image=current, kind="data file", within=dirs)
+            _regular(data_file, current, "data file")
+        backing: Path | None = None
+        if image.backing_filename:
+            backing = _reference(image.backing_filename, current, "backing file")
+            if not image.backing_format:
+                raise PathRefusedError(
+                    f"image {current} names backing file {backing} without its format",
+                    hint="QEMU would probe it; if you trust the image, record the format "
+                         f"with 'qemu-img rebase -u -b {backing} -F FORMAT {current}'")
+        yield Link(current, current_fmt, image, backing, data_file)
+        if backing is None:
             return
-        current, current_fmt = link.backing, str(link.info.backing_format)
-
-
-def _read_link(current: Path, fmt: str, top: Path, rules: PathPolicy,
-               dirs: tuple[Path, ...], force_share: bool) -> Link:
-    """One link's header (``qemu-img info`` of that file alone), checked; the files it
-    names are resolved and checked, never opened."""
-    qemuimg.require_format(fmt, str(current))
-    if current != top:
-        rules.check_reference(current, image=top, kind="backing file", within=dirs)
-    _regular(current, top, "image" if current == top else "backing file")
-    image = qemuimg.info(current, fmt, force_share=force_share)
-    if image.encrypted:
-        raise UnsupportedError(f"image {current} is encrypted",
-                               hint="kvmops holds no keys; decrypt it with qemu-img first")
-    data_file: Path | None = None
-    if image.data_file:
-        data_file = _reference(image.data_file, current, "data file")
-        rules.check_reference(data_file, image=current, kind="data file", within=dirs)
-        _regular(data_file, current, "data file")
-    backing: Path | None = None
-    if image.backing_filename:
-        backing = _reference(image.backing_filename, current, "backing file")
-        if not image.backing_format:
-            raise PathRefusedError(
-                f"image {current} names backing file {backing} without its format",
-                hint="QEMU would probe it; if you trust the image, record the format "
-                     f"with 'qemu-img rebase -u -b {backing} -F FORMAT {current}'")
-    return Link(current, fmt, image, backing, data_file)
+        current, current_fmt = backing, str(image.backing_format)
 
 
 @dataclass(frozen=True)
@@ -195,11 +187,13 @@ def read_expected(paths: Sequence[Path], *, within: Sequence[Path],
     rules = rules or policy()
     dirs = tuple(within)
     resolved = [Path(os.path.realpath(p)) for p in paths]
+    if not resolved:
+        return []
+    top = resolved[0]
     if len(set(resolved)) != len(resolved):
-        raise ValidationError(f"the backing chain of {resolved[0]} names one file twice")
+        raise ValidationError(f"the backing chain of {top} names one file twice")
     links: list[HeaderLink] = []
     for current in resolved:
-        top = resolved[0]
         if current == top:
             rules.require_within(top, dirs, "image", trusted=False)
         else:
